@@ -1,0 +1,3 @@
+"""natrelay: publish LLM backends behind NAT to one OpenAI-compatible endpoint."""
+
+__version__ = "0.1.0"

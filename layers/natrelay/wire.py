@@ -1,0 +1,187 @@
+"""Wire models shared by the relay API and the publisher (pydantic only, no server deps)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+MAX_WAIT_SECONDS = 25.0
+MAX_TASKS_PER_POLL = 32
+
+LlmName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+]
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+
+class LlmStatus(StrEnum):
+    ACTIVE = "active"
+    HIBERNATING = "hibernating"
+    INACTIVE = "inactive"
+
+
+class TaskKind(StrEnum):
+    INFER = "infer"
+    WAKE = "wake"
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def done(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ErrorInfo(WireModel):
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorBody(WireModel):
+    error: ErrorInfo
+
+
+# --- publisher -> relay ----------------------------------------------------------
+
+
+class ProviderSpec(WireModel):
+    name: LlmName
+    type: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=256)
+    tier: str | None = Field(default=None, max_length=64)
+    description: str | None = Field(default=None, max_length=2048)
+    extra_config: dict[str, Any] = Field(default_factory=dict)
+    initial_status: LlmStatus = LlmStatus.ACTIVE
+    # How long a wake of this provider may take (its recipe's maxWaitSeconds); the
+    # relay adds a margin and uses it as the wake marker's deadline. None: cannot wake.
+    wake_max_wait_seconds: float | None = Field(default=None, gt=0, le=3600)
+
+
+class RegisterRequest(WireModel):
+    providers: list[ProviderSpec] = Field(min_length=1, max_length=64)
+    provider_session_id: SessionId | None = None
+
+
+class HeartbeatRequest(WireModel):
+    provider_session_id: SessionId
+    # Status per provider name, for backends that went to sleep or came back.
+    statuses: dict[str, LlmStatus] = Field(default_factory=dict)
+
+
+class PollRequest(WireModel):
+    provider_session_id: SessionId
+    wait_seconds: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+    max_tasks: int = Field(default=1, ge=0, le=MAX_TASKS_PER_POLL)
+
+
+class SessionRequest(WireModel):
+    provider_session_id: SessionId
+
+
+class ChunkBatch(WireModel):
+    provider_session_id: SessionId
+    seq: int = Field(ge=0)
+    # OpenAI `chat.completion.chunk` objects, in order.
+    chunks: list[dict[str, Any]] = Field(min_length=1)
+
+
+class TaskResult(WireModel):
+    """The end of a task: `status`+`body` on success, `error` on failure.
+
+    For a streamed infer, `body` may be null (the chunks were the answer) and
+    `chunk_count` is the number of chunk batches posted. For a wake task, `body` is
+    `{"ok": true, "ms": <wake time>}`.
+    """
+
+    provider_session_id: SessionId
+    status: int = Field(default=200, ge=100, le=599)
+    body: Any = None
+    error: ErrorInfo | None = None
+    chunk_count: int = Field(default=0, ge=0)
+
+
+# --- relay -> publisher ----------------------------------------------------------
+
+
+class LlmRow(WireModel):
+    name: str
+    kind: str
+    type: str
+    model: str
+    tier: str | None = None
+    description: str | None = None
+    status: LlmStatus
+    provider_session_id: str | None = None
+    last_heartbeat_at: str | None = None
+    inactive_since: str | None = None
+    created_at: str | None = None
+    waking: bool = False
+
+
+class SessionResponse(WireModel):
+    provider_session_id: str
+    llms: list[LlmRow]
+
+
+class PolledTask(WireModel):
+    id: str
+    kind: TaskKind
+    llm: str
+    created_at: str
+    stream: bool = False
+    # The chat-completions body for `infer`; None when it was too large to inline,
+    # in which case the publisher GETs `.../_provider-task/{id}/request`.
+    request: dict[str, Any] | None = None
+    request_size: int = 0
+    # For `infer` tasks queued while a wake was in flight: the wake to wait for.
+    wake_id: str | None = None
+    lease_seconds: float = 0
+
+
+class PollResponse(WireModel):
+    tasks: list[PolledTask]
+
+
+class ChunkAck(WireModel):
+    seq: int
+    # The client went away: stop generating and post nothing more.
+    cancelled: bool = False
+
+
+# --- relay -> client -------------------------------------------------------------
+
+
+class LlmList(WireModel):
+    data: list[LlmRow]
+
+
+class TaskView(WireModel):
+    id: str
+    kind: TaskKind
+    llm: str
+    state: TaskState
+    created_at: str
+    updated_at: str | None = None
+    stream: bool = False
+    chunk_count: int = 0
+    status: int | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
