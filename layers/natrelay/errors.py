@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RelayError(Exception):
     """Base class: `code` is the OpenAI-style error code, `param` the field at fault."""
@@ -110,6 +112,6 @@ class ConditionFailedError(RelayError):
 
     code = "condition_failed"
 
-    def __init__(self, message: str, *, old: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str, *, old: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.old = old or {}

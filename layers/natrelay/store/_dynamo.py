@@ -1,0 +1,98 @@
+"""DynamoDB plumbing shared by the stores: item codec, condition fragments, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from natrelay.errors import ConditionFailedError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+Item = dict[str, Any]
+
+# Named condition fragments (Powertools style); combined with AND / OR at call sites.
+NOT_EXISTS = "attribute_not_exists(#pk)"
+STATE_IS = "#state = :state"
+CLAIMED_BY = "claimedBy = :sid"
+LEASE_EXPIRED = "leaseUntil < :now"
+NOTHING_SENT = "attribute_not_exists(sentAny)"
+SESSION_IS = "sessionId = :sid"
+STATUS_IS = "#status = :status"
+HEARTBEAT_BEFORE = "lastHeartbeatAt < :cutoff"
+WAKE_FREE = "(attribute_not_exists(wakeId) OR wakeDeadline < :now)"
+WAKE_IS = "wakeId = :wake"
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def make_client(endpoint_url: str | None, region: str) -> DynamoDBClient:
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
+    return boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(round(value, 6)))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    if isinstance(value, set):
+        return {_from_dynamo(v) for v in value}
+    if hasattr(value, "value") and isinstance(value.value, bytes):  # boto3 Binary
+        return bytes(value.value)
+    return value
+
+
+def encode(item: Item) -> dict[str, Any]:
+    """A Python dict (None values dropped) as a DynamoDB attribute map."""
+    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in item.items() if v is not None}
+
+
+def decode(raw: Any) -> Item:
+    return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in raw.items()}
+
+
+def values(**kwargs: Any) -> dict[str, Any]:
+    """ExpressionAttributeValues from keyword arguments (`now=1.0` -> `:now`)."""
+    return {f":{k}": _serializer.serialize(_to_dynamo(v)) for k, v in kwargs.items()}
+
+
+def is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+@contextmanager
+def condition(message: str) -> Iterator[None]:
+    """Turn a lost conditional write into ConditionFailedError carrying the old item."""
+    try:
+        yield
+    except ClientError as exc:
+        if not is_condition_failure(exc):
+            raise
+        old_raw = exc.response.get("Item")
+        raise ConditionFailedError(message, old=decode(old_raw) if old_raw else None) from exc
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
