@@ -7,12 +7,14 @@ makes every request atomic, which is what DynamoDB guarantees per item.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from moto.server import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -28,17 +30,24 @@ def serialized(app: WsgiApp) -> WsgiApp:
     return wrapper
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return
+
+
 class MotoServer:
     """A serialized moto server on host:port (port 0 picks a free one)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = DomainDispatcherApplication(create_backend_app)
-        self._server: BaseWSGIServer = make_server(host, port, serialized(app), threaded=True)
+        self._server: BaseWSGIServer = make_server(
+            host, port, serialized(app), threaded=True, request_handler=_QuietHandler
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self._server.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     def start(self) -> MotoServer:
@@ -59,18 +68,14 @@ class MotoServer:
 
 def main() -> None:
     """Run a serialized moto server in the foreground (prints its endpoint)."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     server = MotoServer(args.host, args.port)
     print(server.endpoint, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     result_retention_seconds: float = Field(default=3600, gt=0)
     # Synchronous requests give up after this long (API Gateway cuts at 30 s).
     request_timeout_seconds: float = Field(default=25, gt=0)
+    # Streams end (with an error event naming the task) after this long.
+    stream_timeout_seconds: float = Field(default=900, gt=0)
     lease_seconds: float = Field(default=60, gt=0)
     # Added to a recipe's maxWaitSeconds to make the wake marker's deadline.
     wake_margin_seconds: float = Field(default=15, ge=0)

@@ -11,9 +11,7 @@ from pydantic.alias_generators import to_camel
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
 
-LlmName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
-]
+LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 

@@ -333,8 +333,9 @@ class DynamoLlmStore:
 
     def expire(self, name: str, cutoff: float, now: float) -> LlmRecord:
         """Mark a row inactive unless a heartbeat landed since (ConditionFailedError)."""
-        return self._mark_inactive(name, now, f"sweepState = :live AND {HEARTBEAT_BEFORE}",
-                                   live=LIVE, cutoff=cutoff)
+        return self._mark_inactive(
+            name, now, f"sweepState = :live AND {HEARTBEAT_BEFORE}", live=LIVE, cutoff=cutoff
+        )
 
     def retired(self, cutoff: float) -> list[str]:
         return [i["name"] for i in self._query_sweep(INACTIVE, cutoff)]
@@ -346,9 +347,7 @@ class DynamoLlmStore:
                 Key={"name": {"S": name}},
                 ConditionExpression=f"{STATUS_IS} AND inactiveSince < :cutoff",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values(
-                    status=LlmStatus.INACTIVE.value, cutoff=cutoff
-                ),
+                ExpressionAttributeValues=values(status=LlmStatus.INACTIVE.value, cutoff=cutoff),
             )
 
     def _mark_inactive(self, name: str, now: float, cond: str, **vals: Any) -> LlmRecord:

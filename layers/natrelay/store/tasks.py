@@ -307,8 +307,12 @@ class DynamoTaskStore:
             "resultSize": len(body) if body is not None else 0,
         }
         sets = [
-            "#state = :done", "#status = :status", "chunkCount = :chunkCount",
-            "resultHash = :resultHash", "updatedAt = :now", "expiresAt = :exp",
+            "#state = :done",
+            "#status = :status",
+            "chunkCount = :chunkCount",
+            "resultHash = :resultHash",
+            "updatedAt = :now",
+            "expiresAt = :exp",
             "resultSize = :resultSize",
         ]
         if error is not None:
@@ -327,7 +331,8 @@ class DynamoTaskStore:
                     UpdateExpression="SET " + ", ".join(sets) + " REMOVE leaseShard",
                     ConditionExpression=f"{STATE_IS} AND {CLAIMED_BY}",
                     ExpressionAttributeNames={
-                        **_STATE, "#status": "status",
+                        **_STATE,
+                        "#status": "status",
                         **({"#error": "error"} if error is not None else {}),
                         **({"#result": "result"} if "result" in vals else {}),
                     },
@@ -345,8 +350,15 @@ class DynamoTaskStore:
         return _task(decode(raw))
 
     def finish(
-        self, task_id: str, state: TaskState, error: dict[str, Any] | None, now: float,
-        expires_at: float, *, only_if: str = "", **cond_values: Any,
+        self,
+        task_id: str,
+        state: TaskState,
+        error: dict[str, Any] | None,
+        now: float,
+        expires_at: float,
+        *,
+        only_if: str = "",
+        **cond_values: Any,
     ) -> TaskRecord:
         """Force a task that is not done yet into `state` (cancel, lease lost, publisher gone)."""
         cond = "#state IN (:pending, :claimed)" + (f" AND {only_if}" if only_if else "")
@@ -358,7 +370,10 @@ class DynamoTaskStore:
                 "expiresAt = :exp, #status = :status REMOVE #queue, leaseShard",
                 ConditionExpression=cond,
                 ExpressionAttributeNames={
-                    **_STATE, "#queue": "queue", "#error": "error", "#status": "status"
+                    **_STATE,
+                    "#queue": "queue",
+                    "#error": "error",
+                    "#status": "status",
                 },
                 ExpressionAttributeValues=values(
                     pending=TaskState.PENDING.value,
@@ -367,7 +382,9 @@ class DynamoTaskStore:
                     error=error or {},
                     now=now,
                     exp=int(expires_at),
-                    status=(error or {}).get("status", 499 if state is TaskState.CANCELLED else 503),
+                    status=(error or {}).get(
+                        "status", 499 if state is TaskState.CANCELLED else 503
+                    ),
                     **cond_values,
                 ),
                 ReturnValues="ALL_NEW",

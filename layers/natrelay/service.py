@@ -1,0 +1,674 @@
+"""The relay's domain rules: sessions, tasks, wakes and the sweep. Clock injectable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import anyio.to_thread
+
+from natrelay.errors import (
+    BackendError,
+    ConditionFailedError,
+    LlmNotFoundError,
+    PayloadTooLargeError,
+    PublisherOfflineError,
+    RelayError,
+    SessionNotFoundError,
+    TaskCancelledError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    WakeFailedError,
+)
+from natrelay.settings import Settings
+from natrelay.signals import Signals
+from natrelay.store import (
+    Chunk,
+    DynamoLlmStore,
+    DynamoTaskStore,
+    LlmRecord,
+    NewTask,
+    SessionRecord,
+    TaskRecord,
+    make_client,
+)
+from natrelay.types import Clock, JsonObject
+from natrelay.wire import (
+    ChunkAck,
+    ChunkBatch,
+    ErrorInfo,
+    HeartbeatRequest,
+    LlmRow,
+    LlmStatus,
+    PolledTask,
+    PollRequest,
+    RegisterRequest,
+    SessionRequest,
+    SessionResponse,
+    TaskKind,
+    TaskResult,
+    TaskState,
+    TaskView,
+)
+
+log = logging.getLogger("natrelay.service")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_CHUNK_BATCH_BYTES = 350 * 1024
+# A poll answer inlines requests up to this total; larger ones are fetched separately.
+POLL_INLINE_BUDGET = 1024 * 1024
+MAX_ATTEMPTS = 3
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+def new_task_id(now: float) -> str:
+    """Sortable by creation time, unguessable."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(8)}"
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished task as the client sees it."""
+
+    status: int
+    body: Any
+
+
+class RelayService:
+    """Every operation of the relay. Raises RelayError subclasses only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        llms: DynamoLlmStore,
+        tasks: DynamoTaskStore,
+        clock: Clock = time.time,
+        signals: Signals | None = None,
+    ) -> None:
+        self.settings = settings
+        self.llms = llms
+        self.tasks = tasks
+        self.clock = clock
+        self.signals = signals or Signals(settings.in_process_signals)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> RelayService:
+        settings = settings or Settings()
+        client = make_client(settings.dynamodb_endpoint, settings.region)
+        return cls(
+            settings,
+            DynamoLlmStore(client, settings.llms_table, settings.tasks_table),
+            DynamoTaskStore(client, settings.tasks_table),
+        )
+
+    async def _io(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a blocking store call off the event loop."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # --- views -----------------------------------------------------------------------
+
+    def row_view(self, row: LlmRecord) -> LlmRow:
+        return LlmRow(
+            name=row.name,
+            kind=row.kind,
+            type=row.type,
+            model=row.model,
+            tier=row.tier,
+            description=row.description,
+            status=row.status,
+            provider_session_id=row.session_id,
+            last_heartbeat_at=iso(row.last_heartbeat_at),
+            inactive_since=iso(row.inactive_since),
+            created_at=iso(row.created_at),
+            waking=row.waking(self.clock()),
+        )
+
+    def task_view(self, task: TaskRecord, result: bytes | None = None) -> TaskView:
+        error = ErrorInfo.model_validate(_error_fields(task.error)) if task.error else None
+        return TaskView(
+            id=task.id,
+            kind=task.kind,
+            llm=task.llm,
+            state=task.state,
+            created_at=iso(task.created_at) or "",
+            updated_at=iso(task.updated_at),
+            stream=task.stream,
+            chunk_count=task.chunk_count,
+            status=task.status,
+            result=json.loads(result) if result else None,
+            error=error,
+        )
+
+    def _session_response(self, session_id: str, rows: list[LlmRecord]) -> SessionResponse:
+        return SessionResponse(
+            provider_session_id=session_id, llms=[self.row_view(r) for r in rows]
+        )
+
+    # --- publisher side ----------------------------------------------------------------
+
+    async def register(self, req: RegisterRequest) -> SessionResponse:
+        session_id = req.provider_session_id or new_session_id()
+        s = self.settings
+        _, rows = await self._io(
+            self.llms.register,
+            session_id,
+            list(req.providers),
+            self.clock(),
+            s.heartbeat_timeout_seconds,
+            s.inactive_retention_seconds,
+        )
+        log.info("session %s registered %s", session_id, [r.name for r in rows])
+        return self._session_response(session_id, rows)
+
+    async def _beat(
+        self, session: SessionRecord, statuses: dict[str, LlmStatus]
+    ) -> list[LlmRecord]:
+        s = self.settings
+        return await self._io(
+            self.llms.heartbeat,
+            session,
+            statuses,
+            self.clock(),
+            s.heartbeat_timeout_seconds,
+            s.inactive_retention_seconds,
+        )
+
+    async def heartbeat(self, req: HeartbeatRequest) -> SessionResponse:
+        session = await self._io(self.llms.get_session, req.provider_session_id)
+        rows = await self._beat(session, dict(req.statuses))
+        return self._session_response(session.id, rows)
+
+    @property
+    def _refresh_seconds(self) -> float:
+        """How often a long-poll refreshes its session's heartbeat."""
+        return min(15.0, self.settings.heartbeat_timeout_seconds / 4)
+
+    async def poll(self, req: PollRequest) -> list[PolledTask]:
+        session = await self._io(self.llms.get_session, req.provider_session_id)
+        beat_at = session.heartbeat_at
+        if self.clock() - beat_at >= self._refresh_seconds:
+            await self._beat(session, {})
+            beat_at = self.clock()
+        if req.max_tasks == 0:
+            return []
+        s = self.settings
+        deadline = self.clock() + req.wait_seconds
+        interval = s.poll_min_interval_seconds
+        with self.signals.listen(f"session:{session.id}") as listener:
+            while True:
+                claimed = await self._claim(session, req.max_tasks)
+                if claimed:
+                    return claimed
+                now = self.clock()
+                if now >= deadline:
+                    return []
+                if now - beat_at >= self._refresh_seconds:
+                    session = await self._io(self.llms.get_session, session.id)
+                    await self._beat(session, {})
+                    beat_at = now
+                notified = await listener.wait(min(interval, deadline - now))
+                interval = (
+                    s.poll_min_interval_seconds
+                    if notified
+                    else min(interval * 1.5, s.poll_max_interval_seconds)
+                )
+
+    async def _claim(self, session: SessionRecord, limit: int) -> list[PolledTask]:
+        out: list[PolledTask] = []
+        budget = POLL_INLINE_BUDGET
+        for task_id in await self._io(self.tasks.pending, session.id, limit):
+            try:
+                task = await self._io(
+                    self.tasks.claim, task_id, session.id, session.generation, self.clock()
+                )
+            except ConditionFailedError:
+                continue  # another poll won it, or it was cancelled
+            inline = task.request is not None and len(task.request) <= budget
+            if inline and task.request is not None:
+                budget -= len(task.request)
+            out.append(
+                PolledTask(
+                    id=task.id,
+                    kind=task.kind,
+                    llm=task.llm,
+                    created_at=iso(task.created_at) or "",
+                    stream=task.stream,
+                    request=json.loads(task.request) if inline and task.request else None,
+                    request_size=task.request_size,
+                    wake_id=task.wake_id,
+                    lease_seconds=task.lease_seconds,
+                )
+            )
+        return out
+
+    async def task_request(self, task_id: str) -> bytes:
+        task = await self._io(self.tasks.get, task_id, self.clock())
+        return await self._io(self.tasks.request, task)
+
+    async def post_chunks(self, task_id: str, batch: ChunkBatch) -> ChunkAck:
+        data = _dumps(batch.chunks)
+        if len(data) > MAX_CHUNK_BATCH_BYTES:
+            raise PayloadTooLargeError(
+                f"a chunk batch may hold at most {MAX_CHUNK_BATCH_BYTES} bytes; post smaller "
+                "batches",
+                param="chunks",
+            )
+        await self._io(
+            self.tasks.post_chunk,
+            task_id,
+            batch.provider_session_id,
+            batch.seq,
+            data,
+            self.clock(),
+        )
+        self.signals.notify(f"task:{task_id}")
+        return ChunkAck(seq=batch.seq)
+
+    async def post_result(self, task_id: str, result: TaskResult) -> TaskView:
+        now = self.clock()
+        error = result.error.model_dump(exclude_none=True) if result.error else None
+        body = _dumps(result.body) if result.body is not None else None
+        if body is not None and len(body) > self.settings.max_body_bytes:
+            raise PayloadTooLargeError(
+                f"a result may be at most {self.settings.max_body_bytes} bytes", param="body"
+            )
+        task = await self._io(
+            self.tasks.complete,
+            task_id,
+            result.provider_session_id,
+            state=TaskState.FAILED if error else TaskState.COMPLETED,
+            status=result.status,
+            body=body,
+            error=error,
+            chunk_count=result.chunk_count,
+            now=now,
+            expires_at=now + self.settings.result_retention_seconds,
+        )
+        if task.kind is TaskKind.WAKE:
+            ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
+            await self._io(self.llms.finish_wake, task.llm, task.id, ok)
+            if ok:
+                await self._io(self.llms.set_status, task.session_id, task.llm, LlmStatus.ACTIVE)
+            log.info("wake %s of %s: %s", task.id, task.llm, "ok" if ok else error)
+        self.signals.notify(f"task:{task_id}")
+        return self.task_view(task)
+
+    async def deregister(self, req: SessionRequest) -> SessionResponse:
+        session = await self._io(self.llms.get_session, req.provider_session_id)
+        rows = await self._io(self.llms.deregister, session, self.clock())
+        await self._fail_pending(session.id, "its publisher shut down")
+        log.info("session %s deregistered", session.id)
+        return self._session_response(session.id, rows)
+
+    async def _fail_pending(self, session_id: str, why: str) -> int:
+        failed = 0
+        for task_id in await self._io(self.tasks.pending, session_id, 100):
+            now = self.clock()
+            try:
+                await self._io(
+                    self.tasks.finish,
+                    task_id,
+                    TaskState.FAILED,
+                    _offline_error(f"task {task_id} was not run: {why}"),
+                    now,
+                    now + self.settings.result_retention_seconds,
+                    only_if="#state = :pendingonly",
+                    pendingonly=TaskState.PENDING.value,
+                )
+                failed += 1
+            except ConditionFailedError:
+                continue
+            self.signals.notify(f"task:{task_id}")
+        return failed
+
+    # --- client side -------------------------------------------------------------------
+
+    async def list_llms(self) -> list[LlmRow]:
+        return [self.row_view(r) for r in await self._io(self.llms.all)]
+
+    async def get_llm(self, name: str) -> LlmRecord:
+        row = await self._io(self.llms.get, name)
+        if row is None:
+            raise LlmNotFoundError(f"the model {name!r} does not exist", param="model")
+        return row
+
+    async def delete_llm(self, name: str) -> None:
+        if not await self._io(self.llms.delete, name):
+            raise LlmNotFoundError(f"the model {name!r} does not exist", param="model")
+
+    def serving(self, row: LlmRecord) -> bool:
+        """Can the row answer now (directly, or after a wake)?"""
+        if row.status is LlmStatus.INACTIVE or row.last_heartbeat_at is None:
+            return False
+        return self.clock() - row.last_heartbeat_at <= self.settings.heartbeat_timeout_seconds
+
+    async def submit(self, name: str, body: JsonObject, *, stream: bool) -> TaskRecord:
+        """Queue an infer task for the row's publisher, waking the backend if it sleeps."""
+        raw = _dumps(body)
+        if len(raw) > self.settings.max_body_bytes:
+            raise PayloadTooLargeError(
+                f"request body is {len(raw)} bytes; the limit is "
+                f"{self.settings.max_body_bytes} bytes",
+            )
+        row = await self.get_llm(name)
+        if not self.serving(row):
+            raise _offline(row, self.clock())
+        wake_id = await self._ensure_wake(row) if row.status is LlmStatus.HIBERNATING else None
+        assert row.session_id is not None
+        now = self.clock()
+        s = self.settings
+        lease = s.lease_seconds + (self._wake_window(row) if wake_id else 0)
+        task = NewTask(
+            id=new_task_id(now),
+            kind=TaskKind.INFER,
+            llm=name,
+            session_id=row.session_id,
+            created_at=now,
+            expires_at=now + lease + s.result_retention_seconds,
+            lease_seconds=lease,
+            stream=stream,
+            request=raw,
+            wake_id=wake_id,
+        )
+        await self._io(self.tasks.put, task)
+        self.signals.notify(f"session:{row.session_id}")
+        return await self._io(self.tasks.get, task.id, now)
+
+    def _wake_window(self, row: LlmRecord) -> float:
+        s = self.settings
+        return (row.wake_max_wait or s.default_wake_seconds) + s.wake_margin_seconds
+
+    async def _ensure_wake(self, row: LlmRecord) -> str | None:
+        """Claim the row's wake (one per burst, across instances) or join the one in flight."""
+        for _ in range(3):
+            now = self.clock()
+            wake_id = new_task_id(now)
+            window = self._wake_window(row)
+            try:
+                await self._io(self.llms.claim_wake, row.name, wake_id, now + window, now)
+            except ConditionFailedError as exc:
+                old = exc.old
+                if not old:
+                    raise LlmNotFoundError(
+                        f"the model {row.name!r} does not exist", param="model"
+                    ) from exc
+                status = LlmStatus(old["status"])
+                if status is LlmStatus.ACTIVE:
+                    return None
+                if status is LlmStatus.INACTIVE:
+                    raise _offline(row, now) from exc
+                if old.get("wakeId") and float(old.get("wakeDeadline", 0)) > now:
+                    return str(old["wakeId"])
+                continue  # the marker expired between the read and our write: try again
+            assert row.session_id is not None
+            await self._io(
+                self.tasks.put,
+                NewTask(
+                    id=wake_id,
+                    kind=TaskKind.WAKE,
+                    llm=row.name,
+                    session_id=row.session_id,
+                    created_at=now,
+                    expires_at=now + window + self.settings.result_retention_seconds,
+                    lease_seconds=window,
+                ),
+            )
+            self.signals.notify(f"session:{row.session_id}")
+            log.info("wake %s of %s queued", wake_id, row.name)
+            return wake_id
+        raise PublisherOfflineError(f"could not start a wake of {row.name}; try again")
+
+    async def _publisher_gone(self, task: TaskRecord) -> TaskRecord | None:
+        """Fail the task if its publisher session stopped heartbeating; else None."""
+        try:
+            session = await self._io(self.llms.get_session, task.session_id)
+            alive = self.clock() - session.heartbeat_at <= self.settings.heartbeat_timeout_seconds
+        except SessionNotFoundError:
+            alive = False
+        if alive:
+            return None
+        now = self.clock()
+        try:
+            failed = await self._io(
+                self.tasks.finish,
+                task.id,
+                TaskState.FAILED,
+                _offline_error(f"the publisher of {task.llm} went offline during task {task.id}"),
+                now,
+                now + self.settings.result_retention_seconds,
+            )
+        except ConditionFailedError:
+            failed = await self._io(self.tasks.get, task.id, now)
+        self.signals.notify(f"task:{task.id}")
+        return failed
+
+    async def wait(self, task_id: str, budget: float) -> TaskRecord:
+        """Wait until the task is done; TaskTimeoutError (naming it) past the budget."""
+        s = self.settings
+        deadline = self.clock() + budget
+        interval = s.poll_min_interval_seconds
+        next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
+        with self.signals.listen(f"task:{task_id}") as listener:
+            while True:
+                task = await self._io(self.tasks.get, task_id, self.clock())
+                if task.state.done:
+                    return task
+                now = self.clock()
+                if now >= next_liveness:
+                    next_liveness = now + min(5.0, s.heartbeat_timeout_seconds / 2)
+                    gone = await self._publisher_gone(task)
+                    if gone is not None:
+                        return gone
+                if now >= deadline:
+                    raise TaskTimeoutError(
+                        f"no answer within {budget:g} s; task {task_id} is still "
+                        f"{task.state.value}: fetch it later at /api/v1/tasks/{task_id}",
+                        task_id=task_id,
+                    )
+                notified = await listener.wait(min(interval, deadline - now))
+                interval = (
+                    s.poll_min_interval_seconds
+                    if notified
+                    else min(interval * 1.5, s.poll_max_interval_seconds)
+                )
+
+    async def outcome(self, task: TaskRecord) -> Outcome:
+        """The finished task's answer, or the error it ended with (raised)."""
+        if task.state is TaskState.COMPLETED:
+            raw = await self._io(self.tasks.result, task)
+            return Outcome(status=task.status or 200, body=json.loads(raw) if raw else None)
+        raise task_error(task)
+
+    async def stream(
+        self, task_id: str, after_seq: int = -1, budget: float | None = None
+    ) -> AsyncIterator[Chunk]:
+        """Chunks in order as they arrive; raises the task's error if it failed."""
+        s = self.settings
+        deadline = self.clock() + (budget or s.stream_timeout_seconds)
+        cursor = after_seq
+        interval = s.poll_min_interval_seconds
+        next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
+        with self.signals.listen(f"task:{task_id}") as listener:
+            while True:
+                read = await self._io(self.tasks.read_stream, task_id, cursor, self.clock())
+                progressed = False
+                for chunk in read.chunks:
+                    if chunk.seq != cursor + 1:
+                        break  # a gap: the missing batch is still being written
+                    cursor = chunk.seq
+                    progressed = True
+                    yield chunk
+                task = read.task
+                if task is None:
+                    raise TaskNotFoundError(
+                        f"task {task_id} does not exist or has expired", param="id"
+                    )
+                if task.state.done and read.complete and cursor + 1 >= task.chunk_count:
+                    if task.state is not TaskState.COMPLETED:
+                        raise task_error(task)
+                    return
+                now = self.clock()
+                if now >= next_liveness:
+                    next_liveness = now + min(5.0, s.heartbeat_timeout_seconds / 2)
+                    if not task.state.done and await self._publisher_gone(task) is not None:
+                        continue
+                if now >= deadline:
+                    raise TaskTimeoutError(
+                        f"the stream did not finish within the request's budget; task "
+                        f"{task_id} goes on: read the rest at /api/v1/tasks/{task_id}/events",
+                        task_id=task_id,
+                    )
+                if progressed:
+                    interval = s.poll_min_interval_seconds
+                    continue
+                notified = await listener.wait(min(interval, deadline - now))
+                interval = (
+                    s.poll_min_interval_seconds
+                    if notified
+                    else min(interval * 1.5, s.poll_max_interval_seconds)
+                )
+
+    async def get_task(self, task_id: str) -> tuple[TaskRecord, bytes | None]:
+        task = await self._io(self.tasks.get, task_id, self.clock())
+        result = await self._io(self.tasks.result, task) if task.state.done else None
+        return task, result
+
+    async def cancel(self, task_id: str, why: str = "the client went away") -> None:
+        now = self.clock()
+        try:
+            await self._io(
+                self.tasks.finish,
+                task_id,
+                TaskState.CANCELLED,
+                {"message": f"task {task_id} was cancelled: {why}", "code": "cancelled"},
+                now,
+                now + self.settings.result_retention_seconds,
+            )
+        except (ConditionFailedError, RelayError):
+            return
+        self.signals.notify(f"task:{task_id}")
+
+    # --- sweep -------------------------------------------------------------------------
+
+    async def sweep(self) -> dict[str, int]:
+        """Liveness, retention and leases. Idempotent; every transition conditional."""
+        s = self.settings
+        now = self.clock()
+        counts = dict.fromkeys(
+            ("inactive", "raced", "deleted", "failedPending", "requeued", "failed", "extended"),
+            0,
+        )
+        gone: set[str] = set()
+        for name, session_id in await self._io(self.llms.stale, now - s.heartbeat_timeout_seconds):
+            try:
+                await self._io(self.llms.expire, name, now - s.heartbeat_timeout_seconds, now)
+            except ConditionFailedError:
+                counts["raced"] += 1  # a heartbeat landed meanwhile: it wins
+                continue
+            counts["inactive"] += 1
+            if session_id:
+                gone.add(session_id)
+        for session_id in gone:
+            counts["failedPending"] += await self._fail_pending(
+                session_id, "its publisher went offline"
+            )
+        for name in await self._io(self.llms.retired, now - s.inactive_retention_seconds):
+            try:
+                await self._io(self.llms.delete_retired, name, now - s.inactive_retention_seconds)
+                counts["deleted"] += 1
+            except ConditionFailedError:
+                counts["raced"] += 1
+        for task_id in await self._io(self.tasks.expired_leases, now):
+            counts[await self._expire_lease(task_id, now)] += 1
+        if any(counts.values()):
+            log.info("sweep: %s", counts)
+        return counts
+
+    async def _expire_lease(self, task_id: str, now: float) -> str:
+        try:
+            task = await self._io(self.tasks.get, task_id, now)
+        except RelayError:
+            return "raced"
+        if task.state is not TaskState.CLAIMED:
+            return "raced"
+        try:
+            session = await self._io(self.llms.get_session, task.session_id)
+        except SessionNotFoundError:
+            session = None
+        alive = (
+            session is not None
+            and now - session.heartbeat_at <= self.settings.heartbeat_timeout_seconds
+        )
+        try:
+            if alive and session is not None and session.generation == task.claimed_generation:
+                # The publisher that holds it is alive and the same process: still working.
+                await self._io(self.tasks.extend_lease, task_id, now)
+                return "extended"
+            if alive and task.attempts < MAX_ATTEMPTS and not task.sent_any:
+                await self._io(self.tasks.requeue, task_id, now)
+                self.signals.notify(f"session:{task.session_id}")
+                return "requeued"
+            await self._io(
+                self.tasks.finish,
+                task_id,
+                TaskState.FAILED,
+                _offline_error(f"the publisher of {task.llm} vanished during task {task_id}"),
+                now,
+                now + self.settings.result_retention_seconds,
+                only_if="leaseUntil < :cutoff",
+                cutoff=now,
+            )
+        except ConditionFailedError:
+            return "raced"
+        self.signals.notify(f"task:{task_id}")
+        return "failed"
+
+
+def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in error.items() if k in ("message", "type", "code", "param")}
+
+
+def _offline_error(message: str) -> dict[str, Any]:
+    return {"message": message, "code": "publisher_offline", "type": "service_unavailable"}
+
+
+def _offline(row: LlmRecord, now: float) -> PublisherOfflineError:
+    ago = f"{now - row.last_heartbeat_at:.0f} s ago" if row.last_heartbeat_at else "never"
+    return PublisherOfflineError(
+        f"the publisher of {row.name!r} is offline (last heartbeat {ago}); "
+        "try again when it is back"
+    )
+
+
+def task_error(task: TaskRecord) -> RelayError:
+    """The error a client sees for a task that did not complete."""
+    error = task.error or {}
+    message = str(error.get("message") or f"task {task.id} {task.state.value}")
+    code = error.get("code")
+    if task.state is TaskState.CANCELLED:
+        return TaskCancelledError(message)
+    if code == "wake_failed":
+        return WakeFailedError(message)
+    if code == "publisher_offline":
+        return PublisherOfflineError(message)
+    status = task.status or 502
+    return BackendError(message, status=status if 400 <= status < 500 else 502)

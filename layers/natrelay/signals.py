@@ -1,0 +1,62 @@
+"""In-process wake-ups for waiting polls and clients: an optimisation, never required.
+
+When the app runs as one long-lived process, the request that writes a task (or a
+result) can wake the request waiting for it at once instead of at its next
+DynamoDB re-check. With several processes (Lambda), nothing is shared and waiters
+fall back to polling DynamoDB, which is complete on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Listener:
+    def __init__(self, enabled: bool) -> None:
+        self._event = asyncio.Event() if enabled else None
+
+    def set(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout`; True if notified since the last wait (or while waiting)."""
+        if self._event is None:
+            await asyncio.sleep(timeout)
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+
+
+class Signals:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+
+    def notify(self, key: str) -> None:
+        for listener in self._listeners.get(key, ()):
+            listener.set()
+
+    @contextmanager
+    def listen(self, key: str) -> Iterator[Listener]:
+        """Register before checking DynamoDB, so a notification in between is not lost."""
+        listener = Listener(self.enabled)
+        if self.enabled:
+            self._listeners[key].add(listener)
+        try:
+            yield listener
+        finally:
+            listeners = self._listeners.get(key)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[key]

@@ -1,0 +1,102 @@
+"""The one table from domain errors to HTTP responses (OpenAI-style bodies)."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from natrelay import errors
+
+log = logging.getLogger("natrelay.web")
+
+STATUS: dict[type[errors.RelayError], int] = {
+    errors.AuthError: 401,
+    errors.ForbiddenError: 403,
+    errors.InvalidRequestError: 400,
+    errors.PayloadTooLargeError: 413,
+    errors.LlmNotFoundError: 404,
+    errors.SessionNotFoundError: 404,
+    errors.TaskNotFoundError: 404,
+    errors.NameTakenError: 409,
+    errors.TaskNotClaimedError: 409,
+    errors.TaskCancelledError: 409,
+    errors.ResultConflictError: 409,
+    errors.ConditionFailedError: 409,
+    errors.PublisherOfflineError: 503,
+    errors.BackendError: 502,
+    errors.TaskTimeoutError: 504,
+}
+
+
+def error_body(exc: errors.RelayError) -> dict[str, object]:
+    return {
+        "error": {
+            "message": exc.message,
+            "type": exc.type,
+            "code": exc.code,
+            "param": exc.param,
+        }
+    }
+
+
+def status_of(exc: errors.RelayError) -> int:
+    if isinstance(exc, errors.BackendError):
+        return exc.status
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(exc: errors.RelayError) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if isinstance(exc, errors.PublisherOfflineError):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, errors.TaskTimeoutError):
+        headers["Location"] = f"/api/v1/tasks/{exc.task_id}"
+    if isinstance(exc, errors.AuthError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(exc), status_code=status_of(exc), headers=headers)
+
+
+async def relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.RelayError)
+    return error_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {
+            "error": {
+                "message": exc.detail,
+                "type": "invalid_request_error",
+                "code": code,
+                "param": None,
+            }
+        },
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {
+            "error": {
+                "message": "internal error in the relay",
+                "type": "server_error",
+                "code": "internal_error",
+                "param": None,
+            }
+        },
+        status_code=500,
+    )
+
+
+HANDLERS = {errors.RelayError: relay_error, HTTPException: http_error, Exception: unexpected}

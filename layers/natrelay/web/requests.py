@@ -1,0 +1,72 @@
+"""Reading and checking request bodies and credentials."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from natrelay.errors import AuthError, ForbiddenError, InvalidRequestError, PayloadTooLargeError
+from natrelay.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Right(StrEnum):
+    PUBLISH = "publish"
+    CLIENT = "client"
+
+
+def authorize(request: Request, settings: Settings, right: Right) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+    tokens = {
+        Right.PUBLISH: settings.publish_token.get_secret_value(),
+        Right.CLIENT: settings.client_token.get_secret_value(),
+    }
+    matches = {r for r, t in tokens.items() if t and hmac.compare_digest(t, token)}
+    if right in matches:
+        return
+    if matches:
+        raise ForbiddenError(f"this token does not carry the {right.value} right")
+    raise AuthError("invalid bearer token")
+
+
+async def read_body(request: Request, settings: Settings) -> bytes:
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLargeError(f"request body is {len(body)} bytes; the limit is {limit} bytes")
+    return body
+
+
+async def read_json(request: Request, settings: Settings) -> Any:
+    body = await read_body(request, settings)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate into `model`; the first error names its field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        where = f"{field}: " if field else ""
+        raise InvalidRequestError(f"{where}{first['msg']}", param=field) from exc
+
+
+async def read_model(request: Request, settings: Settings, model: type[M]) -> M:
+    return parse(model, await read_json(request, settings))

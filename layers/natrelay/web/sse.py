@@ -1,0 +1,79 @@
+"""Server-sent events: OpenAI chat streams and resumable task event streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from natrelay.errors import RelayError, TaskTimeoutError
+from natrelay.service import RelayService
+from natrelay.web.errors import error_body
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _data(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+async def _cancel_unless_done(service: RelayService, task_id: str, done: bool) -> None:
+    if not done:
+        with anyio.CancelScope(shield=True):
+            await service.cancel(task_id)
+
+
+async def chat_stream(service: RelayService, task_id: str, budget: float) -> AsyncIterator[str]:
+    """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`.
+
+    A client that goes away cancels the task, so the publisher stops the backend.
+    """
+    done = False
+    try:
+        async for chunk in service.stream(task_id, budget=budget):
+            for obj in json.loads(chunk.data):
+                yield _data(obj)
+        done = True
+        yield "data: [DONE]\n\n"
+    except RelayError as exc:
+        done = not isinstance(exc, TaskTimeoutError)
+        yield _data(error_body(exc))
+    finally:
+        await _cancel_unless_done(service, task_id, done)
+
+
+def parse_event_id(value: str | None) -> tuple[int, int]:
+    """`<seq>:<index>` of the last event seen; (-1, -1) for none or garbage."""
+    if not value:
+        return -1, -1
+    seq, _, index = value.partition(":")
+    try:
+        return int(seq), int(index or -1)
+    except ValueError:
+        return -1, -1
+
+
+async def task_events(
+    service: RelayService, task_id: str, last: tuple[int, int], budget: float
+) -> AsyncIterator[str]:
+    """Each chunk as an event with id `<seq>:<index>`; a final `end` event with the task.
+
+    Resuming with Last-Event-ID repeats nothing and skips nothing. A stream cut by the
+    budget has no `end` event: reconnect with the last id.
+    """
+    seq, index = last
+    try:
+        async for chunk in service.stream(task_id, after_seq=seq - 1, budget=budget):
+            for i, obj in enumerate(json.loads(chunk.data)):
+                if chunk.seq == seq and i <= index:
+                    continue
+                yield f"id: {chunk.seq}:{i}\n" + _data(obj)
+    except TaskTimeoutError:
+        return
+    except RelayError:
+        pass  # the end event carries the error
+    task, result = await service.get_task(task_id)
+    view = service.task_view(task, result)
+    yield "event: end\n" + _data(view.model_dump(mode="json", by_alias=True, exclude_none=True))
