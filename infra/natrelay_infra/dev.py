@@ -1,0 +1,392 @@
+"""`natrelay dev`: the relay API, its sweeper and an embedded DynamoDB (moto) in one process."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import boto3
+import uvicorn
+
+from natrelay_infra.demo import (
+    DEMO_MODELS,
+    DemoPublisher,
+    demo_config,
+    wait_published,
+    write_config,
+)
+from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.tables import TableNames, create_tables
+from natrelay_infra.wake_controller import WakeController
+
+# Only ever used on a loopback address; anything else gets generated tokens.
+DEV_CLIENT_TOKEN = "dev-client-token"  # noqa: S105
+DEV_PUBLISH_TOKEN = "dev-publish-token"  # noqa: S105
+FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+log = logging.getLogger("natrelay.dev")
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="natrelay dev",
+        description="Run the relay locally: API, sweeper and an embedded DynamoDB (moto).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    parser.add_argument(
+        "--dynamodb-endpoint",
+        default=env("NATRELAY_DYNAMODB_ENDPOINT"),
+        help="use this DynamoDB (DynamoDB Local, or AWS) instead of an embedded moto server",
+    )
+    parser.add_argument("--table-prefix", default="natrelay-dev-")
+    parser.add_argument("--llms-table", help="table name (overrides the prefix)")
+    parser.add_argument("--tasks-table", help="table name (overrides the prefix)")
+    parser.add_argument(
+        "--no-create-tables",
+        dest="create_tables",
+        action="store_false",
+        help="use existing tables (e.g. a deployed stack's)",
+    )
+    parser.add_argument("--client-token", default=env("NATRELAY_CLIENT_TOKEN"))
+    parser.add_argument(
+        "--publisher-token",
+        "--publish-token",
+        dest="publisher_token",
+        default=env("NATRELAY_PUBLISH_TOKEN"),
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a publisher silent this long is offline (default 90)",
+    )
+    parser.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="run the sweeper this often; 0 disables it (default %(default)s)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run a publisher with the models echo and echo-sleepy",
+    )
+    parser.add_argument("--pid-file", type=Path, help="write the demo publisher's pid here")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    return parser
+
+
+@dataclass(frozen=True)
+class Relay:
+    url: str
+    dynamodb: str
+    tables: TableNames
+    client_token: str
+    publish_token: str
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run until Ctrl-C or SIGTERM; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(message)s")
+    if args.log_level != "debug":
+        # moto's per-request lines and botocore's credential notes drown the relay's own log.
+        for name in ("werkzeug", "botocore", "boto3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # before the signal handlers are in place
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        try:
+            sock = stack.enter_context(_bind(args.host, args.port))
+        except OSError as exc:
+            print(f"natrelay dev: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        endpoint = args.dynamodb_endpoint or stack.enter_context(MotoServer()).endpoint
+        relay = _configure(args, sock, endpoint, embedded=not args.dynamodb_endpoint)
+        if args.create_tables:
+            create_tables(_dynamodb(endpoint), relay.tables)
+        stopper = stack.enter_context(_StopOnSignal())
+        server = uvicorn.Server(
+            uvicorn.Config(
+                "natrelay.web:create_app",
+                factory=True,
+                log_level=args.log_level,
+                timeout_graceful_shutdown=5,
+            )
+        )
+        api = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn")
+        api.start()
+        stack.callback(_stop_server, server, api)
+        if not _wait_started(server, api):
+            print("natrelay dev: the relay API did not start (see the log above)", file=sys.stderr)
+            return 1
+        if args.sweep_interval > 0:
+            stack.enter_context(_sweeping(args.sweep_interval))
+        publisher = None
+        if args.demo:
+            publisher = _start_demo(stack, args, relay)
+        _print_banner(relay, publisher)
+        if publisher is not None:
+            ready = wait_published(
+                relay.url,
+                relay.client_token,
+                DEMO_MODELS,
+                publisher,
+                should_stop=stopper.stopping.is_set,
+            )
+            if ready:
+                print(f"demo ready: {', '.join(DEMO_MODELS)} published", flush=True)
+        while not stopper.stopping.wait(0.5):
+            if not api.is_alive():
+                print("natrelay dev: the relay API stopped", file=sys.stderr)
+                return 1
+            if publisher is not None:
+                publisher.check()
+        if publisher is not None:
+            # A Ctrl-C reached the publisher too: give it a moment to deregister by itself.
+            grace = 3.0 if stopper.signum == signal.SIGINT else 0.0
+            stopper.on_repeat = publisher.kill
+            publisher.stop(grace=grace)
+        log.info("natrelay dev: stopping")
+    return 0
+
+
+def _configure(
+    args: argparse.Namespace, sock: socket.socket, endpoint: str, *, embedded: bool
+) -> Relay:
+    """Point this process's NATRELAY_* environment (read by the app) at our tables and tokens."""
+    loopback = _is_loopback(args.host)
+    client_token = args.client_token or (DEV_CLIENT_TOKEN if loopback else _token())
+    publish_token = args.publisher_token or (DEV_PUBLISH_TOKEN if loopback else _token())
+    prefix = args.table_prefix
+    tables = TableNames(
+        llms=args.llms_table or f"{prefix}Llms", tasks=args.tasks_table or f"{prefix}Tasks"
+    )
+    env = {
+        "NATRELAY_DYNAMODB_ENDPOINT": endpoint,
+        "NATRELAY_LLMS_TABLE": tables.llms,
+        "NATRELAY_TASKS_TABLE": tables.tasks,
+        "NATRELAY_CLIENT_TOKEN": client_token,
+        "NATRELAY_PUBLISH_TOKEN": publish_token,
+    }
+    if args.heartbeat_timeout is not None:
+        env["NATRELAY_HEARTBEAT_TIMEOUT_SECONDS"] = str(args.heartbeat_timeout)
+    os.environ.update(env)
+    os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("NATRELAY_REGION", "us-east-1"))
+    if embedded:
+        # moto takes any credentials; a profile named in the environment might not exist here.
+        os.environ.update(FAKE_AWS_CREDENTIALS)
+        os.environ.pop("AWS_PROFILE", None)
+    host, port = sock.getsockname()[:2]
+    url_host = "127.0.0.1" if _is_unspecified(host) else host
+    if ":" in url_host:
+        url_host = f"[{url_host}]"
+    return Relay(
+        url=f"http://{url_host}:{port}",
+        dynamodb=endpoint,
+        tables=tables,
+        client_token=client_token,
+        publish_token=publish_token,
+    )
+
+
+def _dynamodb(endpoint: str) -> Any:
+    return boto3.client("dynamodb", endpoint_url=endpoint)
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _bind(host: str, port: int) -> Iterator[socket.socket]:
+    """Bind here rather than in uvicorn: errors are reported plainly and port 0 works."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        yield sock
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread, timeout: float = 30) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if server.started or not thread.is_alive():
+            break
+        thread.join(0.05)
+    return server.started
+
+
+def _stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _sweeping(interval: float) -> Iterator[None]:
+    """Run `natrelay.web.run_sweep_once()` every `interval` seconds in a thread."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_sweep_loop, args=(interval, stop), name="sweeper", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _sweep_loop(interval: float, stop: threading.Event) -> None:
+    try:
+        run_sweep_once: Callable[[], dict[str, Any]] = importlib.import_module(
+            "natrelay.web"
+        ).run_sweep_once
+    except (ImportError, AttributeError) as exc:
+        log.warning("no sweeper (natrelay.web.run_sweep_once: %s)", exc)
+        return
+    while not stop.wait(interval):
+        try:
+            counts = run_sweep_once()
+        except Exception:
+            log.exception("sweep failed")
+        else:
+            if any(counts.values()):
+                log.info("sweep: %s", counts)
+
+
+def _start_demo(
+    stack: contextlib.ExitStack, args: argparse.Namespace, relay: Relay
+) -> DemoPublisher:
+    controller = stack.enter_context(WakeController())
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
+    timeout = args.heartbeat_timeout or 90.0
+    config = demo_config(
+        relay.url,
+        relay.publish_token,
+        workdir,
+        controller.url,
+        heartbeat_seconds=max(1.0, min(30.0, timeout / 3)),
+    )
+    publisher = DemoPublisher(write_config(config, workdir / "publisher.yaml")).start()
+    stack.callback(publisher.stop)  # also on an early exit; a no-op once stopped
+    if args.pid_file is not None:
+        args.pid_file.write_text(f"{publisher.pid}\n", encoding="utf-8")
+        stack.callback(args.pid_file.unlink, missing_ok=True)
+    return publisher
+
+
+def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
+    model = "echo" if publisher else "MODEL"
+    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hello"}}]}}'
+    lines = [
+        f"natrelay dev: relay API at {relay.url}",
+        f"  OpenAI base URL:  {relay.url}/v1",
+        f"  client token:     {relay.client_token}",
+        f"  publisher token:  {relay.publish_token}",
+        f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, {relay.tables.tasks})",
+    ]
+    if publisher is not None:
+        lines.append(f"publisher pid: {publisher.pid}")
+    else:
+        lines += [
+            "",
+            "Publish a backend (natrelay publish --config publisher.yaml):",
+            f"  relay: {{url: {relay.url}, token: {relay.publish_token}}}",
+            "  providers:",
+            "    - {name: MODEL, type: openai, model: MODEL, "
+            "options: {baseUrl: http://127.0.0.1:8000/v1}}",
+        ]
+    lines += [
+        "",
+        'Try it with curl (add "stream": true for server-sent events):',
+        f"  curl -s {relay.url}/v1/chat/completions \\",
+        f"    -H 'Authorization: Bearer {relay.client_token}' "
+        "-H 'Content-Type: application/json' \\",
+        f"    -d '{body}'",
+        "",
+        "or with the openai Python SDK:",
+        "  from openai import OpenAI",
+        f'  client = OpenAI(base_url="{relay.url}/v1", api_key="{relay.client_token}")',
+        f'  reply = client.chat.completions.create(model="{model}", '
+        'messages=[{"role": "user", "content": "hello"}])',
+        "  print(reply.choices[0].message.content)",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set `stopping`; a repeated signal calls `on_repeat` (e.g. kill a child)."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.signum: int | None = None
+        self.on_repeat: Callable[[], None] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping.is_set():
+            if self.on_repeat is not None:
+                self.on_repeat()
+            return
+        self.signum = signum
+        self.stopping.set()
+
+    def __enter__(self) -> _StopOnSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
