@@ -391,7 +391,19 @@ class RelayService:
         )
         await self._io(self.tasks.put, task)
         self.signals.notify(f"session:{row.session_id}")
-        return await self._io(self.tasks.get, task.id, now)
+        return TaskRecord(
+            id=task.id,
+            kind=task.kind,
+            llm=name,
+            session_id=task.session_id,
+            state=TaskState.PENDING,
+            created_at=now,
+            lease_seconds=lease,
+            updated_at=now,
+            stream=stream,
+            wake_id=wake_id,
+            request_size=len(raw),
+        )
 
     def _wake_window(self, row: LlmRecord) -> float:
         s = self.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -69,6 +70,4 @@ def create_app(settings: Settings | None = None, service: RelayService | None = 
 
 def run_sweep_once(settings: Settings | None = None) -> dict[str, int]:
     """One sweep with settings from the environment (for `natrelay dev` and the sweeper)."""
-    import asyncio
-
     return asyncio.run(RelayService.from_settings(settings).sweep())

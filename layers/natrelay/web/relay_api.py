@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.errors import InvalidRequestError
 from natrelay.service import RelayService
+from natrelay.web.openai_api import run_chat
 from natrelay.web.requests import read_json, read_model
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events
 from natrelay.wire import (
@@ -86,8 +87,6 @@ async def delete_llm(request: Request, service: RelayService) -> Response:
 
 async def infer(request: Request, service: RelayService) -> Response:
     """A chat-completions body for the named LLM; `Prefer: respond-async` answers 202."""
-    from natrelay.web.openai_api import run_chat
-
     body = await read_json(request, service.settings)
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from natrelay.service import RelayService
+from natrelay.settings import Settings
+from natrelay.store import DynamoLlmStore, DynamoTaskStore
+from natrelay.wire import LlmStatus, PollRequest, ProviderSpec, RegisterRequest
+from natrelay_infra.tables import TableNames, create_tables
+
+
+class FakeClock:
+    """Time that moves only when told to (or by `step` on every read)."""
+
+    def __init__(self, start: float = 1_800_000_000.0, step: float = 0.0) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class OpCounter:
+    """Counts DynamoDB operations through botocore's event hooks."""
+
+    def __init__(self, client: Any) -> None:
+        self.ops: list[str] = []
+        client.meta.events.register("before-call.dynamodb.*", self._seen)
+
+    def _seen(self, model: Any, **_: Any) -> None:
+        self.ops.append(model.name)
+
+    def count(self, op: str) -> int:
+        return self.ops.count(op)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        llms_table="Llms",
+        tasks_table="Tasks",
+        publish_token="p" * 20,  # type: ignore[arg-type]
+        client_token="c" * 20,  # type: ignore[arg-type]
+        poll_min_interval_seconds=0.005,
+        poll_max_interval_seconds=0.02,
+    )
+
+
+@pytest.fixture
+def client(aws: None) -> Any:
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    create_tables(client, TableNames(llms="Llms", tasks="Tasks"))
+    return client
+
+
+@pytest.fixture
+def service(client: Any, settings: Settings, clock: FakeClock) -> RelayService:
+    return RelayService(
+        settings,
+        DynamoLlmStore(client, "Llms", "Tasks"),
+        DynamoTaskStore(client, "Tasks"),
+        clock=clock,
+    )
+
+
+def spec(name: str, status: LlmStatus = LlmStatus.ACTIVE, wake: float | None = None) -> ProviderSpec:
+    return ProviderSpec(
+        name=name, type="echo", model="echo", initial_status=status, wake_max_wait_seconds=wake
+    )
+
+
+async def register(service: RelayService, *specs: ProviderSpec, session: str | None = None) -> str:
+    resp = await service.register(
+        RegisterRequest(providers=list(specs), provider_session_id=session)
+    )
+    return resp.provider_session_id
+
+
+async def claim(service: RelayService, session: str, n: int = 10) -> list[Any]:
+    return await service.poll(
+        PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n)
+    )
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}

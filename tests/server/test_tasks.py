@@ -1,0 +1,248 @@
+"""Tasks: claim once, chunks, results, payloads past the item limit, expiry, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from natrelay.errors import (
+    BackendError,
+    LlmNotFoundError,
+    PayloadTooLargeError,
+    PublisherOfflineError,
+    ResultConflictError,
+    TaskCancelledError,
+    TaskNotClaimedError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+)
+from natrelay.service import RelayService
+from natrelay.wire import ChunkBatch, ErrorInfo, TaskResult, TaskState
+from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_task_is_claimed_by_one_poll_only(service: RelayService) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    first = await claim(service, sid)
+    assert [t.id for t in first] == [task.id]
+    assert first[0].request == CHAT
+    assert await claim(service, sid) == []
+
+
+async def test_poll_waits_then_returns_empty(service: RelayService, clock: FakeClock) -> None:
+    from natrelay.wire import PollRequest
+
+    clock.step = 0.01
+    sid = await register(service, spec("a"))
+    tasks = await service.poll(PollRequest(provider_session_id=sid, wait_seconds=1, max_tasks=1))
+    assert tasks == []
+
+
+async def test_tasks_of_one_session_are_invisible_to_another(service: RelayService) -> None:
+    sid_a = await register(service, spec("a"))
+    sid_b = await register(service, spec("b"))
+    await service.submit("a", CHAT, stream=False)
+    assert await claim(service, sid_b) == []
+    assert len(await claim(service, sid_a)) == 1
+
+
+async def test_non_streamed_result_reaches_the_waiting_client(service: RelayService) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    await claim(service, sid)
+    answer = {"choices": [{"message": {"role": "assistant", "content": "hi"}}], "usage": {}}
+    await service.post_result(
+        task.id, TaskResult(provider_session_id=sid, status=200, body=answer)
+    )
+    done = await service.wait(task.id, budget=5)
+    outcome = await service.outcome(done)
+    assert outcome.status == 200 and outcome.body == answer
+
+
+async def test_same_result_twice_is_harmless_another_conflicts(service: RelayService) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    await claim(service, sid)
+    result = TaskResult(provider_session_id=sid, status=200, body={"x": 1})
+    await service.post_result(task.id, result)
+    again = await service.post_result(task.id, result)
+    assert again.state is TaskState.COMPLETED
+    with pytest.raises(ResultConflictError):
+        await service.post_result(
+            task.id, TaskResult(provider_session_id=sid, status=200, body={"x": 2})
+        )
+
+
+async def test_only_the_claiming_session_may_post(service: RelayService) -> None:
+    sid = await register(service, spec("a"))
+    other = await register(service, spec("b"))
+    task = await service.submit("a", CHAT, stream=True)
+    await claim(service, sid)
+    with pytest.raises(TaskNotClaimedError):
+        await service.post_chunks(
+            task.id, ChunkBatch(provider_session_id=other, seq=0, chunks=[{"a": 1}])
+        )
+    with pytest.raises(TaskNotClaimedError):
+        await service.post_result(task.id, TaskResult(provider_session_id=other, status=200))
+
+
+async def test_chunks_are_ordered_idempotent_and_stream_to_the_client(
+    service: RelayService,
+) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=True)
+    await claim(service, sid)
+    for seq in (0, 1, 1, 2):  # seq 1 posted twice: harmless
+        await service.post_chunks(
+            task.id, ChunkBatch(provider_session_id=sid, seq=seq, chunks=[{"n": seq}])
+        )
+    with pytest.raises(ResultConflictError):
+        await service.post_chunks(
+            task.id, ChunkBatch(provider_session_id=sid, seq=1, chunks=[{"n": "other"}])
+        )
+    await service.post_result(task.id, TaskResult(provider_session_id=sid, chunk_count=3))
+    got = [json.loads(c.data) async for c in service.stream(task.id, budget=5)]
+    assert got == [[{"n": 0}], [{"n": 1}], [{"n": 2}]]
+
+
+async def test_a_stream_that_fails_midway_yields_its_chunks_then_the_error(
+    service: RelayService,
+) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=True)
+    await claim(service, sid)
+    await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
+    await service.post_result(
+        task.id,
+        TaskResult(
+            provider_session_id=sid,
+            status=502,
+            error=ErrorInfo(message="CUDA out of memory", code="backend_error"),
+            chunk_count=1,
+        ),
+    )
+    seen = []
+    with pytest.raises(BackendError, match="CUDA out of memory") as info:
+        async for chunk in service.stream(task.id, budget=5):
+            seen.append(chunk.seq)
+    assert seen == [0]
+    assert info.value.status == 502
+
+
+async def test_cancelled_task_tells_the_publisher_on_its_next_chunk(
+    service: RelayService,
+) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=True)
+    await claim(service, sid)
+    await service.cancel(task.id)
+    with pytest.raises(TaskCancelledError):
+        await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
+
+
+async def test_backend_errors_keep_4xx_and_turn_the_rest_into_502(
+    service: RelayService,
+) -> None:
+    sid = await register(service, spec("a"))
+    for status, expected in ((400, 400), (500, 502), (503, 502)):
+        task = await service.submit("a", CHAT, stream=False)
+        await claim(service, sid)
+        await service.post_result(
+            task.id,
+            TaskResult(provider_session_id=sid, status=status, error=ErrorInfo(message="bad")),
+        )
+        with pytest.raises(BackendError) as info:
+            await service.outcome(await service.wait(task.id, budget=5))
+        assert info.value.status == expected and info.value.message == "bad"
+
+
+async def test_wait_past_its_budget_names_the_task_and_the_result_stays_fetchable(
+    service: RelayService, clock: FakeClock
+) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    clock.step = 0.5
+    with pytest.raises(TaskTimeoutError) as info:
+        await service.wait(task.id, budget=2)
+    assert info.value.task_id == task.id and task.id in info.value.message
+    clock.step = 0
+    await claim(service, sid)
+    await service.post_result(task.id, TaskResult(provider_session_id=sid, body={"late": True}))
+    done, result = await service.get_task(task.id)
+    assert done.state is TaskState.COMPLETED
+    assert service.task_view(done, result).result == {"late": True}
+
+
+async def test_results_expire_after_the_retention(service: RelayService, clock: FakeClock) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    await claim(service, sid)
+    await service.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
+    clock.advance(service.settings.result_retention_seconds + 1)
+    with pytest.raises(TaskNotFoundError):
+        await service.get_task(task.id)
+
+
+async def test_five_megabyte_prompt_and_answer_round_trip_byte_for_byte(
+    service: RelayService, client: object
+) -> None:
+    sid = await register(service, spec("a"))
+    prompt = os.urandom(5 * 1024 * 1024 // 2).hex()  # 5 MiB of text
+    body = {"model": "a", "messages": [{"role": "user", "content": prompt}]}
+    task = await service.submit("a", body, stream=False)
+    polled = await claim(service, sid)
+    assert polled[0].request is None and polled[0].request_size > 5 * 1024 * 1024
+    assert json.loads(await service.task_request(task.id)) == body
+    answer = {"choices": [{"message": {"content": prompt[::-1]}}]}
+    await service.post_result(task.id, TaskResult(provider_session_id=sid, body=answer))
+    outcome = await service.outcome(await service.wait(task.id, budget=5))
+    assert outcome.body == answer
+
+
+async def test_a_body_over_the_limit_is_refused(service: RelayService) -> None:
+    await register(service, spec("a"))
+    body = {"model": "a", "messages": [{"role": "user", "content": "x" * 7_000_000}]}
+    with pytest.raises(PayloadTooLargeError, match="6291456"):
+        await service.submit("a", body, stream=False)
+
+
+async def test_unknown_and_offline_llms(service: RelayService, clock: FakeClock) -> None:
+    with pytest.raises(LlmNotFoundError):
+        await service.submit("nope", CHAT, stream=False)
+    await register(service, spec("a"))
+    clock.advance(service.settings.heartbeat_timeout_seconds + 5)
+    # no sweep has run yet, but a row past its heartbeat timeout is offline all the same
+    with pytest.raises(PublisherOfflineError, match="offline"):
+        await service.submit("a", CHAT, stream=False)
+
+
+async def test_a_client_waiting_on_a_vanished_publisher_is_told_so(
+    service: RelayService, clock: FakeClock
+) -> None:
+    await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    clock.step = 1.0  # the publisher never polls again
+    done = await service.wait(task.id, budget=500)
+    assert done.state is TaskState.FAILED
+    with pytest.raises(PublisherOfflineError, match="went offline"):
+        await service.outcome(done)
+
+
+async def test_non_streamed_inference_costs_few_dynamodb_requests(
+    service: RelayService, client: object
+) -> None:
+    sid = await register(service, spec("a"))
+    counter = OpCounter(client)
+    task = await service.submit("a", CHAT, stream=False)
+    await claim(service, sid)
+    await service.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
+    await service.outcome(await service.wait(task.id, budget=5))
+    # get row, put task | get session, query queue, claim | complete | read the task
+    assert counter.ops == [
+        "GetItem", "PutItem", "GetItem", "Query", "UpdateItem", "UpdateItem", "GetItem"
+    ]
