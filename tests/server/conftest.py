@@ -94,7 +94,9 @@ def service(client: Any, settings: Settings, clock: FakeClock) -> RelayService:
     )
 
 
-def spec(name: str, status: LlmStatus = LlmStatus.ACTIVE, wake: float | None = None) -> ProviderSpec:
+def spec(
+    name: str, status: LlmStatus = LlmStatus.ACTIVE, wake: float | None = None
+) -> ProviderSpec:
     return ProviderSpec(
         name=name, type="echo", model="echo", initial_status=status, wake_max_wait_seconds=wake
     )
@@ -108,9 +110,7 @@ async def register(service: RelayService, *specs: ProviderSpec, session: str | N
 
 
 async def claim(service: RelayService, session: str, n: int = 10) -> list[Any]:
-    return await service.poll(
-        PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n)
-    )
+    return await service.poll(PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n))
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}

@@ -56,9 +56,7 @@ async def test_non_streamed_result_reaches_the_waiting_client(service: RelayServ
     task = await service.submit("a", CHAT, stream=False)
     await claim(service, sid)
     answer = {"choices": [{"message": {"role": "assistant", "content": "hi"}}], "usage": {}}
-    await service.post_result(
-        task.id, TaskResult(provider_session_id=sid, status=200, body=answer)
-    )
+    await service.post_result(task.id, TaskResult(provider_session_id=sid, status=200, body=answer))
     done = await service.wait(task.id, budget=5)
     outcome = await service.outcome(done)
     assert outcome.status == 200 and outcome.body == answer
@@ -244,5 +242,11 @@ async def test_non_streamed_inference_costs_few_dynamodb_requests(
     await service.outcome(await service.wait(task.id, budget=5))
     # get row, put task | get session, query queue, claim | complete | read the task
     assert counter.ops == [
-        "GetItem", "PutItem", "GetItem", "Query", "UpdateItem", "UpdateItem", "GetItem"
+        "GetItem",
+        "PutItem",
+        "GetItem",
+        "Query",
+        "UpdateItem",
+        "UpdateItem",
+        "GetItem",
     ]

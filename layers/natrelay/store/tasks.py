@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 INLINE_LIMIT = 200 * 1024
 PART_SIZE = 350 * 1024
 LEASE_SHARD = "lease"
+WAKE_PRIORITY = 86_400.0
 _STATE = {"#state": "state"}
 
 
@@ -157,6 +158,8 @@ class DynamoTaskStore:
             "state": TaskState.PENDING.value,
             "queue": task.session_id,
             "createdAt": task.created_at,
+            # Wakes jump the queue: the inferences queued behind them wait for them.
+            "queueOrder": task.created_at - (WAKE_PRIORITY if task.kind is TaskKind.WAKE else 0),
             "updatedAt": task.created_at,
             "leaseSeconds": task.lease_seconds,
             "stream": task.stream,
