@@ -19,7 +19,7 @@ from natrelay.errors import (
     TaskTimeoutError,
 )
 from natrelay.service import RelayService
-from natrelay.wire import ChunkBatch, ErrorInfo, TaskResult, TaskState
+from natrelay.wire import ChunkBatch, ErrorInfo, PollRequest, TaskResult, TaskState
 from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
 
 pytestmark = pytest.mark.anyio
@@ -35,8 +35,6 @@ async def test_a_task_is_claimed_by_one_poll_only(service: RelayService) -> None
 
 
 async def test_poll_waits_then_returns_empty(service: RelayService, clock: FakeClock) -> None:
-    from natrelay.wire import PollRequest
-
     clock.step = 0.01
     sid = await register(service, spec("a"))
     tasks = await service.poll(PollRequest(provider_session_id=sid, wait_seconds=1, max_tasks=1))

@@ -9,7 +9,7 @@ import pytest
 
 from natrelay.errors import PublisherOfflineError, WakeFailedError
 from natrelay.service import RelayService
-from natrelay.wire import ErrorInfo, LlmStatus, TaskKind, TaskResult
+from natrelay.wire import ErrorInfo, HeartbeatRequest, LlmStatus, TaskKind, TaskResult
 from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
 
 pytestmark = pytest.mark.anyio
@@ -107,8 +107,6 @@ async def test_an_expired_wake_marker_lets_the_next_request_start_a_fresh_wake(
     clock.advance(30 + service.settings.wake_margin_seconds + 1)
     # keep the session alive: only the wake's publisher-side work vanished
     sid = (await service.get_llm("s")).session_id or ""
-    from natrelay.wire import HeartbeatRequest
-
     await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
     second = await service.submit("s", CHAT, stream=False)
     assert second.wake_id is not None and second.wake_id != first.wake_id
@@ -121,8 +119,6 @@ async def test_a_stale_wake_result_does_not_touch_a_newer_wake(
     first = await service.submit("s", CHAT, stream=False)
     await claim(service, sid)
     clock.advance(60)
-    from natrelay.wire import HeartbeatRequest
-
     await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
     second = await service.submit("s", CHAT, stream=False)
     await service.post_result(
