@@ -65,7 +65,8 @@ async def task_events(
     """
     seq, index = last
     try:
-        async for chunk in service.stream(task_id, after_seq=seq - 1, budget=budget):
+        # re-read the batch of the last event seen; its events up to `index` are skipped
+        async for chunk in service.stream(task_id, after_seq=max(seq - 1, -1), budget=budget):
             for i, obj in enumerate(json.loads(chunk.data)):
                 if chunk.seq == seq and i <= index:
                     continue

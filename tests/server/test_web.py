@@ -1,0 +1,226 @@
+"""The HTTP surface on a real uvicorn server, moto behind it, the official openai client."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from natrelay_infra.moto_server import MotoServer
+from tests.support.scripted import ScriptedPublisher
+from tests.support.stack import Stack, running_stack
+
+ECHO = [{"name": "echo", "type": "echo", "model": "echo"}]
+MSG = [{"role": "user", "content": "the quick brown fox"}]
+
+
+def client(stack: Stack, **kw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.client_token,
+                         max_retries=0, **kw)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    error: dict[str, Any] = resp.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"]
+    return error
+
+
+def test_openai_client_lists_models_and_chats_plain_and_streamed(stack: Stack) -> None:
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO):
+        oai = client(stack)
+        assert [m.id for m in oai.models.list()] == ["echo"]
+        reply = oai.chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == "the quick brown fox"
+        stream = oai.chat.completions.create(model="echo", messages=MSG, stream=True)  # type: ignore[arg-type]
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "the quick brown fox"
+
+
+def test_unknown_model_is_a_not_found_error(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(stack).chat.completions.create(model="nope", messages=MSG)  # type: ignore[arg-type]
+    assert "nope" in str(info.value)
+
+
+def test_auth_errors(stack: Stack) -> None:
+    url = f"{stack.url}/v1/models"
+    assert_openai_error(httpx.get(url), 401, "invalid_api_key")
+    assert_openai_error(httpx.get(url, headers=auth("wrong-token")), 401, "invalid_api_key")
+    assert_openai_error(httpx.get(url, headers=auth(stack.publish_token)), 403, "forbidden")
+    poll = f"{stack.url}/api/v1/llms/_provider-poll"
+    assert_openai_error(httpx.post(poll, headers=auth(stack.client_token), json={}), 403,
+                        "forbidden")
+    assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MSG}, "model"),
+        ({"model": "echo", "messages": []}, "messages"),
+        ({"model": "echo", "messages": "hi"}, "messages"),
+        ({"model": "echo", "messages": MSG, "stream": "often"}, "stream"),
+    ],
+)
+def test_invalid_chat_bodies_name_the_field(stack: Stack, body: dict[str, Any], param: str) -> None:
+    resp = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token),
+                      json=body)
+    assert assert_openai_error(resp, 400, "invalid_request")["param"] == param
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
+def test_garbage_bodies_are_client_errors_not_500(stack: Stack, raw: bytes) -> None:
+    for path, token in (("/v1/chat/completions", stack.client_token),
+                        ("/api/v1/llms/_provider-register", stack.publish_token),
+                        ("/api/v1/llms/_provider-poll", stack.publish_token)):
+        resp = httpx.post(f"{stack.url}{path}", headers=auth(token), content=raw)
+        assert 400 <= resp.status_code < 500, (path, resp.text)
+        assert resp.json()["error"]["message"]
+
+
+def test_publisher_endpoints_name_the_bad_field(stack: Stack) -> None:
+    resp = httpx.post(f"{stack.url}/api/v1/llms/_provider-register",
+                      headers=auth(stack.publish_token),
+                      json={"providers": [{"name": "bad name!", "type": "echo", "model": "m"}]})
+    assert assert_openai_error(resp, 400, "invalid_request")["param"] == "providers.0.name"
+    resp = httpx.post(f"{stack.url}/api/v1/llms/_provider-poll",
+                      headers=auth(stack.publish_token),
+                      json={"providerSessionId": "abcdefgh123", "waitSeconds": 99})
+    assert assert_openai_error(resp, 400, "invalid_request")["param"] == "waitSeconds"
+    resp = httpx.post(f"{stack.url}/api/v1/llms/_provider-heartbeat",
+                      headers=auth(stack.publish_token),
+                      json={"providerSessionId": "abcdefgh123"})
+    assert_openai_error(resp, 404, "session_not_found")
+
+
+def test_name_taken_is_409(stack: Stack) -> None:
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO):
+        other = ScriptedPublisher(stack.url, stack.publish_token, ECHO)
+        resp = other.post("_provider-register", {"providers": ECHO})
+        assert_openai_error(resp, 409, "name_taken")
+        other.http.close()
+
+
+def test_body_over_six_megabytes_is_413_naming_the_limit(stack: Stack) -> None:
+    body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "x" * 7_000_000}]})
+    resp = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token),
+                      content=body, timeout=30)
+    assert "6291456" in assert_openai_error(resp, 413, "payload_too_large")["message"]
+
+
+def test_inactive_llm_is_503_with_retry_after_saying_offline(stack: Stack) -> None:
+    pub = ScriptedPublisher(stack.url, stack.publish_token, ECHO)
+    sid = pub.register()
+    pub.post("_provider-deregister", {"providerSessionId": sid}).raise_for_status()
+    pub.http.close()
+    resp = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token),
+                      json={"model": "echo", "messages": MSG})
+    error = assert_openai_error(resp, 503, "publisher_offline")
+    assert "offline" in error["message"] and int(resp.headers["retry-after"]) > 0
+    rows = httpx.get(f"{stack.url}/api/v1/llms", headers=auth(stack.client_token)).json()
+    assert rows["data"][0]["status"] == "inactive" and rows["data"][0]["inactiveSince"]
+
+
+def test_backend_failure_is_502_with_its_message(stack: Stack) -> None:
+    def fail(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        pub.result(task["id"], {"status": 502, "error": {"message": "connection refused by "
+                                "http://127.0.0.1:8000/v1", "code": "backend_error"}})
+
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=fail):
+        with pytest.raises(openai.APIStatusError) as info:
+            client(stack).chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
+    assert info.value.status_code == 502 and "connection refused" in str(info.value)
+
+
+def test_row_endpoints(stack: Stack) -> None:
+    with ScriptedPublisher(stack.url, stack.publish_token,
+                           [{"name": "org/model-1", "type": "openai", "model": "m", "tier": "gpu"}]):
+        h = auth(stack.client_token)
+        row = httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h).json()
+        assert {k: row[k] for k in ("name", "kind", "type", "model", "tier", "status")} == {
+            "name": "org/model-1", "kind": "virtual", "type": "openai", "model": "m",
+            "tier": "gpu", "status": "active"}
+        assert httpx.delete(f"{stack.url}/api/v1/llms/org/model-1", headers=h).status_code == 204
+        assert_openai_error(httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h), 404,
+                            "model_not_found")
+
+
+def test_sync_timeout_is_504_naming_the_task_whose_result_stays_fetchable(
+    moto_server: MotoServer,
+) -> None:
+    with running_stack(moto_server.endpoint, request_timeout_seconds=1) as stack:
+        held: list[dict[str, Any]] = []
+        with ScriptedPublisher(stack.url, stack.publish_token, ECHO,
+                               answer=lambda task, pub: held.append(task)) as pub:
+            resp = httpx.post(f"{stack.url}/v1/chat/completions",
+                              headers=auth(stack.client_token),
+                              json={"model": "echo", "messages": MSG}, timeout=10)
+            error = assert_openai_error(resp, 504, "timeout")
+            task_id = resp.headers["location"].rsplit("/", 1)[1]
+            assert task_id in error["message"]
+            pub.result(task_id, {"status": 200, "body": {"answer": "late"}}).raise_for_status()
+        got = httpx.get(f"{stack.url}/api/v1/tasks/{task_id}", headers=auth(stack.client_token))
+        assert got.json()["state"] == "completed" and got.json()["result"] == {"answer": "late"}
+
+
+def test_async_task_polled_to_completion_and_events_resume_without_gap(stack: Stack) -> None:
+    words = [f"w{i}" for i in range(12)]
+
+    def slow_stream(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        for seq, word in enumerate(words):
+            pub.chunk(task["id"], seq, [{"choices": [{"delta": {"content": word}}]},
+                                         {"choices": [{"delta": {"content": " "}}]}])
+            time.sleep(0.05)
+        pub.result(task["id"], {"status": 200, "body": {"usage": {"completion_tokens": 12}},
+                                "chunkCount": len(words)})
+
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=slow_stream):
+        h = auth(stack.client_token)
+        resp = httpx.post(f"{stack.url}/api/v1/llms/echo/infer",
+                          headers={**h, "Prefer": "respond-async"},
+                          json={"messages": MSG, "stream": True})
+        assert resp.status_code == 202 and resp.headers["preference-applied"] == "respond-async"
+        location = resp.headers["location"]
+        assert location == f"/api/v1/tasks/{resp.json()['id']}"
+        # read the first few events, drop the connection, resume from the last id
+        seen: list[tuple[str, str]] = []
+        with httpx.stream("GET", f"{stack.url}{location}/events", headers=h, timeout=30) as r:
+            event_id = None
+            for line in r.iter_lines():
+                if line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("data: ") and event_id:
+                    seen.append((event_id, line[6:]))
+                    if len(seen) == 5:
+                        break
+        last = seen[-1][0]
+        ended = None
+        with httpx.stream("GET", f"{stack.url}{location}/events",
+                          headers={**h, "Last-Event-ID": last}, timeout=30) as r:
+            event_id, kind = None, None
+            for line in r.iter_lines():
+                if line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    if kind == "end":
+                        ended = json.loads(line[6:])
+                    else:
+                        seen.append((event_id or "", line[6:]))
+        ids = [i for i, _ in seen]
+        assert len(ids) == len(set(ids)) == 2 * len(words)  # no duplicate, no gap
+        text = "".join(json.loads(d)["choices"][0]["delta"]["content"] for _, d in seen)
+        assert text == " ".join(words) + " "
+        assert ended is not None and ended["state"] == "completed"
+        final = httpx.get(f"{stack.url}{location}", headers=h).json()
+        assert final["state"] == "completed" and final["chunkCount"] == len(words)

@@ -1,0 +1,100 @@
+"""A scripted publisher for server tests: polls in a thread and answers with a function.
+
+The real publisher has its own tests; this one lets server tests control exactly
+what a publisher sends, and when.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+Answer = Callable[[dict[str, Any], "ScriptedPublisher"], None]
+
+
+def echo_answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+    """Reply with the last user message; streamed as one chunk per word."""
+    text = task["request"]["messages"][-1]["content"]
+    if task["stream"]:
+        words = text.split(" ")
+        for seq, word in enumerate(words):
+            delta = word if seq == 0 else " " + word
+            pub.chunk(task["id"], seq, [{"object": "chat.completion.chunk",
+                                         "choices": [{"index": 0, "delta": {"content": delta}}]}])
+        pub.result(task["id"], {"status": 200, "body": None, "chunkCount": len(words)})
+    else:
+        pub.result(task["id"], {"status": 200, "body": {
+            "object": "chat.completion", "id": "x", "model": task["llm"], "created": 0,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}]}})
+
+
+@dataclass
+class ScriptedPublisher:
+    url: str
+    token: str
+    providers: list[dict[str, Any]]
+    answer: Answer = echo_answer
+    session_id: str | None = None
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=40
+        )
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post(f"/api/v1/llms/{path}", json=body)
+
+    def register(self) -> str:
+        resp = self.post("_provider-register", {"providers": self.providers,
+                                                "providerSessionId": self.session_id})
+        resp.raise_for_status()
+        self.session_id = resp.json()["providerSessionId"]
+        return self.session_id
+
+    def chunk(self, task_id: str, seq: int, chunks: list[dict[str, Any]]) -> httpx.Response:
+        return self.post(f"_provider-task/{task_id}/chunks",
+                         {"providerSessionId": self.session_id, "seq": seq, "chunks": chunks})
+
+    def result(self, task_id: str, result: dict[str, Any]) -> httpx.Response:
+        return self.post(f"_provider-task/{task_id}/result",
+                         {"providerSessionId": self.session_id, **result})
+
+    def poll_once(self, wait: float = 1.0, max_tasks: int = 8) -> list[dict[str, Any]]:
+        resp = self.post("_provider-poll", {"providerSessionId": self.session_id,
+                                            "waitSeconds": wait, "maxTasks": max_tasks})
+        resp.raise_for_status()
+        tasks: list[dict[str, Any]] = resp.json()["tasks"]
+        return tasks
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for task in self.poll_once():
+                self.seen.append(task)
+                threading.Thread(target=self.answer, args=(task, self), daemon=True).start()
+
+    def start(self) -> ScriptedPublisher:
+        if self.session_id is None:
+            self.register()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.http.close()
+
+    def __enter__(self) -> ScriptedPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
