@@ -19,8 +19,9 @@ MSG = [{"role": "user", "content": "the quick brown fox"}]
 
 
 def client(stack: Stack, **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.client_token,
-                         max_retries=0, **kw)
+    return openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key=stack.client_token, max_retries=0, **kw
+    )
 
 
 def auth(token: str) -> dict[str, str]:
@@ -57,8 +58,9 @@ def test_auth_errors(stack: Stack) -> None:
     assert_openai_error(httpx.get(url, headers=auth("wrong-token")), 401, "invalid_api_key")
     assert_openai_error(httpx.get(url, headers=auth(stack.publish_token)), 403, "forbidden")
     poll = f"{stack.url}/api/v1/llms/_provider-poll"
-    assert_openai_error(httpx.post(poll, headers=auth(stack.client_token), json={}), 403,
-                        "forbidden")
+    assert_openai_error(
+        httpx.post(poll, headers=auth(stack.client_token), json={}), 403, "forbidden"
+    )
     assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
 
 
@@ -72,33 +74,42 @@ def test_auth_errors(stack: Stack) -> None:
     ],
 )
 def test_invalid_chat_bodies_name_the_field(stack: Stack, body: dict[str, Any], param: str) -> None:
-    resp = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token),
-                      json=body)
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token), json=body
+    )
     assert assert_openai_error(resp, 400, "invalid_request")["param"] == param
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
 def test_garbage_bodies_are_client_errors_not_500(stack: Stack, raw: bytes) -> None:
-    for path, token in (("/v1/chat/completions", stack.client_token),
-                        ("/api/v1/llms/_provider-register", stack.publish_token),
-                        ("/api/v1/llms/_provider-poll", stack.publish_token)):
+    for path, token in (
+        ("/v1/chat/completions", stack.client_token),
+        ("/api/v1/llms/_provider-register", stack.publish_token),
+        ("/api/v1/llms/_provider-poll", stack.publish_token),
+    ):
         resp = httpx.post(f"{stack.url}{path}", headers=auth(token), content=raw)
         assert 400 <= resp.status_code < 500, (path, resp.text)
         assert resp.json()["error"]["message"]
 
 
 def test_publisher_endpoints_name_the_bad_field(stack: Stack) -> None:
-    resp = httpx.post(f"{stack.url}/api/v1/llms/_provider-register",
-                      headers=auth(stack.publish_token),
-                      json={"providers": [{"name": "bad name!", "type": "echo", "model": "m"}]})
+    resp = httpx.post(
+        f"{stack.url}/api/v1/llms/_provider-register",
+        headers=auth(stack.publish_token),
+        json={"providers": [{"name": "bad name!", "type": "echo", "model": "m"}]},
+    )
     assert assert_openai_error(resp, 400, "invalid_request")["param"] == "providers.0.name"
-    resp = httpx.post(f"{stack.url}/api/v1/llms/_provider-poll",
-                      headers=auth(stack.publish_token),
-                      json={"providerSessionId": "abcdefgh123", "waitSeconds": 99})
+    resp = httpx.post(
+        f"{stack.url}/api/v1/llms/_provider-poll",
+        headers=auth(stack.publish_token),
+        json={"providerSessionId": "abcdefgh123", "waitSeconds": 99},
+    )
     assert assert_openai_error(resp, 400, "invalid_request")["param"] == "waitSeconds"
-    resp = httpx.post(f"{stack.url}/api/v1/llms/_provider-heartbeat",
-                      headers=auth(stack.publish_token),
-                      json={"providerSessionId": "abcdefgh123"})
+    resp = httpx.post(
+        f"{stack.url}/api/v1/llms/_provider-heartbeat",
+        headers=auth(stack.publish_token),
+        json={"providerSessionId": "abcdefgh123"},
+    )
     assert_openai_error(resp, 404, "session_not_found")
 
 
@@ -112,8 +123,12 @@ def test_name_taken_is_409(stack: Stack) -> None:
 
 def test_body_over_six_megabytes_is_413_naming_the_limit(stack: Stack) -> None:
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "x" * 7_000_000}]})
-    resp = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token),
-                      content=body, timeout=30)
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        headers=auth(stack.client_token),
+        content=body,
+        timeout=30,
+    )
     assert "6291456" in assert_openai_error(resp, 413, "payload_too_large")["message"]
 
 
@@ -122,8 +137,11 @@ def test_inactive_llm_is_503_with_retry_after_saying_offline(stack: Stack) -> No
     sid = pub.register()
     pub.post("_provider-deregister", {"providerSessionId": sid}).raise_for_status()
     pub.http.close()
-    resp = httpx.post(f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token),
-                      json={"model": "echo", "messages": MSG})
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        headers=auth(stack.client_token),
+        json={"model": "echo", "messages": MSG},
+    )
     error = assert_openai_error(resp, 503, "publisher_offline")
     assert "offline" in error["message"] and int(resp.headers["retry-after"]) > 0
     rows = httpx.get(f"{stack.url}/api/v1/llms", headers=auth(stack.client_token)).json()
@@ -132,8 +150,16 @@ def test_inactive_llm_is_503_with_retry_after_saying_offline(stack: Stack) -> No
 
 def test_backend_failure_is_502_with_its_message(stack: Stack) -> None:
     def fail(task: dict[str, Any], pub: ScriptedPublisher) -> None:
-        pub.result(task["id"], {"status": 502, "error": {"message": "connection refused by "
-                                "http://127.0.0.1:8000/v1", "code": "backend_error"}})
+        pub.result(
+            task["id"],
+            {
+                "status": 502,
+                "error": {
+                    "message": "connection refused by http://127.0.0.1:8000/v1",
+                    "code": "backend_error",
+                },
+            },
+        )
 
     with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=fail):
         with pytest.raises(openai.APIStatusError) as info:
@@ -142,16 +168,25 @@ def test_backend_failure_is_502_with_its_message(stack: Stack) -> None:
 
 
 def test_row_endpoints(stack: Stack) -> None:
-    with ScriptedPublisher(stack.url, stack.publish_token,
-                           [{"name": "org/model-1", "type": "openai", "model": "m", "tier": "gpu"}]):
+    with ScriptedPublisher(
+        stack.url,
+        stack.publish_token,
+        [{"name": "org/model-1", "type": "openai", "model": "m", "tier": "gpu"}],
+    ):
         h = auth(stack.client_token)
         row = httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h).json()
         assert {k: row[k] for k in ("name", "kind", "type", "model", "tier", "status")} == {
-            "name": "org/model-1", "kind": "virtual", "type": "openai", "model": "m",
-            "tier": "gpu", "status": "active"}
+            "name": "org/model-1",
+            "kind": "virtual",
+            "type": "openai",
+            "model": "m",
+            "tier": "gpu",
+            "status": "active",
+        }
         assert httpx.delete(f"{stack.url}/api/v1/llms/org/model-1", headers=h).status_code == 204
-        assert_openai_error(httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h), 404,
-                            "model_not_found")
+        assert_openai_error(
+            httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h), 404, "model_not_found"
+        )
 
 
 def test_sync_timeout_is_504_naming_the_task_whose_result_stays_fetchable(
@@ -159,11 +194,15 @@ def test_sync_timeout_is_504_naming_the_task_whose_result_stays_fetchable(
 ) -> None:
     with running_stack(moto_server.endpoint, request_timeout_seconds=1) as stack:
         held: list[dict[str, Any]] = []
-        with ScriptedPublisher(stack.url, stack.publish_token, ECHO,
-                               answer=lambda task, pub: held.append(task)) as pub:
-            resp = httpx.post(f"{stack.url}/v1/chat/completions",
-                              headers=auth(stack.client_token),
-                              json={"model": "echo", "messages": MSG}, timeout=10)
+        with ScriptedPublisher(
+            stack.url, stack.publish_token, ECHO, answer=lambda task, pub: held.append(task)
+        ) as pub:
+            resp = httpx.post(
+                f"{stack.url}/v1/chat/completions",
+                headers=auth(stack.client_token),
+                json={"model": "echo", "messages": MSG},
+                timeout=10,
+            )
             error = assert_openai_error(resp, 504, "timeout")
             task_id = resp.headers["location"].rsplit("/", 1)[1]
             assert task_id in error["message"]
@@ -177,17 +216,27 @@ def test_async_task_polled_to_completion_and_events_resume_without_gap(stack: St
 
     def slow_stream(task: dict[str, Any], pub: ScriptedPublisher) -> None:
         for seq, word in enumerate(words):
-            pub.chunk(task["id"], seq, [{"choices": [{"delta": {"content": word}}]},
-                                         {"choices": [{"delta": {"content": " "}}]}])
+            pub.chunk(
+                task["id"],
+                seq,
+                [
+                    {"choices": [{"delta": {"content": word}}]},
+                    {"choices": [{"delta": {"content": " "}}]},
+                ],
+            )
             time.sleep(0.05)
-        pub.result(task["id"], {"status": 200, "body": {"usage": {"completion_tokens": 12}},
-                                "chunkCount": len(words)})
+        pub.result(
+            task["id"],
+            {"status": 200, "body": {"usage": {"completion_tokens": 12}}, "chunkCount": len(words)},
+        )
 
     with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=slow_stream):
         h = auth(stack.client_token)
-        resp = httpx.post(f"{stack.url}/api/v1/llms/echo/infer",
-                          headers={**h, "Prefer": "respond-async"},
-                          json={"messages": MSG, "stream": True})
+        resp = httpx.post(
+            f"{stack.url}/api/v1/llms/echo/infer",
+            headers={**h, "Prefer": "respond-async"},
+            json={"messages": MSG, "stream": True},
+        )
         assert resp.status_code == 202 and resp.headers["preference-applied"] == "respond-async"
         location = resp.headers["location"]
         assert location == f"/api/v1/tasks/{resp.json()['id']}"
@@ -204,8 +253,9 @@ def test_async_task_polled_to_completion_and_events_resume_without_gap(stack: St
                         break
         last = seen[-1][0]
         ended = None
-        with httpx.stream("GET", f"{stack.url}{location}/events",
-                          headers={**h, "Last-Event-ID": last}, timeout=30) as r:
+        with httpx.stream(
+            "GET", f"{stack.url}{location}/events", headers={**h, "Last-Event-ID": last}, timeout=30
+        ) as r:
             event_id, kind = None, None
             for line in r.iter_lines():
                 if line.startswith("id: "):

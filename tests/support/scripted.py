@@ -23,14 +23,37 @@ def echo_answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
         words = text.split(" ")
         for seq, word in enumerate(words):
             delta = word if seq == 0 else " " + word
-            pub.chunk(task["id"], seq, [{"object": "chat.completion.chunk",
-                                         "choices": [{"index": 0, "delta": {"content": delta}}]}])
+            pub.chunk(
+                task["id"],
+                seq,
+                [
+                    {
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"content": delta}}],
+                    }
+                ],
+            )
         pub.result(task["id"], {"status": 200, "body": None, "chunkCount": len(words)})
     else:
-        pub.result(task["id"], {"status": 200, "body": {
-            "object": "chat.completion", "id": "x", "model": task["llm"], "created": 0,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}]}})
+        pub.result(
+            task["id"],
+            {
+                "status": 200,
+                "body": {
+                    "object": "chat.completion",
+                    "id": "x",
+                    "model": task["llm"],
+                    "created": 0,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                },
+            },
+        )
 
 
 @dataclass
@@ -53,23 +76,30 @@ class ScriptedPublisher:
         return self.http.post(f"/api/v1/llms/{path}", json=body)
 
     def register(self) -> str:
-        resp = self.post("_provider-register", {"providers": self.providers,
-                                                "providerSessionId": self.session_id})
+        resp = self.post(
+            "_provider-register",
+            {"providers": self.providers, "providerSessionId": self.session_id},
+        )
         resp.raise_for_status()
         self.session_id = resp.json()["providerSessionId"]
         return self.session_id
 
     def chunk(self, task_id: str, seq: int, chunks: list[dict[str, Any]]) -> httpx.Response:
-        return self.post(f"_provider-task/{task_id}/chunks",
-                         {"providerSessionId": self.session_id, "seq": seq, "chunks": chunks})
+        return self.post(
+            f"_provider-task/{task_id}/chunks",
+            {"providerSessionId": self.session_id, "seq": seq, "chunks": chunks},
+        )
 
     def result(self, task_id: str, result: dict[str, Any]) -> httpx.Response:
-        return self.post(f"_provider-task/{task_id}/result",
-                         {"providerSessionId": self.session_id, **result})
+        return self.post(
+            f"_provider-task/{task_id}/result", {"providerSessionId": self.session_id, **result}
+        )
 
     def poll_once(self, wait: float = 1.0, max_tasks: int = 8) -> list[dict[str, Any]]:
-        resp = self.post("_provider-poll", {"providerSessionId": self.session_id,
-                                            "waitSeconds": wait, "maxTasks": max_tasks})
+        resp = self.post(
+            "_provider-poll",
+            {"providerSessionId": self.session_id, "waitSeconds": wait, "maxTasks": max_tasks},
+        )
         resp.raise_for_status()
         tasks: list[dict[str, Any]] = resp.json()["tasks"]
         return tasks

@@ -1,0 +1,146 @@
+"""Several OS processes against one serialized moto server: claims and the sweep race."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from typing import Any
+
+import pytest
+
+from natrelay.service import RelayService
+from natrelay.settings import Settings
+from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
+from natrelay_infra.moto_server import MotoServer
+from tests.support.stack import FAKE_AWS, fresh_tables
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> RelayService:
+    import os
+
+    os.environ.update(FAKE_AWS)
+    settings = Settings(
+        dynamodb_endpoint=endpoint,
+        llms_table=llms,
+        tasks_table=tasks,
+        in_process_signals=False,
+        poll_min_interval_seconds=0.01,
+        poll_max_interval_seconds=0.05,
+        **overrides,
+    )
+    return RelayService.from_settings(settings)
+
+
+def _poller(endpoint: str, llms: str, tasks: str, session: str, out: Any) -> None:
+    service = _service(endpoint, llms, tasks)
+
+    async def run() -> list[str]:
+        got: list[str] = []
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 1.5:
+            polled = await service.poll(
+                PollRequest(provider_session_id=session, wait_seconds=0.2, max_tasks=3)
+            )
+            got.extend(t.id for t in polled)
+            if polled:
+                idle_since = time.monotonic()
+        return got
+
+    out.put(asyncio.run(run()))
+
+
+def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoServer) -> None:
+    tables = fresh_tables(moto_server.endpoint)
+    service = _service(moto_server.endpoint, tables.llms, tables.tasks)
+
+    async def setup() -> tuple[str, set[str]]:
+        reg = await service.register(
+            RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
+        )
+        ids = {(await service.submit("m", CHAT, stream=False)).id for _ in range(120)}
+        return reg.provider_session_id, ids
+
+    session, submitted = asyncio.run(setup())
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_poller, args=(moto_server.endpoint, tables.llms, tables.tasks, session, out)
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    claimed = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    flat = [task_id for got in claimed for task_id in got]
+    assert len(flat) == len(set(flat)), "a task was handed to two polls"
+    assert set(flat) == submitted, "a task was lost"
+    assert sum(1 for got in claimed if got) >= 2, "the pollers did not actually compete"
+
+
+def _heartbeater(endpoint: str, llms: str, tasks: str, session: str, seconds: float) -> None:
+    service = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
+
+    async def run() -> None:
+        end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < end:
+            await service.heartbeat(HeartbeatRequest(provider_session_id=session))
+            i += 1
+            await asyncio.sleep(0.25 + 0.1 * (i % 3))  # around the timeout: races happen
+
+    asyncio.run(run())
+
+
+def _sweeper(endpoint: str, llms: str, tasks: str, seconds: float, out: Any) -> None:
+    service = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
+
+    async def run() -> dict[str, int]:
+        totals: dict[str, int] = {}
+        violations = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for k, v in (await service.sweep()).items():
+                totals[k] = totals.get(k, 0) + v
+            row = service.llms.get("m")
+            assert row is not None
+            if row.inactive_since is not None and row.last_heartbeat_at is not None:
+                # inactive only if the last heartbeat really was older than the timeout
+                violations += row.last_heartbeat_at > row.inactive_since - 0.3
+        totals["violations"] = violations
+        return totals
+
+    out.put(asyncio.run(run()))
+
+
+def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoServer) -> None:
+    tables = fresh_tables(moto_server.endpoint)
+    service = _service(moto_server.endpoint, tables.llms, tables.tasks)
+    reg = asyncio.run(
+        service.register(
+            RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
+        )
+    )
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_heartbeater,
+            args=(moto_server.endpoint, tables.llms, tables.tasks, reg.provider_session_id, 4.0),
+        ),
+        ctx.Process(
+            target=_sweeper, args=(moto_server.endpoint, tables.llms, tables.tasks, 4.0, out)
+        ),
+    ]
+    for p in procs:
+        p.start()
+    totals = out.get(timeout=60)
+    for p in procs:
+        p.join(timeout=30)
+    assert totals["violations"] == 0
+    assert totals["inactive"] > 0, "the row never went stale: the test raced nothing"
