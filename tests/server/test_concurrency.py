@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import time
 from typing import Any
-
-import pytest
 
 from natrelay.service import RelayService
 from natrelay.settings import Settings
@@ -19,8 +18,6 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> RelayService:
-    import os
-
     os.environ.update(FAKE_AWS)
     settings = Settings(
         dynamodb_endpoint=endpoint,

@@ -161,9 +161,11 @@ def test_backend_failure_is_502_with_its_message(stack: Stack) -> None:
             },
         )
 
-    with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=fail):
-        with pytest.raises(openai.APIStatusError) as info:
-            client(stack).chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
+    with (
+        ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=fail),
+        pytest.raises(openai.APIStatusError) as info,
+    ):
+        client(stack).chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
     assert info.value.status_code == 502 and "connection refused" in str(info.value)
 
 
