@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ import httpx
 import yaml
 
 DEMO_MODELS = ("echo", "echo-sleepy")
+_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("natrelay.dev")
 
@@ -28,6 +32,8 @@ def demo_config(
             "token": token,
             "sessionFile": str(workdir / "session.json"),
             "heartbeatSeconds": heartbeat_seconds,
+            # Ctrl-C should not wait long for the demo's tasks in flight.
+            "shutdownGraceSeconds": 5,
         },
         "providers": [
             {"name": "echo", "type": "echo", "model": "echo", "options": {"tokenDelayMs": 20}},
@@ -70,8 +76,8 @@ class DemoPublisher:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> DemoPublisher:
-        # Same process group as `natrelay dev`: a Ctrl-C in the terminal reaches both, and
-        # killing the group leaves nothing behind.
+        # Its own process group, so it gets exactly one signal, from us: a Ctrl-C in the
+        # terminal would otherwise reach it too, and a second signal cuts its shutdown short.
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -82,6 +88,8 @@ class DemoPublisher:
                 str(self.config_path),
             ],
             stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only an async-signal-safe prctl
         )
         return self
 
@@ -98,16 +106,11 @@ class DemoPublisher:
                 code,
             )
 
-    def stop(self, grace: float = 0.0, timeout: float = 10.0) -> None:
-        """Let it deregister: wait `grace` s for it to end on its own, then SIGTERM, then kill."""
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (it finishes its tasks and deregisters), then kill after `timeout` s."""
         process = self.process
         if process is None or process.poll() is not None:
             return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
         process.terminate()
         try:
             process.wait(timeout=timeout)
@@ -119,6 +122,21 @@ class DemoPublisher:
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook that has the child SIGTERMed when we die, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # we died before the hook ran
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def wait_published(

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(message)s")
     if args.log_level != "debug":
-        # moto's per-request lines and botocore's credential notes drown the relay's own log.
-        for name in ("werkzeug", "botocore", "boto3"):
+        # moto's and httpx's per-request lines drown the relay's own log.
+        for name in ("werkzeug", "botocore", "boto3", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return _run(args)
@@ -168,10 +168,9 @@ def _run(args: argparse.Namespace) -> int:
             if publisher is not None:
                 publisher.check()
         if publisher is not None:
-            # A Ctrl-C reached the publisher too: give it a moment to deregister by itself.
-            grace = 3.0 if stopper.signum == signal.SIGINT else 0.0
+            # First, while the API still answers: it finishes its tasks and deregisters.
             stopper.on_repeat = publisher.kill
-            publisher.stop(grace=grace)
+            publisher.stop()
         log.info("natrelay dev: stopping")
     return 0
 

@@ -1,0 +1,291 @@
+"""`natrelay dev`: its parts, and the whole of it as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from natrelay_infra.demo import DEMO_MODELS, demo_config, write_config
+from natrelay_infra.dev import DEV_CLIENT_TOKEN
+from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.tables import TableNames
+from natrelay_infra.wake_controller import WakeController
+from tests.support.stack import dynamodb_client, free_port, wait_http
+
+MSG = [{"role": "user", "content": "hello from the relay"}]
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(interval)
+
+
+# --- the parts -------------------------------------------------------------------------
+
+
+def test_wake_controller_is_ready_only_after_a_wake() -> None:
+    with WakeController(wake_delay=0.3) as controller:
+        assert controller.url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{controller.url}/ready").status_code == 503
+        assert httpx.post(f"{controller.url}/wake").status_code == 202
+        assert httpx.get(f"{controller.url}/ready").status_code == 503  # still waking
+        _wait(lambda: httpx.get(f"{controller.url}/ready").status_code == 200, 5, "awake")
+        assert httpx.post(f"{controller.url}/sleep").status_code == 200
+        assert httpx.get(f"{controller.url}/ready").status_code == 503
+        assert httpx.get(f"{controller.url}/nope").status_code == 404
+
+
+def test_demo_config_is_a_valid_publisher_config(tmp_path: Path) -> None:
+    config_module = pytest.importorskip("natrelay_publisher.config")
+    data = demo_config(
+        "http://127.0.0.1:8787",
+        "dev-publish-token",
+        tmp_path,
+        "http://127.0.0.1:9999",
+        heartbeat_seconds=30,
+    )
+    path = write_config(data, tmp_path / "publisher.yaml")
+    assert path.stat().st_mode & 0o077 == 0
+    config = config_module.load_config(path)
+    assert [p.name for p in config.providers] == list(DEMO_MODELS)
+    sleepy = config.providers[1]
+    assert sleepy.options["availabilityUrl"] == "http://127.0.0.1:9999/ready"
+    assert sleepy.wake is not None
+
+
+# --- the whole command -----------------------------------------------------------------
+
+
+def _natrelay() -> list[str]:
+    """The `natrelay` console script of this environment (or the same CLI through -m)."""
+    script = Path(sys.executable).parent / "natrelay"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "natrelay_publisher"]
+
+
+@dataclass
+class Dev:
+    url: str
+    process: subprocess.Popen[bytes]
+    output: Path
+    pid_file: Path
+
+    def text(self) -> str:
+        return self.output.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        def seen() -> re.Match[str] | None:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"natrelay dev exited ({self.process.returncode}):\n{self.text()}"
+                )
+            return re.search(pattern, self.text(), re.MULTILINE)
+
+        match: re.Match[str] = _wait(seen, timeout, f"{pattern!r} in the output")
+        return match
+
+    publisher: int | None = None
+
+    def publisher_pid(self) -> int:
+        self.wait_for(r"^publisher pid: \d+")
+        self.publisher = int(self.pid_file.read_text())
+        return self.publisher
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def natrelay_dev(tmp_path: Path, *args: str) -> Iterator[Dev]:
+    port = free_port()
+    output = tmp_path / "dev.log"
+    pid_file = tmp_path / "publisher.pid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATRELAY_")}
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [*_natrelay(), "dev", "--port", str(port), "--pid-file", str(pid_file), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group, so nothing can outlive the test
+        )
+    dev = Dev(url=f"http://127.0.0.1:{port}", process=process, output=output, pid_file=pid_file)
+    try:
+        yield dev
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        # Anything left behind is a bug, and must not outlive the test either way.
+        leftover = []
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+            leftover.append("its process group")
+        except ProcessLookupError:
+            pass
+        if dev.publisher is not None and not _gone_within(dev.publisher, 15):
+            os.kill(dev.publisher, signal.SIGKILL)
+            leftover.append(f"the publisher {dev.publisher}")
+        assert not leftover, f"natrelay dev left {leftover} behind:\n{dev.text()}"
+
+
+def _openai(dev: Dev) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{dev.url}/v1", api_key=DEV_CLIENT_TOKEN, max_retries=0, timeout=30
+    )
+
+
+def _row_status(dev: Dev, name: str) -> str:
+    match = dev.wait_for(r"DynamoDB:\s+(\S+) \(tables (\S+), (\S+)\)")
+    client = dynamodb_client(match[1])
+    item = client.get_item(TableName=match[2], Key={"name": {"S": name}})["Item"]
+    return str(item["status"]["S"])
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _gone_within(pid: int, timeout: float) -> bool:
+    try:
+        return bool(_wait(lambda: _process_gone(pid), timeout, f"process {pid} gone"))
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_the_openai_client(tmp_path: Path) -> None:
+    with natrelay_dev(
+        tmp_path, "--demo", "--heartbeat-timeout", "3", "--sweep-interval", "0.5"
+    ) as dev:
+        dev.wait_for(r"^demo ready")
+        oai = _openai(dev)
+
+        assert {"echo", "echo-sleepy"} <= {m.id for m in oai.models.list()}
+        reply = oai.chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == "hello from the relay"
+        stream = oai.chat.completions.create(model="echo", messages=MSG, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+            "hello from the relay"
+        )
+        with pytest.raises(openai.NotFoundError):
+            oai.chat.completions.create(model="no-such-model", messages=MSG)  # type: ignore[arg-type]
+
+        # echo-sleepy starts asleep: the request wakes it through the wake controller.
+        reply = oai.chat.completions.create(model="echo-sleepy", messages=MSG)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == "hello from the relay"
+
+        # The publisher dies without deregistering; the sweeper marks its rows inactive.
+        publisher_pid = dev.publisher_pid()
+        os.kill(publisher_pid, signal.SIGKILL)
+        _wait(lambda: _process_gone(publisher_pid), 10, "the publisher gone")
+        _wait(lambda: _row_status(dev, "echo") == "inactive", 30, "the sweeper marked echo")
+        with pytest.raises(openai.APIStatusError) as info:
+            oai.chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
+        assert info.value.status_code == 503
+        assert "offline" in info.value.message
+
+        assert dev.stop(signal.SIGTERM) == 0
+    assert not dev.pid_file.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_deregisters_the_demo_publisher_then_stops(tmp_path: Path) -> None:
+    with natrelay_dev(tmp_path, "--demo") as dev:
+        dev.wait_for(r"^demo ready")
+        publisher_pid = dev.publisher_pid()
+        # As a terminal's Ctrl-C does: the foreground process group gets SIGINT.
+        os.killpg(dev.process.pid, signal.SIGINT)
+        assert dev.process.wait(timeout=30) == 0
+        assert _process_gone(publisher_pid)
+        assert "deregistered session" in dev.text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killed_dev_takes_the_demo_publisher_with_it(tmp_path: Path) -> None:
+    with natrelay_dev(tmp_path, "--demo") as dev:
+        dev.wait_for(r"^demo ready")
+        publisher_pid = dev.publisher_pid()
+        dev.process.kill()
+        dev.process.wait(timeout=10)
+        assert _gone_within(publisher_pid, 20)
+
+
+def test_plain_dev_serves_and_stops_on_sigint(tmp_path: Path) -> None:
+    with natrelay_dev(tmp_path) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        wait_http(f"{dev.url}/healthz")
+        models = httpx.get(
+            f"{dev.url}/v1/models", headers={"Authorization": f"Bearer {DEV_CLIENT_TOKEN}"}
+        )
+        assert models.status_code == 200
+        assert models.json()["data"] == []
+        assert f"client token:     {DEV_CLIENT_TOKEN}" in dev.text()
+        assert dev.stop(signal.SIGINT) == 0
+
+
+def test_dev_uses_a_given_dynamodb_and_tokens(tmp_path: Path, moto_server: MotoServer) -> None:
+    prefix = f"given-{os.getpid()}-"
+    with natrelay_dev(
+        tmp_path,
+        "--dynamodb-endpoint",
+        moto_server.endpoint,
+        "--table-prefix",
+        prefix,
+        "--client-token",
+        "client-secret-1234",
+        "--publisher-token",
+        "publish-secret-1234",
+    ) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        names = TableNames.with_prefix(prefix)
+        tables = dynamodb_client(moto_server.endpoint).list_tables()["TableNames"]
+        assert {names.llms, names.tasks} <= set(tables)
+        auth = {"Authorization": "Bearer client-secret-1234"}
+        assert httpx.get(f"{dev.url}/v1/models", headers=auth).status_code == 200
+        wrong = {"Authorization": f"Bearer {DEV_CLIENT_TOKEN}"}
+        assert httpx.get(f"{dev.url}/v1/models", headers=wrong).status_code == 401
+        assert dev.stop() == 0
+
+
+def test_dev_reports_a_busy_port(tmp_path: Path) -> None:
+    with WakeController() as busy:  # anything listening on 127.0.0.1
+        port = busy.url.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [*_natrelay(), "dev", "--port", port],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
