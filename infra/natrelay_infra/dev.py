@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import uvicorn
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from natrelay_infra.demo import (
     DEMO_MODELS,
@@ -129,7 +132,13 @@ def _run(args: argparse.Namespace) -> int:
         endpoint = args.dynamodb_endpoint or stack.enter_context(MotoServer()).endpoint
         relay = _configure(args, sock, endpoint, embedded=not args.dynamodb_endpoint)
         if args.create_tables:
-            create_tables(_dynamodb(endpoint), relay.tables)
+            try:
+                create_tables(_dynamodb(endpoint), relay.tables)
+            except (BotoCoreError, ClientError) as exc:
+                print(
+                    f"natrelay dev: cannot create the tables at {endpoint}: {exc}", file=sys.stderr
+                )
+                return 1
         stopper = stack.enter_context(_StopOnSignal())
         server = uvicorn.Server(
             uvicorn.Config(
@@ -201,6 +210,9 @@ def _configure(
         # moto takes any credentials; a profile named in the environment might not exist here.
         os.environ.update(FAKE_AWS_CREDENTIALS)
         os.environ.pop("AWS_PROFILE", None)
+    elif _is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
+        for key, value in FAKE_AWS_CREDENTIALS.items():  # DynamoDB Local takes any
+            os.environ.setdefault(key, value)
     host, port = sock.getsockname()[:2]
     url_host = "127.0.0.1" if _is_unspecified(host) else host
     if ":" in url_host:
@@ -214,8 +226,13 @@ def _configure(
     )
 
 
+def _has_credentials() -> bool:
+    return boto3.session.Session().get_credentials() is not None
+
+
 def _dynamodb(endpoint: str) -> Any:
-    return boto3.client("dynamodb", endpoint_url=endpoint)
+    config = Config(connect_timeout=5, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.client("dynamodb", endpoint_url=endpoint, config=config)
 
 
 def _token() -> str:
@@ -337,8 +354,7 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
             "Publish a backend (natrelay publish --config publisher.yaml):",
             f"  relay: {{url: {relay.url}, token: {relay.publish_token}}}",
             "  providers:",
-            "    - {name: MODEL, type: openai, model: MODEL, "
-            "options: {baseUrl: http://127.0.0.1:8000/v1}}",
+            "    - {name: MODEL, type: openai, model: MODEL, baseUrl: http://127.0.0.1:8000/v1}",
         ]
     lines += [
         "",

@@ -249,6 +249,11 @@ def test_plain_dev_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         assert models.status_code == 200
         assert models.json()["data"] == []
         assert f"client token:     {DEV_CLIENT_TOKEN}" in dev.text()
+        snippet = re.search(r"^  relay: .*\n  providers:\n.*\n", dev.text(), re.MULTILINE)
+        assert snippet is not None
+        config_module = pytest.importorskip("natrelay_publisher.config")
+        (tmp_path / "publisher.yaml").write_text(snippet[0].replace("MODEL", "m"))
+        assert config_module.load_config(tmp_path / "publisher.yaml").relay.url == dev.url
         assert dev.stop(signal.SIGINT) == 0
 
 
@@ -289,3 +294,18 @@ def test_dev_reports_a_busy_port(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_dev_reports_an_unreachable_dynamodb() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [*_natrelay(), "dev", "--port", "0", "--dynamodb-endpoint", nobody],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"cannot create the tables at {nobody}" in result.stderr
+    assert "Traceback" not in result.stderr
