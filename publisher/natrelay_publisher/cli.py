@@ -1,0 +1,113 @@
+"""The `natrelay` command: `publish` (this package) and `dev` (natrelay_infra, optional)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from natrelay_publisher.config import PublisherConfig, load_config
+from natrelay_publisher.daemon import Publisher
+from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayError
+
+logger = logging.getLogger("natrelay.publisher")
+
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="natrelay", description="Publish LLM backends behind NAT to a natrelay relay."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    publish = commands.add_parser(
+        "publish",
+        help="register the configured providers and serve their tasks",
+        description="Register the providers of a config file with the relay, then long-poll "
+        "for tasks and run them on the local backends until SIGINT/SIGTERM.",
+    )
+    publish.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config")
+    publish.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: INFO",
+    )
+    commands.add_parser(
+        "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `natrelay` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["dev"]:
+        return _dev(args[1:])
+    options = _parser().parse_args(args)
+    return _publish(options.config, options.log_level)
+
+
+def _dev(argv: list[str]) -> int:
+    try:
+        dev = importlib.import_module("natrelay_infra.dev")
+    except ImportError as exc:
+        print(
+            f"natrelay dev needs the local extras: pip install 'natrelay[local]' ({exc})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return int(dev.main(argv))
+
+
+def _publish(config_path: str, log_level: str) -> int:
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if log_level != "DEBUG":
+        # httpx logs every request at INFO: one line per poll is noise.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: PublisherConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    publisher = Publisher(config)
+    try:
+        await publisher.run(stop)
+    except RelayAuthError as exc:
+        logger.error("%s: check relay.token; exiting", exc.message)
+        return EXIT_FATAL
+    except RelayError as exc:
+        logger.error("the relay refused us: %s; exiting", exc.message)
+        return EXIT_FATAL
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+    logger.info("stopped")
+    return 0
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    if stop.is_set():
+        # A second signal: do not wait for the grace period.
+        logger.warning("%s again: exiting now", signal.Signals(signum).name)
+        raise SystemExit(EXIT_FATAL)
+    logger.info("%s received: finishing the tasks in flight", signal.Signals(signum).name)
+    stop.set()

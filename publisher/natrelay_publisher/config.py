@@ -1,0 +1,245 @@
+"""The publisher's YAML configuration, validated with pydantic (camelCase, unknown keys refused)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import httpx
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from natrelay.wire import MAX_WAIT_SECONDS, LlmName
+from natrelay_publisher.errors import ConfigError, PluginError
+from natrelay_publisher.providers import PROVIDERS
+from natrelay_publisher.recipes import RECIPES, RecipeConfig
+
+DEFAULT_SESSION_FILE = "~/.config/natrelay/session.json"
+
+
+def _secret(value: Any) -> SecretStr:
+    if isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+        name = value["env"]
+        if name not in os.environ:
+            raise PydanticCustomError(
+                "secret", "environment variable {name} is not set", {"name": name}
+            )
+        value = os.environ[name]
+    elif isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
+        path = Path(value["file"]).expanduser()
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise PydanticCustomError(
+                "secret",
+                "cannot read {path}: {reason}",
+                {"path": str(path), "reason": exc.strerror or str(exc)},
+            ) from exc
+    if not isinstance(value, str):
+        raise PydanticCustomError("secret", "Input should be a string, {env: NAME} or {file: PATH}")
+    if not value:
+        raise PydanticCustomError("secret", "the secret is empty")
+    return SecretStr(value)
+
+
+def _http_url(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise PydanticCustomError("url", "not a valid URL: {reason}", {"reason": str(exc)}) from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise PydanticCustomError("url", "should be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+Secret = Annotated[SecretStr, PlainValidator(_secret)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def field_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> ValidationError:
+    """A ValidationError for one field, so it is reported with the full path."""
+    error = PydanticCustomError("invalid", message)
+    return ValidationError.from_exception_data(
+        "PublisherConfig", [InitErrorDetails(type=error, loc=loc, input=value)]
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class RelayConfig(_Model):
+    url: HttpUrl
+    token: Secret
+    session_file: Path = Path(DEFAULT_SESSION_FILE)
+    heartbeat_seconds: float = Field(default=30, gt=0, le=3600)
+    poll_wait_seconds: float = Field(default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS)
+    shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
+
+    @field_validator("session_file")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class ProviderConfig(_Model):
+    name: LlmName
+    type: str
+    base_url: HttpUrl | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    api_key: Secret | None = None
+    tier: str | None = Field(default=None, max_length=64)
+    description: str | None = Field(default=None, max_length=2048)
+    publish: bool = True
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    options: dict[str, Any] = Field(default_factory=dict)
+    wake: RecipeConfig | None = None
+    sleep: RecipeConfig | None = None
+    sleep_after_idle_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        try:
+            PROVIDERS.find(value)
+        except PluginError as exc:
+            raise PydanticCustomError("plugin", "{reason}", {"reason": str(exc)}) from exc
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if isinstance(info.data.get("type"), str):
+            PROVIDERS.find(info.data["type"]).Options.model_validate(value)
+        return value
+
+    @field_validator("wake", "sleep", mode="before")
+    @classmethod
+    def _recipe(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or isinstance(value, RecipeConfig):
+            return value
+        if not isinstance(value, dict):
+            raise PydanticCustomError("recipe", "should be a mapping with a `type`")
+        type_name = value.get("type")
+        if not isinstance(type_name, str):
+            raise field_error(("type",), "Field required: the recipe type", type_name)
+        try:
+            recipe = RECIPES.find(type_name)
+        except PluginError as exc:
+            raise field_error(("type",), str(exc), type_name) from exc
+        if info.field_name == "sleep" and not recipe.can_sleep:
+            raise field_error(("type",), f"{type_name} cannot be a sleep recipe", type_name)
+        return recipe.Config.model_validate(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        plugin = PROVIDERS.find(self.type)
+        for name in plugin.requires:
+            if getattr(self, name) is None:
+                raise field_error((to_camel(name),), f"Field required for type {self.type}")
+        if self.sleep_after_idle_seconds is not None and self.sleep is None:
+            raise field_error(("sleepAfterIdleSeconds",), "requires a `sleep` recipe")
+        if self.sleep is not None and self.wake is None:
+            raise field_error(("sleep",), "requires a `wake` recipe (who would wake it up?)")
+        for field in ("wake", "sleep"):
+            recipe: RecipeConfig | None = getattr(self, field)
+            if recipe is not None:
+                try:
+                    setattr(self, field, recipe.for_provider(self))
+                except ValidationError as exc:
+                    raise ValidationError.from_exception_data(
+                        "PublisherConfig",
+                        [
+                            InitErrorDetails(
+                                type=PydanticCustomError(e["type"], e["msg"]),
+                                loc=(field, *e["loc"]),
+                                input=e["input"],
+                            )
+                            for e in exc.errors()
+                        ],
+                    ) from exc
+        return self
+
+
+class PublisherConfig(_Model):
+    relay: RelayConfig
+    providers: list[ProviderConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        seen: set[str] = set()
+        for index, provider in enumerate(self.providers):
+            if provider.name in seen:
+                raise field_error(("providers", index, "name"), f"duplicate name {provider.name!r}")
+            seen.add(provider.name)
+        if not any(provider.publish for provider in self.providers):
+            raise field_error(("providers",), "no provider has `publish: true`")
+        return self
+
+    @property
+    def published(self) -> list[ProviderConfig]:
+        return [provider for provider in self.providers if provider.publish]
+
+
+def field_path(loc: tuple[str | int, ...]) -> str:
+    """`('providers', 0, 'maxConcurrency')` → `providers[0].maxConcurrency`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        path = field_path(error["loc"])
+        lines.append(f"{source}: {path}: {message}" if path else f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> PublisherConfig:
+    """Validate already-parsed YAML; raises ConfigError naming the source, field and reason."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: should be a mapping with `relay` and `providers`")
+    try:
+        return PublisherConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(source, exc)) from exc
+
+
+def load_config(path: str | Path) -> PublisherConfig:
+    """Read and validate a config file; raises ConfigError naming the file, field and reason."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {_yaml_reason(exc)}") from exc
+    return parse_config(data, source)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())

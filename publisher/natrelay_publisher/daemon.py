@@ -1,0 +1,354 @@
+"""The publisher daemon: register, heartbeat, long-poll, run tasks, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+
+import httpx
+
+from natrelay.wire import (
+    MAX_TASKS_PER_POLL,
+    HeartbeatRequest,
+    LlmStatus,
+    PolledTask,
+    PollRequest,
+    RegisterRequest,
+    SessionRequest,
+    SessionResponse,
+    TaskKind,
+)
+from natrelay_publisher.config import PublisherConfig
+from natrelay_publisher.errors import (
+    NameTakenError,
+    RelayAuthError,
+    RelayError,
+    RelayUnavailableError,
+    SessionNotFoundError,
+    TaskGoneError,
+)
+from natrelay_publisher.infer import TaskPoster, run_infer
+from natrelay_publisher.relay import Backoff, RelayClient, retrying
+from natrelay_publisher.session import SessionFile
+from natrelay_publisher.slots import ProviderSlot
+from natrelay_publisher.wake import Waker
+
+logger = logging.getLogger("natrelay.publisher")
+
+DEREGISTER_SECONDS = 10.0
+SHUTDOWN_RESULT_SECONDS = 5.0
+IDLE_TICK_SECONDS = 1.0
+
+
+class Publisher:
+    """Publishes the configured providers to the relay until `stop` is set."""
+
+    def __init__(
+        self, config: PublisherConfig, *, relay_transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.config = config
+        self.session_id: str | None = None
+        self._transport = relay_transport
+        self._session_file = SessionFile(config.relay.session_file)
+        self._slots: dict[str, ProviderSlot] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._register_lock = asyncio.Lock()
+        self._registered_at = 0.0
+        self._server_view: dict[str, LlmStatus] = {}
+        self._reported: dict[str, LlmStatus] = {}
+        self._waker = Waker(self._beat_quietly)
+        self.relay = RelayClient(
+            config.relay.url, config.relay.token.get_secret_value(), transport=relay_transport
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; raises RelayAuthError when the token is refused."""
+        relay = self.config.relay
+        try:
+            self._slots = {c.name: ProviderSlot.build(c) for c in self.config.published}
+            await self._initial_statuses()
+            await self._register()
+            loops = [
+                asyncio.create_task(self._poll_loop(), name="poll"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._idle_loop(), name="idle"),
+            ]
+            stopping = asyncio.create_task(stop.wait(), name="stop")
+            done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
+            failed = [task for task in done if task is not stopping]
+            if failed:
+                for task in [*loops, stopping, *self._tasks]:
+                    task.cancel()
+                await asyncio.gather(*loops, *self._tasks, stopping, return_exceptions=True)
+                failed[0].result()
+            loops[0].cancel()
+            logger.info(
+                "stopping: waiting up to %g s for %d task(s) in flight",
+                relay.shutdown_grace_seconds,
+                len(self._tasks),
+            )
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=relay.shutdown_grace_seconds)
+            for task in [*self._tasks, *loops]:
+                task.cancel()
+            self._waker.cancel_all()
+            await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+            await self._deregister()
+        finally:
+            for slot in self._slots.values():
+                await slot.provider.aclose()
+            await self.relay.aclose()
+
+    # --- sessions --------------------------------------------------------------------
+
+    async def _initial_statuses(self) -> None:
+        async def check(slot: ProviderSlot) -> None:
+            up = await slot.ready()
+            slot.seen_up = up
+            if slot.wake_recipe is not None and not up:
+                slot.status = LlmStatus.HIBERNATING
+                logger.info("%s is asleep: publishing it hibernating", slot.name)
+            elif not up:
+                logger.warning("backend of %s is not answering", slot.name)
+
+        await asyncio.gather(*(check(slot) for slot in self._slots.values()))
+
+    async def _register(self) -> None:
+        url = self.config.relay.url
+        session_id = self.session_id or self._session_file.load(url)
+        backoff, warned = Backoff(), False
+        while True:
+            request = RegisterRequest(
+                providers=[slot.spec() for slot in self._slots.values()],
+                provider_session_id=session_id,
+            )
+            try:
+                answer = await retrying(functools.partial(self.relay.register, request))
+                break
+            except RelayAuthError:
+                raise
+            except NameTakenError as exc:
+                if not warned:
+                    logger.warning("%s; retrying until that session is gone", exc.message)
+                    warned = True
+                await asyncio.sleep(backoff.next())
+            except RelayError as exc:
+                if session_id is None:
+                    raise
+                logger.warning(
+                    "register with session %s refused (%s): new session", session_id, exc.message
+                )
+                session_id = None
+        self._session(answer)
+        self._registered_at = time.monotonic()
+        self._reported = {}
+        self._session_file.save(url, answer.provider_session_id)
+        names = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
+        logger.info("registered session %s: %s", answer.provider_session_id, names)
+
+    async def _reregister(self) -> None:
+        async with self._register_lock:
+            if time.monotonic() - self._registered_at < 1.0:
+                return
+            logger.warning("the relay lost session %s: registering again", self.session_id)
+            await self._register()
+
+    async def _deregister(self) -> None:
+        if self.session_id is None:
+            return
+        request = SessionRequest(provider_session_id=self.session_id)
+        try:
+            await retrying(lambda: self.relay.deregister(request), give_up_after=DEREGISTER_SECONDS)
+        except RelayError as exc:
+            logger.warning("deregister failed: %s", exc.message)
+            return
+        logger.info("deregistered session %s", self.session_id)
+
+    def _session(self, answer: SessionResponse) -> None:
+        self.session_id = answer.provider_session_id
+        self._server_view = {row.name: row.status for row in answer.llms}
+
+    def _session_id(self) -> str:
+        assert self.session_id is not None
+        return self.session_id
+
+    # --- heartbeat and statuses ------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.relay.heartbeat_seconds)
+            await self._refresh_statuses()
+            await self._beat()
+
+    async def _refresh_statuses(self) -> None:
+        async def check(slot: ProviderSlot) -> None:
+            if slot.busy:
+                return
+            up = await slot.ready()
+            if slot.busy:
+                return
+            if up != slot.seen_up:
+                logger.info("backend of %s is %s", slot.name, "up" if up else "down")
+                slot.seen_up = up
+            if slot.wake_recipe is not None:
+                slot.status = LlmStatus.ACTIVE if up else LlmStatus.HIBERNATING
+
+        await asyncio.gather(*(check(slot) for slot in self._slots.values()))
+
+    def _status_changes(self) -> dict[str, LlmStatus]:
+        return {
+            name: slot.status
+            for name, slot in self._slots.items()
+            if self._server_view.get(name) != slot.status or self._reported.get(name) != slot.status
+        }
+
+    async def _beat(self) -> None:
+        """One heartbeat carrying the statuses the relay does not know yet."""
+        statuses = self._status_changes()
+        request = HeartbeatRequest(provider_session_id=self._session_id(), statuses=statuses)
+        try:
+            answer = await self.relay.heartbeat(request)
+        except RelayUnavailableError:
+            return
+        except SessionNotFoundError:
+            await self._reregister()
+            return
+        if statuses:
+            logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
+        self._reported.update(statuses)
+        self._server_view = {row.name: row.status for row in answer.llms}
+
+    async def _beat_quietly(self) -> None:
+        try:
+            await self._beat()
+        except RelayError as exc:
+            logger.debug("heartbeat failed: %s", exc)
+
+    async def _idle_loop(self) -> None:
+        sleepy = [s for s in self._slots.values() if s.config.sleep_after_idle_seconds]
+        while sleepy:
+            await asyncio.sleep(IDLE_TICK_SECONDS)
+            for slot in sleepy:
+                idle = slot.config.sleep_after_idle_seconds or 0
+                if (
+                    slot.status == LlmStatus.ACTIVE
+                    and slot.held == 0
+                    and not slot.busy
+                    and slot.sleeping is None
+                    and slot.idle_for() >= idle
+                ):
+                    slot.sleeping = asyncio.create_task(self._sleep(slot))
+
+    async def _sleep(self, slot: ProviderSlot) -> None:
+        try:
+            await self._waker.sleep(slot)
+        finally:
+            slot.sleeping = None
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        free = sum(slot.free for slot in self._slots.values())
+        # An infer waiting for a wake task that is still queued must not block its arrival.
+        if self._waker.awaiting_arrival:
+            free = max(free, 1)
+        return min(free, MAX_TASKS_PER_POLL)
+
+    async def _poll_loop(self) -> None:
+        backoff = Backoff()
+        wait = self.config.relay.poll_wait_seconds
+        while True:
+            self._slot_freed.clear()
+            free = self._free_slots()
+            if free == 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.relay.heartbeat_seconds):
+                        await self._slot_freed.wait()
+                continue
+            request = PollRequest(
+                provider_session_id=self._session_id(), wait_seconds=wait, max_tasks=free
+            )
+            try:
+                answer = await self.relay.poll(request)
+            except RelayUnavailableError:
+                await asyncio.sleep(backoff.next())
+                continue
+            except SessionNotFoundError:
+                await self._reregister()
+                continue
+            backoff.reset()
+            for task in answer.tasks:
+                self._dispatch(task)
+
+    def _dispatch(self, task: PolledTask) -> None:
+        slot = self._slots.get(task.llm)
+        if slot is not None and task.kind == TaskKind.INFER:
+            slot.held += 1
+        if slot is not None:
+            slot.touch()
+        running = asyncio.create_task(self._run_task(task, slot), name=f"task-{task.id}")
+        self._tasks.add(running)
+        running.add_done_callback(self._tasks.discard)
+
+    async def _run_task(self, task: PolledTask, slot: ProviderSlot | None) -> None:
+        poster = TaskPoster(self.relay, self._session_id, task.id)
+        started = time.monotonic()
+        try:
+            if slot is None:
+                await poster.fail(
+                    404, f"this publisher does not serve {task.llm}", "model_not_found"
+                )
+            elif task.kind == TaskKind.WAKE:
+                await self._run_wake(task, slot, poster)
+            else:
+                status = await self._run_infer(task, slot, poster)
+                ms = int((time.monotonic() - started) * 1000)
+                mode = "stream" if task.stream else "complete"
+                logger.info("task %s: %s %s -> %s in %d ms", task.id, mode, task.llm, status, ms)
+        except asyncio.CancelledError:
+            message = "the publisher shut down before the task finished"
+            await poster.fail(
+                503, message, "publisher_offline", give_up_after=SHUTDOWN_RESULT_SECONDS
+            )
+            raise
+        except Exception as exc:  # never leave a client waiting on a bug of ours
+            logger.exception("task %s failed", task.id)
+            await poster.fail(500, f"the publisher failed: {exc!r}", "publisher_error")
+        finally:
+            if slot is not None:
+                if task.kind == TaskKind.INFER:
+                    slot.held -= 1
+                slot.touch()
+            self._slot_freed.set()
+
+    async def _run_wake(self, task: PolledTask, slot: ProviderSlot, poster: TaskPoster) -> None:
+        outcome = await self._waker.wake(slot, task.id)
+        if outcome.ok:
+            await poster.result(status=200, body={"ok": True, "ms": outcome.ms})
+        else:
+            await poster.fail(503, outcome.message, "wake_failed")
+
+    async def _run_infer(self, task: PolledTask, slot: ProviderSlot, poster: TaskPoster) -> int:
+        outcome = await self._waker.before_infer(slot, task.wake_id)
+        if outcome is not None and not outcome.ok:
+            await poster.fail(503, outcome.message, "wake_failed")
+            return 503
+        async with slot.semaphore:
+            slot.touch()
+            request = task.request
+            if request is None and task.request_size > 0:
+                try:
+                    request = await retrying(
+                        lambda: self.relay.task_request(task.id), give_up_after=60
+                    )
+                except (TaskGoneError, RelayUnavailableError) as exc:
+                    logger.warning("task %s: cannot fetch its request: %s", task.id, exc)
+                    return 502
+            if request is None:
+                await poster.fail(400, "the task carries no request", "invalid_request")
+                return 400
+            return await run_infer(slot.provider, request, task.stream, poster)

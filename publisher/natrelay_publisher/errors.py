@@ -1,0 +1,62 @@
+"""Publisher errors: one base class, one-line subclasses."""
+
+from __future__ import annotations
+
+
+class PublisherError(Exception):
+    """Base class of every error the publisher raises on purpose."""
+
+
+class ConfigError(PublisherError):
+    """The configuration file is missing, unreadable or invalid (message names file and field)."""
+
+
+class PluginError(PublisherError):
+    """A plugin could not be found or loaded."""
+
+
+class BackendError(PublisherError):
+    """The backend failed: unreachable, non-2xx, or an answer that is not what it should be."""
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class RecipeError(PublisherError):
+    """A wake or sleep recipe failed; the message is the cause, for the wake's error."""
+
+
+class RelayError(PublisherError):
+    """The relay answered with an error that is not worth retrying."""
+
+    def __init__(self, message: str, *, status: int = 0, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class RelayUnavailableError(RelayError):
+    """The relay cannot be reached or answered 5xx/429: retry later."""
+
+
+class RelayAuthError(RelayError):
+    """The relay refused the publish token (401/403): fatal."""
+
+
+class SessionNotFoundError(RelayError):
+    """The relay no longer knows our session: register again."""
+
+
+class NameTakenError(RelayError):
+    """A provider name is held by another live publisher session."""
+
+
+class TaskCancelledError(RelayError):
+    """The client went away: abort the task and post nothing more."""
+
+
+class TaskGoneError(RelayError):
+    """The task is no longer ours (lease lost, not found, or result conflict)."""

@@ -1,0 +1,183 @@
+"""Running one task's answer to the relay: a result, or chunk batches then a result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from natrelay.wire import ChunkBatch, ErrorInfo, TaskResult
+from natrelay_publisher.errors import (
+    BackendError,
+    RelayError,
+    RelayUnavailableError,
+    TaskCancelledError,
+)
+from natrelay_publisher.providers import Provider
+from natrelay_publisher.relay import RelayClient, retrying
+from natrelay_publisher.types import Chunk, JSONObject
+
+logger = logging.getLogger("natrelay.publisher")
+
+FLUSH_SECONDS = 0.05
+FLUSH_BYTES = 32 * 1024
+QUEUE_CHUNKS = 4096
+CHUNK_RETRY_SECONDS = 60.0
+RESULT_RETRY_SECONDS = 300.0
+
+
+class _End:
+    """Marks the end of the backend's stream in the queue."""
+
+
+_END = _End()
+
+
+class TaskPoster:
+    """Posts one task's chunks and result; after a result or a cancellation, posts nothing."""
+
+    def __init__(self, relay: RelayClient, session_id: Callable[[], str], task_id: str) -> None:
+        self.relay = relay
+        self.session_id = session_id
+        self.task_id = task_id
+        self.finished = False
+
+    async def chunks(self, seq: int, chunks: list[Chunk]) -> None:
+        async def post() -> None:
+            batch = ChunkBatch(provider_session_id=self.session_id(), seq=seq, chunks=chunks)
+            await self.relay.post_chunks(self.task_id, batch)
+
+        try:
+            await retrying(post, give_up_after=CHUNK_RETRY_SECONDS)
+        except TaskCancelledError:
+            self.finished = True
+            raise
+
+    async def result(
+        self,
+        *,
+        status: int = 200,
+        body: Any = None,
+        chunk_count: int = 0,
+        give_up_after: float = RESULT_RETRY_SECONDS,
+    ) -> None:
+        await self._post(status, body, None, chunk_count, give_up_after)
+
+    async def fail(
+        self, status: int, message: str, code: str, *, give_up_after: float = RESULT_RETRY_SECONDS
+    ) -> None:
+        kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+        error = ErrorInfo(message=message, code=code, type=kind)
+        await self._post(status, None, error, 0, give_up_after)
+
+    async def _post(
+        self, status: int, body: Any, error: ErrorInfo | None, chunk_count: int, give_up: float
+    ) -> None:
+        if self.finished:
+            return
+        self.finished = True
+
+        async def post() -> None:
+            result = TaskResult(
+                provider_session_id=self.session_id(),
+                status=status,
+                body=body,
+                error=error,
+                chunk_count=chunk_count,
+            )
+            await self.relay.post_result(self.task_id, result)
+
+        try:
+            await retrying(post, give_up_after=give_up)
+        except RelayUnavailableError as exc:
+            logger.error("task %s: could not post its result: %s", self.task_id, exc)
+        except RelayError as exc:
+            logger.warning("task %s: result not accepted: %s", self.task_id, exc)
+
+
+async def run_infer(
+    provider: Provider, request: JSONObject, stream: bool, poster: TaskPoster
+) -> int:
+    """Run one chat request on `provider` and post the answer; returns the status posted."""
+    if not stream:
+        try:
+            reply = await provider.complete(request)
+        except BackendError as exc:
+            await poster.fail(exc.status, exc.message, "backend_error")
+            return exc.status
+        await poster.result(status=reply.status, body=reply.body)
+        return reply.status
+    return await relay_stream(provider.stream(request), poster)
+
+
+async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
+    """Post `chunks` in batches (by time and size, in order), then the final result."""
+    queue: asyncio.Queue[Chunk | _End | BackendError] = asyncio.Queue(QUEUE_CHUNKS)
+    reader = asyncio.create_task(_read(chunks, queue))
+    seq, usage = 0, None
+    try:
+        while True:
+            batch, end = await _next_batch(queue)
+            if batch:
+                usage = next((c["usage"] for c in reversed(batch) if c.get("usage")), usage)
+                await poster.chunks(seq, batch)
+                seq += 1
+            if end is not None:
+                break
+    except TaskCancelledError:
+        logger.info("task %s: cancelled by the client, backend request aborted", poster.task_id)
+        return 499
+    except RelayError as exc:
+        logger.warning("task %s: stream aborted: %s", poster.task_id, exc)
+        return 502
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    if isinstance(end, BackendError):
+        await poster.fail(end.status, end.message, "backend_error")
+        return end.status
+    await poster.result(status=200, body={"usage": usage} if usage else None, chunk_count=seq)
+    return 200
+
+
+async def _read(
+    chunks: AsyncIterator[Chunk], queue: asyncio.Queue[Chunk | _End | BackendError]
+) -> None:
+    try:
+        async for chunk in chunks:
+            await queue.put(chunk)
+        await queue.put(_END)
+    except BackendError as exc:
+        await queue.put(exc)
+    except Exception as exc:  # a provider's bug must still end the task with an error
+        await queue.put(BackendError(f"the provider failed: {exc!r}"))
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _next_batch(
+    queue: asyncio.Queue[Chunk | _End | BackendError],
+) -> tuple[list[Chunk], _End | BackendError | None]:
+    first = await queue.get()
+    if not isinstance(first, dict):
+        return [], first
+    batch, size = [first], len(json.dumps(first))
+    deadline = asyncio.get_running_loop().time() + FLUSH_SECONDS
+    while size < FLUSH_BYTES:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                item = await queue.get()
+        except TimeoutError:
+            break
+        if not isinstance(item, dict):
+            return batch, item
+        batch.append(item)
+        size += len(json.dumps(item))
+    return batch, None

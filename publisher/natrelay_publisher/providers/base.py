@@ -1,0 +1,117 @@
+"""The provider plugin contract and the helpers the built-in providers share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from natrelay_publisher.errors import BackendError
+
+if TYPE_CHECKING:
+    from natrelay_publisher.config import ProviderConfig
+    from natrelay_publisher.types import Chunk, JSONObject
+
+AVAILABILITY_TIMEOUT_SECONDS = 5.0
+# Generation can be slow; connecting must not be.
+BACKEND_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+
+
+class ProviderOptions(BaseModel):
+    """Base of a provider's `options` model (camelCase keys, unknown keys refused)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class BackendReply:
+    status: int
+    body: Any
+
+
+class Provider(Protocol):
+    """Talks to one backend. `complete` and `stream` raise BackendError on any failure.
+
+    `requires` names the ProviderConfig fields this type needs (e.g. base_url, model).
+    `stream` yields OpenAI `chat.completion.chunk` objects.
+    """
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type[ProviderOptions]]
+    requires: ClassVar[tuple[str, ...]]
+
+    name: str
+    model: str
+
+    def __init__(self, config: ProviderConfig) -> None: ...
+
+    async def available(self) -> bool: ...
+
+    async def models(self) -> list[str]: ...
+
+    async def complete(self, request: JSONObject) -> BackendReply: ...
+
+    def stream(self, request: JSONObject) -> AsyncIterator[Chunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def backend_client(config: ProviderConfig) -> httpx.AsyncClient:
+    """One client per backend: base URL, API key, generous read timeout."""
+    headers = {}
+    if config.api_key is not None:
+        headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+    return httpx.AsyncClient(
+        base_url=config.base_url or "", headers=headers, timeout=BACKEND_TIMEOUT
+    )
+
+
+def error_message(status: int, body: bytes | str) -> str:
+    """The backend's own error message, whatever shape it came in."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    message: Any = None
+    if isinstance(data, dict):
+        message = data.get("error", data.get("message", data.get("detail")))
+        if isinstance(message, dict):
+            message = message.get("message", message)
+    if message is None:
+        message = " ".join(text.split())[:500]
+    return str(message) if message else f"HTTP {status}"
+
+
+def unreachable(url: str, exc: Exception) -> BackendError:
+    return BackendError(f"cannot reach the backend at {url}: {exc!r}")
+
+
+def broken_stream(url: str, exc: Exception) -> BackendError:
+    return BackendError(f"the backend stream from {url} broke: {exc!r}")
+
+
+def failed_status(response: httpx.Response, body: bytes) -> BackendError:
+    status = response.status_code
+    return BackendError(error_message(status, body), status=status if 400 <= status <= 599 else 502)
+
+
+def parse_json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise BackendError(f"the backend answered invalid JSON: {exc}") from exc
+
+
+def forwarded(request: JSONObject, model: str, *, stream: bool) -> JSONObject:
+    """The request to forward: the backend's model, `stream` set to how we will read it."""
+    body = dict(request)
+    body["model"] = model
+    if stream or "stream" in body:
+        body["stream"] = stream
+    return body

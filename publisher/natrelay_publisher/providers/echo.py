@@ -1,0 +1,144 @@
+"""`echo`: no backend; answers with the last user message, verbatim (demos and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+from pydantic import Field
+
+from natrelay_publisher.errors import BackendError
+from natrelay_publisher.providers.base import (
+    AVAILABILITY_TIMEOUT_SECONDS,
+    BackendReply,
+    ProviderOptions,
+)
+
+if TYPE_CHECKING:
+    from natrelay_publisher.config import ProviderConfig
+    from natrelay_publisher.types import Chunk, JSONObject
+
+_PIECES = re.compile(r"\s*\S+|\s+$")
+
+
+class EchoOptions(ProviderOptions):
+    token_delay_ms: float = Field(default=0, ge=0, le=60_000)
+    # When set, the echo backend is up only while GET of this URL answers 2xx.
+    availability_url: str | None = Field(default=None, pattern=r"^https?://")
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def words(text: str) -> list[str]:
+    """Split into words that keep their leading whitespace: the pieces join back to `text`."""
+    return _PIECES.findall(text)
+
+
+class EchoProvider:
+    type_name: ClassVar[str] = "echo"
+    Options: ClassVar[type[ProviderOptions]] = EchoOptions
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self.model = config.model or "echo"
+        self.options = EchoOptions.model_validate(config.options)
+
+    async def available(self) -> bool:
+        url = self.options.availability_url
+        if url is None:
+            return True
+        try:
+            async with httpx.AsyncClient(timeout=AVAILABILITY_TIMEOUT_SECONDS) as client:
+                return (await client.get(url)).is_success
+        except httpx.HTTPError:
+            return False
+
+    async def models(self) -> list[str]:
+        return [self.model]
+
+    async def complete(self, request: JSONObject) -> BackendReply:
+        text, prompt = await self._answer(request)
+        body = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(prompt, text),
+        }
+        return BackendReply(200, body)
+
+    async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
+        text, prompt = await self._answer(request)
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+        }
+
+        def chunk(delta: JSONObject, finish: str | None = None) -> Chunk:
+            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        yield chunk({"role": "assistant", "content": ""})
+        delay = self.options.token_delay_ms / 1000
+        for piece in words(text):
+            if delay:
+                await asyncio.sleep(delay)
+            yield chunk({"content": piece})
+        yield chunk({}, "stop")
+        stream_options = request.get("stream_options") or {}
+        if isinstance(stream_options, dict) and stream_options.get("include_usage"):
+            yield {**head, "choices": [], "usage": _usage(prompt, text)}
+
+    async def aclose(self) -> None:
+        return None
+
+    async def _answer(self, request: JSONObject) -> tuple[str, str]:
+        if not await self.available():
+            raise BackendError(
+                f"the echo backend is asleep ({self.options.availability_url} is not answering)",
+                status=503,
+            )
+        messages = request.get("messages")
+        if not isinstance(messages, list):
+            raise BackendError("messages must be a list", status=400)
+        texts = [text_of(m.get("content")) for m in messages if isinstance(m, dict)]
+        users = [
+            text_of(m.get("content"))
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        return (users[-1] if users else ""), " ".join(texts)
+
+
+def _usage(prompt: str, text: str) -> JSONObject:
+    prompt_tokens, completion_tokens = len(prompt.split()), len(text.split())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

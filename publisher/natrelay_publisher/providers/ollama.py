@@ -1,0 +1,108 @@
+"""`ollama`: Ollama's native API (/api/chat with NDJSON streaming, /api/tags)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, ClassVar
+
+import httpx
+
+from natrelay_publisher.errors import BackendError
+from natrelay_publisher.providers.base import (
+    AVAILABILITY_TIMEOUT_SECONDS,
+    BackendReply,
+    ProviderOptions,
+    backend_client,
+    broken_stream,
+    error_message,
+    failed_status,
+    parse_json,
+    unreachable,
+)
+from natrelay_publisher.providers.ollama_shapes import ChunkTranslator, completion, to_ollama
+
+if TYPE_CHECKING:
+    from natrelay_publisher.config import ProviderConfig
+    from natrelay_publisher.types import Chunk, JSONObject
+
+
+class OllamaProvider:
+    type_name: ClassVar[str] = "ollama"
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self.model = config.model or ""
+        self.base_url = config.base_url or ""
+        self._client = backend_client(config)
+
+    async def available(self) -> bool:
+        try:
+            response = await self._client.get("api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+
+    async def models(self) -> list[str]:
+        try:
+            response = await self._client.get("api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        if not response.is_success:
+            raise failed_status(response, response.content)
+        return [str(m["name"]) for m in parse_json(response).get("models", []) if "name" in m]
+
+    async def complete(self, request: JSONObject) -> BackendReply:
+        body = to_ollama(request, self.model, stream=False)
+        try:
+            response = await self._client.post("api/chat", json=body)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        if not response.is_success:
+            raise failed_status(response, response.content)
+        data = parse_json(response)
+        if not isinstance(data, dict) or "error" in data:
+            raise BackendError(error_message(502, response.content))
+        return BackendReply(200, completion(data, self.model))
+
+    async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
+        body = to_ollama(request, self.model, stream=True)
+        stream_options = request.get("stream_options")
+        translator = ChunkTranslator(
+            self.model,
+            include_usage=isinstance(stream_options, dict)
+            and bool(stream_options.get("include_usage")),
+        )
+        started = False
+        try:
+            async with self._client.stream("POST", "api/chat", json=body) as response:
+                if not response.is_success:
+                    raise failed_status(response, await response.aread())
+                started = True
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    data = _line(line)
+                    for chunk in translator.chunks(data):
+                        yield chunk
+                    if data.get("done"):
+                        return
+        except httpx.HTTPError as exc:
+            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _line(line: str) -> JSONObject:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise BackendError(f"the backend sent invalid JSON in its stream: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BackendError("the backend sent a stream line that is not an object")
+    if "error" in data:
+        raise BackendError(error_message(502, line))
+    return data

@@ -1,0 +1,112 @@
+"""`openai`: any OpenAI-compatible server (vLLM, llama.cpp server, LM Studio, Ollama's /v1)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, ClassVar
+
+import httpx
+
+from natrelay_publisher.errors import BackendError
+from natrelay_publisher.providers.base import (
+    AVAILABILITY_TIMEOUT_SECONDS,
+    BackendReply,
+    ProviderOptions,
+    backend_client,
+    broken_stream,
+    error_message,
+    failed_status,
+    forwarded,
+    parse_json,
+    unreachable,
+)
+
+if TYPE_CHECKING:
+    from natrelay_publisher.config import ProviderConfig
+    from natrelay_publisher.types import Chunk, JSONObject
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The `data` of each server-sent event (multi-line data joined with newlines)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+class OpenAIProvider:
+    type_name: ClassVar[str] = "openai"
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self.model = config.model or ""
+        self.base_url = config.base_url or ""
+        self._client = backend_client(config)
+
+    async def available(self) -> bool:
+        try:
+            response = await self._client.get("models", timeout=AVAILABILITY_TIMEOUT_SECONDS)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+
+    async def models(self) -> list[str]:
+        try:
+            response = await self._client.get("models", timeout=AVAILABILITY_TIMEOUT_SECONDS)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        if not response.is_success:
+            raise failed_status(response, response.content)
+        data = parse_json(response)
+        return [str(item["id"]) for item in data.get("data", []) if "id" in item]
+
+    async def complete(self, request: JSONObject) -> BackendReply:
+        body = forwarded(request, self.model, stream=False)
+        try:
+            response = await self._client.post("chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        if not response.is_success:
+            raise failed_status(response, response.content)
+        return BackendReply(response.status_code, parse_json(response))
+
+    async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
+        body = forwarded(request, self.model, stream=True)
+        started = False
+        try:
+            async with self._client.stream("POST", "chat/completions", json=body) as response:
+                if not response.is_success:
+                    raise failed_status(response, await response.aread())
+                started = True
+                async for data in sse_data(response.aiter_lines()):
+                    if data.strip() == "[DONE]":
+                        return
+                    yield _chunk(data)
+        except httpx.HTTPError as exc:
+            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _chunk(data: str) -> Chunk:
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise BackendError(f"the backend sent invalid JSON in its stream: {exc}") from exc
+    if not isinstance(chunk, dict):
+        raise BackendError("the backend sent a stream event that is not an object")
+    if "error" in chunk and "choices" not in chunk:
+        raise BackendError(error_message(502, data))
+    return chunk

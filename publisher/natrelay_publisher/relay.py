@@ -1,0 +1,209 @@
+"""The relay's publisher API over one httpx.AsyncClient, with errors mapped to classes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from natrelay.wire import (
+    ChunkAck,
+    ChunkBatch,
+    HeartbeatRequest,
+    PollRequest,
+    PollResponse,
+    RegisterRequest,
+    SessionRequest,
+    SessionResponse,
+    TaskResult,
+)
+from natrelay_publisher.errors import (
+    NameTakenError,
+    RelayAuthError,
+    RelayError,
+    RelayUnavailableError,
+    SessionNotFoundError,
+    TaskCancelledError,
+    TaskGoneError,
+)
+
+logger = logging.getLogger("natrelay.publisher")
+
+API = "/api/v1/llms"
+REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# A long-poll may take its full wait; give the answer this much more.
+POLL_SLACK_SECONDS = 10.0
+
+# The relay's error codes a publisher branches on, and what they become here.
+ERRORS: dict[str, type[RelayError]] = {
+    "session_not_found": SessionNotFoundError,
+    "name_taken": NameTakenError,
+    "task_cancelled": TaskCancelledError,
+    "task_not_claimed": TaskGoneError,
+    "task_not_found": TaskGoneError,
+    "result_conflict": TaskGoneError,
+}
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class Connectivity:
+    """Logs one line when the relay becomes unreachable and one when it is back."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def failed(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            logger.warning("relay unreachable: %s, retrying", reason)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            logger.info("relay reachable again after %.0f s", time.monotonic() - self.down_since)
+            self.down_since = None
+
+
+class Backoff:
+    """Exponential backoff with jitter: about 0.5 s, 1 s, 2 s, … capped at `cap`."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next(self) -> float:
+        delay: float = min(self.cap, self.base * 2.0**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not crypto
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, give_up_after: float | None = None) -> T:
+    """Call until the relay answers; RelayUnavailableError is retried with backoff."""
+    backoff = Backoff()
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
+    while True:
+        try:
+            return await call()
+        except RelayUnavailableError:
+            delay = backoff.next()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+
+
+class RelayClient:
+    """One method per endpoint of docs/protocol.md; raises the RelayError subclasses."""
+
+    def __init__(
+        self, url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.url = url
+        self.connectivity = Connectivity()
+        self._client = httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=REQUEST_TIMEOUT,
+            transport=transport,
+        )
+
+    async def register(self, request: RegisterRequest) -> SessionResponse:
+        return await self._call("_provider-register", request, SessionResponse)
+
+    async def heartbeat(self, request: HeartbeatRequest) -> SessionResponse:
+        return await self._call("_provider-heartbeat", request, SessionResponse)
+
+    async def poll(self, request: PollRequest) -> PollResponse:
+        timeout = httpx.Timeout(request.wait_seconds + POLL_SLACK_SECONDS, connect=10.0)
+        return await self._call("_provider-poll", request, PollResponse, timeout=timeout)
+
+    async def deregister(self, request: SessionRequest) -> SessionResponse:
+        return await self._call("_provider-deregister", request, SessionResponse)
+
+    async def task_request(self, task_id: str) -> dict[str, Any]:
+        data = await self._send("GET", f"_provider-task/{task_id}/request", None)
+        if not isinstance(data, dict):
+            raise RelayError(f"the request of task {task_id} is not a JSON object")
+        return data
+
+    async def post_chunks(self, task_id: str, batch: ChunkBatch) -> ChunkAck:
+        ack = await self._call(f"_provider-task/{task_id}/chunks", batch, ChunkAck)
+        if ack.cancelled:
+            raise TaskCancelledError("the client went away", code="task_cancelled")
+        return ack
+
+    async def post_result(self, task_id: str, result: TaskResult) -> None:
+        await self._send("POST", f"_provider-task/{task_id}/result", result)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(
+        self, path: str, body: BaseModel, answer: type[M], *, timeout: httpx.Timeout | None = None
+    ) -> M:
+        data = await self._send("POST", path, body, timeout=timeout)
+        try:
+            return answer.model_validate(data)
+        except ValidationError as exc:
+            raise RelayError(f"{path}: unexpected answer from the relay: {exc}") from exc
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        *,
+        timeout: httpx.Timeout | None = None,
+    ) -> Any:
+        url = f"{API}/{path}"
+        payload = None if body is None else body.model_dump(mode="json", by_alias=True)
+        try:
+            response = await self._client.request(
+                method, url, json=payload, timeout=timeout or REQUEST_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            reason = f"{method} {self.url}{url}: {exc!r}"
+            self.connectivity.failed(reason)
+            raise RelayUnavailableError(reason) from exc
+        status = response.status_code
+        message, code = _error(response)
+        if status >= 500 or status == 429:
+            reason = f"{method} {self.url}{url} answered {status}: {message}"
+            self.connectivity.failed(reason)
+            raise RelayUnavailableError(reason, status=status, code=code)
+        self.connectivity.succeeded()
+        if status in (401, 403):
+            raise RelayAuthError(
+                f"the relay refused the publish token ({status}): {message}",
+                status=status,
+                code=code,
+            )
+        if not response.is_success:
+            error = ERRORS.get(code or "", RelayError)
+            raise error(
+                f"{method} {url} answered {status} {code}: {message}", status=status, code=code
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RelayError(f"{method} {url}: the relay answered invalid JSON") from exc
+
+
+def _error(response: httpx.Response) -> tuple[str, str | None]:
+    if response.is_success:
+        return "", None
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return " ".join(response.text.split())[:300], None
+    if isinstance(error, dict):
+        return str(error.get("message", "")), error.get("code")
+    return str(error), None

@@ -1,0 +1,86 @@
+"""One published provider at run time: its plugin objects, concurrency and status."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from natrelay.wire import LlmStatus, ProviderSpec
+from natrelay_publisher.config import ProviderConfig
+from natrelay_publisher.providers import PROVIDERS, Provider
+from natrelay_publisher.recipes import RECIPES, WakeRecipe
+
+
+@dataclass(eq=False)
+class ProviderSlot:
+    config: ProviderConfig
+    provider: Provider
+    wake_recipe: WakeRecipe | None = None
+    sleep_recipe: WakeRecipe | None = None
+    status: LlmStatus = LlmStatus.ACTIVE
+    # Infer tasks accepted and not finished (waiting for a wake, a slot, or running).
+    held: int = 0
+    # What the last availability check said (None: not checked yet), for logging changes.
+    seen_up: bool | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    # Held by a wake or a sleep: they never overlap.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sleeping: asyncio.Task[None] | None = None
+    semaphore: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
+
+    @classmethod
+    def build(cls, config: ProviderConfig) -> ProviderSlot:
+        """Instantiate the provider and recipe plugins named in `config`."""
+        provider = PROVIDERS.find(config.type)(config)
+        wake = RECIPES.find(config.wake.type)(config.wake, config) if config.wake else None
+        sleep = RECIPES.find(config.sleep.type)(config.sleep, config) if config.sleep else None
+        return cls(config=config, provider=provider, wake_recipe=wake, sleep_recipe=sleep)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def free(self) -> int:
+        return max(0, self.config.max_concurrency - self.held)
+
+    @property
+    def busy(self) -> bool:
+        """A wake or a sleep is running."""
+        return self.lock.locked()
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_activity
+
+    async def ready(self) -> bool:
+        """The wake recipe's readiness check if it has one, else the provider's availability."""
+        if self.wake_recipe is not None:
+            answer = await self.wake_recipe.ready()
+            if answer is not None:
+                return answer
+        return await self.provider.available()
+
+    def spec(self) -> ProviderSpec:
+        config = self.config
+        extra: dict[str, object] = {"maxConcurrency": config.max_concurrency}
+        if self.wake_recipe is not None:
+            extra["wake"] = self.wake_recipe.type_name
+        if config.sleep_after_idle_seconds is not None:
+            extra["sleepAfterIdleSeconds"] = config.sleep_after_idle_seconds
+        return ProviderSpec(
+            name=config.name,
+            type=config.type,
+            model=self.provider.model,
+            tier=config.tier,
+            description=config.description,
+            extra_config=extra,
+            initial_status=self.status,
+            wake_max_wait_seconds=self.wake_recipe.max_wait_seconds if self.wake_recipe else None,
+        )
