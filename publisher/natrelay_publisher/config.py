@@ -85,7 +85,7 @@ class _Model(BaseModel):
 class RelayConfig(_Model):
     url: HttpUrl
     token: Secret
-    session_file: Path = Path(DEFAULT_SESSION_FILE)
+    session_file: Path = Field(default=Path(DEFAULT_SESSION_FILE), validate_default=True)
     heartbeat_seconds: float = Field(default=30, gt=0, le=3600)
     poll_wait_seconds: float = Field(default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS)
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
@@ -136,7 +136,7 @@ class ProviderConfig(_Model):
             raise PydanticCustomError("recipe", "should be a mapping with a `type`")
         type_name = value.get("type")
         if not isinstance(type_name, str):
-            raise field_error(("type",), "Field required: the recipe type", type_name)
+            raise field_error(("type",), "Field required", type_name)
         try:
             recipe = RECIPES.find(type_name)
         except PluginError as exc:

@@ -1,0 +1,151 @@
+"""Posting answers to the relay's task endpoints: results, chunk batches, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from natrelay_publisher.config import ProviderConfig
+from natrelay_publisher.infer import TaskPoster, relay_stream, run_infer
+from natrelay_publisher.providers import PROVIDERS, Provider
+from natrelay_publisher.relay import RelayClient
+from tests.publisher.fakes import REPLY, BackendState, TaskSink, openai_app, serve
+
+SESSION = "sess-0123456789"
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[str, TaskSink]]:
+    state = TaskSink()
+    with serve(state.app()) as url:
+        yield url, state
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[tuple[str, BackendState]]:
+    state = BackendState()
+    with serve(openai_app(state)) as url:
+        yield url + "/v1", state
+
+
+def provider(**fields: Any) -> Provider:
+    config = ProviderConfig.model_validate({"name": "m", **fields})
+    return PROVIDERS.find(config.type)(config)
+
+
+def answer(relay_url: str, p: Provider, request: dict[str, Any], stream: bool) -> int:
+    async def go() -> int:
+        relay = RelayClient(relay_url, "token")
+        try:
+            return await run_infer(p, request, stream, TaskPoster(relay, lambda: SESSION, "t1"))
+        finally:
+            await relay.aclose()
+            await p.aclose()
+
+    return asyncio.run(go())
+
+
+def chat(text: str = "hi", **fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}], **fields}
+
+
+def test_non_streamed_result(sink: tuple[str, TaskSink], backend: tuple[str, BackendState]) -> None:
+    url, state = sink
+    assert answer(url, provider(type="openai", baseUrl=backend[0], model="m"), chat(), False) == 200
+    assert state.batches == []
+    [result] = state.results
+    assert result["providerSessionId"] == SESSION
+    assert result["status"] == 200
+    assert result["body"]["choices"][0]["message"]["content"] == REPLY
+    assert result["body"]["usage"]["total_tokens"] == 11
+
+
+def test_backend_error_becomes_an_error_result(
+    sink: tuple[str, TaskSink], backend: tuple[str, BackendState]
+) -> None:
+    url, state = sink
+    answer(url, provider(type="openai", baseUrl=backend[0], model="fail-500"), chat(), False)
+    answer(url, provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m"), chat(), True)
+    bad, down = state.results
+    assert bad["status"] == 500
+    assert bad["error"] == {
+        "message": "the GPU caught fire",
+        "type": "server_error",
+        "code": "backend_error",
+        "param": None,
+    }
+    assert down["status"] == 502
+    assert down["error"]["code"] == "backend_error"
+    assert down["error"]["message"].startswith("cannot reach the backend at http://127.0.0.1:9/v1")
+
+
+def test_stream_batches_in_order_then_result(sink: tuple[str, TaskSink]) -> None:
+    url, state = sink
+    text = " ".join(f"word{i}" for i in range(40))
+    echo = provider(type="echo", options={"tokenDelayMs": 10})
+    request = chat(text, stream=True, stream_options={"include_usage": True})
+    assert answer(url, echo, request, True) == 200
+    assert [b["seq"] for b in state.batches] == list(range(len(state.batches)))
+    # 40 words 10 ms apart, flushed every 50 ms: several batches, each of several chunks.
+    assert 3 <= len(state.batches) <= 20
+    assert state.text() == text
+    [result] = state.results
+    assert result["chunkCount"] == len(state.batches)
+    assert result["body"] == {
+        "usage": {"prompt_tokens": 40, "completion_tokens": 40, "total_tokens": 80}
+    }
+
+
+def test_stream_batches_flush_by_size(sink: tuple[str, TaskSink]) -> None:
+    url, state = sink
+
+    async def big() -> AsyncIterator[dict[str, Any]]:
+        for i in range(8):
+            yield {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": f"{i}" * 20_000}}],
+            }
+
+    async def go() -> None:
+        relay = RelayClient(url, "token")
+        await relay_stream(big(), TaskPoster(relay, lambda: SESSION, "t1"))
+        await relay.aclose()
+
+    asyncio.run(go())
+    assert [len(b["chunks"]) for b in state.batches] == [2, 2, 2, 2]
+    assert state.results[0]["chunkCount"] == 4 and state.results[0]["body"] is None
+
+
+@pytest.mark.parametrize("with_409", [False, True])
+def test_cancel_aborts_the_backend_and_posts_nothing_more(
+    sink: tuple[str, TaskSink], with_409: bool
+) -> None:
+    url, state = sink
+    state.cancel_after, state.cancel_with_409 = 1, with_409
+    backend_state = BackendState()
+    with serve(openai_app(backend_state)) as backend_url:
+        slow = provider(type="openai", baseUrl=backend_url + "/v1", model="slow")
+        started = time.monotonic()
+        assert answer(url, slow, chat(stream=True), True) == 499
+        assert time.monotonic() - started < 5  # the full stream would take 10 s
+        assert backend_state.stream_closed_early.wait(5)
+    assert len(state.batches) == 2
+    assert state.results == []
+    assert backend_state.chunks_sent < 100
+
+
+def test_stream_failing_midway_posts_an_error(
+    sink: tuple[str, TaskSink], backend: tuple[str, BackendState]
+) -> None:
+    url, state = sink
+    broken = provider(type="openai", baseUrl=backend[0], model="break")
+    assert answer(url, broken, chat(stream=True), True) == 502
+    assert state.text() == REPLY
+    [result] = state.results
+    assert result["status"] == 502
+    assert result["error"]["message"] == "out of memory"
+    assert result["error"]["code"] == "backend_error"

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from natrelay_publisher.config import ProviderConfig
+from natrelay_publisher.errors import BackendError
+from natrelay_publisher.providers import PROVIDERS, Provider
+from tests.publisher.fakes import REPLY, BackendState, ollama_app, openai_app, serve
+
+CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def provider(**fields: Any) -> Provider:
+    config = ProviderConfig.model_validate({"name": "llama3", **fields})
+    return PROVIDERS.find(config.type)(config)
+
+
+async def collect(p: Provider, request: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return [chunk async for chunk in p.stream(request)]
+    finally:
+        await p.aclose()
+
+
+async def complete(p: Provider, request: dict[str, Any]) -> Any:
+    try:
+        return await p.complete(request)
+    finally:
+        await p.aclose()
+
+
+def text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+@pytest.fixture(scope="module")
+def openai_backend() -> Iterator[tuple[str, BackendState]]:
+    state = BackendState()
+    with serve(openai_app(state)) as url:
+        yield url + "/v1", state
+
+
+@pytest.fixture(scope="module")
+def ollama_backend() -> Iterator[tuple[str, BackendState]]:
+    state = BackendState()
+    with serve(ollama_app(state)) as url:
+        yield url, state
+
+
+# --- openai ------------------------------------------------------------------------------
+
+
+def test_openai_complete_forwards_everything_but_the_model(
+    openai_backend: tuple[str, BackendState],
+) -> None:
+    url, state = openai_backend
+    request = {
+        **CHAT,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "response_format": {"type": "json_object"},
+        "n": 2,
+        "stop": ["x"],
+        "seed": 7,
+        "some_vendor_field": {"a": 1},
+    }
+    reply = asyncio.run(complete(provider(type="openai", baseUrl=url, model="backend-m"), request))
+    assert reply.status == 200
+    assert reply.body["choices"][0]["message"]["content"] == REPLY
+    assert reply.body["usage"]["total_tokens"] == 11
+    assert state.requests[-1] == {**request, "model": "backend-m"}
+
+
+def test_openai_stream_parses_sse(openai_backend: tuple[str, BackendState]) -> None:
+    url, state = openai_backend
+    request = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = asyncio.run(collect(provider(type="openai", baseUrl=url, model="m"), request))
+    assert text(chunks) == REPLY
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["total_tokens"] == 11
+    assert state.requests[-1]["stream_options"] == {"include_usage": True}
+    assert state.requests[-1]["stream"] is True
+
+
+def test_openai_availability_and_models(openai_backend: tuple[str, BackendState]) -> None:
+    url, _ = openai_backend
+
+    async def check() -> tuple[bool, list[str], bool]:
+        up = provider(type="openai", baseUrl=url, model="m")
+        down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
+        try:
+            return await up.available(), await up.models(), await down.available()
+        finally:
+            await up.aclose()
+            await down.aclose()
+
+    assert asyncio.run(check()) == (True, ["m1", "m2"], False)
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "message"),
+    [
+        ("fail-400", 400, "this model does not exist"),
+        ("fail-500", 500, "the GPU caught fire"),
+        ("bad-json", 502, "the backend answered invalid JSON"),
+    ],
+)
+def test_openai_backend_errors(
+    openai_backend: tuple[str, BackendState], model: str, status: int, message: str
+) -> None:
+    url, _ = openai_backend
+    with pytest.raises(BackendError) as caught:
+        asyncio.run(complete(provider(type="openai", baseUrl=url, model=model), CHAT))
+    assert caught.value.status == status
+    assert message in caught.value.message
+
+
+def test_openai_stream_errors(openai_backend: tuple[str, BackendState]) -> None:
+    url, _ = openai_backend
+    stream = {**CHAT, "stream": True}
+    with pytest.raises(BackendError, match="this model does not exist") as caught:
+        asyncio.run(collect(provider(type="openai", baseUrl=url, model="fail-400"), stream))
+    assert caught.value.status == 400
+    with pytest.raises(BackendError, match="out of memory"):
+        asyncio.run(collect(provider(type="openai", baseUrl=url, model="break"), stream))
+
+
+def test_openai_backend_down() -> None:
+    down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(BackendError, match=r"cannot reach the backend at http://127\.0\.0\.1:9/v1"):
+        asyncio.run(complete(down, CHAT))
+    down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(BackendError, match="cannot reach the backend") as caught:
+        asyncio.run(collect(down, {**CHAT, "stream": True}))
+    assert caught.value.status == 502
+
+
+def test_openai_api_key_is_sent(
+    openai_backend: tuple[str, BackendState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = openai_backend
+    monkeypatch.setenv("NATRELAY_TEST_KEY", "sk-local")
+    p = provider(type="openai", baseUrl=url, model="m", apiKey={"env": "NATRELAY_TEST_KEY"})
+    client = p._client  # type: ignore[attr-defined]
+    assert client.headers["authorization"] == "Bearer sk-local"
+    asyncio.run(p.aclose())
+
+
+# --- ollama ------------------------------------------------------------------------------
+
+
+def test_ollama_complete_translates_both_ways(ollama_backend: tuple[str, BackendState]) -> None:
+    url, state = ollama_backend
+    request = {
+        **CHAT,
+        "temperature": 0.2,
+        "max_tokens": 50,
+        "stop": "END",
+        "seed": 3,
+        "response_format": {"type": "json_object"},
+    }
+    reply = asyncio.run(complete(provider(type="ollama", baseUrl=url, model="llama3:8b"), request))
+    sent = state.requests[-1]
+    assert sent["model"] == "llama3:8b" and sent["stream"] is False
+    assert sent["messages"] == [{"role": "user", "content": "hi"}]
+    assert sent["options"] == {"temperature": 0.2, "num_predict": 50, "stop": ["END"], "seed": 3}
+    assert sent["format"] == "json"
+    body = reply.body
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": REPLY}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+
+
+def test_ollama_stream_ndjson_to_chunks(ollama_backend: tuple[str, BackendState]) -> None:
+    url, _ = ollama_backend
+    request = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = asyncio.run(collect(provider(type="ollama", baseUrl=url, model="llama3"), request))
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert text(chunks) == REPLY
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["total_tokens"] == 14
+
+
+def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, BackendState]) -> None:
+    url, _ = ollama_backend
+
+    async def check() -> tuple[bool, list[str]]:
+        p = provider(type="ollama", baseUrl=url, model="llama3")
+        try:
+            return await p.available(), await p.models()
+        finally:
+            await p.aclose()
+
+    assert asyncio.run(check()) == (True, ["llama3:latest", "qwen2:7b"])
+    with pytest.raises(BackendError, match="model 'missing' not found") as caught:
+        asyncio.run(complete(provider(type="ollama", baseUrl=url, model="missing"), CHAT))
+    assert caught.value.status == 404
+    with pytest.raises(BackendError, match="model 'missing' not found"):
+        asyncio.run(
+            collect(provider(type="ollama", baseUrl=url, model="missing"), {**CHAT, "stream": True})
+        )
+    down = provider(type="ollama", baseUrl="http://127.0.0.1:9", model="m")
+    assert asyncio.run(down.available()) is False
+    with pytest.raises(BackendError, match="cannot reach the backend"):
+        asyncio.run(complete(down, CHAT))
+
+
+# --- echo --------------------------------------------------------------------------------
+
+TEXT = "  Hello,   wide\n world!  "
+
+
+def echo_request(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": "echo",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": TEXT}]},
+        ],
+        **fields,
+    }
+
+
+def test_echo_complete_is_verbatim_with_word_usage() -> None:
+    reply = asyncio.run(complete(provider(type="echo"), echo_request()))
+    assert reply.status == 200
+    assert reply.body["choices"][0]["message"]["content"] == TEXT
+    assert reply.body["usage"]["completion_tokens"] == 3
+    assert reply.body["usage"]["prompt_tokens"] == 2 + 1 + 1 + 3
+
+
+def test_echo_streams_word_by_word() -> None:
+    chunks = asyncio.run(collect(provider(type="echo"), echo_request(stream=True)))
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert contents[1:-1] == ["  Hello,", "   wide", "\n world!", "  "]
+    assert text(chunks) == TEXT
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    with_usage = asyncio.run(
+        collect(
+            provider(type="echo"), echo_request(stream=True, stream_options={"include_usage": True})
+        )
+    )
+    assert with_usage[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_echo_token_delay() -> None:
+    request = {"model": "echo", "messages": [{"role": "user", "content": "a b c d e"}]}
+    started = time.monotonic()
+    chunks = asyncio.run(collect(provider(type="echo", options={"tokenDelayMs": 60}), request))
+    assert time.monotonic() - started >= 5 * 0.06
+    assert text(chunks) == "a b c d e"
+
+
+def test_echo_availability_url() -> None:
+    asleep = provider(type="echo", options={"availabilityUrl": "http://127.0.0.1:9/ready"})
+    assert asyncio.run(asleep.available()) is False
+    with pytest.raises(BackendError, match="asleep") as caught:
+        asyncio.run(complete(asleep, echo_request()))
+    assert caught.value.status == 503
