@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -66,6 +69,48 @@ class MotoServer:
         self.stop()
 
 
+class MotoProcess:
+    """A serialized moto server in its own process, so it does not share a GIL with its load."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._args = [
+            sys.executable,
+            "-m",
+            "natrelay_infra.moto_server",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+        self._process: subprocess.Popen[str] | None = None
+        self.endpoint = ""
+
+    def start(self) -> MotoProcess:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        self.endpoint = self._process.stdout.readline().strip()
+        if not self.endpoint.startswith("http"):
+            self.stop()
+            raise RuntimeError("moto server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> MotoProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def main() -> None:
     """Run a serialized moto server in the foreground (prints its endpoint)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -74,7 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     server = MotoServer(args.host, args.port)
     print(server.endpoint, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
         server._server.serve_forever()
 
 

@@ -1,0 +1,164 @@
+"""Exactly one wake per burst across API processes (serialized moto, real uvicorn servers)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from natrelay_infra.moto_server import MotoServer
+from tests.support.scripted import ScriptedPublisher, echo_answer
+from tests.support.stack import (
+    CLIENT_TOKEN,
+    FAKE_AWS,
+    PUBLISH_TOKEN,
+    ApiProcess,
+    fresh_tables,
+    relay_env,
+    start_api,
+)
+
+PROCESSES, PER_PROCESS = 4, 25
+SLEEPY = [
+    {
+        "name": "sleepy",
+        "type": "echo",
+        "model": "echo",
+        "initialStatus": "hibernating",
+        "wakeMaxWaitSeconds": 20,
+    }
+]
+
+
+class WakingPublisher(ScriptedPublisher):
+    """Runs wake tasks (counting them) and holds inferences until their wake is done."""
+
+    def __init__(self, url: str, fail_with: str | None = None) -> None:
+        super().__init__(url, PUBLISH_TOKEN, SLEEPY, answer=self.handle)
+        self.fail_with = fail_with
+        self.wakes_run: list[str] = []
+        self.outcomes: dict[str, str | None] = {}
+        self.done = threading.Condition()
+
+    def handle(self, task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        if task["kind"] == "wake":
+            self.wakes_run.append(task["id"])
+            time.sleep(1.0)  # the backend takes a while to come up
+            if self.fail_with:
+                pub.result(
+                    task["id"],
+                    {"status": 503, "error": {"message": self.fail_with, "code": "wake_failed"}},
+                )
+            else:
+                pub.result(task["id"], {"status": 200, "body": {"ok": True, "ms": 1000}})
+            with self.done:
+                self.outcomes[task["id"]] = self.fail_with
+                self.done.notify_all()
+            return
+        if task.get("wakeId"):
+            with self.done:
+                self.done.wait_for(lambda: task["wakeId"] in self.outcomes, timeout=30)
+                failure = self.outcomes.get(task["wakeId"])
+            if failure:
+                pub.result(
+                    task["id"],
+                    {"status": 503, "error": {"message": failure, "code": "wake_failed"}},
+                )
+                return
+        echo_answer(task, pub)
+
+
+@pytest.fixture
+def cluster(moto_server: MotoServer) -> Iterator[tuple[list[ApiProcess], Any]]:
+    tables = fresh_tables(moto_server.endpoint)
+    # moto serializes every request (~10 ms each): 100 waiters re-checking DynamoDB at the
+    # default pace would saturate it, so they back off further here; the rule under test
+    # (one wake per burst) does not depend on the pace.
+    env = relay_env(
+        moto_server.endpoint,
+        tables,
+        heartbeat_timeout_seconds=30,
+        poll_min_interval_seconds=0.5,
+        poll_max_interval_seconds=4,
+    )
+    apis = [start_api(env) for _ in range(PROCESSES)]
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=moto_server.endpoint,
+        region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    try:
+        yield apis, (dynamodb, tables.tasks, tables.llms)
+    finally:
+        for api in apis:
+            api.stop()
+
+
+def wake_tasks_written(db: Any) -> int:
+    client, tasks_table, _ = db
+    items = client.scan(
+        TableName=tasks_table,
+        FilterExpression="kind = :w",
+        ExpressionAttributeValues={":w": {"S": "wake"}},
+    )["Items"]
+    return len(items)
+
+
+def row_status(db: Any) -> str:
+    client, _, llms_table = db
+    return str(
+        client.get_item(TableName=llms_table, Key={"name": {"S": "sleepy"}})["Item"]["status"]["S"]
+    )
+
+
+def burst(apis: list[ApiProcess], n: int = PROCESSES * PER_PROCESS) -> list[httpx.Response]:
+    def call(i: int) -> httpx.Response:
+        api = apis[i % len(apis)]
+        return httpx.post(
+            f"{api.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {CLIENT_TOKEN}"},
+            json={"model": "sleepy", "messages": [{"role": "user", "content": f"hello {i}"}]},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(call, range(n)))
+
+
+def test_one_wake_for_a_burst_of_100_across_4_api_processes(cluster: Any) -> None:
+    apis, db = cluster
+    with WakingPublisher(apis[0].url) as publisher:
+        responses = burst(apis)
+    assert [r.status_code for r in responses] == [200] * 100, responses[0].text
+    assert [r.json()["choices"][0]["message"]["content"] for r in responses] == [
+        f"hello {i}" for i in range(100)
+    ]
+    assert wake_tasks_written(db) == 1
+    assert len(publisher.wakes_run) == 1
+    assert row_status(db) == "active"
+
+
+def test_a_failing_wake_fails_the_whole_burst_with_its_cause_then_retries(cluster: Any) -> None:
+    apis, db = cluster
+    cause = "wake of sleepy failed: POST http://127.0.0.1:9/wake answered 500"
+    with WakingPublisher(apis[0].url, fail_with=cause) as publisher:
+        responses = burst(apis)
+        assert {r.status_code for r in responses} == {503}
+        assert all(r.json()["error"]["message"] == cause for r in responses)
+        assert all(int(r.headers["retry-after"]) > 0 for r in responses)
+        assert wake_tasks_written(db) == 1 and len(publisher.wakes_run) == 1
+        assert row_status(db) == "hibernating"
+        # the next request starts a fresh wake
+        publisher.fail_with = None
+        again = burst(apis, n=1)
+    assert again[0].status_code == 200
+    assert wake_tasks_written(db) == 2 and len(publisher.wakes_run) == 2
+    assert row_status(db) == "active"
