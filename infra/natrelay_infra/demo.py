@@ -23,7 +23,7 @@ log = logging.getLogger("natrelay.dev")
 
 
 def demo_config(
-    relay_url: str, token: str, workdir: Path, wake_url: str, heartbeat_seconds: float
+    relay_url: str, token: str, workdir: Path, wake_url: str, heartbeat_timeout: float
 ) -> dict[str, Any]:
     """Publisher config: `echo`, and `echo-sleepy` that sleeps until its wake recipe runs."""
     return {
@@ -31,7 +31,9 @@ def demo_config(
             "url": relay_url,
             "token": token,
             "sessionFile": str(workdir / "session.json"),
-            "heartbeatSeconds": heartbeat_seconds,
+            "heartbeatSeconds": max(1.0, min(30.0, heartbeat_timeout / 3)),
+            # A poll in flight keeps the session alive; a short timeout wants short polls.
+            "pollWaitSeconds": min(25.0, heartbeat_timeout),
             # Ctrl-C should not wait long for the demo's tasks in flight.
             "shutdownGraceSeconds": 5,
         },

@@ -26,6 +26,7 @@ import uvicorn
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from natrelay.settings import Settings
 from natrelay_infra.demo import (
     DEMO_MODELS,
     DemoPublisher,
@@ -145,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
                 "natrelay.web:create_app",
                 factory=True,
                 log_level=args.log_level,
-                timeout_graceful_shutdown=5,
+                timeout_graceful_shutdown=2,  # the publisher, the long-poller, has gone by then
             )
         )
         api = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn")
@@ -170,15 +171,17 @@ def _run(args: argparse.Namespace) -> int:
             )
             if ready:
                 print(f"demo ready: {', '.join(DEMO_MODELS)} published", flush=True)
+            elif not stopper.stopping.is_set():
+                log.warning("the demo publisher has not published its models (see its log)")
         while not stopper.stopping.wait(0.5):
             if not api.is_alive():
                 print("natrelay dev: the relay API stopped", file=sys.stderr)
                 return 1
             if publisher is not None:
                 publisher.check()
+        stopper.on_repeat = lambda: _hurry(server, publisher)
         if publisher is not None:
             # First, while the API still answers: it finishes its tasks and deregisters.
-            stopper.on_repeat = publisher.kill
             publisher.stop()
         log.info("natrelay dev: stopping")
     return 0
@@ -274,6 +277,13 @@ def _wait_started(server: uvicorn.Server, thread: threading.Thread, timeout: flo
     return server.started
 
 
+def _hurry(server: uvicorn.Server, publisher: DemoPublisher | None) -> None:
+    """A second Ctrl-C: stop without waiting for anyone."""
+    if publisher is not None:
+        publisher.kill()
+    server.force_exit = True
+
+
 def _stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
     server.should_exit = True
     thread.join(timeout=10)
@@ -320,13 +330,12 @@ def _start_demo(
 ) -> DemoPublisher:
     controller = stack.enter_context(WakeController())
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
-    timeout = args.heartbeat_timeout or 90.0
     config = demo_config(
         relay.url,
         relay.publish_token,
         workdir,
         controller.url,
-        heartbeat_seconds=max(1.0, min(30.0, timeout / 3)),
+        heartbeat_timeout=Settings().heartbeat_timeout_seconds,  # as the app reads it
     )
     publisher = DemoPublisher(write_config(config, workdir / "publisher.yaml")).start()
     stack.callback(publisher.stop)  # also on an early exit; a no-op once stopped

@@ -60,7 +60,7 @@ def test_demo_config_is_a_valid_publisher_config(tmp_path: Path) -> None:
         "dev-publish-token",
         tmp_path,
         "http://127.0.0.1:9999",
-        heartbeat_seconds=30,
+        heartbeat_timeout=90,
     )
     path = write_config(data, tmp_path / "publisher.yaml")
     assert path.stat().st_mode & 0o077 == 0
