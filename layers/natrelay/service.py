@@ -35,6 +35,7 @@ from natrelay.store import (
     LlmRecord,
     NewTask,
     SessionRecord,
+    StreamRead,
     TaskRecord,
     make_client,
 )
@@ -213,9 +214,10 @@ class RelayService:
         s = self.settings
         deadline = self.clock() + req.wait_seconds
         interval = s.poll_min_interval_seconds
+        hints: list[str] = []
         with self.signals.listen(f"session:{session.id}") as listener:
             while True:
-                claimed = await self._claim(session, req.max_tasks)
+                claimed = await self._claim(session, req.max_tasks, hints)
                 if claimed:
                     return claimed
                 now = self.clock()
@@ -226,16 +228,21 @@ class RelayService:
                     await self._beat(session, {})
                     beat_at = now
                 notified = await listener.wait(min(interval, deadline - now))
+                hints = [h for h in listener.take() if isinstance(h, str)]
                 interval = (
                     s.poll_min_interval_seconds
                     if notified
                     else min(interval * 1.5, s.poll_max_interval_seconds)
                 )
 
-    async def _claim(self, session: SessionRecord, limit: int) -> list[PolledTask]:
+    async def _claim(
+        self, session: SessionRecord, limit: int, hints: list[str]
+    ) -> list[PolledTask]:
+        """Claim pending tasks: the ids this process was told of, else what the index lists."""
         out: list[PolledTask] = []
         budget = POLL_INLINE_BUDGET
-        for task_id in await self._io(self.tasks.pending, session.id, limit):
+        ids = hints[:limit] or await self._io(self.tasks.pending, session.id, limit)
+        for task_id in ids:
             try:
                 task = await self._io(
                     self.tasks.claim, task_id, session.id, session.generation, self.clock()
@@ -280,7 +287,7 @@ class RelayService:
             data,
             self.clock(),
         )
-        self.signals.notify(f"task:{task_id}")
+        self.signals.notify(f"task:{task_id}", Chunk(seq=batch.seq, data=data))
         return ChunkAck(seq=batch.seq)
 
     async def post_result(self, task_id: str, result: TaskResult) -> TaskView:
@@ -309,7 +316,7 @@ class RelayService:
             if ok:
                 await self._io(self.llms.set_status, task.session_id, task.llm, LlmStatus.ACTIVE)
             log.info("wake %s of %s: %s", task.id, task.llm, "ok" if ok else error)
-        self.signals.notify(f"task:{task_id}")
+        self.signals.notify(f"task:{task_id}", task)
         return self.task_view(task)
 
     async def deregister(self, req: SessionRequest) -> SessionResponse:
@@ -390,7 +397,7 @@ class RelayService:
             wake_id=wake_id,
         )
         await self._io(self.tasks.put, task)
-        self.signals.notify(f"session:{row.session_id}")
+        self.signals.notify(f"session:{row.session_id}", task.id)
         return TaskRecord(
             id=task.id,
             kind=task.kind,
@@ -444,7 +451,7 @@ class RelayService:
                     lease_seconds=window,
                 ),
             )
-            self.signals.notify(f"session:{row.session_id}")
+            self.signals.notify(f"session:{row.session_id}", wake_id)
             log.info("wake %s of %s queued", wake_id, row.name)
             return wake_id
         raise PublisherOfflineError(f"could not start a wake of {row.name}; try again")
@@ -479,8 +486,11 @@ class RelayService:
         deadline = self.clock() + budget
         interval = s.poll_min_interval_seconds
         next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
+        handed: list[TaskRecord] = []
         with self.signals.listen(f"task:{task_id}") as listener:
             while True:
+                if handed and handed[-1].state.done:
+                    return handed[-1]
                 task = await self._io(self.tasks.get, task_id, self.clock())
                 if task.state.done:
                     return task
@@ -497,6 +507,7 @@ class RelayService:
                         task_id=task_id,
                     )
                 notified = await listener.wait(min(interval, deadline - now))
+                handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
                 interval = (
                     s.poll_min_interval_seconds
                     if notified
@@ -519,9 +530,13 @@ class RelayService:
         cursor = after_seq
         interval = s.poll_min_interval_seconds
         next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
+        hints: list[object] = []
+        last: TaskRecord | None = None
         with self.signals.listen(f"task:{task_id}") as listener:
             while True:
-                read = await self._io(self.tasks.read_stream, task_id, cursor, self.clock())
+                read = _from_hints(hints, cursor, last)
+                if read is None:
+                    read = await self._io(self.tasks.read_stream, task_id, cursor, self.clock())
                 progressed = False
                 for chunk in read.chunks:
                     if chunk.seq != cursor + 1:
@@ -529,7 +544,7 @@ class RelayService:
                     cursor = chunk.seq
                     progressed = True
                     yield chunk
-                task = read.task
+                task = last = read.task
                 if task is None:
                     raise TaskNotFoundError(
                         f"task {task_id} does not exist or has expired", param="id"
@@ -551,8 +566,10 @@ class RelayService:
                     )
                 if progressed:
                     interval = s.poll_min_interval_seconds
+                    hints = listener.take()
                     continue
                 notified = await listener.wait(min(interval, deadline - now))
+                hints = listener.take()
                 interval = (
                     s.poll_min_interval_seconds
                     if notified
@@ -637,7 +654,7 @@ class RelayService:
                 return "extended"
             if alive and task.attempts < MAX_ATTEMPTS and not task.sent_any:
                 await self._io(self.tasks.requeue, task_id, now)
-                self.signals.notify(f"session:{task.session_id}")
+                self.signals.notify(f"session:{task.session_id}", task_id)
                 return "requeued"
             await self._io(
                 self.tasks.finish,
@@ -653,6 +670,28 @@ class RelayService:
             return "raced"
         self.signals.notify(f"task:{task_id}")
         return "failed"
+
+
+def _from_hints(hints: list[object], cursor: int, last: TaskRecord | None) -> StreamRead | None:
+    """What a stream reader can take from in-process hints without a Query, if anything.
+
+    Only a gap-free run of chunks after the cursor counts, and only while the task's
+    state is known: the last read, or a finished task record handed over with them.
+    """
+    chunks = sorted((h for h in hints if isinstance(h, Chunk)), key=lambda c: c.seq)
+    run: list[Chunk] = []
+    for chunk in chunks:
+        if chunk.seq == cursor + len(run) + 1:
+            run.append(chunk)
+    done = [h for h in hints if isinstance(h, TaskRecord) and h.state.done]
+    if done:
+        final = done[-1]
+        if cursor + len(run) + 1 >= final.chunk_count:
+            return StreamRead(chunks=run, task=final, complete=True)
+        return None
+    if run and last is not None and not last.state.done:
+        return StreamRead(chunks=run, task=last, complete=True)
+    return None
 
 
 def _error_fields(error: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,18 @@ from contextlib import contextmanager
 class Listener:
     def __init__(self, enabled: bool) -> None:
         self._event = asyncio.Event() if enabled else None
+        self._payloads: list[object] = []
 
-    def set(self) -> None:
+    def set(self, payload: object | None) -> None:
         if self._event is not None:
+            if payload is not None:
+                self._payloads.append(payload)
             self._event.set()
+
+    def take(self) -> list[object]:
+        """What the notifiers handed over since the last take (a hint, never the truth)."""
+        payloads, self._payloads = self._payloads, []
+        return payloads
 
     async def wait(self, timeout: float) -> bool:
         """Sleep up to `timeout`; True if notified since the last wait (or while waiting)."""
@@ -42,9 +50,9 @@ class Signals:
         self.enabled = enabled
         self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
 
-    def notify(self, key: str) -> None:
+    def notify(self, key: str, payload: object | None = None) -> None:
         for listener in self._listeners.get(key, ()):
-            listener.set()
+            listener.set(payload)
 
     @contextmanager
     def listen(self, key: str) -> Iterator[Listener]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+import anyio
 import pytest
 
 from natrelay.errors import (
@@ -19,6 +21,8 @@ from natrelay.errors import (
     TaskTimeoutError,
 )
 from natrelay.service import RelayService
+from natrelay.settings import Settings
+from natrelay.store import DynamoLlmStore, DynamoTaskStore
 from natrelay.wire import ChunkBatch, ErrorInfo, PollRequest, TaskResult, TaskState
 from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
 
@@ -248,3 +252,45 @@ async def test_non_streamed_inference_costs_few_dynamodb_requests(
         "UpdateItem",
         "GetItem",
     ]
+
+
+async def test_in_process_signals_skip_the_index_query_and_the_result_read(
+    client: Any, settings: Settings, clock: FakeClock
+) -> None:
+    slow = settings.model_copy(
+        update={"poll_min_interval_seconds": 5.0, "poll_max_interval_seconds": 5.0}
+    )
+    service = RelayService(
+        slow,
+        DynamoLlmStore(client, "Llms", "Tasks"),  # type: ignore[arg-type]
+        DynamoTaskStore(client, "Tasks"),
+        clock=clock,
+    )  # type: ignore[arg-type]
+    sid = await register(service, spec("a"))
+    counter = OpCounter(client)
+    polled: list[Any] = []
+    done: list[Any] = []
+
+    async def poller() -> None:
+        polled.extend(
+            await service.poll(PollRequest(provider_session_id=sid, wait_seconds=5, max_tasks=1))
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poller)
+        await anyio.sleep(0.1)  # the poll found nothing and waits
+        counter.ops.clear()
+        task = await service.submit("a", CHAT, stream=False)
+
+    async def waiter() -> None:
+        done.append(await service.wait(task.id, budget=5))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.1)
+        await service.post_result(task.id, TaskResult(provider_session_id=sid, body={"ok": 1}))
+    assert [t.id for t in polled] == [task.id]
+    assert (await service.outcome(done[0])).body == {"ok": 1}
+    # get row, put task, claim (no index query), read task once (before the result),
+    # complete; the waiter took the finished task from the signal (no second read)
+    assert counter.ops == ["GetItem", "PutItem", "UpdateItem", "GetItem", "UpdateItem"]
