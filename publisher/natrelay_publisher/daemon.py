@@ -57,6 +57,7 @@ class Publisher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._register_lock = asyncio.Lock()
+        self._beat_lock = asyncio.Lock()
         self._registered_at = 0.0
         self._server_view: dict[str, LlmStatus] = {}
         self._reported: dict[str, LlmStatus] = {}
@@ -75,8 +76,9 @@ class Publisher:
             loops = [
                 asyncio.create_task(self._poll_loop(), name="poll"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                asyncio.create_task(self._idle_loop(), name="idle"),
             ]
+            if any(slot.config.sleep_after_idle_seconds for slot in self._slots.values()):
+                loops.append(asyncio.create_task(self._idle_loop(), name="idle"))
             stopping = asyncio.create_task(stop.wait(), name="stop")
             done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
             failed = [task for task in done if task is not stopping]
@@ -145,7 +147,7 @@ class Publisher:
                 session_id = None
         self._session(answer)
         self._registered_at = time.monotonic()
-        self._reported = {}
+        self._reported = {name: slot.status for name, slot in self._slots.items()}
         self._session_file.save(url, answer.provider_session_id)
         names = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
         logger.info("registered session %s: %s", answer.provider_session_id, names)
@@ -208,6 +210,10 @@ class Publisher:
 
     async def _beat(self) -> None:
         """One heartbeat carrying the statuses the relay does not know yet."""
+        async with self._beat_lock:
+            await self._beat_locked()
+
+    async def _beat_locked(self) -> None:
         statuses = self._status_changes()
         request = HeartbeatRequest(provider_session_id=self._session_id(), statuses=statuses)
         try:
@@ -230,7 +236,7 @@ class Publisher:
 
     async def _idle_loop(self) -> None:
         sleepy = [s for s in self._slots.values() if s.config.sleep_after_idle_seconds]
-        while sleepy:
+        while True:
             await asyncio.sleep(IDLE_TICK_SECONDS)
             for slot in sleepy:
                 idle = slot.config.sleep_after_idle_seconds or 0

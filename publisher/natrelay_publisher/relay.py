@@ -65,8 +65,9 @@ class Connectivity:
             self.down_since = time.monotonic()
             logger.warning("relay unreachable: %s, retrying", reason)
 
-    def succeeded(self) -> None:
-        if self.down_since is not None:
+    def succeeded(self, sent_at: float) -> None:
+        # An answer to a request sent before the outage was seen proves nothing.
+        if self.down_since is not None and sent_at > self.down_since:
             logger.info("relay reachable again after %.0f s", time.monotonic() - self.down_since)
             self.down_since = None
 
@@ -165,6 +166,7 @@ class RelayClient:
     ) -> Any:
         url = f"{API}/{path}"
         payload = None if body is None else body.model_dump(mode="json", by_alias=True)
+        sent_at = time.monotonic()
         try:
             response = await self._client.request(
                 method, url, json=payload, timeout=timeout or REQUEST_TIMEOUT
@@ -179,7 +181,7 @@ class RelayClient:
             reason = f"{method} {self.url}{url} answered {status}: {message}"
             self.connectivity.failed(reason)
             raise RelayUnavailableError(reason, status=status, code=code)
-        self.connectivity.succeeded()
+        self.connectivity.succeeded(sent_at)
         if status in (401, 403):
             raise RelayAuthError(
                 f"the relay refused the publish token ({status}): {message}",

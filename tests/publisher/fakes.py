@@ -54,6 +54,9 @@ class BackendState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     stream_closed_early: threading.Event = field(default_factory=threading.Event)
     chunks_sent: int = 0
+    # Requests being answered now, and the most at once (model `delay` answers after 0.4 s).
+    active: int = 0
+    max_active: int = 0
 
 
 def _words(text: str) -> list[str]:
@@ -61,7 +64,7 @@ def _words(text: str) -> list[str]:
 
 
 def openai_app(state: BackendState) -> Starlette:
-    """Behaviour by backend model: `fail-400`, `fail-500`, `bad-json`, `slow`, else answers."""
+    """Behaviour by backend model: `fail-400`, `fail-500`, `bad-json`, `slow`, `break`, `delay`."""
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "m1"}, {"id": "m2"}]})
@@ -80,6 +83,11 @@ def openai_app(state: BackendState) -> Starlette:
             return PlainTextResponse("this is not JSON", 200)
         if body.get("stream"):
             return StreamingResponse(_sse(body, state), media_type="text/event-stream")
+        if model == "delay":
+            state.active += 1
+            state.max_active = max(state.max_active, state.active)
+            await asyncio.sleep(0.4)
+            state.active -= 1
         return JSONResponse(
             {
                 "id": "chatcmpl-1",

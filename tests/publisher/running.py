@@ -1,0 +1,123 @@
+"""A real publisher process (`python -m natrelay_publisher publish`) for integration tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.support.stack import Stack
+
+
+@dataclass
+class PublisherProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    config_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
+        wait_until(
+            lambda: self.log().count(text) >= count,
+            timeout,
+            lambda: f"{text!r} not in the publisher's log:\n{self.log()}",
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"publisher did not stop:\n{self.log()}") from None
+        return self.process.returncode
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    message: Callable[[], str] = lambda: "condition not met",
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message())
+        time.sleep(0.05)
+
+
+def publisher_config(
+    stack: Stack, tmp_path: Path, providers: list[dict[str, Any]], **relay: Any
+) -> dict[str, Any]:
+    return {
+        "relay": {
+            "url": stack.url,
+            "token": stack.publish_token,
+            "sessionFile": str(tmp_path / "state" / "session.json"),
+            "heartbeatSeconds": 1,
+            "pollWaitSeconds": 5,
+            "shutdownGraceSeconds": 15,
+            **relay,
+        },
+        "providers": providers,
+    }
+
+
+def start_publisher(
+    config: dict[str, Any],
+    tmp_path: Path,
+    name: str = "publisher",
+) -> PublisherProcess:
+    config_path = tmp_path / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "natrelay_publisher",
+                "publish",
+                "--config",
+                str(config_path),
+                "--log-level",
+                "INFO",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return PublisherProcess(process, log_path, config_path)
+
+
+def rows(stack: Stack) -> dict[str, dict[str, Any]]:
+    answer = httpx.get(
+        f"{stack.url}/api/v1/llms",
+        headers={"Authorization": f"Bearer {stack.client_token}"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return {row["name"]: row for row in answer.json()["data"]}
+
+
+def wait_rows(stack: Stack, expected: dict[str, str], timeout: float = 20.0) -> dict[str, Any]:
+    """Wait until the named rows have the expected statuses; returns all rows."""
+    seen: dict[str, Any] = {}
+
+    def check() -> bool:
+        seen.update(rows(stack))
+        return all(seen.get(n, {}).get("status") == s for n, s in expected.items())
+
+    wait_until(check, timeout, lambda: f"rows never became {expected}: {seen}")
+    return seen

@@ -1,0 +1,344 @@
+"""A real publisher process against the real relay API (uvicorn on moto), end to end."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.publisher.fakes import REPLY, BackendState, WakeController, openai_app, serve
+from tests.publisher.running import (
+    PublisherProcess,
+    publisher_config,
+    rows,
+    start_publisher,
+    wait_rows,
+)
+from tests.support.stack import Stack, dynamodb_client, start_api
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def backend() -> Iterator[tuple[str, BackendState]]:
+    state = BackendState()
+    with serve(openai_app(state)) as url:
+        yield url + "/v1", state
+
+
+@pytest.fixture
+def controller() -> Iterator[tuple[str, WakeController]]:
+    state = WakeController()
+    with serve(state.app()) as url:
+        yield url, state
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[PublisherProcess]]:
+    """Publishers a test started; killed at the end whatever happened."""
+    started: list[PublisherProcess] = []
+    yield started
+    for publisher in started:
+        if publisher.process.poll() is None:
+            publisher.process.kill()
+            publisher.process.wait()
+
+
+def client(stack: Stack) -> OpenAI:
+    return OpenAI(base_url=stack.url + "/v1", api_key=stack.client_token, max_retries=0, timeout=30)
+
+
+def ask(stack: Stack, model: str, text: str = "hi", **fields: Any) -> Any:
+    return client(stack).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], **fields
+    )
+
+
+def ask_stream(stack: Stack, model: str, text: str = "hi", **fields: Any) -> str:
+    stream = client(stack).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], stream=True, **fields
+    )
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def llama(url: str, **fields: Any) -> dict[str, Any]:
+    return {"name": "llama3", "type": "openai", "baseUrl": url, "model": "backend-model", **fields}
+
+
+ECHO = {"name": "echo", "type": "echo"}
+
+
+def test_register_and_infer(
+    stack: Stack,
+    tmp_path: Path,
+    backend: tuple[str, BackendState],
+    publishers: list[PublisherProcess],
+) -> None:
+    url, state = backend
+    config = publisher_config(
+        stack,
+        tmp_path,
+        [
+            llama(url, tier="gpu", description="Llama on the lab box"),
+            ECHO,
+            {"name": "hidden", "type": "echo", "publish": False},
+        ],
+    )
+    publishers.append(publisher := start_publisher(config, tmp_path))
+    seen = wait_rows(stack, {"llama3": "active", "echo": "active"})
+    assert "hidden" not in seen
+    assert seen["llama3"]["tier"] == "gpu" and seen["llama3"]["model"] == "backend-model"
+
+    reply = ask(stack, "llama3", seed=5)
+    assert reply.choices[0].message.content == REPLY
+    assert reply.usage is not None and reply.usage.total_tokens == 11
+    assert state.requests[-1]["model"] == "backend-model" and state.requests[-1]["seed"] == 5
+    assert ask_stream(stack, "llama3") == REPLY
+    text = "  spaced   out\n words  "
+    assert ask_stream(stack, "echo", text) == text
+    assert ask(stack, "echo", text).choices[0].message.content == text
+    # Too large to inline in a poll answer: the publisher fetches the request on its own.
+    big = "word " * 250_000
+    assert ask(stack, "echo", big).choices[0].message.content == big
+    session = tmp_path / "state" / "session.json"
+    assert stat.S_IMODE(session.stat().st_mode) == 0o600
+    assert publisher.stop() == 0
+
+
+def test_backend_errors_reach_the_client(
+    stack: Stack,
+    tmp_path: Path,
+    backend: tuple[str, BackendState],
+    publishers: list[PublisherProcess],
+) -> None:
+    url, _ = backend
+    config = publisher_config(
+        stack,
+        tmp_path,
+        [
+            llama("http://127.0.0.1:9/v1", name="down"),
+            llama(url, name="picky", model="fail-400"),
+            llama(url, name="burning", model="fail-500"),
+        ],
+    )
+    publishers.append(start_publisher(config, tmp_path))
+    # No wake recipe: a backend that is down stays active, and inference fails with 502.
+    wait_rows(stack, {"down": "active", "picky": "active", "burning": "active"})
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(stack, "down")
+    assert caught.value.status_code == 502
+    assert "cannot reach the backend at http://127.0.0.1:9/v1" in caught.value.message
+    # A stream has begun (HTTP 200) before the backend fails: the error comes as an event.
+    with pytest.raises(openai.APIError, match=r"cannot reach the backend at http://127\.0\.0\.1:9"):
+        ask_stream(stack, "down")
+    with pytest.raises(openai.BadRequestError, match="this model does not exist"):
+        ask(stack, "picky")
+    with pytest.raises(openai.APIStatusError, match="the GPU caught fire") as caught:
+        ask(stack, "burning")
+    assert caught.value.status_code == 502
+
+
+def test_relay_down_then_up(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    publishers.append(
+        publisher := start_publisher(publisher_config(stack, tmp_path, [ECHO]), tmp_path)
+    )
+    wait_rows(stack, {"echo": "active"})
+    port = int(stack.url.rsplit(":", 1)[1])
+    stack.api.stop()
+    publisher.wait_log("relay unreachable: ")
+    time.sleep(2)
+    api = start_api(stack.env, port=port)
+    try:
+        publisher.wait_log("relay reachable again", timeout=40)
+        assert ask_stream(stack, "echo", "still here") == "still here"
+        log = publisher.log()
+        # One line per change of state, not one per failed request.
+        assert log.count("relay unreachable: ") == 1
+        assert log.count("relay reachable again") == 1
+        assert publisher.stop() == 0
+    finally:
+        api.stop()
+
+
+def test_session_lost_by_the_relay_is_registered_again(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    publishers.append(
+        publisher := start_publisher(publisher_config(stack, tmp_path, [ECHO]), tmp_path)
+    )
+    session = wait_rows(stack, {"echo": "active"})["echo"]["providerSessionId"]
+    publisher.wait_log(f"registered session {session}")
+    dynamodb_client(stack.moto_endpoint).delete_item(
+        TableName=stack.tables.tasks, Key={"pk": {"S": f"session#{session}"}, "sk": {"S": "m"}}
+    )
+    publisher.wait_log(f"the relay lost session {session}: registering again")
+    publisher.wait_log(f"registered session {session}", count=2)
+    assert ask(stack, "echo", "found again").choices[0].message.content == "found again"
+    assert publisher.stop() == 0
+
+
+def test_restart_keeps_the_session_and_rows(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    config = publisher_config(stack, tmp_path, [ECHO, {**ECHO, "name": "echo2"}], pollWaitSeconds=2)
+    publishers.append(first := start_publisher(config, tmp_path, "first"))
+    before = wait_rows(stack, {"echo": "active", "echo2": "active"})
+    session = before["echo"]["providerSessionId"]
+    assert before["echo2"]["providerSessionId"] == session
+    first.wait_log(f"registered session {session}")  # logged once the session file is saved
+    # Killed without deregistering: its rows stay live, and only its own session may take
+    # them back.
+    first.process.kill()
+    first.process.wait()
+    # The relay goes on serving the dead process's last long-poll until its wait ends, and
+    # that poll would claim a task of the (same) session: let it run out first.
+    time.sleep(3)
+    publishers.append(second := start_publisher(config, tmp_path, "second"))
+    second.wait_log(f"registered session {session}")
+    after = wait_rows(stack, {"echo": "active", "echo2": "active"})
+    assert {r["providerSessionId"] for r in after.values()} == {session}
+    assert ask(stack, "echo2", "again").choices[0].message.content == "again"
+    # A clean stop deregisters; the next start takes the same rows back once more.
+    assert second.stop() == 0
+    wait_rows(stack, {"echo": "inactive", "echo2": "inactive"})
+    publishers.append(third := start_publisher(config, tmp_path, "third"))
+    third.wait_log(f"registered session {session}")
+    wait_rows(stack, {"echo": "active", "echo2": "active"})
+    assert third.stop() == 0
+
+
+def test_sigterm_lets_the_task_in_flight_finish(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    slow = {"name": "slow", "type": "echo", "options": {"tokenDelayMs": 100}}
+    publishers.append(
+        publisher := start_publisher(publisher_config(stack, tmp_path, [slow]), tmp_path)
+    )
+    wait_rows(stack, {"slow": "active"})
+    text = " ".join(f"w{i}" for i in range(30))
+    received: list[str] = []
+    first_chunk = threading.Event()
+
+    def read() -> None:
+        stream = client(stack).chat.completions.create(
+            model="slow", messages=[{"role": "user", "content": text}], stream=True
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+                first_chunk.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first_chunk.wait(20)
+    publisher.process.send_signal(signal.SIGTERM)
+    reader.join(30)
+    assert "".join(received) == text
+    assert publisher.process.wait(20) == 0
+    log = publisher.log()
+    assert "waiting up to 15 s for 1 task(s) in flight" in log
+    assert "deregistered session" in log
+    wait_rows(stack, {"slow": "inactive"}, timeout=5)
+
+
+def test_max_concurrency(
+    stack: Stack,
+    tmp_path: Path,
+    backend: tuple[str, BackendState],
+    publishers: list[PublisherProcess],
+) -> None:
+    url, state = backend
+    config = publisher_config(stack, tmp_path, [llama(url, model="delay", maxConcurrency=2)])
+    publishers.append(start_publisher(config, tmp_path))
+    wait_rows(stack, {"llama3": "active"})
+    answers: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(ask(stack, "llama3").choices[0].message.content)
+        )
+        for _ in range(5)
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == [REPLY] * 5
+    assert state.max_active == 2
+    assert time.monotonic() - started >= 3 * 0.4
+
+
+def test_wake_on_demand(
+    stack: Stack,
+    tmp_path: Path,
+    controller: tuple[str, WakeController],
+    publishers: list[PublisherProcess],
+) -> None:
+    url, state = controller
+    state.boot_seconds = 1.0
+    sleepy = {
+        "name": "sleepy",
+        "type": "echo",
+        "options": {"availabilityUrl": f"{url}/ready"},
+        "wake": {"type": "http", "url": f"{url}/wake", "maxWaitSeconds": 20},
+        "sleep": {"type": "http", "url": f"{url}/sleep"},
+        "sleepAfterIdleSeconds": 2,
+    }
+    broken = {
+        "name": "broken",
+        "type": "echo",
+        "options": {"availabilityUrl": "http://127.0.0.1:9/never-up"},
+        "wake": {"type": "http", "url": f"{url}/fail", "maxWaitSeconds": 20},
+    }
+    publishers.append(
+        publisher := start_publisher(publisher_config(stack, tmp_path, [sleepy, broken]), tmp_path)
+    )
+    wait_rows(stack, {"sleepy": "hibernating", "broken": "hibernating"})
+
+    # Three requests at once share one wake.
+    answers: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: answers.append(ask_stream(stack, "sleepy", f"hello {i}"))
+        )
+        for i in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(40)
+    assert sorted(answers) == ["hello 0", "hello 1", "hello 2"]
+    assert len(state.wake_calls) == 1
+    assert rows(stack)["sleepy"]["status"] == "active"
+
+    # Idle for 2 s: the sleep recipe runs and the row is reported hibernating.
+    publisher.wait_log("sleepy is asleep", timeout=15)
+    wait_rows(stack, {"sleepy": "hibernating"}, timeout=10)
+    assert ask(stack, "sleepy", "back").choices[0].message.content == "back"
+    assert len(state.wake_calls) == 2
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(stack, "broken")
+    assert caught.value.status_code == 503
+    assert "wake of broken failed: POST" in caught.value.message
+    assert "the power switch is stuck" in caught.value.message
+    assert rows(stack)["broken"]["status"] == "hibernating"
+
+
+def test_refused_token_exits_non_zero(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    config = publisher_config(stack, tmp_path, [ECHO], token="not-the-token")
+    publishers.append(publisher := start_publisher(config, tmp_path))
+    assert publisher.process.wait(20) == 1
+    assert "the relay refused the publish token (401)" in publisher.log()
