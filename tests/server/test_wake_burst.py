@@ -42,6 +42,7 @@ class WakingPublisher(ScriptedPublisher):
     def __init__(self, url: str, fail_with: str | None = None) -> None:
         super().__init__(url, PUBLISH_TOKEN, SLEEPY, answer=self.handle)
         self.fail_with = fail_with
+        self.expect = 1 + PROCESSES * PER_PROCESS  # the wake and every inference
         self.wakes_run: list[str] = []
         self.outcomes: dict[str, str | None] = {}
         self.done = threading.Condition()
@@ -49,7 +50,11 @@ class WakingPublisher(ScriptedPublisher):
     def handle(self, task: dict[str, Any], pub: ScriptedPublisher) -> None:
         if task["kind"] == "wake":
             self.wakes_run.append(task["id"])
-            time.sleep(1.0)  # the backend takes a while to come up
+            # the backend takes a while to come up: long enough for the whole burst to queue
+            # behind this wake (a request arriving after a failed wake rightly starts anew)
+            deadline = time.monotonic() + 30
+            while len(self.seen) < self.expect and time.monotonic() < deadline:
+                time.sleep(0.05)
             if self.fail_with:
                 pub.result(
                     task["id"],
@@ -158,6 +163,7 @@ def test_a_failing_wake_fails_the_whole_burst_with_its_cause_then_retries(cluste
         assert row_status(db) == "hibernating"
         # the next request starts a fresh wake
         publisher.fail_with = None
+        publisher.expect = 0
         again = burst(apis, n=1)
     assert again[0].status_code == 200
     assert wake_tasks_written(db) == 2 and len(publisher.wakes_run) == 2
