@@ -1,0 +1,234 @@
+"""The daemon's scheduling against a scripted relay: poll sizes, slots, wakes, statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natrelay_publisher.config import parse_config
+from natrelay_publisher.daemon import Publisher
+from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
+from tests.publisher.fakes import WakeController, serve
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[str, FakeRelay]]:
+    fake = FakeRelay()
+    with serve(fake.app()) as url:
+        yield url, fake
+
+
+@pytest.fixture
+def controller() -> Iterator[tuple[str, WakeController]]:
+    state = WakeController()
+    with serve(state.app()) as url:
+        yield url, state
+
+
+def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:
+    return Publisher(
+        parse_config(
+            {
+                "relay": {
+                    "url": url,
+                    "token": "t",
+                    "sessionFile": str(tmp_path / "session.json"),
+                    "heartbeatSeconds": 0.3,
+                    "pollWaitSeconds": 0.5,
+                    "shutdownGraceSeconds": 5,
+                    **relay,
+                },
+                "providers": list(providers),
+            }
+        )
+    )
+
+
+def run(pub: Publisher, scenario: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(pub.run(stop))
+        try:
+            await scenario()
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+
+    asyncio.run(main())
+
+
+async def until(check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def sleepy(url: str, wake_path: str = "/wake", **fields: Any) -> dict[str, Any]:
+    return {
+        "name": "sleepy",
+        "type": "echo",
+        "maxConcurrency": 1,
+        "options": {"availabilityUrl": f"{url}/ready"},
+        "wake": {"type": "http", "url": f"{url}{wake_path}", "maxWaitSeconds": 20},
+        **fields,
+    }
+
+
+def words(n: int) -> str:
+    return " ".join(f"w{i}" for i in range(n))
+
+
+def test_no_polling_while_every_slot_is_busy(relay: tuple[str, FakeRelay], tmp_path: Path) -> None:
+    url, fake = relay
+    slow = {"name": "slow", "type": "echo", "maxConcurrency": 1, "options": {"tokenDelayMs": 50}}
+    fake.add(infer_task("t1", "slow", words(20), stream=True))
+
+    async def scenario() -> None:
+        await until(lambda: "t1" in fake.results())
+
+    run(publisher(url, tmp_path, slow), scenario)
+    times = {
+        kind: [t for t, k, b in fake.events if k == kind]
+        for kind in ("poll", "chunks", "result", "heartbeat")
+    }
+    busy = (times["chunks"][0], times["result"][0])
+    assert busy[1] - busy[0] >= 0.8
+    assert not [t for t in times["poll"] if busy[0] < t < busy[1]]
+    assert {p["maxTasks"] for p in fake.calls("poll")} == {1}
+    # Still alive for the relay meanwhile: heartbeats went on.
+    assert len([t for t in times["heartbeat"] if busy[0] < t < busy[1]]) >= 2
+
+
+def test_tasks_beyond_max_concurrency_wait_their_turn(
+    relay: tuple[str, FakeRelay], tmp_path: Path
+) -> None:
+    url, fake = relay
+    fake.ignore_max_tasks = True
+    one = {"name": "one", "type": "echo", "maxConcurrency": 1, "options": {"tokenDelayMs": 40}}
+    fake.add(*(infer_task(f"t{i}", "one", words(5), stream=True) for i in range(3)))
+
+    async def scenario() -> None:
+        await until(lambda: len(fake.results()) == 3)
+
+    run(publisher(url, tmp_path, one), scenario)
+    spans = sorted(
+        (
+            min(t for t, k, b in fake.events if k == "chunks" and b["task"] == task),
+            max(t for t, k, b in fake.events if k == "result" and b["task"] == task),
+        )
+        for task in ("t0", "t1", "t2")
+    )
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert {r["status"] for r in fake.results().values()} == {200}
+
+
+def test_infer_waits_for_a_wake_task_that_comes_later(
+    relay: tuple[str, FakeRelay], controller: tuple[str, WakeController], tmp_path: Path
+) -> None:
+    url, fake = relay
+    wake_url, state = controller
+    fake.add(infer_task("t1", "sleepy", "hello", wake_id="w1"))
+
+    async def scenario() -> None:
+        await until(lambda: not fake.queue and len(fake.calls("poll")) >= 1)
+        await asyncio.sleep(0.5)
+        assert "t1" not in fake.results()
+        # The only slot is held by t1, yet the publisher keeps polling: the wake must arrive.
+        fake.add(wake_task("w1", "sleepy"))
+        await until(lambda: {"t1", "w1"} <= set(fake.results()))
+
+    run(publisher(url, tmp_path, sleepy(wake_url)), scenario)
+    [registered] = fake.calls("register")
+    assert registered["providers"][0]["initialStatus"] == "hibernating"
+    assert registered["providers"][0]["wakeMaxWaitSeconds"] == 20
+    results = fake.results()
+    assert results["w1"]["status"] == 200 and results["w1"]["body"]["ok"] is True
+    assert results["t1"]["status"] == 200
+    assert results["t1"]["body"]["choices"][0]["message"]["content"] == "hello"
+    assert len(state.wake_calls) == 1
+
+
+def test_failed_wake_fails_the_waiting_infer(
+    relay: tuple[str, FakeRelay], controller: tuple[str, WakeController], tmp_path: Path
+) -> None:
+    url, fake = relay
+    wake_url, _ = controller
+    fake.add(wake_task("w1", "sleepy"), infer_task("t1", "sleepy", "hello", wake_id="w1"))
+
+    async def scenario() -> None:
+        await until(lambda: {"t1", "w1"} <= set(fake.results()))
+
+    run(publisher(url, tmp_path, sleepy(wake_url, "/fail", maxConcurrency=2)), scenario)
+    results = fake.results()
+    for task in ("w1", "t1"):
+        assert results[task]["status"] == 503
+        error = results[task]["error"]
+        assert error["code"] == "wake_failed"
+        assert error["message"].startswith("wake of sleepy failed: POST http://127.0.0.1:")
+        assert error["message"].endswith("/fail answered 500: the power switch is stuck")
+
+
+def test_heartbeat_reports_status_changes_of_wakeable_providers(
+    relay: tuple[str, FakeRelay], controller: tuple[str, WakeController], tmp_path: Path
+) -> None:
+    url, fake = relay
+    wake_url, state = controller
+    plain = {
+        "name": "plain",
+        "type": "echo",
+        "options": {"availabilityUrl": "http://127.0.0.1:9/never"},
+    }
+
+    def reported() -> list[dict[str, str]]:
+        return [h["statuses"] for h in fake.calls("heartbeat") if h["statuses"]]
+
+    async def scenario() -> None:
+        await until(lambda: fake.rows.get("sleepy") == "hibernating")
+        state.awake = True
+        await until(lambda: fake.rows["sleepy"] == "active")
+        state.awake = False
+        await until(lambda: fake.rows["sleepy"] == "hibernating")
+
+    run(publisher(url, tmp_path, sleepy(wake_url), plain), scenario)
+    assert reported() == [{"sleepy": "active"}, {"sleepy": "hibernating"}]
+    # Down without a wake recipe: still published active (inference will say 502).
+    [registered] = fake.calls("register")
+    assert registered["providers"][1]["initialStatus"] == "active"
+    assert registered["providers"][1]["wakeMaxWaitSeconds"] is None
+
+
+def test_shutdown_fails_what_outlives_the_grace(
+    relay: tuple[str, FakeRelay], tmp_path: Path
+) -> None:
+    url, fake = relay
+    slow = {"name": "slow", "type": "echo", "options": {"tokenDelayMs": 100}}
+    fake.add(infer_task("t1", "slow", words(50), stream=True))
+
+    async def scenario() -> None:
+        await until(lambda: bool(fake.calls("chunks")))
+
+    run(publisher(url, tmp_path, slow, shutdownGraceSeconds=0.3), scenario)
+    result = fake.results()["t1"]
+    assert result["status"] == 503
+    assert result["error"]["code"] == "publisher_offline"
+    kinds = [k for _, k, _ in fake.events]
+    assert kinds.index("deregister") > kinds.index("result")
+
+
+def test_task_for_a_model_we_do_not_serve(relay: tuple[str, FakeRelay], tmp_path: Path) -> None:
+    url, fake = relay
+    fake.add(infer_task("t1", "nope", "hi"))
+
+    async def scenario() -> None:
+        await until(lambda: "t1" in fake.results())
+
+    run(publisher(url, tmp_path, {"name": "echo", "type": "echo"}), scenario)
+    error = fake.results()["t1"]["error"]
+    assert (fake.results()["t1"]["status"], error["code"]) == (404, "model_not_found")
