@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -301,3 +302,18 @@ def test_cli_dev_without_the_local_extras(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "pip install 'natrelay[local]'" in done.stderr
+
+
+def test_the_examples_in_the_docs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NATRELAY_TOKEN", "VLLM_API_KEY"):
+        monkeypatch.setenv(name, "x")
+    docs = Path(__file__).resolve().parents[2] / "docs" / "publisher.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", docs.read_text(), re.DOTALL)
+    checked = 0
+    for block in blocks:
+        data = yaml.safe_load(block.replace("{file: /etc/natrelay/token}", "{env: NATRELAY_TOKEN}"))
+        if isinstance(data, dict) and "providers" in data:
+            data.setdefault("relay", RELAY)
+            parse_config(data, str(docs))
+            checked += 1
+    assert checked >= 5
