@@ -44,6 +44,20 @@ class Timed:
             self.requests.append(body)
             if body.get("stream"):
                 return StreamingResponse(self._sse(body), media_type="text/event-stream")
+            prompt = str(body["messages"][-1].get("content", ""))
+            if prompt.startswith("ECHO:"):  # answer with the prompt itself, reversed
+                return JSONResponse(
+                    {
+                        **self._completion(body),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": prompt[::-1]},
+                            }
+                        ],
+                    }
+                )
             await asyncio.sleep(self.tokens * self.interval)
             return JSONResponse(self._completion(body))
 

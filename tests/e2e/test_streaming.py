@@ -169,3 +169,17 @@ def test_a_40_second_generation_runs_async_and_events_resume_without_gap(
     assert text == timed.text(), "an event was lost"
     final = httpx.get(location, headers=h).json()
     assert final["state"] == "completed"
+
+
+def test_five_megabyte_prompt_and_answer_round_trip_through_the_publisher(
+    stack: Stack, published: PublisherProcess
+) -> None:
+    prompt = "ECHO:" + "".join(f"{i:07d}é" for i in range(5 * 1024 * 1024 // 9))
+    assert len(prompt.encode()) > 5 * 1024 * 1024
+    oai = openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key=stack.client_token, max_retries=0, timeout=60
+    )
+    reply = oai.chat.completions.create(
+        model="timed", messages=[{"role": "user", "content": prompt}]
+    )
+    assert reply.choices[0].message.content == prompt[::-1]
