@@ -98,7 +98,10 @@ class Dev:
                 )
             return re.search(pattern, self.text(), re.MULTILINE)
 
-        match: re.Match[str] = _wait(seen, timeout, f"{pattern!r} in the output")
+        try:
+            match: re.Match[str] = _wait(seen, timeout, f"{pattern!r} in the output")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; natrelay dev said:\n{self.text()}") from None
         return match
 
     publisher: int | None = None
