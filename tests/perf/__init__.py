@@ -1,0 +1,1 @@
+"""Benchmarks, run on demand (python -m tests.perf.bench); not part of the unit suite."""

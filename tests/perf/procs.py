@@ -1,0 +1,326 @@
+"""The benchmark's processes: backends, relay stacks (counting API + real publisher), LiteLLM.
+
+Every child runs in its own process group (a Ctrl-C reaches only the harness, which stops
+them in order) and, on Linux, gets SIGTERM if the harness dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import yaml
+
+from natrelay_infra.tables import TableNames, create_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLISH_TOKEN = "bench-publish-token-0123456789"
+CLIENT_TOKEN = "bench-client-token-0123456789"
+LITELLM_KEY = "sk-bench-master-key"
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"{url} did not answer within {timeout:g} s")
+        time.sleep(0.1)
+
+
+class Proc:
+    """One child process; output goes to a log file in the run's directory."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        logdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        pipe: bool = False,
+    ) -> None:
+        """`pipe`: read stdout through `first_line` (only for children that print little)."""
+        self.name = name
+        self.log = logdir / f"{name}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipe else log,
+                stderr=log,
+                process_group=0,
+                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - an async-signal-safe prctl
+            )
+
+    def first_line(self, timeout: float = 30.0) -> str:
+        """The first line the child prints (e.g. its URL)."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.process.stdout.fileno(), False)
+        buffer = b""
+        while b"\n" not in buffer:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} did not start (see {self.log})")
+            chunk = self.process.stdout.read()
+            if chunk:
+                buffer += chunk
+            else:
+                time.sleep(0.02)
+        return buffer.split(b"\n", 1)[0].decode().strip()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@dataclass
+class Backend:
+    proc: Proc
+    url: str
+
+    @classmethod
+    def start(cls, name: str, logdir: Path, *args: str) -> Backend:
+        proc = Proc(name, [sys.executable, "-m", "tests.perf.backend", *args], logdir, pipe=True)
+        url = proc.first_line()
+        wait_http(f"{url}/_bench/state", 20, lambda: proc.alive)
+        return cls(proc, url)
+
+    def state(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_bench/state", timeout=5).json())
+
+
+def dynamodb(endpoint: str) -> Any:
+    return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+
+
+@dataclass
+class Api:
+    proc: Proc
+    url: str
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_bench/reset", timeout=10).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_bench/stats", timeout=10).json())
+
+
+@dataclass
+class Stack:
+    """Fresh tables, 1 or 2 counting API processes and one real publisher process.
+
+    `lambda_mode`: in-process signals off and two API processes, the publisher talking to
+    one and clients to the other, as two Lambda instances would be.
+    """
+
+    name: str
+    endpoint: str
+    lambda_mode: bool
+    settings: dict[str, Any]
+    tables: TableNames
+    apis: list[Api] = field(default_factory=list)
+    publisher: Proc | None = None
+
+    @property
+    def client_api(self) -> Api:
+        return self.apis[-1]
+
+    @property
+    def publisher_api(self) -> Api:
+        return self.apis[0]
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            **FAKE_AWS,
+            "NATRELAY_DYNAMODB_ENDPOINT": self.endpoint,
+            "NATRELAY_LLMS_TABLE": self.tables.llms,
+            "NATRELAY_TASKS_TABLE": self.tables.tasks,
+            "NATRELAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
+            "NATRELAY_CLIENT_TOKEN": CLIENT_TOKEN,
+            "NATRELAY_IN_PROCESS_SIGNALS": "false" if self.lambda_mode else "true",
+        }
+        env.update({f"NATRELAY_{k.upper()}": str(v) for k, v in self.settings.items()})
+        return env
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        endpoint: str,
+        logdir: Path,
+        providers: list[dict[str, Any]],
+        *,
+        lambda_mode: bool,
+        **settings: Any,
+    ) -> Stack:
+        tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
+        create_tables(dynamodb(endpoint), tables)
+        stack = cls(name, endpoint, lambda_mode, settings, tables)
+        try:
+            for i in range(2 if lambda_mode else 1):
+                port = free_port()
+                proc = Proc(
+                    f"{name}-api{i}",
+                    [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
+                    logdir,
+                    stack.env,
+                )
+                stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
+            for api in stack.apis:
+                wait_http(f"{api.url}/healthz", 30, lambda api=api: api.proc.alive)  # type: ignore[misc]
+            config = {
+                "relay": {
+                    "url": stack.publisher_api.url,
+                    "token": PUBLISH_TOKEN,
+                    "sessionFile": str(logdir / f"{name}-session.json"),
+                },
+                "providers": providers,
+            }
+            path = logdir / f"{name}-publisher.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+            stack.publisher = Proc(
+                f"{name}-publisher",
+                [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
+                logdir,
+            )
+            stack.wait_published([p["name"] for p in providers])
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
+    def wait_published(self, names: list[str], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+        while time.monotonic() < deadline:
+            assert self.publisher is not None
+            if not self.publisher.alive:
+                break
+            try:
+                rows = httpx.get(f"{self.client_api.url}/api/v1/llms", headers=headers, timeout=5)
+                listed = {row["name"] for row in rows.json().get("data", [])}
+                if set(names) <= listed:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name}: the publisher did not publish {names}")
+
+    def reset(self) -> None:
+        for api in self.apis:
+            api.reset()
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [api.stats() for api in self.apis]
+
+    def wake_tasks_written(self) -> int:
+        items = dynamodb(self.endpoint).scan(
+            TableName=self.tables.tasks,
+            FilterExpression="kind = :w",
+            ExpressionAttributeValues={":w": {"S": "wake"}},
+        )["Items"]
+        return len(items)
+
+    def stop(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop(timeout=15)
+        for api in self.apis:
+            api.proc.stop()
+
+
+def litellm_binary() -> Path | None:
+    path = Path(os.environ.get("NATRELAY_BENCH_LITELLM_VENV", ROOT / ".venv-litellm"))
+    binary = path / "bin" / "litellm"
+    return binary if binary.exists() else None
+
+
+def start_litellm(backend_url: str, logdir: Path) -> tuple[Proc, str] | None:
+    """LiteLLM's proxy in front of the backend, from its own virtualenv; None if missing."""
+    binary = litellm_binary()
+    if binary is None:
+        return None
+    config = {
+        "model_list": [
+            {
+                "model_name": "bench",
+                "litellm_params": {
+                    "model": "openai/bench-model",
+                    "api_base": f"{backend_url}/v1",
+                    "api_key": "sk-backend",
+                },
+            }
+        ],
+        "general_settings": {"master_key": LITELLM_KEY},
+    }
+    path = logdir / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    port = free_port()
+    proc = Proc(
+        "litellm",
+        [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        logdir,
+        {
+            "LITELLM_MASTER_KEY": LITELLM_KEY,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "NO_DOCS": "True",
+        },
+    )
+    return proc, f"http://127.0.0.1:{port}"

@@ -1,0 +1,449 @@
+"""From raw measurements to per-inference numbers, the cost model, targets and markdown."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tests.perf.load import ms, percentile
+
+# --- AWS on-demand prices (us-east-1), used only in `cost_model` -------------------------
+# Lambda, arm64: $0.0000133334 per GB-second (first 7.5 billion GB-s a month) and $0.20
+# per million requests. The template gives every function 512 MB.
+LAMBDA_ARM_GB_SECOND = 0.0000133334
+LAMBDA_PER_REQUEST = 0.20 / 1e6
+LAMBDA_MEMORY_GB = 0.5
+# DynamoDB on-demand: $0.625 per million write request units, $0.125 per million read
+# request units (the prices since the November 2024 reduction).
+DYNAMODB_PER_WRU = 0.625 / 1e6
+DYNAMODB_PER_RRU = 0.125 / 1e6
+# API Gateway HTTP API: $1.00 per million requests (first 300 million a month). Not
+# Lambda or DynamoDB, but every poll and result post passes through it: listed apart.
+APIGW_PER_REQUEST = 1.00 / 1e6
+MINUTES_PER_MONTH = 730 * 60  # AWS bills a month as 730 hours
+
+PRICES = {
+    "lambdaArm64PerGbSecond": LAMBDA_ARM_GB_SECOND,
+    "lambdaPerRequest": LAMBDA_PER_REQUEST,
+    "lambdaMemoryGb": LAMBDA_MEMORY_GB,
+    "dynamodbPerWriteUnit": DYNAMODB_PER_WRU,
+    "dynamodbPerReadUnit": DYNAMODB_PER_RRU,
+    "apiGatewayHttpPerRequest": APIGW_PER_REQUEST,
+    "minutesPerMonth": MINUTES_PER_MONTH,
+}
+
+READ_OPS = ("GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems")
+
+
+def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the counters of several API processes (events and deliveries are merged)."""
+    ops: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    samples: dict[str, list[float]] = {}
+    requests: Counter[str] = Counter()
+    request_seconds: Counter[str] = Counter()
+    busy: Counter[str] = Counter()
+    events: dict[str, dict[str, float]] = {}
+    delivered: dict[str, float] = {}
+    rru = wru = 0.0
+    for s in stats:
+        ops.update(s["ops"])
+        seconds.update(s["seconds"])
+        for op, values in s.get("samples", {}).items():
+            samples.setdefault(op, []).extend(values)
+        requests.update(s["requests"])
+        request_seconds.update(s["requestSeconds"])
+        busy.update(s.get("busySeconds", {}))
+        rru += s["rru"]
+        wru += s["wru"]
+        for kind, values in s["events"].items():
+            events.setdefault(kind, {}).update(values)
+        delivered.update(s["delivered"])
+    return {
+        "ops": dict(ops),
+        "seconds": dict(seconds),
+        "samples": samples,
+        "requests": dict(requests),
+        "requestSeconds": dict(request_seconds),
+        "busySeconds": dict(busy),
+        "rru": rru,
+        "wru": wru,
+        "events": events,
+        "delivered": delivered,
+    }
+
+
+def per_inference(stats: dict[str, Any], n: int) -> dict[str, Any]:
+    """DynamoDB requests (by operation) and capacity units per completed inference."""
+    if not n:
+        return {"n": 0}
+    ops = stats["ops"]
+    total = sum(ops.values())
+    return {
+        "n": n,
+        "requests": round(total / n, 2),
+        "reads": round(sum(v for k, v in ops.items() if k in READ_OPS) / n, 2),
+        "writes": round(sum(v for k, v in ops.items() if k not in READ_OPS) / n, 2),
+        "byOperation": {k: round(v / n, 2) for k, v in sorted(ops.items())},
+        "readUnits": round(stats["rru"] / n, 2),
+        "writeUnits": round(stats["wru"] / n, 2),
+        "apiRequests": {k: round(v / n, 2) for k, v in sorted(stats["requests"].items())},
+        "apiSeconds": round(sum(stats["busySeconds"].values()) / n, 4),
+        "apiSecondsNoPoll": round(
+            sum(v for k, v in stats["busySeconds"].items() if k != "poll") / n, 4
+        ),
+        "dynamodbMsPerCall": {
+            k: round(1000 * stats["seconds"].get(k, 0) / v, 2) for k, v in sorted(ops.items())
+        },
+        "dynamodbP50MsPerCall": {
+            k: ms(percentile(v, 50)) for k, v in sorted(stats["samples"].items())
+        },
+    }
+
+
+def dispatch(stats: dict[str, Any]) -> dict[str, Any]:
+    """Task written (PutItem returned) -> the poll answer carrying it left the API."""
+    puts = stats["events"].get("put", {})
+    delivered = stats["delivered"]
+    gaps = [delivered[t] - puts[t] for t in puts if t in delivered]
+    claims = stats["events"].get("claim", {})
+    claim_gaps = [claims[t] - puts[t] for t in puts if t in claims]
+    return {
+        "n": len(gaps),
+        "p50": ms(percentile(gaps, 50)),
+        "p99": ms(percentile(gaps, 99)),
+        "claimP50": ms(percentile(claim_gaps, 50)),
+    }
+
+
+def result_pickup(stats: dict[str, Any], finished_at: list[float]) -> dict[str, Any]:
+    """Result written (the complete UpdateItem returned) -> the client had its answer.
+
+    Valid for sequential requests only: the i-th completion is the i-th answer.
+    """
+    completes = sorted(stats["events"].get("complete", {}).values())
+    gaps = [end - done for done, end in zip(completes, sorted(finished_at), strict=False)]
+    gaps = [g for g in gaps if g >= 0]
+    return {"n": len(gaps), "p50": ms(percentile(gaps, 50)), "p99": ms(percentile(gaps, 99))}
+
+
+def idle_rates(stats: dict[str, Any], seconds: float) -> dict[str, Any]:
+    minutes = seconds / 60
+    ops = stats["ops"]
+    return {
+        "windowSeconds": round(seconds, 1),
+        "dynamodbPerMinute": round(sum(ops.values()) / minutes, 1),
+        "byOperation": {k: round(v / minutes, 1) for k, v in sorted(ops.items())},
+        "readUnitsPerMinute": round(stats["rru"] / minutes, 2),
+        "writeUnitsPerMinute": round(stats["wru"] / minutes, 2),
+        "apiRequestsPerMinute": round(sum(stats["requests"].values()) / minutes, 2),
+        "apiRequestsByKind": {k: round(v / minutes, 2) for k, v in stats["requests"].items()},
+        "apiSecondsPerMinute": round(sum(stats["busySeconds"].values()) / minutes, 1),
+    }
+
+
+def idle_month(idle: dict[str, Any]) -> dict[str, float]:
+    """Dollars per idle publisher-month from its per-minute rates."""
+    per_month = MINUTES_PER_MONTH
+    dynamo = (
+        idle["readUnitsPerMinute"] * DYNAMODB_PER_RRU
+        + idle["writeUnitsPerMinute"] * DYNAMODB_PER_WRU
+    ) * per_month
+    invocations = idle["apiRequestsPerMinute"] * per_month
+    lam = (
+        idle["apiSecondsPerMinute"] * per_month * LAMBDA_MEMORY_GB * LAMBDA_ARM_GB_SECOND
+        + invocations * LAMBDA_PER_REQUEST
+    )
+    apigw = invocations * APIGW_PER_REQUEST
+    return {
+        "dynamodb": round(dynamo, 3),
+        "lambda": round(lam, 3),
+        "apiGateway": round(apigw, 3),
+        "total": round(dynamo + lam + apigw, 3),
+    }
+
+
+def million_inferences(per: dict[str, Any]) -> dict[str, float]:
+    """Dollars per million inferences (instant backend) from per-inference numbers.
+
+    Lambda time excludes the publisher's long-poll, which runs whether or not there is
+    work (it is the idle cost); every API request is an invocation and an API Gateway
+    request, polls included (a poll that returns a task is followed by a new one).
+    """
+    dynamo = (per["readUnits"] * DYNAMODB_PER_RRU + per["writeUnits"] * DYNAMODB_PER_WRU) * 1e6
+    invocations = sum(per["apiRequests"].values())
+    lam = (
+        per["apiSecondsNoPoll"] * LAMBDA_MEMORY_GB * LAMBDA_ARM_GB_SECOND
+        + invocations * LAMBDA_PER_REQUEST
+    ) * 1e6
+    apigw = invocations * APIGW_PER_REQUEST * 1e6
+    return {
+        "dynamodb": round(dynamo, 2),
+        "lambda": round(lam, 2),
+        "apiGateway": round(apigw, 2),
+        "total": round(dynamo + lam + apigw, 2),
+        "lambdaPerSecondOfGeneration": round(LAMBDA_MEMORY_GB * LAMBDA_ARM_GB_SECOND * 1e6, 2),
+    }
+
+
+# --- markdown ----------------------------------------------------------------------------
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+TARGET_LABELS = {
+    "direct": "direct (floor)",
+    "litellm": "LiteLLM proxy",
+    "longlived": "natrelay long-lived",
+    "lambda": "natrelay Lambda mode",
+}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    out: list[str] = []
+    meta = r["meta"]
+    out.append(
+        f"Run {meta['date']} on commit `{meta['commit']}`"
+        f"{' (+ uncommitted changes)' if meta.get('dirty') else ''}, "
+        f"`{meta['command']}`, {meta['durationSeconds']:.0f} s. "
+        f"Machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu']}), "
+        f"Python {meta['machine']['python']}, load average before the run "
+        f"{meta['machine']['loadBefore']}."
+    )
+    lat = r["latency"]
+    added = r["added"]
+    rows = []
+    for key, label in TARGET_LABELS.items():
+        if key not in lat["c1"]:
+            continue
+        c1, c16 = lat["c1"][key], lat["c16"].get(key, {})
+        a1, a16 = added["c1"].get(key, {}), added["c16"].get(key, {})
+        rows.append(
+            [
+                label,
+                f"{_f(c1['p50'])} / {_f(c1['p95'])} / {_f(c1['p99'])}",
+                f"{_f(a1.get('p50'))} / {_f(a1.get('p95'))} / {_f(a1.get('p99'))}",
+                f"{_f(c16.get('p50'))} / {_f(c16.get('p95'))} / {_f(c16.get('p99'))}",
+                f"{_f(a16.get('p50'))} / {_f(a16.get('p95'))} / {_f(a16.get('p99'))}",
+                c16.get("throughput"),
+                f"{c1['n']} + {c16.get('n')}",
+                _errors(c1, c16),
+            ]
+        )
+    out.append("\n**Non-streaming latency, ms (p50 / p95 / p99); added = minus direct**\n")
+    out.append(
+        _table(
+            [
+                "path",
+                "c=1",
+                "added c=1",
+                "c=16",
+                "added c=16",
+                "req/s at c=16",
+                "requests",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    rows = []
+    for key, label in TARGET_LABELS.items():
+        s = lat["stream"].get(key)
+        if not s:
+            continue
+        a = added["stream"].get(key, {})
+        rows.append(
+            [
+                label,
+                f"{_f(s['p50'])} / {_f(s['p95'])} / {_f(s['p99'])}",
+                _f(a.get("p50")),
+                _f(s.get("totalP50")),
+                s["n"],
+                _errors(s),
+            ]
+        )
+    st = meta["profile"]
+    out.append(
+        f"\n**Streaming, c=1: time to first token, ms** ({st['streamTokens']} tokens "
+        f"{st['tokenIntervalMs']:g} ms apart, the first at once)\n"
+    )
+    out.append(
+        _table(
+            ["path", "TTFT p50 / p95 / p99", "added TTFT p50", "whole stream p50", "n", "errors"],
+            rows,
+        )
+    )
+    out.append("\n**DynamoDB requests per inference** (counted in the API processes)\n")
+    rows = []
+    for mode, phases in r["dynamodb"].items():
+        for phase, per in phases.items():
+            if not per.get("n"):
+                continue
+            by = ", ".join(f"{k} {v:g}" for k, v in per["byOperation"].items())
+            rows.append(
+                [
+                    f"{TARGET_LABELS[mode]}, {phase}",
+                    per["requests"],
+                    f"{per['reads']:g} / {per['writes']:g}",
+                    f"{per['readUnits']:g} / {per['writeUnits']:g}",
+                    by,
+                ]
+            )
+    out.append(
+        _table(
+            ["mode, load", "requests", "reads / writes", "RRU / WRU (est.)", "by operation"],
+            rows,
+        )
+    )
+    out.append(
+        "\n**Idle publisher and dispatch** (one provider; isolated requests "
+        f"{st['isolatedGap'][0]:g} to {st['isolatedGap'][1]:g} s apart)\n"
+    )
+    rows = []
+    for name, k in r["knobs"].items():
+        idle, d = k["idle"], k["dispatch"]
+        rows.append(
+            [
+                name,
+                f"{k['settings'].get('poll_min_interval_seconds', 0.05):g} / "
+                f"{k['settings'].get('poll_max_interval_seconds', 1.0):g}",
+                f"{_f(d['p50'])} / {_f(d['p99'])} (n={d['n']})",
+                _f(k["pickup"]["p50"]),
+                idle["dynamodbPerMinute"],
+                idle["apiRequestsPerMinute"],
+                idle["apiSecondsPerMinute"],
+                f"${k['month']['total']:.2f} (DynamoDB ${k['month']['dynamodb']:.2f})"
+                if not k["settings"]["in_process_signals"]
+                else f"DynamoDB ${k['month']['dynamodb']:.2f} (API on your server)",
+            ]
+        )
+    out.append(
+        _table(
+            [
+                "stack",
+                "poll min / max s",
+                "dispatch p50 / p99 ms",
+                "result→client p50 ms",
+                "idle DynamoDB req/min",
+                "idle API req/min",
+                "idle API-s/min",
+                "idle publisher-month",
+            ],
+            rows,
+        )
+    )
+    d = r["dispatchUnderLoad"]
+    out.append(
+        "\nDispatch under load (c=1 back-to-back, task written → poll answer sent): "
+        + "; ".join(
+            f"{TARGET_LABELS[m]} p50 {_f(v['p50'])} ms, p99 {_f(v['p99'])} ms (n={v['n']})"
+            for m, v in d.items()
+        )
+        + "."
+    )
+    sweep = r.get("sweep")
+    if sweep:
+        out.append(
+            f"\nSweeper (per deployment, once a minute): {sweep['requests']} DynamoDB requests "
+            f"per run ({', '.join(f'{k} {v}' for k, v in sweep['ops'].items())}), "
+            f"{sweep['seconds'] * 1000:.0f} ms per run here."
+        )
+    cost = r["cost"]
+    out.append("\n**Cost model, AWS on-demand (us-east-1), dollars**\n")
+    rows = [
+        [
+            "idle publisher-month (Lambda mode, default knobs)",
+            cost["idleMonth"]["dynamodb"],
+            cost["idleMonth"]["lambda"],
+            cost["idleMonth"]["apiGateway"],
+            cost["idleMonth"]["total"],
+        ],
+        [
+            "per million inferences, instant backend (Lambda mode, c=1)",
+            cost["millionInferences"]["dynamodb"],
+            cost["millionInferences"]["lambda"],
+            cost["millionInferences"]["apiGateway"],
+            cost["millionInferences"]["total"],
+        ],
+    ]
+    out.append(_table(["what", "DynamoDB", "Lambda arm64", "API Gateway", "total"], rows))
+    out.append(
+        f"\nPlus ${cost['millionInferences']['lambdaPerSecondOfGeneration']:.2f} of Lambda per "
+        "million inferences for every second the backend takes to answer (the client's "
+        "request holds its Lambda while it waits)."
+    )
+    moto = r["moto"]
+    out.append(
+        "\nmoto's own cost per call (serialized server in its own process, from a plain boto3 "
+        "client, while only the two idle publishers poll): "
+        + ", ".join(f"{op} p50 {v['p50']} ms (p95 {v['p95']})" for op, v in moto.items())
+        + "."
+    )
+    est = r.get("estimate")
+    if est:
+        out.append(
+            f"\nEstimate, not a measurement: the {len(est['criticalOps'])} sequential DynamoDB "
+            f"calls of a long-lived non-streaming inference ({', '.join(est['criticalOps'])}) "
+            f"took {est['criticalMsHere']:.1f} ms here (sum of each operation's p50 as the API "
+            f"saw it). At an assumed {est['assumedDynamoMs']:g} ms per call in-region, the "
+            f"added p50 of {_f(est['measuredP50'])} ms would be about "
+            f"{est['longlivedAddedP50']:.1f} ms."
+        )
+    wake = r.get("wake")
+    if wake:
+        out.append("\n**Wake: concurrent first requests on a hibernating row**\n")
+        rows = [
+            [
+                TARGET_LABELS[m],
+                w["requests"],
+                w["ok"],
+                w["wakeTasks"],
+                _f(w["requestToBackendUpMs"]),
+                _f(w["upToAllAnsweredMs"]),
+                _f(w["firstRequestToAllAnsweredMs"]),
+                w["dynamodbRequests"],
+            ]
+            for m, w in wake.items()
+        ]
+        out.append(
+            _table(
+                [
+                    "mode",
+                    "requests",
+                    "answered 200",
+                    "wake tasks written",
+                    "first request → backend up, ms",
+                    "backend up → all answered, ms",
+                    "first request → all answered, ms",
+                    "DynamoDB requests",
+                ],
+                rows,
+            )
+        )
+    out.append("\n**Targets**\n")
+    out.append(
+        _table(
+            ["target", "met", "measured"],
+            [[t["target"], "yes" if t["met"] else "**no**", t["measured"]] for t in r["targets"]],
+        )
+    )
+    return "\n".join(out) + "\n"
+
+
+def _errors(*summaries: dict[str, Any]) -> str:
+    errors: Counter[str] = Counter()
+    for s in summaries:
+        errors.update(s.get("errors") or {})
+    return ", ".join(f"{k}: {v}" for k, v in errors.items()) or "0"
