@@ -352,6 +352,10 @@ class RelayService:
     async def list_llms(self) -> list[LlmRow]:
         return [self.row_view(r) for r in await self._io(self.llms.all)]
 
+    async def serving_llms(self) -> list[LlmRecord]:
+        """Rows that can answer now: active, or hibernating and wakeable, with a live publisher."""
+        return [r for r in await self._io(self.llms.all) if self.serving(r)]
+
     async def get_llm(self, name: str) -> LlmRecord:
         row = await self._io(self.llms.get, name)
         if row is None:

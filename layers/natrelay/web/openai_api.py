@@ -25,7 +25,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
 
 
-def model_object(service: RelayService, row: LlmRecord) -> dict[str, Any]:
+def model_object(row: LlmRecord) -> dict[str, Any]:
     return {
         "id": row.name,
         "object": "model",
@@ -38,13 +38,13 @@ def model_object(service: RelayService, row: LlmRecord) -> dict[str, Any]:
 
 
 async def list_models(request: Request, service: RelayService) -> Response:
-    rows = [r for r in await service._io(service.llms.all) if service.serving(r)]
-    return JSONResponse({"object": "list", "data": [model_object(service, r) for r in rows]})
+    rows = await service.serving_llms()
+    return JSONResponse({"object": "list", "data": [model_object(r) for r in rows]})
 
 
 async def get_model(request: Request, service: RelayService) -> Response:
     row = await service.get_llm(request.path_params["model"])
-    return JSONResponse(model_object(service, row))
+    return JSONResponse(model_object(row))
 
 
 async def run_chat(service: RelayService, body: dict[str, Any]) -> Response:
