@@ -373,7 +373,7 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         "-H 'Content-Type: application/json' \\",
         f"    -d '{body}'",
         "",
-        "or with the openai Python SDK:",
+        "or with the openai Python SDK (pip install openai):",
         "  from openai import OpenAI",
         f'  client = OpenAI(base_url="{relay.url}/v1", api_key="{relay.client_token}")',
         f'  reply = client.chat.completions.create(model="{model}", '
