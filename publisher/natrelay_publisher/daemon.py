@@ -188,10 +188,11 @@ class Publisher:
 
     async def _refresh_statuses(self) -> None:
         async def check(slot: ProviderSlot) -> None:
+            transitions = slot.transitions
             if slot.busy:
                 return
             up = await slot.ready()
-            if slot.busy:
+            if slot.busy or slot.transitions != transitions:
                 return
             if up != slot.seen_up:
                 logger.info("backend of %s is %s", slot.name, "up" if up else "down")

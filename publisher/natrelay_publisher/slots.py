@@ -27,6 +27,8 @@ class ProviderSlot:
     # Held by a wake or a sleep: they never overlap.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sleeping: asyncio.Task[None] | None = None
+    # Bumped by every wake and sleep, so a status check that raced one is thrown away.
+    transitions: int = 0
     semaphore: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:

@@ -68,6 +68,8 @@ class Waker:
             return await asyncio.shield(running)
         if slot.wake_recipe is None:
             return None
+        if wake_id is not None and await slot.ready():
+            return None  # already up: whatever that wake says, the request can run now
         if wake_id is not None:
             timeout = slot.wake_recipe.max_wait_seconds + WAKE_ARRIVAL_MARGIN_SECONDS
             self.awaiting_arrival += 1
@@ -100,6 +102,7 @@ class Waker:
                 return
             slot.status = LlmStatus.HIBERNATING
             slot.seen_up = False
+            slot.transitions += 1
             logger.info("%s is asleep", slot.name)
         await self._heartbeat()
 
@@ -135,6 +138,7 @@ class Waker:
                 return WakeOutcome(False, ms, message)
             slot.status = LlmStatus.ACTIVE
             slot.seen_up = True
+            slot.transitions += 1
             slot.touch()
         ms = int((time.monotonic() - started) * 1000)
         logger.info("%s is awake (%d ms)", slot.name, ms)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,19 @@ def test_sleep_then_local_wake(controller: tuple[str, WakeController]) -> None:
 
     assert asyncio.run(scenario()) == [LlmStatus.HIBERNATING, False, True, LlmStatus.ACTIVE]
     assert len(state.wake_calls) == 1
+
+
+def test_infer_with_a_wake_id_runs_at_once_when_the_backend_is_up(
+    controller: tuple[str, WakeController],
+) -> None:
+    url, state = controller
+    state.awake = True
+
+    async def scenario() -> tuple[Any, float]:
+        started = time.monotonic()
+        outcome = await Waker(Beats()).before_infer(sleepy_slot(url, max_wait=30), "w-unseen")
+        return outcome, time.monotonic() - started
+
+    outcome, took = asyncio.run(scenario())
+    assert outcome is None and took < 5
+    assert state.wake_calls == []
