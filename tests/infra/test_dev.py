@@ -82,7 +82,6 @@ def _natrelay() -> list[str]:
 
 @dataclass
 class Dev:
-    url: str
     process: subprocess.Popen[bytes]
     output: Path
     pid_file: Path
@@ -106,6 +105,11 @@ class Dev:
 
     publisher: int | None = None
 
+    @property
+    def url(self) -> str:
+        """The relay's URL as `natrelay dev` reports it (it picked a free port itself)."""
+        return self.wait_for(r"relay API at (http://127\.0\.0\.1:\d+)$")[1]
+
     def publisher_pid(self) -> int:
         self.wait_for(r"^publisher pid: \d+")
         self.publisher = int(self.pid_file.read_text())
@@ -118,20 +122,19 @@ class Dev:
 
 @contextmanager
 def natrelay_dev(tmp_path: Path, *args: str) -> Iterator[Dev]:
-    port = free_port()
     output = tmp_path / "dev.log"
     pid_file = tmp_path / "publisher.pid"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATRELAY_")}
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [*_natrelay(), "dev", "--port", str(port), "--pid-file", str(pid_file), *args],
+            [*_natrelay(), "dev", "--port", "0", "--pid-file", str(pid_file), *args],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # its own process group, so nothing can outlive the test
         )
-    dev = Dev(url=f"http://127.0.0.1:{port}", process=process, output=output, pid_file=pid_file)
+    dev = Dev(process=process, output=output, pid_file=pid_file)
     try:
         yield dev
     finally:
