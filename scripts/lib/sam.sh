@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # SAM and CFN_LINT are for the sourcing script
 # Sourced: .venv-sam with the SAM CLI and cfn-lint, offline-friendly settings.
 source scripts/lib/venv.sh
 ensure_venv .venv-sam scripts/sam-requirements.txt -r scripts/sam-requirements.txt

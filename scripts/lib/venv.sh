@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts: find a Python >= 3.11 and keep a virtualenv installed.
 # Sourced, not run. Every script works from the repository root.
 
