@@ -47,6 +47,7 @@ from tests.perf.procs import (
     Stack,
     dynamodb,
     start_litellm,
+    start_stacks,
     wait_http,
 )
 
@@ -67,16 +68,16 @@ WAKE_PACE = {"poll_min_interval_seconds": 1.0, "poll_max_interval_seconds": 4.0}
 class Profile:
     c1: int = 300
     c16: int = 800
-    stream: int = 30
+    stream: int = 24
     rounds: int = 2
-    load_seconds: float = 15.0  # per target, per round, per load
+    load_seconds: float = 12.0  # per target, per round, per load
     warmup: int = 20
     stream_tokens: int = 20
     token_interval_ms: float = 20.0
     idle_seconds: float = 60.0
-    isolated: int = 25
-    isolated_gap: tuple[float, float] = (1.5, 5.0)
-    isolated_seconds: float = 120.0
+    isolated: int = 20
+    isolated_gap: tuple[float, float] = (1.5, 4.5)
+    isolated_seconds: float = 90.0
     wake_requests: int = 100
     wake_seconds: float = 60.0
     wake_delay: float = 0.5
@@ -97,12 +98,12 @@ QUICK = Profile(
     c16=160,
     stream=8,
     rounds=1,
-    load_seconds=10.0,
-    warmup=10,
-    idle_seconds=20.0,
-    isolated=6,
-    isolated_gap=(1.0, 3.0),
-    isolated_seconds=30.0,
+    load_seconds=6.0,
+    warmup=5,
+    idle_seconds=15.0,
+    isolated=5,
+    isolated_gap=(1.0, 2.5),
+    isolated_seconds=20.0,
     wake_seconds=40.0,
     wake_lambda=False,
     knobs=[("long-lived", False, {}), ("Lambda, default", True, {})],
@@ -191,6 +192,12 @@ def moto_cost(endpoint: str, n: int) -> dict[str, dict[str, float | None]]:
             times.append(time.perf_counter() - started)
         out[op] = {"p50": ms(percentile(times, 50)), "p95": ms(percentile(times, 95))}
     return out
+
+
+def warm_up(target: Target, profile: Profile) -> None:
+    asyncio.run(run_load(target, concurrency=1, count=profile.warmup, seconds=5))
+    asyncio.run(run_load(target, concurrency=16, count=16, seconds=5))
+    asyncio.run(run_load(target, concurrency=1, count=2, seconds=5, stream=True, tag="warm"))
 
 
 @dataclass
@@ -323,18 +330,18 @@ def knobs_phase(
     out: dict[str, Any] = {}
     sweep = None
     try:
-        for i, (name, lambda_mode, settings) in enumerate(profile.knobs):
-            if i >= 2 and time.monotonic() > deadline - profile.idle_seconds - 60:
-                log(f"  skipping knob stack {name!r}: over the time budget")
-                continue
-            stacks[name] = Stack.start(
-                f"knob{i}",
-                endpoint,
-                logdir,
-                providers(backend),
-                lambda_mode=lambda_mode,
+        specs = {
+            name: {
+                "name": f"knob{i}",
+                "endpoint": endpoint,
+                "logdir": logdir,
+                "providers": providers(backend),
+                "lambda_mode": lambda_mode,
                 **settings,
-            )
+            }
+            for i, (name, lambda_mode, settings) in enumerate(profile.knobs)
+        }
+        stacks.update(start_stacks(specs))
         time.sleep(5.0)  # past registration and the first poll's start
         for stack in stacks.values():
             stack.reset()
@@ -538,35 +545,37 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(lite[0].stop)
         elif not args.no_litellm:
             notes.append("LiteLLM not installed (.venv-litellm): its rows are missing")
-        stacks = {
-            "longlived": Stack.start(
-                "longlived", moto.endpoint, logdir, providers(backend), lambda_mode=False
-            ),
-        }
-        stack.callback(stacks["longlived"].stop)
-        stacks["lambda"] = Stack.start(
-            "lambda", moto.endpoint, logdir, providers(backend), lambda_mode=True
+        stacks = start_stacks(
+            {
+                mode: {
+                    "name": mode,
+                    "endpoint": moto.endpoint,
+                    "logdir": logdir,
+                    "providers": providers(backend),
+                    "lambda_mode": mode == "lambda",
+                }
+                for mode in ("longlived", "lambda")
+            }
         )
-        stack.callback(stacks["lambda"].stop)
-        targets = {"direct": Target("direct", f"{backend.url}/v1", "none", "bench-model")}
+        for relay in stacks.values():
+            stack.callback(relay.stop)
+        log(f"relay stacks up after {time.monotonic() - t_start:.0f} s")
+        r["moto"] = moto_cost(moto.endpoint, 100 if args.quick else 200)
+        log(f"moto per call: {r['moto']}")
+        direct = Target("direct", f"{backend.url}/v1", "none", "bench-model")
+        relays = {mode: relay_target(mode, relay) for mode, relay in stacks.items()}
+        for target in (direct, *relays.values()):
+            warm_up(target, profile)
+        targets = {"direct": direct}
         if lite is not None:
             try:
                 wait_http(f"{lite[1]}/health/liveliness", 120, lambda: lite[0].alive)
                 targets["litellm"] = Target("litellm", f"{lite[1]}/v1", LITELLM_KEY, "bench")
+                warm_up(targets["litellm"], profile)
             except RuntimeError as exc:
                 notes.append(f"LiteLLM did not start ({exc}); see {lite[0].log}")
-        targets["longlived"] = relay_target("longlived", stacks["longlived"])
-        targets["lambda"] = relay_target("lambda", stacks["lambda"])
-        log(f"started everything in {time.monotonic() - t_start:.0f} s")
-
-        r["moto"] = moto_cost(moto.endpoint, 100 if args.quick else 200)
-        log(f"moto per call: {r['moto']}")
-        for name, target in targets.items():
-            asyncio.run(run_load(target, concurrency=1, count=profile.warmup, seconds=5))
-            asyncio.run(run_load(target, concurrency=16, count=32, seconds=5))
-            asyncio.run(
-                run_load(target, concurrency=1, count=2, seconds=5, stream=True, tag="warm")
-            )
+        targets.update(relays)
+        log(f"started and warmed up everything in {time.monotonic() - t_start:.0f} s")
         log("non-streaming, c=1")
         c1 = load_phase(targets, stacks, profile, concurrency=1, count=profile.c1)
         log("non-streaming, c=16")
@@ -600,8 +609,8 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
                 merged["c=1"], c1[mode].samples.finished_at
             )
 
-        for s in stacks.values():
-            s.stop()
+        for relay in stacks.values():
+            relay.stop()
 
         log("wake bursts")
         r["wake"] = {}

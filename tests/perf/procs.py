@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,9 @@ class Backend:
 
 
 def dynamodb(endpoint: str) -> Any:
-    return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    # A session of its own: boto3's default session must not create clients in two threads.
+    session = boto3.session.Session()
+    return session.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
 
 
 @dataclass
@@ -284,6 +287,24 @@ class Stack:
             self.publisher.stop(timeout=15)
         for api in self.apis:
             api.proc.stop()
+
+
+def start_stacks(specs: dict[str, dict[str, Any]]) -> dict[str, Stack]:
+    """Start several stacks at once (`specs`: name -> Stack.start keyword arguments)."""
+    started: dict[str, Stack] = {}
+    with ThreadPoolExecutor(max_workers=len(specs) or 1) as pool:
+        futures = {name: pool.submit(Stack.start, **spec) for name, spec in specs.items()}
+        errors = []
+        for name, future in futures.items():
+            try:
+                started[name] = future.result()
+            except Exception as exc:
+                errors.append(exc)
+    if errors:
+        for stack in started.values():
+            stack.stop()
+        raise errors[0]
+    return started
 
 
 def litellm_binary() -> Path | None:
