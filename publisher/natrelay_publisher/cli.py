@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import logging
 import signal
@@ -98,8 +97,7 @@ async def _serve(config: PublisherConfig) -> int:
         return EXIT_FATAL
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)
+            loop.remove_signal_handler(signum)
     logger.info("stopped")
     return 0
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import time
+from typing import Any
 
 import httpx
 
@@ -68,42 +69,43 @@ class Publisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; raises RelayAuthError when the token is refused."""
-        relay = self.config.relay
         try:
             self._slots = {c.name: ProviderSlot.build(c) for c in self.config.published}
             await self._initial_statuses()
-            await self._register()
+            registering = asyncio.create_task(self._register(), name="register")
+            if not await _first_of([registering], stop):
+                await _cancel(registering)
+                return  # stopped before the relay ever answered: nothing to deregister
+            registering.result()
             loops = [
                 asyncio.create_task(self._poll_loop(), name="poll"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             ]
             if any(slot.config.sleep_after_idle_seconds for slot in self._slots.values()):
                 loops.append(asyncio.create_task(self._idle_loop(), name="idle"))
-            stopping = asyncio.create_task(stop.wait(), name="stop")
-            done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
-            failed = [task for task in done if task is not stopping]
-            if failed:
-                for task in [*loops, stopping, *self._tasks]:
-                    task.cancel()
-                await asyncio.gather(*loops, *self._tasks, stopping, return_exceptions=True)
-                failed[0].result()
-            loops[0].cancel()
-            logger.info(
-                "stopping: waiting up to %g s for %d task(s) in flight",
-                relay.shutdown_grace_seconds,
-                len(self._tasks),
-            )
-            if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=relay.shutdown_grace_seconds)
-            for task in [*self._tasks, *loops]:
-                task.cancel()
-            self._waker.cancel_all()
-            await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
-            await self._deregister()
+            if await _first_of(loops, stop):
+                # The loops only end by an error (a refused token, a protocol mismatch).
+                failed = next(loop for loop in loops if loop.done())
+                await _cancel(*loops, *self._tasks)
+                failed.result()
+            await self._shutdown(loops)
         finally:
             for slot in self._slots.values():
                 await slot.provider.aclose()
             await self.relay.aclose()
+
+    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        """Stop polling, give the tasks in flight their grace (heartbeating), deregister."""
+        grace = self.config.relay.shutdown_grace_seconds
+        await _cancel(loops[0])
+        logger.info(
+            "stopping: waiting up to %g s for %d task(s) in flight", grace, len(self._tasks)
+        )
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        self._waker.cancel_all()
+        await _cancel(*self._tasks, *loops)
+        await self._deregister()
 
     # --- sessions --------------------------------------------------------------------
 
@@ -359,3 +361,19 @@ class Publisher:
                 await poster.fail(400, "the task carries no request", "invalid_request")
                 return 400
             return await run_infer(slot.provider, request, task.stream, poster)
+
+
+async def _first_of(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> bool:
+    """Wait until one of `tasks` ends or `stop` is set; True if a task ended."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancel(stopping)
+    return any(task in done for task in tasks)
+
+
+async def _cancel(*tasks: asyncio.Future[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

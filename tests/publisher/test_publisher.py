@@ -232,3 +232,20 @@ def test_task_for_a_model_we_do_not_serve(relay: tuple[str, FakeRelay], tmp_path
     run(publisher(url, tmp_path, {"name": "echo", "type": "echo"}), scenario)
     error = fake.results()["t1"]["error"]
     assert (fake.results()["t1"]["status"], error["code"]) == (404, "model_not_found")
+
+
+def test_stop_while_the_relay_is_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pub = publisher("http://127.0.0.1:9", tmp_path, {"name": "echo", "type": "echo"})
+
+    async def scenario() -> None:
+        await asyncio.sleep(2)  # several failed registrations, with backoff
+
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="natrelay.publisher"):
+        run(pub, scenario)
+    assert time.monotonic() - started < 5
+    unreachable = [r for r in caplog.records if r.getMessage().startswith("relay unreachable")]
+    assert len(unreachable) == 1
+    assert pub.session_id is None
