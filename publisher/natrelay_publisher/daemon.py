@@ -42,6 +42,7 @@ logger = logging.getLogger("natrelay.publisher")
 DEREGISTER_SECONDS = 10.0
 SHUTDOWN_RESULT_SECONDS = 5.0
 IDLE_TICK_SECONDS = 1.0
+MIN_EMPTY_POLL_SECONDS = 0.5
 
 
 class Publisher:
@@ -281,6 +282,7 @@ class Publisher:
             request = PollRequest(
                 provider_session_id=self._session_id(), wait_seconds=wait, max_tasks=free
             )
+            sent_at = time.monotonic()
             try:
                 answer = await self.relay.poll(request)
             except RelayUnavailableError:
@@ -292,6 +294,9 @@ class Publisher:
             backoff.reset()
             for task in answer.tasks:
                 self._dispatch(task)
+            if not answer.tasks:
+                # A relay that answers an empty poll at once must not make us spin.
+                await asyncio.sleep(max(0.0, MIN_EMPTY_POLL_SECONDS - (time.monotonic() - sent_at)))
 
     def _dispatch(self, task: PolledTask) -> None:
         slot = self._slots.get(task.llm)

@@ -30,6 +30,8 @@ class FakeRelay:
     # `ignore_max_tasks` is set (a relay handing out more than asked, as can happen).
     queue: list[dict[str, Any]] = field(default_factory=list)
     ignore_max_tasks: bool = False
+    # Answer empty polls at once instead of waiting (a misbehaving relay).
+    instant: bool = False
     events: list[Event] = field(default_factory=list)
     rows: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,7 +85,7 @@ class FakeRelay:
             self._record("poll", body)
             if self.on_poll is not None:
                 self.on_poll(body)
-            deadline = time.monotonic() + body["waitSeconds"]
+            deadline = time.monotonic() + (0 if self.instant else body["waitSeconds"])
             while True:
                 with self.lock:
                     take = len(self.queue) if self.ignore_max_tasks else body["maxTasks"]

@@ -249,3 +249,16 @@ def test_stop_while_the_relay_is_unreachable(
     unreachable = [r for r in caplog.records if r.getMessage().startswith("relay unreachable")]
     assert len(unreachable) == 1
     assert pub.session_id is None
+
+
+def test_no_spinning_on_a_relay_that_does_not_wait(
+    relay: tuple[str, FakeRelay], tmp_path: Path
+) -> None:
+    url, fake = relay
+    fake.instant = True
+
+    async def scenario() -> None:
+        await asyncio.sleep(2)
+
+    run(publisher(url, tmp_path, {"name": "echo", "type": "echo"}, pollWaitSeconds=20), scenario)
+    assert 2 <= len(fake.calls("poll")) <= 6
