@@ -14,6 +14,7 @@ from natrelay_publisher.errors import (
     RelayError,
     RelayUnavailableError,
     TaskCancelledError,
+    TaskGoneError,
 )
 from natrelay_publisher.providers import Provider
 from natrelay_publisher.relay import RelayClient, retrying
@@ -93,8 +94,19 @@ class TaskPoster:
             await retrying(post, give_up_after=give_up)
         except RelayUnavailableError as exc:
             logger.error("task %s: could not post its result: %s", self.task_id, exc)
-        except RelayError as exc:
+        except TaskGoneError as exc:
             logger.warning("task %s: result not accepted: %s", self.task_id, exc)
+        except RelayError as exc:
+            logger.warning("task %s: result refused: %s", self.task_id, exc)
+            if error is None:
+                # E.g. an answer too large for the relay: the client must still hear of it.
+                self.finished = False
+                await self.fail(
+                    502,
+                    f"the relay refused the answer: {exc.message}",
+                    "backend_error",
+                    give_up_after=give_up,
+                )
 
 
 async def run_infer(
@@ -129,8 +141,12 @@ async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
     except TaskCancelledError:
         logger.info("task %s: cancelled by the client, backend request aborted", poster.task_id)
         return 499
+    except (TaskGoneError, RelayUnavailableError) as exc:
+        logger.warning("task %s: stream aborted: %s", poster.task_id, exc)
+        return 502
     except RelayError as exc:
         logger.warning("task %s: stream aborted: %s", poster.task_id, exc)
+        await poster.fail(502, f"the relay refused a chunk batch: {exc.message}", "backend_error")
         return 502
     finally:
         reader.cancel()

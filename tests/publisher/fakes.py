@@ -293,11 +293,16 @@ class TaskSink:
     results: list[dict[str, Any]] = field(default_factory=list)
     cancel_after: int | None = None
     cancel_with_409: bool = False
+    # Refuse (413) chunk batches, or results whose body is larger than this many bytes.
+    refuse_chunks: bool = False
+    max_result_bytes: int | None = None
 
     def app(self) -> Starlette:
         async def chunks(request: Request) -> Response:
             batch = await request.json()
             self.batches.append(batch)
+            if self.refuse_chunks:
+                return _too_large()
             if self.cancel_after is not None and len(self.batches) > self.cancel_after:
                 if self.cancel_with_409:
                     return JSONResponse(
@@ -314,7 +319,10 @@ class TaskSink:
             return JSONResponse({"seq": batch["seq"]})
 
         async def result(request: Request) -> Response:
-            self.results.append(await request.json())
+            raw = await request.body()
+            self.results.append(json.loads(raw))
+            if self.max_result_bytes is not None and len(raw) > self.max_result_bytes:
+                return _too_large()
             return JSONResponse(
                 {
                     "id": request.path_params["task_id"],
@@ -340,3 +348,12 @@ class TaskSink:
             for chunk in batch["chunks"]
             for choice in chunk.get("choices", [])
         )
+
+
+def _too_large() -> Response:
+    error = {
+        "message": "a result may be at most 100 bytes",
+        "type": "invalid_request_error",
+        "code": "payload_too_large",
+    }
+    return JSONResponse({"error": error}, 413)

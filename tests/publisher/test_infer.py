@@ -149,3 +149,21 @@ def test_stream_failing_midway_posts_an_error(
     assert result["status"] == 502
     assert result["error"]["message"] == "out of memory"
     assert result["error"]["code"] == "backend_error"
+
+
+def test_refused_answers_still_end_the_task(sink: tuple[str, TaskSink]) -> None:
+    url, state = sink
+    state.max_result_bytes = 400
+    assert answer(url, provider(type="echo"), chat("x " * 300), False) == 200
+    too_big, told = state.results
+    assert too_big["status"] == 200
+    assert told["status"] == 502
+    assert told["error"]["message"] == (
+        "the relay refused the answer: POST /api/v1/llms/_provider-task/t1/result answered 413 "
+        "payload_too_large: a result may be at most 100 bytes"
+    )
+    state.results.clear()
+    state.refuse_chunks = True
+    assert answer(url, provider(type="echo"), chat("a b c", stream=True), True) == 502
+    [told] = state.results
+    assert told["error"]["message"].startswith("the relay refused a chunk batch: ")
