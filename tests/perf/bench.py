@@ -85,6 +85,11 @@ class Profile:
     knobs: list[tuple[str, bool, dict[str, float]]] = field(
         default_factory=lambda: [
             ("long-lived", False, {}),
+            (
+                "long-lived, min 1 s / max 5 s",
+                False,
+                {"poll_min_interval_seconds": 1.0, "poll_max_interval_seconds": 5.0},
+            ),
             ("Lambda, default", True, {}),
             ("Lambda, max 0.3 s", True, {"poll_max_interval_seconds": 0.3}),
             ("Lambda, max 3 s", True, {"poll_max_interval_seconds": 3.0}),
@@ -595,6 +600,7 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
         r["dynamodb"] = {}
         r["dispatchUnderLoad"] = {}
         r["pickupUnderLoad"] = {}
+        r["timeline"] = {}
         for mode in stacks:
             merged = {
                 label: report.merge_stats(m[mode].stats)
@@ -607,6 +613,9 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
             r["dispatchUnderLoad"][mode] = report.dispatch(merged["c=1"])
             r["pickupUnderLoad"][mode] = report.result_pickup(
                 merged["c=1"], c1[mode].samples.finished_at
+            )
+            r["timeline"][mode] = report.timeline(
+                merged["c=1"], c1[mode].samples.started_at, c1[mode].samples.finished_at
             )
 
         for relay in stacks.values():

@@ -37,6 +37,7 @@ class Samples:
     errors: Counter[str] = field(default_factory=Counter)
     wall: float = 0.0
     finished_at: list[float] = field(default_factory=list)
+    started_at: list[float] = field(default_factory=list)
 
     def extend(self, other: Samples) -> None:
         self.latencies += other.latencies
@@ -44,6 +45,7 @@ class Samples:
         self.errors.update(other.errors)
         self.wall += other.wall
         self.finished_at += other.finished_at
+        self.started_at += other.started_at
 
     @property
     def ok(self) -> int:
@@ -144,6 +146,7 @@ async def run_load(
         while issued < count and time.perf_counter() < deadline:
             i = issued
             issued += 1
+            began = time.time()
             latency, first, error = await one(
                 client, target, f"{tag} {i}", stream=stream, tokens=tokens
             )
@@ -151,6 +154,7 @@ async def run_load(
                 samples.errors[error] += 1
                 continue
             samples.latencies.append(latency)
+            samples.started_at.append(began)
             samples.finished_at.append(time.time())
             if first is not None:
                 samples.ttft.append(first)

@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +177,8 @@ class Stack:
     lambda_mode: bool
     settings: dict[str, Any]
     tables: TableNames
+    logdir: Path = Path()
+    providers: list[dict[str, Any]] = field(default_factory=list)
     apis: list[Api] = field(default_factory=list)
     publisher: Proc | None = None
 
@@ -214,41 +215,63 @@ class Stack:
         lambda_mode: bool,
         **settings: Any,
     ) -> Stack:
+        return start_stacks(
+            {
+                name: {
+                    "name": name,
+                    "endpoint": endpoint,
+                    "logdir": logdir,
+                    "providers": providers,
+                    "lambda_mode": lambda_mode,
+                    **settings,
+                }
+            }
+        )[name]
+
+    @classmethod
+    def _launch_apis(
+        cls,
+        name: str,
+        endpoint: str,
+        logdir: Path,
+        providers: list[dict[str, Any]],
+        *,
+        lambda_mode: bool,
+        **settings: Any,
+    ) -> Stack:
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb(endpoint), tables)
-        stack = cls(name, endpoint, lambda_mode, settings, tables)
-        try:
-            for i in range(2 if lambda_mode else 1):
-                port = free_port()
-                proc = Proc(
-                    f"{name}-api{i}",
-                    [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
-                    logdir,
-                    stack.env,
-                )
-                stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
-            for api in stack.apis:
-                wait_http(f"{api.url}/healthz", 30, lambda api=api: api.proc.alive)  # type: ignore[misc]
-            config = {
-                "relay": {
-                    "url": stack.publisher_api.url,
-                    "token": PUBLISH_TOKEN,
-                    "sessionFile": str(logdir / f"{name}-session.json"),
-                },
-                "providers": providers,
-            }
-            path = logdir / f"{name}-publisher.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-            stack.publisher = Proc(
-                f"{name}-publisher",
-                [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
+        stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir)
+        stack.providers = providers
+        for i in range(2 if lambda_mode else 1):
+            port = free_port()
+            proc = Proc(
+                f"{name}-api{i}",
+                [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
                 logdir,
+                stack.env,
             )
-            stack.wait_published([p["name"] for p in providers])
-        except BaseException:
-            stack.stop()
-            raise
+            stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
         return stack
+
+    def _launch_publisher(self) -> None:
+        for api in self.apis:
+            wait_http(f"{api.url}/healthz", 30, lambda api=api: api.proc.alive)  # type: ignore[misc]
+        config = {
+            "relay": {
+                "url": self.publisher_api.url,
+                "token": PUBLISH_TOKEN,
+                "sessionFile": str(self.logdir / f"{self.name}-session.json"),
+            },
+            "providers": self.providers,
+        }
+        path = self.logdir / f"{self.name}-publisher.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        self.publisher = Proc(
+            f"{self.name}-publisher",
+            [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
+            self.logdir,
+        )
 
     def wait_published(self, names: list[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -290,21 +313,24 @@ class Stack:
 
 
 def start_stacks(specs: dict[str, dict[str, Any]]) -> dict[str, Stack]:
-    """Start several stacks at once (`specs`: name -> Stack.start keyword arguments)."""
-    started: dict[str, Stack] = {}
-    with ThreadPoolExecutor(max_workers=len(specs) or 1) as pool:
-        futures = {name: pool.submit(Stack.start, **spec) for name, spec in specs.items()}
-        errors = []
-        for name, future in futures.items():
-            try:
-                started[name] = future.result()
-            except Exception as exc:
-                errors.append(exc)
-    if errors:
-        for stack in started.values():
+    """Start several stacks at once (`specs`: name -> keyword arguments of Stack.start).
+
+    Every child is started from this thread, the caller's: PR_SET_PDEATHSIG fires when
+    the *thread* that forked the child exits, so worker threads must not start any.
+    """
+    started: list[Stack] = []
+    try:
+        for spec in specs.values():
+            started.append(Stack._launch_apis(**spec))
+        for stack in started:
+            stack._launch_publisher()
+        for stack in started:
+            stack.wait_published([p["name"] for p in stack.providers])
+    except BaseException:
+        for stack in started:
             stack.stop()
-        raise errors[0]
-    return started
+        raise
+    return dict(zip(specs, started, strict=True))
 
 
 def litellm_binary() -> Path | None:

@@ -116,6 +116,30 @@ def dispatch(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def timeline(stats: dict[str, Any], started: list[float], finished: list[float]) -> dict[str, Any]:
+    """Where the time of one sequential inference goes (p50 of each leg, wall clock ms).
+
+    submit: client sent → task written; dispatch: → the poll answer carrying it left the
+    API; publisher: → the result written (publisher to backend and back, result POST and
+    its UpdateItem); pickup: → the client had the answer. Sequential requests only.
+    """
+    events = stats["events"]
+    puts = sorted(events.get("put", {}).items(), key=lambda kv: kv[1])
+    if not puts or len(puts) != len(started):
+        return {}
+    legs: dict[str, list[float]] = {"submit": [], "dispatch": [], "publisher": [], "pickup": []}
+    for (task_id, put), began, ended in zip(puts, sorted(started), sorted(finished), strict=True):
+        sent = stats["delivered"].get(task_id)
+        done = events.get("complete", {}).get(task_id)
+        if sent is None or done is None:
+            continue
+        legs["submit"].append(put - began)
+        legs["dispatch"].append(sent - put)
+        legs["publisher"].append(done - sent)
+        legs["pickup"].append(ended - done)
+    return {"n": len(legs["submit"]), **{k: ms(percentile(v, 50)) for k, v in legs.items()}}
+
+
 def result_pickup(stats: dict[str, Any], finished_at: list[float]) -> dict[str, Any]:
     """Result written (the complete UpdateItem returned) -> the client had its answer.
 
@@ -353,6 +377,36 @@ def markdown(r: dict[str, Any]) -> str:
         )
         + "."
     )
+    tl = r.get("timeline") or {}
+    if any(tl.values()):
+        out.append(
+            "\n**Where a c=1 non-streaming inference spends its time** (p50 per leg, ms; "
+            "wall-clock stamps from the client and the API processes)\n"
+        )
+        out.append(
+            _table(
+                [
+                    "mode",
+                    "client → task written",
+                    "→ poll answer sent",
+                    "→ result written",
+                    "→ client has it",
+                    "n",
+                ],
+                [
+                    [
+                        TARGET_LABELS[m],
+                        t["submit"],
+                        t["dispatch"],
+                        t["publisher"],
+                        t["pickup"],
+                        t["n"],
+                    ]
+                    for m, t in tl.items()
+                    if t
+                ],
+            )
+        )
     sweep = r.get("sweep")
     if sweep:
         out.append(
