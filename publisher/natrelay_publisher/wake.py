@@ -96,8 +96,9 @@ class Waker:
             try:
                 async with asyncio.timeout(recipe.max_wait_seconds):
                     await recipe.run("sleep")
-            except (RecipeError, TimeoutError) as exc:
-                logger.warning("sleep of %s failed: %s", slot.name, str(exc) or "timed out")
+            except Exception as exc:  # a failed sleep leaves the backend up: log and go on
+                cause = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+                logger.warning("sleep of %s failed: %s", slot.name, cause)
                 slot.touch()
                 return
             slot.status = LlmStatus.HIBERNATING
