@@ -6,7 +6,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -203,7 +203,14 @@ class RelayService:
         """How often a long-poll refreshes its session's heartbeat."""
         return min(15.0, self.settings.heartbeat_timeout_seconds / 4)
 
-    async def poll(self, req: PollRequest) -> list[PolledTask]:
+    async def poll(
+        self, req: PollRequest, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> list[PolledTask]:
+        """Claim up to maxTasks pending tasks, waiting up to waitSeconds for some.
+
+        `gone` says whether the publisher hung up; a poll nobody waits for ends at once
+        (and stops counting as a heartbeat) instead of claiming tasks into the void.
+        """
         session = await self._io(self.llms.get_session, req.provider_session_id)
         beat_at = session.heartbeat_at
         if self.clock() - beat_at >= self._refresh_seconds:
@@ -217,6 +224,8 @@ class RelayService:
         hints: list[str] = []
         with self.signals.listen(f"session:{session.id}") as listener:
             while True:
+                if gone is not None and await gone():
+                    return []
                 claimed = await self._claim(session, req.max_tasks, hints)
                 if claimed:
                     return claimed
@@ -651,12 +660,18 @@ class RelayService:
             session is not None
             and now - session.heartbeat_at <= self.settings.heartbeat_timeout_seconds
         )
+        young = now - task.created_at < self.settings.max_task_seconds
         try:
-            if alive and session is not None and session.generation == task.claimed_generation:
+            if (
+                alive
+                and young
+                and session is not None
+                and session.generation == task.claimed_generation
+            ):
                 # The publisher that holds it is alive and the same process: still working.
                 await self._io(self.tasks.extend_lease, task_id, now)
                 return "extended"
-            if alive and task.attempts < MAX_ATTEMPTS and not task.sent_any:
+            if alive and young and task.attempts < MAX_ATTEMPTS and not task.sent_any:
                 await self._io(self.tasks.requeue, task_id, now)
                 self.signals.notify(f"session:{task.session_id}", task_id)
                 return "requeued"

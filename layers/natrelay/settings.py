@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=25, gt=0)
     # Streams end (with an error event naming the task) after this long.
     stream_timeout_seconds: float = Field(default=900, gt=0)
+    # The sweep extends the lease of a live publisher's task up to this age, then fails
+    # it: a poll answer lost on the way must not hold a task forever.
+    max_task_seconds: float = Field(default=900, gt=0)
     lease_seconds: float = Field(default=60, gt=0)
     # Added to a recipe's maxWaitSeconds to make the wake marker's deadline.
     wake_margin_seconds: float = Field(default=15, ge=0)

@@ -169,3 +169,17 @@ async def test_lease_of_a_dead_publisher_fails_the_task(
     assert counts["failed"] == 1
     done, _ = await service.get_task(task.id)
     assert done.state is TaskState.FAILED and "vanished" in (done.error or {})["message"]
+
+
+async def test_a_task_held_past_the_maximum_age_fails_even_if_its_publisher_lives(
+    service: RelayService, clock: FakeClock
+) -> None:
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=False)
+    await claim(service, sid)  # e.g. the poll answer was lost on the way
+    for _ in range(int(service.settings.max_task_seconds // 60) + 1):
+        clock.advance(61)
+        await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
+        await service.sweep()
+    done, _ = await service.get_task(task.id)
+    assert done.state is TaskState.FAILED

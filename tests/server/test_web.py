@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -276,3 +277,20 @@ def test_async_task_polled_to_completion_and_events_resume_without_gap(stack: St
         assert ended is not None and ended["state"] == "completed"
         final = httpx.get(f"{stack.url}{location}", headers=h).json()
         assert final["state"] == "completed" and final["chunkCount"] == len(words)
+
+
+def test_a_poll_whose_publisher_hung_up_stops_counting_as_a_heartbeat(stack: Stack) -> None:
+    pub = ScriptedPublisher(stack.url, stack.publish_token, ECHO)
+    sid = pub.register()
+    with pytest.raises(httpx.ReadTimeout):
+        pub.http.post(
+            "/api/v1/llms/_provider-poll",
+            timeout=0.5,
+            json={"providerSessionId": sid, "waitSeconds": 20, "maxTasks": 1},
+        )
+    hung_up = time.time()
+    time.sleep(3.5)  # the heartbeat refresh is due every 1.25 s with a 5 s timeout
+    row = httpx.get(f"{stack.url}/api/v1/llms/echo", headers=auth(stack.client_token)).json()
+    beat = datetime.fromisoformat(row["lastHeartbeatAt"].replace("Z", "+00:00")).timestamp()
+    assert beat < hung_up + 1.0, "the abandoned poll kept the publisher looking alive"
+    pub.http.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from natrelay import errors
@@ -99,4 +99,14 @@ async def unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
-HANDLERS = {errors.RelayError: relay_error, HTTPException: http_error, Exception: unexpected}
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up while we read its body: nobody to answer, nothing to log."""
+    return Response(status_code=499)
+
+
+HANDLERS = {
+    errors.RelayError: relay_error,
+    HTTPException: http_error,
+    ClientDisconnect: client_gone,
+    Exception: unexpected,
+}

@@ -46,7 +46,7 @@ async def heartbeat(request: Request, service: RelayService) -> Response:
 
 async def poll(request: Request, service: RelayService) -> Response:
     req = await read_model(request, service.settings, PollRequest)
-    return wire(PollResponse(tasks=await service.poll(req)))
+    return wire(PollResponse(tasks=await service.poll(req, gone=request.is_disconnected)))
 
 
 async def deregister(request: Request, service: RelayService) -> Response:
