@@ -43,6 +43,7 @@ DEREGISTER_SECONDS = 10.0
 SHUTDOWN_RESULT_SECONDS = 5.0
 IDLE_TICK_SECONDS = 1.0
 MIN_EMPTY_POLL_SECONDS = 0.5
+REGISTER_GRACE_SECONDS = 3.0
 
 
 class Publisher:
@@ -75,8 +76,12 @@ class Publisher:
             await self._initial_statuses()
             registering = asyncio.create_task(self._register(), name="register")
             if not await _first_of([registering], stop):
+                # A registration in flight may land yet: then it must be undone.
+                await asyncio.wait({registering}, timeout=REGISTER_GRACE_SECONDS)
                 await _cancel(registering)
-                return  # stopped before the relay ever answered: nothing to deregister
+                if self.session_id is not None:
+                    await self._deregister()
+                return
             registering.result()
             loops = [
                 asyncio.create_task(self._poll_loop(), name="poll"),

@@ -32,6 +32,7 @@ class FakeRelay:
     ignore_max_tasks: bool = False
     # Answer empty polls at once instead of waiting (a misbehaving relay).
     instant: bool = False
+    register_delay: float = 0.0
     events: list[Event] = field(default_factory=list)
     rows: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,6 +72,7 @@ class FakeRelay:
         async def register(request: Request) -> Response:
             body = await request.json()
             self._record("register", body)
+            await asyncio.sleep(self.register_delay)
             self.rows = {p["name"]: p.get("initialStatus", "active") for p in body["providers"]}
             return self._session()
 
