@@ -7,25 +7,22 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
 
+from natrelay import views
 from natrelay.errors import (
-    BackendError,
     ConditionFailedError,
     LlmNotFoundError,
     PayloadTooLargeError,
     PublisherOfflineError,
     RelayError,
     SessionNotFoundError,
-    TaskCancelledError,
     TaskNotFoundError,
     TaskTimeoutError,
-    WakeFailedError,
 )
+from natrelay.outcomes import Outcome, offline, offline_error, task_error
 from natrelay.settings import Settings
 from natrelay.signals import Signals
 from natrelay.store import (
@@ -39,11 +36,11 @@ from natrelay.store import (
     TaskRecord,
     make_client,
 )
+from natrelay.sweep import Sweeper
 from natrelay.types import Clock, JsonObject
 from natrelay.wire import (
     ChunkAck,
     ChunkBatch,
-    ErrorInfo,
     HeartbeatRequest,
     LlmRow,
     LlmStatus,
@@ -66,11 +63,6 @@ R = TypeVar("R")
 MAX_CHUNK_BATCH_BYTES = 350 * 1024
 # A poll answer inlines requests up to this total; larger ones are fetched separately.
 POLL_INLINE_BUDGET = 1024 * 1024
-MAX_ATTEMPTS = 3
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
 def new_task_id(now: float) -> str:
@@ -84,14 +76,6 @@ def new_session_id() -> str:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A finished task as the client sees it."""
-
-    status: int
-    body: Any
 
 
 class RelayService:
@@ -121,43 +105,17 @@ class RelayService:
             DynamoTaskStore(client, settings.tasks_table),
         )
 
-    async def _io(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def io(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a blocking store call off the event loop."""
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
     # --- views -----------------------------------------------------------------------
 
     def row_view(self, row: LlmRecord) -> LlmRow:
-        return LlmRow(
-            name=row.name,
-            kind=row.kind,
-            type=row.type,
-            model=row.model,
-            tier=row.tier,
-            description=row.description,
-            status=row.status,
-            provider_session_id=row.session_id,
-            last_heartbeat_at=iso(row.last_heartbeat_at),
-            inactive_since=iso(row.inactive_since),
-            created_at=iso(row.created_at),
-            waking=row.waking(self.clock()),
-        )
+        return views.row_view(row, self.clock())
 
     def task_view(self, task: TaskRecord, result: bytes | None = None) -> TaskView:
-        error = ErrorInfo.model_validate(_error_fields(task.error)) if task.error else None
-        return TaskView(
-            id=task.id,
-            kind=task.kind,
-            llm=task.llm,
-            state=task.state,
-            created_at=iso(task.created_at) or "",
-            updated_at=iso(task.updated_at),
-            stream=task.stream,
-            chunk_count=task.chunk_count,
-            status=task.status,
-            result=json.loads(result) if result else None,
-            error=error,
-        )
+        return views.task_view(task, result)
 
     def _session_response(self, session_id: str, rows: list[LlmRecord]) -> SessionResponse:
         return SessionResponse(
@@ -169,7 +127,7 @@ class RelayService:
     async def register(self, req: RegisterRequest) -> SessionResponse:
         session_id = req.provider_session_id or new_session_id()
         s = self.settings
-        _, rows = await self._io(
+        _, rows = await self.io(
             self.llms.register,
             session_id,
             list(req.providers),
@@ -184,7 +142,7 @@ class RelayService:
         self, session: SessionRecord, statuses: dict[str, LlmStatus]
     ) -> list[LlmRecord]:
         s = self.settings
-        return await self._io(
+        return await self.io(
             self.llms.heartbeat,
             session,
             statuses,
@@ -194,7 +152,7 @@ class RelayService:
         )
 
     async def heartbeat(self, req: HeartbeatRequest) -> SessionResponse:
-        session = await self._io(self.llms.get_session, req.provider_session_id)
+        session = await self.io(self.llms.get_session, req.provider_session_id)
         rows = await self._beat(session, dict(req.statuses))
         return self._session_response(session.id, rows)
 
@@ -211,7 +169,7 @@ class RelayService:
         `gone` says whether the publisher hung up; a poll nobody waits for ends at once
         (and stops counting as a heartbeat) instead of claiming tasks into the void.
         """
-        session = await self._io(self.llms.get_session, req.provider_session_id)
+        session = await self.io(self.llms.get_session, req.provider_session_id)
         beat_at = session.heartbeat_at
         if self.clock() - beat_at >= self._refresh_seconds:
             await self._beat(session, {})
@@ -233,7 +191,7 @@ class RelayService:
                 if now >= deadline:
                     return []
                 if now - beat_at >= self._refresh_seconds:
-                    session = await self._io(self.llms.get_session, session.id)
+                    session = await self.io(self.llms.get_session, session.id)
                     await self._beat(session, {})
                     beat_at = now
                 notified = await listener.wait(min(interval, deadline - now))
@@ -250,10 +208,10 @@ class RelayService:
         """Claim pending tasks: the ids this process was told of, else what the index lists."""
         out: list[PolledTask] = []
         budget = POLL_INLINE_BUDGET
-        ids = hints[:limit] or await self._io(self.tasks.pending, session.id, limit)
+        ids = hints[:limit] or await self.io(self.tasks.pending, session.id, limit)
         for task_id in ids:
             try:
-                task = await self._io(
+                task = await self.io(
                     self.tasks.claim, task_id, session.id, session.generation, self.clock()
                 )
             except ConditionFailedError:
@@ -266,7 +224,7 @@ class RelayService:
                     id=task.id,
                     kind=task.kind,
                     llm=task.llm,
-                    created_at=iso(task.created_at) or "",
+                    created_at=views.iso(task.created_at) or "",
                     stream=task.stream,
                     request=json.loads(task.request) if inline and task.request else None,
                     request_size=task.request_size,
@@ -277,8 +235,8 @@ class RelayService:
         return out
 
     async def task_request(self, task_id: str) -> bytes:
-        task = await self._io(self.tasks.get, task_id, self.clock())
-        return await self._io(self.tasks.request, task)
+        task = await self.io(self.tasks.get, task_id, self.clock())
+        return await self.io(self.tasks.request, task)
 
     async def post_chunks(self, task_id: str, batch: ChunkBatch) -> ChunkAck:
         data = _dumps(batch.chunks)
@@ -288,7 +246,7 @@ class RelayService:
                 "batches",
                 param="chunks",
             )
-        await self._io(
+        await self.io(
             self.tasks.post_chunk,
             task_id,
             batch.provider_session_id,
@@ -307,7 +265,7 @@ class RelayService:
             raise PayloadTooLargeError(
                 f"a result may be at most {self.settings.max_body_bytes} bytes", param="body"
             )
-        task = await self._io(
+        task = await self.io(
             self.tasks.complete,
             task_id,
             result.provider_session_id,
@@ -321,30 +279,30 @@ class RelayService:
         )
         if task.kind is TaskKind.WAKE:
             ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
-            await self._io(self.llms.finish_wake, task.llm, task.id, ok)
+            await self.io(self.llms.finish_wake, task.llm, task.id, ok)
             if ok:
-                await self._io(self.llms.set_status, task.session_id, task.llm, LlmStatus.ACTIVE)
+                await self.io(self.llms.set_status, task.session_id, task.llm, LlmStatus.ACTIVE)
             log.info("wake %s of %s: %s", task.id, task.llm, "ok" if ok else error)
         self.signals.notify(f"task:{task_id}", task)
         return self.task_view(task)
 
     async def deregister(self, req: SessionRequest) -> SessionResponse:
-        session = await self._io(self.llms.get_session, req.provider_session_id)
-        rows = await self._io(self.llms.deregister, session, self.clock())
-        await self._fail_pending(session.id, "its publisher shut down")
+        session = await self.io(self.llms.get_session, req.provider_session_id)
+        rows = await self.io(self.llms.deregister, session, self.clock())
+        await self.fail_pending(session.id, "its publisher shut down")
         log.info("session %s deregistered", session.id)
         return self._session_response(session.id, rows)
 
-    async def _fail_pending(self, session_id: str, why: str) -> int:
+    async def fail_pending(self, session_id: str, why: str) -> int:
         failed = 0
-        for task_id in await self._io(self.tasks.pending, session_id, 100):
+        for task_id in await self.io(self.tasks.pending, session_id, 100):
             now = self.clock()
             try:
-                await self._io(
+                await self.io(
                     self.tasks.finish,
                     task_id,
                     TaskState.FAILED,
-                    _offline_error(f"task {task_id} was not run: {why}"),
+                    offline_error(f"task {task_id} was not run: {why}"),
                     now,
                     now + self.settings.result_retention_seconds,
                     only_if="#state = :pendingonly",
@@ -359,20 +317,20 @@ class RelayService:
     # --- client side -------------------------------------------------------------------
 
     async def list_llms(self) -> list[LlmRow]:
-        return [self.row_view(r) for r in await self._io(self.llms.all)]
+        return [self.row_view(r) for r in await self.io(self.llms.all)]
 
     async def serving_llms(self) -> list[LlmRecord]:
         """Rows that can answer now: active, or hibernating and wakeable, with a live publisher."""
-        return [r for r in await self._io(self.llms.all) if self.serving(r)]
+        return [r for r in await self.io(self.llms.all) if self.serving(r)]
 
     async def get_llm(self, name: str) -> LlmRecord:
-        row = await self._io(self.llms.get, name)
+        row = await self.io(self.llms.get, name)
         if row is None:
             raise LlmNotFoundError(f"the model {name!r} does not exist", param="model")
         return row
 
     async def delete_llm(self, name: str) -> None:
-        if not await self._io(self.llms.delete, name):
+        if not await self.io(self.llms.delete, name):
             raise LlmNotFoundError(f"the model {name!r} does not exist", param="model")
 
     def serving(self, row: LlmRecord) -> bool:
@@ -391,7 +349,7 @@ class RelayService:
             )
         row = await self.get_llm(name)
         if not self.serving(row):
-            raise _offline(row, self.clock())
+            raise offline(row, self.clock())
         wake_id = await self._ensure_wake(row) if row.status is LlmStatus.HIBERNATING else None
         assert row.session_id is not None
         now = self.clock()
@@ -409,7 +367,7 @@ class RelayService:
             request=raw,
             wake_id=wake_id,
         )
-        await self._io(self.tasks.put, task)
+        await self.io(self.tasks.put, task)
         self.signals.notify(f"session:{row.session_id}", task.id)
         return TaskRecord(
             id=task.id,
@@ -436,7 +394,7 @@ class RelayService:
             wake_id = new_task_id(now)
             window = self._wake_window(row)
             try:
-                await self._io(self.llms.claim_wake, row.name, wake_id, now + window, now)
+                await self.io(self.llms.claim_wake, row.name, wake_id, now + window, now)
             except ConditionFailedError as exc:
                 old = exc.old
                 if not old:
@@ -447,12 +405,12 @@ class RelayService:
                 if status is LlmStatus.ACTIVE:
                     return None
                 if status is LlmStatus.INACTIVE:
-                    raise _offline(row, now) from exc
+                    raise offline(row, now) from exc
                 if old.get("wakeId") and float(old.get("wakeDeadline", 0)) > now:
                     return str(old["wakeId"])
                 continue  # the marker expired between the read and our write: try again
             assert row.session_id is not None
-            await self._io(
+            await self.io(
                 self.tasks.put,
                 NewTask(
                     id=wake_id,
@@ -472,7 +430,7 @@ class RelayService:
     async def _publisher_gone(self, task: TaskRecord) -> TaskRecord | None:
         """Fail the task if its publisher session stopped heartbeating; else None."""
         try:
-            session = await self._io(self.llms.get_session, task.session_id)
+            session = await self.io(self.llms.get_session, task.session_id)
             alive = self.clock() - session.heartbeat_at <= self.settings.heartbeat_timeout_seconds
         except SessionNotFoundError:
             alive = False
@@ -480,16 +438,16 @@ class RelayService:
             return None
         now = self.clock()
         try:
-            failed = await self._io(
+            failed = await self.io(
                 self.tasks.finish,
                 task.id,
                 TaskState.FAILED,
-                _offline_error(f"the publisher of {task.llm} went offline during task {task.id}"),
+                offline_error(f"the publisher of {task.llm} went offline during task {task.id}"),
                 now,
                 now + self.settings.result_retention_seconds,
             )
         except ConditionFailedError:
-            failed = await self._io(self.tasks.get, task.id, now)
+            failed = await self.io(self.tasks.get, task.id, now)
         self.signals.notify(f"task:{task.id}")
         return failed
 
@@ -504,7 +462,7 @@ class RelayService:
             while True:
                 if handed and handed[-1].state.done:
                     return handed[-1]
-                task = await self._io(self.tasks.get, task_id, self.clock())
+                task = await self.io(self.tasks.get, task_id, self.clock())
                 if task.state.done:
                     return task
                 now = self.clock()
@@ -530,7 +488,7 @@ class RelayService:
     async def outcome(self, task: TaskRecord) -> Outcome:
         """The finished task's answer, or the error it ended with (raised)."""
         if task.state is TaskState.COMPLETED:
-            raw = await self._io(self.tasks.result, task)
+            raw = await self.io(self.tasks.result, task)
             return Outcome(status=task.status or 200, body=json.loads(raw) if raw else None)
         raise task_error(task)
 
@@ -549,7 +507,7 @@ class RelayService:
             while True:
                 read = _from_hints(hints, cursor, last)
                 if read is None:
-                    read = await self._io(self.tasks.read_stream, task_id, cursor, self.clock())
+                    read = await self.io(self.tasks.read_stream, task_id, cursor, self.clock())
                 progressed = False
                 for chunk in read.chunks:
                     if chunk.seq != cursor + 1:
@@ -590,14 +548,18 @@ class RelayService:
                 )
 
     async def get_task(self, task_id: str) -> tuple[TaskRecord, bytes | None]:
-        task = await self._io(self.tasks.get, task_id, self.clock())
-        result = await self._io(self.tasks.result, task) if task.state.done else None
+        task = await self.io(self.tasks.get, task_id, self.clock())
+        result = await self.io(self.tasks.result, task) if task.state.done else None
         return task, result
+
+    async def sweep(self) -> dict[str, int]:
+        """Liveness, retention and leases (see natrelay.sweep)."""
+        return await Sweeper(self).run()
 
     async def cancel(self, task_id: str, why: str = "the client went away") -> None:
         now = self.clock()
         try:
-            await self._io(
+            await self.io(
                 self.tasks.finish,
                 task_id,
                 TaskState.CANCELLED,
@@ -608,87 +570,6 @@ class RelayService:
         except (ConditionFailedError, RelayError):
             return
         self.signals.notify(f"task:{task_id}")
-
-    # --- sweep -------------------------------------------------------------------------
-
-    async def sweep(self) -> dict[str, int]:
-        """Liveness, retention and leases. Idempotent; every transition conditional."""
-        s = self.settings
-        now = self.clock()
-        counts = dict.fromkeys(
-            ("inactive", "raced", "deleted", "failedPending", "requeued", "failed", "extended"),
-            0,
-        )
-        gone: set[str] = set()
-        for name, session_id in await self._io(self.llms.stale, now - s.heartbeat_timeout_seconds):
-            try:
-                await self._io(self.llms.expire, name, now - s.heartbeat_timeout_seconds, now)
-            except ConditionFailedError:
-                counts["raced"] += 1  # a heartbeat landed meanwhile: it wins
-                continue
-            counts["inactive"] += 1
-            if session_id:
-                gone.add(session_id)
-        for session_id in gone:
-            counts["failedPending"] += await self._fail_pending(
-                session_id, "its publisher went offline"
-            )
-        for name in await self._io(self.llms.retired, now - s.inactive_retention_seconds):
-            try:
-                await self._io(self.llms.delete_retired, name, now - s.inactive_retention_seconds)
-                counts["deleted"] += 1
-            except ConditionFailedError:
-                counts["raced"] += 1
-        for task_id in await self._io(self.tasks.expired_leases, now):
-            counts[await self._expire_lease(task_id, now)] += 1
-        if any(counts.values()):
-            log.info("sweep: %s", counts)
-        return counts
-
-    async def _expire_lease(self, task_id: str, now: float) -> str:
-        try:
-            task = await self._io(self.tasks.get, task_id, now)
-        except RelayError:
-            return "raced"
-        if task.state is not TaskState.CLAIMED:
-            return "raced"
-        try:
-            session = await self._io(self.llms.get_session, task.session_id)
-        except SessionNotFoundError:
-            session = None
-        alive = (
-            session is not None
-            and now - session.heartbeat_at <= self.settings.heartbeat_timeout_seconds
-        )
-        young = now - task.created_at < self.settings.max_task_seconds
-        try:
-            if (
-                alive
-                and young
-                and session is not None
-                and session.generation == task.claimed_generation
-            ):
-                # The publisher that holds it is alive and the same process: still working.
-                await self._io(self.tasks.extend_lease, task_id, now)
-                return "extended"
-            if alive and young and task.attempts < MAX_ATTEMPTS and not task.sent_any:
-                await self._io(self.tasks.requeue, task_id, now)
-                self.signals.notify(f"session:{task.session_id}", task_id)
-                return "requeued"
-            await self._io(
-                self.tasks.finish,
-                task_id,
-                TaskState.FAILED,
-                _offline_error(f"the publisher of {task.llm} vanished during task {task_id}"),
-                now,
-                now + self.settings.result_retention_seconds,
-                only_if="leaseUntil < :cutoff",
-                cutoff=now,
-            )
-        except ConditionFailedError:
-            return "raced"
-        self.signals.notify(f"task:{task_id}")
-        return "failed"
 
 
 def _from_hints(hints: list[object], cursor: int, last: TaskRecord | None) -> StreamRead | None:
@@ -711,34 +592,3 @@ def _from_hints(hints: list[object], cursor: int, last: TaskRecord | None) -> St
     if run and last is not None and not last.state.done:
         return StreamRead(chunks=run, task=last, complete=True)
     return None
-
-
-def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in error.items() if k in ("message", "type", "code", "param")}
-
-
-def _offline_error(message: str) -> dict[str, Any]:
-    return {"message": message, "code": "publisher_offline", "type": "service_unavailable"}
-
-
-def _offline(row: LlmRecord, now: float) -> PublisherOfflineError:
-    ago = f"{now - row.last_heartbeat_at:.0f} s ago" if row.last_heartbeat_at else "never"
-    return PublisherOfflineError(
-        f"the publisher of {row.name!r} is offline (last heartbeat {ago}); "
-        "try again when it is back"
-    )
-
-
-def task_error(task: TaskRecord) -> RelayError:
-    """The error a client sees for a task that did not complete."""
-    error = task.error or {}
-    message = str(error.get("message") or f"task {task.id} {task.state.value}")
-    code = error.get("code")
-    if task.state is TaskState.CANCELLED:
-        return TaskCancelledError(message)
-    if code == "wake_failed":
-        return WakeFailedError(message)
-    if code == "publisher_offline":
-        return PublisherOfflineError(message)
-    status = task.status or 502
-    return BackendError(message, status=status if 400 <= status < 500 else 502)
