@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -85,7 +86,10 @@ async def _serve(config: PublisherConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _on_signal, stop, signum)
+        try:
+            loop.add_signal_handler(signum, _on_signal, stop, signum)
+        except NotImplementedError:  # Windows (LM Studio boxes): plain handlers
+            signal.signal(signum, lambda n, _: loop.call_soon_threadsafe(_on_signal, stop, n))
     publisher = Publisher(config)
     try:
         await publisher.run(stop)
@@ -97,7 +101,8 @@ async def _serve(config: PublisherConfig) -> int:
         return EXIT_FATAL
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
     logger.info("stopped")
     return 0
 
