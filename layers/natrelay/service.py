@@ -6,7 +6,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
@@ -494,7 +494,7 @@ class RelayService:
 
     async def stream(
         self, task_id: str, after_seq: int = -1, budget: float | None = None
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Chunks in order as they arrive; raises the task's error if it failed."""
         s = self.settings
         deadline = self.clock() + (budget or s.stream_timeout_seconds)

@@ -46,14 +46,21 @@ class WireModel(BaseModel):
     )
 
 
-class ErrorInfo(WireModel):
+class Answer(WireModel):
+    """What the relay sends back: unknown fields are ignored, so a newer relay can add
+    fields without breaking older publishers and clients."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorInfo(Answer):
     message: str
     type: str = "server_error"
     code: str | None = None
     param: str | None = None
 
 
-class ErrorBody(WireModel):
+class ErrorBody(Answer):
     error: ErrorInfo
 
 
@@ -119,7 +126,7 @@ class TaskResult(WireModel):
 # --- relay -> publisher ----------------------------------------------------------
 
 
-class LlmRow(WireModel):
+class LlmRow(Answer):
     name: str
     kind: str
     type: str
@@ -134,12 +141,12 @@ class LlmRow(WireModel):
     waking: bool = False
 
 
-class SessionResponse(WireModel):
+class SessionResponse(Answer):
     provider_session_id: str
     llms: list[LlmRow]
 
 
-class PolledTask(WireModel):
+class PolledTask(Answer):
     id: str
     kind: TaskKind
     llm: str
@@ -154,11 +161,11 @@ class PolledTask(WireModel):
     lease_seconds: float = 0
 
 
-class PollResponse(WireModel):
+class PollResponse(Answer):
     tasks: list[PolledTask]
 
 
-class ChunkAck(WireModel):
+class ChunkAck(Answer):
     seq: int
     # The client went away: stop generating and post nothing more.
     cancelled: bool = False
@@ -167,11 +174,11 @@ class ChunkAck(WireModel):
 # --- relay -> client -------------------------------------------------------------
 
 
-class LlmList(WireModel):
+class LlmList(Answer):
     data: list[LlmRow]
 
 
-class TaskView(WireModel):
+class TaskView(Answer):
     id: str
     kind: TaskKind
     llm: str

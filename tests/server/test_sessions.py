@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from natrelay import views
 from natrelay.errors import NameTakenError, PublisherOfflineError, SessionNotFoundError
 from natrelay.service import RelayService
 from natrelay.wire import HeartbeatRequest, LlmStatus, SessionRequest, TaskState
@@ -33,7 +34,11 @@ async def test_restart_with_the_same_session_takes_rows_back(
     again = await register(service, spec("a"), session=sid)
     assert again == sid
     assert service.llms.get_session(sid).generation == first.generation + 1
-    assert [r.name for r in await service.list_llms()] == ["a"]
+    rows = await service.list_llms()
+    assert [r.name for r in rows] == ["a"]
+    # taken back, not created anew: it keeps when it was first published
+    assert rows[0].created_at == views.iso(clock.now - 10)
+    assert rows[0].last_heartbeat_at == views.iso(clock.now)
 
 
 async def test_a_name_live_under_another_session_is_refused_and_nothing_is_written(

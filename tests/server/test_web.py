@@ -294,3 +294,48 @@ def test_a_poll_whose_publisher_hung_up_stops_counting_as_a_heartbeat(stack: Sta
     beat = datetime.fromisoformat(row["lastHeartbeatAt"].replace("Z", "+00:00")).timestamp()
     assert beat < hung_up + 1.0, "the abandoned poll kept the publisher looking alive"
     pub.http.close()
+
+
+def test_a_stream_that_fails_before_its_first_token_is_a_plain_http_error(stack: Stack) -> None:
+    def fail(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        pub.result(
+            task["id"],
+            {"status": 502, "error": {"message": "model not loaded", "code": "backend_error"}},
+        )
+
+    with (
+        ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=fail),
+        pytest.raises(openai.APIStatusError) as info,
+    ):
+        client(stack).chat.completions.create(model="echo", messages=MSG, stream=True)  # type: ignore[arg-type]
+    assert info.value.status_code == 502 and "model not loaded" in str(info.value)
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event(stack: Stack) -> None:
+    def fail_late(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        pub.chunk(
+            task["id"],
+            0,
+            [
+                {
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": "par"}}],
+                }
+            ],
+        )
+        pub.result(
+            task["id"],
+            {
+                "status": 502,
+                "chunkCount": 1,
+                "error": {"message": "CUDA out of memory", "code": "backend_error"},
+            },
+        )
+
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=fail_late):
+        stream = client(stack).chat.completions.create(model="echo", messages=MSG, stream=True)  # type: ignore[arg-type]
+        got = []
+        with pytest.raises(openai.APIError, match="CUDA out of memory"):
+            for chunk in stream:
+                got.append(chunk.choices[0].delta.content)
+    assert got == ["par"]

@@ -16,7 +16,6 @@ from natrelay.store._dynamo import (
     Item,
     condition,
     decode,
-    encode,
     values,
 )
 from natrelay.store.records import VIRTUAL, LlmRecord, SessionRecord
@@ -107,13 +106,13 @@ class DynamoLlmStore:
         """Create or take over the rows and write the session, all or nothing."""
         cutoff = now - timeout
         takeover = (
-            f"attribute_not_exists(#name) OR {SESSION_IS} OR {STATUS_IS} OR {HEARTBEAT_BEFORE}"
+            "attribute_not_exists(#name) OR sessionId = :sid OR #status = :inactive "
+            f"OR {HEARTBEAT_BEFORE}"
         )
         rows: list[Item] = []
         ops: list[dict[str, Any]] = []
         for spec in specs:
             row: Item = {
-                "name": spec.name,
                 "kind": VIRTUAL,
                 "type": spec.type,
                 "model": spec.model,
@@ -123,21 +122,33 @@ class DynamoLlmStore:
                 "status": spec.initial_status.value,
                 "sessionId": session_id,
                 "lastHeartbeatAt": now,
-                "createdAt": now,
                 "wakeMaxWait": spec.wake_max_wait_seconds,
                 "sweepState": LIVE,
                 "sweepAt": now,
             }
-            rows.append(row)
+            present = {k: v for k, v in row.items() if v is not None}
+            absent = [k for k, v in row.items() if v is None]
+            names = {f"#{k}": k for k in present} | {"#name": "name", "#status": "status"}
+            sets = [f"#{k} = :{k}" for k in present] + [
+                "createdAt = if_not_exists(createdAt, :now)"
+            ]
+            # a row taken back keeps when it was first published; stale state goes
+            drop = [*absent, "inactiveSince", "wakeId", "wakeDeadline"]
+            rows.append({"name": spec.name, "createdAt": now, **present})
             ops.append(
                 {
-                    "Put": {
+                    "Update": {
                         "TableName": self._table,
-                        "Item": encode(row),
+                        "Key": {"name": {"S": spec.name}},
+                        "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(drop)}",
                         "ConditionExpression": takeover,
-                        "ExpressionAttributeNames": _NAMES,
+                        "ExpressionAttributeNames": names,
                         "ExpressionAttributeValues": values(
-                            sid=session_id, status=LlmStatus.INACTIVE.value, cutoff=cutoff
+                            **present,
+                            now=now,
+                            sid=session_id,
+                            inactive=LlmStatus.INACTIVE.value,
+                            cutoff=cutoff,
                         ),
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }

@@ -12,7 +12,7 @@ from natrelay.errors import InvalidRequestError
 from natrelay.service import RelayService
 from natrelay.store import LlmRecord
 from natrelay.web.requests import parse, read_json
-from natrelay.web.sse import SSE_HEADERS, chat_stream
+from natrelay.web.sse import SSE_HEADERS, open_chat_stream
 
 
 class ChatRequest(BaseModel):
@@ -52,7 +52,7 @@ async def run_chat(service: RelayService, body: dict[str, Any]) -> Response:
     task = await service.submit(chat.model, body, stream=chat.stream)
     if chat.stream:
         return StreamingResponse(
-            chat_stream(service, task.id, service.settings.stream_timeout_seconds),
+            await open_chat_stream(service, task.id, service.settings.stream_timeout_seconds),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )

@@ -10,6 +10,7 @@ import anyio
 
 from natrelay.errors import RelayError, TaskTimeoutError
 from natrelay.service import RelayService
+from natrelay.store import Chunk
 from natrelay.web.errors import error_body
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -25,16 +26,36 @@ async def _cancel_unless_done(service: RelayService, task_id: str, done: bool) -
             await service.cancel(task_id)
 
 
-async def chat_stream(service: RelayService, task_id: str, budget: float) -> AsyncIterator[str]:
+async def open_chat_stream(
+    service: RelayService, task_id: str, budget: float
+) -> AsyncIterator[str]:
+    """Wait for the first chunk before answering, so that a task that fails (or times
+    out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
+    followed by an error event. Raises that error; otherwise returns the SSE body."""
+    chunks = service.stream(task_id, budget=budget)
+    try:
+        first = await anext(chunks, None)
+    except RelayError:
+        await chunks.aclose()
+        raise
+    return chat_stream(service, task_id, first, chunks)
+
+
+async def chat_stream(
+    service: RelayService, task_id: str, first: Chunk | None, rest: AsyncIterator[Chunk]
+) -> AsyncIterator[str]:
     """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`.
 
     A client that goes away cancels the task, so the publisher stops the backend.
     """
     done = False
     try:
-        async for chunk in service.stream(task_id, budget=budget):
-            for obj in json.loads(chunk.data):
+        if first is not None:
+            for obj in json.loads(first.data):
                 yield _data(obj)
+            async for chunk in rest:
+                for obj in json.loads(chunk.data):
+                    yield _data(obj)
         done = True
         yield "data: [DONE]\n\n"
     except RelayError as exc:
