@@ -262,7 +262,9 @@ def _is_unspecified(host: str) -> bool:
 def _bind(host: str, port: int) -> Iterator[socket.socket]:
     """Bind here rather than in uvicorn: errors are reported plainly and port 0 works."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every keep-alive answer waits ~40 ms for Nagle's algorithm
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)

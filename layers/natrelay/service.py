@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
@@ -94,6 +95,9 @@ class RelayService:
         self.tasks = tasks
         self.clock = clock
         self.signals = signals or Signals(settings.in_process_signals)
+        # Session id -> (last heartbeat refresh, generation) as this process saw them:
+        # lets a poll skip re-reading its session (a hint: a miss reads DynamoDB).
+        self._beats: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RelayService:
@@ -117,9 +121,12 @@ class RelayService:
     def task_view(self, task: TaskRecord, result: bytes | None = None) -> TaskView:
         return views.task_view(task, result)
 
-    def _session_response(self, session_id: str, rows: list[LlmRecord]) -> SessionResponse:
+    def _session_response(self, session: SessionRecord, rows: list[LlmRecord]) -> SessionResponse:
+        self._beats[session.id] = (session.heartbeat_at, session.generation)
         return SessionResponse(
-            provider_session_id=session_id, llms=[self.row_view(r) for r in rows]
+            provider_session_id=session.id,
+            llms=[self.row_view(r) for r in rows],
+            generation=session.generation,
         )
 
     # --- publisher side ----------------------------------------------------------------
@@ -127,7 +134,7 @@ class RelayService:
     async def register(self, req: RegisterRequest) -> SessionResponse:
         session_id = req.provider_session_id or new_session_id()
         s = self.settings
-        _, rows = await self.io(
+        session, rows = await self.io(
             self.llms.register,
             session_id,
             list(req.providers),
@@ -136,7 +143,7 @@ class RelayService:
             s.inactive_retention_seconds,
         )
         log.info("session %s registered %s", session_id, [r.name for r in rows])
-        return self._session_response(session_id, rows)
+        return self._session_response(session, rows)
 
     async def _beat(
         self, session: SessionRecord, statuses: dict[str, LlmStatus]
@@ -154,7 +161,7 @@ class RelayService:
     async def heartbeat(self, req: HeartbeatRequest) -> SessionResponse:
         session = await self.io(self.llms.get_session, req.provider_session_id)
         rows = await self._beat(session, dict(req.statuses))
-        return self._session_response(session.id, rows)
+        return self._session_response(replace(session, heartbeat_at=self.clock()), rows)
 
     @property
     def _refresh_seconds(self) -> float:
@@ -169,11 +176,8 @@ class RelayService:
         `gone` says whether the publisher hung up; a poll nobody waits for ends at once
         (and stops counting as a heartbeat) instead of claiming tasks into the void.
         """
-        session = await self.io(self.llms.get_session, req.provider_session_id)
+        session = await self._polling_session(req)
         beat_at = session.heartbeat_at
-        if self.clock() - beat_at >= self._refresh_seconds:
-            await self._beat(session, {})
-            beat_at = self.clock()
         if req.max_tasks == 0:
             return []
         s = self.settings
@@ -191,9 +195,8 @@ class RelayService:
                 if now >= deadline:
                     return []
                 if now - beat_at >= self._refresh_seconds:
-                    session = await self.io(self.llms.get_session, session.id)
-                    await self._beat(session, {})
-                    beat_at = now
+                    session = await self._polling_session(req)
+                    beat_at = session.heartbeat_at
                 notified = await listener.wait(min(interval, deadline - now))
                 hints = [h for h in listener.take() if isinstance(h, str)]
                 interval = (
@@ -201,6 +204,36 @@ class RelayService:
                     if notified
                     else min(interval * 1.5, s.poll_max_interval_seconds)
                 )
+
+    async def _polling_session(self, req: PollRequest) -> SessionRecord:
+        """The session of a poll, its heartbeat refreshed when due.
+
+        Skips the read when this process refreshed the same generation of the session
+        recently; a publisher that says no generation (or another one) is read.
+        """
+        now = self.clock()
+        seen = self._beats.get(req.provider_session_id)
+        if (
+            req.generation is not None
+            and seen is not None
+            and seen[1] == req.generation
+            and now - seen[0] < self._refresh_seconds
+        ):
+            return SessionRecord(
+                id=req.provider_session_id,
+                names=(),
+                statuses={},
+                heartbeat_at=seen[0],
+                generation=req.generation,
+            )
+        session = await self.io(self.llms.get_session, req.provider_session_id)
+        if now - session.heartbeat_at >= self._refresh_seconds:
+            await self._beat(session, {})
+            session = replace(session, heartbeat_at=now)
+        if len(self._beats) > 10_000:
+            self._beats.clear()
+        self._beats[session.id] = (session.heartbeat_at, session.generation)
+        return session
 
     async def _claim(
         self, session: SessionRecord, limit: int, hints: list[str]
@@ -291,7 +324,9 @@ class RelayService:
         rows = await self.io(self.llms.deregister, session, self.clock())
         await self.fail_pending(session.id, "its publisher shut down")
         log.info("session %s deregistered", session.id)
-        return self._session_response(session.id, rows)
+        response = self._session_response(session, rows)
+        self._beats.pop(session.id, None)
+        return response
 
     async def fail_pending(self, session_id: str, why: str) -> int:
         failed = 0
@@ -451,14 +486,20 @@ class RelayService:
         self.signals.notify(f"task:{task.id}")
         return failed
 
-    async def wait(self, task_id: str, budget: float) -> TaskRecord:
-        """Wait until the task is done; TaskTimeoutError (naming it) past the budget."""
+    async def wait(self, task_id: str, budget: float, *, fresh: bool = False) -> TaskRecord:
+        """Wait until the task is done; TaskTimeoutError (naming it) past the budget.
+
+        `fresh`: the task was just submitted, so there is nothing to read yet.
+        """
         s = self.settings
         deadline = self.clock() + budget
         interval = s.poll_min_interval_seconds
         next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
         handed: list[TaskRecord] = []
         with self.signals.listen(f"task:{task_id}") as listener:
+            if fresh:
+                await listener.wait(interval)
+                handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
             while True:
                 if handed and handed[-1].state.done:
                     return handed[-1]
@@ -493,19 +534,31 @@ class RelayService:
         raise task_error(task)
 
     async def stream(
-        self, task_id: str, after_seq: int = -1, budget: float | None = None
+        self,
+        task_id: str,
+        after_seq: int = -1,
+        budget: float | None = None,
+        *,
+        submitted: TaskRecord | None = None,
     ) -> AsyncGenerator[Chunk, None]:
-        """Chunks in order as they arrive; raises the task's error if it failed."""
+        """Chunks in order as they arrive; raises the task's error if it failed.
+
+        `submitted`: the task as just submitted, so there is nothing to read yet.
+        """
         s = self.settings
         deadline = self.clock() + (budget or s.stream_timeout_seconds)
         cursor = after_seq
         interval = s.poll_min_interval_seconds
         next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
         hints: list[object] = []
-        last: TaskRecord | None = None
+        last: TaskRecord | None = submitted
         with self.signals.listen(f"task:{task_id}") as listener:
+            if submitted is not None:
+                await listener.wait(interval)
+                hints = listener.take()
             while True:
                 read = _from_hints(hints, cursor, last)
+                from_hints = read is not None
                 if read is None:
                     read = await self.io(self.tasks.read_stream, task_id, cursor, self.clock())
                 progressed = False
@@ -535,10 +588,10 @@ class RelayService:
                         f"{task_id} goes on: read the rest at /api/v1/tasks/{task_id}/events",
                         task_id=task_id,
                     )
-                if progressed:
+                if progressed and not from_hints:
                     interval = s.poll_min_interval_seconds
                     hints = listener.take()
-                    continue
+                    continue  # a Query may have stopped at its page size: read on
                 notified = await listener.wait(min(interval, deadline - now))
                 hints = listener.take()
                 interval = (

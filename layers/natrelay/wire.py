@@ -95,6 +95,9 @@ class PollRequest(WireModel):
     provider_session_id: SessionId
     wait_seconds: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     max_tasks: int = Field(default=1, ge=0, le=MAX_TASKS_PER_POLL)
+    # The session generation the last SessionResponse gave; lets a relay process that
+    # refreshed this session's heartbeat recently skip re-reading the session.
+    generation: int | None = Field(default=None, ge=0)
 
 
 class SessionRequest(WireModel):
@@ -144,6 +147,8 @@ class LlmRow(Answer):
 class SessionResponse(Answer):
     provider_session_id: str
     llms: list[LlmRow]
+    # Bumped by every registration of the session (a publisher restart).
+    generation: int = 0
 
 
 class PolledTask(Answer):

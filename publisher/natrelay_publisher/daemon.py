@@ -54,6 +54,7 @@ class Publisher:
     ) -> None:
         self.config = config
         self.session_id: str | None = None
+        self._generation: int | None = None
         self._transport = relay_transport
         self._session_file = SessionFile(config.relay.session_file)
         self._slots: dict[str, ProviderSlot] = {}
@@ -180,6 +181,7 @@ class Publisher:
 
     def _session(self, answer: SessionResponse) -> None:
         self.session_id = answer.provider_session_id
+        self._generation = answer.generation
         self._server_view = {row.name: row.status for row in answer.llms}
 
     def _session_id(self) -> str:
@@ -285,7 +287,10 @@ class Publisher:
                         await self._slot_freed.wait()
                 continue
             request = PollRequest(
-                provider_session_id=self._session_id(), wait_seconds=wait, max_tasks=free
+                provider_session_id=self._session_id(),
+                wait_seconds=wait,
+                max_tasks=free,
+                generation=self._generation,
             )
             sent_at = time.monotonic()
             try:

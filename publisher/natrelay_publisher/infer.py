@@ -131,7 +131,8 @@ async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
     seq, usage = 0, None
     try:
         while True:
-            batch, end = await _next_batch(queue)
+            # the first token goes out at once (time to first token); later ones are batched
+            batch, end = await _next_batch(queue, 0.0 if seq == 0 else FLUSH_SECONDS)
             if batch:
                 usage = next((c["usage"] for c in reversed(batch) if c.get("usage")), usage)
                 await poster.chunks(seq, batch)
@@ -176,13 +177,13 @@ async def _read(
 
 
 async def _next_batch(
-    queue: asyncio.Queue[Chunk | _End | BackendError],
+    queue: asyncio.Queue[Chunk | _End | BackendError], flush_seconds: float
 ) -> tuple[list[Chunk], _End | BackendError | None]:
     first = await queue.get()
     if not isinstance(first, dict):
         return [], first
     batch, size = [first], len(json.dumps(first))
-    deadline = asyncio.get_running_loop().time() + FLUSH_SECONDS
+    deadline = asyncio.get_running_loop().time() + flush_seconds
     while size < FLUSH_BYTES:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:

@@ -143,7 +143,8 @@ class Waker:
             slot.touch()
         ms = int((time.monotonic() - started) * 1000)
         logger.info("%s is awake (%d ms)", slot.name, ms)
-        await self._heartbeat()
+        # no heartbeat here: the wake's result, posted next, makes the row active, and the
+        # requests waiting on this wake should not wait for a heartbeat round trip first
         return WakeOutcome(True, ms)
 
     async def _run(self, slot: ProviderSlot, recipe: WakeRecipe, started: float) -> None:

@@ -27,7 +27,7 @@ REPLY = "Hello there,  world!\nBye."
 @contextmanager
 def serve(app: Starlette) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 (a free port) until the block ends; yields its base URL."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))

@@ -116,8 +116,9 @@ def test_stream_batches_flush_by_size(sink: tuple[str, TaskSink]) -> None:
         await relay.aclose()
 
     asyncio.run(go())
-    assert [len(b["chunks"]) for b in state.batches] == [2, 2, 2, 2]
-    assert state.results[0]["chunkCount"] == 4 and state.results[0]["body"] is None
+    # the first token alone, at once; then batches cut by size (two 20 KB chunks each)
+    assert [len(b["chunks"]) for b in state.batches] == [1, 2, 2, 2, 1]
+    assert state.results[0]["chunkCount"] == 5 and state.results[0]["body"] is None
 
 
 @pytest.mark.parametrize("with_409", [False, True])

@@ -23,7 +23,14 @@ from natrelay.errors import (
 from natrelay.service import RelayService
 from natrelay.settings import Settings
 from natrelay.store import DynamoLlmStore, DynamoTaskStore
-from natrelay.wire import ChunkBatch, ErrorInfo, PollRequest, TaskResult, TaskState
+from natrelay.wire import (
+    ChunkBatch,
+    ErrorInfo,
+    PollRequest,
+    RegisterRequest,
+    TaskResult,
+    TaskState,
+)
 from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
 
 pytestmark = pytest.mark.anyio
@@ -283,7 +290,7 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
         task = await service.submit("a", CHAT, stream=False)
 
     async def waiter() -> None:
-        done.append(await service.wait(task.id, budget=5))
+        done.append(await service.wait(task.id, budget=5, fresh=True))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
@@ -291,6 +298,28 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
         await service.post_result(task.id, TaskResult(provider_session_id=sid, body={"ok": 1}))
     assert [t.id for t in polled] == [task.id]
     assert (await service.outcome(done[0])).body == {"ok": 1}
-    # get row, put task, claim (no index query), read task once (before the result),
-    # complete; the waiter took the finished task from the signal (no second read)
-    assert counter.ops == ["GetItem", "PutItem", "UpdateItem", "GetItem", "UpdateItem"]
+    # get row, put task, claim (no index query), complete; the waiter never reads: it
+    # took the finished task from the signal
+    assert counter.ops == ["GetItem", "PutItem", "UpdateItem", "UpdateItem"]
+
+
+async def test_a_poll_that_names_its_generation_skips_the_session_read(
+    service: RelayService, client: Any, clock: FakeClock
+) -> None:
+    reg = await service.register(RegisterRequest(providers=[spec("a")]))
+    counter = OpCounter(client)
+    poll = PollRequest(
+        provider_session_id=reg.provider_session_id,
+        wait_seconds=0,
+        max_tasks=1,
+        generation=reg.generation,
+    )
+    await service.poll(poll)
+    assert counter.ops == ["Query"]
+    counter.ops.clear()
+    await service.poll(poll.model_copy(update={"generation": None}))  # an older publisher
+    assert counter.ops == ["GetItem", "Query"]
+    counter.ops.clear()
+    clock.advance(60)  # the heartbeat is due: read and refresh
+    await service.poll(poll)
+    assert counter.ops[0] == "GetItem" and "UpdateItem" in counter.ops

@@ -52,11 +52,11 @@ async def run_chat(service: RelayService, body: dict[str, Any]) -> Response:
     task = await service.submit(chat.model, body, stream=chat.stream)
     if chat.stream:
         return StreamingResponse(
-            await open_chat_stream(service, task.id, service.settings.stream_timeout_seconds),
+            await open_chat_stream(service, task, service.settings.stream_timeout_seconds),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    done = await service.wait(task.id, service.settings.request_timeout_seconds)
+    done = await service.wait(task.id, service.settings.request_timeout_seconds, fresh=True)
     outcome = await service.outcome(done)
     return JSONResponse(outcome.body, status_code=outcome.status)
 

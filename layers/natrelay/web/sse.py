@@ -10,7 +10,7 @@ import anyio
 
 from natrelay.errors import RelayError, TaskTimeoutError
 from natrelay.service import RelayService
-from natrelay.store import Chunk
+from natrelay.store import Chunk, TaskRecord
 from natrelay.web.errors import error_body
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -27,18 +27,18 @@ async def _cancel_unless_done(service: RelayService, task_id: str, done: bool) -
 
 
 async def open_chat_stream(
-    service: RelayService, task_id: str, budget: float
+    service: RelayService, task: TaskRecord, budget: float
 ) -> AsyncIterator[str]:
     """Wait for the first chunk before answering, so that a task that fails (or times
     out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
     followed by an error event. Raises that error; otherwise returns the SSE body."""
-    chunks = service.stream(task_id, budget=budget)
+    chunks = service.stream(task.id, budget=budget, submitted=task)
     try:
         first = await anext(chunks, None)
     except RelayError:
         await chunks.aclose()
         raise
-    return chat_stream(service, task_id, first, chunks)
+    return chat_stream(service, task.id, first, chunks)
 
 
 async def chat_stream(
