@@ -25,7 +25,7 @@ from natrelay.errors import (
 )
 from natrelay.outcomes import Outcome, offline, offline_error, task_error
 from natrelay.settings import Settings
-from natrelay.signals import Signals
+from natrelay.signals import Pace, Signals
 from natrelay.store import (
     Chunk,
     DynamoLlmStore,
@@ -182,7 +182,7 @@ class RelayService:
             return []
         s = self.settings
         deadline = self.clock() + req.wait_seconds
-        interval = s.poll_min_interval_seconds
+        pace = Pace(s.poll_min_interval_seconds, s.poll_max_interval_seconds)
         hints: list[str] = []
         with self.signals.listen(f"session:{session.id}") as listener:
             while True:
@@ -197,13 +197,8 @@ class RelayService:
                 if now - beat_at >= self._refresh_seconds:
                     session = await self._polling_session(req)
                     beat_at = session.heartbeat_at
-                notified = await listener.wait(min(interval, deadline - now))
+                await pace.wait(listener, deadline - now)
                 hints = [h for h in listener.take() if isinstance(h, str)]
-                interval = (
-                    s.poll_min_interval_seconds
-                    if notified
-                    else min(interval * 1.5, s.poll_max_interval_seconds)
-                )
 
     async def _polling_session(self, req: PollRequest) -> SessionRecord:
         """The session of a poll, its heartbeat refreshed when due.
@@ -493,12 +488,12 @@ class RelayService:
         """
         s = self.settings
         deadline = self.clock() + budget
-        interval = s.poll_min_interval_seconds
+        pace = Pace(s.poll_min_interval_seconds, s.poll_max_interval_seconds)
         next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
         handed: list[TaskRecord] = []
         with self.signals.listen(f"task:{task_id}") as listener:
             if fresh:
-                await listener.wait(interval)
+                await pace.wait(listener, deadline - self.clock())
                 handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
             while True:
                 if handed and handed[-1].state.done:
@@ -518,13 +513,8 @@ class RelayService:
                         f"{task.state.value}: fetch it later at /api/v1/tasks/{task_id}",
                         task_id=task_id,
                     )
-                notified = await listener.wait(min(interval, deadline - now))
+                await pace.wait(listener, deadline - now)
                 handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
-                interval = (
-                    s.poll_min_interval_seconds
-                    if notified
-                    else min(interval * 1.5, s.poll_max_interval_seconds)
-                )
 
     async def outcome(self, task: TaskRecord) -> Outcome:
         """The finished task's answer, or the error it ended with (raised)."""
@@ -548,13 +538,13 @@ class RelayService:
         s = self.settings
         deadline = self.clock() + (budget or s.stream_timeout_seconds)
         cursor = after_seq
-        interval = s.poll_min_interval_seconds
+        pace = Pace(s.poll_min_interval_seconds, s.poll_max_interval_seconds)
         next_liveness = self.clock() + min(5.0, s.heartbeat_timeout_seconds / 2)
         hints: list[object] = []
         last: TaskRecord | None = submitted
         with self.signals.listen(f"task:{task_id}") as listener:
             if submitted is not None:
-                await listener.wait(interval)
+                await pace.wait(listener, deadline - self.clock())
                 hints = listener.take()
             while True:
                 read = _from_hints(hints, cursor, last)
@@ -589,16 +579,11 @@ class RelayService:
                         task_id=task_id,
                     )
                 if progressed and not from_hints:
-                    interval = s.poll_min_interval_seconds
+                    pace.reset()
                     hints = listener.take()
                     continue  # a Query may have stopped at its page size: read on
-                notified = await listener.wait(min(interval, deadline - now))
+                await pace.wait(listener, deadline - now)
                 hints = listener.take()
-                interval = (
-                    s.poll_min_interval_seconds
-                    if notified
-                    else min(interval * 1.5, s.poll_max_interval_seconds)
-                )
 
     async def get_task(self, task_id: str) -> tuple[TaskRecord, bytes | None]:
         task = await self.io(self.tasks.get, task_id, self.clock())

@@ -68,3 +68,21 @@ class Signals:
                 listeners.discard(listener)
                 if not listeners:
                     del self._listeners[key]
+
+
+class Pace:
+    """How long to wait before re-checking DynamoDB: fast after activity, then backing
+    off (x1.5 per quiet check) to `slowest`. A notification resets it."""
+
+    def __init__(self, fastest: float, slowest: float) -> None:
+        self.fastest, self.slowest = fastest, slowest
+        self.interval = fastest
+
+    def reset(self) -> None:
+        self.interval = self.fastest
+
+    async def wait(self, listener: Listener, remaining: float) -> bool:
+        """Wait for a notification or the current interval (never past `remaining`)."""
+        notified = await listener.wait(max(0.0, min(self.interval, remaining)))
+        self.interval = self.fastest if notified else min(self.interval * 1.5, self.slowest)
+        return notified
