@@ -53,8 +53,10 @@ from tests.perf.procs import (
 
 # Sequential DynamoDB calls on the path of one long-lived, non-streaming inference:
 # GetItem row, PutItem task | (signal with the task id) UpdateItem claim | UpdateItem
-# result | (signal with the finished task: no read). The poll's Query and the waiter's
-# first GetItem happen off the path. Used only for the labelled estimate.
+# result | (signal with the finished task: no read). The poll's Query happens off the path
+# (before the task exists), and the waiter makes no first read (a fresh wait), only
+# fallback re-reads when the result is slower than its re-check pace. Used only for the
+# labelled estimate.
 ASSUMED_DYNAMODB_MS = 5.0  # single-digit ms in-region: an assumption, not a measurement
 CRITICAL_OPS = ("GetItem", "PutItem", "UpdateItem", "UpdateItem")
 # The wake bursts re-check DynamoDB at a slower pace than the default (0.05 s growing to
@@ -62,6 +64,8 @@ CRITICAL_OPS = ("GetItem", "PutItem", "UpdateItem", "UpdateItem")
 # second, ~20 times what it serves, and the wake task then queues behind them for tens of
 # seconds. Long-lived, in-process signals answer the waiters anyway; see docs/performance.md.
 WAKE_PACE = {"poll_min_interval_seconds": 1.0, "poll_max_interval_seconds": 4.0}
+# The code the benchmark measures: a change here during a run makes the run void.
+CODE = ("layers", "publisher", "infra")
 
 
 @dataclass
@@ -509,8 +513,14 @@ def stopping_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def checkout() -> tuple[str, str]:
+    """The commit and the uncommitted changes to the relay's code, to compare start and end."""
+    return git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--", *CODE)
+
+
 def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
+    at_start = checkout()
     deadline = t_start + profile.budget_seconds
     os.environ.update(FAKE_AWS)
     logdir = Path(tempfile.mkdtemp(prefix="natrelay-bench-"))
@@ -518,8 +528,8 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
     r: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--", "layers", "publisher")),
+            "commit": at_start[0],
+            "dirty": bool(at_start[1]),
             "command": "python -m tests.perf.bench" + (" --quick" if args.quick else ""),
             "machine": machine(),
             "profile": {
@@ -653,6 +663,15 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
                 ),
             }
     r["targets"] = targets_met(r)
+    at_end = checkout()
+    r["meta"]["changedDuringRun"] = at_end != at_start
+    if at_end != at_start:
+        # processes started at different moments may run different code: do not publish
+        notes.append(
+            f"the checkout changed during the run (commit {at_start[0]} -> {at_end[0]}, "
+            f"uncommitted changes to {', '.join(CODE)}: "
+            f"{'yes' if at_start[1] else 'no'} -> {'yes' if at_end[1] else 'no'}); run it again"
+        )
     r["meta"]["durationSeconds"] = round(time.monotonic() - t_start, 1)
     r["meta"]["logs"] = str(logdir)
     return r

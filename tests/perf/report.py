@@ -246,6 +246,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Python {meta['machine']['python']}, load average before the run "
         f"{meta['machine']['loadBefore']}."
     )
+    for note in meta.get("notes") or []:
+        out.append(f"\nNote: {note}.")
     lat = r["latency"]
     added = r["added"]
     rows = []
