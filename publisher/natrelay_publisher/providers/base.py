@@ -115,3 +115,47 @@ def forwarded(request: JSONObject, model: str, *, stream: bool) -> JSONObject:
     if stream or "stream" in body:
         body["stream"] = stream
     return body
+
+
+class HttpBackend:
+    """What the HTTP providers share: one client, availability, and plain JSON calls."""
+
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
+    # GET this path answering 2xx means the backend is up (it also lists the models).
+    models_path: ClassVar[str]
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self.model = config.model or ""
+        self.base_url = config.base_url or ""
+        self._client = backend_client(config)
+
+    async def available(self) -> bool:
+        try:
+            response = await self._client.get(
+                self.models_path, timeout=AVAILABILITY_TIMEOUT_SECONDS
+            )
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+
+    async def _listing(self) -> Any:
+        return parse_json(
+            await self._call("GET", self.models_path, timeout=AVAILABILITY_TIMEOUT_SECONDS)
+        )
+
+    async def _call(
+        self, method: str, path: str, json: JSONObject | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request; unreachable or non-2xx becomes BackendError."""
+        try:
+            response = await self._client.request(method, path, json=json, **kwargs)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        if not response.is_success:
+            raise failed_status(response, response.content)
+        return response
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -10,10 +10,8 @@ import httpx
 
 from natrelay_publisher.errors import BackendError
 from natrelay_publisher.providers.base import (
-    AVAILABILITY_TIMEOUT_SECONDS,
     BackendReply,
-    ProviderOptions,
-    backend_client,
+    HttpBackend,
     broken_stream,
     error_message,
     failed_status,
@@ -23,45 +21,20 @@ from natrelay_publisher.providers.base import (
 from natrelay_publisher.providers.ollama_shapes import ChunkTranslator, completion, to_ollama
 
 if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
     from natrelay_publisher.types import Chunk, JSONObject
 
 
-class OllamaProvider:
+class OllamaProvider(HttpBackend):
     type_name: ClassVar[str] = "ollama"
-    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
-    requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
-
-    def __init__(self, config: ProviderConfig) -> None:
-        self.name = config.name
-        self.model = config.model or ""
-        self.base_url = config.base_url or ""
-        self._client = backend_client(config)
-
-    async def available(self) -> bool:
-        try:
-            response = await self._client.get("api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
-        except httpx.HTTPError:
-            return False
-        return response.is_success
+    models_path: ClassVar[str] = "api/tags"
 
     async def models(self) -> list[str]:
-        try:
-            response = await self._client.get("api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
-        if not response.is_success:
-            raise failed_status(response, response.content)
-        return [str(m["name"]) for m in parse_json(response).get("models", []) if "name" in m]
+        data = await self._listing()
+        return [str(m["name"]) for m in data.get("models", []) if "name" in m]
 
     async def complete(self, request: JSONObject) -> BackendReply:
         body = to_ollama(request, self.model, stream=False)
-        try:
-            response = await self._client.post("api/chat", json=body)
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
-        if not response.is_success:
-            raise failed_status(response, response.content)
+        response = await self._call("POST", "api/chat", body)
         data = parse_json(response)
         if not isinstance(data, dict) or "error" in data:
             raise BackendError(error_message(502, response.content))
@@ -91,9 +64,6 @@ class OllamaProvider:
                         return
         except httpx.HTTPError as exc:
             raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def _line(line: str) -> JSONObject:

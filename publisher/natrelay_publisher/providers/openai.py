@@ -10,10 +10,8 @@ import httpx
 
 from natrelay_publisher.errors import BackendError
 from natrelay_publisher.providers.base import (
-    AVAILABILITY_TIMEOUT_SECONDS,
     BackendReply,
-    ProviderOptions,
-    backend_client,
+    HttpBackend,
     broken_stream,
     error_message,
     failed_status,
@@ -23,7 +21,6 @@ from natrelay_publisher.providers.base import (
 )
 
 if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
     from natrelay_publisher.types import Chunk, JSONObject
 
 
@@ -43,42 +40,17 @@ async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield "\n".join(data)
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpBackend):
     type_name: ClassVar[str] = "openai"
-    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
-    requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
-
-    def __init__(self, config: ProviderConfig) -> None:
-        self.name = config.name
-        self.model = config.model or ""
-        self.base_url = config.base_url or ""
-        self._client = backend_client(config)
-
-    async def available(self) -> bool:
-        try:
-            response = await self._client.get("models", timeout=AVAILABILITY_TIMEOUT_SECONDS)
-        except httpx.HTTPError:
-            return False
-        return response.is_success
+    models_path: ClassVar[str] = "models"
 
     async def models(self) -> list[str]:
-        try:
-            response = await self._client.get("models", timeout=AVAILABILITY_TIMEOUT_SECONDS)
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
-        if not response.is_success:
-            raise failed_status(response, response.content)
-        data = parse_json(response)
+        data = await self._listing()
         return [str(item["id"]) for item in data.get("data", []) if "id" in item]
 
     async def complete(self, request: JSONObject) -> BackendReply:
         body = forwarded(request, self.model, stream=False)
-        try:
-            response = await self._client.post("chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
-        if not response.is_success:
-            raise failed_status(response, response.content)
+        response = await self._call("POST", "chat/completions", body)
         return BackendReply(response.status_code, parse_json(response))
 
     async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
@@ -95,9 +67,6 @@ class OpenAIProvider:
                     yield _chunk(data)
         except httpx.HTTPError as exc:
             raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def _chunk(data: str) -> Chunk:
