@@ -94,5 +94,12 @@ def condition(message: str) -> Iterator[None]:
         raise ConditionFailedError(message, old=decode(old_raw) if old_raw else None) from exc
 
 
+def items(client: Any, operation: str, **kwargs: Any) -> Iterator[Item]:
+    """Every item of a query or scan (`operation`), decoded, through boto3's paginator."""
+    for page in client.get_paginator(operation).paginate(**kwargs):
+        for raw in page.get("Items", []):
+            yield decode(raw)
+
+
 def split(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]

@@ -16,6 +16,7 @@ from natrelay.store._dynamo import (
     Item,
     condition,
     decode,
+    items,
     values,
 )
 from natrelay.store.records import VIRTUAL, LlmRecord, SessionRecord
@@ -80,14 +81,8 @@ class DynamoLlmStore:
         return _row(decode(raw)) if raw else None
 
     def all(self) -> list[LlmRecord]:
-        rows: list[LlmRecord] = []
-        kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
-        while True:
-            page = self._client.scan(**kwargs)
-            rows.extend(_row(decode(raw)) for raw in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return sorted(rows, key=lambda r: r.name)
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        rows = items(self._client, "scan", TableName=self._table, ConsistentRead=True)
+        return sorted((_row(row) for row in rows), key=lambda r: r.name)
 
     def delete(self, name: str) -> bool:
         old = self._client.delete_item(
@@ -324,19 +319,16 @@ class DynamoLlmStore:
     # --- sweep ---------------------------------------------------------------------
 
     def _query_sweep(self, state: str, before: float) -> list[Item]:
-        items: list[Item] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "bySweep",
-            "KeyConditionExpression": "sweepState = :state AND sweepAt < :before",
-            "ExpressionAttributeValues": values(state=state, before=before),
-        }
-        while True:
-            page = self._client.query(**kwargs)
-            items.extend(decode(raw) for raw in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return list(
+            items(
+                self._client,
+                "query",
+                TableName=self._table,
+                IndexName="bySweep",
+                KeyConditionExpression="sweepState = :state AND sweepAt < :before",
+                ExpressionAttributeValues=values(state=state, before=before),
+            )
+        )
 
     def stale(self, cutoff: float) -> list[tuple[str, str | None]]:
         """(name, sessionId) of live rows whose heartbeat is older than cutoff."""

@@ -30,6 +30,7 @@ from natrelay.store._dynamo import (
     decode,
     encode,
     is_condition_failure,
+    items,
     split,
     values,
 )
@@ -131,20 +132,15 @@ class DynamoTaskStore:
                 pending = out.get("UnprocessedItems") or {}
 
     def _read_parts(self, task_id: str, prefix: str) -> bytes:
-        data = bytearray()
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": values(pk=f"task#{task_id}", prefix=f"{prefix}#"),
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self._client.query(**kwargs)
-            for raw in page.get("Items", []):
-                data.extend(decode(raw)["data"])
-            if "LastEvaluatedKey" not in page:
-                return bytes(data)
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        parts = items(
+            self._client,
+            "query",
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues=values(pk=f"task#{task_id}", prefix=f"{prefix}#"),
+            ConsistentRead=True,
+        )
+        return b"".join(part["data"] for part in parts)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -423,19 +419,15 @@ class DynamoTaskStore:
             )
 
     def expired_leases(self, now: float) -> list[str]:
-        ids: list[str] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "byLease",
-            "KeyConditionExpression": "leaseShard = :shard AND leaseUntil < :now",
-            "ExpressionAttributeValues": values(shard=LEASE_SHARD, now=now),
-        }
-        while True:
-            page = self._client.query(**kwargs)
-            ids.extend(decode(r)["pk"].removeprefix("task#") for r in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return ids
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        claimed = items(
+            self._client,
+            "query",
+            TableName=self._table,
+            IndexName="byLease",
+            KeyConditionExpression="leaseShard = :shard AND leaseUntil < :now",
+            ExpressionAttributeValues=values(shard=LEASE_SHARD, now=now),
+        )
+        return [item["pk"].removeprefix("task#") for item in claimed]
 
     # --- reading a stream ------------------------------------------------------------
 
