@@ -60,10 +60,6 @@ class ErrorInfo(Answer):
     param: str | None = None
 
 
-class ErrorBody(Answer):
-    error: ErrorInfo
-
-
 # --- publisher -> relay ----------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from moto import mock_aws
 
 from natrelay.service import RelayService
 from natrelay.settings import Settings
-from natrelay.store import DynamoLlmStore, DynamoTaskStore
+from natrelay.store import DynamoLlmStore, DynamoTaskStore, TaskRecord
 from natrelay.wire import LlmStatus, PollRequest, ProviderSpec, RegisterRequest
 from natrelay_infra.tables import TableNames, create_tables
 
@@ -114,3 +114,11 @@ async def claim(service: RelayService, session: str, n: int = 10) -> list[Any]:
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+
+
+async def claimed(service: RelayService, *, stream: bool = False) -> tuple[str, TaskRecord]:
+    """A publisher session with `a` registered, and one task of it already claimed."""
+    sid = await register(service, spec("a"))
+    task = await service.submit("a", CHAT, stream=stream)
+    await claim(service, sid)
+    return sid, task

@@ -62,6 +62,16 @@ def http_event(
     return event
 
 
+def register_event() -> dict[str, Any]:
+    """A publisher registering one echo model named `a`."""
+    return http_event(
+        "POST",
+        "/api/v1/llms/_provider-register",
+        PUBLISH_TOKEN,
+        {"providers": [{"name": "a", "type": "echo", "model": "m"}]},
+    )
+
+
 def body_of(response: dict[str, Any]) -> str:
     raw = response.get("body") or ""
     return base64.b64decode(raw).decode() if response.get("isBase64Encoded") else raw
@@ -86,15 +96,7 @@ def test_api_handler_serves_health_errors_and_registration(relay: Any) -> None:
     assert handler.handler(http_event("GET", "/healthz"), None)["statusCode"] == 200
     resp = handler.handler(http_event("GET", "/v1/models"), None)
     assert resp["statusCode"] == 401 and json.loads(body_of(resp))["error"]["code"]
-    resp = handler.handler(
-        http_event(
-            "POST",
-            "/api/v1/llms/_provider-register",
-            PUBLISH_TOKEN,
-            {"providers": [{"name": "a", "type": "echo", "model": "m"}]},
-        ),
-        None,
-    )
+    resp = handler.handler(register_event(), None)
     assert resp["statusCode"] == 200
     assert json.loads(body_of(resp))["llms"][0]["name"] == "a"
     resp = handler.handler(
@@ -134,15 +136,7 @@ def test_sweeper_handler_marks_stale_rows_inactive(
     relay: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handler, _, env = relay
-    resp = handler.handler(
-        http_event(
-            "POST",
-            "/api/v1/llms/_provider-register",
-            PUBLISH_TOKEN,
-            {"providers": [{"name": "a", "type": "echo", "model": "m"}]},
-        ),
-        None,
-    )
+    resp = handler.handler(register_event(), None)
     assert resp["statusCode"] == 200
     sweeper = load_handler("sweeper", monkeypatch, env)
     event = json.loads((EVENTS / "scheduled.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 from natrelay.service import RelayService
 from natrelay.store._dynamo import encode
 from natrelay.wire import ChunkBatch, HeartbeatRequest, LlmStatus, TaskState
-from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
+from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, claimed, register, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -122,9 +122,7 @@ async def test_pending_tasks_of_a_gone_publisher_fail_fast(
 async def test_lease_of_a_live_publisher_is_extended(
     service: RelayService, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
+    sid, task = await claimed(service)
     clock.advance(service.settings.lease_seconds + 1)
     await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
     assert (await service.sweep())["extended"] == 1
@@ -134,9 +132,7 @@ async def test_lease_of_a_live_publisher_is_extended(
 async def test_lease_of_a_restarted_publisher_is_handed_out_again(
     service: RelayService, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
+    sid, task = await claimed(service)
     await register(service, spec("a"), session=sid)  # restart: new generation
     clock.advance(service.settings.lease_seconds + 1)
     await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
@@ -147,9 +143,7 @@ async def test_lease_of_a_restarted_publisher_is_handed_out_again(
 async def test_lease_with_output_already_sent_fails_instead_of_rerunning(
     service: RelayService, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=True)
-    await claim(service, sid)
+    sid, task = await claimed(service, stream=True)
     await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
     await register(service, spec("a"), session=sid)
     clock.advance(service.settings.lease_seconds + 1)
@@ -161,9 +155,7 @@ async def test_lease_with_output_already_sent_fails_instead_of_rerunning(
 async def test_lease_of_a_dead_publisher_fails_the_task(
     service: RelayService, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
+    _, task = await claimed(service)
     clock.advance(200)
     counts = await service.sweep()
     assert counts["failed"] == 1

@@ -31,7 +31,7 @@ from natrelay.wire import (
     TaskResult,
     TaskState,
 )
-from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
+from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, claimed, register, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -61,9 +61,7 @@ async def test_tasks_of_one_session_are_invisible_to_another(service: RelayServi
 
 
 async def test_non_streamed_result_reaches_the_waiting_client(service: RelayService) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
+    sid, task = await claimed(service)
     answer = {"choices": [{"message": {"role": "assistant", "content": "hi"}}], "usage": {}}
     await service.post_result(task.id, TaskResult(provider_session_id=sid, status=200, body=answer))
     done = await service.wait(task.id, budget=5)
@@ -72,9 +70,7 @@ async def test_non_streamed_result_reaches_the_waiting_client(service: RelayServ
 
 
 async def test_same_result_twice_is_harmless_another_conflicts(service: RelayService) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
+    sid, task = await claimed(service)
     result = TaskResult(provider_session_id=sid, status=200, body={"x": 1})
     await service.post_result(task.id, result)
     again = await service.post_result(task.id, result)
@@ -101,9 +97,7 @@ async def test_only_the_claiming_session_may_post(service: RelayService) -> None
 async def test_chunks_are_ordered_idempotent_and_stream_to_the_client(
     service: RelayService,
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=True)
-    await claim(service, sid)
+    sid, task = await claimed(service, stream=True)
     for seq in (0, 1, 1, 2):  # seq 1 posted twice: harmless
         await service.post_chunks(
             task.id, ChunkBatch(provider_session_id=sid, seq=seq, chunks=[{"n": seq}])
@@ -120,9 +114,7 @@ async def test_chunks_are_ordered_idempotent_and_stream_to_the_client(
 async def test_a_stream_that_fails_midway_yields_its_chunks_then_the_error(
     service: RelayService,
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=True)
-    await claim(service, sid)
+    sid, task = await claimed(service, stream=True)
     await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
     await service.post_result(
         task.id,
@@ -144,9 +136,7 @@ async def test_a_stream_that_fails_midway_yields_its_chunks_then_the_error(
 async def test_cancelled_task_tells_the_publisher_on_its_next_chunk(
     service: RelayService,
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=True)
-    await claim(service, sid)
+    sid, task = await claimed(service, stream=True)
     await service.cancel(task.id)
     with pytest.raises(TaskCancelledError):
         await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
@@ -186,9 +176,7 @@ async def test_wait_past_its_budget_names_the_task_and_the_result_stays_fetchabl
 
 
 async def test_results_expire_after_the_retention(service: RelayService, clock: FakeClock) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
+    sid, task = await claimed(service)
     await service.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
     clock.advance(service.settings.result_retention_seconds + 1)
     with pytest.raises(TaskNotFoundError):
