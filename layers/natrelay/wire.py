@@ -38,6 +38,59 @@ class TaskState(StrEnum):
         return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
 
 
+class ErrorCode(StrEnum):
+    """The `code` of every error body the relay sends (and the publisher reports)."""
+
+    INVALID_API_KEY = "invalid_api_key"
+    FORBIDDEN = "forbidden"
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    HTTP_ERROR = "http_error"
+    MODEL_NOT_FOUND = "model_not_found"
+    SESSION_NOT_FOUND = "session_not_found"
+    TASK_NOT_FOUND = "task_not_found"
+    NAME_TAKEN = "name_taken"
+    TASK_NOT_CLAIMED = "task_not_claimed"
+    TASK_CANCELLED = "task_cancelled"
+    RESULT_CONFLICT = "result_conflict"
+    PUBLISHER_OFFLINE = "publisher_offline"
+    WAKE_FAILED = "wake_failed"
+    BACKEND_ERROR = "backend_error"
+    PUBLISHER_ERROR = "publisher_error"
+    TIMEOUT = "timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Paths:
+    """Every route of the relay, as Starlette path templates (`{task_id}` etc.)."""
+
+    HEALTH = "/healthz"
+    PROVIDER = "/api/v1/llms/_provider"
+    REGISTER = f"{PROVIDER}-register"
+    HEARTBEAT = f"{PROVIDER}-heartbeat"
+    POLL = f"{PROVIDER}-poll"
+    DEREGISTER = f"{PROVIDER}-deregister"
+    PROVIDER_TASK = f"{PROVIDER}-task/{{task_id}}"
+    TASK_REQUEST = f"{PROVIDER_TASK}/request"
+    TASK_CHUNKS = f"{PROVIDER_TASK}/chunks"
+    TASK_RESULT = f"{PROVIDER_TASK}/result"
+    LLMS = "/api/v1/llms"
+    LLM = "/api/v1/llms/{name}"
+    INFER = "/api/v1/llms/{name}/infer"
+    TASK = "/api/v1/tasks/{task_id}"
+    TASK_EVENTS = "/api/v1/tasks/{task_id}/events"
+    MODELS = "/v1/models"
+    MODEL = "/v1/models/{model}"
+    CHAT = "/v1/chat/completions"
+
+    @staticmethod
+    def route(template: str) -> str:
+        """The Starlette route of a template: names may contain slashes (`{name:path}`)."""
+        return template.replace("{name}", "{name:path}").replace("{model}", "{model:path}")
+
+
 class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are refused."""
 
@@ -154,7 +207,7 @@ class PolledTask(Answer):
     created_at: str
     stream: bool = False
     # The chat-completions body for `infer`; None when it was too large to inline,
-    # in which case the publisher GETs `.../_provider-task/{id}/request`.
+    # in which case the publisher GETs `Paths.TASK_REQUEST`.
     request: dict[str, Any] | None = None
     request_size: int = 0
     # For `infer` tasks queued while a wake was in flight: the wake to wait for.
@@ -167,9 +220,9 @@ class PollResponse(Answer):
 
 
 class ChunkAck(Answer):
+    """A stored chunk batch. A cancelled task answers 409 `task_cancelled` instead."""
+
     seq: int
-    # The client went away: stop generating and post nothing more.
-    cancelled: bool = False
 
 
 # --- relay -> client -------------------------------------------------------------

@@ -136,10 +136,7 @@ class RelayClient:
         return data
 
     async def post_chunks(self, task_id: str, batch: ChunkBatch) -> ChunkAck:
-        ack = await self._call(f"_provider-task/{task_id}/chunks", batch, ChunkAck)
-        if ack.cancelled:
-            raise TaskCancelledError("the client went away", code="task_cancelled")
-        return ack
+        return await self._call(f"_provider-task/{task_id}/chunks", batch, ChunkAck)
 
     async def post_result(self, task_id: str, result: TaskResult) -> None:
         await self._send("POST", f"_provider-task/{task_id}/result", result)
