@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from natrelay.service import RelayService
+from natrelay.service.sweep import SweepRunner
 
 # Built once per cold start and reused by warm invocations, like Mangum does.
-_service = RelayService.from_settings()
-_loop = asyncio.new_event_loop()
+_sweep = SweepRunner()
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-    return _loop.run_until_complete(_service.sweep())
+    return _sweep()

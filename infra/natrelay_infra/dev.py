@@ -296,7 +296,7 @@ def _stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
 
 @contextlib.contextmanager
 def _sweeping(interval: float) -> Iterator[None]:
-    """Run `natrelay.web.run_sweep_once()` every `interval` seconds in a thread."""
+    """Run a sweep (`natrelay.service.sweep.SweepRunner`) every `interval` seconds in a thread."""
     stop = threading.Event()
     thread = threading.Thread(
         target=_sweep_loop, args=(interval, stop), name="sweeper", daemon=True
@@ -312,10 +312,10 @@ def _sweeping(interval: float) -> Iterator[None]:
 def _sweep_loop(interval: float, stop: threading.Event) -> None:
     try:
         run_sweep_once: Callable[[], dict[str, Any]] = importlib.import_module(
-            "natrelay.web"
-        ).run_sweep_once
+            "natrelay.service.sweep"
+        ).SweepRunner()
     except (ImportError, AttributeError) as exc:
-        log.warning("no sweeper (natrelay.web.run_sweep_once: %s)", exc)
+        log.warning("no sweeper (natrelay.service.sweep.SweepRunner: %s)", exc)
         return
     while not stop.wait(interval):
         try:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from natrelay.wire import ErrorCode
 
 
 class RelayError(Exception):
     """Base class: `code` is the OpenAI-style error code, `param` the field at fault."""
 
-    code = "relay_error"
+    code: str = ErrorCode.INTERNAL_ERROR
     type = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
@@ -18,64 +18,64 @@ class RelayError(Exception):
 
 
 class AuthError(RelayError):
-    code = "invalid_api_key"
+    code = ErrorCode.INVALID_API_KEY
     type = "authentication_error"
 
 
 class ForbiddenError(RelayError):
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
     type = "permission_error"
 
 
 class InvalidRequestError(RelayError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
     type = "invalid_request_error"
 
 
 class PayloadTooLargeError(RelayError):
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
     type = "invalid_request_error"
 
 
 class LlmNotFoundError(RelayError):
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
     type = "invalid_request_error"
 
 
 class SessionNotFoundError(RelayError):
-    code = "session_not_found"
+    code = ErrorCode.SESSION_NOT_FOUND
     type = "invalid_request_error"
 
 
 class TaskNotFoundError(RelayError):
-    code = "task_not_found"
+    code = ErrorCode.TASK_NOT_FOUND
     type = "invalid_request_error"
 
 
 class NameTakenError(RelayError):
-    code = "name_taken"
+    code = ErrorCode.NAME_TAKEN
     type = "invalid_request_error"
 
 
 class TaskNotClaimedError(RelayError):
-    code = "task_not_claimed"
+    code = ErrorCode.TASK_NOT_CLAIMED
     type = "invalid_request_error"
 
 
 class TaskCancelledError(RelayError):
-    code = "task_cancelled"
+    code = ErrorCode.TASK_CANCELLED
     type = "invalid_request_error"
 
 
 class ResultConflictError(RelayError):
-    code = "result_conflict"
+    code = ErrorCode.RESULT_CONFLICT
     type = "invalid_request_error"
 
 
 class PublisherOfflineError(RelayError):
     """The row is inactive, or its publisher vanished mid-task."""
 
-    code = "publisher_offline"
+    code = ErrorCode.PUBLISHER_OFFLINE
     type = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 30) -> None:
@@ -84,13 +84,13 @@ class PublisherOfflineError(RelayError):
 
 
 class WakeFailedError(PublisherOfflineError):
-    code = "wake_failed"
+    code = ErrorCode.WAKE_FAILED
 
 
 class BackendError(RelayError):
     """The publisher's backend answered with an error."""
 
-    code = "backend_error"
+    code = ErrorCode.BACKEND_ERROR
     type = "upstream_error"
 
     def __init__(self, message: str, *, status: int = 502) -> None:
@@ -99,19 +99,9 @@ class BackendError(RelayError):
 
 
 class TaskTimeoutError(RelayError):
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
     type = "timeout_error"
 
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
         self.task_id = task_id
-
-
-class ConditionFailedError(RelayError):
-    """A conditional write lost; `old` holds the item as it was (ReturnValues ALL_OLD)."""
-
-    code = "condition_failed"
-
-    def __init__(self, message: str, *, old: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.old = old or {}

@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from natrelay.service import RelayService
+from natrelay.service import Sweeper
 from natrelay.settings import Settings
+from natrelay.store import Stores
 from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
 from tests.perf import report
@@ -315,11 +316,11 @@ async def counted_sweep(stack: Stack) -> dict[str, Any]:
         dynamodb_endpoint=stack.endpoint,
         region="us-east-1",
     )
-    service = RelayService.from_settings(settings)
+    stores = Stores.connect(settings)
     counter = OpCounter()
-    counter.attach(service.llms._client)
+    counter.attach(stores.client)
     started = time.perf_counter()
-    await service.sweep()
+    await Sweeper(stores, settings).run()
     seconds = time.perf_counter() - started
     snap = counter.snapshot()
     return {

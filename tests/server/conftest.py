@@ -7,10 +7,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from natrelay.service import RelayService
+from natrelay.service import Relay
 from natrelay.settings import Settings
-from natrelay.store import DynamoLlmStore, DynamoTaskStore, TaskRecord
-from natrelay.wire import LlmStatus, PollRequest, ProviderSpec, RegisterRequest
+from natrelay.store import Stores, TaskRecord
+from natrelay.web import views
+from natrelay.wire import LlmStatus, PolledTask, PollRequest, ProviderSpec, RegisterRequest
 from natrelay_infra.tables import TableNames, create_tables
 
 
@@ -85,13 +86,8 @@ def client(aws: None) -> Any:
 
 
 @pytest.fixture
-def service(client: Any, settings: Settings, clock: FakeClock) -> RelayService:
-    return RelayService(
-        settings,
-        DynamoLlmStore(client, "Llms", "Tasks"),
-        DynamoTaskStore(client, "Tasks"),
-        clock=clock,
-    )
+def relay(client: Any, settings: Settings, clock: FakeClock) -> Relay:
+    return Relay(settings, Stores.on(client, "Llms", "Tasks"), clock=clock)
 
 
 def spec(
@@ -102,23 +98,27 @@ def spec(
     )
 
 
-async def register(service: RelayService, *specs: ProviderSpec, session: str | None = None) -> str:
-    resp = await service.register(
+async def register(relay: Relay, *specs: ProviderSpec, session: str | None = None) -> str:
+    registration = await relay.sessions.register(
         RegisterRequest(providers=list(specs), provider_session_id=session)
     )
-    return resp.provider_session_id
+    return registration.session.id
 
 
-async def claim(service: RelayService, session: str, n: int = 10) -> list[Any]:
-    return await service.poll(PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n))
+async def claim(relay: Relay, session: str, n: int = 10) -> list[PolledTask]:
+    """The tasks a poll that does not wait claims, as the publisher receives them."""
+    tasks = await relay.claims.poll(
+        PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n)
+    )
+    return [views.polled_task(t) for t in tasks]
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 
 
-async def claimed(service: RelayService, *, stream: bool = False) -> tuple[str, TaskRecord]:
+async def claimed(relay: Relay, *, stream: bool = False) -> tuple[str, TaskRecord]:
     """A publisher session with `a` registered, and one task of it already claimed."""
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=stream)
-    await claim(service, sid)
+    sid = await register(relay, spec("a"))
+    task = await relay.queue.submit("a", CHAT, stream=stream)
+    await claim(relay, sid)
     return sid, task

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from natrelay.service import RelayService
+from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
 from natrelay_infra.moto_server import MotoServer
@@ -17,7 +17,7 @@ from tests.support.stack import FAKE_AWS, fresh_tables
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> RelayService:
+def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> Relay:
     os.environ.update(FAKE_AWS)
     settings = Settings(
         dynamodb_endpoint=endpoint,
@@ -28,17 +28,17 @@ def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> RelaySer
         poll_max_interval_seconds=0.05,
         **overrides,
     )
-    return RelayService.from_settings(settings)
+    return Relay.from_settings(settings)
 
 
 def _poller(endpoint: str, llms: str, tasks: str, session: str, out: Any) -> None:
-    service = _service(endpoint, llms, tasks)
+    relay = _service(endpoint, llms, tasks)
 
     async def run() -> list[str]:
         got: list[str] = []
         idle_since = time.monotonic()
         while time.monotonic() - idle_since < 1.5:
-            polled = await service.poll(
+            polled = await relay.claims.poll(
                 PollRequest(provider_session_id=session, wait_seconds=0.2, max_tasks=3)
             )
             got.extend(t.id for t in polled)
@@ -51,14 +51,14 @@ def _poller(endpoint: str, llms: str, tasks: str, session: str, out: Any) -> Non
 
 def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoServer) -> None:
     tables = fresh_tables(moto_server.endpoint)
-    service = _service(moto_server.endpoint, tables.llms, tables.tasks)
+    relay = _service(moto_server.endpoint, tables.llms, tables.tasks)
 
     async def setup() -> tuple[str, set[str]]:
-        reg = await service.register(
+        reg = await relay.sessions.register(
             RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
         )
-        ids = {(await service.submit("m", CHAT, stream=False)).id for _ in range(120)}
-        return reg.provider_session_id, ids
+        ids = {(await relay.queue.submit("m", CHAT, stream=False)).id for _ in range(120)}
+        return reg.session.id, ids
 
     session, submitted = asyncio.run(setup())
     ctx = mp.get_context("spawn")
@@ -81,13 +81,13 @@ def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoSe
 
 
 def _heartbeater(endpoint: str, llms: str, tasks: str, session: str, seconds: float) -> None:
-    service = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
+    relay = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
 
     async def run() -> None:
         end = time.monotonic() + seconds
         i = 0
         while time.monotonic() < end:
-            await service.heartbeat(HeartbeatRequest(provider_session_id=session))
+            await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=session))
             i += 1
             await asyncio.sleep(0.25 + 0.1 * (i % 3))  # around the timeout: races happen
 
@@ -95,16 +95,16 @@ def _heartbeater(endpoint: str, llms: str, tasks: str, session: str, seconds: fl
 
 
 def _sweeper(endpoint: str, llms: str, tasks: str, seconds: float, out: Any) -> None:
-    service = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
+    relay = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
 
     async def run() -> dict[str, int]:
         totals: dict[str, int] = {}
         violations = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            for k, v in (await service.sweep()).items():
+            for k, v in (await relay.sweeper().run()).items():
                 totals[k] = totals.get(k, 0) + v
-            row = service.llms.get("m")
+            row = await relay.stores.llms.get("m")
             assert row is not None
             if row.inactive_since is not None and row.last_heartbeat_at is not None:
                 # inactive only if the last heartbeat really was older than the timeout
@@ -117,9 +117,9 @@ def _sweeper(endpoint: str, llms: str, tasks: str, seconds: float, out: Any) -> 
 
 def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoServer) -> None:
     tables = fresh_tables(moto_server.endpoint)
-    service = _service(moto_server.endpoint, tables.llms, tables.tasks)
+    relay = _service(moto_server.endpoint, tables.llms, tables.tasks)
     reg = asyncio.run(
-        service.register(
+        relay.sessions.register(
             RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
         )
     )
@@ -128,7 +128,7 @@ def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoSe
     procs = [
         ctx.Process(
             target=_heartbeater,
-            args=(moto_server.endpoint, tables.llms, tables.tasks, reg.provider_session_id, 4.0),
+            args=(moto_server.endpoint, tables.llms, tables.tasks, reg.session.id, 4.0),
         ),
         ctx.Process(
             target=_sweeper, args=(moto_server.endpoint, tables.llms, tables.tasks, 4.0, out)

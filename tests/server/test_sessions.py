@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from natrelay import views
 from natrelay.errors import NameTakenError, PublisherOfflineError, SessionNotFoundError
-from natrelay.service import RelayService
+from natrelay.service import Relay
+from natrelay.web import views
 from natrelay.wire import HeartbeatRequest, LlmStatus, SessionRequest, TaskState
 from tests.server.conftest import CHAT, FakeClock, register, spec
 
@@ -14,27 +14,27 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_register_creates_virtual_rows_with_their_initial_status(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid = await register(service, spec("a"), spec("b", LlmStatus.HIBERNATING, wake=30))
-    rows = {r.name: r for r in await service.list_llms()}
+    sid = await register(relay, spec("a"), spec("b", LlmStatus.HIBERNATING, wake=30))
+    rows = {r.name: r for r in await relay.catalog.all()}
     assert rows["a"].status is LlmStatus.ACTIVE
     assert rows["b"].status is LlmStatus.HIBERNATING
     assert {r.kind for r in rows.values()} == {"virtual"}
-    assert {r.provider_session_id for r in rows.values()} == {sid}
+    assert {r.session_id for r in rows.values()} == {sid}
     assert rows["a"].last_heartbeat_at is not None
 
 
 async def test_restart_with_the_same_session_takes_rows_back(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    first = service.llms.get_session(sid)
+    sid = await register(relay, spec("a"))
+    first = await relay.sessions.get(sid)
     clock.advance(10)
-    again = await register(service, spec("a"), session=sid)
+    again = await register(relay, spec("a"), session=sid)
     assert again == sid
-    assert service.llms.get_session(sid).generation == first.generation + 1
-    rows = await service.list_llms()
+    assert (await relay.sessions.get(sid)).generation == first.generation + 1
+    rows = [views.row_view(r, clock.now) for r in await relay.catalog.all()]
     assert [r.name for r in rows] == ["a"]
     # taken back, not created anew: it keeps when it was first published
     assert rows[0].created_at == views.iso(clock.now - 10)
@@ -42,70 +42,70 @@ async def test_restart_with_the_same_session_takes_rows_back(
 
 
 async def test_a_name_live_under_another_session_is_refused_and_nothing_is_written(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    holder = await register(service, spec("a"))
+    holder = await register(relay, spec("a"))
     with pytest.raises(NameTakenError) as info:
-        await register(service, spec("fresh"), spec("a"))
+        await register(relay, spec("fresh"), spec("a"))
     assert "'a'" in info.value.message and holder in info.value.message
     # all or nothing: the other provider of the refused registration was not created
-    assert [r.name for r in await service.list_llms()] == ["a"]
-    assert (await service.get_llm("a")).session_id == holder
+    assert [r.name for r in await relay.catalog.all()] == ["a"]
+    assert (await relay.catalog.get("a")).session_id == holder
 
 
 async def test_a_name_whose_session_went_quiet_is_taken_over(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    old = await register(service, spec("a"))
-    clock.advance(service.settings.heartbeat_timeout_seconds + 1)
-    new = await register(service, spec("a"))
+    old = await register(relay, spec("a"))
+    clock.advance(relay.settings.heartbeat_timeout_seconds + 1)
+    new = await register(relay, spec("a"))
     assert new != old
-    assert (await service.get_llm("a")).session_id == new
+    assert (await relay.catalog.get("a")).session_id == new
     # the old publisher learns its rows are gone and must register again
     with pytest.raises(SessionNotFoundError):
-        await service.heartbeat(HeartbeatRequest(provider_session_id=old))
+        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=old))
 
 
 async def test_heartbeat_refreshes_rows_and_records_reported_status(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"), spec("b", LlmStatus.HIBERNATING, wake=30))
+    sid = await register(relay, spec("a"), spec("b", LlmStatus.HIBERNATING, wake=30))
     clock.advance(30)
-    resp = await service.heartbeat(
+    resp = await relay.sessions.heartbeat(
         HeartbeatRequest(provider_session_id=sid, statuses={"a": LlmStatus.HIBERNATING})
     )
-    by_name = {r.name: r for r in resp.llms}
+    by_name = {r.name: r for r in resp.rows}
     assert by_name["a"].status is LlmStatus.HIBERNATING
     assert by_name["b"].status is LlmStatus.HIBERNATING
-    row = await service.get_llm("a")
+    row = await relay.catalog.get("a")
     assert row.last_heartbeat_at == pytest.approx(clock.now)
 
 
-async def test_heartbeat_of_an_unknown_session_is_not_found(service: RelayService) -> None:
+async def test_heartbeat_of_an_unknown_session_is_not_found(relay: Relay) -> None:
     with pytest.raises(SessionNotFoundError):
-        await service.heartbeat(HeartbeatRequest(provider_session_id="nosuchsession"))
+        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id="nosuchsession"))
 
 
 async def test_deleted_row_makes_the_heartbeat_ask_for_a_new_registration(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid = await register(service, spec("a"))
-    await service.delete_llm("a")
+    sid = await register(relay, spec("a"))
+    await relay.catalog.delete("a")
     with pytest.raises(SessionNotFoundError):
-        await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
+        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
 
 
 async def test_deregister_marks_rows_inactive_and_fails_pending_tasks(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    await service.deregister(SessionRequest(provider_session_id=sid))
-    row = await service.get_llm("a")
+    sid = await register(relay, spec("a"))
+    task = await relay.queue.submit("a", CHAT, stream=False)
+    await relay.sessions.deregister(SessionRequest(provider_session_id=sid))
+    row = await relay.catalog.get("a")
     assert row.status is LlmStatus.INACTIVE
     assert row.inactive_since == pytest.approx(clock.now)
-    done, _ = await service.get_task(task.id)
+    done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED
     assert done.error and done.error["code"] == "publisher_offline"
     with pytest.raises(PublisherOfflineError, match="offline"):
-        await service.submit("a", CHAT, stream=False)
+        await relay.queue.submit("a", CHAT, stream=False)

@@ -20,9 +20,10 @@ from natrelay.errors import (
     TaskNotFoundError,
     TaskTimeoutError,
 )
-from natrelay.service import RelayService
+from natrelay.service import Relay
 from natrelay.settings import Settings
-from natrelay.store import DynamoLlmStore, DynamoTaskStore
+from natrelay.store import Stores
+from natrelay.web import views
 from natrelay.wire import (
     ChunkBatch,
     ErrorInfo,
@@ -36,87 +37,91 @@ from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, claimed, re
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_task_is_claimed_by_one_poll_only(service: RelayService) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
-    first = await claim(service, sid)
+async def test_a_task_is_claimed_by_one_poll_only(relay: Relay) -> None:
+    sid = await register(relay, spec("a"))
+    task = await relay.queue.submit("a", CHAT, stream=False)
+    first = await claim(relay, sid)
     assert [t.id for t in first] == [task.id]
     assert first[0].request == CHAT
-    assert await claim(service, sid) == []
+    assert await claim(relay, sid) == []
 
 
-async def test_poll_waits_then_returns_empty(service: RelayService, clock: FakeClock) -> None:
+async def test_poll_waits_then_returns_empty(relay: Relay, clock: FakeClock) -> None:
     clock.step = 0.01
-    sid = await register(service, spec("a"))
-    tasks = await service.poll(PollRequest(provider_session_id=sid, wait_seconds=1, max_tasks=1))
+    sid = await register(relay, spec("a"))
+    tasks = await relay.claims.poll(
+        PollRequest(provider_session_id=sid, wait_seconds=1, max_tasks=1)
+    )
     assert tasks == []
 
 
-async def test_tasks_of_one_session_are_invisible_to_another(service: RelayService) -> None:
-    sid_a = await register(service, spec("a"))
-    sid_b = await register(service, spec("b"))
-    await service.submit("a", CHAT, stream=False)
-    assert await claim(service, sid_b) == []
-    assert len(await claim(service, sid_a)) == 1
+async def test_tasks_of_one_session_are_invisible_to_another(relay: Relay) -> None:
+    sid_a = await register(relay, spec("a"))
+    sid_b = await register(relay, spec("b"))
+    await relay.queue.submit("a", CHAT, stream=False)
+    assert await claim(relay, sid_b) == []
+    assert len(await claim(relay, sid_a)) == 1
 
 
-async def test_non_streamed_result_reaches_the_waiting_client(service: RelayService) -> None:
-    sid, task = await claimed(service)
+async def test_non_streamed_result_reaches_the_waiting_client(relay: Relay) -> None:
+    sid, task = await claimed(relay)
     answer = {"choices": [{"message": {"role": "assistant", "content": "hi"}}], "usage": {}}
-    await service.post_result(task.id, TaskResult(provider_session_id=sid, status=200, body=answer))
-    done = await service.wait(task.id, budget=5)
-    outcome = await service.outcome(done)
+    await relay.claims.post_result(
+        task.id, TaskResult(provider_session_id=sid, status=200, body=answer)
+    )
+    done = await relay.waiting.wait(task.id, budget=5)
+    outcome = await relay.waiting.outcome(done)
     assert outcome.status == 200 and outcome.body == answer
 
 
-async def test_same_result_twice_is_harmless_another_conflicts(service: RelayService) -> None:
-    sid, task = await claimed(service)
+async def test_same_result_twice_is_harmless_another_conflicts(relay: Relay) -> None:
+    sid, task = await claimed(relay)
     result = TaskResult(provider_session_id=sid, status=200, body={"x": 1})
-    await service.post_result(task.id, result)
-    again = await service.post_result(task.id, result)
+    await relay.claims.post_result(task.id, result)
+    again = await relay.claims.post_result(task.id, result)
     assert again.state is TaskState.COMPLETED
     with pytest.raises(ResultConflictError):
-        await service.post_result(
+        await relay.claims.post_result(
             task.id, TaskResult(provider_session_id=sid, status=200, body={"x": 2})
         )
 
 
-async def test_only_the_claiming_session_may_post(service: RelayService) -> None:
-    sid = await register(service, spec("a"))
-    other = await register(service, spec("b"))
-    task = await service.submit("a", CHAT, stream=True)
-    await claim(service, sid)
+async def test_only_the_claiming_session_may_post(relay: Relay) -> None:
+    sid = await register(relay, spec("a"))
+    other = await register(relay, spec("b"))
+    task = await relay.queue.submit("a", CHAT, stream=True)
+    await claim(relay, sid)
     with pytest.raises(TaskNotClaimedError):
-        await service.post_chunks(
+        await relay.claims.post_chunks(
             task.id, ChunkBatch(provider_session_id=other, seq=0, chunks=[{"a": 1}])
         )
     with pytest.raises(TaskNotClaimedError):
-        await service.post_result(task.id, TaskResult(provider_session_id=other, status=200))
+        await relay.claims.post_result(task.id, TaskResult(provider_session_id=other, status=200))
 
 
 async def test_chunks_are_ordered_idempotent_and_stream_to_the_client(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid, task = await claimed(service, stream=True)
+    sid, task = await claimed(relay, stream=True)
     for seq in (0, 1, 1, 2):  # seq 1 posted twice: harmless
-        await service.post_chunks(
+        await relay.claims.post_chunks(
             task.id, ChunkBatch(provider_session_id=sid, seq=seq, chunks=[{"n": seq}])
         )
     with pytest.raises(ResultConflictError):
-        await service.post_chunks(
+        await relay.claims.post_chunks(
             task.id, ChunkBatch(provider_session_id=sid, seq=1, chunks=[{"n": "other"}])
         )
-    await service.post_result(task.id, TaskResult(provider_session_id=sid, chunk_count=3))
-    got = [json.loads(c.data) async for c in service.stream(task.id, budget=5)]
+    await relay.claims.post_result(task.id, TaskResult(provider_session_id=sid, chunk_count=3))
+    got = [json.loads(c.data) async for c in relay.waiting.stream(task.id, budget=5)]
     assert got == [[{"n": 0}], [{"n": 1}], [{"n": 2}]]
 
 
 async def test_a_stream_that_fails_midway_yields_its_chunks_then_the_error(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid, task = await claimed(service, stream=True)
-    await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
-    await service.post_result(
+    sid, task = await claimed(relay, stream=True)
+    await relay.claims.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
+    await relay.claims.post_result(
         task.id,
         TaskResult(
             provider_session_id=sid,
@@ -127,116 +132,120 @@ async def test_a_stream_that_fails_midway_yields_its_chunks_then_the_error(
     )
     seen = []
     with pytest.raises(BackendError, match="CUDA out of memory") as info:
-        async for chunk in service.stream(task.id, budget=5):
+        async for chunk in relay.waiting.stream(task.id, budget=5):
             seen.append(chunk.seq)
     assert seen == [0]
     assert info.value.status == 502
 
 
 async def test_cancelled_task_tells_the_publisher_on_its_next_chunk(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid, task = await claimed(service, stream=True)
-    await service.cancel(task.id)
+    sid, task = await claimed(relay, stream=True)
+    await relay.endings.cancel(task.id)
     with pytest.raises(TaskCancelledError):
-        await service.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
+        await relay.claims.post_chunks(
+            task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}])
+        )
 
 
 async def test_backend_errors_keep_4xx_and_turn_the_rest_into_502(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid = await register(service, spec("a"))
+    sid = await register(relay, spec("a"))
     for status, expected in ((400, 400), (500, 502), (503, 502)):
-        task = await service.submit("a", CHAT, stream=False)
-        await claim(service, sid)
-        await service.post_result(
+        task = await relay.queue.submit("a", CHAT, stream=False)
+        await claim(relay, sid)
+        await relay.claims.post_result(
             task.id,
             TaskResult(provider_session_id=sid, status=status, error=ErrorInfo(message="bad")),
         )
         with pytest.raises(BackendError) as info:
-            await service.outcome(await service.wait(task.id, budget=5))
+            await relay.waiting.outcome(await relay.waiting.wait(task.id, budget=5))
         assert info.value.status == expected and info.value.message == "bad"
 
 
 async def test_wait_past_its_budget_names_the_task_and_the_result_stays_fetchable(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
+    sid = await register(relay, spec("a"))
+    task = await relay.queue.submit("a", CHAT, stream=False)
     clock.step = 0.5
     with pytest.raises(TaskTimeoutError) as info:
-        await service.wait(task.id, budget=2)
+        await relay.waiting.wait(task.id, budget=2)
     assert info.value.task_id == task.id and task.id in info.value.message
     clock.step = 0
-    await claim(service, sid)
-    await service.post_result(task.id, TaskResult(provider_session_id=sid, body={"late": True}))
-    done, result = await service.get_task(task.id)
+    await claim(relay, sid)
+    await relay.claims.post_result(
+        task.id, TaskResult(provider_session_id=sid, body={"late": True})
+    )
+    done, result = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.COMPLETED
-    assert service.task_view(done, result).result == {"late": True}
+    assert views.task_view(done, result).result == {"late": True}
 
 
-async def test_results_expire_after_the_retention(service: RelayService, clock: FakeClock) -> None:
-    sid, task = await claimed(service)
-    await service.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
-    clock.advance(service.settings.result_retention_seconds + 1)
+async def test_results_expire_after_the_retention(relay: Relay, clock: FakeClock) -> None:
+    sid, task = await claimed(relay)
+    await relay.claims.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
+    clock.advance(relay.settings.result_retention_seconds + 1)
     with pytest.raises(TaskNotFoundError):
-        await service.get_task(task.id)
+        await relay.waiting.get_with_result(task.id)
 
 
 async def test_five_megabyte_prompt_and_answer_round_trip_byte_for_byte(
-    service: RelayService, client: object
+    relay: Relay, client: object
 ) -> None:
-    sid = await register(service, spec("a"))
+    sid = await register(relay, spec("a"))
     prompt = os.urandom(5 * 1024 * 1024 // 2).hex()  # 5 MiB of text
     body = {"model": "a", "messages": [{"role": "user", "content": prompt}]}
-    task = await service.submit("a", body, stream=False)
-    polled = await claim(service, sid)
+    task = await relay.queue.submit("a", body, stream=False)
+    polled = await claim(relay, sid)
     assert polled[0].request is None and polled[0].request_size > 5 * 1024 * 1024
-    assert json.loads(await service.task_request(task.id)) == body
+    assert json.loads(await relay.claims.task_request(task.id)) == body
     answer = {"choices": [{"message": {"content": prompt[::-1]}}]}
-    await service.post_result(task.id, TaskResult(provider_session_id=sid, body=answer))
-    outcome = await service.outcome(await service.wait(task.id, budget=5))
+    await relay.claims.post_result(task.id, TaskResult(provider_session_id=sid, body=answer))
+    outcome = await relay.waiting.outcome(await relay.waiting.wait(task.id, budget=5))
     assert outcome.body == answer
 
 
-async def test_a_body_over_the_limit_is_refused(service: RelayService) -> None:
-    await register(service, spec("a"))
+async def test_a_body_over_the_limit_is_refused(relay: Relay) -> None:
+    await register(relay, spec("a"))
     body = {"model": "a", "messages": [{"role": "user", "content": "x" * 7_000_000}]}
     with pytest.raises(PayloadTooLargeError, match="6291456"):
-        await service.submit("a", body, stream=False)
+        await relay.queue.submit("a", body, stream=False)
 
 
-async def test_unknown_and_offline_llms(service: RelayService, clock: FakeClock) -> None:
+async def test_unknown_and_offline_llms(relay: Relay, clock: FakeClock) -> None:
     with pytest.raises(LlmNotFoundError):
-        await service.submit("nope", CHAT, stream=False)
-    await register(service, spec("a"))
-    clock.advance(service.settings.heartbeat_timeout_seconds + 5)
+        await relay.queue.submit("nope", CHAT, stream=False)
+    await register(relay, spec("a"))
+    clock.advance(relay.settings.heartbeat_timeout_seconds + 5)
     # no sweep has run yet, but a row past its heartbeat timeout is offline all the same
     with pytest.raises(PublisherOfflineError, match="offline"):
-        await service.submit("a", CHAT, stream=False)
+        await relay.queue.submit("a", CHAT, stream=False)
 
 
 async def test_a_client_waiting_on_a_vanished_publisher_is_told_so(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    await register(service, spec("a"))
-    task = await service.submit("a", CHAT, stream=False)
+    await register(relay, spec("a"))
+    task = await relay.queue.submit("a", CHAT, stream=False)
     clock.step = 1.0  # the publisher never polls again
-    done = await service.wait(task.id, budget=500)
+    done = await relay.waiting.wait(task.id, budget=500)
     assert done.state is TaskState.FAILED
     with pytest.raises(PublisherOfflineError, match="went offline"):
-        await service.outcome(done)
+        await relay.waiting.outcome(done)
 
 
 async def test_non_streamed_inference_costs_few_dynamodb_requests(
-    service: RelayService, client: object
+    relay: Relay, client: object
 ) -> None:
-    sid = await register(service, spec("a"))
+    sid = await register(relay, spec("a"))
     counter = OpCounter(client)
-    task = await service.submit("a", CHAT, stream=False)
-    await claim(service, sid)
-    await service.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
-    await service.outcome(await service.wait(task.id, budget=5))
+    task = await relay.queue.submit("a", CHAT, stream=False)
+    await claim(relay, sid)
+    await relay.claims.post_result(task.id, TaskResult(provider_session_id=sid, body={}))
+    await relay.waiting.outcome(await relay.waiting.wait(task.id, budget=5))
     # get row, put task | get session, query queue, claim | complete | read the task
     assert counter.ops == [
         "GetItem",
@@ -255,59 +264,56 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
     slow = settings.model_copy(
         update={"poll_min_interval_seconds": 5.0, "poll_max_interval_seconds": 5.0}
     )
-    service = RelayService(
-        slow,
-        DynamoLlmStore(client, "Llms", "Tasks"),  # type: ignore[arg-type]
-        DynamoTaskStore(client, "Tasks"),
-        clock=clock,
-    )  # type: ignore[arg-type]
-    sid = await register(service, spec("a"))
+    relay = Relay(slow, Stores.on(client, "Llms", "Tasks"), clock=clock)
+    sid = await register(relay, spec("a"))
     counter = OpCounter(client)
     polled: list[Any] = []
     done: list[Any] = []
 
     async def poller() -> None:
         polled.extend(
-            await service.poll(PollRequest(provider_session_id=sid, wait_seconds=5, max_tasks=1))
+            await relay.claims.poll(
+                PollRequest(provider_session_id=sid, wait_seconds=5, max_tasks=1)
+            )
         )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(poller)
         await anyio.sleep(0.1)  # the poll found nothing and waits
         counter.ops.clear()
-        task = await service.submit("a", CHAT, stream=False)
+        task = await relay.queue.submit("a", CHAT, stream=False)
 
     async def waiter() -> None:
-        done.append(await service.wait(task.id, budget=5, fresh=True))
+        done.append(await relay.waiting.wait(task.id, budget=5, fresh=True))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
         await anyio.sleep(0.1)
-        await service.post_result(task.id, TaskResult(provider_session_id=sid, body={"ok": 1}))
+        await relay.claims.post_result(task.id, TaskResult(provider_session_id=sid, body={"ok": 1}))
     assert [t.id for t in polled] == [task.id]
-    assert (await service.outcome(done[0])).body == {"ok": 1}
+    assert (await relay.waiting.outcome(done[0])).body == {"ok": 1}
     # get row, put task, claim (no index query), complete; the waiter never reads: it
     # took the finished task from the signal
     assert counter.ops == ["GetItem", "PutItem", "UpdateItem", "UpdateItem"]
 
 
 async def test_a_poll_that_names_its_generation_skips_the_session_read(
-    service: RelayService, client: Any, clock: FakeClock
+    relay: Relay, client: Any, clock: FakeClock
 ) -> None:
-    reg = await service.register(RegisterRequest(providers=[spec("a")]))
+    reg = await relay.sessions.register(RegisterRequest(providers=[spec("a")]))
     counter = OpCounter(client)
     poll = PollRequest(
-        provider_session_id=reg.provider_session_id,
+        provider_session_id=reg.session.id,
         wait_seconds=0,
         max_tasks=1,
-        generation=reg.generation,
+        generation=reg.session.generation,
     )
-    await service.poll(poll)
+    await relay.claims.poll(poll)
     assert counter.ops == ["Query"]
     counter.ops.clear()
-    await service.poll(poll.model_copy(update={"generation": None}))  # an older publisher
+    await relay.claims.poll(poll.model_copy(update={"generation": None}))  # an older publisher
     assert counter.ops == ["GetItem", "Query"]
     counter.ops.clear()
     clock.advance(60)  # the heartbeat is due: read and refresh
-    await service.poll(poll)
+    await relay.claims.poll(poll)
     assert counter.ops[0] == "GetItem" and "UpdateItem" in counter.ops

@@ -8,27 +8,27 @@ import anyio
 import pytest
 
 from natrelay.errors import PublisherOfflineError, WakeFailedError
-from natrelay.service import RelayService
+from natrelay.service import Relay
 from natrelay.wire import ErrorInfo, HeartbeatRequest, LlmStatus, TaskKind, TaskResult
 from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
 
 pytestmark = pytest.mark.anyio
 
 
-async def _sleepy(service: RelayService) -> str:
-    return await register(service, spec("s", LlmStatus.HIBERNATING, wake=30))
+async def _sleepy(relay: Relay) -> str:
+    return await register(relay, spec("s", LlmStatus.HIBERNATING, wake=30))
 
 
 async def test_inference_on_a_hibernating_row_queues_one_wake_then_the_inference(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await _sleepy(service)
-    task = await service.submit("s", CHAT, stream=False)
-    row = await service.get_llm("s")
+    sid = await _sleepy(relay)
+    task = await relay.queue.submit("s", CHAT, stream=False)
+    row = await relay.catalog.get("s")
     assert row.wake_id == task.wake_id and row.waking(clock.now)
     # deadline = maxWaitSeconds + margin
-    assert row.wake_deadline == pytest.approx(clock.now + 30 + service.settings.wake_margin_seconds)
-    polled = await claim(service, sid)
+    assert row.wake_deadline == pytest.approx(clock.now + 30 + relay.settings.wake_margin_seconds)
+    polled = await claim(relay, sid)
     assert [(t.kind, t.id) for t in polled] == [
         (TaskKind.WAKE, task.wake_id),
         (TaskKind.INFER, task.id),
@@ -37,101 +37,102 @@ async def test_inference_on_a_hibernating_row_queues_one_wake_then_the_inference
 
 
 async def test_a_burst_shares_one_wake_and_losers_learn_it_without_scanning(
-    service: RelayService, client: Any
+    relay: Relay, client: Any
 ) -> None:
-    sid = await _sleepy(service)
-    first = await service.submit("s", CHAT, stream=False)
+    sid = await _sleepy(relay)
+    first = await relay.queue.submit("s", CHAT, stream=False)
     counter = OpCounter(client)
     results = []
 
     async def one() -> None:
-        results.append(await service.submit("s", CHAT, stream=False))
+        results.append(await relay.queue.submit("s", CHAT, stream=False))
 
     async with anyio.create_task_group() as tg:
         for _ in range(20):
             tg.start_soon(one)
     assert {t.wake_id for t in results} == {first.wake_id}
     assert "Scan" not in counter.ops and "Query" not in counter.ops
-    kinds = [t.kind for t in await claim(service, sid, n=32)]
+    kinds = [t.kind for t in await claim(relay, sid, n=32)]
     assert kinds.count(TaskKind.WAKE) == 1 and kinds.count(TaskKind.INFER) == 21
 
 
-async def test_a_successful_wake_makes_the_row_active(service: RelayService) -> None:
-    sid = await _sleepy(service)
-    task = await service.submit("s", CHAT, stream=False)
-    await claim(service, sid)
-    await service.post_result(
+async def test_a_successful_wake_makes_the_row_active(relay: Relay) -> None:
+    sid = await _sleepy(relay)
+    task = await relay.queue.submit("s", CHAT, stream=False)
+    await claim(relay, sid)
+    await relay.claims.post_result(
         task.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True, "ms": 900})
     )
-    row = await service.get_llm("s")
+    row = await relay.catalog.get("s")
     assert row.status is LlmStatus.ACTIVE and row.wake_id is None
     # the next request needs no wake; the session remembers the status for heartbeats
-    assert (await service.submit("s", CHAT, stream=False)).wake_id is None
-    assert service.llms.get_session(sid).statuses["s"] is LlmStatus.ACTIVE
+    assert (await relay.queue.submit("s", CHAT, stream=False)).wake_id is None
+    session = await relay.stores.sessions.get(sid)
+    assert session is not None and session.statuses["s"] is LlmStatus.ACTIVE
 
 
 async def test_a_failed_wake_leaves_the_row_hibernating_and_the_next_request_retries(
-    service: RelayService,
+    relay: Relay,
 ) -> None:
-    sid = await _sleepy(service)
-    task = await service.submit("s", CHAT, stream=False)
-    await claim(service, sid)
+    sid = await _sleepy(relay)
+    task = await relay.queue.submit("s", CHAT, stream=False)
+    await claim(relay, sid)
     cause = "wake of s failed: POST http://box/wake answered 500"
-    await service.post_result(
+    await relay.claims.post_result(
         task.wake_id or "",
         TaskResult(
             provider_session_id=sid, status=503, error=ErrorInfo(message=cause, code="wake_failed")
         ),
     )
     # the publisher fails the waiting inference with the wake's cause
-    await service.post_result(
+    await relay.claims.post_result(
         task.id,
         TaskResult(
             provider_session_id=sid, status=503, error=ErrorInfo(message=cause, code="wake_failed")
         ),
     )
     with pytest.raises(WakeFailedError, match="answered 500") as info:
-        await service.outcome(await service.wait(task.id, budget=5))
+        await relay.waiting.outcome(await relay.waiting.wait(task.id, budget=5))
     assert info.value.retry_after > 0
-    row = await service.get_llm("s")
+    row = await relay.catalog.get("s")
     assert row.status is LlmStatus.HIBERNATING and row.wake_id is None
-    again = await service.submit("s", CHAT, stream=False)
+    again = await relay.queue.submit("s", CHAT, stream=False)
     assert again.wake_id is not None and again.wake_id != task.wake_id
 
 
 async def test_an_expired_wake_marker_lets_the_next_request_start_a_fresh_wake(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    await _sleepy(service)
-    first = await service.submit("s", CHAT, stream=False)
-    clock.advance(30 + service.settings.wake_margin_seconds + 1)
+    await _sleepy(relay)
+    first = await relay.queue.submit("s", CHAT, stream=False)
+    clock.advance(30 + relay.settings.wake_margin_seconds + 1)
     # keep the session alive: only the wake's publisher-side work vanished
-    sid = (await service.get_llm("s")).session_id or ""
-    await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
-    second = await service.submit("s", CHAT, stream=False)
+    sid = (await relay.catalog.get("s")).session_id or ""
+    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+    second = await relay.queue.submit("s", CHAT, stream=False)
     assert second.wake_id is not None and second.wake_id != first.wake_id
 
 
 async def test_a_stale_wake_result_does_not_touch_a_newer_wake(
-    service: RelayService, clock: FakeClock
+    relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await _sleepy(service)
-    first = await service.submit("s", CHAT, stream=False)
-    await claim(service, sid)
+    sid = await _sleepy(relay)
+    first = await relay.queue.submit("s", CHAT, stream=False)
+    await claim(relay, sid)
     clock.advance(60)
-    await service.heartbeat(HeartbeatRequest(provider_session_id=sid))
-    second = await service.submit("s", CHAT, stream=False)
-    await service.post_result(
+    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+    second = await relay.queue.submit("s", CHAT, stream=False)
+    await relay.claims.post_result(
         first.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True})
     )
-    row = await service.get_llm("s")
+    row = await relay.catalog.get("s")
     assert row.wake_id == second.wake_id and row.status is LlmStatus.HIBERNATING
 
 
-async def test_inactive_rows_never_wake(service: RelayService, clock: FakeClock) -> None:
-    await _sleepy(service)
+async def test_inactive_rows_never_wake(relay: Relay, clock: FakeClock) -> None:
+    await _sleepy(relay)
     clock.advance(100)
-    await service.sweep()
+    await relay.sweeper().run()
     with pytest.raises(PublisherOfflineError, match="offline"):
-        await service.submit("s", CHAT, stream=False)
-    assert (await service.get_llm("s")).wake_id is None
+        await relay.queue.submit("s", CHAT, stream=False)
+    assert (await relay.catalog.get("s")).wake_id is None

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+import anyio.to_thread
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from natrelay.errors import ConditionFailedError
+from natrelay.store.errors import ConditionFailedError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 Item = dict[str, Any]
+S = TypeVar("S")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Named condition fragments (Powertools style); combined with AND / OR at call sites.
 NOT_EXISTS = "attribute_not_exists(#pk)"
@@ -33,6 +38,18 @@ WAKE_IS = "wakeId = :wake"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
+
+
+def off_loop(
+    fn: Callable[Concatenate[S, P], R],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """Make a blocking store method awaitable: boto3 runs in a worker thread."""
+
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await anyio.to_thread.run_sync(functools.partial(fn, self, *args, **kwargs))
+
+    run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    return run
 
 
 def make_client(endpoint_url: str | None, region: str) -> DynamoDBClient:
@@ -83,15 +100,17 @@ def is_condition_failure(exc: ClientError) -> bool:
 
 
 @contextmanager
-def condition(message: str) -> Iterator[None]:
-    """Turn a lost conditional write into ConditionFailedError carrying the old item."""
+def condition(message: str, record: Callable[[Item], object] | None = None) -> Iterator[None]:
+    """Turn a lost conditional write into ConditionFailedError carrying the old item,
+    decoded by `record` (when the write asked for ReturnValuesOnConditionCheckFailure)."""
     try:
         yield
     except ClientError as exc:
         if not is_condition_failure(exc):
             raise
         old_raw = exc.response.get("Item")
-        raise ConditionFailedError(message, old=decode(old_raw) if old_raw else None) from exc
+        old = record(decode(old_raw)) if old_raw and record is not None else None
+        raise ConditionFailedError(message, record=old) from exc
 
 
 def items(client: Any, operation: str, **kwargs: Any) -> Iterator[Item]:

@@ -69,7 +69,7 @@ class TaskRecord:
     stream: bool = False
     wake_id: str | None = None
     request_size: int = 0
-    # Set when the request fits in the task item; otherwise load_request().
+    # Set when the request fits in the task item; otherwise the store's request(task).
     request: bytes | None = None
     claimed_by: str | None = None
     claimed_generation: int | None = None

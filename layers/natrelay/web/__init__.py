@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -10,21 +9,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from natrelay.service import RelayService
+from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
 from natrelay.web.errors import HANDLERS
 from natrelay.web.requests import Right, authorize
+from natrelay.wire import Paths
 
-Endpoint = Callable[[Request, RelayService], Awaitable[Response]]
+Endpoint = Callable[[Request, Relay], Awaitable[Response]]
 
 
 def guarded(right: Right, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
-        service: RelayService = request.app.state.service
-        authorize(request, service.settings, right)
-        return await endpoint(request, service)
+        relay: Relay = request.app.state.relay
+        authorize(request, relay.settings, right)
+        return await endpoint(request, relay)
 
     route.__name__ = endpoint.__name__
     return route
@@ -35,39 +35,37 @@ async def healthz(request: Request) -> Response:
 
 
 PUB, CLI = Right.PUBLISH, Right.CLIENT
-_PROVIDER = "/api/v1/llms/_provider"
-_TASK = "/api/v1/llms/_provider-task/{task_id}"
+
+
+def _route(path: str, right: Right, endpoint: Endpoint, method: str) -> Route:
+    return Route(Paths.route(path), guarded(right, endpoint), methods=[method])
+
 
 ROUTES = [
-    Route("/healthz", healthz),
-    Route(f"{_PROVIDER}-register", guarded(PUB, api.register), methods=["POST"]),
-    Route(f"{_PROVIDER}-heartbeat", guarded(PUB, api.heartbeat), methods=["POST"]),
-    Route(f"{_PROVIDER}-poll", guarded(PUB, api.poll), methods=["POST"]),
-    Route(f"{_PROVIDER}-deregister", guarded(PUB, api.deregister), methods=["POST"]),
-    Route(f"{_TASK}/request", guarded(PUB, api.task_request), methods=["GET"]),
-    Route(f"{_TASK}/chunks", guarded(PUB, api.post_chunks), methods=["POST"]),
-    Route(f"{_TASK}/result", guarded(PUB, api.post_result), methods=["POST"]),
-    Route("/api/v1/llms", guarded(CLI, api.list_llms), methods=["GET"]),
-    Route("/api/v1/llms/{name:path}/infer", guarded(CLI, api.infer), methods=["POST"]),
-    Route("/api/v1/llms/{name:path}", guarded(CLI, api.get_llm), methods=["GET"]),
-    Route("/api/v1/llms/{name:path}", guarded(CLI, api.delete_llm), methods=["DELETE"]),
-    Route("/api/v1/tasks/{task_id}", guarded(CLI, api.get_task), methods=["GET"]),
-    Route("/api/v1/tasks/{task_id}", guarded(CLI, api.cancel_task), methods=["DELETE"]),
-    Route("/api/v1/tasks/{task_id}/events", guarded(CLI, api.task_events_route), methods=["GET"]),
-    Route("/v1/models", guarded(CLI, oa.list_models), methods=["GET"]),
-    Route("/v1/models/{model:path}", guarded(CLI, oa.get_model), methods=["GET"]),
-    Route("/v1/chat/completions", guarded(CLI, oa.chat_completions), methods=["POST"]),
+    Route(Paths.HEALTH, healthz),
+    _route(Paths.REGISTER, PUB, api.register, "POST"),
+    _route(Paths.HEARTBEAT, PUB, api.heartbeat, "POST"),
+    _route(Paths.POLL, PUB, api.poll, "POST"),
+    _route(Paths.DEREGISTER, PUB, api.deregister, "POST"),
+    _route(Paths.TASK_REQUEST, PUB, api.task_request, "GET"),
+    _route(Paths.TASK_CHUNKS, PUB, api.post_chunks, "POST"),
+    _route(Paths.TASK_RESULT, PUB, api.post_result, "POST"),
+    _route(Paths.LLMS, CLI, api.list_llms, "GET"),
+    _route(Paths.INFER, CLI, api.infer, "POST"),
+    _route(Paths.LLM, CLI, api.get_llm, "GET"),
+    _route(Paths.LLM, CLI, api.delete_llm, "DELETE"),
+    _route(Paths.TASK, CLI, api.get_task, "GET"),
+    _route(Paths.TASK, CLI, api.cancel_task, "DELETE"),
+    _route(Paths.TASK_EVENTS, CLI, api.task_events, "GET"),
+    _route(Paths.MODELS, CLI, oa.list_models, "GET"),
+    _route(Paths.MODEL, CLI, oa.get_model, "GET"),
+    _route(Paths.CHAT, CLI, oa.chat_completions, "POST"),
 ]
 
 
-def create_app(settings: Settings | None = None, service: RelayService | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, relay: Relay | None = None) -> Starlette:
     """The relay app; the same object serves uvicorn and Mangum."""
-    service = service or RelayService.from_settings(settings)
+    relay = relay or Relay.from_settings(settings)
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS)
-    app.state.service = service
+    app.state.relay = relay
     return app
-
-
-def run_sweep_once(settings: Settings | None = None) -> dict[str, int]:
-    """One sweep with settings from the environment (for `natrelay dev` and the sweeper)."""
-    return asyncio.run(RelayService.from_settings(settings).sweep())

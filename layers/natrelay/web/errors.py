@@ -9,6 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from natrelay import errors
+from natrelay.wire import ErrorCode
 
 log = logging.getLogger("natrelay.web")
 
@@ -24,7 +25,6 @@ STATUS: dict[type[errors.RelayError], int] = {
     errors.TaskNotClaimedError: 409,
     errors.TaskCancelledError: 409,
     errors.ResultConflictError: 409,
-    errors.ConditionFailedError: 409,
     errors.PublisherOfflineError: 503,
     errors.BackendError: 502,
     errors.TaskTimeoutError: 504,
@@ -69,7 +69,9 @@ async def relay_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
+        exc.status_code, ErrorCode.HTTP_ERROR
+    )
     return JSONResponse(
         {
             "error": {
@@ -91,7 +93,7 @@ async def unexpected(request: Request, exc: Exception) -> Response:
             "error": {
                 "message": "internal error in the relay",
                 "type": "server_error",
-                "code": "internal_error",
+                "code": ErrorCode.INTERNAL_ERROR,
                 "param": None,
             }
         },

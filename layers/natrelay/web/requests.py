@@ -68,5 +68,13 @@ def parse(model: type[M], data: Any) -> M:
         raise InvalidRequestError(f"{where}{first['msg']}", param=field) from exc
 
 
+async def read_object(request: Request, settings: Settings) -> dict[str, Any]:
+    """The body as a JSON object (400 for anything else)."""
+    body = await read_json(request, settings)
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return body
+
+
 async def read_model(request: Request, settings: Settings, model: type[M]) -> M:
     return parse(model, await read_json(request, settings))

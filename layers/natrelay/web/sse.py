@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 
 from natrelay.errors import RelayError, TaskTimeoutError
-from natrelay.service import RelayService
+from natrelay.service import Relay
 from natrelay.store import Chunk, TaskRecord
 from natrelay.web.errors import error_body
+from natrelay.web.views import task_view
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -20,29 +21,27 @@ def _data(obj: Any) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
-async def _cancel_unless_done(service: RelayService, task_id: str, done: bool) -> None:
+async def _cancel_unless_done(relay: Relay, task_id: str, done: bool) -> None:
     if not done:
         with anyio.CancelScope(shield=True):
-            await service.cancel(task_id)
+            await relay.endings.cancel(task_id)
 
 
-async def open_chat_stream(
-    service: RelayService, task: TaskRecord, budget: float
-) -> AsyncIterator[str]:
+async def open_chat_stream(relay: Relay, task: TaskRecord, budget: float) -> AsyncIterator[str]:
     """Wait for the first chunk before answering, so that a task that fails (or times
     out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
     followed by an error event. Raises that error; otherwise returns the SSE body."""
-    chunks = service.stream(task.id, budget=budget, submitted=task)
+    chunks = relay.waiting.stream(task.id, budget=budget, submitted=task)
     try:
         first = await anext(chunks, None)
     except RelayError:
         await chunks.aclose()
         raise
-    return chat_stream(service, task.id, first, chunks)
+    return chat_stream(relay, task.id, first, chunks)
 
 
 async def chat_stream(
-    service: RelayService, task_id: str, first: Chunk | None, rest: AsyncIterator[Chunk]
+    relay: Relay, task_id: str, first: Chunk | None, rest: AsyncIterator[Chunk]
 ) -> AsyncIterator[str]:
     """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`.
 
@@ -62,7 +61,7 @@ async def chat_stream(
         done = not isinstance(exc, TaskTimeoutError)
         yield _data(error_body(exc))
     finally:
-        await _cancel_unless_done(service, task_id, done)
+        await _cancel_unless_done(relay, task_id, done)
 
 
 def parse_event_id(value: str | None) -> tuple[int, int]:
@@ -76,8 +75,8 @@ def parse_event_id(value: str | None) -> tuple[int, int]:
         return -1, -1
 
 
-async def task_events(
-    service: RelayService, task_id: str, last: tuple[int, int], budget: float
+async def task_events_body(
+    relay: Relay, task_id: str, last: tuple[int, int], budget: float
 ) -> AsyncIterator[str]:
     """Each chunk as an event with id `<seq>:<index>`; a final `end` event with the task.
 
@@ -87,7 +86,7 @@ async def task_events(
     seq, index = last
     try:
         # re-read the batch of the last event seen; its events up to `index` are skipped
-        async for chunk in service.stream(task_id, after_seq=max(seq - 1, -1), budget=budget):
+        async for chunk in relay.waiting.stream(task_id, after_seq=max(seq - 1, -1), budget=budget):
             for i, obj in enumerate(json.loads(chunk.data)):
                 if chunk.seq == seq and i <= index:
                     continue
@@ -96,6 +95,6 @@ async def task_events(
         return
     except RelayError:
         pass  # the end event carries the error
-    task, result = await service.get_task(task_id)
-    view = service.task_view(task, result)
+    task, result = await relay.waiting.get_with_result(task_id)
+    view = task_view(task, result)
     yield "event: end\n" + _data(view.model_dump(mode="json", by_alias=True, exclude_none=True))

@@ -1,4 +1,4 @@
-"""Store records as the wire models clients and publishers see."""
+"""Domain records as the wire models clients and publishers see."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from natrelay.service import Registration
 from natrelay.store import LlmRecord, TaskRecord
-from natrelay.wire import ErrorInfo, LlmRow, TaskView
+from natrelay.wire import ErrorInfo, LlmRow, PolledTask, SessionResponse, TaskView
 
 
 def iso(ts: float | None) -> str | None:
@@ -50,3 +51,40 @@ def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
         result=json.loads(result) if result else None,
         error=error,
     )
+
+
+def session_response(registration: Registration, now: float) -> SessionResponse:
+    session = registration.session
+    return SessionResponse(
+        provider_session_id=session.id,
+        llms=[row_view(r, now) for r in registration.rows],
+        generation=session.generation,
+    )
+
+
+def polled_task(task: TaskRecord) -> PolledTask:
+    """A claimed task as the poll hands it out; its request inline if the task carries it."""
+    return PolledTask(
+        id=task.id,
+        kind=task.kind,
+        llm=task.llm,
+        created_at=iso(task.created_at) or "",
+        stream=task.stream,
+        request=json.loads(task.request) if task.request else None,
+        request_size=task.request_size,
+        wake_id=task.wake_id,
+        lease_seconds=task.lease_seconds,
+    )
+
+
+def model_object(row: LlmRecord) -> dict[str, Any]:
+    """A row as an OpenAI model object."""
+    return {
+        "id": row.name,
+        "object": "model",
+        "created": int(row.created_at or 0),
+        "owned_by": "natrelay",
+        "status": row.status.value,
+        "tier": row.tier,
+        "description": row.description,
+    }

@@ -13,7 +13,10 @@ from natrelay.errors import (
     WakeFailedError,
 )
 from natrelay.store import LlmRecord, TaskRecord
-from natrelay.wire import TaskState
+from natrelay.wire import ErrorCode, TaskState
+
+OFFLINE_STATUS = 503
+CANCELLED_STATUS = 499
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,15 @@ class Outcome:
 
 
 def offline_error(message: str) -> dict[str, Any]:
-    return {"message": message, "code": "publisher_offline", "type": "service_unavailable"}
+    return {
+        "message": message,
+        "code": ErrorCode.PUBLISHER_OFFLINE.value,
+        "type": "service_unavailable",
+    }
+
+
+def cancelled_error(message: str) -> dict[str, Any]:
+    return {"message": message, "code": ErrorCode.TASK_CANCELLED.value}
 
 
 def offline(row: LlmRecord, now: float) -> PublisherOfflineError:
@@ -43,9 +54,9 @@ def task_error(task: TaskRecord) -> RelayError:
     code = error.get("code")
     if task.state is TaskState.CANCELLED:
         return TaskCancelledError(message)
-    if code == "wake_failed":
+    if code == ErrorCode.WAKE_FAILED:
         return WakeFailedError(message)
-    if code == "publisher_offline":
+    if code == ErrorCode.PUBLISHER_OFFLINE:
         return PublisherOfflineError(message)
     status = task.status or 502
     return BackendError(message, status=status if 400 <= status < 500 else 502)

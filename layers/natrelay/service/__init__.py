@@ -1,0 +1,63 @@
+"""The relay's domain rules, one module per job; `Relay` puts them together.
+
+sessions (register, heartbeat, deregister) · queue (submit a client's request) ·
+claims (poll, chunks, results) · wakes · waiting (a client's wait and stream) ·
+endings (force-finish a task and notify) · catalog (rows) · sweep. The clock is
+injectable everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+
+from natrelay.service.catalog import Catalog
+from natrelay.service.claims import Claims
+from natrelay.service.context import Context
+from natrelay.service.endings import Endings
+from natrelay.service.queue import Queue
+from natrelay.service.sessions import Registration, Sessions
+from natrelay.service.sweep import Sweeper
+from natrelay.service.waiting import Waiting
+from natrelay.service.wakes import Wakes
+from natrelay.settings import Settings
+from natrelay.signals import Signals
+from natrelay.store import Stores
+from natrelay.types import Clock
+
+
+class Relay:
+    """Every operation of the relay, grouped by job. Raises RelayError subclasses only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        clock: Clock = time.time,
+        signals: Signals | None = None,
+    ) -> None:
+        ctx = Context(settings, stores, clock, signals or Signals(settings.in_process_signals))
+        self.ctx = ctx
+        self.settings = settings
+        self.stores = stores
+        self.clock = clock
+        self.signals = ctx.signals
+        self.endings = Endings(ctx)
+        self.catalog = Catalog(ctx)
+        self.sessions = Sessions(ctx, self.endings)
+        self.wakes = Wakes(ctx, self.sessions)
+        self.queue = Queue(ctx, self.catalog, self.wakes)
+        self.claims = Claims(ctx, self.sessions, self.wakes, self.endings)
+        self.waiting = Waiting(ctx, self.endings)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Relay:
+        settings = settings or Settings()
+        stores = Stores.connect(settings)
+        return cls(settings, stores)
+
+    def sweeper(self) -> Sweeper:
+        """A sweeper sharing this relay's stores, clock and in-process signals."""
+        return Sweeper(self.stores, self.settings, self.clock, self.signals)
+
+
+__all__ = ["Registration", "Relay", "Sweeper"]

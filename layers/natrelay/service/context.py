@@ -1,0 +1,32 @@
+"""What every part of the service shares: settings, stores, clock, in-process signals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from natrelay.service.liveness import Liveness
+from natrelay.settings import Settings
+from natrelay.signals import Pace, Signals
+from natrelay.store import Stores
+from natrelay.types import Clock
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    stores: Stores
+    clock: Clock
+    signals: Signals
+    liveness: Liveness = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "liveness", Liveness(self.settings.heartbeat_timeout_seconds))
+
+    def pace(self) -> Pace:
+        """A fresh pace for re-checking DynamoDB while waiting."""
+        s = self.settings
+        return Pace(s.poll_min_interval_seconds, s.poll_max_interval_seconds)
+
+    def result_expiry(self, now: float) -> float:
+        """When a task that ends now may be forgotten."""
+        return now + self.settings.result_retention_seconds

@@ -1,0 +1,110 @@
+"""Ending a task from the relay's side, and telling whoever waits for it.
+
+The one home of "force-finish a task and notify its waiters": a publisher that
+shut down or vanished, a lease that ran out, a client that went away.
+"""
+
+from __future__ import annotations
+
+from natrelay.service.context import Context
+from natrelay.service.outcomes import (
+    CANCELLED_STATUS,
+    OFFLINE_STATUS,
+    cancelled_error,
+    offline_error,
+)
+from natrelay.store import ConditionFailedError, TaskRecord
+from natrelay.wire import TaskState
+
+# How many queued tasks one pass of fail_queued looks at.
+QUEUED_BATCH = 100
+
+
+def task_key(task_id: str) -> str:
+    """The in-process signal key of a task's waiters."""
+    return f"task:{task_id}"
+
+
+def session_key(session_id: str) -> str:
+    """The in-process signal key of a session's waiting polls."""
+    return f"session:{session_id}"
+
+
+class Endings:
+    def __init__(self, ctx: Context) -> None:
+        self.tasks = ctx.stores.tasks
+        self.clock = ctx.clock
+        self.signals = ctx.signals
+        self._expiry = ctx.result_expiry
+
+    def notify(self, task_id: str, payload: object | None = None) -> None:
+        """Wake this process's waiters of the task (a hint; they re-read DynamoDB)."""
+        self.signals.notify(task_key(task_id), payload)
+
+    async def fail_queued(self, session_id: str, why: str) -> int:
+        """Fail the tasks still queued for a session; returns how many."""
+        failed = 0
+        for task_id in await self.tasks.pending(session_id, QUEUED_BATCH):
+            now = self.clock()
+            error = offline_error(f"task {task_id} was not run: {why}")
+            try:
+                await self.tasks.fail_if_pending(
+                    task_id,
+                    status=OFFLINE_STATUS,
+                    error=error,
+                    now=now,
+                    expires_at=self._expiry(now),
+                )
+            except ConditionFailedError:
+                continue
+            failed += 1
+            self.notify(task_id)
+        return failed
+
+    async def fail_orphaned(self, task: TaskRecord) -> TaskRecord | None:
+        """Fail a task whose publisher went offline; the task as it ends up (None: gone)."""
+        now = self.clock()
+        error = offline_error(f"the publisher of {task.llm} went offline during task {task.id}")
+        try:
+            ended: TaskRecord | None = await self.tasks.end_unfinished(
+                task.id,
+                TaskState.FAILED,
+                status=OFFLINE_STATUS,
+                error=error,
+                now=now,
+                expires_at=self._expiry(now),
+            )
+        except ConditionFailedError:
+            ended = await self.tasks.get(task.id, now)
+        self.notify(task.id)
+        return ended
+
+    async def fail_lost_lease(self, task: TaskRecord) -> bool:
+        """Fail a claimed task whose lease ran out; False if it changed meanwhile."""
+        now = self.clock()
+        error = offline_error(f"the publisher of {task.llm} vanished during task {task.id}")
+        try:
+            await self.tasks.fail_if_lease_expired(
+                task.id, status=OFFLINE_STATUS, error=error, now=now, expires_at=self._expiry(now)
+            )
+        except ConditionFailedError:
+            return False
+        self.notify(task.id)
+        return True
+
+    async def cancel(self, task_id: str, why: str = "the client went away") -> None:
+        """Cancel a task that is not done (the publisher aborts it); no-op if done."""
+        now = self.clock()
+        error = cancelled_error(f"task {task_id} was cancelled: {why}")
+        try:
+            await self.tasks.end_unfinished(
+                task_id,
+                TaskState.CANCELLED,
+                status=CANCELLED_STATUS,
+                error=error,
+                now=now,
+                expires_at=self._expiry(now),
+            )
+        except ConditionFailedError:
+            return
+        self.notify(task_id)

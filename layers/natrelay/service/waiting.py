@@ -1,0 +1,168 @@
+"""The client's side of a task: wait for the answer, or follow its stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+
+from natrelay.errors import TaskNotFoundError, TaskTimeoutError
+from natrelay.service.context import Context
+from natrelay.service.endings import Endings, task_key
+from natrelay.service.outcomes import Outcome, task_error
+from natrelay.store import Chunk, StreamRead, TaskRecord
+from natrelay.wire import TaskState
+
+
+def _not_found(task_id: str) -> TaskNotFoundError:
+    return TaskNotFoundError(f"task {task_id} does not exist or has expired", param="id")
+
+
+class Waiting:
+    def __init__(self, ctx: Context, endings: Endings) -> None:
+        self.stores = ctx.stores
+        self.settings = ctx.settings
+        self.clock = ctx.clock
+        self.signals = ctx.signals
+        self.liveness = ctx.liveness
+        self._pace = ctx.pace
+        self.endings = endings
+
+    async def get(self, task_id: str) -> TaskRecord:
+        task = await self.stores.tasks.get(task_id, self.clock())
+        if task is None:
+            raise _not_found(task_id)
+        return task
+
+    async def get_with_result(self, task_id: str) -> tuple[TaskRecord, bytes | None]:
+        task = await self.get(task_id)
+        result = await self.stores.tasks.result(task) if task.state.done else None
+        return task, result
+
+    async def _orphaned(self, task: TaskRecord) -> TaskRecord | None:
+        """Fail the task if its publisher session stopped heartbeating; else None."""
+        session = await self.stores.sessions.get(task.session_id)
+        if session is not None and self.liveness.alive(session.heartbeat_at, self.clock()):
+            return None
+        return await self.endings.fail_orphaned(task)
+
+    async def wait(self, task_id: str, budget: float, *, fresh: bool = False) -> TaskRecord:
+        """Wait until the task is done; TaskTimeoutError (naming it) past the budget.
+
+        `fresh`: the task was just submitted, so there is nothing to read yet.
+        """
+        deadline = self.clock() + budget
+        pace = self._pace()
+        next_liveness = self.clock() + self.liveness.check_every
+        handed: list[TaskRecord] = []
+        with self.signals.listen(task_key(task_id)) as listener:
+            if fresh:
+                await pace.wait(listener, deadline - self.clock())
+                handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
+            while True:
+                if handed and handed[-1].state.done:
+                    return handed[-1]
+                task = await self.get(task_id)
+                if task.state.done:
+                    return task
+                now = self.clock()
+                if now >= next_liveness:
+                    next_liveness = now + self.liveness.check_every
+                    orphaned = await self._orphaned(task)
+                    if orphaned is not None:
+                        return orphaned
+                if now >= deadline:
+                    raise TaskTimeoutError(
+                        f"no answer within {budget:g} s; task {task_id} is still "
+                        f"{task.state.value}: fetch it later at /api/v1/tasks/{task_id}",
+                        task_id=task_id,
+                    )
+                await pace.wait(listener, deadline - now)
+                handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
+
+    async def outcome(self, task: TaskRecord) -> Outcome:
+        """The finished task's answer, or the error it ended with (raised)."""
+        if task.state is TaskState.COMPLETED:
+            raw = await self.stores.tasks.result(task)
+            return Outcome(status=task.status or 200, body=json.loads(raw) if raw else None)
+        raise task_error(task)
+
+    async def stream(
+        self,
+        task_id: str,
+        after_seq: int = -1,
+        budget: float | None = None,
+        *,
+        submitted: TaskRecord | None = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Chunks in order as they arrive; raises the task's error if it failed.
+
+        `submitted`: the task as just submitted, so there is nothing to read yet.
+        """
+        deadline = self.clock() + (budget or self.settings.stream_timeout_seconds)
+        cursor = after_seq
+        pace = self._pace()
+        next_liveness = self.clock() + self.liveness.check_every
+        hints: list[object] = []
+        last: TaskRecord | None = submitted
+        with self.signals.listen(task_key(task_id)) as listener:
+            if submitted is not None:
+                await pace.wait(listener, deadline - self.clock())
+                hints = listener.take()
+            while True:
+                read = _from_hints(hints, cursor, last)
+                from_hints = read is not None
+                if read is None:
+                    read = await self.stores.chunks.read_stream(task_id, cursor, self.clock())
+                progressed = False
+                for chunk in read.chunks:
+                    if chunk.seq != cursor + 1:
+                        break  # a gap: the missing batch is still being written
+                    cursor = chunk.seq
+                    progressed = True
+                    yield chunk
+                task = last = read.task
+                if task is None:
+                    raise _not_found(task_id)
+                if task.state.done and read.complete and cursor + 1 >= task.chunk_count:
+                    if task.state is not TaskState.COMPLETED:
+                        raise task_error(task)
+                    return
+                now = self.clock()
+                if now >= next_liveness:
+                    next_liveness = now + self.liveness.check_every
+                    if not task.state.done and await self._orphaned(task) is not None:
+                        continue
+                if now >= deadline:
+                    raise TaskTimeoutError(
+                        f"the stream did not finish within the request's budget; task "
+                        f"{task_id} goes on: read the rest at /api/v1/tasks/{task_id}/events",
+                        task_id=task_id,
+                    )
+                if progressed and not from_hints:
+                    pace.reset()
+                    hints = listener.take()
+                    continue  # a Query may have stopped at its page size: read on
+                await pace.wait(listener, deadline - now)
+                hints = listener.take()
+
+
+def _from_hints(hints: list[object], cursor: int, last: TaskRecord | None) -> StreamRead | None:
+    """What a stream reader can take from in-process hints without a Query, if anything.
+
+    Only a gap-free run of chunks after the cursor counts, and only while the task's
+    state is known: the last read, or a finished task record handed over with them.
+    """
+    chunks = sorted((h for h in hints if isinstance(h, Chunk)), key=lambda c: c.seq)
+    run: list[Chunk] = []
+    for chunk in chunks:
+        if chunk.seq == cursor + len(run) + 1:
+            run.append(chunk)
+    done = [h for h in hints if isinstance(h, TaskRecord) and h.state.done]
+    if done:
+        final = done[-1]
+        if cursor + len(run) + 1 >= final.chunk_count:
+            return StreamRead(chunks=run, task=final, complete=True)
+        return None
+    if run and last is not None and not last.state.done:
+        return StreamRead(chunks=run, task=last, complete=True)
+    return None

@@ -1,0 +1,107 @@
+"""The items of a task's partition (pk `task#<id>`): keys, codec, large payloads.
+
+sk `m` is the task, `c#<seq>` its stream chunks, `q#<n>` / `r#<n>` the parts of a
+request / result too large for one item. Chunks sort before `m`, so one Query reads
+the new chunks and the task's state together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from natrelay.store._dynamo import Item, encode, items, split, values
+from natrelay.store.records import TaskRecord
+from natrelay.wire import TaskKind, TaskState
+
+# Payloads up to this size live in the task item; larger ones are split into parts.
+INLINE_LIMIT = 200 * 1024
+PART_SIZE = 350 * 1024
+LEASE_SHARD = "lease"
+WAKE_PRIORITY = 86_400.0
+STATE_NAMES = {"#state": "state"}
+
+
+def task_pk(task_id: str) -> dict[str, Any]:
+    return {"S": f"task#{task_id}"}
+
+
+def task_key(task_id: str, sk: str = "m") -> dict[str, Any]:
+    return {"pk": task_pk(task_id), "sk": {"S": sk}}
+
+
+def seq_key(seq: int) -> str:
+    return f"c#{seq:010d}"
+
+
+def task_record(item: Item) -> TaskRecord:
+    return TaskRecord(
+        id=item["pk"].removeprefix("task#"),
+        kind=TaskKind(item["kind"]),
+        llm=item["llm"],
+        session_id=item["sessionId"],
+        state=TaskState(item["state"]),
+        created_at=item["createdAt"],
+        lease_seconds=item.get("leaseSeconds", 60),
+        updated_at=item.get("updatedAt"),
+        stream=bool(item.get("stream", False)),
+        wake_id=item.get("wakeId"),
+        request_size=int(item.get("requestSize", 0)),
+        request=item.get("request"),
+        claimed_by=item.get("claimedBy"),
+        claimed_generation=item.get("claimedGeneration"),
+        lease_until=item.get("leaseUntil"),
+        attempts=int(item.get("attempts", 0)),
+        sent_any=bool(item.get("sentAny", False)),
+        chunk_count=int(item.get("chunkCount", 0)),
+        status=item.get("status"),
+        result_size=int(item.get("resultSize", 0)),
+        result=item.get("result"),
+        result_hash=item.get("resultHash"),
+        error=item.get("error"),
+    )
+
+
+def result_hash(status: int, body: bytes | None, error: dict[str, Any] | None) -> str:
+    digest = hashlib.sha256(f"{status}|{error!r}|".encode())
+    digest.update(body or b"")
+    return digest.hexdigest()
+
+
+def write_parts(
+    client: Any, table: str, task_id: str, prefix: str, *, data: bytes, expires_at: float
+) -> None:
+    """Store `data` as parts `<prefix>#<n>` of the task's partition."""
+    parts = split(data, PART_SIZE)
+    for start in range(0, len(parts), 25):
+        batch = [
+            {
+                "PutRequest": {
+                    "Item": encode(
+                        {
+                            "pk": f"task#{task_id}",
+                            "sk": f"{prefix}#{start + i:04d}",
+                            "data": part,
+                            "expiresAt": int(expires_at),
+                        }
+                    )
+                }
+            }
+            for i, part in enumerate(parts[start : start + 25])
+        ]
+        pending: dict[str, Any] = {table: batch}
+        while pending:
+            out = client.batch_write_item(RequestItems=pending)
+            pending = out.get("UnprocessedItems") or {}
+
+
+def read_parts(client: Any, table: str, task_id: str, prefix: str) -> bytes:
+    parts = items(
+        client,
+        "query",
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues=values(pk=f"task#{task_id}", prefix=f"{prefix}#"),
+        ConsistentRead=True,
+    )
+    return b"".join(part["data"] for part in parts)
