@@ -142,11 +142,8 @@ class Recorder:
 
 def counted_app() -> Recorder:
     app = create_app()
-    service = app.state.service
     ops = OpCounter()
-    clients = {id(store._client): store._client for store in (service.llms, service.tasks)}
-    for client in clients.values():
-        ops.attach(client)
+    ops.attach(app.state.relay.stores.client)
     return Recorder(app, ops)
 
 
