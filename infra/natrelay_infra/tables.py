@@ -12,13 +12,14 @@ from natrelay_infra.template import table_definitions
 class TableNames:
     llms: str
     tasks: str
+    keys: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TableNames:
-        return cls(llms=f"{prefix}Llms", tasks=f"{prefix}Tasks")
+        return cls(llms=f"{prefix}Llms", tasks=f"{prefix}Tasks", keys=f"{prefix}Keys")
 
 
-_LOGICAL_IDS = {"llms": "LlmsTable", "tasks": "TasksTable"}
+_LOGICAL_IDS = {"llms": "LlmsTable", "tasks": "TasksTable", "keys": "KeysTable"}
 
 
 def create_tables(client: Any, names: TableNames) -> None:

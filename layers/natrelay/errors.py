@@ -105,3 +105,39 @@ class TaskTimeoutError(RelayError):
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class NameOwnedError(RelayError):
+    """The name belongs to another publisher key (until an admin releases it)."""
+
+    code = ErrorCode.NAME_OWNED
+    type = "invalid_request_error"
+
+
+class SessionForbiddenError(RelayError):
+    """The session does not exist or belongs to another key: the same answer for both."""
+
+    code = ErrorCode.SESSION_FORBIDDEN
+    type = "permission_error"
+
+
+class KeyNotFoundError(RelayError):
+    code = ErrorCode.KEY_NOT_FOUND
+    type = "invalid_request_error"
+
+
+class RateLimitError(RelayError):
+    """Over the key's requests per minute or concurrent requests."""
+
+    code = ErrorCode.RATE_LIMIT_EXCEEDED
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExceededError(RateLimitError):
+    """Over the key's tokens per day."""
+
+    code = ErrorCode.BUDGET_EXCEEDED

@@ -11,11 +11,22 @@ class Settings(BaseSettings):
 
     llms_table: str = "natrelay-Llms"
     tasks_table: str = "natrelay-Tasks"
+    # Keys, their usage and the names each publisher key owns.
+    keys_table: str = "natrelay-Keys"
     dynamodb_endpoint: str | None = None
     region: str = Field(default="us-east-1")
 
+    # The simple mode: one shared token per role (empty: off). The admin token is the
+    # first admin credential; on AWS all three come from the secret named below.
     publish_token: SecretStr = SecretStr("")
     client_token: SecretStr = SecretStr("")
+    admin_token: SecretStr = SecretStr("")
+    # An AWS Secrets Manager secret (JSON: adminToken, clientToken, publishToken) read
+    # once at start; its values fill the tokens above that are not set.
+    secret_arn: str | None = None
+    # How long a process trusts a stored key it verified; revocation and expiry take
+    # effect everywhere within this time.
+    key_cache_seconds: float = Field(default=15, ge=0, le=30)
 
     heartbeat_timeout_seconds: float = Field(default=90, gt=0)
     inactive_retention_seconds: float = Field(default=4 * 3600, ge=0)

@@ -21,6 +21,14 @@ class LlmStatus(StrEnum):
     INACTIVE = "inactive"
 
 
+class Role(StrEnum):
+    """What a key may do: manage everything, call models, or publish them."""
+
+    ADMIN = "admin"
+    CLIENT = "client"
+    PUBLISHER = "publisher"
+
+
 class TaskKind(StrEnum):
     INFER = "infer"
     WAKE = "wake"
@@ -52,6 +60,11 @@ class ErrorCode(StrEnum):
     SESSION_NOT_FOUND = "session_not_found"
     TASK_NOT_FOUND = "task_not_found"
     NAME_TAKEN = "name_taken"
+    NAME_OWNED = "name_owned"
+    SESSION_FORBIDDEN = "session_forbidden"
+    KEY_NOT_FOUND = "key_not_found"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    BUDGET_EXCEEDED = "budget_exceeded"
     TASK_NOT_CLAIMED = "task_not_claimed"
     TASK_CANCELLED = "task_cancelled"
     RESULT_CONFLICT = "result_conflict"
@@ -81,6 +94,10 @@ class Paths:
     INFER = "/api/v1/llms/{name}/infer"
     TASK = "/api/v1/tasks/{task_id}"
     TASK_EVENTS = "/api/v1/tasks/{task_id}/events"
+    KEYS = "/api/v1/keys"
+    KEY = "/api/v1/keys/{key_id}"
+    KEY_USAGE = "/api/v1/keys/{key_id}/usage"
+    USAGE = "/api/v1/usage"
     MODELS = "/v1/models"
     MODEL = "/v1/models/{model}"
     CHAT = "/v1/chat/completions"
@@ -129,8 +146,13 @@ class ProviderSpec(WireModel):
     wake_max_wait_seconds: float | None = Field(default=None, gt=0, le=3600)
 
 
+# One registration writes a row and a name claim per provider plus the session, in one
+# DynamoDB transaction (at most 100 items).
+MAX_PROVIDERS = 48
+
+
 class RegisterRequest(WireModel):
-    providers: list[ProviderSpec] = Field(min_length=1, max_length=64)
+    providers: list[ProviderSpec] = Field(min_length=1, max_length=MAX_PROVIDERS)
     provider_session_id: SessionId | None = None
 
 
@@ -186,7 +208,6 @@ class LlmRow(Answer):
     tier: str | None = None
     description: str | None = None
     status: LlmStatus
-    provider_session_id: str | None = None
     last_heartbeat_at: str | None = None
     inactive_since: str | None = None
     created_at: str | None = None
@@ -244,3 +265,59 @@ class TaskView(Answer):
     status: int | None = None
     result: Any = None
     error: ErrorInfo | None = None
+
+
+# --- keys and usage (admin API) ----------------------------------------------------
+
+ModelPattern = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@*?\[\]!-]{1,128}$")]
+
+
+class KeySpec(WireModel):
+    """A key to create. Limits left out are unlimited; `models` left out allows all."""
+
+    role: Role
+    label: str = Field(min_length=1, max_length=200)
+    # Model names or glob patterns (`llama-*`, `*:8b`), as fnmatch reads them.
+    models: list[ModelPattern] | None = Field(default=None, max_length=100)
+    rpm: int | None = Field(default=None, ge=1, le=1_000_000)
+    concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    expires_in_seconds: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
+
+
+class KeyView(Answer):
+    id: str
+    label: str
+    role: Role
+    models: list[str] | None = None
+    rpm: int | None = None
+    concurrency: int | None = None
+    tokens_per_day: int | None = None
+    created_at: str
+    expires_at: str | None = None
+    revoked_at: str | None = None
+    # active | revoked | expired
+    status: str
+
+
+class KeyCreated(KeyView):
+    """The key as created, with its secret: shown this once, never stored."""
+
+    secret: str
+
+
+class KeyList(Answer):
+    data: list[KeyView]
+
+
+class UsageDay(Answer):
+    date: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+
+
+class UsageView(Answer):
+    key_id: str
+    days: list[UsageDay]

@@ -7,12 +7,23 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from natrelay.service import Relay
+from natrelay.service import Principal, Relay
 from natrelay.settings import Settings
 from natrelay.store import Stores, TaskRecord
 from natrelay.web import views
-from natrelay.wire import LlmStatus, PolledTask, PollRequest, ProviderSpec, RegisterRequest
+from natrelay.wire import (
+    LlmStatus,
+    PolledTask,
+    PollRequest,
+    ProviderSpec,
+    RegisterRequest,
+    Role,
+)
 from natrelay_infra.tables import TableNames, create_tables
+
+# Who the service-level tests act as: one publisher key and one unscoped client key.
+PUB = Principal(key_id="pub-a", role=Role.PUBLISHER)
+CLIENT = Principal(key_id="client-a", role=Role.CLIENT)
 
 
 class FakeClock:
@@ -81,13 +92,13 @@ def settings() -> Settings:
 @pytest.fixture
 def client(aws: None) -> Any:
     client = boto3.client("dynamodb", region_name="us-east-1")
-    create_tables(client, TableNames(llms="Llms", tasks="Tasks"))
+    create_tables(client, TableNames(llms="Llms", tasks="Tasks", keys="Keys"))
     return client
 
 
 @pytest.fixture
 def relay(client: Any, settings: Settings, clock: FakeClock) -> Relay:
-    return Relay(settings, Stores.on(client, "Llms", "Tasks"), clock=clock)
+    return Relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
 
 
 def spec(
@@ -100,7 +111,7 @@ def spec(
 
 async def register(relay: Relay, *specs: ProviderSpec, session: str | None = None) -> str:
     registration = await relay.sessions.register(
-        RegisterRequest(providers=list(specs), provider_session_id=session)
+        PUB, RegisterRequest(providers=list(specs), provider_session_id=session)
     )
     return registration.session.id
 
@@ -108,7 +119,7 @@ async def register(relay: Relay, *specs: ProviderSpec, session: str | None = Non
 async def claim(relay: Relay, session: str, n: int = 10) -> list[PolledTask]:
     """The tasks a poll that does not wait claims, as the publisher receives them."""
     tasks = await relay.claims.poll(
-        PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n)
+        PUB, PollRequest(provider_session_id=session, wait_seconds=0, max_tasks=n)
     )
     return [views.polled_task(t) for t in tasks]
 
@@ -119,6 +130,6 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 async def claimed(relay: Relay, *, stream: bool = False) -> tuple[str, TaskRecord]:
     """A publisher session with `a` registered, and one task of it already claimed."""
     sid = await register(relay, spec("a"))
-    task = await relay.queue.submit("a", CHAT, stream=stream)
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=stream)
     await claim(relay, sid)
     return sid, task

@@ -12,17 +12,20 @@ from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
 from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.tables import TableNames
+from tests.server.conftest import CLIENT, PUB
 from tests.support.stack import FAKE_AWS, fresh_tables
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> Relay:
+def _service(endpoint: str, tables: TableNames, **overrides: Any) -> Relay:
     os.environ.update(FAKE_AWS)
     settings = Settings(
         dynamodb_endpoint=endpoint,
-        llms_table=llms,
-        tasks_table=tasks,
+        llms_table=tables.llms,
+        tasks_table=tables.tasks,
+        keys_table=tables.keys,
         in_process_signals=False,
         poll_min_interval_seconds=0.01,
         poll_max_interval_seconds=0.05,
@@ -31,15 +34,15 @@ def _service(endpoint: str, llms: str, tasks: str, **overrides: Any) -> Relay:
     return Relay.from_settings(settings)
 
 
-def _poller(endpoint: str, llms: str, tasks: str, session: str, out: Any) -> None:
-    relay = _service(endpoint, llms, tasks)
+def _poller(endpoint: str, tables: TableNames, session: str, out: Any) -> None:
+    relay = _service(endpoint, tables)
 
     async def run() -> list[str]:
         got: list[str] = []
         idle_since = time.monotonic()
         while time.monotonic() - idle_since < 1.5:
             polled = await relay.claims.poll(
-                PollRequest(provider_session_id=session, wait_seconds=0.2, max_tasks=3)
+                PUB, PollRequest(provider_session_id=session, wait_seconds=0.2, max_tasks=3)
             )
             got.extend(t.id for t in polled)
             if polled:
@@ -51,22 +54,20 @@ def _poller(endpoint: str, llms: str, tasks: str, session: str, out: Any) -> Non
 
 def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoServer) -> None:
     tables = fresh_tables(moto_server.endpoint)
-    relay = _service(moto_server.endpoint, tables.llms, tables.tasks)
+    relay = _service(moto_server.endpoint, tables)
 
     async def setup() -> tuple[str, set[str]]:
         reg = await relay.sessions.register(
-            RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
+            PUB, RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
         )
-        ids = {(await relay.queue.submit("m", CHAT, stream=False)).id for _ in range(120)}
+        ids = {(await relay.queue.submit(CLIENT, "m", CHAT, stream=False)).id for _ in range(120)}
         return reg.session.id, ids
 
     session, submitted = asyncio.run(setup())
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(
-            target=_poller, args=(moto_server.endpoint, tables.llms, tables.tasks, session, out)
-        )
+        ctx.Process(target=_poller, args=(moto_server.endpoint, tables, session, out))
         for _ in range(4)
     ]
     for p in procs:
@@ -80,22 +81,22 @@ def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoSe
     assert sum(1 for got in claimed if got) >= 2, "the pollers did not actually compete"
 
 
-def _heartbeater(endpoint: str, llms: str, tasks: str, session: str, seconds: float) -> None:
-    relay = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
+def _heartbeater(endpoint: str, tables: TableNames, session: str, seconds: float) -> None:
+    relay = _service(endpoint, tables, heartbeat_timeout_seconds=0.3)
 
     async def run() -> None:
         end = time.monotonic() + seconds
         i = 0
         while time.monotonic() < end:
-            await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=session))
+            await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=session))
             i += 1
             await asyncio.sleep(0.25 + 0.1 * (i % 3))  # around the timeout: races happen
 
     asyncio.run(run())
 
 
-def _sweeper(endpoint: str, llms: str, tasks: str, seconds: float, out: Any) -> None:
-    relay = _service(endpoint, llms, tasks, heartbeat_timeout_seconds=0.3)
+def _sweeper(endpoint: str, tables: TableNames, seconds: float, out: Any) -> None:
+    relay = _service(endpoint, tables, heartbeat_timeout_seconds=0.3)
 
     async def run() -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -117,10 +118,10 @@ def _sweeper(endpoint: str, llms: str, tasks: str, seconds: float, out: Any) -> 
 
 def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoServer) -> None:
     tables = fresh_tables(moto_server.endpoint)
-    relay = _service(moto_server.endpoint, tables.llms, tables.tasks)
+    relay = _service(moto_server.endpoint, tables)
     reg = asyncio.run(
         relay.sessions.register(
-            RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
+            PUB, RegisterRequest(providers=[ProviderSpec(name="m", type="echo", model="m")])
         )
     )
     ctx = mp.get_context("spawn")
@@ -128,11 +129,9 @@ def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoSe
     procs = [
         ctx.Process(
             target=_heartbeater,
-            args=(moto_server.endpoint, tables.llms, tables.tasks, reg.session.id, 4.0),
+            args=(moto_server.endpoint, tables, reg.session.id, 4.0),
         ),
-        ctx.Process(
-            target=_sweeper, args=(moto_server.endpoint, tables.llms, tables.tasks, 4.0, out)
-        ),
+        ctx.Process(target=_sweeper, args=(moto_server.endpoint, tables, 4.0, out)),
     ]
     for p in procs:
         p.start()

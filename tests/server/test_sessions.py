@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from natrelay.errors import NameTakenError, PublisherOfflineError, SessionNotFoundError
+from natrelay.errors import (
+    NameTakenError,
+    PublisherOfflineError,
+    SessionForbiddenError,
+    SessionNotFoundError,
+)
 from natrelay.service import Relay
 from natrelay.web import views
 from natrelay.wire import HeartbeatRequest, LlmStatus, SessionRequest, TaskState
-from tests.server.conftest import CHAT, FakeClock, register, spec
+from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, register, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -17,7 +22,7 @@ async def test_register_creates_virtual_rows_with_their_initial_status(
     relay: Relay,
 ) -> None:
     sid = await register(relay, spec("a"), spec("b", LlmStatus.HIBERNATING, wake=30))
-    rows = {r.name: r for r in await relay.catalog.all()}
+    rows = {r.name: r for r in await relay.catalog.all(CLIENT)}
     assert rows["a"].status is LlmStatus.ACTIVE
     assert rows["b"].status is LlmStatus.HIBERNATING
     assert {r.kind for r in rows.values()} == {"virtual"}
@@ -29,12 +34,12 @@ async def test_restart_with_the_same_session_takes_rows_back(
     relay: Relay, clock: FakeClock
 ) -> None:
     sid = await register(relay, spec("a"))
-    first = await relay.sessions.get(sid)
+    first = await relay.sessions.get(PUB, sid)
     clock.advance(10)
     again = await register(relay, spec("a"), session=sid)
     assert again == sid
-    assert (await relay.sessions.get(sid)).generation == first.generation + 1
-    rows = [views.row_view(r, clock.now) for r in await relay.catalog.all()]
+    assert (await relay.sessions.get(PUB, sid)).generation == first.generation + 1
+    rows = [views.row_view(r, clock.now) for r in await relay.catalog.all(CLIENT)]
     assert [r.name for r in rows] == ["a"]
     # taken back, not created anew: it keeps when it was first published
     assert rows[0].created_at == views.iso(clock.now - 10)
@@ -47,10 +52,11 @@ async def test_a_name_live_under_another_session_is_refused_and_nothing_is_writt
     holder = await register(relay, spec("a"))
     with pytest.raises(NameTakenError) as info:
         await register(relay, spec("fresh"), spec("a"))
-    assert "'a'" in info.value.message and holder in info.value.message
+    # the message names the name, never the session holding it (a session id is a secret)
+    assert "'a'" in info.value.message and holder not in info.value.message
     # all or nothing: the other provider of the refused registration was not created
-    assert [r.name for r in await relay.catalog.all()] == ["a"]
-    assert (await relay.catalog.get("a")).session_id == holder
+    assert [r.name for r in await relay.catalog.all(CLIENT)] == ["a"]
+    assert (await relay.catalog.get(CLIENT, "a")).session_id == holder
 
 
 async def test_a_name_whose_session_went_quiet_is_taken_over(
@@ -60,10 +66,10 @@ async def test_a_name_whose_session_went_quiet_is_taken_over(
     clock.advance(relay.settings.heartbeat_timeout_seconds + 1)
     new = await register(relay, spec("a"))
     assert new != old
-    assert (await relay.catalog.get("a")).session_id == new
+    assert (await relay.catalog.get(CLIENT, "a")).session_id == new
     # the old publisher learns its rows are gone and must register again
     with pytest.raises(SessionNotFoundError):
-        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=old))
+        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=old))
 
 
 async def test_heartbeat_refreshes_rows_and_records_reported_status(
@@ -72,18 +78,20 @@ async def test_heartbeat_refreshes_rows_and_records_reported_status(
     sid = await register(relay, spec("a"), spec("b", LlmStatus.HIBERNATING, wake=30))
     clock.advance(30)
     resp = await relay.sessions.heartbeat(
-        HeartbeatRequest(provider_session_id=sid, statuses={"a": LlmStatus.HIBERNATING})
+        PUB, HeartbeatRequest(provider_session_id=sid, statuses={"a": LlmStatus.HIBERNATING})
     )
     by_name = {r.name: r for r in resp.rows}
     assert by_name["a"].status is LlmStatus.HIBERNATING
     assert by_name["b"].status is LlmStatus.HIBERNATING
-    row = await relay.catalog.get("a")
+    row = await relay.catalog.get(CLIENT, "a")
     assert row.last_heartbeat_at == pytest.approx(clock.now)
 
 
-async def test_heartbeat_of_an_unknown_session_is_not_found(relay: Relay) -> None:
-    with pytest.raises(SessionNotFoundError):
-        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id="nosuchsession"))
+async def test_heartbeat_of_an_unknown_session_is_forbidden_like_another_keys(
+    relay: Relay,
+) -> None:
+    with pytest.raises(SessionForbiddenError):
+        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id="nosuchsession"))
 
 
 async def test_deleted_row_makes_the_heartbeat_ask_for_a_new_registration(
@@ -92,20 +100,20 @@ async def test_deleted_row_makes_the_heartbeat_ask_for_a_new_registration(
     sid = await register(relay, spec("a"))
     await relay.catalog.delete("a")
     with pytest.raises(SessionNotFoundError):
-        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
 
 
 async def test_deregister_marks_rows_inactive_and_fails_pending_tasks(
     relay: Relay, clock: FakeClock
 ) -> None:
     sid = await register(relay, spec("a"))
-    task = await relay.queue.submit("a", CHAT, stream=False)
-    await relay.sessions.deregister(SessionRequest(provider_session_id=sid))
-    row = await relay.catalog.get("a")
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
+    row = await relay.catalog.get(CLIENT, "a")
     assert row.status is LlmStatus.INACTIVE
     assert row.inactive_since == pytest.approx(clock.now)
     done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED
     assert done.error and done.error["code"] == "publisher_offline"
     with pytest.raises(PublisherOfflineError, match="offline"):
-        await relay.queue.submit("a", CHAT, stream=False)
+        await relay.queue.submit(CLIENT, "a", CHAT, stream=False)

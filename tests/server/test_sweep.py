@@ -9,7 +9,17 @@ import pytest
 from natrelay.service import Relay
 from natrelay.store._dynamo import encode
 from natrelay.wire import ChunkBatch, HeartbeatRequest, LlmStatus, TaskState
-from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, claimed, register, spec
+from tests.server.conftest import (
+    CHAT,
+    CLIENT,
+    PUB,
+    FakeClock,
+    OpCounter,
+    claim,
+    claimed,
+    register,
+    spec,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +33,7 @@ async def test_rows_past_the_heartbeat_timeout_become_inactive(
     clock.advance(40)  # old: 100 s without heartbeat, young: 40 s
     counts = await relay.sweeper().run()
     assert counts["inactive"] == 1
-    old, young = await relay.catalog.get("old"), await relay.catalog.get("young")
+    old, young = await relay.catalog.get(CLIENT, "old"), await relay.catalog.get(CLIENT, "young")
     assert old.status is LlmStatus.INACTIVE and old.inactive_since == pytest.approx(clock.now)
     assert young.status is LlmStatus.ACTIVE
 
@@ -38,13 +48,13 @@ async def test_a_heartbeat_that_lands_mid_sweep_wins(
     async def stale_then_heartbeat(cutoff: float) -> list[tuple[str, str | None]]:
         found = await stale(cutoff)
         # the publisher's heartbeat arrives between the sweep's query and its write
-        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
         return found
 
     monkeypatch.setattr(relay.stores.llms, "stale", stale_then_heartbeat)
     counts = await relay.sweeper().run()
     assert counts["inactive"] == 0 and counts["raced"] == 1
-    assert (await relay.catalog.get("a")).status is LlmStatus.ACTIVE
+    assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.ACTIVE
 
 
 async def test_a_swept_row_comes_back_with_the_next_heartbeat(
@@ -53,9 +63,9 @@ async def test_a_swept_row_comes_back_with_the_next_heartbeat(
     sid = await register(relay, spec("a", LlmStatus.HIBERNATING, wake=10))
     clock.advance(100)
     await relay.sweeper().run()
-    assert (await relay.catalog.get("a")).status is LlmStatus.INACTIVE
-    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
-    row = await relay.catalog.get("a")
+    assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.INACTIVE
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
+    row = await relay.catalog.get(CLIENT, "a")
     assert row.status is LlmStatus.HIBERNATING and row.inactive_since is None
 
 
@@ -69,7 +79,7 @@ async def test_inactive_rows_are_deleted_after_the_retention_only(
     assert (await relay.sweeper().run())["deleted"] == 0
     clock.advance(20)
     assert (await relay.sweeper().run())["deleted"] == 1
-    assert await relay.catalog.all() == []
+    assert await relay.catalog.all(CLIENT) == []
 
 
 async def test_only_virtual_rows_are_touched(relay: Relay, clock: FakeClock, client: Any) -> None:
@@ -88,14 +98,14 @@ async def test_only_virtual_rows_are_touched(relay: Relay, clock: FakeClock, cli
     )
     clock.advance(5 * 3600)
     await relay.sweeper().run()
-    assert (await relay.catalog.get("static")).status is LlmStatus.ACTIVE
+    assert (await relay.catalog.get(CLIENT, "static")).status is LlmStatus.ACTIVE
 
 
 async def test_sweep_is_idempotent_and_never_scans(
     relay: Relay, clock: FakeClock, client: Any
 ) -> None:
     await register(relay, spec("a"))
-    await relay.queue.submit("a", CHAT, stream=False)
+    await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     clock.advance(100)
     counter = OpCounter(client)
     first = await relay.sweeper().run()
@@ -107,7 +117,7 @@ async def test_sweep_is_idempotent_and_never_scans(
 
 async def test_pending_tasks_of_a_gone_publisher_fail_fast(relay: Relay, clock: FakeClock) -> None:
     await register(relay, spec("a"))
-    task = await relay.queue.submit("a", CHAT, stream=False)
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     clock.advance(100)
     await relay.sweeper().run()
     done, _ = await relay.waiting.get_with_result(task.id)
@@ -118,7 +128,7 @@ async def test_pending_tasks_of_a_gone_publisher_fail_fast(relay: Relay, clock: 
 async def test_lease_of_a_live_publisher_is_extended(relay: Relay, clock: FakeClock) -> None:
     sid, task = await claimed(relay)
     clock.advance(relay.settings.lease_seconds + 1)
-    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
     assert (await relay.sweeper().run())["extended"] == 1
     assert (await relay.waiting.get_with_result(task.id))[0].state is TaskState.CLAIMED
 
@@ -129,7 +139,7 @@ async def test_lease_of_a_restarted_publisher_is_handed_out_again(
     sid, task = await claimed(relay)
     await register(relay, spec("a"), session=sid)  # restart: new generation
     clock.advance(relay.settings.lease_seconds + 1)
-    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
     assert (await relay.sweeper().run())["requeued"] == 1
     assert [t.id for t in await claim(relay, sid)] == [task.id]
 
@@ -138,10 +148,12 @@ async def test_lease_with_output_already_sent_fails_instead_of_rerunning(
     relay: Relay, clock: FakeClock
 ) -> None:
     sid, task = await claimed(relay, stream=True)
-    await relay.claims.post_chunks(task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}]))
+    await relay.claims.post_chunks(
+        PUB, task.id, ChunkBatch(provider_session_id=sid, seq=0, chunks=[{}])
+    )
     await register(relay, spec("a"), session=sid)
     clock.advance(relay.settings.lease_seconds + 1)
-    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
     assert (await relay.sweeper().run())["failed"] == 1
     assert (await relay.waiting.get_with_result(task.id))[0].state is TaskState.FAILED
 
@@ -159,11 +171,11 @@ async def test_a_task_held_past_the_maximum_age_fails_even_if_its_publisher_live
     relay: Relay, clock: FakeClock
 ) -> None:
     sid = await register(relay, spec("a"))
-    task = await relay.queue.submit("a", CHAT, stream=False)
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     await claim(relay, sid)  # e.g. the poll answer was lost on the way
     for _ in range(int(relay.settings.max_task_seconds // 60) + 1):
         clock.advance(61)
-        await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
+        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
         await relay.sweeper().run()
     done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED

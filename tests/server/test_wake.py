@@ -10,7 +10,7 @@ import pytest
 from natrelay.errors import PublisherOfflineError, WakeFailedError
 from natrelay.service import Relay
 from natrelay.wire import ErrorInfo, HeartbeatRequest, LlmStatus, TaskKind, TaskResult
-from tests.server.conftest import CHAT, FakeClock, OpCounter, claim, register, spec
+from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, OpCounter, claim, register, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -23,8 +23,8 @@ async def test_inference_on_a_hibernating_row_queues_one_wake_then_the_inference
     relay: Relay, clock: FakeClock
 ) -> None:
     sid = await _sleepy(relay)
-    task = await relay.queue.submit("s", CHAT, stream=False)
-    row = await relay.catalog.get("s")
+    task = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
+    row = await relay.catalog.get(CLIENT, "s")
     assert row.wake_id == task.wake_id and row.waking(clock.now)
     # deadline = maxWaitSeconds + margin
     assert row.wake_deadline == pytest.approx(clock.now + 30 + relay.settings.wake_margin_seconds)
@@ -40,12 +40,12 @@ async def test_a_burst_shares_one_wake_and_losers_learn_it_without_scanning(
     relay: Relay, client: Any
 ) -> None:
     sid = await _sleepy(relay)
-    first = await relay.queue.submit("s", CHAT, stream=False)
+    first = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     counter = OpCounter(client)
     results = []
 
     async def one() -> None:
-        results.append(await relay.queue.submit("s", CHAT, stream=False))
+        results.append(await relay.queue.submit(CLIENT, "s", CHAT, stream=False))
 
     async with anyio.create_task_group() as tg:
         for _ in range(20):
@@ -58,15 +58,15 @@ async def test_a_burst_shares_one_wake_and_losers_learn_it_without_scanning(
 
 async def test_a_successful_wake_makes_the_row_active(relay: Relay) -> None:
     sid = await _sleepy(relay)
-    task = await relay.queue.submit("s", CHAT, stream=False)
+    task = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     await claim(relay, sid)
     await relay.claims.post_result(
-        task.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True, "ms": 900})
+        PUB, task.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True, "ms": 900})
     )
-    row = await relay.catalog.get("s")
+    row = await relay.catalog.get(CLIENT, "s")
     assert row.status is LlmStatus.ACTIVE and row.wake_id is None
     # the next request needs no wake; the session remembers the status for heartbeats
-    assert (await relay.queue.submit("s", CHAT, stream=False)).wake_id is None
+    assert (await relay.queue.submit(CLIENT, "s", CHAT, stream=False)).wake_id is None
     session = await relay.stores.sessions.get(sid)
     assert session is not None and session.statuses["s"] is LlmStatus.ACTIVE
 
@@ -75,10 +75,11 @@ async def test_a_failed_wake_leaves_the_row_hibernating_and_the_next_request_ret
     relay: Relay,
 ) -> None:
     sid = await _sleepy(relay)
-    task = await relay.queue.submit("s", CHAT, stream=False)
+    task = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     await claim(relay, sid)
     cause = "wake of s failed: POST http://box/wake answered 500"
     await relay.claims.post_result(
+        PUB,
         task.wake_id or "",
         TaskResult(
             provider_session_id=sid, status=503, error=ErrorInfo(message=cause, code="wake_failed")
@@ -86,6 +87,7 @@ async def test_a_failed_wake_leaves_the_row_hibernating_and_the_next_request_ret
     )
     # the publisher fails the waiting inference with the wake's cause
     await relay.claims.post_result(
+        PUB,
         task.id,
         TaskResult(
             provider_session_id=sid, status=503, error=ErrorInfo(message=cause, code="wake_failed")
@@ -94,9 +96,9 @@ async def test_a_failed_wake_leaves_the_row_hibernating_and_the_next_request_ret
     with pytest.raises(WakeFailedError, match="answered 500") as info:
         await relay.waiting.outcome(await relay.waiting.wait(task.id, budget=5))
     assert info.value.retry_after > 0
-    row = await relay.catalog.get("s")
+    row = await relay.catalog.get(CLIENT, "s")
     assert row.status is LlmStatus.HIBERNATING and row.wake_id is None
-    again = await relay.queue.submit("s", CHAT, stream=False)
+    again = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     assert again.wake_id is not None and again.wake_id != task.wake_id
 
 
@@ -104,12 +106,12 @@ async def test_an_expired_wake_marker_lets_the_next_request_start_a_fresh_wake(
     relay: Relay, clock: FakeClock
 ) -> None:
     await _sleepy(relay)
-    first = await relay.queue.submit("s", CHAT, stream=False)
+    first = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     clock.advance(30 + relay.settings.wake_margin_seconds + 1)
     # keep the session alive: only the wake's publisher-side work vanished
-    sid = (await relay.catalog.get("s")).session_id or ""
-    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
-    second = await relay.queue.submit("s", CHAT, stream=False)
+    sid = (await relay.catalog.get(CLIENT, "s")).session_id or ""
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
+    second = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     assert second.wake_id is not None and second.wake_id != first.wake_id
 
 
@@ -117,15 +119,15 @@ async def test_a_stale_wake_result_does_not_touch_a_newer_wake(
     relay: Relay, clock: FakeClock
 ) -> None:
     sid = await _sleepy(relay)
-    first = await relay.queue.submit("s", CHAT, stream=False)
+    first = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     await claim(relay, sid)
     clock.advance(60)
-    await relay.sessions.heartbeat(HeartbeatRequest(provider_session_id=sid))
-    second = await relay.queue.submit("s", CHAT, stream=False)
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
+    second = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     await relay.claims.post_result(
-        first.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True})
+        PUB, first.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True})
     )
-    row = await relay.catalog.get("s")
+    row = await relay.catalog.get(CLIENT, "s")
     assert row.wake_id == second.wake_id and row.status is LlmStatus.HIBERNATING
 
 
@@ -134,5 +136,5 @@ async def test_inactive_rows_never_wake(relay: Relay, clock: FakeClock) -> None:
     clock.advance(100)
     await relay.sweeper().run()
     with pytest.raises(PublisherOfflineError, match="offline"):
-        await relay.queue.submit("s", CHAT, stream=False)
-    assert (await relay.catalog.get("s")).wake_id is None
+        await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
+    assert (await relay.catalog.get(CLIENT, "s")).wake_id is None

@@ -58,6 +58,10 @@ def test_auth_errors(stack: Stack) -> None:
     assert_openai_error(httpx.get(url), 401, "invalid_api_key")
     assert_openai_error(httpx.get(url, headers=auth("wrong-token")), 401, "invalid_api_key")
     assert_openai_error(httpx.get(url, headers=auth(stack.publish_token)), 403, "forbidden")
+    for bad in ("tökén-ünïcode", "x" * 5000, "nrk_0123456789ab_" + "y" * 43, "a\tb"):
+        # non-ASCII, oversized, a made-up key, a control character: 401, never a 500
+        resp = httpx.get(url, headers={"Authorization": f"Bearer {bad}".encode()})
+        assert_openai_error(resp, 401, "invalid_api_key")
     poll = f"{stack.url}/api/v1/llms/_provider-poll"
     assert_openai_error(
         httpx.post(poll, headers=auth(stack.client_token), json={}), 403, "forbidden"
@@ -111,7 +115,8 @@ def test_publisher_endpoints_name_the_bad_field(stack: Stack) -> None:
         headers=auth(stack.publish_token),
         json={"providerSessionId": "abcdefgh123"},
     )
-    assert_openai_error(resp, 404, "session_not_found")
+    # unknown or another key's: the same answer, so a session id alone tells nothing
+    assert_openai_error(resp, 403, "session_forbidden")
 
 
 def test_name_taken_is_409(stack: Stack) -> None:
@@ -186,7 +191,10 @@ def test_row_endpoints(stack: Stack) -> None:
             "tier": "gpu",
             "status": "active",
         }
-        assert httpx.delete(f"{stack.url}/api/v1/llms/org/model-1", headers=h).status_code == 204
+        gone = f"{stack.url}/api/v1/llms/org/model-1"
+        # deleting a row is an admin's job
+        assert_openai_error(httpx.delete(gone, headers=h), 403, "forbidden")
+        assert httpx.delete(gone, headers=auth(stack.admin_token)).status_code == 204
         assert_openai_error(
             httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h), 404, "model_not_found"
         )

@@ -19,6 +19,7 @@ from natrelay_infra.tables import TableNames, create_tables
 
 PUBLISH_TOKEN = "test-publish-token-0123456789"
 CLIENT_TOKEN = "test-client-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789"
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -68,8 +69,10 @@ def relay_env(endpoint: str, tables: TableNames, **settings: object) -> dict[str
         "NATRELAY_DYNAMODB_ENDPOINT": endpoint,
         "NATRELAY_LLMS_TABLE": tables.llms,
         "NATRELAY_TASKS_TABLE": tables.tasks,
+        "NATRELAY_KEYS_TABLE": tables.keys,
         "NATRELAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
         "NATRELAY_CLIENT_TOKEN": CLIENT_TOKEN,
+        "NATRELAY_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     env.update(
         {
@@ -135,6 +138,7 @@ class Stack:
     api: ApiProcess
     publish_token: str = PUBLISH_TOKEN
     client_token: str = CLIENT_TOKEN
+    admin_token: str = ADMIN_TOKEN
 
     @property
     def env(self) -> dict[str, str]:

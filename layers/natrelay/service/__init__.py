@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import time
 
+from natrelay.service.access import Access, Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
+from natrelay.service.keys import KeyAdmin
 from natrelay.service.queue import Queue
 from natrelay.service.sessions import Registration, Sessions
 from natrelay.service.sweep import Sweeper
+from natrelay.service.usage import Usage
 from natrelay.service.waiting import Waiting
 from natrelay.service.wakes import Wakes
 from natrelay.settings import Settings
 from natrelay.signals import Signals
 from natrelay.store import Stores
+from natrelay.store.secrets import with_secret
 from natrelay.types import Clock
 
 
@@ -41,23 +45,25 @@ class Relay:
         self.stores = stores
         self.clock = clock
         self.signals = ctx.signals
-        self.endings = Endings(ctx)
+        self.access = Access(ctx)
+        self.keys = KeyAdmin(ctx, self.access)
+        self.usage = Usage(ctx)
+        self.endings = Endings(ctx, self.usage)
         self.catalog = Catalog(ctx)
         self.sessions = Sessions(ctx, self.endings)
         self.wakes = Wakes(ctx, self.sessions)
-        self.queue = Queue(ctx, self.catalog, self.wakes)
-        self.claims = Claims(ctx, self.sessions, self.wakes, self.endings)
+        self.queue = Queue(ctx, self.catalog, self.wakes, self.usage)
+        self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)
         self.waiting = Waiting(ctx, self.endings)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Relay:
-        settings = settings or Settings()
-        stores = Stores.connect(settings)
-        return cls(settings, stores)
+        settings = with_secret(settings or Settings())
+        return cls(settings, Stores.connect(settings))
 
     def sweeper(self) -> Sweeper:
         """A sweeper sharing this relay's stores, clock and in-process signals."""
         return Sweeper(self.stores, self.settings, self.clock, self.signals)
 
 
-__all__ = ["Registration", "Relay", "Sweeper"]
+__all__ = ["Principal", "Registration", "Relay", "Sweeper"]

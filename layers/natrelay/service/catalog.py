@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from natrelay.errors import LlmNotFoundError
+from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.store import LlmRecord
 from natrelay.wire import LlmStatus
@@ -15,24 +16,31 @@ def _not_found(name: str) -> LlmNotFoundError:
 class Catalog:
     def __init__(self, ctx: Context) -> None:
         self.llms = ctx.stores.llms
+        self.keys = ctx.stores.keys
         self.liveness = ctx.liveness
         self.clock = ctx.clock
 
-    async def all(self) -> list[LlmRecord]:
-        return await self.llms.all()
+    async def all(self, principal: Principal) -> list[LlmRecord]:
+        """Every row the caller may use."""
+        return [r for r in await self.llms.all() if principal.may_use(r.name)]
 
-    async def serving_rows(self) -> list[LlmRecord]:
-        """Rows that can answer now: active, or hibernating and wakeable, with a live publisher."""
-        return [r for r in await self.llms.all() if self.serving(r)]
+    async def serving_rows(self, principal: Principal) -> list[LlmRecord]:
+        """Rows the caller may use that can answer now: active, or hibernating and
+        wakeable, with a live publisher."""
+        return [r for r in await self.all(principal) if self.serving(r)]
 
-    async def get(self, name: str) -> LlmRecord:
-        row = await self.llms.get(name)
+    async def get(self, principal: Principal, name: str) -> LlmRecord:
+        """The row; a model outside the caller's scope is answered as an unknown one."""
+        row = await self.llms.get(name) if principal.may_use(name) else None
         if row is None:
             raise _not_found(name)
         return row
 
     async def delete(self, name: str) -> None:
-        if not await self.llms.delete(name):
+        """Delete the row and release its name (admins): another key may publish it."""
+        deleted = await self.llms.delete(name)
+        released = await self.keys.release(name)
+        if not (deleted or released):
             raise _not_found(name)
 
     def serving(self, row: LlmRecord) -> bool:

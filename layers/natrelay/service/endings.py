@@ -1,7 +1,8 @@
 """Ending a task from the relay's side, and telling whoever waits for it.
 
 The one home of "force-finish a task and notify its waiters": a publisher that
-shut down or vanished, a lease that ran out, a client that went away.
+shut down or vanished, a lease that ran out, a client that went away. Each ending
+also records the task's usage against its client's key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from natrelay.service.outcomes import (
     cancelled_error,
     offline_error,
 )
+from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, TaskRecord
 from natrelay.wire import TaskState
 
@@ -31,15 +33,20 @@ def session_key(session_id: str) -> str:
 
 
 class Endings:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, usage: Usage) -> None:
         self.tasks = ctx.stores.tasks
         self.clock = ctx.clock
         self.signals = ctx.signals
         self._expiry = ctx.result_expiry
+        self.usage = usage
 
     def notify(self, task_id: str, payload: object | None = None) -> None:
         """Wake this process's waiters of the task (a hint; they re-read DynamoDB)."""
         self.signals.notify(task_key(task_id), payload)
+
+    async def _ended(self, task: TaskRecord, *, error: bool) -> None:
+        await self.usage.record(task, error=error)
+        self.notify(task.id)
 
     async def fail_queued(self, session_id: str, why: str) -> int:
         """Fail the tasks still queued for a session; returns how many."""
@@ -48,7 +55,7 @@ class Endings:
             now = self.clock()
             error = offline_error(f"task {task_id} was not run: {why}")
             try:
-                await self.tasks.fail_if_pending(
+                task = await self.tasks.fail_if_pending(
                     task_id,
                     status=OFFLINE_STATUS,
                     error=error,
@@ -58,7 +65,7 @@ class Endings:
             except ConditionFailedError:
                 continue
             failed += 1
-            self.notify(task_id)
+            await self._ended(task, error=True)
         return failed
 
     async def fail_orphaned(self, task: TaskRecord) -> TaskRecord | None:
@@ -66,7 +73,7 @@ class Endings:
         now = self.clock()
         error = offline_error(f"the publisher of {task.llm} went offline during task {task.id}")
         try:
-            ended: TaskRecord | None = await self.tasks.end_unfinished(
+            ended = await self.tasks.end_unfinished(
                 task.id,
                 TaskState.FAILED,
                 status=OFFLINE_STATUS,
@@ -75,8 +82,9 @@ class Endings:
                 expires_at=self._expiry(now),
             )
         except ConditionFailedError:
-            ended = await self.tasks.get(task.id, now)
-        self.notify(task.id)
+            self.notify(task.id)
+            return await self.tasks.get(task.id, now)
+        await self._ended(ended, error=True)
         return ended
 
     async def fail_lost_lease(self, task: TaskRecord) -> bool:
@@ -84,12 +92,16 @@ class Endings:
         now = self.clock()
         error = offline_error(f"the publisher of {task.llm} vanished during task {task.id}")
         try:
-            await self.tasks.fail_if_lease_expired(
-                task.id, status=OFFLINE_STATUS, error=error, now=now, expires_at=self._expiry(now)
+            ended = await self.tasks.fail_if_lease_expired(
+                task.id,
+                status=OFFLINE_STATUS,
+                error=error,
+                now=now,
+                expires_at=self._expiry(now),
             )
         except ConditionFailedError:
             return False
-        self.notify(task.id)
+        await self._ended(ended, error=True)
         return True
 
     async def cancel(self, task_id: str, why: str = "the client went away") -> None:
@@ -97,7 +109,7 @@ class Endings:
         now = self.clock()
         error = cancelled_error(f"task {task_id} was cancelled: {why}")
         try:
-            await self.tasks.end_unfinished(
+            ended = await self.tasks.end_unfinished(
                 task_id,
                 TaskState.CANCELLED,
                 status=CANCELLED_STATUS,
@@ -107,4 +119,4 @@ class Endings:
             )
         except ConditionFailedError:
             return
-        self.notify(task_id)
+        await self._ended(ended, error=False)

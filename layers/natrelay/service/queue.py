@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from natrelay.service.access import Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
 from natrelay.service.endings import session_key
 from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.payloads import check_size, dumps
+from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
 from natrelay.store import NewTask, TaskRecord
 from natrelay.types import JsonObject
@@ -15,30 +17,42 @@ from natrelay.wire import LlmStatus, TaskKind, TaskState
 
 
 class Queue:
-    def __init__(self, ctx: Context, catalog: Catalog, wakes: Wakes) -> None:
+    def __init__(self, ctx: Context, catalog: Catalog, wakes: Wakes, usage: Usage) -> None:
         self.tasks = ctx.stores.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
         self.signals = ctx.signals
         self.catalog = catalog
         self.wakes = wakes
+        self.usage = usage
 
-    async def submit(self, name: str, body: JsonObject, *, stream: bool) -> TaskRecord:
-        """Queue an infer task for the row's publisher, waking the backend if it sleeps."""
+    async def submit(
+        self, principal: Principal, name: str, body: JsonObject, *, stream: bool
+    ) -> TaskRecord:
+        """Queue an infer task for the row's publisher, waking the backend if it sleeps.
+
+        The caller's key is admitted against its limits first (RateLimitError).
+        """
         s = self.settings
         raw = dumps(body)
         check_size(
             raw, s.max_body_bytes, "request body is {size} bytes; the limit is {limit} bytes"
         )
-        row = await self.catalog.get(name)
+        row = await self.catalog.get(principal, name)
         if not self.catalog.serving(row):
             raise offline(row, self.clock())
-        wake_id = await self.wakes.ensure(row) if row.status is LlmStatus.HIBERNATING else None
+        task_id = new_task_id(self.clock())
+        hibernating = row.status is LlmStatus.HIBERNATING
+        longest = s.lease_seconds + (self.wakes.window(row) if hibernating else 0)
+        admission = await self.usage.admit(
+            principal, task_id, self.clock() + longest + s.result_retention_seconds
+        )
+        wake_id = await self.wakes.ensure(row) if hibernating else None
         assert row.session_id is not None
         now = self.clock()
         lease = s.lease_seconds + (self.wakes.window(row) if wake_id else 0)
         task = NewTask(
-            id=new_task_id(now),
+            id=task_id,
             kind=TaskKind.INFER,
             llm=name,
             session_id=row.session_id,
@@ -48,6 +62,9 @@ class Queue:
             stream=stream,
             request=raw,
             wake_id=wake_id,
+            client_key=principal.key_id,
+            usage_day=admission.day,
+            slot=admission.slot,
         )
         await self.tasks.put(task)
         self.signals.notify(session_key(row.session_id), task.id)
@@ -63,4 +80,7 @@ class Queue:
             stream=stream,
             wake_id=wake_id,
             request_size=len(raw),
+            client_key=principal.key_id,
+            usage_day=admission.day,
+            slot=admission.slot,
         )

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
 
-from natrelay.errors import NameTakenError, SessionNotFoundError
+from natrelay.errors import (
+    NameOwnedError,
+    NameTakenError,
+    SessionForbiddenError,
+    SessionNotFoundError,
+)
+from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
-from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord
+from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
 from natrelay.wire import (
     HeartbeatRequest,
     LlmStatus,
@@ -32,9 +39,32 @@ class Registration:
     rows: list[LlmRecord]
 
 
-def _unknown(session_id: str, why: str = "is unknown") -> SessionNotFoundError:
-    return SessionNotFoundError(
-        f"publisher session {session_id} {why}; register again", param="providerSessionId"
+def fingerprint(session_id: str) -> str:
+    """What logs show of a session id (the id itself is a secret of its publisher)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:10]
+
+
+def _forbidden() -> SessionForbiddenError:
+    # The same answer whether the session is another key's or does not exist at all.
+    return SessionForbiddenError(
+        "this publisher key holds no such session; register again",
+        param="providerSessionId",
+    )
+
+
+def _held(exc: NameHeldError, principal: Principal) -> NameOwnedError | NameTakenError:
+    row = exc.record if isinstance(exc.record, LlmRecord) else None
+    owner = exc.owner or (row.owner if row else None)
+    if owner is not None and owner != principal.key_id:
+        return NameOwnedError(
+            f"the name {exc.name!r} belongs to another publisher key; choose another name, "
+            "or ask an admin to release it",
+            param="providers.name",
+        )
+    return NameTakenError(
+        f"LLM name {exc.name!r} is live under another session of this key; stop that "
+        "publisher or choose another name",
+        param="providers.name",
     )
 
 
@@ -45,9 +75,9 @@ class Sessions:
         self.clock = ctx.clock
         self.liveness = ctx.liveness
         self.endings = endings
-        # Session id -> (last heartbeat refresh, generation) as this process saw them:
-        # lets a poll skip re-reading its session (a hint: a miss reads DynamoDB).
-        self._beats: dict[str, tuple[float, int]] = {}
+        # Session id -> (last heartbeat refresh, generation, owner) as this process saw
+        # them: lets a poll skip re-reading its session (a hint: a miss reads DynamoDB).
+        self._beats: dict[str, tuple[float, int, str | None]] = {}
 
     def _expires_at(self, now: float) -> float:
         s = self.settings
@@ -57,7 +87,7 @@ class Sessions:
         session = registration.session
         if len(self._beats) > _BEATS_CAP:
             self._beats.clear()
-        self._beats[session.id] = (session.heartbeat_at, session.generation)
+        self._beats[session.id] = (session.heartbeat_at, session.generation, session.owner)
         return registration
 
     @property
@@ -65,33 +95,41 @@ class Sessions:
         """How often a long-poll refreshes its session's heartbeat."""
         return min(15.0, self.settings.heartbeat_timeout_seconds / 4)
 
-    async def get(self, session_id: str) -> SessionRecord:
+    async def get(self, principal: Principal, session_id: str) -> SessionRecord:
+        """The caller's session; SessionForbiddenError if it is not theirs (or none)."""
         session = await self.stores.sessions.get(session_id)
-        if session is None:
-            raise _unknown(session_id)
+        if session is None or session.owner != principal.key_id:
+            raise _forbidden()
         return session
 
-    async def register(self, req: RegisterRequest) -> Registration:
+    async def register(self, principal: Principal, req: RegisterRequest) -> Registration:
+        """Register the providers for the caller's key. A session id another key holds
+        is not an error: the caller gets a new session, and learns nothing."""
         session_id = req.provider_session_id or new_session_id()
-        now = self.clock()
-        try:
-            session, rows = await self.stores.sessions.register(
-                session_id,
-                list(req.providers),
-                now,
-                self.liveness.cutoff(now),
-                self._expires_at(now),
-            )
-        except ConditionFailedError as exc:
-            held = exc.record if isinstance(exc.record, LlmRecord) else None
-            name = held.name if held else "?"
-            holder = (held.session_id if held else None) or "another session"
-            raise NameTakenError(
-                f"LLM name {name!r} is live under publisher session {holder}; "
-                "stop that publisher or choose another name",
-                param="providers.name",
-            ) from exc
-        log.info("session %s registered %s", session_id, [r.name for r in rows])
+        for attempt in range(2):
+            now = self.clock()
+            try:
+                session, rows = await self.stores.sessions.register(
+                    session_id,
+                    principal.key_id,
+                    list(req.providers),
+                    now=now,
+                    cutoff=self.liveness.cutoff(now),
+                    expires_at=self._expires_at(now),
+                )
+                break
+            except NameHeldError as exc:
+                raise _held(exc, principal) from exc
+            except ConditionFailedError:
+                if attempt:
+                    raise
+                session_id = new_session_id()
+        log.info(
+            "session %s of key %s registered %s",
+            fingerprint(session_id),
+            principal.key_id,
+            [r.name for r in rows],
+        )
         return self._seen(Registration(session, rows))
 
     async def beat(self, session: SessionRecord, reported: dict[str, LlmStatus]) -> list[LlmRecord]:
@@ -106,16 +144,17 @@ class Sessions:
             await self.stores.sessions.touch(session.id, statuses, now, self._expires_at(now))
         except ConditionFailedError as exc:
             raise SessionNotFoundError(
-                f"{exc.message}; register again", param="providerSessionId"
+                "a row of this session was taken over, or the session ended; register again",
+                param="providerSessionId",
             ) from exc
         return rows
 
-    async def heartbeat(self, req: HeartbeatRequest) -> Registration:
-        session = await self.get(req.provider_session_id)
+    async def heartbeat(self, principal: Principal, req: HeartbeatRequest) -> Registration:
+        session = await self.get(principal, req.provider_session_id)
         rows = await self.beat(session, dict(req.statuses))
         return self._seen(Registration(replace(session, heartbeat_at=self.clock()), rows))
 
-    async def polling_session(self, req: PollRequest) -> SessionRecord:
+    async def polling_session(self, principal: Principal, req: PollRequest) -> SessionRecord:
         """The session of a poll, its heartbeat refreshed when due.
 
         Skips the read when this process refreshed the same generation of the session
@@ -127,6 +166,7 @@ class Sessions:
             req.generation is not None
             and seen is not None
             and seen[1] == req.generation
+            and seen[2] == principal.key_id
             and now - seen[0] < self.refresh_seconds
         ):
             return SessionRecord(
@@ -135,16 +175,17 @@ class Sessions:
                 statuses={},
                 heartbeat_at=seen[0],
                 generation=req.generation,
+                owner=seen[2],
             )
-        session = await self.get(req.provider_session_id)
+        session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
             await self.beat(session, {})
             session = replace(session, heartbeat_at=now)
         self._seen(Registration(session, []))
         return session
 
-    async def deregister(self, req: SessionRequest) -> Registration:
-        session = await self.get(req.provider_session_id)
+    async def deregister(self, principal: Principal, req: SessionRequest) -> Registration:
+        session = await self.get(principal, req.provider_session_id)
         now = self.clock()
         rows: list[LlmRecord] = []
         for name in session.names:
@@ -154,7 +195,7 @@ class Sessions:
                 continue
         await self.stores.sessions.delete(session.id)
         await self.endings.fail_queued(session.id, "its publisher shut down")
-        log.info("session %s deregistered", session.id)
+        log.info("session %s deregistered", fingerprint(session.id))
         self._beats.pop(session.id, None)
         return Registration(session, rows)
 
@@ -163,4 +204,4 @@ class Sessions:
         try:
             await self.stores.sessions.record_status(session_id, name, status)
         except ConditionFailedError:
-            log.info("session %s is gone: status of %s not recorded", session_id, name)
+            log.info("session %s is gone: status of %s not recorded", fingerprint(session_id), name)

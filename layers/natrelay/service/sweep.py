@@ -12,6 +12,7 @@ import time
 
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings, session_key
+from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
 from natrelay.store import ConditionFailedError, Stores
@@ -41,7 +42,7 @@ class Sweeper:
         self.clock = clock
         self.signals = signals
         self.liveness = ctx.liveness
-        self.endings = Endings(ctx)
+        self.endings = Endings(ctx, Usage(ctx))
 
     async def run(self) -> dict[str, int]:
         llms = self.stores.llms

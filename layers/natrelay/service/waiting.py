@@ -6,11 +6,12 @@ import json
 from collections.abc import AsyncGenerator
 
 from natrelay.errors import TaskNotFoundError, TaskTimeoutError
+from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings, task_key
 from natrelay.service.outcomes import Outcome, task_error
 from natrelay.store import Chunk, StreamRead, TaskRecord
-from natrelay.wire import TaskState
+from natrelay.wire import Role, TaskState
 
 
 def _not_found(task_id: str) -> TaskNotFoundError:
@@ -33,8 +34,17 @@ class Waiting:
             raise _not_found(task_id)
         return task
 
-    async def get_with_result(self, task_id: str) -> tuple[TaskRecord, bytes | None]:
+    async def get_for(self, principal: Principal, task_id: str) -> TaskRecord:
+        """A task of the caller's key (admins: any); others are answered as unknown."""
         task = await self.get(task_id)
+        if principal.role is not Role.ADMIN and task.client_key != principal.key_id:
+            raise _not_found(task_id)
+        return task
+
+    async def get_with_result(
+        self, task_id: str, principal: Principal | None = None
+    ) -> tuple[TaskRecord, bytes | None]:
+        task = await (self.get_for(principal, task_id) if principal else self.get(task_id))
         result = await self.stores.tasks.result(task) if task.state.done else None
         return task, result
 

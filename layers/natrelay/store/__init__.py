@@ -8,11 +8,22 @@ from typing import TYPE_CHECKING
 from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
 from natrelay.store.chunks import DynamoChunkStore
-from natrelay.store.errors import ConditionFailedError
+from natrelay.store.errors import ConditionFailedError, SameResultError
+from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.llms import DynamoLlmStore
-from natrelay.store.records import Chunk, LlmRecord, NewTask, SessionRecord, StreamRead, TaskRecord
-from natrelay.store.sessions import DynamoSessionStore
+from natrelay.store.records import (
+    Chunk,
+    KeyRecord,
+    LlmRecord,
+    NewTask,
+    SessionRecord,
+    StreamRead,
+    TaskRecord,
+    UsageRecord,
+)
+from natrelay.store.sessions import DynamoSessionStore, NameHeldError
 from natrelay.store.tasks import DynamoTaskStore
+from natrelay.store.usage import DynamoUsageStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -27,37 +38,50 @@ class Stores:
     sessions: DynamoSessionStore
     tasks: DynamoTaskStore
     chunks: DynamoChunkStore
+    keys: DynamoKeyStore
+    usage: DynamoUsageStore
 
     @classmethod
-    def on(cls, client: DynamoDBClient, llms_table: str, tasks_table: str) -> Stores:
+    def on(
+        cls, client: DynamoDBClient, llms_table: str, tasks_table: str, keys_table: str
+    ) -> Stores:
         """The stores of these tables, through this client."""
         llms = DynamoLlmStore(client, llms_table)
+        keys = DynamoKeyStore(client, keys_table)
         return cls(
             client=client,
             llms=llms,
-            sessions=DynamoSessionStore(client, tasks_table, llms),
+            sessions=DynamoSessionStore(client, tasks_table, llms, keys),
             tasks=DynamoTaskStore(client, tasks_table),
             chunks=DynamoChunkStore(client, tasks_table),
+            keys=keys,
+            usage=DynamoUsageStore(client, keys_table),
         )
 
     @classmethod
     def connect(cls, settings: Settings) -> Stores:
         """The stores of the tables and DynamoDB endpoint the settings name."""
         client = make_client(settings.dynamodb_endpoint, settings.region)
-        return cls.on(client, settings.llms_table, settings.tasks_table)
+        return cls.on(client, settings.llms_table, settings.tasks_table, settings.keys_table)
 
 
 __all__ = [
     "Chunk",
     "ConditionFailedError",
     "DynamoChunkStore",
+    "DynamoKeyStore",
     "DynamoLlmStore",
     "DynamoSessionStore",
     "DynamoTaskStore",
+    "DynamoUsageStore",
+    "KeyRecord",
     "LlmRecord",
+    "NameHeldError",
     "NewTask",
+    "SameResultError",
     "SessionRecord",
     "Stores",
     "StreamRead",
     "TaskRecord",
+    "UsageRecord",
 ]

@@ -27,7 +27,7 @@ R = TypeVar("R")
 # Named condition fragments (Powertools style); combined with AND / OR at call sites.
 NOT_EXISTS = "attribute_not_exists(#pk)"
 STATE_IS = "#state = :state"
-CLAIMED_BY = "claimedBy = :sid"
+CLAIMED_BY = "claimedBy = :sid AND claimedKey = :key"
 LEASE_EXPIRED = "leaseUntil < :now"
 NOTHING_SENT = "attribute_not_exists(sentAny)"
 SESSION_IS = "sessionId = :sid"

@@ -49,6 +49,7 @@ def task_record(item: Item) -> TaskRecord:
         request_size=int(item.get("requestSize", 0)),
         request=item.get("request"),
         claimed_by=item.get("claimedBy"),
+        claimed_key=item.get("claimedKey"),
         claimed_generation=item.get("claimedGeneration"),
         lease_until=item.get("leaseUntil"),
         attempts=int(item.get("attempts", 0)),
@@ -59,6 +60,9 @@ def task_record(item: Item) -> TaskRecord:
         result=item.get("result"),
         result_hash=item.get("resultHash"),
         error=item.get("error"),
+        client_key=item.get("clientKey"),
+        usage_day=item.get("usageDay"),
+        slot=item.get("slot"),
     )
 
 

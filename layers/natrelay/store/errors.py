@@ -14,3 +14,7 @@ class ConditionFailedError(Exception):
         super().__init__(message)
         self.message = message
         self.record = record
+
+
+class SameResultError(ConditionFailedError):
+    """The task already holds exactly this result (a repeated post): `record` is it."""

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 LIVE = "live"
 INACTIVE = "inactive"
 _NAMES = {"#name": "name", "#status": "status"}
-# A row may be taken by a registration when it is new, ours, or its holder is gone.
+# A row may be taken by a registration of its owner (or of anyone, for a row without
+# one) when it is new, the session's own, or its holder is gone.
 _TAKEOVER = (
-    f"attribute_not_exists(#name) OR {SESSION_IS} OR #status = :inactive OR {HEARTBEAT_BEFORE}"
+    "attribute_not_exists(#name) OR ((attribute_not_exists(#owner) OR #owner = :owner) AND "
+    f"({SESSION_IS} OR #status = :inactive OR {HEARTBEAT_BEFORE}))"
 )
 
 
@@ -44,6 +46,7 @@ def row_record(item: Item) -> LlmRecord:
         extra_config=item.get("extraConfig") or {},
         status=LlmStatus(item["status"]),
         session_id=item.get("sessionId"),
+        owner=item.get("owner"),
         last_heartbeat_at=item.get("lastHeartbeatAt"),
         inactive_since=item.get("inactiveSince"),
         created_at=item.get("createdAt"),
@@ -90,7 +93,7 @@ class DynamoLlmStore:
     # --- registration ----------------------------------------------------------------
 
     def takeover_op(
-        self, spec: ProviderSpec, session_id: str, now: float, cutoff: float
+        self, spec: ProviderSpec, session_id: str, owner: str, now: float, cutoff: float
     ) -> tuple[dict[str, Any], Item]:
         """The transaction item that creates or takes over the row of `spec` for the
         session (for DynamoSessionStore.register), and the row it writes."""
@@ -103,6 +106,7 @@ class DynamoLlmStore:
             "extraConfig": spec.extra_config or None,
             "status": spec.initial_status.value,
             "sessionId": session_id,
+            "owner": owner,
             "lastHeartbeatAt": now,
             "wakeMaxWait": spec.wake_max_wait_seconds,
             "sweepState": LIVE,
@@ -110,7 +114,7 @@ class DynamoLlmStore:
         }
         present = {k: v for k, v in row.items() if v is not None}
         absent = [k for k, v in row.items() if v is None]
-        names = {f"#{k}": k for k in present} | _NAMES
+        names = {f"#{k}": k for k in present} | _NAMES | {"#owner": "owner"}
         sets = [f"#{k} = :{k}" for k in present] + ["createdAt = if_not_exists(createdAt, :now)"]
         # a row taken back keeps when it was first published; stale state goes
         drop = [*absent, "inactiveSince", "wakeId", "wakeDeadline"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from natrelay.wire import LlmStatus, TaskKind, TaskState
+from natrelay.wire import LlmStatus, Role, TaskKind, TaskState
 
 VIRTUAL = "virtual"
 
@@ -21,6 +21,8 @@ class LlmRecord:
     description: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    # The key that published the row (its name's owner).
+    owner: str | None = None
     last_heartbeat_at: float | None = None
     inactive_since: float | None = None
     created_at: float | None = None
@@ -40,6 +42,8 @@ class SessionRecord:
     statuses: dict[str, LlmStatus]
     heartbeat_at: float
     generation: int
+    # The publisher key that created the session: the only one that may use it.
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ class NewTask:
     stream: bool = False
     request: bytes | None = None
     wake_id: str | None = None
+    # The client key the task is for, and the day its usage is counted on.
+    client_key: str | None = None
+    usage_day: str | None = None
+    # The request id its admission holds a concurrency slot under, if it does.
+    slot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class TaskRecord:
     # Set when the request fits in the task item; otherwise the store's request(task).
     request: bytes | None = None
     claimed_by: str | None = None
+    # The publisher key of the claiming session.
+    claimed_key: str | None = None
     claimed_generation: int | None = None
     lease_until: float | None = None
     attempts: int = 0
@@ -82,6 +93,9 @@ class TaskRecord:
     result: bytes | None = None
     result_hash: str | None = None
     error: dict[str, Any] | None = None
+    client_key: str | None = None
+    usage_day: str | None = None
+    slot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,3 +111,44 @@ class StreamRead:
     chunks: list[Chunk]
     task: TaskRecord | None
     complete: bool
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A stored key: only the SHA-256 of its secret is kept."""
+
+    id: str
+    label: str
+    role: Role
+    secret_hash: str
+    created_at: float
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    concurrency: int | None = None
+    tokens_per_day: int | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def valid(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    @property
+    def limited(self) -> bool:
+        """Whether admission must be counted before the request runs."""
+        return any(v is not None for v in (self.rpm, self.concurrency, self.tokens_per_day))
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """What one key did on one UTC day."""
+
+    key_id: str
+    day: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    # Requests holding a concurrency slot, as `<request id>@<deadline>`.
+    inflight: frozenset[str] = frozenset()
+    # Requests counted in each minute of the day, by `HHMM`.
+    minutes: dict[str, int] = field(default_factory=dict)

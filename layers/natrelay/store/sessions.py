@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 
 from natrelay.store._dynamo import Item, condition, decode, off_loop, values
 from natrelay.store.errors import ConditionFailedError
+from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.llms import DynamoLlmStore, row_record
 from natrelay.store.records import LlmRecord, SessionRecord
 from natrelay.wire import LlmStatus, ProviderSpec
@@ -27,16 +28,30 @@ def session_record(item: Item) -> SessionRecord:
         statuses={k: LlmStatus(v) for k, v in (item.get("statuses") or {}).items()},
         heartbeat_at=item.get("heartbeatAt", 0.0),
         generation=int(item.get("generation", 0)),
+        owner=item.get("owner"),
     )
 
 
-class DynamoSessionStore:
-    """Sessions: register (with their rows, atomically), read, touch, delete."""
+class NameHeldError(ConditionFailedError):
+    """A registration lost on a name: `record` is the row (if it lost there), `owner`
+    the key that owns the name (if it lost on the name's owner)."""
 
-    def __init__(self, client: DynamoDBClient, table: str, rows: DynamoLlmStore) -> None:
+    def __init__(self, name: str, *, record: object | None, owner: str | None) -> None:
+        super().__init__(f"name {name} is held", record=record)
+        self.name = name
+        self.owner = owner
+
+
+class DynamoSessionStore:
+    """Sessions: register (with their rows and names, atomically), read, touch, delete."""
+
+    def __init__(
+        self, client: DynamoDBClient, table: str, rows: DynamoLlmStore, keys: DynamoKeyStore
+    ) -> None:
         self._client = client
         self.table = table
         self._rows = rows
+        self._keys = keys
 
     def _key(self, session_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"session#{session_id}"}, "sk": {"S": "m"}}
@@ -45,20 +60,26 @@ class DynamoSessionStore:
     def register(
         self,
         session_id: str,
+        owner: str,
         specs: list[ProviderSpec],
+        *,
         now: float,
         cutoff: float,
         expires_at: float,
     ) -> tuple[SessionRecord, list[LlmRecord]]:
-        """Create or take over the rows and write the session, all or nothing.
+        """Claim the names, create or take over the rows and write the session for
+        `owner`, all or nothing.
 
-        A row held by another live session fails the whole registration with
-        ConditionFailedError whose `record` is that row.
+        A name another key owns, or a row another live session holds, fails the whole
+        registration with NameHeldError; a session id another key owns, with
+        ConditionFailedError (`record` None).
         """
         ops: list[dict[str, Any]] = []
         rows: list[Item] = []
         for spec in specs:
-            op, row = self._rows.takeover_op(spec, session_id, now, cutoff)
+            ops.append(self._keys.name_claim_op(spec.name, owner, now))
+        for spec in specs:
+            op, row = self._rows.takeover_op(spec, session_id, owner, now, cutoff)
             ops.append(op)
             rows.append(row)
         ops.append(
@@ -67,13 +88,15 @@ class DynamoSessionStore:
                     "TableName": self.table,
                     "Key": self._key(session_id),
                     "UpdateExpression": "SET #names = :names, statuses = :statuses, "
-                    "heartbeatAt = :now, expiresAt = :exp ADD generation :one",
-                    "ExpressionAttributeNames": {"#names": "names"},
+                    "heartbeatAt = :now, expiresAt = :exp, #owner = :owner ADD generation :one",
+                    "ConditionExpression": "attribute_not_exists(pk) OR #owner = :owner",
+                    "ExpressionAttributeNames": {"#names": "names", "#owner": "owner"},
                     "ExpressionAttributeValues": values(
                         names={s.name for s in specs},
                         statuses={s.name: s.initial_status.value for s in specs},
                         now=now,
                         exp=int(expires_at),
+                        owner=owner,
                         one=1,
                     ),
                 }
@@ -83,13 +106,24 @@ class DynamoSessionStore:
             self._client.transact_write_items(TransactItems=ops)  # type: ignore[arg-type]
         except ClientError as exc:
             reasons = exc.response.get("CancellationReasons", [])
-            for spec, reason in zip(specs, reasons, strict=False):
-                if reason.get("Code") == "ConditionalCheckFailed":
-                    held = reason.get("Item")
-                    raise ConditionFailedError(
-                        f"row {spec.name} is held",
-                        record=row_record(decode(held)) if held else None,
+            failed = [r.get("Code") == "ConditionalCheckFailed" for r in reasons]
+            n = len(specs)
+            for i, spec in enumerate(specs):
+                if i < len(failed) and failed[i]:
+                    old = decode(reasons[i].get("Item") or {})
+                    raise NameHeldError(
+                        spec.name, record=None, owner=self._keys.owner_of_claim(old)
                     ) from exc
+            for i, spec in enumerate(specs):
+                if n + i < len(failed) and failed[n + i]:
+                    held = reasons[n + i].get("Item")
+                    raise NameHeldError(
+                        spec.name,
+                        record=row_record(decode(held)) if held else None,
+                        owner=None,
+                    ) from exc
+            if len(failed) > 2 * n and failed[2 * n]:
+                raise ConditionFailedError(f"session {session_id} has another owner") from exc
             raise
         session = self._get(session_id)
         assert session is not None  # just written

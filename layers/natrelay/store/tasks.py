@@ -30,7 +30,7 @@ from natrelay.store._task_items import (
     task_record,
     write_parts,
 )
-from natrelay.store.errors import ConditionFailedError
+from natrelay.store.errors import ConditionFailedError, SameResultError
 from natrelay.store.records import NewTask, TaskRecord
 from natrelay.wire import TaskKind, TaskState
 
@@ -69,6 +69,9 @@ class DynamoTaskStore:
             "leaseSeconds": task.lease_seconds,
             "stream": task.stream,
             "wakeId": task.wake_id,
+            "clientKey": task.client_key,
+            "usageDay": task.usage_day,
+            "slot": task.slot,
             "expiresAt": int(task.expires_at),
         }
         if task.request is not None:
@@ -129,13 +132,16 @@ class DynamoTaskStore:
         return [decode(raw)["pk"].removeprefix("task#") for raw in page.get("Items", [])]
 
     @off_loop
-    def claim(self, task_id: str, session_id: str, generation: int, now: float) -> TaskRecord:
-        """pending -> claimed for this session; ConditionFailedError if someone else got it."""
+    def claim(
+        self, task_id: str, session_id: str, *, key: str, generation: int, now: float
+    ) -> TaskRecord:
+        """pending -> claimed for this session of publisher key `key`;
+        ConditionFailedError if someone else got it."""
         with condition(f"task {task_id} is no longer pending"):
             raw = self._client.update_item(
                 TableName=self._table,
                 Key=task_key(task_id),
-                UpdateExpression="SET #state = :claimed, claimedBy = :sid, "
+                UpdateExpression="SET #state = :claimed, claimedBy = :sid, claimedKey = :key, "
                 "claimedGeneration = :gen, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now "
                 "ADD attempts :one REMOVE #queue",
@@ -145,6 +151,7 @@ class DynamoTaskStore:
                     state=TaskState.PENDING.value,
                     claimed=TaskState.CLAIMED.value,
                     sid=session_id,
+                    key=key,
                     gen=generation,
                     shard=LEASE_SHARD,
                     now=now,
@@ -155,10 +162,11 @@ class DynamoTaskStore:
         return task_record(decode(raw))
 
     @off_loop
-    def mark_sent(self, task_id: str, session_id: str, now: float) -> None:
+    def mark_sent(self, task_id: str, session_id: str, key: str, now: float) -> None:
         """Record that the claiming session sent something, and renew its lease.
 
-        ConditionFailedError (`record`: the task as it was) unless the session holds it.
+        ConditionFailedError (`record`: the task as it was) unless that session, of
+        publisher key `key`, holds it.
         """
         with condition(f"task {task_id} is not claimed by {session_id}", task_record):
             self._client.update_item(
@@ -169,7 +177,7 @@ class DynamoTaskStore:
                 ConditionExpression=f"{STATE_IS} AND {CLAIMED_BY}",
                 ExpressionAttributeNames=STATE_NAMES,
                 ExpressionAttributeValues=values(
-                    state=TaskState.CLAIMED.value, sid=session_id, now=now, true=True
+                    state=TaskState.CLAIMED.value, sid=session_id, key=key, now=now, true=True
                 ),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -180,6 +188,7 @@ class DynamoTaskStore:
         task_id: str,
         session_id: str,
         *,
+        key: str,
         state: TaskState,
         status: int,
         body: bytes | None,
@@ -189,8 +198,8 @@ class DynamoTaskStore:
         expires_at: float,
     ) -> TaskRecord:
         """claimed -> completed/failed by the claiming session. The same result again
-        returns the task as stored; anything else raises ConditionFailedError whose
-        `record` is the task as it was."""
+        raises SameResultError (`record`: the task as stored); anything else
+        ConditionFailedError whose `record` is the task as it was."""
         digest = result_hash(status, body, error)
         item: dict[str, Any] = {
             "done": state.value,
@@ -233,7 +242,7 @@ class DynamoTaskStore:
                         **({"#result": "result"} if "result" in vals else {}),
                     },
                     ExpressionAttributeValues=values(
-                        state=TaskState.CLAIMED.value, sid=session_id, **vals
+                        state=TaskState.CLAIMED.value, sid=session_id, key=key, **vals
                     ),
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -244,8 +253,9 @@ class DynamoTaskStore:
                 isinstance(old, TaskRecord)
                 and old.result_hash == digest
                 and old.claimed_by == session_id
+                and old.claimed_key == key
             ):
-                return old
+                raise SameResultError(f"task {task_id} holds this result", record=old) from exc
             raise
         return task_record(decode(raw))
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from natrelay.service import Relay
+from natrelay.service import Principal, Relay
 from natrelay.web.requests import parse
 from natrelay.web.sse import SSE_HEADERS, open_chat_stream
 
@@ -22,9 +22,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
 
 
-async def run_chat(relay: Relay, body: dict[str, Any]) -> Response:
+async def run_chat(relay: Relay, principal: Principal, body: dict[str, Any]) -> Response:
     chat = parse(ChatRequest, body)
-    task = await relay.queue.submit(chat.model, body, stream=chat.stream)
+    task = await relay.queue.submit(principal, chat.model, body, stream=chat.stream)
     if chat.stream:
         return StreamingResponse(
             await open_chat_stream(relay, task, relay.settings.stream_timeout_seconds),

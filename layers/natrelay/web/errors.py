@@ -22,6 +22,10 @@ STATUS: dict[type[errors.RelayError], int] = {
     errors.SessionNotFoundError: 404,
     errors.TaskNotFoundError: 404,
     errors.NameTakenError: 409,
+    errors.NameOwnedError: 409,
+    errors.SessionForbiddenError: 403,
+    errors.KeyNotFoundError: 404,
+    errors.RateLimitError: 429,
     errors.TaskNotClaimedError: 409,
     errors.TaskCancelledError: 409,
     errors.ResultConflictError: 409,
@@ -53,7 +57,7 @@ def status_of(exc: errors.RelayError) -> int:
 
 def error_response(exc: errors.RelayError) -> JSONResponse:
     headers: dict[str, str] = {}
-    if isinstance(exc, errors.PublisherOfflineError):
+    if isinstance(exc, errors.PublisherOfflineError | errors.RateLimitError):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, errors.TaskTimeoutError):
         headers["Location"] = f"/api/v1/tasks/{exc.task_id}"

@@ -7,19 +7,19 @@ from starlette.responses import JSONResponse, Response
 
 from natrelay.service import Relay
 from natrelay.web.chat import run_chat
-from natrelay.web.requests import read_object
+from natrelay.web.requests import caller, read_object
 from natrelay.web.views import model_object
 
 
 async def list_models(request: Request, relay: Relay) -> Response:
-    rows = await relay.catalog.serving_rows()
+    rows = await relay.catalog.serving_rows(caller(request))
     return JSONResponse({"object": "list", "data": [model_object(r) for r in rows]})
 
 
 async def get_model(request: Request, relay: Relay) -> Response:
-    row = await relay.catalog.get(request.path_params["model"])
+    row = await relay.catalog.get(caller(request), request.path_params["model"])
     return JSONResponse(model_object(row))
 
 
 async def chat_completions(request: Request, relay: Relay) -> Response:
-    return await run_chat(relay, await read_object(request, relay.settings))
+    return await run_chat(relay, caller(request), await read_object(request, relay.settings))

@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from natrelay.service import Relay
 from natrelay.web import views
 from natrelay.web.chat import run_chat
-from natrelay.web.requests import read_model, read_object
+from natrelay.web.requests import caller, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
     ChunkAck,
@@ -38,39 +38,46 @@ def answer(model: WireModel, status: int = 200, headers: dict[str, str] | None =
 
 async def register(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, RegisterRequest)
-    return answer(views.session_response(await relay.sessions.register(req), relay.clock()))
+    registration = await relay.sessions.register(caller(request), req)
+    return answer(views.session_response(registration, relay.clock()))
 
 
 async def heartbeat(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, HeartbeatRequest)
-    return answer(views.session_response(await relay.sessions.heartbeat(req), relay.clock()))
+    registration = await relay.sessions.heartbeat(caller(request), req)
+    return answer(views.session_response(registration, relay.clock()))
 
 
 async def poll(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, PollRequest)
-    tasks = await relay.claims.poll(req, gone=request.is_disconnected)
+    tasks = await relay.claims.poll(caller(request), req, gone=request.is_disconnected)
     return answer(PollResponse(tasks=[views.polled_task(t) for t in tasks]))
 
 
 async def deregister(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, SessionRequest)
-    return answer(views.session_response(await relay.sessions.deregister(req), relay.clock()))
+    registration = await relay.sessions.deregister(caller(request), req)
+    return answer(views.session_response(registration, relay.clock()))
 
 
 async def task_request(request: Request, relay: Relay) -> Response:
-    body = await relay.claims.task_request(request.path_params["task_id"])
+    body = await relay.claims.task_request(
+        caller(request),
+        request.path_params["task_id"],
+        request.query_params.get("providerSessionId", ""),
+    )
     return Response(body, media_type="application/json")
 
 
 async def post_chunks(request: Request, relay: Relay) -> Response:
     batch = await read_model(request, relay.settings, ChunkBatch)
-    seq = await relay.claims.post_chunks(request.path_params["task_id"], batch)
+    seq = await relay.claims.post_chunks(caller(request), request.path_params["task_id"], batch)
     return answer(ChunkAck(seq=seq))
 
 
 async def post_result(request: Request, relay: Relay) -> Response:
     result = await read_model(request, relay.settings, TaskResult)
-    task = await relay.claims.post_result(request.path_params["task_id"], result)
+    task = await relay.claims.post_result(caller(request), request.path_params["task_id"], result)
     return answer(views.task_view(task))
 
 
@@ -79,11 +86,12 @@ async def post_result(request: Request, relay: Relay) -> Response:
 
 async def list_llms(request: Request, relay: Relay) -> Response:
     now = relay.clock()
-    return answer(LlmList(data=[views.row_view(r, now) for r in await relay.catalog.all()]))
+    rows = await relay.catalog.all(caller(request))
+    return answer(LlmList(data=[views.row_view(r, now) for r in rows]))
 
 
 async def get_llm(request: Request, relay: Relay) -> Response:
-    row = await relay.catalog.get(request.path_params["name"])
+    row = await relay.catalog.get(caller(request), request.path_params["name"])
     return answer(views.row_view(row, relay.clock()))
 
 
@@ -98,24 +106,28 @@ async def infer(request: Request, relay: Relay) -> Response:
     body["model"] = request.path_params["name"]
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
     if "respond-async" in prefer:
-        task = await relay.queue.submit(body["model"], body, stream=bool(body.get("stream")))
+        task = await relay.queue.submit(
+            caller(request), body["model"], body, stream=bool(body.get("stream"))
+        )
         location = f"/api/v1/tasks/{task.id}"
         return answer(
             views.task_view(task),
             status=202,
             headers={"Location": location, "Preference-Applied": "respond-async"},
         )
-    return await run_chat(relay, body)
+    return await run_chat(relay, caller(request), body)
 
 
 async def get_task(request: Request, relay: Relay) -> Response:
-    task, result = await relay.waiting.get_with_result(request.path_params["task_id"])
+    task, result = await relay.waiting.get_with_result(
+        request.path_params["task_id"], caller(request)
+    )
     return answer(views.task_view(task, result))
 
 
 async def cancel_task(request: Request, relay: Relay) -> Response:
     task_id = request.path_params["task_id"]
-    await relay.waiting.get(task_id)
+    await relay.waiting.get_for(caller(request), task_id)
     await relay.endings.cancel(task_id, "cancelled by the client")
     task, result = await relay.waiting.get_with_result(task_id)
     return answer(views.task_view(task, result))
@@ -123,7 +135,7 @@ async def cancel_task(request: Request, relay: Relay) -> Response:
 
 async def task_events(request: Request, relay: Relay) -> Response:
     task_id = request.path_params["task_id"]
-    await relay.waiting.get(task_id)  # 404 before the stream starts
+    await relay.waiting.get_for(caller(request), task_id)  # 404 before the stream starts
     last = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after"))
     return StreamingResponse(
         task_events_body(relay, task_id, last, relay.settings.stream_timeout_seconds),

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import hmac
 import json
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from natrelay.errors import AuthError, ForbiddenError, InvalidRequestError, PayloadTooLargeError
+from natrelay.errors import InvalidRequestError, PayloadTooLargeError
+from natrelay.service import Principal
 from natrelay.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class Right(StrEnum):
-    PUBLISH = "publish"
-    CLIENT = "client"
-
-
-def authorize(request: Request, settings: Settings, right: Right) -> None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
-    tokens = {
-        Right.PUBLISH: settings.publish_token.get_secret_value(),
-        Right.CLIENT: settings.client_token.get_secret_value(),
-    }
-    matches = {r for r, t in tokens.items() if t and hmac.compare_digest(t, token)}
-    if right in matches:
-        return
-    if matches:
-        raise ForbiddenError(f"this token does not carry the {right.value} right")
-    raise AuthError("invalid bearer token")
+def caller(request: Request) -> Principal:
+    """Who sent the request (set by the route's guard)."""
+    principal: Principal = request.state.principal
+    return principal
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:

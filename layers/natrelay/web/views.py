@@ -7,8 +7,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from natrelay.service import Registration
-from natrelay.store import LlmRecord, TaskRecord
-from natrelay.wire import ErrorInfo, LlmRow, PolledTask, SessionResponse, TaskView
+from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
+from natrelay.wire import (
+    ErrorInfo,
+    KeyCreated,
+    KeyView,
+    LlmRow,
+    PolledTask,
+    SessionResponse,
+    TaskView,
+    UsageDay,
+    UsageView,
+)
 
 
 def iso(ts: float | None) -> str | None:
@@ -28,7 +38,6 @@ def row_view(row: LlmRecord, now: float) -> LlmRow:
         tier=row.tier,
         description=row.description,
         status=row.status,
-        provider_session_id=row.session_id,
         last_heartbeat_at=iso(row.last_heartbeat_at),
         inactive_since=iso(row.inactive_since),
         created_at=iso(row.created_at),
@@ -88,3 +97,40 @@ def model_object(row: LlmRecord) -> dict[str, Any]:
         "tier": row.tier,
         "description": row.description,
     }
+
+
+def key_view(key: KeyRecord, now: float) -> KeyView:
+    status = "revoked" if key.revoked_at else ("active" if key.valid(now) else "expired")
+    return KeyView(
+        id=key.id,
+        label=key.label,
+        role=key.role,
+        models=list(key.models) if key.models is not None else None,
+        rpm=key.rpm,
+        concurrency=key.concurrency,
+        tokens_per_day=key.tokens_per_day,
+        created_at=iso(key.created_at) or "",
+        expires_at=iso(key.expires_at),
+        revoked_at=iso(key.revoked_at),
+        status=status,
+    )
+
+
+def key_created(key: KeyRecord, secret: str, now: float) -> KeyCreated:
+    return KeyCreated(**key_view(key, now).model_dump(), secret=secret)
+
+
+def usage_view(key_id: str, days: list[UsageRecord]) -> UsageView:
+    return UsageView(
+        key_id=key_id,
+        days=[
+            UsageDay(
+                date=d.day,
+                requests=d.requests,
+                prompt_tokens=d.prompt_tokens,
+                completion_tokens=d.completion_tokens,
+                errors=d.errors,
+            )
+            for d in days
+        ],
+    )

@@ -1,0 +1,150 @@
+"""Limits and usage per key: admit a request against its key's limits (one
+conditional write, only for keys with limits) and record what it used when it ends
+(one write)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from natrelay.errors import BudgetExceededError, RateLimitError
+from natrelay.service.access import Principal
+from natrelay.service.context import Context
+from natrelay.store import ConditionFailedError, TaskRecord, UsageRecord
+from natrelay.store.usage import KEEP_SECONDS
+
+log = logging.getLogger("natrelay.service")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: the day its usage is counted on, and its concurrency slot."""
+
+    day: str
+    slot: str | None = None
+
+
+def day_and_minute(now: float) -> tuple[str, str]:
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%H%M")
+
+
+def _seconds_to_midnight(now: float) -> int:
+    moment = datetime.fromtimestamp(now, UTC)
+    midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((midnight - moment).total_seconds()) + 1)
+
+
+def tokens_of(body: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens from an answer's OpenAI `usage`, if it has one."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+
+    def count(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and 0 <= value < 2**40 else 0
+
+    return count("prompt_tokens"), count("completion_tokens")
+
+
+class Usage:
+    def __init__(self, ctx: Context) -> None:
+        self.usage = ctx.stores.usage
+        self.clock = ctx.clock
+
+    async def admit(self, principal: Principal, task_id: str, deadline: float) -> Admission:
+        """Let a request in, or raise RateLimitError / BudgetExceededError."""
+        now = self.clock()
+        day, minute = day_and_minute(now)
+        if not principal.limited:
+            return Admission(day)
+        slot = f"{task_id}@{int(deadline)}" if principal.concurrency is not None else None
+        for attempt in range(2):
+            try:
+                await self.usage.admit(
+                    principal.key_id,
+                    day,
+                    minute,
+                    slot=slot,
+                    rpm=principal.rpm,
+                    concurrency=principal.concurrency,
+                    tokens_per_day=principal.tokens_per_day,
+                    expires_at=now + KEEP_SECONDS,
+                )
+                return Admission(day, slot)
+            except ConditionFailedError as exc:
+                seen = exc.record if isinstance(exc.record, UsageRecord) else None
+                if seen is None:
+                    raise RateLimitError("over this key's limits", retry_after=1) from exc
+                stale = {s for s in seen.inflight if _deadline(s) < now}
+                if attempt == 0 and stale and _only_concurrency(principal, seen, minute):
+                    await self.usage.free_slots(principal.key_id, day, stale)
+                    continue
+                raise _refusal(principal, seen, minute, now) from exc
+        raise AssertionError("unreachable")
+
+    async def record(self, task: TaskRecord, *, body: Any = None, error: bool = False) -> None:
+        """Record what a task of a client used, once it has ended; frees its slot."""
+        if task.client_key is None:
+            return
+        prompt, completion = tokens_of(body)
+        now = self.clock()
+        try:
+            await self.usage.record(
+                task.client_key,
+                task.usage_day or day_and_minute(now)[0],
+                slot=task.slot,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                error=error,
+                expires_at=now + KEEP_SECONDS,
+            )
+        except Exception:  # usage is bookkeeping: never fail the request over it
+            log.exception("usage of task %s not recorded", task.id)
+
+    async def days(self, key_id: str, days: int) -> list[UsageRecord]:
+        """The key's usage for the last `days` UTC days (today included), oldest first."""
+        since = datetime.fromtimestamp(self.clock(), UTC) - timedelta(days=days - 1)
+        return await self.usage.days(key_id, since.strftime("%Y-%m-%d"))
+
+
+def _deadline(slot: str) -> float:
+    try:
+        return float(slot.rpartition("@")[2])
+    except ValueError:
+        return 0.0
+
+
+def _over_rate(principal: Principal, seen: UsageRecord, minute: str) -> bool:
+    return principal.rpm is not None and seen.minutes.get(minute, 0) >= principal.rpm
+
+
+def _over_budget(principal: Principal, seen: UsageRecord) -> bool:
+    budget = principal.tokens_per_day
+    return budget is not None and seen.prompt_tokens + seen.completion_tokens >= budget
+
+
+def _only_concurrency(principal: Principal, seen: UsageRecord, minute: str) -> bool:
+    return not _over_rate(principal, seen, minute) and not _over_budget(principal, seen)
+
+
+def _refusal(principal: Principal, seen: UsageRecord, minute: str, now: float) -> RateLimitError:
+    if _over_budget(principal, seen):
+        return BudgetExceededError(
+            f"this key's budget of {principal.tokens_per_day} tokens per day is used up; "
+            "it renews at 00:00 UTC",
+            retry_after=_seconds_to_midnight(now),
+        )
+    if _over_rate(principal, seen, minute):
+        return RateLimitError(
+            f"this key may send {principal.rpm} requests per minute; try again in the next minute",
+            retry_after=max(1, 60 - int(now) % 60),
+        )
+    return RateLimitError(
+        f"this key may have {principal.concurrency} requests in flight at once; try again "
+        "when one has finished",
+        retry_after=1,
+    )

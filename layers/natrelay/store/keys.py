@@ -1,0 +1,148 @@
+"""Keys and name ownership in DynamoDB (table `keys`).
+
+pk `keys`, sk `<key id>`: a key (one partition, so one Query lists them all; keys are
+few and rarely written). pk `name#<name>`, sk `owner`: the publisher key that owns an
+LLM name until an admin releases it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from natrelay.store._dynamo import Item, condition, decode, encode, items, off_loop, values
+from natrelay.store.records import KeyRecord
+from natrelay.wire import Role
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+_KEYS = "keys"
+
+
+def key_record(item: Item) -> KeyRecord:
+    models = item.get("models")
+    return KeyRecord(
+        id=item["sk"],
+        label=item.get("label", ""),
+        role=Role(item["role"]),
+        secret_hash=item["secretHash"],
+        created_at=item["createdAt"],
+        models=tuple(models) if models is not None else None,
+        rpm=item.get("rpm"),
+        concurrency=item.get("concurrency"),
+        tokens_per_day=item.get("tokensPerDay"),
+        expires_at=item.get("validUntil"),
+        revoked_at=item.get("revokedAt"),
+    )
+
+
+class DynamoKeyStore:
+    """Keys (create, read, list, revoke) and the names publisher keys own."""
+
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
+        self._client = client
+        self.table = table
+
+    def _key(self, key_id: str) -> dict[str, Any]:
+        return {"pk": {"S": _KEYS}, "sk": {"S": key_id}}
+
+    @off_loop
+    def put(self, key: KeyRecord) -> None:
+        """Store a new key; ConditionFailedError if the id exists."""
+        item: Item = {
+            "pk": _KEYS,
+            "sk": key.id,
+            "label": key.label,
+            "role": key.role.value,
+            "secretHash": key.secret_hash,
+            "createdAt": key.created_at,
+            "models": list(key.models) if key.models is not None else None,
+            "rpm": key.rpm,
+            "concurrency": key.concurrency,
+            "tokensPerDay": key.tokens_per_day,
+            "validUntil": key.expires_at,
+        }
+        with condition(f"key {key.id} exists"):
+            self._client.put_item(
+                TableName=self.table,
+                Item=encode(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+
+    @off_loop
+    def get(self, key_id: str) -> KeyRecord | None:
+        raw = self._client.get_item(
+            TableName=self.table, Key=self._key(key_id), ConsistentRead=True
+        ).get("Item")
+        return key_record(decode(raw)) if raw else None
+
+    @off_loop
+    def all(self) -> list[KeyRecord]:
+        found = items(
+            self._client,
+            "query",
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues=values(pk=_KEYS),
+            ConsistentRead=True,
+        )
+        return sorted((key_record(i) for i in found), key=lambda k: k.created_at)
+
+    @off_loop
+    def revoke(self, key_id: str, now: float) -> KeyRecord:
+        """Mark the key revoked (once: a second revoke keeps the first time).
+
+        ConditionFailedError if there is no such key.
+        """
+        with condition(f"no key {key_id}"):
+            raw = self._client.update_item(
+                TableName=self.table,
+                Key=self._key(key_id),
+                UpdateExpression="SET revokedAt = if_not_exists(revokedAt, :now)",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=values(now=now),
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        return key_record(decode(raw))
+
+    # --- names -----------------------------------------------------------------------
+
+    def _name_key(self, name: str) -> dict[str, Any]:
+        return {"pk": {"S": f"name#{name}"}, "sk": {"S": "owner"}}
+
+    def name_claim_op(self, name: str, owner: str, now: float) -> dict[str, Any]:
+        """The transaction item that claims `name` for `owner` (or keeps its claim);
+        its condition fails when another key owns the name."""
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": self._name_key(name),
+                "UpdateExpression": "SET #owner = :owner, claimedAt = if_not_exists(claimedAt, "
+                ":now)",
+                "ConditionExpression": "attribute_not_exists(pk) OR #owner = :owner",
+                "ExpressionAttributeNames": {"#owner": "owner"},
+                "ExpressionAttributeValues": values(owner=owner, now=now),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    @staticmethod
+    def owner_of_claim(item: Item) -> str | None:
+        """The owner named by a name-claim item (as a failed claim returns it)."""
+        owner = item.get("owner")
+        return str(owner) if owner is not None else None
+
+    @off_loop
+    def owner(self, name: str) -> str | None:
+        raw = self._client.get_item(
+            TableName=self.table, Key=self._name_key(name), ConsistentRead=True
+        ).get("Item")
+        return self.owner_of_claim(decode(raw)) if raw else None
+
+    @off_loop
+    def release(self, name: str) -> bool:
+        """Forget who owns the name; False if nobody did."""
+        old = self._client.delete_item(
+            TableName=self.table, Key=self._name_key(name), ReturnValues="ALL_OLD"
+        ).get("Attributes")
+        return old is not None
