@@ -167,7 +167,10 @@ def test_only_the_store_knows_dynamodb() -> None:
                 names.append(getattr(node, "module", None) or "")
                 if any(n.split(".")[0] in ("botocore", "boto3") for n in names):
                     offenders.append(f"{module}: imports {names}")
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if any(marker in node.value for marker in DYNAMO_MARKERS):
-                    offenders.append(f"{module}: {node.value!r}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and any(marker in node.value for marker in DYNAMO_MARKERS)
+            ):
+                offenders.append(f"{module}: {node.value!r}")
     assert offenders == []
