@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from natrelay_publisher.config import ProviderConfig
-from natrelay_publisher.errors import BackendError
+from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers import PROVIDERS, Provider
 from tests.publisher.fakes import REPLY, BackendState, ollama_app, openai_app, serve
 
@@ -113,7 +113,7 @@ def test_openai_backend_errors(
     openai_backend: tuple[str, BackendState], model: str, status: int, message: str
 ) -> None:
     url, _ = openai_backend
-    with pytest.raises(BackendError) as caught:
+    with pytest.raises(BackendFailedError) as caught:
         asyncio.run(complete(provider(type="openai", baseUrl=url, model=model), CHAT))
     assert caught.value.status == status
     assert message in caught.value.message
@@ -122,19 +122,19 @@ def test_openai_backend_errors(
 def test_openai_stream_errors(openai_backend: tuple[str, BackendState]) -> None:
     url, _ = openai_backend
     stream = {**CHAT, "stream": True}
-    with pytest.raises(BackendError, match="this model does not exist") as caught:
+    with pytest.raises(BackendFailedError, match="this model does not exist") as caught:
         asyncio.run(collect(provider(type="openai", baseUrl=url, model="fail-400"), stream))
     assert caught.value.status == 400
-    with pytest.raises(BackendError, match="out of memory"):
+    with pytest.raises(BackendFailedError, match="out of memory"):
         asyncio.run(collect(provider(type="openai", baseUrl=url, model="break"), stream))
 
 
 def test_openai_backend_down() -> None:
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
-    with pytest.raises(BackendError, match=r"cannot reach the backend at http://127\.0\.0\.1:9/v1"):
+    with pytest.raises(BackendFailedError, match=r"cannot reach the backend at http://127\.0\.0\.1:9/v1"):
         asyncio.run(complete(down, CHAT))
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
-    with pytest.raises(BackendError, match="cannot reach the backend") as caught:
+    with pytest.raises(BackendFailedError, match="cannot reach the backend") as caught:
         asyncio.run(collect(down, {**CHAT, "stream": True}))
     assert caught.value.status == 502
 
@@ -198,16 +198,16 @@ def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, Backen
             await p.aclose()
 
     assert asyncio.run(check()) == (True, ["llama3:latest", "qwen2:7b"])
-    with pytest.raises(BackendError, match="model 'missing' not found") as caught:
+    with pytest.raises(BackendFailedError, match="model 'missing' not found") as caught:
         asyncio.run(complete(provider(type="ollama", baseUrl=url, model="missing"), CHAT))
     assert caught.value.status == 404
-    with pytest.raises(BackendError, match="model 'missing' not found"):
+    with pytest.raises(BackendFailedError, match="model 'missing' not found"):
         asyncio.run(
             collect(provider(type="ollama", baseUrl=url, model="missing"), {**CHAT, "stream": True})
         )
     down = provider(type="ollama", baseUrl="http://127.0.0.1:9", model="m")
     assert asyncio.run(down.available()) is False
-    with pytest.raises(BackendError, match="cannot reach the backend"):
+    with pytest.raises(BackendFailedError, match="cannot reach the backend"):
         asyncio.run(complete(down, CHAT))
 
 
@@ -262,6 +262,6 @@ def test_echo_token_delay() -> None:
 def test_echo_availability_url() -> None:
     asleep = provider(type="echo", options={"availabilityUrl": "http://127.0.0.1:9/ready"})
     assert asyncio.run(asleep.available()) is False
-    with pytest.raises(BackendError, match="asleep") as caught:
+    with pytest.raises(BackendFailedError, match="asleep") as caught:
         asyncio.run(complete(asleep, echo_request()))
     assert caught.value.status == 503
