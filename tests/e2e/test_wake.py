@@ -10,16 +10,11 @@ import openai
 
 from natrelay_infra.wake_controller import WakeController
 from tests.publisher.running import publisher_config, start_publisher, wait_rows
-from tests.support.stack import Stack, dynamodb_client
+from tests.support.stack import Stack, wake_tasks_written
 
 
 def wake_tasks(stack: Stack) -> int:
-    items = dynamodb_client(stack.moto_endpoint).scan(
-        TableName=stack.tables.tasks,
-        FilterExpression="kind = :w",
-        ExpressionAttributeValues={":w": {"S": "wake"}},
-    )["Items"]
-    return len(items)
+    return wake_tasks_written(stack.moto_endpoint, stack.tables.tasks)
 
 
 def test_twenty_parallel_first_calls_share_one_wake(stack: Stack, tmp_path: Path) -> None:

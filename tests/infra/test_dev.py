@@ -17,12 +17,14 @@ import httpx
 import openai
 import pytest
 
+from natrelay_infra.children import stop_child
 from natrelay_infra.demo import DEMO_MODELS, demo_config, write_config
 from natrelay_infra.dev import DEV_CLIENT_TOKEN
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.tables import TableNames
 from natrelay_infra.wake_controller import WakeController
-from tests.support.stack import dynamodb_client, free_port, wait_http
+from tests.support.net import free_port, wait_http
+from tests.support.stack import dynamodb_client
 
 MSG = [{"role": "user", "content": "hello from the relay"}]
 
@@ -138,13 +140,7 @@ def natrelay_dev(tmp_path: Path, *args: str) -> Iterator[Dev]:
     try:
         yield dev
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_child(process, timeout=30)
         # Anything left behind is a bug, and must not outlive the test either way.
         leftover = []
         try:

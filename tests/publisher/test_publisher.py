@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import parse_config
 from natrelay_publisher.daemon import Publisher
 from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
-from tests.publisher.fakes import WakeController, serve
+from tests.support.net import serve
 
 
 @pytest.fixture
@@ -22,13 +23,13 @@ def relay() -> Iterator[tuple[str, FakeRelay]]:
     fake = FakeRelay()
     with serve(fake.app()) as url:
         yield url, fake
+    assert not fake.invalid
 
 
 @pytest.fixture
 def controller() -> Iterator[tuple[str, WakeController]]:
-    state = WakeController()
-    with serve(state.app()) as url:
-        yield url, state
+    with WakeController(wake_delay=0) as state:
+        yield state.url, state
 
 
 def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:

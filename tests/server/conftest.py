@@ -12,6 +12,7 @@ from natrelay.settings import Settings
 from natrelay.store import DynamoLlmStore, DynamoTaskStore, TaskRecord
 from natrelay.wire import LlmStatus, PollRequest, ProviderSpec, RegisterRequest
 from natrelay_infra.tables import TableNames, create_tables
+from tests.support.counting import OpCounter  # noqa: F401 - the server tests import it here
 
 
 class FakeClock:
@@ -27,20 +28,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class OpCounter:
-    """Counts DynamoDB operations through botocore's event hooks."""
-
-    def __init__(self, client: Any) -> None:
-        self.ops: list[str] = []
-        client.meta.events.register("before-call.dynamodb.*", self._seen)
-
-    def _seen(self, model: Any, **_: Any) -> None:
-        self.ops.append(model.name)
-
-    def count(self, op: str) -> int:
-        return self.ops.count(op)
 
 
 @pytest.fixture
