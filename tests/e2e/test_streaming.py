@@ -12,12 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.publisher.running import (
-    PublisherProcess,
-    publisher_config,
-    start_publisher,
-    wait_rows,
-)
+from tests.publisher.running import PublisherProcess, publishing
 from tests.support.backend import FakeBackend
 from tests.support.net import serve
 from tests.support.stack import Stack
@@ -41,12 +36,8 @@ def published(stack: Stack, timed: FakeBackend, tmp_path: Path) -> Iterator[Publ
             "model": "timed-backend",
             "maxConcurrency": 4,
         }
-        publisher = start_publisher(publisher_config(stack, tmp_path, [provider]), tmp_path)
-        try:
-            wait_rows(stack, {"timed": "active"})
+        with publishing(stack, tmp_path, [provider], {"timed": "active"}) as publisher:
             yield publisher
-        finally:
-            publisher.stop()
 
 
 def client(stack: Stack) -> openai.OpenAI:

@@ -37,12 +37,6 @@ def backend() -> Iterator[tuple[str, FakeBackend]]:
 
 
 @pytest.fixture
-def controller() -> Iterator[tuple[str, WakeController]]:
-    with WakeController(wake_delay=0) as state:
-        yield state.url, state
-
-
-@pytest.fixture
 def publishers() -> Iterator[list[PublisherProcess]]:
     """Publishers a test started; killed at the end whatever happened."""
     started: list[PublisherProcess] = []

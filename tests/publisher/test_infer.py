@@ -20,14 +20,6 @@ from tests.support.net import serve
 SESSION = "sess-0123456789"
 
 
-@pytest.fixture
-def sink() -> Iterator[tuple[str, FakeRelay]]:
-    fake = FakeRelay()
-    with serve(fake.app()) as url:
-        yield url, fake
-    assert not fake.invalid
-
-
 @pytest.fixture(scope="module")
 def backend() -> Iterator[tuple[str, FakeBackend]]:
     state = FakeBackend()
@@ -56,11 +48,13 @@ def chat(text: str = "hi", **fields: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}], **fields}
 
 
-def test_non_streamed_result(sink: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]) -> None:
-    url, relay = sink
+def test_non_streamed_result(
+    relay: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
+) -> None:
+    url, fake = relay
     assert answer(url, provider(type="openai", baseUrl=backend[0], model="m"), chat(), False) == 200
-    assert relay.calls("chunks") == []
-    [result] = relay.calls("result")
+    assert fake.calls("chunks") == []
+    [result] = fake.calls("result")
     assert result["providerSessionId"] == SESSION
     assert result["status"] == 200
     assert result["body"]["choices"][0]["message"]["content"] == REPLY
@@ -68,12 +62,12 @@ def test_non_streamed_result(sink: tuple[str, FakeRelay], backend: tuple[str, Fa
 
 
 def test_backend_error_becomes_an_error_result(
-    sink: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
+    relay: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
 ) -> None:
-    url, relay = sink
+    url, fake = relay
     answer(url, provider(type="openai", baseUrl=backend[0], model="fail-500"), chat(), False)
     answer(url, provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m"), chat(), True)
-    bad, down = relay.calls("result")
+    bad, down = fake.calls("result")
     assert bad["status"] == 500
     assert bad["error"] == {
         "message": "the GPU caught fire",
@@ -86,25 +80,25 @@ def test_backend_error_becomes_an_error_result(
     assert down["error"]["message"].startswith("cannot reach the backend at http://127.0.0.1:9/v1")
 
 
-def test_stream_batches_in_order_then_result(sink: tuple[str, FakeRelay]) -> None:
-    url, relay = sink
+def test_stream_batches_in_order_then_result(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
     text = " ".join(f"word{i}" for i in range(40))
     echo = provider(type="echo", options={"tokenDelayMs": 10})
     request = chat(text, stream=True, stream_options={"include_usage": True})
     assert answer(url, echo, request, True) == 200
-    assert [b["seq"] for b in relay.calls("chunks")] == list(range(len(relay.calls("chunks"))))
+    assert [b["seq"] for b in fake.calls("chunks")] == list(range(len(fake.calls("chunks"))))
     # 40 words 10 ms apart, flushed every 50 ms: several batches, each of several chunks.
-    assert 3 <= len(relay.calls("chunks")) <= 20
-    assert relay.text() == text
-    [result] = relay.calls("result")
-    assert result["chunkCount"] == len(relay.calls("chunks"))
+    assert 3 <= len(fake.calls("chunks")) <= 20
+    assert fake.text() == text
+    [result] = fake.calls("result")
+    assert result["chunkCount"] == len(fake.calls("chunks"))
     assert result["body"] == {
         "usage": {"prompt_tokens": 40, "completion_tokens": 40, "total_tokens": 80}
     }
 
 
-def test_stream_batches_flush_by_size(sink: tuple[str, FakeRelay]) -> None:
-    url, relay = sink
+def test_stream_batches_flush_by_size(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
 
     async def big() -> AsyncIterator[dict[str, Any]]:
         for i in range(8):
@@ -120,13 +114,13 @@ def test_stream_batches_flush_by_size(sink: tuple[str, FakeRelay]) -> None:
 
     asyncio.run(go())
     # the first token alone, at once; then batches cut by size (two 20 KB chunks each)
-    assert [len(b["chunks"]) for b in relay.calls("chunks")] == [1, 2, 2, 2, 1]
-    assert relay.calls("result")[0]["chunkCount"] == 5 and relay.calls("result")[0]["body"] is None
+    assert [len(b["chunks"]) for b in fake.calls("chunks")] == [1, 2, 2, 2, 1]
+    assert fake.calls("result")[0]["chunkCount"] == 5 and fake.calls("result")[0]["body"] is None
 
 
-def test_cancel_aborts_the_backend_and_posts_nothing_more(sink: tuple[str, FakeRelay]) -> None:
-    url, relay = sink
-    relay.cancel_after = 1  # then 409 task_cancelled: the client went away
+def test_cancel_aborts_the_backend_and_posts_nothing_more(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
+    fake.cancel_after = 1  # then 409 task_cancelled: the client went away
     slow_backend = FakeBackend(tokens=200, interval=0.05)
     with serve(slow_backend.app()) as backend_url:
         slow = provider(type="openai", baseUrl=backend_url + "/v1", model="slow")
@@ -134,37 +128,37 @@ def test_cancel_aborts_the_backend_and_posts_nothing_more(sink: tuple[str, FakeR
         assert answer(url, slow, chat(stream=True), True) == 499
         assert time.monotonic() - started < 5  # the full stream would take 10 s
         assert slow_backend.aborted.wait(5)
-    assert len(relay.calls("chunks")) == 2
-    assert relay.calls("result") == []
+    assert len(fake.calls("chunks")) == 2
+    assert fake.calls("result") == []
     assert len(slow_backend.produced_at) < 100
 
 
 def test_stream_failing_midway_posts_an_error(
-    sink: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
+    relay: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
 ) -> None:
-    url, relay = sink
+    url, fake = relay
     broken = provider(type="openai", baseUrl=backend[0], model="break")
     assert answer(url, broken, chat(stream=True), True) == 502
-    assert relay.text() == REPLY
-    [result] = relay.calls("result")
+    assert fake.text() == REPLY
+    [result] = fake.calls("result")
     assert result["status"] == 502
     assert result["error"]["message"] == "out of memory"
     assert result["error"]["code"] == "backend_error"
 
 
-def test_refused_answers_still_end_the_task(sink: tuple[str, FakeRelay]) -> None:
-    url, relay = sink
-    relay.max_result_bytes = 400
+def test_refused_answers_still_end_the_task(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
+    fake.max_result_bytes = 400
     assert answer(url, provider(type="echo"), chat("x " * 300), False) == 200
-    too_big, told = relay.calls("result")
+    too_big, told = fake.calls("result")
     assert too_big["status"] == 200
     assert told["status"] == 502
     assert told["error"]["message"] == (
         "the relay refused the answer: POST /api/v1/llms/_provider-task/t1/result answered 413 "
         "payload_too_large: a result may be at most 100 bytes"
     )
-    relay.clear()
-    relay.refuse_chunks = True
+    fake.clear()
+    fake.refuse_chunks = True
     assert answer(url, provider(type="echo"), chat("a b c", stream=True), True) == 502
-    [told] = relay.calls("result")
+    [told] = fake.calls("result")
     assert told["error"]["message"].startswith("the relay refused a chunk batch: ")

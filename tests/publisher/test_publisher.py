@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,6 @@ from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import parse_config
 from natrelay_publisher.daemon import Publisher
 from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
-from tests.support.net import serve
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[str, FakeRelay]]:
-    fake = FakeRelay()
-    with serve(fake.app()) as url:
-        yield url, fake
-    assert not fake.invalid
-
-
-@pytest.fixture
-def controller() -> Iterator[tuple[str, WakeController]]:
-    with WakeController(wake_delay=0) as state:
-        yield state.url, state
 
 
 def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:

@@ -4,7 +4,6 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,6 @@ def recipe(wake: dict[str, Any], **fields: Any) -> WakeRecipe:
     config = provider_config(wake=wake, **fields)
     assert config.wake is not None
     return RECIPES.find(config.wake.type)(config.wake, config)
-
-
-@pytest.fixture
-def controller() -> Iterator[tuple[str, WakeController]]:
-    with WakeController(wake_delay=0) as state:
-        yield state.url, state
 
 
 # --- http --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Servers on 127.0.0.1 for tests and the benchmark: ports, sockets, readiness, ASGI apps."""
+"""Servers on 127.0.0.1 for tests and the benchmark: ports, sockets, waiting, ASGI apps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -32,18 +32,40 @@ def listen(port: int = 0) -> socket.socket:
     return sock
 
 
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T],
+    timeout: float,
+    message: str | Callable[[], str] = "condition not met",
+    interval: float = 0.05,
+) -> T:
+    """Call `check` until it returns something true, and return that; TimeoutError after
+    `timeout` s, saying `message` (a callable is asked only then)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(message if isinstance(message, str) else message())
+        time.sleep(interval)
+    return value
+
+
 def wait_http(url: str, timeout: float = 20.0, alive: Callable[[], bool] = lambda: True) -> None:
     """Wait until `url` answers below 500; TimeoutError after `timeout` s or once not `alive()`."""
-    deadline = time.monotonic() + timeout
-    while True:
+    gave_up = f"{url} did not answer within {timeout:g} s"
+
+    def answered() -> bool:
         try:
             if httpx.get(url, timeout=2.0).status_code < 500:
-                return
+                return True
         except httpx.TransportError:
             pass
-        if time.monotonic() > deadline or not alive():
-            raise TimeoutError(f"{url} did not answer within {timeout:g} s")
-        time.sleep(0.05)
+        if not alive():
+            raise TimeoutError(gave_up)
+        return False
+
+    wait_until(answered, timeout, gave_up)
 
 
 @contextmanager
