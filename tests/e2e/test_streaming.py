@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from natrelay.wire import Paths
 from tests.publisher.running import PublisherProcess, publishing
 from tests.support.backend import FakeBackend
 from tests.support.net import serve
@@ -123,7 +124,7 @@ def test_a_40_second_generation_runs_async_and_events_resume_without_gap(
     timed.tokens, timed.interval = 80, 0.5  # 40 s: longer than API Gateway lets a request live
     h = {"Authorization": f"Bearer {stack.client_token}"}
     resp = httpx.post(
-        f"{stack.url}/api/v1/llms/timed/infer",
+        f"{stack.url}{Paths.INFER.format(name='timed')}",
         headers={**h, "Prefer": "respond-async"},
         json={"messages": MSG, "stream": True},
         timeout=10,

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
+from natrelay.wire import Paths
 from natrelay_infra.children import die_with_parent, stop_child
 from natrelay_infra.tables import TableNames, create_tables
 from tests.support.net import free_port, wait_http
@@ -230,7 +231,7 @@ class Stack:
             if not self.publisher.alive:
                 break
             try:
-                rows = httpx.get(f"{self.client_api.url}/api/v1/llms", headers=headers, timeout=5)
+                rows = httpx.get(f"{self.client_api.url}{Paths.LLMS}", headers=headers, timeout=5)
                 listed = {row["name"] for row in rows.json().get("data", [])}
                 if set(names) <= listed:
                     return

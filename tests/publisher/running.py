@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
+from natrelay.wire import Paths
 from tests.support.net import wait_until
 from tests.support.stack import Stack
 
@@ -105,7 +106,7 @@ def publishing(
 
 def rows(stack: Stack) -> dict[str, dict[str, Any]]:
     answer = httpx.get(
-        f"{stack.url}/api/v1/llms",
+        f"{stack.url}{Paths.LLMS}",
         headers={"Authorization": f"Bearer {stack.client_token}"},
         timeout=10,
     )

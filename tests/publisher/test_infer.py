@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from natrelay.wire import ErrorCode, Paths
 from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.infer import TaskPoster, relay_stream, run_infer
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.relay import RelayClient
-from tests.publisher.fake_relay import FakeRelay
+from tests.publisher.fake_relay import TOO_LARGE, FakeRelay
 from tests.support.backend import REPLY, FakeBackend
 from tests.support.net import serve
 
@@ -72,11 +73,11 @@ def test_backend_error_becomes_an_error_result(
     assert bad["error"] == {
         "message": "the GPU caught fire",
         "type": "server_error",
-        "code": "backend_error",
+        "code": ErrorCode.BACKEND_ERROR,
         "param": None,
     }
     assert down["status"] == 502
-    assert down["error"]["code"] == "backend_error"
+    assert down["error"]["code"] == ErrorCode.BACKEND_ERROR
     assert down["error"]["message"].startswith("cannot reach the backend at http://127.0.0.1:9/v1")
 
 
@@ -143,7 +144,7 @@ def test_stream_failing_midway_posts_an_error(
     [result] = fake.calls("result")
     assert result["status"] == 502
     assert result["error"]["message"] == "out of memory"
-    assert result["error"]["code"] == "backend_error"
+    assert result["error"]["code"] == ErrorCode.BACKEND_ERROR
 
 
 def test_refused_answers_still_end_the_task(relay: tuple[str, FakeRelay]) -> None:
@@ -154,8 +155,8 @@ def test_refused_answers_still_end_the_task(relay: tuple[str, FakeRelay]) -> Non
     assert too_big["status"] == 200
     assert told["status"] == 502
     assert told["error"]["message"] == (
-        "the relay refused the answer: POST /api/v1/llms/_provider-task/t1/result answered 413 "
-        "payload_too_large: a result may be at most 100 bytes"
+        f"the relay refused the answer: POST {Paths.TASK_RESULT.format(task_id='t1')} "
+        f"answered 413 {ErrorCode.PAYLOAD_TOO_LARGE}: {TOO_LARGE}"
     )
     fake.clear()
     fake.refuse_chunks = True
