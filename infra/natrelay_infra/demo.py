@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,8 +13,9 @@ from typing import Any
 import httpx
 import yaml
 
+from natrelay_infra.children import die_with_parent, stop_child
+
 DEMO_MODELS = ("echo", "echo-sleepy")
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("natrelay.dev")
 
@@ -91,7 +89,7 @@ class DemoPublisher:
             ],
             stdin=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only an async-signal-safe prctl
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - only an async-signal-safe prctl
         )
         return self
 
@@ -110,35 +108,12 @@ class DemoPublisher:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (it finishes its tasks and deregisters), then kill after `timeout` s."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("demo publisher did not stop within %.0f s; killing it", timeout)
-            process.kill()
-            process.wait()
+        if self.process is not None and not stop_child(self.process, timeout):
+            log.warning("demo publisher did not stop within %.0f s; killed it", timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook that has the child SIGTERMed when we die, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # we died before the hook ran
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
 
 
 def wait_published(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import ipaddress
 import logging
 import os
@@ -25,8 +24,11 @@ import boto3
 import uvicorn
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
+from natrelay.service.sweep import SweepRunner
 from natrelay.settings import Settings
+from natrelay.web import create_app
 from natrelay_infra.demo import (
     DEMO_MODELS,
     DemoPublisher,
@@ -35,12 +37,14 @@ from natrelay_infra.demo import (
     write_config,
 )
 from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.relay_config import relay_settings
 from natrelay_infra.tables import TableNames, create_tables
 from natrelay_infra.wake_controller import WakeController
 
 # Only ever used on a loopback address; anything else gets generated tokens.
 DEV_CLIENT_TOKEN = "dev-client-token"  # noqa: S105
 DEV_PUBLISH_TOKEN = "dev-publish-token"  # noqa: S105
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
 FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 log = logging.getLogger("natrelay.dev")
@@ -62,11 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--table-prefix", default="natrelay-dev-")
     parser.add_argument("--llms-table", help="table name (overrides the prefix)")
     parser.add_argument("--tasks-table", help="table name (overrides the prefix)")
+    parser.add_argument("--keys-table", help="table name (overrides the prefix)")
     parser.add_argument(
         "--no-create-tables",
         dest="create_tables",
         action="store_false",
         help="use existing tables (e.g. a deployed stack's)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=env("NATRELAY_ADMIN_TOKEN"),
+        help="the admin token (manage keys with `natrelay keys`); generated if not given",
     )
     parser.add_argument("--client-token", default=env("NATRELAY_CLIENT_TOKEN"))
     parser.add_argument(
@@ -107,6 +117,8 @@ class Relay:
     tables: TableNames
     client_token: str
     publish_token: str
+    admin_token: str
+    settings: Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,10 +143,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"natrelay dev: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
         endpoint = args.dynamodb_endpoint or stack.enter_context(MotoServer()).endpoint
-        relay = _configure(args, sock, endpoint, embedded=not args.dynamodb_endpoint)
+        try:
+            relay = _configure(args, sock, endpoint, embedded=not args.dynamodb_endpoint)
+        except ValidationError as exc:
+            print(f"natrelay dev: invalid settings: {exc}", file=sys.stderr)
+            return 1
         if args.create_tables:
             try:
-                create_tables(_dynamodb(endpoint), relay.tables)
+                create_tables(_dynamodb(endpoint, relay.settings.region), relay.tables)
             except (BotoCoreError, ClientError) as exc:
                 print(
                     f"natrelay dev: cannot create the tables at {endpoint}: {exc}", file=sys.stderr
@@ -143,8 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         stopper = stack.enter_context(_StopOnSignal())
         server = uvicorn.Server(
             uvicorn.Config(
-                "natrelay.web:create_app",
-                factory=True,
+                create_app(relay.settings),
                 log_level=args.log_level,
                 timeout_graceful_shutdown=2,  # the publisher, the long-poller, has gone by then
             )
@@ -156,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
             print("natrelay dev: the relay API did not start (see the log above)", file=sys.stderr)
             return 1
         if args.sweep_interval > 0:
-            stack.enter_context(_sweeping(args.sweep_interval))
+            stack.enter_context(_sweeping(args.sweep_interval, relay.settings))
         publisher = None
         if args.demo:
             publisher = _start_demo(stack, args, relay)
@@ -190,32 +205,29 @@ def _run(args: argparse.Namespace) -> int:
 def _configure(
     args: argparse.Namespace, sock: socket.socket, endpoint: str, *, embedded: bool
 ) -> Relay:
-    """Point this process's NATRELAY_* environment (read by the app) at our tables and tokens."""
+    """The relay's settings: our tables and tokens; the rest from NATRELAY_* as usual."""
     loopback = _is_loopback(args.host)
     client_token = args.client_token or (DEV_CLIENT_TOKEN if loopback else _token())
     publish_token = args.publisher_token or (DEV_PUBLISH_TOKEN if loopback else _token())
+    admin_token = args.admin_token or (DEV_ADMIN_TOKEN if loopback else _token())
     prefix = args.table_prefix
     tables = TableNames(
-        llms=args.llms_table or f"{prefix}Llms", tasks=args.tasks_table or f"{prefix}Tasks"
+        llms=args.llms_table or f"{prefix}Llms",
+        tasks=args.tasks_table or f"{prefix}Tasks",
+        keys=args.keys_table or f"{prefix}Keys",
     )
-    env = {
-        "NATRELAY_DYNAMODB_ENDPOINT": endpoint,
-        "NATRELAY_LLMS_TABLE": tables.llms,
-        "NATRELAY_TASKS_TABLE": tables.tasks,
-        "NATRELAY_CLIENT_TOKEN": client_token,
-        "NATRELAY_PUBLISH_TOKEN": publish_token,
-    }
+    fields = {}
     if args.heartbeat_timeout is not None:
-        env["NATRELAY_HEARTBEAT_TIMEOUT_SECONDS"] = str(args.heartbeat_timeout)
-    os.environ.update(env)
-    os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("NATRELAY_REGION", "us-east-1"))
-    if embedded:
-        # moto takes any credentials; a profile named in the environment might not exist here.
-        os.environ.update(FAKE_AWS_CREDENTIALS)
-        os.environ.pop("AWS_PROFILE", None)
-    elif _is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
-        for key, value in FAKE_AWS_CREDENTIALS.items():  # DynamoDB Local takes any
-            os.environ.setdefault(key, value)
+        fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
+    settings = relay_settings(
+        endpoint,
+        tables,
+        client_token=client_token,
+        publish_token=publish_token,
+        admin_token=admin_token,
+        **fields,
+    )
+    _aws_credentials(endpoint, embedded=embedded)
     host, port = sock.getsockname()[:2]
     url_host = "127.0.0.1" if _is_unspecified(host) else host
     if ":" in url_host:
@@ -226,16 +238,29 @@ def _configure(
         tables=tables,
         client_token=client_token,
         publish_token=publish_token,
+        admin_token=admin_token,
+        settings=settings,
     )
+
+
+def _aws_credentials(endpoint: str, *, embedded: bool) -> None:
+    """boto3 reads credentials from the environment only: fake ones where any will do."""
+    if embedded:
+        # moto takes any credentials; a profile named in the environment might not exist here.
+        os.environ.update(FAKE_AWS_CREDENTIALS)
+        os.environ.pop("AWS_PROFILE", None)
+    elif _is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
+        for key, value in FAKE_AWS_CREDENTIALS.items():  # DynamoDB Local takes any
+            os.environ.setdefault(key, value)
 
 
 def _has_credentials() -> bool:
     return boto3.session.Session().get_credentials() is not None
 
 
-def _dynamodb(endpoint: str) -> Any:
+def _dynamodb(endpoint: str, region: str) -> Any:
     config = Config(connect_timeout=5, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.client("dynamodb", endpoint_url=endpoint, config=config)
+    return boto3.client("dynamodb", endpoint_url=endpoint, region_name=region, config=config)
 
 
 def _token() -> str:
@@ -295,11 +320,11 @@ def _stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
 
 
 @contextlib.contextmanager
-def _sweeping(interval: float) -> Iterator[None]:
-    """Run a sweep (`natrelay.service.sweep.SweepRunner`) every `interval` seconds in a thread."""
+def _sweeping(interval: float, settings: Settings) -> Iterator[None]:
+    """Sweep the relay's tables every `interval` seconds in a thread."""
     stop = threading.Event()
     thread = threading.Thread(
-        target=_sweep_loop, args=(interval, stop), name="sweeper", daemon=True
+        target=_sweep_loop, args=(interval, stop, settings), name="sweeper", daemon=True
     )
     thread.start()
     try:
@@ -309,22 +334,19 @@ def _sweeping(interval: float) -> Iterator[None]:
         thread.join(timeout=30)
 
 
-def _sweep_loop(interval: float, stop: threading.Event) -> None:
+def _sweep_loop(interval: float, stop: threading.Event, settings: Settings) -> None:
+    sweep = SweepRunner(settings)  # its own event loop, in this thread
     try:
-        run_sweep_once: Callable[[], dict[str, Any]] = importlib.import_module(
-            "natrelay.service.sweep"
-        ).SweepRunner()
-    except (ImportError, AttributeError) as exc:
-        log.warning("no sweeper (natrelay.service.sweep.SweepRunner: %s)", exc)
-        return
-    while not stop.wait(interval):
-        try:
-            counts = run_sweep_once()
-        except Exception:
-            log.exception("sweep failed")
-        else:
-            if any(counts.values()):
-                log.info("sweep: %s", counts)
+        while not stop.wait(interval):
+            try:
+                counts = sweep()
+            except Exception:
+                log.exception("sweep failed")
+            else:
+                if any(counts.values()):
+                    log.info("sweep: %s", counts)
+    finally:
+        sweep.close()
 
 
 def _start_demo(
@@ -337,7 +359,7 @@ def _start_demo(
         relay.publish_token,
         workdir,
         controller.url,
-        heartbeat_timeout=Settings().heartbeat_timeout_seconds,  # as the app reads it
+        heartbeat_timeout=relay.settings.heartbeat_timeout_seconds,
     )
     publisher = DemoPublisher(write_config(config, workdir / "publisher.yaml")).start()
     stack.callback(publisher.stop)  # also on an early exit; a no-op once stopped
@@ -355,7 +377,9 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         f"  OpenAI base URL:  {relay.url}/v1",
         f"  client token:     {relay.client_token}",
         f"  publisher token:  {relay.publish_token}",
-        f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, {relay.tables.tasks})",
+        f"  admin token:      {relay.admin_token}   (natrelay keys --relay {relay.url} ...)",
+        f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
+        f"{relay.tables.tasks}, {relay.tables.keys})",
     ]
     if publisher is not None:
         lines.append(f"publisher pid: {publisher.pid}")

@@ -22,6 +22,18 @@ class TableNames:
 _LOGICAL_IDS = {"llms": "LlmsTable", "tasks": "TasksTable", "keys": "KeysTable"}
 
 
+def index_keys() -> dict[str, dict[str, frozenset[str]]]:
+    """The key attributes of each global secondary index, per table (`llms`, `tasks`)."""
+    defs = table_definitions()
+    return {
+        attr: {
+            index["IndexName"]: frozenset(key["AttributeName"] for key in index["KeySchema"])
+            for index in defs[logical_id]["create"].get("GlobalSecondaryIndexes", [])
+        }
+        for attr, logical_id in _LOGICAL_IDS.items()
+    }
+
+
 def create_tables(client: Any, names: TableNames) -> None:
     """Create each table (idempotent: an existing table is left as it is)."""
     defs = table_definitions()

@@ -1,8 +1,8 @@
-"""A pretend sleeping backend for the demo: `/ready` answers 503 until `/wake` is posted.
+"""A pretend sleeping backend for the demo: `/ready` answers 503 until `/wake` is called.
 
 `natrelay dev --demo` publishes `echo-sleepy` with `availabilityUrl` pointing at
 `/ready` and an `http` wake recipe that POSTs `/wake`, so the wake-on-demand path
-can be seen without a real machine to wake.
+can be seen without a real machine to wake. The tests use it as their wake target too.
 """
 
 from __future__ import annotations
@@ -10,13 +10,19 @@ from __future__ import annotations
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class WakeController:
-    """Serves GET /ready, POST /wake (ready `wake_delay` seconds later) and POST /sleep."""
+    """Serves GET /ready, /wake (ready `wake_delay` seconds later), POST /sleep, POST /fail.
+
+    `/wake` takes POST, PUT or GET; `/fail` is a wake that fails (500). Both are recorded
+    in `wake_calls` (method, headers with lower-case names, body).
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, wake_delay: float = 1.0) -> None:
         self.wake_delay = wake_delay
+        self.wake_calls: list[dict[str, Any]] = []
         self._awake = threading.Event()
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -35,10 +41,20 @@ class WakeController:
     def awake(self) -> bool:
         return self._awake.is_set()
 
+    @awake.setter
+    def awake(self, value: bool) -> None:
+        """Be up (or asleep) at once, as a backend woken or stopped by other means."""
+        self.sleep()
+        if value:
+            self._awake.set()
+
     def wake(self) -> None:
         """Become ready after the delay; waking an awake or waking backend changes nothing."""
         with self._lock:
             if self._awake.is_set() or self._timer is not None:
+                return
+            if self.wake_delay <= 0:
+                self._awake.set()
                 return
             self._timer = threading.Timer(self.wake_delay, self._finish_wake)
             self._timer.daemon = True
@@ -55,6 +71,10 @@ class WakeController:
         with self._lock:
             self._timer = None
             self._awake.set()
+
+    def record_call(self, method: str, headers: dict[str, str], body: bytes) -> None:
+        with self._lock:
+            self.wake_calls.append({"method": method, "headers": headers, "body": body.decode()})
 
     def start(self) -> WakeController:
         self._thread.start()
@@ -76,30 +96,46 @@ class WakeController:
 def _handler_for(controller: WakeController) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/ready":
+            self._route("GET")
+
+        def do_POST(self) -> None:
+            self._route("POST")
+
+        def do_PUT(self) -> None:
+            self._route("PUT")
+
+        def _route(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            route = (method, self.path)
+            if route == ("GET", "/ready"):
                 if controller.awake:
                     self._reply(HTTPStatus.OK, b'{"ready": true}')
                 else:
                     self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b'{"ready": false}')
-            else:
-                self._reply(HTTPStatus.NOT_FOUND, b'{"error": "not found"}')
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            if self.path == "/wake":
+            elif self.path == "/wake":
+                self._record(method, body)
                 controller.wake()
                 self._reply(HTTPStatus.ACCEPTED, b'{"waking": true}')
-            elif self.path == "/sleep":
+            elif route == ("POST", "/sleep"):
                 controller.sleep()
                 self._reply(HTTPStatus.OK, b'{"sleeping": true}')
+            elif route == ("POST", "/fail"):
+                self._record(method, body)
+                error = b"the power switch is stuck"
+                self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, error, "text/plain")
             else:
                 self._reply(HTTPStatus.NOT_FOUND, b'{"error": "not found"}')
 
-        def _reply(self, status: HTTPStatus, body: bytes) -> None:
+        def _record(self, method: str, body: bytes) -> None:
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            controller.record_call(method, headers, body)
+
+        def _reply(
+            self, status: HTTPStatus, body: bytes, content_type: str = "application/json"
+        ) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
-from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayError
+from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayCallError
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -96,7 +96,7 @@ async def _serve(config: PublisherConfig) -> int:
     except RelayAuthError as exc:
         logger.error("%s: check relay.token; exiting", exc.message)
         return EXIT_FATAL
-    except RelayError as exc:
+    except RelayCallError as exc:
         logger.error("the relay refused us: %s; exiting", exc.message)
         return EXIT_FATAL
     finally:

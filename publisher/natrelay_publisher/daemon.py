@@ -13,6 +13,7 @@ import httpx
 
 from natrelay.wire import (
     MAX_TASKS_PER_POLL,
+    ErrorCode,
     HeartbeatRequest,
     LlmStatus,
     PolledTask,
@@ -24,11 +25,11 @@ from natrelay.wire import (
 )
 from natrelay_publisher.config import PublisherConfig
 from natrelay_publisher.errors import (
-    NameTakenError,
+    NameHeldError,
     RelayAuthError,
-    RelayError,
+    RelayCallError,
     RelayUnavailableError,
-    SessionNotFoundError,
+    SessionLostError,
     TaskGoneError,
 )
 from natrelay_publisher.infer import TaskPoster, run_infer
@@ -142,12 +143,12 @@ class Publisher:
                 break
             except RelayAuthError:
                 raise
-            except NameTakenError as exc:
+            except NameHeldError as exc:
                 if not warned:
                     logger.warning("%s; retrying until that session is gone", exc.message)
                     warned = True
                 await asyncio.sleep(backoff.next())
-            except RelayError as exc:
+            except RelayCallError as exc:
                 if session_id is None:
                     raise
                 logger.warning(
@@ -174,7 +175,7 @@ class Publisher:
         request = SessionRequest(provider_session_id=self.session_id)
         try:
             await retrying(lambda: self.relay.deregister(request), give_up_after=DEREGISTER_SECONDS)
-        except RelayError as exc:
+        except RelayCallError as exc:
             logger.warning("deregister failed: %s", exc.message)
             return
         logger.info("deregistered session %s", self.session_id)
@@ -231,7 +232,7 @@ class Publisher:
             answer = await self.relay.heartbeat(request)
         except RelayUnavailableError:
             return
-        except SessionNotFoundError:
+        except SessionLostError:
             await self._reregister()
             return
         if statuses:
@@ -242,7 +243,7 @@ class Publisher:
     async def _beat_quietly(self) -> None:
         try:
             await self._beat()
-        except RelayError as exc:
+        except RelayCallError as exc:
             logger.debug("heartbeat failed: %s", exc)
 
     async def _idle_loop(self) -> None:
@@ -298,7 +299,7 @@ class Publisher:
             except RelayUnavailableError:
                 await asyncio.sleep(backoff.next())
                 continue
-            except SessionNotFoundError:
+            except SessionLostError:
                 await self._reregister()
                 continue
             backoff.reset()
@@ -324,7 +325,7 @@ class Publisher:
         try:
             if slot is None:
                 await poster.fail(
-                    404, f"this publisher does not serve {task.llm}", "model_not_found"
+                    404, f"this publisher does not serve {task.llm}", ErrorCode.MODEL_NOT_FOUND
                 )
             elif task.kind == TaskKind.WAKE:
                 await self._run_wake(task, slot, poster)
@@ -336,12 +337,12 @@ class Publisher:
         except asyncio.CancelledError:
             message = "the publisher shut down before the task finished"
             await poster.fail(
-                503, message, "publisher_offline", give_up_after=SHUTDOWN_RESULT_SECONDS
+                503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=SHUTDOWN_RESULT_SECONDS
             )
             raise
         except Exception as exc:  # never leave a client waiting on a bug of ours
             logger.exception("task %s failed", task.id)
-            await poster.fail(500, f"the publisher failed: {exc!r}", "publisher_error")
+            await poster.fail(500, f"the publisher failed: {exc!r}", ErrorCode.PUBLISHER_ERROR)
         finally:
             if slot is not None:
                 if task.kind == TaskKind.INFER:
@@ -354,12 +355,12 @@ class Publisher:
         if outcome.ok:
             await poster.result(status=200, body={"ok": True, "ms": outcome.ms})
         else:
-            await poster.fail(503, outcome.message, "wake_failed")
+            await poster.fail(503, outcome.message, ErrorCode.WAKE_FAILED)
 
     async def _run_infer(self, task: PolledTask, slot: ProviderSlot, poster: TaskPoster) -> int:
         outcome = await self._waker.before_infer(slot, task.wake_id)
         if outcome is not None and not outcome.ok:
-            await poster.fail(503, outcome.message, "wake_failed")
+            await poster.fail(503, outcome.message, ErrorCode.WAKE_FAILED)
             return 503
         async with slot.semaphore:
             slot.touch()
@@ -373,7 +374,7 @@ class Publisher:
                     logger.warning("task %s: cannot fetch its request: %s", task.id, exc)
                     return 502
             if request is None:
-                await poster.fail(400, "the task carries no request", "invalid_request")
+                await poster.fail(400, "the task carries no request", ErrorCode.INVALID_REQUEST)
                 return 400
             return await run_infer(slot.provider, request, task.stream, poster)
 

@@ -15,7 +15,7 @@ class PluginError(PublisherError):
     """A plugin could not be found or loaded."""
 
 
-class BackendError(PublisherError):
+class BackendFailedError(PublisherError):
     """The backend failed: unreachable, non-2xx, or an answer that is not what it should be."""
 
     def __init__(self, message: str, *, status: int = 502) -> None:
@@ -28,8 +28,8 @@ class RecipeError(PublisherError):
     """A wake or sleep recipe failed; the message is the cause, for the wake's error."""
 
 
-class RelayError(PublisherError):
-    """The relay answered with an error that is not worth retrying."""
+class RelayCallError(PublisherError):
+    """A call to the relay failed; raised as such, an error that is not worth retrying."""
 
     def __init__(self, message: str, *, status: int = 0, code: str | None = None) -> None:
         super().__init__(message)
@@ -38,25 +38,25 @@ class RelayError(PublisherError):
         self.code = code
 
 
-class RelayUnavailableError(RelayError):
+class RelayUnavailableError(RelayCallError):
     """The relay cannot be reached or answered 5xx/429: retry later."""
 
 
-class RelayAuthError(RelayError):
+class RelayAuthError(RelayCallError):
     """The relay refused the publish token (401/403): fatal."""
 
 
-class SessionNotFoundError(RelayError):
+class SessionLostError(RelayCallError):
     """The relay no longer knows our session: register again."""
 
 
-class NameTakenError(RelayError):
+class NameHeldError(RelayCallError):
     """A provider name is held by another live publisher session."""
 
 
-class TaskCancelledError(RelayError):
+class TaskCancelledByClientError(RelayCallError):
     """The client went away: abort the task and post nothing more."""
 
 
-class TaskGoneError(RelayError):
+class TaskGoneError(RelayCallError):
     """The task is no longer ours (lease lost, not found, or result conflict)."""

@@ -8,12 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from natrelay.wire import ChunkBatch, ErrorInfo, TaskResult
+from natrelay.wire import ChunkBatch, ErrorCode, ErrorInfo, TaskResult
 from natrelay_publisher.errors import (
-    BackendError,
-    RelayError,
+    BackendFailedError,
+    RelayCallError,
     RelayUnavailableError,
-    TaskCancelledError,
+    TaskCancelledByClientError,
     TaskGoneError,
 )
 from natrelay_publisher.providers import Provider
@@ -52,7 +52,7 @@ class TaskPoster:
 
         try:
             await retrying(post, give_up_after=CHUNK_RETRY_SECONDS)
-        except TaskCancelledError:
+        except TaskCancelledByClientError:
             self.finished = True
             raise
 
@@ -67,7 +67,12 @@ class TaskPoster:
         await self._post(status, body, None, chunk_count, give_up_after)
 
     async def fail(
-        self, status: int, message: str, code: str, *, give_up_after: float = RESULT_RETRY_SECONDS
+        self,
+        status: int,
+        message: str,
+        code: ErrorCode,
+        *,
+        give_up_after: float = RESULT_RETRY_SECONDS,
     ) -> None:
         kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
         error = ErrorInfo(message=message, code=code, type=kind)
@@ -96,7 +101,7 @@ class TaskPoster:
             logger.error("task %s: could not post its result: %s", self.task_id, exc)
         except TaskGoneError as exc:
             logger.warning("task %s: result not accepted: %s", self.task_id, exc)
-        except RelayError as exc:
+        except RelayCallError as exc:
             logger.warning("task %s: result refused: %s", self.task_id, exc)
             if error is None:
                 # E.g. an answer too large for the relay: the client must still hear of it.
@@ -104,7 +109,7 @@ class TaskPoster:
                 await self.fail(
                     502,
                     f"the relay refused the answer: {exc.message}",
-                    "backend_error",
+                    ErrorCode.BACKEND_ERROR,
                     give_up_after=give_up,
                 )
 
@@ -116,8 +121,8 @@ async def run_infer(
     if not stream:
         try:
             reply = await provider.complete(request)
-        except BackendError as exc:
-            await poster.fail(exc.status, exc.message, "backend_error")
+        except BackendFailedError as exc:
+            await poster.fail(exc.status, exc.message, ErrorCode.BACKEND_ERROR)
             return exc.status
         await poster.result(status=reply.status, body=reply.body)
         return reply.status
@@ -126,7 +131,7 @@ async def run_infer(
 
 async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
     """Post `chunks` in batches (by time and size, in order), then the final result."""
-    queue: asyncio.Queue[Chunk | _End | BackendError] = asyncio.Queue(QUEUE_CHUNKS)
+    queue: asyncio.Queue[Chunk | _End | BackendFailedError] = asyncio.Queue(QUEUE_CHUNKS)
     reader = asyncio.create_task(_read(chunks, queue))
     seq, usage = 0, None
     try:
@@ -139,37 +144,39 @@ async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
                 seq += 1
             if end is not None:
                 break
-    except TaskCancelledError:
+    except TaskCancelledByClientError:
         logger.info("task %s: cancelled by the client, backend request aborted", poster.task_id)
         return 499
     except (TaskGoneError, RelayUnavailableError) as exc:
         logger.warning("task %s: stream aborted: %s", poster.task_id, exc)
         return 502
-    except RelayError as exc:
+    except RelayCallError as exc:
         logger.warning("task %s: stream aborted: %s", poster.task_id, exc)
-        await poster.fail(502, f"the relay refused a chunk batch: {exc.message}", "backend_error")
+        await poster.fail(
+            502, f"the relay refused a chunk batch: {exc.message}", ErrorCode.BACKEND_ERROR
+        )
         return 502
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-    if isinstance(end, BackendError):
-        await poster.fail(end.status, end.message, "backend_error")
+    if isinstance(end, BackendFailedError):
+        await poster.fail(end.status, end.message, ErrorCode.BACKEND_ERROR)
         return end.status
     await poster.result(status=200, body={"usage": usage} if usage else None, chunk_count=seq)
     return 200
 
 
 async def _read(
-    chunks: AsyncIterator[Chunk], queue: asyncio.Queue[Chunk | _End | BackendError]
+    chunks: AsyncIterator[Chunk], queue: asyncio.Queue[Chunk | _End | BackendFailedError]
 ) -> None:
     try:
         async for chunk in chunks:
             await queue.put(chunk)
         await queue.put(_END)
-    except BackendError as exc:
+    except BackendFailedError as exc:
         await queue.put(exc)
     except Exception as exc:  # a provider's bug must still end the task with an error
-        await queue.put(BackendError(f"the provider failed: {exc!r}"))
+        await queue.put(BackendFailedError(f"the provider failed: {exc!r}"))
     finally:
         close = getattr(chunks, "aclose", None)
         if close is not None:
@@ -177,8 +184,8 @@ async def _read(
 
 
 async def _next_batch(
-    queue: asyncio.Queue[Chunk | _End | BackendError], flush_seconds: float
-) -> tuple[list[Chunk], _End | BackendError | None]:
+    queue: asyncio.Queue[Chunk | _End | BackendFailedError], flush_seconds: float
+) -> tuple[list[Chunk], _End | BackendFailedError | None]:
     first = await queue.get()
     if not isinstance(first, dict):
         return [], first

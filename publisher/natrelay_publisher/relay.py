@@ -15,7 +15,9 @@ from pydantic import BaseModel, ValidationError
 from natrelay.wire import (
     ChunkAck,
     ChunkBatch,
+    ErrorCode,
     HeartbeatRequest,
+    Paths,
     PollRequest,
     PollResponse,
     RegisterRequest,
@@ -24,30 +26,29 @@ from natrelay.wire import (
     TaskResult,
 )
 from natrelay_publisher.errors import (
-    NameTakenError,
+    NameHeldError,
     RelayAuthError,
-    RelayError,
+    RelayCallError,
     RelayUnavailableError,
-    SessionNotFoundError,
-    TaskCancelledError,
+    SessionLostError,
+    TaskCancelledByClientError,
     TaskGoneError,
 )
 
 logger = logging.getLogger("natrelay.publisher")
 
-API = "/api/v1/llms"
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A long-poll may take its full wait; give the answer this much more.
 POLL_SLACK_SECONDS = 10.0
 
 # The relay's error codes a publisher branches on, and what they become here.
-ERRORS: dict[str, type[RelayError]] = {
-    "session_not_found": SessionNotFoundError,
-    "name_taken": NameTakenError,
-    "task_cancelled": TaskCancelledError,
-    "task_not_claimed": TaskGoneError,
-    "task_not_found": TaskGoneError,
-    "result_conflict": TaskGoneError,
+ERRORS: dict[str, type[RelayCallError]] = {
+    ErrorCode.SESSION_NOT_FOUND: SessionLostError,
+    ErrorCode.NAME_TAKEN: NameHeldError,
+    ErrorCode.TASK_CANCELLED: TaskCancelledByClientError,
+    ErrorCode.TASK_NOT_CLAIMED: TaskGoneError,
+    ErrorCode.TASK_NOT_FOUND: TaskGoneError,
+    ErrorCode.RESULT_CONFLICT: TaskGoneError,
 }
 
 M = TypeVar("M", bound=BaseModel)
@@ -102,7 +103,7 @@ async def retrying(call: Callable[[], Awaitable[T]], *, give_up_after: float | N
 
 
 class RelayClient:
-    """One method per endpoint of docs/protocol.md; raises the RelayError subclasses."""
+    """One method per endpoint of docs/protocol.md; raises the RelayCallError subclasses."""
 
     def __init__(
         self, url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None
@@ -117,29 +118,29 @@ class RelayClient:
         )
 
     async def register(self, request: RegisterRequest) -> SessionResponse:
-        return await self._call("_provider-register", request, SessionResponse)
+        return await self._call(Paths.REGISTER, request, SessionResponse)
 
     async def heartbeat(self, request: HeartbeatRequest) -> SessionResponse:
-        return await self._call("_provider-heartbeat", request, SessionResponse)
+        return await self._call(Paths.HEARTBEAT, request, SessionResponse)
 
     async def poll(self, request: PollRequest) -> PollResponse:
         timeout = httpx.Timeout(request.wait_seconds + POLL_SLACK_SECONDS, connect=10.0)
-        return await self._call("_provider-poll", request, PollResponse, timeout=timeout)
+        return await self._call(Paths.POLL, request, PollResponse, timeout=timeout)
 
     async def deregister(self, request: SessionRequest) -> SessionResponse:
-        return await self._call("_provider-deregister", request, SessionResponse)
+        return await self._call(Paths.DEREGISTER, request, SessionResponse)
 
     async def task_request(self, task_id: str) -> dict[str, Any]:
-        data = await self._send("GET", f"_provider-task/{task_id}/request", None)
+        data = await self._send("GET", Paths.TASK_REQUEST.format(task_id=task_id), None)
         if not isinstance(data, dict):
-            raise RelayError(f"the request of task {task_id} is not a JSON object")
+            raise RelayCallError(f"the request of task {task_id} is not a JSON object")
         return data
 
     async def post_chunks(self, task_id: str, batch: ChunkBatch) -> ChunkAck:
-        return await self._call(f"_provider-task/{task_id}/chunks", batch, ChunkAck)
+        return await self._call(Paths.TASK_CHUNKS.format(task_id=task_id), batch, ChunkAck)
 
     async def post_result(self, task_id: str, result: TaskResult) -> None:
-        await self._send("POST", f"_provider-task/{task_id}/result", result)
+        await self._send("POST", Paths.TASK_RESULT.format(task_id=task_id), result)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -151,17 +152,16 @@ class RelayClient:
         try:
             return answer.model_validate(data)
         except ValidationError as exc:
-            raise RelayError(f"{path}: unexpected answer from the relay: {exc}") from exc
+            raise RelayCallError(f"{path}: unexpected answer from the relay: {exc}") from exc
 
     async def _send(
         self,
         method: str,
-        path: str,
+        url: str,
         body: BaseModel | None,
         *,
         timeout: httpx.Timeout | None = None,
     ) -> Any:
-        url = f"{API}/{path}"
         payload = None if body is None else body.model_dump(mode="json", by_alias=True)
         sent_at = time.monotonic()
         try:
@@ -186,14 +186,14 @@ class RelayClient:
                 code=code,
             )
         if not response.is_success:
-            error = ERRORS.get(code or "", RelayError)
+            error = ERRORS.get(code or "", RelayCallError)
             raise error(
                 f"{method} {url} answered {status} {code}: {message}", status=status, code=code
             )
         try:
             return response.json()
         except ValueError as exc:
-            raise RelayError(f"{method} {url}: the relay answered invalid JSON") from exc
+            raise RelayCallError(f"{method} {url}: the relay answered invalid JSON") from exc
 
 
 def _error(response: httpx.Response) -> tuple[str, str | None]:

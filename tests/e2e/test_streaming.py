@@ -12,26 +12,23 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.backend import Timed
-from tests.publisher.fakes import serve
-from tests.publisher.running import (
-    PublisherProcess,
-    publisher_config,
-    start_publisher,
-    wait_rows,
-)
+from natrelay.wire import Paths
+from tests.publisher.running import PublisherProcess, publishing
+from tests.support.backend import FakeBackend
+from tests.support.net import serve
 from tests.support.stack import Stack
 
 MSG = [{"role": "user", "content": "go"}]
 
 
 @pytest.fixture
-def timed() -> Timed:
-    return Timed()
+def timed() -> FakeBackend:
+    """40 tokens 50 ms apart."""
+    return FakeBackend(tokens=40, interval=0.05, prompt_tokens=3)
 
 
 @pytest.fixture
-def published(stack: Stack, timed: Timed, tmp_path: Path) -> Iterator[PublisherProcess]:
+def published(stack: Stack, timed: FakeBackend, tmp_path: Path) -> Iterator[PublisherProcess]:
     with serve(timed.app()) as backend_url:
         provider = {
             "name": "timed",
@@ -40,12 +37,8 @@ def published(stack: Stack, timed: Timed, tmp_path: Path) -> Iterator[PublisherP
             "model": "timed-backend",
             "maxConcurrency": 4,
         }
-        publisher = start_publisher(publisher_config(stack, tmp_path, [provider]), tmp_path)
-        try:
-            wait_rows(stack, {"timed": "active"})
+        with publishing(stack, tmp_path, [provider], {"timed": "active"}) as publisher:
             yield publisher
-        finally:
-            publisher.stop()
 
 
 def client(stack: Stack) -> openai.OpenAI:
@@ -53,7 +46,7 @@ def client(stack: Stack) -> openai.OpenAI:
 
 
 def test_tokens_reach_the_client_as_the_backend_produces_them(
-    stack: Stack, timed: Timed, published: PublisherProcess
+    stack: Stack, timed: FakeBackend, published: PublisherProcess
 ) -> None:
     arrivals: list[tuple[float, str]] = []
     stream = client(stack).chat.completions.create(model="timed", messages=MSG, stream=True)  # type: ignore[arg-type]
@@ -72,7 +65,7 @@ def test_tokens_reach_the_client_as_the_backend_produces_them(
 
 
 def test_final_usage_chunk_and_pass_through_fields(
-    stack: Stack, timed: Timed, published: PublisherProcess
+    stack: Stack, timed: FakeBackend, published: PublisherProcess
 ) -> None:
     oai = client(stack)
     stream = oai.chat.completions.create(
@@ -103,7 +96,7 @@ def test_final_usage_chunk_and_pass_through_fields(
 
 
 def test_a_client_that_hangs_up_aborts_the_backend_request(
-    stack: Stack, timed: Timed, published: PublisherProcess
+    stack: Stack, timed: FakeBackend, published: PublisherProcess
 ) -> None:
     timed.tokens = 200  # 10 s if nobody stops it
     seen = 0
@@ -126,12 +119,12 @@ def test_a_client_that_hangs_up_aborts_the_backend_request(
 
 @pytest.mark.slow
 def test_a_40_second_generation_runs_async_and_events_resume_without_gap(
-    stack: Stack, timed: Timed, published: PublisherProcess
+    stack: Stack, timed: FakeBackend, published: PublisherProcess
 ) -> None:
     timed.tokens, timed.interval = 80, 0.5  # 40 s: longer than API Gateway lets a request live
     h = {"Authorization": f"Bearer {stack.client_token}"}
     resp = httpx.post(
-        f"{stack.url}/api/v1/llms/timed/infer",
+        f"{stack.url}{Paths.INFER.format(name='timed')}",
         headers={**h, "Prefer": "respond-async"},
         json={"messages": MSG, "stream": True},
         timeout=10,

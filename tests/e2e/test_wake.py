@@ -9,17 +9,12 @@ from pathlib import Path
 import openai
 
 from natrelay_infra.wake_controller import WakeController
-from tests.publisher.running import publisher_config, start_publisher, wait_rows
-from tests.support.stack import Stack, dynamodb_client
+from tests.publisher.running import publishing, wait_rows
+from tests.support.stack import Stack, wake_tasks_written
 
 
 def wake_tasks(stack: Stack) -> int:
-    items = dynamodb_client(stack.moto_endpoint).scan(
-        TableName=stack.tables.tasks,
-        FilterExpression="kind = :w",
-        ExpressionAttributeValues={":w": {"S": "wake"}},
-    )["Items"]
-    return len(items)
+    return wake_tasks_written(stack.moto_endpoint, stack.tables.tasks)
 
 
 def test_twenty_parallel_first_calls_share_one_wake(stack: Stack, tmp_path: Path) -> None:
@@ -37,9 +32,7 @@ def test_twenty_parallel_first_calls_share_one_wake(stack: Stack, tmp_path: Path
                 "maxWaitSeconds": 20,
             },
         }
-        publisher = start_publisher(publisher_config(stack, tmp_path, [provider]), tmp_path)
-        try:
-            wait_rows(stack, {"echo-sleepy": "hibernating"})
+        with publishing(stack, tmp_path, [provider], {"echo-sleepy": "hibernating"}):
             oai = openai.OpenAI(
                 base_url=f"{stack.url}/v1", api_key=stack.client_token, max_retries=0, timeout=60
             )
@@ -66,5 +59,3 @@ def test_twenty_parallel_first_calls_share_one_wake(stack: Stack, tmp_path: Path
                 model="echo-sleepy", messages=[{"role": "user", "content": "again"}]
             )
             assert wake_tasks(stack) == 1
-        finally:
-            publisher.stop()

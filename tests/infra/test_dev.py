@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,25 +16,16 @@ import httpx
 import openai
 import pytest
 
+from natrelay_infra.children import stop_child
 from natrelay_infra.demo import DEMO_MODELS, demo_config, write_config
 from natrelay_infra.dev import DEV_CLIENT_TOKEN
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.tables import TableNames
 from natrelay_infra.wake_controller import WakeController
-from tests.support.stack import dynamodb_client, free_port, wait_http
+from tests.support.net import free_port, wait_http, wait_until
+from tests.support.stack import dynamodb_client
 
 MSG = [{"role": "user", "content": "hello from the relay"}]
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout} s")
-        time.sleep(interval)
 
 
 # --- the parts -------------------------------------------------------------------------
@@ -47,7 +37,7 @@ def test_wake_controller_is_ready_only_after_a_wake() -> None:
         assert httpx.get(f"{controller.url}/ready").status_code == 503
         assert httpx.post(f"{controller.url}/wake").status_code == 202
         assert httpx.get(f"{controller.url}/ready").status_code == 503  # still waking
-        _wait(lambda: httpx.get(f"{controller.url}/ready").status_code == 200, 5, "awake")
+        wait_until(lambda: httpx.get(f"{controller.url}/ready").status_code == 200, 5, "not awake")
         assert httpx.post(f"{controller.url}/sleep").status_code == 200
         assert httpx.get(f"{controller.url}/ready").status_code == 503
         assert httpx.get(f"{controller.url}/nope").status_code == 404
@@ -98,7 +88,7 @@ class Dev:
             return re.search(pattern, self.text(), re.MULTILINE)
 
         try:
-            match: re.Match[str] = _wait(seen, timeout, f"{pattern!r} in the output")
+            match = wait_until(seen, timeout, f"no {pattern!r} in the output", interval=0.1)
         except TimeoutError as exc:
             raise AssertionError(f"{exc}; natrelay dev said:\n{self.text()}") from None
         return match
@@ -138,13 +128,7 @@ def natrelay_dev(tmp_path: Path, *args: str) -> Iterator[Dev]:
     try:
         yield dev
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_child(process, timeout=30)
         # Anything left behind is a bug, and must not outlive the test either way.
         leftover = []
         try:
@@ -181,7 +165,7 @@ def _process_gone(pid: int) -> bool:
 
 def _gone_within(pid: int, timeout: float) -> bool:
     try:
-        return bool(_wait(lambda: _process_gone(pid), timeout, f"process {pid} gone"))
+        return wait_until(lambda: _process_gone(pid), timeout, interval=0.1)
     except TimeoutError:
         return False
 
@@ -211,8 +195,10 @@ def test_demo_end_to_end_with_the_openai_client(tmp_path: Path) -> None:
         # The publisher dies without deregistering; the sweeper marks its rows inactive.
         publisher_pid = dev.publisher_pid()
         os.kill(publisher_pid, signal.SIGKILL)
-        _wait(lambda: _process_gone(publisher_pid), 10, "the publisher gone")
-        _wait(lambda: _row_status(dev, "echo") == "inactive", 30, "the sweeper marked echo")
+        wait_until(lambda: _process_gone(publisher_pid), 10, "the publisher lives on", interval=0.1)
+        wait_until(
+            lambda: _row_status(dev, "echo") == "inactive", 30, "echo not swept", interval=0.1
+        )
         with pytest.raises(openai.APIStatusError) as info:
             oai.chat.completions.create(model="echo", messages=MSG)  # type: ignore[arg-type]
         assert info.value.status_code == 503

@@ -12,9 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from natrelay_infra.children import stop_child
 from natrelay_infra.moto_server import MotoServer
+from tests.support.net import free_port, wait_http
 from tests.support.scripted import ScriptedPublisher
-from tests.support.stack import PUBLISH_TOKEN, free_port, fresh_tables, relay_env, wait_http
+from tests.support.stack import PUBLISH_TOKEN, fresh_tables, relay_env
 
 RUN_SH = Path(__file__).resolve().parents[2] / "functions" / "stream" / "run.sh"
 
@@ -35,12 +37,7 @@ def stream_app(moto_server: MotoServer) -> Iterator[tuple[str, dict[str, str]]]:
         wait_http(f"{url}/healthz")
         yield url, env
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process, timeout=10)
 
 
 def test_run_sh_is_executable() -> None:

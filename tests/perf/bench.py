@@ -37,20 +37,18 @@ from natrelay.store import Stores
 from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
 from tests.perf import report
-from tests.perf.counting import OpCounter
 from tests.perf.load import Samples, Target, isolated, ms, percentile, run_load
 from tests.perf.procs import (
-    CLIENT_TOKEN,
-    FAKE_AWS,
     LITELLM_KEY,
     ROOT,
     Backend,
     Stack,
-    dynamodb,
     start_litellm,
     start_stacks,
-    wait_http,
 )
+from tests.support.counting import OpCounter
+from tests.support.net import wait_http
+from tests.support.stack import CLIENT_TOKEN, FAKE_AWS, dynamodb_client
 
 # Sequential DynamoDB calls on the path of one long-lived, non-streaming inference:
 # GetItem row, PutItem task | (signal with the task id) UpdateItem claim | UpdateItem
@@ -147,7 +145,7 @@ def sleepy_provider(sleepy: Backend) -> dict[str, Any]:
         "maxConcurrency": 128,
         "wake": {
             "type": "http",
-            "url": f"{sleepy.url}/_bench/wake",
+            "url": f"{sleepy.url}/_fake/wake",
             "method": "POST",
             "maxWaitSeconds": 30,
         },
@@ -163,7 +161,7 @@ def relay_target(name: str, stack: Stack, model: str = "bench") -> Target:
 
 def moto_cost(endpoint: str, n: int) -> dict[str, dict[str, float | None]]:
     """Round trip of single calls to the serialized moto server, from a plain boto3 client."""
-    client = dynamodb(endpoint)
+    client = dynamodb_client(endpoint)
     tables = TableNames.with_prefix(f"motocost-{os.getpid()}-")
     create_tables(client, tables)
     row = {"name": {"S": "x"}, "status": {"S": "active"}, "sessionId": {"S": "s"}}
@@ -588,7 +586,7 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
                 wait_http(f"{lite[1]}/health/liveliness", 120, lambda: lite[0].alive)
                 targets["litellm"] = Target("litellm", f"{lite[1]}/v1", LITELLM_KEY, "bench")
                 warm_up(targets["litellm"], profile)
-            except RuntimeError as exc:
+            except (TimeoutError, RuntimeError) as exc:
                 notes.append(f"LiteLLM did not start ({exc}); see {lite[0].log}")
         targets.update(relays)
         log(f"started and warmed up everything in {time.monotonic() - t_start:.0f} s")

@@ -4,7 +4,7 @@
 `natrelay.web:create_app()` unchanged behind a thin ASGI wrapper that adds
 
 * `GET /_bench/stats`: DynamoDB operations of the app's boto3 client (counts, estimated
-  capacity units, round-trip seconds; see tests/perf/counting.py), the time spent in
+  capacity units, round-trip seconds; see tests/support/counting.py), the time spent in
   requests per route kind (the billed duration if this process were a Lambda), and the
   wall-clock time each task id left in a poll answer (`delivered`);
 * `POST /_bench/reset`: start counting afresh.
@@ -22,23 +22,29 @@ from typing import Any
 import uvicorn
 
 from natrelay.web import create_app
-from tests.perf.counting import MAX_EVENTS, OpCounter
+from natrelay.wire import Paths
+from tests.support.counting import MAX_EVENTS, OpCounter
 
 Scope = dict[str, Any]
 
 
+_RESULT = Paths.TASK_RESULT.removeprefix(Paths.PROVIDER_TASK)
+_CHUNKS = Paths.TASK_CHUNKS.removeprefix(Paths.PROVIDER_TASK)
+_INFER = Paths.INFER.removeprefix(Paths.LLM)
+
+
 def route_kind(method: str, path: str) -> str:
-    if path.endswith("/_provider-poll"):
+    if path == Paths.POLL:
         return "poll"
-    if path.endswith("/_provider-heartbeat"):
+    if path == Paths.HEARTBEAT:
         return "heartbeat"
-    if path.endswith("/result"):
-        return "result"
-    if path.endswith("/chunks"):
-        return "chunks"
-    if "/_provider-" in path:
+    if path.startswith(Paths.PROVIDER):
+        if path.endswith(_RESULT):
+            return "result"
+        if path.endswith(_CHUNKS):
+            return "chunks"
         return "session"
-    if path.startswith("/v1/chat/") or path.endswith("/infer"):
+    if path == Paths.CHAT or path.endswith(_INFER):
         return "chat"
     return "other"
 

@@ -6,68 +6,32 @@ them in order) and, on Linux, gets SIGTERM if the harness dies without cleaning 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import yaml
 
+from natrelay.wire import Paths
+from natrelay_infra.children import die_with_parent, stop_child
 from natrelay_infra.tables import TableNames, create_tables
+from tests.support.net import free_port, wait_http
+from tests.support.stack import (
+    CLIENT_TOKEN,
+    PUBLISH_TOKEN,
+    dynamodb_client,
+    relay_env,
+    wake_tasks_written,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLISH_TOKEN = "bench-publish-token-0123456789"
-CLIENT_TOKEN = "bench-client-token-0123456789"
 LITELLM_KEY = "sk-bench-master-key"
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not alive():
-            raise RuntimeError(f"{url} did not answer within {timeout:g} s")
-        time.sleep(0.1)
 
 
 class Proc:
@@ -94,7 +58,7 @@ class Proc:
                 stdout=subprocess.PIPE if pipe else log,
                 stderr=log,
                 process_group=0,
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - an async-signal-safe prctl
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - an async-signal-safe prctl
             )
 
     def first_line(self, timeout: float = 30.0) -> str:
@@ -120,12 +84,7 @@ class Proc:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is not None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -137,19 +96,15 @@ class Backend:
 
     @classmethod
     def start(cls, name: str, logdir: Path, *args: str) -> Backend:
-        proc = Proc(name, [sys.executable, "-m", "tests.perf.backend", *args], logdir, pipe=True)
+        """The fake backend (tests/support/backend.py), echoing, as a child process."""
+        command = [sys.executable, "-m", "tests.support.backend", "--echo", *args]
+        proc = Proc(name, command, logdir, pipe=True)
         url = proc.first_line()
-        wait_http(f"{url}/_bench/state", 20, lambda: proc.alive)
+        wait_http(f"{url}/_fake/state", 20, lambda: proc.alive)
         return cls(proc, url)
 
     def state(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/_bench/state", timeout=5).json())
-
-
-def dynamodb(endpoint: str) -> Any:
-    # A session of its own: boto3's default session must not create clients in two threads.
-    session = boto3.session.Session()
-    return session.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+        return dict(httpx.get(f"{self.url}/_fake/state", timeout=5).json())
 
 
 @dataclass
@@ -192,17 +147,12 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {
-            **FAKE_AWS,
-            "NATRELAY_DYNAMODB_ENDPOINT": self.endpoint,
-            "NATRELAY_LLMS_TABLE": self.tables.llms,
-            "NATRELAY_TASKS_TABLE": self.tables.tasks,
-            "NATRELAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
-            "NATRELAY_CLIENT_TOKEN": CLIENT_TOKEN,
-            "NATRELAY_IN_PROCESS_SIGNALS": "false" if self.lambda_mode else "true",
-        }
-        env.update({f"NATRELAY_{k.upper()}": str(v) for k, v in self.settings.items()})
-        return env
+        return relay_env(
+            self.endpoint,
+            self.tables,
+            in_process_signals=not self.lambda_mode,
+            **self.settings,
+        )
 
     @classmethod
     def start(
@@ -240,7 +190,7 @@ class Stack:
         **settings: Any,
     ) -> Stack:
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
-        create_tables(dynamodb(endpoint), tables)
+        create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir)
         stack.providers = providers
         for i in range(2 if lambda_mode else 1):
@@ -281,7 +231,7 @@ class Stack:
             if not self.publisher.alive:
                 break
             try:
-                rows = httpx.get(f"{self.client_api.url}/api/v1/llms", headers=headers, timeout=5)
+                rows = httpx.get(f"{self.client_api.url}{Paths.LLMS}", headers=headers, timeout=5)
                 listed = {row["name"] for row in rows.json().get("data", [])}
                 if set(names) <= listed:
                     return
@@ -298,12 +248,7 @@ class Stack:
         return [api.stats() for api in self.apis]
 
     def wake_tasks_written(self) -> int:
-        items = dynamodb(self.endpoint).scan(
-            TableName=self.tables.tasks,
-            FilterExpression="kind = :w",
-            ExpressionAttributeValues={":w": {"S": "wake"}},
-        )["Items"]
-        return len(items)
+        return wake_tasks_written(self.endpoint, self.tables.tasks)
 
     def stop(self) -> None:
         if self.publisher is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import yaml
 
+from natrelay.wire import Paths
+from tests.support.net import wait_until
 from tests.support.stack import Stack
 
 
@@ -43,18 +45,6 @@ class PublisherProcess:
                 self.process.wait()
                 raise AssertionError(f"publisher did not stop:\n{self.log()}") from None
         return self.process.returncode
-
-
-def wait_until(
-    check: Callable[[], bool],
-    timeout: float,
-    message: Callable[[], str] = lambda: "condition not met",
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(message())
-        time.sleep(0.05)
 
 
 def publisher_config(
@@ -101,9 +91,22 @@ def start_publisher(
     return PublisherProcess(process, log_path, config_path)
 
 
+@contextmanager
+def publishing(
+    stack: Stack, tmp_path: Path, providers: list[dict[str, Any]], statuses: dict[str, str]
+) -> Iterator[PublisherProcess]:
+    """A publisher process serving `providers` for the block, once the rows have `statuses`."""
+    publisher = start_publisher(publisher_config(stack, tmp_path, providers), tmp_path)
+    try:
+        wait_rows(stack, statuses)
+        yield publisher
+    finally:
+        publisher.stop()
+
+
 def rows(stack: Stack) -> dict[str, dict[str, Any]]:
     answer = httpx.get(
-        f"{stack.url}/api/v1/llms",
+        f"{stack.url}{Paths.LLMS}",
         headers={"Authorization": f"Bearer {stack.client_token}"},
         timeout=10,
     )

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.publisher.fakes import REPLY, BackendState, WakeController, openai_app, serve
+from natrelay_infra.wake_controller import WakeController
 from tests.publisher.running import (
     PublisherProcess,
     publisher_config,
@@ -22,23 +22,18 @@ from tests.publisher.running import (
     start_publisher,
     wait_rows,
 )
+from tests.support.backend import REPLY, FakeBackend
+from tests.support.net import serve
 from tests.support.stack import Stack, dynamodb_client, start_api
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def backend() -> Iterator[tuple[str, BackendState]]:
-    state = BackendState()
-    with serve(openai_app(state)) as url:
-        yield url + "/v1", state
-
-
-@pytest.fixture
-def controller() -> Iterator[tuple[str, WakeController]]:
-    state = WakeController()
+def backend() -> Iterator[tuple[str, FakeBackend]]:
+    state = FakeBackend()
     with serve(state.app()) as url:
-        yield url, state
+        yield url + "/v1", state
 
 
 @pytest.fixture
@@ -79,7 +74,7 @@ ECHO = {"name": "echo", "type": "echo"}
 def test_register_and_infer(
     stack: Stack,
     tmp_path: Path,
-    backend: tuple[str, BackendState],
+    backend: tuple[str, FakeBackend],
     publishers: list[PublisherProcess],
 ) -> None:
     url, state = backend
@@ -116,7 +111,7 @@ def test_register_and_infer(
 def test_backend_errors_reach_the_client(
     stack: Stack,
     tmp_path: Path,
-    backend: tuple[str, BackendState],
+    backend: tuple[str, FakeBackend],
     publishers: list[PublisherProcess],
 ) -> None:
     url, _ = backend
@@ -252,7 +247,7 @@ def test_sigterm_lets_the_task_in_flight_finish(
 def test_max_concurrency(
     stack: Stack,
     tmp_path: Path,
-    backend: tuple[str, BackendState],
+    backend: tuple[str, FakeBackend],
     publishers: list[PublisherProcess],
 ) -> None:
     url, state = backend
@@ -283,7 +278,7 @@ def test_wake_on_demand(
     publishers: list[PublisherProcess],
 ) -> None:
     url, state = controller
-    state.boot_seconds = 1.0
+    state.wake_delay = 1.0
     sleepy = {
         "name": "sleepy",
         "type": "echo",

@@ -9,26 +9,22 @@ from typing import Any
 
 import pytest
 
+from natrelay.wire import ErrorCode, Paths
 from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.infer import TaskPoster, relay_stream, run_infer
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.relay import RelayClient
-from tests.publisher.fakes import REPLY, BackendState, TaskSink, openai_app, serve
+from tests.publisher.fake_relay import TOO_LARGE, FakeRelay
+from tests.support.backend import REPLY, FakeBackend
+from tests.support.net import serve
 
 SESSION = "sess-0123456789"
 
 
-@pytest.fixture
-def sink() -> Iterator[tuple[str, TaskSink]]:
-    state = TaskSink()
-    with serve(state.app()) as url:
-        yield url, state
-
-
 @pytest.fixture(scope="module")
-def backend() -> Iterator[tuple[str, BackendState]]:
-    state = BackendState()
-    with serve(openai_app(state)) as url:
+def backend() -> Iterator[tuple[str, FakeBackend]]:
+    state = FakeBackend()
+    with serve(state.app()) as url:
         yield url + "/v1", state
 
 
@@ -53,11 +49,13 @@ def chat(text: str = "hi", **fields: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}], **fields}
 
 
-def test_non_streamed_result(sink: tuple[str, TaskSink], backend: tuple[str, BackendState]) -> None:
-    url, state = sink
+def test_non_streamed_result(
+    relay: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
+) -> None:
+    url, fake = relay
     assert answer(url, provider(type="openai", baseUrl=backend[0], model="m"), chat(), False) == 200
-    assert state.batches == []
-    [result] = state.results
+    assert fake.calls("chunks") == []
+    [result] = fake.calls("result")
     assert result["providerSessionId"] == SESSION
     assert result["status"] == 200
     assert result["body"]["choices"][0]["message"]["content"] == REPLY
@@ -65,43 +63,43 @@ def test_non_streamed_result(sink: tuple[str, TaskSink], backend: tuple[str, Bac
 
 
 def test_backend_error_becomes_an_error_result(
-    sink: tuple[str, TaskSink], backend: tuple[str, BackendState]
+    relay: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
 ) -> None:
-    url, state = sink
+    url, fake = relay
     answer(url, provider(type="openai", baseUrl=backend[0], model="fail-500"), chat(), False)
     answer(url, provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m"), chat(), True)
-    bad, down = state.results
+    bad, down = fake.calls("result")
     assert bad["status"] == 500
     assert bad["error"] == {
         "message": "the GPU caught fire",
         "type": "server_error",
-        "code": "backend_error",
+        "code": ErrorCode.BACKEND_ERROR,
         "param": None,
     }
     assert down["status"] == 502
-    assert down["error"]["code"] == "backend_error"
+    assert down["error"]["code"] == ErrorCode.BACKEND_ERROR
     assert down["error"]["message"].startswith("cannot reach the backend at http://127.0.0.1:9/v1")
 
 
-def test_stream_batches_in_order_then_result(sink: tuple[str, TaskSink]) -> None:
-    url, state = sink
+def test_stream_batches_in_order_then_result(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
     text = " ".join(f"word{i}" for i in range(40))
     echo = provider(type="echo", options={"tokenDelayMs": 10})
     request = chat(text, stream=True, stream_options={"include_usage": True})
     assert answer(url, echo, request, True) == 200
-    assert [b["seq"] for b in state.batches] == list(range(len(state.batches)))
+    assert [b["seq"] for b in fake.calls("chunks")] == list(range(len(fake.calls("chunks"))))
     # 40 words 10 ms apart, flushed every 50 ms: several batches, each of several chunks.
-    assert 3 <= len(state.batches) <= 20
-    assert state.text() == text
-    [result] = state.results
-    assert result["chunkCount"] == len(state.batches)
+    assert 3 <= len(fake.calls("chunks")) <= 20
+    assert fake.text() == text
+    [result] = fake.calls("result")
+    assert result["chunkCount"] == len(fake.calls("chunks"))
     assert result["body"] == {
         "usage": {"prompt_tokens": 40, "completion_tokens": 40, "total_tokens": 80}
     }
 
 
-def test_stream_batches_flush_by_size(sink: tuple[str, TaskSink]) -> None:
-    url, state = sink
+def test_stream_batches_flush_by_size(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
 
     async def big() -> AsyncIterator[dict[str, Any]]:
         for i in range(8):
@@ -117,54 +115,51 @@ def test_stream_batches_flush_by_size(sink: tuple[str, TaskSink]) -> None:
 
     asyncio.run(go())
     # the first token alone, at once; then batches cut by size (two 20 KB chunks each)
-    assert [len(b["chunks"]) for b in state.batches] == [1, 2, 2, 2, 1]
-    assert state.results[0]["chunkCount"] == 5 and state.results[0]["body"] is None
+    assert [len(b["chunks"]) for b in fake.calls("chunks")] == [1, 2, 2, 2, 1]
+    assert fake.calls("result")[0]["chunkCount"] == 5 and fake.calls("result")[0]["body"] is None
 
 
-@pytest.mark.parametrize("with_409", [False, True])
-def test_cancel_aborts_the_backend_and_posts_nothing_more(
-    sink: tuple[str, TaskSink], with_409: bool
-) -> None:
-    url, state = sink
-    state.cancel_after, state.cancel_with_409 = 1, with_409
-    backend_state = BackendState()
-    with serve(openai_app(backend_state)) as backend_url:
+def test_cancel_aborts_the_backend_and_posts_nothing_more(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
+    fake.cancel_after = 1  # then 409 task_cancelled: the client went away
+    slow_backend = FakeBackend(tokens=200, interval=0.05)
+    with serve(slow_backend.app()) as backend_url:
         slow = provider(type="openai", baseUrl=backend_url + "/v1", model="slow")
         started = time.monotonic()
         assert answer(url, slow, chat(stream=True), True) == 499
         assert time.monotonic() - started < 5  # the full stream would take 10 s
-        assert backend_state.stream_closed_early.wait(5)
-    assert len(state.batches) == 2
-    assert state.results == []
-    assert backend_state.chunks_sent < 100
+        assert slow_backend.aborted.wait(5)
+    assert len(fake.calls("chunks")) == 2
+    assert fake.calls("result") == []
+    assert len(slow_backend.produced_at) < 100
 
 
 def test_stream_failing_midway_posts_an_error(
-    sink: tuple[str, TaskSink], backend: tuple[str, BackendState]
+    relay: tuple[str, FakeRelay], backend: tuple[str, FakeBackend]
 ) -> None:
-    url, state = sink
+    url, fake = relay
     broken = provider(type="openai", baseUrl=backend[0], model="break")
     assert answer(url, broken, chat(stream=True), True) == 502
-    assert state.text() == REPLY
-    [result] = state.results
+    assert fake.text() == REPLY
+    [result] = fake.calls("result")
     assert result["status"] == 502
     assert result["error"]["message"] == "out of memory"
-    assert result["error"]["code"] == "backend_error"
+    assert result["error"]["code"] == ErrorCode.BACKEND_ERROR
 
 
-def test_refused_answers_still_end_the_task(sink: tuple[str, TaskSink]) -> None:
-    url, state = sink
-    state.max_result_bytes = 400
+def test_refused_answers_still_end_the_task(relay: tuple[str, FakeRelay]) -> None:
+    url, fake = relay
+    fake.max_result_bytes = 400
     assert answer(url, provider(type="echo"), chat("x " * 300), False) == 200
-    too_big, told = state.results
+    too_big, told = fake.calls("result")
     assert too_big["status"] == 200
     assert told["status"] == 502
     assert told["error"]["message"] == (
-        "the relay refused the answer: POST /api/v1/llms/_provider-task/t1/result answered 413 "
-        "payload_too_large: a result may be at most 100 bytes"
+        f"the relay refused the answer: POST {Paths.TASK_RESULT.format(task_id='t1')} "
+        f"answered 413 {ErrorCode.PAYLOAD_TOO_LARGE}: {TOO_LARGE}"
     )
-    state.results.clear()
-    state.refuse_chunks = True
+    fake.clear()
+    fake.refuse_chunks = True
     assert answer(url, provider(type="echo"), chat("a b c", stream=True), True) == 502
-    [told] = state.results
+    [told] = fake.calls("result")
     assert told["error"]["message"].startswith("the relay refused a chunk batch: ")

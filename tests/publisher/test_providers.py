@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from natrelay_publisher.config import ProviderConfig
-from natrelay_publisher.errors import BackendError
+from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers import PROVIDERS, Provider
-from tests.publisher.fakes import REPLY, BackendState, ollama_app, openai_app, serve
+from tests.publisher.fakes import ollama_app
+from tests.support.backend import REPLY, FakeBackend
+from tests.support.net import serve
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -39,15 +41,15 @@ def text(chunks: list[dict[str, Any]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def openai_backend() -> Iterator[tuple[str, BackendState]]:
-    state = BackendState()
-    with serve(openai_app(state)) as url:
+def openai_backend() -> Iterator[tuple[str, FakeBackend]]:
+    state = FakeBackend()
+    with serve(state.app()) as url:
         yield url + "/v1", state
 
 
 @pytest.fixture(scope="module")
-def ollama_backend() -> Iterator[tuple[str, BackendState]]:
-    state = BackendState()
+def ollama_backend() -> Iterator[tuple[str, FakeBackend]]:
+    state = FakeBackend()
     with serve(ollama_app(state)) as url:
         yield url, state
 
@@ -56,7 +58,7 @@ def ollama_backend() -> Iterator[tuple[str, BackendState]]:
 
 
 def test_openai_complete_forwards_everything_but_the_model(
-    openai_backend: tuple[str, BackendState],
+    openai_backend: tuple[str, FakeBackend],
 ) -> None:
     url, state = openai_backend
     request = {
@@ -75,7 +77,7 @@ def test_openai_complete_forwards_everything_but_the_model(
     assert state.requests[-1] == {**request, "model": "backend-m"}
 
 
-def test_openai_stream_parses_sse(openai_backend: tuple[str, BackendState]) -> None:
+def test_openai_stream_parses_sse(openai_backend: tuple[str, FakeBackend]) -> None:
     url, state = openai_backend
     request = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     chunks = asyncio.run(collect(provider(type="openai", baseUrl=url, model="m"), request))
@@ -86,7 +88,7 @@ def test_openai_stream_parses_sse(openai_backend: tuple[str, BackendState]) -> N
     assert state.requests[-1]["stream"] is True
 
 
-def test_openai_availability_and_models(openai_backend: tuple[str, BackendState]) -> None:
+def test_openai_availability_and_models(openai_backend: tuple[str, FakeBackend]) -> None:
     url, _ = openai_backend
 
     async def check() -> tuple[bool, list[str], bool]:
@@ -110,37 +112,39 @@ def test_openai_availability_and_models(openai_backend: tuple[str, BackendState]
     ],
 )
 def test_openai_backend_errors(
-    openai_backend: tuple[str, BackendState], model: str, status: int, message: str
+    openai_backend: tuple[str, FakeBackend], model: str, status: int, message: str
 ) -> None:
     url, _ = openai_backend
-    with pytest.raises(BackendError) as caught:
+    with pytest.raises(BackendFailedError) as caught:
         asyncio.run(complete(provider(type="openai", baseUrl=url, model=model), CHAT))
     assert caught.value.status == status
     assert message in caught.value.message
 
 
-def test_openai_stream_errors(openai_backend: tuple[str, BackendState]) -> None:
+def test_openai_stream_errors(openai_backend: tuple[str, FakeBackend]) -> None:
     url, _ = openai_backend
     stream = {**CHAT, "stream": True}
-    with pytest.raises(BackendError, match="this model does not exist") as caught:
+    with pytest.raises(BackendFailedError, match="this model does not exist") as caught:
         asyncio.run(collect(provider(type="openai", baseUrl=url, model="fail-400"), stream))
     assert caught.value.status == 400
-    with pytest.raises(BackendError, match="out of memory"):
+    with pytest.raises(BackendFailedError, match="out of memory"):
         asyncio.run(collect(provider(type="openai", baseUrl=url, model="break"), stream))
 
 
 def test_openai_backend_down() -> None:
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
-    with pytest.raises(BackendError, match=r"cannot reach the backend at http://127\.0\.0\.1:9/v1"):
+    with pytest.raises(
+        BackendFailedError, match=r"cannot reach the backend at http://127\.0\.0\.1:9/v1"
+    ):
         asyncio.run(complete(down, CHAT))
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
-    with pytest.raises(BackendError, match="cannot reach the backend") as caught:
+    with pytest.raises(BackendFailedError, match="cannot reach the backend") as caught:
         asyncio.run(collect(down, {**CHAT, "stream": True}))
     assert caught.value.status == 502
 
 
 def test_openai_api_key_is_sent(
-    openai_backend: tuple[str, BackendState], monkeypatch: pytest.MonkeyPatch
+    openai_backend: tuple[str, FakeBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, _ = openai_backend
     monkeypatch.setenv("NATRELAY_TEST_KEY", "sk-local")
@@ -153,7 +157,7 @@ def test_openai_api_key_is_sent(
 # --- ollama ------------------------------------------------------------------------------
 
 
-def test_ollama_complete_translates_both_ways(ollama_backend: tuple[str, BackendState]) -> None:
+def test_ollama_complete_translates_both_ways(ollama_backend: tuple[str, FakeBackend]) -> None:
     url, state = ollama_backend
     request = {
         **CHAT,
@@ -176,7 +180,7 @@ def test_ollama_complete_translates_both_ways(ollama_backend: tuple[str, Backend
     assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
 
 
-def test_ollama_stream_ndjson_to_chunks(ollama_backend: tuple[str, BackendState]) -> None:
+def test_ollama_stream_ndjson_to_chunks(ollama_backend: tuple[str, FakeBackend]) -> None:
     url, _ = ollama_backend
     request = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     chunks = asyncio.run(collect(provider(type="ollama", baseUrl=url, model="llama3"), request))
@@ -187,7 +191,7 @@ def test_ollama_stream_ndjson_to_chunks(ollama_backend: tuple[str, BackendState]
     assert chunks[-1]["usage"]["total_tokens"] == 14
 
 
-def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, BackendState]) -> None:
+def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, FakeBackend]) -> None:
     url, _ = ollama_backend
 
     async def check() -> tuple[bool, list[str]]:
@@ -198,16 +202,16 @@ def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, Backen
             await p.aclose()
 
     assert asyncio.run(check()) == (True, ["llama3:latest", "qwen2:7b"])
-    with pytest.raises(BackendError, match="model 'missing' not found") as caught:
+    with pytest.raises(BackendFailedError, match="model 'missing' not found") as caught:
         asyncio.run(complete(provider(type="ollama", baseUrl=url, model="missing"), CHAT))
     assert caught.value.status == 404
-    with pytest.raises(BackendError, match="model 'missing' not found"):
+    with pytest.raises(BackendFailedError, match="model 'missing' not found"):
         asyncio.run(
             collect(provider(type="ollama", baseUrl=url, model="missing"), {**CHAT, "stream": True})
         )
     down = provider(type="ollama", baseUrl="http://127.0.0.1:9", model="m")
     assert asyncio.run(down.available()) is False
-    with pytest.raises(BackendError, match="cannot reach the backend"):
+    with pytest.raises(BackendFailedError, match="cannot reach the backend"):
         asyncio.run(complete(down, CHAT))
 
 
@@ -262,6 +266,6 @@ def test_echo_token_delay() -> None:
 def test_echo_availability_url() -> None:
     asleep = provider(type="echo", options={"availabilityUrl": "http://127.0.0.1:9/ready"})
     assert asyncio.run(asleep.available()) is False
-    with pytest.raises(BackendError, match="asleep") as caught:
+    with pytest.raises(BackendFailedError, match="asleep") as caught:
         asyncio.run(complete(asleep, echo_request()))
     assert caught.value.status == 503

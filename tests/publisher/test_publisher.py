@@ -5,30 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from natrelay.wire import ErrorCode
+from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import parse_config
 from natrelay_publisher.daemon import Publisher
 from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
-from tests.publisher.fakes import WakeController, serve
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[str, FakeRelay]]:
-    fake = FakeRelay()
-    with serve(fake.app()) as url:
-        yield url, fake
-
-
-@pytest.fixture
-def controller() -> Iterator[tuple[str, WakeController]]:
-    state = WakeController()
-    with serve(state.app()) as url:
-        yield url, state
 
 
 def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:
@@ -170,7 +157,7 @@ def test_failed_wake_fails_the_waiting_infer(
     for task in ("w1", "t1"):
         assert results[task]["status"] == 503
         error = results[task]["error"]
-        assert error["code"] == "wake_failed"
+        assert error["code"] == ErrorCode.WAKE_FAILED
         assert error["message"].startswith("wake of sleepy failed: POST http://127.0.0.1:")
         assert error["message"].endswith("/fail answered 500: the power switch is stuck")
 
@@ -217,7 +204,7 @@ def test_shutdown_fails_what_outlives_the_grace(
     run(publisher(url, tmp_path, slow, shutdownGraceSeconds=0.3), scenario)
     result = fake.results()["t1"]
     assert result["status"] == 503
-    assert result["error"]["code"] == "publisher_offline"
+    assert result["error"]["code"] == ErrorCode.PUBLISHER_OFFLINE
     kinds = [k for _, k, _ in fake.events]
     assert kinds.index("deregister") > kinds.index("result")
 
@@ -231,7 +218,7 @@ def test_task_for_a_model_we_do_not_serve(relay: tuple[str, FakeRelay], tmp_path
 
     run(publisher(url, tmp_path, {"name": "echo", "type": "echo"}), scenario)
     error = fake.results()["t1"]["error"]
-    assert (fake.results()["t1"]["status"], error["code"]) == (404, "model_not_found")
+    assert (fake.results()["t1"]["status"], error["code"]) == (404, ErrorCode.MODEL_NOT_FOUND)
 
 
 def test_stop_while_the_relay_is_unreachable(

@@ -4,20 +4,21 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from natrelay.wire import LlmStatus
+from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
 from natrelay_publisher.recipes.wol import magic_packet
 from natrelay_publisher.slots import ProviderSlot
 from natrelay_publisher.wake import Waker
-from tests.publisher.fakes import FakeVllm, WakeController, serve
+from tests.publisher.fakes import FakeVllm
+from tests.support.net import serve
 
 
 def provider_config(**fields: Any) -> ProviderConfig:
@@ -28,13 +29,6 @@ def recipe(wake: dict[str, Any], **fields: Any) -> WakeRecipe:
     config = provider_config(wake=wake, **fields)
     assert config.wake is not None
     return RECIPES.find(config.wake.type)(config.wake, config)
-
-
-@pytest.fixture
-def controller() -> Iterator[tuple[str, WakeController]]:
-    state = WakeController()
-    with serve(state.app()) as url:
-        yield url, state
 
 
 # --- http --------------------------------------------------------------------------------
@@ -190,7 +184,7 @@ class Beats:
 
 def test_concurrent_wakes_share_one_recipe_run(controller: tuple[str, WakeController]) -> None:
     url, state = controller
-    state.boot_seconds = 0.5
+    state.wake_delay = 0.5
     beats = Beats()
 
     async def scenario() -> list[Any]:
@@ -234,7 +228,7 @@ def test_wake_times_out_when_the_backend_never_answers(
     controller: tuple[str, WakeController],
 ) -> None:
     url, state = controller
-    state.boot_seconds = 60
+    state.wake_delay = 60
 
     async def scenario() -> Any:
         return await Waker(Beats(), tick_seconds=0.1).wake(sleepy_slot(url, max_wait=0.6), "w")

@@ -20,6 +20,7 @@ from natrelay.wire import (
     Role,
 )
 from natrelay_infra.tables import TableNames, create_tables
+from tests.support.counting import OpCounter  # noqa: F401 - the server tests import it here
 
 # Who the service-level tests act as: one publisher key and one unscoped client key.
 PUB = Principal(key_id="pub-a", role=Role.PUBLISHER)
@@ -39,20 +40,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class OpCounter:
-    """Counts DynamoDB operations through botocore's event hooks."""
-
-    def __init__(self, client: Any) -> None:
-        self.ops: list[str] = []
-        client.meta.events.register("before-call.dynamodb.*", self._seen)
-
-    def _seen(self, model: Any, **_: Any) -> None:
-        self.ops.append(model.name)
-
-    def count(self, op: str) -> int:
-        return self.ops.count(op)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """A scripted publisher for server tests: polls in a thread and answers with a function.
 
 The real publisher has its own tests; this one lets server tests control exactly
-what a publisher sends, and when.
+what a publisher sends, and when. What it sends is built with the wire models and what
+it reads back is parsed with them, so it cannot drift from the protocol unnoticed;
+`post` sends a raw body, for requests the relay must refuse.
 """
 
 from __future__ import annotations
@@ -12,6 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
+
+from natrelay.wire import (
+    ChunkBatch,
+    Paths,
+    PollRequest,
+    PollResponse,
+    ProviderSpec,
+    RegisterRequest,
+    SessionResponse,
+    TaskResult,
+)
 
 Answer = Callable[[dict[str, Any], "ScriptedPublisher"], None]
 
@@ -73,36 +87,45 @@ class ScriptedPublisher:
         )
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post(f"/api/v1/llms/{path}", json=body)
+        """POST a raw body to `/api/v1/llms/{path}` (e.g. `_provider-register`)."""
+        return self.http.post(f"{Paths.LLMS}/{path}", json=body)
+
+    def send(self, path: str, request: BaseModel) -> httpx.Response:
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self.http.post(path, json=body)
 
     def register(self) -> str:
-        resp = self.post(
-            "_provider-register",
-            {"providers": self.providers, "providerSessionId": self.session_id},
+        request = RegisterRequest(
+            providers=[ProviderSpec.model_validate(p) for p in self.providers],
+            provider_session_id=self.session_id,
         )
+        resp = self.send(Paths.REGISTER, request)
         resp.raise_for_status()
-        self.session_id = resp.json()["providerSessionId"]
+        self.session_id = SessionResponse.model_validate(resp.json()).provider_session_id
         return self.session_id
 
     def chunk(self, task_id: str, seq: int, chunks: list[dict[str, Any]]) -> httpx.Response:
-        return self.post(
-            f"_provider-task/{task_id}/chunks",
-            {"providerSessionId": self.session_id, "seq": seq, "chunks": chunks},
-        )
+        batch = ChunkBatch(provider_session_id=self._session(), seq=seq, chunks=chunks)
+        return self.send(Paths.TASK_CHUNKS.format(task_id=task_id), batch)
 
     def result(self, task_id: str, result: dict[str, Any]) -> httpx.Response:
-        return self.post(
-            f"_provider-task/{task_id}/result", {"providerSessionId": self.session_id, **result}
-        )
+        """Post `result`: the fields of a TaskResult but the session (camelCase)."""
+        body = TaskResult.model_validate({"providerSessionId": self._session(), **result})
+        return self.send(Paths.TASK_RESULT.format(task_id=task_id), body)
 
     def poll_once(self, wait: float = 1.0, max_tasks: int = 8) -> list[dict[str, Any]]:
-        resp = self.post(
-            "_provider-poll",
-            {"providerSessionId": self.session_id, "waitSeconds": wait, "maxTasks": max_tasks},
+        """One poll; the tasks as the wire models read them (camelCase keys)."""
+        request = PollRequest(
+            provider_session_id=self._session(), wait_seconds=wait, max_tasks=max_tasks
         )
+        resp = self.send(Paths.POLL, request)
         resp.raise_for_status()
-        tasks: list[dict[str, Any]] = resp.json()["tasks"]
-        return tasks
+        tasks = PollResponse.model_validate(resp.json()).tasks
+        return [task.model_dump(mode="json", by_alias=True) for task in tasks]
+
+    def _session(self) -> str:
+        assert self.session_id is not None, "register first"
+        return self.session_id
 
     def _run(self) -> None:
         while not self._stop.is_set():

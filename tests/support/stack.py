@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import boto3
-import httpx
 
+from natrelay_infra.children import stop_child
+from natrelay_infra.relay_config import relay_settings, settings_env
 from natrelay_infra.tables import TableNames, create_tables
+from tests.support.net import free_port, wait_http
 
 PUBLISH_TOKEN = "test-publish-token-0123456789"
 CLIENT_TOKEN = "test-client-token-0123456789"
@@ -27,32 +28,14 @@ FAKE_AWS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout} s")
-        time.sleep(0.05)
-
-
-def dynamodb_client(endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client(
+def dynamodb_client(endpoint: str) -> Any:
+    # A session of its own: boto3's default session must not create clients in two threads.
+    return boto3.session.Session().client(
         "dynamodb",
         endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
     )
 
 
@@ -62,25 +45,27 @@ def fresh_tables(endpoint: str) -> TableNames:
     return names
 
 
-def relay_env(endpoint: str, tables: TableNames, **settings: object) -> dict[str, str]:
-    """The environment that points the relay (API, sweeper) at these tables."""
-    env = {
-        **FAKE_AWS,
-        "NATRELAY_DYNAMODB_ENDPOINT": endpoint,
-        "NATRELAY_LLMS_TABLE": tables.llms,
-        "NATRELAY_TASKS_TABLE": tables.tasks,
-        "NATRELAY_KEYS_TABLE": tables.keys,
-        "NATRELAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
-        "NATRELAY_CLIENT_TOKEN": CLIENT_TOKEN,
-        "NATRELAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    env.update(
-        {
-            f"NATRELAY_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
-            for k, v in settings.items()
-        }
+def relay_env(endpoint: str, tables: TableNames, **settings: Any) -> dict[str, str]:
+    """The environment that points a relay process (API, sweeper) at these tables."""
+    configured = relay_settings(
+        endpoint,
+        tables,
+        client_token=CLIENT_TOKEN,
+        publish_token=PUBLISH_TOKEN,
+        admin_token=ADMIN_TOKEN,
+        **settings,
     )
-    return env
+    return {**FAKE_AWS, **settings_env(configured)}
+
+
+def wake_tasks_written(endpoint: str, tasks_table: str) -> int:
+    """How many wake tasks the relay wrote to the table."""
+    items = dynamodb_client(endpoint).scan(
+        TableName=tasks_table,
+        FilterExpression="kind = :w",
+        ExpressionAttributeValues={":w": {"S": "wake"}},
+    )["Items"]
+    return len(items)
 
 
 @dataclass
@@ -90,13 +75,7 @@ class ApiProcess:
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_child(self.process, timeout=10)
 
 
 def start_api(env: Mapping[str, str], port: int | None = None) -> ApiProcess:
@@ -121,7 +100,7 @@ def start_api(env: Mapping[str, str], port: int | None = None) -> ApiProcess:
     )
     api = ApiProcess(url=f"http://127.0.0.1:{port}", process=process, env=dict(env))
     try:
-        wait_http(f"{api.url}/healthz")
+        wait_http(f"{api.url}/healthz", alive=lambda: process.poll() is None)
     except TimeoutError:
         api.stop()
         raise

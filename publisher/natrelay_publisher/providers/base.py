@@ -11,7 +11,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from natrelay_publisher.errors import BackendError
+from natrelay_publisher.errors import BackendFailedError
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
@@ -35,7 +35,7 @@ class BackendReply:
 
 
 class Provider(Protocol):
-    """Talks to one backend. `complete` and `stream` raise BackendError on any failure.
+    """Talks to one backend. `complete` and `stream` raise BackendFailedError on any failure.
 
     `requires` names the ProviderConfig fields this type needs (e.g. base_url, model).
     `stream` yields OpenAI `chat.completion.chunk` objects.
@@ -88,24 +88,26 @@ def error_message(status: int, body: bytes | str) -> str:
     return str(message) if message else f"HTTP {status}"
 
 
-def unreachable(url: str, exc: Exception) -> BackendError:
-    return BackendError(f"cannot reach the backend at {url}: {exc!r}")
+def unreachable(url: str, exc: Exception) -> BackendFailedError:
+    return BackendFailedError(f"cannot reach the backend at {url}: {exc!r}")
 
 
-def broken_stream(url: str, exc: Exception) -> BackendError:
-    return BackendError(f"the backend stream from {url} broke: {exc!r}")
+def broken_stream(url: str, exc: Exception) -> BackendFailedError:
+    return BackendFailedError(f"the backend stream from {url} broke: {exc!r}")
 
 
-def failed_status(response: httpx.Response, body: bytes) -> BackendError:
+def failed_status(response: httpx.Response, body: bytes) -> BackendFailedError:
     status = response.status_code
-    return BackendError(error_message(status, body), status=status if 400 <= status <= 599 else 502)
+    return BackendFailedError(
+        error_message(status, body), status=status if 400 <= status <= 599 else 502
+    )
 
 
 def parse_json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise BackendError(f"the backend answered invalid JSON: {exc}") from exc
+        raise BackendFailedError(f"the backend answered invalid JSON: {exc}") from exc
 
 
 def forwarded(request: JSONObject, model: str, *, stream: bool) -> JSONObject:
@@ -148,7 +150,7 @@ class HttpBackend:
     async def _call(
         self, method: str, path: str, json: JSONObject | None = None, **kwargs: Any
     ) -> httpx.Response:
-        """One request; unreachable or non-2xx becomes BackendError."""
+        """One request; unreachable or non-2xx becomes BackendFailedError."""
         try:
             response = await self._client.request(method, path, json=json, **kwargs)
         except httpx.HTTPError as exc:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 from pydantic import Field
 
-from natrelay_publisher.errors import BackendError
+from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers.base import (
     AVAILABILITY_TIMEOUT_SECONDS,
     BackendReply,
@@ -119,13 +119,13 @@ class EchoProvider:
 
     async def _answer(self, request: JSONObject) -> tuple[str, str]:
         if not await self.available():
-            raise BackendError(
+            raise BackendFailedError(
                 f"the echo backend is asleep ({self.options.availability_url} is not answering)",
                 status=503,
             )
         messages = request.get("messages")
         if not isinstance(messages, list):
-            raise BackendError("messages must be a list", status=400)
+            raise BackendFailedError("messages must be a list", status=400)
         texts = [text_of(m.get("content")) for m in messages if isinstance(m, dict)]
         users = [
             text_of(m.get("content"))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
-from natrelay_publisher.errors import BackendError
+from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers.base import (
     BackendReply,
     HttpBackend,
@@ -37,7 +37,7 @@ class OllamaProvider(HttpBackend):
         response = await self._call("POST", "api/chat", body)
         data = parse_json(response)
         if not isinstance(data, dict) or "error" in data:
-            raise BackendError(error_message(502, response.content))
+            raise BackendFailedError(error_message(502, response.content))
         return BackendReply(200, completion(data, self.model))
 
     async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
@@ -70,9 +70,9 @@ def _line(line: str) -> JSONObject:
     try:
         data = json.loads(line)
     except ValueError as exc:
-        raise BackendError(f"the backend sent invalid JSON in its stream: {exc}") from exc
+        raise BackendFailedError(f"the backend sent invalid JSON in its stream: {exc}") from exc
     if not isinstance(data, dict):
-        raise BackendError("the backend sent a stream line that is not an object")
+        raise BackendFailedError("the backend sent a stream line that is not an object")
     if "error" in data:
-        raise BackendError(error_message(502, line))
+        raise BackendFailedError(error_message(502, line))
     return data

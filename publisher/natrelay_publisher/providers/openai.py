@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
-from natrelay_publisher.errors import BackendError
+from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers.base import (
     BackendReply,
     HttpBackend,
@@ -73,9 +73,9 @@ def _chunk(data: str) -> Chunk:
     try:
         chunk = json.loads(data)
     except ValueError as exc:
-        raise BackendError(f"the backend sent invalid JSON in its stream: {exc}") from exc
+        raise BackendFailedError(f"the backend sent invalid JSON in its stream: {exc}") from exc
     if not isinstance(chunk, dict):
-        raise BackendError("the backend sent a stream event that is not an object")
+        raise BackendFailedError("the backend sent a stream event that is not an object")
     if "error" in chunk and "choices" not in chunk:
-        raise BackendError(error_message(502, data))
+        raise BackendFailedError(error_message(502, data))
     return chunk

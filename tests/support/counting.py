@@ -1,7 +1,8 @@
 """Counting DynamoDB requests through botocore's event hooks, with timings and task events.
 
-Used in the benchmark's API processes (tests/perf/counting_api.py) and in its sweeper,
-never in the relay's own code: it only registers handlers on a boto3 client.
+Used by the server tests (which operations a call makes), in the benchmark's API processes
+(tests/perf/counting_api.py) and in its sweeper; never in the relay's own code: it only
+registers handlers on a boto3 client.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-# The tables' global secondary indexes and their key attributes (template.yaml): a write
-# that sets or removes one of them also writes that index, which DynamoDB bills too.
-INDEX_KEYS = {
-    "Llms": {"bySession": {"sessionId", "name"}, "bySweep": {"sweepState", "sweepAt"}},
-    "Tasks": {"byQueue": {"queue", "queueOrder"}, "byLease": {"leaseShard", "leaseUntil"}},
-}
+from natrelay_infra.tables import index_keys
+
+# The tables' global secondary indexes and their key attributes: a write that sets or
+# removes one of them also writes that index, which DynamoDB bills too.
+INDEX_KEYS = index_keys()
 READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
 MAX_EVENTS = 20_000
 
 
 def _table_kind(table: str) -> str:
-    return "Llms" if table.endswith("Llms") else "Tasks"
+    """`llms` or `tasks`: test and bench tables are named `<prefix>Llms`, `<prefix>Tasks`."""
+    return "llms" if table.endswith("Llms") else "tasks"
 
 
 def _size_kb(value: Any) -> int:
@@ -92,20 +93,26 @@ def _task_id(params: dict[str, Any]) -> str | None:
 
 
 class OpCounter:
-    """DynamoDB operations of one boto3 client: counts, units, round-trip times, task events.
+    """DynamoDB operations of boto3 clients: in order, counts, units, round-trip times, events.
 
-    Events (wall-clock seconds, comparable across processes on one machine):
-    `put` when an infer task item was written (after its PutItem returned), `wake_put` the
-    same for a wake task, `claim` and `complete` when the claim's or the result's
-    UpdateItem returned.
+    `ops` lists the operations sent, in order. Events (wall-clock seconds, comparable
+    across processes on one machine): `put` when an infer task item was written (after
+    its PutItem returned), `wake_put` the same for a wake task, `claim` and `complete`
+    when the claim's or the result's UpdateItem returned.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *clients: Any) -> None:
         self._lock = threading.Lock()
         self.reset()
+        for client in clients:
+            self.attach(client)
+
+    def count(self, op: str) -> int:
+        return self.ops.count(op)
 
     def reset(self) -> None:
         with self._lock:
+            self.ops: list[str] = []
             self.counts: Counter[str] = Counter()
             self.seconds: defaultdict[str, float] = defaultdict(float)
             self.samples: defaultdict[str, list[float]] = defaultdict(list)
@@ -147,7 +154,9 @@ class OpCounter:
             self.rru += rru
             self.wru += wru
 
-    def _before(self, context: dict[str, Any], **_: Any) -> None:
+    def _before(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        with self._lock:
+            self.ops.append(model.name)
         context["_bench_t0"] = time.perf_counter()
 
     def _after(self, context: dict[str, Any], **_: Any) -> None:

@@ -1,0 +1,221 @@
+"""The fake OpenAI-compatible backend of the tests and the benchmark.
+
+In a test: `with serve(backend.app()) as url` (the base URL without /v1). As a process,
+for the benchmark: `python -m tests.support.backend [--echo] [--asleep] [--stream-tokens N]
+[--token-interval-ms MS] [--wake-delay S]` prints its base URL once it listens, then
+serves until SIGTERM.
+
+* `GET /v1/models` lists `models`.
+* `POST /v1/chat/completions` answers `reply`, or the words `t0 t1 …` when `tokens` is
+  set. Streamed (SSE, after a comment line), one word a chunk, `interval` s apart (the
+  first at once), then the usage if `stream_options.include_usage` asks for it.
+  Non-streamed answers come at once: with the last user message instead when `echo`,
+  reversed when that message starts with `ECHO:`.
+* Backend models that misbehave: `fail-400` (an OpenAI error), `fail-500` (plain text),
+  `bad-json` (200, not JSON), `break` (the stream ends with an error event), `delay`
+  (a non-streamed answer after 0.4 s; `max_active` is the most answered at once).
+* While `asleep`, both answer 503. `POST /_fake/wake` wakes it `wake_delay` s later and
+  answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
+  (`upAt`: the wall-clock time it came up).
+
+It records the requests, when it produced each streamed token, and whether a client hung
+up mid-stream (`aborted`) or a stream ran to its end (`finished`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.support.net import listen
+
+REPLY = "Hello there,  world!\nBye."
+
+
+def words(text: str) -> list[str]:
+    """`text` in pieces that join back to it: each word after the first keeps its space."""
+    return [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+
+
+@dataclass
+class FakeBackend:
+    reply: str = REPLY
+    tokens: int | None = None
+    interval: float = 0.0
+    echo: bool = False
+    prompt_tokens: int = 7
+    models: tuple[str, ...] = ("m1", "m2")
+    asleep: bool = False
+    wake_delay: float = 0.5
+    # What it saw and did.
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    produced_at: list[float] = field(default_factory=list)
+    aborted: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    active: int = 0
+    max_active: int = 0
+    up_at: float | None = None
+    _waking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.asleep:
+            self.up_at = time.time()
+
+    def pieces(self) -> list[str]:
+        """The answer, as streamed: one piece a chunk."""
+        if self.tokens is not None:
+            return [f"t{i} " for i in range(self.tokens)]
+        return words(self.reply)
+
+    def text(self) -> str:
+        return "".join(self.pieces())
+
+    def usage(self) -> dict[str, int]:
+        completion = len(self.pieces())
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/models", self._models),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/_fake/wake", self._wake, methods=["POST"]),
+                Route("/_fake/sleep", self._sleep, methods=["POST"]),
+                Route("/_fake/state", self._state),
+            ]
+        )
+
+    async def _models(self, request: Request) -> Response:
+        if self.asleep:
+            return JSONResponse({"error": {"message": "asleep"}}, 503)
+        data = [{"id": model, "object": "model"} for model in self.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _chat(self, request: Request) -> Response:
+        if self.asleep:
+            return JSONResponse({"error": {"message": "asleep", "code": 503}}, 503)
+        body = await request.json()
+        self.requests.append(body)
+        model = body.get("model")
+        if model == "fail-400":
+            error = {"message": "this model does not exist", "type": "invalid"}
+            return JSONResponse({"error": error}, 400)
+        if model == "fail-500":
+            return PlainTextResponse("the GPU caught fire", 500)
+        if model == "bad-json":
+            return PlainTextResponse("this is not JSON", 200)
+        if body.get("stream"):
+            return StreamingResponse(self._sse(body), media_type="text/event-stream")
+        if model == "delay":
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            await asyncio.sleep(0.4)
+            self.active -= 1
+        message = {"role": "assistant", "content": self._answer(body)}
+        return JSONResponse(
+            {
+                **_head(body, "chat.completion"),
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": self.usage(),
+            }
+        )
+
+    def _answer(self, body: dict[str, Any]) -> str:
+        prompt = str((body.get("messages") or [{}])[-1].get("content", ""))
+        if prompt.startswith("ECHO:"):
+            return prompt[::-1]
+        return prompt if self.echo else self.text()
+
+    async def _sse(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        head = _head(body, "chat.completion.chunk")
+        try:
+            yield ": a comment line the parser must skip\n\n"
+            for i, piece in enumerate(self.pieces()):
+                if i:
+                    await asyncio.sleep(self.interval)
+                self.produced_at.append(time.monotonic())
+                delta = {"content": piece}
+                chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            if body.get("model") == "break":
+                yield 'data: {"error": {"message": "out of memory", "code": 500}}\n\n'
+                return
+            stop = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield f"data: {json.dumps(stop)}\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': self.usage()})}\n\n"
+            yield "data: [DONE]\n\n"
+            self.finished.set()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.set()
+            raise
+
+    async def _wake(self, request: Request) -> Response:
+        if self.asleep:
+            if self._waking is None:
+                self._waking = asyncio.create_task(self._wake_up())
+            await asyncio.shield(self._waking)
+        return JSONResponse({"awake": True, "upAt": self.up_at})
+
+    async def _wake_up(self) -> None:
+        await asyncio.sleep(self.wake_delay)
+        self.asleep, self.up_at, self._waking = False, time.time(), None
+
+    async def _sleep(self, request: Request) -> Response:
+        self.asleep, self.up_at = True, None
+        return JSONResponse({"awake": False})
+
+    async def _state(self, request: Request) -> Response:
+        state = {"awake": not self.asleep, "upAt": self.up_at, "completions": len(self.requests)}
+        return JSONResponse(state)
+
+
+def _head(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {"id": "chatcmpl-fake", "object": kind, "created": 1, "model": body.get("model")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a fake OpenAI-compatible backend")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--echo", action="store_true", help="answer with the last message")
+    parser.add_argument("--asleep", action="store_true")
+    parser.add_argument("--stream-tokens", type=int, default=20)
+    parser.add_argument("--token-interval-ms", type=float, default=20.0)
+    parser.add_argument("--wake-delay", type=float, default=0.5)
+    args = parser.parse_args()
+    backend = FakeBackend(
+        tokens=args.stream_tokens,
+        interval=args.token_interval_ms / 1000,
+        echo=args.echo,
+        asleep=args.asleep,
+        wake_delay=args.wake_delay,
+    )
+    sock = listen(args.port)
+    config = uvicorn.Config(
+        backend.app(), log_level="warning", lifespan="off", access_log=False, backlog=2048
+    )
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
