@@ -377,7 +377,7 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         f"  OpenAI base URL:  {relay.url}/v1",
         f"  client token:     {relay.client_token}",
         f"  publisher token:  {relay.publish_token}",
-        f"  admin token:      {relay.admin_token}   (natrelay keys --relay {relay.url} ...)",
+        f"  admin token:      {relay.admin_token}   (for `natrelay keys`)",
         f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
         f"{relay.tables.tasks}, {relay.tables.keys})",
     ]
@@ -405,6 +405,10 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         f'  reply = client.chat.completions.create(model="{model}", '
         'messages=[{"role": "user", "content": "hello"}])',
         "  print(reply.choices[0].message.content)",
+        "",
+        "Keys for a team (one per box, one per person; see README.md):",
+        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token} \\",
+        "    natrelay keys create --role client --label alice",
         "",
         "Ctrl-C stops everything.",
     ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 MAX_WAIT_SECONDS = 25.0
@@ -269,7 +270,19 @@ class TaskView(Answer):
 
 # --- keys and usage (admin API) ----------------------------------------------------
 
-ModelPattern = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@*?\[\]!-]{1,128}$")]
+_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!-]{1,128}$")
+
+
+def _model_pattern(value: str) -> str:
+    if not _MODEL_PATTERN.match(value) or value.count("[") != value.count("]"):
+        raise ValueError(
+            f"{value!r} is not a model name or glob pattern (letters, digits, . _ : / @ - "
+            "and the wildcards * ? [...])"
+        )
+    return value
+
+
+ModelPattern = Annotated[str, AfterValidator(_model_pattern)]
 
 
 class KeySpec(WireModel):

@@ -211,7 +211,6 @@ def add_commands(commands: Any) -> None:
         description="Create, list, read and revoke keys, and read their usage. Needs an admin "
         "token.",
     )
-    _connection(keys)
     sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     create = sub.add_parser("create", help="create a key and print its secret (once)")
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -257,6 +256,8 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 
 def _output(parser: argparse.ArgumentParser) -> None:
+    """Every command's common options: where the relay is, the token, the output format."""
+    _connection(parser)
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 

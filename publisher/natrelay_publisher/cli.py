@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from natrelay_publisher import admin
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
 from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayCallError
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
     )
+    admin.add_commands(commands)
     return parser
 
 
@@ -52,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["dev"]:
         return _dev(args[1:])
     options = _parser().parse_args(args)
+    if options.command == "keys":
+        return admin.run(options)
     return _publish(options.config, options.log_level)
 
 

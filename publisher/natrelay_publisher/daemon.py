@@ -368,7 +368,8 @@ class Publisher:
             if request is None and task.request_size > 0:
                 try:
                     request = await retrying(
-                        lambda: self.relay.task_request(task.id), give_up_after=60
+                        lambda: self.relay.task_request(task.id, self._session_id()),
+                        give_up_after=60,
                     )
                 except (TaskGoneError, RelayUnavailableError) as exc:
                     logger.warning("task %s: cannot fetch its request: %s", task.id, exc)

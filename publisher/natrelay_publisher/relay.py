@@ -44,7 +44,10 @@ POLL_SLACK_SECONDS = 10.0
 # The relay's error codes a publisher branches on, and what they become here.
 ERRORS: dict[str, type[RelayCallError]] = {
     ErrorCode.SESSION_NOT_FOUND: SessionLostError,
+    # Our session is unknown to the relay (or, to it, another key's): register again.
+    ErrorCode.SESSION_FORBIDDEN: SessionLostError,
     ErrorCode.NAME_TAKEN: NameHeldError,
+    ErrorCode.NAME_OWNED: NameHeldError,
     ErrorCode.TASK_CANCELLED: TaskCancelledByClientError,
     ErrorCode.TASK_NOT_CLAIMED: TaskGoneError,
     ErrorCode.TASK_NOT_FOUND: TaskGoneError,
@@ -130,8 +133,10 @@ class RelayClient:
     async def deregister(self, request: SessionRequest) -> SessionResponse:
         return await self._call(Paths.DEREGISTER, request, SessionResponse)
 
-    async def task_request(self, task_id: str) -> dict[str, Any]:
-        data = await self._send("GET", Paths.TASK_REQUEST.format(task_id=task_id), None)
+    async def task_request(self, task_id: str, session_id: str) -> dict[str, Any]:
+        """The request of a task this session claimed (too large to come with the poll)."""
+        path = Paths.TASK_REQUEST.format(task_id=task_id)
+        data = await self._send("GET", path, None, params={"providerSessionId": session_id})
         if not isinstance(data, dict):
             raise RelayCallError(f"the request of task {task_id} is not a JSON object")
         return data
@@ -161,12 +166,13 @@ class RelayClient:
         body: BaseModel | None,
         *,
         timeout: httpx.Timeout | None = None,
+        params: dict[str, str] | None = None,
     ) -> Any:
         payload = None if body is None else body.model_dump(mode="json", by_alias=True)
         sent_at = time.monotonic()
         try:
             response = await self._client.request(
-                method, url, json=payload, timeout=timeout or REQUEST_TIMEOUT
+                method, url, json=payload, params=params, timeout=timeout or REQUEST_TIMEOUT
             )
         except httpx.HTTPError as exc:
             reason = f"{method} {self.url}{url}: {exc!r}"
@@ -179,7 +185,7 @@ class RelayClient:
             self.connectivity.failed(reason)
             raise RelayUnavailableError(reason, status=status, code=code)
         self.connectivity.succeeded(sent_at)
-        if status in (401, 403):
+        if status in (401, 403) and code != ErrorCode.SESSION_FORBIDDEN:
             raise RelayAuthError(
                 f"the relay refused the publish token ({status}): {message}",
                 status=status,

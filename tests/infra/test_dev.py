@@ -149,7 +149,7 @@ def _openai(dev: Dev) -> openai.OpenAI:
 
 
 def _row_status(dev: Dev, name: str) -> str:
-    match = dev.wait_for(r"DynamoDB:\s+(\S+) \(tables (\S+), (\S+)\)")
+    match = dev.wait_for(r"DynamoDB:\s+(\S+) \(tables ([^,\s]+), ")
     client = dynamodb_client(match[1])
     item = client.get_item(TableName=match[2], Key={"name": {"S": name}})["Item"]
     return str(item["status"]["S"])

@@ -22,7 +22,7 @@ def _keys(schema: list[dict[str, str]]) -> list[tuple[str, str]]:
 
 def test_every_template_table_has_a_name() -> None:
     assert len(table_definitions()) == len(dataclasses.fields(TableNames))
-    assert set(table_definitions()) == {"LlmsTable", "TasksTable"}
+    assert set(table_definitions()) == {"LlmsTable", "TasksTable", "KeysTable"}
 
 
 def test_short_form_tags_are_kept_as_data() -> None:
