@@ -26,6 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
+from natrelay.observe import configure_logging
 from natrelay.service.sweep import SweepRunner
 from natrelay.settings import Settings
 from natrelay.web import create_app
@@ -107,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON line per log record, with the request id (default %(default)s)",
+    )
     return parser
 
 
@@ -124,11 +131,10 @@ class Relay:
 def main(argv: list[str] | None = None) -> int:
     """Run until Ctrl-C or SIGTERM; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-9s %(message)s")
-    if args.log_level != "debug":
-        # moto's and httpx's per-request lines drown the relay's own log.
+    configure_logging(args.log_format, args.log_level.upper())
+    if args.log_level == "debug":
         for name in ("werkzeug", "botocore", "boto3", "httpx"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         return _run(args)
     except KeyboardInterrupt:  # before the signal handlers are in place
@@ -216,7 +222,12 @@ def _configure(
         tasks=args.tasks_table or f"{prefix}Tasks",
         keys=args.keys_table or f"{prefix}Keys",
     )
-    fields = {}
+    fields: dict[str, Any] = {
+        "log_format": args.log_format,
+        "log_level": args.log_level.upper(),
+        # long-lived: Prometheus metrics at GET /metrics (admin token)
+        "metrics": os.environ.get("NATRELAY_METRICS", "prometheus"),
+    }
     if args.heartbeat_timeout is not None:
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
     settings = relay_settings(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,3 +50,10 @@ class Settings(BaseSettings):
     # Wake waiting polls and clients in this process at once (long-lived mode).
     in_process_signals: bool = True
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    # Logs: JSON lines with the request id (json), or human-readable (text).
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    # Metrics: off, prometheus (GET /metrics, long-lived), or emf (CloudWatch, Lambda).
+    metrics: Literal["off", "prometheus", "emf"] = "off"
+    # Lets a scraper read GET /metrics without an admin key (empty: admins only).
+    metrics_token: SecretStr = SecretStr("")

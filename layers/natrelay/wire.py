@@ -81,6 +81,7 @@ class Paths:
     """Every route of the relay, as Starlette path templates (`{task_id}` etc.)."""
 
     HEALTH = "/healthz"
+    METRICS = "/metrics"
     PROVIDER = "/api/v1/llms/_provider"
     REGISTER = f"{PROVIDER}-register"
     HEARTBEAT = f"{PROVIDER}-heartbeat"

@@ -11,6 +11,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from pythonjsonlogger.json import JsonFormatter
+
 from natrelay_publisher import admin
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
@@ -41,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="default: INFO",
     )
+    publish.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line, for service managers (default: text)",
+    )
     commands.add_parser(
         "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
     )
@@ -56,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(args)
     if options.command == "keys":
         return admin.run(options)
-    return _publish(options.config, options.log_level)
+    return _publish(options.config, options.log_level, options.log_format)
 
 
 def _dev(argv: list[str]) -> int:
@@ -71,10 +79,18 @@ def _dev(argv: list[str]) -> int:
     return int(dev.main(argv))
 
 
-def _publish(config_path: str, log_level: str) -> int:
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _publish(config_path: str, log_level: str, log_format: str = "text") -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "asctime": "time"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level, handlers=[handler])
     if log_level != "DEBUG":
         # httpx logs every request at INFO: one line per poll is noise.
         logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -68,6 +68,7 @@ def start_publisher(
     config: dict[str, Any],
     tmp_path: Path,
     name: str = "publisher",
+    *extra: str,
 ) -> PublisherProcess:
     config_path = tmp_path / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -83,6 +84,7 @@ def start_publisher(
                 str(config_path),
                 "--log-level",
                 "INFO",
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import stat
 import threading
@@ -342,3 +343,18 @@ def row_sessions(stack: Stack) -> dict[str, str]:
     """The session holding each row, read from the table (clients never see session ids)."""
     items = dynamodb_client(stack.moto_endpoint).scan(TableName=stack.tables.llms)["Items"]
     return {i["name"]["S"]: i["sessionId"]["S"] for i in items if "sessionId" in i}
+
+
+def test_json_logs_for_service_managers(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    config = publisher_config(stack, tmp_path, [ECHO])
+    publishers.append(pub := start_publisher(config, tmp_path, "json", "--log-format", "json"))
+    pub.wait_log("registered session")
+    assert ask(stack, "echo", "logged").choices[0].message.content == "logged"
+    assert pub.stop() == 0
+    lines = [json.loads(line) for line in pub.log().splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("registered session") for m in messages)
+    assert any("complete echo -> 200" in m for m in messages)
+    assert all(line["level"] and line["time"] and line["name"] for line in lines)

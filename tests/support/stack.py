@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -78,10 +79,14 @@ class ApiProcess:
         stop_child(self.process, timeout=10)
 
 
-def start_api(env: Mapping[str, str], port: int | None = None) -> ApiProcess:
-    """Start the relay API under uvicorn on 127.0.0.1 and wait until it answers."""
+def start_api(
+    env: Mapping[str, str], port: int | None = None, log_file: Path | None = None
+) -> ApiProcess:
+    """Start the relay API under uvicorn on 127.0.0.1 and wait until it answers; its log
+    (stderr) goes to `log_file` when given."""
     port = port or free_port()
     full_env = {**os.environ, **env}
+    stderr = log_file.open("ab") if log_file is not None else None
     process = subprocess.Popen(
         [
             sys.executable,
@@ -97,7 +102,10 @@ def start_api(env: Mapping[str, str], port: int | None = None) -> ApiProcess:
             "warning",
         ],
         env=full_env,
+        stderr=stderr,
     )
+    if stderr is not None:
+        stderr.close()  # the child has its own copy
     api = ApiProcess(url=f"http://127.0.0.1:{port}", process=process, env=dict(env))
     try:
         wait_http(f"{api.url}/healthz", alive=lambda: process.poll() is None)
@@ -125,10 +133,12 @@ class Stack:
 
 
 @contextmanager
-def running_stack(moto_endpoint: str, **settings: object) -> Iterator[Stack]:
+def running_stack(
+    moto_endpoint: str, log_file: Path | None = None, **settings: object
+) -> Iterator[Stack]:
     """Fresh tables on the given moto server and an API process in front of them."""
     tables = fresh_tables(moto_endpoint)
-    api = start_api(relay_env(moto_endpoint, tables, **settings))
+    api = start_api(relay_env(moto_endpoint, tables, **settings), log_file=log_file)
     try:
         yield Stack(url=api.url, moto_endpoint=moto_endpoint, tables=tables, api=api)
     finally:

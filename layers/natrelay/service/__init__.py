@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from natrelay.metrics import Metrics, metrics_for
 from natrelay.service.access import Access, Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
@@ -38,8 +39,16 @@ class Relay:
         stores: Stores,
         clock: Clock = time.time,
         signals: Signals | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        ctx = Context(settings, stores, clock, signals or Signals(settings.in_process_signals))
+        ctx = Context(
+            settings,
+            stores,
+            clock,
+            signals or Signals(settings.in_process_signals),
+            metrics or metrics_for(settings.metrics),
+        )
+        self.metrics = ctx.metrics
         self.ctx = ctx
         self.settings = settings
         self.stores = stores
@@ -59,11 +68,13 @@ class Relay:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Relay:
         settings = with_secret(settings or Settings())
-        return cls(settings, Stores.connect(settings))
+        metrics = metrics_for(settings.metrics)
+        stores = Stores.connect(settings, on_throttle=metrics.dynamodb_throttle)
+        return cls(settings, stores, metrics=metrics)
 
     def sweeper(self) -> Sweeper:
-        """A sweeper sharing this relay's stores, clock and in-process signals."""
-        return Sweeper(self.stores, self.settings, self.clock, self.signals)
+        """A sweeper sharing this relay's stores, clock, in-process signals and metrics."""
+        return Sweeper(self.stores, self.settings, self.clock, self.signals, self.metrics)
 
 
 __all__ = ["Principal", "Registration", "Relay", "Sweeper"]

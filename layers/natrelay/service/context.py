@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from natrelay.metrics import Metrics
 from natrelay.service.liveness import Liveness
 from natrelay.settings import Settings
 from natrelay.signals import Pace, Signals
@@ -17,6 +18,7 @@ class Context:
     stores: Stores
     clock: Clock
     signals: Signals
+    metrics: Metrics = field(default_factory=Metrics)
     liveness: Liveness = field(init=False)
 
     def __post_init__(self) -> None:

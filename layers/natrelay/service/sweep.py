@@ -10,6 +10,8 @@ import asyncio
 import logging
 import time
 
+from natrelay.metrics import Metrics, metrics_for
+from natrelay.observe import configure_logging
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings, session_key
 from natrelay.service.usage import Usage
@@ -34,9 +36,11 @@ class Sweeper:
         settings: Settings,
         clock: Clock = time.time,
         signals: Signals | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         signals = signals or Signals(settings.in_process_signals)
-        ctx = Context(settings, stores, clock, signals)
+        ctx = Context(settings, stores, clock, signals, metrics or Metrics())
+        self.metrics = ctx.metrics
         self.stores = stores
         self.settings = settings
         self.clock = clock
@@ -72,6 +76,7 @@ class Sweeper:
                 counts["raced"] += 1
         for task_id in await self.stores.tasks.expired_leases(now):
             counts[await self._expire_lease(task_id, now)] += 1
+        self.metrics.publishers_online(len(await llms.live_sessions(cutoff)))
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts
@@ -104,13 +109,18 @@ class SweepRunner:
 
     def __init__(self, settings: Settings | None = None) -> None:
         settings = settings or Settings()
-        stores = Stores.connect(settings)
-        self.sweeper = Sweeper(stores, settings)
+        configure_logging(settings.log_format, settings.log_level)
+        metrics = metrics_for(settings.metrics, "sweeper")
+        stores = Stores.connect(settings, on_throttle=metrics.dynamodb_throttle)
+        self.sweeper = Sweeper(stores, settings, metrics=metrics)
         self._loop = asyncio.new_event_loop()
 
     def __call__(self) -> dict[str, int]:
         """One sweep; returns what it did, by kind."""
-        return self._loop.run_until_complete(self.sweeper.run())
+        try:
+            return self._loop.run_until_complete(self.sweeper.run())
+        finally:
+            self.sweeper.metrics.flush()
 
     def close(self) -> None:
         self._loop.close()

@@ -24,6 +24,7 @@ class Wakes:
         self.settings = ctx.settings
         self.clock = ctx.clock
         self.signals = ctx.signals
+        self.metrics = ctx.metrics
         self.sessions = sessions
 
     def window(self, row: LlmRecord) -> float:
@@ -67,6 +68,7 @@ class Wakes:
                 )
             )
             self.signals.notify(session_key(row.session_id), wake_id)
+            self.metrics.wake("started")
             log.info("wake %s of %s queued", wake_id, row.name)
             return wake_id
         raise PublisherOfflineError(f"could not start a wake of {row.name}; try again")
@@ -76,4 +78,5 @@ class Wakes:
         await self.stores.llms.clear_wake(task.llm, task.id, activate=ok)
         if ok:
             await self.sessions.record_status(task.session_id, task.llm, LlmStatus.ACTIVE)
+        self.metrics.wake("succeeded" if ok else "failed", self.clock() - task.created_at)
         log.info("wake %s of %s: %s", task.id, task.llm, "ok" if ok else error)

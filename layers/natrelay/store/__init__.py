@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,9 +60,11 @@ class Stores:
         )
 
     @classmethod
-    def connect(cls, settings: Settings) -> Stores:
+    def connect(
+        cls, settings: Settings, on_throttle: Callable[[str], None] | None = None
+    ) -> Stores:
         """The stores of the tables and DynamoDB endpoint the settings name."""
-        client = make_client(settings.dynamodb_endpoint, settings.region)
+        client = make_client(settings.dynamodb_endpoint, settings.region, on_throttle)
         return cls.on(client, settings.llms_table, settings.tasks_table, settings.keys_table)
 
 

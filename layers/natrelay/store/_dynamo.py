@@ -52,9 +52,26 @@ def off_loop(
     return run
 
 
-def make_client(endpoint_url: str | None, region: str) -> DynamoDBClient:
+THROTTLED = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+
+
+def make_client(
+    endpoint_url: str | None, region: str, on_throttle: Callable[[str], None] | None = None
+) -> DynamoDBClient:
+    """A DynamoDB client; `on_throttle(operation)` hears of every throttled call."""
     config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
-    return boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region, config=config)
+    client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region, config=config)
+    if on_throttle is not None:
+        hook = on_throttle
+
+        def seen(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+            if parsed.get("Error", {}).get("Code") in THROTTLED:
+                hook(model.name)
+
+        client.meta.events.register("after-call.dynamodb", seen)
+    return client
 
 
 def _to_dynamo(value: Any) -> Any:

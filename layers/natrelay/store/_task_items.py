@@ -50,6 +50,7 @@ def task_record(item: Item) -> TaskRecord:
         request=item.get("request"),
         claimed_by=item.get("claimedBy"),
         claimed_key=item.get("claimedKey"),
+        claimed_at=item.get("claimedAt"),
         claimed_generation=item.get("claimedGeneration"),
         lease_until=item.get("leaseUntil"),
         attempts=int(item.get("attempts", 0)),

@@ -232,6 +232,19 @@ class DynamoLlmStore:
         return [(i["name"], i.get("sessionId")) for i in self._query_sweep(LIVE, cutoff)]
 
     @off_loop
+    def live_sessions(self, cutoff: float) -> set[str]:
+        """Sessions holding a live row whose heartbeat is not older than cutoff."""
+        found = items(
+            self._client,
+            "query",
+            TableName=self.table,
+            IndexName="bySweep",
+            KeyConditionExpression="sweepState = :state AND sweepAt >= :cutoff",
+            ExpressionAttributeValues=values(state=LIVE, cutoff=cutoff),
+        )
+        return {i["sessionId"] for i in found if i.get("sessionId")}
+
+    @off_loop
     def expire_if_stale(self, name: str, cutoff: float, now: float) -> LlmRecord:
         """Mark a row inactive unless a heartbeat landed since (ConditionFailedError)."""
         return self._mark_inactive(

@@ -83,6 +83,7 @@ class TaskRecord:
     claimed_by: str | None = None
     # The publisher key of the claiming session.
     claimed_key: str | None = None
+    claimed_at: float | None = None
     claimed_generation: int | None = None
     lease_until: float | None = None
     attempts: int = 0

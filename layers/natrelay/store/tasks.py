@@ -142,7 +142,7 @@ class DynamoTaskStore:
                 TableName=self._table,
                 Key=task_key(task_id),
                 UpdateExpression="SET #state = :claimed, claimedBy = :sid, claimedKey = :key, "
-                "claimedGeneration = :gen, leaseShard = :shard, "
+                "claimedAt = :now, claimedGeneration = :gen, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now "
                 "ADD attempts :one REMOVE #queue",
                 ConditionExpression=f"{STATE_IS} AND sessionId = :sid",

@@ -10,17 +10,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from natrelay.errors import ForbiddenError
+from natrelay.observe import bind, configure_logging
 from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
 from natrelay.web.errors import HANDLERS
+from natrelay.web.middleware import RequestContext
 from natrelay.wire import Paths, Role
 
 Endpoint = Callable[[Request, Relay], Awaitable[Response]]
@@ -31,10 +34,14 @@ ADMINS = frozenset({Role.ADMIN})
 ANYONE = frozenset(Role)
 
 
-def guarded(roles: frozenset[Role], endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+def guarded(
+    path: str, roles: frozenset[Role], endpoint: Endpoint
+) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
         relay: Relay = request.app.state.relay
+        bind(route=path)
         principal = await relay.access.authenticate(request.headers.get("authorization"))
+        bind(keyId=principal.key_id)
         if principal.role not in roles:
             needed = " or ".join(sorted(r.value for r in roles))
             raise ForbiddenError(f"this is a {principal.role.value} key; this needs {needed}")
@@ -46,15 +53,17 @@ def guarded(roles: frozenset[Role], endpoint: Endpoint) -> Callable[[Request], A
 
 
 async def healthz(request: Request) -> Response:
+    bind(route=Paths.HEALTH)
     return JSONResponse({"status": "ok"})
 
 
 def _route(path: str, roles: frozenset[Role], endpoint: Endpoint, method: str) -> Route:
-    return Route(Paths.route(path), guarded(roles, endpoint), methods=[method])
+    return Route(Paths.route(path), guarded(path, roles, endpoint), methods=[method])
 
 
 ROUTES = [
     Route(Paths.HEALTH, healthz),
+    Route(Paths.METRICS, admin.metrics),
     _route(Paths.REGISTER, PUBLISHERS, api.register, "POST"),
     _route(Paths.HEARTBEAT, PUBLISHERS, api.heartbeat, "POST"),
     _route(Paths.POLL, PUBLISHERS, api.poll, "POST"),
@@ -84,6 +93,11 @@ ROUTES = [
 def create_app(settings: Settings | None = None, relay: Relay | None = None) -> Starlette:
     """The relay app; the same object serves uvicorn and Mangum."""
     relay = relay or Relay.from_settings(settings)
-    app = Starlette(routes=ROUTES, exception_handlers=HANDLERS)
+    configure_logging(relay.settings.log_format, relay.settings.log_level)
+    app = Starlette(
+        routes=ROUTES,
+        exception_handlers=HANDLERS,
+        middleware=[Middleware(RequestContext, metrics=relay.metrics)],
+    )
     app.state.relay = relay
     return app

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from natrelay.errors import InvalidRequestError
+from natrelay.errors import ForbiddenError, InvalidRequestError
+from natrelay.observe import bind
 from natrelay.service import Relay
 from natrelay.web import views
 from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_model
-from natrelay.wire import KeyList, KeySpec
+from natrelay.wire import KeyList, KeySpec, Paths, Role
 
 MAX_USAGE_DAYS = 400
 
@@ -55,3 +59,21 @@ async def own_usage(request: Request, relay: Relay) -> Response:
     days = _days(request)
     key_id = caller(request).key_id
     return answer(views.usage_view(key_id, await relay.usage.days(key_id, days)))
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition (long-lived mode): for the metrics token or an admin key."""
+    relay: Relay = request.app.state.relay
+    bind(route=Paths.METRICS)
+    token = relay.settings.metrics_token.get_secret_value()
+    header = request.headers.get("authorization", "")
+    given = header.partition(" ")[2].strip().encode("utf-8", "replace")
+    if not (token and hmac.compare_digest(given, token.encode())):
+        principal = await relay.access.authenticate(header)
+        bind(keyId=principal.key_id)
+        if principal.role is not Role.ADMIN:
+            raise ForbiddenError("metrics are for admins (or the metrics token)")
+    body = relay.metrics.exposition()
+    if body is None:
+        raise HTTPException(404, "metrics are off here: set NATRELAY_METRICS=prometheus")
+    return Response(body, media_type="text/plain; version=0.0.4")

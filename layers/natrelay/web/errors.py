@@ -9,6 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from natrelay import errors
+from natrelay.observe import bind, request_id
 from natrelay.wire import ErrorCode
 
 log = logging.getLogger("natrelay.web")
@@ -35,15 +36,18 @@ STATUS: dict[type[errors.RelayError], int] = {
 }
 
 
+def _body(message: str, type_: str, code: str, param: str | None) -> dict[str, object]:
+    """An OpenAI-style error body; it names the request (as `x-request-id` does)."""
+    bind(errorCode=str(code))
+    error: dict[str, object] = {"message": message, "type": type_, "code": code, "param": param}
+    rid = request_id()
+    if rid is not None:
+        error["request_id"] = rid
+    return {"error": error}
+
+
 def error_body(exc: errors.RelayError) -> dict[str, object]:
-    return {
-        "error": {
-            "message": exc.message,
-            "type": exc.type,
-            "code": exc.code,
-            "param": exc.param,
-        }
-    }
+    return _body(exc.message, exc.type, exc.code, exc.param)
 
 
 def status_of(exc: errors.RelayError) -> int:
@@ -77,30 +81,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
         exc.status_code, ErrorCode.HTTP_ERROR
     )
     return JSONResponse(
-        {
-            "error": {
-                "message": exc.detail,
-                "type": "invalid_request_error",
-                "code": code,
-                "param": None,
-            }
-        },
+        _body(exc.detail, "invalid_request_error", code, None),
         status_code=exc.status_code,
         headers=exc.headers,
     )
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
+    """Outside a RequestContext only (which catches these first)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        {
-            "error": {
-                "message": "internal error in the relay",
-                "type": "server_error",
-                "code": ErrorCode.INTERNAL_ERROR,
-                "param": None,
-            }
-        },
+        _body("internal error in the relay", "server_error", ErrorCode.INTERNAL_ERROR, None),
         status_code=500,
     )
 

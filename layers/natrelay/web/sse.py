@@ -27,7 +27,9 @@ async def _cancel_unless_done(relay: Relay, task_id: str, done: bool) -> None:
             await relay.endings.cancel(task_id)
 
 
-async def open_chat_stream(relay: Relay, task: TaskRecord, budget: float) -> AsyncIterator[str]:
+async def open_chat_stream(
+    relay: Relay, task: TaskRecord, budget: float, started: float | None = None
+) -> AsyncIterator[str]:
     """Wait for the first chunk before answering, so that a task that fails (or times
     out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
     followed by an error event. Raises that error; otherwise returns the SSE body."""
@@ -37,6 +39,7 @@ async def open_chat_stream(relay: Relay, task: TaskRecord, budget: float) -> Asy
     except RelayError:
         await chunks.aclose()
         raise
+    relay.metrics.first_token(max(0.0, relay.clock() - (started or task.created_at)))
     return chat_stream(relay, task.id, first, chunks)
 
 

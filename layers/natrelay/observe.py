@@ -1,0 +1,89 @@
+"""Logs the relay writes: JSON lines (python-json-logger), each carrying the id of the
+request it belongs to and what that request has bound so far (route, model, key id).
+
+Request fields live in a context variable, so every log line written while a request
+runs — by any module — names that request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TextIO
+
+from pythonjsonlogger.json import JsonFormatter
+
+_fields: ContextVar[dict[str, Any] | None] = ContextVar("natrelay_request", default=None)
+
+TEXT_FORMAT = "%(levelname)-9s %(message)s"
+# The record attributes every JSON line carries (plus the request's fields).
+JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def request_scope(request_id: str) -> Iterator[dict[str, Any]]:
+    """Bind log fields to one request for the code that runs inside the block."""
+    fields: dict[str, Any] = {"requestId": request_id}
+    token = _fields.set(fields)
+    try:
+        yield fields
+    finally:
+        _fields.reset(token)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields (route, model, keyId, ...) to the current request's log lines."""
+    current = _fields.get()
+    if current is not None:
+        current.update({k: v for k, v in fields.items() if v is not None})
+
+
+def request_id() -> str | None:
+    current = _fields.get()
+    return None if current is None else current.get("requestId")
+
+
+class RequestFields(logging.Filter):
+    """Copies the current request's fields onto every record (for the JSON formatter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_fields.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure_logging(
+    fmt: str = "json", level: str | int = "INFO", stream: TextIO | None = None
+) -> None:
+    """Configure the root logger once: JSON lines (`json`) or human-readable (`text`), to
+    `stream` (default: stderr)."""
+    root = logging.getLogger()
+    on_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+    for old in [h for h in root.handlers if on_lambda or getattr(h, "natrelay", False)]:
+        # ours from an earlier call, and on Lambda the runtime's own (it would print every
+        # line twice); anyone else's (pytest's) stays
+        root.removeHandler(old)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.natrelay = True  # type: ignore[attr-defined]
+    if fmt == "json":
+        handler.setFormatter(
+            JsonFormatter(JSON_FORMAT, rename_fields={"levelname": "level", "asctime": "time"})
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RequestFields())
+    root.addHandler(handler)
+    root.setLevel(level)
+    # boto's and httpx's per-call lines would drown the relay's own.
+    for noisy in ("botocore", "boto3", "urllib3", "httpx", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,87 @@
+"""Every request gets an id (`x-request-id`, in its error bodies and log lines), one log
+line when it ends, and its place in the metrics. An unexpected exception becomes one
+JSON log line with the traceback and a 500 that names the request, never the trace."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from natrelay.metrics import Metrics
+from natrelay.observe import new_request_id, request_scope
+from natrelay.wire import ErrorCode
+
+log = logging.getLogger("natrelay.request")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def aws_request_id(scope: Scope) -> str | None:
+    """API Gateway's request id (or else Lambda's) when Mangum serves the request."""
+    event = scope.get("aws.event")
+    if isinstance(event, dict):
+        context = event.get("requestContext")
+        if isinstance(context, dict) and context.get("requestId"):
+            return str(context["requestId"])
+    lambda_context = scope.get("aws.context")
+    request_id = getattr(lambda_context, "aws_request_id", None)
+    return str(request_id) if request_id else None
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = aws_request_id(scope) or new_request_id()
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": 500, "sent": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["sent"] = True
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        with request_scope(request_id) as fields:
+            fields.update(method=scope["method"], path=scope["path"])
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("unhandled error")
+                fields["errorCode"] = ErrorCode.INTERNAL_ERROR.value
+                if not state["sent"]:
+                    await _internal_error(request_id)(scope, receive, send_with_id)
+            finally:
+                seconds = time.perf_counter() - started
+                fields.update(status=state["status"], durationMs=round(seconds * 1000, 1))
+                log.info("request")
+                self.metrics.request(fields.get("route", "-"), state["status"], seconds)
+                if "errorCode" in fields:
+                    self.metrics.error(str(fields["errorCode"]))
+                self.metrics.flush()
+
+
+def _internal_error(request_id: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": {
+                "message": f"internal error in the relay (request {request_id})",
+                "type": "server_error",
+                "code": ErrorCode.INTERNAL_ERROR,
+                "param": None,
+                "request_id": request_id,
+            }
+        },
+        status_code=500,
+    )
