@@ -66,6 +66,15 @@ class AdminClient:
     def close(self) -> None:
         self._http.close()
 
+    def delete(self, path: str) -> None:
+        """DELETE something that answers 204."""
+        try:
+            resp = self._http.delete(path)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"cannot reach the relay at {self.url}: {exc}") from exc
+        if not resp.is_success:
+            raise CommandError(f"the relay answered {resp.status_code}: {_message(resp)}")
+
     def call(
         self,
         method: str,
@@ -243,7 +252,7 @@ def add_commands(commands: Any) -> None:
     usage.set_defaults(run=_usage)
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
+def connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relay", metavar="URL", default=os.environ.get("NATRELAY_URL"), help="or NATRELAY_URL"
     )
@@ -257,7 +266,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 def _output(parser: argparse.ArgumentParser) -> None:
     """Every command's common options: where the relay is, the token, the output format."""
-    _connection(parser)
+    connection(parser)
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 

@@ -10,10 +10,11 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from pythonjsonlogger.json import JsonFormatter
 
-from natrelay_publisher import admin
+from natrelay_publisher import admin, llm_cli
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
 from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayCallError
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="natrelay", description="Publish LLM backends behind NAT to a natrelay relay."
     )
+    parser.add_argument("--version", action="version", version=f"natrelay {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     publish = commands.add_parser(
         "publish",
@@ -53,7 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
     )
     admin.add_commands(commands)
+    llm_cli.add_commands(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("natrelay")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["dev"]:
         return _dev(args[1:])
     options = _parser().parse_args(args)
-    if options.command == "keys":
+    if options.command in ("keys", "llm"):
         return admin.run(options)
     return _publish(options.config, options.log_level, options.log_format)
 
