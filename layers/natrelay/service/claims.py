@@ -16,7 +16,13 @@ from natrelay.errors import (
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings, session_key
-from natrelay.service.payloads import MAX_CHUNK_BATCH_BYTES, POLL_INLINE_BUDGET, check_size, dumps
+from natrelay.service.payloads import (
+    MAX_CHUNK_BATCH_BYTES,
+    POLL_INLINE_BUDGET,
+    check_size,
+    clipped_error,
+    dumps,
+)
 from natrelay.service.sessions import Sessions
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
@@ -150,7 +156,8 @@ class Claims:
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
         try:
-            await self.stores.chunks.put_chunk(task_id, batch.seq, data)
+            now = self.clock()
+            await self.stores.chunks.put_chunk(task_id, batch.seq, data, self.ctx.chunk_expiry(now))
         except ConditionFailedError as exc:
             raise ResultConflictError(
                 f"chunk {batch.seq} of task {task_id} was already posted with other content",
@@ -163,7 +170,7 @@ class Claims:
         self, principal: Principal, task_id: str, result: TaskResult
     ) -> TaskRecord:
         now = self.clock()
-        error = result.error.model_dump(exclude_none=True) if result.error else None
+        error = clipped_error(result.error.model_dump(exclude_none=True)) if result.error else None
         body = dumps(result.body) if result.body is not None else None
         if body is not None:
             check_size(

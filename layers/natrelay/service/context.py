@@ -30,3 +30,8 @@ class Context:
     def result_expiry(self, now: float) -> float:
         """When a task that ends now may be forgotten."""
         return now + self.settings.result_retention_seconds
+
+    def chunk_expiry(self, now: float) -> float:
+        """When a chunk posted now may be forgotten: no earlier than its task, which ends
+        within max_task_seconds and is kept for the result retention after that."""
+        return now + self.settings.max_task_seconds + self.settings.result_retention_seconds

@@ -1,7 +1,9 @@
 """The items of a task's partition (pk `task#<id>`): keys, codec, large payloads.
 
-sk `m` is the task, `c#<seq>` its stream chunks, `q#<n>` / `r#<n>` the parts of a
-request / result too large for one item. Chunks sort before `m`, so one Query reads
+sk `m` is the task, `c#<seq>` its stream chunks, `q#<n>` the parts of a request too
+large for one item, `r#<result hash prefix>#<n>` those of a result: the task item names
+the parts of the result it accepted (`resultParts`), so parts a refused post wrote are
+never read. Chunks sort before `m`, so one Query reads
 the new chunks and the task's state together.
 """
 
@@ -59,11 +61,17 @@ def task_record(item: Item) -> TaskRecord:
         result_size=int(item.get("resultSize", 0)),
         result=item.get("result"),
         result_hash=item.get("resultHash"),
+        result_parts=item.get("resultParts"),
         error=item.get("error"),
         client_key=item.get("clientKey"),
         usage_day=item.get("usageDay"),
         slot=item.get("slot"),
     )
+
+
+def result_parts(digest: str) -> str:
+    """The sk prefix of the parts of the result whose hash is `digest`."""
+    return f"r#{digest[:16]}"
 
 
 def result_hash(status: int, body: bytes | None, error: dict[str, Any] | None) -> str:

@@ -92,6 +92,8 @@ class TaskRecord:
     result_size: int = 0
     result: bytes | None = None
     result_hash: str | None = None
+    # The sk prefix of the accepted result's parts (None: inline, or an older item's `r`).
+    result_parts: str | None = None
     error: dict[str, Any] | None = None
     client_key: str | None = None
     usage_day: str | None = None

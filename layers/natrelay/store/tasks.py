@@ -26,6 +26,7 @@ from natrelay.store._task_items import (
     WAKE_PRIORITY,
     read_parts,
     result_hash,
+    result_parts,
     task_key,
     task_record,
     write_parts,
@@ -116,7 +117,7 @@ class DynamoTaskStore:
     def result(self, task: TaskRecord) -> bytes | None:
         if task.result is not None or not task.result_size:
             return task.result
-        return read_parts(self._client, self._table, task.id, "r")
+        return read_parts(self._client, self._table, task.id, task.result_parts or "r")
 
     @off_loop
     def pending(self, session_id: str, limit: int) -> list[str]:
@@ -226,7 +227,12 @@ class DynamoTaskStore:
             sets.append("#result = :result")
             item["result"] = body
         elif body is not None:
-            write_parts(self._client, self._table, task_id, "r", data=body, expires_at=expires_at)
+            # Parts are keyed by the result's hash: a post that loses the condition below
+            # writes parts no task item names, so they are never read.
+            parts = result_parts(digest)
+            sets.append("resultParts = :resultParts")
+            item["resultParts"] = parts
+            write_parts(self._client, self._table, task_id, parts, data=body, expires_at=expires_at)
         vals = {k: v for k, v in item.items() if v is not None}
         try:
             with condition(f"task {task_id} is not claimed by {session_id}", task_record):
