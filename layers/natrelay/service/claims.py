@@ -123,8 +123,15 @@ class Claims:
                     generation=session.generation,
                     now=self.clock(),
                 )
-            except ConditionFailedError:
-                continue  # another poll won it, or it was cancelled
+            except ConditionFailedError as exc:
+                old = exc.record
+                if (
+                    isinstance(old, TaskRecord)
+                    and old.state is TaskState.PENDING
+                    and old.expired(self.clock())
+                ):
+                    await self.endings.fail_expired(old)
+                continue  # another poll won it, it was cancelled, or it expired
             if task.request is not None and len(task.request) <= budget:
                 budget -= len(task.request)
             else:

@@ -106,6 +106,7 @@ class Sessions:
         """Register the providers for the caller's key. A session id another key holds
         is not an error: the caller gets a new session, and learns nothing."""
         session_id = req.provider_session_id or new_session_id()
+        before = await self.stores.sessions.get(session_id) if req.provider_session_id else None
         for attempt in range(2):
             now = self.clock()
             try:
@@ -123,7 +124,9 @@ class Sessions:
             except ConditionFailedError:
                 if attempt:
                     raise
-                session_id = new_session_id()
+                session_id, before = new_session_id(), None
+        if before is not None and before.owner == principal.key_id:
+            await self._retire(session, set(before.names) - set(session.names))
         log.info(
             "session %s of key %s registered %s",
             fingerprint(session_id),
@@ -131,6 +134,19 @@ class Sessions:
             [r.name for r in rows],
         )
         return self._seen(Registration(session, rows))
+
+    async def _retire(self, session: SessionRecord, names: set[str]) -> None:
+        """Retire the rows a re-registration no longer publishes, failing their queue:
+        left live, they would go stale without a heartbeat."""
+        if not names:
+            return
+        now = self.clock()
+        for name in sorted(names):
+            try:
+                await self.stores.llms.retire(name, session.id, now)
+            except ConditionFailedError:
+                continue  # taken over or deleted meanwhile
+        await self.endings.fail_queued(session.id, "its publisher no longer serves it", names)
 
     async def beat(self, session: SessionRecord, reported: dict[str, LlmStatus]) -> list[LlmRecord]:
         """Refresh every row of the session and the session itself."""

@@ -50,7 +50,7 @@ class Sweeper:
         cutoff = self.liveness.cutoff(now)
         retention_cutoff = now - self.settings.inactive_retention_seconds
         counts = dict.fromkeys(COUNTS, 0)
-        gone: set[str] = set()
+        gone: dict[str, set[str]] = {}
         for name, session_id in await llms.stale(cutoff):
             try:
                 await llms.expire_if_stale(name, cutoff, now)
@@ -59,10 +59,11 @@ class Sweeper:
                 continue
             counts["inactive"] += 1
             if session_id:
-                gone.add(session_id)
-        for session_id in gone:
+                gone.setdefault(session_id, set()).add(name)
+        # Expiry is per row: the session's other names may be alive and well.
+        for session_id, names in gone.items():
             counts["failedPending"] += await self.endings.fail_queued(
-                session_id, "its publisher went offline"
+                session_id, "its publisher went offline", llms=names
             )
         for name in await llms.retired(retention_cutoff):
             try:
@@ -70,15 +71,15 @@ class Sweeper:
                 counts["deleted"] += 1
             except ConditionFailedError:
                 counts["raced"] += 1
-        for task_id in await self.stores.tasks.expired_leases(now):
+        for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts
 
     async def _expire_lease(self, task_id: str, now: float) -> str:
-        tasks = self.stores.tasks
-        task = await tasks.get(task_id, now)
+        leases = self.stores.leases
+        task = await self.stores.tasks.get(task_id, now)
         if task is None or task.state is not TaskState.CLAIMED:
             return "raced"
         session = await self.stores.sessions.get(task.session_id)
@@ -88,10 +89,10 @@ class Sweeper:
             if alive and young and session is not None:
                 if session.generation == task.claimed_generation:
                     # The publisher that holds it is alive and the same process: still working.
-                    await tasks.extend_lease_if_expired(task_id, now)
+                    await leases.extend_if_expired(task_id, now)
                     return "extended"
                 if task.attempts < MAX_ATTEMPTS and not task.sent_any:
-                    await tasks.requeue_if_lease_expired(task_id, now)
+                    await leases.requeue_if_expired(task_id, now)
                     self.signals.notify(session_key(task.session_id), task_id)
                     return "requeued"
         except ConditionFailedError:

@@ -10,6 +10,7 @@ from natrelay.store._dynamo import make_client
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.errors import ConditionFailedError, SameResultError
 from natrelay.store.keys import DynamoKeyStore
+from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
 from natrelay.store.records import (
     Chunk,
@@ -37,6 +38,7 @@ class Stores:
     llms: DynamoLlmStore
     sessions: DynamoSessionStore
     tasks: DynamoTaskStore
+    leases: DynamoLeaseStore
     chunks: DynamoChunkStore
     keys: DynamoKeyStore
     usage: DynamoUsageStore
@@ -53,6 +55,7 @@ class Stores:
             llms=llms,
             sessions=DynamoSessionStore(client, tasks_table, llms, keys),
             tasks=DynamoTaskStore(client, tasks_table),
+            leases=DynamoLeaseStore(client, tasks_table),
             chunks=DynamoChunkStore(client, tasks_table),
             keys=keys,
             usage=DynamoUsageStore(client, keys_table),
@@ -70,6 +73,7 @@ __all__ = [
     "ConditionFailedError",
     "DynamoChunkStore",
     "DynamoKeyStore",
+    "DynamoLeaseStore",
     "DynamoLlmStore",
     "DynamoSessionStore",
     "DynamoTaskStore",

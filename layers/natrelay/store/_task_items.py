@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from natrelay.store._dynamo import Item, encode, items, split, values
+from natrelay.store._dynamo import Item, condition, decode, encode, items, split, values
 from natrelay.store.records import TaskRecord
 from natrelay.wire import TaskKind, TaskState
 
@@ -53,6 +53,7 @@ def task_record(item: Item) -> TaskRecord:
         claimed_by=item.get("claimedBy"),
         claimed_key=item.get("claimedKey"),
         claimed_generation=item.get("claimedGeneration"),
+        claimed_at=item.get("claimedAt"),
         lease_until=item.get("leaseUntil"),
         attempts=int(item.get("attempts", 0)),
         sent_any=bool(item.get("sentAny", False)),
@@ -66,6 +67,7 @@ def task_record(item: Item) -> TaskRecord:
         client_key=item.get("clientKey"),
         usage_day=item.get("usageDay"),
         slot=item.get("slot"),
+        expires_at=item.get("expiresAt"),
     )
 
 
@@ -117,3 +119,47 @@ def read_parts(client: Any, table: str, task_id: str, prefix: str) -> bytes:
         ConsistentRead=True,
     )
     return b"".join(part["data"] for part in parts)
+
+
+def force_end(
+    client: Any,
+    table: str,
+    task_id: str,
+    state: TaskState,
+    *,
+    status: int,
+    error: dict[str, Any],
+    now: float,
+    expires_at: float,
+    only_if: str = "",
+    **cond_values: Any,
+) -> TaskRecord:
+    """End a task that is not done yet (and meets `only_if`) in `state`;
+    ConditionFailedError otherwise."""
+    cond = "#state IN (:pending, :claimed)" + (f" AND {only_if}" if only_if else "")
+    with condition(f"task {task_id} already done"):
+        raw = client.update_item(
+            TableName=table,
+            Key=task_key(task_id),
+            UpdateExpression="SET #state = :new, #error = :error, updatedAt = :now, "
+            "expiresAt = :exp, #status = :status REMOVE #queue, leaseShard",
+            ConditionExpression=cond,
+            ExpressionAttributeNames={
+                **STATE_NAMES,
+                "#queue": "queue",
+                "#error": "error",
+                "#status": "status",
+            },
+            ExpressionAttributeValues=values(
+                pending=TaskState.PENDING.value,
+                claimed=TaskState.CLAIMED.value,
+                new=state.value,
+                error=error,
+                now=now,
+                exp=int(expires_at),
+                status=status,
+                **cond_values,
+            ),
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+    return task_record(decode(raw))

@@ -84,6 +84,7 @@ class TaskRecord:
     # The publisher key of the claiming session.
     claimed_key: str | None = None
     claimed_generation: int | None = None
+    claimed_at: float | None = None
     lease_until: float | None = None
     attempts: int = 0
     sent_any: bool = False
@@ -98,6 +99,10 @@ class TaskRecord:
     client_key: str | None = None
     usage_day: str | None = None
     slot: str | None = None
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at < now
 
 
 @dataclass(frozen=True)
