@@ -149,15 +149,23 @@ class Sessions:
         await self.endings.fail_queued(session.id, "its publisher no longer serves it", names)
 
     async def beat(self, session: SessionRecord, reported: dict[str, LlmStatus]) -> list[LlmRecord]:
-        """Refresh every row of the session and the session itself."""
+        """Refresh every row of the session and the session itself.
+
+        Only statuses the publisher reports now are written: what the caller read of the
+        session may be older than a status the relay set since (a finished wake).
+        """
         now = self.clock()
-        statuses = {**session.statuses, **{k: v for k, v in reported.items() if k in session.names}}
+        reported = {k: v for k, v in reported.items() if k in session.names}
         rows: list[LlmRecord] = []
         try:
             for name in session.names:
-                status = statuses.get(name, LlmStatus.ACTIVE)
-                rows.append(await self.stores.llms.beat(name, session.id, status, now))
-            await self.stores.sessions.touch(session.id, statuses, now, self._expires_at(now))
+                revive = session.statuses.get(name, LlmStatus.ACTIVE)
+                rows.append(
+                    await self.stores.llms.beat(
+                        name, session.id, now, status=reported.get(name), revive=revive
+                    )
+                )
+            await self.stores.sessions.touch(session.id, reported, now, self._expires_at(now))
         except ConditionFailedError as exc:
             raise SessionNotFoundError(
                 "a row of this session was taken over, or the session ended; register again",

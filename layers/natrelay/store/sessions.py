@@ -141,20 +141,23 @@ class DynamoSessionStore:
 
     @off_loop
     def touch(
-        self, session_id: str, statuses: dict[str, LlmStatus], now: float, expires_at: float
+        self, session_id: str, reported: dict[str, LlmStatus], now: float, expires_at: float
     ) -> None:
-        """Record a heartbeat and the statuses; ConditionFailedError if the session is gone."""
+        """Record a heartbeat and the statuses the publisher reported (only those: a
+        status the relay recorded since the caller read the session stays);
+        ConditionFailedError if the session is gone."""
+        names = {f"#s{i}": name for i, name in enumerate(reported)}
+        sets = ["heartbeatAt = :now", "expiresAt = :exp"]
+        sets += [f"statuses.{ref} = :s{i}" for i, ref in enumerate(names)]
+        vals = {f"s{i}": status.value for i, status in enumerate(reported.values())}
         with condition(f"session {session_id} is gone"):
             self._client.update_item(
                 TableName=self.table,
                 Key=self._key(session_id),
-                UpdateExpression="SET heartbeatAt = :now, statuses = :statuses, expiresAt = :exp",
+                UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression=_EXISTS,
-                ExpressionAttributeValues=values(
-                    now=now,
-                    statuses={k: v.value for k, v in statuses.items()},
-                    exp=int(expires_at),
-                ),
+                **({"ExpressionAttributeNames": names} if names else {}),  # type: ignore[arg-type]
+                ExpressionAttributeValues=values(now=now, exp=int(expires_at), **vals),
             )
 
     @off_loop
