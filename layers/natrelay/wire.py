@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
+# A provider's extraConfig, as compact JSON.
+MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
 LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -145,6 +148,14 @@ class ProviderSpec(WireModel):
     # relay adds a margin and uses it as the wake marker's deadline. None: cannot wake.
     wake_max_wait_seconds: float | None = Field(default=None, gt=0, le=3600)
 
+    @field_validator("extra_config")
+    @classmethod
+    def _small_extra_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), default=str))
+        if size > MAX_EXTRA_CONFIG_BYTES:
+            raise ValueError(f"is {size} bytes as JSON; at most {MAX_EXTRA_CONFIG_BYTES}")
+        return value
+
 
 # One registration writes a row and a name claim per provider plus the session, in one
 # DynamoDB transaction (at most 100 items).
@@ -154,6 +165,15 @@ MAX_PROVIDERS = 48
 class RegisterRequest(WireModel):
     providers: list[ProviderSpec] = Field(min_length=1, max_length=MAX_PROVIDERS)
     provider_session_id: SessionId | None = None
+
+    @field_validator("providers")
+    @classmethod
+    def _names_once(cls, value: list[ProviderSpec]) -> list[ProviderSpec]:
+        names = [p.name for p in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"each name may appear once; given more than once: {twice}")
+        return value
 
 
 class HeartbeatRequest(WireModel):
@@ -281,7 +301,7 @@ class KeySpec(WireModel):
     models: list[ModelPattern] | None = Field(default=None, max_length=100)
     rpm: int | None = Field(default=None, ge=1, le=1_000_000)
     concurrency: int | None = Field(default=None, ge=1, le=10_000)
-    tokens_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=10**15)
     expires_in_seconds: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
 
 

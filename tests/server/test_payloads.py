@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from starlette.responses import JSONResponse
 
 from natrelay.errors import ResultConflictError, TaskNotClaimedError
 from natrelay.service import Relay
 from natrelay.store._task_items import INLINE_LIMIT
-from natrelay.wire import ChunkBatch, ErrorInfo, TaskResult
+from natrelay.web import views
+from natrelay.wire import ChunkBatch, ErrorInfo, TaskResult, TaskState
 from tests.server.conftest import PUB, FakeClock, claimed, register, spec
 
 pytestmark = pytest.mark.anyio
@@ -82,3 +84,29 @@ async def test_a_huge_backend_error_is_truncated_with_a_marker(relay: Relay) -> 
     stored = done.error["message"]
     assert stored.startswith("EEEE") and "[truncated" in stored and len(stored) < 20_000
     assert len(done.error["type"]) < 20_000
+
+
+async def test_a_stored_infinity_reads_back_as_json_can_carry_it(relay: Relay) -> None:
+    """A result an older relay stored with -Infinity: read as null (as JSON.stringify
+    does), so the answer renders instead of failing with a 500."""
+    sid, task = await claimed(relay)
+    now = relay.clock()
+    await relay.stores.tasks.store_result(
+        task.id,
+        sid,
+        key=PUB.key_id,
+        state=TaskState.COMPLETED,
+        status=200,
+        body=b'{"model": "/srv/llama.gguf", "logprob": -Infinity, "big": 1e999}',
+        error=None,
+        chunk_count=0,
+        now=now,
+        expires_at=now + 60,
+    )
+    done = await relay.waiting.wait(task.id, budget=5)
+    outcome = await relay.waiting.outcome(done)
+    assert outcome.body == {"model": "a", "logprob": None, "big": None}
+    JSONResponse(outcome.body)  # renders: no ValueError
+    _, raw = await relay.waiting.get_with_result(task.id)
+    view = views.task_view(done, raw)
+    assert view.result == {"model": "a", "logprob": None, "big": None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from natrelay.store._dynamo import (
@@ -35,6 +36,12 @@ _TAKEOVER = (
 )
 
 
+def _extra_config(stored: Any) -> dict[str, Any]:
+    if isinstance(stored, str):  # JSON text; older rows hold a map
+        stored = json.loads(stored)
+    return stored if isinstance(stored, dict) else {}
+
+
 def row_record(item: Item) -> LlmRecord:
     return LlmRecord(
         name=item["name"],
@@ -43,7 +50,7 @@ def row_record(item: Item) -> LlmRecord:
         model=item.get("model", ""),
         tier=item.get("tier"),
         description=item.get("description"),
-        extra_config=item.get("extraConfig") or {},
+        extra_config=_extra_config(item.get("extraConfig")),
         status=LlmStatus(item["status"]),
         session_id=item.get("sessionId"),
         owner=item.get("owner"),
@@ -103,7 +110,9 @@ class DynamoLlmStore:
             "model": spec.model,
             "tier": spec.tier,
             "description": spec.description,
-            "extraConfig": spec.extra_config or None,
+            # JSON text, not a map: any JSON fits (maps are limited to 32 levels and
+            # numbers to 38 digits)
+            "extraConfig": json.dumps(spec.extra_config) if spec.extra_config else None,
             "status": spec.initial_status.value,
             "sessionId": session_id,
             "owner": owner,

@@ -135,10 +135,10 @@ async def cancel_task(request: Request, relay: Relay) -> Response:
 
 async def task_events(request: Request, relay: Relay) -> Response:
     task_id = request.path_params["task_id"]
-    await relay.waiting.get_for(caller(request), task_id)  # 404 before the stream starts
+    task = await relay.waiting.get_for(caller(request), task_id)  # 404 before the stream starts
     last = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after"))
     return StreamingResponse(
-        task_events_body(relay, task_id, last, relay.settings.stream_timeout_seconds),
+        task_events_body(relay, task, last, relay.settings.stream_timeout_seconds),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from natrelay.service import Registration
+from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
     ErrorInfo,
@@ -57,7 +58,7 @@ def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
         stream=task.stream,
         chunk_count=task.chunk_count,
         status=task.status,
-        result=json.loads(result) if result else None,
+        result=public_model(loads_stored(result), task.llm) if result else None,
         error=error,
     )
 
