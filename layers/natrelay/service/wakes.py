@@ -78,7 +78,9 @@ class Wakes:
             self.signals.notify(session_key(row.session_id), wake_id)
             log.info("wake %s of %s queued", wake_id, row.name)
             return wake_id
-        raise PublisherOfflineError(f"could not start a wake of {row.name}; try again")
+        raise PublisherOfflineError(
+            f"could not start a wake of {row.name}; try again", retry_after=1, retryable=True
+        )
 
     async def finished(self, task: TaskRecord, ok: bool, error: object | None) -> None:
         """A wake task ended: clear its marker; on success the row becomes active."""

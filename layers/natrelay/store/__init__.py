@@ -9,11 +9,13 @@ from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.errors import ConditionFailedError, SameResultError
+from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
 from natrelay.store.records import (
     Chunk,
+    IdempotencyRecord,
     KeyRecord,
     LlmRecord,
     NewTask,
@@ -39,6 +41,7 @@ class Stores:
     sessions: DynamoSessionStore
     tasks: DynamoTaskStore
     leases: DynamoLeaseStore
+    idempotency: DynamoIdempotencyStore
     chunks: DynamoChunkStore
     keys: DynamoKeyStore
     usage: DynamoUsageStore
@@ -56,6 +59,7 @@ class Stores:
             sessions=DynamoSessionStore(client, tasks_table, llms, keys),
             tasks=DynamoTaskStore(client, tasks_table),
             leases=DynamoLeaseStore(client, tasks_table),
+            idempotency=DynamoIdempotencyStore(client, tasks_table),
             chunks=DynamoChunkStore(client, tasks_table),
             keys=keys,
             usage=DynamoUsageStore(client, keys_table),
@@ -72,12 +76,14 @@ __all__ = [
     "Chunk",
     "ConditionFailedError",
     "DynamoChunkStore",
+    "DynamoIdempotencyStore",
     "DynamoKeyStore",
     "DynamoLeaseStore",
     "DynamoLlmStore",
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
+    "IdempotencyRecord",
     "KeyRecord",
     "LlmRecord",
     "NameHeldError",

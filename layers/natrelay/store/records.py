@@ -159,3 +159,15 @@ class UsageRecord:
     inflight: frozenset[str] = frozenset()
     # Requests counted in each minute of the day, by `HHMM`.
     minutes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A client key's Idempotency-Key (only its hash is kept) and the task it started."""
+
+    client_key: str
+    key_hash: str
+    task_id: str
+    # The SHA-256 of the request the key was first used with.
+    request_hash: str
+    expires_at: float

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from natrelay.store._dynamo import (
     CLAIMED_BY,
     NOT_EXISTS,
@@ -33,7 +35,8 @@ from natrelay.store._task_items import (
     write_parts,
 )
 from natrelay.store.errors import ConditionFailedError, SameResultError
-from natrelay.store.records import NewTask, TaskRecord
+from natrelay.store.idempotency import claim_op, idempotency_record
+from natrelay.store.records import IdempotencyRecord, NewTask, TaskRecord
 from natrelay.wire import TaskKind, TaskState
 
 if TYPE_CHECKING:
@@ -55,7 +58,13 @@ class DynamoTaskStore:
     # --- lifecycle -------------------------------------------------------------------
 
     @off_loop
-    def put(self, task: NewTask) -> None:
+    def put(
+        self, task: NewTask, once: IdempotencyRecord | None = None, replacing: str | None = None
+    ) -> None:
+        """Write a pending task. With `once`, also make that idempotency record the
+        client key's, in one transaction: if another live record holds the key (not
+        the one naming `replacing`, a task found gone), nothing is written and
+        ConditionFailedError's `record` is that IdempotencyRecord."""
         item: Item = {
             "pk": f"task#{task.id}",
             "sk": "m",
@@ -89,13 +98,37 @@ class DynamoTaskStore:
                     data=task.request,
                     expires_at=task.expires_at,
                 )
-        with condition(f"task {task.id} exists"):
-            self._client.put_item(
-                TableName=self._table,
-                Item=encode(item),
-                ConditionExpression=NOT_EXISTS,
-                ExpressionAttributeNames={"#pk": "pk"},
-            )
+        if once is None:
+            with condition(f"task {task.id} exists"):
+                self._client.put_item(
+                    TableName=self._table,
+                    Item=encode(item),
+                    ConditionExpression=NOT_EXISTS,
+                    ExpressionAttributeNames={"#pk": "pk"},
+                )
+            return
+        ops = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": encode(item),
+                    "ConditionExpression": NOT_EXISTS,
+                    "ExpressionAttributeNames": {"#pk": "pk"},
+                }
+            },
+            claim_op(self._table, once, task.created_at, replacing),
+        ]
+        try:
+            self._client.transact_write_items(TransactItems=ops)  # type: ignore[arg-type]
+        except ClientError as exc:
+            reasons = exc.response.get("CancellationReasons", [])
+            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                held = reasons[1].get("Item")
+                raise ConditionFailedError(
+                    "the Idempotency-Key already started a task",
+                    record=idempotency_record(decode(held)) if held else None,
+                ) from exc
+            raise
 
     @off_loop
     def get(self, task_id: str, now: float) -> TaskRecord | None:

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from natrelay.service import Relay
-from natrelay.web.chat import run_chat
+from natrelay.web.chat import idempotency_key, run_chat
 from natrelay.web.requests import caller, read_object
 from natrelay.web.views import model_object
 
@@ -22,4 +22,5 @@ async def get_model(request: Request, relay: Relay) -> Response:
 
 
 async def chat_completions(request: Request, relay: Relay) -> Response:
-    return await run_chat(relay, caller(request), await read_object(request, relay.settings))
+    body = await read_object(request, relay.settings)
+    return await run_chat(relay, caller(request), body, idempotency_key(request))

@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.service import Relay
 from natrelay.web import views
-from natrelay.web.chat import run_chat
+from natrelay.web.chat import idempotency_key, run_chat, submit
 from natrelay.web.requests import caller, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
@@ -104,10 +104,11 @@ async def infer(request: Request, relay: Relay) -> Response:
     """A chat-completions body for the named LLM; `Prefer: respond-async` answers 202."""
     body = await read_object(request, relay.settings)
     body["model"] = request.path_params["name"]
+    key = idempotency_key(request)
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
     if "respond-async" in prefer:
-        task = await relay.queue.submit(
-            caller(request), body["model"], body, stream=bool(body.get("stream"))
+        task, _ = await submit(
+            relay, caller(request), body["model"], body, stream=bool(body.get("stream")), key=key
         )
         location = f"/api/v1/tasks/{task.id}"
         return answer(
@@ -115,7 +116,7 @@ async def infer(request: Request, relay: Relay) -> Response:
             status=202,
             headers={"Location": location, "Preference-Applied": "respond-async"},
         )
-    return await run_chat(relay, caller(request), body)
+    return await run_chat(relay, caller(request), body, key)
 
 
 async def get_task(request: Request, relay: Relay) -> Response:

@@ -28,11 +28,15 @@ async def _cancel_unless_done(relay: Relay, task_id: str, done: bool) -> None:
             await relay.endings.cancel(task_id)
 
 
-async def open_chat_stream(relay: Relay, task: TaskRecord, budget: float) -> AsyncIterator[str]:
+async def open_chat_stream(
+    relay: Relay, task: TaskRecord, budget: float, *, fresh: bool = True
+) -> AsyncIterator[str]:
     """Wait for the first chunk before answering, so that a task that fails (or times
     out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
-    followed by an error event. Raises that error; otherwise returns the SSE body."""
-    chunks = relay.waiting.stream(task.id, budget=budget, submitted=task)
+    followed by an error event. Raises that error; otherwise returns the SSE body.
+
+    `fresh`: the task was just submitted (not found by its Idempotency-Key)."""
+    chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
     try:
         first = await anext(chunks, None)
     except RelayError:
