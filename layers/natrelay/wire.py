@@ -16,6 +16,9 @@ MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
 LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# A poll or heartbeat confirms at most this many running tasks (a longer list: none).
+MAX_RUNNING_TASKS = 1024
 
 
 class LlmStatus(StrEnum):
@@ -180,6 +183,11 @@ class HeartbeatRequest(WireModel):
     provider_session_id: SessionId
     # Status per provider name, for backends that went to sleep or came back.
     statuses: dict[str, LlmStatus] = Field(default_factory=dict)
+    # The ids of the tasks this publisher is running (claimed and not finished). A
+    # claimed task missing from it past its lease is handed out again or failed.
+    # None (older publishers), or more than MAX_RUNNING_TASKS: claimed tasks are kept
+    # while the session lives.
+    running: list[TaskId] | None = None
 
 
 class PollRequest(WireModel):
@@ -189,6 +197,8 @@ class PollRequest(WireModel):
     # The session generation the last SessionResponse gave; lets a relay process that
     # refreshed this session's heartbeat recently skip re-reading the session.
     generation: int | None = Field(default=None, ge=0)
+    # As in HeartbeatRequest: the tasks this publisher is running.
+    running: list[TaskId] | None = None
 
 
 class SessionRequest(WireModel):

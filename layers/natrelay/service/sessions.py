@@ -18,6 +18,7 @@ from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
 from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
 from natrelay.wire import (
+    MAX_RUNNING_TASKS,
     HeartbeatRequest,
     LlmStatus,
     PollRequest,
@@ -148,7 +149,12 @@ class Sessions:
                 continue  # taken over or deleted meanwhile
         await self.endings.fail_queued(session.id, "its publisher no longer serves it", names)
 
-    async def beat(self, session: SessionRecord, reported: dict[str, LlmStatus]) -> list[LlmRecord]:
+    async def beat(
+        self,
+        session: SessionRecord,
+        reported: dict[str, LlmStatus],
+        running: list[str] | None = None,
+    ) -> list[LlmRecord]:
         """Refresh every row of the session and the session itself.
 
         Only statuses the publisher reports now are written: what the caller read of the
@@ -156,6 +162,8 @@ class Sessions:
         """
         now = self.clock()
         reported = {k: v for k, v in reported.items() if k in session.names}
+        if running is not None and len(running) > MAX_RUNNING_TASKS:
+            running = None  # too many to keep on the session: its leases stay as they were
         rows: list[LlmRecord] = []
         try:
             for name in session.names:
@@ -165,7 +173,9 @@ class Sessions:
                         name, session.id, now, status=reported.get(name), revive=revive
                     )
                 )
-            await self.stores.sessions.touch(session.id, reported, now, self._expires_at(now))
+            await self.stores.sessions.touch(
+                session.id, reported, now, self._expires_at(now), running
+            )
         except ConditionFailedError as exc:
             raise SessionNotFoundError(
                 "a row of this session was taken over, or the session ended; register again",
@@ -175,7 +185,7 @@ class Sessions:
 
     async def heartbeat(self, principal: Principal, req: HeartbeatRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)
-        rows = await self.beat(session, dict(req.statuses))
+        rows = await self.beat(session, dict(req.statuses), req.running)
         return self._seen(Registration(replace(session, heartbeat_at=self.clock()), rows))
 
     async def polling_session(self, principal: Principal, req: PollRequest) -> SessionRecord:
@@ -203,7 +213,7 @@ class Sessions:
             )
         session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
-            await self.beat(session, {})
+            await self.beat(session, {}, req.running)
             session = replace(session, heartbeat_at=now)
         self._seen(Registration(session, []))
         return session

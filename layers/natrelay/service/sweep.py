@@ -15,7 +15,7 @@ from natrelay.service.endings import Endings, session_key
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
-from natrelay.store import ConditionFailedError, Stores
+from natrelay.store import ConditionFailedError, SessionRecord, Stores, TaskRecord
 from natrelay.types import Clock
 from natrelay.wire import TaskState
 
@@ -87,10 +87,14 @@ class Sweeper:
         young = now - task.created_at < self.settings.max_task_seconds
         try:
             if alive and young and session is not None:
-                if session.generation == task.claimed_generation:
-                    # The publisher that holds it is alive and the same process: still working.
+                same = session.generation == task.claimed_generation
+                if same and confirmed(session, task) is not False:
+                    # The publisher that holds it lives, is the same process, and runs it
+                    # (or does not say what it runs: an older publisher).
                     await leases.extend_if_expired(task_id, now)
                     return "extended"
+                # It restarted, or says it does not run it (a poll answer lost on the
+                # way, a task it gave up on): hand it out again if nothing was sent.
                 if task.attempts < MAX_ATTEMPTS and not task.sent_any:
                     await leases.requeue_if_expired(task_id, now)
                     self.signals.notify(session_key(task.session_id), task_id)
@@ -98,6 +102,19 @@ class Sweeper:
         except ConditionFailedError:
             return "raced"
         return "failed" if await self.endings.fail_lost_lease(task) else "raced"
+
+
+def confirmed(session: SessionRecord, task: TaskRecord) -> bool | None:
+    """Does the session's publisher say it runs the task? None when it cannot tell: the
+    publisher never says (an older one), or its last word came too soon after the claim
+    to have seen the task (half a lease: a heartbeat sent before the poll answer
+    arrived may land after the claim)."""
+    if session.confirmed_at is None:
+        return None
+    if task.id in session.running:
+        return True
+    claimed_at = task.claimed_at or task.created_at
+    return None if session.confirmed_at - claimed_at < task.lease_seconds / 2 else False
 
 
 class SweepRunner:

@@ -44,6 +44,9 @@ class SessionRecord:
     generation: int
     # The publisher key that created the session: the only one that may use it.
     owner: str | None = None
+    # The tasks the publisher last said it runs, and when (None: it never says).
+    running: frozenset[str] = frozenset()
+    confirmed_at: float | None = None
 
 
 @dataclass(frozen=True)
