@@ -13,7 +13,7 @@ import time
 from natrelay.service.access import Access, Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
-from natrelay.service.context import Context
+from natrelay.service.context import Context, signals_of
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.queue import Queue
@@ -39,7 +39,7 @@ class Relay:
         clock: Clock = time.time,
         signals: Signals | None = None,
     ) -> None:
-        ctx = Context(settings, stores, clock, signals or Signals(settings.in_process_signals))
+        ctx = Context(settings, stores, clock, signals or signals_of(settings))
         self.ctx = ctx
         self.settings = settings
         self.stores = stores

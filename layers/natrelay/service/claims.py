@@ -3,11 +3,13 @@ chunks and the result."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from natrelay.errors import (
     ForbiddenError,
+    RateLimitError,
     RelayError,
     ResultConflictError,
     TaskCancelledError,
@@ -69,6 +71,8 @@ class Claims:
         self.sessions = sessions
         self.wakes = wakes
         self.endings = endings
+        # Polls waiting in this process, by session.
+        self._polls: dict[str, int] = {}
 
     async def poll(
         self,
@@ -84,9 +88,38 @@ class Claims:
         claiming tasks into the void.
         """
         session = await self.sessions.polling_session(principal, req)
-        beat_at = session.heartbeat_at
         if req.max_tasks == 0:
             return []
+        with self._one_of_the_polls(session.id):
+            return await self._poll(principal, req, session, gone)
+
+    @contextmanager
+    def _one_of_the_polls(self, session_id: str) -> Iterator[None]:
+        """Count the session's polls waiting in this process; RateLimitError past the cap."""
+        cap = self.settings.max_polls_per_session
+        waiting = self._polls.get(session_id, 0)
+        if waiting >= cap:
+            raise RateLimitError(
+                f"this session already has {cap} polls waiting at once (the most a relay "
+                "process keeps); poll again when one has answered",
+                retry_after=1,
+            )
+        self._polls[session_id] = waiting + 1
+        try:
+            yield
+        finally:
+            left = self._polls.pop(session_id, 1) - 1
+            if left:
+                self._polls[session_id] = left
+
+    async def _poll(
+        self,
+        principal: Principal,
+        req: PollRequest,
+        session: SessionRecord,
+        gone: Callable[[], Awaitable[bool]] | None,
+    ) -> list[TaskRecord]:
+        beat_at = session.heartbeat_at
         deadline = self.clock() + req.wait_seconds
         pace = self.ctx.pace()
         hints: list[str] = []
@@ -170,7 +203,7 @@ class Claims:
                 f"chunk {batch.seq} of task {task_id} was already posted with other content",
                 param="seq",
             ) from exc
-        self.endings.notify(task_id, Chunk(seq=batch.seq, data=data))
+        self.endings.notify(task_id, Chunk(seq=batch.seq, data=data), len(data))
         return batch.seq
 
     async def post_result(

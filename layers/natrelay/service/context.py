@@ -11,6 +11,13 @@ from natrelay.store import Stores
 from natrelay.types import Clock
 
 
+def signals_of(settings: Settings) -> Signals:
+    """The in-process signals the settings ask for (on or off, and their caps)."""
+    return Signals(
+        settings.in_process_signals, settings.signal_buffer_hints, settings.signal_buffer_bytes
+    )
+
+
 @dataclass(frozen=True)
 class Context:
     settings: Settings

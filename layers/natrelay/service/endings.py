@@ -40,9 +40,9 @@ class Endings:
         self._expiry = ctx.result_expiry
         self.usage = usage
 
-    def notify(self, task_id: str, payload: object | None = None) -> None:
+    def notify(self, task_id: str, payload: object | None = None, size: int = 0) -> None:
         """Wake this process's waiters of the task (a hint; they re-read DynamoDB)."""
-        self.signals.notify(task_key(task_id), payload)
+        self.signals.notify(task_key(task_id), payload, size)
 
     async def _ended(self, task: TaskRecord, *, error: bool) -> None:
         await self.usage.record(task, error=error)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from natrelay.service.context import Context
+from natrelay.service.context import Context, signals_of
 from natrelay.service.endings import Endings, session_key
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
@@ -35,7 +35,7 @@ class Sweeper:
         clock: Clock = time.time,
         signals: Signals | None = None,
     ) -> None:
-        signals = signals or Signals(settings.in_process_signals)
+        signals = signals or signals_of(settings)
         ctx = Context(settings, stores, clock, signals)
         self.stores = stores
         self.settings = settings
