@@ -86,6 +86,7 @@ class Paths:
     """Every route of the relay, as Starlette path templates (`{task_id}` etc.)."""
 
     HEALTH = "/healthz"
+    OPENAPI = "/openapi.json"
     PROVIDER = "/api/v1/llms/_provider"
     REGISTER = f"{PROVIDER}-register"
     HEARTBEAT = f"{PROVIDER}-heartbeat"
@@ -134,6 +135,12 @@ class ErrorInfo(Answer):
     type: str = "server_error"
     code: str | None = None
     param: str | None = None
+
+
+class ErrorBody(Answer):
+    """Every error the relay answers: OpenAI-style."""
+
+    error: ErrorInfo
 
 
 # --- publisher -> relay ----------------------------------------------------------
@@ -281,6 +288,23 @@ class ChunkAck(Answer):
 
 class LlmList(Answer):
     data: list[LlmRow]
+
+
+class ModelCard(Answer):
+    """An LLM as an OpenAI model object (`GET /v1/models`)."""
+
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "natrelay"
+    status: LlmStatus
+    tier: str | None = None
+    description: str | None = None
+
+
+class ModelList(Answer):
+    object: str = "list"
+    data: list[ModelCard]
 
 
 class TaskView(Answer):

@@ -25,6 +25,15 @@ class ChatRequest(BaseModel):
     stream: bool = False
 
 
+class InferRequest(BaseModel):
+    """A chat request for the LLM the path names (its `model` is replaced by it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+
+
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 

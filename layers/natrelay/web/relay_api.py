@@ -7,8 +7,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.service import Relay
 from natrelay.web import views
-from natrelay.web.chat import idempotency_key, run_chat, submit
-from natrelay.web.requests import caller, read_model, read_object
+from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
+from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
     ChunkAck,
@@ -103,6 +103,8 @@ async def delete_llm(request: Request, relay: Relay) -> Response:
 async def infer(request: Request, relay: Relay) -> Response:
     """A chat-completions body for the named LLM; `Prefer: respond-async` answers 202."""
     body = await read_object(request, relay.settings)
+    body.pop("model", None)
+    parse(InferRequest, body)
     body["model"] = request.path_params["name"]
     key = idempotency_key(request)
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}

@@ -14,6 +14,7 @@ from natrelay.wire import (
     KeyCreated,
     KeyView,
     LlmRow,
+    ModelCard,
     PolledTask,
     SessionResponse,
     TaskView,
@@ -87,17 +88,15 @@ def polled_task(task: TaskRecord) -> PolledTask:
     )
 
 
-def model_object(row: LlmRecord) -> dict[str, Any]:
+def model_card(row: LlmRecord) -> ModelCard:
     """A row as an OpenAI model object."""
-    return {
-        "id": row.name,
-        "object": "model",
-        "created": int(row.created_at or 0),
-        "owned_by": "natrelay",
-        "status": row.status.value,
-        "tier": row.tier,
-        "description": row.description,
-    }
+    return ModelCard(
+        id=row.name,
+        created=int(row.created_at or 0),
+        status=row.status,
+        tier=row.tier,
+        description=row.description,
+    )
 
 
 def key_view(key: KeyRecord, now: float) -> KeyView:
