@@ -4,6 +4,7 @@ no traceback in the relay's log. Bounded in examples and time."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,23 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
                 check=False,
             )
             found = run.stdout[max(0, run.stdout.find("FAILURES"), run.stdout.find("ERRORS")) :]
-            assert run.returncode == 0, f"{role}:\n{found[:8000]}\n{run.stderr[-2000:]}"
+            assert run.returncode == 0 or _only_generator_flakes(run.stdout), (
+                f"{role}:\n{found[:8000]}\n{run.stderr[-2000:]}"
+            )
         log = capfd.readouterr().err
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-6000:]
+
+
+def _only_generator_flakes(out: str) -> bool:
+    """Whether every problem schemathesis reports is its own data generator tripping up
+    (hypothesis' "Inconsistent results" inside schemathesis' coverage phase), not an
+    answer of the relay: no failure, no network error, no other error."""
+    summary = out[out.rfind("SUMMARY") :]
+    if "Failures:" in summary or "Network Error" in summary:
+        return False
+    errors = out[out.find("ERRORS") : out.find("SUMMARY")]
+    blocks = re.split(r"\n_{5,} .* _{5,}\n", errors)[1:]
+    return bool(blocks) and all(
+        "Runtime Error" in block and "schemathesis/" in block and "Inconsistent results" in block
+        for block in blocks
+    )
