@@ -73,14 +73,16 @@ class ResultConflictError(RelayError):
 
 
 class PublisherOfflineError(RelayError):
-    """The row is inactive, or its publisher vanished mid-task."""
+    """The row is inactive, or its publisher vanished mid-task. `retryable`: a retry
+    may succeed soon (e.g. a wake is under way), so clients may retry on their own."""
 
     code = ErrorCode.PUBLISHER_OFFLINE
     type = "service_unavailable"
 
-    def __init__(self, message: str, *, retry_after: int = 30) -> None:
+    def __init__(self, message: str, *, retry_after: int = 30, retryable: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.retryable = retryable
 
 
 class WakeFailedError(PublisherOfflineError):

@@ -57,3 +57,9 @@ class Settings(BaseSettings):
     metrics: Literal["off", "prometheus", "emf"] = "off"
     # Lets a scraper read GET /metrics without an admin key (empty: admins only).
     metrics_token: SecretStr = SecretStr("")
+    # Long-polls one session may have waiting at once in one process; more get 429.
+    max_polls_per_session: int = Field(default=4, ge=1)
+    # What one waiter (a poll, a client) keeps of in-process hints it has not taken yet;
+    # past either cap hints are dropped (it re-reads DynamoDB, which is the truth).
+    signal_buffer_hints: int = Field(default=64, ge=0)
+    signal_buffer_bytes: int = Field(default=1024 * 1024, ge=0)

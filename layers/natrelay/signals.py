@@ -15,19 +15,36 @@ from contextlib import contextmanager
 
 
 class Listener:
-    def __init__(self, enabled: bool) -> None:
+    """One waiter. Hints handed over are kept until taken, up to `max_hints` and
+    `max_bytes` (as the notifiers sized them); past that they are dropped: a waiter that
+    does not read (a paused SSE client) must not make the process grow. The wake-up
+    itself is never dropped, and a waiter that misses hints re-reads DynamoDB."""
+
+    def __init__(self, enabled: bool, max_hints: int = 64, max_bytes: int = 1 << 20) -> None:
         self._event = asyncio.Event() if enabled else None
         self._payloads: list[object] = []
+        self._bytes = 0
+        self.max_hints, self.max_bytes = max_hints, max_bytes
 
-    def set(self, payload: object | None) -> None:
-        if self._event is not None:
-            if payload is not None:
-                self._payloads.append(payload)
-            self._event.set()
+    def set(self, payload: object | None, size: int = 0) -> None:
+        if self._event is None:
+            return
+        if (
+            payload is not None
+            and len(self._payloads) < self.max_hints
+            and self._bytes + size <= self.max_bytes
+        ):
+            self._payloads.append(payload)
+            self._bytes += size
+        self._event.set()
+
+    @property
+    def held(self) -> int:
+        return len(self._payloads)
 
     def take(self) -> list[object]:
         """What the notifiers handed over since the last take (a hint, never the truth)."""
-        payloads, self._payloads = self._payloads, []
+        payloads, self._payloads, self._bytes = self._payloads, [], 0
         return payloads
 
     async def wait(self, timeout: float) -> bool:
@@ -46,18 +63,24 @@ class Listener:
 
 
 class Signals:
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, max_hints: int = 64, max_bytes: int = 1 << 20) -> None:
         self.enabled = enabled
+        self.max_hints, self.max_bytes = max_hints, max_bytes
         self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
 
-    def notify(self, key: str, payload: object | None = None) -> None:
+    def notify(self, key: str, payload: object | None = None, size: int = 0) -> None:
+        """Wake the waiters of `key`, handing each `payload` (of `size` bytes) as a hint."""
         for listener in self._listeners.get(key, ()):
-            listener.set(payload)
+            listener.set(payload, size)
+
+    def held(self) -> int:
+        """How many hints this process holds for waiters that have not taken them."""
+        return sum(listener.held for group in self._listeners.values() for listener in group)
 
     @contextmanager
     def listen(self, key: str) -> Iterator[Listener]:
         """Register before checking DynamoDB, so a notification in between is not lost."""
-        listener = Listener(self.enabled)
+        listener = Listener(self.enabled, self.max_hints, self.max_bytes)
         if self.enabled:
             self._listeners[key].add(listener)
         try:

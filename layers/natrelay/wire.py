@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
+# A provider's extraConfig, as compact JSON.
+MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
 LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# A poll or heartbeat confirms at most this many running tasks (a longer list: none).
+MAX_RUNNING_TASKS = 1024
 
 
 class LlmStatus(StrEnum):
@@ -82,6 +95,7 @@ class Paths:
 
     HEALTH = "/healthz"
     METRICS = "/metrics"
+    OPENAPI = "/openapi.json"
     PROVIDER = "/api/v1/llms/_provider"
     REGISTER = f"{PROVIDER}-register"
     HEARTBEAT = f"{PROVIDER}-heartbeat"
@@ -132,6 +146,12 @@ class ErrorInfo(Answer):
     param: str | None = None
 
 
+class ErrorBody(Answer):
+    """Every error the relay answers: OpenAI-style."""
+
+    error: ErrorInfo
+
+
 # --- publisher -> relay ----------------------------------------------------------
 
 
@@ -147,6 +167,14 @@ class ProviderSpec(WireModel):
     # relay adds a margin and uses it as the wake marker's deadline. None: cannot wake.
     wake_max_wait_seconds: float | None = Field(default=None, gt=0, le=3600)
 
+    @field_validator("extra_config")
+    @classmethod
+    def _small_extra_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), default=str))
+        if size > MAX_EXTRA_CONFIG_BYTES:
+            raise ValueError(f"is {size} bytes as JSON; at most {MAX_EXTRA_CONFIG_BYTES}")
+        return value
+
 
 # One registration writes a row and a name claim per provider plus the session, in one
 # DynamoDB transaction (at most 100 items).
@@ -157,11 +185,25 @@ class RegisterRequest(WireModel):
     providers: list[ProviderSpec] = Field(min_length=1, max_length=MAX_PROVIDERS)
     provider_session_id: SessionId | None = None
 
+    @field_validator("providers")
+    @classmethod
+    def _names_once(cls, value: list[ProviderSpec]) -> list[ProviderSpec]:
+        names = [p.name for p in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"each name may appear once; given more than once: {twice}")
+        return value
+
 
 class HeartbeatRequest(WireModel):
     provider_session_id: SessionId
     # Status per provider name, for backends that went to sleep or came back.
     statuses: dict[str, LlmStatus] = Field(default_factory=dict)
+    # The ids of the tasks this publisher is running (claimed and not finished). A
+    # claimed task missing from it past its lease is handed out again or failed.
+    # None (older publishers), or more than MAX_RUNNING_TASKS: claimed tasks are kept
+    # while the session lives.
+    running: list[TaskId] | None = None
 
 
 class PollRequest(WireModel):
@@ -171,6 +213,8 @@ class PollRequest(WireModel):
     # The session generation the last SessionResponse gave; lets a relay process that
     # refreshed this session's heartbeat recently skip re-reading the session.
     generation: int | None = Field(default=None, ge=0)
+    # As in HeartbeatRequest: the tasks this publisher is running.
+    running: list[TaskId] | None = None
 
 
 class SessionRequest(WireModel):
@@ -255,6 +299,23 @@ class LlmList(Answer):
     data: list[LlmRow]
 
 
+class ModelCard(Answer):
+    """An LLM as an OpenAI model object (`GET /v1/models`)."""
+
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "natrelay"
+    status: LlmStatus
+    tier: str | None = None
+    description: str | None = None
+
+
+class ModelList(Answer):
+    object: str = "list"
+    data: list[ModelCard]
+
+
 class TaskView(Answer):
     id: str
     kind: TaskKind
@@ -295,7 +356,7 @@ class KeySpec(WireModel):
     models: list[ModelPattern] | None = Field(default=None, max_length=100)
     rpm: int | None = Field(default=None, ge=1, le=1_000_000)
     concurrency: int | None = Field(default=None, ge=1, le=10_000)
-    tokens_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=10**15)
     expires_in_seconds: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
 
 

@@ -60,6 +60,7 @@ class Publisher:
         self._session_file = SessionFile(config.relay.session_file)
         self._slots: dict[str, ProviderSlot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()  # ids of the tasks in flight, told to the relay
         self._slot_freed = asyncio.Event()
         self._register_lock = asyncio.Lock()
         self._beat_lock = asyncio.Lock()
@@ -227,7 +228,8 @@ class Publisher:
 
     async def _beat_locked(self) -> None:
         statuses = self._status_changes()
-        request = HeartbeatRequest(provider_session_id=self._session_id(), statuses=statuses)
+        sid, running = self._session_id(), sorted(self._running)
+        request = HeartbeatRequest(provider_session_id=sid, statuses=statuses, running=running)
         try:
             answer = await self.relay.heartbeat(request)
         except RelayUnavailableError:
@@ -292,6 +294,7 @@ class Publisher:
                 wait_seconds=wait,
                 max_tasks=free,
                 generation=self._generation,
+                running=sorted(self._running),
             )
             sent_at = time.monotonic()
             try:
@@ -310,6 +313,7 @@ class Publisher:
                 await asyncio.sleep(max(0.0, MIN_EMPTY_POLL_SECONDS - (time.monotonic() - sent_at)))
 
     def _dispatch(self, task: PolledTask) -> None:
+        self._running.add(task.id)
         slot = self._slots.get(task.llm)
         if slot is not None and task.kind == TaskKind.INFER:
             slot.held += 1
@@ -344,6 +348,7 @@ class Publisher:
             logger.exception("task %s failed", task.id)
             await poster.fail(500, f"the publisher failed: {exc!r}", ErrorCode.PUBLISHER_ERROR)
         finally:
+            self._running.discard(task.id)
             if slot is not None:
                 if task.kind == TaskKind.INFER:
                     slot.held -= 1

@@ -8,7 +8,7 @@ import pytest
 
 from natrelay.service import Relay
 from natrelay.store._dynamo import encode
-from natrelay.wire import ChunkBatch, HeartbeatRequest, LlmStatus, TaskState
+from natrelay.wire import ChunkBatch, HeartbeatRequest, LlmStatus, SessionRequest, TaskState
 from tests.server.conftest import (
     CHAT,
     CLIENT,
@@ -179,3 +179,65 @@ async def test_a_task_held_past_the_maximum_age_fails_even_if_its_publisher_live
         await relay.sweeper().run()
     done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED
+
+
+async def test_deregister_fails_every_queued_task_not_only_the_first_hundred(
+    relay: Relay,
+) -> None:
+    sid = await register(relay, spec("a"))
+    ids = [(await relay.queue.submit(CLIENT, "a", CHAT, stream=False)).id for _ in range(130)]
+    await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
+    states = {(await relay.waiting.get(task_id)).state for task_id in ids}
+    assert states == {TaskState.FAILED}
+
+
+async def test_a_publisher_back_after_the_expiry_never_runs_stale_requests(
+    relay: Relay, clock: FakeClock
+) -> None:
+    sid = await register(relay, spec("a"))
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    clock.advance(task.lease_seconds + relay.settings.result_retention_seconds + 60)
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
+    assert await claim(relay, sid) == []
+    done = await relay.waiting.get(task.id)  # failed, not lingering as pending
+    assert done.state is TaskState.FAILED and done.error is not None
+    assert "expired" in done.error["message"]
+
+
+async def test_a_re_register_that_drops_a_name_retires_its_row_only(
+    relay: Relay, clock: FakeClock
+) -> None:
+    sid = await register(relay, spec("a"), spec("b"))
+    dropped = await relay.queue.submit(CLIENT, "b", CHAT, stream=False)
+    await register(relay, spec("a"), session=sid)  # the publisher no longer serves b
+    row = await relay.catalog.get(CLIENT, "b")
+    assert row.status is LlmStatus.INACTIVE
+    assert (await relay.waiting.get(dropped.id)).state is TaskState.FAILED
+    kept = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    for _ in range(3):
+        clock.advance(40)
+        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
+        await relay.sweeper().run()
+    assert (await relay.waiting.get(kept.id)).state is TaskState.PENDING
+    assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.ACTIVE
+
+
+async def test_a_stale_row_fails_only_its_own_queued_tasks(
+    relay: Relay, clock: FakeClock, client: Any
+) -> None:
+    sid = await register(relay, spec("a"), spec("b"))
+    for_a = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    for_b = await relay.queue.submit(CLIENT, "b", CHAT, stream=False)
+    clock.advance(100)
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
+    # b's row missed the heartbeat (e.g. an older relay, or a beat cut short)
+    client.update_item(
+        TableName="Llms",
+        Key={"name": {"S": "b"}},
+        UpdateExpression="SET lastHeartbeatAt = :old, sweepAt = :old",
+        ExpressionAttributeValues={":old": {"N": str(clock.now - 100)}},
+    )
+    counts = await relay.sweeper().run()
+    assert counts["inactive"] == 1 and counts["failedPending"] == 1
+    assert (await relay.waiting.get(for_b.id)).state is TaskState.FAILED
+    assert (await relay.waiting.get(for_a.id)).state is TaskState.PENDING

@@ -138,3 +138,48 @@ async def test_inactive_rows_never_wake(relay: Relay, clock: FakeClock) -> None:
     with pytest.raises(PublisherOfflineError, match="offline"):
         await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     assert (await relay.catalog.get(CLIENT, "s")).wake_id is None
+
+
+async def test_a_wake_whose_task_cannot_be_written_leaves_no_marker_behind(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = await _sleepy(relay)
+    put = relay.stores.tasks.put
+
+    async def failing_put(task: Any) -> None:
+        if task.kind is TaskKind.WAKE:
+            raise RuntimeError("DynamoDB is throttling")
+        await put(task)
+
+    monkeypatch.setattr(relay.stores.tasks, "put", failing_put)
+    with pytest.raises(RuntimeError):
+        await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
+    assert (await relay.catalog.get(CLIENT, "s")).wake_id is None
+    monkeypatch.undo()
+    task = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
+    kinds = [t.kind for t in await claim(relay, sid)]
+    assert task.wake_id is not None and kinds == [TaskKind.WAKE, TaskKind.INFER]
+
+
+async def test_a_heartbeat_read_before_a_wake_finished_does_not_undo_it(
+    relay: Relay, clock: FakeClock
+) -> None:
+    sid = await _sleepy(relay)
+    task = await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
+    await claim(relay, sid)
+    clock.advance(20)
+    stale = await relay.stores.sessions.get(sid)  # a poll's refresh reads the session...
+    assert stale is not None
+    await relay.claims.post_result(  # ...the wake finishes...
+        PUB, task.wake_id or "", TaskResult(provider_session_id=sid, body={"ok": True})
+    )
+    await relay.sessions.beat(stale, {})  # ...and the refresh writes what it read
+    assert (await relay.catalog.get(CLIENT, "s")).status is LlmStatus.ACTIVE
+    session = await relay.stores.sessions.get(sid)
+    assert session is not None and session.statuses["s"] is LlmStatus.ACTIVE
+    assert (await relay.queue.submit(CLIENT, "s", CHAT, stream=False)).wake_id is None
+    # what the publisher itself reports still counts
+    await relay.sessions.heartbeat(
+        PUB, HeartbeatRequest(provider_session_id=sid, statuses={"s": LlmStatus.HIBERNATING})
+    )
+    assert (await relay.catalog.get(CLIENT, "s")).status is LlmStatus.HIBERNATING

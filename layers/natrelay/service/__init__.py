@@ -14,7 +14,7 @@ from natrelay.metrics import Metrics, metrics_for
 from natrelay.service.access import Access, Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
-from natrelay.service.context import Context
+from natrelay.service.context import Context, signals_of
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.queue import Queue
@@ -45,7 +45,7 @@ class Relay:
             settings,
             stores,
             clock,
-            signals or Signals(settings.in_process_signals),
+            signals or signals_of(settings),
             metrics or metrics_for(settings.metrics),
         )
         self.metrics = ctx.metrics

@@ -3,11 +3,13 @@ chunks and the result."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from natrelay.errors import (
     ForbiddenError,
+    RateLimitError,
     RelayError,
     ResultConflictError,
     TaskCancelledError,
@@ -16,7 +18,13 @@ from natrelay.errors import (
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings, session_key
-from natrelay.service.payloads import MAX_CHUNK_BATCH_BYTES, POLL_INLINE_BUDGET, check_size, dumps
+from natrelay.service.payloads import (
+    MAX_CHUNK_BATCH_BYTES,
+    POLL_INLINE_BUDGET,
+    check_size,
+    clipped_error,
+    dumps,
+)
 from natrelay.service.sessions import Sessions
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
@@ -63,6 +71,8 @@ class Claims:
         self.sessions = sessions
         self.wakes = wakes
         self.endings = endings
+        # Polls waiting in this process, by session.
+        self._polls: dict[str, int] = {}
 
     async def poll(
         self,
@@ -78,9 +88,38 @@ class Claims:
         claiming tasks into the void.
         """
         session = await self.sessions.polling_session(principal, req)
-        beat_at = session.heartbeat_at
         if req.max_tasks == 0:
             return []
+        with self._one_of_the_polls(session.id):
+            return await self._poll(principal, req, session, gone)
+
+    @contextmanager
+    def _one_of_the_polls(self, session_id: str) -> Iterator[None]:
+        """Count the session's polls waiting in this process; RateLimitError past the cap."""
+        cap = self.settings.max_polls_per_session
+        waiting = self._polls.get(session_id, 0)
+        if waiting >= cap:
+            raise RateLimitError(
+                f"this session already has {cap} polls waiting at once (the most a relay "
+                "process keeps); poll again when one has answered",
+                retry_after=1,
+            )
+        self._polls[session_id] = waiting + 1
+        try:
+            yield
+        finally:
+            left = self._polls.pop(session_id, 1) - 1
+            if left:
+                self._polls[session_id] = left
+
+    async def _poll(
+        self,
+        principal: Principal,
+        req: PollRequest,
+        session: SessionRecord,
+        gone: Callable[[], Awaitable[bool]] | None,
+    ) -> list[TaskRecord]:
+        beat_at = session.heartbeat_at
         deadline = self.clock() + req.wait_seconds
         pace = self.ctx.pace()
         hints: list[str] = []
@@ -117,8 +156,15 @@ class Claims:
                     generation=session.generation,
                     now=self.clock(),
                 )
-            except ConditionFailedError:
-                continue  # another poll won it, or it was cancelled
+            except ConditionFailedError as exc:
+                old = exc.record
+                if (
+                    isinstance(old, TaskRecord)
+                    and old.state is TaskState.PENDING
+                    and old.expired(self.clock())
+                ):
+                    await self.endings.fail_expired(old)
+                continue  # another poll won it, it was cancelled, or it expired
             if task.request is not None and len(task.request) <= budget:
                 budget -= len(task.request)
             else:
@@ -150,20 +196,21 @@ class Claims:
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
         try:
-            await self.stores.chunks.put_chunk(task_id, batch.seq, data)
+            now = self.clock()
+            await self.stores.chunks.put_chunk(task_id, batch.seq, data, self.ctx.chunk_expiry(now))
         except ConditionFailedError as exc:
             raise ResultConflictError(
                 f"chunk {batch.seq} of task {task_id} was already posted with other content",
                 param="seq",
             ) from exc
-        self.endings.notify(task_id, Chunk(seq=batch.seq, data=data))
+        self.endings.notify(task_id, Chunk(seq=batch.seq, data=data), len(data))
         return batch.seq
 
     async def post_result(
         self, principal: Principal, task_id: str, result: TaskResult
     ) -> TaskRecord:
         now = self.clock()
-        error = result.error.model_dump(exclude_none=True) if result.error else None
+        error = clipped_error(result.error.model_dump(exclude_none=True)) if result.error else None
         body = dumps(result.body) if result.body is not None else None
         if body is not None:
             check_size(

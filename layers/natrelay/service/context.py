@@ -12,6 +12,13 @@ from natrelay.store import Stores
 from natrelay.types import Clock
 
 
+def signals_of(settings: Settings) -> Signals:
+    """The in-process signals the settings ask for (on or off, and their caps)."""
+    return Signals(
+        settings.in_process_signals, settings.signal_buffer_hints, settings.signal_buffer_bytes
+    )
+
+
 @dataclass(frozen=True)
 class Context:
     settings: Settings
@@ -32,3 +39,8 @@ class Context:
     def result_expiry(self, now: float) -> float:
         """When a task that ends now may be forgotten."""
         return now + self.settings.result_retention_seconds
+
+    def chunk_expiry(self, now: float) -> float:
+        """When a chunk posted now may be forgotten: no earlier than its task, which ends
+        within max_task_seconds and is kept for the result retention after that."""
+        return now + self.settings.max_task_seconds + self.settings.result_retention_seconds

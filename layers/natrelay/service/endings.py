@@ -7,6 +7,8 @@ also records the task's usage against its client's key.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from natrelay.service.context import Context
 from natrelay.service.outcomes import (
     CANCELLED_STATUS,
@@ -17,9 +19,6 @@ from natrelay.service.outcomes import (
 from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, TaskRecord
 from natrelay.wire import TaskState
-
-# How many queued tasks one pass of fail_queued looks at.
-QUEUED_BATCH = 100
 
 
 def task_key(task_id: str) -> str:
@@ -35,23 +34,27 @@ def session_key(session_id: str) -> str:
 class Endings:
     def __init__(self, ctx: Context, usage: Usage) -> None:
         self.tasks = ctx.stores.tasks
+        self.leases = ctx.stores.leases
         self.clock = ctx.clock
         self.signals = ctx.signals
         self._expiry = ctx.result_expiry
         self.usage = usage
 
-    def notify(self, task_id: str, payload: object | None = None) -> None:
+    def notify(self, task_id: str, payload: object | None = None, size: int = 0) -> None:
         """Wake this process's waiters of the task (a hint; they re-read DynamoDB)."""
-        self.signals.notify(task_key(task_id), payload)
+        self.signals.notify(task_key(task_id), payload, size)
 
     async def _ended(self, task: TaskRecord, *, error: bool) -> None:
         await self.usage.record(task, error=error)
         self.notify(task.id)
 
-    async def fail_queued(self, session_id: str, why: str) -> int:
-        """Fail the tasks still queued for a session; returns how many."""
+    async def fail_queued(
+        self, session_id: str, why: str, llms: Collection[str] | None = None
+    ) -> int:
+        """Fail every task still queued for a session (only those for `llms`, if given);
+        returns how many."""
         failed = 0
-        for task_id in await self.tasks.pending(session_id, QUEUED_BATCH):
+        for task_id in await self.tasks.queued(session_id):
             now = self.clock()
             error = offline_error(f"task {task_id} was not run: {why}")
             try:
@@ -61,6 +64,7 @@ class Endings:
                     error=error,
                     now=now,
                     expires_at=self._expiry(now),
+                    llms=llms,
                 )
             except ConditionFailedError:
                 continue
@@ -92,7 +96,7 @@ class Endings:
         now = self.clock()
         error = offline_error(f"the publisher of {task.llm} vanished during task {task.id}")
         try:
-            ended = await self.tasks.fail_if_lease_expired(
+            ended = await self.leases.fail_if_expired(
                 task.id,
                 status=OFFLINE_STATUS,
                 error=error,
@@ -103,6 +107,22 @@ class Endings:
             return False
         await self._ended(ended, error=True)
         return True
+
+    async def fail_expired(self, task: TaskRecord) -> None:
+        """Fail a task that expired while queued: nobody may run it any more."""
+        now = self.clock()
+        error = offline_error(f"task {task.id} expired before the publisher of {task.llm} took it")
+        try:
+            ended = await self.tasks.fail_if_pending(
+                task.id,
+                status=OFFLINE_STATUS,
+                error=error,
+                now=now,
+                expires_at=self._expiry(now),
+            )
+        except ConditionFailedError:
+            return
+        await self._ended(ended, error=True)
 
     async def cancel(self, task_id: str, why: str = "the client went away") -> None:
         """Cancel a task that is not done (the publisher aborts it); no-op if done."""

@@ -18,6 +18,7 @@ from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
 from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
 from natrelay.wire import (
+    MAX_RUNNING_TASKS,
     HeartbeatRequest,
     LlmStatus,
     PollRequest,
@@ -106,6 +107,7 @@ class Sessions:
         """Register the providers for the caller's key. A session id another key holds
         is not an error: the caller gets a new session, and learns nothing."""
         session_id = req.provider_session_id or new_session_id()
+        before = await self.stores.sessions.get(session_id) if req.provider_session_id else None
         for attempt in range(2):
             now = self.clock()
             try:
@@ -123,7 +125,9 @@ class Sessions:
             except ConditionFailedError:
                 if attempt:
                     raise
-                session_id = new_session_id()
+                session_id, before = new_session_id(), None
+        if before is not None and before.owner == principal.key_id:
+            await self._retire(session, set(before.names) - set(session.names))
         log.info(
             "session %s of key %s registered %s",
             fingerprint(session_id),
@@ -132,16 +136,46 @@ class Sessions:
         )
         return self._seen(Registration(session, rows))
 
-    async def beat(self, session: SessionRecord, reported: dict[str, LlmStatus]) -> list[LlmRecord]:
-        """Refresh every row of the session and the session itself."""
+    async def _retire(self, session: SessionRecord, names: set[str]) -> None:
+        """Retire the rows a re-registration no longer publishes, failing their queue:
+        left live, they would go stale without a heartbeat."""
+        if not names:
+            return
         now = self.clock()
-        statuses = {**session.statuses, **{k: v for k, v in reported.items() if k in session.names}}
+        for name in sorted(names):
+            try:
+                await self.stores.llms.retire(name, session.id, now)
+            except ConditionFailedError:
+                continue  # taken over or deleted meanwhile
+        await self.endings.fail_queued(session.id, "its publisher no longer serves it", names)
+
+    async def beat(
+        self,
+        session: SessionRecord,
+        reported: dict[str, LlmStatus],
+        running: list[str] | None = None,
+    ) -> list[LlmRecord]:
+        """Refresh every row of the session and the session itself.
+
+        Only statuses the publisher reports now are written: what the caller read of the
+        session may be older than a status the relay set since (a finished wake).
+        """
+        now = self.clock()
+        reported = {k: v for k, v in reported.items() if k in session.names}
+        if running is not None and len(running) > MAX_RUNNING_TASKS:
+            running = None  # too many to keep on the session: its leases stay as they were
         rows: list[LlmRecord] = []
         try:
             for name in session.names:
-                status = statuses.get(name, LlmStatus.ACTIVE)
-                rows.append(await self.stores.llms.beat(name, session.id, status, now))
-            await self.stores.sessions.touch(session.id, statuses, now, self._expires_at(now))
+                revive = session.statuses.get(name, LlmStatus.ACTIVE)
+                rows.append(
+                    await self.stores.llms.beat(
+                        name, session.id, now, status=reported.get(name), revive=revive
+                    )
+                )
+            await self.stores.sessions.touch(
+                session.id, reported, now, self._expires_at(now), running
+            )
         except ConditionFailedError as exc:
             raise SessionNotFoundError(
                 "a row of this session was taken over, or the session ended; register again",
@@ -151,7 +185,7 @@ class Sessions:
 
     async def heartbeat(self, principal: Principal, req: HeartbeatRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)
-        rows = await self.beat(session, dict(req.statuses))
+        rows = await self.beat(session, dict(req.statuses), req.running)
         return self._seen(Registration(replace(session, heartbeat_at=self.clock()), rows))
 
     async def polling_session(self, principal: Principal, req: PollRequest) -> SessionRecord:
@@ -179,7 +213,7 @@ class Sessions:
             )
         session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
-            await self.beat(session, {})
+            await self.beat(session, {}, req.running)
             session = replace(session, heartbeat_at=now)
         self._seen(Registration(session, []))
         return session

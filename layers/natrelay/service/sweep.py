@@ -12,12 +12,12 @@ import time
 
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.observe import configure_logging
-from natrelay.service.context import Context
+from natrelay.service.context import Context, signals_of
 from natrelay.service.endings import Endings, session_key
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
-from natrelay.store import ConditionFailedError, Stores
+from natrelay.store import ConditionFailedError, SessionRecord, Stores, TaskRecord
 from natrelay.types import Clock
 from natrelay.wire import TaskState
 
@@ -38,7 +38,7 @@ class Sweeper:
         signals: Signals | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        signals = signals or Signals(settings.in_process_signals)
+        signals = signals or signals_of(settings)
         ctx = Context(settings, stores, clock, signals, metrics or Metrics())
         self.metrics = ctx.metrics
         self.stores = stores
@@ -54,7 +54,7 @@ class Sweeper:
         cutoff = self.liveness.cutoff(now)
         retention_cutoff = now - self.settings.inactive_retention_seconds
         counts = dict.fromkeys(COUNTS, 0)
-        gone: set[str] = set()
+        gone: dict[str, set[str]] = {}
         for name, session_id in await llms.stale(cutoff):
             try:
                 await llms.expire_if_stale(name, cutoff, now)
@@ -63,10 +63,11 @@ class Sweeper:
                 continue
             counts["inactive"] += 1
             if session_id:
-                gone.add(session_id)
-        for session_id in gone:
+                gone.setdefault(session_id, set()).add(name)
+        # Expiry is per row: the session's other names may be alive and well.
+        for session_id, names in gone.items():
             counts["failedPending"] += await self.endings.fail_queued(
-                session_id, "its publisher went offline"
+                session_id, "its publisher went offline", llms=names
             )
         for name in await llms.retired(retention_cutoff):
             try:
@@ -74,7 +75,7 @@ class Sweeper:
                 counts["deleted"] += 1
             except ConditionFailedError:
                 counts["raced"] += 1
-        for task_id in await self.stores.tasks.expired_leases(now):
+        for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
         self.metrics.publishers_online(len(await llms.live_sessions(cutoff)))
         if any(counts.values()):
@@ -82,8 +83,8 @@ class Sweeper:
         return counts
 
     async def _expire_lease(self, task_id: str, now: float) -> str:
-        tasks = self.stores.tasks
-        task = await tasks.get(task_id, now)
+        leases = self.stores.leases
+        task = await self.stores.tasks.get(task_id, now)
         if task is None or task.state is not TaskState.CLAIMED:
             return "raced"
         session = await self.stores.sessions.get(task.session_id)
@@ -91,17 +92,34 @@ class Sweeper:
         young = now - task.created_at < self.settings.max_task_seconds
         try:
             if alive and young and session is not None:
-                if session.generation == task.claimed_generation:
-                    # The publisher that holds it is alive and the same process: still working.
-                    await tasks.extend_lease_if_expired(task_id, now)
+                same = session.generation == task.claimed_generation
+                if same and confirmed(session, task) is not False:
+                    # The publisher that holds it lives, is the same process, and runs it
+                    # (or does not say what it runs: an older publisher).
+                    await leases.extend_if_expired(task_id, now)
                     return "extended"
+                # It restarted, or says it does not run it (a poll answer lost on the
+                # way, a task it gave up on): hand it out again if nothing was sent.
                 if task.attempts < MAX_ATTEMPTS and not task.sent_any:
-                    await tasks.requeue_if_lease_expired(task_id, now)
+                    await leases.requeue_if_expired(task_id, now)
                     self.signals.notify(session_key(task.session_id), task_id)
                     return "requeued"
         except ConditionFailedError:
             return "raced"
         return "failed" if await self.endings.fail_lost_lease(task) else "raced"
+
+
+def confirmed(session: SessionRecord, task: TaskRecord) -> bool | None:
+    """Does the session's publisher say it runs the task? None when it cannot tell: the
+    publisher never says (an older one), or its last word came too soon after the claim
+    to have seen the task (half a lease: a heartbeat sent before the poll answer
+    arrived may land after the claim)."""
+    if session.confirmed_at is None:
+        return None
+    if task.id in session.running:
+        return True
+    claimed_at = task.claimed_at or task.created_at
+    return None if session.confirmed_at - claimed_at < task.lease_seconds / 2 else False
 
 
 class SweepRunner:

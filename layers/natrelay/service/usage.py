@@ -86,6 +86,11 @@ class Usage:
                 raise _refusal(principal, seen, minute, now) from exc
         raise AssertionError("unreachable")
 
+    async def release(self, principal: Principal, admission: Admission) -> None:
+        """Give back the concurrency slot of a request that did not run after all."""
+        if admission.slot is not None:
+            await self.usage.free_slots(principal.key_id, admission.day, {admission.slot})
+
     async def record(self, task: TaskRecord, *, body: Any = None, error: bool = False) -> None:
         """Record what a task of a client used, once it has ended; frees its slot."""
         if task.client_key is None:

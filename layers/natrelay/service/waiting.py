@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 
 from natrelay.errors import TaskNotFoundError, TaskTimeoutError
@@ -10,6 +9,7 @@ from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings, task_key
 from natrelay.service.outcomes import Outcome, task_error
+from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, StreamRead, TaskRecord
 from natrelay.wire import Role, TaskState
 
@@ -93,7 +93,8 @@ class Waiting:
         """The finished task's answer, or the error it ended with (raised)."""
         if task.state is TaskState.COMPLETED:
             raw = await self.stores.tasks.result(task)
-            return Outcome(status=task.status or 200, body=json.loads(raw) if raw else None)
+            body = public_model(loads_stored(raw), task.llm) if raw else None
+            return Outcome(status=task.status or 200, body=body)
         raise task_error(task)
 
     async def stream(

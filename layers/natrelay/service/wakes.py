@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import anyio
+
 from natrelay.errors import LlmNotFoundError, PublisherOfflineError
 from natrelay.service.context import Context
 from natrelay.service.endings import session_key
@@ -56,22 +58,31 @@ class Wakes:
                     return old.wake_id
                 continue  # the marker expired between the read and our write: try again
             assert row.session_id is not None
-            await self.stores.tasks.put(
-                NewTask(
-                    id=wake_id,
-                    kind=TaskKind.WAKE,
-                    llm=row.name,
-                    session_id=row.session_id,
-                    created_at=now,
-                    expires_at=now + window + self.settings.result_retention_seconds,
-                    lease_seconds=window,
+            try:
+                await self.stores.tasks.put(
+                    NewTask(
+                        id=wake_id,
+                        kind=TaskKind.WAKE,
+                        llm=row.name,
+                        session_id=row.session_id,
+                        created_at=now,
+                        expires_at=now + window + self.settings.result_retention_seconds,
+                        lease_seconds=window,
+                    )
                 )
-            )
+            except BaseException:
+                # A marker with no wake task behind it would hold every request of the
+                # row until its deadline: take it back.
+                with anyio.CancelScope(shield=True):
+                    await self.stores.llms.clear_wake(row.name, wake_id, activate=False)
+                raise
             self.signals.notify(session_key(row.session_id), wake_id)
             self.metrics.wake("started")
             log.info("wake %s of %s queued", wake_id, row.name)
             return wake_id
-        raise PublisherOfflineError(f"could not start a wake of {row.name}; try again")
+        raise PublisherOfflineError(
+            f"could not start a wake of {row.name}; try again", retry_after=1, retryable=True
+        )
 
     async def finished(self, task: TaskRecord, ok: bool, error: object | None) -> None:
         """A wake task ended: clear its marker; on success the row becomes active."""

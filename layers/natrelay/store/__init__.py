@@ -10,10 +10,13 @@ from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.errors import ConditionFailedError, SameResultError
+from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
+from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
 from natrelay.store.records import (
     Chunk,
+    IdempotencyRecord,
     KeyRecord,
     LlmRecord,
     NewTask,
@@ -38,6 +41,8 @@ class Stores:
     llms: DynamoLlmStore
     sessions: DynamoSessionStore
     tasks: DynamoTaskStore
+    leases: DynamoLeaseStore
+    idempotency: DynamoIdempotencyStore
     chunks: DynamoChunkStore
     keys: DynamoKeyStore
     usage: DynamoUsageStore
@@ -54,6 +59,8 @@ class Stores:
             llms=llms,
             sessions=DynamoSessionStore(client, tasks_table, llms, keys),
             tasks=DynamoTaskStore(client, tasks_table),
+            leases=DynamoLeaseStore(client, tasks_table),
+            idempotency=DynamoIdempotencyStore(client, tasks_table),
             chunks=DynamoChunkStore(client, tasks_table),
             keys=keys,
             usage=DynamoUsageStore(client, keys_table),
@@ -72,11 +79,14 @@ __all__ = [
     "Chunk",
     "ConditionFailedError",
     "DynamoChunkStore",
+    "DynamoIdempotencyStore",
     "DynamoKeyStore",
+    "DynamoLeaseStore",
     "DynamoLlmStore",
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
+    "IdempotencyRecord",
     "KeyRecord",
     "LlmRecord",
     "NameHeldError",

@@ -35,6 +35,7 @@ STATUS_IS = "#status = :status"
 HEARTBEAT_BEFORE = "lastHeartbeatAt < :cutoff"
 WAKE_FREE = "(attribute_not_exists(wakeId) OR wakeDeadline < :now)"
 WAKE_IS = "wakeId = :wake"
+NOT_EXPIRED = "(attribute_not_exists(expiresAt) OR expiresAt > :now)"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()

@@ -1,7 +1,9 @@
 """The items of a task's partition (pk `task#<id>`): keys, codec, large payloads.
 
-sk `m` is the task, `c#<seq>` its stream chunks, `q#<n>` / `r#<n>` the parts of a
-request / result too large for one item. Chunks sort before `m`, so one Query reads
+sk `m` is the task, `c#<seq>` its stream chunks, `q#<n>` the parts of a request too
+large for one item, `r#<result hash prefix>#<n>` those of a result: the task item names
+the parts of the result it accepted (`resultParts`), so parts a refused post wrote are
+never read. Chunks sort before `m`, so one Query reads
 the new chunks and the task's state together.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from natrelay.store._dynamo import Item, encode, items, split, values
+from natrelay.store._dynamo import Item, condition, decode, encode, items, split, values
 from natrelay.store.records import TaskRecord
 from natrelay.wire import TaskKind, TaskState
 
@@ -60,11 +62,18 @@ def task_record(item: Item) -> TaskRecord:
         result_size=int(item.get("resultSize", 0)),
         result=item.get("result"),
         result_hash=item.get("resultHash"),
+        result_parts=item.get("resultParts"),
         error=item.get("error"),
         client_key=item.get("clientKey"),
         usage_day=item.get("usageDay"),
         slot=item.get("slot"),
+        expires_at=item.get("expiresAt"),
     )
+
+
+def result_parts(digest: str) -> str:
+    """The sk prefix of the parts of the result whose hash is `digest`."""
+    return f"r#{digest[:16]}"
 
 
 def result_hash(status: int, body: bytes | None, error: dict[str, Any] | None) -> str:
@@ -110,3 +119,47 @@ def read_parts(client: Any, table: str, task_id: str, prefix: str) -> bytes:
         ConsistentRead=True,
     )
     return b"".join(part["data"] for part in parts)
+
+
+def force_end(
+    client: Any,
+    table: str,
+    task_id: str,
+    state: TaskState,
+    *,
+    status: int,
+    error: dict[str, Any],
+    now: float,
+    expires_at: float,
+    only_if: str = "",
+    **cond_values: Any,
+) -> TaskRecord:
+    """End a task that is not done yet (and meets `only_if`) in `state`;
+    ConditionFailedError otherwise."""
+    cond = "#state IN (:pending, :claimed)" + (f" AND {only_if}" if only_if else "")
+    with condition(f"task {task_id} already done"):
+        raw = client.update_item(
+            TableName=table,
+            Key=task_key(task_id),
+            UpdateExpression="SET #state = :new, #error = :error, updatedAt = :now, "
+            "expiresAt = :exp, #status = :status REMOVE #queue, leaseShard",
+            ConditionExpression=cond,
+            ExpressionAttributeNames={
+                **STATE_NAMES,
+                "#queue": "queue",
+                "#error": "error",
+                "#status": "status",
+            },
+            ExpressionAttributeValues=values(
+                pending=TaskState.PENDING.value,
+                claimed=TaskState.CLAIMED.value,
+                new=state.value,
+                error=error,
+                now=now,
+                exp=int(expires_at),
+                status=status,
+                **cond_values,
+            ),
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+    return task_record(decode(raw))

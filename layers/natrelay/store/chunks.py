@@ -23,13 +23,14 @@ class DynamoChunkStore:
         self._table = table
 
     @off_loop
-    def put_chunk(self, task_id: str, seq: int, data: bytes) -> None:
-        """Store chunk batch `seq`; the same content twice is harmless, other content
-        raises ConditionFailedError."""
+    def put_chunk(self, task_id: str, seq: int, data: bytes, expires_at: float) -> None:
+        """Store chunk batch `seq`, kept until `expires_at`; the same content twice is
+        harmless, other content raises ConditionFailedError."""
+        item = {"pk": f"task#{task_id}", "sk": seq_key(seq), "data": data}
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item=encode({"pk": f"task#{task_id}", "sk": seq_key(seq), "data": data}),
+                Item=encode({**item, "expiresAt": int(expires_at)}),
                 ConditionExpression="attribute_not_exists(pk) OR #data = :data",
                 ExpressionAttributeNames={"#data": "data"},
                 ExpressionAttributeValues=values(data=data),

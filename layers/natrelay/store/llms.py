@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from natrelay.store._dynamo import (
@@ -35,6 +36,12 @@ _TAKEOVER = (
 )
 
 
+def _extra_config(stored: Any) -> dict[str, Any]:
+    if isinstance(stored, str):  # JSON text; older rows hold a map
+        stored = json.loads(stored)
+    return stored if isinstance(stored, dict) else {}
+
+
 def row_record(item: Item) -> LlmRecord:
     return LlmRecord(
         name=item["name"],
@@ -43,7 +50,7 @@ def row_record(item: Item) -> LlmRecord:
         model=item.get("model", ""),
         tier=item.get("tier"),
         description=item.get("description"),
-        extra_config=item.get("extraConfig") or {},
+        extra_config=_extra_config(item.get("extraConfig")),
         status=LlmStatus(item["status"]),
         session_id=item.get("sessionId"),
         owner=item.get("owner"),
@@ -103,7 +110,9 @@ class DynamoLlmStore:
             "model": spec.model,
             "tier": spec.tier,
             "description": spec.description,
-            "extraConfig": spec.extra_config or None,
+            # JSON text, not a map: any JSON fits (maps are limited to 32 levels and
+            # numbers to 38 digits)
+            "extraConfig": json.dumps(spec.extra_config) if spec.extra_config else None,
             "status": spec.initial_status.value,
             "sessionId": session_id,
             "owner": owner,
@@ -140,9 +149,41 @@ class DynamoLlmStore:
     # --- a session's rows ------------------------------------------------------------
 
     @off_loop
-    def beat(self, name: str, session_id: str, status: LlmStatus, now: float) -> LlmRecord:
-        """Refresh the row's heartbeat and status; ConditionFailedError if the session
-        no longer holds it."""
+    def beat(
+        self, name: str, session_id: str, now: float, *, status: LlmStatus | None, revive: LlmStatus
+    ) -> LlmRecord:
+        """Refresh the row's heartbeat; ConditionFailedError if the session no longer
+        holds it.
+
+        `status`: what the publisher just reported, written as is. None: the status is
+        left as the relay has it (a finished wake may have set it after the caller read
+        the session), unless the row went inactive: then it comes back as `revive`.
+        """
+        if status is not None:
+            return self._beat(name, session_id, now, status)
+        try:
+            with condition(f"row {name} is inactive or not held", row_record):
+                raw = self._client.update_item(
+                    TableName=self.table,
+                    Key=self._key(name),
+                    UpdateExpression="SET lastHeartbeatAt = :now, sweepState = :live, "
+                    "sweepAt = :now",
+                    ConditionExpression=f"{SESSION_IS} AND #status <> :inactive",
+                    ExpressionAttributeNames={"#status": "status"},
+                    ExpressionAttributeValues=values(
+                        now=now, live=LIVE, sid=session_id, inactive=LlmStatus.INACTIVE.value
+                    ),
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )["Attributes"]
+        except ConditionFailedError as exc:
+            old = exc.record
+            if not isinstance(old, LlmRecord) or old.session_id != session_id:
+                raise
+            return self._beat(name, session_id, now, revive)  # swept: it comes back
+        return row_record(decode(raw))
+
+    def _beat(self, name: str, session_id: str, now: float, status: LlmStatus) -> LlmRecord:
         with condition(f"row {name} is no longer held by session {session_id}"):
             raw = self._client.update_item(
                 TableName=self.table,

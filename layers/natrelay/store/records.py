@@ -44,6 +44,9 @@ class SessionRecord:
     generation: int
     # The publisher key that created the session: the only one that may use it.
     owner: str | None = None
+    # The tasks the publisher last said it runs, and when (None: it never says).
+    running: frozenset[str] = frozenset()
+    confirmed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,16 @@ class TaskRecord:
     result_size: int = 0
     result: bytes | None = None
     result_hash: str | None = None
+    # The sk prefix of the accepted result's parts (None: inline, or an older item's `r`).
+    result_parts: str | None = None
     error: dict[str, Any] | None = None
     client_key: str | None = None
     usage_day: str | None = None
     slot: str | None = None
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at < now
 
 
 @dataclass(frozen=True)
@@ -153,3 +162,15 @@ class UsageRecord:
     inflight: frozenset[str] = frozenset()
     # Requests counted in each minute of the day, by `HHMM`.
     minutes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A client key's Idempotency-Key (only its hash is kept) and the task it started."""
+
+    client_key: str
+    key_hash: str
+    task_id: str
+    # The SHA-256 of the request the key was first used with.
+    request_hash: str
+    expires_at: float

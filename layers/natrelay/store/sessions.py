@@ -29,6 +29,8 @@ def session_record(item: Item) -> SessionRecord:
         heartbeat_at=item.get("heartbeatAt", 0.0),
         generation=int(item.get("generation", 0)),
         owner=item.get("owner"),
+        running=frozenset(item.get("running") or ()),
+        confirmed_at=item.get("confirmedAt"),
     )
 
 
@@ -141,20 +143,31 @@ class DynamoSessionStore:
 
     @off_loop
     def touch(
-        self, session_id: str, statuses: dict[str, LlmStatus], now: float, expires_at: float
+        self,
+        session_id: str,
+        reported: dict[str, LlmStatus],
+        now: float,
+        expires_at: float,
+        running: list[str] | None = None,
     ) -> None:
-        """Record a heartbeat and the statuses; ConditionFailedError if the session is gone."""
+        """Record a heartbeat, the statuses the publisher reported (only those: a status
+        the relay recorded since the caller read the session stays) and, if it says,
+        the tasks it runs; ConditionFailedError if the session is gone."""
+        names = {f"#s{i}": name for i, name in enumerate(reported)}
+        sets = ["heartbeatAt = :now", "expiresAt = :exp"]
+        sets += [f"statuses.{ref} = :s{i}" for i, ref in enumerate(names)]
+        vals: dict[str, Any] = {f"s{i}": s.value for i, s in enumerate(reported.values())}
+        if running is not None:
+            sets += ["running = :running", "confirmedAt = :now"]
+            vals["running"] = list(running)
         with condition(f"session {session_id} is gone"):
             self._client.update_item(
                 TableName=self.table,
                 Key=self._key(session_id),
-                UpdateExpression="SET heartbeatAt = :now, statuses = :statuses, expiresAt = :exp",
+                UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression=_EXISTS,
-                ExpressionAttributeValues=values(
-                    now=now,
-                    statuses={k: v.value for k, v in statuses.items()},
-                    exp=int(expires_at),
-                ),
+                **({"ExpressionAttributeNames": names} if names else {}),  # type: ignore[arg-type]
+                ExpressionAttributeValues=values(now=now, exp=int(expires_at), **vals),
             )
 
     @off_loop

@@ -3,13 +3,15 @@ lifecycle, pending -> claimed -> completed | failed | cancelled."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
 
 from natrelay.store._dynamo import (
     CLAIMED_BY,
-    LEASE_EXPIRED,
     NOT_EXISTS,
-    NOTHING_SENT,
+    NOT_EXPIRED,
     STATE_IS,
     Item,
     condition,
@@ -24,14 +26,17 @@ from natrelay.store._task_items import (
     LEASE_SHARD,
     STATE_NAMES,
     WAKE_PRIORITY,
+    force_end,
     read_parts,
     result_hash,
+    result_parts,
     task_key,
     task_record,
     write_parts,
 )
 from natrelay.store.errors import ConditionFailedError, SameResultError
-from natrelay.store.records import NewTask, TaskRecord
+from natrelay.store.idempotency import claim_op, idempotency_record
+from natrelay.store.records import IdempotencyRecord, NewTask, TaskRecord
 from natrelay.wire import TaskKind, TaskState
 
 if TYPE_CHECKING:
@@ -53,7 +58,13 @@ class DynamoTaskStore:
     # --- lifecycle -------------------------------------------------------------------
 
     @off_loop
-    def put(self, task: NewTask) -> None:
+    def put(
+        self, task: NewTask, once: IdempotencyRecord | None = None, replacing: str | None = None
+    ) -> None:
+        """Write a pending task. With `once`, also make that idempotency record the
+        client key's, in one transaction: if another live record holds the key (not
+        the one naming `replacing`, a task found gone), nothing is written and
+        ConditionFailedError's `record` is that IdempotencyRecord."""
         item: Item = {
             "pk": f"task#{task.id}",
             "sk": "m",
@@ -87,13 +98,37 @@ class DynamoTaskStore:
                     data=task.request,
                     expires_at=task.expires_at,
                 )
-        with condition(f"task {task.id} exists"):
-            self._client.put_item(
-                TableName=self._table,
-                Item=encode(item),
-                ConditionExpression=NOT_EXISTS,
-                ExpressionAttributeNames={"#pk": "pk"},
-            )
+        if once is None:
+            with condition(f"task {task.id} exists"):
+                self._client.put_item(
+                    TableName=self._table,
+                    Item=encode(item),
+                    ConditionExpression=NOT_EXISTS,
+                    ExpressionAttributeNames={"#pk": "pk"},
+                )
+            return
+        ops = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": encode(item),
+                    "ConditionExpression": NOT_EXISTS,
+                    "ExpressionAttributeNames": {"#pk": "pk"},
+                }
+            },
+            claim_op(self._table, once, task.created_at, replacing),
+        ]
+        try:
+            self._client.transact_write_items(TransactItems=ops)  # type: ignore[arg-type]
+        except ClientError as exc:
+            reasons = exc.response.get("CancellationReasons", [])
+            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                held = reasons[1].get("Item")
+                raise ConditionFailedError(
+                    "the Idempotency-Key already started a task",
+                    record=idempotency_record(decode(held)) if held else None,
+                ) from exc
+            raise
 
     @off_loop
     def get(self, task_id: str, now: float) -> TaskRecord | None:
@@ -116,7 +151,21 @@ class DynamoTaskStore:
     def result(self, task: TaskRecord) -> bytes | None:
         if task.result is not None or not task.result_size:
             return task.result
-        return read_parts(self._client, self._table, task.id, "r")
+        return read_parts(self._client, self._table, task.id, task.result_parts or "r")
+
+    @off_loop
+    def queued(self, session_id: str) -> list[str]:
+        """Ids of every pending task of a session, through every page of the index."""
+        found = items(
+            self._client,
+            "query",
+            TableName=self._table,
+            IndexName="byQueue",
+            KeyConditionExpression="#queue = :sid",
+            ExpressionAttributeNames={"#queue": "queue"},
+            ExpressionAttributeValues=values(sid=session_id),
+        )
+        return [item["pk"].removeprefix("task#") for item in found]
 
     @off_loop
     def pending(self, session_id: str, limit: int) -> list[str]:
@@ -135,17 +184,20 @@ class DynamoTaskStore:
     def claim(
         self, task_id: str, session_id: str, *, key: str, generation: int, now: float
     ) -> TaskRecord:
-        """pending -> claimed for this session of publisher key `key`;
-        ConditionFailedError if someone else got it."""
-        with condition(f"task {task_id} is no longer pending"):
+        """pending -> claimed for this session of publisher key `key`, unless it expired.
+
+        ConditionFailedError (`record`: the task as it was) if someone else got it, it
+        ended, or it expired while queued.
+        """
+        with condition(f"task {task_id} is no longer pending", task_record):
             raw = self._client.update_item(
                 TableName=self._table,
                 Key=task_key(task_id),
                 UpdateExpression="SET #state = :claimed, claimedBy = :sid, claimedKey = :key, "
-                "claimedAt = :now, claimedGeneration = :gen, leaseShard = :shard, "
+                "claimedGeneration = :gen, claimedAt = :now, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now "
                 "ADD attempts :one REMOVE #queue",
-                ConditionExpression=f"{STATE_IS} AND sessionId = :sid",
+                ConditionExpression=f"{STATE_IS} AND sessionId = :sid AND {NOT_EXPIRED}",
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(
                     state=TaskState.PENDING.value,
@@ -158,6 +210,7 @@ class DynamoTaskStore:
                     one=1,
                 ),
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )["Attributes"]
         return task_record(decode(raw))
 
@@ -226,7 +279,12 @@ class DynamoTaskStore:
             sets.append("#result = :result")
             item["result"] = body
         elif body is not None:
-            write_parts(self._client, self._table, task_id, "r", data=body, expires_at=expires_at)
+            # Parts are keyed by the result's hash: a post that loses the condition below
+            # writes parts no task item names, so they are never read.
+            parts = result_parts(digest)
+            sets.append("resultParts = :resultParts")
+            item["resultParts"] = parts
+            write_parts(self._client, self._table, task_id, parts, data=body, expires_at=expires_at)
         vals = {k: v for k, v in item.items() if v is not None}
         try:
             with condition(f"task {task_id} is not claimed by {session_id}", task_record):
@@ -259,46 +317,6 @@ class DynamoTaskStore:
             raise
         return task_record(decode(raw))
 
-    def _force(
-        self,
-        task_id: str,
-        state: TaskState,
-        *,
-        status: int,
-        error: dict[str, Any],
-        now: float,
-        expires_at: float,
-        only_if: str = "",
-        **cond_values: Any,
-    ) -> TaskRecord:
-        cond = "#state IN (:pending, :claimed)" + (f" AND {only_if}" if only_if else "")
-        with condition(f"task {task_id} already done"):
-            raw = self._client.update_item(
-                TableName=self._table,
-                Key=task_key(task_id),
-                UpdateExpression="SET #state = :new, #error = :error, updatedAt = :now, "
-                "expiresAt = :exp, #status = :status REMOVE #queue, leaseShard",
-                ConditionExpression=cond,
-                ExpressionAttributeNames={
-                    **STATE_NAMES,
-                    "#queue": "queue",
-                    "#error": "error",
-                    "#status": "status",
-                },
-                ExpressionAttributeValues=values(
-                    pending=TaskState.PENDING.value,
-                    claimed=TaskState.CLAIMED.value,
-                    new=state.value,
-                    error=error,
-                    now=now,
-                    exp=int(expires_at),
-                    status=status,
-                    **cond_values,
-                ),
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
-        return task_record(decode(raw))
-
     @off_loop
     def end_unfinished(
         self,
@@ -311,80 +329,42 @@ class DynamoTaskStore:
         expires_at: float,
     ) -> TaskRecord:
         """Force a task that is not done yet into `state`; ConditionFailedError if done."""
-        return self._force(
-            task_id, state, status=status, error=error, now=now, expires_at=expires_at
+        return force_end(
+            self._client,
+            self._table,
+            task_id,
+            state,
+            status=status,
+            error=error,
+            now=now,
+            expires_at=expires_at,
         )
 
     @off_loop
     def fail_if_pending(
-        self, task_id: str, *, status: int, error: dict[str, Any], now: float, expires_at: float
+        self,
+        task_id: str,
+        *,
+        status: int,
+        error: dict[str, Any],
+        now: float,
+        expires_at: float,
+        llms: Collection[str] | None = None,
     ) -> TaskRecord:
-        """Fail a task nobody claimed yet; ConditionFailedError otherwise."""
-        return self._force(
-            task_id,
-            TaskState.FAILED,
-            status=status,
-            error=error,
-            now=now,
-            expires_at=expires_at,
-            only_if="#state = :pendingonly",
-            pendingonly=TaskState.PENDING.value,
-        )
-
-    @off_loop
-    def fail_if_lease_expired(
-        self, task_id: str, *, status: int, error: dict[str, Any], now: float, expires_at: float
-    ) -> TaskRecord:
-        """Fail a claimed task whose lease ran out; ConditionFailedError otherwise."""
-        return self._force(
-            task_id,
-            TaskState.FAILED,
-            status=status,
-            error=error,
-            now=now,
-            expires_at=expires_at,
-            only_if="leaseUntil < :cutoff",
-            cutoff=now,
-        )
-
-    @off_loop
-    def requeue_if_lease_expired(self, task_id: str, now: float) -> TaskRecord:
-        """Hand a claimed task whose lease ran out, nothing of it sent, out again."""
-        with condition(f"task {task_id} cannot be requeued"):
-            raw = self._client.update_item(
-                TableName=self._table,
-                Key=task_key(task_id),
-                UpdateExpression="SET #state = :pending, #queue = sessionId, updatedAt = :now "
-                "REMOVE claimedBy, claimedGeneration, leaseShard, leaseUntil",
-                ConditionExpression=f"{STATE_IS} AND {LEASE_EXPIRED} AND {NOTHING_SENT}",
-                ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
-                ExpressionAttributeValues=values(
-                    state=TaskState.CLAIMED.value, pending=TaskState.PENDING.value, now=now
-                ),
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
-        return task_record(decode(raw))
-
-    @off_loop
-    def extend_lease_if_expired(self, task_id: str, now: float) -> None:
-        with condition(f"task {task_id} changed"):
-            self._client.update_item(
-                TableName=self._table,
-                Key=task_key(task_id),
-                UpdateExpression="SET leaseUntil = :now + leaseSeconds",
-                ConditionExpression=f"{STATE_IS} AND {LEASE_EXPIRED}",
-                ExpressionAttributeNames=STATE_NAMES,
-                ExpressionAttributeValues=values(state=TaskState.CLAIMED.value, now=now),
-            )
-
-    @off_loop
-    def expired_leases(self, now: float) -> list[str]:
-        claimed = items(
+        """Fail a task nobody claimed yet (and, if `llms` is given, for one of those
+        LLMs); ConditionFailedError otherwise."""
+        names = {f"llm{i}": name for i, name in enumerate(sorted(llms or ()))}
+        only_for = f" AND llm IN ({', '.join(f':{k}' for k in names)})" if names else ""
+        return force_end(
             self._client,
-            "query",
-            TableName=self._table,
-            IndexName="byLease",
-            KeyConditionExpression="leaseShard = :shard AND leaseUntil < :now",
-            ExpressionAttributeValues=values(shard=LEASE_SHARD, now=now),
+            self._table,
+            task_id,
+            TaskState.FAILED,
+            status=status,
+            error=error,
+            now=now,
+            expires_at=expires_at,
+            only_if="#state = :pendingonly" + only_for,
+            pendingonly=TaskState.PENDING.value,
+            **names,
         )
-        return [item["pk"].removeprefix("task#") for item in claimed]

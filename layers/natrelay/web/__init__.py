@@ -8,6 +8,7 @@ their own tasks and usage; `ADMINS` keys, row deletion and everyone's usage.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,9 +23,33 @@ from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
+from natrelay.web.chat import ChatRequest, InferRequest
 from natrelay.web.errors import HANDLERS
 from natrelay.web.middleware import RequestContext
-from natrelay.wire import Paths, Role
+from natrelay.web.openapi import Operation, document, openapi_endpoint
+from natrelay.wire import (
+    ChunkAck,
+    ChunkBatch,
+    HeartbeatRequest,
+    KeyCreated,
+    KeyList,
+    KeySpec,
+    KeyView,
+    LlmList,
+    LlmRow,
+    ModelCard,
+    ModelList,
+    Paths,
+    PollRequest,
+    PollResponse,
+    RegisterRequest,
+    Role,
+    SessionRequest,
+    SessionResponse,
+    TaskResult,
+    TaskView,
+    UsageView,
+)
 
 Endpoint = Callable[[Request, Relay], Awaitable[Response]]
 
@@ -57,36 +82,66 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def _route(path: str, roles: frozenset[Role], endpoint: Endpoint, method: str) -> Route:
-    return Route(Paths.route(path), guarded(path, roles, endpoint), methods=[method])
+def _op(
+    method: str,
+    path: str,
+    roles: frozenset[Role],
+    endpoint: Endpoint,
+    summary: str,
+    **kw: Any,
+) -> Operation:
+    return Operation(method, path, roles, endpoint, summary, **kw)
 
 
+ONCE = ("Idempotency-Key",)
+OPERATIONS = [
+    _op("POST", Paths.REGISTER, PUBLISHERS, api.register, "register providers",
+        body=RegisterRequest, answer=SessionResponse),
+    _op("POST", Paths.HEARTBEAT, PUBLISHERS, api.heartbeat, "heartbeat",
+        body=HeartbeatRequest, answer=SessionResponse),
+    _op("POST", Paths.POLL, PUBLISHERS, api.poll, "long-poll for tasks",
+        body=PollRequest, answer=PollResponse),
+    _op("POST", Paths.DEREGISTER, PUBLISHERS, api.deregister, "deregister",
+        body=SessionRequest, answer=SessionResponse),
+    _op("GET", Paths.TASK_REQUEST, PUBLISHERS, api.task_request, "a claimed task's request",
+        params=("providerSessionId",)),
+    _op("POST", Paths.TASK_CHUNKS, PUBLISHERS, api.post_chunks, "post a chunk batch",
+        body=ChunkBatch, answer=ChunkAck),
+    _op("POST", Paths.TASK_RESULT, PUBLISHERS, api.post_result, "post a task's result",
+        body=TaskResult, answer=TaskView),
+    _op("GET", Paths.LLMS, CLIENTS, api.list_llms, "LLM rows", answer=LlmList),
+    _op("POST", Paths.INFER, CLIENTS, api.infer, "a chat request for this LLM",
+        body=InferRequest, stream=True, params=(*ONCE, "Prefer"), also={202: TaskView}),
+    _op("GET", Paths.LLM, CLIENTS, api.get_llm, "an LLM row", answer=LlmRow),
+    _op("DELETE", Paths.LLM, ADMINS, api.delete_llm, "delete a row, release its name",
+        status=204),
+    _op("GET", Paths.TASK, CLIENTS, api.get_task, "a task", answer=TaskView),
+    _op("DELETE", Paths.TASK, CLIENTS, api.cancel_task, "cancel a task", answer=TaskView),
+    _op("GET", Paths.TASK_EVENTS, CLIENTS, api.task_events, "a task's chunks as SSE",
+        answer=None, stream=True, params=("Last-Event-ID", "after")),
+    _op("POST", Paths.KEYS, ADMINS, admin.create_key, "create a key",
+        body=KeySpec, answer=KeyCreated, status=201),
+    _op("GET", Paths.KEYS, ADMINS, admin.list_keys, "keys", answer=KeyList),
+    _op("GET", Paths.KEY, ADMINS, admin.get_key, "a key", answer=KeyView),
+    _op("DELETE", Paths.KEY, ADMINS, admin.revoke_key, "revoke a key", answer=KeyView),
+    _op("GET", Paths.KEY_USAGE, ADMINS, admin.key_usage, "a key's usage",
+        answer=UsageView, params=("days",)),
+    _op("GET", Paths.USAGE, ANYONE, admin.own_usage, "the calling key's usage",
+        answer=UsageView, params=("days",)),
+    _op("GET", Paths.MODELS, CLIENTS, oa.list_models, "models", answer=ModelList),
+    _op("GET", Paths.MODEL, CLIENTS, oa.get_model, "a model", answer=ModelCard),
+    _op("POST", Paths.CHAT, CLIENTS, oa.chat_completions, "chat completions",
+        body=ChatRequest, stream=True, params=ONCE),
+]  # fmt: skip
+OPENAPI = document(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])
 ROUTES = [
     Route(Paths.HEALTH, healthz),
     Route(Paths.METRICS, admin.metrics),
-    _route(Paths.REGISTER, PUBLISHERS, api.register, "POST"),
-    _route(Paths.HEARTBEAT, PUBLISHERS, api.heartbeat, "POST"),
-    _route(Paths.POLL, PUBLISHERS, api.poll, "POST"),
-    _route(Paths.DEREGISTER, PUBLISHERS, api.deregister, "POST"),
-    _route(Paths.TASK_REQUEST, PUBLISHERS, api.task_request, "GET"),
-    _route(Paths.TASK_CHUNKS, PUBLISHERS, api.post_chunks, "POST"),
-    _route(Paths.TASK_RESULT, PUBLISHERS, api.post_result, "POST"),
-    _route(Paths.LLMS, CLIENTS, api.list_llms, "GET"),
-    _route(Paths.INFER, CLIENTS, api.infer, "POST"),
-    _route(Paths.LLM, CLIENTS, api.get_llm, "GET"),
-    _route(Paths.LLM, ADMINS, api.delete_llm, "DELETE"),
-    _route(Paths.TASK, CLIENTS, api.get_task, "GET"),
-    _route(Paths.TASK, CLIENTS, api.cancel_task, "DELETE"),
-    _route(Paths.TASK_EVENTS, CLIENTS, api.task_events, "GET"),
-    _route(Paths.KEYS, ADMINS, admin.create_key, "POST"),
-    _route(Paths.KEYS, ADMINS, admin.list_keys, "GET"),
-    _route(Paths.KEY, ADMINS, admin.get_key, "GET"),
-    _route(Paths.KEY, ADMINS, admin.revoke_key, "DELETE"),
-    _route(Paths.KEY_USAGE, ADMINS, admin.key_usage, "GET"),
-    _route(Paths.USAGE, ANYONE, admin.own_usage, "GET"),
-    _route(Paths.MODELS, CLIENTS, oa.list_models, "GET"),
-    _route(Paths.MODEL, CLIENTS, oa.get_model, "GET"),
-    _route(Paths.CHAT, CLIENTS, oa.chat_completions, "POST"),
+    Route(Paths.OPENAPI, openapi_endpoint(OPENAPI)),
+    *(
+        Route(Paths.route(op.path), guarded(op.path, op.roles, op.endpoint), methods=[op.method])
+        for op in OPERATIONS
+    ),
 ]
 
 

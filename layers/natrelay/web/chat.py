@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
+from natrelay.store import TaskRecord
 from natrelay.web.requests import parse
 from natrelay.web.sse import SSE_HEADERS, open_chat_stream
 
@@ -23,18 +26,64 @@ class ChatRequest(BaseModel):
     stream: bool = False
 
 
-async def run_chat(relay: Relay, principal: Principal, body: dict[str, Any]) -> Response:
+class InferRequest(BaseModel):
+    """A chat request for the LLM the path names (its `model` is replaced by it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key header, if it sent one (400 if unusable)."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise InvalidRequestError(
+            f"{IDEMPOTENCY_KEY} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+            param=IDEMPOTENCY_KEY,
+        )
+    return key
+
+
+async def submit(
+    relay: Relay,
+    principal: Principal,
+    name: str,
+    body: dict[str, Any],
+    *,
+    stream: bool,
+    key: str | None,
+) -> tuple[TaskRecord, bool]:
+    """Queue the request; with an Idempotency-Key, the key's first task if there is one
+    (True: an earlier request started it)."""
+    if key is None:
+        return await relay.queue.submit(principal, name, body, stream=stream), False
+    return await relay.queue.submit_once(principal, name, body, stream=stream, key=key)
+
+
+async def run_chat(
+    relay: Relay, principal: Principal, body: dict[str, Any], key: str | None = None
+) -> Response:
     chat = parse(ChatRequest, body)
     bind(model=chat.model)
     started = relay.clock()
-    task = await relay.queue.submit(principal, chat.model, body, stream=chat.stream)
+    task, earlier = await submit(relay, principal, chat.model, body, stream=chat.stream, key=key)
     if chat.stream:
+        budget = relay.settings.stream_timeout_seconds
         return StreamingResponse(
-            await open_chat_stream(relay, task, relay.settings.stream_timeout_seconds, started),
+            await open_chat_stream(relay, task, budget, fresh=not earlier, started=started),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    done = await relay.waiting.wait(task.id, relay.settings.request_timeout_seconds, fresh=True)
+    budget = relay.settings.request_timeout_seconds
+    done = await relay.waiting.wait(task.id, budget, fresh=not earlier)
     outcome = await relay.waiting.outcome(done)
     if done.claimed_at is not None and done.updated_at is not None:
         # what the publisher and its backend took is the time from claim to result

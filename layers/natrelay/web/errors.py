@@ -59,8 +59,22 @@ def status_of(exc: errors.RelayError) -> int:
     return 500
 
 
+def retry_helps(exc: errors.RelayError) -> bool:
+    """Whether a client retrying on its own may get another answer (the openai SDK
+    retries 408, 409, 429 and 5xx unless told `x-should-retry: false`). It may not when
+    the task still runs (a retry runs it again), the publisher is offline (no wake under
+    way), or the key's budget is spent until midnight."""
+    if isinstance(exc, errors.TaskTimeoutError | errors.BudgetExceededError):
+        return False
+    if isinstance(exc, errors.PublisherOfflineError):
+        return exc.retryable
+    return True
+
+
 def error_response(exc: errors.RelayError) -> JSONResponse:
     headers: dict[str, str] = {}
+    if not retry_helps(exc):
+        headers["x-should-retry"] = "false"
     if isinstance(exc, errors.PublisherOfflineError | errors.RateLimitError):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, errors.TaskTimeoutError):

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from natrelay.service import Relay
-from natrelay.web.chat import run_chat
+from natrelay.web.chat import idempotency_key, run_chat
+from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_object
-from natrelay.web.views import model_object
+from natrelay.web.views import model_card
+from natrelay.wire import ModelList
 
 
 async def list_models(request: Request, relay: Relay) -> Response:
     rows = await relay.catalog.serving_rows(caller(request))
-    return JSONResponse({"object": "list", "data": [model_object(r) for r in rows]})
+    return answer(ModelList(data=[model_card(r) for r in rows]))
 
 
 async def get_model(request: Request, relay: Relay) -> Response:
     row = await relay.catalog.get(caller(request), request.path_params["model"])
-    return JSONResponse(model_object(row))
+    return answer(model_card(row))
 
 
 async def chat_completions(request: Request, relay: Relay) -> Response:
-    return await run_chat(relay, caller(request), await read_object(request, relay.settings))
+    body = await read_object(request, relay.settings)
+    return await run_chat(relay, caller(request), body, idempotency_key(request))

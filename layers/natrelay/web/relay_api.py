@@ -7,8 +7,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.service import Relay
 from natrelay.web import views
-from natrelay.web.chat import run_chat
-from natrelay.web.requests import caller, read_model, read_object
+from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
+from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
     ChunkAck,
@@ -103,11 +103,14 @@ async def delete_llm(request: Request, relay: Relay) -> Response:
 async def infer(request: Request, relay: Relay) -> Response:
     """A chat-completions body for the named LLM; `Prefer: respond-async` answers 202."""
     body = await read_object(request, relay.settings)
+    body.pop("model", None)
+    parse(InferRequest, body)
     body["model"] = request.path_params["name"]
+    key = idempotency_key(request)
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
     if "respond-async" in prefer:
-        task = await relay.queue.submit(
-            caller(request), body["model"], body, stream=bool(body.get("stream"))
+        task, _ = await submit(
+            relay, caller(request), body["model"], body, stream=bool(body.get("stream")), key=key
         )
         location = f"/api/v1/tasks/{task.id}"
         return answer(
@@ -115,7 +118,7 @@ async def infer(request: Request, relay: Relay) -> Response:
             status=202,
             headers={"Location": location, "Preference-Applied": "respond-async"},
         )
-    return await run_chat(relay, caller(request), body)
+    return await run_chat(relay, caller(request), body, key)
 
 
 async def get_task(request: Request, relay: Relay) -> Response:
@@ -135,10 +138,10 @@ async def cancel_task(request: Request, relay: Relay) -> Response:
 
 async def task_events(request: Request, relay: Relay) -> Response:
     task_id = request.path_params["task_id"]
-    await relay.waiting.get_for(caller(request), task_id)  # 404 before the stream starts
+    task = await relay.waiting.get_for(caller(request), task_id)  # 404 before the stream starts
     last = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after"))
     return StreamingResponse(
-        task_events_body(relay, task_id, last, relay.settings.stream_timeout_seconds),
+        task_events_body(relay, task, last, relay.settings.stream_timeout_seconds),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

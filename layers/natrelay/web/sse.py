@@ -10,6 +10,7 @@ import anyio
 
 from natrelay.errors import RelayError, TaskTimeoutError
 from natrelay.service import Relay
+from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, TaskRecord
 from natrelay.web.errors import error_body
 from natrelay.web.views import task_view
@@ -28,35 +29,48 @@ async def _cancel_unless_done(relay: Relay, task_id: str, done: bool) -> None:
 
 
 async def open_chat_stream(
-    relay: Relay, task: TaskRecord, budget: float, started: float | None = None
+    relay: Relay,
+    task: TaskRecord,
+    budget: float,
+    *,
+    fresh: bool = True,
+    started: float | None = None,
 ) -> AsyncIterator[str]:
     """Wait for the first chunk before answering, so that a task that fails (or times
     out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
-    followed by an error event. Raises that error; otherwise returns the SSE body."""
-    chunks = relay.waiting.stream(task.id, budget=budget, submitted=task)
+    followed by an error event. Raises that error; otherwise returns the SSE body.
+
+    `fresh`: the task was just submitted (not found by its Idempotency-Key)."""
+    chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
     try:
         first = await anext(chunks, None)
     except RelayError:
         await chunks.aclose()
         raise
     relay.metrics.first_token(max(0.0, relay.clock() - (started or task.created_at)))
-    return chat_stream(relay, task.id, first, chunks)
+    return chat_stream(relay, task, first, chunks)
+
+
+def _objects(chunk: Chunk, name: str) -> list[Any]:
+    """A stored chunk batch as the client sees it: naming the relay's model."""
+    return [public_model(obj, name) for obj in loads_stored(chunk.data)]
 
 
 async def chat_stream(
-    relay: Relay, task_id: str, first: Chunk | None, rest: AsyncIterator[Chunk]
+    relay: Relay, task: TaskRecord, first: Chunk | None, rest: AsyncIterator[Chunk]
 ) -> AsyncIterator[str]:
     """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`.
 
     A client that goes away cancels the task, so the publisher stops the backend.
     """
     done = False
+    task_id = task.id
     try:
         if first is not None:
-            for obj in json.loads(first.data):
+            for obj in _objects(first, task.llm):
                 yield _data(obj)
             async for chunk in rest:
-                for obj in json.loads(chunk.data):
+                for obj in _objects(chunk, task.llm):
                     yield _data(obj)
         done = True
         yield "data: [DONE]\n\n"
@@ -79,7 +93,7 @@ def parse_event_id(value: str | None) -> tuple[int, int]:
 
 
 async def task_events_body(
-    relay: Relay, task_id: str, last: tuple[int, int], budget: float
+    relay: Relay, task: TaskRecord, last: tuple[int, int], budget: float
 ) -> AsyncIterator[str]:
     """Each chunk as an event with id `<seq>:<index>`; a final `end` event with the task.
 
@@ -87,10 +101,11 @@ async def task_events_body(
     budget has no `end` event: reconnect with the last id.
     """
     seq, index = last
+    task_id = task.id
     try:
         # re-read the batch of the last event seen; its events up to `index` are skipped
         async for chunk in relay.waiting.stream(task_id, after_seq=max(seq - 1, -1), budget=budget):
-            for i, obj in enumerate(json.loads(chunk.data)):
+            for i, obj in enumerate(_objects(chunk, task.llm)):
                 if chunk.seq == seq and i <= index:
                     continue
                 yield f"id: {chunk.seq}:{i}\n" + _data(obj)

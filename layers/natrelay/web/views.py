@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from natrelay.service import Registration
+from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
     ErrorInfo,
     KeyCreated,
     KeyView,
     LlmRow,
+    ModelCard,
     PolledTask,
     SessionResponse,
     TaskView,
@@ -57,7 +59,7 @@ def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
         stream=task.stream,
         chunk_count=task.chunk_count,
         status=task.status,
-        result=json.loads(result) if result else None,
+        result=public_model(loads_stored(result), task.llm) if result else None,
         error=error,
     )
 
@@ -86,17 +88,15 @@ def polled_task(task: TaskRecord) -> PolledTask:
     )
 
 
-def model_object(row: LlmRecord) -> dict[str, Any]:
+def model_card(row: LlmRecord) -> ModelCard:
     """A row as an OpenAI model object."""
-    return {
-        "id": row.name,
-        "object": "model",
-        "created": int(row.created_at or 0),
-        "owned_by": "natrelay",
-        "status": row.status.value,
-        "tier": row.tier,
-        "description": row.description,
-    }
+    return ModelCard(
+        id=row.name,
+        created=int(row.created_at or 0),
+        status=row.status,
+        tier=row.tier,
+        description=row.description,
+    )
 
 
 def key_view(key: KeyRecord, now: float) -> KeyView:

@@ -1,0 +1,100 @@
+"""Leases of claimed tasks (the `byLease` index of the tasks table): what the sweep
+finds past its deadline, and how each such task is extended, handed out again or
+failed. Every transition is conditional on the lease having run out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from natrelay.store._dynamo import (
+    LEASE_EXPIRED,
+    NOTHING_SENT,
+    STATE_IS,
+    condition,
+    decode,
+    items,
+    off_loop,
+    values,
+)
+from natrelay.store._task_items import (
+    LEASE_SHARD,
+    STATE_NAMES,
+    force_end,
+    task_key,
+    task_record,
+)
+from natrelay.store.records import TaskRecord
+from natrelay.wire import TaskState
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class DynamoLeaseStore:
+    """Claimed tasks by lease deadline. A lost condition (the task changed meanwhile)
+    raises ConditionFailedError."""
+
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    @off_loop
+    def expired(self, now: float) -> list[str]:
+        """Ids of claimed tasks whose lease ran out before `now`."""
+        claimed = items(
+            self._client,
+            "query",
+            TableName=self._table,
+            IndexName="byLease",
+            KeyConditionExpression="leaseShard = :shard AND leaseUntil < :now",
+            ExpressionAttributeValues=values(shard=LEASE_SHARD, now=now),
+        )
+        return [item["pk"].removeprefix("task#") for item in claimed]
+
+    @off_loop
+    def extend_if_expired(self, task_id: str, now: float) -> None:
+        with condition(f"task {task_id} changed"):
+            self._client.update_item(
+                TableName=self._table,
+                Key=task_key(task_id),
+                UpdateExpression="SET leaseUntil = :now + leaseSeconds",
+                ConditionExpression=f"{STATE_IS} AND {LEASE_EXPIRED}",
+                ExpressionAttributeNames=STATE_NAMES,
+                ExpressionAttributeValues=values(state=TaskState.CLAIMED.value, now=now),
+            )
+
+    @off_loop
+    def requeue_if_expired(self, task_id: str, now: float) -> TaskRecord:
+        """Hand a claimed task whose lease ran out, nothing of it sent, out again."""
+        with condition(f"task {task_id} cannot be requeued"):
+            raw = self._client.update_item(
+                TableName=self._table,
+                Key=task_key(task_id),
+                UpdateExpression="SET #state = :pending, #queue = sessionId, updatedAt = :now "
+                "REMOVE claimedBy, claimedGeneration, claimedAt, leaseShard, leaseUntil",
+                ConditionExpression=f"{STATE_IS} AND {LEASE_EXPIRED} AND {NOTHING_SENT}",
+                ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
+                ExpressionAttributeValues=values(
+                    state=TaskState.CLAIMED.value, pending=TaskState.PENDING.value, now=now
+                ),
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        return task_record(decode(raw))
+
+    @off_loop
+    def fail_if_expired(
+        self, task_id: str, *, status: int, error: dict[str, Any], now: float, expires_at: float
+    ) -> TaskRecord:
+        """Fail a claimed task whose lease ran out."""
+        return force_end(
+            self._client,
+            self._table,
+            task_id,
+            TaskState.FAILED,
+            status=status,
+            error=error,
+            now=now,
+            expires_at=expires_at,
+            only_if="leaseUntil < :cutoff",
+            cutoff=now,
+        )
