@@ -143,3 +143,15 @@ class BudgetExceededError(RateLimitError):
     """Over the key's tokens per day."""
 
     code = ErrorCode.BUDGET_EXCEEDED
+
+
+class QueueFullError(RateLimitError):
+    """Every member of the pool is busy and its queue holds as many as it may."""
+
+    code = ErrorCode.QUEUE_FULL
+
+
+class QueueTimeoutError(PublisherOfflineError):
+    """The request waited its longest in the pool's queue; nobody took it."""
+
+    code = ErrorCode.QUEUE_TIMEOUT

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     # Wake waiting polls and clients in this process at once (long-lived mode).
     in_process_signals: bool = True
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    # Pools: requests wait in a pool's queue while every member is busy, at most this
+    # many (beyond it, 429 queue_full; 0: no limit, and no queue read per request), ...
+    max_queue_depth: int = Field(default=1000, ge=0)
+    # ... each at most this long (0: the request's own budget), then 503 queue_timeout.
+    max_queue_wait_seconds: float = Field(default=0, ge=0)
+    # Wake one more hibernating member when the oldest request has waited this long
+    # with every active member busy (0: off).
+    wake_after_queue_seconds: float = Field(default=0, ge=0)
     # Logs: JSON lines with the request id (json), or human-readable (text).
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

@@ -66,31 +66,46 @@ class Signals:
     def __init__(self, enabled: bool = True, max_hints: int = 64, max_bytes: int = 1 << 20) -> None:
         self.enabled = enabled
         self.max_hints, self.max_bytes = max_hints, max_bytes
-        self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+        # Waiters by key, oldest first (a dict used as an ordered set).
+        self._listeners: defaultdict[str, dict[Listener, None]] = defaultdict(dict)
 
     def notify(self, key: str, payload: object | None = None, size: int = 0) -> None:
         """Wake the waiters of `key`, handing each `payload` (of `size` bytes) as a hint."""
         for listener in self._listeners.get(key, ()):
             listener.set(payload, size)
 
+    def notify_one(self, key: str, payload: object | None = None) -> None:
+        """Wake one waiter of `key`, the one that has waited longest (a pool's polls take
+        turns: one claim attempt instead of every idle member racing for the task)."""
+        listeners = self._listeners.get(key)
+        if listeners:
+            first = next(iter(listeners))
+            first.set(payload)
+            # to the back of the line: dicts keep insertion order
+            listeners.pop(first)
+            listeners[first] = None
+
     def held(self) -> int:
         """How many hints this process holds for waiters that have not taken them."""
         return sum(listener.held for group in self._listeners.values() for listener in group)
 
     @contextmanager
-    def listen(self, key: str) -> Iterator[Listener]:
-        """Register before checking DynamoDB, so a notification in between is not lost."""
+    def listen(self, *keys: str) -> Iterator[Listener]:
+        """Register before checking DynamoDB, so a notification in between is not lost.
+        One listener may wait on several keys (a poll on each pool it serves)."""
         listener = Listener(self.enabled, self.max_hints, self.max_bytes)
         if self.enabled:
-            self._listeners[key].add(listener)
+            for key in keys:
+                self._listeners[key][listener] = None
         try:
             yield listener
         finally:
-            listeners = self._listeners.get(key)
-            if listeners is not None:
-                listeners.discard(listener)
-                if not listeners:
-                    del self._listeners[key]
+            for key in keys:
+                listeners = self._listeners.get(key)
+                if listeners is not None:
+                    listeners.pop(listener, None)
+                    if not listeners:
+                        del self._listeners[key]
 
 
 class Pace:

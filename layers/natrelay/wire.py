@@ -78,6 +78,8 @@ class ErrorCode(StrEnum):
     SESSION_FORBIDDEN = "session_forbidden"
     KEY_NOT_FOUND = "key_not_found"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
     BUDGET_EXCEEDED = "budget_exceeded"
     TASK_NOT_CLAIMED = "task_not_claimed"
     TASK_CANCELLED = "task_cancelled"
@@ -166,6 +168,9 @@ class ProviderSpec(WireModel):
     # How long a wake of this provider may take (its recipe's maxWaitSeconds); the
     # relay adds a margin and uses it as the wake marker's deadline. None: cannot wake.
     wake_max_wait_seconds: float | None = Field(default=None, gt=0, le=3600)
+    # How many requests this publisher runs at once for this name (its share of the
+    # pool); shown to admins, and the most a poll hands it when it does not say `free`.
+    max_concurrency: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("extra_config")
     @classmethod
@@ -215,6 +220,11 @@ class PollRequest(WireModel):
     generation: int | None = Field(default=None, ge=0)
     # As in HeartbeatRequest: the tasks this publisher is running.
     running: list[TaskId] | None = None
+    # Free slots per provider name: a poll claims at most this many tasks of each name's
+    # pool. Left out: up to maxTasks of any of the session's names (older publishers).
+    free: dict[LlmName, Annotated[int, Field(ge=0, le=MAX_TASKS_PER_POLL)]] | None = Field(
+        default=None, max_length=MAX_PROVIDERS
+    )
 
 
 class SessionRequest(WireModel):
@@ -246,6 +256,18 @@ class TaskResult(WireModel):
 # --- relay -> publisher ----------------------------------------------------------
 
 
+class MemberView(Answer):
+    """One publisher session serving a pool, as clients and admins see it."""
+
+    # A short fingerprint of the session (never the id: that is its publisher's secret).
+    member: str
+    status: LlmStatus
+    last_heartbeat_at: str | None = None
+    max_concurrency: int | None = None
+    in_flight: int = 0
+    free_slots: int | None = None
+
+
 class LlmRow(Answer):
     name: str
     kind: str
@@ -258,6 +280,12 @@ class LlmRow(Answer):
     inactive_since: str | None = None
     created_at: str | None = None
     waking: bool = False
+    # The pool: its members (live publisher sessions serving the name; no session ids),
+    # how many requests wait for it, and how long the oldest has waited. Filled by
+    # GET /api/v1/llms/{name}.
+    members: list[MemberView] | None = None
+    queue_depth: int | None = None
+    oldest_queued_seconds: float | None = None
 
 
 class SessionResponse(Answer):

@@ -295,6 +295,11 @@ class Publisher:
                 max_tasks=free,
                 generation=self._generation,
                 running=sorted(self._running),
+                # per pool: a member takes no more of a name than its free slots (wakes
+                # meant for it come regardless)
+                free={
+                    name: min(slot.free, MAX_TASKS_PER_POLL) for name, slot in self._slots.items()
+                },
             )
             sent_at = time.monotonic()
             try:

@@ -85,4 +85,5 @@ class ProviderSlot:
             extra_config=extra,
             initial_status=self.status,
             wake_max_wait_seconds=self.wake_recipe.max_wait_seconds if self.wake_recipe else None,
+            max_concurrency=config.max_concurrency,
         )

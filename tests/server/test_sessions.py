@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from natrelay.errors import (
-    NameTakenError,
     PublisherOfflineError,
     SessionForbiddenError,
     SessionNotFoundError,
@@ -46,30 +45,34 @@ async def test_restart_with_the_same_session_takes_rows_back(
     assert rows[0].last_heartbeat_at == views.iso(clock.now)
 
 
-async def test_a_name_live_under_another_session_is_refused_and_nothing_is_written(
-    relay: Relay,
-) -> None:
-    holder = await register(relay, spec("a"))
-    with pytest.raises(NameTakenError) as info:
-        await register(relay, spec("fresh"), spec("a"))
-    # the message names the name, never the session holding it (a session id is a secret)
-    assert "'a'" in info.value.message and holder not in info.value.message
-    # all or nothing: the other provider of the refused registration was not created
-    assert [r.name for r in await relay.catalog.all(CLIENT)] == ["a"]
-    assert (await relay.catalog.get(CLIENT, "a")).session_id == holder
+async def test_another_session_of_the_key_joins_the_pool(relay: Relay, clock: FakeClock) -> None:
+    first = await register(relay, spec("a"))
+    second = await register(relay, spec("fresh"), spec("a"))
+    row = await relay.catalog.get(CLIENT, "a")
+    assert set(row.members) == {first, second}
+    assert [r.name for r in await relay.catalog.all(CLIENT)] == ["a", "fresh"]
+    # one member stops heartbeating: the pool serves on with the other
+    clock.advance(relay.settings.heartbeat_timeout_seconds / 2)
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=second))
+    clock.advance(relay.settings.heartbeat_timeout_seconds / 2 + 1)
+    row = await relay.catalog.get(CLIENT, "a")
+    assert [m.session_id for m in row.live_members(clock.now, 90)] == [second]
+    assert relay.catalog.status(row) is LlmStatus.ACTIVE
+    # the next heartbeat of the live member drops the dead one from the pool
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=second))
+    assert set((await relay.catalog.get(CLIENT, "a")).members) == {second}
 
 
-async def test_a_name_whose_session_went_quiet_is_taken_over(
+async def test_a_member_that_went_quiet_comes_back_into_its_pool(
     relay: Relay, clock: FakeClock
 ) -> None:
     old = await register(relay, spec("a"))
     clock.advance(relay.settings.heartbeat_timeout_seconds + 1)
     new = await register(relay, spec("a"))
     assert new != old
-    assert (await relay.catalog.get(CLIENT, "a")).session_id == new
-    # the old publisher learns its rows are gone and must register again
-    with pytest.raises(SessionNotFoundError):
-        await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=old))
+    await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=old))
+    row = await relay.catalog.get(CLIENT, "a")
+    assert {m.session_id for m in row.live_members(clock.now, 90)} == {old, new}
 
 
 async def test_heartbeat_refreshes_rows_and_records_reported_status(

@@ -43,15 +43,15 @@ async def test_a_heartbeat_that_lands_mid_sweep_wins(
 ) -> None:
     sid = await register(relay, spec("a"))
     clock.advance(100)
-    stale = relay.stores.llms.stale
+    stale = relay.stores.row_sweep.stale
 
-    async def stale_then_heartbeat(cutoff: float) -> list[tuple[str, str | None]]:
+    async def stale_then_heartbeat(cutoff: float) -> list[str]:
         found = await stale(cutoff)
         # the publisher's heartbeat arrives between the sweep's query and its write
         await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
         return found
 
-    monkeypatch.setattr(relay.stores.llms, "stale", stale_then_heartbeat)
+    monkeypatch.setattr(relay.stores.row_sweep, "stale", stale_then_heartbeat)
     counts = await relay.sweeper().run()
     assert counts["inactive"] == 0 and counts["raced"] == 1
     assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.ACTIVE
@@ -160,7 +160,7 @@ async def test_lease_with_output_already_sent_fails_instead_of_rerunning(
 
 async def test_lease_of_a_dead_publisher_fails_the_task(relay: Relay, clock: FakeClock) -> None:
     _, task = await claimed(relay)
-    clock.advance(200)
+    clock.advance(200)  # the only member of the pool is gone: nobody to hand it to
     counts = await relay.sweeper().run()
     assert counts["failed"] == 1
     done, _ = await relay.waiting.get_with_result(task.id)

@@ -186,12 +186,12 @@ async def test_wait_past_its_budget_names_the_task_and_the_result_stays_fetchabl
 ) -> None:
     sid = await register(relay, spec("a"))
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    await claim(relay, sid)  # a member runs it, slowly
     clock.step = 0.5
     with pytest.raises(TaskTimeoutError) as info:
         await relay.waiting.wait(task.id, budget=2)
     assert info.value.task_id == task.id and task.id in info.value.message
     clock.step = 0
-    await claim(relay, sid)
     await relay.claims.post_result(
         PUB, task.id, TaskResult(provider_session_id=sid, body={"late": True})
     )
@@ -262,10 +262,11 @@ async def test_non_streamed_inference_costs_few_dynamodb_requests(
     await claim(relay, sid)
     await relay.claims.post_result(PUB, task.id, TaskResult(provider_session_id=sid, body={}))
     await relay.waiting.outcome(await relay.waiting.wait(task.id, budget=5))
-    # get row, put task | get session, query queue, claim | complete, count usage | read
-    # the task (a key without limits needs no admission write)
+    # get row, read the pool's queue depth, put task | get session, query queue, claim |
+    # complete, count usage | read the task (a key without limits needs no admission write)
     assert counter.ops == [
         "GetItem",
+        "Query",
         "PutItem",
         "GetItem",
         "Query",
@@ -312,9 +313,16 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
         )
     assert [t.id for t in polled] == [task.id]
     assert (await relay.waiting.outcome(done[0])).body == {"ok": 1}
-    # get row, put task, claim (no index query), complete, count usage; the waiter never
-    # reads: it took the finished task from the signal
-    assert counter.ops == ["GetItem", "PutItem", "UpdateItem", "UpdateItem", "UpdateItem"]
+    # get row, read the pool's queue depth, put task, claim (no index query), complete,
+    # count usage; the waiter never reads: it took the finished task from the signal
+    assert counter.ops == [
+        "GetItem",
+        "Query",
+        "PutItem",
+        "UpdateItem",
+        "UpdateItem",
+        "UpdateItem",
+    ]
 
 
 async def test_a_poll_that_names_its_generation_skips_the_session_read(

@@ -119,12 +119,14 @@ def test_publisher_endpoints_name_the_bad_field(stack: Stack) -> None:
     assert_openai_error(resp, 403, "session_forbidden")
 
 
-def test_name_taken_is_409(stack: Stack) -> None:
-    with ScriptedPublisher(stack.url, stack.publish_token, ECHO):
-        other = ScriptedPublisher(stack.url, stack.publish_token, ECHO)
-        resp = other.post("_provider-register", {"providers": ECHO})
-        assert_openai_error(resp, 409, "name_taken")
-        other.http.close()
+def test_a_second_publisher_of_the_same_key_joins_the_pool(stack: Stack) -> None:
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO) as first:
+        second = ScriptedPublisher(stack.url, stack.publish_token, ECHO)
+        assert second.register() != first.session_id
+        row = httpx.get(f"{stack.url}/api/v1/llms/echo", headers=auth(stack.client_token)).json()
+        assert len(row["members"]) == 2
+        assert all(first.session_id not in str(m) for m in row["members"])
+        second.http.close()
 
 
 def test_body_over_six_megabytes_is_413_naming_the_limit(stack: Stack) -> None:

@@ -17,6 +17,7 @@ from natrelay.service.claims import Claims
 from natrelay.service.context import Context, signals_of
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
+from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
 from natrelay.service.sessions import Registration, Sessions
 from natrelay.service.sweep import Sweeper
@@ -59,7 +60,8 @@ class Relay:
         self.usage = Usage(ctx)
         self.endings = Endings(ctx, self.usage)
         self.catalog = Catalog(ctx)
-        self.sessions = Sessions(ctx, self.endings)
+        self.pools = Pools(ctx, self.endings)
+        self.sessions = Sessions(ctx, self.endings, self.pools)
         self.wakes = Wakes(ctx, self.sessions)
         self.queue = Queue(ctx, self.catalog, self.wakes, self.usage)
         self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from natrelay.errors import LlmNotFoundError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
-from natrelay.store import LlmRecord
+from natrelay.store import LlmRecord, MemberRecord
 from natrelay.wire import LlmStatus
+
+# GET of a pool counts its queue up to this many.
+POOL_QUEUE_COUNT = 1000
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A row with its pool as clients see it."""
+
+    row: LlmRecord
+    status: LlmStatus
+    # Live members, each with how many tasks it says it runs (None: it does not say).
+    members: list[tuple[MemberRecord, int | None]]
+    queue_depth: int
+    oldest_queued_seconds: float | None
 
 
 def _not_found(name: str) -> LlmNotFoundError:
@@ -15,6 +32,7 @@ def _not_found(name: str) -> LlmNotFoundError:
 
 class Catalog:
     def __init__(self, ctx: Context) -> None:
+        self.stores = ctx.stores
         self.llms = ctx.stores.llms
         self.keys = ctx.stores.keys
         self.liveness = ctx.liveness
@@ -44,7 +62,20 @@ class Catalog:
             raise _not_found(name)
 
     def serving(self, row: LlmRecord) -> bool:
-        """Can the row answer now (directly, or after a wake)?"""
-        if row.status is LlmStatus.INACTIVE:
-            return False
-        return self.liveness.alive(row.last_heartbeat_at, self.clock())
+        """Can the pool answer now (a live member serves, or can be woken)?"""
+        return self.status(row) is not LlmStatus.INACTIVE
+
+    def status(self, row: LlmRecord) -> LlmStatus:
+        return row.pool_status(self.clock(), self.liveness.timeout)
+
+    async def pool(self, principal: Principal, name: str) -> Pool:
+        """The row with its pool: live members (with what they say they run) and queue."""
+        row = await self.get(principal, name)
+        now = self.clock()
+        members: list[tuple[MemberRecord, int | None]] = []
+        for member in row.live_members(now, self.liveness.timeout):
+            session = await self.stores.sessions.get(member.session_id)
+            running = len(session.running) if session and session.confirmed_at else None
+            members.append((member, running))
+        depth, oldest = await self.stores.queues.depth(name, POOL_QUEUE_COUNT)
+        return Pool(row, self.status(row), members, depth, now - oldest if oldest else None)

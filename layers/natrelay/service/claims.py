@@ -17,7 +17,7 @@ from natrelay.errors import (
 )
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
-from natrelay.service.endings import Endings, session_key
+from natrelay.service.endings import Endings, PoolHint, pool_key
 from natrelay.service.payloads import (
     MAX_CHUNK_BATCH_BYTES,
     POLL_INLINE_BUDGET,
@@ -35,7 +35,11 @@ from natrelay.store import (
     SessionRecord,
     TaskRecord,
 )
-from natrelay.wire import ChunkBatch, PollRequest, TaskKind, TaskResult, TaskState
+from natrelay.wire import ChunkBatch, LlmStatus, PollRequest, TaskKind, TaskResult, TaskState
+
+# A poll reads this many entries of a pool's queue past its free slots: wakes meant for
+# other members sort first, and must not hide the tasks this member may take.
+_LOOK_PAST = 2
 
 
 def _not_claimed(task_id: str) -> TaskNotClaimedError:
@@ -71,8 +75,11 @@ class Claims:
         self.sessions = sessions
         self.wakes = wakes
         self.endings = endings
+        self.queues = ctx.stores.queues
         # Polls waiting in this process, by session.
         self._polls: dict[str, int] = {}
+        # Tasks a poll of this process is claiming now (the others leave them be).
+        self._taking: set[str] = set()
 
     async def poll(
         self,
@@ -122,12 +129,13 @@ class Claims:
         beat_at = session.heartbeat_at
         deadline = self.clock() + req.wait_seconds
         pace = self.ctx.pace()
-        hints: list[str] = []
-        with self.signals.listen(session_key(session.id)) as listener:
+        hints: list[PoolHint] = []
+        keys = [pool_key(name) for name in session.names]
+        with self.signals.listen(*keys) as listener:
             while True:
                 if gone is not None and await gone():
                     return []
-                claimed = await self._claim(session, req.max_tasks, hints)
+                claimed = await self._claim(session, req, hints)
                 if claimed:
                     return claimed
                 now = self.clock()
@@ -137,40 +145,80 @@ class Claims:
                     session = await self.sessions.polling_session(principal, req)
                     beat_at = session.heartbeat_at
                 await pace.wait(listener, deadline - now)
-                hints = [h for h in listener.take() if isinstance(h, str)]
+                hints = [h for h in listener.take() if isinstance(h, PoolHint)]
+
+    def _slots(self, session: SessionRecord, req: PollRequest) -> dict[str, int]:
+        """How many tasks of each pool this poll may take."""
+        if req.free is None:
+            return dict.fromkeys(session.names, req.max_tasks)
+        return {name: min(req.free.get(name, 0), req.max_tasks) for name in session.names}
+
+    def _takes(self, session: SessionRecord, name: str, entry: PoolHint) -> bool:
+        """Whether this session may take a queued task of pool `name` (skipping it lets
+        the member it is meant for take it)."""
+        if entry.target_session is not None:
+            return entry.target_session == session.id  # a wake: only its member
+        if session.statuses.get(name) is LlmStatus.HIBERNATING:
+            # asleep: only the requests that wait for this member's own wake
+            return entry.wake_target == session.id
+        return True
 
     async def _claim(
-        self, session: SessionRecord, limit: int, hints: list[str]
+        self, session: SessionRecord, req: PollRequest, hints: list[PoolHint]
     ) -> list[TaskRecord]:
-        """Claim pending tasks: the ids this process was told of, else what the index lists."""
+        """Claim what this session may take: wakes meant for it, and up to its free slots
+        of each pool's queue (the tasks this process was told of first, else what the
+        index lists, oldest first)."""
         out: list[TaskRecord] = []
         budget = POLL_INLINE_BUDGET
-        tasks = self.stores.tasks
-        ids = hints[:limit] or await tasks.pending(session.id, limit)
-        for task_id in ids:
-            try:
-                task = await tasks.claim(
-                    task_id,
-                    session.id,
-                    key=session.owner or "",
-                    generation=session.generation,
-                    now=self.clock(),
-                )
-            except ConditionFailedError as exc:
-                old = exc.record
-                if (
-                    isinstance(old, TaskRecord)
-                    and old.state is TaskState.PENDING
-                    and old.expired(self.clock())
-                ):
-                    await self.endings.fail_expired(old)
-                continue  # another poll won it, it was cancelled, or it expired
-            if task.request is not None and len(task.request) <= budget:
-                budget -= len(task.request)
-            else:
-                task = replace(task, request=None)
-            out.append(task)
+        slots = self._slots(session, req)
+        for name in session.names:
+            hinted = [h for h in hints if h.llm == name]
+            entries = hinted or [
+                PoolHint(q.id, name, q.target_session, q.wake_target)
+                for q in await self.queues.pending(name, slots.get(name, 0) + _LOOK_PAST)
+            ]
+            for entry in entries:
+                wake = entry.target_session is not None
+                if (not wake and slots.get(name, 0) <= 0) or not self._takes(session, name, entry):
+                    continue
+                if entry.task_id in self._taking:
+                    continue  # another poll of this process is claiming it
+                task = await self._claim_one(session, entry.task_id)
+                if task is None:
+                    continue
+                if not wake:
+                    slots[name] -= 1
+                if task.wake_id and task.wake_target != session.id:
+                    task = replace(task, wake_id=None)  # another member's wake: do not wait
+                if task.request is not None and len(task.request) <= budget:
+                    budget -= len(task.request)
+                else:
+                    task = replace(task, request=None)
+                out.append(task)
         return out
+
+    async def _claim_one(self, session: SessionRecord, task_id: str) -> TaskRecord | None:
+        self._taking.add(task_id)
+        try:
+            return await self.stores.tasks.claim(
+                task_id,
+                session.id,
+                key=session.owner or "",
+                generation=session.generation,
+                now=self.clock(),
+            )
+        except ConditionFailedError as exc:
+            old = exc.record
+            if (
+                isinstance(old, TaskRecord)
+                and old.state is TaskState.PENDING
+                and old.expired(self.clock())
+            ):
+                await self.endings.fail_expired(old)
+            return None  # another poll won it, it was cancelled, or it expired
+        finally:
+            self._taking.discard(task_id)
 
     async def task_request(self, principal: Principal, task_id: str, session_id: str) -> bytes:
         """The request of a task this session of the caller's key claimed."""

@@ -7,7 +7,7 @@ also records the task's usage against its client's key.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from dataclasses import dataclass
 
 from natrelay.service.context import Context
 from natrelay.service.outcomes import (
@@ -18,7 +18,7 @@ from natrelay.service.outcomes import (
 )
 from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, TaskRecord
-from natrelay.wire import TaskState
+from natrelay.wire import ErrorCode, TaskState
 
 
 def task_key(task_id: str) -> str:
@@ -26,14 +26,25 @@ def task_key(task_id: str) -> str:
     return f"task:{task_id}"
 
 
-def session_key(session_id: str) -> str:
-    """The in-process signal key of a session's waiting polls."""
-    return f"session:{session_id}"
+@dataclass(frozen=True)
+class PoolHint:
+    """What a poll of the pool is told of a new task (an optimisation: the claim decides)."""
+
+    task_id: str
+    llm: str
+    target_session: str | None = None
+    wake_target: str | None = None
+
+
+def pool_key(llm: str) -> str:
+    """The in-process signal key of the polls waiting for a pool's tasks."""
+    return f"pool:{llm}"
 
 
 class Endings:
     def __init__(self, ctx: Context, usage: Usage) -> None:
         self.tasks = ctx.stores.tasks
+        self.queues = ctx.stores.queues
         self.leases = ctx.stores.leases
         self.clock = ctx.clock
         self.signals = ctx.signals
@@ -48,13 +59,10 @@ class Endings:
         await self.usage.record(task, error=error)
         self.notify(task.id)
 
-    async def fail_queued(
-        self, session_id: str, why: str, llms: Collection[str] | None = None
-    ) -> int:
-        """Fail every task still queued for a session (only those for `llms`, if given);
-        returns how many."""
+    async def fail_queued(self, llm: str, why: str) -> int:
+        """Fail every task still waiting in the pool's queue; returns how many."""
         failed = 0
-        for task_id in await self.tasks.queued(session_id):
+        for task_id in await self.queues.queued(llm):
             now = self.clock()
             error = offline_error(f"task {task_id} was not run: {why}")
             try:
@@ -64,7 +72,6 @@ class Endings:
                     error=error,
                     now=now,
                     expires_at=self._expiry(now),
-                    llms=llms,
                 )
             except ConditionFailedError:
                 continue
@@ -88,6 +95,39 @@ class Endings:
         except ConditionFailedError:
             self.notify(task.id)
             return await self.tasks.get(task.id, now)
+        await self._ended(ended, error=True)
+        return ended
+
+    async def hand_back(self, task: TaskRecord) -> TaskRecord | None:
+        """The session that claimed the task left, restarted or died: the task goes back
+        to its pool's queue at once if nothing of it was sent (another member runs it),
+        and fails otherwise (a stream that had started cannot move)."""
+        if task.session_id is not None and not task.sent_any:
+            try:
+                requeued = await self.leases.requeue_if_unsent(task, task.session_id, self.clock())
+            except ConditionFailedError:
+                pass  # it sent something meanwhile, or ended: fail it below, or nothing
+            else:
+                self.signals.notify_one(pool_key(task.llm), task.id)
+                return requeued
+        return await self.fail_orphaned(task)
+
+    async def give_up_queued(self, task: TaskRecord, waited: float) -> TaskRecord | None:
+        """Take a task that waited too long in its pool's queue out of it (nobody runs it
+        any more); None if a member took it meanwhile."""
+        now = self.clock()
+        error = {
+            "message": f"task {task.id} waited {waited:.0f} s in the queue of {task.llm}, "
+            "every member of its pool busy; try again later",
+            "code": ErrorCode.QUEUE_TIMEOUT.value,
+            "type": "service_unavailable",
+        }
+        try:
+            ended = await self.tasks.fail_if_pending(
+                task.id, status=OFFLINE_STATUS, error=error, now=now, expires_at=self._expiry(now)
+            )
+        except ConditionFailedError:
+            return None
         await self._ended(ended, error=True)
         return ended
 

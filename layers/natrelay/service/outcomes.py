@@ -8,6 +8,7 @@ from typing import Any
 from natrelay.errors import (
     BackendError,
     PublisherOfflineError,
+    QueueTimeoutError,
     RelayError,
     TaskCancelledError,
     WakeFailedError,
@@ -56,6 +57,8 @@ def task_error(task: TaskRecord) -> RelayError:
         return TaskCancelledError(message)
     if code == ErrorCode.WAKE_FAILED:
         return WakeFailedError(message)
+    if code == ErrorCode.QUEUE_TIMEOUT:
+        return QueueTimeoutError(message, retry_after=5)
     if code == ErrorCode.PUBLISHER_OFFLINE:
         return PublisherOfflineError(message)
     status = task.status or 502

@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from natrelay.errors import InvalidRequestError, PublisherOfflineError
+from natrelay.errors import InvalidRequestError, PublisherOfflineError, QueueFullError
 from natrelay.service.access import Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
-from natrelay.service.endings import session_key
+from natrelay.service.endings import PoolHint, pool_key
 from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
-from natrelay.store import ConditionFailedError, IdempotencyRecord, NewTask, TaskRecord
+from natrelay.store import ConditionFailedError, IdempotencyRecord, LlmRecord, NewTask, TaskRecord
 from natrelay.types import JsonObject
 from natrelay.wire import LlmStatus, TaskKind, TaskState
 
@@ -27,6 +27,8 @@ def _sha256(data: bytes) -> str:
 class Queue:
     def __init__(self, ctx: Context, catalog: Catalog, wakes: Wakes, usage: Usage) -> None:
         self.tasks = ctx.stores.tasks
+        self.queues = ctx.stores.queues
+        self.liveness = ctx.liveness
         self.idempotency = ctx.stores.idempotency
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -111,29 +113,36 @@ class Queue:
     ) -> TaskRecord:
         s = self.settings
         row = await self.catalog.get(principal, name)
-        if not self.catalog.serving(row):
-            raise offline(row, self.clock())
-        task_id = new_task_id(self.clock())
-        hibernating = row.status is LlmStatus.HIBERNATING
-        longest = s.lease_seconds + (self.wakes.window(row) if hibernating else 0)
-        admission = await self.usage.admit(
-            principal, task_id, self.clock() + longest + s.result_retention_seconds
-        )
-        wake_id = await self.wakes.ensure(row) if hibernating else None
-        assert row.session_id is not None
         now = self.clock()
-        lease = s.lease_seconds + (self.wakes.window(row) if wake_id else 0)
+        status = row.pool_status(now, self.liveness.timeout)
+        if status is LlmStatus.INACTIVE:
+            raise offline(row, now)
+        oldest = await self._check_queue(row)
+        task_id = new_task_id(now)
+        hibernating = status is LlmStatus.HIBERNATING
+        longest = s.lease_seconds + (self.wakes.window(None) if hibernating else 0)
+        admission = await self.usage.admit(
+            principal, task_id, now + longest + s.result_retention_seconds
+        )
+        wake = await self.wakes.ensure(row) if hibernating else None
+        if wake is None and hibernating:
+            raise offline(row, now)
+        if not hibernating and oldest is not None and self._wake_more(row, now - oldest):
+            await self.wakes.ensure(row, more=True)  # busy members: wake one more
+        now = self.clock()
+        member = row.members.get(wake.target) if wake and wake.target else None
+        lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
         task = NewTask(
             id=task_id,
             kind=TaskKind.INFER,
             llm=name,
-            session_id=row.session_id,
             created_at=now,
             expires_at=now + lease + s.result_retention_seconds,
             lease_seconds=lease,
             stream=stream,
             request=raw,
-            wake_id=wake_id,
+            wake_id=wake.id if wake else None,
+            wake_target=wake.target if wake else None,
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,
@@ -147,20 +156,46 @@ class Queue:
             except ConditionFailedError:
                 await self.usage.release(principal, admission)
                 raise
-        self.signals.notify(session_key(row.session_id), task.id)
+        self.signals.notify(pool_key(name), PoolHint(task.id, name, wake_target=task.wake_target))
         return TaskRecord(
             id=task.id,
             kind=task.kind,
             llm=name,
-            session_id=task.session_id,
+            session_id=None,
             state=TaskState.PENDING,
             created_at=now,
             lease_seconds=lease,
             updated_at=now,
             stream=stream,
-            wake_id=wake_id,
+            wake_id=task.wake_id,
+            wake_target=task.wake_target,
             request_size=len(raw),
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,
+            expires_at=task.expires_at,
         )
+
+    async def _check_queue(self, row: LlmRecord) -> float | None:
+        """QueueFullError if the pool's queue holds its most; when the oldest infer task
+        waiting in it was queued (None: nothing waits, or no limit to check)."""
+        depth_limit = _first(row.max_queue_depth, self.settings.max_queue_depth)
+        wake_after = _first(row.wake_after_queue_seconds, self.settings.wake_after_queue_seconds)
+        if not depth_limit and not wake_after:
+            return None  # nothing to check: no read
+        depth, oldest = await self.queues.depth(row.name, int(depth_limit or 1))
+        if depth_limit and depth >= depth_limit:
+            raise QueueFullError(
+                f"every member serving {row.name!r} is busy and {depth} requests already "
+                "wait for it; try again shortly",
+                retry_after=max(1, int(self.settings.lease_seconds // 10)),
+            )
+        return oldest
+
+    def _wake_more(self, row: LlmRecord, waited: float) -> bool:
+        threshold = _first(row.wake_after_queue_seconds, self.settings.wake_after_queue_seconds)
+        return bool(threshold) and waited > threshold and bool(self.wakes.wakeable(row))
+
+
+def _first(value: float | None, default: float) -> float:
+    return value if value is not None else default

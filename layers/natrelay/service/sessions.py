@@ -16,6 +16,7 @@ from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
+from natrelay.service.pools import Pools
 from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
 from natrelay.wire import (
     MAX_RUNNING_TASKS,
@@ -70,15 +71,16 @@ def _held(exc: NameHeldError, principal: Principal) -> NameOwnedError | NameTake
 
 
 class Sessions:
-    def __init__(self, ctx: Context, endings: Endings) -> None:
+    def __init__(self, ctx: Context, endings: Endings, pools: Pools) -> None:
+        self.pools = pools
         self.stores = ctx.stores
         self.settings = ctx.settings
         self.clock = ctx.clock
         self.liveness = ctx.liveness
         self.endings = endings
-        # Session id -> (last heartbeat refresh, generation, owner) as this process saw
-        # them: lets a poll skip re-reading its session (a hint: a miss reads DynamoDB).
-        self._beats: dict[str, tuple[float, int, str | None]] = {}
+        # Sessions as this process last refreshed them: lets a poll skip re-reading its
+        # session (a hint: a miss reads DynamoDB).
+        self._beats: dict[str, SessionRecord] = {}
 
     def _expires_at(self, now: float) -> float:
         s = self.settings
@@ -88,7 +90,7 @@ class Sessions:
         session = registration.session
         if len(self._beats) > _BEATS_CAP:
             self._beats.clear()
-        self._beats[session.id] = (session.heartbeat_at, session.generation, session.owner)
+        self._beats[session.id] = session
         return registration
 
     @property
@@ -116,7 +118,6 @@ class Sessions:
                     principal.key_id,
                     list(req.providers),
                     now=now,
-                    cutoff=self.liveness.cutoff(now),
                     expires_at=self._expires_at(now),
                 )
                 break
@@ -137,17 +138,10 @@ class Sessions:
         return self._seen(Registration(session, rows))
 
     async def _retire(self, session: SessionRecord, names: set[str]) -> None:
-        """Retire the rows a re-registration no longer publishes, failing their queue:
-        left live, they would go stale without a heartbeat."""
-        if not names:
-            return
-        now = self.clock()
-        for name in sorted(names):
-            try:
-                await self.stores.llms.retire(name, session.id, now)
-            except ConditionFailedError:
-                continue  # taken over or deleted meanwhile
-        await self.endings.fail_queued(session.id, "its publisher no longer serves it", names)
+        """Leave the pools a re-registration no longer publishes (left a member, the
+        session would go stale there without a heartbeat)."""
+        if names:
+            await self.pools.leave(session, names, "its publisher no longer serves it")
 
     async def beat(
         self,
@@ -167,11 +161,8 @@ class Sessions:
         rows: list[LlmRecord] = []
         try:
             for name in session.names:
-                revive = session.statuses.get(name, LlmStatus.ACTIVE)
                 rows.append(
-                    await self.stores.llms.beat(
-                        name, session.id, now, status=reported.get(name), revive=revive
-                    )
+                    await self.stores.llms.beat(name, session.id, now, status=reported.get(name))
                 )
             await self.stores.sessions.touch(
                 session.id, reported, now, self._expires_at(now), running
@@ -181,6 +172,7 @@ class Sessions:
                 "a row of this session was taken over, or the session ended; register again",
                 param="providerSessionId",
             ) from exc
+        await self.pools.prune(rows)
         return rows
 
     async def heartbeat(self, principal: Principal, req: HeartbeatRequest) -> Registration:
@@ -199,18 +191,11 @@ class Sessions:
         if (
             req.generation is not None
             and seen is not None
-            and seen[1] == req.generation
-            and seen[2] == principal.key_id
-            and now - seen[0] < self.refresh_seconds
+            and seen.generation == req.generation
+            and seen.owner == principal.key_id
+            and now - seen.heartbeat_at < self.refresh_seconds
         ):
-            return SessionRecord(
-                id=req.provider_session_id,
-                names=(),
-                statuses={},
-                heartbeat_at=seen[0],
-                generation=req.generation,
-                owner=seen[2],
-            )
+            return seen
         session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
             await self.beat(session, {}, req.running)
@@ -220,15 +205,9 @@ class Sessions:
 
     async def deregister(self, principal: Principal, req: SessionRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)
-        now = self.clock()
-        rows: list[LlmRecord] = []
-        for name in session.names:
-            try:
-                rows.append(await self.stores.llms.retire(name, session.id, now))
-            except ConditionFailedError:
-                continue
+        rows = await self.pools.leave(session, session.names, "its publisher shut down")
         await self.stores.sessions.delete(session.id)
-        await self.endings.fail_queued(session.id, "its publisher shut down")
+        await self.pools.hand_back(session)
         log.info("session %s deregistered", fingerprint(session.id))
         self._beats.pop(session.id, None)
         return Registration(session, rows)

@@ -13,17 +13,19 @@ import time
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.observe import configure_logging
 from natrelay.service.context import Context, signals_of
-from natrelay.service.endings import Endings, session_key
+from natrelay.service.endings import Endings, PoolHint, pool_key
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
 from natrelay.store import ConditionFailedError, SessionRecord, Stores, TaskRecord
 from natrelay.types import Clock
-from natrelay.wire import TaskState
+from natrelay.wire import LlmStatus, TaskState
 
 log = logging.getLogger("natrelay.sweep")
 
 MAX_ATTEMPTS = 3
+# The sweep counts a pool's queue up to this many (for the queue-depth metric).
+QUEUE_COUNT = 1000
 COUNTS = ("inactive", "raced", "deleted", "failedPending", "requeued", "failed", "extended")
 
 
@@ -49,61 +51,86 @@ class Sweeper:
         self.endings = Endings(ctx, Usage(ctx))
 
     async def run(self) -> dict[str, int]:
-        llms = self.stores.llms
+        rows = self.stores.row_sweep
         now = self.clock()
         cutoff = self.liveness.cutoff(now)
         retention_cutoff = now - self.settings.inactive_retention_seconds
         counts = dict.fromkeys(COUNTS, 0)
-        gone: dict[str, set[str]] = {}
-        for name, session_id in await llms.stale(cutoff):
+        for name in await rows.stale(cutoff):
             try:
-                await llms.expire_if_stale(name, cutoff, now)
+                await rows.expire_if_stale(name, cutoff, now)
             except ConditionFailedError:
                 counts["raced"] += 1  # a heartbeat landed meanwhile: it wins
                 continue
             counts["inactive"] += 1
-            if session_id:
-                gone.setdefault(session_id, set()).add(name)
-        # Expiry is per row: the session's other names may be alive and well.
-        for session_id, names in gone.items():
+            # no member of the pool lives: nobody will take what waits for it
             counts["failedPending"] += await self.endings.fail_queued(
-                session_id, "its publisher went offline", llms=names
+                name, "its publishers went offline"
             )
-        for name in await llms.retired(retention_cutoff):
+        for name in await rows.retired(retention_cutoff):
             try:
-                await llms.delete_if_retired(name, retention_cutoff)
+                await rows.delete_if_retired(name, retention_cutoff)
                 counts["deleted"] += 1
             except ConditionFailedError:
                 counts["raced"] += 1
         for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
-        self.metrics.publishers_online(len(await llms.live_sessions(cutoff)))
+        await self._count_online(await rows.live(cutoff), now)
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts
 
+    async def _count_online(self, names: list[str], now: float) -> None:
+        """Publishers online (live sessions of any pool), and each pool's queue."""
+        sessions: set[str] = set()
+        for name in names:
+            row = await self.stores.llms.get(name)
+            if row is None:
+                continue
+            sessions.update(m.session_id for m in row.live_members(now, self.liveness.timeout))
+            depth, oldest = await self.stores.queues.depth(name, QUEUE_COUNT)
+            self.metrics.queue(name, depth, now - oldest if oldest is not None else 0.0)
+        self.metrics.publishers_online(len(sessions))
+
+    async def _pool_lives(self, llm: str, now: float) -> bool:
+        row = await self.stores.llms.get(llm)
+        return row is not None and row.pool_status(now, self.liveness.timeout) is not (
+            LlmStatus.INACTIVE
+        )
+
     async def _expire_lease(self, task_id: str, now: float) -> str:
         leases = self.stores.leases
         task = await self.stores.tasks.get(task_id, now)
-        if task is None or task.state is not TaskState.CLAIMED:
+        if task is None or task.state is not TaskState.CLAIMED or task.session_id is None:
             return "raced"
         session = await self.stores.sessions.get(task.session_id)
         alive = session is not None and self.liveness.alive(session.heartbeat_at, now)
         young = now - task.created_at < self.settings.max_task_seconds
         try:
-            if alive and young and session is not None:
-                same = session.generation == task.claimed_generation
-                if same and confirmed(session, task) is not False:
-                    # The publisher that holds it lives, is the same process, and runs it
-                    # (or does not say what it runs: an older publisher).
-                    await leases.extend_if_expired(task_id, now)
-                    return "extended"
-                # It restarted, or says it does not run it (a poll answer lost on the
-                # way, a task it gave up on): hand it out again if nothing was sent.
-                if task.attempts < MAX_ATTEMPTS and not task.sent_any:
-                    await leases.requeue_if_expired(task_id, now)
-                    self.signals.notify(session_key(task.session_id), task_id)
-                    return "requeued"
+            same = session is not None and session.generation == task.claimed_generation
+            if (
+                alive
+                and young
+                and same
+                and session is not None
+                and confirmed(session, task) is not False
+            ):
+                # The publisher that holds it lives, is the same process, and runs it (or
+                # does not say what it runs: an older publisher).
+                await leases.extend_if_expired(task_id, now)
+                return "extended"
+            # It died, restarted, or says it does not run it (a poll answer lost on the
+            # way, a task it gave up on): back to the pool if nothing was sent and a
+            # member lives to take it.
+            if (
+                young
+                and task.attempts < MAX_ATTEMPTS
+                and not task.sent_any
+                and await self._pool_lives(task.llm, now)
+            ):
+                await leases.requeue_if_expired(task, now)
+                self.signals.notify(pool_key(task.llm), PoolHint(task_id, task.llm))
+                return "requeued"
         except ConditionFailedError:
             return "raced"
         return "failed" if await self.endings.fail_lost_lease(task) else "raced"

@@ -11,7 +11,7 @@ from natrelay.service.endings import Endings, task_key
 from natrelay.service.outcomes import Outcome, task_error
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, StreamRead, TaskRecord
-from natrelay.wire import Role, TaskState
+from natrelay.wire import LlmStatus, Role, TaskState
 
 
 def _not_found(task_id: str) -> TaskNotFoundError:
@@ -49,11 +49,41 @@ class Waiting:
         return task, result
 
     async def _orphaned(self, task: TaskRecord) -> TaskRecord | None:
-        """Fail the task if its publisher session stopped heartbeating; else None."""
+        """None while someone can still serve the task; otherwise the task as it ends.
+
+        Waiting in its pool's queue, it fails only when the pool has no live member. Claimed
+        by a session that stopped heartbeating (or restarted), it goes back to the queue if
+        nothing of it was sent — another member runs it: the waiter goes on waiting —
+        and fails otherwise.
+        """
+        now = self.clock()
+        if task.session_id is None:
+            row = await self.stores.llms.get(task.llm)
+            if row is not None and row.pool_status(now, self.liveness.timeout) is not (
+                LlmStatus.INACTIVE
+            ):
+                return None
+            return await self.endings.fail_orphaned(task)
         session = await self.stores.sessions.get(task.session_id)
-        if session is not None and self.liveness.alive(session.heartbeat_at, self.clock()):
+        if (
+            session is not None
+            and self.liveness.alive(session.heartbeat_at, now)
+            and task.claimed_generation in (None, session.generation)
+        ):
             return None
-        return await self.endings.fail_orphaned(task)
+        ended = await self.endings.hand_back(task)
+        return ended if ended is not None and ended.state.done else None
+
+    def _queue_deadline(self, task: TaskRecord, deadline: float) -> float:
+        """When a task still waiting in its pool's queue is given up on."""
+        wait = self.settings.max_queue_wait_seconds
+        return min(deadline, task.created_at + wait) if wait else deadline
+
+    async def _give_up_if_queued(self, task: TaskRecord) -> TaskRecord | None:
+        """A task nobody took in time leaves the queue (503 queue_timeout)."""
+        if task.state is not TaskState.PENDING:
+            return None
+        return await self.endings.give_up_queued(task, self.clock() - task.created_at)
 
     async def wait(self, task_id: str, budget: float, *, fresh: bool = False) -> TaskRecord:
         """Wait until the task is done; TaskTimeoutError (naming it) past the budget.
@@ -80,6 +110,10 @@ class Waiting:
                     orphaned = await self._orphaned(task)
                     if orphaned is not None:
                         return orphaned
+                if now >= self._queue_deadline(task, deadline):
+                    given_up = await self._give_up_if_queued(task)
+                    if given_up is not None:
+                        return given_up
                 if now >= deadline:
                     raise TaskTimeoutError(
                         f"no answer within {budget:g} s; task {task_id} is still "

@@ -1,23 +1,37 @@
-"""Waking a hibernating backend: one wake per row and burst, across every instance."""
+"""Waking a hibernating backend: one wake per pool at a time, across every instance.
+
+A wake targets one member of the pool (a live, hibernating one with a wake recipe);
+the requests queued meanwhile run on it once it answers, or on any member that
+serves sooner.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+from dataclasses import dataclass
 
 import anyio
 
 from natrelay.errors import LlmNotFoundError, PublisherOfflineError
 from natrelay.service.context import Context
-from natrelay.service.endings import session_key
+from natrelay.service.endings import PoolHint, pool_key
 from natrelay.service.ids import new_task_id
-from natrelay.service.outcomes import offline
 from natrelay.service.sessions import Sessions
-from natrelay.store import ConditionFailedError, LlmRecord, NewTask, TaskRecord
+from natrelay.store import ConditionFailedError, LlmRecord, MemberRecord, NewTask, TaskRecord
 from natrelay.wire import LlmStatus, TaskKind
 
 log = logging.getLogger("natrelay.service")
 
 _CLAIM_TRIES = 3
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A wake in flight: its task's id and the member (session) it wakes."""
+
+    id: str
+    target: str | None
 
 
 class Wakes:
@@ -27,67 +41,84 @@ class Wakes:
         self.clock = ctx.clock
         self.signals = ctx.signals
         self.metrics = ctx.metrics
+        self.liveness = ctx.liveness
         self.sessions = sessions
 
-    def window(self, row: LlmRecord) -> float:
-        """How long a wake of the row may take: its recipe's wait plus a margin."""
+    def window(self, member: MemberRecord | None) -> float:
+        """How long a wake of the member may take: its recipe's wait plus a margin."""
         s = self.settings
-        return (row.wake_max_wait or s.default_wake_seconds) + s.wake_margin_seconds
+        wait = member.wake_max_wait if member is not None else None
+        return (wait or s.default_wake_seconds) + s.wake_margin_seconds
 
-    async def ensure(self, row: LlmRecord) -> str | None:
-        """Claim the row's wake (one per burst, across instances) or join the one in
-        flight; the wake's id, or None if the row turned out active."""
+    def wakeable(self, row: LlmRecord) -> list[MemberRecord]:
+        """Live members that sleep and can be woken."""
+        now = self.clock()
+        return [
+            m
+            for m in row.live_members(now, self.liveness.timeout)
+            if m.status is LlmStatus.HIBERNATING and m.wake_max_wait is not None
+        ]
+
+    async def ensure(self, row: LlmRecord, *, more: bool = False) -> Wake | None:
+        """Wake a member of the pool (one wake per pool at a time, across instances) or
+        join the wake in flight. Without `more`, only when no live member is active;
+        with it, to add one to busy members. None: no wake needed, or none possible."""
         for _ in range(_CLAIM_TRIES):
             now = self.clock()
+            if row.waking(now):
+                return Wake(row.wake_id or "", row.wake_target)
+            status = row.pool_status(now, self.liveness.timeout)
+            candidates = self.wakeable(row)
+            if (status is LlmStatus.ACTIVE and not more) or not candidates:
+                return None
+            target = random.choice(candidates)  # noqa: S311 - spreading, not secrecy
             wake_id = new_task_id(now)
-            window = self.window(row)
+            window = self.window(target)
             try:
-                await self.stores.llms.claim_wake(row.name, wake_id, now + window, now)
+                await self.stores.llms.claim_wake(
+                    row.name, wake_id, target.session_id, now + window, now
+                )
             except ConditionFailedError as exc:
-                old = exc.record
-                if not isinstance(old, LlmRecord):
+                if not isinstance(exc.record, LlmRecord):
                     raise LlmNotFoundError(
                         f"the model {row.name!r} does not exist", param="model"
                     ) from exc
-                if old.status is LlmStatus.ACTIVE:
-                    return None
-                if old.status is LlmStatus.INACTIVE:
-                    raise offline(row, now) from exc
-                if old.waking(now):
-                    assert old.wake_id is not None
-                    return old.wake_id
-                continue  # the marker expired between the read and our write: try again
-            assert row.session_id is not None
-            try:
-                await self.stores.tasks.put(
-                    NewTask(
-                        id=wake_id,
-                        kind=TaskKind.WAKE,
-                        llm=row.name,
-                        session_id=row.session_id,
-                        created_at=now,
-                        expires_at=now + window + self.settings.result_retention_seconds,
-                        lease_seconds=window,
-                    )
-                )
-            except BaseException:
-                # A marker with no wake task behind it would hold every request of the
-                # row until its deadline: take it back.
-                with anyio.CancelScope(shield=True):
-                    await self.stores.llms.clear_wake(row.name, wake_id, activate=False)
-                raise
-            self.signals.notify(session_key(row.session_id), wake_id)
-            self.metrics.wake("started")
-            log.info("wake %s of %s queued", wake_id, row.name)
-            return wake_id
+                row = exc.record  # another wake won (join it), or the target left
+                continue
+            await self._put(row.name, wake_id, target.session_id, now, window)
+            return Wake(wake_id, target.session_id)
         raise PublisherOfflineError(
             f"could not start a wake of {row.name}; try again", retry_after=1, retryable=True
         )
 
+    async def _put(self, name: str, wake_id: str, target: str, now: float, window: float) -> None:
+        try:
+            await self.stores.tasks.put(
+                NewTask(
+                    id=wake_id,
+                    kind=TaskKind.WAKE,
+                    llm=name,
+                    target_session=target,
+                    created_at=now,
+                    expires_at=now + window + self.settings.result_retention_seconds,
+                    lease_seconds=window,
+                )
+            )
+        except BaseException:
+            # A marker with no wake task behind it would hold every request of the pool
+            # until its deadline: take it back.
+            with anyio.CancelScope(shield=True):
+                await self.stores.llms.clear_wake(name, wake_id)
+            raise
+        self.signals.notify(pool_key(name), PoolHint(wake_id, name, target_session=target))
+        self.metrics.wake("started")
+        log.info("wake %s of %s queued", wake_id, name)
+
     async def finished(self, task: TaskRecord, ok: bool, error: object | None) -> None:
-        """A wake task ended: clear its marker; on success the row becomes active."""
-        await self.stores.llms.clear_wake(task.llm, task.id, activate=ok)
-        if ok:
+        """A wake task ended: clear its marker; on success its member serves."""
+        current = await self.stores.llms.clear_wake(task.llm, task.id)
+        if ok and current and task.session_id is not None:  # a stale wake changes nothing
+            await self.stores.llms.set_member_status(task.llm, task.session_id, LlmStatus.ACTIVE)
             await self.sessions.record_status(task.session_id, task.llm, LlmStatus.ACTIVE)
         self.metrics.wake("succeeded" if ok else "failed", self.clock() - task.created_at)
         log.info("wake %s of %s: %s", task.id, task.llm, "ok" if ok else error)

@@ -14,17 +14,20 @@ from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
+from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.records import (
     Chunk,
     IdempotencyRecord,
     KeyRecord,
     LlmRecord,
+    MemberRecord,
     NewTask,
     SessionRecord,
     StreamRead,
     TaskRecord,
     UsageRecord,
 )
+from natrelay.store.row_sweep import DynamoRowSweepStore
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
@@ -39,8 +42,10 @@ class Stores:
 
     client: DynamoDBClient
     llms: DynamoLlmStore
+    row_sweep: DynamoRowSweepStore
     sessions: DynamoSessionStore
     tasks: DynamoTaskStore
+    queues: DynamoQueueStore
     leases: DynamoLeaseStore
     idempotency: DynamoIdempotencyStore
     chunks: DynamoChunkStore
@@ -57,8 +62,10 @@ class Stores:
         return cls(
             client=client,
             llms=llms,
+            row_sweep=DynamoRowSweepStore(client, llms),
             sessions=DynamoSessionStore(client, tasks_table, llms, keys),
             tasks=DynamoTaskStore(client, tasks_table),
+            queues=DynamoQueueStore(client, tasks_table),
             leases=DynamoLeaseStore(client, tasks_table),
             idempotency=DynamoIdempotencyStore(client, tasks_table),
             chunks=DynamoChunkStore(client, tasks_table),
@@ -89,6 +96,7 @@ __all__ = [
     "IdempotencyRecord",
     "KeyRecord",
     "LlmRecord",
+    "MemberRecord",
     "NameHeldError",
     "NewTask",
     "SameResultError",

@@ -27,6 +27,8 @@ R = TypeVar("R")
 # Named condition fragments (Powertools style); combined with AND / OR at call sites.
 NOT_EXISTS = "attribute_not_exists(#pk)"
 STATE_IS = "#state = :state"
+# A pool task any member may claim, or one targeted at this session (a wake).
+FOR_SESSION = "(attribute_not_exists(targetSession) OR targetSession = :sid)"
 CLAIMED_BY = "claimedBy = :sid AND claimedKey = :key"
 LEASE_EXPIRED = "leaseUntil < :now"
 NOTHING_SENT = "attribute_not_exists(sentAny)"

@@ -10,6 +10,7 @@ the new chunks and the task's state together.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from natrelay.store._dynamo import Item, condition, decode, encode, items, split, values
@@ -41,7 +42,7 @@ def task_record(item: Item) -> TaskRecord:
         id=item["pk"].removeprefix("task#"),
         kind=TaskKind(item["kind"]),
         llm=item["llm"],
-        session_id=item["sessionId"],
+        session_id=item.get("sessionId"),
         state=TaskState(item["state"]),
         created_at=item["createdAt"],
         lease_seconds=item.get("leaseSeconds", 60),
@@ -68,6 +69,34 @@ def task_record(item: Item) -> TaskRecord:
         usage_day=item.get("usageDay"),
         slot=item.get("slot"),
         expires_at=item.get("expiresAt"),
+        target_session=item.get("targetSession"),
+        wake_target=item.get("wakeTarget"),
+    )
+
+
+def pool_queue(llm: str) -> str:
+    """The `queue` value of the tasks waiting for the pool of `llm`."""
+    return f"pool#{llm}"
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A task waiting in a pool's queue, as the byPool index lists it."""
+
+    id: str
+    kind: TaskKind
+    order: float
+    target_session: str | None = None
+    wake_target: str | None = None
+
+
+def queued_entry(item: Item) -> Queued:
+    return Queued(
+        id=item["pk"].removeprefix("task#"),
+        kind=TaskKind(item.get("kind", TaskKind.INFER.value)),
+        order=float(item.get("queueOrder", 0)),
+        target_session=item.get("targetSession"),
+        wake_target=item.get("wakeTarget"),
     )
 
 

@@ -20,6 +20,7 @@ from natrelay.store._task_items import (
     LEASE_SHARD,
     STATE_NAMES,
     force_end,
+    pool_queue,
     task_key,
     task_record,
 )
@@ -63,23 +64,38 @@ class DynamoLeaseStore:
                 ExpressionAttributeValues=values(state=TaskState.CLAIMED.value, now=now),
             )
 
-    @off_loop
-    def requeue_if_expired(self, task_id: str, now: float) -> TaskRecord:
-        """Hand a claimed task whose lease ran out, nothing of it sent, out again."""
-        with condition(f"task {task_id} cannot be requeued"):
+    def _requeue(self, task: TaskRecord, now: float, cond: str, **vals: Any) -> TaskRecord:
+        with condition(f"task {task.id} cannot be requeued"):
             raw = self._client.update_item(
                 TableName=self._table,
-                Key=task_key(task_id),
-                UpdateExpression="SET #state = :pending, #queue = sessionId, updatedAt = :now "
-                "REMOVE claimedBy, claimedGeneration, claimedAt, leaseShard, leaseUntil",
-                ConditionExpression=f"{STATE_IS} AND {LEASE_EXPIRED} AND {NOTHING_SENT}",
+                Key=task_key(task.id),
+                UpdateExpression="SET #state = :pending, #queue = :pool, updatedAt = :now "
+                "REMOVE sessionId, claimedBy, claimedKey, claimedGeneration, claimedAt, "
+                "leaseShard, leaseUntil",
+                ConditionExpression=f"{STATE_IS} AND {NOTHING_SENT} AND {cond}",
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(
-                    state=TaskState.CLAIMED.value, pending=TaskState.PENDING.value, now=now
+                    state=TaskState.CLAIMED.value,
+                    pending=TaskState.PENDING.value,
+                    pool=pool_queue(task.llm),
+                    now=now,
+                    **vals,
                 ),
                 ReturnValues="ALL_NEW",
             )["Attributes"]
         return task_record(decode(raw))
+
+    @off_loop
+    def requeue_if_expired(self, task: TaskRecord, now: float) -> TaskRecord:
+        """Hand a claimed task whose lease ran out, nothing of it sent, out again (back
+        to its pool's queue)."""
+        return self._requeue(task, now, LEASE_EXPIRED)
+
+    @off_loop
+    def requeue_if_unsent(self, task: TaskRecord, session_id: str, now: float) -> TaskRecord:
+        """Hand a task this session claimed and sent nothing of back to its pool at once
+        (the session left, restarted or died); ConditionFailedError otherwise."""
+        return self._requeue(task, now, "claimedBy = :sid", sid=session_id)
 
     @off_loop
     def fail_if_expired(

@@ -6,9 +6,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from natrelay.store._dynamo import (
-    HEARTBEAT_BEFORE,
-    SESSION_IS,
-    STATUS_IS,
     WAKE_FREE,
     WAKE_IS,
     Item,
@@ -19,7 +16,7 @@ from natrelay.store._dynamo import (
     values,
 )
 from natrelay.store.errors import ConditionFailedError
-from natrelay.store.records import VIRTUAL, LlmRecord
+from natrelay.store.records import VIRTUAL, LlmRecord, MemberRecord
 from natrelay.wire import LlmStatus, ProviderSpec
 
 if TYPE_CHECKING:
@@ -28,12 +25,27 @@ if TYPE_CHECKING:
 LIVE = "live"
 INACTIVE = "inactive"
 _NAMES = {"#name": "name", "#status": "status"}
-# A row may be taken by a registration of its owner (or of anyone, for a row without
-# one) when it is new, the session's own, or its holder is gone.
-_TAKEOVER = (
-    "attribute_not_exists(#name) OR ((attribute_not_exists(#owner) OR #owner = :owner) AND "
-    f"({SESSION_IS} OR #status = :inactive OR {HEARTBEAT_BEFORE}))"
-)
+# A registration joins the pool of a row that is new, its key's, or without an owner.
+_JOIN = "attribute_not_exists(#name) OR attribute_not_exists(#owner) OR #owner = :owner"
+# A row's members are attributes `m#<session id>` (a map each): a member can be added,
+# refreshed or removed in one write, whatever else the row holds.
+MEMBER_PREFIX = "m#"
+
+
+def member_attr(session_id: str) -> str:
+    return f"{MEMBER_PREFIX}{session_id}"
+
+
+def _member(session_id: str, raw: Any) -> MemberRecord | None:
+    if not isinstance(raw, dict):
+        return None
+    return MemberRecord(
+        session_id=session_id,
+        status=LlmStatus(raw.get("status", LlmStatus.ACTIVE.value)),
+        heartbeat_at=float(raw.get("heartbeatAt", 0)),
+        max_concurrency=raw.get("maxConcurrency"),
+        wake_max_wait=raw.get("wakeMaxWait"),
+    )
 
 
 def _extra_config(stored: Any) -> dict[str, Any]:
@@ -60,6 +72,14 @@ def row_record(item: Item) -> LlmRecord:
         wake_max_wait=item.get("wakeMaxWait"),
         wake_id=item.get("wakeId"),
         wake_deadline=item.get("wakeDeadline"),
+        wake_target=item.get("wakeTarget"),
+        members={
+            k.removeprefix(MEMBER_PREFIX): m
+            for k, v in item.items()
+            if k.startswith(MEMBER_PREFIX) and (m := _member(k.removeprefix(MEMBER_PREFIX), v))
+        },
+        max_queue_depth=item.get("maxQueueDepth"),
+        wake_after_queue_seconds=item.get("wakeAfterQueueSeconds"),
     )
 
 
@@ -77,12 +97,15 @@ class DynamoLlmStore:
     def _key(self, name: str) -> dict[str, Any]:
         return {"name": {"S": name}}
 
-    @off_loop
-    def get(self, name: str) -> LlmRecord | None:
+    def _get(self, name: str) -> LlmRecord | None:
         raw = self._client.get_item(
             TableName=self.table, Key=self._key(name), ConsistentRead=True
         ).get("Item")
         return row_record(decode(raw)) if raw else None
+
+    @off_loop
+    def get(self, name: str) -> LlmRecord | None:
+        return self._get(name)
 
     @off_loop
     def all(self) -> list[LlmRecord]:
@@ -99,11 +122,11 @@ class DynamoLlmStore:
 
     # --- registration ----------------------------------------------------------------
 
-    def takeover_op(
-        self, spec: ProviderSpec, session_id: str, owner: str, now: float, cutoff: float
+    def join_op(
+        self, spec: ProviderSpec, session_id: str, owner: str, now: float
     ) -> tuple[dict[str, Any], Item]:
-        """The transaction item that creates or takes over the row of `spec` for the
-        session (for DynamoSessionStore.register), and the row it writes."""
+        """The transaction item that creates the row of `spec` or joins its pool, for
+        the session (for DynamoSessionStore.register), and the row fields it writes."""
         row: Item = {
             "kind": VIRTUAL,
             "type": spec.type,
@@ -121,94 +144,148 @@ class DynamoLlmStore:
             "sweepState": LIVE,
             "sweepAt": now,
         }
+        member = {
+            "status": spec.initial_status.value,
+            "heartbeatAt": now,
+            "maxConcurrency": spec.max_concurrency,
+            "wakeMaxWait": spec.wake_max_wait_seconds,
+        }
         present = {k: v for k, v in row.items() if v is not None}
-        absent = [k for k, v in row.items() if v is None]
-        names = {f"#{k}": k for k in present} | _NAMES | {"#owner": "owner"}
-        sets = [f"#{k} = :{k}" for k in present] + ["createdAt = if_not_exists(createdAt, :now)"]
-        # a row taken back keeps when it was first published; stale state goes
-        drop = [*absent, "inactiveSince", "wakeId", "wakeDeadline"]
+        names = (
+            {f"#{k}": k for k in present}
+            | _NAMES
+            | {"#owner": "owner", "#me": member_attr(session_id)}
+        )
+        sets = [f"#{k} = :{k}" for k in present] + [
+            "createdAt = if_not_exists(createdAt, :now)",
+            "#me = :member",
+        ]
+        # a row taken back keeps when it was first published; a retired one comes back
         op = {
             "Update": {
                 "TableName": self.table,
                 "Key": self._key(spec.name),
-                "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(drop)}",
-                "ConditionExpression": _TAKEOVER,
+                "UpdateExpression": f"SET {', '.join(sets)} REMOVE inactiveSince",
+                "ConditionExpression": _JOIN,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values(
                     **present,
                     now=now,
-                    sid=session_id,
-                    inactive=LlmStatus.INACTIVE.value,
-                    cutoff=cutoff,
+                    member={k: v for k, v in member.items() if v is not None},
                 ),
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
         return op, {"name": spec.name, "createdAt": now, **present}
 
-    # --- a session's rows ------------------------------------------------------------
+    # --- a member's rows -------------------------------------------------------------
 
     @off_loop
     def beat(
-        self, name: str, session_id: str, now: float, *, status: LlmStatus | None, revive: LlmStatus
+        self, name: str, session_id: str, now: float, *, status: LlmStatus | None
     ) -> LlmRecord:
-        """Refresh the row's heartbeat; ConditionFailedError if the session no longer
-        holds it.
+        """Refresh the member's heartbeat (and the row's: the last of any member's);
+        ConditionFailedError if the session is no longer a member.
 
-        `status`: what the publisher just reported, written as is. None: the status is
-        left as the relay has it (a finished wake may have set it after the caller read
-        the session), unless the row went inactive: then it comes back as `revive`.
+        `status`: what the publisher just reported, written as is. None: the member's
+        status is left as the relay has it (a finished wake may have set it after the
+        caller read the session). A retired row comes back with its live members.
         """
+        sets = [
+            "#me.heartbeatAt = :now",
+            "lastHeartbeatAt = :now",
+            "sweepState = :live",
+            "sweepAt = :now",
+        ]
+        vals: dict[str, Any] = {"now": now, "live": LIVE}
         if status is not None:
-            return self._beat(name, session_id, now, status)
-        try:
-            with condition(f"row {name} is inactive or not held", row_record):
-                raw = self._client.update_item(
-                    TableName=self.table,
-                    Key=self._key(name),
-                    UpdateExpression="SET lastHeartbeatAt = :now, sweepState = :live, "
-                    "sweepAt = :now",
-                    ConditionExpression=f"{SESSION_IS} AND #status <> :inactive",
-                    ExpressionAttributeNames={"#status": "status"},
-                    ExpressionAttributeValues=values(
-                        now=now, live=LIVE, sid=session_id, inactive=LlmStatus.INACTIVE.value
-                    ),
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )["Attributes"]
-        except ConditionFailedError as exc:
-            old = exc.record
-            if not isinstance(old, LlmRecord) or old.session_id != session_id:
-                raise
-            return self._beat(name, session_id, now, revive)  # swept: it comes back
-        return row_record(decode(raw))
-
-    def _beat(self, name: str, session_id: str, now: float, status: LlmStatus) -> LlmRecord:
-        with condition(f"row {name} is no longer held by session {session_id}"):
+            sets += ["#me.#status = :status", "#status = :status"]
+            vals["status"] = status.value
+        else:
+            # a row the sweep retired comes back: its status is the member's
+            sets.append("#status = #me.#status")
+        with condition(f"session is no longer a member of {name}"):
             raw = self._client.update_item(
                 TableName=self.table,
                 Key=self._key(name),
-                UpdateExpression="SET lastHeartbeatAt = :now, sweepState = :live, "
-                "sweepAt = :now, #status = :status REMOVE inactiveSince",
-                ConditionExpression=SESSION_IS,
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values(
-                    now=now, live=LIVE, status=status.value, sid=session_id
-                ),
+                UpdateExpression=f"SET {', '.join(sets)} REMOVE inactiveSince",
+                ConditionExpression="attribute_exists(#me)",
+                ExpressionAttributeNames={"#me": member_attr(session_id), "#status": "status"},
+                ExpressionAttributeValues=values(**vals),
                 ReturnValues="ALL_NEW",
             )["Attributes"]
         return row_record(decode(raw))
 
     @off_loop
-    def retire(self, name: str, session_id: str, now: float) -> LlmRecord:
-        """Mark the row inactive if the session still holds it (ConditionFailedError)."""
-        return self._mark_inactive(name, now, SESSION_IS, sid=session_id)
+    def set_member_status(self, name: str, session_id: str, status: LlmStatus) -> None:
+        """Record a member's status the relay established (a finished wake); no-op if
+        the session left the pool."""
+        try:
+            with condition(f"session is no longer a member of {name}"):
+                self._client.update_item(
+                    TableName=self.table,
+                    Key=self._key(name),
+                    UpdateExpression="SET #me.#status = :status, #status = :status",
+                    ConditionExpression="attribute_exists(#me)",
+                    ExpressionAttributeNames={
+                        "#me": member_attr(session_id),
+                        "#status": "status",
+                    },
+                    ExpressionAttributeValues=values(status=status.value),
+                )
+        except ConditionFailedError:
+            return
+
+    @off_loop
+    def leave(self, name: str, session_id: str) -> LlmRecord | None:
+        """Take the session out of the row's pool; the row as it is left (None: the
+        session was not a member)."""
+        try:
+            with condition(f"session is not a member of {name}"):
+                raw = self._client.update_item(
+                    TableName=self.table,
+                    Key=self._key(name),
+                    UpdateExpression="REMOVE #me",
+                    ConditionExpression="attribute_exists(#me)",
+                    ExpressionAttributeNames={"#me": member_attr(session_id)},
+                    ReturnValues="ALL_NEW",
+                )["Attributes"]
+        except ConditionFailedError:
+            return None
+        return row_record(decode(raw))
+
+    @off_loop
+    def drop_dead_members(self, name: str, session_ids: list[str], cutoff: float) -> None:
+        """Remove members whose heartbeat is older than cutoff (each checked in the
+        write: one that beat meanwhile stays)."""
+        for session_id in session_ids:
+            try:
+                with condition("member came back"):
+                    self._client.update_item(
+                        TableName=self.table,
+                        Key=self._key(name),
+                        UpdateExpression="REMOVE #m",
+                        ConditionExpression="#m.heartbeatAt < :cutoff",
+                        ExpressionAttributeNames={"#m": member_attr(session_id)},
+                        ExpressionAttributeValues=values(cutoff=cutoff),
+                    )
+            except ConditionFailedError:
+                continue
+
+    @off_loop
+    def retire_if_deserted(self, name: str, now: float, alive_after: float) -> LlmRecord:
+        """Mark the row inactive if no member beat after `alive_after` (its heartbeat is
+        the last of any member's); ConditionFailedError otherwise."""
+        return self._mark_inactive(name, now, "lastHeartbeatAt <= :after", after=alive_after)
 
     # --- wake markers ----------------------------------------------------------------
 
     @off_loop
-    def claim_wake(self, name: str, wake_id: str, deadline: float, now: float) -> LlmRecord:
-        """Set the wake marker if the row is hibernating and no live marker exists.
+    def claim_wake(
+        self, name: str, wake_id: str, target: str, deadline: float, now: float
+    ) -> LlmRecord:
+        """Set the pool's wake marker (waking member `target`) if no live marker exists
+        and the target is still a member.
 
         ConditionFailedError's `record` is the row as it was (the wake to wait for), or
         None if there is no row.
@@ -217,11 +294,12 @@ class DynamoLlmStore:
             raw = self._client.update_item(
                 TableName=self.table,
                 Key=self._key(name),
-                UpdateExpression="SET wakeId = :wake, wakeDeadline = :deadline",
-                ConditionExpression=f"{STATUS_IS} AND {WAKE_FREE}",
-                ExpressionAttributeNames={"#status": "status"},
+                UpdateExpression="SET wakeId = :wake, wakeDeadline = :deadline, "
+                "wakeTarget = :target",
+                ConditionExpression=f"attribute_exists(#target) AND {WAKE_FREE}",
+                ExpressionAttributeNames={"#target": member_attr(target)},
                 ExpressionAttributeValues=values(
-                    status=LlmStatus.HIBERNATING.value, wake=wake_id, deadline=deadline, now=now
+                    wake=wake_id, deadline=deadline, target=target, now=now
                 ),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -229,16 +307,11 @@ class DynamoLlmStore:
         return row_record(decode(raw))
 
     @off_loop
-    def clear_wake(self, name: str, wake_id: str, *, activate: bool) -> bool:
-        """Remove the marker of this wake (and make the row active if `activate`).
-
-        False if the marker is another wake's or gone: a stale wake changes nothing.
-        """
-        update = "SET #status = #status REMOVE wakeId, wakeDeadline"
+    def clear_wake(self, name: str, wake_id: str) -> bool:
+        """Remove the marker of this wake. False if the marker is another wake's or
+        gone: a stale wake changes nothing."""
+        update = "SET #status = #status REMOVE wakeId, wakeDeadline, wakeTarget"
         vals: dict[str, Any] = {"wake": wake_id}
-        if activate:
-            update = "SET #status = :active REMOVE wakeId, wakeDeadline"
-            vals["active"] = LlmStatus.ACTIVE.value
         try:
             with condition("stale wake"):
                 self._client.update_item(
@@ -253,74 +326,23 @@ class DynamoLlmStore:
             return False
         return True
 
-    # --- sweep -----------------------------------------------------------------------
-
-    def _query_sweep(self, state: str, before: float) -> list[Item]:
-        return list(
-            items(
-                self._client,
-                "query",
-                TableName=self.table,
-                IndexName="bySweep",
-                KeyConditionExpression="sweepState = :state AND sweepAt < :before",
-                ExpressionAttributeValues=values(state=state, before=before),
-            )
-        )
-
-    @off_loop
-    def stale(self, cutoff: float) -> list[tuple[str, str | None]]:
-        """(name, sessionId) of live rows whose heartbeat is older than cutoff."""
-        return [(i["name"], i.get("sessionId")) for i in self._query_sweep(LIVE, cutoff)]
-
-    @off_loop
-    def live_sessions(self, cutoff: float) -> set[str]:
-        """Sessions holding a live row whose heartbeat is not older than cutoff."""
-        found = items(
-            self._client,
-            "query",
-            TableName=self.table,
-            IndexName="bySweep",
-            KeyConditionExpression="sweepState = :state AND sweepAt >= :cutoff",
-            ExpressionAttributeValues=values(state=LIVE, cutoff=cutoff),
-        )
-        return {i["sessionId"] for i in found if i.get("sessionId")}
-
-    @off_loop
-    def expire_if_stale(self, name: str, cutoff: float, now: float) -> LlmRecord:
-        """Mark a row inactive unless a heartbeat landed since (ConditionFailedError)."""
-        return self._mark_inactive(
-            name, now, f"sweepState = :live AND {HEARTBEAT_BEFORE}", live=LIVE, cutoff=cutoff
-        )
-
-    @off_loop
-    def retired(self, cutoff: float) -> list[str]:
-        """Names of rows inactive since before cutoff."""
-        return [i["name"] for i in self._query_sweep(INACTIVE, cutoff)]
-
-    @off_loop
-    def delete_if_retired(self, name: str, cutoff: float) -> None:
-        """Delete the row if still inactive since before cutoff (ConditionFailedError)."""
-        with condition(f"{name} came back"):
-            self._client.delete_item(
-                TableName=self.table,
-                Key=self._key(name),
-                ConditionExpression=f"{STATUS_IS} AND inactiveSince < :cutoff",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values(status=LlmStatus.INACTIVE.value, cutoff=cutoff),
-            )
-
     def _mark_inactive(self, name: str, now: float, cond: str, **vals: Any) -> LlmRecord:
-        with condition(f"{name} changed meanwhile"):
-            raw = self._client.update_item(
-                TableName=self.table,
-                Key=self._key(name),
-                UpdateExpression="SET #status = :inactive, inactiveSince = :now, "
-                "sweepState = :inactive, sweepAt = :now REMOVE wakeId, wakeDeadline",
-                ConditionExpression=f"attribute_exists(#name) AND {cond}",
-                ExpressionAttributeNames=_NAMES,
-                ExpressionAttributeValues=values(
-                    inactive=LlmStatus.INACTIVE.value, now=now, **vals
-                ),
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
-        return row_record(decode(raw))
+        return mark_inactive(self._client, self.table, name, now, cond, **vals)
+
+
+def mark_inactive(
+    client: Any, table: str, name: str, now: float, cond: str, **vals: Any
+) -> LlmRecord:
+    """Mark a row inactive if `cond` holds (ConditionFailedError otherwise)."""
+    with condition(f"{name} changed meanwhile"):
+        raw = client.update_item(
+            TableName=table,
+            Key={"name": {"S": name}},
+            UpdateExpression="SET #status = :inactive, inactiveSince = :now, "
+            "sweepState = :inactive, sweepAt = :now REMOVE wakeId, wakeDeadline, wakeTarget",
+            ConditionExpression=f"attribute_exists(#name) AND {cond}",
+            ExpressionAttributeNames=_NAMES,
+            ExpressionAttributeValues=values(inactive=LlmStatus.INACTIVE.value, now=now, **vals),
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+    return row_record(decode(raw))

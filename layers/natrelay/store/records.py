@@ -11,6 +11,21 @@ VIRTUAL = "virtual"
 
 
 @dataclass(frozen=True)
+class MemberRecord:
+    """A publisher session serving an LLM's pool."""
+
+    session_id: str
+    status: LlmStatus
+    heartbeat_at: float
+    max_concurrency: int | None = None
+    # Its wake recipe's maxWaitSeconds; None: it cannot be woken.
+    wake_max_wait: float | None = None
+
+    def alive(self, now: float, timeout: float) -> bool:
+        return now - self.heartbeat_at <= timeout
+
+
+@dataclass(frozen=True)
 class LlmRecord:
     name: str
     type: str
@@ -29,9 +44,29 @@ class LlmRecord:
     wake_max_wait: float | None = None
     wake_id: str | None = None
     wake_deadline: float | None = None
+    # The member a wake in flight wakes.
+    wake_target: str | None = None
+    # The pool: every session that published the name and has not left, live or not.
+    members: dict[str, MemberRecord] = field(default_factory=dict)
+    # Pool settings an admin may set (None: the relay's defaults).
+    max_queue_depth: int | None = None
+    wake_after_queue_seconds: float | None = None
 
     def waking(self, now: float) -> bool:
         return self.wake_id is not None and (self.wake_deadline or 0) > now
+
+    def live_members(self, now: float, timeout: float) -> list[MemberRecord]:
+        return [m for m in self.members.values() if m.alive(now, timeout)]
+
+    def pool_status(self, now: float, timeout: float) -> LlmStatus:
+        """active: a live member serves now; hibernating: live members, all asleep;
+        inactive: no live member (or the row was retired)."""
+        live = self.live_members(now, timeout)
+        if self.status is LlmStatus.INACTIVE or not live:
+            return LlmStatus.INACTIVE
+        if any(m.status is LlmStatus.ACTIVE for m in live):
+            return LlmStatus.ACTIVE
+        return LlmStatus.HIBERNATING
 
 
 @dataclass(frozen=True)
@@ -51,16 +86,21 @@ class SessionRecord:
 
 @dataclass(frozen=True)
 class NewTask:
+    """A task for the pool of `llm`: any live member may claim it, unless it names a
+    `target_session` (a wake, which only that member runs)."""
+
     id: str
     kind: TaskKind
     llm: str
-    session_id: str
     created_at: float
     expires_at: float
     lease_seconds: float
     stream: bool = False
     request: bytes | None = None
     wake_id: str | None = None
+    target_session: str | None = None
+    # An infer task queued while a wake was in flight: the member that wake wakes.
+    wake_target: str | None = None
     # The client key the task is for, and the day its usage is counted on.
     client_key: str | None = None
     usage_day: str | None = None
@@ -73,7 +113,8 @@ class TaskRecord:
     id: str
     kind: TaskKind
     llm: str
-    session_id: str
+    # The session that claimed it (None while it waits in the pool's queue).
+    session_id: str | None
     state: TaskState
     created_at: float
     lease_seconds: float
@@ -103,6 +144,8 @@ class TaskRecord:
     usage_day: str | None = None
     slot: str | None = None
     expires_at: float | None = None
+    target_session: str | None = None
+    wake_target: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now

@@ -66,22 +66,20 @@ class DynamoSessionStore:
         specs: list[ProviderSpec],
         *,
         now: float,
-        cutoff: float,
         expires_at: float,
     ) -> tuple[SessionRecord, list[LlmRecord]]:
-        """Claim the names, create or take over the rows and write the session for
-        `owner`, all or nothing.
+        """Claim the names, create the rows or join their pools, and write the session
+        for `owner`, all or nothing.
 
-        A name another key owns, or a row another live session holds, fails the whole
-        registration with NameHeldError; a session id another key owns, with
-        ConditionFailedError (`record` None).
+        A name another key owns fails the whole registration with NameHeldError; a
+        session id another key owns, with ConditionFailedError (`record` None).
         """
         ops: list[dict[str, Any]] = []
         rows: list[Item] = []
         for spec in specs:
             ops.append(self._keys.name_claim_op(spec.name, owner, now))
         for spec in specs:
-            op, row = self._rows.takeover_op(spec, session_id, owner, now, cutoff)
+            op, row = self._rows.join_op(spec, session_id, owner, now)
             ops.append(op)
             rows.append(row)
         ops.append(

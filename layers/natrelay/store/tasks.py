@@ -3,13 +3,13 @@ lifecycle, pending -> claimed -> completed | failed | cancelled."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from natrelay.store._dynamo import (
     CLAIMED_BY,
+    FOR_SESSION,
     NOT_EXISTS,
     NOT_EXPIRED,
     STATE_IS,
@@ -17,7 +17,6 @@ from natrelay.store._dynamo import (
     condition,
     decode,
     encode,
-    items,
     off_loop,
     values,
 )
@@ -27,6 +26,7 @@ from natrelay.store._task_items import (
     STATE_NAMES,
     WAKE_PRIORITY,
     force_end,
+    pool_queue,
     read_parts,
     result_hash,
     result_parts,
@@ -70,9 +70,10 @@ class DynamoTaskStore:
             "sk": "m",
             "kind": task.kind.value,
             "llm": task.llm,
-            "sessionId": task.session_id,
             "state": TaskState.PENDING.value,
-            "queue": task.session_id,
+            "queue": pool_queue(task.llm),
+            "targetSession": task.target_session,
+            "wakeTarget": task.wake_target,
             "createdAt": task.created_at,
             # Wakes jump the queue: the inferences queued behind them wait for them.
             "queueOrder": task.created_at - (WAKE_PRIORITY if task.kind is TaskKind.WAKE else 0),
@@ -154,37 +155,11 @@ class DynamoTaskStore:
         return read_parts(self._client, self._table, task.id, task.result_parts or "r")
 
     @off_loop
-    def queued(self, session_id: str) -> list[str]:
-        """Ids of every pending task of a session, through every page of the index."""
-        found = items(
-            self._client,
-            "query",
-            TableName=self._table,
-            IndexName="byQueue",
-            KeyConditionExpression="#queue = :sid",
-            ExpressionAttributeNames={"#queue": "queue"},
-            ExpressionAttributeValues=values(sid=session_id),
-        )
-        return [item["pk"].removeprefix("task#") for item in found]
-
-    @off_loop
-    def pending(self, session_id: str, limit: int) -> list[str]:
-        """Ids of pending tasks of a session, oldest first (the index may lag: claim decides)."""
-        page = self._client.query(
-            TableName=self._table,
-            IndexName="byQueue",
-            KeyConditionExpression="#queue = :sid",
-            ExpressionAttributeNames={"#queue": "queue"},
-            ExpressionAttributeValues=values(sid=session_id),
-            Limit=limit,
-        )
-        return [decode(raw)["pk"].removeprefix("task#") for raw in page.get("Items", [])]
-
-    @off_loop
     def claim(
         self, task_id: str, session_id: str, *, key: str, generation: int, now: float
     ) -> TaskRecord:
-        """pending -> claimed for this session of publisher key `key`, unless it expired.
+        """pending -> claimed for this session of publisher key `key`, unless it expired
+        or names another session as its target.
 
         ConditionFailedError (`record`: the task as it was) if someone else got it, it
         ended, or it expired while queued.
@@ -193,11 +168,12 @@ class DynamoTaskStore:
             raw = self._client.update_item(
                 TableName=self._table,
                 Key=task_key(task_id),
-                UpdateExpression="SET #state = :claimed, claimedBy = :sid, claimedKey = :key, "
+                UpdateExpression="SET #state = :claimed, sessionId = :sid, claimedBy = :sid, "
+                "claimedKey = :key, "
                 "claimedGeneration = :gen, claimedAt = :now, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now "
                 "ADD attempts :one REMOVE #queue",
-                ConditionExpression=f"{STATE_IS} AND sessionId = :sid AND {NOT_EXPIRED}",
+                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {NOT_EXPIRED}",
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(
                     state=TaskState.PENDING.value,
@@ -342,19 +318,9 @@ class DynamoTaskStore:
 
     @off_loop
     def fail_if_pending(
-        self,
-        task_id: str,
-        *,
-        status: int,
-        error: dict[str, Any],
-        now: float,
-        expires_at: float,
-        llms: Collection[str] | None = None,
+        self, task_id: str, *, status: int, error: dict[str, Any], now: float, expires_at: float
     ) -> TaskRecord:
-        """Fail a task nobody claimed yet (and, if `llms` is given, for one of those
-        LLMs); ConditionFailedError otherwise."""
-        names = {f"llm{i}": name for i, name in enumerate(sorted(llms or ()))}
-        only_for = f" AND llm IN ({', '.join(f':{k}' for k in names)})" if names else ""
+        """Fail a task nobody claimed yet; ConditionFailedError otherwise."""
         return force_end(
             self._client,
             self._table,
@@ -364,7 +330,6 @@ class DynamoTaskStore:
             error=error,
             now=now,
             expires_at=expires_at,
-            only_if="#state = :pendingonly" + only_for,
+            only_if="#state = :pendingonly",
             pendingonly=TaskState.PENDING.value,
-            **names,
         )

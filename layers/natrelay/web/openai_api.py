@@ -15,12 +15,12 @@ from natrelay.wire import ModelList
 
 async def list_models(request: Request, relay: Relay) -> Response:
     rows = await relay.catalog.serving_rows(caller(request))
-    return answer(ModelList(data=[model_card(r) for r in rows]))
+    return answer(ModelList(data=[model_card(r, relay.catalog.status(r)) for r in rows]))
 
 
 async def get_model(request: Request, relay: Relay) -> Response:
     row = await relay.catalog.get(caller(request), request.path_params["model"])
-    return answer(model_card(row))
+    return answer(model_card(row, relay.catalog.status(row)))
 
 
 async def chat_completions(request: Request, relay: Relay) -> Response:

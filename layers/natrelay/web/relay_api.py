@@ -87,12 +87,15 @@ async def post_result(request: Request, relay: Relay) -> Response:
 async def list_llms(request: Request, relay: Relay) -> Response:
     now = relay.clock()
     rows = await relay.catalog.all(caller(request))
-    return answer(LlmList(data=[views.row_view(r, now) for r in rows]))
+    statuses = [relay.catalog.status(r) for r in rows]
+    return answer(
+        LlmList(data=[views.row_view(r, now, st) for r, st in zip(rows, statuses, strict=True)])
+    )
 
 
 async def get_llm(request: Request, relay: Relay) -> Response:
-    row = await relay.catalog.get(caller(request), request.path_params["name"])
-    return answer(views.row_view(row, relay.clock()))
+    pool = await relay.catalog.pool(caller(request), request.path_params["name"])
+    return answer(views.pool_view(pool, relay.clock()))
 
 
 async def delete_llm(request: Request, relay: Relay) -> Response:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -28,6 +29,22 @@ async def _cancel_unless_done(relay: Relay, task_id: str, done: bool) -> None:
             await relay.endings.cancel(task_id)
 
 
+# A stream still waiting for its first chunk after this long (queued behind busy
+# members, or waiting for a wake) answers 200 anyway and keeps the connection alive with
+# SSE comments: proxies that cut idle connections (100 s at Cloudflare and nginx's
+# default) must never drop it.
+OPEN_WITHIN_SECONDS = 10.0
+KEEPALIVE_SECONDS = 15.0
+KEEPALIVE = ": waiting for the backend\n\n"
+
+
+class _End:
+    """The end of a chunk iterator."""
+
+
+_END = _End()
+
+
 async def open_chat_stream(
     relay: Relay,
     task: TaskRecord,
@@ -36,19 +53,49 @@ async def open_chat_stream(
     fresh: bool = True,
     started: float | None = None,
 ) -> AsyncIterator[str]:
-    """Wait for the first chunk before answering, so that a task that fails (or times
-    out) before producing anything is a plain HTTP error (502, 503, 504), not a 200
-    followed by an error event. Raises that error; otherwise returns the SSE body.
+    """Wait a little for the first chunk before answering, so that a task that fails
+    early is a plain HTTP error (502, 503, 504), not a 200 followed by an error event.
+    Raises that error; otherwise returns the SSE body. A stream whose first chunk is
+    slow to come (a queue, a wake) answers anyway, with keep-alive comments.
 
     `fresh`: the task was just submitted (not found by its Idempotency-Key)."""
     chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
-    try:
-        first = await anext(chunks, None)
-    except RelayError:
+    first = asyncio.ensure_future(anext(chunks, _END))
+    done, _ = await asyncio.wait({first}, timeout=OPEN_WITHIN_SECONDS)
+    if first in done and first.exception() is not None:
         await chunks.aclose()
-        raise
-    relay.metrics.first_token(max(0.0, relay.clock() - (started or task.created_at)))
-    return chat_stream(relay, task, first, chunks)
+        first.result()  # raises the task's error
+    t0 = started or task.created_at
+    return chat_stream(relay, task, _paced(chunks, first, relay, t0))
+
+
+async def _paced(
+    chunks: AsyncGenerator[Chunk, None],
+    pending: asyncio.Future[Chunk | _End],
+    relay: Relay,
+    started: float,
+) -> AsyncIterator[Chunk | None]:
+    """The chunks, and None whenever KEEPALIVE_SECONDS pass without one."""
+    first = True
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield None
+                continue
+            item = pending.result()
+            if isinstance(item, _End):
+                return
+            if first:
+                relay.metrics.first_token(max(0.0, relay.clock() - started))
+                first = False
+            yield item
+            pending = asyncio.ensure_future(anext(chunks, _END))
+    finally:
+        pending.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(pending, return_exceptions=True)
+            await chunks.aclose()
 
 
 def _objects(chunk: Chunk, name: str) -> list[Any]:
@@ -57,28 +104,28 @@ def _objects(chunk: Chunk, name: str) -> list[Any]:
 
 
 async def chat_stream(
-    relay: Relay, task: TaskRecord, first: Chunk | None, rest: AsyncIterator[Chunk]
+    relay: Relay, task: TaskRecord, chunks: AsyncIterator[Chunk | None]
 ) -> AsyncIterator[str]:
-    """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`.
+    """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`; a comment while
+    nothing comes for a while.
 
     A client that goes away cancels the task, so the publisher stops the backend.
     """
     done = False
-    task_id = task.id
     try:
-        if first is not None:
-            for obj in _objects(first, task.llm):
+        async for chunk in chunks:
+            if chunk is None:
+                yield KEEPALIVE
+                continue
+            for obj in _objects(chunk, task.llm):
                 yield _data(obj)
-            async for chunk in rest:
-                for obj in _objects(chunk, task.llm):
-                    yield _data(obj)
         done = True
         yield "data: [DONE]\n\n"
     except RelayError as exc:
         done = not isinstance(exc, TaskTimeoutError)
         yield _data(error_body(exc))
     finally:
-        await _cancel_unless_done(relay, task_id, done)
+        await _cancel_unless_done(relay, task.id, done)
 
 
 def parse_event_id(value: str | None) -> tuple[int, int]:

@@ -7,13 +7,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from natrelay.service import Registration
+from natrelay.service.catalog import Pool
 from natrelay.service.payloads import loads_stored, public_model
+from natrelay.service.sessions import fingerprint
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
     ErrorInfo,
     KeyCreated,
     KeyView,
     LlmRow,
+    LlmStatus,
+    MemberView,
     ModelCard,
     PolledTask,
     SessionResponse,
@@ -31,7 +35,7 @@ def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in error.items() if k in ("message", "type", "code", "param")}
 
 
-def row_view(row: LlmRecord, now: float) -> LlmRow:
+def row_view(row: LlmRecord, now: float, status: LlmStatus | None = None) -> LlmRow:
     return LlmRow(
         name=row.name,
         kind=row.kind,
@@ -39,7 +43,7 @@ def row_view(row: LlmRecord, now: float) -> LlmRow:
         model=row.model,
         tier=row.tier,
         description=row.description,
-        status=row.status,
+        status=status or row.status,
         last_heartbeat_at=iso(row.last_heartbeat_at),
         inactive_since=iso(row.inactive_since),
         created_at=iso(row.created_at),
@@ -65,11 +69,42 @@ def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
 
 
 def session_response(registration: Registration, now: float) -> SessionResponse:
+    """What the publisher hears of its session: each row with its own member's status."""
     session = registration.session
-    return SessionResponse(
-        provider_session_id=session.id,
-        llms=[row_view(r, now) for r in registration.rows],
-        generation=session.generation,
+    rows = []
+    for row in registration.rows:
+        member = row.members.get(session.id)
+        rows.append(row_view(row, now, member.status if member else None))
+    return SessionResponse(provider_session_id=session.id, llms=rows, generation=session.generation)
+
+
+def pool_view(pool: Pool, now: float) -> LlmRow:
+    """A row with its pool: members (by fingerprint), their load, and the queue."""
+    members = [
+        MemberView(
+            member=fingerprint(member.session_id),
+            status=member.status,
+            last_heartbeat_at=iso(member.heartbeat_at),
+            max_concurrency=member.max_concurrency,
+            in_flight=running or 0,
+            free_slots=(
+                max(0, member.max_concurrency - running)
+                if member.max_concurrency is not None and running is not None
+                else None
+            ),
+        )
+        for member, running in pool.members
+    ]
+    return row_view(pool.row, now, pool.status).model_copy(
+        update={
+            "members": members,
+            "queue_depth": pool.queue_depth,
+            "oldest_queued_seconds": (
+                round(pool.oldest_queued_seconds, 1)
+                if pool.oldest_queued_seconds is not None
+                else None
+            ),
+        }
     )
 
 
@@ -88,12 +123,12 @@ def polled_task(task: TaskRecord) -> PolledTask:
     )
 
 
-def model_card(row: LlmRecord) -> ModelCard:
-    """A row as an OpenAI model object."""
+def model_card(row: LlmRecord, status: LlmStatus) -> ModelCard:
+    """A row as an OpenAI model object (with its pool's status)."""
     return ModelCard(
         id=row.name,
         created=int(row.created_at or 0),
-        status=row.status,
+        status=status,
         tier=row.tier,
         description=row.description,
     )
