@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=1000, ge=0)
     # ... each at most this long (0: the request's own budget), then 503 queue_timeout.
     max_queue_wait_seconds: float = Field(default=0, ge=0)
+    # A request that waits for a wake (every member of its pool asleep) is held up to the
+    # wake's own window, but never longer than this (API Gateway cuts at 30 s: the API
+    # function sets 25).
+    max_hold_seconds: float = Field(default=900, gt=0)
+    # A stream with no chunk yet answers 200 after a while anyway (queued, or waiting for a
+    # wake) and sends an SSE comment this often, so idle-cutting proxies never drop it.
+    stream_keepalive_seconds: float = Field(default=15, gt=0)
     # Wake one more hibernating member when the oldest request has waited this long
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)

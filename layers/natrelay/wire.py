@@ -356,6 +356,8 @@ class TaskView(Answer):
     status: int | None = None
     result: Any = None
     error: ErrorInfo | None = None
+    # While it waits in its pool's queue: how many requests are ahead of it.
+    queue_position: int | None = None
 
 
 # --- keys and usage (admin API) ----------------------------------------------------

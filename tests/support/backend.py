@@ -13,7 +13,8 @@ serves until SIGTERM.
   reversed when that message starts with `ECHO:`.
 * Backend models that misbehave: `fail-400` (an OpenAI error), `fail-500` (plain text),
   `bad-json` (200, not JSON), `break` (the stream ends with an error event), `delay`
-  (a non-streamed answer after 0.4 s; `max_active` is the most answered at once).
+  (a non-streamed answer after 0.4 s; `max_active` is the most answered at once);
+  `latency` delays every non-streamed answer.
 * While `asleep`, both answer 503. `POST /_fake/wake` wakes it `wake_delay` s later and
   answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
   (`upAt`: the wall-clock time it came up).
@@ -61,6 +62,8 @@ class FakeBackend:
     models: tuple[str, ...] = ("m1", "m2")
     asleep: bool = False
     wake_delay: float = 0.5
+    # Every non-streamed answer takes this long (model `delay`: 0.4 s at least).
+    latency: float = 0.0
     # What it saw and did.
     requests: list[dict[str, Any]] = field(default_factory=list)
     produced_at: list[float] = field(default_factory=list)
@@ -124,10 +127,11 @@ class FakeBackend:
             return PlainTextResponse("this is not JSON", 200)
         if body.get("stream"):
             return StreamingResponse(self._sse(body), media_type="text/event-stream")
-        if model == "delay":
+        wait = max(self.latency, 0.4 if model == "delay" else 0.0)
+        if wait:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(wait)
             self.active -= 1
         message = {"role": "assistant", "content": self._answer(body)}
         return JSONResponse(

@@ -125,8 +125,6 @@ class Queue:
             principal, task_id, now + longest + s.result_retention_seconds
         )
         wake = await self.wakes.ensure(row) if hibernating else None
-        if wake is None and hibernating:
-            raise offline(row, now)
         if not hibernating and oldest is not None and self._wake_more(row, now - oldest):
             await self.wakes.ensure(row, more=True)  # busy members: wake one more
         now = self.clock()

@@ -41,6 +41,12 @@ class Waiting:
             raise _not_found(task_id)
         return task
 
+    async def queue_position(self, task: TaskRecord) -> int | None:
+        """How many requests wait ahead of a task still in its pool's queue."""
+        if task.state is not TaskState.PENDING:
+            return None
+        return await self.stores.queues.position(task.llm, task.created_at)
+
     async def get_with_result(
         self, task_id: str, principal: Principal | None = None
     ) -> tuple[TaskRecord, bytes | None]:

@@ -17,6 +17,7 @@ from natrelay.errors import LlmNotFoundError, PublisherOfflineError
 from natrelay.service.context import Context
 from natrelay.service.endings import PoolHint, pool_key
 from natrelay.service.ids import new_task_id
+from natrelay.service.outcomes import offline
 from natrelay.service.sessions import Sessions
 from natrelay.store import ConditionFailedError, LlmRecord, MemberRecord, NewTask, TaskRecord
 from natrelay.wire import LlmStatus, TaskKind
@@ -61,16 +62,21 @@ class Wakes:
 
     async def ensure(self, row: LlmRecord, *, more: bool = False) -> Wake | None:
         """Wake a member of the pool (one wake per pool at a time, across instances) or
-        join the wake in flight. Without `more`, only when no live member is active;
-        with it, to add one to busy members. None: no wake needed, or none possible."""
+        join the wake in flight. Without `more`, only when no live member is active
+        (None: one is); with it, to add one to busy members (None: none can wake).
+        PublisherOfflineError when the pool needs a wake that no member can give."""
         for _ in range(_CLAIM_TRIES):
             now = self.clock()
             if row.waking(now):
                 return Wake(row.wake_id or "", row.wake_target)
             status = row.pool_status(now, self.liveness.timeout)
             candidates = self.wakeable(row)
-            if (status is LlmStatus.ACTIVE and not more) or not candidates:
+            if status is LlmStatus.ACTIVE and not more:
                 return None
+            if not candidates:
+                if more:
+                    return None
+                raise offline(row, now)
             target = random.choice(candidates)  # noqa: S311 - spreading, not secrecy
             wake_id = new_task_id(now)
             window = self.window(target)

@@ -285,7 +285,7 @@ class DynamoLlmStore:
         self, name: str, wake_id: str, target: str, deadline: float, now: float
     ) -> LlmRecord:
         """Set the pool's wake marker (waking member `target`) if no live marker exists
-        and the target is still a member.
+        and the target is still a member, and asleep.
 
         ConditionFailedError's `record` is the row as it was (the wake to wait for), or
         None if there is no row.
@@ -296,10 +296,14 @@ class DynamoLlmStore:
                 Key=self._key(name),
                 UpdateExpression="SET wakeId = :wake, wakeDeadline = :deadline, "
                 "wakeTarget = :target",
-                ConditionExpression=f"attribute_exists(#target) AND {WAKE_FREE}",
-                ExpressionAttributeNames={"#target": member_attr(target)},
+                ConditionExpression=f"#target.#status = :asleep AND {WAKE_FREE}",
+                ExpressionAttributeNames={"#target": member_attr(target), "#status": "status"},
                 ExpressionAttributeValues=values(
-                    wake=wake_id, deadline=deadline, target=target, now=now
+                    wake=wake_id,
+                    deadline=deadline,
+                    target=target,
+                    now=now,
+                    asleep=LlmStatus.HIBERNATING.value,
                 ),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",

@@ -82,7 +82,10 @@ async def run_chat(
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    budget = relay.settings.request_timeout_seconds
+    s = relay.settings
+    budget = s.request_timeout_seconds
+    if task.wake_id:  # hold through the cold start: up to the wake's own window
+        budget = min(max(budget, task.lease_seconds), max(s.max_hold_seconds, budget))
     done = await relay.waiting.wait(task.id, budget, fresh=not earlier)
     outcome = await relay.waiting.outcome(done)
     if done.claimed_at is not None and done.updated_at is not None:

@@ -128,7 +128,8 @@ async def get_task(request: Request, relay: Relay) -> Response:
     task, result = await relay.waiting.get_with_result(
         request.path_params["task_id"], caller(request)
     )
-    return answer(views.task_view(task, result))
+    position = await relay.waiting.queue_position(task)
+    return answer(views.task_view(task, result, position))
 
 
 async def cancel_task(request: Request, relay: Relay) -> Response:

@@ -29,12 +29,11 @@ async def _cancel_unless_done(relay: Relay, task_id: str, done: bool) -> None:
             await relay.endings.cancel(task_id)
 
 
-# A stream still waiting for its first chunk after this long (queued behind busy
-# members, or waiting for a wake) answers 200 anyway and keeps the connection alive with
-# SSE comments: proxies that cut idle connections (100 s at Cloudflare and nginx's
-# default) must never drop it.
+# A stream still waiting for its first chunk after a while (queued behind busy members,
+# or waiting for a wake) answers 200 anyway and keeps the connection alive with SSE
+# comments every `stream_keepalive_seconds`: proxies that cut idle connections (100 s at
+# Cloudflare and nginx's default) must never drop it.
 OPEN_WITHIN_SECONDS = 10.0
-KEEPALIVE_SECONDS = 15.0
 KEEPALIVE = ": waiting for the backend\n\n"
 
 
@@ -61,12 +60,13 @@ async def open_chat_stream(
     `fresh`: the task was just submitted (not found by its Idempotency-Key)."""
     chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
     first = asyncio.ensure_future(anext(chunks, _END))
-    done, _ = await asyncio.wait({first}, timeout=OPEN_WITHIN_SECONDS)
+    keepalive = relay.settings.stream_keepalive_seconds
+    done, _ = await asyncio.wait({first}, timeout=min(OPEN_WITHIN_SECONDS, keepalive))
     if first in done and first.exception() is not None:
         await chunks.aclose()
         first.result()  # raises the task's error
     t0 = started or task.created_at
-    return chat_stream(relay, task, _paced(chunks, first, relay, t0))
+    return chat_stream(relay, task, _paced(chunks, first, relay, t0, keepalive))
 
 
 async def _paced(
@@ -74,12 +74,13 @@ async def _paced(
     pending: asyncio.Future[Chunk | _End],
     relay: Relay,
     started: float,
+    every: float,
 ) -> AsyncIterator[Chunk | None]:
-    """The chunks, and None whenever KEEPALIVE_SECONDS pass without one."""
+    """The chunks, and None whenever `every` seconds pass without one."""
     first = True
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            done, _ = await asyncio.wait({pending}, timeout=every)
             if not done:
                 yield None
                 continue

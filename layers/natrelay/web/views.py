@@ -51,7 +51,9 @@ def row_view(row: LlmRecord, now: float, status: LlmStatus | None = None) -> Llm
     )
 
 
-def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
+def task_view(
+    task: TaskRecord, result: bytes | None = None, queue_position: int | None = None
+) -> TaskView:
     error = ErrorInfo.model_validate(_error_fields(task.error)) if task.error else None
     return TaskView(
         id=task.id,
@@ -65,6 +67,7 @@ def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
         status=task.status,
         result=public_model(loads_stored(result), task.llm) if result else None,
         error=error,
+        queue_position=queue_position,
     )
 
 
