@@ -136,6 +136,9 @@ class Stack:
     providers: list[dict[str, Any]] = field(default_factory=list)
     apis: list[Api] = field(default_factory=list)
     publisher: Proc | None = None
+    # Publisher processes serving the providers: more than one makes each name a pool.
+    members: int = 1
+    publishers: list[Proc] = field(default_factory=list)
 
     @property
     def client_api(self) -> Api:
@@ -187,11 +190,12 @@ class Stack:
         providers: list[dict[str, Any]],
         *,
         lambda_mode: bool,
+        members: int = 1,
         **settings: Any,
     ) -> Stack:
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
-        stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir)
+        stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir, members=members)
         stack.providers = providers
         for i in range(2 if lambda_mode else 1):
             port = free_port()
@@ -207,21 +211,26 @@ class Stack:
     def _launch_publisher(self) -> None:
         for api in self.apis:
             wait_http(f"{api.url}/healthz", 30, lambda api=api: api.proc.alive)  # type: ignore[misc]
-        config = {
-            "relay": {
-                "url": self.publisher_api.url,
-                "token": PUBLISH_TOKEN,
-                "sessionFile": str(self.logdir / f"{self.name}-session.json"),
-            },
-            "providers": self.providers,
-        }
-        path = self.logdir / f"{self.name}-publisher.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        self.publisher = Proc(
-            f"{self.name}-publisher",
-            [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
-            self.logdir,
-        )
+        for i in range(self.members):
+            tag = self.name if i == 0 else f"{self.name}-m{i}"
+            config = {
+                "relay": {
+                    "url": self.publisher_api.url,
+                    "token": PUBLISH_TOKEN,
+                    "sessionFile": str(self.logdir / f"{tag}-session.json"),
+                },
+                "providers": self.providers,
+            }
+            path = self.logdir / f"{tag}-publisher.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+            self.publishers.append(
+                Proc(
+                    f"{tag}-publisher",
+                    [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
+                    self.logdir,
+                )
+            )
+        self.publisher = self.publishers[0]
 
     def wait_published(self, names: list[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -251,8 +260,8 @@ class Stack:
         return wake_tasks_written(self.endpoint, self.tables.tasks)
 
     def stop(self) -> None:
-        if self.publisher is not None:
-            self.publisher.stop(timeout=15)
+        for publisher in self.publishers:
+            publisher.stop(timeout=15)
         for api in self.apis:
             api.proc.stop()
 

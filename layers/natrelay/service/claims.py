@@ -283,9 +283,9 @@ class Claims:
             return exc.record  # posted again (a retry): harmless, and counted once
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
-        await self.usage.record(task, body=result.body, error=error is not None)
         if task.kind is TaskKind.WAKE:
             ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
             await self.wakes.finished(task, ok, error)
-        self.endings.notify(task_id, task)
+        self.endings.notify(task_id, task)  # the client first, the bookkeeping after
+        await self.usage.record(task, body=result.body, error=error is not None)
         return task

@@ -108,7 +108,7 @@ class Endings:
             except ConditionFailedError:
                 pass  # it sent something meanwhile, or ended: fail it below, or nothing
             else:
-                self.signals.notify_one(pool_key(task.llm), task.id)
+                self.signals.notify_one(pool_key(task.llm), PoolHint(task.id, task.llm))
                 return requeued
         return await self.fail_orphaned(task)
 

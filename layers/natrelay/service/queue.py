@@ -154,7 +154,13 @@ class Queue:
             except ConditionFailedError:
                 await self.usage.release(principal, admission)
                 raise
-        self.signals.notify(pool_key(name), PoolHint(task.id, name, wake_target=task.wake_target))
+        hint = PoolHint(task.id, name, wake_target=task.wake_target)
+        if task.wake_target is None:
+            # one poll of the pool is told (the one that waited longest): one claim, and
+            # idle members take turns; the others see it at their next re-check anyway
+            self.signals.notify_one(pool_key(name), hint)
+        else:
+            self.signals.notify(pool_key(name), hint)
         return TaskRecord(
             id=task.id,
             kind=task.kind,

@@ -129,7 +129,7 @@ class Sweeper:
                 and await self._pool_lives(task.llm, now)
             ):
                 await leases.requeue_if_expired(task, now)
-                self.signals.notify(pool_key(task.llm), PoolHint(task_id, task.llm))
+                self.signals.notify_one(pool_key(task.llm), PoolHint(task_id, task.llm))
                 return "requeued"
         except ConditionFailedError:
             return "raced"
