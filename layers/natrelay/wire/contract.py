@@ -1,0 +1,149 @@
+"""The contract both sides share: limits, enums, error codes, paths, base models."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+)
+from pydantic.alias_generators import to_camel
+
+MAX_WAIT_SECONDS = 25.0
+MAX_TASKS_PER_POLL = 32
+# A provider's extraConfig, as compact JSON.
+MAX_EXTRA_CONFIG_BYTES = 16 * 1024
+
+LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# A poll or heartbeat confirms at most this many running tasks (a longer list: none).
+MAX_RUNNING_TASKS = 1024
+
+
+class LlmStatus(StrEnum):
+    ACTIVE = "active"
+    HIBERNATING = "hibernating"
+    INACTIVE = "inactive"
+
+
+class Role(StrEnum):
+    """What a key may do: manage everything, call models, or publish them."""
+
+    ADMIN = "admin"
+    CLIENT = "client"
+    PUBLISHER = "publisher"
+
+
+class TaskKind(StrEnum):
+    INFER = "infer"
+    WAKE = "wake"
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def done(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class ErrorCode(StrEnum):
+    """The `code` of every error body the relay sends (and the publisher reports)."""
+
+    INVALID_API_KEY = "invalid_api_key"
+    FORBIDDEN = "forbidden"
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    HTTP_ERROR = "http_error"
+    MODEL_NOT_FOUND = "model_not_found"
+    SESSION_NOT_FOUND = "session_not_found"
+    TASK_NOT_FOUND = "task_not_found"
+    NAME_TAKEN = "name_taken"
+    NAME_OWNED = "name_owned"
+    SESSION_FORBIDDEN = "session_forbidden"
+    KEY_NOT_FOUND = "key_not_found"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    TASK_NOT_CLAIMED = "task_not_claimed"
+    TASK_CANCELLED = "task_cancelled"
+    RESULT_CONFLICT = "result_conflict"
+    PUBLISHER_OFFLINE = "publisher_offline"
+    WAKE_FAILED = "wake_failed"
+    BACKEND_ERROR = "backend_error"
+    PUBLISHER_ERROR = "publisher_error"
+    TIMEOUT = "timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Paths:
+    """Every route of the relay, as Starlette path templates (`{task_id}` etc.)."""
+
+    HEALTH = "/healthz"
+    METRICS = "/metrics"
+    OPENAPI = "/openapi.json"
+    PROVIDER = "/api/v1/llms/_provider"
+    REGISTER = f"{PROVIDER}-register"
+    HEARTBEAT = f"{PROVIDER}-heartbeat"
+    POLL = f"{PROVIDER}-poll"
+    DEREGISTER = f"{PROVIDER}-deregister"
+    PROVIDER_TASK = f"{PROVIDER}-task/{{task_id}}"
+    TASK_REQUEST = f"{PROVIDER_TASK}/request"
+    TASK_CHUNKS = f"{PROVIDER_TASK}/chunks"
+    TASK_RESULT = f"{PROVIDER_TASK}/result"
+    LLMS = "/api/v1/llms"
+    LLM = "/api/v1/llms/{name}"
+    INFER = "/api/v1/llms/{name}/infer"
+    TASK = "/api/v1/tasks/{task_id}"
+    TASK_EVENTS = "/api/v1/tasks/{task_id}/events"
+    KEYS = "/api/v1/keys"
+    KEY = "/api/v1/keys/{key_id}"
+    KEY_USAGE = "/api/v1/keys/{key_id}/usage"
+    USAGE = "/api/v1/usage"
+    MODELS = "/v1/models"
+    MODEL = "/v1/models/{model}"
+    CHAT = "/v1/chat/completions"
+
+    @staticmethod
+    def route(template: str) -> str:
+        """The Starlette route of a template: names may contain slashes (`{name:path}`)."""
+        return template.replace("{name}", "{name:path}").replace("{model}", "{model:path}")
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Answer(WireModel):
+    """What the relay sends back: unknown fields are ignored, so a newer relay can add
+    fields without breaking older publishers and clients."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorInfo(Answer):
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorBody(Answer):
+    """Every error the relay answers: OpenAI-style."""
+
+    error: ErrorInfo

@@ -1,0 +1,190 @@
+"""The publisher protocol: what publishers send and what the relay answers them."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import (
+    Field,
+    field_validator,
+)
+
+from natrelay.wire.contract import (
+    MAX_EXTRA_CONFIG_BYTES,
+    MAX_TASKS_PER_POLL,
+    MAX_WAIT_SECONDS,
+    Answer,
+    ErrorInfo,
+    LlmName,
+    LlmStatus,
+    SessionId,
+    TaskId,
+    TaskKind,
+    WireModel,
+)
+
+# --- publisher -> relay ----------------------------------------------------------
+
+
+class ProviderSpec(WireModel):
+    name: LlmName
+    type: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=256)
+    tier: str | None = Field(default=None, max_length=64)
+    description: str | None = Field(default=None, max_length=2048)
+    extra_config: dict[str, Any] = Field(default_factory=dict)
+    initial_status: LlmStatus = LlmStatus.ACTIVE
+    # How long a wake of this provider may take (its recipe's maxWaitSeconds); the
+    # relay adds a margin and uses it as the wake marker's deadline. None: cannot wake.
+    wake_max_wait_seconds: float | None = Field(default=None, gt=0, le=3600)
+    # How many requests this publisher runs at once for this name (its share of the
+    # pool); shown to admins, and the most a poll hands it when it does not say `free`.
+    max_concurrency: int | None = Field(default=None, ge=1, le=256)
+
+    @field_validator("extra_config")
+    @classmethod
+    def _small_extra_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), default=str))
+        if size > MAX_EXTRA_CONFIG_BYTES:
+            raise ValueError(f"is {size} bytes as JSON; at most {MAX_EXTRA_CONFIG_BYTES}")
+        return value
+
+
+# One registration writes a row and a name claim per provider plus the session, in one
+# DynamoDB transaction (at most 100 items).
+MAX_PROVIDERS = 48
+
+
+class RegisterRequest(WireModel):
+    providers: list[ProviderSpec] = Field(min_length=1, max_length=MAX_PROVIDERS)
+    provider_session_id: SessionId | None = None
+
+    @field_validator("providers")
+    @classmethod
+    def _names_once(cls, value: list[ProviderSpec]) -> list[ProviderSpec]:
+        names = [p.name for p in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"each name may appear once; given more than once: {twice}")
+        return value
+
+
+class HeartbeatRequest(WireModel):
+    provider_session_id: SessionId
+    # Status per provider name, for backends that went to sleep or came back.
+    statuses: dict[str, LlmStatus] = Field(default_factory=dict)
+    # The ids of the tasks this publisher is running (claimed and not finished). A
+    # claimed task missing from it past its lease is handed out again or failed.
+    # None (older publishers), or more than MAX_RUNNING_TASKS: claimed tasks are kept
+    # while the session lives.
+    running: list[TaskId] | None = None
+
+
+class PollRequest(WireModel):
+    provider_session_id: SessionId
+    wait_seconds: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+    max_tasks: int = Field(default=1, ge=0, le=MAX_TASKS_PER_POLL)
+    # The session generation the last SessionResponse gave; lets a relay process that
+    # refreshed this session's heartbeat recently skip re-reading the session.
+    generation: int | None = Field(default=None, ge=0)
+    # As in HeartbeatRequest: the tasks this publisher is running.
+    running: list[TaskId] | None = None
+    # Free slots per provider name: a poll claims at most this many tasks of each name's
+    # pool. Left out: up to maxTasks of any of the session's names (older publishers).
+    free: dict[LlmName, Annotated[int, Field(ge=0, le=MAX_TASKS_PER_POLL)]] | None = Field(
+        default=None, max_length=MAX_PROVIDERS
+    )
+
+
+class SessionRequest(WireModel):
+    provider_session_id: SessionId
+
+
+class ChunkBatch(WireModel):
+    provider_session_id: SessionId
+    seq: int = Field(ge=0)
+    # OpenAI `chat.completion.chunk` objects, in order.
+    chunks: list[dict[str, Any]] = Field(min_length=1)
+
+
+class TaskResult(WireModel):
+    """The end of a task: `status`+`body` on success, `error` on failure.
+
+    For a streamed infer, `body` may be null (the chunks were the answer) and
+    `chunk_count` is the number of chunk batches posted. For a wake task, `body` is
+    `{"ok": true, "ms": <wake time>}`.
+    """
+
+    provider_session_id: SessionId
+    status: int = Field(default=200, ge=100, le=599)
+    body: Any = None
+    error: ErrorInfo | None = None
+    chunk_count: int = Field(default=0, ge=0)
+
+
+# --- relay -> publisher ----------------------------------------------------------
+
+
+class MemberView(Answer):
+    """One publisher session serving a pool, as clients and admins see it."""
+
+    # A short fingerprint of the session (never the id: that is its publisher's secret).
+    member: str
+    status: LlmStatus
+    last_heartbeat_at: str | None = None
+    max_concurrency: int | None = None
+    in_flight: int = 0
+    free_slots: int | None = None
+
+
+class LlmRow(Answer):
+    name: str
+    kind: str
+    type: str
+    model: str
+    tier: str | None = None
+    description: str | None = None
+    status: LlmStatus
+    last_heartbeat_at: str | None = None
+    inactive_since: str | None = None
+    created_at: str | None = None
+    waking: bool = False
+    # The pool: its members (live publisher sessions serving the name; no session ids),
+    # how many requests wait for it, and how long the oldest has waited. Filled by
+    # GET /api/v1/llms/{name}.
+    members: list[MemberView] | None = None
+    queue_depth: int | None = None
+    oldest_queued_seconds: float | None = None
+
+
+class SessionResponse(Answer):
+    provider_session_id: str
+    llms: list[LlmRow]
+    # Bumped by every registration of the session (a publisher restart).
+    generation: int = 0
+
+
+class PolledTask(Answer):
+    id: str
+    kind: TaskKind
+    llm: str
+    created_at: str
+    stream: bool = False
+    # The chat-completions body for `infer`; None when it was too large to inline,
+    # in which case the publisher GETs `Paths.TASK_REQUEST`.
+    request: dict[str, Any] | None = None
+    request_size: int = 0
+    # For `infer` tasks queued while a wake was in flight: the wake to wait for.
+    wake_id: str | None = None
+    lease_seconds: float = 0
+
+
+class PollResponse(Answer):
+    tasks: list[PolledTask]
+
+
+class ChunkAck(Answer):
+    """A stored chunk batch. A cancelled task answers 409 `task_cancelled` instead."""
+
+    seq: int
