@@ -12,8 +12,13 @@ from pydantic.alias_generators import to_camel
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
 
+# The doorbell (docs/protocol.md): a WebSocket that rings when work is queued. The
+# publisher names its session in this header when it connects.
+DOORBELL_SESSION_HEADER = "X-Natrelay-Session"
+
 LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+TaskId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
 
 
 class LlmStatus(StrEnum):
@@ -87,6 +92,10 @@ class Paths:
     HEARTBEAT = f"{PROVIDER}-heartbeat"
     POLL = f"{PROVIDER}-poll"
     DEREGISTER = f"{PROVIDER}-deregister"
+    # A poll that never waits (the doorbell's): served beside the long-polls, not by them.
+    CLAIM = f"{PROVIDER}-claim"
+    # The doorbell's WebSocket where the relay serves it itself (natrelay dev, self-hosted).
+    DOORBELL = f"{PROVIDER}-doorbell"
     PROVIDER_TASK = f"{PROVIDER}-task/{{task_id}}"
     TASK_REQUEST = f"{PROVIDER_TASK}/request"
     TASK_CHUNKS = f"{PROVIDER_TASK}/chunks"
@@ -171,6 +180,8 @@ class PollRequest(WireModel):
     # The session generation the last SessionResponse gave; lets a relay process that
     # refreshed this session's heartbeat recently skip re-reading the session.
     generation: int | None = Field(default=None, ge=0)
+    # Tasks the doorbell rang for: claimed by id, without listing the queue.
+    task_ids: list[TaskId] = Field(default_factory=list, max_length=MAX_TASKS_PER_POLL)
 
 
 class SessionRequest(WireModel):
@@ -221,6 +232,10 @@ class SessionResponse(Answer):
     llms: list[LlmRow]
     # Bumped by every registration of the session (a publisher restart).
     generation: int = 0
+    # Where the publisher may keep a doorbell WebSocket (ws:// or wss://), if the relay
+    # offers one; and the relay's heartbeat timeout, which a poll-only publisher must beat.
+    doorbell_url: str | None = None
+    heartbeat_timeout_seconds: float | None = None
 
 
 class PolledTask(Answer):
@@ -246,6 +261,20 @@ class ChunkAck(Answer):
     """A stored chunk batch. A cancelled task answers 409 `task_cancelled` instead."""
 
     seq: int
+
+
+class DoorbellMessage(Answer):
+    """What the doorbell sends: `ring` (work is queued; `taskId` names it) or `pong`."""
+
+    type: str
+    task_id: str | None = None
+
+
+class DoorbellPing(WireModel):
+    """What the publisher sends to keep its doorbell open (API Gateway closes a
+    connection idle for 10 minutes); answered with a `pong`."""
+
+    action: str = "ping"
 
 
 # --- relay -> client -------------------------------------------------------------

@@ -15,6 +15,7 @@ from natrelay.service.access import Access, Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
 from natrelay.service.context import Context
+from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.queue import Queue
@@ -60,8 +61,11 @@ class Relay:
         self.endings = Endings(ctx, self.usage)
         self.catalog = Catalog(ctx)
         self.sessions = Sessions(ctx, self.endings)
-        self.wakes = Wakes(ctx, self.sessions)
-        self.queue = Queue(ctx, self.catalog, self.wakes, self.usage)
+        # Rings go through API Gateway when the relay has one, else to this process's.
+        self.local_bells = LocalBells()
+        self.doorbell = Doorbell(ctx, stores.connections or self.local_bells)
+        self.wakes = Wakes(ctx, self.sessions, self.doorbell)
+        self.queue = Queue(ctx, self.catalog, self.wakes, self.usage, self.doorbell)
         self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)
         self.waiting = Waiting(ctx, self.endings)
 
@@ -74,7 +78,14 @@ class Relay:
 
     def sweeper(self) -> Sweeper:
         """A sweeper sharing this relay's stores, clock, in-process signals and metrics."""
-        return Sweeper(self.stores, self.settings, self.clock, self.signals, self.metrics)
+        return Sweeper(
+            self.stores,
+            self.settings,
+            self.clock,
+            self.signals,
+            self.metrics,
+            bells=self.local_bells,
+        )
 
 
 __all__ = ["Principal", "Registration", "Relay", "Sweeper"]

@@ -83,7 +83,8 @@ class Claims:
             return []
         deadline = self.clock() + req.wait_seconds
         pace = self.ctx.pace()
-        hints: list[str] = []
+        # The ids the doorbell rang for, then those this process is told of.
+        hints: list[str] = list(req.task_ids)
         with self.signals.listen(session_key(session.id)) as listener:
             while True:
                 if gone is not None and await gone():

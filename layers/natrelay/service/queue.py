@@ -5,7 +5,7 @@ from __future__ import annotations
 from natrelay.service.access import Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
-from natrelay.service.endings import session_key
+from natrelay.service.doorbell import Doorbell
 from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.payloads import check_size, dumps
@@ -17,7 +17,9 @@ from natrelay.wire import LlmStatus, TaskKind, TaskState
 
 
 class Queue:
-    def __init__(self, ctx: Context, catalog: Catalog, wakes: Wakes, usage: Usage) -> None:
+    def __init__(
+        self, ctx: Context, catalog: Catalog, wakes: Wakes, usage: Usage, doorbell: Doorbell
+    ) -> None:
         self.tasks = ctx.stores.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -25,6 +27,7 @@ class Queue:
         self.catalog = catalog
         self.wakes = wakes
         self.usage = usage
+        self.doorbell = doorbell
 
     async def submit(
         self, principal: Principal, name: str, body: JsonObject, *, stream: bool
@@ -67,7 +70,9 @@ class Queue:
             slot=admission.slot,
         )
         await self.tasks.put(task)
-        self.signals.notify(session_key(row.session_id), task.id)
+        await self.doorbell.queued(
+            task.id, session_id=row.session_id, doorbell=row.doorbell, row=row.name
+        )
         return TaskRecord(
             id=task.id,
             kind=task.kind,

@@ -75,9 +75,10 @@ class Sessions:
         self.clock = ctx.clock
         self.liveness = ctx.liveness
         self.endings = endings
-        # Session id -> (last heartbeat refresh, generation, owner) as this process saw
-        # them: lets a poll skip re-reading its session (a hint: a miss reads DynamoDB).
-        self._beats: dict[str, tuple[float, int, str | None]] = {}
+        # Session id -> the session as this process last saw it (its heartbeat refresh,
+        # generation, owner, names): lets a poll skip re-reading its session, and beat
+        # quietly (a hint: a miss, or a belief the write finds stale, reads DynamoDB).
+        self._beats: dict[str, SessionRecord] = {}
 
     def _expires_at(self, now: float) -> float:
         s = self.settings
@@ -87,7 +88,7 @@ class Sessions:
         session = registration.session
         if len(self._beats) > _BEATS_CAP:
             self._beats.clear()
-        self._beats[session.id] = (session.heartbeat_at, session.generation, session.owner)
+        self._beats[session.id] = session
         return registration
 
     @property
@@ -165,24 +166,35 @@ class Sessions:
         if (
             req.generation is not None
             and seen is not None
-            and seen[1] == req.generation
-            and seen[2] == principal.key_id
-            and now - seen[0] < self.refresh_seconds
+            and seen.generation == req.generation
+            and seen.owner == principal.key_id
         ):
-            return SessionRecord(
-                id=req.provider_session_id,
-                names=(),
-                statuses={},
-                heartbeat_at=seen[0],
-                generation=req.generation,
-                owner=seen[2],
-            )
+            if now - seen.heartbeat_at < self.refresh_seconds:
+                return seen
+            if await self._beat_quietly(seen, now):
+                return self._seen(Registration(replace(seen, heartbeat_at=now), [])).session
         session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
             await self.beat(session, {})
             session = replace(session, heartbeat_at=now)
         self._seen(Registration(session, []))
         return session
+
+    async def _beat_quietly(self, session: SessionRecord, now: float) -> bool:
+        """Refresh the heartbeat as this process believes the session is, in one write
+        and no read; False if the belief is stale (then the long way, which knows)."""
+        try:
+            await self.stores.beats.beat_quietly(
+                session.id,
+                owner=session.owner or "",
+                generation=session.generation,
+                names=session.names,
+                now=now,
+                expires_at=self._expires_at(now),
+            )
+        except ConditionFailedError:
+            return False
+        return True
 
     async def deregister(self, principal: Principal, req: SessionRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)

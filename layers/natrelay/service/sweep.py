@@ -13,7 +13,8 @@ import time
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.observe import configure_logging
 from natrelay.service.context import Context
-from natrelay.service.endings import Endings, session_key
+from natrelay.service.doorbell import Bells, Doorbell, LocalBells
+from natrelay.service.endings import Endings
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
@@ -37,6 +38,8 @@ class Sweeper:
         clock: Clock = time.time,
         signals: Signals | None = None,
         metrics: Metrics | None = None,
+        *,
+        bells: Bells | None = None,
     ) -> None:
         signals = signals or Signals(settings.in_process_signals)
         ctx = Context(settings, stores, clock, signals, metrics or Metrics())
@@ -47,6 +50,7 @@ class Sweeper:
         self.signals = signals
         self.liveness = ctx.liveness
         self.endings = Endings(ctx, Usage(ctx))
+        self.doorbell = Doorbell(ctx, stores.connections or bells or LocalBells())
 
     async def run(self) -> dict[str, int]:
         llms = self.stores.llms
@@ -97,7 +101,9 @@ class Sweeper:
                     return "extended"
                 if task.attempts < MAX_ATTEMPTS and not task.sent_any:
                     await tasks.requeue_if_lease_expired(task_id, now)
-                    self.signals.notify(session_key(task.session_id), task_id)
+                    await self.doorbell.queued(
+                        task_id, session_id=task.session_id, doorbell=session.doorbell
+                    )
                     return "requeued"
         except ConditionFailedError:
             return "raced"

@@ -6,7 +6,7 @@ import logging
 
 from natrelay.errors import LlmNotFoundError, PublisherOfflineError
 from natrelay.service.context import Context
-from natrelay.service.endings import session_key
+from natrelay.service.doorbell import Doorbell
 from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.sessions import Sessions
@@ -19,13 +19,14 @@ _CLAIM_TRIES = 3
 
 
 class Wakes:
-    def __init__(self, ctx: Context, sessions: Sessions) -> None:
+    def __init__(self, ctx: Context, sessions: Sessions, doorbell: Doorbell) -> None:
         self.stores = ctx.stores
         self.settings = ctx.settings
         self.clock = ctx.clock
         self.signals = ctx.signals
         self.metrics = ctx.metrics
         self.sessions = sessions
+        self.doorbell = doorbell
 
     def window(self, row: LlmRecord) -> float:
         """How long a wake of the row may take: its recipe's wait plus a margin."""
@@ -67,7 +68,9 @@ class Wakes:
                     lease_seconds=window,
                 )
             )
-            self.signals.notify(session_key(row.session_id), wake_id)
+            await self.doorbell.queued(
+                wake_id, session_id=row.session_id, doorbell=row.doorbell, row=row.name
+            )
             self.metrics.wake("started")
             log.info("wake %s of %s queued", wake_id, row.name)
             return wake_id

@@ -53,6 +53,7 @@ def row_record(item: Item) -> LlmRecord:
         wake_max_wait=item.get("wakeMaxWait"),
         wake_id=item.get("wakeId"),
         wake_deadline=item.get("wakeDeadline"),
+        doorbell=item.get("doorbell"),
     )
 
 
@@ -117,7 +118,7 @@ class DynamoLlmStore:
         names = {f"#{k}": k for k in present} | _NAMES | {"#owner": "owner"}
         sets = [f"#{k} = :{k}" for k in present] + ["createdAt = if_not_exists(createdAt, :now)"]
         # a row taken back keeps when it was first published; stale state goes
-        drop = [*absent, "inactiveSince", "wakeId", "wakeDeadline"]
+        drop = [*absent, "inactiveSince", "wakeId", "wakeDeadline", "doorbell"]
         op = {
             "Update": {
                 "TableName": self.table,

@@ -29,6 +29,8 @@ class LlmRecord:
     wake_max_wait: float | None = None
     wake_id: str | None = None
     wake_deadline: float | None = None
+    # The doorbell connection of the session that holds the row, if it keeps one.
+    doorbell: str | None = None
 
     def waking(self, now: float) -> bool:
         return self.wake_id is not None and (self.wake_deadline or 0) > now
@@ -44,6 +46,8 @@ class SessionRecord:
     generation: int
     # The publisher key that created the session: the only one that may use it.
     owner: str | None = None
+    # Its doorbell connection, if it keeps one.
+    doorbell: str | None = None
 
 
 @dataclass(frozen=True)

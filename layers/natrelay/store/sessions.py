@@ -29,6 +29,7 @@ def session_record(item: Item) -> SessionRecord:
         heartbeat_at=item.get("heartbeatAt", 0.0),
         generation=int(item.get("generation", 0)),
         owner=item.get("owner"),
+        doorbell=item.get("doorbell"),
     )
 
 

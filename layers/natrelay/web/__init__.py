@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from natrelay.errors import ForbiddenError
 from natrelay.observe import bind, configure_logging
@@ -22,6 +22,7 @@ from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
+from natrelay.web.doorbell import doorbell_socket
 from natrelay.web.errors import HANDLERS
 from natrelay.web.middleware import RequestContext
 from natrelay.wire import Paths, Role
@@ -67,6 +68,9 @@ ROUTES = [
     _route(Paths.REGISTER, PUBLISHERS, api.register, "POST"),
     _route(Paths.HEARTBEAT, PUBLISHERS, api.heartbeat, "POST"),
     _route(Paths.POLL, PUBLISHERS, api.poll, "POST"),
+    _route(Paths.CLAIM, PUBLISHERS, api.claim, "POST"),
+    # Checks its caller itself (a publisher key and its own session): see web.doorbell.
+    WebSocketRoute(Paths.DOORBELL, doorbell_socket),
     _route(Paths.DEREGISTER, PUBLISHERS, api.deregister, "POST"),
     _route(Paths.TASK_REQUEST, PUBLISHERS, api.task_request, "GET"),
     _route(Paths.TASK_CHUNKS, PUBLISHERS, api.post_chunks, "POST"),

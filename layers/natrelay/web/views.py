@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from natrelay.service import Registration
+from natrelay.settings import Settings
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
     ErrorInfo,
@@ -62,12 +63,18 @@ def task_view(task: TaskRecord, result: bytes | None = None) -> TaskView:
     )
 
 
-def session_response(registration: Registration, now: float) -> SessionResponse:
+def session_response(
+    registration: Registration, now: float, settings: Settings | None = None
+) -> SessionResponse:
+    """The session as its publisher sees it; with `settings`, what the relay offers it
+    (its doorbell, its heartbeat timeout)."""
     session = registration.session
     return SessionResponse(
         provider_session_id=session.id,
         llms=[row_view(r, now) for r in registration.rows],
         generation=session.generation,
+        doorbell_url=settings.doorbell_url if settings else None,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds if settings else None,
     )
 
 
