@@ -31,6 +31,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,8 @@ class Gateway:
         self.idle_seconds = idle_seconds
         self.held: dict[str, _Held] = {}
         self.counts: Counter[str] = Counter()
+        # More numbers for /_gateway/stats (the benchmark counts DynamoDB requests here).
+        self.extra_stats: Callable[[], dict[str, Any]] | None = None
 
     def app(self) -> Starlette:
         return Starlette(
@@ -76,7 +79,8 @@ class Gateway:
         )
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse({**self.counts, "open": len(self.held)})
+        extra = self.extra_stats() if self.extra_stats is not None else {}
+        return JSONResponse({**self.counts, "open": len(self.held), **extra})
 
     async def forget(self, request: Request) -> Response:
         self.counts["forgotten"] += len(self.held)
@@ -163,30 +167,39 @@ class Gateway:
                         await held.websocket.send_text(PONG)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-connection-seconds", type=float, default=7200)
     parser.add_argument("--idle-seconds", type=float, default=600)
-    args = parser.parse_args()
-    gateway = Gateway(GatewayEvents(), args.max_connection_seconds, args.idle_seconds)
+    return parser.parse_args()
+
+
+def serve(gateway: Gateway, port: int) -> None:
+    """Serve until SIGTERM; prints the URL once listening."""
     config = uvicorn.Config(
-        gateway.app(), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off"
+        gateway.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
     )
     server = uvicorn.Server(config)
 
-    async def serve() -> None:
+    async def run() -> None:
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():
                 await task
                 return
             await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"http://127.0.0.1:{port}", flush=True)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        print(f"http://127.0.0.1:{bound}", flush=True)
         await task
 
-    asyncio.run(serve())
+    asyncio.run(run())
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    gateway = Gateway(GatewayEvents(), args.max_connection_seconds, args.idle_seconds)
+    serve(gateway, args.port)
 
 
 if __name__ == "__main__":

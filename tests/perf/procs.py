@@ -125,6 +125,11 @@ class Stack:
 
     `lambda_mode`: in-process signals off and two API processes, the publisher talking to
     one and clients to the other, as two Lambda instances would be.
+
+    `doorbell`: the publisher keeps a doorbell WebSocket: in Lambda mode to the API Gateway
+    stand-in (tests/perf/counting_gateway.py), which the API processes ring through as on
+    AWS; long-lived, to the API process itself (rung in-process, as natrelay dev does).
+    Without it the relay offers none and the publisher long-polls.
     """
 
     name: str
@@ -136,6 +141,8 @@ class Stack:
     providers: list[dict[str, Any]] = field(default_factory=list)
     apis: list[Api] = field(default_factory=list)
     publisher: Proc | None = None
+    doorbell: bool = False
+    gateway: Api | None = None
 
     @property
     def client_api(self) -> Api:
@@ -189,17 +196,36 @@ class Stack:
         lambda_mode: bool,
         **settings: Any,
     ) -> Stack:
+        doorbell = bool(settings.pop("doorbell", False))
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir)
         stack.providers = providers
-        for i in range(2 if lambda_mode else 1):
+        stack.doorbell = doorbell
+        ports = [free_port() for _ in range(2 if lambda_mode else 1)]
+        env = stack.env
+        if doorbell and lambda_mode:
             port = free_port()
+            gateway = Proc(
+                f"{name}-gateway",
+                [sys.executable, "-m", "tests.perf.counting_gateway", "--port", str(port)],
+                logdir,
+                env,
+            )
+            stack.gateway = Api(gateway, f"http://127.0.0.1:{port}")
+            env = {
+                **env,
+                "NATRELAY_DOORBELL_ENDPOINT": f"{stack.gateway.url}/relay",
+                "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{port}/relay",
+            }
+        elif doorbell:
+            env = {**env, "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{ports[0]}{Paths.DOORBELL}"}
+        for i, port in enumerate(ports):
             proc = Proc(
                 f"{name}-api{i}",
                 [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
                 logdir,
-                stack.env,
+                env,
             )
             stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
         return stack
@@ -207,6 +233,9 @@ class Stack:
     def _launch_publisher(self) -> None:
         for api in self.apis:
             wait_http(f"{api.url}/healthz", 30, lambda api=api: api.proc.alive)  # type: ignore[misc]
+        if self.gateway is not None:
+            gateway = self.gateway
+            wait_http(f"{gateway.url}/_gateway/stats", 30, lambda: gateway.proc.alive)
         config = {
             "relay": {
                 "url": self.publisher_api.url,
@@ -247,6 +276,12 @@ class Stack:
     def stats(self) -> list[dict[str, Any]]:
         return [api.stats() for api in self.apis]
 
+    def gateway_stats(self) -> dict[str, Any]:
+        """The stand-in's counts (connects, rings delivered, pings, its DynamoDB requests)."""
+        if self.gateway is None:
+            return {}
+        return dict(httpx.get(f"{self.gateway.url}/_gateway/stats", timeout=10).json())
+
     def wake_tasks_written(self) -> int:
         return wake_tasks_written(self.endpoint, self.tables.tasks)
 
@@ -255,6 +290,8 @@ class Stack:
             self.publisher.stop(timeout=15)
         for api in self.apis:
             api.proc.stop()
+        if self.gateway is not None:
+            self.gateway.proc.stop()
 
 
 def start_stacks(specs: dict[str, dict[str, Any]]) -> dict[str, Stack]:
