@@ -143,6 +143,8 @@ class Stack:
     publisher: Proc | None = None
     doorbell: bool = False
     gateway: Api | None = None
+    # the publisher's `relay.doorbell` section
+    publisher_doorbell: dict[str, Any] = field(default_factory=dict)
 
     @property
     def client_api(self) -> Api:
@@ -197,11 +199,13 @@ class Stack:
         **settings: Any,
     ) -> Stack:
         doorbell = bool(settings.pop("doorbell", False))
+        publisher_doorbell = dict(settings.pop("publisher_doorbell", {}))
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir)
         stack.providers = providers
         stack.doorbell = doorbell
+        stack.publisher_doorbell = publisher_doorbell
         ports = [free_port() for _ in range(2 if lambda_mode else 1)]
         env = stack.env
         if doorbell and lambda_mode:
@@ -241,6 +245,7 @@ class Stack:
                 "url": self.publisher_api.url,
                 "token": PUBLISH_TOKEN,
                 "sessionFile": str(self.logdir / f"{self.name}-session.json"),
+                "doorbell": self.publisher_doorbell,
             },
             "providers": self.providers,
         }
