@@ -520,11 +520,10 @@ def markdown(r: dict[str, Any]) -> str:
             rows.append(
                 [
                     label,
-                    c["dynamodb"],
-                    c["lambda"],
-                    c["apiGateway"],
-                    c.get("webSocket", 0.0),
-                    c["total"],
+                    *(
+                        f"{c.get(k, 0.0):.2f}"
+                        for k in ("dynamodb", "lambda", "apiGateway", "webSocket", "total")
+                    ),
                 ]
             )
     out.append(
