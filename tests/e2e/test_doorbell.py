@@ -224,3 +224,26 @@ def test_the_long_lived_relay_serves_the_doorbell_itself_to_its_own_publishers_o
             "no key": 401,
             "a made-up session": 403,
         }
+
+
+def test_the_claim_route_is_for_a_publisher_on_its_own_session(long_lived: str) -> None:
+    url = f"{long_lived}{Paths.CLAIM}"
+
+    def claim(token: str, session: str) -> httpx.Response:
+        body = {"providerSessionId": session, "waitSeconds": 25, "maxTasks": 1}
+        return httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+
+    registered = httpx.post(
+        f"{long_lived}{Paths.REGISTER}",
+        json={"providers": [{"name": "mine", "type": "echo", "model": "echo"}]},
+        headers={"Authorization": f"Bearer {PUBLISH_TOKEN}"},
+    ).json()
+    assert registered["doorbellUrl"].endswith(Paths.DOORBELL)
+    session = registered["providerSessionId"]
+    assert claim(CLIENT_TOKEN, session).json()["error"]["code"] == "forbidden"
+    refused = claim(PUBLISH_TOKEN, "made-up-session-1")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "session_forbidden"
+    assert claim("nrk_0123456789ab_" + "z" * 43, session).status_code == 401
+    answered = claim(PUBLISH_TOKEN, session)  # waitSeconds is ignored: it answers at once
+    assert answered.status_code == 200 and answered.json() == {"tasks": []}
