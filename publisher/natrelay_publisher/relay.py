@@ -135,7 +135,7 @@ class RelayClient:
         try:
             return await self._call(Paths.CLAIM, request, PollResponse)
         except RelayCallError as exc:
-            if exc.status not in (404, 405):
+            if exc.code not in (ErrorCode.NOT_FOUND, ErrorCode.METHOD_NOT_ALLOWED):
                 raise
         return await self.poll(request.model_copy(update={"wait_seconds": 0}))
 

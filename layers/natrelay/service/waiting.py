@@ -75,7 +75,9 @@ class Waiting:
                 task = await self.get(task_id)
                 if task.state.done:
                     return task
-                if task.state is not state:
+                if task.wake_id is not None:
+                    pace.interval = pace.slowest  # behind a wake: seconds away, at best
+                elif task.state is not state:
                     state = task.state
                     pace.reset()  # claimed: the answer may come any moment now
                 now = self.clock()
@@ -134,7 +136,9 @@ class Waiting:
                     cursor = chunk.seq
                     progressed = True
                     yield chunk
-                if read.task is not None and last is not None and read.task.state != last.state:
+                if read.task is not None and read.task.wake_id is not None:
+                    pace.interval = pace.slowest  # behind a wake: seconds away, at best
+                elif read.task is not None and last is not None and read.task.state != last.state:
                     pace.reset()  # claimed: the first chunk may come any moment now
                 task = last = read.task
                 if task is None:
