@@ -140,7 +140,9 @@ class Doorbell:
                         self._falling_back = True
                     if fallback is None or fallback.done():
                         fallback = asyncio.create_task(self._long_poll(), name="long-poll")
-                    await asyncio.sleep(retry.next())
+                    await asyncio.wait({fallback}, timeout=retry.next())
+                    if fallback.done() and not self._up.is_set():
+                        fallback.result()  # it failed (a refused token): as _poll_loop would
                     continue
                 retry.reset()
                 if self._falling_back:
