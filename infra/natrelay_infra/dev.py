@@ -30,6 +30,7 @@ from natrelay.observe import configure_logging
 from natrelay.service.sweep import SweepRunner
 from natrelay.settings import Settings
 from natrelay.web import create_app
+from natrelay.wire import Paths
 from natrelay_infra.demo import (
     DEMO_MODELS,
     DemoPublisher,
@@ -98,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="run the sweeper this often; 0 disables it (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-doorbell",
+        dest="doorbell",
+        action="store_false",
+        help="do not offer publishers the doorbell WebSocket (they long-poll)",
     )
     parser.add_argument(
         "--demo",
@@ -243,6 +250,10 @@ def _configure(
     url_host = "127.0.0.1" if _is_unspecified(host) else host
     if ":" in url_host:
         url_host = f"[{url_host}]"
+    if args.doorbell and not settings.doorbell_url:
+        # served by this process, rung in-process (natrelay.web.doorbell)
+        doorbell = f"ws://{url_host}:{port}{Paths.DOORBELL}"
+        settings = settings.model_copy(update={"doorbell_url": doorbell})
     return Relay(
         url=f"http://{url_host}:{port}",
         dynamodb=endpoint,

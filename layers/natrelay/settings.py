@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     poll_max_interval_seconds: float = Field(default=1.0, gt=0)
     # Wake waiting polls and clients in this process at once (long-lived mode).
     in_process_signals: bool = True
+    # Without signals (Lambda) a client's wait re-reads DynamoDB: at this pace from the
+    # task's claim (brisk: a fast answer comes tens of ms later), growing by this factor.
+    wait_brisk_interval_seconds: float = Field(default=0.02, gt=0)
+    wait_brisk_growth: float = Field(default=1.25, ge=1)
+    # The doorbell (docs/protocol.md): the URL publishers connect to (ws:// or wss://),
+    # announced in every SessionResponse; and the API Gateway management endpoint
+    # (https://<api>.execute-api.<region>.amazonaws.com/<stage>) that rings them. Without
+    # an endpoint, rings go to the doorbell WebSockets this process holds itself.
+    doorbell_url: str | None = None
+    doorbell_endpoint: str | None = None
+    # Where this process serves the doorbell itself: connections older than this are
+    # closed, as API Gateway does at 2 hours (the publisher reconnects before).
+    doorbell_max_connection_seconds: float = Field(default=7200, gt=0)
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
     # Pools: requests wait in a pool's queue while every member is busy, at most this
     # many (beyond it, 429 queue_full; 0: no limit, and no queue read per request), ...

@@ -110,10 +110,10 @@ class Signals:
 
 class Pace:
     """How long to wait before re-checking DynamoDB: fast after activity, then backing
-    off (x1.5 per quiet check) to `slowest`. A notification resets it."""
+    off (x`growth` per quiet check) to `slowest`. A notification resets it."""
 
-    def __init__(self, fastest: float, slowest: float) -> None:
-        self.fastest, self.slowest = fastest, slowest
+    def __init__(self, fastest: float, slowest: float, growth: float = 1.5) -> None:
+        self.fastest, self.slowest, self.growth = fastest, slowest, growth
         self.interval = fastest
 
     def reset(self) -> None:
@@ -122,5 +122,5 @@ class Pace:
     async def wait(self, listener: Listener, remaining: float) -> bool:
         """Wait for a notification or the current interval (never past `remaining`)."""
         notified = await listener.wait(max(0.0, min(self.interval, remaining)))
-        self.interval = self.fastest if notified else min(self.interval * 1.5, self.slowest)
+        self.interval = self.fastest if notified else min(self.interval * self.growth, self.slowest)
         return notified

@@ -66,8 +66,19 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _ws_url(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise PydanticCustomError("url", "not a valid URL: {reason}", {"reason": str(exc)}) from exc
+    if url.scheme not in ("ws", "wss") or not url.host:
+        raise PydanticCustomError("url", "should be a ws:// or wss:// URL")
+    return value
+
+
 Secret = Annotated[SecretStr, PlainValidator(_secret)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+WsUrl = Annotated[str, AfterValidator(_ws_url)]
 
 
 def field_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> ValidationError:
@@ -82,6 +93,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+class DoorbellConfig(_Model):
+    """The doorbell (docs/protocol.md): a WebSocket the relay rings when work is queued,
+    so the publisher polls only then (and every `safetyPollSeconds`) instead of holding
+    a long-poll. Used when the relay offers one (or `url` names it); long-poll otherwise,
+    and whenever the WebSocket cannot be kept up."""
+
+    enabled: bool = True
+    # Default: the URL the relay announces when the publisher registers.
+    url: WsUrl | None = None
+    # Poll this often anyway (a lost ring waits at most this long); also the heartbeat,
+    # so never less often than 2/3 of the relay's heartbeat timeout.
+    safety_poll_seconds: float = Field(default=60, gt=0, le=3600)
+    # A message this often keeps the connection open (API Gateway closes it after 10
+    # idle minutes); a connection that does not answer it is replaced.
+    keepalive_seconds: float = Field(default=300, gt=0, le=540)
+    # Open the next connection this long after the last (API Gateway ends one at 2 h).
+    max_connection_seconds: float = Field(default=6600, gt=0, le=7140)
+    # While the WebSocket cannot be opened: long-poll, and try it again after at most this.
+    retry_seconds: float = Field(default=300, gt=0, le=3600)
+
+
 class RelayConfig(_Model):
     url: HttpUrl
     token: Secret
@@ -89,6 +121,7 @@ class RelayConfig(_Model):
     heartbeat_seconds: float = Field(default=30, gt=0, le=3600)
     poll_wait_seconds: float = Field(default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS)
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
+    doorbell: DoorbellConfig = Field(default_factory=DoorbellConfig)
 
     @field_validator("session_file")
     @classmethod

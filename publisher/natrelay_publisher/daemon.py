@@ -24,6 +24,7 @@ from natrelay.wire import (
     TaskKind,
 )
 from natrelay_publisher.config import PublisherConfig
+from natrelay_publisher.doorbell import Doorbell
 from natrelay_publisher.errors import (
     NameHeldError,
     RelayAuthError,
@@ -68,6 +69,11 @@ class Publisher:
         self._server_view: dict[str, LlmStatus] = {}
         self._reported: dict[str, LlmStatus] = {}
         self._waker = Waker(self._beat_quietly)
+        # What the doorbell (natrelay_publisher.doorbell) reads and bumps.
+        self.registrations = 0
+        self.announced_doorbell: str | None = None
+        self.heartbeat_timeout: float | None = None
+        self._doorbell: Doorbell | None = None
         self.relay = RelayClient(
             config.relay.url, config.relay.token.get_secret_value(), transport=relay_transport
         )
@@ -86,8 +92,14 @@ class Publisher:
                     await self._deregister()
                 return
             registering.result()
+            relay = self.config.relay
+            self._doorbell = Doorbell.of(
+                self, relay.doorbell, relay.token.get_secret_value(), relay.poll_wait_seconds
+            )
             loops = [
-                asyncio.create_task(self._poll_loop(), name="poll"),
+                asyncio.create_task(
+                    self._doorbell.run() if self._doorbell else self._poll_loop(), name="poll"
+                ),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             ]
             if any(slot.config.sleep_after_idle_seconds for slot in self._slots.values()):
@@ -184,6 +196,9 @@ class Publisher:
     def _session(self, answer: SessionResponse) -> None:
         self.session_id = answer.provider_session_id
         self._generation = answer.generation
+        self.registrations += 1
+        self.announced_doorbell = answer.doorbell_url
+        self.heartbeat_timeout = answer.heartbeat_timeout_seconds
         self._server_view = {row.name: row.status for row in answer.llms}
 
     def _session_id(self) -> str:
@@ -196,6 +211,8 @@ class Publisher:
         while True:
             await asyncio.sleep(self.config.relay.heartbeat_seconds)
             await self._refresh_statuses()
+            if self._doorbell is not None and not self._status_changes():
+                continue  # its polls are the heartbeat (docs/protocol.md, the doorbell)
             await self._beat()
 
     async def _refresh_statuses(self) -> None:
@@ -268,6 +285,25 @@ class Publisher:
             await self._waker.sleep(slot)
         finally:
             slot.sleeping = None
+
+    # --- what the doorbell uses ------------------------------------------------------
+
+    @property
+    def generation(self) -> int | None:
+        return self._generation
+
+    @property
+    def slot_freed(self) -> asyncio.Event:
+        return self._slot_freed
+
+    def free_slots(self) -> int:
+        return self._free_slots()
+
+    def dispatch(self, task: PolledTask) -> None:
+        self._dispatch(task)
+
+    async def reregister(self) -> None:
+        await self._reregister()
 
     # --- tasks -----------------------------------------------------------------------
 

@@ -130,6 +130,15 @@ class RelayClient:
         timeout = httpx.Timeout(request.wait_seconds + POLL_SLACK_SECONDS, connect=10.0)
         return await self._call(Paths.POLL, request, PollResponse, timeout=timeout)
 
+    async def claim(self, request: PollRequest) -> PollResponse:
+        """A poll that does not wait (the doorbell's); a relay without the route: a poll."""
+        try:
+            return await self._call(Paths.CLAIM, request, PollResponse)
+        except RelayCallError as exc:
+            if exc.code not in (ErrorCode.NOT_FOUND, ErrorCode.METHOD_NOT_ALLOWED):
+                raise
+        return await self.poll(request.model_copy(update={"wait_seconds": 0}))
+
     async def deregister(self, request: SessionRequest) -> SessionResponse:
         return await self._call(Paths.DEREGISTER, request, SessionResponse)
 

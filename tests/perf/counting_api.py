@@ -36,6 +36,8 @@ _INFER = Paths.INFER.removeprefix(Paths.LLM)
 def route_kind(method: str, path: str) -> str:
     if path == Paths.POLL:
         return "poll"
+    if path == Paths.CLAIM:
+        return "claim"  # the doorbell's polls, which never wait
     if path == Paths.HEARTBEAT:
         return "heartbeat"
     if path.startswith(Paths.PROVIDER):
@@ -93,7 +95,7 @@ class Recorder:
             await self._bench(scope, send)
             return
         kind = route_kind(scope["method"], path)
-        body: list[bytes] | None = [] if kind == "poll" else None
+        body: list[bytes] | None = [] if kind in ("poll", "claim") else None
         started = time.perf_counter()
         key = id(scope)
         with self._lock:

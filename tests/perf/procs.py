@@ -125,6 +125,11 @@ class Stack:
 
     `lambda_mode`: in-process signals off and two API processes, the publisher talking to
     one and clients to the other, as two Lambda instances would be.
+
+    `doorbell`: the publisher keeps a doorbell WebSocket: in Lambda mode to the API Gateway
+    stand-in (tests/perf/counting_gateway.py), which the API processes ring through as on
+    AWS; long-lived, to the API process itself (rung in-process, as natrelay dev does).
+    Without it the relay offers none and the publisher long-polls.
     """
 
     name: str
@@ -139,6 +144,10 @@ class Stack:
     # Publisher processes serving the providers: more than one makes each name a pool.
     members: int = 1
     publishers: list[Proc] = field(default_factory=list)
+    doorbell: bool = False
+    gateway: Api | None = None
+    # the publisher's `relay.doorbell` section
+    publisher_doorbell: dict[str, Any] = field(default_factory=dict)
 
     @property
     def client_api(self) -> Api:
@@ -193,17 +202,38 @@ class Stack:
         members: int = 1,
         **settings: Any,
     ) -> Stack:
+        doorbell = bool(settings.pop("doorbell", False))
+        publisher_doorbell = dict(settings.pop("publisher_doorbell", {}))
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir, members=members)
         stack.providers = providers
-        for i in range(2 if lambda_mode else 1):
+        stack.doorbell = doorbell
+        stack.publisher_doorbell = publisher_doorbell
+        ports = [free_port() for _ in range(2 if lambda_mode else 1)]
+        env = stack.env
+        if doorbell and lambda_mode:
             port = free_port()
+            gateway = Proc(
+                f"{name}-gateway",
+                [sys.executable, "-m", "tests.perf.counting_gateway", "--port", str(port)],
+                logdir,
+                env,
+            )
+            stack.gateway = Api(gateway, f"http://127.0.0.1:{port}")
+            env = {
+                **env,
+                "NATRELAY_DOORBELL_ENDPOINT": f"{stack.gateway.url}/relay",
+                "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{port}/relay",
+            }
+        elif doorbell:
+            env = {**env, "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{ports[0]}{Paths.DOORBELL}"}
+        for i, port in enumerate(ports):
             proc = Proc(
                 f"{name}-api{i}",
                 [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
                 logdir,
-                stack.env,
+                env,
             )
             stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
         return stack
@@ -211,6 +241,9 @@ class Stack:
     def _launch_publisher(self) -> None:
         for api in self.apis:
             wait_http(f"{api.url}/healthz", 30, lambda api=api: api.proc.alive)  # type: ignore[misc]
+        if self.gateway is not None:
+            gateway = self.gateway
+            wait_http(f"{gateway.url}/_gateway/stats", 30, lambda: gateway.proc.alive)
         for i in range(self.members):
             tag = self.name if i == 0 else f"{self.name}-m{i}"
             config = {
@@ -218,6 +251,7 @@ class Stack:
                     "url": self.publisher_api.url,
                     "token": PUBLISH_TOKEN,
                     "sessionFile": str(self.logdir / f"{tag}-session.json"),
+                    "doorbell": self.publisher_doorbell,
                 },
                 "providers": self.providers,
             }
@@ -256,6 +290,12 @@ class Stack:
     def stats(self) -> list[dict[str, Any]]:
         return [api.stats() for api in self.apis]
 
+    def gateway_stats(self) -> dict[str, Any]:
+        """The stand-in's counts (connects, rings delivered, pings, its DynamoDB requests)."""
+        if self.gateway is None:
+            return {}
+        return dict(httpx.get(f"{self.gateway.url}/_gateway/stats", timeout=10).json())
+
     def wake_tasks_written(self) -> int:
         return wake_tasks_written(self.endpoint, self.tables.tasks)
 
@@ -264,6 +304,8 @@ class Stack:
             publisher.stop(timeout=15)
         for api in self.apis:
             api.proc.stop()
+        if self.gateway is not None:
+            self.gateway.proc.stop()
 
 
 def start_stacks(specs: dict[str, dict[str, Any]]) -> dict[str, Stack]:

@@ -21,6 +21,20 @@ DYNAMODB_PER_RRU = 0.125 / 1e6
 # Lambda or DynamoDB, but every poll and result post passes through it: listed apart.
 APIGW_PER_REQUEST = 1.00 / 1e6
 MINUTES_PER_MONTH = 730 * 60  # AWS bills a month as 730 hours
+# API Gateway WebSocket APIs (the doorbell): $1.00 per million messages, billed in 32 KB
+# units (a ring, a ping or a pong is one), and $0.25 per million connection-minutes.
+WS_PER_MESSAGE = 1.00 / 1e6
+WS_PER_CONNECTION_MINUTE = 0.25 / 1e6
+# The template's PollFunction (long-polls) has 128 MB (PollMemorySize); DoorbellFunction
+# ($connect / $disconnect) 256 MB, assumed 100 ms per event (not measured: no Lambda here).
+POLL_MEMORY_GB = 0.125
+DOORBELL_MEMORY_GB = 0.25
+DOORBELL_EVENT_SECONDS = 0.1
+# The publisher's doorbell defaults: a new connection every 6600 s (maxConnectionSeconds),
+# a ping and its pong every 300 s (keepaliveSeconds).
+CONNECTION_MINUTES = 6600 / 60
+SAFETY_POLLS_PER_MINUTE = 1.0
+KEEPALIVE_MESSAGES_PER_MINUTE = 2 / 5
 
 PRICES = {
     "lambdaArm64PerGbSecond": LAMBDA_ARM_GB_SECOND,
@@ -29,6 +43,9 @@ PRICES = {
     "dynamodbPerWriteUnit": DYNAMODB_PER_WRU,
     "dynamodbPerReadUnit": DYNAMODB_PER_RRU,
     "apiGatewayHttpPerRequest": APIGW_PER_REQUEST,
+    "webSocketPerMessage": WS_PER_MESSAGE,
+    "webSocketPerConnectionMinute": WS_PER_CONNECTION_MINUTE,
+    "pollMemoryGb": POLL_MEMORY_GB,
     "minutesPerMonth": MINUTES_PER_MONTH,
 }
 
@@ -151,48 +168,111 @@ def result_pickup(stats: dict[str, Any], finished_at: list[float]) -> dict[str, 
     return {"n": len(gaps), "p50": ms(percentile(gaps, 50)), "p99": ms(percentile(gaps, 99))}
 
 
-def idle_rates(stats: dict[str, Any], seconds: float) -> dict[str, Any]:
+def idle_rates(stats: dict[str, Any], seconds: float, *, doorbell: bool = False) -> dict[str, Any]:
+    """Per-minute rates of an idle stack (API processes).
+
+    With a doorbell, what an idle publisher does is its safety polls (the `claim`
+    requests): the rates are scaled to one a minute, the default `safetyPollSeconds`,
+    from however many the window saw (the benchmark polls faster to see several).
+    """
+    polls = stats["requests"].get("claim", 0)
     minutes = seconds / 60
+    if doorbell and polls:
+        minutes = polls / SAFETY_POLLS_PER_MINUTE
     ops = stats["ops"]
+    per_minute = round(sum(ops.values()) / minutes, 2)
     return {
         "windowSeconds": round(seconds, 1),
-        "dynamodbPerMinute": round(sum(ops.values()) / minutes, 1),
+        "doorbell": doorbell,
+        "safetyPollsSeen": polls,
+        "dynamodbPerMinute": per_minute,
+        "dynamodbWithConnectionPerMinute": per_minute,
         "byOperation": {k: round(v / minutes, 1) for k, v in sorted(ops.items())},
         "readUnitsPerMinute": round(stats["rru"] / minutes, 2),
         "writeUnitsPerMinute": round(stats["wru"] / minutes, 2),
         "apiRequestsPerMinute": round(sum(stats["requests"].values()) / minutes, 2),
         "apiRequestsByKind": {k: round(v / minutes, 2) for k, v in stats["requests"].items()},
         "apiSecondsPerMinute": round(sum(stats["busySeconds"].values()) / minutes, 1),
+        "apiSecondsByKind": {k: round(v / minutes, 3) for k, v in stats["busySeconds"].items()},
     }
 
 
-def idle_month(idle: dict[str, Any]) -> dict[str, float]:
-    """Dollars per idle publisher-month from its per-minute rates."""
+def connection_costs(rates: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
+    """Add what a doorbell connection costs, spread over its life, to idle `rates`.
+
+    `gateway`: the stand-in's counts once the publisher closed its connection, so its
+    DynamoDB requests are one $connect and one $disconnect (and any reconnect in between).
+    Each new connection is also followed by one poll (a Query).
+    """
+    connects = max(1, int(gateway.get("connects", 1)))
+    ops = gateway.get("dynamodb", {})
+    per_connection = sum(ops.values()) / connects + 1
+    rates["connection"] = {
+        "connects": connects,
+        "dynamodbPerConnection": round(per_connection, 2),
+        "byOperation": ops,
+        "readUnitsPerConnection": round(gateway.get("rru", 0) / connects + 0.5, 2),
+        "writeUnitsPerConnection": round(gateway.get("wru", 0) / connects, 2),
+        "pingsSeen": gateway.get("pings", 0),
+    }
+    rates["dynamodbWithConnectionPerMinute"] = round(
+        rates["dynamodbPerMinute"] + per_connection / CONNECTION_MINUTES, 2
+    )
+    return rates
+
+
+def idle_month(
+    idle: dict[str, Any], *, lambda_mode: bool = True, poll_memory_gb: float = POLL_MEMORY_GB
+) -> dict[str, float]:
+    """Dollars per idle publisher-month from its per-minute rates.
+
+    Long-polls run on PollFunction (`poll_memory_gb`), everything else on the API's
+    512 MB. A doorbell adds its connection-minutes, keep-alive messages and, spread over
+    each connection's 110 minutes, the $connect / $disconnect invocations and requests.
+    """
     per_month = MINUTES_PER_MONTH
-    dynamo = (
-        idle["readUnitsPerMinute"] * DYNAMODB_PER_RRU
-        + idle["writeUnitsPerMinute"] * DYNAMODB_PER_WRU
-    ) * per_month
+    rru, wru = idle["readUnitsPerMinute"], idle["writeUnitsPerMinute"]
+    connection = idle.get("connection")
+    ws = 0.0
+    doorbell_lambda = 0.0
+    if connection:
+        rru += connection["readUnitsPerConnection"] / CONNECTION_MINUTES
+        wru += connection["writeUnitsPerConnection"] / CONNECTION_MINUTES
+        ws = (WS_PER_CONNECTION_MINUTE + KEEPALIVE_MESSAGES_PER_MINUTE * WS_PER_MESSAGE) * per_month
+        events = 2 / CONNECTION_MINUTES * per_month
+        doorbell_lambda = events * (
+            DOORBELL_EVENT_SECONDS * DOORBELL_MEMORY_GB * LAMBDA_ARM_GB_SECOND + LAMBDA_PER_REQUEST
+        )
+    dynamo = (rru * DYNAMODB_PER_RRU + wru * DYNAMODB_PER_WRU) * per_month
     invocations = idle["apiRequestsPerMinute"] * per_month
+    by_kind = idle.get("apiSecondsByKind") or {"api": idle["apiSecondsPerMinute"]}
+    gb_seconds = sum(
+        seconds * (poll_memory_gb if kind == "poll" else LAMBDA_MEMORY_GB)
+        for kind, seconds in by_kind.items()
+    )
     lam = (
-        idle["apiSecondsPerMinute"] * per_month * LAMBDA_MEMORY_GB * LAMBDA_ARM_GB_SECOND
+        gb_seconds * per_month * LAMBDA_ARM_GB_SECOND
         + invocations * LAMBDA_PER_REQUEST
+        + doorbell_lambda
     )
     apigw = invocations * APIGW_PER_REQUEST
+    total = dynamo + (lam + apigw + ws if lambda_mode else 0.0)
     return {
         "dynamodb": round(dynamo, 3),
         "lambda": round(lam, 3),
         "apiGateway": round(apigw, 3),
-        "total": round(dynamo + lam + apigw, 3),
+        "webSocket": round(ws, 3),
+        "total": round(total, 3),
     }
 
 
-def million_inferences(per: dict[str, Any]) -> dict[str, float]:
+def million_inferences(per: dict[str, Any], *, doorbell: bool = False) -> dict[str, float]:
     """Dollars per million inferences (instant backend) from per-inference numbers.
 
     Lambda time excludes the publisher's long-poll, which runs whether or not there is
     work (it is the idle cost); every API request is an invocation and an API Gateway
-    request, polls included (a poll that returns a task is followed by a new one).
+    request, polls and claims included (a poll that returns a task is followed by a new
+    one). With the doorbell every inference also sends one ring (a WebSocket message).
     """
     dynamo = (per["readUnits"] * DYNAMODB_PER_RRU + per["writeUnits"] * DYNAMODB_PER_WRU) * 1e6
     invocations = sum(per["apiRequests"].values())
@@ -201,11 +281,13 @@ def million_inferences(per: dict[str, Any]) -> dict[str, float]:
         + invocations * LAMBDA_PER_REQUEST
     ) * 1e6
     apigw = invocations * APIGW_PER_REQUEST * 1e6
+    ws = WS_PER_MESSAGE * 1e6 if doorbell else 0.0
     return {
         "dynamodb": round(dynamo, 2),
         "lambda": round(lam, 2),
         "apiGateway": round(apigw, 2),
-        "total": round(dynamo + lam + apigw, 2),
+        "webSocket": round(ws, 2),
+        "total": round(dynamo + lam + apigw + ws, 2),
         "lambdaPerSecondOfGeneration": round(LAMBDA_MEMORY_GB * LAMBDA_ARM_GB_SECOND * 1e6, 2),
     }
 
@@ -231,7 +313,8 @@ TARGET_LABELS = {
     "direct": "direct (floor)",
     "litellm": "LiteLLM proxy",
     "longlived": "natrelay long-lived",
-    "lambda": "natrelay Lambda mode",
+    "lambda": "natrelay Lambda mode, doorbell",
+    "lambda-longpoll": "natrelay Lambda mode, long-poll",
 }
 
 
@@ -343,11 +426,18 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                f"{k['settings'].get('poll_min_interval_seconds', 0.05):g} / "
+                "doorbell"
+                if k["settings"].get("doorbell")
+                else f"{k['settings'].get('poll_min_interval_seconds', 0.05):g} / "
                 f"{k['settings'].get('poll_max_interval_seconds', 1.0):g}",
                 f"{_f(d['p50'])} / {_f(d['p99'])} (n={d['n']})",
                 _f(k["pickup"]["p50"]),
-                idle["dynamodbPerMinute"],
+                f"{idle['dynamodbPerMinute']:g}"
+                + (
+                    f" ({idle['dynamodbWithConnectionPerMinute']:g} with reconnects)"
+                    if idle.get("connection")
+                    else ""
+                ),
                 idle["apiRequestsPerMinute"],
                 idle["apiSecondsPerMinute"],
                 f"${k['month']['total']:.2f} (DynamoDB ${k['month']['dynamodb']:.2f})"
@@ -359,7 +449,7 @@ def markdown(r: dict[str, Any]) -> str:
         _table(
             [
                 "stack",
-                "poll min / max s",
+                "doorbell, or poll min / max s",
                 "dispatch p50 / p99 ms",
                 "result→client p50 ms",
                 "idle DynamoDB req/min",
@@ -418,23 +508,27 @@ def markdown(r: dict[str, Any]) -> str:
         )
     cost = r["cost"]
     out.append("\n**Cost model, AWS on-demand (us-east-1), dollars**\n")
-    rows = [
-        [
-            "idle publisher-month (Lambda mode, default knobs)",
-            cost["idleMonth"]["dynamodb"],
-            cost["idleMonth"]["lambda"],
-            cost["idleMonth"]["apiGateway"],
-            cost["idleMonth"]["total"],
-        ],
-        [
-            "per million inferences, instant backend (Lambda mode, c=1)",
-            cost["millionInferences"]["dynamodb"],
-            cost["millionInferences"]["lambda"],
-            cost["millionInferences"]["apiGateway"],
-            cost["millionInferences"]["total"],
-        ],
-    ]
-    out.append(_table(["what", "DynamoDB", "Lambda arm64", "API Gateway", "total"], rows))
+    rows = []
+    for label, key in (
+        ("idle publisher-month, doorbell", "idleMonth"),
+        ("idle publisher-month, long-poll (PollFunction 128 MB)", "idleMonthLongPoll"),
+        ("per million inferences, instant backend, doorbell (c=1)", "millionInferences"),
+        ("per million inferences, instant backend, long-poll (c=1)", "millionInferencesLongPoll"),
+    ):
+        c = cost.get(key) or {}
+        if c:
+            rows.append(
+                [
+                    label,
+                    *(
+                        f"{c.get(k, 0.0):.2f}"
+                        for k in ("dynamodb", "lambda", "apiGateway", "webSocket", "total")
+                    ),
+                ]
+            )
+    out.append(
+        _table(["what", "DynamoDB", "Lambda arm64", "API Gateway HTTP", "WebSocket", "total"], rows)
+    )
     out.append(
         f"\nPlus ${cost['millionInferences']['lambdaPerSecondOfGeneration']:.2f} of Lambda per "
         "million inferences for every second the backend takes to answer (the client's "

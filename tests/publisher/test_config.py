@@ -134,6 +134,18 @@ BAD = [
         config(openai(sleep={"type": "vllm-sleep"})),
         "providers[0].sleep: requires a `wake` recipe (who would wake it up?)",
     ),
+    (
+        config(echo(), doorbell={"url": "https://relay.example.com/relay"}),
+        "relay.doorbell.url: should be a ws:// or wss:// URL",
+    ),
+    (
+        config(echo(), doorbell={"keepaliveSeconds": 600}),
+        "relay.doorbell.keepaliveSeconds: Input should be less than or equal to 540",
+    ),
+    (
+        config(echo(), doorbell={"maxConnectionSeconds": 7200}),
+        "relay.doorbell.maxConnectionSeconds: Input should be less than or equal to 7140",
+    ),
 ]
 
 
@@ -317,3 +329,12 @@ def test_the_examples_in_the_docs_are_valid(monkeypatch: pytest.MonkeyPatch) -> 
             parse_config(data, str(docs))
             checked += 1
     assert checked >= 5
+
+
+def test_the_doorbell_is_on_by_default_and_can_be_pinned_or_switched_off() -> None:
+    default = parse_config(config(echo())).relay.doorbell
+    assert default.enabled and default.url is None  # the relay's, when it offers one
+    assert (default.safety_poll_seconds, default.keepalive_seconds) == (60, 300)
+    pinned = parse_config(config(echo(), doorbell={"url": "wss://x.example.com/relay"}))
+    assert pinned.relay.doorbell.url == "wss://x.example.com/relay"
+    assert not parse_config(config(echo(), doorbell={"enabled": False})).relay.doorbell.enabled

@@ -27,6 +27,7 @@ from natrelay.web import views
 from natrelay.wire import (
     ChunkBatch,
     ErrorInfo,
+    LlmStatus,
     PollRequest,
     RegisterRequest,
     TaskResult,
@@ -342,6 +343,13 @@ async def test_a_poll_that_names_its_generation_skips_the_session_read(
     await relay.claims.poll(PUB, poll.model_copy(update={"generation": None}))  # an older publisher
     assert counter.ops == ["GetItem", "Query"]
     counter.ops.clear()
-    clock.advance(60)  # the heartbeat is due: read and refresh
+    clock.advance(60)  # the heartbeat is due: refreshed in one write, without a read
     await relay.claims.poll(PUB, poll)
-    assert counter.ops[0] == "GetItem" and "UpdateItem" in counter.ops
+    assert counter.ops == ["TransactWriteItems", "Query"]
+    counter.ops.clear()
+    await relay.stores.llms.expire_if_stale("a", clock() + 1, clock())  # the sweep was faster
+    counter.ops.clear()
+    clock.advance(60)  # the quiet write finds the row inactive: read, and the full heartbeat
+    await relay.claims.poll(PUB, poll)
+    assert counter.ops[:2] == ["TransactWriteItems", "GetItem"] and "UpdateItem" in counter.ops
+    assert (await relay.stores.llms.get("a")).status is LlmStatus.ACTIVE  # type: ignore[union-attr]

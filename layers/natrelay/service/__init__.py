@@ -15,6 +15,7 @@ from natrelay.service.access import Access, Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
 from natrelay.service.context import Context, signals_of
+from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.pools import Pools
@@ -62,8 +63,13 @@ class Relay:
         self.catalog = Catalog(ctx)
         self.pools = Pools(ctx, self.endings)
         self.sessions = Sessions(ctx, self.endings, self.pools)
-        self.wakes = Wakes(ctx, self.sessions)
-        self.queue = Queue(ctx, self.catalog, self.wakes, self.usage)
+        # Rings go through API Gateway when the relay has one, else to this process's.
+        self.local_bells = LocalBells()
+        self.doorbell = Doorbell(ctx, stores.connections or self.local_bells)
+        self.wakes = Wakes(ctx, self.sessions, self.doorbell)
+        self.queue = Queue(
+            ctx, self.catalog, self.wakes, self.usage, doorbell=self.doorbell, pools=self.pools
+        )
         self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)
         self.waiting = Waiting(ctx, self.endings)
 
@@ -76,7 +82,14 @@ class Relay:
 
     def sweeper(self) -> Sweeper:
         """A sweeper sharing this relay's stores, clock, in-process signals and metrics."""
-        return Sweeper(self.stores, self.settings, self.clock, self.signals, self.metrics)
+        return Sweeper(
+            self.stores,
+            self.settings,
+            self.clock,
+            self.signals,
+            self.metrics,
+            bells=self.local_bells,
+        )
 
 
 __all__ = ["Principal", "Registration", "Relay", "Sweeper"]

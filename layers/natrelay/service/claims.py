@@ -132,6 +132,9 @@ class Claims:
         hints: list[PoolHint] = []
         keys = [pool_key(name) for name in session.names]
         with self.signals.listen(*keys) as listener:
+            rung = await self._claim_rung(session, req)  # the doorbell's, named by id
+            if rung:
+                return rung
             while True:
                 if gone is not None and await gone():
                     return []
@@ -198,7 +201,31 @@ class Claims:
                 out.append(task)
         return out
 
-    async def _claim_one(self, session: SessionRecord, task_id: str) -> TaskRecord | None:
+    async def _claim_rung(self, session: SessionRecord, req: PollRequest) -> list[TaskRecord]:
+        """Claim the tasks the publisher names (its doorbell rang for them): only tasks of
+        the session's own pools, and no more of each than its free slots."""
+        slots = self._slots(session, req)
+        out: list[TaskRecord] = []
+        for task_id in req.task_ids:
+            task = await self._claim_one(session, task_id, llms=session.names)
+            if task is None:
+                continue
+            if task.kind is TaskKind.INFER:
+                slots[task.llm] = slots.get(task.llm, 0) - 1
+            task = self._handed(session, task)
+            if task.request is not None and len(task.request) > POLL_INLINE_BUDGET:
+                task = replace(task, request=None)  # too large to come with the poll
+            out.append(task)
+        return out
+
+    def _handed(self, session: SessionRecord, task: TaskRecord) -> TaskRecord:
+        if task.wake_id and task.wake_target != session.id:
+            task = replace(task, wake_id=None)  # another member's wake: do not wait
+        return task
+
+    async def _claim_one(
+        self, session: SessionRecord, task_id: str, llms: tuple[str, ...] | None = None
+    ) -> TaskRecord | None:
         self._taking.add(task_id)
         try:
             return await self.stores.tasks.claim(
@@ -207,6 +234,7 @@ class Claims:
                 key=session.owner or "",
                 generation=session.generation,
                 now=self.clock(),
+                llms=llms,
             )
         except ConditionFailedError as exc:
             old = exc.record

@@ -36,6 +36,15 @@ class Context:
         s = self.settings
         return Pace(s.poll_min_interval_seconds, s.poll_max_interval_seconds)
 
+    def wait_pace(self) -> Pace:
+        """A fresh pace for a client waiting on its task. With in-process signals the
+        re-checks are a fallback (the poll pace); without them (Lambda) they are how the
+        answer arrives: brisk from the claim on, slower as the task runs long."""
+        s = self.settings
+        if self.signals.enabled:
+            return self.pace()
+        return Pace(s.wait_brisk_interval_seconds, s.poll_max_interval_seconds, s.wait_brisk_growth)
+
     def result_expiry(self, now: float) -> float:
         """When a task that ends now may be forgotten."""
         return now + self.settings.result_retention_seconds

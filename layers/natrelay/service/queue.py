@@ -9,10 +9,12 @@ from natrelay.errors import InvalidRequestError, PublisherOfflineError, QueueFul
 from natrelay.service.access import Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
-from natrelay.service.endings import PoolHint, pool_key
+from natrelay.service.doorbell import Doorbell
+from natrelay.service.endings import PoolHint
 from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.payloads import check_size, dumps
+from natrelay.service.pools import Pools
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
 from natrelay.store import ConditionFailedError, IdempotencyRecord, LlmRecord, NewTask, TaskRecord
@@ -25,7 +27,17 @@ def _sha256(data: bytes) -> str:
 
 
 class Queue:
-    def __init__(self, ctx: Context, catalog: Catalog, wakes: Wakes, usage: Usage) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        catalog: Catalog,
+        wakes: Wakes,
+        usage: Usage,
+        *,
+        doorbell: Doorbell,
+        pools: Pools,
+    ) -> None:
+        self.pools = pools
         self.tasks = ctx.stores.tasks
         self.queues = ctx.stores.queues
         self.liveness = ctx.liveness
@@ -36,6 +48,7 @@ class Queue:
         self.catalog = catalog
         self.wakes = wakes
         self.usage = usage
+        self.doorbell = doorbell
 
     async def submit(
         self, principal: Principal, name: str, body: JsonObject, *, stream: bool
@@ -117,6 +130,7 @@ class Queue:
         status = row.pool_status(now, self.liveness.timeout)
         if status is LlmStatus.INACTIVE:
             raise offline(row, now)
+        await self.pools.prune([row])  # writes only when members died (rare)
         oldest = await self._check_queue(row)
         task_id = new_task_id(now)
         hibernating = status is LlmStatus.HIBERNATING
@@ -154,13 +168,7 @@ class Queue:
             except ConditionFailedError:
                 await self.usage.release(principal, admission)
                 raise
-        hint = PoolHint(task.id, name, wake_target=task.wake_target)
-        if task.wake_target is None:
-            # one poll of the pool is told (the one that waited longest): one claim, and
-            # idle members take turns; the others see it at their next re-check anyway
-            self.signals.notify_one(pool_key(name), hint)
-        else:
-            self.signals.notify(pool_key(name), hint)
+        await self.doorbell.queued(PoolHint(task.id, name, wake_target=task.wake_target), row)
         return TaskRecord(
             id=task.id,
             kind=task.kind,

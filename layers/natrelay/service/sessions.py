@@ -78,8 +78,9 @@ class Sessions:
         self.clock = ctx.clock
         self.liveness = ctx.liveness
         self.endings = endings
-        # Sessions as this process last refreshed them: lets a poll skip re-reading its
-        # session (a hint: a miss reads DynamoDB).
+        # Session id -> the session as this process last saw it (its heartbeat refresh,
+        # generation, owner, names): lets a poll skip re-reading its session, and beat
+        # quietly (a hint: a miss, or a belief the write finds stale, reads DynamoDB).
         self._beats: dict[str, SessionRecord] = {}
 
     def _expires_at(self, now: float) -> float:
@@ -193,15 +194,36 @@ class Sessions:
             and seen is not None
             and seen.generation == req.generation
             and seen.owner == principal.key_id
-            and now - seen.heartbeat_at < self.refresh_seconds
         ):
-            return seen
+            if now - seen.heartbeat_at < self.refresh_seconds:
+                return seen
+            if await self._beat_quietly(seen, now, req.running):
+                return self._seen(Registration(replace(seen, heartbeat_at=now), [])).session
         session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
             await self.beat(session, {}, req.running)
             session = replace(session, heartbeat_at=now)
         self._seen(Registration(session, []))
         return session
+
+    async def _beat_quietly(
+        self, session: SessionRecord, now: float, running: list[str] | None
+    ) -> bool:
+        """Refresh the heartbeat as this process believes the session is, in one write
+        and no read; False if the belief is stale (then the long way, which knows)."""
+        try:
+            await self.stores.beats.beat_quietly(
+                session.id,
+                owner=session.owner or "",
+                generation=session.generation,
+                names=session.names,
+                now=now,
+                expires_at=self._expires_at(now),
+                running=running if running is None or len(running) <= MAX_RUNNING_TASKS else None,
+            )
+        except ConditionFailedError:
+            return False
+        return True
 
     async def deregister(self, principal: Principal, req: SessionRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)

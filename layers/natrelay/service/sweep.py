@@ -13,11 +13,12 @@ import time
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.observe import configure_logging
 from natrelay.service.context import Context, signals_of
-from natrelay.service.endings import Endings, PoolHint, pool_key
+from natrelay.service.doorbell import Bells, Doorbell, LocalBells
+from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
-from natrelay.store import ConditionFailedError, SessionRecord, Stores, TaskRecord
+from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord, Stores, TaskRecord
 from natrelay.types import Clock
 from natrelay.wire import LlmStatus, TaskState
 
@@ -39,6 +40,8 @@ class Sweeper:
         clock: Clock = time.time,
         signals: Signals | None = None,
         metrics: Metrics | None = None,
+        *,
+        bells: Bells | None = None,
     ) -> None:
         signals = signals or signals_of(settings)
         ctx = Context(settings, stores, clock, signals, metrics or Metrics())
@@ -49,6 +52,7 @@ class Sweeper:
         self.signals = signals
         self.liveness = ctx.liveness
         self.endings = Endings(ctx, Usage(ctx))
+        self.doorbell = Doorbell(ctx, stores.connections or bells or LocalBells())
 
     async def run(self) -> dict[str, int]:
         rows = self.stores.row_sweep
@@ -92,11 +96,12 @@ class Sweeper:
             self.metrics.queue(name, depth, now - oldest if oldest is not None else 0.0)
         self.metrics.publishers_online(len(sessions))
 
-    async def _pool_lives(self, llm: str, now: float) -> bool:
+    async def _live_pool(self, llm: str, now: float) -> LlmRecord | None:
+        """The row of the pool, if a member of it lives."""
         row = await self.stores.llms.get(llm)
-        return row is not None and row.pool_status(now, self.liveness.timeout) is not (
-            LlmStatus.INACTIVE
-        )
+        if row is None or row.pool_status(now, self.liveness.timeout) is LlmStatus.INACTIVE:
+            return None
+        return row
 
     async def _expire_lease(self, task_id: str, now: float) -> str:
         leases = self.stores.leases
@@ -126,10 +131,10 @@ class Sweeper:
                 young
                 and task.attempts < MAX_ATTEMPTS
                 and not task.sent_any
-                and await self._pool_lives(task.llm, now)
+                and (row := await self._live_pool(task.llm, now)) is not None
             ):
                 await leases.requeue_if_expired(task, now)
-                self.signals.notify_one(pool_key(task.llm), PoolHint(task_id, task.llm))
+                await self.doorbell.queued(PoolHint(task_id, task.llm), row)
                 return "requeued"
         except ConditionFailedError:
             return "raced"

@@ -25,7 +25,7 @@ class Waiting:
         self.clock = ctx.clock
         self.signals = ctx.signals
         self.liveness = ctx.liveness
-        self._pace = ctx.pace
+        self._pace = ctx.wait_pace
         self.endings = endings
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -100,6 +100,7 @@ class Waiting:
         pace = self._pace()
         next_liveness = self.clock() + self.liveness.check_every
         handed: list[TaskRecord] = []
+        state = TaskState.PENDING
         with self.signals.listen(task_key(task_id)) as listener:
             if fresh:
                 await pace.wait(listener, deadline - self.clock())
@@ -110,6 +111,11 @@ class Waiting:
                 task = await self.get(task_id)
                 if task.state.done:
                     return task
+                if task.wake_id is not None:
+                    pace.interval = pace.slowest  # behind a wake: seconds away, at best
+                elif task.state is not state:
+                    state = task.state
+                    pace.reset()  # claimed: the answer may come any moment now
                 now = self.clock()
                 if now >= next_liveness:
                     next_liveness = now + self.liveness.check_every
@@ -171,6 +177,10 @@ class Waiting:
                     cursor = chunk.seq
                     progressed = True
                     yield chunk
+                if read.task is not None and read.task.wake_id is not None:
+                    pace.interval = pace.slowest  # behind a wake: seconds away, at best
+                elif read.task is not None and last is not None and read.task.state != last.state:
+                    pace.reset()  # claimed: the first chunk may come any moment now
                 task = last = read.task
                 if task is None:
                     raise _not_found(task_id)

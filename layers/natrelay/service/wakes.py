@@ -15,7 +15,8 @@ import anyio
 
 from natrelay.errors import LlmNotFoundError, PublisherOfflineError
 from natrelay.service.context import Context
-from natrelay.service.endings import PoolHint, pool_key
+from natrelay.service.doorbell import Doorbell
+from natrelay.service.endings import PoolHint
 from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.sessions import Sessions
@@ -36,7 +37,7 @@ class Wake:
 
 
 class Wakes:
-    def __init__(self, ctx: Context, sessions: Sessions) -> None:
+    def __init__(self, ctx: Context, sessions: Sessions, doorbell: Doorbell) -> None:
         self.stores = ctx.stores
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -44,6 +45,7 @@ class Wakes:
         self.metrics = ctx.metrics
         self.liveness = ctx.liveness
         self.sessions = sessions
+        self.doorbell = doorbell
 
     def window(self, member: MemberRecord | None) -> float:
         """How long a wake of the member may take: its recipe's wait plus a margin."""
@@ -91,13 +93,16 @@ class Wakes:
                     ) from exc
                 row = exc.record  # another wake won (join it), or the target left
                 continue
-            await self._put(row.name, wake_id, target.session_id, now, window)
+            await self._put(row, wake_id, target.session_id, now, window)
             return Wake(wake_id, target.session_id)
         raise PublisherOfflineError(
             f"could not start a wake of {row.name}; try again", retry_after=1, retryable=True
         )
 
-    async def _put(self, name: str, wake_id: str, target: str, now: float, window: float) -> None:
+    async def _put(
+        self, row: LlmRecord, wake_id: str, target: str, now: float, window: float
+    ) -> None:
+        name = row.name
         try:
             await self.stores.tasks.put(
                 NewTask(
@@ -116,7 +121,7 @@ class Wakes:
             with anyio.CancelScope(shield=True):
                 await self.stores.llms.clear_wake(name, wake_id)
             raise
-        self.signals.notify(pool_key(name), PoolHint(wake_id, name, target_session=target))
+        await self.doorbell.queued(PoolHint(wake_id, name, target_session=target), row)
         self.metrics.wake("started")
         log.info("wake %s of %s queued", wake_id, name)
 

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 
 from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
+from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
+from natrelay.store.connections import Delivery, GatewayConnections
+from natrelay.store.doorbells import DynamoDoorbellStore
 from natrelay.store.errors import ConditionFailedError, SameResultError
 from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
@@ -51,10 +54,19 @@ class Stores:
     chunks: DynamoChunkStore
     keys: DynamoKeyStore
     usage: DynamoUsageStore
+    doorbells: DynamoDoorbellStore
+    beats: DynamoBeatStore
+    # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
+    connections: GatewayConnections | None = None
 
     @classmethod
     def on(
-        cls, client: DynamoDBClient, llms_table: str, tasks_table: str, keys_table: str
+        cls,
+        client: DynamoDBClient,
+        llms_table: str,
+        tasks_table: str,
+        keys_table: str,
+        connections: GatewayConnections | None = None,
     ) -> Stores:
         """The stores of these tables, through this client."""
         llms = DynamoLlmStore(client, llms_table)
@@ -71,6 +83,9 @@ class Stores:
             chunks=DynamoChunkStore(client, tasks_table),
             keys=keys,
             usage=DynamoUsageStore(client, keys_table),
+            doorbells=DynamoDoorbellStore(client, llms_table, tasks_table),
+            beats=DynamoBeatStore(client, llms_table, tasks_table),
+            connections=connections,
         )
 
     @classmethod
@@ -79,13 +94,21 @@ class Stores:
     ) -> Stores:
         """The stores of the tables and DynamoDB endpoint the settings name."""
         client = make_client(settings.dynamodb_endpoint, settings.region, on_throttle)
-        return cls.on(client, settings.llms_table, settings.tasks_table, settings.keys_table)
+        connections = None
+        if settings.doorbell_endpoint:
+            connections = GatewayConnections(settings.doorbell_endpoint, settings.region)
+        return cls.on(
+            client, settings.llms_table, settings.tasks_table, settings.keys_table, connections
+        )
 
 
 __all__ = [
     "Chunk",
     "ConditionFailedError",
+    "Delivery",
+    "DynamoBeatStore",
     "DynamoChunkStore",
+    "DynamoDoorbellStore",
     "DynamoIdempotencyStore",
     "DynamoKeyStore",
     "DynamoLeaseStore",
@@ -93,6 +116,7 @@ __all__ = [
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
+    "GatewayConnections",
     "IdempotencyRecord",
     "KeyRecord",
     "LlmRecord",

@@ -45,6 +45,7 @@ def _member(session_id: str, raw: Any) -> MemberRecord | None:
         heartbeat_at=float(raw.get("heartbeatAt", 0)),
         max_concurrency=raw.get("maxConcurrency"),
         wake_max_wait=raw.get("wakeMaxWait"),
+        doorbell=raw.get("doorbell"),
     )
 
 

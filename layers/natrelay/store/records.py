@@ -20,6 +20,8 @@ class MemberRecord:
     max_concurrency: int | None = None
     # Its wake recipe's maxWaitSeconds; None: it cannot be woken.
     wake_max_wait: float | None = None
+    # Its publisher's doorbell connection, if it keeps one.
+    doorbell: str | None = None
 
     def alive(self, now: float, timeout: float) -> bool:
         return now - self.heartbeat_at <= timeout
@@ -82,6 +84,8 @@ class SessionRecord:
     # The tasks the publisher last said it runs, and when (None: it never says).
     running: frozenset[str] = frozenset()
     confirmed_at: float | None = None
+    # Its doorbell connection, if it keeps one.
+    doorbell: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def session_record(item: Item) -> SessionRecord:
         owner=item.get("owner"),
         running=frozenset(item.get("running") or ()),
         confirmed_at=item.get("confirmedAt"),
+        doorbell=item.get("doorbell"),
     )
 
 

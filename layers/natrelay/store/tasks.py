@@ -156,14 +156,25 @@ class DynamoTaskStore:
 
     @off_loop
     def claim(
-        self, task_id: str, session_id: str, *, key: str, generation: int, now: float
+        self,
+        task_id: str,
+        session_id: str,
+        *,
+        key: str,
+        generation: int,
+        now: float,
+        llms: tuple[str, ...] | None = None,
     ) -> TaskRecord:
         """pending -> claimed for this session of publisher key `key`, unless it expired
-        or names another session as its target.
+        or names another session as its target (and, with `llms`, only a task of one of
+        those pools: for ids a publisher names itself).
 
         ConditionFailedError (`record`: the task as it was) if someone else got it, it
         ended, or it expired while queued.
         """
+        pools = {f":llm{i}": name for i, name in enumerate(llms or ())}
+        if llms is not None and not pools:
+            raise ConditionFailedError(f"task {task_id}: no pool to claim it for")
         with condition(f"task {task_id} is no longer pending", task_record):
             raw = self._client.update_item(
                 TableName=self._table,
@@ -173,7 +184,8 @@ class DynamoTaskStore:
                 "claimedGeneration = :gen, claimedAt = :now, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now "
                 "ADD attempts :one REMOVE #queue",
-                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {NOT_EXPIRED}",
+                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {NOT_EXPIRED}"
+                + (f" AND llm IN ({', '.join(pools)})" if pools else ""),
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(
                     state=TaskState.PENDING.value,
@@ -184,6 +196,7 @@ class DynamoTaskStore:
                     shard=LEASE_SHARD,
                     now=now,
                     one=1,
+                    **{p.removeprefix(":"): name for p, name in pools.items()},
                 ),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from natrelay.errors import ForbiddenError
 from natrelay.observe import bind, configure_logging
@@ -24,6 +24,7 @@ from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
 from natrelay.web.chat import ChatRequest, InferRequest
+from natrelay.web.doorbell import doorbell_socket
 from natrelay.web.errors import HANDLERS
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, document, openapi_endpoint
@@ -101,6 +102,8 @@ OPERATIONS = [
         body=HeartbeatRequest, answer=SessionResponse),
     _op("POST", Paths.POLL, PUBLISHERS, api.poll, "long-poll for tasks",
         body=PollRequest, answer=PollResponse),
+    _op("POST", Paths.CLAIM, PUBLISHERS, api.claim, "claim tasks at once (never waits)",
+        body=PollRequest, answer=PollResponse),
     _op("POST", Paths.DEREGISTER, PUBLISHERS, api.deregister, "deregister",
         body=SessionRequest, answer=SessionResponse),
     _op("GET", Paths.TASK_REQUEST, PUBLISHERS, api.task_request, "a claimed task's request",
@@ -142,6 +145,8 @@ ROUTES = [
         Route(Paths.route(op.path), guarded(op.path, op.roles, op.endpoint), methods=[op.method])
         for op in OPERATIONS
     ),
+    # Checks its caller itself (a publisher key and its own session): see web.doorbell.
+    WebSocketRoute(Paths.DOORBELL, doorbell_socket),
 ]
 
 

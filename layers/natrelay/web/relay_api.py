@@ -39,18 +39,25 @@ def answer(model: WireModel, status: int = 200, headers: dict[str, str] | None =
 async def register(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, RegisterRequest)
     registration = await relay.sessions.register(caller(request), req)
-    return answer(views.session_response(registration, relay.clock()))
+    return answer(views.session_response(registration, relay.clock(), relay.settings))
 
 
 async def heartbeat(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, HeartbeatRequest)
     registration = await relay.sessions.heartbeat(caller(request), req)
-    return answer(views.session_response(registration, relay.clock()))
+    return answer(views.session_response(registration, relay.clock(), relay.settings))
 
 
 async def poll(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, PollRequest)
     tasks = await relay.claims.poll(caller(request), req, gone=request.is_disconnected)
+    return answer(PollResponse(tasks=[views.polled_task(t) for t in tasks]))
+
+
+async def claim(request: Request, relay: Relay) -> Response:
+    """A poll that does not wait (the doorbell's), whatever waitSeconds says."""
+    req = await read_model(request, relay.settings, PollRequest)
+    tasks = await relay.claims.poll(caller(request), req.model_copy(update={"wait_seconds": 0}))
     return answer(PollResponse(tasks=[views.polled_task(t) for t in tasks]))
 
 

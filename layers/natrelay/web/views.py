@@ -10,6 +10,7 @@ from natrelay.service import Registration
 from natrelay.service.catalog import Pool
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.service.sessions import fingerprint
+from natrelay.settings import Settings
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
     ErrorInfo,
@@ -71,14 +72,23 @@ def task_view(
     )
 
 
-def session_response(registration: Registration, now: float) -> SessionResponse:
-    """What the publisher hears of its session: each row with its own member's status."""
+def session_response(
+    registration: Registration, now: float, settings: Settings | None = None
+) -> SessionResponse:
+    """What the publisher hears of its session: each row with its own member's status;
+    with `settings`, what the relay offers it (its doorbell, its heartbeat timeout)."""
     session = registration.session
     rows = []
     for row in registration.rows:
         member = row.members.get(session.id)
         rows.append(row_view(row, now, member.status if member else None))
-    return SessionResponse(provider_session_id=session.id, llms=rows, generation=session.generation)
+    return SessionResponse(
+        provider_session_id=session.id,
+        llms=rows,
+        generation=session.generation,
+        doorbell_url=settings.doorbell_url if settings else None,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds if settings else None,
+    )
 
 
 def pool_view(pool: Pool, now: float) -> LlmRow:

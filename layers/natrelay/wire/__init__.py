@@ -5,6 +5,7 @@ models), `protocol` (the publisher protocol) and `views` (what clients and admin
 """
 
 from natrelay.wire.contract import (
+    DOORBELL_SESSION_HEADER,
     MAX_EXTRA_CONFIG_BYTES,
     MAX_RUNNING_TASKS,
     MAX_TASKS_PER_POLL,
@@ -27,6 +28,8 @@ from natrelay.wire.protocol import (
     MAX_PROVIDERS,
     ChunkAck,
     ChunkBatch,
+    DoorbellMessage,
+    DoorbellPing,
     HeartbeatRequest,
     LlmRow,
     MemberView,
@@ -54,6 +57,7 @@ from natrelay.wire.views import (
 )
 
 __all__ = [
+    "DOORBELL_SESSION_HEADER",
     "MAX_EXTRA_CONFIG_BYTES",
     "MAX_PROVIDERS",
     "MAX_RUNNING_TASKS",
@@ -62,6 +66,8 @@ __all__ = [
     "Answer",
     "ChunkAck",
     "ChunkBatch",
+    "DoorbellMessage",
+    "DoorbellPing",
     "ErrorBody",
     "ErrorCode",
     "ErrorInfo",

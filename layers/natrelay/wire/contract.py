@@ -14,6 +14,10 @@ from pydantic.alias_generators import to_camel
 
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
+
+# The doorbell (docs/protocol.md): a WebSocket that rings when work is queued. The
+# publisher names its session in this header when it connects.
+DOORBELL_SESSION_HEADER = "X-Natrelay-Session"
 # A provider's extraConfig, as compact JSON.
 MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
@@ -98,6 +102,10 @@ class Paths:
     HEARTBEAT = f"{PROVIDER}-heartbeat"
     POLL = f"{PROVIDER}-poll"
     DEREGISTER = f"{PROVIDER}-deregister"
+    # A poll that never waits (the doorbell's): served beside the long-polls, not by them.
+    CLAIM = f"{PROVIDER}-claim"
+    # The doorbell's WebSocket where the relay serves it itself (natrelay dev, self-hosted).
+    DOORBELL = f"{PROVIDER}-doorbell"
     PROVIDER_TASK = f"{PROVIDER}-task/{{task_id}}"
     TASK_REQUEST = f"{PROVIDER_TASK}/request"
     TASK_CHUNKS = f"{PROVIDER_TASK}/chunks"

@@ -95,6 +95,8 @@ class PollRequest(WireModel):
     free: dict[LlmName, Annotated[int, Field(ge=0, le=MAX_TASKS_PER_POLL)]] | None = Field(
         default=None, max_length=MAX_PROVIDERS
     )
+    # Tasks the doorbell rang for: claimed by id, without listing the queue.
+    task_ids: list[TaskId] = Field(default_factory=list, max_length=MAX_TASKS_PER_POLL)
 
 
 class SessionRequest(WireModel):
@@ -163,6 +165,10 @@ class SessionResponse(Answer):
     llms: list[LlmRow]
     # Bumped by every registration of the session (a publisher restart).
     generation: int = 0
+    # Where the publisher may keep a doorbell WebSocket (ws:// or wss://), if the relay
+    # offers one; and the relay's heartbeat timeout, which a poll-only publisher must beat.
+    doorbell_url: str | None = None
+    heartbeat_timeout_seconds: float | None = None
 
 
 class PolledTask(Answer):
@@ -182,6 +188,20 @@ class PolledTask(Answer):
 
 class PollResponse(Answer):
     tasks: list[PolledTask]
+
+
+class DoorbellMessage(Answer):
+    """What the doorbell sends: `ring` (work is queued; `taskId` names it) or `pong`."""
+
+    type: str
+    task_id: str | None = None
+
+
+class DoorbellPing(WireModel):
+    """What the publisher sends to keep its doorbell open (API Gateway closes a
+    connection idle for 10 minutes); answered with a `pong`."""
+
+    action: str = "ping"
 
 
 class ChunkAck(Answer):
