@@ -112,10 +112,12 @@ def register(relay: Relay, *names: str, principal: Principal = STATIC_PUB) -> st
 
 
 def doorbell_of(relay: Relay, name: str) -> str | None:
+    """The connection that rings for the (one) member of the pool of `name`."""
+
     async def go() -> str | None:
         row = await relay.stores.llms.get(name)
-        assert row is not None
-        return row.doorbell
+        assert row is not None and len(row.members) == 1
+        return next(iter(row.members.values())).doorbell
 
     return run(go)
 

@@ -347,7 +347,7 @@ async def test_a_poll_that_names_its_generation_skips_the_session_read(
     await relay.claims.poll(PUB, poll)
     assert counter.ops == ["TransactWriteItems", "Query"]
     counter.ops.clear()
-    await relay.stores.llms.expire_if_stale("a", clock() + 1, clock())  # the sweep was faster
+    await relay.stores.row_sweep.expire_if_stale("a", clock() + 1, clock())  # the sweep was faster
     counter.ops.clear()
     clock.advance(60)  # the quiet write finds the row inactive: read, and the full heartbeat
     await relay.claims.poll(PUB, poll)
