@@ -46,10 +46,16 @@ def chat(url: str, text: str, timeout: float = 20.0) -> str:
 
 
 def row_doorbell(relay: LambdaRelay, name: str) -> str | None:
+    """The connection bound to the (one) member of the pool of `name`, if any."""
     item = dynamodb_client(relay.moto_endpoint).get_item(
         TableName=relay.tables.llms, Key={"name": {"S": name}}, ConsistentRead=True
     )["Item"]
-    return item.get("doorbell", {}).get("S")
+    bells = [
+        v["M"]["doorbell"]["S"]
+        for k, v in item.items()
+        if k.startswith("m#") and "doorbell" in v.get("M", {})
+    ]
+    return bells[0] if bells else None
 
 
 @contextmanager
