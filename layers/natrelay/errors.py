@@ -155,3 +155,10 @@ class QueueTimeoutError(PublisherOfflineError):
     """The request waited its longest in the pool's queue; nobody took it."""
 
     code = ErrorCode.QUEUE_TIMEOUT
+
+
+class EndpointNotServedError(RelayError):
+    """The model exists but does not serve this API (embeddings of a chat-only model)."""
+
+    code = ErrorCode.ENDPOINT_NOT_SERVED
+    type = "invalid_request_error"

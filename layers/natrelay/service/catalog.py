@@ -48,11 +48,22 @@ class Catalog:
         return [r for r in await self.all(principal) if self.serving(r)]
 
     async def get(self, principal: Principal, name: str) -> LlmRecord:
-        """The row; a model outside the caller's scope is answered as an unknown one."""
+        """The row named `name`, or the row whose alias it is (a row's own name wins);
+        a model outside the caller's scope is answered as an unknown one (for an alias,
+        the scope must allow the row's own name)."""
         row = await self.llms.get(name) if principal.may_use(name) else None
         if row is None:
+            row = await self._aliased(name)
+        if row is None or not principal.may_use(row.name):
             raise _not_found(name)
         return row
+
+    async def _aliased(self, name: str) -> LlmRecord | None:
+        """The row `name` is an alias of: claimed as one by the row's owner, and still
+        among the aliases the row's last registration declared."""
+        target = await self.keys.alias_of(name)
+        row = await self.llms.get(target) if target is not None else None
+        return row if row is not None and name in row.aliases else None
 
     async def delete(self, name: str) -> None:
         """Delete the row and release its name (admins): another key may publish it."""
@@ -68,6 +79,10 @@ class Catalog:
     def status(self, row: LlmRecord) -> LlmStatus:
         return row.pool_status(self.clock(), self.liveness.timeout)
 
+    def endpoints(self, row: LlmRecord) -> frozenset[str]:
+        """The APIs the pool serves now (none while no member is live)."""
+        return row.endpoints(self.clock(), self.liveness.timeout)
+
     async def pool(self, principal: Principal, name: str) -> Pool:
         """The row with its pool: live members (with what they say they run) and queue."""
         row = await self.get(principal, name)
@@ -77,5 +92,5 @@ class Catalog:
             session = await self.stores.sessions.get(member.session_id)
             running = len(session.running) if session and session.confirmed_at else None
             members.append((member, running))
-        depth, oldest = await self.stores.queues.depth(name, POOL_QUEUE_COUNT)
+        depth, oldest = await self.stores.queues.depth(row.name, POOL_QUEUE_COUNT)
         return Pool(row, self.status(row), members, depth, now - oldest if oldest else None)

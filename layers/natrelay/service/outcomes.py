@@ -7,6 +7,7 @@ from typing import Any
 
 from natrelay.errors import (
     BackendError,
+    EndpointNotServedError,
     PublisherOfflineError,
     QueueTimeoutError,
     RelayError,
@@ -14,7 +15,7 @@ from natrelay.errors import (
     WakeFailedError,
 )
 from natrelay.store import LlmRecord, TaskRecord
-from natrelay.wire import ErrorCode, TaskState
+from natrelay.wire import Endpoint, ErrorCode, TaskState
 
 OFFLINE_STATUS = 503
 CANCELLED_STATUS = 499
@@ -48,6 +49,12 @@ def offline(row: LlmRecord, now: float) -> PublisherOfflineError:
     )
 
 
+def not_served(row: LlmRecord, endpoint: Endpoint) -> EndpointNotServedError:
+    return EndpointNotServedError(
+        f"the model {row.name!r} does not serve {endpoint.path}", param="model"
+    )
+
+
 def task_error(task: TaskRecord) -> RelayError:
     """The error a client sees for a task that did not complete."""
     error = task.error or {}
@@ -61,5 +68,7 @@ def task_error(task: TaskRecord) -> RelayError:
         return QueueTimeoutError(message, retry_after=5)
     if code == ErrorCode.PUBLISHER_OFFLINE:
         return PublisherOfflineError(message)
+    if code == ErrorCode.ENDPOINT_NOT_SERVED:  # the backend said so
+        return EndpointNotServedError(message, param="model")
     status = task.status or 502
     return BackendError(message, status=status if 400 <= status < 500 else 502)

@@ -59,9 +59,20 @@ def loads_stored(raw: bytes) -> Any:
     return json.loads(raw, parse_constant=_nothing, parse_float=_finite)
 
 
+# Stream events that carry the answer's object one level down: the Responses API's
+# `response.*` events, the Messages API's `message_start`.
+_NESTED = ("response", "message")
+
+
 def public_model(answer: Any, name: str) -> Any:
-    """An OpenAI answer or chunk naming the relay's model `name`, not the backend's
+    """An answer or stream event naming the relay's model `name`, not the backend's
     model id (which may be a local path)."""
-    if isinstance(answer, dict) and "model" in answer:
-        return {**answer, "model": name}
+    if not isinstance(answer, dict):
+        return answer
+    if "model" in answer:
+        answer = {**answer, "model": name}
+    for key in _NESTED:
+        inner = answer.get(key)
+        if isinstance(inner, dict) and "model" in inner:
+            answer = {**answer, key: {**inner, "model": name}}
     return answer

@@ -12,14 +12,14 @@ from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import PoolHint
 from natrelay.service.ids import new_task_id
-from natrelay.service.outcomes import offline
+from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
 from natrelay.store import ConditionFailedError, IdempotencyRecord, LlmRecord, NewTask, TaskRecord
 from natrelay.types import JsonObject
-from natrelay.wire import LlmStatus, TaskKind, TaskState
+from natrelay.wire import Endpoint, LlmStatus, TaskKind, TaskState
 
 
 def _sha256(data: bytes) -> str:
@@ -51,16 +51,31 @@ class Queue:
         self.doorbell = doorbell
 
     async def submit(
-        self, principal: Principal, name: str, body: JsonObject, *, stream: bool
+        self,
+        principal: Principal,
+        name: str,
+        body: JsonObject,
+        *,
+        stream: bool,
+        endpoint: Endpoint = Endpoint.CHAT,
     ) -> TaskRecord:
-        """Queue an infer task for the row's publisher, waking the backend if it sleeps.
+        """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
+        backend if it sleeps; EndpointNotServedError if the pool does not serve it.
 
         The caller's key is admitted against its limits first (RateLimitError).
         """
-        return await self._submit(principal, name, self._encoded(body), stream=stream)
+        raw = self._encoded(body)
+        return await self._submit(principal, name, raw, stream=stream, endpoint=endpoint)
 
     async def submit_once(
-        self, principal: Principal, name: str, body: JsonObject, *, stream: bool, key: str
+        self,
+        principal: Principal,
+        name: str,
+        body: JsonObject,
+        *,
+        stream: bool,
+        key: str,
+        endpoint: Endpoint = Endpoint.CHAT,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
         the result retention: then the task it started (and True: nothing new runs).
@@ -69,7 +84,9 @@ class Queue:
         """
         s = self.settings
         raw = self._encoded(body)
-        key_hash, request_hash = _sha256(key.encode()), _sha256(raw)
+        # the same body sent to another endpoint is another request
+        tagged = raw if endpoint is Endpoint.CHAT else endpoint.value.encode() + b" " + raw
+        key_hash, request_hash = _sha256(key.encode()), _sha256(tagged)
         now = self.clock()
         seen = await self.idempotency.get(principal.key_id, key_hash, now)
         gone: str | None = None
@@ -86,7 +103,10 @@ class Queue:
             expires_at=now + s.max_task_seconds + s.result_retention_seconds,
         )
         try:
-            return await self._submit(principal, name, raw, stream=stream, once=(once, gone)), False
+            task = await self._submit(
+                principal, name, raw, stream=stream, endpoint=endpoint, once=(once, gone)
+            )
+            return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
             if isinstance(exc.record, IdempotencyRecord):
                 first = await self._replay(exc.record, request_hash, self.clock())
@@ -122,14 +142,18 @@ class Queue:
         raw: bytes,
         *,
         stream: bool,
+        endpoint: Endpoint,
         once: tuple[IdempotencyRecord, str | None] | None = None,
     ) -> TaskRecord:
         s = self.settings
         row = await self.catalog.get(principal, name)
+        name = row.name  # an alias queues for its row's pool
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
         if status is LlmStatus.INACTIVE:
             raise offline(row, now)
+        if endpoint not in row.endpoints(now, self.liveness.timeout):
+            raise not_served(row, endpoint)
         await self.pools.prune([row])  # writes only when members died (rare)
         oldest = await self._check_queue(row)
         task_id = new_task_id(now)
@@ -158,6 +182,7 @@ class Queue:
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,
+            endpoint=endpoint.value,
         )
         if once is None:
             await self.tasks.put(task)
@@ -182,6 +207,7 @@ class Queue:
             wake_id=task.wake_id,
             wake_target=task.wake_target,
             request_size=len(raw),
+            endpoint=endpoint.value,
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,

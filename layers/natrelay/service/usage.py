@@ -38,16 +38,18 @@ def _seconds_to_midnight(now: float) -> int:
 
 
 def tokens_of(body: Any) -> tuple[int, int]:
-    """(prompt, completion) tokens from an answer's OpenAI `usage`, if it has one."""
+    """(prompt, completion) tokens from an answer's `usage`, if it has one: OpenAI's
+    `prompt_tokens`/`completion_tokens`, or the Responses and Anthropic Messages APIs'
+    `input_tokens`/`output_tokens`."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return 0, 0
 
-    def count(name: str) -> int:
-        value = usage.get(name)
+    def count(name: str, other: str) -> int:
+        value = usage.get(name, usage.get(other))
         return value if isinstance(value, int) and 0 <= value < 2**40 else 0
 
-    return count("prompt_tokens"), count("completion_tokens")
+    return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
 
 
 class Usage:

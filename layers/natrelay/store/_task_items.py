@@ -15,7 +15,7 @@ from typing import Any
 
 from natrelay.store._dynamo import Item, condition, decode, encode, items, split, values
 from natrelay.store.records import TaskRecord
-from natrelay.wire import TaskKind, TaskState
+from natrelay.wire import Endpoint, TaskKind, TaskState
 
 # Payloads up to this size live in the task item; larger ones are split into parts.
 INLINE_LIMIT = 200 * 1024
@@ -50,6 +50,7 @@ def task_record(item: Item) -> TaskRecord:
         stream=bool(item.get("stream", False)),
         wake_id=item.get("wakeId"),
         request_size=int(item.get("requestSize", 0)),
+        endpoint=item.get("endpoint", Endpoint.CHAT.value),
         request=item.get("request"),
         claimed_by=item.get("claimedBy"),
         claimed_key=item.get("claimedKey"),

@@ -110,21 +110,37 @@ class DynamoKeyStore:
     def _name_key(self, name: str) -> dict[str, Any]:
         return {"pk": {"S": f"name#{name}"}, "sk": {"S": "owner"}}
 
-    def name_claim_op(self, name: str, owner: str, now: float) -> dict[str, Any]:
+    def name_claim_op(
+        self, name: str, owner: str, now: float, *, alias_of: str | None = None
+    ) -> dict[str, Any]:
         """The transaction item that claims `name` for `owner` (or keeps its claim);
-        its condition fails when another key owns the name."""
+        its condition fails when another key owns the name. `alias_of`: the name is an
+        alias of that row (`alias_of(name)` reads it back)."""
+        update = "SET #owner = :owner, claimedAt = if_not_exists(claimedAt, :now)"
+        vals: dict[str, Any] = {"owner": owner, "now": now}
+        if alias_of is not None:
+            update += ", aliasOf = :target"
+            vals["target"] = alias_of
         return {
             "Update": {
                 "TableName": self.table,
                 "Key": self._name_key(name),
-                "UpdateExpression": "SET #owner = :owner, claimedAt = if_not_exists(claimedAt, "
-                ":now)",
+                "UpdateExpression": update,
                 "ConditionExpression": "attribute_not_exists(pk) OR #owner = :owner",
                 "ExpressionAttributeNames": {"#owner": "owner"},
-                "ExpressionAttributeValues": values(owner=owner, now=now),
+                "ExpressionAttributeValues": values(**vals),
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
+
+    @off_loop
+    def alias_of(self, name: str) -> str | None:
+        """The row `name` was last claimed as an alias of (None: never one)."""
+        raw = self._client.get_item(
+            TableName=self.table, Key=self._name_key(name), ConsistentRead=True
+        ).get("Item")
+        target = decode(raw).get("aliasOf") if raw else None
+        return str(target) if target is not None else None
 
     @staticmethod
     def owner_of_claim(item: Item) -> str | None:

@@ -16,7 +16,7 @@ from natrelay.store._dynamo import (
     values,
 )
 from natrelay.store.errors import ConditionFailedError
-from natrelay.store.records import VIRTUAL, LlmRecord, MemberRecord
+from natrelay.store.records import CHAT_ONLY, VIRTUAL, LlmRecord, MemberRecord
 from natrelay.wire import LlmStatus, ProviderSpec
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def _member(session_id: str, raw: Any) -> MemberRecord | None:
         max_concurrency=raw.get("maxConcurrency"),
         wake_max_wait=raw.get("wakeMaxWait"),
         doorbell=raw.get("doorbell"),
+        endpoints=frozenset(raw["endpoints"]) if raw.get("endpoints") else CHAT_ONLY,
     )
 
 
@@ -81,6 +82,7 @@ def row_record(item: Item) -> LlmRecord:
         },
         max_queue_depth=item.get("maxQueueDepth"),
         wake_after_queue_seconds=item.get("wakeAfterQueueSeconds"),
+        aliases=tuple(item.get("aliases") or ()),
     )
 
 
@@ -142,6 +144,7 @@ class DynamoLlmStore:
             "owner": owner,
             "lastHeartbeatAt": now,
             "wakeMaxWait": spec.wake_max_wait_seconds,
+            "aliases": list(spec.aliases) or None,
             "sweepState": LIVE,
             "sweepAt": now,
         }
@@ -150,23 +153,26 @@ class DynamoLlmStore:
             "heartbeatAt": now,
             "maxConcurrency": spec.max_concurrency,
             "wakeMaxWait": spec.wake_max_wait_seconds,
+            "endpoints": [e.value for e in spec.endpoints] if spec.endpoints else None,
         }
         present = {k: v for k, v in row.items() if v is not None}
         names = (
             {f"#{k}": k for k in present}
             | _NAMES
-            | {"#owner": "owner", "#me": member_attr(session_id)}
+            | {"#owner": "owner", "#me": member_attr(session_id), "#aliases": "aliases"}
         )
         sets = [f"#{k} = :{k}" for k in present] + [
             "createdAt = if_not_exists(createdAt, :now)",
             "#me = :member",
         ]
+        # the row's aliases are its last registration's
+        removes = ["inactiveSince"] + ([] if spec.aliases else ["#aliases"])
         # a row taken back keeps when it was first published; a retired one comes back
         op = {
             "Update": {
                 "TableName": self.table,
                 "Key": self._key(spec.name),
-                "UpdateExpression": f"SET {', '.join(sets)} REMOVE inactiveSince",
+                "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
                 "ConditionExpression": _JOIN,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values(

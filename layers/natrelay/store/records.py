@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from natrelay.wire import LlmStatus, Role, TaskKind, TaskState
+from natrelay.wire import Endpoint, LlmStatus, Role, TaskKind, TaskState
 
 VIRTUAL = "virtual"
+# What a member that says nothing of its endpoints serves (publishers before them).
+CHAT_ONLY = frozenset({Endpoint.CHAT.value})
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class MemberRecord:
     wake_max_wait: float | None = None
     # Its publisher's doorbell connection, if it keeps one.
     doorbell: str | None = None
+    # The APIs it serves (`Endpoint` values).
+    endpoints: frozenset[str] = CHAT_ONLY
 
     def alive(self, now: float, timeout: float) -> bool:
         return now - self.heartbeat_at <= timeout
@@ -53,6 +57,8 @@ class LlmRecord:
     # Pool settings an admin may set (None: the relay's defaults).
     max_queue_depth: int | None = None
     wake_after_queue_seconds: float | None = None
+    # Other names clients may call it by (as its last registration declared them).
+    aliases: tuple[str, ...] = ()
 
     def waking(self, now: float) -> bool:
         return self.wake_id is not None and (self.wake_deadline or 0) > now
@@ -69,6 +75,12 @@ class LlmRecord:
         if any(m.status is LlmStatus.ACTIVE for m in live):
             return LlmStatus.ACTIVE
         return LlmStatus.HIBERNATING
+
+    def endpoints(self, now: float, timeout: float) -> frozenset[str]:
+        """The APIs the pool serves: those every live member serves (any of them may
+        claim a request), so a member of an older publisher makes it chat only."""
+        live = self.live_members(now, timeout)
+        return frozenset.intersection(*(m.endpoints for m in live)) if live else frozenset()
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ class NewTask:
     usage_day: str | None = None
     # The request id its admission holds a concurrency slot under, if it does.
     slot: str | None = None
+    # The API the request is for (an `Endpoint` value).
+    endpoint: str = Endpoint.CHAT.value
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,8 @@ class TaskRecord:
     stream: bool = False
     wake_id: str | None = None
     request_size: int = 0
+    # The API the request is for (an `Endpoint` value).
+    endpoint: str = Endpoint.CHAT.value
     # Set when the request fits in the task item; otherwise the store's request(task).
     request: bytes | None = None
     claimed_by: str | None = None

@@ -77,8 +77,15 @@ class DynamoSessionStore:
         """
         ops: list[dict[str, Any]] = []
         rows: list[Item] = []
+        # The names claimed, in the order of their ops: each provider's, then its aliases.
+        claimed = [s.name for s in specs] + [a for s in specs for a in s.aliases]
         for spec in specs:
             ops.append(self._keys.name_claim_op(spec.name, owner, now))
+        for spec in specs:
+            ops.extend(
+                self._keys.name_claim_op(alias, owner, now, alias_of=spec.name)
+                for alias in spec.aliases
+            )
         for spec in specs:
             op, row = self._rows.join_op(spec, session_id, owner, now)
             ops.append(op)
@@ -108,22 +115,22 @@ class DynamoSessionStore:
         except ClientError as exc:
             reasons = exc.response.get("CancellationReasons", [])
             failed = [r.get("Code") == "ConditionalCheckFailed" for r in reasons]
-            n = len(specs)
-            for i, spec in enumerate(specs):
+            n, c = len(specs), len(claimed)
+            for i, name in enumerate(claimed):
                 if i < len(failed) and failed[i]:
                     old = decode(reasons[i].get("Item") or {})
                     raise NameHeldError(
-                        spec.name, record=None, owner=self._keys.owner_of_claim(old)
+                        name, record=None, owner=self._keys.owner_of_claim(old)
                     ) from exc
             for i, spec in enumerate(specs):
-                if n + i < len(failed) and failed[n + i]:
-                    held = reasons[n + i].get("Item")
+                if c + i < len(failed) and failed[c + i]:
+                    held = reasons[c + i].get("Item")
                     raise NameHeldError(
                         spec.name,
                         record=row_record(decode(held)) if held else None,
                         owner=None,
                     ) from exc
-            if len(failed) > 2 * n and failed[2 * n]:
+            if len(failed) > c + n and failed[c + n]:
                 raise ConditionFailedError(f"session {session_id} has another owner") from exc
             raise
         session = self._get(session_id)

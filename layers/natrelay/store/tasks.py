@@ -37,7 +37,7 @@ from natrelay.store._task_items import (
 from natrelay.store.errors import ConditionFailedError, SameResultError
 from natrelay.store.idempotency import claim_op, idempotency_record
 from natrelay.store.records import IdempotencyRecord, NewTask, TaskRecord
-from natrelay.wire import TaskKind, TaskState
+from natrelay.wire import Endpoint, TaskKind, TaskState
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -80,6 +80,8 @@ class DynamoTaskStore:
             "updatedAt": task.created_at,
             "leaseSeconds": task.lease_seconds,
             "stream": task.stream,
+            # chat, the API of tasks before there were others, is left out
+            "endpoint": None if task.endpoint == Endpoint.CHAT else task.endpoint,
             "wakeId": task.wake_id,
             "clientKey": task.client_key,
             "usageDay": task.usage_day,

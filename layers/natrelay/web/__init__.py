@@ -23,8 +23,15 @@ from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
-from natrelay.web.chat import ChatRequest, InferRequest
+from natrelay.web.chat import InferRequest
 from natrelay.web.doorbell import doorbell_socket
+from natrelay.web.endpoints import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    MessageRequest,
+    ResponseRequest,
+)
 from natrelay.web.errors import HANDLERS
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, document, openapi_endpoint
@@ -60,13 +67,26 @@ ADMINS = frozenset({Role.ADMIN})
 ANYONE = frozenset(Role)
 
 
+# Where the key may also come as `x-api-key` (how the anthropic SDK may send it).
+API_KEY_HEADER_PATHS = frozenset({Paths.MESSAGES})
+
+
+def _credentials(request: Request, path: str) -> str | None:
+    """The Authorization header; on API_KEY_HEADER_PATHS, an `x-api-key` as a bearer."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and path in API_KEY_HEADER_PATHS:
+        key = request.headers.get("x-api-key")
+        return f"Bearer {key}" if key is not None else None
+    return authorization
+
+
 def guarded(
     path: str, roles: frozenset[Role], endpoint: Endpoint
 ) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
         relay: Relay = request.app.state.relay
         bind(route=path)
-        principal = await relay.access.authenticate(request.headers.get("authorization"))
+        principal = await relay.access.authenticate(_credentials(request, path))
         bind(keyId=principal.key_id)
         if principal.role not in roles:
             needed = " or ".join(sorted(r.value for r in roles))
@@ -135,6 +155,14 @@ OPERATIONS = [
     _op("GET", Paths.MODEL, CLIENTS, oa.get_model, "a model", answer=ModelCard),
     _op("POST", Paths.CHAT, CLIENTS, oa.chat_completions, "chat completions",
         body=ChatRequest, stream=True, params=ONCE),
+    _op("POST", Paths.COMPLETIONS, CLIENTS, oa.completions, "completions (legacy)",
+        body=CompletionRequest, stream=True, params=ONCE),
+    _op("POST", Paths.EMBEDDINGS, CLIENTS, oa.embeddings, "embeddings",
+        body=EmbeddingRequest, params=ONCE),
+    _op("POST", Paths.RESPONSES, CLIENTS, oa.responses, "responses (stateless)",
+        body=ResponseRequest, stream=True, params=ONCE),
+    _op("POST", Paths.MESSAGES, CLIENTS, oa.messages, "Anthropic messages",
+        body=MessageRequest, stream=True, params=ONCE),
 ]  # fmt: skip
 OPENAPI = document(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])
 ROUTES = [

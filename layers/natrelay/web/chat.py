@@ -1,4 +1,4 @@
-"""Running a chat request through the relay: submit, then wait or stream."""
+"""Relaying a request for endpoint E of model M: submit, then wait or stream."""
 
 from __future__ import annotations
 
@@ -12,18 +12,12 @@ from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
 from natrelay.store import TaskRecord
+from natrelay.web.endpoints import ENDPOINTS, ChatRequest
 from natrelay.web.requests import parse
-from natrelay.web.sse import SSE_HEADERS, open_chat_stream
+from natrelay.web.sse import SSE_HEADERS, open_stream
+from natrelay.wire import Endpoint
 
-
-class ChatRequest(BaseModel):
-    """What the relay must understand of a chat request; everything else passes through."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
+__all__ = ["ChatRequest", "InferRequest", "idempotency_key", "relay_request", "run_chat"]
 
 
 class InferRequest(BaseModel):
@@ -60,25 +54,37 @@ async def submit(
     *,
     stream: bool,
     key: str | None,
+    endpoint: Endpoint = Endpoint.CHAT,
 ) -> tuple[TaskRecord, bool]:
     """Queue the request; with an Idempotency-Key, the key's first task if there is one
     (True: an earlier request started it)."""
+    queue = relay.queue
     if key is None:
-        return await relay.queue.submit(principal, name, body, stream=stream), False
-    return await relay.queue.submit_once(principal, name, body, stream=stream, key=key)
+        return await queue.submit(principal, name, body, stream=stream, endpoint=endpoint), False
+    return await queue.submit_once(principal, name, body, stream=stream, key=key, endpoint=endpoint)
 
 
-async def run_chat(
-    relay: Relay, principal: Principal, body: dict[str, Any], key: str | None = None
+async def relay_request(
+    relay: Relay,
+    principal: Principal,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    key: str | None = None,
 ) -> Response:
-    chat = parse(ChatRequest, body)
-    bind(model=chat.model)
+    """Relay `body`, a request to `endpoint` of the model it names, and answer it: the
+    backend's JSON, or its stream as server-sent events."""
+    parsed = parse(ENDPOINTS[endpoint].request, body)
+    # embeddings never stream (a `stream` field there passes through, unread)
+    stream = "stream" in type(parsed).model_fields and bool(getattr(parsed, "stream", False))
+    bind(model=parsed.model)
     started = relay.clock()
-    task, earlier = await submit(relay, principal, chat.model, body, stream=chat.stream, key=key)
-    if chat.stream:
+    task, earlier = await submit(
+        relay, principal, parsed.model, body, stream=stream, key=key, endpoint=endpoint
+    )
+    if stream:
         budget = relay.settings.stream_timeout_seconds
         return StreamingResponse(
-            await open_chat_stream(relay, task, budget, fresh=not earlier, started=started),
+            await open_stream(relay, task, budget, fresh=not earlier, started=started),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
@@ -93,3 +99,9 @@ async def run_chat(
         backend = done.updated_at - done.claimed_at
         relay.metrics.added_latency(max(0.0, relay.clock() - started - backend))
     return JSONResponse(outcome.body, status_code=outcome.status)
+
+
+async def run_chat(
+    relay: Relay, principal: Principal, body: dict[str, Any], key: str | None = None
+) -> Response:
+    return await relay_request(relay, principal, Endpoint.CHAT, body, key)

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from natrelay import errors
 from natrelay.observe import bind, request_id
-from natrelay.wire import ErrorCode
+from natrelay.wire import ErrorCode, Paths
 
 log = logging.getLogger("natrelay.web")
 
@@ -20,6 +20,7 @@ STATUS: dict[type[errors.RelayError], int] = {
     errors.InvalidRequestError: 400,
     errors.PayloadTooLargeError: 413,
     errors.LlmNotFoundError: 404,
+    errors.EndpointNotServedError: 404,
     errors.SessionNotFoundError: 404,
     errors.TaskNotFoundError: 404,
     errors.NameTakenError: 409,
@@ -36,7 +37,7 @@ STATUS: dict[type[errors.RelayError], int] = {
 }
 
 
-def _body(message: str, type_: str, code: str, param: str | None) -> dict[str, object]:
+def _body(message: str, type_: str, code: str, param: str | None) -> dict[str, dict[str, object]]:
     """An OpenAI-style error body; it names the request (as `x-request-id` does)."""
     bind(errorCode=str(code))
     error: dict[str, object] = {"message": message, "type": type_, "code": code, "param": param}
@@ -46,8 +47,40 @@ def _body(message: str, type_: str, code: str, param: str | None) -> dict[str, o
     return {"error": error}
 
 
-def error_body(exc: errors.RelayError) -> dict[str, object]:
+def error_body(exc: errors.RelayError) -> dict[str, dict[str, object]]:
     return _body(exc.message, exc.type, exc.code, exc.param)
+
+
+# The Anthropic Messages API's error types, by status (its SDK raises by status; the
+# type tells people what happened).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_body(body: dict[str, dict[str, object]], status: int) -> dict[str, object]:
+    """An OpenAI-style error body as the Anthropic Messages API shapes its errors:
+    `{"type": "error", "error": {"type", "message", ...}}`; natrelay's `code` and
+    `param` stay in `error`, the request id moves up beside it."""
+    error = dict(body["error"])
+    rid = error.pop("request_id", None)
+    error["type"] = _ANTHROPIC_TYPES.get(status, "api_error")
+    shaped: dict[str, object] = {"type": "error", "error": error}
+    if rid is not None:
+        shaped["request_id"] = rid
+    return shaped
+
+
+def anthropic_style(request: Request) -> bool:
+    """Whether the request is to the Anthropic Messages API (its errors are shaped so)."""
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    return path == Paths.MESSAGES
 
 
 def status_of(exc: errors.RelayError) -> int:
@@ -71,7 +104,7 @@ def retry_helps(exc: errors.RelayError) -> bool:
     return True
 
 
-def error_response(exc: errors.RelayError) -> JSONResponse:
+def error_response(exc: errors.RelayError, *, anthropic: bool = False) -> JSONResponse:
     headers: dict[str, str] = {}
     if not retry_helps(exc):
         headers["x-should-retry"] = "false"
@@ -81,12 +114,16 @@ def error_response(exc: errors.RelayError) -> JSONResponse:
         headers["Location"] = f"/api/v1/tasks/{exc.task_id}"
     if isinstance(exc, errors.AuthError):
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(exc), status_code=status_of(exc), headers=headers)
+    status = status_of(exc)
+    body = error_body(exc)
+    return JSONResponse(
+        anthropic_body(body, status) if anthropic else body, status_code=status, headers=headers
+    )
 
 
 async def relay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.RelayError)
-    return error_response(exc)
+    return error_response(exc, anthropic=anthropic_style(request))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -94,11 +131,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
         exc.status_code, ErrorCode.HTTP_ERROR
     )
-    return JSONResponse(
-        _body(exc.detail, "invalid_request_error", code, None),
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+    body = _body(exc.detail, "invalid_request_error", code, None)
+    shaped = anthropic_body(body, exc.status_code) if anthropic_style(request) else body
+    return JSONResponse(shaped, status_code=exc.status_code, headers=exc.headers)
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:

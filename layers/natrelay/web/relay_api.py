@@ -95,8 +95,14 @@ async def list_llms(request: Request, relay: Relay) -> Response:
     now = relay.clock()
     rows = await relay.catalog.all(caller(request))
     statuses = [relay.catalog.status(r) for r in rows]
+    catalog = relay.catalog
     return answer(
-        LlmList(data=[views.row_view(r, now, st) for r, st in zip(rows, statuses, strict=True)])
+        LlmList(
+            data=[
+                views.row_view(r, now, st, catalog.endpoints(r))
+                for r, st in zip(rows, statuses, strict=True)
+            ]
+        )
     )
 
 

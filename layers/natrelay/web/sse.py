@@ -1,4 +1,5 @@
-"""Server-sent events: OpenAI chat streams and resumable task event streams."""
+"""Server-sent events: answer streams (chat and the other endpoints) and resumable task
+event streams."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from natrelay.errors import RelayError, TaskTimeoutError
 from natrelay.service import Relay
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, TaskRecord
-from natrelay.web.errors import error_body
+from natrelay.web.endpoints import spec_of
+from natrelay.web.errors import anthropic_body, error_body, status_of
 from natrelay.web.views import task_view
+from natrelay.wire import Endpoint
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -44,7 +47,7 @@ class _End:
 _END = _End()
 
 
-async def open_chat_stream(
+async def open_stream(
     relay: Relay,
     task: TaskRecord,
     budget: float,
@@ -66,7 +69,7 @@ async def open_chat_stream(
         await chunks.aclose()
         first.result()  # raises the task's error
     t0 = started or task.created_at
-    return chat_stream(relay, task, _paced(chunks, first, relay, t0, keepalive))
+    return answer_stream(relay, task, _paced(chunks, first, relay, t0, keepalive))
 
 
 async def _paced(
@@ -104,14 +107,38 @@ def _objects(chunk: Chunk, name: str) -> list[Any]:
     return [public_model(obj, name) for obj in loads_stored(chunk.data)]
 
 
-async def chat_stream(
+def _event(obj: Any) -> str:
+    """A named event: `event: <its type>` (the Responses and Messages APIs name each
+    event by its data's `type`), then its data."""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    named = isinstance(kind, str) and kind.isprintable()
+    return (f"event: {kind}\n" if named else "") + _data(obj)
+
+
+def _stream_error(endpoint: str, exc: RelayError) -> str:
+    """A failure midway, as each API's clients read one: an `error` event of the
+    Messages API; of the Responses API (its fields, and `error` too, which the openai
+    SDK raises); an error chunk of the chat and completions streams."""
+    body = error_body(exc)
+    if endpoint == Endpoint.MESSAGES:
+        return _event(anthropic_body(body, status_of(exc)))
+    if endpoint == Endpoint.RESPONSES:
+        error = body["error"]
+        return _event({**error, "type": "error", "error": error})
+    return _data(body)
+
+
+async def answer_stream(
     relay: Relay, task: TaskRecord, chunks: AsyncIterator[Chunk | None]
 ) -> AsyncIterator[str]:
-    """`data: <chat.completion.chunk>` per chunk, then `data: [DONE]`; a comment while
-    nothing comes for a while.
+    """Each event the backend sent, framed as its API frames them (chat and completions:
+    `data: <chunk>`, then `data: [DONE]`; responses and messages: `event:` and `data:`);
+    a comment while nothing comes for a while.
 
     A client that goes away cancels the task, so the publisher stops the backend.
     """
+    named = spec_of(task.endpoint).named_events
+    frame = _event if named else _data
     done = False
     try:
         async for chunk in chunks:
@@ -119,14 +146,20 @@ async def chat_stream(
                 yield KEEPALIVE
                 continue
             for obj in _objects(chunk, task.llm):
-                yield _data(obj)
+                yield frame(obj)
         done = True
-        yield "data: [DONE]\n\n"
+        if not named:
+            yield "data: [DONE]\n\n"
     except RelayError as exc:
         done = not isinstance(exc, TaskTimeoutError)
-        yield _data(error_body(exc))
+        yield _stream_error(task.endpoint, exc)
     finally:
         await _cancel_unless_done(relay, task.id, done)
+
+
+# The names of before other endpoints were relayed.
+open_chat_stream = open_stream
+chat_stream = answer_stream
 
 
 def parse_event_id(value: str | None) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from natrelay.service.sessions import fingerprint
 from natrelay.settings import Settings
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
+    Endpoint,
     ErrorInfo,
     KeyCreated,
     KeyView,
@@ -36,7 +37,17 @@ def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in error.items() if k in ("message", "type", "code", "param")}
 
 
-def row_view(row: LlmRecord, now: float, status: LlmStatus | None = None) -> LlmRow:
+def endpoint_list(endpoints: frozenset[str] | None) -> list[str] | None:
+    """Endpoints in a stable order (`Endpoint`'s); None for none."""
+    return [e.value for e in Endpoint if e.value in endpoints] if endpoints else None
+
+
+def row_view(
+    row: LlmRecord,
+    now: float,
+    status: LlmStatus | None = None,
+    endpoints: frozenset[str] | None = None,
+) -> LlmRow:
     return LlmRow(
         name=row.name,
         kind=row.kind,
@@ -49,6 +60,8 @@ def row_view(row: LlmRecord, now: float, status: LlmStatus | None = None) -> Llm
         inactive_since=iso(row.inactive_since),
         created_at=iso(row.created_at),
         waking=row.waking(now),
+        endpoints=endpoint_list(endpoints),
+        aliases=list(row.aliases) or None,
     )
 
 
@@ -108,7 +121,9 @@ def pool_view(pool: Pool, now: float) -> LlmRow:
         )
         for member, running in pool.members
     ]
-    return row_view(pool.row, now, pool.status).model_copy(
+    live = [member.endpoints for member, _ in pool.members]
+    endpoints = frozenset.intersection(*live) if live else None
+    return row_view(pool.row, now, pool.status, endpoints).model_copy(
         update={
             "members": members,
             "queue_depth": pool.queue_depth,
@@ -133,17 +148,23 @@ def polled_task(task: TaskRecord) -> PolledTask:
         request_size=task.request_size,
         wake_id=task.wake_id,
         lease_seconds=task.lease_seconds,
+        endpoint=task.endpoint,
     )
 
 
-def model_card(row: LlmRecord, status: LlmStatus) -> ModelCard:
-    """A row as an OpenAI model object (with its pool's status)."""
+def model_card(
+    row: LlmRecord, status: LlmStatus, endpoints: frozenset[str] | None = None
+) -> ModelCard:
+    """A row as an OpenAI model object (with its pool's status, the APIs it serves and
+    its aliases)."""
     return ModelCard(
         id=row.name,
         created=int(row.created_at or 0),
         status=status,
         tier=row.tier,
         description=row.description,
+        endpoints=endpoint_list(endpoints),
+        aliases=list(row.aliases) or None,
     )
 
 

@@ -6,11 +6,13 @@ models), `protocol` (the publisher protocol) and `views` (what clients and admin
 
 from natrelay.wire.contract import (
     DOORBELL_SESSION_HEADER,
+    MAX_ALIASES,
     MAX_EXTRA_CONFIG_BYTES,
     MAX_RUNNING_TASKS,
     MAX_TASKS_PER_POLL,
     MAX_WAIT_SECONDS,
     Answer,
+    Endpoint,
     ErrorBody,
     ErrorCode,
     ErrorInfo,
@@ -26,6 +28,7 @@ from natrelay.wire.contract import (
 )
 from natrelay.wire.protocol import (
     MAX_PROVIDERS,
+    MAX_TRANSACTION_ITEMS,
     ChunkAck,
     ChunkBatch,
     DoorbellMessage,
@@ -58,16 +61,19 @@ from natrelay.wire.views import (
 
 __all__ = [
     "DOORBELL_SESSION_HEADER",
+    "MAX_ALIASES",
     "MAX_EXTRA_CONFIG_BYTES",
     "MAX_PROVIDERS",
     "MAX_RUNNING_TASKS",
     "MAX_TASKS_PER_POLL",
+    "MAX_TRANSACTION_ITEMS",
     "MAX_WAIT_SECONDS",
     "Answer",
     "ChunkAck",
     "ChunkBatch",
     "DoorbellMessage",
     "DoorbellPing",
+    "Endpoint",
     "ErrorBody",
     "ErrorCode",
     "ErrorInfo",

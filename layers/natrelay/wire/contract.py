@@ -18,6 +18,8 @@ MAX_TASKS_PER_POLL = 32
 # The doorbell (docs/protocol.md): a WebSocket that rings when work is queued. The
 # publisher names its session in this header when it connects.
 DOORBELL_SESSION_HEADER = "X-Natrelay-Session"
+# Other names one provider may be published under.
+MAX_ALIASES = 8
 # A provider's extraConfig, as compact JSON.
 MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
@@ -45,6 +47,22 @@ class Role(StrEnum):
 class TaskKind(StrEnum):
     INFER = "infer"
     WAKE = "wake"
+
+
+class Endpoint(StrEnum):
+    """The APIs a task can be a request to; each is relayed to the backend path of the
+    same name (`path`). Tasks of older relays carry none: chat."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+
+    @property
+    def path(self) -> str:
+        """Its path on the relay, and (under the backend's `/v1`) on the backend."""
+        return _ENDPOINT_PATHS[self]
 
 
 class TaskState(StrEnum):
@@ -88,6 +106,7 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "backend_error"
     PUBLISHER_ERROR = "publisher_error"
     TIMEOUT = "timeout"
+    ENDPOINT_NOT_SERVED = "endpoint_not_served"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -122,11 +141,24 @@ class Paths:
     MODELS = "/v1/models"
     MODEL = "/v1/models/{model}"
     CHAT = "/v1/chat/completions"
+    COMPLETIONS = "/v1/completions"
+    EMBEDDINGS = "/v1/embeddings"
+    RESPONSES = "/v1/responses"
+    MESSAGES = "/v1/messages"
 
     @staticmethod
     def route(template: str) -> str:
         """The Starlette route of a template: names may contain slashes (`{name:path}`)."""
         return template.replace("{name}", "{name:path}").replace("{model}", "{model:path}")
+
+
+_ENDPOINT_PATHS = {
+    Endpoint.CHAT: Paths.CHAT,
+    Endpoint.COMPLETIONS: Paths.COMPLETIONS,
+    Endpoint.EMBEDDINGS: Paths.EMBEDDINGS,
+    Endpoint.RESPONSES: Paths.RESPONSES,
+    Endpoint.MESSAGES: Paths.MESSAGES,
+}
 
 
 class WireModel(BaseModel):

@@ -11,10 +11,12 @@ from pydantic import (
 )
 
 from natrelay.wire.contract import (
+    MAX_ALIASES,
     MAX_EXTRA_CONFIG_BYTES,
     MAX_TASKS_PER_POLL,
     MAX_WAIT_SECONDS,
     Answer,
+    Endpoint,
     ErrorInfo,
     LlmName,
     LlmStatus,
@@ -41,6 +43,17 @@ class ProviderSpec(WireModel):
     # How many requests this publisher runs at once for this name (its share of the
     # pool); shown to admins, and the most a poll hands it when it does not say `free`.
     max_concurrency: int | None = Field(default=None, ge=1, le=256)
+    # The APIs this provider serves (None: chat only, as publishers before them).
+    endpoints: list[Endpoint] | None = Field(default=None, min_length=1, max_length=len(Endpoint))
+    # Other names clients may use for it; each is a name its key owns, like `name`.
+    aliases: list[LlmName] = Field(default_factory=list, max_length=MAX_ALIASES)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_once(cls, value: list[Endpoint] | None) -> list[Endpoint] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("each endpoint may appear once")
+        return value
 
     @field_validator("extra_config")
     @classmethod
@@ -51,9 +64,10 @@ class ProviderSpec(WireModel):
         return value
 
 
-# One registration writes a row and a name claim per provider plus the session, in one
-# DynamoDB transaction (at most 100 items).
+# One registration writes a row and a name claim per provider, a name claim per alias,
+# and the session, in one DynamoDB transaction (at most 100 items).
 MAX_PROVIDERS = 48
+MAX_TRANSACTION_ITEMS = 100
 
 
 class RegisterRequest(WireModel):
@@ -67,6 +81,19 @@ class RegisterRequest(WireModel):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ValueError(f"each name may appear once; given more than once: {twice}")
+        aliases = [a for p in value for a in p.aliases]
+        taken = sorted({a for a in aliases if a in names or aliases.count(a) > 1})
+        if taken:
+            raise ValueError(
+                f"an alias may not be a name or another alias of the registration: {taken}"
+            )
+        items = 2 * len(value) + len(aliases) + 1
+        if items > MAX_TRANSACTION_ITEMS:
+            raise ValueError(
+                f"{len(value)} providers with {len(aliases)} aliases need {items} writes in "
+                f"one transaction; at most {MAX_TRANSACTION_ITEMS} (2 per provider, 1 per "
+                "alias, 1 for the session): publish fewer names or aliases per publisher"
+            )
         return value
 
 
@@ -152,6 +179,9 @@ class LlmRow(Answer):
     inactive_since: str | None = None
     created_at: str | None = None
     waking: bool = False
+    # The APIs the pool serves (what every live member serves), and other names for it.
+    endpoints: list[str] | None = None
+    aliases: list[str] | None = None
     # The pool: its members (live publisher sessions serving the name; no session ids),
     # how many requests wait for it, and how long the oldest has waited. Filled by
     # GET /api/v1/llms/{name}.
@@ -184,6 +214,9 @@ class PolledTask(Answer):
     # For `infer` tasks queued while a wake was in flight: the wake to wait for.
     wake_id: str | None = None
     lease_seconds: float = 0
+    # The API the request is for (`Endpoint`; a str so that a newer relay's endpoint
+    # reaches an older publisher as a task it refuses, not as a poll it cannot read).
+    endpoint: str = Endpoint.CHAT.value
 
 
 class PollResponse(Answer):

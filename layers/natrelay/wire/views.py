@@ -38,6 +38,10 @@ class ModelCard(Answer):
     status: LlmStatus
     tier: str | None = None
     description: str | None = None
+    # The APIs it serves (`chat`, `completions`, `embeddings`, `responses`, `messages`)
+    # and the other names clients may call it by.
+    endpoints: list[str] | None = None
+    aliases: list[str] | None = None
 
 
 class ModelList(Answer):
