@@ -23,9 +23,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from natrelay.wire import MAX_WAIT_SECONDS, LlmName
+from natrelay.wire import MAX_ALIASES, MAX_WAIT_SECONDS, Endpoint, LlmName
 from natrelay_publisher.errors import ConfigError, PluginError
 from natrelay_publisher.providers import PROVIDERS
+from natrelay_publisher.providers.base import servable
 from natrelay_publisher.recipes import RECIPES, RecipeConfig
 
 DEFAULT_SESSION_FILE = "~/.config/natrelay/session.json"
@@ -143,6 +144,11 @@ class ProviderConfig(_Model):
     wake: RecipeConfig | None = None
     sleep: RecipeConfig | None = None
     sleep_after_idle_seconds: float | None = Field(default=None, gt=0)
+    # The APIs to publish (default: what the type serves by default); the relay refuses
+    # the others without asking.
+    endpoints: list[Endpoint] | None = Field(default=None, min_length=1)
+    # Other names clients may call it by (owned by the publisher key, like `name`).
+    aliases: list[LlmName] = Field(default_factory=list, max_length=MAX_ALIASES)
 
     @field_validator("type")
     @classmethod
@@ -184,6 +190,12 @@ class ProviderConfig(_Model):
         for name in plugin.requires:
             if getattr(self, name) is None:
                 raise field_error((to_camel(name),), f"Field required for type {self.type}")
+        if self.endpoints is not None:
+            unserved = [e.value for e in self.endpoints if e not in servable(plugin)]
+            if unserved:
+                raise field_error(
+                    ("endpoints",), f"type {self.type} cannot serve {', '.join(unserved)}"
+                )
         if self.sleep_after_idle_seconds is not None and self.sleep is None:
             raise field_error(("sleepAfterIdleSeconds",), "requires a `sleep` recipe")
         if self.sleep is not None and self.wake is None:
@@ -219,6 +231,14 @@ class PublisherConfig(_Model):
             if provider.name in seen:
                 raise field_error(("providers", index, "name"), f"duplicate name {provider.name!r}")
             seen.add(provider.name)
+        for index, provider in enumerate(self.providers):
+            for i, alias in enumerate(provider.aliases):
+                if alias in seen:
+                    raise field_error(
+                        ("providers", index, "aliases", i),
+                        f"{alias!r} is already a name or an alias here",
+                    )
+                seen.add(alias)
         if not any(provider.publish for provider in self.providers):
             raise field_error(("providers",), "no provider has `publish: true`")
         return self

@@ -423,7 +423,12 @@ class Publisher:
             if request is None:
                 await poster.fail(400, "the task carries no request", ErrorCode.INVALID_REQUEST)
                 return 400
-            return await run_infer(slot.provider, request, task.stream, poster)
+            endpoint = slot.endpoint_of(task.endpoint)
+            if endpoint is None:
+                message = f"{slot.name} does not serve {task.endpoint!r} here"
+                await poster.fail(404, message, ErrorCode.ENDPOINT_NOT_SERVED)
+                return 404
+            return await run_infer(slot.provider, request, task.stream, poster, endpoint)
 
 
 async def _first_of(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> bool:

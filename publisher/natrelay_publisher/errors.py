@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from natrelay.wire import ErrorCode
+
 
 class PublisherError(Exception):
     """Base class of every error the publisher raises on purpose."""
@@ -18,10 +20,14 @@ class PluginError(PublisherError):
 class BackendFailedError(PublisherError):
     """The backend failed: unreachable, non-2xx, or an answer that is not what it should be."""
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
+    def __init__(
+        self, message: str, *, status: int = 502, code: ErrorCode = ErrorCode.BACKEND_ERROR
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        # What the client's error says: the backend failed, or does not serve the endpoint.
+        self.code = code
 
 
 class RecipeError(PublisherError):

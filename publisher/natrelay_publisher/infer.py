@@ -6,9 +6,9 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
-from natrelay.wire import ChunkBatch, ErrorCode, ErrorInfo, TaskResult
+from natrelay.wire import ChunkBatch, Endpoint, ErrorCode, ErrorInfo, TaskResult
 from natrelay_publisher.errors import (
     BackendFailedError,
     RelayCallError,
@@ -17,6 +17,7 @@ from natrelay_publisher.errors import (
     TaskGoneError,
 )
 from natrelay_publisher.providers import Provider
+from natrelay_publisher.providers.base import EndpointProvider, servable
 from natrelay_publisher.relay import RelayClient, retrying
 from natrelay_publisher.types import Chunk, JSONObject
 
@@ -115,31 +116,62 @@ class TaskPoster:
 
 
 async def run_infer(
-    provider: Provider, request: JSONObject, stream: bool, poster: TaskPoster
+    provider: Provider,
+    request: JSONObject,
+    stream: bool,
+    poster: TaskPoster,
+    endpoint: Endpoint = Endpoint.CHAT,
 ) -> int:
-    """Run one chat request on `provider` and post the answer; returns the status posted."""
+    """Run one request to `endpoint` on `provider` and post the answer; returns the
+    status posted."""
+    if endpoint is not Endpoint.CHAT and endpoint not in servable(provider):
+        message = f"provider type {provider.type_name!r} does not serve {endpoint.path}"
+        await poster.fail(404, message, ErrorCode.ENDPOINT_NOT_SERVED)
+        return 404
     if not stream:
         try:
-            reply = await provider.complete(request)
+            reply = await (
+                provider.complete(request)
+                if endpoint is Endpoint.CHAT
+                else cast(EndpointProvider, provider).send(endpoint, request)
+            )
         except BackendFailedError as exc:
-            await poster.fail(exc.status, exc.message, ErrorCode.BACKEND_ERROR)
+            await poster.fail(exc.status, exc.message, exc.code)
             return exc.status
         await poster.result(status=reply.status, body=reply.body)
         return reply.status
-    return await relay_stream(provider.stream(request), poster)
+    if endpoint is Endpoint.CHAT:
+        return await relay_stream(provider.stream(request), poster)
+    return await relay_stream(
+        cast(EndpointProvider, provider).send_stream(endpoint, request), poster
+    )
+
+
+def usage_in(chunk: Chunk) -> JSONObject | None:
+    """The `usage` a stream event carries: at its top (chat and completions chunks, the
+    Messages API's `message_delta`) or in the object it wraps (the Responses API's
+    `response.completed`, the Messages API's `message_start`)."""
+    for holder in (chunk, chunk.get("response"), chunk.get("message")):
+        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+            found: JSONObject = holder["usage"]
+            return found
+    return None
 
 
 async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
     """Post `chunks` in batches (by time and size, in order), then the final result."""
     queue: asyncio.Queue[Chunk | _End | BackendFailedError] = asyncio.Queue(QUEUE_CHUNKS)
     reader = asyncio.create_task(_read(chunks, queue))
-    seq, usage = 0, None
+    seq, usage = 0, cast(JSONObject | None, None)
     try:
         while True:
             # the first token goes out at once (time to first token); later ones are batched
             batch, end = await _next_batch(queue, 0.0 if seq == 0 else FLUSH_SECONDS)
             if batch:
-                usage = next((c["usage"] for c in reversed(batch) if c.get("usage")), usage)
+                for chunk in batch:  # later counts win (a message_delta's output_tokens)
+                    found = usage_in(chunk)
+                    if found:
+                        usage = {**(usage or {}), **found}
                 await poster.chunks(seq, batch)
                 seq += 1
             if end is not None:
@@ -160,7 +192,7 @@ async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     if isinstance(end, BackendFailedError):
-        await poster.fail(end.status, end.message, ErrorCode.BACKEND_ERROR)
+        await poster.fail(end.status, end.message, end.code)
         return end.status
     await poster.result(status=200, body={"usage": usage} if usage else None, chunk_count=seq)
     return 200

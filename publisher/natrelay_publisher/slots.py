@@ -6,9 +6,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from natrelay.wire import LlmStatus, ProviderSpec
+from natrelay.wire import Endpoint, LlmStatus, ProviderSpec
 from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.providers import PROVIDERS, Provider
+from natrelay_publisher.providers.base import default_endpoints
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
 
 
@@ -69,6 +70,21 @@ class ProviderSlot:
                 return answer
         return await self.provider.available()
 
+    @property
+    def endpoints(self) -> frozenset[Endpoint]:
+        """What it publishes: the configured endpoints, or what its type serves by default."""
+        configured = self.config.endpoints
+        return frozenset(configured) if configured else default_endpoints(self.provider)
+
+    def endpoint_of(self, value: str) -> Endpoint | None:
+        """A task's endpoint, if this provider publishes it (None: an endpoint it does
+        not, or one this publisher does not know)."""
+        try:
+            endpoint = Endpoint(value)
+        except ValueError:
+            return None
+        return endpoint if endpoint in self.endpoints else None
+
     def spec(self) -> ProviderSpec:
         config = self.config
         extra: dict[str, object] = {"maxConcurrency": config.max_concurrency}
@@ -86,4 +102,6 @@ class ProviderSlot:
             initial_status=self.status,
             wake_max_wait_seconds=self.wake_recipe.max_wait_seconds if self.wake_recipe else None,
             max_concurrency=config.max_concurrency,
+            endpoints=[e for e in Endpoint if e in self.endpoints],
+            aliases=list(config.aliases),
         )

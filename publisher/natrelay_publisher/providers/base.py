@@ -11,11 +11,12 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.errors import BackendFailedError
+from natrelay_publisher.types import Chunk, JSONObject
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Chunk, JSONObject
 
 AVAILABILITY_TIMEOUT_SECONDS = 5.0
 # Generation can be slow; connecting must not be.
@@ -39,6 +40,10 @@ class Provider(Protocol):
 
     `requires` names the ProviderConfig fields this type needs (e.g. base_url, model).
     `stream` yields OpenAI `chat.completion.chunk` objects.
+
+    A provider that serves more than chat also has what `EndpointProvider` adds:
+    `endpoints` (what it can serve at all), `default_endpoints` (what it publishes when
+    the config names none) and `send` / `send_stream` for a request to any of them.
     """
 
     type_name: ClassVar[str]
@@ -59,6 +64,34 @@ class Provider(Protocol):
     def stream(self, request: JSONObject) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None: ...
+
+
+class EndpointProvider(Provider, Protocol):
+    """A provider of more APIs than chat (`Endpoint`). `send_stream` yields the stream's
+    events as objects: chunks for chat and completions; for responses and messages each
+    event's data, whose `type` names the event."""
+
+    endpoints: ClassVar[frozenset[Endpoint]]
+    default_endpoints: ClassVar[frozenset[Endpoint]]
+
+    async def send(self, endpoint: Endpoint, request: JSONObject) -> BackendReply: ...
+
+    def send_stream(self, endpoint: Endpoint, request: JSONObject) -> AsyncIterator[Chunk]: ...
+
+
+CHAT_ONLY = frozenset({Endpoint.CHAT})
+
+
+def servable(provider: type[Provider] | Provider) -> frozenset[Endpoint]:
+    """The endpoints a provider type can serve (chat only, for one that says nothing)."""
+    endpoints: frozenset[Endpoint] = getattr(provider, "endpoints", CHAT_ONLY)
+    return endpoints
+
+
+def default_endpoints(provider: type[Provider] | Provider) -> frozenset[Endpoint]:
+    """The endpoints a provider publishes when its config names none."""
+    endpoints: frozenset[Endpoint] = getattr(provider, "default_endpoints", servable(provider))
+    return endpoints
 
 
 def backend_client(config: ProviderConfig) -> httpx.AsyncClient:
@@ -96,8 +129,17 @@ def broken_stream(url: str, exc: Exception) -> BackendFailedError:
     return BackendFailedError(f"the backend stream from {url} broke: {exc!r}")
 
 
-def failed_status(response: httpx.Response, body: bytes) -> BackendFailedError:
+def failed_status(
+    response: httpx.Response, body: bytes, endpoint: Endpoint = Endpoint.CHAT
+) -> BackendFailedError:
     status = response.status_code
+    if endpoint is not Endpoint.CHAT and status in (404, 405):
+        return BackendFailedError(
+            f"the backend does not serve {endpoint.path} for this model (it answered "
+            f"{status}: {error_message(status, body)})",
+            status=404,
+            code=ErrorCode.ENDPOINT_NOT_SERVED,
+        )
     return BackendFailedError(
         error_message(status, body), status=status if 400 <= status <= 599 else 502
     )
@@ -108,6 +150,49 @@ def parse_json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError as exc:
         raise BackendFailedError(f"the backend answered invalid JSON: {exc}") from exc
+
+
+# Streams whose events are named (`event: <type>`), and carry no chat chunks.
+NAMED_EVENTS = frozenset({Endpoint.RESPONSES, Endpoint.MESSAGES})
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str]]:
+    """Each server-sent event as (its `event` name or None, its data: multi-line data
+    joined with newlines); comments and events without data are skipped."""
+    event: str | None = None
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+    if data:
+        yield event, "\n".join(data)
+
+
+def stream_event(data: str, event: str | None) -> Chunk:
+    """One event's data as an object. Of a chat or completions stream (`event` None), an
+    error object ends it (BackendFailedError); a named event is the backend's to send on
+    as it is (an `error` event reaches the client as one), its name kept in `type`."""
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise BackendFailedError(f"the backend sent invalid JSON in its stream: {exc}") from exc
+    if not isinstance(chunk, dict):
+        raise BackendFailedError("the backend sent a stream event that is not an object")
+    if event is None:
+        if "error" in chunk and "choices" not in chunk:
+            raise BackendFailedError(error_message(502, data))
+    elif "type" not in chunk:
+        chunk["type"] = event  # as the anthropic SDK reads such an event
+    return chunk
 
 
 def forwarded(request: JSONObject, model: str, *, stream: bool) -> JSONObject:
@@ -148,7 +233,12 @@ class HttpBackend:
         )
 
     async def _call(
-        self, method: str, path: str, json: JSONObject | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        json: JSONObject | None = None,
+        endpoint: Endpoint = Endpoint.CHAT,
+        **kwargs: Any,
     ) -> httpx.Response:
         """One request; unreachable or non-2xx becomes BackendFailedError."""
         try:
@@ -156,8 +246,33 @@ class HttpBackend:
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, exc) from exc
         if not response.is_success:
-            raise failed_status(response, response.content)
+            raise failed_status(response, response.content, endpoint)
         return response
+
+    async def _post(self, endpoint: Endpoint, path: str, request: JSONObject) -> BackendReply:
+        """The request, as the client sent it but for the backend's model, to `path`."""
+        body = forwarded(request, self.model, stream=False)
+        response = await self._call("POST", path, body, endpoint)
+        return BackendReply(response.status_code, parse_json(response))
+
+    async def _post_stream(
+        self, endpoint: Endpoint, path: str, request: JSONObject
+    ) -> AsyncIterator[Chunk]:
+        """The request streamed from `path`: each server-sent event's data, in order."""
+        body = forwarded(request, self.model, stream=True)
+        named = endpoint in NAMED_EVENTS
+        started = False
+        try:
+            async with self._client.stream("POST", path, json=body) as response:
+                if not response.is_success:
+                    raise failed_status(response, await response.aread(), endpoint)
+                started = True
+                async for event, data in sse_events(response.aiter_lines()):
+                    if data.strip() == "[DONE]":
+                        return
+                    yield stream_event(data, event if named else None)
+        except httpx.HTTPError as exc:
+            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()

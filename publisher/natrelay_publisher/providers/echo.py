@@ -1,4 +1,7 @@
-"""`echo`: no backend; answers with the last user message, verbatim (demos and tests)."""
+"""`echo`: no backend; answers with the last user message, verbatim (demos and tests).
+
+Every endpoint: completions echo the prompt, responses the input, messages the last
+user message; embeddings are deterministic vectors of each input's hash."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 from pydantic import Field
 
+from natrelay.wire import Endpoint
 from natrelay_publisher.errors import BackendFailedError
+from natrelay_publisher.providers import echo_shapes as shapes
 from natrelay_publisher.providers.base import (
     AVAILABILITY_TIMEOUT_SECONDS,
     BackendReply,
@@ -32,19 +37,6 @@ class EchoOptions(ProviderOptions):
     availability_url: str | None = Field(default=None, pattern=r"^https?://")
 
 
-def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
-
-
 def words(text: str) -> list[str]:
     """Split into words that keep their leading whitespace: the pieces join back to `text`."""
     return _PIECES.findall(text)
@@ -54,6 +46,8 @@ class EchoProvider:
     type_name: ClassVar[str] = "echo"
     Options: ClassVar[type[ProviderOptions]] = EchoOptions
     requires: ClassVar[tuple[str, ...]] = ()
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
+    default_endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
 
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
@@ -73,8 +67,43 @@ class EchoProvider:
     async def models(self) -> list[str]:
         return [self.model]
 
+    async def send(self, endpoint: Endpoint, request: JSONObject) -> BackendReply:
+        if endpoint is Endpoint.CHAT:
+            return await self.complete(request)
+        if endpoint is Endpoint.EMBEDDINGS:
+            await self._answer(Endpoint.CHAT, {"messages": []})  # asleep: 503
+            return BackendReply(200, shapes.embeddings(request, self.model))
+        text, prompt = await self._answer(endpoint, request)
+        if endpoint is Endpoint.COMPLETIONS:
+            return BackendReply(200, shapes.completion(text, prompt, self.model))
+        if endpoint is Endpoint.RESPONSES:
+            return BackendReply(200, shapes.response(text, prompt, self.model))
+        return BackendReply(200, shapes.message(text, prompt, self.model))
+
+    async def send_stream(self, endpoint: Endpoint, request: JSONObject) -> AsyncIterator[Chunk]:
+        if endpoint is Endpoint.CHAT:
+            async for chunk in self.stream(request):
+                yield chunk
+            return
+        text, prompt = await self._answer(endpoint, request)
+        pieces = words(text)
+        if endpoint is Endpoint.COMPLETIONS:
+            events = [shapes.completion(p, prompt, self.model, chunk=True) for p in pieces]
+            events.append(shapes.completion("", prompt, self.model))
+        elif endpoint is Endpoint.RESPONSES:
+            events = shapes.response_events(pieces, prompt, self.model)
+        elif endpoint is Endpoint.MESSAGES:
+            events = shapes.message_events(pieces, prompt, self.model)
+        else:
+            raise BackendFailedError(f"{endpoint.path} does not stream", status=400)
+        delay = self.options.token_delay_ms / 1000
+        for i, event in enumerate(events):
+            if delay and i:
+                await asyncio.sleep(delay)
+            yield event
+
     async def complete(self, request: JSONObject) -> BackendReply:
-        text, prompt = await self._answer(request)
+        text, prompt = await self._answer(Endpoint.CHAT, request)
         body = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -92,7 +121,7 @@ class EchoProvider:
         return BackendReply(200, body)
 
     async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
-        text, prompt = await self._answer(request)
+        text, prompt = await self._answer(Endpoint.CHAT, request)
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk",
@@ -117,22 +146,13 @@ class EchoProvider:
     async def aclose(self) -> None:
         return None
 
-    async def _answer(self, request: JSONObject) -> tuple[str, str]:
+    async def _answer(self, endpoint: Endpoint, request: JSONObject) -> tuple[str, str]:
         if not await self.available():
             raise BackendFailedError(
                 f"the echo backend is asleep ({self.options.availability_url} is not answering)",
                 status=503,
             )
-        messages = request.get("messages")
-        if not isinstance(messages, list):
-            raise BackendFailedError("messages must be a list", status=400)
-        texts = [text_of(m.get("content")) for m in messages if isinstance(m, dict)]
-        users = [
-            text_of(m.get("content"))
-            for m in messages
-            if isinstance(m, dict) and m.get("role") == "user"
-        ]
-        return (users[-1] if users else ""), " ".join(texts)
+        return shapes.echoed(endpoint, request)
 
 
 def _usage(prompt: str, text: str) -> JSONObject:

@@ -1,4 +1,5 @@
-"""`ollama`: Ollama's native API (/api/chat with NDJSON streaming, /api/tags)."""
+"""`ollama`: Ollama's native API (/api/chat with NDJSON streaming, /api/embed, /api/tags);
+completions, responses and messages through its OpenAI- and Anthropic-compatible /v1."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
+from natrelay.wire import Endpoint
 from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers.base import (
     BackendReply,
@@ -18,7 +20,14 @@ from natrelay_publisher.providers.base import (
     parse_json,
     unreachable,
 )
-from natrelay_publisher.providers.ollama_shapes import ChunkTranslator, completion, to_ollama
+from natrelay_publisher.providers.ollama_shapes import (
+    ChunkTranslator,
+    completion,
+    embed_request,
+    embeddings,
+    to_ollama,
+)
+from natrelay_publisher.providers.openai import backend_path
 
 if TYPE_CHECKING:
     from natrelay_publisher.types import Chunk, JSONObject
@@ -27,6 +36,28 @@ if TYPE_CHECKING:
 class OllamaProvider(HttpBackend):
     type_name: ClassVar[str] = "ollama"
     models_path: ClassVar[str] = "api/tags"
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
+    # Responses (Ollama 0.13.3) and messages (0.14) are newer: list them to publish them.
+    default_endpoints: ClassVar[frozenset[Endpoint]] = frozenset(
+        {Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS}
+    )
+
+    async def send(self, endpoint: Endpoint, request: JSONObject) -> BackendReply:
+        if endpoint is Endpoint.CHAT:
+            return await self.complete(request)
+        if endpoint is Endpoint.EMBEDDINGS:
+            body = embed_request(request, self.model)
+            response = await self._call("POST", "api/embed", body, endpoint)
+            data = parse_json(response)
+            if not isinstance(data, dict) or "error" in data:
+                raise BackendFailedError(error_message(502, response.content))
+            return BackendReply(200, embeddings(data, request, self.model))
+        return await self._post(endpoint, f"v1/{backend_path(endpoint)}", request)
+
+    def send_stream(self, endpoint: Endpoint, request: JSONObject) -> AsyncIterator[Chunk]:
+        if endpoint is Endpoint.CHAT:
+            return self.stream(request)
+        return self._post_stream(endpoint, f"v1/{backend_path(endpoint)}", request)
 
     async def models(self) -> list[str]:
         data = await self._listing()

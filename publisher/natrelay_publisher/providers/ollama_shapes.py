@@ -1,11 +1,15 @@
-"""Translation between OpenAI chat shapes and Ollama's native /api/chat."""
+"""Translation between OpenAI shapes and Ollama's native /api/chat and /api/embed."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+
+from natrelay_publisher.errors import BackendFailedError
 
 if TYPE_CHECKING:
     from natrelay_publisher.types import Chunk, JSONObject
@@ -174,3 +178,54 @@ class ChunkTranslator:
 
     def _chunk(self, delta: JSONObject, finish: str | None) -> Chunk:
         return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+# --- embeddings: OpenAI /v1/embeddings <-> Ollama /api/embed ------------------------------
+
+
+def embed_request(request: JSONObject, model: str) -> JSONObject:
+    """An OpenAI embeddings body as an Ollama /api/embed body (text only: Ollama takes no
+    token ids, BackendFailedError 400 for them)."""
+    given = request.get("input")
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BackendFailedError(
+            "input: Ollama embeds text only (a string or a list of strings)", status=400
+        )
+    body: JSONObject = {"model": model, "input": given}
+    if request.get("dimensions") is not None:
+        body["dimensions"] = request["dimensions"]
+    return body
+
+
+def embeddings(data: JSONObject, request: JSONObject, model: str) -> JSONObject:
+    """An Ollama /api/embed answer as an OpenAI embeddings list; base64 (little-endian
+    float32, as OpenAI sends it) when the request asked for `encoding_format: base64`."""
+    vectors = data.get("embeddings")
+    if not isinstance(vectors, list):
+        raise BackendFailedError("the backend answered /api/embed without `embeddings`")
+    as_base64 = request.get("encoding_format") == "base64"
+    prompt = int(data.get("prompt_eval_count") or 0)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _base64(vector) if as_base64 else vector,
+            }
+            for i, vector in enumerate(vectors)
+        ],
+        "model": data.get("model") or model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
+
+
+def _base64(vector: Any) -> str:
+    try:
+        packed = struct.pack(f"<{len(vector)}f", *vector)
+    except (struct.error, TypeError) as exc:
+        raise BackendFailedError(
+            f"the backend answered an embedding that is not numbers: {exc}"
+        ) from exc
+    return base64.b64encode(packed).decode("ascii")

@@ -1,81 +1,48 @@
-"""`openai`: any OpenAI-compatible server (vLLM, llama.cpp server, LM Studio, Ollama's /v1)."""
+"""`openai`: any OpenAI-compatible server (vLLM, llama.cpp server, LM Studio, Ollama's /v1).
+
+Each endpoint goes to the path of the same name under the base URL (`…/v1`):
+`chat/completions`, `completions`, `embeddings`, `responses`, `messages`.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
-import httpx
-
-from natrelay_publisher.errors import BackendFailedError
-from natrelay_publisher.providers.base import (
-    BackendReply,
-    HttpBackend,
-    broken_stream,
-    error_message,
-    failed_status,
-    forwarded,
-    parse_json,
-    unreachable,
-)
+from natrelay.wire import Endpoint
+from natrelay_publisher.providers.base import BackendReply, HttpBackend
 
 if TYPE_CHECKING:
     from natrelay_publisher.types import Chunk, JSONObject
 
+__all__ = ["OpenAIProvider", "backend_path"]
 
-async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The `data` of each server-sent event (multi-line data joined with newlines)."""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+
+def backend_path(endpoint: Endpoint) -> str:
+    """The endpoint's path relative to an OpenAI-style base URL (which ends in /v1)."""
+    return endpoint.path.removeprefix("/v1/")
 
 
 class OpenAIProvider(HttpBackend):
     type_name: ClassVar[str] = "openai"
     models_path: ClassVar[str] = "models"
+    # Servers that lack one answer 404 or 405: the client hears the model does not serve
+    # it. List `endpoints` in the config to have the relay refuse those at once.
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
+    default_endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
 
     async def models(self) -> list[str]:
         data = await self._listing()
         return [str(item["id"]) for item in data.get("data", []) if "id" in item]
 
     async def complete(self, request: JSONObject) -> BackendReply:
-        body = forwarded(request, self.model, stream=False)
-        response = await self._call("POST", "chat/completions", body)
-        return BackendReply(response.status_code, parse_json(response))
+        return await self.send(Endpoint.CHAT, request)
 
-    async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
-        body = forwarded(request, self.model, stream=True)
-        started = False
-        try:
-            async with self._client.stream("POST", "chat/completions", json=body) as response:
-                if not response.is_success:
-                    raise failed_status(response, await response.aread())
-                started = True
-                async for data in sse_data(response.aiter_lines()):
-                    if data.strip() == "[DONE]":
-                        return
-                    yield _chunk(data)
-        except httpx.HTTPError as exc:
-            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
+    def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
+        return self.send_stream(Endpoint.CHAT, request)
 
+    async def send(self, endpoint: Endpoint, request: JSONObject) -> BackendReply:
+        return await self._post(endpoint, backend_path(endpoint), request)
 
-def _chunk(data: str) -> Chunk:
-    try:
-        chunk = json.loads(data)
-    except ValueError as exc:
-        raise BackendFailedError(f"the backend sent invalid JSON in its stream: {exc}") from exc
-    if not isinstance(chunk, dict):
-        raise BackendFailedError("the backend sent a stream event that is not an object")
-    if "error" in chunk and "choices" not in chunk:
-        raise BackendFailedError(error_message(502, data))
-    return chunk
+    def send_stream(self, endpoint: Endpoint, request: JSONObject) -> AsyncIterator[Chunk]:
+        return self._post_stream(endpoint, backend_path(endpoint), request)
