@@ -6,6 +6,8 @@ for the benchmark: `python -m tests.support.backend [--echo] [--asleep] [--strea
 serves until SIGTERM.
 
 * `GET /v1/models` lists `models`.
+* `POST /v1/completions`, `/v1/embeddings`, `/v1/responses`, `/v1/messages`: see
+  tests/support/api_backend.py (those in `missing` answer 404; `raw` keeps their bytes).
 * `POST /v1/chat/completions` answers `reply`, or the words `t0 t1 …` when `tokens` is
   set. Streamed (SSE, after a comment line), one word a chunk, `interval` s apart (the
   first at once), then the usage if `stream_options.include_usage` asks for it.
@@ -42,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.api_backend import ApiRoutes
 from tests.support.net import listen
 
 REPLY = "Hello there,  world!\nBye."
@@ -72,6 +75,10 @@ class FakeBackend:
     active: int = 0
     max_active: int = 0
     up_at: float | None = None
+    # Endpoints beyond chat it answers 404, as a server that lacks them does.
+    missing: frozenset[str] = frozenset()
+    # The bytes of each request to an endpoint beyond chat, as (endpoint, body).
+    raw: list[tuple[str, bytes]] = field(default_factory=list)
     _waking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,10 +103,15 @@ class FakeBackend:
         }
 
     def app(self) -> Starlette:
+        api = ApiRoutes(self)
         return Starlette(
             routes=[
                 Route("/v1/models", self._models),
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                *(
+                    Route(f"/v1/{endpoint}", api.handler(endpoint), methods=["POST"])
+                    for endpoint in ("completions", "embeddings", "responses", "messages")
+                ),
                 Route("/_fake/wake", self._wake, methods=["POST"]),
                 Route("/_fake/sleep", self._sleep, methods=["POST"]),
                 Route("/_fake/state", self._state),
