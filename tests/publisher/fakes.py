@@ -16,13 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.api_backend import ApiRoutes
 from tests.support.backend import FakeBackend
 
 # --- an Ollama backend (native API) ------------------------------------------------------
 
 
 def ollama_app(backend: FakeBackend) -> Starlette:
-    """The fake backend's answer through Ollama's `/api/chat`; model `missing` is not found."""
+    """The fake backend's answer through Ollama's `/api/chat`; model `missing` is not found.
+    `/api/embed` answers vectors from each text's length."""
 
     async def tags(request: Request) -> Response:
         return JSONResponse({"models": [{"name": "llama3:latest"}, {"name": "qwen2:7b"}]})
@@ -46,10 +48,30 @@ def ollama_app(backend: FakeBackend) -> Starlette:
             }
         )
 
+    async def embed(request: Request) -> Response:
+        body = await request.json()
+        backend.requests.append(body)
+        given = body["input"]
+        texts = [given] if isinstance(given, str) else given
+        dims = int(body.get("dimensions") or 3)
+        vectors = [[round(0.25 * (len(t) + i), 2) for i in range(dims)] for t in texts]
+        count = 2 * len(texts)
+        return JSONResponse(
+            {"model": body["model"], "embeddings": vectors, "prompt_eval_count": count}
+        )
+
+    # Ollama's OpenAI- and Anthropic-compatible API under /v1 (those in `missing`: 404,
+    # as an Ollama too old to have them answers).
+    api = ApiRoutes(backend)
     return Starlette(
         routes=[
             Route("/api/tags", tags),
             Route("/api/chat", chat, methods=["POST"]),
+            Route("/api/embed", embed, methods=["POST"]),
+            *(
+                Route(f"/v1/{endpoint}", api.handler(endpoint), methods=["POST"])
+                for endpoint in ("completions", "responses", "messages")
+            ),
         ]
     )
 

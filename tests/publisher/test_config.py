@@ -14,6 +14,7 @@ import yaml
 from natrelay_publisher.config import load_config, parse_config
 from natrelay_publisher.errors import ConfigError
 from natrelay_publisher.session import SessionFile
+from natrelay_publisher.slots import ProviderSlot
 
 RELAY = {"url": "https://relay.example.com", "token": "t0ken"}
 
@@ -133,6 +134,32 @@ BAD = [
     (
         config(openai(sleep={"type": "vllm-sleep"})),
         "providers[0].sleep: requires a `wake` recipe (who would wake it up?)",
+    ),
+    (
+        config(echo(endpoints=["images"])),
+        "providers[0].endpoints[0]: Input should be 'chat', 'completions', 'embeddings', "
+        "'responses' or 'messages'",
+    ),
+    (
+        config(echo(endpoints=[])),
+        "providers[0].endpoints: List should have at least 1 item after validation, not 0",
+    ),
+    (
+        config(echo(aliases=["echo"])),
+        "providers[0].aliases[0]: 'echo' is already a name or an alias here",
+    ),
+    (
+        config(echo(), echo(name="b", aliases=["x", "echo"])),
+        "providers[1].aliases[1]: 'echo' is already a name or an alias here",
+    ),
+    (
+        config(echo(aliases=["a b"])),
+        "providers[0].aliases[0]: String should match pattern "
+        "'^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$'",
+    ),
+    (
+        config(echo(aliases=[f"a{i}" for i in range(9)])),
+        "providers[0].aliases: List should have at most 8 items after validation, not 9",
     ),
     (
         config(echo(), doorbell={"url": "https://relay.example.com/relay"}),
@@ -338,3 +365,24 @@ def test_the_doorbell_is_on_by_default_and_can_be_pinned_or_switched_off() -> No
     pinned = parse_config(config(echo(), doorbell={"url": "wss://x.example.com/relay"}))
     assert pinned.relay.doorbell.url == "wss://x.example.com/relay"
     assert not parse_config(config(echo(), doorbell={"enabled": False})).relay.doorbell.enabled
+
+
+def test_endpoints_default_to_what_the_type_serves_and_aliases_are_published() -> None:
+    ollama = {"name": "l", "type": "ollama", "baseUrl": "http://127.0.0.1:11434", "model": "m"}
+    loaded = parse_config(
+        config(
+            openai(aliases=["meta-llama/Llama-3-8B-Instruct", "l3"]),
+            ollama,
+            {**ollama, "name": "l-all", "endpoints": ["messages", "chat", "responses"]},
+            echo(),
+        )
+    )
+    specs = [ProviderSlot.build(p).spec() for p in loaded.providers]
+    assert [[e.value for e in s.endpoints or []] for s in specs] == [
+        ["chat", "completions", "embeddings", "responses", "messages"],  # openai: all
+        ["chat", "completions", "embeddings"],  # ollama: responses and messages are newer
+        ["chat", "responses", "messages"],  # as configured (in a stable order)
+        ["chat", "completions", "embeddings", "responses", "messages"],  # echo: all
+    ]
+    assert specs[0].aliases == ["meta-llama/Llama-3-8B-Instruct", "l3"]
+    assert specs[1].aliases == []

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.providers import PROVIDERS, Provider
+from natrelay_publisher.providers.base import EndpointProvider
 from tests.publisher.fakes import ollama_app
 from tests.support.backend import REPLY, FakeBackend
 from tests.support.net import serve
@@ -25,6 +29,18 @@ def provider(**fields: Any) -> Provider:
 async def collect(p: Provider, request: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         return [chunk async for chunk in p.stream(request)]
+    finally:
+        await p.aclose()
+
+
+def send(fields: dict[str, Any], endpoint: Endpoint, request: dict[str, Any]) -> Any:
+    """`request` to `endpoint` of a provider of `fields`."""
+    return asyncio.run(_send(provider(**fields), endpoint, request))
+
+
+async def _send(p: Provider, endpoint: Endpoint, request: dict[str, Any]) -> Any:
+    try:
+        return await cast(EndpointProvider, p).send(endpoint, request)
     finally:
         await p.aclose()
 
@@ -213,6 +229,51 @@ def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, FakeBa
     assert asyncio.run(down.available()) is False
     with pytest.raises(BackendFailedError, match="cannot reach the backend"):
         asyncio.run(complete(down, CHAT))
+
+
+def test_ollama_embeddings_through_its_native_api() -> None:
+    state = FakeBackend()
+    with serve(ollama_app(state)) as url:
+        fields = {"type": "ollama", "baseUrl": url, "model": "nomic-embed-text"}
+        request = {"model": "x", "input": ["ab", "abcd"], "dimensions": 2, "user": "u"}
+        reply = send(fields, Endpoint.EMBEDDINGS, request)
+        # Ollama's /api/embed takes the texts and dimensions (not the OpenAI-only fields)
+        assert state.requests[-1] == {
+            "model": "nomic-embed-text",
+            "input": ["ab", "abcd"],
+            "dimensions": 2,
+        }
+        assert reply.body == {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": 0, "embedding": [0.5, 0.75]},
+                {"object": "embedding", "index": 1, "embedding": [1.0, 1.25]},
+            ],
+            "model": "nomic-embed-text",
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        }
+        as_base64 = {"model": "x", "input": "abcd", "encoding_format": "base64"}
+        packed = send(fields, Endpoint.EMBEDDINGS, as_base64).body["data"][0]["embedding"]
+        assert struct.unpack("<3f", base64.b64decode(packed)) == (1.0, 1.25, 1.5)
+        with pytest.raises(BackendFailedError, match="Ollama embeds text only") as caught:
+            send(fields, Endpoint.EMBEDDINGS, {"model": "x", "input": [[1, 2, 3]]})
+        assert caught.value.status == 400
+
+
+def test_ollama_other_endpoints_through_its_compatible_api() -> None:
+    state = FakeBackend(missing=frozenset({"messages"}))
+    with serve(ollama_app(state)) as url:
+        fields = {"type": "ollama", "baseUrl": url, "model": "llama3"}
+        request = {"model": "x", "prompt": "say", "max_tokens": 3}
+        reply = send(fields, Endpoint.COMPLETIONS, request)
+        assert state.raw[-1][0] == "completions"
+        assert state.requests[-1] == {**request, "model": "llama3"}
+        assert reply.body["choices"][0]["text"] == REPLY
+        # an Ollama without the Messages API: the client hears the model does not serve it
+        message = {"model": "x", "max_tokens": 3, "messages": CHAT["messages"]}
+        with pytest.raises(BackendFailedError, match="does not serve /v1/messages") as caught:
+            (send(fields, Endpoint.MESSAGES, message))
+        assert (caught.value.status, caught.value.code) == (404, ErrorCode.ENDPOINT_NOT_SERVED)
 
 
 # --- echo --------------------------------------------------------------------------------
