@@ -9,11 +9,29 @@ before each `data:`, no `[DONE]`), as the Responses and Anthropic Messages APIs 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from natrelay.wire import Endpoint
+
+
+def _text_or_list(value: Any) -> Any:
+    """A string, or a non-empty list (of strings, or token ids): what `prompt` and
+    `input` take. One error naming the field, not one per member of a union."""
+    if isinstance(value, str) or (isinstance(value, list) and value):
+        return value
+    raise PydanticCustomError(
+        "text_or_list", "should be a string or a non-empty list (of strings or token ids)"
+    )
+
+
+TextOrList = Annotated[
+    Any,
+    PlainValidator(_text_or_list),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}),
+]
 
 
 class _Request(BaseModel):
@@ -32,14 +50,14 @@ class ChatRequest(_Request):
 class CompletionRequest(_Request):
     """A legacy completions request: a prompt (text, texts, or token ids)."""
 
-    prompt: str | list[Any]
+    prompt: TextOrList
     stream: bool = False
 
 
 class EmbeddingRequest(_Request):
     """An embeddings request: text, texts, or token ids; never streamed."""
 
-    input: str | list[Any]
+    input: TextOrList
 
 
 class ResponseRequest(_Request):
