@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from natrelay.wire import ErrorCode, Paths
+from natrelay.wire import Endpoint, ErrorCode, Paths
 from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.infer import TaskPoster, relay_stream, run_infer
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.relay import RelayClient
 from tests.publisher.fake_relay import TOO_LARGE, FakeRelay
+from tests.support.api_backend import STREAMS
 from tests.support.backend import REPLY, FakeBackend
 from tests.support.net import serve
 
@@ -163,3 +164,81 @@ def test_refused_answers_still_end_the_task(relay: tuple[str, FakeRelay]) -> Non
     assert answer(url, provider(type="echo"), chat("a b c", stream=True), True) == 502
     [told] = fake.calls("result")
     assert told["error"]["message"].startswith("the relay refused a chunk batch: ")
+
+
+def answer_to(
+    relay_url: str, p: Provider, endpoint: Endpoint, request: dict[str, Any], stream: bool
+) -> int:
+    async def go() -> int:
+        relay = RelayClient(relay_url, "token")
+        poster = TaskPoster(relay, lambda: SESSION, "t1")
+        try:
+            return await run_infer(p, request, stream, poster, endpoint)
+        finally:
+            await relay.aclose()
+            await p.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "request_body", "usage"),
+    [
+        (
+            Endpoint.COMPLETIONS,
+            {"prompt": "hi"},
+            {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+        ),
+        # the usage of `response.completed` (`response.created` has none yet)
+        (
+            Endpoint.RESPONSES,
+            {"input": "hi"},
+            {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7},
+        ),
+        # message_start's input tokens, and message_delta's (later) output tokens
+        (
+            Endpoint.MESSAGES,
+            {"max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]},
+            {"input_tokens": 5, "output_tokens": 2},
+        ),
+    ],
+)
+def test_streams_of_every_endpoint_are_posted_as_events_with_their_usage(
+    relay: tuple[str, FakeRelay],
+    endpoint: Endpoint,
+    request_body: dict[str, Any],
+    usage: dict[str, int],
+) -> None:
+    url, fake = relay
+    before = len(fake.calls("result"))
+    state = FakeBackend(tokens=4)
+    with serve(state.app()) as backend_url:
+        p = provider(type="openai", baseUrl=backend_url + "/v1", model="backend-model")
+        request = {"model": "m", **request_body, "stream": True}
+        assert answer_to(url, p, endpoint, request, True) == 200
+    assert state.raw[-1][0] == endpoint.value
+    sent = [c for batch in fake.calls("chunks") for c in batch["chunks"]]
+    expected = [data for _, data in STREAMS[endpoint.value]("backend-model", state.pieces())]
+    assert sent[-len(expected) :] == expected  # every event as the backend sent it, in order
+    result = fake.calls("result")[before]
+    assert result["body"] == {"usage": usage}
+
+
+class ChatOnly:
+    """A provider plugin that says nothing of endpoints: it serves chat only."""
+
+    type_name = "chat-only"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_an_endpoint_the_provider_type_cannot_serve_is_refused(
+    relay: tuple[str, FakeRelay],
+) -> None:
+    url, fake = relay
+    body = {"model": "m", "input": "x"}
+    assert answer_to(url, ChatOnly(), Endpoint.EMBEDDINGS, body, False) == 404  # type: ignore[arg-type]
+    error = fake.calls("result")[-1]["error"]
+    assert error["code"] == ErrorCode.ENDPOINT_NOT_SERVED
+    assert "'chat-only' does not serve /v1/embeddings" in error["message"]
