@@ -13,6 +13,7 @@ import re
 import types
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -77,6 +78,7 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relayed]:
             {"name": "chat-only", "baseUrl": f"{urls[0]}/v1", "endpoints": ["chat"]},
             {"name": "lacking", "baseUrl": f"{urls[1]}/v1"},
         ]
+        echo = {"name": "echo", "type": "echo"}  # as the README's examples call it
         config = {
             "relay": {
                 "url": dev.url,
@@ -85,12 +87,12 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relayed]:
                 "heartbeatSeconds": 1,
                 "pollWaitSeconds": 5,
             },
-            "providers": [{**openai_type, **p} for p in providers],
+            "providers": [*({**openai_type, **p} for p in providers), echo],
         }
         publisher = start_publisher(config, tmp)
         stack.callback(publisher.stop)
         target = types.SimpleNamespace(url=dev.url, client_token=DEV_CLIENT_TOKEN)
-        wait_rows(target, dict.fromkeys(("full", "chat-only", "lacking"), "active"))  # type: ignore[arg-type]
+        wait_rows(target, dict.fromkeys(("full", "chat-only", "lacking", "echo"), "active"))  # type: ignore[arg-type]
         yield Relayed(dev, full, lacking, urls)
 
 
@@ -117,7 +119,7 @@ def _same_bytes(backend: FakeBackend, endpoint: str) -> None:
 
 def test_models_say_their_endpoints_and_aliases(relayed: Relayed) -> None:
     models = {m.id: m for m in relayed.oai().models.list()}
-    assert set(models) == {"full", "chat-only", "lacking"}  # aliases are fields, not entries
+    assert set(models) == {"full", "chat-only", "lacking", "echo"}  # aliases are not entries
     full = models["full"].model_dump()
     assert full["endpoints"] == ["chat", "completions", "embeddings", "responses", "messages"]
     assert full["aliases"] == ["full-alias", ALIAS]
@@ -266,3 +268,18 @@ def test_tokens_stream_as_the_backend_sends_them(relayed: Relayed) -> None:
     finally:
         relayed.full.interval = 0.01
     assert rest[-1].type == "message_stop"
+
+
+def test_the_readme_examples_run(relayed: Relayed, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's embeddings and Anthropic messages examples, against the echo model."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Embeddings, completions, responses and Anthropic messages")[1]
+    blocks = re.findall(r"```python\n(.*?)```", section.split("\n## ")[0], re.DOTALL)
+    assert len(blocks) == 2
+    for block in blocks:
+        code = block.replace("http://127.0.0.1:8787", relayed.url)
+        exec(code.replace("dev-client-token", DEV_CLIENT_TOKEN), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("2 ")  # two vectors
+    assert printed[1] == "hello there"
+    assert printed[2] == "token by token"

@@ -37,7 +37,7 @@ class OllamaProvider(HttpBackend):
     type_name: ClassVar[str] = "ollama"
     models_path: ClassVar[str] = "api/tags"
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
-    # Responses (Ollama 0.13.3) and messages (0.14) are newer: list them to publish them.
+    # Responses (Ollama 0.13.3) and messages (later still) are newer: list them to publish them.
     default_endpoints: ClassVar[frozenset[Endpoint]] = frozenset(
         {Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS}
     )
