@@ -367,3 +367,16 @@ def test_a_stream_that_fails_midway_ends_with_each_apis_error_event(stack: Stack
             list(oai.responses.create(model="m", input="hi", stream=True))
         with pytest.raises(openai.APIError, match="CUDA out of memory"):
             list(oai.completions.create(model="m", prompt="hi", stream=True))
+
+
+def test_an_idempotency_key_is_of_one_endpoint(stack: Stack) -> None:
+    body = {"model": "m", "prompt": "x", "input": "x"}  # a body both endpoints take
+    once = {"Idempotency-Key": "k-1"}
+    with ScriptedPublisher(stack.url, stack.publish_token, EVERYTHING, answer=answer_any) as pub:
+        first = post(stack, "/v1/embeddings", stack.client_token, body, **once)
+        again = post(stack, "/v1/embeddings", stack.client_token, body, **once)
+        assert first.status_code == again.status_code == 200
+        assert first.json() == again.json() and len(pub.seen) == 1  # it ran once
+        other = post(stack, "/v1/completions", stack.client_token, body, **once)
+        assert error_of(other, 400, "invalid_request")["param"] == "Idempotency-Key"
+        assert len(pub.seen) == 1
