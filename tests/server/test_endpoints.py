@@ -261,6 +261,17 @@ def test_aliases_call_their_model_and_obey_ownership(keyed: Stack) -> None:
         assert b.post("_provider-register", {"providers": b_alias}).status_code == 200
         card = httpx.get(f"{keyed.url}/v1/models/m-alias", headers=auth(keyed.client_token))
         assert card.json()["id"] == "b"
+        # an admin's delete of a row releases its name and the aliases it declares
+        a.providers = aliased
+        error_of(a.post("_provider-register", {"providers": aliased}), 409, "name_owned")
+        a.providers = [{**EVERYTHING[0], "aliases": ["org/M-8B-Instruct"]}]
+        a.register()
+    gone = httpx.delete(f"{keyed.url}/api/v1/llms/m", headers=auth(keyed.admin_token))
+    assert gone.status_code == 204
+    taken = [{"name": "m", "type": "echo", "model": "echo", "aliases": ["org/M-8B-Instruct"]}]
+    assert b.post("_provider-register", {"providers": taken}).status_code == 200
+    b_row = httpx.get(f"{keyed.url}/api/v1/llms/org/M-8B-Instruct", headers=auth(keyed.admin_token))
+    assert b_row.json()["aliases"] == ["org/M-8B-Instruct"]
     a.http.close()
     b.http.close()
 

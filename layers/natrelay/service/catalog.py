@@ -66,9 +66,13 @@ class Catalog:
         return row if row is not None and name in row.aliases else None
 
     async def delete(self, name: str) -> None:
-        """Delete the row and release its name (admins): another key may publish it."""
+        """Delete the row and release its name and the aliases its last registration
+        declared (admins): another key may publish them. An alias's name: release it."""
+        row = await self.llms.get(name)
         deleted = await self.llms.delete(name)
         released = await self.keys.release(name)
+        for alias in row.aliases if row is not None else ():
+            await self.keys.release_alias(alias, name)
         if not (deleted or released):
             raise _not_found(name)
 

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from natrelay.store._dynamo import Item, condition, decode, encode, items, off_loop, values
+from botocore.exceptions import ClientError
+
+from natrelay.store._dynamo import (
+    Item,
+    condition,
+    decode,
+    encode,
+    is_condition_failure,
+    items,
+    off_loop,
+    values,
+)
 from natrelay.store.records import KeyRecord
 from natrelay.wire import Role
 
@@ -162,3 +173,19 @@ class DynamoKeyStore:
             TableName=self.table, Key=self._name_key(name), ReturnValues="ALL_OLD"
         ).get("Attributes")
         return old is not None
+
+    @off_loop
+    def release_alias(self, name: str, alias_of: str) -> bool:
+        """Forget the claim of `name` if it is an alias of `alias_of`; False otherwise."""
+        try:
+            self._client.delete_item(
+                TableName=self.table,
+                Key=self._name_key(name),
+                ConditionExpression="aliasOf = :target",
+                ExpressionAttributeValues=values(target=alias_of),
+            )
+        except ClientError as exc:
+            if not is_condition_failure(exc):
+                raise
+            return False
+        return True
