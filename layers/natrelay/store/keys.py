@@ -132,6 +132,8 @@ class DynamoKeyStore:
         if alias_of is not None:
             update += ", aliasOf = :target"
             vals["target"] = alias_of
+        else:  # a name of the key's own rows is no alias any more
+            update += " REMOVE aliasOf"
         return {
             "Update": {
                 "TableName": self.table,
