@@ -283,3 +283,25 @@ def test_the_readme_examples_run(relayed: Relayed, capsys: pytest.CaptureFixture
     assert printed[0].startswith("2 ")  # two vectors
     assert printed[1] == "hello there"
     assert printed[2] == "token by token"
+
+
+def test_echo_serves_every_api_as_the_sdks_read_them(relayed: Relayed) -> None:
+    """The demo's echo model answers each API in its own shape, plain and streamed."""
+    oai = relayed.oai()
+    text = "say it back"
+    assert oai.completions.create(model="echo", prompt=text).choices[0].text == text
+    chunks = list(oai.completions.create(model="echo", prompt=text, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert oai.responses.create(model="echo", input=text).output_text == text
+    events = list(oai.responses.create(model="echo", input=text, stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == text  # type: ignore[union-attr]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]  # type: ignore[union-attr]
+    assert "".join(deltas) == text
+    vectors = oai.embeddings.create(model="echo", input=[text, text], encoding_format="base64")
+    assert len(vectors.data) == 2 and vectors.data[0].embedding == vectors.data[1].embedding
+    claude = relayed.claude()
+    reply = claude.messages.create(
+        model="echo", max_tokens=64, messages=[{"role": "user", "content": text}]
+    )
+    assert reply.content[0].text == text and reply.usage.output_tokens > 0  # type: ignore[union-attr]
