@@ -252,22 +252,40 @@ def test_anthropic_errors_and_keys(relayed: Relayed) -> None:
 
 
 def test_tokens_stream_as_the_backend_sends_them(relayed: Relayed) -> None:
-    """The first event reaches the client before the backend has finished."""
+    """The first event of each stream reaches the client while the backend still has
+    events to send (0.2 s apart: at least two still to come)."""
+    oai = relayed.oai()
+    streams: list[tuple[str, int, Any]] = [
+        (
+            "message_stop",
+            10,
+            lambda: relayed.claude().messages.create(
+                model="full",
+                max_tokens=8,
+                messages=USER,  # type: ignore[arg-type]
+                stream=True,
+            ),
+        ),
+        (
+            "response.completed",
+            7,
+            lambda: oai.responses.create(model="full", input="x", stream=True),
+        ),
+        (None, 5, lambda: oai.completions.create(model="full", prompt="x", stream=True)),
+    ]
     relayed.full.interval = 0.2
-    before = len(relayed.full.produced_at)
     try:
-        stream = relayed.claude().messages.create(
-            model="full", max_tokens=8, messages=USER, stream=True
-        )  # type: ignore[arg-type]
-        events = iter(stream)
-        first = next(events)
-        assert first.type == "message_start"
-        # ten events 0.2 s apart: most are still to come
-        assert len(relayed.full.produced_at) - before < 6
-        rest = list(events)
+        for last, total, start in streams:
+            before = len(relayed.full.produced_at)
+            events = iter(start())
+            next(events)
+            assert len(relayed.full.produced_at) - before <= total - 2, last
+            rest = list(events)
+            assert len(relayed.full.produced_at) - before == total
+            if last is not None:
+                assert rest[-1].type == last
     finally:
         relayed.full.interval = 0.01
-    assert rest[-1].type == "message_stop"
 
 
 def test_the_readme_examples_run(relayed: Relayed, capsys: pytest.CaptureFixture[str]) -> None:
