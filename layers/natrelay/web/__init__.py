@@ -161,7 +161,8 @@ OPERATIONS = [
         body=EmbeddingRequest, params=ONCE),
     _op("POST", Paths.RESPONSES, CLIENTS, oa.responses, "responses (stateless)",
         body=ResponseRequest, stream=True, params=ONCE),
-    _op("POST", Paths.MESSAGES, CLIENTS, oa.messages, "Anthropic messages",
+    _op("POST", Paths.MESSAGES, CLIENTS, oa.messages,
+        "Anthropic messages (the key also as x-api-key; errors Anthropic-shaped)",
         body=MessageRequest, stream=True, params=ONCE),
 ]  # fmt: skip
 OPENAPI = document(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])
