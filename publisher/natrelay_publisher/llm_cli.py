@@ -43,7 +43,7 @@ def _get(client: AdminClient, args: argparse.Namespace) -> None:
 
 def _delete(client: AdminClient, args: argparse.Namespace) -> None:
     client.delete(Paths.LLM.format(name=args.name))
-    print(f"deleted {args.name} (its name is free for any publisher key)")
+    print(f"deleted {args.name} (its name and aliases are free for any publisher key)")
 
 
 def add_commands(commands: Any) -> None:
