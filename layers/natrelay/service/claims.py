@@ -148,25 +148,30 @@ class Claims:
                 rung = await self._claim_rung(session, req)  # the doorbell's, named by id
                 if rung:
                     return rung
+                # From now on the fast path may hand tasks to this poll, even while it
+                # re-checks DynamoDB; what it claims there counts against the same slots.
+                offer.idle = True
                 while True:
                     if gone is not None and await gone():
+                        offer.idle = False
                         await self._return(offer.take())
                         return []
-                    claimed = await self._claim(session, req, hints)
-                    if claimed:
-                        return claimed
+                    # handed while it waited: no need to look at DynamoDB now
+                    claimed = (
+                        [] if offer.mailbox else await self._claim(session, hints, offer.slots)
+                    )
+                    handed = offer.take()
+                    if claimed or handed:
+                        offer.idle = False
+                        return claimed + [self._inline(self._handed(session, t)) for t in handed]
                     now = self.clock()
                     if now >= deadline:
                         return []
                     if now - beat_at >= self.sessions.refresh_seconds:
                         session = await self.sessions.polling_session(principal, req)
+                        offer.session = session
                         beat_at = session.heartbeat_at
-                    offer.idle = True  # the fast path may hand tasks to it now
                     await pace.wait(listener, deadline - now)
-                    offer.idle = False
-                    handed = offer.take()
-                    if handed:
-                        return [self._inline(self._handed(session, t)) for t in handed]
                     hints = [h for h in listener.take() if isinstance(h, PoolHint)]
             except BaseException:
                 self._return_later(offer.take())
@@ -189,14 +194,13 @@ class Claims:
         return True
 
     async def _claim(
-        self, session: SessionRecord, req: PollRequest, hints: list[PoolHint]
+        self, session: SessionRecord, hints: list[PoolHint], slots: dict[str, int]
     ) -> list[TaskRecord]:
         """Claim what this session may take: wakes meant for it, and up to its free slots
         of each pool's queue (the tasks this process was told of first, else what the
-        index lists, oldest first)."""
+        index lists, oldest first); `slots` are taken from as it claims."""
         out: list[TaskRecord] = []
         budget = POLL_INLINE_BUDGET
-        slots = self._slots(session, req)
         for name in session.names:
             hinted = [h for h in hints if h.llm == name]
             entries = hinted or [
