@@ -13,8 +13,18 @@ from natrelay.errors import (
     PublisherOfflineError,
 )
 from natrelay.service import Principal, Relay
-from natrelay.wire import Endpoint, LlmStatus, ProviderSpec, RegisterRequest, Role, TaskKind
+from natrelay.web import views
+from natrelay.wire import (
+    Endpoint,
+    LlmStatus,
+    ProviderSpec,
+    RegisterRequest,
+    Role,
+    SessionRequest,
+    TaskKind,
+)
 from tests.server.conftest import CLIENT, PUB, FakeClock, claim, register
+from tests.server.test_fast_path import polling
 
 pytestmark = pytest.mark.anyio
 
@@ -105,3 +115,21 @@ async def test_a_name_the_key_publishes_is_no_longer_its_alias(relay: Relay) -> 
     scoped = Principal(key_id="c-scoped", role=Role.CLIENT, models=("r",))
     with pytest.raises(LlmNotFoundError):
         await relay.catalog.get(scoped, "x")  # not `r` by the back door
+
+
+async def test_a_handed_request_keeps_its_endpoint_in_memory_and_when_spilled(
+    relay: Relay,
+) -> None:
+    """The fast path (service.handoff) hands the endpoint to the poll, and a task it
+    writes back to the queue (its publisher left) keeps it."""
+    sid = await register(relay, spec("e", Endpoint.EMBEDDINGS))
+    async with polling(relay, sid) as got:
+        task = await relay.queue.submit(
+            CLIENT, "e", EMBED, stream=False, endpoint=Endpoint.EMBEDDINGS
+        )
+        [handed] = await got()
+    assert handed.id == task.id and views.polled_task(handed).endpoint == "embeddings"
+    second = await register(relay, spec("e", Endpoint.EMBEDDINGS))
+    await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
+    [again] = await claim(relay, second)
+    assert (again.id, again.endpoint, again.request) == (task.id, "embeddings", EMBED)

@@ -49,6 +49,7 @@ class Queue:
         self.wakes = wakes
         self.usage = usage
         self.doorbell = doorbell
+        self.handoff = pools.endings.handoff
 
     async def submit(
         self,
@@ -58,14 +59,17 @@ class Queue:
         *,
         stream: bool,
         endpoint: Endpoint = Endpoint.CHAT,
+        fast: bool = True,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
-        backend if it sleeps; EndpointNotServedError if the pool does not serve it.
+        backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
+        `fast`, hand it to an idle poll of this process instead when there is one (the
+        fast path: service.handoff).
 
         The caller's key is admitted against its limits first (RateLimitError).
         """
         raw = self._encoded(body)
-        return await self._submit(principal, name, raw, stream=stream, endpoint=endpoint)
+        return await self._submit(principal, name, raw, stream=stream, endpoint=endpoint, fast=fast)
 
     async def submit_once(
         self,
@@ -144,6 +148,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint,
         once: tuple[IdempotencyRecord, str | None] | None = None,
+        fast: bool = False,
     ) -> TaskRecord:
         s = self.settings
         row = await self.catalog.get(principal, name)
@@ -155,7 +160,9 @@ class Queue:
         if endpoint not in row.endpoints(now, self.liveness.timeout):
             raise not_served(row, endpoint)
         await self.pools.prune([row])  # writes only when members died (rare)
-        oldest = await self._check_queue(row)
+        # An idle poll here takes it at once: no queue to check
+        fast = fast and status is LlmStatus.ACTIVE and self.handoff.can_take(row)
+        oldest = None if fast else await self._check_queue(row)
         task_id = new_task_id(now)
         hibernating = status is LlmStatus.HIBERNATING
         longest = s.lease_seconds + (self.wakes.window(None) if hibernating else 0)
@@ -184,6 +191,9 @@ class Queue:
             slot=admission.slot,
             endpoint=endpoint.value,
         )
+        handed = self.handoff.hand(row, task) if fast else None
+        if handed is not None:
+            return handed
         if once is None:
             await self.tasks.put(task)
         else:

@@ -55,12 +55,17 @@ async def submit(
     stream: bool,
     key: str | None,
     endpoint: Endpoint = Endpoint.CHAT,
+    fast: bool = True,
 ) -> tuple[TaskRecord, bool]:
     """Queue the request; with an Idempotency-Key, the key's first task if there is one
-    (True: an earlier request started it)."""
+    (True: an earlier request started it). Without `fast` it never takes the fast path
+    (an async request: its task must be durable from the start)."""
     queue = relay.queue
     if key is None:
-        return await queue.submit(principal, name, body, stream=stream, endpoint=endpoint), False
+        task = await queue.submit(
+            principal, name, body, stream=stream, endpoint=endpoint, fast=fast
+        )
+        return task, False
     return await queue.submit_once(principal, name, body, stream=stream, key=key, endpoint=endpoint)
 
 

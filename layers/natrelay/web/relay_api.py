@@ -126,7 +126,13 @@ async def infer(request: Request, relay: Relay) -> Response:
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
     if "respond-async" in prefer:
         task, _ = await submit(
-            relay, caller(request), body["model"], body, stream=bool(body.get("stream")), key=key
+            relay,
+            caller(request),
+            body["model"],
+            body,
+            stream=bool(body.get("stream")),
+            key=key,
+            fast=False,
         )
         location = f"/api/v1/tasks/{task.id}"
         return answer(
