@@ -122,11 +122,12 @@ def test_backend_errors_reach_the_client(
             llama("http://127.0.0.1:9/v1", name="down"),
             llama(url, name="picky", model="fail-400"),
             llama(url, name="burning", model="fail-500"),
+            llama(url, name="cut", model="truncate"),
         ],
     )
     publishers.append(start_publisher(config, tmp_path))
     # No wake recipe: a backend that is down stays active, and inference fails with 502.
-    wait_rows(stack, {"down": "active", "picky": "active", "burning": "active"})
+    wait_rows(stack, {"down": "active", "picky": "active", "burning": "active", "cut": "active"})
     with pytest.raises(openai.APIStatusError) as caught:
         ask(stack, "down")
     assert caught.value.status_code == 502
@@ -139,6 +140,15 @@ def test_backend_errors_reach_the_client(
     with pytest.raises(openai.APIStatusError, match="the GPU caught fire") as caught:
         ask(stack, "burning")
     assert caught.value.status_code == 502
+    # A backend that closes its stream mid-way: the text so far, then an error, not a
+    # shortened answer that looks whole.
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="the backend closed the stream early"):
+        for chunk in client(stack).chat.completions.create(
+            model="cut", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert "".join(received) == REPLY
 
 
 def test_relay_down_then_up(

@@ -12,8 +12,11 @@ serves until SIGTERM.
   Non-streamed answers come at once: with the last user message instead when `echo`,
   reversed when that message starts with `ECHO:`.
 * Backend models that misbehave: `fail-400` (an OpenAI error), `fail-500` (plain text),
-  `bad-json` (200, not JSON), `break` (the stream ends with an error event), `delay`
-  (a non-streamed answer after 0.4 s; `max_active` is the most answered at once).
+  `bad-json` (200, not JSON), `break` (the stream ends with an error event), `truncate`
+  (the stream stops after its pieces: no finish_reason, no `[DONE]`), `garbage` (a stream
+  event that is not JSON after the first piece), `hang` (never answers; streamed: the
+  first piece, then nothing), `delay` (a non-streamed answer after 0.4 s; `max_active` is
+  the most answered at once).
 * While `asleep`, both answer 503. `POST /_fake/wake` wakes it `wake_delay` s later and
   answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
   (`upAt`: the wall-clock time it came up).
@@ -124,6 +127,8 @@ class FakeBackend:
             return PlainTextResponse("this is not JSON", 200)
         if body.get("stream"):
             return StreamingResponse(self._sse(body), media_type="text/event-stream")
+        if model == "hang":
+            await asyncio.Event().wait()
         if model == "delay":
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -148,6 +153,7 @@ class FakeBackend:
         head = _head(body, "chat.completion.chunk")
         try:
             yield ": a comment line the parser must skip\n\n"
+            model = body.get("model")
             for i, piece in enumerate(self.pieces()):
                 if i:
                     await asyncio.sleep(self.interval)
@@ -155,8 +161,14 @@ class FakeBackend:
                 delta = {"content": piece}
                 chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                 yield f"data: {json.dumps(chunk)}\n\n"
-            if body.get("model") == "break":
+                if model == "hang":
+                    await asyncio.Event().wait()
+                if model == "garbage":
+                    yield "data: {this is not JSON\n\n"
+            if model == "break":
                 yield 'data: {"error": {"message": "out of memory", "code": 500}}\n\n'
+                return
+            if model == "truncate":
                 return
             stop = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             yield f"data: {json.dumps(stop)}\n\n"

@@ -96,6 +96,10 @@ def broken_stream(url: str, exc: Exception) -> BackendFailedError:
     return BackendFailedError(f"the backend stream from {url} broke: {exc!r}")
 
 
+def closed_early(missing: str) -> BackendFailedError:
+    return BackendFailedError(f"the backend closed the stream early ({missing})")
+
+
 def failed_status(response: httpx.Response, body: bytes) -> BackendFailedError:
     status = response.status_code
     return BackendFailedError(
