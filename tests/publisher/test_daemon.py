@@ -131,9 +131,9 @@ def test_backend_errors_reach_the_client(
     with pytest.raises(openai.APIStatusError) as caught:
         ask(stack, "down")
     assert caught.value.status_code == 502
-    assert "cannot reach the backend at http://127.0.0.1:9/v1" in caught.value.message
+    assert "- cannot reach the backend of down: ConnectError" in caught.value.message
     # A stream has begun (HTTP 200) before the backend fails: the error comes as an event.
-    with pytest.raises(openai.APIError, match=r"cannot reach the backend at http://127\.0\.0\.1:9"):
+    with pytest.raises(openai.APIError, match=r"cannot reach the backend of down"):
         ask_stream(stack, "down")
     with pytest.raises(openai.BadRequestError, match="this model does not exist"):
         ask(stack, "picky")
@@ -334,8 +334,9 @@ def test_wake_on_demand(
     with pytest.raises(openai.APIStatusError) as caught:
         ask(stack, "broken")
     assert caught.value.status_code == 503
-    assert "wake of broken failed: POST" in caught.value.message
-    assert "the power switch is stuck" in caught.value.message
+    assert caught.value.message.endswith(
+        "- wake of broken failed: the wake request answered 500: the power switch is stuck"
+    )
     assert rows(stack)["broken"]["status"] == "hibernating"
 
 

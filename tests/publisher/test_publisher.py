@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import parse_config
 from natrelay_publisher.daemon import Publisher
 from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
+from tests.support.net import serve
 
 
 def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:
@@ -158,8 +161,9 @@ def test_failed_wake_fails_the_waiting_infer(
         assert results[task]["status"] == 503
         error = results[task]["error"]
         assert error["code"] == ErrorCode.WAKE_FAILED
-        assert error["message"].startswith("wake of sleepy failed: POST http://127.0.0.1:")
-        assert error["message"].endswith("/fail answered 500: the power switch is stuck")
+        assert error["message"] == (
+            "wake of sleepy failed: the wake request answered 500: the power switch is stuck"
+        )
 
 
 def test_heartbeat_reports_status_changes_of_wakeable_providers(
@@ -263,3 +267,89 @@ def test_stop_during_a_registration_in_flight_undoes_it(
     run(publisher(url, tmp_path, {"name": "echo", "type": "echo"}), scenario)
     assert [k for _, k, _ in fake.events] == ["register", "deregister"]
     assert fake.rows == {"echo": "inactive"}
+
+
+def test_errors_reach_the_relay_without_secrets(
+    relay: tuple[str, FakeRelay],
+    controller: tuple[str, WakeController],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a client can read (the relay's copy of an error) names the cause, never a
+    secret: no URL query, no userinfo, no backend address, no command output."""
+    url, fake = relay
+    wake_url, _ = controller
+    leak = "http://admin:hunter2@10.0.0.5:8000/v1/chat?token=SECRET1"
+
+    async def leaky_backend(scope: Any, receive: Any, send: Any) -> None:
+        body = json.dumps({"error": {"message": f"upstream {leak} failed"}}).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 500, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    stderr = tmp_path / "wake.py"
+    stderr.write_text(
+        "import sys\nprint('login failed for token=SECRET2', file=sys.stderr)\nsys.exit(2)\n"
+    )
+    never = {"availabilityUrl": "http://127.0.0.1:9/never"}
+    with serve(leaky_backend) as backend_url:
+        providers = [
+            {"name": "leaky", "type": "openai", "baseUrl": f"{backend_url}/v1", "model": "m"},
+            {
+                "name": "down",
+                "type": "openai",
+                "baseUrl": "http://user:SECRET3@localhost:9/v1",
+                "model": "m",
+            },
+            {
+                "name": "webhook",
+                "type": "echo",
+                "options": never,
+                "wake": {"type": "http", "url": f"{wake_url}/fail?apikey=SECRET4"},
+            },
+            {
+                "name": "unreachable-hook",
+                "type": "echo",
+                "options": never,
+                "wake": {"type": "http", "url": "http://u:SECRET5@127.0.0.1:9/hook?k=SECRET6"},
+            },
+            {
+                "name": "script",
+                "type": "echo",
+                "options": never,
+                "wake": {"type": "command", "command": sys.executable, "args": [str(stderr)]},
+            },
+        ]
+        fake.add(
+            infer_task("t-leaky", "leaky", "hi"),
+            infer_task("t-down", "down", "hi"),
+            wake_task("w-webhook", "webhook"),
+            wake_task("w-hook", "unreachable-hook"),
+            wake_task("w-script", "script"),
+        )
+
+        async def scenario() -> None:
+            await until(lambda: len(fake.results()) == 5, timeout=30)
+
+        with caplog.at_level("INFO", logger="natrelay.publisher"):
+            run(publisher(url, tmp_path, *providers), scenario)
+    messages = {task: r["error"]["message"] for task, r in fake.results().items()}
+    sent = json.dumps(fake.events)
+    for secret in ("SECRET", "hunter2", "apikey", "token=", "localhost", "10.0.0.5:8000/v1/chat?"):
+        assert secret not in sent, (secret, messages)
+    # The cause is still there.
+    assert messages["t-leaky"] == "upstream http://10.0.0.5:8000/v1/chat failed"
+    assert messages["t-down"].startswith("cannot reach the backend of down: ConnectError")
+    assert messages["w-webhook"] == (
+        "wake of webhook failed: the wake request answered 500: the power switch is stuck"
+    )
+    assert messages["w-hook"].startswith("wake of unreachable-hook failed: the wake request ")
+    assert messages["w-script"] == (
+        "wake of script failed: the wake command exited with status 2 "
+        "(its stderr is in the publisher's log)"
+    )
+    # The operator still finds the command's own words, in the publisher's log only.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("login failed for token=SECRET2" in m for m in warnings), warnings
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert not [m for m in info if "SECRET" in m or "hunter2" in m]

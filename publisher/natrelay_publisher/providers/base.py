@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from natrelay_publisher.errors import BackendFailedError
+from natrelay_publisher.redact import describe
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
@@ -88,12 +89,13 @@ def error_message(status: int, body: bytes | str) -> str:
     return str(message) if message else f"HTTP {status}"
 
 
-def unreachable(url: str, exc: Exception) -> BackendFailedError:
-    return BackendFailedError(f"cannot reach the backend at {url}: {exc!r}")
+# The backend's address is the publisher's business: clients read the provider's name.
+def unreachable(name: str, exc: Exception) -> BackendFailedError:
+    return BackendFailedError(f"cannot reach the backend of {name}: {describe(exc)}")
 
 
-def broken_stream(url: str, exc: Exception) -> BackendFailedError:
-    return BackendFailedError(f"the backend stream from {url} broke: {exc!r}")
+def broken_stream(name: str, exc: Exception) -> BackendFailedError:
+    return BackendFailedError(f"the stream of the backend of {name} broke: {describe(exc)}")
 
 
 def closed_early(missing: str) -> BackendFailedError:
@@ -158,7 +160,7 @@ class HttpBackend:
         try:
             response = await self._client.request(method, path, json=json, **kwargs)
         except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
+            raise unreachable(self.name, exc) from exc
         if not response.is_success:
             raise failed_status(response, response.content)
         return response
