@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from natrelay_publisher import admin
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
-from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayCallError
+from natrelay_publisher.errors import (
+    ConfigError,
+    RelayAuthError,
+    RelayCallError,
+    SessionFileBusyError,
+)
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -102,6 +107,9 @@ async def _serve(config: PublisherConfig) -> int:
         return EXIT_FATAL
     except RelayCallError as exc:
         logger.error("the relay refused us: %s; exiting", exc.message)
+        return EXIT_FATAL
+    except SessionFileBusyError as exc:
+        logger.error("%s", exc)
         return EXIT_FATAL
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

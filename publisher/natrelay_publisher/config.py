@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -28,7 +29,14 @@ from natrelay_publisher.errors import ConfigError, PluginError
 from natrelay_publisher.providers import PROVIDERS
 from natrelay_publisher.recipes import RECIPES, RecipeConfig
 
-DEFAULT_SESSION_FILE = "~/.config/natrelay/session.json"
+SESSION_DIR = "~/.config/natrelay"
+
+
+def default_session_file(config_path: str | Path) -> Path:
+    """`~/.config/natrelay/session-<hash of the config file's absolute path>.json`: one
+    session per config file, so two publishers on one host never share a session."""
+    digest = hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:12]
+    return Path(SESSION_DIR).expanduser() / f"session-{digest}.json"
 
 
 def _secret(value: Any) -> SecretStr:
@@ -85,15 +93,16 @@ class _Model(BaseModel):
 class RelayConfig(_Model):
     url: HttpUrl
     token: Secret
-    session_file: Path = Field(default=Path(DEFAULT_SESSION_FILE), validate_default=True)
+    # None: one derived from the config file's path (see default_session_file).
+    session_file: Path | None = None
     heartbeat_seconds: float = Field(default=30, gt=0, le=3600)
     poll_wait_seconds: float = Field(default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS)
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
 
     @field_validator("session_file")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
 
 class ProviderConfig(_Model):
@@ -190,6 +199,21 @@ class PublisherConfig(_Model):
             raise field_error(("providers",), "no provider has `publish: true`")
         return self
 
+    @model_validator(mode="after")
+    def _session_file(self, info: ValidationInfo) -> Self:
+        if self.relay.session_file is None:
+            path = (info.context or {}).get("path")
+            if path is None:  # not read from a file: what it publishes, and where
+                names = ",".join(sorted(p.name for p in self.published))
+                path = f"{self.relay.url} {names}"
+            self.relay.session_file = default_session_file(path)
+        return self
+
+    @property
+    def session_file(self) -> Path:
+        assert self.relay.session_file is not None  # set by _session_file
+        return self.relay.session_file
+
     @property
     def published(self) -> list[ProviderConfig]:
         return [provider for provider in self.providers if provider.publish]
@@ -212,12 +236,15 @@ def format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "config") -> PublisherConfig:
-    """Validate already-parsed YAML; raises ConfigError naming the source, field and reason."""
+def parse_config(
+    data: Any, source: str = "config", *, path: str | Path | None = None
+) -> PublisherConfig:
+    """Validate already-parsed YAML (read from `path`, if from a file); raises ConfigError
+    naming the source, field and reason."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: should be a mapping with `relay` and `providers`")
     try:
-        return PublisherConfig.model_validate(data)
+        return PublisherConfig.model_validate(data, context={"path": path})
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc)) from exc
 
@@ -235,7 +262,7 @@ def load_config(path: str | Path) -> PublisherConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_reason(exc)}") from exc
-    return parse_config(data, source)
+    return parse_config(data, source, path=path)
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

@@ -57,7 +57,7 @@ class Publisher:
         self.session_id: str | None = None
         self._generation: int | None = None
         self._transport = relay_transport
-        self._session_file = SessionFile(config.relay.session_file)
+        self._session_file = SessionFile(config.session_file)
         self._slots: dict[str, ProviderSlot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -72,8 +72,11 @@ class Publisher:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set; raises RelayAuthError when the token is refused."""
+        """Serve until `stop` is set; raises RelayAuthError when the token is refused,
+        SessionFileBusyError when another process uses the session file."""
         try:
+            self._session_file.lock()
+            logger.info("session file %s", self._session_file.path)
             self._slots = {c.name: ProviderSlot.build(c) for c in self.config.published}
             await self._initial_statuses()
             registering = asyncio.create_task(self._register(), name="register")
@@ -101,6 +104,7 @@ class Publisher:
             for slot in self._slots.values():
                 await slot.provider.aclose()
             await self.relay.aclose()
+            self._session_file.unlock()
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
         """Stop polling, give the tasks in flight their grace (heartbeating), deregister."""

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from natrelay_publisher.config import load_config, parse_config
-from natrelay_publisher.errors import ConfigError
+from natrelay_publisher.config import default_session_file, load_config, parse_config
+from natrelay_publisher.errors import ConfigError, SessionFileBusyError
 from natrelay_publisher.session import SessionFile
 
 RELAY = {"url": "https://relay.example.com", "token": "t0ken"}
@@ -208,7 +208,7 @@ providers:
     relay = loaded.relay
     assert relay.url == "https://relay.example.com"
     assert relay.token.get_secret_value() == "literal"
-    assert relay.session_file == Path("~/.config/natrelay/session.json").expanduser()
+    assert relay.session_file == default_session_file(path)
     assert (relay.heartbeat_seconds, relay.poll_wait_seconds, relay.shutdown_grace_seconds) == (
         30,
         25,
@@ -257,6 +257,61 @@ def test_session_file_is_private_and_keyed_by_relay(tmp_path: Path) -> None:
     assert sessions.load("https://a") == "sess-abcdefghij"
     path.write_text("{not json")
     assert sessions.load("https://a") is None
+
+
+def test_default_session_file_is_per_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two publishers on one host with the default must not share one session."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / "a" / "natrelay.yaml", tmp_path / "b" / "natrelay.yaml"]
+    for path in paths:
+        path.write_text(yaml.safe_dump(config(echo())))
+    first, second = (load_config(path).relay.session_file for path in paths)
+    assert first != second
+    assert first.parent == second.parent == tmp_path / "home" / ".config" / "natrelay"
+    assert re.fullmatch(r"session-[0-9a-f]{12}\.json", first.name)
+    # The same file, however it is named, is the same session.
+    monkeypatch.chdir(tmp_path / "a")
+    assert load_config("natrelay.yaml").relay.session_file == first
+    assert load_config(tmp_path / "b" / ".." / "a" / "natrelay.yaml").relay.session_file == first
+    # Given explicitly, it is used as it is.
+    paths[0].write_text(yaml.safe_dump(config(echo(), sessionFile="~/here.json")))
+    assert load_config(paths[0]).relay.session_file == tmp_path / "home" / "here.json"
+
+
+def test_session_file_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    path = tmp_path / "session.json"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    # The temporary name the publisher used to write first: predictable from the pid.
+    (tmp_path / f".session.json.{os.getpid()}.tmp").symlink_to(victim)
+    SessionFile(path).save("https://a", "sess-0123456789")
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert SessionFile(path).load("https://a") == "sess-0123456789"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".session.json.{os.getpid()}.tmp",
+        "session.json",
+        "victim",
+    ]
+
+
+def test_session_lock_refuses_a_second_holder(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "session.json"
+    first = SessionFile(path)
+    first.lock()
+    with pytest.raises(SessionFileBusyError) as caught:
+        SessionFile(path).lock()
+    message = str(caught.value)
+    assert f"another publisher (pid {os.getpid()}) is using the session file {path}" in message
+    assert "relay.sessionFile" in message
+    first.unlock()
+    second = SessionFile(path)
+    second.lock()  # free again
+    second.unlock()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -340,6 +340,41 @@ def test_wake_on_demand(
     assert rows(stack)["broken"]["status"] == "hibernating"
 
 
+def test_a_second_publisher_on_the_same_session_file_refuses_to_start(
+    tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    # No relay needed: the lock is taken before the first call to it.
+    home = {"HOME": str(tmp_path / "home")}
+    config = {"relay": {"url": "http://127.0.0.1:9", "token": "t"}, "providers": [ECHO]}
+    path = tmp_path / "natrelay.yaml"
+    publishers.append(
+        first := start_publisher(config, tmp_path, "first", config_path=path, env=home)
+    )
+    first.wait_log("relay unreachable")
+    publishers.append(
+        second := start_publisher(config, tmp_path, "second", config_path=path, env=home)
+    )
+    assert second.process.wait(20) == 1
+    log = second.log()
+    assert f"another publisher (pid {first.process.pid}) is using the session file" in log
+    assert "Traceback" not in log
+    assert first.process.poll() is None
+    # Another config file is another session: it starts.
+    other = tmp_path / "other.yaml"
+    publishers.append(
+        third := start_publisher(config, tmp_path, "third", config_path=other, env=home)
+    )
+    third.wait_log("relay unreachable")
+    # The lock dies with its holder, even by SIGKILL.
+    first.process.kill()
+    first.process.wait()
+    publishers.append(
+        fourth := start_publisher(config, tmp_path, "fourth", config_path=path, env=home)
+    )
+    fourth.wait_log("relay unreachable")
+    assert fourth.stop() == 0 and third.stop() == 0
+
+
 def test_refused_token_exits_non_zero(
     stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
 ) -> None:
