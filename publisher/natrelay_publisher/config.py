@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from pathlib import Path
@@ -98,6 +99,18 @@ class RelayConfig(_Model):
     heartbeat_seconds: float = Field(default=30, gt=0, le=3600)
     poll_wait_seconds: float = Field(default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS)
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _not_the_openai_url(cls, value: str) -> str:
+        if value.endswith("/v1"):
+            raise PydanticCustomError(
+                "url",
+                "ends in /v1, the OpenAI base URL clients use; the publisher wants the relay's "
+                "own URL: drop /v1 ({root})",
+                {"root": value.removesuffix("/v1")},
+            )
+        return value
 
     @field_validator("session_file")
     @classmethod
@@ -227,10 +240,54 @@ def field_path(loc: tuple[str | int, ...]) -> str:
     return path
 
 
-def format_errors(source: str, exc: ValidationError) -> str:
+def _keys_at(data: Any, loc: tuple[str | int, ...]) -> list[str] | None:
+    """The keys the mapping at `loc` may have, or None when that is not known here."""
+    model: type[BaseModel] | None = None
+    if loc == ():
+        model = PublisherConfig
+    elif loc == ("relay",):
+        model = RelayConfig
+    elif len(loc) >= 2 and loc[0] == "providers" and isinstance(loc[1], int):
+        try:
+            provider = data["providers"][loc[1]]
+            if len(loc) == 2:
+                model = ProviderConfig
+            elif loc[2:] == ("options",):
+                model = PROVIDERS.find(provider["type"]).Options
+            elif len(loc) == 3 and loc[2] in ("wake", "sleep"):
+                model = RECIPES.find(provider[loc[2]]["type"]).Config
+        except (LookupError, TypeError, PluginError):
+            return None
+    if model is None:
+        return None
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    """`unknown key; did you mean baseUrl?`, or the keys there are."""
+
+    def plain(name: str) -> str:
+        return name.lower().replace("_", "").replace("-", "")
+
+    by_plain = {plain(name): name for name in known}
+    match = by_plain.get(plain(key)) or next(
+        iter(difflib.get_close_matches(key, known, n=1, cutoff=0.6)), None
+    )
+    if match is None:
+        match = next((n for n in known if plain(n).startswith(plain(key))), None)
+    if match is not None:
+        return f"unknown key; did you mean {match}?"
+    return f"unknown key (known: {', '.join(known) or 'none'})"
+
+
+def format_errors(source: str, exc: ValidationError, data: Any = None) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            known = _keys_at(data, error["loc"][:-1])
+            if known is not None:
+                message = _unknown_key(str(error["loc"][-1]), known)
         path = field_path(error["loc"])
         lines.append(f"{source}: {path}: {message}" if path else f"{source}: {message}")
     return "\n".join(lines)
@@ -246,7 +303,7 @@ def parse_config(
     try:
         return PublisherConfig.model_validate(data, context={"path": path})
     except ValidationError as exc:
-        raise ConfigError(format_errors(source, exc)) from exc
+        raise ConfigError(format_errors(source, exc, data)) from exc
 
 
 def load_config(path: str | Path) -> PublisherConfig:

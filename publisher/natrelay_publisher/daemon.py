@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -77,6 +78,12 @@ class Publisher:
         try:
             self._session_file.lock()
             logger.info("session file %s", self._session_file.path)
+            if _plain_http_elsewhere(self.config.relay.url):
+                logger.warning(
+                    "relay.url %s is plain http: the publish token and every prompt and answer "
+                    "cross the network unencrypted; use https://",
+                    self.config.relay.url,
+                )
             self._slots = {c.name: ProviderSlot.build(c) for c in self.config.published}
             await self._initial_statuses()
             registering = asyncio.create_task(self._register(), name="register")
@@ -382,6 +389,17 @@ class Publisher:
                 await poster.fail(400, "the task carries no request", ErrorCode.INVALID_REQUEST)
                 return 400
             return await run_infer(slot.provider, request, task.stream, poster)
+
+
+def _plain_http_elsewhere(url: str) -> bool:
+    """http:// to a host that is not this machine."""
+    parsed = httpx.URL(url)
+    if parsed.scheme != "http" or parsed.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(parsed.host).is_loopback
+    except ValueError:
+        return True
 
 
 async def _first_of(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> bool:

@@ -193,9 +193,10 @@ class RelayClient:
             )
         if not response.is_success:
             error = ERRORS.get(code or "", RelayCallError)
-            raise error(
-                f"{method} {url} answered {status} {code}: {message}", status=status, code=code
-            )
+            text = f"{method} {url} answered {status} {code}: {message}"
+            if status == 404 and code in (None, ErrorCode.NOT_FOUND):
+                text += f"; is relay.url the relay's own URL? ({self.url})"
+            raise error(text, status=status, code=code)
         try:
             return response.json()
         except ValueError as exc:

@@ -46,8 +46,51 @@ BAD = [
         config(echo(), pollWaitSeconds=30),
         "relay.pollWaitSeconds: Input should be less than or equal to 25",
     ),
-    (config(echo(), colour="blue"), "relay.colour: Extra inputs are not permitted"),
-    (config(echo(colour="blue")), "providers[0].colour: Extra inputs are not permitted"),
+    (
+        config(echo(), colour="blue"),
+        "relay.colour: unknown key (known: url, token, sessionFile, heartbeatSeconds, "
+        "pollWaitSeconds, shutdownGraceSeconds)",
+    ),
+    (
+        config(echo(colour="blue")),
+        "providers[0].colour: unknown key (known: name, type, baseUrl, model, apiKey, tier, "
+        "description, publish, maxConcurrency, options, wake, sleep, sleepAfterIdleSeconds)",
+    ),
+    (
+        config(openai(baseURL="http://x")),
+        "providers[0].baseURL: unknown key; did you mean baseUrl?",
+    ),
+    (
+        config(echo(maxconcurrency=2)),
+        "providers[0].maxconcurrency: unknown key; did you mean maxConcurrency?",
+    ),
+    (
+        config(echo(), sesionFile="s.json"),
+        "relay.sesionFile: unknown key; did you mean sessionFile?",
+    ),
+    (config(echo(), heartbeat=5), "relay.heartbeat: unknown key; did you mean heartbeatSeconds?"),
+    (
+        config(echo(options={"tokenDelayMS": 5})),
+        "providers[0].options.tokenDelayMS: unknown key; did you mean tokenDelayMs?",
+    ),
+    (
+        config(echo(wake={"type": "http", "url": "http://x", "maxWait": 5})),
+        "providers[0].wake.maxWait: unknown key; did you mean maxWaitSeconds?",
+    ),
+    (
+        config(openai(wake={"type": "vllm-sleep", "baseURL": "http://x"})),
+        "providers[0].wake.baseURL: unknown key; did you mean baseUrl?",
+    ),
+    (
+        config(echo(), url="https://relay.example.com/v1"),
+        "relay.url: ends in /v1, the OpenAI base URL clients use; the publisher wants the "
+        "relay's own URL: drop /v1 (https://relay.example.com)",
+    ),
+    (
+        config(echo(), url="http://127.0.0.1:8787/v1/"),
+        "relay.url: ends in /v1, the OpenAI base URL clients use; the publisher wants the "
+        "relay's own URL: drop /v1 (http://127.0.0.1:8787)",
+    ),
     ({"providers": [echo()]}, "relay: Field required"),
     (config(), "providers: List should have at least 1 item after validation, not 0"),
     (config(echo(), url="ftp://relay"), "relay.url: should be an http:// or https:// URL"),
@@ -84,11 +127,11 @@ BAD = [
     ),
     (
         config(echo(options={"delay": 5})),
-        "providers[0].options.delay: Extra inputs are not permitted",
+        "providers[0].options.delay: unknown key (known: tokenDelayMs, availabilityUrl)",
     ),
     (
         config(openai(options={"tokenDelayMs": 5})),
-        "providers[0].options.tokenDelayMs: Extra inputs are not permitted",
+        "providers[0].options.tokenDelayMs: unknown key (known: none)",
     ),
     (config(echo(wake={"url": "http://x"})), "providers[0].wake.type: Field required"),
     (
@@ -103,7 +146,7 @@ BAD = [
     ),
     (
         config(echo(wake={"type": "command", "command": "x", "shell": True})),
-        "providers[0].wake.shell: Extra inputs are not permitted",
+        "providers[0].wake.shell: unknown key (known: type, maxWaitSeconds, command, args)",
     ),
     (
         config(echo(wake={"type": "wol", "mac": "not-a-mac"})),

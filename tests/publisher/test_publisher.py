@@ -16,7 +16,8 @@ import pytest
 from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import parse_config
-from natrelay_publisher.daemon import Publisher
+from natrelay_publisher.daemon import Publisher, _plain_http_elsewhere
+from natrelay_publisher.errors import RelayCallError
 from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
 from tests.support.net import serve
 
@@ -353,3 +354,42 @@ def test_errors_reach_the_relay_without_secrets(
     assert any("login failed for token=SECRET2" in m for m in warnings), warnings
     info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
     assert not [m for m in info if "SECRET" in m or "hunter2" in m]
+
+
+def test_a_relay_url_that_is_not_the_relays_says_so(tmp_path: Path) -> None:
+    """A 404 on the first call: the URL points somewhere that is not the relay's root."""
+    from starlette.applications import Starlette  # noqa: PLC0415
+
+    with serve(Starlette()) as url:
+        pub = publisher(f"{url}/natrelay", tmp_path, {"name": "echo", "type": "echo"})
+        with pytest.raises(RelayCallError) as caught:
+            asyncio.run(pub.run(asyncio.Event()))
+    assert caught.value.status == 404
+    assert "is relay.url the relay's own URL" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"), [("http://relay.invalid:9", True), ("http://[::1]:9", False)]
+)
+def test_plain_http_to_another_host_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, url: str, warned: bool
+) -> None:
+    pub = publisher(url, tmp_path, {"name": "echo", "type": "echo"})
+
+    async def scenario() -> None:
+        await asyncio.sleep(0.2)
+
+    with caplog.at_level("WARNING", logger="natrelay.publisher"):
+        run(pub, scenario)
+    lines = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert lines == (
+        [
+            f"relay.url {url} is plain http: the publish token and every "
+            "prompt and answer cross the network unencrypted; use https://"
+        ]
+        if warned
+        else []
+    )
+    others = ["http://localhost:8787", "http://127.0.0.2", "https://relay.example.com"]
+    assert not any(_plain_http_elsewhere(u) for u in others)
+    assert _plain_http_elsewhere("http://192.168.1.20:8787")
