@@ -67,6 +67,8 @@ class Publisher:
         self._registered_at = 0.0
         self._server_view: dict[str, LlmStatus] = {}
         self._reported: dict[str, LlmStatus] = {}
+        # Names another live session holds (name -> the relay's refusal): not registered.
+        self._held: dict[str, str] = {}
         self._waker = Waker(self._beat_quietly)
         self.relay = RelayClient(
             config.relay.url, config.relay.token.get_secret_value(), transport=relay_transport
@@ -98,6 +100,7 @@ class Publisher:
             loops = [
                 asyncio.create_task(self._poll_loop(), name="poll"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._held_loop(), name="held"),
             ]
             if any(slot.config.sleep_after_idle_seconds for slot in self._slots.values()):
                 loops.append(asyncio.create_task(self._idle_loop(), name="idle"))
@@ -140,13 +143,17 @@ class Publisher:
 
         await asyncio.gather(*(check(slot) for slot in self._slots.values()))
 
-    async def _register(self) -> None:
+    async def _register(self, *, retry_of_held: bool = False) -> None:
+        """Register every provider whose name is free; names another session holds are
+        left out (the relay refuses a registration whole) and retried in the background."""
         url = self.config.relay.url
         session_id = self.session_id or self._session_file.load(url)
-        backoff, warned = Backoff(), False
+        backoff = Backoff(cap=self.config.relay.heartbeat_seconds)
+        held: dict[str, str] = {}
         while True:
+            names = [name for name in self._slots if name not in held]
             request = RegisterRequest(
-                providers=[slot.spec() for slot in self._slots.values()],
+                providers=[self._slots[name].spec() for name in names],
                 provider_session_id=session_id,
             )
             try:
@@ -155,10 +162,25 @@ class Publisher:
             except RelayAuthError:
                 raise
             except NameHeldError as exc:
-                if not warned:
-                    logger.warning("%s; retrying until that session is gone", exc.message)
-                    warned = True
-                await asyncio.sleep(backoff.next())
+                name = _held_name(exc.message, names)
+                if name is not None and len(names) > 1:
+                    held[name] = exc.message
+                    logger.warning(
+                        "%s is held by another publisher session (%s): publishing the others; "
+                        "retrying it every %g s",
+                        name,
+                        exc.message,
+                        self.config.relay.heartbeat_seconds,
+                    )
+                    continue
+                delay = backoff.next()
+                logger.warning(
+                    "%s is held by another publisher session (%s); retrying in %.0f s",
+                    name or "a name",
+                    exc.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
             except RelayCallError as exc:
                 if session_id is None:
                     raise
@@ -166,12 +188,29 @@ class Publisher:
                     "register with session %s refused (%s): new session", session_id, exc.message
                 )
                 session_id = None
+        self._held = held
+        previous = self._server_view
         self._session(answer)
         self._registered_at = time.monotonic()
         self._reported = {name: slot.status for name, slot in self._slots.items()}
         self._session_file.save(url, answer.provider_session_id)
-        names = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
-        logger.info("registered session %s: %s", answer.provider_session_id, names)
+        listed = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
+        # A retry of held names that changed nothing is not news.
+        unchanged = retry_of_held and set(self._server_view) == set(previous)
+        logger.log(
+            logging.DEBUG if unchanged else logging.INFO,
+            "registered session %s: %s",
+            answer.provider_session_id,
+            listed,
+        )
+
+    async def _held_loop(self) -> None:
+        """Try the held names again every heartbeat interval, reporting each refusal."""
+        while True:
+            await asyncio.sleep(self.config.relay.heartbeat_seconds)
+            if self._held:
+                async with self._register_lock:
+                    await self._register(retry_of_held=True)
 
     async def _reregister(self) -> None:
         async with self._register_lock:
@@ -228,7 +267,11 @@ class Publisher:
         return {
             name: slot.status
             for name, slot in self._slots.items()
-            if self._server_view.get(name) != slot.status or self._reported.get(name) != slot.status
+            if name not in self._held
+            and (
+                self._server_view.get(name) != slot.status
+                or self._reported.get(name) != slot.status
+            )
         }
 
     async def _beat(self) -> None:
@@ -389,6 +432,12 @@ class Publisher:
                 await poster.fail(400, "the task carries no request", ErrorCode.INVALID_REQUEST)
                 return 400
             return await run_infer(slot.provider, request, task.stream, poster)
+
+
+def _held_name(message: str, names: list[str]) -> str | None:
+    """Which of `names` the relay's 409 refers to: it quotes the name (`'llama3'`)."""
+    quoted = [name for name in names if f"'{name}'" in message]
+    return quoted[0] if len(quoted) == 1 else None
 
 
 def _plain_http_elsewhere(url: str) -> bool:

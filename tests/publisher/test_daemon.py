@@ -23,7 +23,7 @@ from tests.publisher.running import (
     wait_rows,
 )
 from tests.support.backend import REPLY, FakeBackend
-from tests.support.net import serve
+from tests.support.net import serve, wait_until
 from tests.support.stack import Stack, dynamodb_client, start_api
 
 pytestmark = pytest.mark.slow
@@ -373,6 +373,37 @@ def test_a_second_publisher_on_the_same_session_file_refuses_to_start(
     )
     fourth.wait_log("relay unreachable")
     assert fourth.stop() == 0 and third.stop() == 0
+
+
+def test_a_held_name_does_not_block_the_others(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    shared = {**ECHO, "name": "shared"}
+    first_config = publisher_config(stack, tmp_path, [shared], sessionFile=str(tmp_path / "1"))
+    publishers.append(first := start_publisher(first_config, tmp_path, "first"))
+    wait_rows(stack, {"shared": "active"})
+    # Same key, another session: `shared` is refused (409 name_taken), `mine` is published.
+    mine = {**ECHO, "name": "mine"}
+    second_config = publisher_config(
+        stack, tmp_path, [shared, mine], sessionFile=str(tmp_path / "2")
+    )
+    publishers.append(second := start_publisher(second_config, tmp_path, "second"))
+    wait_rows(stack, {"mine": "active", "shared": "active"})
+    assert ask(stack, "mine", "free").choices[0].message.content == "free"
+    # The held one is reported on every retry, not once and then silence.
+    second.wait_log("shared is held by another publisher session", count=3)
+    assert "name_taken" in second.log()
+    sessions = row_sessions(stack)
+    assert sessions["shared"] != sessions["mine"]
+    # Once its holder is gone, the retry takes it over, into the same session.
+    assert first.stop() == 0
+    wait_until(lambda: row_sessions(stack)["shared"] == sessions["mine"], 20)
+    wait_rows(stack, {"mine": "active", "shared": "active"})
+    assert ask(stack, "shared", "mine now").choices[0].message.content == "mine now"
+    count = second.log().count("is held by another publisher session")
+    time.sleep(3)
+    assert second.log().count("is held by another publisher session") == count
+    assert second.stop() == 0
 
 
 def test_refused_token_exits_non_zero(
