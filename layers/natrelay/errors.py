@@ -83,6 +83,12 @@ class PublisherOfflineError(RelayError):
         self.retry_after = retry_after
 
 
+class BackendUnavailableError(PublisherOfflineError):
+    """The publisher is online but reports its backend down (and not wakeable)."""
+
+    code = ErrorCode.BACKEND_UNAVAILABLE
+
+
 class WakeFailedError(PublisherOfflineError):
     code = ErrorCode.WAKE_FAILED
 

@@ -46,6 +46,10 @@ SHUTDOWN_RESULT_SECONDS = 5.0
 IDLE_TICK_SECONDS = 1.0
 MIN_EMPTY_POLL_SECONDS = 0.5
 REGISTER_GRACE_SECONDS = 3.0
+# A backend without a wake recipe is reported unavailable after this many failed checks
+# in a row, and re-checked this often while it is.
+UNAVAILABLE_AFTER_CHECKS = 2
+UNAVAILABLE_RECHECK_SECONDS = 5.0
 
 
 class Publisher:
@@ -139,7 +143,11 @@ class Publisher:
                 slot.status = LlmStatus.HIBERNATING
                 logger.info("%s is asleep: publishing it hibernating", slot.name)
             elif not up:
-                logger.warning("backend of %s is not answering", slot.name)
+                slot.status = LlmStatus.UNAVAILABLE
+                slot.failed_checks = 1
+                logger.warning(
+                    "backend of %s is not answering: publishing it unavailable", slot.name
+                )
 
         await asyncio.gather(*(check(slot) for slot in self._slots.values()))
 
@@ -242,24 +250,38 @@ class Publisher:
     # --- heartbeat and statuses ------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        every = self.config.relay.heartbeat_seconds
+        beaten = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.relay.heartbeat_seconds)
+            # A backend that is down is checked more often, so it is back in seconds.
+            down = any(s.status == LlmStatus.UNAVAILABLE for s in self._slots.values())
+            await asyncio.sleep(min(every, UNAVAILABLE_RECHECK_SECONDS) if down else every)
             await self._refresh_statuses()
-            await self._beat()
+            if self._status_changes() or time.monotonic() - beaten >= every * 0.9:
+                await self._beat()
+                beaten = time.monotonic()
 
     async def _refresh_statuses(self) -> None:
         async def check(slot: ProviderSlot) -> None:
-            transitions = slot.transitions
+            transitions, checked_at = slot.transitions, time.monotonic()
             if slot.busy:
                 return
-            up = await slot.ready()
+            # A backend that just answered a request is up, however slow its model list.
+            recent = checked_at - self.config.relay.heartbeat_seconds
+            up = await slot.ready() or slot.answered_at >= recent
             if slot.busy or slot.transitions != transitions:
                 return
             if up != slot.seen_up:
                 logger.info("backend of %s is %s", slot.name, "up" if up else "down")
                 slot.seen_up = up
+            slot.failed_checks = 0 if up else slot.failed_checks + 1
             if slot.wake_recipe is not None:
                 slot.status = LlmStatus.ACTIVE if up else LlmStatus.HIBERNATING
+            elif up:
+                slot.status = LlmStatus.ACTIVE
+            elif slot.failed_checks >= UNAVAILABLE_AFTER_CHECKS:
+                # Twice in a row: one slow answer from a busy backend is not an outage.
+                slot.status = LlmStatus.UNAVAILABLE
 
         await asyncio.gather(*(check(slot) for slot in self._slots.values()))
 
@@ -385,6 +407,8 @@ class Publisher:
                 await self._run_wake(task, slot, poster)
             else:
                 status = await self._run_infer(task, slot, poster)
+                if 200 <= status < 300:
+                    slot.answered_at = time.monotonic()
                 ms = int((time.monotonic() - started) * 1000)
                 mode = "stream" if task.stream else "complete"
                 logger.info("task %s: %s %s -> %s in %d ms", task.id, mode, task.llm, status, ms)

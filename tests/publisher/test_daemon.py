@@ -14,6 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
 from tests.publisher.running import (
     PublisherProcess,
@@ -119,27 +120,19 @@ def test_backend_errors_reach_the_client(
         stack,
         tmp_path,
         [
-            llama("http://127.0.0.1:9/v1", name="down"),
             llama(url, name="picky", model="fail-400"),
             llama(url, name="burning", model="fail-500"),
             llama(url, name="cut", model="truncate"),
         ],
     )
     publishers.append(start_publisher(config, tmp_path))
-    # No wake recipe: a backend that is down stays active, and inference fails with 502.
-    wait_rows(stack, {"down": "active", "picky": "active", "burning": "active", "cut": "active"})
-    with pytest.raises(openai.APIStatusError) as caught:
-        ask(stack, "down")
-    assert caught.value.status_code == 502
-    assert "- cannot reach the backend of down: ConnectError" in caught.value.message
-    # A stream has begun (HTTP 200) before the backend fails: the error comes as an event.
-    with pytest.raises(openai.APIError, match=r"cannot reach the backend of down"):
-        ask_stream(stack, "down")
+    wait_rows(stack, {"picky": "active", "burning": "active", "cut": "active"})
     with pytest.raises(openai.BadRequestError, match="this model does not exist"):
         ask(stack, "picky")
     with pytest.raises(openai.APIStatusError, match="the GPU caught fire") as caught:
         ask(stack, "burning")
     assert caught.value.status_code == 502
+    # A stream has begun (HTTP 200) before the backend fails: the error comes as an event.
     # A backend that closes its stream mid-way: the text so far, then an error, not a
     # shortened answer that looks whole.
     received: list[str] = []
@@ -149,6 +142,32 @@ def test_backend_errors_reach_the_client(
         ):
             received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
     assert "".join(received) == REPLY
+
+
+def test_a_backend_that_does_not_answer_is_unavailable(
+    stack: Stack,
+    tmp_path: Path,
+    controller: tuple[str, WakeController],
+    publishers: list[PublisherProcess],
+) -> None:
+    url, state = controller
+    # No wake recipe: nothing can bring it back but itself.
+    flaky = {"name": "flaky", "type": "echo", "options": {"availabilityUrl": f"{url}/ready"}}
+    publishers.append(start_publisher(publisher_config(stack, tmp_path, [flaky, ECHO]), tmp_path))
+    wait_rows(stack, {"flaky": "unavailable", "echo": "active"})
+    assert [m.id for m in client(stack).models.list()] == ["echo"]
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(stack, "flaky")
+    assert time.monotonic() - started < 2, "not failed fast"
+    assert caught.value.status_code == 503
+    assert caught.value.code == ErrorCode.BACKEND_UNAVAILABLE
+    assert "the backend of 'flaky' is not answering its publisher" in caught.value.message
+    state.awake = True
+    wait_rows(stack, {"flaky": "active"})
+    assert ask(stack, "flaky", "back").choices[0].message.content == "back"
+    state.awake = False
+    wait_rows(stack, {"flaky": "unavailable"})
 
 
 def test_relay_down_then_up(

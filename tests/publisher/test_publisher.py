@@ -190,10 +190,32 @@ def test_heartbeat_reports_status_changes_of_wakeable_providers(
 
     run(publisher(url, tmp_path, sleepy(wake_url), plain), scenario)
     assert reported() == [{"sleepy": "active"}, {"sleepy": "hibernating"}]
-    # Down without a wake recipe: still published active (inference will say 502).
+    # Down without a wake recipe: published unavailable (the relay answers 503 at once).
     [registered] = fake.calls("register")
-    assert registered["providers"][1]["initialStatus"] == "active"
+    assert registered["providers"][1]["initialStatus"] == "unavailable"
     assert registered["providers"][1]["wakeMaxWaitSeconds"] is None
+
+
+def test_a_backend_without_wake_recipe_is_reported_unavailable_while_down(
+    relay: tuple[str, FakeRelay], controller: tuple[str, WakeController], tmp_path: Path
+) -> None:
+    url, fake = relay
+    wake_url, state = controller
+    state.awake = True
+    plain = {"name": "plain", "type": "echo", "options": {"availabilityUrl": f"{wake_url}/ready"}}
+
+    def reported() -> list[dict[str, str]]:
+        return [h["statuses"] for h in fake.calls("heartbeat") if h["statuses"]]
+
+    async def scenario() -> None:
+        await until(lambda: fake.rows.get("plain") == "active")
+        state.awake = False
+        await until(lambda: fake.rows["plain"] == "unavailable")
+        state.awake = True
+        await until(lambda: fake.rows["plain"] == "active")
+
+    run(publisher(url, tmp_path, plain), scenario)
+    assert reported() == [{"plain": "unavailable"}, {"plain": "active"}]
 
 
 def test_shutdown_fails_what_outlives_the_grace(

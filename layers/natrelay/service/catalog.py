@@ -45,6 +45,6 @@ class Catalog:
 
     def serving(self, row: LlmRecord) -> bool:
         """Can the row answer now (directly, or after a wake)?"""
-        if row.status is LlmStatus.INACTIVE:
+        if row.status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
             return False
         return self.liveness.alive(row.last_heartbeat_at, self.clock())

@@ -7,13 +7,14 @@ from typing import Any
 
 from natrelay.errors import (
     BackendError,
+    BackendUnavailableError,
     PublisherOfflineError,
     RelayError,
     TaskCancelledError,
     WakeFailedError,
 )
 from natrelay.store import LlmRecord, TaskRecord
-from natrelay.wire import ErrorCode, TaskState
+from natrelay.wire import ErrorCode, LlmStatus, TaskState
 
 OFFLINE_STATUS = 503
 CANCELLED_STATUS = 499
@@ -40,6 +41,11 @@ def cancelled_error(message: str) -> dict[str, Any]:
 
 
 def offline(row: LlmRecord, now: float) -> PublisherOfflineError:
+    if row.status is LlmStatus.UNAVAILABLE:
+        return BackendUnavailableError(
+            f"the backend of {row.name!r} is not answering its publisher; try again later",
+            retry_after=10,
+        )
     ago = f"{now - row.last_heartbeat_at:.0f} s ago" if row.last_heartbeat_at else "never"
     return PublisherOfflineError(
         f"the publisher of {row.name!r} is offline (last heartbeat {ago}); "
