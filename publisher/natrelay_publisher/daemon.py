@@ -46,6 +46,8 @@ SHUTDOWN_RESULT_SECONDS = 5.0
 IDLE_TICK_SECONDS = 1.0
 MIN_EMPTY_POLL_SECONDS = 0.5
 REGISTER_GRACE_SECONDS = 3.0
+# After a second Ctrl-C: failing the tasks in flight, then deregistering, each this long.
+HURRY_STEP_SECONDS = 2.0
 # A backend without a wake recipe is reported unavailable after this many failed checks
 # in a row, and re-checked this often while it is.
 UNAVAILABLE_AFTER_CHECKS = 2
@@ -73,14 +75,21 @@ class Publisher:
         self._reported: dict[str, LlmStatus] = {}
         # Names another live session holds (name -> the relay's refusal): not registered.
         self._held: dict[str, str] = {}
+        # How long a task cancelled by the shutdown keeps trying to post its failure.
+        self._give_up_after = SHUTDOWN_RESULT_SECONDS
         self._waker = Waker(self._beat_quietly)
         self.relay = RelayClient(
             config.relay.url, config.relay.token.get_secret_value(), transport=relay_transport
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set; raises RelayAuthError when the token is refused,
-        SessionFileBusyError when another process uses the session file."""
+        SessionFileBusyError when another process uses the session file.
+
+        Once stopping, `hurry` (a second Ctrl-C) cuts the grace short: the tasks in
+        flight are failed and the session deregistered within a few seconds.
+        """
+        hurry = hurry or asyncio.Event()
         try:
             self._session_file.lock()
             logger.info("session file %s", self._session_file.path)
@@ -113,25 +122,39 @@ class Publisher:
                 failed = next(loop for loop in loops if loop.done())
                 await _cancel(*loops, *self._tasks)
                 failed.result()
-            await self._shutdown(loops)
+            await self._shutdown(loops, hurry)
         finally:
             for slot in self._slots.values():
                 await slot.provider.aclose()
             await self.relay.aclose()
             self._session_file.unlock()
 
-    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self, loops: list[asyncio.Task[None]], hurry: asyncio.Event) -> None:
         """Stop polling, give the tasks in flight their grace (heartbeating), deregister."""
         grace = self.config.relay.shutdown_grace_seconds
         await _cancel(loops[0])
         logger.info(
             "stopping: waiting up to %g s for %d task(s) in flight", grace, len(self._tasks)
         )
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        if self._tasks and not hurry.is_set():
+            finishing = asyncio.ensure_future(asyncio.wait(set(self._tasks), timeout=grace))
+            hurrying = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({finishing, hurrying}, return_when=asyncio.FIRST_COMPLETED)
+            await _cancel(finishing, hurrying)
         self._waker.cancel_all()
+        if not hurry.is_set():
+            await _cancel(*self._tasks, *loops)
+            await self._deregister()
+            return
+        # Each step bounded, whatever the relay does: the user asked twice.
+        self._give_up_after = HURRY_STEP_SECONDS
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HURRY_STEP_SECONDS):
+                await _cancel(*self._tasks)
         await _cancel(*self._tasks, *loops)
-        await self._deregister()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HURRY_STEP_SECONDS):
+                await self._deregister(give_up_after=HURRY_STEP_SECONDS)
 
     # --- sessions --------------------------------------------------------------------
 
@@ -227,12 +250,12 @@ class Publisher:
             logger.warning("the relay lost session %s: registering again", self.session_id)
             await self._register()
 
-    async def _deregister(self) -> None:
+    async def _deregister(self, give_up_after: float = DEREGISTER_SECONDS) -> None:
         if self.session_id is None:
             return
         request = SessionRequest(provider_session_id=self.session_id)
         try:
-            await retrying(lambda: self.relay.deregister(request), give_up_after=DEREGISTER_SECONDS)
+            await retrying(lambda: self.relay.deregister(request), give_up_after=give_up_after)
         except RelayCallError as exc:
             logger.warning("deregister failed: %s", exc.message)
             return
@@ -415,7 +438,7 @@ class Publisher:
         except asyncio.CancelledError:
             message = "the publisher shut down before the task finished"
             await poster.fail(
-                503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=SHUTDOWN_RESULT_SECONDS
+                503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=self._give_up_after
             )
             raise
         except Exception as exc:  # never leave a client waiting on a bug of ours

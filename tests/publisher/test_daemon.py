@@ -274,6 +274,47 @@ def test_sigterm_lets_the_task_in_flight_finish(
     wait_rows(stack, {"slow": "inactive"}, timeout=5)
 
 
+def test_a_second_signal_stops_at_once_yet_cleanly(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    slow = {"name": "slow", "type": "echo", "options": {"tokenDelayMs": 200}}
+    config = publisher_config(stack, tmp_path, [slow], shutdownGraceSeconds=60)
+    publishers.append(publisher := start_publisher(config, tmp_path))
+    wait_rows(stack, {"slow": "active"})
+    errors: list[BaseException] = []
+    first_chunk = threading.Event()
+
+    def read() -> None:
+        try:
+            stream = client(stack).chat.completions.create(
+                model="slow", messages=[{"role": "user", "content": words(100)}], stream=True
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first_chunk.set()
+        except openai.APIError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first_chunk.wait(20)
+    publisher.process.send_signal(signal.SIGINT)
+    publisher.wait_log("waiting up to 60 s for 1 task(s) in flight")
+    stopped_at = time.monotonic()
+    publisher.process.send_signal(signal.SIGINT)
+    assert publisher.process.wait(10) == 0
+    assert time.monotonic() - stopped_at < 6
+    reader.join(10)
+    log = publisher.log()
+    assert "Traceback" not in log, log
+    assert "SIGINT again: stopping now" in log
+    assert "deregistered session" in log
+    # The client is told at once, not after its own timeout.
+    assert errors and "the publisher shut down before the task finished" in str(errors[0])
+    wait_rows(stack, {"slow": "inactive"}, timeout=5)
+    assert not unfinished_tasks(stack)
+
+
 def test_max_concurrency(
     stack: Stack,
     tmp_path: Path,
@@ -432,6 +473,16 @@ def test_refused_token_exits_non_zero(
     publishers.append(publisher := start_publisher(config, tmp_path))
     assert publisher.process.wait(20) == 1
     assert "the relay refused the publish token (401)" in publisher.log()
+
+
+def words(n: int) -> str:
+    return " ".join(f"w{i}" for i in range(n))
+
+
+def unfinished_tasks(stack: Stack) -> list[dict[str, Any]]:
+    """Tasks still pending or claimed, read from the table."""
+    items = dynamodb_client(stack.moto_endpoint).scan(TableName=stack.tables.tasks)["Items"]
+    return [i for i in items if i.get("state", {}).get("S") in ("pending", "claimed")]
 
 
 def row_sessions(stack: Stack) -> dict[str, str]:
