@@ -128,6 +128,8 @@ class ProviderConfig(_Model):
     description: str | None = Field(default=None, max_length=2048)
     publish: bool = True
     max_concurrency: int = Field(default=4, ge=1, le=256)
+    # How long the backend may stay silent: no answer, or no stream data, for this long.
+    timeout_seconds: float = Field(default=600, gt=0, le=3600)
     options: dict[str, Any] = Field(default_factory=dict)
     wake: RecipeConfig | None = None
     sleep: RecipeConfig | None = None

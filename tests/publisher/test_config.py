@@ -54,7 +54,8 @@ BAD = [
     (
         config(echo(colour="blue")),
         "providers[0].colour: unknown key (known: name, type, baseUrl, model, apiKey, tier, "
-        "description, publish, maxConcurrency, options, wake, sleep, sleepAfterIdleSeconds)",
+        "description, publish, maxConcurrency, timeoutSeconds, options, wake, sleep, "
+        "sleepAfterIdleSeconds)",
     ),
     (
         config(openai(baseURL="http://x")),

@@ -181,6 +181,31 @@ def test_openai_stream_ends_with_done_or_finish_reasons() -> None:
     assert len(asyncio.run(_sse_server_stream([event(0, None), "data: [DONE]\n\n"]))) == 1
 
 
+def test_openai_backend_that_hangs_times_out(openai_backend: tuple[str, FakeBackend]) -> None:
+    url, _ = openai_backend
+    started = time.monotonic()
+    hung = provider(type="openai", baseUrl=url, model="hang", timeoutSeconds=0.5)
+    with pytest.raises(BackendFailedError) as caught:
+        asyncio.run(complete(hung, CHAT))
+    assert caught.value.message == "the backend of llama3 did not answer within 0.5 s"
+    assert caught.value.status == 504
+    # Streamed: the first piece, then silence.
+    hung = provider(type="openai", baseUrl=url, model="hang", timeoutSeconds=0.5)
+    seen: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        try:
+            async for chunk in hung.stream({**CHAT, "stream": True}):
+                seen.append(chunk)
+        finally:
+            await hung.aclose()
+
+    with pytest.raises(BackendFailedError, match=r"^the backend of llama3 sent nothing for 0.5 s"):
+        asyncio.run(read())
+    assert len(seen) == 1
+    assert time.monotonic() - started < 5
+
+
 def test_openai_backend_down() -> None:
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
     with pytest.raises(BackendFailedError, match=r"^cannot reach the backend of llama3: Connect"):

@@ -128,7 +128,9 @@ class FakeBackend:
         if body.get("stream"):
             return StreamingResponse(self._sse(body), media_type="text/event-stream")
         if model == "hang":
-            await asyncio.Event().wait()
+            while not await request.is_disconnected():  # until the client gives up
+                await asyncio.sleep(0.05)
+            return Response(status_code=499)
         if model == "delay":
             self.active += 1
             self.max_active = max(self.max_active, self.active)

@@ -64,7 +64,7 @@ class OllamaProvider(HttpBackend):
                     if data.get("done"):
                         return
         except httpx.HTTPError as exc:
-            raise (broken_stream if started else unreachable)(self.name, exc) from exc
+            raise (broken_stream if started else unreachable)(self.name, exc, self.timeout) from exc
         raise closed_early('no line with "done": true')
 
 

@@ -70,7 +70,7 @@ class OpenAIProvider(HttpBackend):
                     end.see(chunk)
                     yield chunk
         except httpx.HTTPError as exc:
-            raise (broken_stream if started else unreachable)(self.name, exc) from exc
+            raise (broken_stream if started else unreachable)(self.name, exc, self.timeout) from exc
         if not end.proper:
             # A body that just stops is a backend that died or a proxy that cut it: the
             # client must not take the text so far for the whole answer.
