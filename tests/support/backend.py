@@ -10,7 +10,7 @@ serves until SIGTERM.
   set. Streamed (SSE, after a comment line), one word a chunk, `interval` s apart (the
   first at once), then the usage if `stream_options.include_usage` asks for it.
   Non-streamed answers come at once: with the last user message instead when `echo`,
-  reversed when that message starts with `ECHO:`.
+  reversed when that message starts with `ECHO:`; `stream_echo` streams that too.
 * Backend models that misbehave: `fail-400` (an OpenAI error), `fail-500` (plain text),
   `bad-json` (200, not JSON), `break` (the stream ends with an error event), `truncate`
   (the stream stops after its pieces: no finish_reason, no `[DONE]`), `garbage` (a stream
@@ -60,6 +60,8 @@ class FakeBackend:
     tokens: int | None = None
     interval: float = 0.0
     echo: bool = False
+    # Streams echo too: the last user message, word by word.
+    stream_echo: bool = False
     prompt_tokens: int = 7
     models: tuple[str, ...] = ("m1", "m2")
     asleep: bool = False
@@ -156,7 +158,8 @@ class FakeBackend:
         try:
             yield ": a comment line the parser must skip\n\n"
             model = body.get("model")
-            for i, piece in enumerate(self.pieces()):
+            pieces = words(self._answer(body)) if self.stream_echo else self.pieces()
+            for i, piece in enumerate(pieces):
                 if i:
                     await asyncio.sleep(self.interval)
                 self.produced_at.append(time.monotonic())

@@ -1,0 +1,30 @@
+"""A short soak in CI (scripts/soak runs the 10-minute one): nothing lost, nothing wrong,
+nothing left pending or claimed, whatever the faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.soak.run import run_soak
+
+pytestmark = pytest.mark.slow
+
+SECONDS = 60
+SEED = 20240612  # fixed in CI, so that a failure can be replayed: scripts/soak --seed
+
+
+@pytest.mark.timeout(SECONDS + 180)
+def test_short_soak(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_soak(SECONDS, seed=SEED)
+    with capsys.disabled():
+        print("\n" + "\n".join(report.lines()))
+        print("faults:\n" + "\n".join(f"  {fault}" for fault in report.faults))
+    kinds = {fault.split()[1].rstrip(":") for fault in report.faults}
+    assert kinds == {"kill-publisher", "kill-relay", "freeze-dynamodb"}, report.faults
+    assert report.sent > 50 and report.answered > report.sent // 2
+    assert report.errors > 0  # at least the broken backends' clear errors
+    assert report.lost == 0, report.examples
+    assert report.wrong == 0, report.examples
+    assert report.unsettled == 0
+    # Not asserted yet: the relay does not honour Idempotency-Key in this branch (issue 12,
+    # item 2); report.queued_twice_idempotent is printed above.
