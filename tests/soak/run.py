@@ -1,7 +1,7 @@
 """The soak: 3 publishers, mixed requests, random faults, for minutes; then the count.
 
-`scripts/soak [--duration SECONDS] [--seed N] [--workers N] [--json FILE]` (10 minutes by
-default); tests/soak/test_soak.py runs a short one in CI.
+`scripts/soak [--duration SECONDS] [--seed N] [--workers N] [--faults KINDS] [--json FILE]`
+(10 minutes by default); tests/soak/test_soak.py runs a short one in CI.
 
 Everything is a real process but the backend: moto (`MotoProcess`, so it can be frozen),
 the relay (`natrelay dev` on it, long-lived mode, with its sweeper), three `natrelay
@@ -55,6 +55,7 @@ from tests.support.stack import CLIENT_TOKEN, dynamodb_client
 CLIENT_BUDGET_SECONDS = 60.0
 FAULT_EVERY_SECONDS = (10.0, 20.0)
 FREEZE_SECONDS = 5.0
+FAULTS = ("kill-publisher", "kill-relay", "freeze-dynamodb")
 # Models that must fail, and how they are asked (streamed or not).
 BROKEN = [("cut", True), ("garbage", True), ("hang", True), ("hang", False)]
 
@@ -134,7 +135,15 @@ def _counts(counter: dict[str, int]) -> str:
 
 
 class Soak:
-    def __init__(self, workdir: Path, duration: float, seed: int, workers: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        duration: float,
+        seed: int,
+        workers: int,
+        faults: tuple[str, ...] = FAULTS,
+    ) -> None:
+        self.kinds = faults
         self.workdir = workdir
         self.duration = duration
         self.seed = seed
@@ -219,8 +228,10 @@ class Soak:
             )
             if time.monotonic() > deadline - 5:
                 return
+            if not self.kinds:
+                return
             if not deck:  # every kind once, in a random order, then again
-                deck = ["kill-publisher", "kill-relay", "freeze-dynamodb"]
+                deck = list(self.kinds)
                 rng.shuffle(deck)
             fault = deck.pop()
             started = time.monotonic()
@@ -467,15 +478,19 @@ def _judge(
 
 
 def run_soak(
-    duration: float, seed: int | None = None, workers: int = 6, workdir: Path | None = None
+    duration: float,
+    seed: int | None = None,
+    workers: int = 6,
+    workdir: Path | None = None,
+    faults: tuple[str, ...] = FAULTS,
 ) -> Report:
     """Run a soak; the logs of its processes go to `workdir` (default: a temporary one)."""
     seed = random.randrange(1_000_000) if seed is None else seed
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        return Soak(workdir, duration, seed, workers).run()
+        return Soak(workdir, duration, seed, workers, faults).run()
     with tempfile.TemporaryDirectory(prefix="natrelay-soak-") as temporary:
-        return Soak(Path(temporary), duration, seed, workers).run()
+        return Soak(Path(temporary), duration, seed, workers, faults).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,8 +500,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=6, help="client threads (default 6)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--workdir", type=Path, help="keep the processes' logs here")
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help="the kinds of fault, comma-separated (default: all, %(default)s; '' for none): "
+        "without kill-relay, one relay process runs throughout and its RSS tells a leak",
+    )
     args = parser.parse_args(argv)
-    report = run_soak(args.duration, args.seed, args.workers, args.workdir)
+    faults = tuple(f for f in args.faults.split(",") if f)
+    if unknown := set(faults) - set(FAULTS):
+        parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    report = run_soak(args.duration, args.seed, args.workers, args.workdir, faults)
     print("\n".join(report.lines()))
     print("faults:\n" + "\n".join(f"  {f}" for f in report.faults))
     if args.json:
