@@ -68,6 +68,9 @@ class Publisher:
         self._slots: dict[str, ProviderSlot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        # Set while no infer task is accepted and unfinished.
+        self._no_infer = asyncio.Event()
+        self._no_infer.set()
         self._register_lock = asyncio.Lock()
         self._beat_lock = asyncio.Lock()
         self._registered_at = 0.0
@@ -103,8 +106,10 @@ class Publisher:
             await self._initial_statuses()
             registering = asyncio.create_task(self._register(), name="register")
             if not await _first_of([registering], stop):
-                # A registration in flight may land yet: then it must be undone.
-                await asyncio.wait({registering}, timeout=REGISTER_GRACE_SECONDS)
+                # A registration in flight may land yet: then it must be undone. One that
+                # is only waiting to try again can go at once.
+                if self.relay.in_flight:
+                    await asyncio.wait({registering}, timeout=REGISTER_GRACE_SECONDS)
                 await _cancel(registering)
                 if self.session_id is not None:
                     await self._deregister()
@@ -236,12 +241,19 @@ class Publisher:
         )
 
     async def _held_loop(self) -> None:
-        """Try the held names again every heartbeat interval, reporting each refusal."""
+        """Try the held names again every heartbeat interval, reporting each refusal.
+
+        A registration starts a new generation of the session, and the relay takes a
+        claimed task whose lease runs out under an older generation for lost: so the
+        retry waits for a moment with no request in flight.
+        """
         while True:
             await asyncio.sleep(self.config.relay.heartbeat_seconds)
-            if self._held:
-                async with self._register_lock:
-                    await self._register(retry_of_held=True)
+            if not self._held:
+                continue
+            await self._no_infer.wait()
+            async with self._register_lock:
+                await self._register(retry_of_held=True)
 
     async def _reregister(self) -> None:
         async with self._register_lock:
@@ -412,6 +424,7 @@ class Publisher:
         slot = self._slots.get(task.llm)
         if slot is not None and task.kind == TaskKind.INFER:
             slot.held += 1
+            self._no_infer.clear()
         if slot is not None:
             slot.touch()
         running = asyncio.create_task(self._run_task(task, slot), name=f"task-{task.id}")
@@ -449,6 +462,8 @@ class Publisher:
                 if task.kind == TaskKind.INFER:
                     slot.held -= 1
                 slot.touch()
+            if not any(s.held for s in self._slots.values()):
+                self._no_infer.set()
             self._slot_freed.set()
 
     async def _run_wake(self, task: PolledTask, slot: ProviderSlot, poster: TaskPoster) -> None:

@@ -113,6 +113,8 @@ class RelayClient:
     ) -> None:
         self.url = url
         self.connectivity = Connectivity()
+        # Requests sent and not answered yet.
+        self.in_flight = 0
         self._client = httpx.AsyncClient(
             base_url=url,
             headers={"Authorization": f"Bearer {token}"},
@@ -170,6 +172,7 @@ class RelayClient:
     ) -> Any:
         payload = None if body is None else body.model_dump(mode="json", by_alias=True)
         sent_at = time.monotonic()
+        self.in_flight += 1
         try:
             response = await self._client.request(
                 method, url, json=payload, params=params, timeout=timeout or REQUEST_TIMEOUT
@@ -178,6 +181,8 @@ class RelayClient:
             reason = f"{method} {self.url}{url}: {exc!r}"
             self.connectivity.failed(reason)
             raise RelayUnavailableError(reason) from exc
+        finally:
+            self.in_flight -= 1
         status = response.status_code
         message, code = _error(response)
         if status >= 500 or status == 429:

@@ -415,3 +415,32 @@ def test_plain_http_to_another_host_is_warned_about(
     others = ["http://localhost:8787", "http://127.0.0.2", "https://relay.example.com"]
     assert not any(_plain_http_elsewhere(u) for u in others)
     assert _plain_http_elsewhere("http://192.168.1.20:8787")
+
+
+def test_held_names_are_retried_only_between_requests(
+    relay: tuple[str, FakeRelay], tmp_path: Path
+) -> None:
+    """Registering again starts a new generation of the session, under which the relay
+    would take the task in flight for lost: the retry of a held name waits for a gap."""
+    url, fake = relay
+    fake.held = {"taken"}
+    slow = {"name": "free", "type": "echo", "options": {"tokenDelayMs": 100}}
+    fake.add(infer_task("t1", "free", words(20), stream=True))
+
+    async def scenario() -> None:
+        await until(lambda: "t1" in fake.results())
+        await until(lambda: len(fake.calls("register")) >= 6)
+        fake.held = set()
+        await until(lambda: "taken" in fake.rows)
+
+    run(publisher(url, tmp_path, slow, {"name": "taken", "type": "echo"}), scenario)
+    registers = [t for t, k, _ in fake.events if k == "register"]
+    chunks = [t for t, k, _ in fake.events if k == "chunks"]
+    result = next(t for t, k, b in fake.events if k == "result" and b["task"] == "t1")
+    assert result - chunks[0] >= 1.5  # the task spanned several heartbeat intervals
+    assert not [t for t in registers if chunks[0] < t < result]
+    # Refused with both names, then registered without the held one, then with it.
+    bodies = fake.calls("register")
+    assert [p["name"] for p in bodies[0]["providers"]] == ["free", "taken"]
+    assert [p["name"] for p in bodies[1]["providers"]] == ["free"]
+    assert [p["name"] for p in bodies[-1]["providers"]] == ["free", "taken"]

@@ -142,8 +142,10 @@ class Soak:
         seed: int,
         workers: int,
         faults: tuple[str, ...] = FAULTS,
+        fault_every: tuple[float, float] = FAULT_EVERY_SECONDS,
     ) -> None:
         self.kinds = faults
+        self.fault_every = fault_every
         self.workdir = workdir
         self.duration = duration
         self.seed = seed
@@ -223,9 +225,7 @@ class Soak:
         rng = random.Random(self.seed + 1)
         deck: list[str] = []
         while True:
-            time.sleep(
-                max(0.0, min(rng.uniform(*FAULT_EVERY_SECONDS), deadline - time.monotonic()))
-            )
+            time.sleep(max(0.0, min(rng.uniform(*self.fault_every), deadline - time.monotonic())))
             if time.monotonic() > deadline - 5:
                 return
             if not self.kinds:
@@ -483,14 +483,15 @@ def run_soak(
     workers: int = 6,
     workdir: Path | None = None,
     faults: tuple[str, ...] = FAULTS,
+    fault_every: tuple[float, float] = FAULT_EVERY_SECONDS,
 ) -> Report:
     """Run a soak; the logs of its processes go to `workdir` (default: a temporary one)."""
     seed = random.randrange(1_000_000) if seed is None else seed
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        return Soak(workdir, duration, seed, workers, faults).run()
+        return Soak(workdir, duration, seed, workers, faults, fault_every).run()
     with tempfile.TemporaryDirectory(prefix="natrelay-soak-") as temporary:
-        return Soak(Path(temporary), duration, seed, workers, faults).run()
+        return Soak(Path(temporary), duration, seed, workers, faults, fault_every).run()
 
 
 def main(argv: list[str] | None = None) -> int:
