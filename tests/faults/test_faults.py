@@ -17,10 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from natrelay.wire import ErrorCode
+from natrelay.wire import ErrorCode, Paths, PollResponse
 from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess, start_publisher
 from tests.support.backend import FakeBackend
@@ -338,3 +341,59 @@ def test_backends_that_hang_send_garbage_or_stop_mid_stream(
     # The publisher goes on serving.
     assert ask(relay, "echo", "unharmed") == "unharmed"
     settled(relay)
+
+
+class LossyGateway:
+    """Between a publisher and the relay: forwards everything, but answers the next
+    `lose` polls that carry tasks 504, as a gateway that timed out would — the relay has
+    claimed those tasks, and the publisher never hears of them."""
+
+    def __init__(self, relay_url: str) -> None:
+        self.relay_url = relay_url
+        self.lose = 0
+        self.lost: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        request = Request(scope, receive)
+        async with httpx.AsyncClient(base_url=self.relay_url, timeout=60) as http:
+            answer = await http.request(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+                content=await request.body(),
+            )
+        response: Response = Response(
+            answer.content, answer.status_code, media_type=answer.headers.get("content-type")
+        )
+        if request.url.path == Paths.POLL and answer.is_success and self.lose:
+            tasks = PollResponse.model_validate(answer.json()).tasks
+            if tasks:
+                self.lose -= 1
+                self.lost += [task.id for task in tasks]
+                response = JSONResponse({"message": "Endpoint request timed out"}, 504)
+        await response(scope, receive, send)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the relay side of issue 12 item 6: a claimed task its publisher never "
+    "confirms is requeued or failed within a lease (today the sweep extends it while the "
+    "session lives, up to maxTaskSeconds)",
+)
+def test_a_poll_answer_lost_on_the_way(
+    relay: Relay, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    gateway = LossyGateway(relay.url)
+    with serve(gateway) as gateway_url:
+        config = relay.publisher_config([echo()], tmp_path / "publisher.session")
+        config["relay"]["url"] = gateway_url
+        publishers.append(publisher := start_publisher(config, tmp_path))
+        publisher.wait_log("registered session")
+        gateway.lose = 1
+        call = Call(lambda: ask(relay, "echo", "lost once"))
+        wait_until(lambda: gateway.lost, 10, "no poll answer carried the task")
+        # Nothing of it was sent: handed out again, it is answered within a lease or so.
+        assert call.result(LEASE_SECONDS + 2 * SWEEP_SECONDS + 5).answer == "lost once"
+        settled(relay)

@@ -87,6 +87,7 @@ class Report:
     queued_twice_idempotent: int = 0
     idempotent_sent: int = 0
     unsettled: int = 0
+    unsettled_tasks: list[dict[str, Any]] = field(default_factory=list)
     rss_start_kb: int = 0
     rss_end_kb: int = 0
     # The RSS of each relay process (a fault restarts it) soon after its start.
@@ -127,6 +128,7 @@ class Report:
         ]
         for result, examples in self.examples.items():
             lines += [f"  e.g. {result}: {example}" for example in examples]
+        lines += [f"  left unfinished: {task}" for task in self.unsettled_tasks[:5]]
         return lines
 
 
@@ -322,7 +324,7 @@ class Soak:
                     message = view.error.message if view.error else view.state.value
                     raise _TaskFailed(f"task {view.state.value}: {message}")
                 time.sleep(0.3)
-        raise TimeoutError("the async task did not finish within the budget")
+        raise TimeoutError(f"the async task {location} did not finish within the budget")
 
     # --- the run -----------------------------------------------------------------------
 
@@ -348,11 +350,13 @@ class Soak:
             # What the faults left behind must settle within a lease or two.
             with suppress(TimeoutError):
                 wait_until(lambda: not self.relay.unsettled(), 60, interval=0.5)
-            unsettled = len(self.relay.unsettled())
+            left = self.relay.unsettled()
+            unsettled = len(left)
             rss_end = self.relay.rss_kb()
             report = self._report(time.monotonic() - self.started, unsettled)
             report.rss_start_kb, report.rss_end_kb = rss_start, rss_end
             report.rss_at_starts_kb = list(self.rss_at_starts)
+            report.unsettled_tasks = left
             return report
 
     def _tasks_per_nonce(self) -> collections.Counter[str]:

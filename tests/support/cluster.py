@@ -172,7 +172,13 @@ def unsettled(dynamodb: str, tables: TableNames) -> list[dict[str, Any]]:
         },
     ):
         found += [
-            {"id": i["pk"]["S"], "state": i["state"]["S"], "llm": i.get("llm", {}).get("S")}
+            {
+                "id": i["pk"]["S"].removeprefix("task#"),
+                "state": i["state"]["S"],
+                "llm": i.get("llm", {}).get("S"),
+                "kind": i.get("kind", {}).get("S"),
+                "attempts": i.get("attempts", {}).get("N"),
+            }
             for i in page["Items"]
         ]
     return found
