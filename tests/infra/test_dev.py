@@ -264,6 +264,7 @@ def test_stopping_dev_answers_waiting_polls_cleanly(tmp_path: Path) -> None:
                 "sessionFile": str(tmp_path / "session.json"),
                 "pollWaitSeconds": 25,
                 "heartbeatSeconds": 1,
+                "doorbell": {"enabled": False},  # a long-poll waits in the relay
             },
             "providers": [{"name": "outside", "type": "echo"}],
         }
@@ -299,8 +300,13 @@ def test_dev_uses_a_given_dynamodb_and_tokens(tmp_path: Path, moto_server: MotoS
     ) as dev:
         dev.wait_for(r"^Ctrl-C stops everything")
         names = TableNames.with_prefix(prefix)
-        tables = dynamodb_client(moto_server.endpoint).list_tables()["TableNames"]
-        assert {names.llms, names.tasks} <= set(tables)
+        ddb = dynamodb_client(moto_server.endpoint)
+        tables = {
+            name
+            for page in ddb.get_paginator("list_tables").paginate()
+            for name in page["TableNames"]
+        }
+        assert {names.llms, names.tasks} <= tables
         auth = {"Authorization": "Bearer client-secret-1234"}
         assert httpx.get(f"{dev.url}/v1/models", headers=auth).status_code == 200
         wrong = {"Authorization": f"Bearer {DEV_CLIENT_TOKEN}"}

@@ -49,7 +49,7 @@ BAD = [
     (
         config(echo(), colour="blue"),
         "relay.colour: unknown key (known: url, token, sessionFile, heartbeatSeconds, "
-        "pollWaitSeconds, shutdownGraceSeconds)",
+        "pollWaitSeconds, shutdownGraceSeconds, doorbell)",
     ),
     (
         config(echo(colour="blue")),

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -441,11 +442,17 @@ def test_a_second_publisher_on_the_same_session_file_refuses_to_start(
 def test_a_held_name_does_not_block_the_others(
     stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
 ) -> None:
+    admin = {"Authorization": f"Bearer {stack.admin_token}"}
+    keys = f"{stack.url}/api/v1/keys"
+    other = httpx.post(keys, headers=admin, json={"role": "publisher", "label": "other"})
+    assert other.status_code == 201, other.text
     shared = {**ECHO, "name": "shared"}
-    first_config = publisher_config(stack, tmp_path, [shared], sessionFile=str(tmp_path / "1"))
+    first_config = publisher_config(
+        stack, tmp_path, [shared], sessionFile=str(tmp_path / "1"), token=other.json()["secret"]
+    )
     publishers.append(first := start_publisher(first_config, tmp_path, "first"))
     wait_rows(stack, {"shared": "active"})
-    # Same key, another session: `shared` is refused (409 name_taken), `mine` is published.
+    # Another key: `shared` is refused (409 name_owned), `mine` is published.
     mine = {**ECHO, "name": "mine"}
     second_config = publisher_config(
         stack, tmp_path, [shared, mine], sessionFile=str(tmp_path / "2")
@@ -455,12 +462,15 @@ def test_a_held_name_does_not_block_the_others(
     assert ask(stack, "mine", "free").choices[0].message.content == "free"
     # The held one is reported on every retry, not once and then silence.
     second.wait_log("shared is held by another publisher session", count=3)
-    assert "name_taken" in second.log()
+    assert "name_owned" in second.log()
     sessions = row_sessions(stack)
     assert sessions["shared"] != sessions["mine"]
-    # Once its holder is gone, the retry takes it over, into the same session.
+    # Once its holder is gone and an admin releases the name, the retry takes it over,
+    # into the same session.
     assert first.stop() == 0
-    wait_until(lambda: row_sessions(stack)["shared"] == sessions["mine"], 20)
+    released = httpx.delete(f"{stack.url}/api/v1/llms/shared", headers=admin)
+    assert released.status_code in (200, 204), released.text
+    wait_until(lambda: row_sessions(stack).get("shared") == sessions["mine"], 20)
     wait_rows(stack, {"mine": "active", "shared": "active"})
     assert ask(stack, "shared", "mine now").choices[0].message.content == "mine now"
     count = second.log().count("is held by another publisher session")
