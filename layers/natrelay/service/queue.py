@@ -132,8 +132,8 @@ class Queue:
         row = await self.catalog.get(principal, name)
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
-        if status is LlmStatus.INACTIVE:
-            raise offline(row, now)
+        if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
+            raise offline(row, now, status)
         await self.pools.prune([row])  # writes only when members died (rare)
         # An idle poll here takes it at once: no queue to check
         fast = fast and status is LlmStatus.ACTIVE and self.handoff.can_take(row)
