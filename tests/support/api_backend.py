@@ -5,7 +5,8 @@ Answers are deterministic (fixed ids and times) so a test can call the backend d
 and through the relay and compare what each client read. The answer is the backend's
 `reply` (or the prompt, when `echo`), one word an event when streamed, `interval` s apart.
 Responses and messages stream named events (`event: <type>`) and no `[DONE]`, as the
-real APIs do; messages also sends a `ping`.
+real APIs do; messages also sends a `ping`. Model `truncate` streams all but the last
+event and no `[DONE]` (a backend that died midway).
 """
 
 from __future__ import annotations
@@ -178,7 +179,11 @@ class ApiRoutes:
         prompt = _prompt_text(endpoint, body)
         pieces = backend.pieces() if not backend.echo else [prompt]
         if body.get("stream"):
-            frames = self._frames(STREAMS[endpoint](model, pieces), endpoint != "completions")
+            events = STREAMS[endpoint](model, pieces)
+            if model == "truncate":  # the body just stops: no last event, no [DONE]
+                frames = self._frames(events[:-1], named=True)
+            else:
+                frames = self._frames(events, named=endpoint != "completions")
             return StreamingResponse(frames, media_type="text/event-stream")
         text = "".join(pieces)
         if endpoint == "completions":

@@ -155,8 +155,8 @@ class Queue:
         name = row.name  # an alias queues for its row's pool
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
-        if status is LlmStatus.INACTIVE:
-            raise offline(row, now)
+        if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
+            raise offline(row, now, status)
         if endpoint not in row.endpoints(now, self.liveness.timeout):
             raise not_served(row, endpoint)
         await self.pools.prune([row])  # writes only when members died (rare)
@@ -191,7 +191,8 @@ class Queue:
             slot=admission.slot,
             endpoint=endpoint.value,
         )
-        handed = self.handoff.hand(row, task) if fast else None
+        limited = task.slot is not None or principal.tokens_per_day is not None
+        handed = self.handoff.hand(row, task, settle_first=limited) if fast else None
         if handed is not None:
             return handed
         if once is None:

@@ -67,13 +67,16 @@ class LlmRecord:
         return [m for m in self.members.values() if m.alive(now, timeout)]
 
     def pool_status(self, now: float, timeout: float) -> LlmStatus:
-        """active: a live member serves now; hibernating: live members, all asleep;
-        inactive: no live member (or the row was retired)."""
+        """active: a live member serves now; hibernating: live members, none serving,
+        some asleep (wakeable); unavailable: live members whose backends all fail to
+        answer; inactive: no live member (or the row was retired)."""
         live = self.live_members(now, timeout)
         if self.status is LlmStatus.INACTIVE or not live:
             return LlmStatus.INACTIVE
         if any(m.status is LlmStatus.ACTIVE for m in live):
             return LlmStatus.ACTIVE
+        if all(m.status is LlmStatus.UNAVAILABLE for m in live):
+            return LlmStatus.UNAVAILABLE
         return LlmStatus.HIBERNATING
 
     def endpoints(self, now: float, timeout: float) -> frozenset[str]:

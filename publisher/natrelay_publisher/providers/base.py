@@ -13,14 +13,15 @@ from pydantic.alias_generators import to_camel
 
 from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.errors import BackendFailedError
+from natrelay_publisher.redact import describe
 from natrelay_publisher.types import Chunk, JSONObject
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
 
 AVAILABILITY_TIMEOUT_SECONDS = 5.0
-# Generation can be slow; connecting must not be.
-BACKEND_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+# Generation can be slow (the provider's timeoutSeconds); connecting must not be.
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class ProviderOptions(BaseModel):
@@ -95,13 +96,12 @@ def default_endpoints(provider: type[Provider] | Provider) -> frozenset[Endpoint
 
 
 def backend_client(config: ProviderConfig) -> httpx.AsyncClient:
-    """One client per backend: base URL, API key, generous read timeout."""
+    """One client per backend: base URL, API key, the provider's read timeout."""
     headers = {}
     if config.api_key is not None:
         headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-    return httpx.AsyncClient(
-        base_url=config.base_url or "", headers=headers, timeout=BACKEND_TIMEOUT
-    )
+    timeout = httpx.Timeout(config.timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
+    return httpx.AsyncClient(base_url=config.base_url or "", headers=headers, timeout=timeout)
 
 
 def error_message(status: int, body: bytes | str) -> str:
@@ -121,12 +121,30 @@ def error_message(status: int, body: bytes | str) -> str:
     return str(message) if message else f"HTTP {status}"
 
 
-def unreachable(url: str, exc: Exception) -> BackendFailedError:
-    return BackendFailedError(f"cannot reach the backend at {url}: {exc!r}")
+# The backend's address is the publisher's business: clients read the provider's name.
+def unreachable(name: str, exc: Exception, timeout: float) -> BackendFailedError:
+    if _silent(exc):
+        return BackendFailedError(
+            f"the backend of {name} did not answer within {timeout:g} s", status=504
+        )
+    return BackendFailedError(f"cannot reach the backend of {name}: {describe(exc)}")
 
 
-def broken_stream(url: str, exc: Exception) -> BackendFailedError:
-    return BackendFailedError(f"the backend stream from {url} broke: {exc!r}")
+def broken_stream(name: str, exc: Exception, timeout: float) -> BackendFailedError:
+    if _silent(exc):
+        return BackendFailedError(
+            f"the backend of {name} sent nothing for {timeout:g} s mid-stream", status=504
+        )
+    return BackendFailedError(f"the stream of the backend of {name} broke: {describe(exc)}")
+
+
+def _silent(exc: Exception) -> bool:
+    """Connected, then nothing came: a hung backend, not an unreachable one."""
+    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+
+
+def closed_early(missing: str) -> BackendFailedError:
+    return BackendFailedError(f"the backend closed the stream early ({missing})")
 
 
 def failed_status(
@@ -195,6 +213,53 @@ def stream_event(data: str, event: str | None) -> Chunk:
     return chunk
 
 
+# The events that end a named-event stream properly (an `error` event ends it too: the
+# client reads the backend's error).
+_LAST_EVENTS = {
+    Endpoint.RESPONSES: frozenset(
+        {"response.completed", "response.failed", "response.incomplete", "error"}
+    ),
+    Endpoint.MESSAGES: frozenset({"message_stop", "error"}),
+}
+
+
+class StreamEnd:
+    """Whether a stream without `[DONE]` still ended properly: chat and completions
+    when every choice finished; responses and messages with their last event."""
+
+    def __init__(self, endpoint: Endpoint = Endpoint.CHAT) -> None:
+        self.last = _LAST_EVENTS.get(endpoint)
+        self.open: set[object] = set()
+        self.done: set[object] = set()
+        self.ended = False
+
+    @property
+    def missing(self) -> str:
+        if self.last is not None:
+            return f"no {' or '.join(sorted(self.last))} event"
+        return "no `data: [DONE]` and no finish_reason"
+
+    def see(self, chunk: Chunk) -> None:
+        if self.last is not None:
+            self.ended = self.ended or chunk.get("type") in self.last
+            return
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if choice.get("finish_reason"):
+                self.open.discard(index)
+                self.done.add(index)
+            elif index not in self.done:
+                self.open.add(index)
+
+    @property
+    def proper(self) -> bool:
+        if self.last is not None:
+            return self.ended
+        return bool(self.done) and not self.open
+
+
 def forwarded(request: JSONObject, model: str, *, stream: bool) -> JSONObject:
     """The request to forward: the backend's model, `stream` set to how we will read it."""
     body = dict(request)
@@ -216,6 +281,7 @@ class HttpBackend:
         self.name = config.name
         self.model = config.model or ""
         self.base_url = config.base_url or ""
+        self.timeout = config.timeout_seconds
         self._client = backend_client(config)
 
     async def available(self) -> bool:
@@ -244,7 +310,7 @@ class HttpBackend:
         try:
             response = await self._client.request(method, path, json=json, **kwargs)
         except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
+            raise unreachable(self.name, exc, self.timeout) from exc
         if not response.is_success:
             raise failed_status(response, response.content, endpoint)
         return response
@@ -262,6 +328,7 @@ class HttpBackend:
         body = forwarded(request, self.model, stream=True)
         named = endpoint in NAMED_EVENTS
         started = False
+        end = StreamEnd(endpoint)
         try:
             async with self._client.stream("POST", path, json=body) as response:
                 if not response.is_success:
@@ -270,9 +337,15 @@ class HttpBackend:
                 async for event, data in sse_events(response.aiter_lines()):
                     if data.strip() == "[DONE]":
                         return
-                    yield stream_event(data, event if named else None)
+                    chunk = stream_event(data, event if named else None)
+                    end.see(chunk)
+                    yield chunk
         except httpx.HTTPError as exc:
-            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
+            raise (broken_stream if started else unreachable)(self.name, exc, self.timeout) from exc
+        if not end.proper:
+            # A body that just stops is a backend that died or a proxy that cut it: the
+            # client must not take the text so far for the whole answer.
+            raise closed_early(end.missing)
 
     async def aclose(self) -> None:
         await self._client.aclose()
