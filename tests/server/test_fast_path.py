@@ -29,7 +29,16 @@ from natrelay.wire import (
     TaskResult,
     TaskState,
 )
-from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, OpCounter, register, spec
+from tests.server.conftest import (
+    CHAT,
+    CLIENT,
+    PUB,
+    FakeClock,
+    OpCounter,
+    claim,
+    register,
+    spec,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -306,3 +315,36 @@ def test_a_read_that_began_before_a_write_is_not_kept() -> None:
     cache.clear()  # a write while the read was on its way
     cache.put("a", None, version)
     assert cache.get("a") == (False, None)
+
+
+async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_queued(
+    client: Any, settings: Settings, clock: FakeClock
+) -> None:
+    quick = settings.model_copy(update={"poll_max_interval_seconds": 0.3})
+    relay = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    sid = await register(relay, spec("a"))
+    assert await claim(relay, sid) == []  # looked: empty
+    counter = OpCounter(client)
+    assert await claim(relay, sid) == [] and "Query" not in counter.ops
+    # queued by this process: heard of at once
+    mine = await relay.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
+    assert [t.id for t in await claim(relay, sid)] == [mine.id]
+    assert await claim(relay, sid) == []
+    # queued by another process (another relay on the same tables): not heard of, so the
+    # memory lasts no longer than an idle poll's slowest re-check
+    other = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False)
+    assert await claim(relay, sid) == []
+    await anyio.sleep(0.35)
+    assert [t.id for t in await claim(relay, sid)] == [theirs.id]
+
+
+async def test_without_signals_every_poll_reads_the_queue(
+    client: Any, settings: Settings, clock: FakeClock
+) -> None:
+    lambda_like = settings.model_copy(update={"in_process_signals": False})
+    relay = Relay(lambda_like, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    sid = await register(relay, spec("a"))
+    assert await claim(relay, sid) == []
+    counter = OpCounter(client)
+    assert await claim(relay, sid) == [] and "Query" in counter.ops
