@@ -18,9 +18,8 @@ from typing import Protocol
 from natrelay.service.context import Context
 from natrelay.service.endings import PoolHint
 from natrelay.service.handoff import pool_key
-from natrelay.service.sessions import fingerprint
 from natrelay.store import Delivery, LlmRecord, MemberRecord, SessionRecord
-from natrelay.wire import DoorbellMessage, LlmStatus
+from natrelay.wire import DoorbellMessage, LlmStatus, fingerprint
 
 log = logging.getLogger("natrelay.doorbell")
 
