@@ -77,6 +77,15 @@ async def polling(
         yield got
 
 
+async def handed(relay: Relay, *, stream: bool) -> tuple[str, TaskRecord]:
+    """A publisher session with `a`, and a task of it handed to its poll in memory."""
+    sid = await register(relay, spec("a"))
+    async with polling(relay, sid) as got:
+        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=stream)
+        assert [t.id for t in await got()] == [task.id]
+    return sid, task
+
+
 async def idle(relay: Relay, sid: str) -> None:
     """Until a poll of `sid` found nothing and waits idle (the fast path may hand it a task)."""
     if not relay.handoff.enabled:
@@ -164,10 +173,7 @@ async def test_async_requests_and_a_disabled_fast_path_are_durable(
 async def test_a_handed_stream_reads_its_chunks_from_memory_and_keeps_them(
     relay: Relay,
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=True)
-        await got()
+    sid, task = await handed(relay, stream=True)
     read: list[bytes] = []
 
     async def reader() -> None:
@@ -192,10 +198,7 @@ async def test_a_handed_stream_reads_its_chunks_from_memory_and_keeps_them(
 async def test_a_client_that_stops_waiting_leaves_the_task_durable_for_later(
     relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-        await got()
+    sid, task = await handed(relay, stream=False)
     clock.step = 0.05
     with pytest.raises(TaskTimeoutError):
         await relay.waiting.wait(task.id, budget=0.5, fresh=True)
@@ -212,10 +215,7 @@ async def test_a_client_that_stops_waiting_leaves_the_task_durable_for_later(
 async def test_a_cancelled_handed_task_refuses_the_publisher_and_is_recorded(
     relay: Relay,
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=True)
-        await got()
+    sid, task = await handed(relay, stream=True)
     await relay.endings.cancel(task.id)
     with pytest.raises(TaskCancelledError):
         await relay.claims.post_chunks(
@@ -245,10 +245,7 @@ async def test_only_the_claiming_session_of_its_key_may_post_for_a_handed_task(
 async def test_a_publisher_that_leaves_hands_its_handed_tasks_back_to_the_pool(
     relay: Relay,
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-        await got()
+    sid, task = await handed(relay, stream=False)
     second = await register(relay, spec("a"))  # another member of the pool
     await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
     stored = await relay.stores.tasks.get(task.id, relay.clock())
