@@ -39,17 +39,6 @@ def backend() -> Iterator[tuple[str, FakeBackend]]:
         yield url + "/v1", state
 
 
-@pytest.fixture
-def publishers() -> Iterator[list[PublisherProcess]]:
-    """Publishers a test started; killed at the end whatever happened."""
-    started: list[PublisherProcess] = []
-    yield started
-    for publisher in started:
-        if publisher.process.poll() is None:
-            publisher.process.kill()
-            publisher.process.wait()
-
-
 def client(stack: Stack) -> OpenAI:
     return OpenAI(base_url=stack.url + "/v1", api_key=stack.client_token, max_retries=0, timeout=30)
 
