@@ -25,6 +25,7 @@ from natrelay.wire.contract import (
     TaskKind,
     TaskState,
     WireModel,
+    fingerprint,
 )
 from natrelay.wire.protocol import (
     MAX_PROVIDERS,
@@ -108,4 +109,5 @@ __all__ = [
     "UsageDay",
     "UsageView",
     "WireModel",
+    "fingerprint",
 ]
