@@ -2,7 +2,8 @@
 
 sessions (register, heartbeat, deregister) · queue (submit a client's request) ·
 claims (poll, chunks, results) · wakes · waiting (a client's wait and stream) ·
-endings (force-finish a task and notify) · catalog (rows) · sweep. The clock is
+endings (force-finish a task and notify) · catalog (rows) · rows (admins' apply) ·
+upstream (public rows' calls) · sweep. The clock is
 injectable everywhere.
 """
 
@@ -20,8 +21,10 @@ from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
+from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Registration, Sessions
 from natrelay.service.sweep import Sweeper
+from natrelay.service.upstream import Upstreams
 from natrelay.service.usage import Usage
 from natrelay.service.waiting import Waiting
 from natrelay.service.wakes import Wakes
@@ -72,6 +75,9 @@ class Relay:
         )
         self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)
         self.waiting = Waiting(ctx, self.endings)
+        # Public rows: the relay calls their upstreams; admins apply rows.
+        self.upstreams = Upstreams(ctx, self.usage)
+        self.rows = RowAdmin(ctx, self.upstreams.read_key)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Relay:

@@ -50,10 +50,19 @@ def tokens_of(body: Any) -> tuple[int, int]:
     return count("prompt_tokens"), count("completion_tokens")
 
 
+# A row's per-minute counts are kept this long (the status page reads the last hour).
+ROW_KEEP_SECONDS = 2 * 86400
+
+
+def hour_of(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H")
+
+
 class Usage:
     def __init__(self, ctx: Context) -> None:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
+        self.row_stats = ctx.settings.row_stats
 
     async def admit(self, principal: Principal, task_id: str, deadline: float) -> Admission:
         """Let a request in, or raise RateLimitError / BudgetExceededError."""
@@ -95,20 +104,69 @@ class Usage:
         """Record what a task of a client used, once it has ended; frees its slot."""
         if task.client_key is None:
             return
+        await self._record(
+            task.client_key, task.usage_day, task.slot, body, error=error, what=f"task {task.id}"
+        )
+        await self.count_row(task.llm, error=error)
+
+    async def record_call(
+        self, principal: Principal, admission: Admission, llm: str, *, body: Any, error: bool
+    ) -> None:
+        """Record a call the relay made itself (a public row's upstream); frees its slot."""
+        await self._record(
+            principal.key_id,
+            admission.day,
+            admission.slot,
+            body,
+            error=error,
+            what=f"a call of {llm}",
+        )
+        await self.count_row(llm, error=error)
+
+    async def _record(
+        self, key_id: str, day: str | None, slot: str | None, body: Any, *, error: bool, what: str
+    ) -> None:
         prompt, completion = tokens_of(body)
         now = self.clock()
         try:
             await self.usage.record(
-                task.client_key,
-                task.usage_day or day_and_minute(now)[0],
-                slot=task.slot,
+                key_id,
+                day or day_and_minute(now)[0],
+                slot=slot,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 error=error,
                 expires_at=now + KEEP_SECONDS,
             )
         except Exception:  # usage is bookkeeping: never fail the request over it
-            log.exception("usage of task %s not recorded", task.id)
+            log.exception("usage of %s not recorded", what)
+
+    async def count_row(self, llm: str, *, error: bool) -> None:
+        """Count a request of the row (and whether it failed) in its minute."""
+        if not self.row_stats:
+            return
+        now = self.clock()
+        try:
+            await self.usage.count_row(
+                llm,
+                hour_of(now),
+                day_and_minute(now)[1][2:],
+                error=error,
+                expires_at=now + ROW_KEEP_SECONDS,
+            )
+        except Exception:  # bookkeeping, as above
+            log.exception("request of %s not counted", llm)
+
+    async def last_hour(self, llm: str) -> tuple[int, int] | None:
+        """The row's (requests, errors) in the last 60 minutes (None: not counted here)."""
+        if not self.row_stats:
+            return None
+        now = self.clock()
+        hours = [hour_of(now - 3600), hour_of(now)]
+        since = datetime.fromtimestamp(now - 3600, UTC).strftime("%Y-%m-%dT%H%M")
+        counts = await self.usage.row_minutes(llm, hours)
+        recent = [v for k, v in counts.items() if k > since]
+        return sum(r for r, _ in recent), sum(e for _, e in recent)
 
     async def days(self, key_id: str, days: int) -> list[UsageRecord]:
         """The key's usage for the last `days` UTC days (today included), oldest first."""

@@ -30,7 +30,9 @@ from natrelay.store.records import (
     TaskRecord,
     UsageRecord,
 )
+from natrelay.store.row_admin import ApplyConflictError, DynamoRowAdminStore, RowWrite
 from natrelay.store.row_sweep import DynamoRowSweepStore
+from natrelay.store.secrets import SecretMissingError, SecretReader
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
@@ -58,6 +60,9 @@ class Stores:
     beats: DynamoBeatStore
     # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
     connections: GatewayConnections | None = None
+    # Admin writes to rows (apply), and the API keys of public rows' upstreams.
+    row_admin: DynamoRowAdminStore | None = None
+    secrets: SecretReader | None = None
 
     @classmethod
     def on(
@@ -67,6 +72,8 @@ class Stores:
         tasks_table: str,
         keys_table: str,
         connections: GatewayConnections | None = None,
+        *,
+        secrets: SecretReader | None = None,
     ) -> Stores:
         """The stores of these tables, through this client."""
         llms = DynamoLlmStore(client, llms_table)
@@ -86,6 +93,8 @@ class Stores:
             doorbells=DynamoDoorbellStore(client, llms_table, tasks_table),
             beats=DynamoBeatStore(client, llms_table, tasks_table),
             connections=connections,
+            row_admin=DynamoRowAdminStore(client, llms, keys),
+            secrets=secrets or SecretReader(client.meta.region_name),
         )
 
     @classmethod
@@ -98,11 +107,17 @@ class Stores:
         if settings.doorbell_endpoint:
             connections = GatewayConnections(settings.doorbell_endpoint, settings.region)
         return cls.on(
-            client, settings.llms_table, settings.tasks_table, settings.keys_table, connections
+            client,
+            settings.llms_table,
+            settings.tasks_table,
+            settings.keys_table,
+            connections,
+            secrets=SecretReader(settings.region, settings.secrets_endpoint),
         )
 
 
 __all__ = [
+    "ApplyConflictError",
     "Chunk",
     "ConditionFailedError",
     "Delivery",
@@ -113,6 +128,7 @@ __all__ = [
     "DynamoKeyStore",
     "DynamoLeaseStore",
     "DynamoLlmStore",
+    "DynamoRowAdminStore",
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
@@ -123,7 +139,10 @@ __all__ = [
     "MemberRecord",
     "NameHeldError",
     "NewTask",
+    "RowWrite",
     "SameResultError",
+    "SecretMissingError",
+    "SecretReader",
     "SessionRecord",
     "Stores",
     "StreamRead",

@@ -61,8 +61,9 @@ def row_record(item: Item) -> LlmRecord:
         kind=item.get("kind", VIRTUAL),
         type=item.get("type", ""),
         model=item.get("model", ""),
-        tier=item.get("tier"),
-        description=item.get("description"),
+        # what an admin set wins over what the publisher says
+        tier=item.get("adminTier", item.get("tier")),
+        description=item.get("adminDescription", item.get("description")),
         extra_config=_extra_config(item.get("extraConfig")),
         status=LlmStatus(item["status"]),
         session_id=item.get("sessionId"),
@@ -81,6 +82,12 @@ def row_record(item: Item) -> LlmRecord:
         },
         max_queue_depth=item.get("maxQueueDepth"),
         wake_after_queue_seconds=item.get("wakeAfterQueueSeconds"),
+        fallbacks=tuple(item.get("fallbacks") or ()),
+        base_url=item.get("baseUrl"),
+        api_key_ref=_extra_config(item["apiKeyRef"]) if item.get("apiKeyRef") else None,
+        timeout_seconds=item.get("timeoutSeconds"),
+        admin_description=item.get("adminDescription"),
+        admin_tier=item.get("adminTier"),
     )
 
 

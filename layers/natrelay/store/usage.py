@@ -6,13 +6,17 @@ minute (`m<HHMM>`, for requests per minute) and the string set `inflight` of req
 concurrency slot (`<request id>@<deadline>`). One conditional write admits a request
 against every limit at once (keys with limits only); one write at its end counts it
 and what it used.
+
+pk `llmusage#<name>`, sk `<YYYY-MM-DDTHH>`: a row's requests (`r<MM>`) and errors
+(`e<MM>`) per minute of the hour, for the status page's "last hour" (one write per
+request, two reads per row and page; kept two days).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from natrelay.store._dynamo import Item, condition, items, off_loop, values
+from natrelay.store._dynamo import Item, condition, decode, items, off_loop, values
 from natrelay.store.records import UsageRecord
 
 if TYPE_CHECKING:
@@ -140,3 +144,38 @@ class DynamoUsageStore:
             ConsistentRead=True,
         )
         return [usage_record(i) for i in found]
+
+    # --- per row: requests and errors per minute, for the status page -------------------
+
+    def _row_key(self, name: str, hour: str) -> dict[str, Any]:
+        return {"pk": {"S": f"llmusage#{name}"}, "sk": {"S": hour}}
+
+    @off_loop
+    def count_row(
+        self, name: str, hour: str, minute: str, *, error: bool, expires_at: float
+    ) -> None:
+        """Count a request of the row in its minute (`r<MM>`, and `e<MM>` if it failed)."""
+        adds = ["#r :one"] + (["#e :one"] if error else [])
+        names = {"#r": f"r{minute}"} | ({"#e": f"e{minute}"} if error else {})
+        self._client.update_item(
+            TableName=self.table,
+            Key=self._row_key(name, hour),
+            UpdateExpression=f"ADD {', '.join(adds)} SET expiresAt = :exp",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values(one=1, exp=int(expires_at)),
+        )
+
+    @off_loop
+    def row_minutes(self, name: str, hours: list[str]) -> dict[str, tuple[int, int]]:
+        """The row's (requests, errors) per `<hour><MM>` of these hours (one read each)."""
+        out: dict[str, tuple[int, int]] = {}
+        for hour in hours:
+            raw = self._client.get_item(
+                TableName=self.table, Key=self._row_key(name, hour), ConsistentRead=False
+            ).get("Item")
+            item = decode(raw) if raw else {}
+            for attr, value in item.items():
+                if attr[:1] == "r" and attr[1:].isdigit():
+                    minute = attr[1:]
+                    out[hour + minute] = (int(value), int(item.get(f"e{minute}", 0)))
+        return out

@@ -2,7 +2,8 @@
 
 Who may call what: `PUBLISHERS` (publisher keys) the publisher protocol, on their
 own sessions only; `CLIENTS` (client and admin keys) the models in their scope and
-their own tasks and usage; `ADMINS` keys, row deletion and everyone's usage.
+their own tasks and usage; `ADMINS` keys, rows (apply, delete) and everyone's usage,
+and the status page (its own login: see web.status).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from natrelay.web.errors import HANDLERS
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, document, openapi_endpoint
 from natrelay.wire import (
+    ApplyResult,
     ChunkAck,
     ChunkBatch,
     HeartbeatRequest,
@@ -36,6 +38,7 @@ from natrelay.wire import (
     KeyList,
     KeySpec,
     KeyView,
+    LlmApply,
     LlmList,
     LlmRow,
     ModelCard,
@@ -118,6 +121,8 @@ OPERATIONS = [
     _op("GET", Paths.LLM, CLIENTS, api.get_llm, "an LLM row", answer=LlmRow),
     _op("DELETE", Paths.LLM, ADMINS, api.delete_llm, "delete a row, release its name",
         status=204),
+    _op("POST", Paths.LLMS_APPLY, ADMINS, api.apply_llms, "create or change rows (all or none)",
+        body=LlmApply, answer=ApplyResult),
     _op("GET", Paths.TASK, CLIENTS, api.get_task, "a task", answer=TaskView),
     _op("DELETE", Paths.TASK, CLIENTS, api.cancel_task, "cancel a task", answer=TaskView),
     _op("GET", Paths.TASK_EVENTS, CLIENTS, api.task_events, "a task's chunks as SSE",

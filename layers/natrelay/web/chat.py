@@ -11,9 +11,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
-from natrelay.store import TaskRecord
+from natrelay.store import LlmRecord, TaskRecord
+from natrelay.web.fallbacks import with_fallbacks
+from natrelay.web.public import public_answer
 from natrelay.web.requests import parse
 from natrelay.web.sse import SSE_HEADERS, open_chat_stream
+
+# A public row's upstream path for chat completions (under its baseUrl).
+CHAT_PATH = "/chat/completions"
 
 
 class ChatRequest(BaseModel):
@@ -74,8 +79,30 @@ async def run_chat(
     chat = parse(ChatRequest, body)
     bind(model=chat.model)
     started = relay.clock()
-    task, earlier = await submit(relay, principal, chat.model, body, stream=chat.stream, key=key)
-    if chat.stream:
+
+    async def serve(row: LlmRecord) -> Response:
+        if row.public:
+            return await public_answer(relay, principal, row, CHAT_PATH, body, stream=chat.stream)
+        return await _published(
+            relay, principal, row.name, body, stream=chat.stream, key=key, started=started
+        )
+
+    return await with_fallbacks(relay, principal, chat.model, serve)
+
+
+async def _published(
+    relay: Relay,
+    principal: Principal,
+    name: str,
+    body: dict[str, Any],
+    *,
+    stream: bool,
+    key: str | None,
+    started: float,
+) -> Response:
+    """A published row's answer: its task, waited for or streamed."""
+    task, earlier = await submit(relay, principal, name, body, stream=stream, key=key)
+    if stream:
         budget = relay.settings.stream_timeout_seconds
         return StreamingResponse(
             await open_chat_stream(relay, task, budget, fresh=not earlier, started=started),

@@ -11,13 +11,16 @@ from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
 from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
+    ApplyResult,
     ChunkAck,
     ChunkBatch,
     HeartbeatRequest,
+    LlmApply,
     LlmList,
     PollRequest,
     PollResponse,
     RegisterRequest,
+    Role,
     SessionRequest,
     TaskResult,
     WireModel,
@@ -93,16 +96,30 @@ async def post_result(request: Request, relay: Relay) -> Response:
 
 async def list_llms(request: Request, relay: Relay) -> Response:
     now = relay.clock()
-    rows = await relay.catalog.all(caller(request))
+    principal = caller(request)
+    rows = await relay.catalog.all(principal)
     statuses = [relay.catalog.status(r) for r in rows]
+    admin = principal.role is Role.ADMIN
     return answer(
-        LlmList(data=[views.row_view(r, now, st) for r, st in zip(rows, statuses, strict=True)])
+        LlmList(
+            data=[
+                views.row_view(r, now, st, admin=admin)
+                for r, st in zip(rows, statuses, strict=True)
+            ]
+        )
     )
 
 
 async def get_llm(request: Request, relay: Relay) -> Response:
-    pool = await relay.catalog.pool(caller(request), request.path_params["name"])
-    return answer(views.pool_view(pool, relay.clock()))
+    principal = caller(request)
+    pool = await relay.catalog.pool(principal, request.path_params["name"])
+    return answer(views.pool_view(pool, relay.clock(), admin=principal.role is Role.ADMIN))
+
+
+async def apply_llms(request: Request, relay: Relay) -> Response:
+    """Create or change rows from documents (admins): all of them, or none."""
+    req = await read_model(request, relay.settings, LlmApply)
+    return answer(ApplyResult(data=await relay.rows.apply(list(req.documents))))
 
 
 async def delete_llm(request: Request, relay: Relay) -> Response:

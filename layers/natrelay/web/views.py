@@ -21,6 +21,7 @@ from natrelay.wire import (
     MemberView,
     ModelCard,
     PolledTask,
+    SecretRef,
     SessionResponse,
     TaskView,
     UsageDay,
@@ -36,8 +37,12 @@ def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in error.items() if k in ("message", "type", "code", "param")}
 
 
-def row_view(row: LlmRecord, now: float, status: LlmStatus | None = None) -> LlmRow:
-    return LlmRow(
+def row_view(
+    row: LlmRecord, now: float, status: LlmStatus | None = None, *, admin: bool = False
+) -> LlmRow:
+    """A row as callers see it; with `admin`, also what admins set on it (never an API
+    key: only where it is kept)."""
+    view = LlmRow(
         name=row.name,
         kind=row.kind,
         type=row.type,
@@ -49,6 +54,18 @@ def row_view(row: LlmRecord, now: float, status: LlmStatus | None = None) -> Llm
         inactive_since=iso(row.inactive_since),
         created_at=iso(row.created_at),
         waking=row.waking(now),
+    )
+    if not admin:
+        return view
+    return view.model_copy(
+        update={
+            "fallbacks": list(row.fallbacks) or None,
+            "max_queue_depth": row.max_queue_depth,
+            "wake_after_queue_seconds": row.wake_after_queue_seconds,
+            "base_url": row.base_url,
+            "api_key": SecretRef.model_validate(row.api_key_ref) if row.api_key_ref else None,
+            "timeout_seconds": row.timeout_seconds,
+        }
     )
 
 
@@ -91,7 +108,7 @@ def session_response(
     )
 
 
-def pool_view(pool: Pool, now: float) -> LlmRow:
+def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
     """A row with its pool: members (by fingerprint), their load, and the queue."""
     members = [
         MemberView(
@@ -108,7 +125,7 @@ def pool_view(pool: Pool, now: float) -> LlmRow:
         )
         for member, running in pool.members
     ]
-    return row_view(pool.row, now, pool.status).model_copy(
+    return row_view(pool.row, now, pool.status, admin=admin).model_copy(
         update={
             "members": members,
             "queue_depth": pool.queue_depth,

@@ -74,6 +74,7 @@ class ErrorCode(StrEnum):
     TASK_NOT_FOUND = "task_not_found"
     NAME_TAKEN = "name_taken"
     NAME_OWNED = "name_owned"
+    ROW_CHANGED = "row_changed"
     SESSION_FORBIDDEN = "session_forbidden"
     KEY_NOT_FOUND = "key_not_found"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
@@ -86,6 +87,7 @@ class ErrorCode(StrEnum):
     PUBLISHER_OFFLINE = "publisher_offline"
     WAKE_FAILED = "wake_failed"
     BACKEND_ERROR = "backend_error"
+    UPSTREAM_ERROR = "upstream_error"
     PUBLISHER_ERROR = "publisher_error"
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internal_error"
@@ -112,6 +114,8 @@ class Paths:
     TASK_RESULT = f"{PROVIDER_TASK}/result"
     LLMS = "/api/v1/llms"
     LLM = "/api/v1/llms/{name}"
+    # Create or change rows from documents (admins): all of them, or none.
+    LLMS_APPLY = "/api/v1/llms/_apply"
     INFER = "/api/v1/llms/{name}/infer"
     TASK = "/api/v1/tasks/{task_id}"
     TASK_EVENTS = "/api/v1/tasks/{task_id}/events"
@@ -122,6 +126,10 @@ class Paths:
     MODELS = "/v1/models"
     MODEL = "/v1/models/{model}"
     CHAT = "/v1/chat/completions"
+    # The status page (HTML, admins; a login form sets its cookie).
+    STATUS = "/status"
+    STATUS_LOGIN = "/status/login"
+    STATUS_LOGOUT = "/status/logout"
 
     @staticmethod
     def route(template: str) -> str:
