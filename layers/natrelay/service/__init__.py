@@ -13,6 +13,7 @@ import time
 
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.service.access import Access, Principal
+from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
 from natrelay.service.context import Context, signals_of
@@ -78,6 +79,7 @@ class Relay:
         # Public rows: the relay calls their upstreams; admins apply rows.
         self.upstreams = Upstreams(ctx, self.usage)
         self.rows = RowAdmin(ctx, self.upstreams.read_key)
+        self.board = Board(ctx, self.usage)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Relay:

@@ -24,6 +24,7 @@ from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
+from natrelay.web import status
 from natrelay.web.chat import ChatRequest, InferRequest
 from natrelay.web.doorbell import doorbell_socket
 from natrelay.web.errors import HANDLERS
@@ -145,6 +146,11 @@ OPENAPI = document(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])
 ROUTES = [
     Route(Paths.HEALTH, healthz),
     Route(Paths.METRICS, admin.metrics),
+    # HTML for browsers, with its own login (a cookie): see web.status.
+    Route(Paths.STATUS, status.status_page, methods=["GET"]),
+    Route(Paths.STATUS_LOGIN, status.login_page, methods=["GET"]),
+    Route(Paths.STATUS_LOGIN, status.login, methods=["POST"]),
+    Route(Paths.STATUS_LOGOUT, status.logout, methods=["POST"]),
     Route(Paths.OPENAPI, openapi_endpoint(OPENAPI)),
     *(
         Route(Paths.route(op.path), guarded(op.path, op.roles, op.endpoint), methods=[op.method])
