@@ -8,10 +8,13 @@ protocol (one page, through the `websockets` client the publisher already depend
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -74,6 +77,8 @@ class Browser:
                 yield browser
         finally:
             stop_child(process, timeout=10)
+            with contextlib.suppress(ProcessLookupError):  # its helpers, in its session
+                os.killpg(process.pid, signal.SIGKILL)
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command; its result (events that come meanwhile are kept)."""

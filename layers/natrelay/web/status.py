@@ -138,10 +138,10 @@ async def status_page(request: Request) -> Response:
     keys = await relay.board.keys_today()
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = (
-        f"<h1>natrelay status</h1><p class=muted>{escape(stamp)} · refreshes every "
+        f"<h1>natrelay status</h1><div class=muted>{escape(stamp)} · refreshes every "
         f"{REFRESH_SECONDS} s · "
         f'<form class=inline method="post" action="{Paths.STATUS_LOGOUT}">'
-        '<button type="submit">Log out</button></form></p>'
+        '<button type="submit">Log out</button></form></div>'
         f"<h2>Rows ({len(rows)})</h2>{_rows_table(rows, now)}"
         f"<h2>Keys today</h2>{_keys_table(keys)}"
     )
