@@ -38,8 +38,7 @@ def _client_key(url: str) -> str:
 def _log_in(browser: Browser, url: str, key: str) -> None:
     browser.goto(f"{url}{Paths.STATUS_LOGIN}")
     browser.submit(
-        f"document.getElementById('key').value = {key!r};"
-        "document.getElementById('login').click();"
+        f"document.getElementById('key').value = {key!r};document.getElementById('login').click();"
     )
 
 
@@ -79,9 +78,10 @@ def test_the_status_page_in_a_browser(tmp_path: Path) -> None:
             assert sleepy.split("\t")[:3] == ["echo-sleepy", "virtual", "hibernating"]
             assert echo.split("\t")[-2:] == ["1", "0"]  # one request, no error, last hour
             assert "static-client" in text  # per-key usage today
-            assert browser.evaluate(
-                "document.querySelector('meta[http-equiv=refresh]').content"
-            ) == "10"
+            assert (
+                browser.evaluate("document.querySelector('meta[http-equiv=refresh]').content")
+                == "10"
+            )
             assert browser.evaluate("document.scripts.length") == 0
             [cookie] = browser.cookies(f"{url}{Paths.STATUS}")
             assert cookie["httpOnly"] is True
