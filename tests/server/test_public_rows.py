@@ -334,3 +334,61 @@ def test_fallback_when_the_pool_queue_is_full(cloud: Cloud) -> None:
     raw = cloud.client().chat.completions.with_raw_response.create(model="home", messages=HI)
     assert raw.headers[SERVED_BY_HEADER] == "cloud"
     busy.http.close()
+
+
+def _wake_fails(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+    """A publisher whose backend does not come up: the wake and what waits for it fail."""
+    cause = "wake of home failed: POST http://box/wake answered 500"
+    pub.result(task["id"], {"status": 503, "error": {"message": cause, "code": "wake_failed"}})
+
+
+def test_fallback_when_the_wake_fails(cloud: Cloud) -> None:
+    s = cloud.stack
+    sleepy = [
+        {
+            "name": "home",
+            "type": "echo",
+            "model": "e",
+            "initialStatus": "hibernating",
+            "wakeMaxWaitSeconds": 30,
+        }
+    ]
+    with ScriptedPublisher(s.url, s.publish_token, sleepy, answer=_wake_fails) as publisher:
+        applied = cloud.apply({"name": "home", "fallbacks": ["cloud"]})
+        assert applied.status_code == 200, applied.text
+        client = cloud.client()
+        raw = client.chat.completions.with_raw_response.create(model="home", messages=HI)
+        assert raw.headers[SERVED_BY_HEADER] == "cloud"
+        assert raw.parse().choices[0].message.content == cloud.backend.text()
+        with client.chat.completions.with_streaming_response.create(
+            model="home", messages=HI, stream=True
+        ) as resp:
+            assert resp.headers[SERVED_BY_HEADER] == "cloud"
+            text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+        assert text == cloud.backend.text()
+        kinds = [t["kind"] for t in publisher.seen]
+        assert kinds.count("wake") >= 2  # each request tried to wake home first
+
+
+def test_a_stream_that_began_is_never_switched(cloud: Cloud) -> None:
+    applied = cloud.apply(cloud.public("breaking", model="break", fallbacks=["cloud"]))
+    assert applied.status_code == 200, applied.text
+    before = len(cloud.backend.requests)
+    with httpx.stream(
+        "POST",
+        f"{cloud.stack.url}{Paths.CHAT}",
+        headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
+        json={"model": "breaking", "messages": HI, "stream": True},
+        timeout=30,
+    ) as resp:
+        assert resp.status_code == 200
+        assert resp.headers[SERVED_BY_HEADER] == "breaking"
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    text = "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in map(json.loads, events[:-2])
+        if c.get("choices")
+    )
+    assert text == cloud.backend.text()  # all it sent, then its error: not the fallback's
+    assert "out of memory" in events[-2] and events[-1] == "[DONE]"
+    assert len(cloud.backend.requests) == before + 1  # the fallback was never called

@@ -192,3 +192,19 @@ async def test_the_sweep_never_touches_public_rows(
     cloud = await relay.stores.llms.get("cloud")
     assert cloud is not None and relay.catalog.status(cloud) is LlmStatus.ACTIVE
     assert PUB.key_id != cloud.owner
+
+
+async def test_an_api_key_in_an_ssm_secure_string(relay: Relay, aws: None) -> None:
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name="/natrelay/upstream", Value="sk-from-ssm", Type="SecureString"
+    )
+    doc = {**CLOUD, "apiKey": {"ssm": "/natrelay/upstream"}}
+    [made] = await relay.rows.apply(docs(doc))
+    assert made.action == "created"
+    row = await relay.stores.llms.get("cloud")
+    assert row is not None and row.api_key_ref == {"ssm": "/natrelay/upstream"}
+    assert await relay.upstreams.read_key(row.api_key_ref) == "sk-from-ssm"
+    with pytest.raises(InvalidRequestError) as refused:
+        await relay.rows.apply(docs({**doc, "apiKey": {"ssm": "/natrelay/missing"}}))
+    assert refused.value.param == "documents[0].apiKey"
+    assert "ParameterNotFound" in refused.value.message
