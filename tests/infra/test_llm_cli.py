@@ -148,6 +148,11 @@ def test_a_public_row_from_the_cli_then_delete(dev: Dev, tmp_path: Path) -> None
         assert shown["status"] == "active" and shown["kind"] == "public"
         assert UPSTREAM_KEY not in got.stdout + llm(dev, "list", "-o", "yaml").stdout
         assert llm(dev, "get", "echo", "-o", "json").stdout.count('"cloud"') == 1
+        # a public row round-trips too
+        as_yaml = llm(dev, "get", "cloud", "-o", "yaml").stdout
+        again = llm(dev, "apply", "-f", "-", stdin=as_yaml)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == "cloud: unchanged"
     deleted = llm(dev, "delete", "cloud")
     assert deleted.returncode == 0 and "deleted cloud" in deleted.stdout
     assert "cloud" not in rows(dev)

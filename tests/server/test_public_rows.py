@@ -392,3 +392,39 @@ def test_a_stream_that_began_is_never_switched(cloud: Cloud) -> None:
     assert text == cloud.backend.text()  # all it sent, then its error: not the fallback's
     assert "out of memory" in events[-2] and events[-1] == "[DONE]"
     assert len(cloud.backend.requests) == before + 1  # the fallback was never called
+
+
+def test_a_queued_request_falls_back_to_published_rows_only(cloud: Cloud) -> None:
+    s = cloud.stack
+    busy = ScriptedPublisher(
+        s.url, s.publish_token, [{"name": "home", "type": "echo", "model": "e"}]
+    )
+    busy.register()  # neither polls: what is queued for them waits
+    applied = cloud.apply({"name": "home", "fallbacks": ["cloud"], "maxQueueDepth": 1})
+    assert applied.status_code == 200, applied.text
+
+    def queue() -> httpx.Response:
+        return httpx.post(
+            f"{s.url}{Paths.INFER.format(name='home')}",
+            headers={"Authorization": f"Bearer {s.client_token}", "Prefer": "respond-async"},
+            json={"messages": HI},
+            timeout=10,
+        )
+
+    first = queue()
+    assert first.status_code == 202 and first.headers[SERVED_BY_HEADER] == "home"
+    # full, and its only fallback is public (it has no task to queue): home's own error
+    full = queue()
+    assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+    spare = ScriptedPublisher(
+        s.url, s.publish_token, [{"name": "spare", "type": "echo", "model": "e"}]
+    )
+    spare.register()
+    applied = cloud.apply({"name": "home", "fallbacks": ["cloud", "spare"]})
+    assert applied.status_code == 200, applied.text
+    moved = queue()
+    assert moved.status_code == 202, moved.text
+    assert moved.headers[SERVED_BY_HEADER] == "spare" and moved.json()["llm"] == "spare"
+    assert moved.headers["location"] == f"/api/v1/tasks/{moved.json()['id']}"
+    busy.http.close()
+    spare.http.close()

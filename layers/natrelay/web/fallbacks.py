@@ -5,7 +5,8 @@ that can, and the answer says which row served it (`x-natrelay-served-by`).
 or (a public row) its upstream cannot be reached or failed with a 5xx. Decided before
 the answer starts: a stream that has begun is never switched. Fallbacks are the row's
 own list, tried in order, not transitive (a fallback's fallbacks are not tried), each
-within the caller's scope like any model.
+within the caller's scope like any model. A queued request (`Prefer: respond-async`)
+falls back only to published rows: a public row has no task to queue.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def cannot_serve(exc: RelayError) -> bool:
     return isinstance(exc, PublisherOfflineError | QueueFullError)
 
 
-async def with_fallbacks(relay: Relay, principal: Principal, name: str, serve: Serve) -> Response:
-    """`serve(row)` for the named row, else for the first fallback that can serve."""
+async def with_fallbacks(
+    relay: Relay, principal: Principal, name: str, serve: Serve, *, queued: bool = False
+) -> Response:
+    """`serve(row)` for the named row, else for the first fallback that can serve
+    (`queued`: only published ones)."""
     row = await relay.catalog.get(principal, name)
     try:
         response = await serve(row)
@@ -55,6 +59,8 @@ async def with_fallbacks(relay: Relay, principal: Principal, name: str, serve: S
                 continue
             try:
                 fallback = await relay.catalog.get(principal, alt)
+                if queued and fallback.public:
+                    continue
                 response = await serve(fallback)
             except LlmNotFoundError:
                 continue  # gone, or outside the caller's scope

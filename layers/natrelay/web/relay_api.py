@@ -6,8 +6,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.service import Relay
+from natrelay.store import LlmRecord
 from natrelay.web import views
 from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
+from natrelay.web.fallbacks import with_fallbacks
 from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
@@ -136,15 +138,21 @@ async def infer(request: Request, relay: Relay) -> Response:
     key = idempotency_key(request)
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
     if "respond-async" in prefer:
-        task, _ = await submit(
-            relay, caller(request), body["model"], body, stream=bool(body.get("stream")), key=key
-        )
-        location = f"/api/v1/tasks/{task.id}"
-        return answer(
-            views.task_view(task),
-            status=202,
-            headers={"Location": location, "Preference-Applied": "respond-async"},
-        )
+        principal = caller(request)
+
+        async def queue(row: LlmRecord) -> Response:
+            stream = bool(body.get("stream"))
+            task, _ = await submit(relay, principal, row.name, body, stream=stream, key=key)
+            return answer(
+                views.task_view(task),
+                status=202,
+                headers={
+                    "Location": f"/api/v1/tasks/{task.id}",
+                    "Preference-Applied": "respond-async",
+                },
+            )
+
+        return await with_fallbacks(relay, principal, body["model"], queue, queued=True)
     return await run_chat(relay, caller(request), body, key)
 
 
