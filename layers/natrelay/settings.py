@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     poll_max_interval_seconds: float = Field(default=1.0, gt=0)
     # Wake waiting polls and clients in this process at once (long-lived mode).
     in_process_signals: bool = True
+    # Long-lived mode only (with in-process signals): hand a request to a poll waiting in
+    # this process in memory and write its record behind the answer (docs/relay.md,
+    # "The fast path"). Turn off when several relay processes share the tables behind
+    # one address: a publisher's posts must reach the process that handed it the task.
+    fast_path: bool = True
+    # Long-lived mode only: how long a row read on the client's path is reused (every
+    # write of this process to the rows empties the cache at once; 0: off).
+    row_cache_seconds: float = Field(default=1.0, ge=0, le=10)
     # Without signals (Lambda) a client's wait re-reads DynamoDB: at this pace from the
     # task's claim (brisk: a fast answer comes tens of ms later), growing by this factor.
     wait_brisk_interval_seconds: float = Field(default=0.02, gt=0)

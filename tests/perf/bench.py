@@ -46,7 +46,7 @@ from tests.perf.procs import (
     start_litellm,
     start_stacks,
 )
-from tests.perf.targets import doorbell_targets, flat
+from tests.perf.targets import doorbell_targets, fast_path_targets, flat
 from tests.support.counting import OpCounter
 from tests.support.net import wait_http
 from tests.support.stack import CLIENT_TOKEN, FAKE_AWS, dynamodb_client
@@ -472,6 +472,7 @@ def targets_met(r: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     out += doorbell_targets(r)
+    out += fast_path_targets(r)
     per = r["dynamodb"].get("longlived", {}).get("c=1", {})
     out.append(
         {

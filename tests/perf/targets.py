@@ -79,11 +79,69 @@ def doorbell_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _rps(r: dict[str, Any], target: str) -> float | None:
+    value = r["latency"].get("c16", {}).get(target, {}).get("throughput")
+    return float(value) if value is not None else None
+
+
+def fast_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 15: the long-lived relay against LiteLLM's proxy in the same run."""
+    added = r["added"]
+    ll, lite = (added["c1"].get(t, {}).get("p50") for t in ("longlived", "litellm"))
+    ll_ttft, lite_ttft = (added["stream"].get(t, {}).get("p50") for t in ("longlived", "litellm"))
+    ll_rps, lite_rps = _rps(r, "longlived"), _rps(r, "litellm")
+    per = r["dynamodb"].get("longlived", {}).get("c=1", {}).get("requests")
+    out = []
+    if lite is not None and ll is not None:
+        out.append(
+            _target(
+                "long-lived added p50 at c=1 ≤ 0.5x LiteLLM's",
+                ll <= 0.5 * lite,
+                f"natrelay {ll} ms vs LiteLLM {lite} ms ({ll / lite:.2f}x)",
+            )
+        )
+    if lite_rps and ll_rps is not None:
+        out.append(
+            _target(
+                "long-lived requests/s at c=16 ≥ 1.5x LiteLLM's",
+                ll_rps >= 1.5 * lite_rps,
+                f"natrelay {ll_rps} vs LiteLLM {lite_rps} ({ll_rps / lite_rps:.2f}x)",
+            )
+        )
+    if lite_ttft is not None and ll_ttft is not None:
+        out.append(
+            _target(
+                "long-lived added TTFT p50 for streams ≤ LiteLLM's",
+                ll_ttft <= lite_ttft,
+                f"natrelay {ll_ttft} ms vs LiteLLM {lite_ttft} ms",
+            )
+        )
+    out.append(
+        _target(
+            "long-lived DynamoDB requests per non-streamed inference ≤ 2 (fast path)",
+            per is not None and per <= 2,
+            f"{per} at c=1",
+        )
+    )
+    return out
+
+
 def flat(r: dict[str, Any]) -> dict[str, Any]:
     """The figures a script reads, as flat keys (`lambda.dispatch_p50_ms`, ...)."""
     bell = r["knobs"].get("Lambda, doorbell") or {}
     poll = r["knobs"].get("Lambda, long-poll") or {}
+    added = r["added"]
     return {
+        "longlived.added_p50_ms": added["c1"].get("longlived", {}).get("p50"),
+        "longlived.rps_c16": _rps(r, "longlived"),
+        "longlived.added_ttft_p50_ms": added["stream"].get("longlived", {}).get("p50"),
+        "longlived.ddb_per_inference": r["dynamodb"]
+        .get("longlived", {})
+        .get("c=1", {})
+        .get("requests"),
+        "litellm.added_p50_ms": added["c1"].get("litellm", {}).get("p50"),
+        "litellm.rps_c16": _rps(r, "litellm"),
+        "litellm.added_ttft_p50_ms": added["stream"].get("litellm", {}).get("p50"),
         "lambda.dispatch_p50_ms": bell.get("dispatch", {}).get("p50"),
         "lambda.dispatch_p99_ms": bell.get("dispatch", {}).get("p99"),
         "lambda.added_p50_ms": r["added"]["c1"].get("lambda", {}).get("p50"),

@@ -284,7 +284,11 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
     client: Any, settings: Settings, clock: FakeClock
 ) -> None:
     slow = settings.model_copy(
-        update={"poll_min_interval_seconds": 5.0, "poll_max_interval_seconds": 5.0}
+        update={
+            "poll_min_interval_seconds": 5.0,
+            "poll_max_interval_seconds": 5.0,
+            "fast_path": False,  # the durable path: the fast path's test is below
+        }
     )
     relay = Relay(slow, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))

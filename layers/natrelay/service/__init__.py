@@ -2,8 +2,9 @@
 
 sessions (register, heartbeat, deregister) · queue (submit a client's request) ·
 claims (poll, chunks, results) · wakes · waiting (a client's wait and stream) ·
-endings (force-finish a task and notify) · catalog (rows) · rows (admins' apply) ·
-upstream (public rows' calls) · sweep. The clock is
+endings (force-finish a task and notify) · handoff (the fast path: a task handed in
+memory to a poll of this process) · catalog (rows) · rows (admins' apply) · upstream
+(public rows' calls) · sweep. The clock is
 injectable everywhere.
 """
 
@@ -19,6 +20,7 @@ from natrelay.service.claims import Claims
 from natrelay.service.context import Context, signals_of
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
+from natrelay.service.handoff import Handoff
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
@@ -63,7 +65,8 @@ class Relay:
         self.access = Access(ctx)
         self.keys = KeyAdmin(ctx, self.access)
         self.usage = Usage(ctx)
-        self.endings = Endings(ctx, self.usage)
+        self.handoff = Handoff(ctx)
+        self.endings = Endings(ctx, self.usage, self.handoff)
         self.catalog = Catalog(ctx)
         self.pools = Pools(ctx, self.endings)
         self.sessions = Sessions(ctx, self.endings, self.pools)
@@ -97,6 +100,7 @@ class Relay:
             self.signals,
             self.metrics,
             bells=self.local_bells,
+            handoff=self.handoff,
         )
 
 

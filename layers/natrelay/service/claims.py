@@ -3,6 +3,7 @@ chunks and the result."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -47,6 +48,12 @@ def _not_claimed(task_id: str) -> TaskNotClaimedError:
     return TaskNotClaimedError(f"task {task_id} is not claimed by this session")
 
 
+def _chunk_differs(task_id: str, seq: int) -> ResultConflictError:
+    return ResultConflictError(
+        f"chunk {seq} of task {task_id} was already posted with other content", param="seq"
+    )
+
+
 def _refused(task_id: str, session_id: str, key: str, exc: ConditionFailedError) -> RelayError:
     """Why a write on a claimed task lost its condition, as the publisher must hear it
     (and nothing more: another session learns nothing of the task)."""
@@ -80,6 +87,8 @@ class Claims:
         self._polls: dict[str, int] = {}
         # Tasks a poll of this process is claiming now (the others leave them be).
         self._taking: set[str] = set()
+        self.handoff = endings.handoff
+        self._returning: set[asyncio.Task[None]] = set()
 
     async def poll(
         self,
@@ -131,24 +140,42 @@ class Claims:
         pace = self.ctx.pace()
         hints: list[PoolHint] = []
         keys = [pool_key(name) for name in session.names]
-        with self.signals.listen(*keys) as listener:
-            rung = await self._claim_rung(session, req)  # the doorbell's, named by id
-            if rung:
-                return rung
-            while True:
-                if gone is not None and await gone():
-                    return []
-                claimed = await self._claim(session, req, hints)
-                if claimed:
-                    return claimed
-                now = self.clock()
-                if now >= deadline:
-                    return []
-                if now - beat_at >= self.sessions.refresh_seconds:
-                    session = await self.sessions.polling_session(principal, req)
-                    beat_at = session.heartbeat_at
-                await pace.wait(listener, deadline - now)
-                hints = [h for h in listener.take() if isinstance(h, PoolHint)]
+        with (
+            self.signals.listen(*keys) as listener,
+            self.handoff.offering(session, self._slots(session, req), listener) as offer,
+        ):
+            try:
+                rung = await self._claim_rung(session, req)  # the doorbell's, named by id
+                if rung:
+                    return rung
+                # From now on the fast path may hand tasks to this poll, even while it
+                # re-checks DynamoDB; what it claims there counts against the same slots.
+                offer.idle = True
+                while True:
+                    if gone is not None and await gone():
+                        offer.idle = False
+                        await self._return(offer.take())
+                        return []
+                    # handed while it waited: no need to look at DynamoDB now
+                    claimed = (
+                        [] if offer.mailbox else await self._claim(session, hints, offer.slots)
+                    )
+                    handed = offer.take()
+                    if claimed or handed:
+                        offer.idle = False
+                        return claimed + [self._inline(self._handed(session, t)) for t in handed]
+                    now = self.clock()
+                    if now >= deadline:
+                        return []
+                    if now - beat_at >= self.sessions.refresh_seconds:
+                        session = await self.sessions.polling_session(principal, req)
+                        offer.session = session
+                        beat_at = session.heartbeat_at
+                    await pace.wait(listener, deadline - now)
+                    hints = [h for h in listener.take() if isinstance(h, PoolHint)]
+            except BaseException:
+                self._return_later(offer.take())
+                raise
 
     def _slots(self, session: SessionRecord, req: PollRequest) -> dict[str, int]:
         """How many tasks of each pool this poll may take."""
@@ -167,14 +194,13 @@ class Claims:
         return True
 
     async def _claim(
-        self, session: SessionRecord, req: PollRequest, hints: list[PoolHint]
+        self, session: SessionRecord, hints: list[PoolHint], slots: dict[str, int]
     ) -> list[TaskRecord]:
         """Claim what this session may take: wakes meant for it, and up to its free slots
         of each pool's queue (the tasks this process was told of first, else what the
-        index lists, oldest first)."""
+        index lists, oldest first); `slots` are taken from as it claims."""
         out: list[TaskRecord] = []
         budget = POLL_INLINE_BUDGET
-        slots = self._slots(session, req)
         for name in session.names:
             hinted = [h for h in hints if h.llm == name]
             entries = hinted or [
@@ -212,11 +238,27 @@ class Claims:
                 continue
             if task.kind is TaskKind.INFER:
                 slots[task.llm] = slots.get(task.llm, 0) - 1
-            task = self._handed(session, task)
-            if task.request is not None and len(task.request) > POLL_INLINE_BUDGET:
-                task = replace(task, request=None)  # too large to come with the poll
-            out.append(task)
+            out.append(self._inline(self._handed(session, task)))
         return out
+
+    async def _return(self, tasks: list[TaskRecord]) -> None:
+        """Tasks handed to a poll that cannot return them go back to their pool."""
+        for task in tasks:
+            spilled = await self.handoff.spill(task.id)
+            if spilled is not None:
+                await self.endings.hand_back(spilled)
+
+    def _return_later(self, tasks: list[TaskRecord]) -> None:
+        if tasks:  # the poll was cancelled (its publisher hung up): not in its own task
+            job = asyncio.get_running_loop().create_task(self._return(tasks))
+            self._returning.add(job)
+            job.add_done_callback(self._returning.discard)
+
+    @staticmethod
+    def _inline(task: TaskRecord) -> TaskRecord:
+        if task.request is not None and len(task.request) > POLL_INLINE_BUDGET:
+            return replace(task, request=None)  # too large to come with the poll
+        return task
 
     def _handed(self, session: SessionRecord, task: TaskRecord) -> TaskRecord:
         if task.wake_id and task.wake_target != session.id:
@@ -250,6 +292,14 @@ class Claims:
 
     async def task_request(self, principal: Principal, task_id: str, session_id: str) -> bytes:
         """The request of a task this session of the caller's key claimed."""
+        try:
+            handed = await self.handoff.request(task_id, session_id, principal.key_id)
+        except ConditionFailedError as exc:
+            raise ForbiddenError(
+                f"task {task_id} is not claimed by this session", param="providerSessionId"
+            ) from exc
+        if handed is not None:
+            return handed
         task = await self.stores.tasks.get(task_id, self.clock())
         if task is None or task.claimed_by != session_id or task.claimed_key != principal.key_id:
             raise ForbiddenError(
@@ -268,6 +318,14 @@ class Claims:
         )
         sid, key = batch.provider_session_id, principal.key_id
         try:
+            kept = await self.handoff.chunk(task_id, sid, key, Chunk(seq=batch.seq, data=data))
+        except ConditionFailedError as exc:
+            raise _refused(task_id, sid, key, exc) from exc
+        if kept is False:
+            raise _chunk_differs(task_id, batch.seq)
+        if kept:
+            return batch.seq
+        try:
             await self.stores.tasks.mark_sent(task_id, sid, key, self.clock())
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
@@ -275,10 +333,7 @@ class Claims:
             now = self.clock()
             await self.stores.chunks.put_chunk(task_id, batch.seq, data, self.ctx.chunk_expiry(now))
         except ConditionFailedError as exc:
-            raise ResultConflictError(
-                f"chunk {batch.seq} of task {task_id} was already posted with other content",
-                param="seq",
-            ) from exc
+            raise _chunk_differs(task_id, batch.seq) from exc
         self.endings.notify(task_id, Chunk(seq=batch.seq, data=data), len(data))
         return batch.seq
 
@@ -293,6 +348,24 @@ class Claims:
                 body, self.settings.max_body_bytes, "a result may be at most {limit} bytes", "body"
             )
         sid, key = result.provider_session_id, principal.key_id
+        try:
+            handed = await self.handoff.finish(
+                task_id,
+                sid,
+                key,
+                status=result.status,
+                body=body,
+                error=error,
+                chunk_count=result.chunk_count,
+            )
+        except SameResultError as exc:
+            assert isinstance(exc.record, TaskRecord)
+            return exc.record
+        except ConditionFailedError as exc:
+            raise _refused(task_id, sid, key, exc) from exc
+        if handed is not None:  # answered in memory, its record written
+            await self.usage.record(handed, body=result.body, error=error is not None)
+            return handed
         try:
             task = await self.stores.tasks.store_result(
                 task_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from natrelay.service.context import Context
+from natrelay.service.handoff import Handoff, task_key
 from natrelay.service.outcomes import (
     CANCELLED_STATUS,
     OFFLINE_STATUS,
@@ -19,11 +20,6 @@ from natrelay.service.outcomes import (
 from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, TaskRecord
 from natrelay.wire import ErrorCode, TaskState
-
-
-def task_key(task_id: str) -> str:
-    """The in-process signal key of a task's waiters."""
-    return f"task:{task_id}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,8 @@ def pool_key(llm: str) -> str:
 
 
 class Endings:
-    def __init__(self, ctx: Context, usage: Usage) -> None:
+    def __init__(self, ctx: Context, usage: Usage, handoff: Handoff) -> None:
+        self.handoff = handoff
         self.tasks = ctx.stores.tasks
         self.queues = ctx.stores.queues
         self.leases = ctx.stores.leases
@@ -168,6 +165,15 @@ class Endings:
         """Cancel a task that is not done (the publisher aborts it); no-op if done."""
         now = self.clock()
         error = cancelled_error(f"task {task_id} was cancelled: {why}")
+        if self.handoff.holds(task_id):
+            handed = await self.handoff.end(
+                task_id, TaskState.CANCELLED, status=CANCELLED_STATUS, error=error
+            )
+            if handed is not None:
+                await self._ended(handed, error=False)
+                return
+            if self.handoff.holds(task_id):
+                return  # done in memory: its record is on its way
         try:
             ended = await self.tasks.end_unfinished(
                 task_id,

@@ -49,15 +49,18 @@ class Queue:
         self.wakes = wakes
         self.usage = usage
         self.doorbell = doorbell
+        self.handoff = pools.endings.handoff
 
     async def submit(
-        self, principal: Principal, name: str, body: JsonObject, *, stream: bool
+        self, principal: Principal, name: str, body: JsonObject, *, stream: bool, fast: bool = True
     ) -> TaskRecord:
-        """Queue an infer task for the row's publisher, waking the backend if it sleeps.
+        """Queue an infer task for the row's publisher, waking the backend if it sleeps;
+        with `fast`, hand it to an idle poll of this process instead when there is one
+        (the fast path: service.handoff).
 
         The caller's key is admitted against its limits first (RateLimitError).
         """
-        return await self._submit(principal, name, self._encoded(body), stream=stream)
+        return await self._submit(principal, name, self._encoded(body), stream=stream, fast=fast)
 
     async def submit_once(
         self, principal: Principal, name: str, body: JsonObject, *, stream: bool, key: str
@@ -123,6 +126,7 @@ class Queue:
         *,
         stream: bool,
         once: tuple[IdempotencyRecord, str | None] | None = None,
+        fast: bool = False,
     ) -> TaskRecord:
         s = self.settings
         row = await self.catalog.get(principal, name)
@@ -138,7 +142,9 @@ class Queue:
             await self.usage.count_row(name, error=True)  # the status page shows refusals
             raise offline(row, now)
         await self.pools.prune([row])  # writes only when members died (rare)
-        oldest = await self._check_queue(row)
+        # An idle poll here takes it at once: no queue to check
+        fast = fast and status is LlmStatus.ACTIVE and self.handoff.can_take(row)
+        oldest = None if fast else await self._check_queue(row)
         task_id = new_task_id(now)
         hibernating = status is LlmStatus.HIBERNATING
         longest = s.lease_seconds + (self.wakes.window(None) if hibernating else 0)
@@ -166,6 +172,9 @@ class Queue:
             usage_day=admission.day,
             slot=admission.slot,
         )
+        handed = self.handoff.hand(row, task) if fast else None
+        if handed is not None:
+            return handed
         if once is None:
             await self.tasks.put(task)
         else:

@@ -235,6 +235,8 @@ class Sessions:
         session = await self.get(principal, req.provider_session_id)
         rows = await self.pools.leave(session, session.names, "its publisher shut down")
         await self.stores.sessions.delete(session.id)
+        for task in await self.endings.handoff.spill_session(session.id):
+            await self.endings.hand_back(task)
         await self.pools.hand_back(session)
         log.info("session %s deregistered", fingerprint(session.id))
         self._beats.pop(session.id, None)

@@ -15,6 +15,7 @@ from natrelay.observe import configure_logging
 from natrelay.service.context import Context, signals_of
 from natrelay.service.doorbell import Bells, Doorbell, LocalBells
 from natrelay.service.endings import Endings, PoolHint
+from natrelay.service.handoff import Handoff
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
@@ -27,7 +28,16 @@ log = logging.getLogger("natrelay.sweep")
 MAX_ATTEMPTS = 3
 # The sweep counts a pool's queue up to this many (for the queue-depth metric).
 QUEUE_COUNT = 1000
-COUNTS = ("inactive", "raced", "deleted", "failedPending", "requeued", "failed", "extended")
+COUNTS = (
+    "inactive",
+    "raced",
+    "deleted",
+    "failedPending",
+    "requeued",
+    "failed",
+    "extended",
+    "spilled",
+)
 
 
 class Sweeper:
@@ -42,6 +52,7 @@ class Sweeper:
         metrics: Metrics | None = None,
         *,
         bells: Bells | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         signals = signals or signals_of(settings)
         ctx = Context(settings, stores, clock, signals, metrics or Metrics())
@@ -51,7 +62,10 @@ class Sweeper:
         self.clock = clock
         self.signals = signals
         self.liveness = ctx.liveness
-        self.endings = Endings(ctx, Usage(ctx))
+        # The relay's own handoff when it runs in the relay's process (tasks handed there
+        # past their lease are written out first); else one that holds nothing.
+        self.handoff = handoff or Handoff(ctx)
+        self.endings = Endings(ctx, Usage(ctx), self.handoff)
         self.doorbell = Doorbell(ctx, stores.connections or bells or LocalBells())
 
     async def run(self) -> dict[str, int]:
@@ -60,6 +74,7 @@ class Sweeper:
         cutoff = self.liveness.cutoff(now)
         retention_cutoff = now - self.settings.inactive_retention_seconds
         counts = dict.fromkeys(COUNTS, 0)
+        counts["spilled"] = await self.handoff.spill_expired(now)
         for name in await rows.stale(cutoff):
             try:
                 await rows.expire_if_stale(name, cutoff, now)

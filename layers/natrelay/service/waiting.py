@@ -7,7 +7,8 @@ from collections.abc import AsyncGenerator
 from natrelay.errors import TaskNotFoundError, TaskTimeoutError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
-from natrelay.service.endings import Endings, task_key
+from natrelay.service.endings import Endings
+from natrelay.service.handoff import task_key
 from natrelay.service.outcomes import Outcome, task_error
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, StreamRead, TaskRecord
@@ -27,9 +28,10 @@ class Waiting:
         self.liveness = ctx.liveness
         self._pace = ctx.wait_pace
         self.endings = endings
+        self.handoff = endings.handoff
 
     async def get(self, task_id: str) -> TaskRecord:
-        task = await self.stores.tasks.get(task_id, self.clock())
+        task = self.handoff.get(task_id) or await self.stores.tasks.get(task_id, self.clock())
         if task is None:
             raise _not_found(task_id)
         return task
@@ -51,8 +53,11 @@ class Waiting:
         self, task_id: str, principal: Principal | None = None
     ) -> tuple[TaskRecord, bytes | None]:
         task = await (self.get_for(principal, task_id) if principal else self.get(task_id))
-        result = await self.stores.tasks.result(task) if task.state.done else None
+        result = await self._result(task) if task.state.done else None
         return task, result
+
+    async def _result(self, task: TaskRecord) -> bytes | None:
+        return task.result if task.result is not None else await self.stores.tasks.result(task)
 
     async def _orphaned(self, task: TaskRecord) -> TaskRecord | None:
         """None while someone can still serve the task; otherwise the task as it ends.
@@ -63,6 +68,16 @@ class Waiting:
         and fails otherwise.
         """
         now = self.clock()
+        if self.handoff.holds(task.id):
+            # Handed in memory: past its lease (a poll answer lost on the way, or a long
+            # task) or with its publisher gone, the durable path takes over (the sweep
+            # extends the lease of a task its publisher says it runs, or hands it back).
+            expired = task.lease_until is not None and now > task.lease_until
+            if not expired and await self._claimant_alive(task, now):
+                return None
+            task = await self.handoff.spill(task.id) or await self.get(task.id)
+            if task.state.done:
+                return task
         if task.session_id is None:
             row = await self.stores.llms.get(task.llm)
             if row is not None and row.pool_status(now, self.liveness.timeout) is not (
@@ -70,15 +85,18 @@ class Waiting:
             ):
                 return None
             return await self.endings.fail_orphaned(task)
-        session = await self.stores.sessions.get(task.session_id)
-        if (
-            session is not None
-            and self.liveness.alive(session.heartbeat_at, now)
-            and task.claimed_generation in (None, session.generation)
-        ):
+        if await self._claimant_alive(task, now):
             return None
         ended = await self.endings.hand_back(task)
         return ended if ended is not None and ended.state.done else None
+
+    async def _claimant_alive(self, task: TaskRecord, now: float) -> bool:
+        session = await self.stores.sessions.get(task.session_id or "")
+        return (
+            session is not None
+            and self.liveness.alive(session.heartbeat_at, now)
+            and task.claimed_generation in (None, session.generation)
+        )
 
     def _queue_deadline(self, task: TaskRecord, deadline: float) -> float:
         """When a task still waiting in its pool's queue is given up on."""
@@ -127,6 +145,7 @@ class Waiting:
                     if given_up is not None:
                         return given_up
                 if now >= deadline:
+                    await self.handoff.spill(task_id)  # then GET finds it in any process
                     raise TaskTimeoutError(
                         f"no answer within {budget:g} s; task {task_id} is still "
                         f"{task.state.value}: fetch it later at /api/v1/tasks/{task_id}",
@@ -138,7 +157,7 @@ class Waiting:
     async def outcome(self, task: TaskRecord) -> Outcome:
         """The finished task's answer, or the error it ended with (raised)."""
         if task.state is TaskState.COMPLETED:
-            raw = await self.stores.tasks.result(task)
+            raw = await self._result(task)
             body = public_model(loads_stored(raw), task.llm) if raw else None
             return Outcome(status=task.status or 200, body=body)
         raise task_error(task)
@@ -169,6 +188,8 @@ class Waiting:
                 read = _from_hints(hints, cursor, last)
                 from_hints = read is not None
                 if read is None:
+                    read = self.handoff.read_stream(task_id, cursor)
+                if read is None:
                     read = await self.stores.chunks.read_stream(task_id, cursor, self.clock())
                 progressed = False
                 for chunk in read.chunks:
@@ -194,6 +215,7 @@ class Waiting:
                     if not task.state.done and await self._orphaned(task) is not None:
                         continue
                 if now >= deadline:
+                    await self.handoff.spill(task_id)
                     raise TaskTimeoutError(
                         f"the stream did not finish within the request's budget; task "
                         f"{task_id} goes on: read the rest at /api/v1/tasks/{task_id}/events",

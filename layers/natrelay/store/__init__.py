@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 
 from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
+from natrelay.store._task_items import result_hash
 from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.connections import Delivery, GatewayConnections
 from natrelay.store.doorbells import DynamoDoorbellStore
 from natrelay.store.errors import ConditionFailedError, SameResultError
+from natrelay.store.handed import DynamoHandedStore
 from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.leases import DynamoLeaseStore
@@ -31,6 +33,7 @@ from natrelay.store.records import (
     UsageRecord,
 )
 from natrelay.store.row_admin import ApplyConflictError, DynamoRowAdminStore, RowWrite
+from natrelay.store.row_cache import RowCache
 from natrelay.store.row_sweep import DynamoRowSweepStore
 from natrelay.store.secrets import SecretMissingError, SecretReader
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
@@ -58,6 +61,7 @@ class Stores:
     usage: DynamoUsageStore
     doorbells: DynamoDoorbellStore
     beats: DynamoBeatStore
+    handed: DynamoHandedStore
     # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
     connections: GatewayConnections | None = None
     # Admin writes to rows (apply), and the API keys of public rows' upstreams.
@@ -73,10 +77,17 @@ class Stores:
         keys_table: str,
         connections: GatewayConnections | None = None,
         *,
+        row_cache_seconds: float = 0,
         secrets: SecretReader | None = None,
     ) -> Stores:
-        """The stores of these tables, through this client."""
-        llms = DynamoLlmStore(client, llms_table)
+        """The stores of these tables, through this client; with `row_cache_seconds`,
+        rows read on the client's path are kept that long (every write of this client
+        to the table empties the cache)."""
+        cache = None
+        if row_cache_seconds > 0:
+            cache = RowCache(row_cache_seconds)
+            cache.watch(client, llms_table)
+        llms = DynamoLlmStore(client, llms_table, cache)
         keys = DynamoKeyStore(client, keys_table)
         return cls(
             client=client,
@@ -92,6 +103,7 @@ class Stores:
             usage=DynamoUsageStore(client, keys_table),
             doorbells=DynamoDoorbellStore(client, llms_table, tasks_table),
             beats=DynamoBeatStore(client, llms_table, tasks_table),
+            handed=DynamoHandedStore(client, tasks_table),
             connections=connections,
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
@@ -106,12 +118,15 @@ class Stores:
         connections = None
         if settings.doorbell_endpoint:
             connections = GatewayConnections(settings.doorbell_endpoint, settings.region)
+        # Only one long-lived process sees (nearly) every write to the rows it caches.
+        cache = settings.row_cache_seconds if settings.in_process_signals else 0
         return cls.on(
             client,
             settings.llms_table,
             settings.tasks_table,
             settings.keys_table,
             connections,
+            row_cache_seconds=cache,
             secrets=SecretReader(settings.region, settings.secrets_endpoint),
         )
 
@@ -124,6 +139,7 @@ __all__ = [
     "DynamoBeatStore",
     "DynamoChunkStore",
     "DynamoDoorbellStore",
+    "DynamoHandedStore",
     "DynamoIdempotencyStore",
     "DynamoKeyStore",
     "DynamoLeaseStore",
@@ -148,4 +164,5 @@ __all__ = [
     "StreamRead",
     "TaskRecord",
     "UsageRecord",
+    "result_hash",
 ]

@@ -17,6 +17,7 @@ from natrelay.store._dynamo import (
 )
 from natrelay.store.errors import ConditionFailedError
 from natrelay.store.records import VIRTUAL, LlmRecord, MemberRecord
+from natrelay.store.row_cache import RowCache
 from natrelay.wire import LlmStatus, ProviderSpec
 
 if TYPE_CHECKING:
@@ -98,9 +99,10 @@ class DynamoLlmStore:
     `record` is the row as it was.
     """
 
-    def __init__(self, client: DynamoDBClient, table: str) -> None:
+    def __init__(self, client: DynamoDBClient, table: str, cache: RowCache | None = None) -> None:
         self._client = client
         self.table = table
+        self._cache = cache
 
     def _key(self, name: str) -> dict[str, Any]:
         return {"name": {"S": name}}
@@ -111,8 +113,20 @@ class DynamoLlmStore:
         ).get("Item")
         return row_record(decode(raw)) if raw else None
 
+    async def get(self, name: str) -> LlmRecord | None:
+        """The row (from the brief in-process cache, when there is one)."""
+        if self._cache is None:
+            return await self._read(name)
+        found, row = self._cache.get(name)
+        if found:
+            return row
+        version = self._cache.version
+        row = await self._read(name)
+        self._cache.put(name, row, version)
+        return row
+
     @off_loop
-    def get(self, name: str) -> LlmRecord | None:
+    def _read(self, name: str) -> LlmRecord | None:
         return self._get(name)
 
     @off_loop

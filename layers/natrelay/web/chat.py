@@ -65,11 +65,13 @@ async def submit(
     *,
     stream: bool,
     key: str | None,
+    fast: bool = True,
 ) -> tuple[TaskRecord, bool]:
     """Queue the request; with an Idempotency-Key, the key's first task if there is one
-    (True: an earlier request started it)."""
+    (True: an earlier request started it). Without `fast` it never takes the fast path
+    (an async request: its task must be durable from the start)."""
     if key is None:
-        return await relay.queue.submit(principal, name, body, stream=stream), False
+        return await relay.queue.submit(principal, name, body, stream=stream, fast=fast), False
     return await relay.queue.submit_once(principal, name, body, stream=stream, key=key)
 
 

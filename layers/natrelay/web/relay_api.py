@@ -142,7 +142,9 @@ async def infer(request: Request, relay: Relay) -> Response:
 
         async def queue(row: LlmRecord) -> Response:
             stream = bool(body.get("stream"))
-            task, _ = await submit(relay, principal, row.name, body, stream=stream, key=key)
+            task, _ = await submit(
+                relay, principal, row.name, body, stream=stream, key=key, fast=False
+            )
             return answer(
                 views.task_view(task),
                 status=202,

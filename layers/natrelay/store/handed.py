@@ -1,0 +1,123 @@
+"""The durable record of a task handed to a poll in memory (the fast path): written whole,
+once, as the task stands — finished behind its answer, or still claimed when it leaves
+the fast path (then the durable lifecycle carries on from that item)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from natrelay.store._dynamo import NOT_EXISTS, Item, condition, encode, off_loop
+from natrelay.store._task_items import (
+    INLINE_LIMIT,
+    LEASE_SHARD,
+    result_parts,
+    seq_key,
+    write_parts,
+)
+from natrelay.store.records import Chunk, TaskRecord
+from natrelay.wire import TaskState
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+def _item(task: TaskRecord) -> Item:
+    """The task item (sk `m`) for a record, as the task store writes and reads it."""
+    item: Item = {
+        "pk": f"task#{task.id}",
+        "sk": "m",
+        "kind": task.kind.value,
+        "llm": task.llm,
+        "state": task.state.value,
+        "sessionId": task.session_id,
+        "createdAt": task.created_at,
+        # Where it sorts in its pool's queue, should it go back there (only inferences
+        # are handed over, so no wake priority).
+        "queueOrder": task.created_at,
+        "updatedAt": task.updated_at,
+        "leaseSeconds": task.lease_seconds,
+        "stream": task.stream,
+        "wakeId": task.wake_id,
+        "claimedBy": task.claimed_by,
+        "claimedKey": task.claimed_key,
+        "claimedAt": task.claimed_at,
+        "claimedGeneration": task.claimed_generation,
+        "leaseUntil": task.lease_until,
+        "attempts": task.attempts,
+        "sentAny": True if task.sent_any else None,
+        "chunkCount": task.chunk_count,
+        "status": task.status,
+        "resultSize": task.result_size,
+        "resultHash": task.result_hash,
+        "error": task.error,
+        "clientKey": task.client_key,
+        "usageDay": task.usage_day,
+        "slot": task.slot,
+        "expiresAt": int(task.expires_at) if task.expires_at is not None else None,
+        "wakeTarget": task.wake_target,
+    }
+    if task.state is TaskState.CLAIMED:
+        item["leaseShard"] = LEASE_SHARD  # the sweep watches its lease from now on
+    return {k: v for k, v in item.items() if v is not None}
+
+
+class DynamoHandedStore:
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    @off_loop
+    def put(
+        self,
+        task: TaskRecord,
+        request: bytes,
+        chunks: Sequence[Chunk] = (),
+        result: bytes | None = None,
+    ) -> None:
+        """Write the task item with its request, result and chunks (one PutItem when they
+        fit in it; chunks and large payloads in batches before it). ConditionFailedError
+        if the task item exists already."""
+        expires = task.expires_at or 0.0
+        item = _item(task)
+        item["requestSize"] = len(request)
+        if len(request) <= INLINE_LIMIT:
+            item["request"] = request
+        else:
+            write_parts(self._client, self._table, task.id, "q", data=request, expires_at=expires)
+        if result is not None and len(result) <= INLINE_LIMIT:
+            item["result"] = result
+        elif result is not None and task.result_hash:
+            parts = result_parts(task.result_hash)
+            item["resultParts"] = parts
+            write_parts(self._client, self._table, task.id, parts, data=result, expires_at=expires)
+        self._put_chunks(task.id, chunks, expires)
+        with condition(f"task {task.id} exists"):
+            self._client.put_item(
+                TableName=self._table,
+                Item=encode(item),
+                ConditionExpression=NOT_EXISTS,
+                ExpressionAttributeNames={"#pk": "pk"},
+            )
+
+    def _put_chunks(self, task_id: str, chunks: Sequence[Chunk], expires_at: float) -> None:
+        for start in range(0, len(chunks), 25):
+            batch: list[dict[str, Any]] = [
+                {
+                    "PutRequest": {
+                        "Item": encode(
+                            {
+                                "pk": f"task#{task_id}",
+                                "sk": seq_key(c.seq),
+                                "data": c.data,
+                                "expiresAt": int(expires_at),
+                            }
+                        )
+                    }
+                }
+                for c in chunks[start : start + 25]
+            ]
+            pending: dict[str, Any] = {self._table: batch}
+            while pending:
+                out = self._client.batch_write_item(RequestItems=pending)
+                pending = out.get("UnprocessedItems") or {}

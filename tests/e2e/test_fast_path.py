@@ -1,0 +1,164 @@
+"""End to end, the fast path (docs/relay.md "The fast path"): the openai client -> a relay
+process (uvicorn, moto) -> a real publisher process -> an echo backend.
+
+What the tasks table holds while the backend works tells the paths apart: nothing on the
+fast path (the task lives in the relay's memory), a claimed task on the durable path.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from natrelay.wire import Paths
+from natrelay_infra.moto_server import MotoServer
+from tests.publisher.running import publishing
+from tests.support.backend import FakeBackend
+from tests.support.net import serve, wait_until
+from tests.support.stack import Stack, dynamodb_client, running_stack, start_api
+
+LATENCY = 0.6  # the backend's time on every answer
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    with serve(FakeBackend(echo=True, latency=LATENCY).app()) as url:
+        yield url
+
+
+def provider(backend_url: str) -> dict[str, Any]:
+    return {
+        "name": "echo",
+        "type": "openai",
+        "baseUrl": f"{backend_url}/v1",
+        "model": "echo-backend",
+        "maxConcurrency": 8,
+    }
+
+
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.client_token, max_retries=0)
+
+
+def tasks(stack: Stack) -> list[dict[str, Any]]:
+    """The task items (sk `m`) in the stack's tasks table."""
+    ddb = dynamodb_client(stack.moto_endpoint)
+    items = ddb.scan(TableName=stack.tables.tasks)["Items"]
+    return [i for i in items if i["sk"]["S"] == "m" and i["pk"]["S"].startswith("task#")]
+
+
+def ask(stack: Stack, text: str) -> str | None:
+    answer = client(stack).chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": text}]
+    )
+    return answer.choices[0].message.content
+
+
+def while_it_runs(stack: Stack, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """Ask, and read the tasks table while the backend works on it."""
+    got: list[str | None] = []
+    asker = threading.Thread(target=lambda: got.append(ask(stack, text)))
+    asker.start()
+    threading.Event().wait(LATENCY / 2)
+    during = tasks(stack)
+    asker.join(timeout=30)
+    assert got, "no answer"
+    return got[0], during
+
+
+def test_a_request_served_in_memory_is_fetchable_with_its_result_afterwards(
+    stack: Stack, echo: str, tmp_path: Path
+) -> None:
+    with publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}):
+        threading.Event().wait(0.5)  # the publisher's poll waits idle in the relay
+        answer, during = while_it_runs(stack, "over the fast path")
+        assert answer == "over the fast path"
+        assert during == [], during  # handed in memory: nothing written before the answer
+        written = wait_until(lambda: tasks(stack), 10, "the task's record was never written")
+        assert [t["state"]["S"] for t in written] == ["completed"]
+        task_id = written[0]["pk"]["S"].removeprefix("task#")
+        fetched = httpx.get(
+            f"{stack.url}{Paths.TASK.format(task_id=task_id)}",
+            headers={"Authorization": f"Bearer {stack.client_token}"},
+            timeout=10,
+        )
+        assert fetched.status_code == 200, fetched.text
+        body = fetched.json()
+        assert body["state"] == "completed"
+        assert body["result"]["choices"][0]["message"]["content"] == "over the fast path"
+
+
+def test_with_the_fast_path_off_the_durable_path_serves_the_same_answer(
+    moto_server: MotoServer, echo: str, tmp_path: Path
+) -> None:
+    with (
+        running_stack(moto_server.endpoint, heartbeat_timeout_seconds=5, fast_path=False) as stack,
+        publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}),
+    ):
+        threading.Event().wait(0.5)
+        answer, during = while_it_runs(stack, "over the durable path")
+        assert answer == "over the durable path"
+        assert [t["state"]["S"] for t in during] == ["claimed"]
+
+
+def test_a_relay_killed_right_after_answering_loses_no_answer(
+    stack: Stack, echo: str, tmp_path: Path
+) -> None:
+    """Every client gets its own correct answer or a connection error; none gets a wrong,
+    empty or cut answer, and the restarted relay serves again."""
+    outcomes: dict[int, str] = {}
+    first = threading.Event()
+
+    def asker(i: int) -> None:
+        try:
+            answer = ask(stack, f"question {i}")
+        except openai.APIConnectionError:
+            outcomes[i] = "connection error"
+        except Exception as exc:  # anything else is a failure of the test
+            outcomes[i] = f"{type(exc).__name__}: {exc}"
+        else:
+            outcomes[i] = "right" if answer == f"question {i}" else f"wrong: {answer!r}"
+            first.set()
+
+    with publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}):
+        threading.Event().wait(0.5)
+        askers = [threading.Thread(target=asker, args=(i,)) for i in range(12)]
+
+        def start() -> None:  # one every 0.1 s: some answered, some running, some late
+            for thread in askers:
+                thread.start()
+                threading.Event().wait(0.1)
+
+        starter = threading.Thread(target=start)
+        starter.start()
+        assert first.wait(30), outcomes  # the first answer is out: kill at once
+        stack.api.process.send_signal(signal.SIGKILL)
+        stack.api.process.wait(10)
+        starter.join()
+        for thread in askers:
+            thread.join(timeout=60)
+        assert len(outcomes) == 12
+        assert set(outcomes.values()) <= {"right", "connection error"}, outcomes
+        assert "right" in outcomes.values() and "connection error" in outcomes.values()
+        # a new relay process on the same address and tables: the publisher comes back
+        port = int(stack.url.rsplit(":", 1)[1])
+        restarted = start_api(stack.api.env, port=port)
+        try:
+            answer = wait_until(lambda: _try(stack, "after the restart"), 30, "no answer")
+            assert answer == "after the restart"
+        finally:
+            restarted.stop()
+
+
+def _try(stack: Stack, text: str) -> str | None:
+    try:
+        return ask(stack, text)
+    except openai.APIError:
+        return None
