@@ -4,6 +4,7 @@ conditional write, only for keys with limits) and record what it used when it en
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -104,24 +105,33 @@ class Usage:
         """Record what a task of a client used, once it has ended; frees its slot."""
         if task.client_key is None:
             return
-        await self._record(
-            task.client_key, task.usage_day, task.slot, body, error=error, what=f"task {task.id}"
+        await asyncio.gather(  # two writes, side by side: neither ever raises
+            self._record(
+                task.client_key,
+                task.usage_day,
+                task.slot,
+                body,
+                error=error,
+                what=f"task {task.id}",
+            ),
+            self.count_row(task.llm, error=error),
         )
-        await self.count_row(task.llm, error=error)
 
     async def record_call(
         self, principal: Principal, admission: Admission, llm: str, *, body: Any, error: bool
     ) -> None:
         """Record a call the relay made itself (a public row's upstream); frees its slot."""
-        await self._record(
-            principal.key_id,
-            admission.day,
-            admission.slot,
-            body,
-            error=error,
-            what=f"a call of {llm}",
+        await asyncio.gather(
+            self._record(
+                principal.key_id,
+                admission.day,
+                admission.slot,
+                body,
+                error=error,
+                what=f"a call of {llm}",
+            ),
+            self.count_row(llm, error=error),
         )
-        await self.count_row(llm, error=error)
 
     async def _record(
         self, key_id: str, day: str | None, slot: str | None, body: Any, *, error: bool, what: str
