@@ -51,7 +51,7 @@ class RowAdmin:
         writes: list[RowWrite] = []
         done: list[Applied] = []
         for i, doc in enumerate(docs):
-            current = await self.llms.get(doc.name)
+            current = await self.llms.fresh(doc.name)  # not the brief row cache
             try:
                 write = await self._plan(doc, current)
             except _Refusal as exc:

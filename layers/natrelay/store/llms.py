@@ -125,6 +125,10 @@ class DynamoLlmStore:
         self._cache.put(name, row, version)
         return row
 
+    async def fresh(self, name: str) -> LlmRecord | None:
+        """The row as DynamoDB has it now, never from the cache (admins' changes)."""
+        return await self._read(name)
+
     @off_loop
     def _read(self, name: str) -> LlmRecord | None:
         return self._get(name)
