@@ -357,14 +357,14 @@ class Claims:
                 body=body,
                 error=error,
                 chunk_count=result.chunk_count,
+                settle=lambda t: self.usage.record(t, body=result.body, error=error is not None),
             )
         except SameResultError as exc:
             assert isinstance(exc.record, TaskRecord)
             return exc.record
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
-        if handed is not None:  # answered in memory, its record written
-            await self.usage.record(handed, body=result.body, error=error is not None)
+        if handed is not None:  # answered in memory, its record written, usage counted
             return handed
         try:
             task = await self.stores.tasks.store_result(
@@ -387,6 +387,8 @@ class Claims:
         if task.kind is TaskKind.WAKE:
             ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
             await self.wakes.finished(task, ok, error)
-        self.endings.notify(task_id, task)  # the client first, the bookkeeping after
+        # the usage first: the client's next request, sent the moment it has this answer,
+        # finds its slot free and its tokens counted
         await self.usage.record(task, body=result.body, error=error is not None)
+        self.endings.notify(task_id, task)
         return task

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -71,6 +71,9 @@ class Handed:
     request: bytes
     chunks: dict[int, Chunk] = field(default_factory=dict)
     chunk_bytes: int = 0
+    # The client's key has a concurrency or token limit: its usage is recorded before the
+    # answer goes out, so the client's next request sees it.
+    settle_first: bool = False
     # Set while its record is being written (then the durable path owns it).
     leaving: asyncio.Event | None = None
 
@@ -139,7 +142,9 @@ class Handoff:
         """Whether an idle poll of this process would take a request for the row now."""
         return self.enabled and self._taker(row) is not None
 
-    def hand(self, row: LlmRecord, new: NewTask) -> TaskRecord | None:
+    def hand(
+        self, row: LlmRecord, new: NewTask, *, settle_first: bool = False
+    ) -> TaskRecord | None:
         """Hand the task claimed to an idle poll (None: none can take it now)."""
         offer = self._taker(row) if self.enabled and new.kind is TaskKind.INFER else None
         if offer is None:
@@ -169,7 +174,7 @@ class Handoff:
             slot=new.slot,
             expires_at=new.expires_at,
         )
-        self._tasks[task.id] = Handed(task, request)
+        self._tasks[task.id] = Handed(task, request, settle_first=settle_first)
         offer.slots[row.name] -= 1
         offer.mailbox.append(task)
         offers = self._offers[row.name]
@@ -244,9 +249,11 @@ class Handoff:
         body: bytes | None,
         error: dict[str, Any] | None,
         chunk_count: int,
+        settle: Callable[[TaskRecord], Awaitable[None]],
     ) -> TaskRecord | None:
-        """Finish a handed task, answer its waiter, then write its record (None: not
-        handed here). The same result again raises SameResultError."""
+        """Finish a handed task, answer its waiter, then write its record and `settle`
+        its usage (first, when its key has limits); None: not handed here. The same
+        result again raises SameResultError."""
         handed = await self._here(task_id)
         if handed is None:
             return None
@@ -269,9 +276,14 @@ class Handoff:
             lease_until=None,
             expires_at=self.ctx.result_expiry(now),
         )
-        self.signals.notify(task_key(task_id), handed.task)  # the client first
+        done = handed.task
+        if handed.settle_first:
+            await settle(done)
+        self.signals.notify(task_key(task_id), done)  # the client, then the record
         await self._write(handed)
-        return handed.task
+        if not handed.settle_first:
+            await settle(done)
+        return done
 
     async def end(self, task_id: str, state: TaskState, **fields: Any) -> TaskRecord | None:
         """End a handed task that is not done (cancelled, failed) and write its record;

@@ -172,7 +172,8 @@ class Queue:
             usage_day=admission.day,
             slot=admission.slot,
         )
-        handed = self.handoff.hand(row, task) if fast else None
+        limited = task.slot is not None or principal.tokens_per_day is not None
+        handed = self.handoff.hand(row, task, settle_first=limited) if fast else None
         if handed is not None:
             return handed
         if once is None:
