@@ -38,6 +38,7 @@ from natrelay_infra.demo import (
     wait_published,
     write_config,
 )
+from natrelay_infra.draining import Draining
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.relay_config import relay_settings
 from natrelay_infra.tables import TableNames, create_tables
@@ -186,16 +187,17 @@ def _run(args: argparse.Namespace) -> int:
                 )
                 return 1
         stopper = stack.enter_context(_StopOnSignal())
+        app = Draining(create_app(relay.settings))
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(relay.settings),
+                app,
                 log_level=args.log_level,
-                timeout_graceful_shutdown=2,  # the publisher, the long-poller, has gone by then
+                timeout_graceful_shutdown=2,  # drained requests end at once; this is a backstop
             )
         )
         api = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn")
         api.start()
-        stack.callback(_stop_server, server, api)
+        stack.callback(_stop_server, server, api, app)
         if not _wait_started(server, api):
             print("natrelay dev: the relay API did not start (see the log above)", file=sys.stderr)
             return 1
@@ -368,7 +370,9 @@ def _hurry(server: uvicorn.Server, publisher: DemoPublisher | None) -> None:
     server.force_exit = True
 
 
-def _stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
+def _stop_server(server: uvicorn.Server, thread: threading.Thread, app: Draining) -> None:
+    # Waiting polls and clients are answered now, not cancelled after the grace.
+    app.drain()
     server.should_exit = True
     thread.join(timeout=10)
     if thread.is_alive():

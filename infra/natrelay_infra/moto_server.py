@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -98,7 +99,21 @@ class MotoProcess:
 
     def stop(self) -> None:
         if self._process is not None:
+            self.resume()  # a stopped process cannot act on SIGTERM
             stop_child(self._process, timeout=10)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections hang, as with a DynamoDB outage."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
 
     def __enter__(self) -> MotoProcess:
         return self.start()

@@ -37,7 +37,10 @@ def index_keys() -> dict[str, dict[str, frozenset[str]]]:
 def create_tables(client: Any, names: TableNames) -> None:
     """Create each table (idempotent: an existing table is left as it is)."""
     defs = table_definitions()
-    existing = set(client.list_tables().get("TableNames", []))
+    # ListTables answers 100 names a page: read them all, or an existing table past the
+    # first page would be created again (ResourceInUseException).
+    pages = client.get_paginator("list_tables").paginate()
+    existing = {name for page in pages for name in page.get("TableNames", [])}
     for attr, logical_id in _LOGICAL_IDS.items():
         name = getattr(names, attr)
         if name in existing:

@@ -11,6 +11,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class WakeController:
@@ -107,13 +108,14 @@ def _handler_for(controller: WakeController) -> type[BaseHTTPRequestHandler]:
         def _route(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            route = (method, self.path)
+            path = urlsplit(self.path).path  # a wake URL may carry a key in its query
+            route = (method, path)
             if route == ("GET", "/ready"):
                 if controller.awake:
                     self._reply(HTTPStatus.OK, b'{"ready": true}')
                 else:
                     self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b'{"ready": false}')
-            elif self.path == "/wake":
+            elif path == "/wake":
                 self._record(method, body)
                 controller.wake()
                 self._reply(HTTPStatus.ACCEPTED, b'{"waking": true}')

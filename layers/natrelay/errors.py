@@ -85,6 +85,12 @@ class PublisherOfflineError(RelayError):
         self.retryable = retryable
 
 
+class BackendUnavailableError(PublisherOfflineError):
+    """The publisher is online but reports its backend down (and not wakeable)."""
+
+    code = ErrorCode.BACKEND_UNAVAILABLE
+
+
 class WakeFailedError(PublisherOfflineError):
     code = ErrorCode.WAKE_FAILED
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,12 @@ from pythonjsonlogger.json import JsonFormatter
 from natrelay_publisher import admin, llm_cli
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
-from natrelay_publisher.errors import ConfigError, RelayAuthError, RelayCallError
+from natrelay_publisher.errors import (
+    ConfigError,
+    RelayAuthError,
+    RelayCallError,
+    SessionFileBusyError,
+)
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -113,21 +119,26 @@ def _publish(config_path: str, log_level: str, log_format: str = "text") -> int:
 
 
 async def _serve(config: PublisherConfig) -> int:
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(signum, _on_signal, stop, signum)
+            loop.add_signal_handler(signum, _on_signal, stop, hurry, signum)
         except NotImplementedError:  # Windows (LM Studio boxes): plain handlers
-            signal.signal(signum, lambda n, _: loop.call_soon_threadsafe(_on_signal, stop, n))
+            signal.signal(
+                signum, lambda n, _: loop.call_soon_threadsafe(_on_signal, stop, hurry, n)
+            )
     publisher = Publisher(config)
     try:
-        await publisher.run(stop)
+        await publisher.run(stop, hurry)
     except RelayAuthError as exc:
         logger.error("%s: check relay.token; exiting", exc.message)
         return EXIT_FATAL
     except RelayCallError as exc:
         logger.error("the relay refused us: %s; exiting", exc.message)
+        return EXIT_FATAL
+    except SessionFileBusyError as exc:
+        logger.error("%s", exc)
         return EXIT_FATAL
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -137,10 +148,16 @@ async def _serve(config: PublisherConfig) -> int:
     return 0
 
 
-def _on_signal(stop: asyncio.Event, signum: int) -> None:
+def _on_signal(stop: asyncio.Event, hurry: asyncio.Event, signum: int) -> None:
+    name = signal.Signals(signum).name
+    if hurry.is_set():
+        # A third: the user wants out now, whatever is left registered.
+        logger.warning("%s a third time: exiting without cleaning up", name)
+        logging.shutdown()
+        os._exit(EXIT_FATAL)
     if stop.is_set():
-        # A second signal: do not wait for the grace period.
-        logger.warning("%s again: exiting now", signal.Signals(signum).name)
-        raise SystemExit(EXIT_FATAL)
-    logger.info("%s received: finishing the tasks in flight", signal.Signals(signum).name)
+        logger.warning("%s again: stopping now (failing the tasks in flight, deregistering)", name)
+        hurry.set()
+        return
+    logger.info("%s received: finishing the tasks in flight", name)
     stop.set()

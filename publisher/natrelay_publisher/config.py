@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -28,7 +30,14 @@ from natrelay_publisher.errors import ConfigError, PluginError
 from natrelay_publisher.providers import PROVIDERS
 from natrelay_publisher.recipes import RECIPES, RecipeConfig
 
-DEFAULT_SESSION_FILE = "~/.config/natrelay/session.json"
+SESSION_DIR = "~/.config/natrelay"
+
+
+def default_session_file(config_path: str | Path) -> Path:
+    """`~/.config/natrelay/session-<hash of the config file's absolute path>.json`: one
+    session per config file, so two publishers on one host never share a session."""
+    digest = hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:12]
+    return Path(SESSION_DIR).expanduser() / f"session-{digest}.json"
 
 
 def _secret(value: Any) -> SecretStr:
@@ -117,16 +126,29 @@ class DoorbellConfig(_Model):
 class RelayConfig(_Model):
     url: HttpUrl
     token: Secret
-    session_file: Path = Field(default=Path(DEFAULT_SESSION_FILE), validate_default=True)
+    # None: one derived from the config file's path (see default_session_file).
+    session_file: Path | None = None
     heartbeat_seconds: float = Field(default=30, gt=0, le=3600)
     poll_wait_seconds: float = Field(default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS)
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=3600)
     doorbell: DoorbellConfig = Field(default_factory=DoorbellConfig)
 
+    @field_validator("url")
+    @classmethod
+    def _not_the_openai_url(cls, value: str) -> str:
+        if value.endswith("/v1"):
+            raise PydanticCustomError(
+                "url",
+                "ends in /v1, the OpenAI base URL clients use; the publisher wants the relay's "
+                "own URL: drop /v1 ({root})",
+                {"root": value.removesuffix("/v1")},
+            )
+        return value
+
     @field_validator("session_file")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
 
 class ProviderConfig(_Model):
@@ -139,6 +161,8 @@ class ProviderConfig(_Model):
     description: str | None = Field(default=None, max_length=2048)
     publish: bool = True
     max_concurrency: int = Field(default=4, ge=1, le=256)
+    # How long the backend may stay silent: no answer, or no stream data, for this long.
+    timeout_seconds: float = Field(default=600, gt=0, le=3600)
     options: dict[str, Any] = Field(default_factory=dict)
     wake: RecipeConfig | None = None
     sleep: RecipeConfig | None = None
@@ -223,6 +247,21 @@ class PublisherConfig(_Model):
             raise field_error(("providers",), "no provider has `publish: true`")
         return self
 
+    @model_validator(mode="after")
+    def _session_file(self, info: ValidationInfo) -> Self:
+        if self.relay.session_file is None:
+            path = (info.context or {}).get("path")
+            if path is None:  # not read from a file: what it publishes, and where
+                names = ",".join(sorted(p.name for p in self.published))
+                path = f"{self.relay.url} {names}"
+            self.relay.session_file = default_session_file(path)
+        return self
+
+    @property
+    def session_file(self) -> Path:
+        assert self.relay.session_file is not None  # set by _session_file
+        return self.relay.session_file
+
     @property
     def published(self) -> list[ProviderConfig]:
         return [provider for provider in self.providers if provider.publish]
@@ -236,23 +275,70 @@ def field_path(loc: tuple[str | int, ...]) -> str:
     return path
 
 
-def format_errors(source: str, exc: ValidationError) -> str:
+def _keys_at(data: Any, loc: tuple[str | int, ...]) -> list[str] | None:
+    """The keys the mapping at `loc` may have, or None when that is not known here."""
+    model: type[BaseModel] | None = None
+    if loc == ():
+        model = PublisherConfig
+    elif loc == ("relay",):
+        model = RelayConfig
+    elif len(loc) >= 2 and loc[0] == "providers" and isinstance(loc[1], int):
+        try:
+            provider = data["providers"][loc[1]]
+            if len(loc) == 2:
+                model = ProviderConfig
+            elif loc[2:] == ("options",):
+                model = PROVIDERS.find(provider["type"]).Options
+            elif len(loc) == 3 and loc[2] in ("wake", "sleep"):
+                model = RECIPES.find(provider[loc[2]]["type"]).Config
+        except (LookupError, TypeError, PluginError):
+            return None
+    if model is None:
+        return None
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    """`unknown key; did you mean baseUrl?`, or the keys there are."""
+
+    def plain(name: str) -> str:
+        return name.lower().replace("_", "").replace("-", "")
+
+    by_plain = {plain(name): name for name in known}
+    match = by_plain.get(plain(key)) or next(
+        iter(difflib.get_close_matches(key, known, n=1, cutoff=0.6)), None
+    )
+    if match is None:
+        match = next((n for n in known if plain(n).startswith(plain(key))), None)
+    if match is not None:
+        return f"unknown key; did you mean {match}?"
+    return f"unknown key (known: {', '.join(known) or 'none'})"
+
+
+def format_errors(source: str, exc: ValidationError, data: Any = None) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            known = _keys_at(data, error["loc"][:-1])
+            if known is not None:
+                message = _unknown_key(str(error["loc"][-1]), known)
         path = field_path(error["loc"])
         lines.append(f"{source}: {path}: {message}" if path else f"{source}: {message}")
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "config") -> PublisherConfig:
-    """Validate already-parsed YAML; raises ConfigError naming the source, field and reason."""
+def parse_config(
+    data: Any, source: str = "config", *, path: str | Path | None = None
+) -> PublisherConfig:
+    """Validate already-parsed YAML (read from `path`, if from a file); raises ConfigError
+    naming the source, field and reason."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: should be a mapping with `relay` and `providers`")
     try:
-        return PublisherConfig.model_validate(data)
+        return PublisherConfig.model_validate(data, context={"path": path})
     except ValidationError as exc:
-        raise ConfigError(format_errors(source, exc)) from exc
+        raise ConfigError(format_errors(source, exc, data)) from exc
 
 
 def load_config(path: str | Path) -> PublisherConfig:
@@ -268,7 +354,7 @@ def load_config(path: str | Path) -> PublisherConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_reason(exc)}") from exc
-    return parse_config(data, source)
+    return parse_config(data, source, path=path)
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

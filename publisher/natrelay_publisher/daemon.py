@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -46,6 +47,12 @@ SHUTDOWN_RESULT_SECONDS = 5.0
 IDLE_TICK_SECONDS = 1.0
 MIN_EMPTY_POLL_SECONDS = 0.5
 REGISTER_GRACE_SECONDS = 3.0
+# After a second Ctrl-C: failing the tasks in flight, then deregistering, each this long.
+HURRY_STEP_SECONDS = 2.0
+# A backend without a wake recipe is reported unavailable after this many failed checks
+# in a row, and re-checked this often while it is.
+UNAVAILABLE_AFTER_CHECKS = 2
+UNAVAILABLE_RECHECK_SECONDS = 5.0
 
 
 class Publisher:
@@ -58,16 +65,23 @@ class Publisher:
         self.session_id: str | None = None
         self._generation: int | None = None
         self._transport = relay_transport
-        self._session_file = SessionFile(config.relay.session_file)
+        self._session_file = SessionFile(config.session_file)
         self._slots: dict[str, ProviderSlot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()  # ids of the tasks in flight, told to the relay
         self._slot_freed = asyncio.Event()
+        # Set while no infer task is accepted and unfinished.
+        self._no_infer = asyncio.Event()
+        self._no_infer.set()
         self._register_lock = asyncio.Lock()
         self._beat_lock = asyncio.Lock()
         self._registered_at = 0.0
         self._server_view: dict[str, LlmStatus] = {}
         self._reported: dict[str, LlmStatus] = {}
+        # Names another live session holds (name -> the relay's refusal): not registered.
+        self._held: dict[str, str] = {}
+        # How long a task cancelled by the shutdown keeps trying to post its failure.
+        self._give_up_after = SHUTDOWN_RESULT_SECONDS
         self._waker = Waker(self._beat_quietly)
         # What the doorbell (natrelay_publisher.doorbell) reads and bumps.
         self.registrations = 0
@@ -78,15 +92,31 @@ class Publisher:
             config.relay.url, config.relay.token.get_secret_value(), transport=relay_transport
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set; raises RelayAuthError when the token is refused."""
+    async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set; raises RelayAuthError when the token is refused,
+        SessionFileBusyError when another process uses the session file.
+
+        Once stopping, `hurry` (a second Ctrl-C) cuts the grace short: the tasks in
+        flight are failed and the session deregistered within a few seconds.
+        """
+        hurry = hurry or asyncio.Event()
         try:
+            self._session_file.lock()
+            logger.info("session file %s", self._session_file.path)
+            if _plain_http_elsewhere(self.config.relay.url):
+                logger.warning(
+                    "relay.url %s is plain http: the publish token and every prompt and answer "
+                    "cross the network unencrypted; use https://",
+                    self.config.relay.url,
+                )
             self._slots = {c.name: ProviderSlot.build(c) for c in self.config.published}
             await self._initial_statuses()
             registering = asyncio.create_task(self._register(), name="register")
             if not await _first_of([registering], stop):
-                # A registration in flight may land yet: then it must be undone.
-                await asyncio.wait({registering}, timeout=REGISTER_GRACE_SECONDS)
+                # A registration in flight may land yet: then it must be undone. One that
+                # is only waiting to try again can go at once.
+                if self.relay.in_flight:
+                    await asyncio.wait({registering}, timeout=REGISTER_GRACE_SECONDS)
                 await _cancel(registering)
                 if self.session_id is not None:
                     await self._deregister()
@@ -101,6 +131,7 @@ class Publisher:
                     self._doorbell.run() if self._doorbell else self._poll_loop(), name="poll"
                 ),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._held_loop(), name="held"),
             ]
             if any(slot.config.sleep_after_idle_seconds for slot in self._slots.values()):
                 loops.append(asyncio.create_task(self._idle_loop(), name="idle"))
@@ -109,24 +140,39 @@ class Publisher:
                 failed = next(loop for loop in loops if loop.done())
                 await _cancel(*loops, *self._tasks)
                 failed.result()
-            await self._shutdown(loops)
+            await self._shutdown(loops, hurry)
         finally:
             for slot in self._slots.values():
                 await slot.provider.aclose()
             await self.relay.aclose()
+            self._session_file.unlock()
 
-    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self, loops: list[asyncio.Task[None]], hurry: asyncio.Event) -> None:
         """Stop polling, give the tasks in flight their grace (heartbeating), deregister."""
         grace = self.config.relay.shutdown_grace_seconds
         await _cancel(loops[0])
         logger.info(
             "stopping: waiting up to %g s for %d task(s) in flight", grace, len(self._tasks)
         )
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        if self._tasks and not hurry.is_set():
+            finishing = asyncio.ensure_future(asyncio.wait(set(self._tasks), timeout=grace))
+            hurrying = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({finishing, hurrying}, return_when=asyncio.FIRST_COMPLETED)
+            await _cancel(finishing, hurrying)
         self._waker.cancel_all()
+        if not hurry.is_set():
+            await _cancel(*self._tasks, *loops)
+            await self._deregister()
+            return
+        # Each step bounded, whatever the relay does: the user asked twice.
+        self._give_up_after = HURRY_STEP_SECONDS
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HURRY_STEP_SECONDS):
+                await _cancel(*self._tasks)
         await _cancel(*self._tasks, *loops)
-        await self._deregister()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HURRY_STEP_SECONDS):
+                await self._deregister(give_up_after=HURRY_STEP_SECONDS)
 
     # --- sessions --------------------------------------------------------------------
 
@@ -138,17 +184,25 @@ class Publisher:
                 slot.status = LlmStatus.HIBERNATING
                 logger.info("%s is asleep: publishing it hibernating", slot.name)
             elif not up:
-                logger.warning("backend of %s is not answering", slot.name)
+                slot.status = LlmStatus.UNAVAILABLE
+                slot.failed_checks = 1
+                logger.warning(
+                    "backend of %s is not answering: publishing it unavailable", slot.name
+                )
 
         await asyncio.gather(*(check(slot) for slot in self._slots.values()))
 
-    async def _register(self) -> None:
+    async def _register(self, *, retry_of_held: bool = False) -> None:
+        """Register every provider whose name is free; names another session holds are
+        left out (the relay refuses a registration whole) and retried in the background."""
         url = self.config.relay.url
         session_id = self.session_id or self._session_file.load(url)
-        backoff, warned = Backoff(), False
+        backoff = Backoff(cap=self.config.relay.heartbeat_seconds)
+        held: dict[str, str] = {}
         while True:
+            names = [name for name in self._slots if name not in held]
             request = RegisterRequest(
-                providers=[slot.spec() for slot in self._slots.values()],
+                providers=[self._slots[name].spec() for name in names],
                 provider_session_id=session_id,
             )
             try:
@@ -157,10 +211,25 @@ class Publisher:
             except RelayAuthError:
                 raise
             except NameHeldError as exc:
-                if not warned:
-                    logger.warning("%s; retrying until that session is gone", exc.message)
-                    warned = True
-                await asyncio.sleep(backoff.next())
+                name = _held_name(exc.message, names)
+                if name is not None and len(names) > 1:
+                    held[name] = exc.message
+                    logger.warning(
+                        "%s is held by another publisher session (%s): publishing the others; "
+                        "retrying it every %g s",
+                        name,
+                        exc.message,
+                        self.config.relay.heartbeat_seconds,
+                    )
+                    continue
+                delay = backoff.next()
+                logger.warning(
+                    "%s is held by another publisher session (%s); retrying in %.0f s",
+                    name or "a name",
+                    exc.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
             except RelayCallError as exc:
                 if session_id is None:
                     raise
@@ -168,12 +237,36 @@ class Publisher:
                     "register with session %s refused (%s): new session", session_id, exc.message
                 )
                 session_id = None
+        self._held = held
+        previous = self._server_view
         self._session(answer)
         self._registered_at = time.monotonic()
         self._reported = {name: slot.status for name, slot in self._slots.items()}
         self._session_file.save(url, answer.provider_session_id)
-        names = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
-        logger.info("registered session %s: %s", answer.provider_session_id, names)
+        listed = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
+        # A retry of held names that changed nothing is not news.
+        unchanged = retry_of_held and set(self._server_view) == set(previous)
+        logger.log(
+            logging.DEBUG if unchanged else logging.INFO,
+            "registered session %s: %s",
+            answer.provider_session_id,
+            listed,
+        )
+
+    async def _held_loop(self) -> None:
+        """Try the held names again every heartbeat interval, reporting each refusal.
+
+        A registration starts a new generation of the session, and the relay takes a
+        claimed task whose lease runs out under an older generation for lost: so the
+        retry waits for a moment with no request in flight.
+        """
+        while True:
+            await asyncio.sleep(self.config.relay.heartbeat_seconds)
+            if not self._held:
+                continue
+            await self._no_infer.wait()
+            async with self._register_lock:
+                await self._register(retry_of_held=True)
 
     async def _reregister(self) -> None:
         async with self._register_lock:
@@ -182,12 +275,12 @@ class Publisher:
             logger.warning("the relay lost session %s: registering again", self.session_id)
             await self._register()
 
-    async def _deregister(self) -> None:
+    async def _deregister(self, give_up_after: float = DEREGISTER_SECONDS) -> None:
         if self.session_id is None:
             return
         request = SessionRequest(provider_session_id=self.session_id)
         try:
-            await retrying(lambda: self.relay.deregister(request), give_up_after=DEREGISTER_SECONDS)
+            await retrying(lambda: self.relay.deregister(request), give_up_after=give_up_after)
         except RelayCallError as exc:
             logger.warning("deregister failed: %s", exc.message)
             return
@@ -208,26 +301,40 @@ class Publisher:
     # --- heartbeat and statuses ------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        every = self.config.relay.heartbeat_seconds
+        beaten = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.relay.heartbeat_seconds)
+            # A backend that is down is checked more often, so it is back in seconds.
+            down = any(s.status == LlmStatus.UNAVAILABLE for s in self._slots.values())
+            await asyncio.sleep(min(every, UNAVAILABLE_RECHECK_SECONDS) if down else every)
             await self._refresh_statuses()
             if self._doorbell is not None and not self._status_changes():
                 continue  # its polls are the heartbeat (docs/protocol.md, the doorbell)
-            await self._beat()
+            if self._status_changes() or time.monotonic() - beaten >= every * 0.9:
+                await self._beat()
+                beaten = time.monotonic()
 
     async def _refresh_statuses(self) -> None:
         async def check(slot: ProviderSlot) -> None:
-            transitions = slot.transitions
+            transitions, checked_at = slot.transitions, time.monotonic()
             if slot.busy:
                 return
-            up = await slot.ready()
+            # A backend that just answered a request is up, however slow its model list.
+            recent = checked_at - self.config.relay.heartbeat_seconds
+            up = await slot.ready() or slot.answered_at >= recent
             if slot.busy or slot.transitions != transitions:
                 return
             if up != slot.seen_up:
                 logger.info("backend of %s is %s", slot.name, "up" if up else "down")
                 slot.seen_up = up
+            slot.failed_checks = 0 if up else slot.failed_checks + 1
             if slot.wake_recipe is not None:
                 slot.status = LlmStatus.ACTIVE if up else LlmStatus.HIBERNATING
+            elif up:
+                slot.status = LlmStatus.ACTIVE
+            elif slot.failed_checks >= UNAVAILABLE_AFTER_CHECKS:
+                # Twice in a row: one slow answer from a busy backend is not an outage.
+                slot.status = LlmStatus.UNAVAILABLE
 
         await asyncio.gather(*(check(slot) for slot in self._slots.values()))
 
@@ -235,7 +342,11 @@ class Publisher:
         return {
             name: slot.status
             for name, slot in self._slots.items()
-            if self._server_view.get(name) != slot.status or self._reported.get(name) != slot.status
+            if name not in self._held
+            and (
+                self._server_view.get(name) != slot.status
+                or self._reported.get(name) != slot.status
+            )
         }
 
     async def _beat(self) -> None:
@@ -358,6 +469,7 @@ class Publisher:
         slot = self._slots.get(task.llm)
         if slot is not None and task.kind == TaskKind.INFER:
             slot.held += 1
+            self._no_infer.clear()
         if slot is not None:
             slot.touch()
         running = asyncio.create_task(self._run_task(task, slot), name=f"task-{task.id}")
@@ -376,13 +488,15 @@ class Publisher:
                 await self._run_wake(task, slot, poster)
             else:
                 status = await self._run_infer(task, slot, poster)
+                if 200 <= status < 300:
+                    slot.answered_at = time.monotonic()
                 ms = int((time.monotonic() - started) * 1000)
                 mode = "stream" if task.stream else "complete"
                 logger.info("task %s: %s %s -> %s in %d ms", task.id, mode, task.llm, status, ms)
         except asyncio.CancelledError:
             message = "the publisher shut down before the task finished"
             await poster.fail(
-                503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=SHUTDOWN_RESULT_SECONDS
+                503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=self._give_up_after
             )
             raise
         except Exception as exc:  # never leave a client waiting on a bug of ours
@@ -394,6 +508,8 @@ class Publisher:
                 if task.kind == TaskKind.INFER:
                     slot.held -= 1
                 slot.touch()
+            if not any(s.held for s in self._slots.values()):
+                self._no_infer.set()
             self._slot_freed.set()
 
     async def _run_wake(self, task: PolledTask, slot: ProviderSlot, poster: TaskPoster) -> None:
@@ -424,6 +540,23 @@ class Publisher:
                 await poster.fail(400, "the task carries no request", ErrorCode.INVALID_REQUEST)
                 return 400
             return await run_infer(slot.provider, request, task.stream, poster)
+
+
+def _held_name(message: str, names: list[str]) -> str | None:
+    """Which of `names` the relay's 409 refers to: it quotes the name (`'llama3'`)."""
+    quoted = [name for name in names if f"'{name}'" in message]
+    return quoted[0] if len(quoted) == 1 else None
+
+
+def _plain_http_elsewhere(url: str) -> bool:
+    """http:// to a host that is not this machine."""
+    parsed = httpx.URL(url)
+    if parsed.scheme != "http" or parsed.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(parsed.host).is_loopback
+    except ValueError:
+        return True
 
 
 async def _first_of(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> bool:

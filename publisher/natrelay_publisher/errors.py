@@ -60,3 +60,7 @@ class TaskCancelledByClientError(RelayCallError):
 
 class TaskGoneError(RelayCallError):
     """The task is no longer ours (lease lost, not found, or result conflict)."""
+
+
+class SessionFileBusyError(PublisherError):
+    """Another publisher process uses the same session file."""

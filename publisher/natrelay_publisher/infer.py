@@ -17,6 +17,7 @@ from natrelay_publisher.errors import (
     TaskGoneError,
 )
 from natrelay_publisher.providers import Provider
+from natrelay_publisher.redact import redact
 from natrelay_publisher.relay import RelayClient, retrying
 from natrelay_publisher.types import Chunk, JSONObject
 
@@ -75,7 +76,8 @@ class TaskPoster:
         give_up_after: float = RESULT_RETRY_SECONDS,
     ) -> None:
         kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
-        error = ErrorInfo(message=message, code=code, type=kind)
+        # The last stop before the client: whatever a plugin wrote, no URL secrets.
+        error = ErrorInfo(message=redact(message), code=code, type=kind)
         await self._post(status, None, error, 0, give_up_after)
 
     async def _post(

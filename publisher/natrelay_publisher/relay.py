@@ -113,6 +113,8 @@ class RelayClient:
     ) -> None:
         self.url = url
         self.connectivity = Connectivity()
+        # Requests sent and not answered yet.
+        self.in_flight = 0
         self._client = httpx.AsyncClient(
             base_url=url,
             headers={"Authorization": f"Bearer {token}"},
@@ -179,6 +181,7 @@ class RelayClient:
     ) -> Any:
         payload = None if body is None else body.model_dump(mode="json", by_alias=True)
         sent_at = time.monotonic()
+        self.in_flight += 1
         try:
             response = await self._client.request(
                 method, url, json=payload, params=params, timeout=timeout or REQUEST_TIMEOUT
@@ -187,6 +190,8 @@ class RelayClient:
             reason = f"{method} {self.url}{url}: {exc!r}"
             self.connectivity.failed(reason)
             raise RelayUnavailableError(reason) from exc
+        finally:
+            self.in_flight -= 1
         status = response.status_code
         message, code = _error(response)
         if status >= 500 or status == 429:
@@ -202,9 +207,10 @@ class RelayClient:
             )
         if not response.is_success:
             error = ERRORS.get(code or "", RelayCallError)
-            raise error(
-                f"{method} {url} answered {status} {code}: {message}", status=status, code=code
-            )
+            text = f"{method} {url} answered {status} {code}: {message}"
+            if status == 404 and code in (None, ErrorCode.NOT_FOUND):
+                text += f"; is relay.url the relay's own URL? ({self.url})"
+            raise error(text, status=status, code=code)
         try:
             return response.json()
         except ValueError as exc:

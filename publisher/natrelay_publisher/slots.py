@@ -23,6 +23,9 @@ class ProviderSlot:
     held: int = 0
     # What the last availability check said (None: not checked yet), for logging changes.
     seen_up: bool | None = None
+    # Availability checks failed in a row, and when the backend last answered a request.
+    failed_checks: int = 0
+    answered_at: float = float("-inf")
     last_activity: float = field(default_factory=time.monotonic)
     # Held by a wake or a sleep: they never overlap.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

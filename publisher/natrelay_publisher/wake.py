@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from natrelay.wire import LlmStatus
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes import WakeRecipe
+from natrelay_publisher.redact import describe, redact
 from natrelay_publisher.slots import ProviderSlot
 from natrelay_publisher.types import Heartbeat
 
@@ -97,7 +98,9 @@ class Waker:
                 async with asyncio.timeout(recipe.max_wait_seconds):
                     await recipe.run("sleep")
             except Exception as exc:  # a failed sleep leaves the backend up: log and go on
-                cause = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+                cause = (
+                    "timed out" if isinstance(exc, TimeoutError) else redact(str(exc) or repr(exc))
+                )
                 logger.warning("sleep of %s failed: %s", slot.name, cause)
                 slot.touch()
                 return
@@ -133,8 +136,8 @@ class Waker:
                     await self._run(slot, recipe, started)
             except Exception as exc:  # a plugin's bug fails this wake, not the publisher
                 ms = int((time.monotonic() - started) * 1000)
-                cause = str(exc) if isinstance(exc, RecipeError) else repr(exc)
-                message = f"wake of {slot.name} failed: {cause}"
+                cause = str(exc) if isinstance(exc, RecipeError) else describe(exc)
+                message = redact(f"wake of {slot.name} failed: {cause}")
                 logger.warning("%s", message)
                 return WakeOutcome(False, ms, message)
             slot.status = LlmStatus.ACTIVE

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -249,6 +250,41 @@ def test_plain_dev_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         assert dev.stop(signal.SIGINT) == 0
 
 
+@pytest.mark.slow
+def test_stopping_dev_answers_waiting_polls_cleanly(tmp_path: Path) -> None:
+    """An outside publisher long-polls while `natrelay dev` stops: its polls get a clean
+    503, not a 500 after uvicorn's grace, and the output has no traceback."""
+    running = pytest.importorskip("tests.publisher.running")
+    with natrelay_dev(tmp_path) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        config = {
+            "relay": {
+                "url": dev.url,
+                "token": "dev-publish-token",
+                "sessionFile": str(tmp_path / "session.json"),
+                "pollWaitSeconds": 25,
+                "heartbeatSeconds": 1,
+                "doorbell": {"enabled": False},  # a long-poll waits in the relay
+            },
+            "providers": [{"name": "outside", "type": "echo"}],
+        }
+        publisher = running.start_publisher(config, tmp_path, "outside")
+        try:
+            publisher.wait_log("registered session")
+            time.sleep(1.5)  # a poll is waiting, a heartbeat or two went by
+            stopped_at = time.monotonic()
+            assert dev.stop(signal.SIGINT) == 0
+            assert time.monotonic() - stopped_at < 2
+            publisher.wait_log("relay unreachable")
+        finally:
+            publisher.stop()
+    text = dev.text()
+    assert "Traceback" not in text and "500 Internal Server Error" not in text, text
+    log = publisher.log()
+    assert "answered 503: the relay is shutting down" in log, log
+    assert "answered 500" not in log
+
+
 def test_dev_uses_a_given_dynamodb_and_tokens(tmp_path: Path, moto_server: MotoServer) -> None:
     prefix = f"given-{os.getpid()}-"
     with natrelay_dev(
@@ -264,8 +300,13 @@ def test_dev_uses_a_given_dynamodb_and_tokens(tmp_path: Path, moto_server: MotoS
     ) as dev:
         dev.wait_for(r"^Ctrl-C stops everything")
         names = TableNames.with_prefix(prefix)
-        tables = dynamodb_client(moto_server.endpoint).list_tables()["TableNames"]
-        assert {names.llms, names.tasks} <= set(tables)
+        ddb = dynamodb_client(moto_server.endpoint)
+        tables = {
+            name
+            for page in ddb.get_paginator("list_tables").paginate()
+            for name in page["TableNames"]
+        }
+        assert {names.llms, names.tasks} <= tables
         auth = {"Authorization": "Bearer client-secret-1234"}
         assert httpx.get(f"{dev.url}/v1/models", headers=auth).status_code == 200
         wrong = {"Authorization": f"Bearer {DEV_CLIENT_TOKEN}"}

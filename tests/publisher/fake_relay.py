@@ -74,6 +74,8 @@ class FakeRelay:
     cancel_after: int | None = None
     refuse_chunks: bool = False
     max_result_bytes: int | None = None
+    # Names another session holds: a registration with any of them is refused (409).
+    held: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     # Requests the wire models refused: a publisher bug, or a drift from the protocol.
     invalid: list[str] = field(default_factory=list)
@@ -152,6 +154,10 @@ class FakeRelay:
     async def _register(self, request: Request) -> Response:
         body = await self._read(request, "register", RegisterRequest)
         await asyncio.sleep(self.register_delay)
+        taken = sorted(p.name for p in body.providers if p.name in self.held)
+        if taken:
+            message = f"LLM name {taken[0]!r} is live under another session of this key"
+            return error(409, ErrorCode.NAME_TAKEN, message)
         self.rows = {p.name: p.initial_status for p in body.providers}
         return self._session()
 

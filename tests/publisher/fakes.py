@@ -22,7 +22,8 @@ from tests.support.backend import FakeBackend
 
 
 def ollama_app(backend: FakeBackend) -> Starlette:
-    """The fake backend's answer through Ollama's `/api/chat`; model `missing` is not found."""
+    """The fake backend's answer through Ollama's `/api/chat`; model `missing` is not found,
+    model `truncate` streams its pieces but never the `"done": true` line."""
 
     async def tags(request: Request) -> Response:
         return JSONResponse({"models": [{"name": "llama3:latest"}, {"name": "qwen2:7b"}]})
@@ -62,6 +63,8 @@ async def _ndjson(body: dict[str, Any], backend: FakeBackend) -> AsyncIterator[s
             "done": False,
         }
         yield json.dumps(line) + "\n"
+    if body["model"] == "truncate":
+        return
     yield (
         json.dumps(
             {

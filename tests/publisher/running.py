@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -69,8 +70,11 @@ def start_publisher(
     tmp_path: Path,
     name: str = "publisher",
     *extra: str,
+    config_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> PublisherProcess:
-    config_path = tmp_path / f"{name}.yaml"
+    """Write `config` (to `config_path`, default `<name>.yaml`) and run a publisher on it."""
+    config_path = config_path or tmp_path / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / f"{name}.log"
     with log_path.open("ab") as log:
@@ -89,6 +93,7 @@ def start_publisher(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
     return PublisherProcess(process, log_path, config_path)
 

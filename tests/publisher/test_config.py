@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from natrelay_publisher.config import load_config, parse_config
-from natrelay_publisher.errors import ConfigError
+from natrelay_publisher.config import default_session_file, load_config, parse_config
+from natrelay_publisher.errors import ConfigError, SessionFileBusyError
 from natrelay_publisher.session import SessionFile
 
 RELAY = {"url": "https://relay.example.com", "token": "t0ken"}
@@ -46,8 +46,52 @@ BAD = [
         config(echo(), pollWaitSeconds=30),
         "relay.pollWaitSeconds: Input should be less than or equal to 25",
     ),
-    (config(echo(), colour="blue"), "relay.colour: Extra inputs are not permitted"),
-    (config(echo(colour="blue")), "providers[0].colour: Extra inputs are not permitted"),
+    (
+        config(echo(), colour="blue"),
+        "relay.colour: unknown key (known: url, token, sessionFile, heartbeatSeconds, "
+        "pollWaitSeconds, shutdownGraceSeconds, doorbell)",
+    ),
+    (
+        config(echo(colour="blue")),
+        "providers[0].colour: unknown key (known: name, type, baseUrl, model, apiKey, tier, "
+        "description, publish, maxConcurrency, timeoutSeconds, options, wake, sleep, "
+        "sleepAfterIdleSeconds)",
+    ),
+    (
+        config(openai(baseURL="http://x")),
+        "providers[0].baseURL: unknown key; did you mean baseUrl?",
+    ),
+    (
+        config(echo(maxconcurrency=2)),
+        "providers[0].maxconcurrency: unknown key; did you mean maxConcurrency?",
+    ),
+    (
+        config(echo(), sesionFile="s.json"),
+        "relay.sesionFile: unknown key; did you mean sessionFile?",
+    ),
+    (config(echo(), heartbeat=5), "relay.heartbeat: unknown key; did you mean heartbeatSeconds?"),
+    (
+        config(echo(options={"tokenDelayMS": 5})),
+        "providers[0].options.tokenDelayMS: unknown key; did you mean tokenDelayMs?",
+    ),
+    (
+        config(echo(wake={"type": "http", "url": "http://x", "maxWait": 5})),
+        "providers[0].wake.maxWait: unknown key; did you mean maxWaitSeconds?",
+    ),
+    (
+        config(openai(wake={"type": "vllm-sleep", "baseURL": "http://x"})),
+        "providers[0].wake.baseURL: unknown key; did you mean baseUrl?",
+    ),
+    (
+        config(echo(), url="https://relay.example.com/v1"),
+        "relay.url: ends in /v1, the OpenAI base URL clients use; the publisher wants the "
+        "relay's own URL: drop /v1 (https://relay.example.com)",
+    ),
+    (
+        config(echo(), url="http://127.0.0.1:8787/v1/"),
+        "relay.url: ends in /v1, the OpenAI base URL clients use; the publisher wants the "
+        "relay's own URL: drop /v1 (http://127.0.0.1:8787)",
+    ),
     ({"providers": [echo()]}, "relay: Field required"),
     (config(), "providers: List should have at least 1 item after validation, not 0"),
     (config(echo(), url="ftp://relay"), "relay.url: should be an http:// or https:// URL"),
@@ -84,11 +128,11 @@ BAD = [
     ),
     (
         config(echo(options={"delay": 5})),
-        "providers[0].options.delay: Extra inputs are not permitted",
+        "providers[0].options.delay: unknown key (known: tokenDelayMs, availabilityUrl)",
     ),
     (
         config(openai(options={"tokenDelayMs": 5})),
-        "providers[0].options.tokenDelayMs: Extra inputs are not permitted",
+        "providers[0].options.tokenDelayMs: unknown key (known: none)",
     ),
     (config(echo(wake={"url": "http://x"})), "providers[0].wake.type: Field required"),
     (
@@ -103,7 +147,7 @@ BAD = [
     ),
     (
         config(echo(wake={"type": "command", "command": "x", "shell": True})),
-        "providers[0].wake.shell: Extra inputs are not permitted",
+        "providers[0].wake.shell: unknown key (known: type, maxWaitSeconds, command, args)",
     ),
     (
         config(echo(wake={"type": "wol", "mac": "not-a-mac"})),
@@ -220,7 +264,7 @@ providers:
     relay = loaded.relay
     assert relay.url == "https://relay.example.com"
     assert relay.token.get_secret_value() == "literal"
-    assert relay.session_file == Path("~/.config/natrelay/session.json").expanduser()
+    assert relay.session_file == default_session_file(path)
     assert (relay.heartbeat_seconds, relay.poll_wait_seconds, relay.shutdown_grace_seconds) == (
         30,
         25,
@@ -269,6 +313,61 @@ def test_session_file_is_private_and_keyed_by_relay(tmp_path: Path) -> None:
     assert sessions.load("https://a") == "sess-abcdefghij"
     path.write_text("{not json")
     assert sessions.load("https://a") is None
+
+
+def test_default_session_file_is_per_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two publishers on one host with the default must not share one session."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / "a" / "natrelay.yaml", tmp_path / "b" / "natrelay.yaml"]
+    for path in paths:
+        path.write_text(yaml.safe_dump(config(echo())))
+    first, second = (load_config(path).relay.session_file for path in paths)
+    assert first != second
+    assert first.parent == second.parent == tmp_path / "home" / ".config" / "natrelay"
+    assert re.fullmatch(r"session-[0-9a-f]{12}\.json", first.name)
+    # The same file, however it is named, is the same session.
+    monkeypatch.chdir(tmp_path / "a")
+    assert load_config("natrelay.yaml").relay.session_file == first
+    assert load_config(tmp_path / "b" / ".." / "a" / "natrelay.yaml").relay.session_file == first
+    # Given explicitly, it is used as it is.
+    paths[0].write_text(yaml.safe_dump(config(echo(), sessionFile="~/here.json")))
+    assert load_config(paths[0]).relay.session_file == tmp_path / "home" / "here.json"
+
+
+def test_session_file_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    path = tmp_path / "session.json"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    # The temporary name the publisher used to write first: predictable from the pid.
+    (tmp_path / f".session.json.{os.getpid()}.tmp").symlink_to(victim)
+    SessionFile(path).save("https://a", "sess-0123456789")
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert SessionFile(path).load("https://a") == "sess-0123456789"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".session.json.{os.getpid()}.tmp",
+        "session.json",
+        "victim",
+    ]
+
+
+def test_session_lock_refuses_a_second_holder(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "session.json"
+    first = SessionFile(path)
+    first.lock()
+    with pytest.raises(SessionFileBusyError) as caught:
+        SessionFile(path).lock()
+    message = str(caught.value)
+    assert f"another publisher (pid {os.getpid()}) is using the session file {path}" in message
+    assert "relay.sessionFile" in message
+    first.unlock()
+    second = SessionFile(path)
+    second.lock()  # free again
+    second.unlock()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
 
+from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
 from tests.publisher.running import (
     PublisherProcess,
@@ -24,7 +26,7 @@ from tests.publisher.running import (
     wait_rows,
 )
 from tests.support.backend import REPLY, FakeBackend
-from tests.support.net import serve
+from tests.support.net import serve, wait_until
 from tests.support.stack import Stack, dynamodb_client, start_api
 
 pytestmark = pytest.mark.slow
@@ -120,26 +122,56 @@ def test_backend_errors_reach_the_client(
         stack,
         tmp_path,
         [
-            llama("http://127.0.0.1:9/v1", name="down"),
             llama(url, name="picky", model="fail-400"),
             llama(url, name="burning", model="fail-500"),
+            llama(url, name="cut", model="truncate"),
         ],
     )
     publishers.append(start_publisher(config, tmp_path))
-    # No wake recipe: a backend that is down stays active, and inference fails with 502.
-    wait_rows(stack, {"down": "active", "picky": "active", "burning": "active"})
-    with pytest.raises(openai.APIStatusError) as caught:
-        ask(stack, "down")
-    assert caught.value.status_code == 502
-    assert "cannot reach the backend at http://127.0.0.1:9/v1" in caught.value.message
-    # A stream has begun (HTTP 200) before the backend fails: the error comes as an event.
-    with pytest.raises(openai.APIError, match=r"cannot reach the backend at http://127\.0\.0\.1:9"):
-        ask_stream(stack, "down")
+    wait_rows(stack, {"picky": "active", "burning": "active", "cut": "active"})
     with pytest.raises(openai.BadRequestError, match="this model does not exist"):
         ask(stack, "picky")
     with pytest.raises(openai.APIStatusError, match="the GPU caught fire") as caught:
         ask(stack, "burning")
     assert caught.value.status_code == 502
+    # A stream has begun (HTTP 200) before the backend fails: the error comes as an event.
+    # A backend that closes its stream mid-way: the text so far, then an error, not a
+    # shortened answer that looks whole.
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="the backend closed the stream early"):
+        for chunk in client(stack).chat.completions.create(
+            model="cut", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert "".join(received) == REPLY
+
+
+def test_a_backend_that_does_not_answer_is_unavailable(
+    stack: Stack,
+    tmp_path: Path,
+    controller: tuple[str, WakeController],
+    publishers: list[PublisherProcess],
+) -> None:
+    url, state = controller
+    # No wake recipe: nothing can bring it back but itself.
+    flaky = {"name": "flaky", "type": "echo", "options": {"availabilityUrl": f"{url}/ready"}}
+    publishers.append(start_publisher(publisher_config(stack, tmp_path, [flaky, ECHO]), tmp_path))
+    wait_rows(stack, {"flaky": "unavailable", "echo": "active"})
+    assert [m.id for m in client(stack).models.list()] == ["echo"]
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(stack, "flaky")
+    assert time.monotonic() - started < 2, "not failed fast"
+    assert caught.value.status_code == 503
+    assert caught.value.code == ErrorCode.BACKEND_UNAVAILABLE
+    assert "the backend of 'flaky' is not answering its publisher" in caught.value.message
+    state.awake = True
+    # Back within seconds. (Not at once: a poll that read the session before the
+    # heartbeat saying `active` can write `unavailable` back, until the next heartbeat
+    # repeats it — the relay's side of issue 12 item 11.)
+    wait_until(lambda: answers(stack, "flaky", "back"), 10, "flaky never came back")
+    state.awake = False
+    wait_rows(stack, {"flaky": "unavailable"})
 
 
 def test_relay_down_then_up(
@@ -246,6 +278,47 @@ def test_sigterm_lets_the_task_in_flight_finish(
     wait_rows(stack, {"slow": "inactive"}, timeout=5)
 
 
+def test_a_second_signal_stops_at_once_yet_cleanly(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    slow = {"name": "slow", "type": "echo", "options": {"tokenDelayMs": 200}}
+    config = publisher_config(stack, tmp_path, [slow], shutdownGraceSeconds=60)
+    publishers.append(publisher := start_publisher(config, tmp_path))
+    wait_rows(stack, {"slow": "active"})
+    errors: list[BaseException] = []
+    first_chunk = threading.Event()
+
+    def read() -> None:
+        try:
+            stream = client(stack).chat.completions.create(
+                model="slow", messages=[{"role": "user", "content": words(100)}], stream=True
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first_chunk.set()
+        except openai.APIError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first_chunk.wait(20)
+    publisher.process.send_signal(signal.SIGINT)
+    publisher.wait_log("waiting up to 60 s for 1 task(s) in flight")
+    stopped_at = time.monotonic()
+    publisher.process.send_signal(signal.SIGINT)
+    assert publisher.process.wait(10) == 0
+    assert time.monotonic() - stopped_at < 6
+    reader.join(10)
+    log = publisher.log()
+    assert "Traceback" not in log, log
+    assert "SIGINT again: stopping now" in log
+    assert "deregistered session" in log
+    # The client is told at once, not after its own timeout.
+    assert errors and "the publisher shut down before the task finished" in str(errors[0])
+    wait_rows(stack, {"slow": "inactive"}, timeout=5)
+    assert not unfinished_tasks(stack)
+
+
 def test_max_concurrency(
     stack: Stack,
     tmp_path: Path,
@@ -325,9 +398,85 @@ def test_wake_on_demand(
     with pytest.raises(openai.APIStatusError) as caught:
         ask(stack, "broken")
     assert caught.value.status_code == 503
-    assert "wake of broken failed: POST" in caught.value.message
-    assert "the power switch is stuck" in caught.value.message
+    assert caught.value.message.endswith(
+        "- wake of broken failed: the wake request answered 500: the power switch is stuck"
+    )
     assert rows(stack)["broken"]["status"] == "hibernating"
+
+
+def test_a_second_publisher_on_the_same_session_file_refuses_to_start(
+    tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    # No relay needed: the lock is taken before the first call to it.
+    home = {"HOME": str(tmp_path / "home")}
+    config = {"relay": {"url": "http://127.0.0.1:9", "token": "t"}, "providers": [ECHO]}
+    path = tmp_path / "natrelay.yaml"
+    publishers.append(
+        first := start_publisher(config, tmp_path, "first", config_path=path, env=home)
+    )
+    first.wait_log("relay unreachable")
+    publishers.append(
+        second := start_publisher(config, tmp_path, "second", config_path=path, env=home)
+    )
+    assert second.process.wait(20) == 1
+    log = second.log()
+    assert f"another publisher (pid {first.process.pid}) is using the session file" in log
+    assert "Traceback" not in log
+    assert first.process.poll() is None
+    # Another config file is another session: it starts.
+    other = tmp_path / "other.yaml"
+    publishers.append(
+        third := start_publisher(config, tmp_path, "third", config_path=other, env=home)
+    )
+    third.wait_log("relay unreachable")
+    # The lock dies with its holder, even by SIGKILL.
+    first.process.kill()
+    first.process.wait()
+    publishers.append(
+        fourth := start_publisher(config, tmp_path, "fourth", config_path=path, env=home)
+    )
+    fourth.wait_log("relay unreachable")
+    assert fourth.stop() == 0 and third.stop() == 0
+
+
+def test_a_held_name_does_not_block_the_others(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess]
+) -> None:
+    admin = {"Authorization": f"Bearer {stack.admin_token}"}
+    keys = f"{stack.url}/api/v1/keys"
+    other = httpx.post(keys, headers=admin, json={"role": "publisher", "label": "other"})
+    assert other.status_code == 201, other.text
+    shared = {**ECHO, "name": "shared"}
+    first_config = publisher_config(
+        stack, tmp_path, [shared], sessionFile=str(tmp_path / "1"), token=other.json()["secret"]
+    )
+    publishers.append(first := start_publisher(first_config, tmp_path, "first"))
+    wait_rows(stack, {"shared": "active"})
+    # Another key: `shared` is refused (409 name_owned), `mine` is published.
+    mine = {**ECHO, "name": "mine"}
+    second_config = publisher_config(
+        stack, tmp_path, [shared, mine], sessionFile=str(tmp_path / "2")
+    )
+    publishers.append(second := start_publisher(second_config, tmp_path, "second"))
+    wait_rows(stack, {"mine": "active", "shared": "active"})
+    assert ask(stack, "mine", "free").choices[0].message.content == "free"
+    # The held one is reported on every retry, not once and then silence.
+    second.wait_log("shared is held by another publisher session", count=3)
+    assert "name_owned" in second.log()
+    sessions = row_sessions(stack)
+    assert sessions["shared"] != sessions["mine"]
+    # Once its holder is gone and an admin releases the name, the retry takes it over,
+    # into the same session.
+    assert first.stop() == 0
+    released = httpx.delete(f"{stack.url}/api/v1/llms/shared", headers=admin)
+    assert released.status_code in (200, 204), released.text
+    wait_until(lambda: row_sessions(stack).get("shared") == sessions["mine"], 20)
+    wait_rows(stack, {"mine": "active", "shared": "active"})
+    assert ask(stack, "shared", "mine now").choices[0].message.content == "mine now"
+    count = second.log().count("is held by another publisher session")
+    time.sleep(3)
+    assert second.log().count("is held by another publisher session") == count
+    assert second.stop() == 0
 
 
 def test_refused_token_exits_non_zero(
@@ -337,6 +486,25 @@ def test_refused_token_exits_non_zero(
     publishers.append(publisher := start_publisher(config, tmp_path))
     assert publisher.process.wait(20) == 1
     assert "the relay refused the publish token (401)" in publisher.log()
+
+
+def answers(stack: Stack, model: str, text: str) -> bool:
+    """The model answers `text`; False while it is unavailable (503)."""
+    try:
+        return bool(ask(stack, model, text).choices[0].message.content == text)
+    except openai.APIStatusError as exc:
+        assert exc.status_code == 503, exc
+        return False
+
+
+def words(n: int) -> str:
+    return " ".join(f"w{i}" for i in range(n))
+
+
+def unfinished_tasks(stack: Stack) -> list[dict[str, Any]]:
+    """Tasks still pending or claimed, read from the table."""
+    items = dynamodb_client(stack.moto_endpoint).scan(TableName=stack.tables.tasks)["Items"]
+    return [i for i in items if i.get("state", {}).get("S") in ("pending", "claimed")]
 
 
 def row_sessions(stack: Stack) -> dict[str, str]:

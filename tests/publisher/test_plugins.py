@@ -111,5 +111,5 @@ def test_entry_point_plugins(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == [
         "HI!!!",
         "knocked on front",
-        "c.yaml: providers[0].options.volume: Extra inputs are not permitted",
+        "c.yaml: providers[0].options.volume: unknown key (known: exclamations)",
     ]

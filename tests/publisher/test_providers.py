@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -131,11 +132,83 @@ def test_openai_stream_errors(openai_backend: tuple[str, FakeBackend]) -> None:
         asyncio.run(collect(provider(type="openai", baseUrl=url, model="break"), stream))
 
 
+def test_openai_stream_closed_early_is_a_backend_error(
+    openai_backend: tuple[str, FakeBackend],
+) -> None:
+    url, _ = openai_backend
+    stream = {**CHAT, "stream": True}
+    # The body ends cleanly after some pieces, without a finish_reason or `data: [DONE]`.
+    with pytest.raises(BackendFailedError, match="closed the stream early") as caught:
+        asyncio.run(collect(provider(type="openai", baseUrl=url, model="truncate"), stream))
+    assert caught.value.status == 502
+    with pytest.raises(BackendFailedError, match="invalid JSON in its stream"):
+        asyncio.run(collect(provider(type="openai", baseUrl=url, model="garbage"), stream))
+    # Not an event stream at all: nothing ends it properly either.
+    with pytest.raises(BackendFailedError, match="closed the stream early"):
+        asyncio.run(collect(provider(type="openai", baseUrl=url, model="bad-json"), stream))
+
+
+async def _sse_server_stream(lines: list[str]) -> list[dict[str, Any]]:
+    """The openai provider reading a backend that sends exactly `lines` of SSE."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for line in lines:
+            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    with serve(app) as url:
+        return await collect(provider(type="openai", baseUrl=url, model="m"), {**CHAT})
+
+
+def test_openai_stream_ends_with_done_or_finish_reasons() -> None:
+    def event(index: int, finish: str | None) -> str:
+        choice = {"index": index, "delta": {"content": "x"}, "finish_reason": finish}
+        return f"data: {json.dumps({'choices': [choice]})}\n\n"
+
+    # A finish_reason for every choice is a proper end, even without [DONE] (lenient) ...
+    finished = [event(0, None), event(1, None), event(0, "stop"), event(1, "length")]
+    assert len(asyncio.run(_sse_server_stream(finished))) == 4
+    # ... one choice of two left unfinished is not.
+    with pytest.raises(BackendFailedError, match="closed the stream early"):
+        asyncio.run(_sse_server_stream([event(0, None), event(1, None), event(0, "stop")]))
+    assert len(asyncio.run(_sse_server_stream([event(0, None), "data: [DONE]\n\n"]))) == 1
+
+
+def test_openai_backend_that_hangs_times_out(openai_backend: tuple[str, FakeBackend]) -> None:
+    url, _ = openai_backend
+    started = time.monotonic()
+    hung = provider(type="openai", baseUrl=url, model="hang", timeoutSeconds=0.5)
+    with pytest.raises(BackendFailedError) as caught:
+        asyncio.run(complete(hung, CHAT))
+    assert caught.value.message == "the backend of llama3 did not answer within 0.5 s"
+    assert caught.value.status == 504
+    # Streamed: the first piece, then silence.
+    hung = provider(type="openai", baseUrl=url, model="hang", timeoutSeconds=0.5)
+    seen: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        try:
+            async for chunk in hung.stream({**CHAT, "stream": True}):
+                seen.append(chunk)
+        finally:
+            await hung.aclose()
+
+    with pytest.raises(BackendFailedError, match=r"^the backend of llama3 sent nothing for 0.5 s"):
+        asyncio.run(read())
+    assert len(seen) == 1
+    assert time.monotonic() - started < 5
+
+
 def test_openai_backend_down() -> None:
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
-    with pytest.raises(
-        BackendFailedError, match=r"cannot reach the backend at http://127\.0\.0\.1:9/v1"
-    ):
+    with pytest.raises(BackendFailedError, match=r"^cannot reach the backend of llama3: Connect"):
         asyncio.run(complete(down, CHAT))
     down = provider(type="openai", baseUrl="http://127.0.0.1:9/v1", model="m")
     with pytest.raises(BackendFailedError, match="cannot reach the backend") as caught:
@@ -189,6 +262,19 @@ def test_ollama_stream_ndjson_to_chunks(ollama_backend: tuple[str, FakeBackend])
     assert text(chunks) == REPLY
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"]["total_tokens"] == 14
+
+
+def test_ollama_stream_without_done_is_a_backend_error(
+    ollama_backend: tuple[str, FakeBackend],
+) -> None:
+    url, _ = ollama_backend
+    with pytest.raises(BackendFailedError, match="closed the stream early") as caught:
+        asyncio.run(
+            collect(
+                provider(type="ollama", baseUrl=url, model="truncate"), {**CHAT, "stream": True}
+            )
+        )
+    assert caught.value.status == 502
 
 
 def test_ollama_availability_models_and_errors(ollama_backend: tuple[str, FakeBackend]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,8 +16,10 @@ import pytest
 from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
 from natrelay_publisher.config import parse_config
-from natrelay_publisher.daemon import Publisher
+from natrelay_publisher.daemon import Publisher, _plain_http_elsewhere
+from natrelay_publisher.errors import RelayCallError
 from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
+from tests.support.net import serve
 
 
 def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:
@@ -158,8 +162,9 @@ def test_failed_wake_fails_the_waiting_infer(
         assert results[task]["status"] == 503
         error = results[task]["error"]
         assert error["code"] == ErrorCode.WAKE_FAILED
-        assert error["message"].startswith("wake of sleepy failed: POST http://127.0.0.1:")
-        assert error["message"].endswith("/fail answered 500: the power switch is stuck")
+        assert error["message"] == (
+            "wake of sleepy failed: the wake request answered 500: the power switch is stuck"
+        )
 
 
 def test_heartbeat_reports_status_changes_of_wakeable_providers(
@@ -185,10 +190,32 @@ def test_heartbeat_reports_status_changes_of_wakeable_providers(
 
     run(publisher(url, tmp_path, sleepy(wake_url), plain), scenario)
     assert reported() == [{"sleepy": "active"}, {"sleepy": "hibernating"}]
-    # Down without a wake recipe: still published active (inference will say 502).
+    # Down without a wake recipe: published unavailable (the relay answers 503 at once).
     [registered] = fake.calls("register")
-    assert registered["providers"][1]["initialStatus"] == "active"
+    assert registered["providers"][1]["initialStatus"] == "unavailable"
     assert registered["providers"][1]["wakeMaxWaitSeconds"] is None
+
+
+def test_a_backend_without_wake_recipe_is_reported_unavailable_while_down(
+    relay: tuple[str, FakeRelay], controller: tuple[str, WakeController], tmp_path: Path
+) -> None:
+    url, fake = relay
+    wake_url, state = controller
+    state.awake = True
+    plain = {"name": "plain", "type": "echo", "options": {"availabilityUrl": f"{wake_url}/ready"}}
+
+    def reported() -> list[dict[str, str]]:
+        return [h["statuses"] for h in fake.calls("heartbeat") if h["statuses"]]
+
+    async def scenario() -> None:
+        await until(lambda: fake.rows.get("plain") == "active")
+        state.awake = False
+        await until(lambda: fake.rows["plain"] == "unavailable")
+        state.awake = True
+        await until(lambda: fake.rows["plain"] == "active")
+
+    run(publisher(url, tmp_path, plain), scenario)
+    assert reported() == [{"plain": "unavailable"}, {"plain": "active"}]
 
 
 def test_shutdown_fails_what_outlives_the_grace(
@@ -263,3 +290,157 @@ def test_stop_during_a_registration_in_flight_undoes_it(
     run(publisher(url, tmp_path, {"name": "echo", "type": "echo"}), scenario)
     assert [k for _, k, _ in fake.events] == ["register", "deregister"]
     assert fake.rows == {"echo": "inactive"}
+
+
+def test_errors_reach_the_relay_without_secrets(
+    relay: tuple[str, FakeRelay],
+    controller: tuple[str, WakeController],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a client can read (the relay's copy of an error) names the cause, never a
+    secret: no URL query, no userinfo, no backend address, no command output."""
+    url, fake = relay
+    wake_url, _ = controller
+    leak = "http://admin:hunter2@10.0.0.5:8000/v1/chat?token=SECRET1"
+
+    async def leaky_backend(scope: Any, receive: Any, send: Any) -> None:
+        body = json.dumps({"error": {"message": f"upstream {leak} failed"}}).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 500, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    stderr = tmp_path / "wake.py"
+    stderr.write_text(
+        "import sys\nprint('login failed for token=SECRET2', file=sys.stderr)\nsys.exit(2)\n"
+    )
+    never = {"availabilityUrl": "http://127.0.0.1:9/never"}
+    with serve(leaky_backend) as backend_url:
+        providers = [
+            {"name": "leaky", "type": "openai", "baseUrl": f"{backend_url}/v1", "model": "m"},
+            {
+                "name": "down",
+                "type": "openai",
+                "baseUrl": "http://user:SECRET3@localhost:9/v1",
+                "model": "m",
+            },
+            {
+                "name": "webhook",
+                "type": "echo",
+                "options": never,
+                "wake": {"type": "http", "url": f"{wake_url}/fail?apikey=SECRET4"},
+            },
+            {
+                "name": "unreachable-hook",
+                "type": "echo",
+                "options": never,
+                "wake": {"type": "http", "url": "http://u:SECRET5@127.0.0.1:9/hook?k=SECRET6"},
+            },
+            {
+                "name": "script",
+                "type": "echo",
+                "options": never,
+                "wake": {"type": "command", "command": sys.executable, "args": [str(stderr)]},
+            },
+        ]
+        fake.add(
+            infer_task("t-leaky", "leaky", "hi"),
+            infer_task("t-down", "down", "hi"),
+            wake_task("w-webhook", "webhook"),
+            wake_task("w-hook", "unreachable-hook"),
+            wake_task("w-script", "script"),
+        )
+
+        async def scenario() -> None:
+            await until(lambda: len(fake.results()) == 5, timeout=30)
+
+        with caplog.at_level("INFO", logger="natrelay.publisher"):
+            run(publisher(url, tmp_path, *providers), scenario)
+    messages = {task: r["error"]["message"] for task, r in fake.results().items()}
+    sent = json.dumps(fake.events)
+    for secret in ("SECRET", "hunter2", "apikey", "token=", "localhost", "10.0.0.5:8000/v1/chat?"):
+        assert secret not in sent, (secret, messages)
+    # The cause is still there.
+    assert messages["t-leaky"] == "upstream http://10.0.0.5:8000/v1/chat failed"
+    assert messages["t-down"].startswith("cannot reach the backend of down: ConnectError")
+    assert messages["w-webhook"] == (
+        "wake of webhook failed: the wake request answered 500: the power switch is stuck"
+    )
+    assert messages["w-hook"].startswith("wake of unreachable-hook failed: the wake request ")
+    assert messages["w-script"] == (
+        "wake of script failed: the wake command exited with status 2 "
+        "(its stderr is in the publisher's log)"
+    )
+    # The operator still finds the command's own words, in the publisher's log only.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("login failed for token=SECRET2" in m for m in warnings), warnings
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert not [m for m in info if "SECRET" in m or "hunter2" in m]
+
+
+def test_a_relay_url_that_is_not_the_relays_says_so(tmp_path: Path) -> None:
+    """A 404 on the first call: the URL points somewhere that is not the relay's root."""
+    from starlette.applications import Starlette  # noqa: PLC0415
+
+    with serve(Starlette()) as url:
+        pub = publisher(f"{url}/natrelay", tmp_path, {"name": "echo", "type": "echo"})
+        with pytest.raises(RelayCallError) as caught:
+            asyncio.run(pub.run(asyncio.Event()))
+    assert caught.value.status == 404
+    assert "is relay.url the relay's own URL" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"), [("http://relay.invalid:9", True), ("http://[::1]:9", False)]
+)
+def test_plain_http_to_another_host_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, url: str, warned: bool
+) -> None:
+    pub = publisher(url, tmp_path, {"name": "echo", "type": "echo"})
+
+    async def scenario() -> None:
+        await asyncio.sleep(0.2)
+
+    with caplog.at_level("WARNING", logger="natrelay.publisher"):
+        run(pub, scenario)
+    lines = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert lines == (
+        [
+            f"relay.url {url} is plain http: the publish token and every "
+            "prompt and answer cross the network unencrypted; use https://"
+        ]
+        if warned
+        else []
+    )
+    others = ["http://localhost:8787", "http://127.0.0.2", "https://relay.example.com"]
+    assert not any(_plain_http_elsewhere(u) for u in others)
+    assert _plain_http_elsewhere("http://192.168.1.20:8787")
+
+
+def test_held_names_are_retried_only_between_requests(
+    relay: tuple[str, FakeRelay], tmp_path: Path
+) -> None:
+    """Registering again starts a new generation of the session, under which the relay
+    would take the task in flight for lost: the retry of a held name waits for a gap."""
+    url, fake = relay
+    fake.held = {"taken"}
+    slow = {"name": "free", "type": "echo", "options": {"tokenDelayMs": 100}}
+    fake.add(infer_task("t1", "free", words(20), stream=True))
+
+    async def scenario() -> None:
+        await until(lambda: "t1" in fake.results())
+        await until(lambda: len(fake.calls("register")) >= 6)
+        fake.held = set()
+        await until(lambda: "taken" in fake.rows)
+
+    run(publisher(url, tmp_path, slow, {"name": "taken", "type": "echo"}), scenario)
+    registers = [t for t, k, _ in fake.events if k == "register"]
+    chunks = [t for t, k, _ in fake.events if k == "chunks"]
+    result = next(t for t, k, b in fake.events if k == "result" and b["task"] == "t1")
+    assert result - chunks[0] >= 1.5  # the task spanned several heartbeat intervals
+    assert not [t for t in registers if chunks[0] < t < result]
+    # Refused with both names, then registered without the held one, then with it.
+    bodies = fake.calls("register")
+    assert [p["name"] for p in bodies[0]["providers"]] == ["free", "taken"]
+    assert [p["name"] for p in bodies[1]["providers"]] == ["free"]
+    assert [p["name"] for p in bodies[-1]["providers"]] == ["free", "taken"]

@@ -428,3 +428,14 @@ def test_a_queued_request_falls_back_to_published_rows_only(cloud: Cloud) -> Non
     assert moved.headers["location"] == f"/api/v1/tasks/{moved.json()['id']}"
     busy.http.close()
     spare.http.close()
+
+
+def test_fallback_when_every_backend_is_down(cloud: Cloud) -> None:
+    s = cloud.stack
+    down = [{"name": "home", "type": "echo", "model": "e", "initialStatus": "unavailable"}]
+    with ScriptedPublisher(s.url, s.publish_token, down):
+        applied = cloud.apply({"name": "home", "fallbacks": ["cloud"]})
+        assert applied.status_code == 200, applied.text
+        raw = cloud.client().chat.completions.with_raw_response.create(model="home", messages=HI)
+        assert raw.headers[SERVED_BY_HEADER] == "cloud"
+        assert raw.parse().choices[0].message.content == cloud.backend.text()

@@ -10,11 +10,13 @@ serves until SIGTERM.
   set. Streamed (SSE, after a comment line), one word a chunk, `interval` s apart (the
   first at once), then the usage if `stream_options.include_usage` asks for it.
   Non-streamed answers come at once: with the last user message instead when `echo`,
-  reversed when that message starts with `ECHO:`.
+  reversed when that message starts with `ECHO:`; `stream_echo` streams that too.
 * Backend models that misbehave: `fail-400` (an OpenAI error), `fail-500` (plain text),
-  `bad-json` (200, not JSON), `break` (the stream ends with an error event), `delay`
-  (a non-streamed answer after 0.4 s; `max_active` is the most answered at once);
-  `latency` delays every non-streamed answer.
+  `bad-json` (200, not JSON), `break` (the stream ends with an error event), `truncate`
+  (the stream stops after its pieces: no finish_reason, no `[DONE]`), `garbage` (a stream
+  event that is not JSON after the first piece), `hang` (never answers; streamed: the
+  first piece, then nothing), `delay` (a non-streamed answer after 0.4 s; `max_active` is
+  the most answered at once); `latency` delays every non-streamed answer.
 * With `api_key`, a chat request without `Authorization: Bearer <api_key>` is 401.
 * While `asleep`, both answer 503. `POST /_fake/wake` wakes it `wake_delay` s later and
   answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
@@ -59,6 +61,8 @@ class FakeBackend:
     tokens: int | None = None
     interval: float = 0.0
     echo: bool = False
+    # Streams echo too: the last user message, word by word.
+    stream_echo: bool = False
     prompt_tokens: int = 7
     models: tuple[str, ...] = ("m1", "m2")
     asleep: bool = False
@@ -135,6 +139,10 @@ class FakeBackend:
             return PlainTextResponse("this is not JSON", 200)
         if body.get("stream"):
             return StreamingResponse(self._sse(body), media_type="text/event-stream")
+        if model == "hang":
+            while not await request.is_disconnected():  # until the client gives up
+                await asyncio.sleep(0.05)
+            return Response(status_code=499)
         wait = max(self.latency, 0.4 if model == "delay" else 0.0)
         if wait:
             self.active += 1
@@ -160,15 +168,23 @@ class FakeBackend:
         head = _head(body, "chat.completion.chunk")
         try:
             yield ": a comment line the parser must skip\n\n"
-            for i, piece in enumerate(self.pieces()):
+            model = body.get("model")
+            pieces = words(self._answer(body)) if self.stream_echo else self.pieces()
+            for i, piece in enumerate(pieces):
                 if i:
                     await asyncio.sleep(self.interval)
                 self.produced_at.append(time.monotonic())
                 delta = {"content": piece}
                 chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                 yield f"data: {json.dumps(chunk)}\n\n"
-            if body.get("model") == "break":
+                if model == "hang":
+                    await asyncio.Event().wait()
+                if model == "garbage":
+                    yield "data: {this is not JSON\n\n"
+            if model == "break":
                 yield 'data: {"error": {"message": "out of memory", "code": 500}}\n\n'
+                return
+            if model == "truncate":
                 return
             stop = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             yield f"data: {json.dumps(stop)}\n\n"

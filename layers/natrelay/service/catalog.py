@@ -63,7 +63,7 @@ class Catalog:
 
     def serving(self, row: LlmRecord) -> bool:
         """Can the pool answer now (a live member serves, or can be woken)?"""
-        return self.status(row) is not LlmStatus.INACTIVE
+        return self.status(row) not in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE)
 
     def status(self, row: LlmRecord) -> LlmStatus:
         return row.pool_status(self.clock(), self.liveness.timeout)

@@ -188,6 +188,8 @@ class Claims:
         the member it is meant for take it)."""
         if entry.target_session is not None:
             return entry.target_session == session.id  # a wake: only its member
+        if session.statuses.get(name) is LlmStatus.UNAVAILABLE:
+            return False  # its backend does not answer: the pool's other members take it
         if session.statuses.get(name) is LlmStatus.HIBERNATING:
             # asleep: only the requests that wait for this member's own wake
             return entry.wake_target == session.id

@@ -7,6 +7,7 @@ from typing import Any
 
 from natrelay.errors import (
     BackendError,
+    BackendUnavailableError,
     PublisherOfflineError,
     QueueTimeoutError,
     RelayError,
@@ -14,7 +15,7 @@ from natrelay.errors import (
     WakeFailedError,
 )
 from natrelay.store import LlmRecord, TaskRecord
-from natrelay.wire import ErrorCode, TaskState
+from natrelay.wire import ErrorCode, LlmStatus, TaskState
 
 OFFLINE_STATUS = 503
 CANCELLED_STATUS = 499
@@ -40,7 +41,14 @@ def cancelled_error(message: str) -> dict[str, Any]:
     return {"message": message, "code": ErrorCode.TASK_CANCELLED.value}
 
 
-def offline(row: LlmRecord, now: float) -> PublisherOfflineError:
+def offline(row: LlmRecord, now: float, status: LlmStatus | None = None) -> PublisherOfflineError:
+    """Why the pool cannot take a request: every live member's backend is down (`status`
+    unavailable), or no member is online."""
+    if status is LlmStatus.UNAVAILABLE:
+        return BackendUnavailableError(
+            f"the backend of {row.name!r} is not answering its publisher; try again later",
+            retry_after=10,
+        )
     ago = f"{now - row.last_heartbeat_at:.0f} s ago" if row.last_heartbeat_at else "never"
     return PublisherOfflineError(
         f"the publisher of {row.name!r} is offline (last heartbeat {ago}); "

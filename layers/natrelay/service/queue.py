@@ -138,9 +138,9 @@ class Queue:
             )
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
-        if status is LlmStatus.INACTIVE:
+        if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
             await self.usage.count_row(name, error=True)  # the status page shows refusals
-            raise offline(row, now)
+            raise offline(row, now, status)
         await self.pools.prune([row])  # writes only when members died (rare)
         # An idle poll here takes it at once: no queue to check
         fast = fast and status is LlmStatus.ACTIVE and self.handoff.can_take(row)

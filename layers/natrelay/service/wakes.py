@@ -78,7 +78,7 @@ class Wakes:
             if not candidates:
                 if more:
                     return None
-                raise offline(row, now)
+                raise offline(row, now, status)
             target = random.choice(candidates)  # noqa: S311 - spreading, not secrecy
             wake_id = new_task_id(now)
             window = self.window(target)

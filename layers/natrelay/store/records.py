@@ -78,9 +78,10 @@ class LlmRecord:
         return [m for m in self.members.values() if m.alive(now, timeout)]
 
     def pool_status(self, now: float, timeout: float) -> LlmStatus:
-        """active: a live member serves now; hibernating: live members, all asleep;
-        inactive: no live member (or the row was retired). A public row is as it is
-        stored (active: the relay calls its upstream itself)."""
+        """active: a live member serves now; hibernating: live members, none serving,
+        some asleep (wakeable); unavailable: live members whose backends all fail to
+        answer; inactive: no live member (or the row was retired). A public row is as it
+        is stored (active: the relay calls its upstream itself)."""
         if self.public:
             return self.status
         live = self.live_members(now, timeout)
@@ -88,6 +89,8 @@ class LlmRecord:
             return LlmStatus.INACTIVE
         if any(m.status is LlmStatus.ACTIVE for m in live):
             return LlmStatus.ACTIVE
+        if all(m.status is LlmStatus.UNAVAILABLE for m in live):
+            return LlmStatus.UNAVAILABLE
         return LlmStatus.HIBERNATING
 
 

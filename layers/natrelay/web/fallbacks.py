@@ -1,7 +1,8 @@
 """Fallbacks: a row that cannot serve a request hands it to the first of its fallbacks
 that can, and the answer says which row served it (`x-natrelay-served-by`).
 
-"Cannot serve": its publishers are offline, its wake failed, its pool's queue is full,
+"Cannot serve": its publishers are offline or all report their backends down
+(backend_unavailable), its wake failed, its pool's queue is full,
 or (a public row) its upstream cannot be reached or failed with a 5xx. Decided before
 the answer starts: a stream that has begun is never switched. Fallbacks are the row's
 own list, tried in order, not transitive (a fallback's fallbacks are not tried), each

@@ -39,7 +39,7 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
-th{background:#f4f4f4}.active{color:#070}.hibernating{color:#a60}.inactive{color:#b00}
+th{background:#f4f4f4}.active{color:#070}.hibernating{color:#a60}.inactive,.unavailable{color:#b00}
 .muted{color:#777}form.inline{display:inline}
 """
 

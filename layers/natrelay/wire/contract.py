@@ -32,6 +32,8 @@ class LlmStatus(StrEnum):
     ACTIVE = "active"
     HIBERNATING = "hibernating"
     INACTIVE = "inactive"
+    # The publisher is online but its backend does not answer and cannot be woken.
+    UNAVAILABLE = "unavailable"
 
 
 class Role(StrEnum):
@@ -86,6 +88,7 @@ class ErrorCode(StrEnum):
     RESULT_CONFLICT = "result_conflict"
     PUBLISHER_OFFLINE = "publisher_offline"
     WAKE_FAILED = "wake_failed"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_ERROR = "backend_error"
     UPSTREAM_ERROR = "upstream_error"
     PUBLISHER_ERROR = "publisher_error"

@@ -12,14 +12,15 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from natrelay_publisher.errors import BackendFailedError
+from natrelay_publisher.redact import describe
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
     from natrelay_publisher.types import Chunk, JSONObject
 
 AVAILABILITY_TIMEOUT_SECONDS = 5.0
-# Generation can be slow; connecting must not be.
-BACKEND_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+# Generation can be slow (the provider's timeoutSeconds); connecting must not be.
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class ProviderOptions(BaseModel):
@@ -62,13 +63,12 @@ class Provider(Protocol):
 
 
 def backend_client(config: ProviderConfig) -> httpx.AsyncClient:
-    """One client per backend: base URL, API key, generous read timeout."""
+    """One client per backend: base URL, API key, the provider's read timeout."""
     headers = {}
     if config.api_key is not None:
         headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-    return httpx.AsyncClient(
-        base_url=config.base_url or "", headers=headers, timeout=BACKEND_TIMEOUT
-    )
+    timeout = httpx.Timeout(config.timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
+    return httpx.AsyncClient(base_url=config.base_url or "", headers=headers, timeout=timeout)
 
 
 def error_message(status: int, body: bytes | str) -> str:
@@ -88,12 +88,30 @@ def error_message(status: int, body: bytes | str) -> str:
     return str(message) if message else f"HTTP {status}"
 
 
-def unreachable(url: str, exc: Exception) -> BackendFailedError:
-    return BackendFailedError(f"cannot reach the backend at {url}: {exc!r}")
+# The backend's address is the publisher's business: clients read the provider's name.
+def unreachable(name: str, exc: Exception, timeout: float) -> BackendFailedError:
+    if _silent(exc):
+        return BackendFailedError(
+            f"the backend of {name} did not answer within {timeout:g} s", status=504
+        )
+    return BackendFailedError(f"cannot reach the backend of {name}: {describe(exc)}")
 
 
-def broken_stream(url: str, exc: Exception) -> BackendFailedError:
-    return BackendFailedError(f"the backend stream from {url} broke: {exc!r}")
+def broken_stream(name: str, exc: Exception, timeout: float) -> BackendFailedError:
+    if _silent(exc):
+        return BackendFailedError(
+            f"the backend of {name} sent nothing for {timeout:g} s mid-stream", status=504
+        )
+    return BackendFailedError(f"the stream of the backend of {name} broke: {describe(exc)}")
+
+
+def _silent(exc: Exception) -> bool:
+    """Connected, then nothing came: a hung backend, not an unreachable one."""
+    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+
+
+def closed_early(missing: str) -> BackendFailedError:
+    return BackendFailedError(f"the backend closed the stream early ({missing})")
 
 
 def failed_status(response: httpx.Response, body: bytes) -> BackendFailedError:
@@ -131,6 +149,7 @@ class HttpBackend:
         self.name = config.name
         self.model = config.model or ""
         self.base_url = config.base_url or ""
+        self.timeout = config.timeout_seconds
         self._client = backend_client(config)
 
     async def available(self) -> bool:
@@ -154,7 +173,7 @@ class HttpBackend:
         try:
             response = await self._client.request(method, path, json=json, **kwargs)
         except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, exc) from exc
+            raise unreachable(self.name, exc, self.timeout) from exc
         if not response.is_success:
             raise failed_status(response, response.content)
         return response

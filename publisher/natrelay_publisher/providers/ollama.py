@@ -13,6 +13,7 @@ from natrelay_publisher.providers.base import (
     BackendReply,
     HttpBackend,
     broken_stream,
+    closed_early,
     error_message,
     failed_status,
     parse_json,
@@ -63,7 +64,8 @@ class OllamaProvider(HttpBackend):
                     if data.get("done"):
                         return
         except httpx.HTTPError as exc:
-            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
+            raise (broken_stream if started else unreachable)(self.name, exc, self.timeout) from exc
+        raise closed_early('no line with "done": true')
 
 
 def _line(line: str) -> JSONObject:

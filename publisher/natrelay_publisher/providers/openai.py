@@ -13,6 +13,7 @@ from natrelay_publisher.providers.base import (
     BackendReply,
     HttpBackend,
     broken_stream,
+    closed_early,
     error_message,
     failed_status,
     forwarded,
@@ -56,6 +57,7 @@ class OpenAIProvider(HttpBackend):
     async def stream(self, request: JSONObject) -> AsyncIterator[Chunk]:
         body = forwarded(request, self.model, stream=True)
         started = False
+        end = _StreamEnd()
         try:
             async with self._client.stream("POST", "chat/completions", json=body) as response:
                 if not response.is_success:
@@ -64,9 +66,38 @@ class OpenAIProvider(HttpBackend):
                 async for data in sse_data(response.aiter_lines()):
                     if data.strip() == "[DONE]":
                         return
-                    yield _chunk(data)
+                    chunk = _chunk(data)
+                    end.see(chunk)
+                    yield chunk
         except httpx.HTTPError as exc:
-            raise (broken_stream if started else unreachable)(self.base_url, exc) from exc
+            raise (broken_stream if started else unreachable)(self.name, exc, self.timeout) from exc
+        if not end.proper:
+            # A body that just stops is a backend that died or a proxy that cut it: the
+            # client must not take the text so far for the whole answer.
+            raise closed_early("no `data: [DONE]` and no finish_reason")
+
+
+class _StreamEnd:
+    """Whether a stream without `[DONE]` still ended properly: every choice finished."""
+
+    def __init__(self) -> None:
+        self.open: set[object] = set()
+        self.done: set[object] = set()
+
+    def see(self, chunk: Chunk) -> None:
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if choice.get("finish_reason"):
+                self.open.discard(index)
+                self.done.add(index)
+            elif index not in self.done:
+                self.open.add(index)
+
+    @property
+    def proper(self) -> bool:
+        return bool(self.done) and not self.open
 
 
 def _chunk(data: str) -> Chunk:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
@@ -14,6 +15,8 @@ from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
     from natrelay_publisher.types import Action
+
+logger = logging.getLogger("natrelay.publisher")
 
 
 class CommandRecipeConfig(RecipeConfig):
@@ -44,13 +47,16 @@ class CommandRecipe:
                 stderr=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
-            raise RecipeError(f"cannot run {config.command}: {exc}") from exc
+            logger.warning("cannot run %s: %s", config.command, exc)
+            raise RecipeError(
+                f"cannot run the {action} command: {exc.strerror or type(exc).__name__}"
+            ) from exc
         try:
             async with asyncio.timeout(config.max_wait_seconds):
                 _, stderr = await process.communicate()
         except TimeoutError:
             raise RecipeError(
-                f"{config.command} did not finish within {config.max_wait_seconds:g} s"
+                f"the {action} command did not finish within {config.max_wait_seconds:g} s"
             ) from None
         finally:
             if process.returncode is None:
@@ -58,8 +64,18 @@ class CommandRecipe:
                     process.kill()
                 await process.wait()
         if process.returncode != 0:
-            detail = tail(stderr) or "no output on stderr"
-            raise RecipeError(f"{config.command} exited with {process.returncode}: {detail}")
+            # Its stderr may hold anything (a token, a path): for the operator's eyes only.
+            logger.warning(
+                "%s command %s exited with status %d: %s",
+                action,
+                config.command,
+                process.returncode,
+                tail(stderr) or "no output on stderr",
+            )
+            raise RecipeError(
+                f"the {action} command exited with status {process.returncode} "
+                "(its stderr is in the publisher's log)"
+            )
 
     async def ready(self) -> bool | None:
         return None

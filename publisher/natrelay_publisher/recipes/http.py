@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
@@ -9,10 +10,13 @@ from pydantic import Field
 
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
+from natrelay_publisher.redact import describe, origin
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
     from natrelay_publisher.types import Action
+
+logger = logging.getLogger("natrelay.publisher")
 
 
 class HttpRecipeConfig(RecipeConfig):
@@ -45,10 +49,14 @@ class HttpRecipe:
                     method, config.url, headers=config.headers, content=content, json=json_body
                 )
         except httpx.HTTPError as exc:
-            raise RecipeError(f"{method} {config.url} failed: {exc!r}") from exc
+            # The URL (and its path, which may be a webhook's key) stays on this machine.
+            logger.warning(
+                "%s %s for %s failed: %s", method, origin(config.url), action, describe(exc)
+            )
+            raise RecipeError(f"the {action} request ({method}) failed: {describe(exc)}") from exc
         if not response.is_success:
             raise RecipeError(
-                f"{method} {config.url} answered {response.status_code}: {tail(response.text)}"
+                f"the {action} request answered {response.status_code}: {tail(response.text)}"
             )
 
     async def ready(self) -> bool | None:

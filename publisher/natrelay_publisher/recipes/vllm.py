@@ -11,6 +11,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
+from natrelay_publisher.redact import describe
 
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
@@ -54,16 +55,19 @@ class VllmSleepRecipe:
 
     async def run(self, action: Action) -> None:
         if action == "wake":
-            url, params = f"{self.base_url}/wake_up", {}
+            path, params = "/wake_up", {}
         else:
-            url, params = f"{self.base_url}/sleep", {"level": str(self.config.level)}
+            path, params = "/sleep", {"level": str(self.config.level)}
+        url = f"{self.base_url}{path}"
         try:
             async with httpx.AsyncClient(timeout=self.config.max_wait_seconds) as client:
                 response = await client.post(url, params=params, headers=self.headers)
         except httpx.HTTPError as exc:
-            raise RecipeError(f"POST {url} failed: {exc!r}") from exc
+            raise RecipeError(f"vLLM's POST {path} failed: {describe(exc)}") from exc
         if not response.is_success:
-            raise RecipeError(f"POST {url} answered {response.status_code}: {tail(response.text)}")
+            raise RecipeError(
+                f"vLLM's POST {path} answered {response.status_code}: {tail(response.text)}"
+            )
 
     async def ready(self) -> bool | None:
         try:

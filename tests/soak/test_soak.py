@@ -1,0 +1,36 @@
+"""A short soak in CI (scripts/soak runs the 10-minute one): nothing lost, nothing wrong,
+nothing left pending or claimed, whatever the faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.soak.run import run_soak
+
+pytestmark = pytest.mark.slow
+
+SECONDS = 45
+SEED = 20240612  # fixed in CI, so that a failure can be replayed: scripts/soak --seed
+# Not `kill-relay` yet: a relay killed between claiming a task and answering the poll
+# loses that task until maxTaskSeconds (issue 12 item 6, relay side; see
+# tests/faults/test_faults.py::test_a_poll_answer_lost_on_the_way). About one short run in
+# five lost one that way. Add it back once that test passes.
+FAULTS = ("kill-publisher", "freeze-dynamodb")
+
+
+@pytest.mark.timeout(SECONDS + 180)
+def test_short_soak(capsys: pytest.CaptureFixture[str]) -> None:
+    # A fault every 8-12 s: each kind at least once in the short run.
+    report = run_soak(SECONDS, seed=SEED, faults=FAULTS, fault_every=(8, 12))
+    with capsys.disabled():
+        print("\n" + "\n".join(report.lines()))
+        print("faults:\n" + "\n".join(f"  {fault}" for fault in report.faults))
+    kinds = {fault.split()[1].rstrip(":") for fault in report.faults}
+    assert kinds == set(FAULTS), report.faults
+    assert report.sent > 50 and report.answered > report.sent // 2
+    assert report.errors > 0  # at least the broken backends' clear errors
+    assert report.lost == 0, report.examples
+    assert report.wrong == 0, report.examples
+    assert report.unsettled == 0, report.unsettled_tasks
+    # Not asserted yet: the relay does not honour Idempotency-Key in this branch (issue 12,
+    # item 2); report.queued_twice_idempotent is printed above.
