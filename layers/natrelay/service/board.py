@@ -3,6 +3,7 @@ usage today."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from natrelay.service.access import STATIC_IDS
@@ -43,36 +44,41 @@ class Board:
         self.usage = usage
 
     async def rows(self) -> list[RowState]:
-        """Every row (a scan, and per row a queue count and two reads of its minutes)."""
+        """Every row (a scan, and per row a queue count and two reads of its minutes,
+        all rows' reads side by side)."""
         now = self.clock()
-        out = []
-        for row in await self.stores.llms.all():
-            depth = 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]
-            out.append(
-                RowState(
-                    row=row,
-                    status=row.pool_status(now, self.liveness.timeout),
-                    members=row.live_members(now, self.liveness.timeout),
-                    queue_depth=depth,
-                    waking=row.waking(now),
-                    last_hour=await self.usage.last_hour(row.name),
-                )
+
+        async def state(row: LlmRecord) -> RowState:
+            depth, hour = await asyncio.gather(self._depth(row), self.usage.last_hour(row.name))
+            return RowState(
+                row=row,
+                status=row.pool_status(now, self.liveness.timeout),
+                members=row.live_members(now, self.liveness.timeout),
+                queue_depth=depth,
+                waking=row.waking(now),
+                last_hour=hour,
             )
-        return out
+
+        return list(await asyncio.gather(*(state(r) for r in await self.stores.llms.all())))
+
+    async def _depth(self, row: LlmRecord) -> int:
+        return 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]
 
     async def keys_today(self) -> list[KeyToday]:
         """Every stored key, and the simple mode's shared tokens if they were used today."""
         today = day_and_minute(self.clock())[0]
-        out = []
-        for key in await self.stores.keys.all():
-            days = await self.stores.usage.days(key.id, today)
-            out.append(
-                KeyToday(key.id, key.label, key.role, key.revoked_at is not None, _first(days))
-            )
+        keys = await self.stores.keys.all()
+        ids = [k.id for k in keys] + list(STATIC_IDS.values())
+        days = await asyncio.gather(*(self.stores.usage.days(i, today) for i in ids))
+        used = dict(zip(ids, (_first(d) for d in days), strict=True))
+        out = [
+            KeyToday(key.id, key.label, key.role, key.revoked_at is not None, used[key.id])
+            for key in keys
+        ]
         for role, key_id in STATIC_IDS.items():
-            used = _first(await self.stores.usage.days(key_id, today))
-            if used is not None:
-                out.append(KeyToday(key_id, f"shared {role.value} token", role, False, used))
+            shared = used[key_id]
+            if shared is not None:
+                out.append(KeyToday(key_id, f"shared {role.value} token", role, False, shared))
         return out
 
 

@@ -9,6 +9,7 @@ stops working within the key cache time. `POST /status/logout` forgets it.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from html import escape
 from ipaddress import ip_address
@@ -134,8 +135,7 @@ async def status_page(request: Request) -> Response:
     if await _admin(request, relay, request.cookies.get(COOKIE)) is not None:
         return RedirectResponse(Paths.STATUS_LOGIN, status_code=303, headers=HEADERS)
     now = relay.clock()
-    rows = await relay.board.rows()
-    keys = await relay.board.keys_today()
+    rows, keys = await asyncio.gather(relay.board.rows(), relay.board.keys_today())
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = (
         f"<h1>natrelay status</h1><div class=muted>{escape(stamp)} · refreshes every "
