@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -34,11 +35,13 @@ MAX_MESSAGE = 1000
 
 @dataclass(frozen=True)
 class UpstreamReply:
-    """A plain answer (`body`), or a stream's chunk objects (`chunks`), in that order."""
+    """A plain answer (`body`), or a stream's chunk objects (`chunks`), in that order.
+    `settle`: the plain answer's usage, to record once it is sent (None: recorded)."""
 
     status: int
     body: Any = None
     chunks: AsyncIterator[Any] | None = None
+    settle: Callable[[], Awaitable[None]] | None = None
 
 
 def _failure(row: LlmRecord, message: str, status: int = 502) -> UpstreamError:
@@ -145,10 +148,18 @@ class Upstreams:
         finally:
             await response.aclose()
         ok = isinstance(data, dict)
-        await self.usage.record_call(principal, admission, row.name, body=data, error=not ok)
+        settle = partial(
+            self.usage.record_call, principal, admission, row.name, body=data, error=not ok
+        )
+        # As on the fast path: a key with a concurrency or token limit settles its usage
+        # before the answer goes out (its next request must see it); others just after.
+        first = principal.concurrency is not None or principal.tokens_per_day is not None
+        if first or not ok:
+            await settle()
         if not ok:
             raise _failure(row, "answered with something that is not a JSON object")
-        return UpstreamReply(response.status_code, body=public_model(data, row.name))
+        body = public_model(data, row.name)
+        return UpstreamReply(response.status_code, body=body, settle=None if first else settle)
 
     async def _send(self, row: LlmRecord, request: httpx.Request) -> httpx.Response:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.errors import RelayError
@@ -29,7 +30,8 @@ async def public_answer(
     started = relay.clock()
     reply = await relay.upstreams.relay(principal, row, path, body, stream=stream)
     if reply.chunks is None:
-        return JSONResponse(reply.body, status_code=reply.status)
+        after = BackgroundTask(reply.settle) if reply.settle is not None else None
+        return JSONResponse(reply.body, status_code=reply.status, background=after)
     return StreamingResponse(
         _events(relay, reply.chunks, started), media_type="text/event-stream", headers=SSE_HEADERS
     )
