@@ -107,9 +107,8 @@ async def test_a_request_for_an_idle_poll_here_skips_dynamodb_until_it_is_answer
             PUB, task.id, TaskResult(provider_session_id=sid, body={"ok": 1})
         )
     assert (await relay.waiting.outcome(done[0])).body == {"ok": 1}
-    # the record behind the answer, then usage: the key's, and the row's minute count
-    # for the status page (NATRELAY_ROW_STATS): three requests for the whole inference
-    assert counter.ops == ["PutItem", "UpdateItem", "UpdateItem"]
+    # the record behind the answer, then usage: two requests for the whole inference
+    assert counter.ops == ["PutItem", "UpdateItem"]
     stored = await relay.stores.tasks.get(task.id, relay.clock())
     assert stored is not None and stored.state is TaskState.COMPLETED
     assert stored.claimed_by == sid and stored.client_key == CLIENT.key_id

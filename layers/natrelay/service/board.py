@@ -46,6 +46,7 @@ class Board:
     async def rows(self) -> list[RowState]:
         """Every row (a scan, and per row a queue count and two reads of its minutes,
         all rows' reads side by side)."""
+        await self.usage.flush_rows()  # what this process counted, first
         now = self.clock()
 
         async def state(row: LlmRecord) -> RowState:

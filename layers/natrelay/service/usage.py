@@ -53,6 +53,12 @@ def tokens_of(body: Any) -> tuple[int, int]:
 
 # A row's per-minute counts are kept this long (the status page reads the last hour).
 ROW_KEEP_SECONDS = 2 * 86400
+# Long-lived mode: a process adds up its rows' counts and writes them this often (one
+# write per row, not one per request); a status page it serves writes them first.
+ROW_FLUSH_SECONDS = 10.0
+
+# (row, hour) -> minute -> [requests, errors]
+Pending = dict[tuple[str, str], dict[str, list[int]]]
 
 
 def hour_of(now: float) -> str:
@@ -64,6 +70,11 @@ class Usage:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
         self.row_stats = ctx.settings.row_stats
+        # With in-process signals (one long-lived process), rows' counts are batched.
+        self.batch_rows = ctx.settings.in_process_signals
+        self._pending: Pending = {}
+        self._timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self._flushes: set[asyncio.Future[None]] = set()
 
     async def admit(self, principal: Principal, task_id: str, deadline: float) -> Admission:
         """Let a request in, or raise RateLimitError / BudgetExceededError."""
@@ -152,20 +163,48 @@ class Usage:
             log.exception("usage of %s not recorded", what)
 
     async def count_row(self, llm: str, *, error: bool) -> None:
-        """Count a request of the row (and whether it failed) in its minute."""
+        """Count a request of the row (and whether it failed) in its minute: written at
+        once, or (long-lived mode) within ROW_FLUSH_SECONDS with the rest."""
         if not self.row_stats:
             return
         now = self.clock()
-        try:
-            await self.usage.count_row(
-                llm,
-                hour_of(now),
-                day_and_minute(now)[1][2:],
-                error=error,
-                expires_at=now + ROW_KEEP_SECONDS,
-            )
-        except Exception:  # bookkeeping, as above
-            log.exception("request of %s not counted", llm)
+        hour, minute = hour_of(now), day_and_minute(now)[1][2:]
+        if not self.batch_rows:
+            await self._write_rows({(llm, hour): {minute: [1, int(error)]}}, now)
+            return
+        counts = self._pending.setdefault((llm, hour), {}).setdefault(minute, [0, 0])
+        counts[0] += 1
+        counts[1] += int(error)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer[0] is not loop:  # (tests run several loops)
+            self._timer = (loop, loop.call_later(ROW_FLUSH_SECONDS, self._flush_soon))
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        flush = asyncio.ensure_future(self.flush_rows())
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
+
+    async def flush_rows(self) -> None:
+        """Write the rows' counts this process holds (long-lived mode) now."""
+        if self._timer is not None:
+            self._timer[1].cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        if pending:
+            await self._write_rows(pending, self.clock())
+
+    async def _write_rows(self, pending: Pending, now: float) -> None:
+        for (llm, hour), minutes in pending.items():
+            try:
+                await self.usage.add_row_counts(
+                    llm,
+                    hour,
+                    {m: (r, e) for m, (r, e) in minutes.items()},
+                    expires_at=now + ROW_KEEP_SECONDS,
+                )
+            except Exception:  # bookkeeping, as above
+                log.exception("requests of %s not counted", llm)
 
     async def last_hour(self, llm: str) -> tuple[int, int] | None:
         """The row's (requests, errors) in the last 60 minutes (None: not counted here)."""

@@ -151,18 +151,26 @@ class DynamoUsageStore:
         return {"pk": {"S": f"llmusage#{name}"}, "sk": {"S": hour}}
 
     @off_loop
-    def count_row(
-        self, name: str, hour: str, minute: str, *, error: bool, expires_at: float
+    def add_row_counts(
+        self, name: str, hour: str, counts: dict[str, tuple[int, int]], *, expires_at: float
     ) -> None:
-        """Count a request of the row in its minute (`r<MM>`, and `e<MM>` if it failed)."""
-        adds = ["#r :one"] + (["#e :one"] if error else [])
-        names = {"#r": f"r{minute}"} | ({"#e": f"e{minute}"} if error else {})
+        """Add requests and errors to the row's minutes of `hour` (`r<MM>`, `e<MM>`),
+        `counts` by minute (MM), in one write."""
+        adds, names, vals = [], {}, {"exp": int(expires_at)}
+        for i, (minute, (requests, errors)) in enumerate(sorted(counts.items())):
+            for tag, n in (("r", requests), ("e", errors)):
+                if n:
+                    names[f"#{tag}{i}"] = f"{tag}{minute}"
+                    vals[f"{tag}{i}"] = n
+                    adds.append(f"#{tag}{i} :{tag}{i}")
+        if not adds:
+            return
         self._client.update_item(
             TableName=self.table,
             Key=self._row_key(name, hour),
             UpdateExpression=f"ADD {', '.join(adds)} SET expiresAt = :exp",
             ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values(one=1, exp=int(expires_at)),
+            ExpressionAttributeValues=values(**vals),
         )
 
     @off_loop
