@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)
     # Count every request per row and minute for the status page's "last hour" (one
-    # DynamoDB write per request; off: the page shows no counts).
+    # DynamoDB write per request without in-process signals; with them, one per row
+    # every 10 s from each process; off: the page shows no counts).
     row_stats: bool = True
     # Logs: JSON lines with the request id (json), or human-readable (text).
     log_format: Literal["json", "text"] = "json"
