@@ -68,15 +68,25 @@ class Signals:
         self.max_hints, self.max_bytes = max_hints, max_bytes
         # Waiters by key, oldest first (a dict used as an ordered set).
         self._listeners: defaultdict[str, dict[Listener, None]] = defaultdict(dict)
+        # How many notifications each key someone asked `seq` of has had.
+        self._seq: dict[str, int] = {}
+
+    def seq(self, key: str) -> int:
+        """A number that changes whenever `key` is notified (from the first call on)."""
+        return self._seq.setdefault(key, 0)
 
     def notify(self, key: str, payload: object | None = None, size: int = 0) -> None:
         """Wake the waiters of `key`, handing each `payload` (of `size` bytes) as a hint."""
+        if key in self._seq:
+            self._seq[key] += 1
         for listener in self._listeners.get(key, ()):
             listener.set(payload, size)
 
     def notify_one(self, key: str, payload: object | None = None) -> None:
         """Wake one waiter of `key`, the one that has waited longest (a pool's polls take
         turns: one claim attempt instead of every idle member racing for the task)."""
+        if key in self._seq:
+            self._seq[key] += 1
         listeners = self._listeners.get(key)
         if listeners:
             first = next(iter(listeners))

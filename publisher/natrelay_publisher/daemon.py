@@ -23,6 +23,7 @@ from natrelay.wire import (
     SessionRequest,
     SessionResponse,
     TaskKind,
+    fingerprint,
 )
 from natrelay_publisher.config import PublisherConfig
 from natrelay_publisher.doorbell import Doorbell
@@ -234,7 +235,9 @@ class Publisher:
                 if session_id is None:
                     raise
                 logger.warning(
-                    "register with session %s refused (%s): new session", session_id, exc.message
+                    "register with session %s refused (%s): new session",
+                    fingerprint(session_id),
+                    exc.message,
                 )
                 session_id = None
         self._held = held
@@ -249,7 +252,7 @@ class Publisher:
         logger.log(
             logging.DEBUG if unchanged else logging.INFO,
             "registered session %s: %s",
-            answer.provider_session_id,
+            fingerprint(answer.provider_session_id),
             listed,
         )
 
@@ -272,7 +275,9 @@ class Publisher:
         async with self._register_lock:
             if time.monotonic() - self._registered_at < 1.0:
                 return
-            logger.warning("the relay lost session %s: registering again", self.session_id)
+            logger.warning(
+                "the relay lost session %s: registering again", fingerprint(self.session_id or "")
+            )
             await self._register()
 
     async def _deregister(self, give_up_after: float = DEREGISTER_SECONDS) -> None:
@@ -284,7 +289,7 @@ class Publisher:
         except RelayCallError as exc:
             logger.warning("deregister failed: %s", exc.message)
             return
-        logger.info("deregistered session %s", self.session_id)
+        logger.info("deregistered session %s", fingerprint(self.session_id or ""))
 
     def _session(self, answer: SessionResponse) -> None:
         self.session_id = answer.provider_session_id

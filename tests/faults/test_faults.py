@@ -64,16 +64,6 @@ def relay(moto: MotoProcess, tmp_path: Path) -> Iterator[Relay]:
 
 
 @pytest.fixture
-def publishers() -> Iterator[list[PublisherProcess]]:
-    started: list[PublisherProcess] = []
-    yield started
-    for publisher in started:
-        if publisher.process.poll() is None:
-            publisher.process.kill()
-            publisher.process.wait()
-
-
-@pytest.fixture
 def backend() -> Iterator[tuple[str, FakeBackend]]:
     state = FakeBackend()
     with serve(state.app()) as url:

@@ -183,7 +183,7 @@ def moto_cost(endpoint: str, n: int) -> dict[str, dict[str, float | None]]:
         ),
         "Query": lambda i: client.query(
             TableName=tables.tasks,
-            IndexName="byQueue",
+            IndexName="byPool",
             KeyConditionExpression="#q = :s",
             ExpressionAttributeNames={"#q": "queue"},
             ExpressionAttributeValues={":s": {"S": "nobody"}},

@@ -16,7 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from natrelay.wire import ErrorCode
+from natrelay.wire import ErrorCode, fingerprint
 from natrelay_infra.wake_controller import WakeController
 from tests.publisher.running import (
     PublisherProcess,
@@ -37,17 +37,6 @@ def backend() -> Iterator[tuple[str, FakeBackend]]:
     state = FakeBackend()
     with serve(state.app()) as url:
         yield url + "/v1", state
-
-
-@pytest.fixture
-def publishers() -> Iterator[list[PublisherProcess]]:
-    """Publishers a test started; killed at the end whatever happened."""
-    started: list[PublisherProcess] = []
-    yield started
-    for publisher in started:
-        if publisher.process.poll() is None:
-            publisher.process.kill()
-            publisher.process.wait()
 
 
 def client(stack: Stack) -> OpenAI:
@@ -206,12 +195,12 @@ def test_session_lost_by_the_relay_is_registered_again(
     )
     wait_rows(stack, {"echo": "active"})
     session = row_sessions(stack)["echo"]
-    publisher.wait_log(f"registered session {session}")
+    publisher.wait_log(f"registered session {fingerprint(session)}")
     dynamodb_client(stack.moto_endpoint).delete_item(
         TableName=stack.tables.tasks, Key={"pk": {"S": f"session#{session}"}, "sk": {"S": "m"}}
     )
-    publisher.wait_log(f"the relay lost session {session}: registering again")
-    publisher.wait_log(f"registered session {session}", count=2)
+    publisher.wait_log(f"the relay lost session {fingerprint(session)}: registering again")
+    publisher.wait_log(f"registered session {fingerprint(session)}", count=2)
     assert ask(stack, "echo", "found again").choices[0].message.content == "found again"
     assert publisher.stop() == 0
 
@@ -224,14 +213,16 @@ def test_restart_keeps_the_session_and_rows(
     wait_rows(stack, {"echo": "active", "echo2": "active"})
     session = row_sessions(stack)["echo"]
     assert row_sessions(stack)["echo2"] == session
-    first.wait_log(f"registered session {session}")  # logged once the session file is saved
+    # logged once the session file is saved; by its fingerprint, never the id (a secret)
+    first.wait_log(f"registered session {fingerprint(session)}")
+    assert session not in first.log()
     # Killed without deregistering: its rows stay live, and only its own session may take
     # them back.
     first.process.kill()
     first.process.wait()
     # Right away: the dead process's last long-poll must not claim the next task.
     publishers.append(second := start_publisher(config, tmp_path, "second"))
-    second.wait_log(f"registered session {session}")
+    second.wait_log(f"registered session {fingerprint(session)}")
     wait_rows(stack, {"echo": "active", "echo2": "active"})
     assert set(row_sessions(stack).values()) == {session}
     assert ask(stack, "echo2", "again").choices[0].message.content == "again"
@@ -239,7 +230,7 @@ def test_restart_keeps_the_session_and_rows(
     assert second.stop() == 0
     wait_rows(stack, {"echo": "inactive", "echo2": "inactive"})
     publishers.append(third := start_publisher(config, tmp_path, "third"))
-    third.wait_log(f"registered session {session}")
+    third.wait_log(f"registered session {fingerprint(session)}")
     wait_rows(stack, {"echo": "active", "echo2": "active"})
     assert third.stop() == 0
 

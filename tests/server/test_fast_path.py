@@ -29,7 +29,16 @@ from natrelay.wire import (
     TaskResult,
     TaskState,
 )
-from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, OpCounter, register, spec
+from tests.server.conftest import (
+    CHAT,
+    CLIENT,
+    PUB,
+    FakeClock,
+    OpCounter,
+    claim,
+    register,
+    spec,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +75,15 @@ async def polling(
         tg.start_soon(poller)
         await idle(relay, sid)
         yield got
+
+
+async def handed(relay: Relay, *, stream: bool) -> tuple[str, TaskRecord]:
+    """A publisher session with `a`, and a task of it handed to its poll in memory."""
+    sid = await register(relay, spec("a"))
+    async with polling(relay, sid) as got:
+        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=stream)
+        assert [t.id for t in await got()] == [task.id]
+    return sid, task
 
 
 async def idle(relay: Relay, sid: str) -> None:
@@ -155,10 +173,7 @@ async def test_async_requests_and_a_disabled_fast_path_are_durable(
 async def test_a_handed_stream_reads_its_chunks_from_memory_and_keeps_them(
     relay: Relay,
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=True)
-        await got()
+    sid, task = await handed(relay, stream=True)
     read: list[bytes] = []
 
     async def reader() -> None:
@@ -183,10 +198,7 @@ async def test_a_handed_stream_reads_its_chunks_from_memory_and_keeps_them(
 async def test_a_client_that_stops_waiting_leaves_the_task_durable_for_later(
     relay: Relay, clock: FakeClock
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-        await got()
+    sid, task = await handed(relay, stream=False)
     clock.step = 0.05
     with pytest.raises(TaskTimeoutError):
         await relay.waiting.wait(task.id, budget=0.5, fresh=True)
@@ -203,10 +215,7 @@ async def test_a_client_that_stops_waiting_leaves_the_task_durable_for_later(
 async def test_a_cancelled_handed_task_refuses_the_publisher_and_is_recorded(
     relay: Relay,
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=True)
-        await got()
+    sid, task = await handed(relay, stream=True)
     await relay.endings.cancel(task.id)
     with pytest.raises(TaskCancelledError):
         await relay.claims.post_chunks(
@@ -236,10 +245,7 @@ async def test_only_the_claiming_session_of_its_key_may_post_for_a_handed_task(
 async def test_a_publisher_that_leaves_hands_its_handed_tasks_back_to_the_pool(
     relay: Relay,
 ) -> None:
-    sid = await register(relay, spec("a"))
-    async with polling(relay, sid) as got:
-        task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-        await got()
+    sid, task = await handed(relay, stream=False)
     second = await register(relay, spec("a"))  # another member of the pool
     await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
     stored = await relay.stores.tasks.get(task.id, relay.clock())
@@ -306,3 +312,36 @@ def test_a_read_that_began_before_a_write_is_not_kept() -> None:
     cache.clear()  # a write while the read was on its way
     cache.put("a", None, version)
     assert cache.get("a") == (False, None)
+
+
+async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_queued(
+    client: Any, settings: Settings, clock: FakeClock
+) -> None:
+    quick = settings.model_copy(update={"poll_max_interval_seconds": 0.3})
+    relay = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    sid = await register(relay, spec("a"))
+    assert await claim(relay, sid) == []  # looked: empty
+    counter = OpCounter(client)
+    assert await claim(relay, sid) == [] and "Query" not in counter.ops
+    # queued by this process: heard of at once
+    mine = await relay.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
+    assert [t.id for t in await claim(relay, sid)] == [mine.id]
+    assert await claim(relay, sid) == []
+    # queued by another process (another relay on the same tables): not heard of, so the
+    # memory lasts no longer than an idle poll's slowest re-check
+    other = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False)
+    assert await claim(relay, sid) == []
+    await anyio.sleep(0.35)
+    assert [t.id for t in await claim(relay, sid)] == [theirs.id]
+
+
+async def test_without_signals_every_poll_reads_the_queue(
+    client: Any, settings: Settings, clock: FakeClock
+) -> None:
+    lambda_like = settings.model_copy(update={"in_process_signals": False})
+    relay = Relay(lambda_like, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    sid = await register(relay, spec("a"))
+    assert await claim(relay, sid) == []
+    counter = OpCounter(client)
+    assert await claim(relay, sid) == [] and "Query" in counter.ops

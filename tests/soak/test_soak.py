@@ -11,11 +11,7 @@ pytestmark = pytest.mark.slow
 
 SECONDS = 45
 SEED = 20240612  # fixed in CI, so that a failure can be replayed: scripts/soak --seed
-# Not `kill-relay` yet: a relay killed between claiming a task and answering the poll
-# loses that task until maxTaskSeconds (issue 12 item 6, relay side; see
-# tests/faults/test_faults.py::test_a_poll_answer_lost_on_the_way). About one short run in
-# five lost one that way. Add it back once that test passes.
-FAULTS = ("kill-publisher", "freeze-dynamodb")
+FAULTS = ("kill-publisher", "kill-relay", "freeze-dynamodb")
 
 
 @pytest.mark.timeout(SECONDS + 180)
@@ -32,5 +28,4 @@ def test_short_soak(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.lost == 0, report.examples
     assert report.wrong == 0, report.examples
     assert report.unsettled == 0, report.unsettled_tasks
-    # Not asserted yet: the relay does not honour Idempotency-Key in this branch (issue 12,
-    # item 2); report.queued_twice_idempotent is printed above.
+    assert report.queued_twice_idempotent == 0, report.examples

@@ -18,7 +18,8 @@ from natrelay.errors import (
 )
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
-from natrelay.service.endings import Endings, PoolHint, pool_key
+from natrelay.service.endings import Endings, PoolHint
+from natrelay.service.handoff import EmptyQueues, pool_key
 from natrelay.service.payloads import (
     MAX_CHUNK_BATCH_BYTES,
     POLL_INLINE_BUDGET,
@@ -88,6 +89,7 @@ class Claims:
         # Tasks a poll of this process is claiming now (the others leave them be).
         self._taking: set[str] = set()
         self.handoff = endings.handoff
+        self.empty = EmptyQueues(ctx)
         self._returning: set[asyncio.Task[None]] = set()
 
     async def poll(
@@ -204,10 +206,9 @@ class Claims:
         out: list[TaskRecord] = []
         budget = POLL_INLINE_BUDGET
         for name in session.names:
-            hinted = [h for h in hints if h.llm == name]
-            entries = hinted or [
+            entries = [h for h in hints if h.llm == name] or [
                 PoolHint(q.id, name, q.target_session, q.wake_target)
-                for q in await self.queues.pending(name, slots.get(name, 0) + _LOOK_PAST)
+                for q in await self.empty.pending(name, slots.get(name, 0) + _LOOK_PAST)
             ]
             for entry in entries:
                 wake = entry.target_session is not None

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from natrelay.service.context import Context
-from natrelay.service.endings import PoolHint, pool_key
-from natrelay.service.sessions import fingerprint
+from natrelay.service.endings import PoolHint
+from natrelay.service.handoff import pool_key
 from natrelay.store import Delivery, LlmRecord, MemberRecord, SessionRecord
-from natrelay.wire import DoorbellMessage, LlmStatus
+from natrelay.wire import DoorbellMessage, LlmStatus, fingerprint
 
 log = logging.getLogger("natrelay.doorbell")
 

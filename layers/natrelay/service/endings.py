@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from natrelay.service.context import Context
-from natrelay.service.handoff import Handoff, task_key
+from natrelay.service.handoff import Handoff, pool_key, task_key
 from natrelay.service.outcomes import (
     CANCELLED_STATUS,
     OFFLINE_STATUS,
@@ -30,11 +30,6 @@ class PoolHint:
     llm: str
     target_session: str | None = None
     wake_target: str | None = None
-
-
-def pool_key(llm: str) -> str:
-    """The in-process signal key of the polls waiting for a pool's tasks."""
-    return f"pool:{llm}"
 
 
 class Endings:

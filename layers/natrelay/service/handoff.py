@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from natrelay.store import (
     ConditionFailedError,
     LlmRecord,
     NewTask,
+    Queued,
     SameResultError,
     SessionRecord,
     StreamRead,
@@ -43,6 +45,11 @@ log = logging.getLogger("natrelay.service")
 
 # A handed stream keeps its chunks in memory until it ends; past this it spills.
 MAX_HANDED_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def pool_key(llm: str) -> str:
+    """The in-process signal key of the polls waiting for a pool's tasks."""
+    return f"pool:{llm}"
 
 
 def task_key(task_id: str) -> str:
@@ -76,6 +83,35 @@ class Handed:
     settle_first: bool = False
     # Set while its record is being written (then the durable path owns it).
     leaving: asyncio.Event | None = None
+
+
+class EmptyQueues:
+    """Pools whose queue a poll of this process just found empty, and found so since no
+    task was queued for them here (no notification on the pool's key): the next poll need
+    not look again. Another process's writes are not heard of, so the memory is trusted
+    only as long as an idle poll's slowest re-check (poll_max_interval_seconds); never
+    without in-process signals (Lambda)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.queues = ctx.stores.queues
+        self.signals = ctx.signals
+        self.enabled = ctx.signals.enabled
+        self.ttl = ctx.settings.poll_max_interval_seconds
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    async def pending(self, name: str, limit: int) -> list[Queued]:
+        """What the pool's queue index lists, oldest first (nothing, and no Query, while
+        the pool is known empty)."""
+        key = pool_key(name)
+        seen = self._seen.get(key)
+        seq = self.signals.seq(key)
+        if seen is not None and seen[0] == seq and time.monotonic() - seen[1] < self.ttl:
+            return []
+        mark = (seq, time.monotonic())  # before the Query: a task queued during it counts
+        queued = await self.queues.pending(name, limit)
+        if not queued and self.enabled:
+            self._seen[key] = mark
+        return queued
 
 
 def _refused(handed: Handed, session_id: str, key: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, replace
 
@@ -26,6 +25,7 @@ from natrelay.wire import (
     PollRequest,
     RegisterRequest,
     SessionRequest,
+    fingerprint,
 )
 
 log = logging.getLogger("natrelay.service")
@@ -40,11 +40,6 @@ class Registration:
 
     session: SessionRecord
     rows: list[LlmRecord]
-
-
-def fingerprint(session_id: str) -> str:
-    """What logs show of a session id (the id itself is a secret of its publisher)."""
-    return hashlib.sha256(session_id.encode()).hexdigest()[:10]
 
 
 def _forbidden() -> SessionForbiddenError:

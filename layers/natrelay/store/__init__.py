@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
-from natrelay.store._task_items import result_hash
+from natrelay.store._task_items import Queued, result_hash
 from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.connections import Delivery, GatewayConnections
@@ -155,6 +155,7 @@ __all__ = [
     "MemberRecord",
     "NameHeldError",
     "NewTask",
+    "Queued",
     "RowWrite",
     "SameResultError",
     "SecretMissingError",

@@ -13,7 +13,16 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from natrelay.store._dynamo import Item, condition, decode, encode, items, split, values
+from natrelay.store._dynamo import (
+    NOT_EXISTS,
+    Item,
+    condition,
+    decode,
+    encode,
+    items,
+    split,
+    values,
+)
 from natrelay.store.records import TaskRecord
 from natrelay.wire import TaskKind, TaskState
 
@@ -192,3 +201,14 @@ def force_end(
             ReturnValues="ALL_NEW",
         )["Attributes"]
     return task_record(decode(raw))
+
+
+def put_new_task(client: Any, table: str, task_id: str, item: Item) -> None:
+    """Write a task's item; ConditionFailedError if the task exists already."""
+    with condition(f"task {task_id} exists"):
+        client.put_item(
+            TableName=table,
+            Item=encode(item),
+            ConditionExpression=NOT_EXISTS,
+            ExpressionAttributeNames={"#pk": "pk"},
+        )

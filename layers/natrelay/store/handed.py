@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from natrelay.store._dynamo import NOT_EXISTS, Item, condition, encode, off_loop
+from natrelay.store._dynamo import Item, encode, off_loop
 from natrelay.store._task_items import (
     INLINE_LIMIT,
     LEASE_SHARD,
+    put_new_task,
     result_parts,
     seq_key,
     write_parts,
@@ -92,13 +93,7 @@ class DynamoHandedStore:
             item["resultParts"] = parts
             write_parts(self._client, self._table, task.id, parts, data=result, expires_at=expires)
         self._put_chunks(task.id, chunks, expires)
-        with condition(f"task {task.id} exists"):
-            self._client.put_item(
-                TableName=self._table,
-                Item=encode(item),
-                ConditionExpression=NOT_EXISTS,
-                ExpressionAttributeNames={"#pk": "pk"},
-            )
+        put_new_task(self._client, self._table, task.id, item)
 
     def _put_chunks(self, task_id: str, chunks: Sequence[Chunk], expires_at: float) -> None:
         for start in range(0, len(chunks), 25):

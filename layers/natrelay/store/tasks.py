@@ -27,6 +27,7 @@ from natrelay.store._task_items import (
     WAKE_PRIORITY,
     force_end,
     pool_queue,
+    put_new_task,
     read_parts,
     result_hash,
     result_parts,
@@ -100,13 +101,7 @@ class DynamoTaskStore:
                     expires_at=task.expires_at,
                 )
         if once is None:
-            with condition(f"task {task.id} exists"):
-                self._client.put_item(
-                    TableName=self._table,
-                    Item=encode(item),
-                    ConditionExpression=NOT_EXISTS,
-                    ExpressionAttributeNames={"#pk": "pk"},
-                )
+            put_new_task(self._client, self._table, task.id, item)
             return
         ops = [
             {

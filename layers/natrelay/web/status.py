@@ -22,8 +22,7 @@ from natrelay.errors import AuthError
 from natrelay.observe import bind
 from natrelay.service import Relay
 from natrelay.service.board import KeyToday, RowState
-from natrelay.service.sessions import fingerprint
-from natrelay.wire import Paths, Role
+from natrelay.wire import Paths, Role, fingerprint
 
 COOKIE = "natrelay_status"
 COOKIE_SECONDS = 12 * 3600

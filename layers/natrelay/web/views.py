@@ -9,7 +9,6 @@ from typing import Any
 from natrelay.service import Registration
 from natrelay.service.catalog import Pool
 from natrelay.service.payloads import loads_stored, public_model
-from natrelay.service.sessions import fingerprint
 from natrelay.settings import Settings
 from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
@@ -26,6 +25,7 @@ from natrelay.wire import (
     TaskView,
     UsageDay,
     UsageView,
+    fingerprint,
 )
 
 

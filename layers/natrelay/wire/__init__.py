@@ -23,6 +23,7 @@ from natrelay.wire.contract import (
     TaskKind,
     TaskState,
     WireModel,
+    fingerprint,
 )
 from natrelay.wire.protocol import (
     MAX_PROVIDERS,
@@ -128,4 +129,5 @@ __all__ = [
     "UsageDay",
     "UsageView",
     "WireModel",
+    "fingerprint",
 ]

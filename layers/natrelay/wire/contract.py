@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import Annotated
 
@@ -166,3 +167,9 @@ class ErrorBody(Answer):
     """Every error the relay answers: OpenAI-style."""
 
     error: ErrorInfo
+
+
+def fingerprint(session_id: str) -> str:
+    """What logs and views show of a session id (the id itself is a secret of its
+    publisher): the same on the relay's and the publisher's side."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:10]
