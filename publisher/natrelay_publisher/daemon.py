@@ -47,6 +47,10 @@ DEREGISTER_SECONDS = 10.0
 SHUTDOWN_RESULT_SECONDS = 5.0
 IDLE_TICK_SECONDS = 1.0
 MIN_EMPTY_POLL_SECONDS = 0.5
+# While one provider is at its concurrency limit and the others are not, polls wait at
+# most this long: the poll declares that provider full, and a slot that frees is offered
+# at the next poll (a poll cannot be told of it while it waits).
+FULL_POLL_SECONDS = 2.0
 REGISTER_GRACE_SECONDS = 3.0
 # After a second Ctrl-C: failing the tasks in flight, then deregistering, each this long.
 HURRY_STEP_SECONDS = 2.0
@@ -441,17 +445,19 @@ class Publisher:
                     async with asyncio.timeout(self.config.relay.heartbeat_seconds):
                         await self._slot_freed.wait()
                 continue
+            # per pool: a member takes no more of a name than its free slots (wakes meant
+            # for it come regardless)
+            per_name = {
+                name: min(slot.free, MAX_TASKS_PER_POLL) for name, slot in self._slots.items()
+            }
+            full = any(n == 0 for n in per_name.values())
             request = PollRequest(
                 provider_session_id=self._session_id(),
-                wait_seconds=wait,
+                wait_seconds=min(wait, FULL_POLL_SECONDS) if full else wait,
                 max_tasks=free,
                 generation=self._generation,
                 running=sorted(self._running),
-                # per pool: a member takes no more of a name than its free slots (wakes
-                # meant for it come regardless)
-                free={
-                    name: min(slot.free, MAX_TASKS_PER_POLL) for name, slot in self._slots.items()
-                },
+                free=per_name,
             )
             sent_at = time.monotonic()
             try:
@@ -482,7 +488,19 @@ class Publisher:
         running.add_done_callback(self._tasks.discard)
 
     async def _run_task(self, task: PolledTask, slot: ProviderSlot | None) -> None:
-        poster = TaskPoster(self.relay, self._session_id, task.id)
+        released = False
+
+        def release() -> None:
+            # The backend is done with it: its slot is free for the next poll while the
+            # answer is posted (a poll sent meanwhile offers it).
+            nonlocal released
+            if not released:
+                released = True
+                if slot is not None and task.kind == TaskKind.INFER:
+                    slot.held -= 1
+                self._slot_freed.set()
+
+        poster = TaskPoster(self.relay, self._session_id, task.id, on_done=release)
         started = time.monotonic()
         try:
             if slot is None:
@@ -509,9 +527,8 @@ class Publisher:
             await poster.fail(500, f"the publisher failed: {exc!r}", ErrorCode.PUBLISHER_ERROR)
         finally:
             self._running.discard(task.id)
+            release()
             if slot is not None:
-                if task.kind == TaskKind.INFER:
-                    slot.held -= 1
                 slot.touch()
             if not any(s.held for s in self._slots.values()):
                 self._no_infer.set()

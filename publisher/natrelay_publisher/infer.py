@@ -40,11 +40,19 @@ _END = _End()
 class TaskPoster:
     """Posts one task's chunks and result; after a result or a cancellation, posts nothing."""
 
-    def __init__(self, relay: RelayClient, session_id: Callable[[], str], task_id: str) -> None:
+    def __init__(
+        self,
+        relay: RelayClient,
+        session_id: Callable[[], str],
+        task_id: str,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         self.relay = relay
         self.session_id = session_id
         self.task_id = task_id
         self.finished = False
+        # Called once the answer is known, before it is posted: the backend is free.
+        self.on_done = on_done
 
     async def chunks(self, seq: int, chunks: list[Chunk]) -> None:
         async def post() -> None:
@@ -86,6 +94,8 @@ class TaskPoster:
         if self.finished:
             return
         self.finished = True
+        if self.on_done is not None:
+            self.on_done()
 
         async def post() -> None:
             result = TaskResult(

@@ -19,7 +19,13 @@ import pytest
 
 from natrelay.wire import Paths
 from natrelay_infra.moto_server import MotoServer
-from tests.publisher.running import publishing
+from tests.publisher.running import (
+    PublisherProcess,
+    publisher_config,
+    publishing,
+    start_publisher,
+    wait_rows,
+)
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.stack import Stack, dynamodb_client, running_stack, start_api
@@ -162,3 +168,26 @@ def _try(stack: Stack, text: str) -> str | None:
         return ask(stack, text)
     except openai.APIError:
         return None
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_back_to_back_requests_never_wait_out_a_poll_that_declared_their_model_full(
+    stack: Stack, tmp_path: Path, publishers: list[PublisherProcess], concurrency: int
+) -> None:
+    """A publisher of two models: while one runs at its limit, its poll declares it full
+    and waits; a request for it must not wait that poll out (25 s here)."""
+    providers = [
+        {"name": "a", "type": "echo", "maxConcurrency": concurrency},
+        {"name": "b", "type": "echo"},
+    ]
+    config = publisher_config(stack, tmp_path, providers, pollWaitSeconds=25)
+    publishers.append(start_publisher(config, tmp_path))
+    wait_rows(stack, {"a": "active", "b": "active"})
+    oai = openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key=stack.client_token, max_retries=0, timeout=8
+    )
+    for i in range(12):
+        answer = oai.chat.completions.create(
+            model="a", messages=[{"role": "user", "content": f"turn {i}"}]
+        )
+        assert answer.choices[0].message.content == f"turn {i}"

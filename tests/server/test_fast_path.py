@@ -345,3 +345,15 @@ async def test_without_signals_every_poll_reads_the_queue(
     assert await claim(relay, sid) == []
     counter = OpCounter(client)
     assert await claim(relay, sid) == [] and "Query" in counter.ops
+
+
+async def test_a_poll_writes_out_handed_tasks_past_their_lease(
+    relay: Relay, clock: FakeClock
+) -> None:
+    sid, task = await handed(relay, stream=False)  # its poll's answer is lost on the way
+    clock.advance(relay.settings.lease_seconds + 1)
+    await relay.sessions.beat(await relay.sessions.get(PUB, sid), {}, running=[])
+    assert await claim(relay, sid) == []  # the next poll of any session
+    assert not relay.handoff.holds(task.id)
+    stored = await relay.stores.tasks.get(task.id, relay.clock())
+    assert stored is not None and stored.state is TaskState.CLAIMED  # the sweep's now

@@ -138,6 +138,7 @@ class Claims:
         gone: Callable[[], Awaitable[bool]] | None,
     ) -> list[TaskRecord]:
         beat_at = session.heartbeat_at
+        await self.handoff.spill_expired(self.clock())  # a sweep elsewhere cannot see them
         deadline = self.clock() + req.wait_seconds
         pace = self.ctx.pace()
         hints: list[PoolHint] = []

@@ -365,6 +365,8 @@ class Handoff:
     async def spill_expired(self, now: float) -> int:
         """Spill every handed task past its lease (its poll's answer lost on the way, or
         a long task): the sweep's lease rules take it from there. How many it spilled."""
+        if not self._tasks:
+            return 0
         ids = [
             tid
             for tid, h in self._tasks.items()
