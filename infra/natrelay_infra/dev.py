@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run a publisher with the models echo and echo-sleepy",
     )
+    parser.add_argument(
+        "--secret-from-env",
+        action="append",
+        default=[],
+        metavar="NAME=VAR",
+        help="create the secret NAME (e.g. natrelay/openai, for a public row's apiKey) in "
+        "the embedded moto, from the environment variable VAR; repeatable",
+    )
     parser.add_argument("--pid-file", type=Path, help="write the demo publisher's pid here")
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -162,6 +170,14 @@ def _run(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             print(f"natrelay dev: invalid settings: {exc}", file=sys.stderr)
             return 1
+        if args.secret_from_env and args.dynamodb_endpoint:
+            print("natrelay dev: --secret-from-env needs the embedded moto", file=sys.stderr)
+            return 2
+        if args.secret_from_env:
+            problem = _put_secrets(args.secret_from_env, endpoint, relay.settings.region)
+            if problem:
+                print(f"natrelay dev: {problem}", file=sys.stderr)
+                return 2
         if args.create_tables:
             try:
                 create_tables(_dynamodb(endpoint, relay.settings.region), relay.tables)
@@ -239,6 +255,8 @@ def _configure(
     }
     if args.heartbeat_timeout is not None:
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
+    if embedded:  # public rows' API keys: secrets and parameters in the same moto
+        fields.setdefault("secrets_endpoint", os.environ.get("NATRELAY_SECRETS_ENDPOINT", endpoint))
     settings = relay_settings(
         endpoint,
         tables,
@@ -280,6 +298,23 @@ def _aws_credentials(endpoint: str, *, embedded: bool) -> None:
 
 def _has_credentials() -> bool:
     return boto3.session.Session().get_credentials() is not None
+
+
+def _put_secrets(pairs: list[str], endpoint: str, region: str) -> str | None:
+    """Create each `NAME=VAR` secret in the embedded moto; the problem, if one."""
+    client = boto3.session.Session().client(
+        "secretsmanager", endpoint_url=endpoint, region_name=region
+    )
+    for pair in pairs:
+        name, _, var = pair.partition("=")
+        if not name or not var:
+            return f"--secret-from-env {pair!r}: write NAME=VAR (e.g. natrelay/openai=OPENAI_KEY)"
+        value = os.environ.get(var)
+        if not value:
+            return f"--secret-from-env {name}: the environment variable {var} is not set"
+        client.create_secret(Name=name, SecretString=value)
+        log.info("secret %s created in the embedded moto from $%s", name, var)
+    return None
 
 
 def _dynamodb(endpoint: str, region: str) -> Any:
@@ -403,9 +438,10 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         f"  OpenAI base URL:  {relay.url}/v1",
         f"  client token:     {relay.client_token}",
         f"  publisher token:  {relay.publish_token}",
-        f"  admin token:      {relay.admin_token}   (for `natrelay keys`)",
+        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)",
         f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
         f"{relay.tables.tasks}, {relay.tables.keys})",
+        f"  status page:      {relay.url}{Paths.STATUS}   (log in with the admin token)",
     ]
     if publisher is not None:
         lines.append(f"publisher pid: {publisher.pid}")

@@ -106,6 +106,17 @@ class BackendError(RelayError):
         self.status = status
 
 
+class UpstreamError(BackendError):
+    """A public row's upstream failed, could not be reached, or took too long (504).
+    `unavailable`: it could not serve at all (a fallback may)."""
+
+    code = ErrorCode.UPSTREAM_ERROR
+
+    def __init__(self, message: str, *, status: int = 502, unavailable: bool = False) -> None:
+        super().__init__(message, status=status)
+        self.unavailable = unavailable
+
+
 class TaskTimeoutError(RelayError):
     code = ErrorCode.TIMEOUT
     type = "timeout_error"
@@ -119,6 +130,13 @@ class NameOwnedError(RelayError):
     """The name belongs to another publisher key (until an admin releases it)."""
 
     code = ErrorCode.NAME_OWNED
+    type = "invalid_request_error"
+
+
+class RowChangedError(RelayError):
+    """A row changed while an admin's apply ran: nothing was applied."""
+
+    code = ErrorCode.ROW_CHANGED
     type = "invalid_request_error"
 
 

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     # An AWS Secrets Manager secret (JSON: adminToken, clientToken, publishToken) read
     # once at start; its values fill the tokens above that are not set.
     secret_arn: str | None = None
+    # Public rows: where their API keys are read (Secrets Manager and SSM; None: AWS
+    # itself; moto's endpoint locally), how long a key read is reused, and how long a
+    # call to an upstream may wait for it (a row's timeoutSeconds overrides it).
+    secrets_endpoint: str | None = None
+    secret_cache_seconds: float = Field(default=300, ge=0)
+    upstream_timeout_seconds: float = Field(default=120, gt=0)
     # How long a process trusts a stored key it verified; revocation and expiry take
     # effect everywhere within this time.
     key_cache_seconds: float = Field(default=15, ge=0, le=30)
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
     # Wake one more hibernating member when the oldest request has waited this long
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)
+    # Count every request per row and minute for the status page's "last hour" (one
+    # DynamoDB write per request without in-process signals; with them, one per row
+    # every 10 s from each process; off: the page shows no counts).
+    row_stats: bool = True
     # Logs: JSON lines with the request id (json), or human-readable (text).
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

@@ -75,6 +75,13 @@ class AdminClient:
         if not resp.is_success:
             raise CommandError(f"the relay answered {resp.status_code}: {_message(resp)}")
 
+    def send(self, method: str, path: str, payload: Any = None) -> httpx.Response:
+        """The relay's answer as it is (CommandError only if it cannot be reached)."""
+        try:
+            return self._http.request(method, path, json=payload)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"cannot reach the relay at {self.url}: {exc}") from exc
+
     def call(
         self,
         method: str,
@@ -98,6 +105,11 @@ class AdminClient:
                 f"{method} {path}: the relay's answer is not what this command expects "
                 f"(is {self.url} a natrelay relay?)"
             ) from exc
+
+
+def error_of(resp: httpx.Response) -> str:
+    """What the relay said went wrong, on one line."""
+    return f"the relay answered {resp.status_code}: {_message(resp)}"
 
 
 def _message(resp: httpx.Response) -> str:

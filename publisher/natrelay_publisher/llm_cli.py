@@ -1,20 +1,38 @@
 """`natrelay llm ...`: read and manage the relay's LLM rows (admin).
 
 The same `--relay`/`NATRELAY_URL` and `--token`/`NATRELAY_ADMIN_TOKEN` as `natrelay keys`.
+`apply -f FILE` takes YAML documents (`-f -`: standard input), checks them all, then
+sends them in one request: the relay writes all of them or none.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from natrelay.wire import LlmList, LlmRow, Paths
-from natrelay_publisher.admin import AdminClient, connection, table
+from natrelay.wire import (
+    MAX_APPLY_DOCUMENTS,
+    ApplyResult,
+    LlmDocument,
+    LlmList,
+    LlmRow,
+    Paths,
+)
+from natrelay_publisher.admin import (
+    EXIT_USAGE,
+    AdminClient,
+    CommandError,
+    connection,
+    error_of,
+    table,
+)
 
-ROW_COLUMNS = ("name", "kind", "status", "type", "model", "lastHeartbeatAt")
+ROW_COLUMNS = ("name", "kind", "status", "model", "members", "queue", "lastHeartbeatAt")
 
 
 def _dump(row: LlmRow) -> dict[str, Any]:
@@ -24,21 +42,34 @@ def _dump(row: LlmRow) -> dict[str, Any]:
 def _print(data: Any, output: str) -> None:
     if output == "json":
         print(json.dumps(data, indent=2))
+    elif isinstance(data, list):  # one YAML document per row: what `apply -f` reads
+        print(yaml.safe_dump_all(data, sort_keys=False, allow_unicode=True), end="")
     else:
         print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
 
 
+def _pool(client: AdminClient, name: str) -> LlmRow:
+    return client.call("GET", Paths.LLM.format(name=name), LlmRow)
+
+
 def _list(client: AdminClient, args: argparse.Namespace) -> None:
     rows = client.call("GET", Paths.LLMS, LlmList).data
-    if args.output == "table":
-        print(table([_dump(r) for r in rows], ROW_COLUMNS))
-    else:
+    if args.output != "table":
         _print([_dump(r) for r in rows], args.output)
+        return
+    lines = []
+    for row in rows:
+        line = _dump(row)
+        if row.kind != "public":  # a pool: its live members and its queue (one GET each)
+            pool = _pool(client, row.name)
+            line["members"] = len(pool.members or [])
+            line["queue"] = pool.queue_depth
+        lines.append(line)
+    print(table(lines, ROW_COLUMNS))
 
 
 def _get(client: AdminClient, args: argparse.Namespace) -> None:
-    row = client.call("GET", Paths.LLM.format(name=args.name), LlmRow)
-    _print(_dump(row), args.output)
+    _print(_dump(_pool(client, args.name)), args.output)
 
 
 def _delete(client: AdminClient, args: argparse.Namespace) -> None:
@@ -46,23 +77,131 @@ def _delete(client: AdminClient, args: argparse.Namespace) -> None:
     print(f"deleted {args.name} (its name and aliases are free for any publisher key)")
 
 
+# --- apply -------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path}: cannot read it: {exc}", EXIT_USAGE) from exc
+
+
+def _where(source: str, number: int, doc: Any) -> str:
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return f"{source}: document {number}" + (f" ({name})" if isinstance(name, str) else "")
+
+
+def documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The YAML documents of a file (empty ones skipped), each checked against the
+    relay's document model, and where each is (`FILE: document N (name)`).
+
+    CommandError (exit 2) names the file, the document and the field at fault."""
+    try:
+        loaded = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = ""
+        if mark is not None:
+            before = text.splitlines()[: mark.line]
+            starts = text.lstrip().startswith("---")  # then the first `---` opens document 1
+            number = max(1, sum(1 for line in before if line.startswith("---")) + (not starts))
+            at = f": document {number}, line {mark.line + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CommandError(f"{source}{at}: not valid YAML: {problem}", EXIT_USAGE) from exc
+    docs: list[dict[str, Any]] = []
+    places: list[str] = []
+    for number, doc in enumerate(loaded, start=1):
+        if doc is None:
+            continue
+        where = _where(source, number, doc)
+        if not isinstance(doc, dict):
+            raise CommandError(f"{where}: must be a mapping of fields (name: …)", EXIT_USAGE)
+        try:
+            LlmDocument.model_validate(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            raise CommandError(
+                f"{where}: {field + ': ' if field else ''}{message}", EXIT_USAGE
+            ) from None
+        docs.append(doc)
+        places.append(where)
+    if not docs:
+        raise CommandError(f"{source}: no documents to apply", EXIT_USAGE)
+    if len(docs) > MAX_APPLY_DOCUMENTS:
+        raise CommandError(
+            f"{source}: {len(docs)} documents; apply at most {MAX_APPLY_DOCUMENTS} at once",
+            EXIT_USAGE,
+        )
+    return docs, places
+
+
+def _refusal(resp: Any, places: list[str]) -> CommandError:
+    """The relay's refusal, naming the file and document it is about."""
+    try:
+        error = resp.json().get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    param = str(error.get("param") or "")
+    if param.startswith("documents[") and "]" in param:
+        index, _, field = param.removeprefix("documents[").partition("]")
+        if index.isdigit() and int(index) < len(places):
+            message = str(error.get("message", ""))
+            # the relay names the document by index: say where it is instead
+            message = message.split("): ", 1)[1] if "): " in message else message
+            field = field.removeprefix(".")
+            code = EXIT_USAGE if resp.status_code == 400 else 1
+            return CommandError(
+                f"{places[int(index)]}: {field + ': ' if field else ''}{message}", code
+            )
+    return CommandError(error_of(resp), EXIT_USAGE if resp.status_code == 400 else 1)
+
+
+def _apply(client: AdminClient, args: argparse.Namespace) -> None:
+    source = "<stdin>" if args.file == "-" else args.file
+    docs, places = documents(_read(args.file), source)
+    resp = client.send("POST", Paths.LLMS_APPLY, {"documents": docs})
+    if not resp.is_success:
+        raise _refusal(resp, places)
+    result = ApplyResult.model_validate(resp.json())
+    for applied in result.data:
+        detail = f" ({', '.join(applied.changed)})" if applied.action == "updated" else ""
+        print(f"{applied.name}: {applied.action}{detail}")
+
+
 def add_commands(commands: Any) -> None:
     """Add `llm` and its subcommands to the `natrelay` parser's subcommands."""
     llm = commands.add_parser(
         "llm",
-        help="list, read and delete the relay's LLM rows (admin)",
+        help="list, read, apply and delete the relay's LLM rows (admin)",
         description="Read and manage the relay's LLM rows. Needs an admin token.",
     )
     sub = llm.add_subparsers(dest="llm_command", required=True, metavar="COMMAND")
-    listing = sub.add_parser("list", help="every row: name, kind, status, model, heartbeat")
+    listing = sub.add_parser("list", help="every row: name, kind, status, members, queue")
     listing.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     connection(listing)
     listing.set_defaults(run=_list)
-    get = sub.add_parser("get", help="one row")
+    get = sub.add_parser("get", help="one row, with its pool")
     get.add_argument("name")
     get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     connection(get)
     get.set_defaults(run=_get)
+    apply = sub.add_parser(
+        "apply",
+        help="create or change rows from YAML documents (all or none)",
+        description="Create or change public rows, and the admin settings of virtual rows "
+        "(description, tier, fallbacks, pool settings), from YAML documents. Lifecycle "
+        "fields (status, heartbeats, members, ...) are ignored: the output of `get -o yaml` "
+        "applies as it is.",
+    )
+    apply.add_argument("-f", "--file", required=True, metavar="FILE", help="YAML; - for stdin")
+    connection(apply)
+    apply.set_defaults(run=_apply)
     delete = sub.add_parser("delete", help="delete a row and release its name")
     delete.add_argument("name")
     connection(delete)

@@ -19,6 +19,7 @@ serves until SIGTERM.
   event that is not JSON after the first piece), `hang` (never answers; streamed: the
   first piece, then nothing), `delay` (a non-streamed answer after 0.4 s; `max_active` is
   the most answered at once); `latency` delays every non-streamed answer.
+* With `api_key`, a chat request without `Authorization: Bearer <api_key>` is 401.
 * While `asleep`, both answer 503. `POST /_fake/wake` wakes it `wake_delay` s later and
   answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
   (`upAt`: the wall-clock time it came up).
@@ -71,6 +72,8 @@ class FakeBackend:
     wake_delay: float = 0.5
     # Every non-streamed answer takes this long (model `delay`: 0.4 s at least).
     latency: float = 0.0
+    # The API key it wants (`Authorization: Bearer …`; None: any or none).
+    api_key: str | None = None
     # What it saw and did.
     requests: list[dict[str, Any]] = field(default_factory=list)
     produced_at: list[float] = field(default_factory=list)
@@ -131,6 +134,11 @@ class FakeBackend:
     async def _chat(self, request: Request) -> Response:
         if self.asleep:
             return JSONResponse({"error": {"message": "asleep", "code": 503}}, 503)
+        given = request.headers.get("authorization", "")
+        if self.api_key is not None and given != f"Bearer {self.api_key}":
+            # as a hosted provider does: it quotes the key it was given
+            error = {"message": f"Incorrect API key provided: {given[7:]}", "code": "bad_key"}
+            return JSONResponse({"error": error}, 401)
         body = await request.json()
         self.requests.append(body)
         model = body.get("model")

@@ -3,7 +3,8 @@
 sessions (register, heartbeat, deregister) · queue (submit a client's request) ·
 claims (poll, chunks, results) · wakes · waiting (a client's wait and stream) ·
 endings (force-finish a task and notify) · handoff (the fast path: a task handed in
-memory to a poll of this process) · catalog (rows) · sweep. The clock is
+memory to a poll of this process) · catalog (rows) · rows (admins' apply) · upstream
+(public rows' calls) · sweep. The clock is
 injectable everywhere.
 """
 
@@ -13,6 +14,7 @@ import time
 
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.service.access import Access, Principal
+from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
 from natrelay.service.context import Context, signals_of
@@ -22,8 +24,10 @@ from natrelay.service.handoff import Handoff
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
+from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Registration, Sessions
 from natrelay.service.sweep import Sweeper
+from natrelay.service.upstream import Upstreams
 from natrelay.service.usage import Usage
 from natrelay.service.waiting import Waiting
 from natrelay.service.wakes import Wakes
@@ -75,6 +79,10 @@ class Relay:
         )
         self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)
         self.waiting = Waiting(ctx, self.endings)
+        # Public rows: the relay calls their upstreams; admins apply rows.
+        self.upstreams = Upstreams(ctx, self.usage)
+        self.rows = RowAdmin(ctx, self.upstreams.read_key)
+        self.board = Board(ctx, self.usage)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Relay:

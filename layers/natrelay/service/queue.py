@@ -152,10 +152,17 @@ class Queue:
     ) -> TaskRecord:
         s = self.settings
         row = await self.catalog.get(principal, name)
+        if row.public:
+            raise InvalidRequestError(
+                f"{name!r} is a public row: the relay calls it at once, without a task; "
+                "send the request without Prefer: respond-async",
+                param="Prefer",
+            )
         name = row.name  # an alias queues for its row's pool
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
         if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
+            await self.usage.count_row(name, error=True)  # the status page shows refusals
             raise offline(row, now, status)
         if endpoint not in row.endpoints(now, self.liveness.timeout):
             raise not_served(row, endpoint)
@@ -234,6 +241,7 @@ class Queue:
             return None  # nothing to check: no read
         depth, oldest = await self.queues.depth(row.name, int(depth_limit or 1))
         if depth_limit and depth >= depth_limit:
+            await self.usage.count_row(row.name, error=True)
             raise QueueFullError(
                 f"every member serving {row.name!r} is busy and {depth} requests already "
                 "wait for it; try again shortly",

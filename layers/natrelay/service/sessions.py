@@ -17,6 +17,7 @@ from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
 from natrelay.service.pools import Pools
 from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
+from natrelay.store.records import PUBLIC_OWNER
 from natrelay.wire import (
     MAX_RUNNING_TASKS,
     HeartbeatRequest,
@@ -52,6 +53,11 @@ def _forbidden() -> SessionForbiddenError:
 def _held(exc: NameHeldError, principal: Principal) -> NameOwnedError | NameTakenError:
     row = exc.record if isinstance(exc.record, LlmRecord) else None
     owner = exc.owner or (row.owner if row else None)
+    if owner == PUBLIC_OWNER:
+        return NameOwnedError(
+            f"the name {exc.name!r} is a public row an admin manages; choose another name",
+            param="providers.name",
+        )
     if owner is not None and owner != principal.key_id:
         return NameOwnedError(
             f"the name {exc.name!r} belongs to another publisher key; choose another name, "

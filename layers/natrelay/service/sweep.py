@@ -65,7 +65,8 @@ class Sweeper:
         # The relay's own handoff when it runs in the relay's process (tasks handed there
         # past their lease are written out first); else one that holds nothing.
         self.handoff = handoff or Handoff(ctx)
-        self.endings = Endings(ctx, Usage(ctx), self.handoff)
+        self.usage = Usage(ctx)
+        self.endings = Endings(ctx, self.usage, self.handoff)
         self.doorbell = Doorbell(ctx, stores.connections or bells or LocalBells())
 
     async def run(self) -> dict[str, int]:
@@ -95,6 +96,7 @@ class Sweeper:
         for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
         await self._count_online(await rows.live(cutoff), now)
+        await self.usage.flush_rows()  # the rows' failed requests it counted, now
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts

@@ -4,6 +4,7 @@ conditional write, only for keys with limits) and record what it used when it en
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,10 +53,30 @@ def tokens_of(body: Any) -> tuple[int, int]:
     return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
 
 
+# A row's per-minute counts are kept this long (the status page reads the last hour).
+ROW_KEEP_SECONDS = 2 * 86400
+# Long-lived mode: a process adds up its rows' counts and writes them this often (one
+# write per row, not one per request); a status page it serves writes them first.
+ROW_FLUSH_SECONDS = 10.0
+
+# (row, hour) -> minute -> [requests, errors]
+Pending = dict[tuple[str, str], dict[str, list[int]]]
+
+
+def hour_of(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H")
+
+
 class Usage:
     def __init__(self, ctx: Context) -> None:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
+        self.row_stats = ctx.settings.row_stats
+        # With in-process signals (one long-lived process), rows' counts are batched.
+        self.batch_rows = ctx.settings.in_process_signals
+        self._pending: Pending = {}
+        self._timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self._flushes: set[asyncio.Future[None]] = set()
 
     async def admit(self, principal: Principal, task_id: str, deadline: float) -> Admission:
         """Let a request in, or raise RateLimitError / BudgetExceededError."""
@@ -97,20 +118,106 @@ class Usage:
         """Record what a task of a client used, once it has ended; frees its slot."""
         if task.client_key is None:
             return
+        await asyncio.gather(  # two writes, side by side: neither ever raises
+            self._record(
+                task.client_key,
+                task.usage_day,
+                task.slot,
+                body,
+                error=error,
+                what=f"task {task.id}",
+            ),
+            self.count_row(task.llm, error=error),
+        )
+
+    async def record_call(
+        self, principal: Principal, admission: Admission, llm: str, *, body: Any, error: bool
+    ) -> None:
+        """Record a call the relay made itself (a public row's upstream); frees its slot."""
+        await asyncio.gather(
+            self._record(
+                principal.key_id,
+                admission.day,
+                admission.slot,
+                body,
+                error=error,
+                what=f"a call of {llm}",
+            ),
+            self.count_row(llm, error=error),
+        )
+
+    async def _record(
+        self, key_id: str, day: str | None, slot: str | None, body: Any, *, error: bool, what: str
+    ) -> None:
         prompt, completion = tokens_of(body)
         now = self.clock()
         try:
             await self.usage.record(
-                task.client_key,
-                task.usage_day or day_and_minute(now)[0],
-                slot=task.slot,
+                key_id,
+                day or day_and_minute(now)[0],
+                slot=slot,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 error=error,
                 expires_at=now + KEEP_SECONDS,
             )
         except Exception:  # usage is bookkeeping: never fail the request over it
-            log.exception("usage of task %s not recorded", task.id)
+            log.exception("usage of %s not recorded", what)
+
+    async def count_row(self, llm: str, *, error: bool) -> None:
+        """Count a request of the row (and whether it failed) in its minute: written at
+        once, or (long-lived mode) within ROW_FLUSH_SECONDS with the rest."""
+        if not self.row_stats:
+            return
+        now = self.clock()
+        hour, minute = hour_of(now), day_and_minute(now)[1][2:]
+        if not self.batch_rows:
+            await self._write_rows({(llm, hour): {minute: [1, int(error)]}}, now)
+            return
+        counts = self._pending.setdefault((llm, hour), {}).setdefault(minute, [0, 0])
+        counts[0] += 1
+        counts[1] += int(error)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer[0] is not loop:  # (tests run several loops)
+            self._timer = (loop, loop.call_later(ROW_FLUSH_SECONDS, self._flush_soon))
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        flush = asyncio.ensure_future(self.flush_rows())
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
+
+    async def flush_rows(self) -> None:
+        """Write the rows' counts this process holds (long-lived mode) now."""
+        if self._timer is not None:
+            self._timer[1].cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        if pending:
+            await self._write_rows(pending, self.clock())
+
+    async def _write_rows(self, pending: Pending, now: float) -> None:
+        for (llm, hour), minutes in pending.items():
+            try:
+                await self.usage.add_row_counts(
+                    llm,
+                    hour,
+                    {m: (r, e) for m, (r, e) in minutes.items()},
+                    expires_at=now + ROW_KEEP_SECONDS,
+                )
+            except Exception:  # bookkeeping, as above
+                log.exception("requests of %s not counted", llm)
+
+    async def last_hour(self, llm: str) -> tuple[int, int] | None:
+        """The row's (requests, errors) in the last 60 minutes (None: not counted here)."""
+        if not self.row_stats:
+            return None
+        now = self.clock()
+        hours = [hour_of(now - 3600), hour_of(now)]
+        since = datetime.fromtimestamp(now - 3600, UTC).strftime("%Y-%m-%dT%H%M")
+        counts = await self.usage.row_minutes(llm, hours)
+        recent = [v for k, v in counts.items() if k > since]
+        return sum(r for r, _ in recent), sum(e for _, e in recent)
 
     async def days(self, key_id: str, days: int) -> list[UsageRecord]:
         """The key's usage for the last `days` UTC days (today included), oldest first."""

@@ -32,8 +32,10 @@ from natrelay.store.records import (
     TaskRecord,
     UsageRecord,
 )
+from natrelay.store.row_admin import ApplyConflictError, DynamoRowAdminStore, RowWrite
 from natrelay.store.row_cache import RowCache
 from natrelay.store.row_sweep import DynamoRowSweepStore
+from natrelay.store.secrets import SecretMissingError, SecretReader
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
@@ -62,6 +64,9 @@ class Stores:
     handed: DynamoHandedStore
     # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
     connections: GatewayConnections | None = None
+    # Admin writes to rows (apply), and the API keys of public rows' upstreams.
+    row_admin: DynamoRowAdminStore | None = None
+    secrets: SecretReader | None = None
 
     @classmethod
     def on(
@@ -73,6 +78,7 @@ class Stores:
         connections: GatewayConnections | None = None,
         *,
         row_cache_seconds: float = 0,
+        secrets: SecretReader | None = None,
     ) -> Stores:
         """The stores of these tables, through this client; with `row_cache_seconds`,
         rows read on the client's path are kept that long (every write of this client
@@ -99,6 +105,8 @@ class Stores:
             beats=DynamoBeatStore(client, llms_table, tasks_table),
             handed=DynamoHandedStore(client, tasks_table),
             connections=connections,
+            row_admin=DynamoRowAdminStore(client, llms, keys),
+            secrets=secrets or SecretReader(client.meta.region_name),
         )
 
     @classmethod
@@ -119,10 +127,12 @@ class Stores:
             settings.keys_table,
             connections,
             row_cache_seconds=cache,
+            secrets=SecretReader(settings.region, settings.secrets_endpoint),
         )
 
 
 __all__ = [
+    "ApplyConflictError",
     "Chunk",
     "ConditionFailedError",
     "Delivery",
@@ -134,6 +144,7 @@ __all__ = [
     "DynamoKeyStore",
     "DynamoLeaseStore",
     "DynamoLlmStore",
+    "DynamoRowAdminStore",
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
@@ -145,7 +156,10 @@ __all__ = [
     "NameHeldError",
     "NewTask",
     "Queued",
+    "RowWrite",
     "SameResultError",
+    "SecretMissingError",
+    "SecretReader",
     "SessionRecord",
     "Stores",
     "StreamRead",

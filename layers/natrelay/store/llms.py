@@ -63,8 +63,9 @@ def row_record(item: Item) -> LlmRecord:
         kind=item.get("kind", VIRTUAL),
         type=item.get("type", ""),
         model=item.get("model", ""),
-        tier=item.get("tier"),
-        description=item.get("description"),
+        # what an admin set wins over what the publisher says
+        tier=item.get("adminTier", item.get("tier")),
+        description=item.get("adminDescription", item.get("description")),
         extra_config=_extra_config(item.get("extraConfig")),
         status=LlmStatus(item["status"]),
         session_id=item.get("sessionId"),
@@ -84,6 +85,12 @@ def row_record(item: Item) -> LlmRecord:
         max_queue_depth=item.get("maxQueueDepth"),
         wake_after_queue_seconds=item.get("wakeAfterQueueSeconds"),
         aliases=tuple(item.get("aliases") or ()),
+        fallbacks=tuple(item.get("fallbacks") or ()),
+        base_url=item.get("baseUrl"),
+        api_key_ref=_extra_config(item["apiKeyRef"]) if item.get("apiKeyRef") else None,
+        timeout_seconds=item.get("timeoutSeconds"),
+        admin_description=item.get("adminDescription"),
+        admin_tier=item.get("adminTier"),
     )
 
 
@@ -119,6 +126,10 @@ class DynamoLlmStore:
         row = await self._read(name)
         self._cache.put(name, row, version)
         return row
+
+    async def fresh(self, name: str) -> LlmRecord | None:
+        """The row as DynamoDB has it now, never from the cache (admins' changes)."""
+        return await self._read(name)
 
     @off_loop
     def _read(self, name: str) -> LlmRecord | None:

@@ -10,6 +10,9 @@ from natrelay.wire import Endpoint, LlmStatus, Role, TaskKind, TaskState
 VIRTUAL = "virtual"
 # What a member that says nothing of its endpoints serves (publishers before them).
 CHAT_ONLY = frozenset({Endpoint.CHAT.value})
+PUBLIC = "public"
+# Who owns the name of a public row (never a key id: those are 12 hex digits).
+PUBLIC_OWNER = "admin:public"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,20 @@ class LlmRecord:
     wake_after_queue_seconds: float | None = None
     # Other names clients may call it by (as its last registration declared them).
     aliases: tuple[str, ...] = ()
+    # Rows that serve what this one cannot (admins set them).
+    fallbacks: tuple[str, ...] = ()
+    # A public row's upstream: its base URL, where its API key is kept (a SecretRef as
+    # a dict), and how long a call may wait for it.
+    base_url: str | None = None
+    api_key_ref: dict[str, Any] | None = None
+    timeout_seconds: float | None = None
+    # What an admin set over the publisher's description and tier (virtual rows).
+    admin_description: str | None = None
+    admin_tier: str | None = None
+
+    @property
+    def public(self) -> bool:
+        return self.kind == PUBLIC
 
     def waking(self, now: float) -> bool:
         return self.wake_id is not None and (self.wake_deadline or 0) > now
@@ -69,7 +86,10 @@ class LlmRecord:
     def pool_status(self, now: float, timeout: float) -> LlmStatus:
         """active: a live member serves now; hibernating: live members, none serving,
         some asleep (wakeable); unavailable: live members whose backends all fail to
-        answer; inactive: no live member (or the row was retired)."""
+        answer; inactive: no live member (or the row was retired). A public row is as it
+        is stored (active: the relay calls its upstream itself)."""
+        if self.public:
+            return self.status
         live = self.live_members(now, timeout)
         if self.status is LlmStatus.INACTIVE or not live:
             return LlmStatus.INACTIVE

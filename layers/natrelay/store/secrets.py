@@ -1,13 +1,18 @@
-"""The relay's own credentials from AWS Secrets Manager (read once, at start)."""
+"""Secrets from AWS: the relay's own credentials (Secrets Manager, read once at start),
+and the API keys of public rows' upstreams (a secret or an SSM parameter, read when a
+call needs one; the caller caches them)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from natrelay.settings import Settings
+from natrelay.store._dynamo import off_loop
 
 # Secret JSON key -> the setting it fills.
 FIELDS = {
@@ -32,3 +37,65 @@ def with_secret(settings: Settings) -> Settings:
         if data.get(key) and not getattr(settings, field).get_secret_value()
     }
     return settings.model_copy(update=update)
+
+
+class SecretMissingError(Exception):
+    """A referenced secret or parameter does not exist, or the relay may not read it."""
+
+
+# What AWS answers for a secret or parameter that is not there (or not ours to read).
+_MISSING = frozenset(
+    {
+        "ResourceNotFoundException",
+        "ParameterNotFound",
+        "AccessDeniedException",
+        "AccessDenied",
+        "DecryptionFailure",
+        "InvalidRequestException",
+    }
+)
+
+
+class SecretReader:
+    """Reads API keys from AWS Secrets Manager secrets and SSM SecureString parameters
+    (`endpoint`: moto's, locally). The clients are made on first use."""
+
+    def __init__(self, region: str, endpoint: str | None = None) -> None:
+        self.region = region
+        self.endpoint = endpoint
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            session: Any = boto3.session.Session()
+            self._clients[service] = session.client(
+                service, region_name=self.region, endpoint_url=self.endpoint
+            )
+        return self._clients[service]
+
+    @off_loop
+    def read(self, secrets_manager: str | None = None, ssm: str | None = None) -> str:
+        """The key: a secret's string (its `apiKey` field if it is a JSON object) or a
+        parameter's decrypted value. SecretMissingError names the AWS error code only."""
+        try:
+            if secrets_manager is not None:
+                got = self._client("secretsmanager").get_secret_value(SecretId=secrets_manager)
+                return _api_key(got.get("SecretString") or "")
+            got = self._client("ssm").get_parameter(Name=ssm, WithDecryption=True)
+            return str(got["Parameter"]["Value"])
+        except ClientError as exc:
+            # `from None`: the AWS message may quote what it read; the code is enough
+            code = str(exc.response.get("Error", {}).get("Code", "error"))
+            raise SecretMissingError(code if code in _MISSING else f"AWS error {code}") from None
+        except BotoCoreError as exc:
+            raise SecretMissingError(type(exc).__name__) from None
+
+
+def _api_key(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict) and isinstance(data.get("apiKey"), str):
+        return str(data["apiKey"])
+    return text

@@ -2,7 +2,8 @@
 
 Who may call what: `PUBLISHERS` (publisher keys) the publisher protocol, on their
 own sessions only; `CLIENTS` (client and admin keys) the models in their scope and
-their own tasks and usage; `ADMINS` keys, row deletion and everyone's usage.
+their own tasks and usage; `ADMINS` keys, rows (apply, delete) and everyone's usage,
+and the status page (its own login: see web.status).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
+from natrelay.web import status
 from natrelay.web.chat import InferRequest
 from natrelay.web.doorbell import doorbell_socket
 from natrelay.web.endpoints import (
@@ -36,6 +38,7 @@ from natrelay.web.errors import HANDLERS
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, document, openapi_endpoint
 from natrelay.wire import (
+    ApplyResult,
     ChunkAck,
     ChunkBatch,
     HeartbeatRequest,
@@ -43,6 +46,7 @@ from natrelay.wire import (
     KeyList,
     KeySpec,
     KeyView,
+    LlmApply,
     LlmList,
     LlmRow,
     ModelCard,
@@ -138,6 +142,8 @@ OPERATIONS = [
     _op("GET", Paths.LLM, CLIENTS, api.get_llm, "an LLM row", answer=LlmRow),
     _op("DELETE", Paths.LLM, ADMINS, api.delete_llm, "delete a row, release its name",
         status=204),
+    _op("POST", Paths.LLMS_APPLY, ADMINS, api.apply_llms, "create or change rows (all or none)",
+        body=LlmApply, answer=ApplyResult),
     _op("GET", Paths.TASK, CLIENTS, api.get_task, "a task", answer=TaskView),
     _op("DELETE", Paths.TASK, CLIENTS, api.cancel_task, "cancel a task", answer=TaskView),
     _op("GET", Paths.TASK_EVENTS, CLIENTS, api.task_events, "a task's chunks as SSE",
@@ -169,6 +175,11 @@ OPENAPI = document(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])
 ROUTES = [
     Route(Paths.HEALTH, healthz),
     Route(Paths.METRICS, admin.metrics),
+    # HTML for browsers, with its own login (a cookie): see web.status.
+    Route(Paths.STATUS, status.status_page, methods=["GET"]),
+    Route(Paths.STATUS_LOGIN, status.login_page, methods=["GET"]),
+    Route(Paths.STATUS_LOGIN, status.login, methods=["POST"]),
+    Route(Paths.STATUS_LOGOUT, status.logout, methods=["POST"]),
     Route(Paths.OPENAPI, openapi_endpoint(OPENAPI)),
     *(
         Route(Paths.route(op.path), guarded(op.path, op.roles, op.endpoint), methods=[op.method])

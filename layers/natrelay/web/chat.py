@@ -11,8 +11,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
-from natrelay.store import TaskRecord
+from natrelay.store import LlmRecord, TaskRecord
 from natrelay.web.endpoints import ENDPOINTS, ChatRequest
+from natrelay.web.fallbacks import with_fallbacks
+from natrelay.web.public import public_answer
 from natrelay.web.requests import parse
 from natrelay.web.sse import SSE_HEADERS, open_stream
 from natrelay.wire import Endpoint
@@ -83,8 +85,33 @@ async def relay_request(
     stream = "stream" in type(parsed).model_fields and bool(getattr(parsed, "stream", False))
     bind(model=parsed.model)
     started = relay.clock()
+
+    async def serve(row: LlmRecord) -> Response:
+        if row.public:
+            # the upstream's path for the endpoint, under its baseUrl (which ends in /v1)
+            path = endpoint.path.removeprefix("/v1")
+            return await public_answer(relay, principal, row, path, body, stream=stream)
+        return await _published(
+            relay, principal, row.name, body, endpoint, stream=stream, key=key, started=started
+        )
+
+    return await with_fallbacks(relay, principal, parsed.model, serve)
+
+
+async def _published(
+    relay: Relay,
+    principal: Principal,
+    name: str,
+    body: dict[str, Any],
+    endpoint: Endpoint,
+    *,
+    stream: bool,
+    key: str | None,
+    started: float,
+) -> Response:
+    """A published row's answer: its task, waited for or streamed."""
     task, earlier = await submit(
-        relay, principal, parsed.model, body, stream=stream, key=key, endpoint=endpoint
+        relay, principal, name, body, stream=stream, key=key, endpoint=endpoint
     )
     if stream:
         budget = relay.settings.stream_timeout_seconds

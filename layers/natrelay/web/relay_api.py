@@ -6,18 +6,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.service import Relay
+from natrelay.store import LlmRecord
 from natrelay.web import views
 from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
+from natrelay.web.fallbacks import with_fallbacks
 from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
+    ApplyResult,
     ChunkAck,
     ChunkBatch,
     HeartbeatRequest,
+    LlmApply,
     LlmList,
     PollRequest,
     PollResponse,
     RegisterRequest,
+    Role,
     SessionRequest,
     TaskResult,
     WireModel,
@@ -93,13 +98,15 @@ async def post_result(request: Request, relay: Relay) -> Response:
 
 async def list_llms(request: Request, relay: Relay) -> Response:
     now = relay.clock()
-    rows = await relay.catalog.all(caller(request))
+    principal = caller(request)
+    rows = await relay.catalog.all(principal)
     statuses = [relay.catalog.status(r) for r in rows]
     catalog = relay.catalog
+    admin = principal.role is Role.ADMIN
     return answer(
         LlmList(
             data=[
-                views.row_view(r, now, st, catalog.endpoints(r))
+                views.row_view(r, now, st, catalog.endpoints(r), admin=admin)
                 for r, st in zip(rows, statuses, strict=True)
             ]
         )
@@ -107,8 +114,15 @@ async def list_llms(request: Request, relay: Relay) -> Response:
 
 
 async def get_llm(request: Request, relay: Relay) -> Response:
-    pool = await relay.catalog.pool(caller(request), request.path_params["name"])
-    return answer(views.pool_view(pool, relay.clock()))
+    principal = caller(request)
+    pool = await relay.catalog.pool(principal, request.path_params["name"])
+    return answer(views.pool_view(pool, relay.clock(), admin=principal.role is Role.ADMIN))
+
+
+async def apply_llms(request: Request, relay: Relay) -> Response:
+    """Create or change rows from documents (admins): all of them, or none."""
+    req = await read_model(request, relay.settings, LlmApply)
+    return answer(ApplyResult(data=await relay.rows.apply(list(req.documents))))
 
 
 async def delete_llm(request: Request, relay: Relay) -> Response:
@@ -125,21 +139,23 @@ async def infer(request: Request, relay: Relay) -> Response:
     key = idempotency_key(request)
     prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
     if "respond-async" in prefer:
-        task, _ = await submit(
-            relay,
-            caller(request),
-            body["model"],
-            body,
-            stream=bool(body.get("stream")),
-            key=key,
-            fast=False,
-        )
-        location = f"/api/v1/tasks/{task.id}"
-        return answer(
-            views.task_view(task),
-            status=202,
-            headers={"Location": location, "Preference-Applied": "respond-async"},
-        )
+        principal = caller(request)
+
+        async def queue(row: LlmRecord) -> Response:
+            stream = bool(body.get("stream"))
+            task, _ = await submit(
+                relay, principal, row.name, body, stream=stream, key=key, fast=False
+            )
+            return answer(
+                views.task_view(task),
+                status=202,
+                headers={
+                    "Location": f"/api/v1/tasks/{task.id}",
+                    "Preference-Applied": "respond-async",
+                },
+            )
+
+        return await with_fallbacks(relay, principal, body["model"], queue, queued=True)
     return await run_chat(relay, caller(request), body, key)
 
 

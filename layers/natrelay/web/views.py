@@ -21,6 +21,7 @@ from natrelay.wire import (
     MemberView,
     ModelCard,
     PolledTask,
+    SecretRef,
     SessionResponse,
     TaskView,
     UsageDay,
@@ -47,8 +48,12 @@ def row_view(
     now: float,
     status: LlmStatus | None = None,
     endpoints: frozenset[str] | None = None,
+    *,
+    admin: bool = False,
 ) -> LlmRow:
-    return LlmRow(
+    """A row as callers see it; with `admin`, also what admins set on it (never an API
+    key: only where it is kept)."""
+    view = LlmRow(
         name=row.name,
         kind=row.kind,
         type=row.type,
@@ -62,6 +67,18 @@ def row_view(
         waking=row.waking(now),
         endpoints=endpoint_list(endpoints),
         aliases=list(row.aliases) or None,
+    )
+    if not admin:
+        return view
+    return view.model_copy(
+        update={
+            "fallbacks": list(row.fallbacks) or None,
+            "max_queue_depth": row.max_queue_depth,
+            "wake_after_queue_seconds": row.wake_after_queue_seconds,
+            "base_url": row.base_url,
+            "api_key": SecretRef.model_validate(row.api_key_ref) if row.api_key_ref else None,
+            "timeout_seconds": row.timeout_seconds,
+        }
     )
 
 
@@ -104,7 +121,7 @@ def session_response(
     )
 
 
-def pool_view(pool: Pool, now: float) -> LlmRow:
+def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
     """A row with its pool: members (by fingerprint), their load, and the queue."""
     members = [
         MemberView(
@@ -123,7 +140,7 @@ def pool_view(pool: Pool, now: float) -> LlmRow:
     ]
     live = [member.endpoints for member, _ in pool.members]
     endpoints = frozenset.intersection(*live) if live else None
-    return row_view(pool.row, now, pool.status, endpoints).model_copy(
+    return row_view(pool.row, now, pool.status, endpoints, admin=admin).model_copy(
         update={
             "members": members,
             "queue_depth": pool.queue_depth,

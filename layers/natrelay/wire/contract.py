@@ -95,6 +95,7 @@ class ErrorCode(StrEnum):
     TASK_NOT_FOUND = "task_not_found"
     NAME_TAKEN = "name_taken"
     NAME_OWNED = "name_owned"
+    ROW_CHANGED = "row_changed"
     SESSION_FORBIDDEN = "session_forbidden"
     KEY_NOT_FOUND = "key_not_found"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
@@ -108,6 +109,7 @@ class ErrorCode(StrEnum):
     WAKE_FAILED = "wake_failed"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_ERROR = "backend_error"
+    UPSTREAM_ERROR = "upstream_error"
     PUBLISHER_ERROR = "publisher_error"
     TIMEOUT = "timeout"
     ENDPOINT_NOT_SERVED = "endpoint_not_served"
@@ -135,6 +137,8 @@ class Paths:
     TASK_RESULT = f"{PROVIDER_TASK}/result"
     LLMS = "/api/v1/llms"
     LLM = "/api/v1/llms/{name}"
+    # Create or change rows from documents (admins): all of them, or none.
+    LLMS_APPLY = "/api/v1/llms/_apply"
     INFER = "/api/v1/llms/{name}/infer"
     TASK = "/api/v1/tasks/{task_id}"
     TASK_EVENTS = "/api/v1/tasks/{task_id}/events"
@@ -149,6 +153,10 @@ class Paths:
     EMBEDDINGS = "/v1/embeddings"
     RESPONSES = "/v1/responses"
     MESSAGES = "/v1/messages"
+    # The status page (HTML, admins; a login form sets its cookie).
+    STATUS = "/status"
+    STATUS_LOGIN = "/status/login"
+    STATUS_LOGOUT = "/status/logout"
 
     @staticmethod
     def route(template: str) -> str:

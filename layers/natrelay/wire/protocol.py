@@ -25,6 +25,7 @@ from natrelay.wire.contract import (
     TaskKind,
     WireModel,
 )
+from natrelay.wire.rows import SecretRef
 
 # --- publisher -> relay ----------------------------------------------------------
 
@@ -188,6 +189,14 @@ class LlmRow(Answer):
     members: list[MemberView] | None = None
     queue_depth: int | None = None
     oldest_queued_seconds: float | None = None
+    # What admins set (`natrelay llm apply`; shown to admins only): fallbacks and pool
+    # settings, and a public row's upstream (its key only as where it is kept).
+    fallbacks: list[str] | None = None
+    max_queue_depth: int | None = None
+    wake_after_queue_seconds: float | None = None
+    base_url: str | None = None
+    api_key: SecretRef | None = None
+    timeout_seconds: float | None = None
 
 
 class SessionResponse(Answer):

@@ -1,0 +1,230 @@
+"""Public rows: the relay calls their upstream (any OpenAI-compatible server) itself.
+
+`Upstreams.relay` is the one call path: an OpenAI request body, streamed or not, to the
+upstream of a row, under the caller's key limits and usage like a published row. The
+upstream's API key is read from where the row says it is kept (a short cache), sent in
+the Authorization header only, and never put in an answer, an error or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+import httpx
+
+from natrelay.errors import InvalidRequestError, UpstreamError
+from natrelay.service.access import Principal
+from natrelay.service.context import Context
+from natrelay.service.ids import new_task_id
+from natrelay.service.payloads import clip, public_model
+from natrelay.service.usage import Admission, Usage
+from natrelay.store import LlmRecord, SecretMissingError, SecretReader
+
+log = logging.getLogger("natrelay.service")
+
+CONNECT_SECONDS = 10.0
+MAX_MESSAGE = 1000
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    """A plain answer (`body`), or a stream's chunk objects (`chunks`), in that order.
+    `settle`: the plain answer's usage, to record once it is sent (None: recorded)."""
+
+    status: int
+    body: Any = None
+    chunks: AsyncIterator[Any] | None = None
+    settle: Callable[[], Awaitable[None]] | None = None
+
+
+def _failure(row: LlmRecord, message: str, status: int = 502) -> UpstreamError:
+    return UpstreamError(
+        f"the upstream of {row.name!r} {message}", status=status, unavailable=status >= 502
+    )
+
+
+def _message(response_text: str) -> str:
+    try:
+        data = json.loads(response_text)
+    except ValueError:
+        return " ".join(response_text.split())
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return " ".join(response_text.split())
+
+
+class Upstreams:
+    def __init__(self, ctx: Context, usage: Usage) -> None:
+        self.settings = ctx.settings
+        self.clock = ctx.clock
+        self.usage = usage
+        secrets = ctx.stores.secrets
+        self.secrets = secrets or SecretReader(ctx.settings.region, ctx.settings.secrets_endpoint)
+        self._keys: dict[str, tuple[str, float]] = {}
+        # one client per event loop (Mangum and tests may run several, one after another)
+        self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[0] is not loop:
+            client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+            self._http = (loop, client)
+        return self._http[1]
+
+    async def read_key(self, ref: dict[str, Any]) -> str:
+        """The API key kept where `ref` says (cached); SecretMissingError if it cannot be
+        read."""
+        cache_key = json.dumps(ref, sort_keys=True)
+        now = self.clock()
+        cached = self._keys.get(cache_key)
+        if cached is not None and now - cached[1] < self.settings.secret_cache_seconds:
+            return cached[0]
+        key = await self.secrets.read(secrets_manager=ref.get("secretsManager"), ssm=ref.get("ssm"))
+        self._keys[cache_key] = (key, now)
+        return key
+
+    async def _headers(self, row: LlmRecord) -> tuple[dict[str, str], str | None]:
+        if row.api_key_ref is None:
+            return {}, None
+        try:
+            key = await self.read_key(row.api_key_ref)
+        except SecretMissingError as exc:
+            where = row.api_key_ref.get("secretsManager") or row.api_key_ref.get("ssm")
+            log.warning("the API key of %s cannot be read from %s: %s", row.name, where, exc)
+            raise _failure(row, f"cannot be called: its API key cannot be read ({exc})") from None
+        return {"Authorization": f"Bearer {key}"}, key
+
+    def _timeout(self, row: LlmRecord) -> httpx.Timeout:
+        seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
+        return httpx.Timeout(seconds, connect=min(CONNECT_SECONDS, seconds))
+
+    async def relay(
+        self, principal: Principal, row: LlmRecord, path: str, body: dict[str, Any], *, stream: bool
+    ) -> UpstreamReply:
+        """Send `body` (an OpenAI request for `path`, e.g. `/chat/completions`) to the
+        row's upstream, as the row's model. Raises UpstreamError (502, 504, or the
+        upstream's 4xx with its message) and the key's RateLimitError."""
+        if not row.base_url:
+            raise InvalidRequestError(f"{row.name!r} has no upstream", param="model")
+        now = self.clock()
+        seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
+        admission = await self.usage.admit(principal, new_task_id(now), now + seconds + 60)
+        try:
+            headers, key = await self._headers(row)
+            request = self._client().build_request(
+                "POST",
+                row.base_url + path,
+                json={**body, "model": row.model},
+                headers=headers,
+                timeout=self._timeout(row),
+            )
+            response = await self._send(row, request)
+            if response.status_code >= 400:
+                text = (await response.aread()).decode("utf-8", "replace")
+                await response.aclose()
+                raise self._refused(row, response.status_code, text, key)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.usage.record_call(principal, admission, row.name, body=None, error=True)
+            raise
+        if stream:
+            return UpstreamReply(
+                response.status_code, chunks=self._chunks(principal, admission, row, response)
+            )
+        try:
+            data = json.loads(await response.aread())
+        except ValueError:
+            data = None
+        finally:
+            await response.aclose()
+        ok = isinstance(data, dict)
+        settle = partial(
+            self.usage.record_call, principal, admission, row.name, body=data, error=not ok
+        )
+        # As on the fast path: a key with a concurrency or token limit settles its usage
+        # before the answer goes out (its next request must see it); others just after.
+        first = principal.concurrency is not None or principal.tokens_per_day is not None
+        if first or not ok:
+            await settle()
+        if not ok:
+            raise _failure(row, "answered with something that is not a JSON object")
+        body = public_model(data, row.name)
+        return UpstreamReply(response.status_code, body=body, settle=None if first else settle)
+
+    async def _send(self, row: LlmRecord, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._client().send(request, stream=True)
+        except httpx.TimeoutException:
+            seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
+            raise _failure(row, f"did not answer within {seconds:g} s", 504) from None
+        except httpx.HTTPError as exc:
+            log.warning("the upstream of %s cannot be reached: %s", row.name, type(exc).__name__)
+            raise _failure(row, f"cannot be reached ({type(exc).__name__})") from None
+
+    def _refused(self, row: LlmRecord, status: int, text: str, key: str | None) -> UpstreamError:
+        message = clip(_message(text), MAX_MESSAGE)
+        if key:
+            message = message.replace(key, "[redacted]")
+        if status in (401, 403):
+            log.warning("the upstream of %s refused the relay's API key (%d)", row.name, status)
+            return _failure(row, f"refused the relay's API key ({status}); ask an admin")
+        if status >= 500:
+            return _failure(row, f"failed ({status}): {message}")
+        return UpstreamError(
+            message or f"the upstream of {row.name!r} answered {status}", status=status
+        )
+
+    async def _chunks(
+        self, principal: Principal, admission: Admission, row: LlmRecord, response: httpx.Response
+    ) -> AsyncIterator[Any]:
+        """The stream's chunk objects, naming the row; usage recorded at its end."""
+        usage: Any = None
+        error = True
+        try:
+            async for data in _events(response):
+                if data == "[DONE]":
+                    break
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and obj.get("usage"):
+                    usage = obj["usage"]
+                yield public_model(obj, row.name)
+                if isinstance(obj, dict) and "error" in obj:
+                    return
+            error = False
+        except httpx.TimeoutException:
+            raise _failure(row, "stopped sending", 504) from None
+        except httpx.HTTPError as exc:
+            raise _failure(row, f"broke off the stream ({type(exc).__name__})") from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+                body = {"usage": usage} if usage else None
+                await self.usage.record_call(principal, admission, row.name, body=body, error=error)
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data` of each server-sent event (comments and other fields skipped)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+            continue
+        if line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
