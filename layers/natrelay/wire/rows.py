@@ -43,6 +43,9 @@ LIFECYCLE_FIELDS = frozenset(
         "oldestQueuedSeconds",
         "sessionId",
         "owner",
+        # what the row's publishers declare (their config), not an admin's to set
+        "endpoints",
+        "aliases",
     }
 )
 
