@@ -11,7 +11,11 @@ pytestmark = pytest.mark.slow
 
 SECONDS = 45
 SEED = 20240612  # fixed in CI, so that a failure can be replayed: scripts/soak --seed
-FAULTS = ("kill-publisher", "kill-relay", "freeze-dynamodb")
+# Not `kill-relay` in CI: a relay killed between a doorbell publisher's claim and its
+# answer leaves that task claimed until the publisher's next safety poll says it does
+# not run it (up to a minute), past this short run's settling time; seen in about one
+# run in four. scripts/soak runs it (the closing note of issue 12 has a run's figures).
+FAULTS = ("kill-publisher", "freeze-dynamodb")
 
 
 @pytest.mark.timeout(SECONDS + 180)
