@@ -67,38 +67,52 @@ def ask(stack: Stack, text: str) -> str | None:
     return answer.choices[0].message.content
 
 
-def while_it_runs(stack: Stack, text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """Ask, and read the tasks table while the backend works on it."""
+def while_it_runs(stack: Stack, text: str) -> tuple[str | None, list[list[str]]]:
+    """Ask, and read the tasks table every 50 ms while the backend works on it: the
+    answer, and the states of the task items each read found."""
     got: list[str | None] = []
     asker = threading.Thread(target=lambda: got.append(ask(stack, text)))
     asker.start()
-    threading.Event().wait(LATENCY / 2)
-    during = tasks(stack)
-    asker.join(timeout=30)
+    seen: list[list[str]] = []
+    while asker.is_alive():
+        seen.append([t["state"]["S"] for t in tasks(stack) if t["state"]["S"] != "completed"])
+        asker.join(timeout=0.05)
     assert got, "no answer"
-    return got[0], during
+    return got[0], seen
 
 
 def test_a_request_served_in_memory_is_fetchable_with_its_result_afterwards(
     stack: Stack, echo: str, tmp_path: Path
 ) -> None:
     with publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}):
-        threading.Event().wait(0.5)  # the publisher's poll waits idle in the relay
-        answer, during = while_it_runs(stack, "over the fast path")
-        assert answer == "over the fast path"
-        assert during == [], during  # handed in memory: nothing written before the answer
-        written = wait_until(lambda: tasks(stack), 10, "the task's record was never written")
-        assert [t["state"]["S"] for t in written] == ["completed"]
-        task_id = written[0]["pk"]["S"].removeprefix("task#")
-        fetched = httpx.get(
-            f"{stack.url}{Paths.TASK.format(task_id=task_id)}",
-            headers={"Authorization": f"Bearer {stack.client_token}"},
-            timeout=10,
-        )
-        assert fetched.status_code == 200, fetched.text
-        body = fetched.json()
-        assert body["state"] == "completed"
-        assert body["result"]["choices"][0]["message"]["content"] == "over the fast path"
+        # The publisher's poll must wait idle in the relay when the request comes; on a
+        # loaded machine it may still be on its way: then the request takes the durable
+        # path, and the next one is tried.
+        for attempt in range(5):
+            text = f"over the fast path {attempt}"
+            answer, seen = while_it_runs(stack, text)
+            assert answer == text
+            if len(seen) >= 3 and not any(seen):
+                break  # nothing written while the backend worked: handed in memory
+        else:
+            raise AssertionError(f"no request took the fast path: {seen}")
+
+        def all_written() -> list[dict[str, Any]] | None:
+            done = [t for t in tasks(stack) if t["state"]["S"] == "completed"]
+            return done if len(done) == attempt + 1 else None
+
+        written = wait_until(all_written, 10, "the task's record was never written")
+        fetched = [
+            httpx.get(
+                f"{stack.url}{Paths.TASK.format(task_id=t['pk']['S'].removeprefix('task#'))}",
+                headers={"Authorization": f"Bearer {stack.client_token}"},
+                timeout=10,
+            )
+            for t in written
+        ]
+        assert all(f.status_code == 200 for f in fetched), [f.text for f in fetched]
+        results = [f.json()["result"]["choices"][0]["message"]["content"] for f in fetched]
+        assert text in results, results
 
 
 def test_with_the_fast_path_off_the_durable_path_serves_the_same_answer(
@@ -108,10 +122,9 @@ def test_with_the_fast_path_off_the_durable_path_serves_the_same_answer(
         running_stack(moto_server.endpoint, heartbeat_timeout_seconds=5, fast_path=False) as stack,
         publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}),
     ):
-        threading.Event().wait(0.5)
-        answer, during = while_it_runs(stack, "over the durable path")
+        answer, seen = while_it_runs(stack, "over the durable path")
         assert answer == "over the durable path"
-        assert [t["state"]["S"] for t in during] == ["claimed"]
+        assert ["claimed"] in seen, seen  # the claimed task is in DynamoDB as it runs
 
 
 def test_a_relay_killed_right_after_answering_loses_no_answer(
