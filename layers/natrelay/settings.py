@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # "The fast path"). Turn off when several relay processes share the tables behind
     # one address: a publisher's posts must reach the process that handed it the task.
     fast_path: bool = True
+    # Long-lived mode only: the records of requests answered on the fast path, and the
+    # usage of keys without limits, are written in batches at most this long after the
+    # answer (a process that dies loses at most this much bookkeeping, never an answer).
+    record_batch_seconds: float = Field(default=0.1, gt=0, le=5)
     # Long-lived mode only: how long a row read on the client's path is reused (every
     # write of this process to the rows empties the cache at once; 0: off).
     row_cache_seconds: float = Field(default=1.0, ge=0, le=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,23 @@ def test_back_to_back_requests_never_wait_out_a_poll_that_declared_their_model_f
             model="a", messages=[{"role": "user", "content": f"turn {i}"}]
         )
         assert answer.choices[0].message.content == f"turn {i}"
+
+
+def test_concurrent_requests_through_one_publisher_are_all_answered_and_recorded(
+    stack: Stack, echo: str, tmp_path: Path
+) -> None:
+    """Eight clients at once through one publisher's single poll: the requests that come
+    while its poll is on its way back are parked for its next poll; every client gets its
+    own answer, and every task's record reaches DynamoDB (in batches, behind the answers)."""
+    with publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}):
+        texts = [f"concurrent {i}" for i in range(24)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: ask(stack, t), texts))
+        assert answers == texts
+
+        def all_written() -> list[dict[str, Any]] | None:
+            done = [t for t in tasks(stack) if t["state"]["S"] == "completed"]
+            return done if len(done) == len(texts) else None
+
+        written = wait_until(all_written, 10, "not every task's record was written")
+        assert len({t["pk"]["S"] for t in written}) == len(texts)

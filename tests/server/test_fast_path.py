@@ -125,8 +125,12 @@ async def test_a_request_for_an_idle_poll_here_skips_dynamodb_until_it_is_answer
             PUB, task.id, TaskResult(provider_session_id=sid, body={"ok": 1})
         )
     assert (await relay.waiting.outcome(done[0])).body == {"ok": 1}
-    # the record behind the answer, then usage: two requests for the whole inference
-    assert counter.ops == ["PutItem", "UpdateItem"]
+    assert counter.ops == []  # answered: the record and the usage are written behind it
+    assert (await relay.waiting.get(task.id)).state is TaskState.COMPLETED  # from memory
+    await relay.drain()
+    # the record, the key's usage and the row's count of the minute, each in a batch
+    # with whatever else ended meanwhile
+    assert counter.ops == ["BatchWriteItem", "UpdateItem", "UpdateItem"]
     stored = await relay.stores.tasks.get(task.id, relay.clock())
     assert stored is not None and stored.state is TaskState.COMPLETED
     assert stored.claimed_by == sid and stored.client_key == CLIENT.key_id
@@ -190,6 +194,7 @@ async def test_a_handed_stream_reads_its_chunks_from_memory_and_keeps_them(
             PUB, task.id, TaskResult(provider_session_id=sid, chunk_count=3)
         )
     assert read == [b'[{"n":0}]', b'[{"n":1}]', b'[{"n":2}]']
+    await relay.drain()
     stored = await relay.stores.chunks.read_stream(task.id, -1, relay.clock())
     assert [c.data for c in stored.chunks] == read
     assert stored.task is not None and stored.task.state is TaskState.COMPLETED

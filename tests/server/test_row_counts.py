@@ -9,7 +9,6 @@ import anyio
 import pytest
 
 from natrelay.service import Relay
-from natrelay.service import usage as usage_module
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from tests.server.conftest import FakeClock, OpCounter
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_long_lived_process_writes_each_rows_counts_once(relay: Relay, client: Any) -> None:
-    assert relay.usage.batch_rows  # in-process signals: the tests' default
+    assert relay.usage.batching  # in-process signals: the tests' default
     counter = OpCounter(client)
     for error in (False, False, True):
         await relay.usage.count_row("a", error=error)
@@ -36,7 +35,7 @@ async def test_a_long_lived_process_writes_each_rows_counts_once(relay: Relay, c
 async def test_the_counts_are_written_within_the_flush_time(
     relay: Relay, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(usage_module, "ROW_FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr(relay.usage._rows, "seconds", 0.05)  # ROW_FLUSH_SECONDS, shortened
     counter = OpCounter(client)
     await relay.usage.count_row("a", error=False)
     await relay.usage.count_row("a", error=True)

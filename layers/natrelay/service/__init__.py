@@ -91,6 +91,12 @@ class Relay:
         stores = Stores.connect(settings, on_throttle=metrics.dynamodb_throttle)
         return cls(settings, stores, metrics=metrics)
 
+    async def drain(self) -> None:
+        """Write what this process gathered to write later (records of answered tasks,
+        usage, rows' counts): it is stopping."""
+        await self.handoff.drain()
+        await self.usage.drain()
+
     def sweeper(self) -> Sweeper:
         """A sweeper sharing this relay's stores, clock, in-process signals and metrics."""
         return Sweeper(

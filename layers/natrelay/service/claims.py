@@ -18,8 +18,9 @@ from natrelay.errors import (
 )
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
+from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
-from natrelay.service.handoff import EmptyQueues, pool_key
+from natrelay.service.handoff import pool_key
 from natrelay.service.payloads import (
     MAX_CHUNK_BATCH_BYTES,
     POLL_INLINE_BUDGET,
@@ -89,6 +90,7 @@ class Claims:
         # Tasks a poll of this process is claiming now (the others leave them be).
         self._taking: set[str] = set()
         self.handoff = endings.handoff
+        self.handoff.undelivered = self._return
         self.empty = EmptyQueues(ctx)
         self._returning: set[asyncio.Task[None]] = set()
 
@@ -101,10 +103,8 @@ class Claims:
         """Claim up to maxTasks pending tasks, waiting up to waitSeconds for some.
 
         Requests past the poll's inline budget come back without their body (the
-        publisher fetches them). `gone` says whether the publisher hung up; a poll
-        nobody waits for ends at once (and stops counting as a heartbeat) instead of
-        claiming tasks into the void.
-        """
+        publisher fetches them). `gone` says whether the publisher hung up: a poll nobody
+        waits for ends at once (no heartbeat) instead of claiming tasks into the void."""
         session = await self.sessions.polling_session(principal, req)
         if req.max_tasks == 0:
             return []
@@ -164,12 +164,12 @@ class Claims:
                         [] if offer.mailbox else await self._claim(session, hints, offer.slots)
                     )
                     handed = offer.take()
-                    if claimed or handed:
-                        offer.idle = False
-                        return claimed + [self._inline(self._handed(session, t)) for t in handed]
                     now = self.clock()
-                    if now >= deadline:
-                        return []
+                    if claimed or handed or now >= deadline:
+                        offer.idle = False
+                        # a long-poll's publisher polls again at once: park tasks meanwhile
+                        offer.answered = req.wait_seconds > 0
+                        return claimed + [self._inline(self._handed(session, t)) for t in handed]
                     if now - beat_at >= self.sessions.refresh_seconds:
                         session = await self.sessions.polling_session(principal, req)
                         offer.session = session
@@ -222,8 +222,7 @@ class Claims:
                     continue
                 if not wake:
                     slots[name] -= 1
-                if task.wake_id and task.wake_target != session.id:
-                    task = replace(task, wake_id=None)  # another member's wake: do not wait
+                task = self._handed(session, task)
                 if task.request is not None and len(task.request) <= budget:
                     budget -= len(task.request)
                 else:
@@ -361,7 +360,9 @@ class Claims:
                 body=body,
                 error=error,
                 chunk_count=result.chunk_count,
-                settle=lambda t: self.usage.record(t, body=result.body, error=error is not None),
+                settle=lambda t, later: self.usage.record(
+                    t, body=result.body, error=error is not None, later=later
+                ),
             )
         except SameResultError as exc:
             assert isinstance(exc.record, TaskRecord)

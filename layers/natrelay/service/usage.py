@@ -12,6 +12,7 @@ from typing import Any
 
 from natrelay.errors import BudgetExceededError, RateLimitError
 from natrelay.service.access import Principal
+from natrelay.service.batching import Batch
 from natrelay.service.context import Context
 from natrelay.store import ConditionFailedError, TaskRecord, UsageRecord
 from natrelay.store.usage import KEEP_SECONDS
@@ -63,6 +64,17 @@ ROW_FLUSH_SECONDS = 10.0
 Pending = dict[tuple[str, str], dict[str, list[int]]]
 
 
+@dataclass(frozen=True)
+class Used:
+    """What one request of a key without limits used, to be added up with others."""
+
+    key_id: str
+    day: str
+    prompt: int
+    completion: int
+    error: bool
+
+
 def hour_of(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H")
 
@@ -72,11 +84,15 @@ class Usage:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
         self.row_stats = ctx.settings.row_stats
-        # With in-process signals (one long-lived process), rows' counts are batched.
-        self.batch_rows = ctx.settings.in_process_signals
-        self._pending: Pending = {}
-        self._timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
-        self._flushes: set[asyncio.Future[None]] = set()
+        # With in-process signals (one long-lived process), rows' counts are batched,
+        # and so is the usage of keys without limits (nothing reads it to admit).
+        self.batching = ctx.settings.in_process_signals
+        self._rows: Batch[tuple[str, str, str, bool]] = Batch(
+            "rows' request counts", ROW_FLUSH_SECONDS, self._write_rows
+        )
+        self._used: Batch[Used] = Batch(
+            "requests' usage", ctx.settings.record_batch_seconds, self._write_used
+        )
 
     async def admit(self, principal: Principal, task_id: str, deadline: float) -> Admission:
         """Let a request in, or raise RateLimitError / BudgetExceededError."""
@@ -114,9 +130,19 @@ class Usage:
         if admission.slot is not None:
             await self.usage.free_slots(principal.key_id, admission.day, {admission.slot})
 
-    async def record(self, task: TaskRecord, *, body: Any = None, error: bool = False) -> None:
-        """Record what a task of a client used, once it has ended; frees its slot."""
+    async def record(
+        self, task: TaskRecord, *, body: Any = None, error: bool = False, later: bool = False
+    ) -> None:
+        """Record what a task of a client used, once it has ended; frees its slot.
+        `later`: the key has no limits, so its usage may be added up with others' and
+        written within record_batch_seconds (long-lived mode)."""
         if task.client_key is None:
+            return
+        if later and self.batching and task.slot is None:
+            prompt, completion = tokens_of(body)
+            day = task.usage_day or day_and_minute(self.clock())[0]
+            self._used.add(Used(task.client_key, day, prompt, completion, error))
+            await self.count_row(task.llm, error=error)
             return
         await asyncio.gather(  # two writes, side by side: neither ever raises
             self._record(
@@ -158,11 +184,36 @@ class Usage:
                 slot=slot,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
-                error=error,
+                errors=int(error),
                 expires_at=now + KEEP_SECONDS,
             )
         except Exception:  # usage is bookkeeping: never fail the request over it
             log.exception("usage of %s not recorded", what)
+
+    async def _write_used(self, entries: list[Used]) -> None:
+        """One write per key and day for the usage gathered."""
+        added: dict[tuple[str, str], list[int]] = {}
+        for u in entries:
+            counts = added.setdefault((u.key_id, u.day), [0, 0, 0, 0])
+            counts[0] += 1
+            counts[1] += u.prompt
+            counts[2] += u.completion
+            counts[3] += int(u.error)
+        expires_at = self.clock() + KEEP_SECONDS
+        for (key_id, day), (requests, prompt, completion, errors) in added.items():
+            try:
+                await self.usage.record(
+                    key_id,
+                    day,
+                    slot=None,
+                    requests=requests,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    errors=errors,
+                    expires_at=expires_at,
+                )
+            except Exception:  # bookkeeping, as above
+                log.exception("usage of %d requests of a key not recorded", requests)
 
     async def count_row(self, llm: str, *, error: bool) -> None:
         """Count a request of the row (and whether it failed) in its minute: written at
@@ -171,32 +222,26 @@ class Usage:
             return
         now = self.clock()
         hour, minute = hour_of(now), day_and_minute(now)[1][2:]
-        if not self.batch_rows:
-            await self._write_rows({(llm, hour): {minute: [1, int(error)]}}, now)
-            return
-        counts = self._pending.setdefault((llm, hour), {}).setdefault(minute, [0, 0])
-        counts[0] += 1
-        counts[1] += int(error)
-        loop = asyncio.get_running_loop()
-        if self._timer is None or self._timer[0] is not loop:  # (tests run several loops)
-            self._timer = (loop, loop.call_later(ROW_FLUSH_SECONDS, self._flush_soon))
-
-    def _flush_soon(self) -> None:
-        self._timer = None
-        flush = asyncio.ensure_future(self.flush_rows())
-        self._flushes.add(flush)
-        flush.add_done_callback(self._flushes.discard)
+        if self.batching:
+            self._rows.add((llm, hour, minute, error))
+        else:
+            await self._write_rows([(llm, hour, minute, error)])
 
     async def flush_rows(self) -> None:
         """Write the rows' counts this process holds (long-lived mode) now."""
-        if self._timer is not None:
-            self._timer[1].cancel()
-            self._timer = None
-        pending, self._pending = self._pending, {}
-        if pending:
-            await self._write_rows(pending, self.clock())
+        await self._rows.flush()
 
-    async def _write_rows(self, pending: Pending, now: float) -> None:
+    async def drain(self) -> None:
+        """Write everything gathered (the process is stopping)."""
+        await asyncio.gather(self._rows.drain(), self._used.drain())
+
+    async def _write_rows(self, entries: list[tuple[str, str, str, bool]]) -> None:
+        pending: Pending = {}
+        for llm, hour, minute, error in entries:
+            counts = pending.setdefault((llm, hour), {}).setdefault(minute, [0, 0])
+            counts[0] += 1
+            counts[1] += int(error)
+        now = self.clock()
         for (llm, hour), minutes in pending.items():
             try:
                 await self.usage.add_row_counts(

@@ -60,6 +60,18 @@ THROTTLED = frozenset(
 )
 
 
+def put_all(client: Any, table: str, rows: list[Item]) -> None:
+    """Write `rows` (plain items, unconditionally) with BatchWriteItem, 25 a call, until
+    DynamoDB has taken every one (what it leaves unprocessed is sent again)."""
+    for start in range(0, len(rows), 25):
+        pending: dict[str, Any] = {
+            table: [{"PutRequest": {"Item": encode(row)}} for row in rows[start : start + 25]]
+        }
+        while pending:
+            out = client.batch_write_item(RequestItems=pending)
+            pending = out.get("UnprocessedItems") or {}
+
+
 def make_client(
     endpoint_url: str | None, region: str, on_throttle: Callable[[str], None] | None = None
 ) -> DynamoDBClient:

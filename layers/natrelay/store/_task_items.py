@@ -20,6 +20,7 @@ from natrelay.store._dynamo import (
     decode,
     encode,
     items,
+    put_all,
     split,
     values,
 )
@@ -126,26 +127,19 @@ def write_parts(
 ) -> None:
     """Store `data` as parts `<prefix>#<n>` of the task's partition."""
     parts = split(data, PART_SIZE)
-    for start in range(0, len(parts), 25):
-        batch = [
+    put_all(
+        client,
+        table,
+        [
             {
-                "PutRequest": {
-                    "Item": encode(
-                        {
-                            "pk": f"task#{task_id}",
-                            "sk": f"{prefix}#{start + i:04d}",
-                            "data": part,
-                            "expiresAt": int(expires_at),
-                        }
-                    )
-                }
+                "pk": f"task#{task_id}",
+                "sk": f"{prefix}#{i:04d}",
+                "data": part,
+                "expiresAt": int(expires_at),
             }
-            for i, part in enumerate(parts[start : start + 25])
-        ]
-        pending: dict[str, Any] = {table: batch}
-        while pending:
-            out = client.batch_write_item(RequestItems=pending)
-            pending = out.get("UnprocessedItems") or {}
+            for i, part in enumerate(parts)
+        ],
+    )
 
 
 def read_parts(client: Any, table: str, task_id: str, prefix: str) -> bytes:

@@ -5,9 +5,9 @@ the fast path (then the durable lifecycle carries on from that item)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from natrelay.store._dynamo import Item, encode, off_loop
+from natrelay.store._dynamo import Item, off_loop, put_all
 from natrelay.store._task_items import (
     INLINE_LIMIT,
     LEASE_SHARD,
@@ -21,6 +21,11 @@ from natrelay.wire import Endpoint, TaskState
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+# A finished task's record: the task, its request, its chunks, its result.
+HandedRecord = tuple[TaskRecord, bytes, Sequence[Chunk], bytes | None]
+# Records up to this size (request and result together) go in batches.
+BATCH_ITEM_LIMIT = 64 * 1024
 
 
 def _item(task: TaskRecord) -> Item:
@@ -81,6 +86,28 @@ class DynamoHandedStore:
         """Write the task item with its request, result and chunks (one PutItem when they
         fit in it; chunks and large payloads in batches before it). ConditionFailedError
         if the task item exists already."""
+        put_new_task(self._client, self._table, task.id, self._whole(task, request, chunks, result))
+
+    @off_loop
+    def put_many(self, records: Sequence[HandedRecord]) -> None:
+        """Write the records of finished tasks, 25 to a BatchWriteItem call (small ones;
+        others one by one, as `put`). Unconditional: a task's record is written once, by
+        the process that handed it (its id is new; a task that left the fast path before
+        it finished is not among them)."""
+        small: list[Item] = []
+        for task, request, chunks, result in records:
+            if chunks or len(request) + len(result or b"") > BATCH_ITEM_LIMIT:
+                put_new_task(
+                    self._client, self._table, task.id, self._whole(task, request, chunks, result)
+                )
+            else:
+                small.append(self._whole(task, request, (), result))
+        put_all(self._client, self._table, small)
+
+    def _whole(
+        self, task: TaskRecord, request: bytes, chunks: Sequence[Chunk], result: bytes | None
+    ) -> Item:
+        """The task item, once its chunks and large payloads are written."""
         expires = task.expires_at or 0.0
         item = _item(task)
         item["requestSize"] = len(request)
@@ -94,27 +121,17 @@ class DynamoHandedStore:
             parts = result_parts(task.result_hash)
             item["resultParts"] = parts
             write_parts(self._client, self._table, task.id, parts, data=result, expires_at=expires)
-        self._put_chunks(task.id, chunks, expires)
-        put_new_task(self._client, self._table, task.id, item)
-
-    def _put_chunks(self, task_id: str, chunks: Sequence[Chunk], expires_at: float) -> None:
-        for start in range(0, len(chunks), 25):
-            batch: list[dict[str, Any]] = [
+        put_all(
+            self._client,
+            self._table,
+            [
                 {
-                    "PutRequest": {
-                        "Item": encode(
-                            {
-                                "pk": f"task#{task_id}",
-                                "sk": seq_key(c.seq),
-                                "data": c.data,
-                                "expiresAt": int(expires_at),
-                            }
-                        )
-                    }
+                    "pk": f"task#{task.id}",
+                    "sk": seq_key(c.seq),
+                    "data": c.data,
+                    "expiresAt": int(expires),
                 }
-                for c in chunks[start : start + 25]
-            ]
-            pending: dict[str, Any] = {self._table: batch}
-            while pending:
-                out = self._client.batch_write_item(RequestItems=pending)
-                pending = out.get("UnprocessedItems") or {}
+                for c in chunks
+            ],
+        )
+        return item

@@ -97,17 +97,19 @@ class DynamoUsageStore:
         slot: str | None,
         prompt_tokens: int,
         completion_tokens: int,
-        error: bool,
+        errors: int,
         expires_at: float,
+        requests: int = 1,
     ) -> None:
-        """Count a request that ended, what it used, and free its slot."""
-        adds = ["requests :one", "promptTokens :p", "completionTokens :c", "tokens :t", "errors :e"]
+        """Count requests that ended (one, or several added up), what they used, and
+        free the slot (of one)."""
+        adds = ["requests :n", "promptTokens :p", "completionTokens :c", "tokens :t", "errors :e"]
         vals: dict[str, Any] = {
             "p": prompt_tokens,
             "c": completion_tokens,
             "t": prompt_tokens + completion_tokens,
-            "e": int(error),
-            "one": 1,
+            "e": errors,
+            "n": requests,
             "exp": int(expires_at),
         }
         update = f"ADD {', '.join(adds)} SET expiresAt = :exp"

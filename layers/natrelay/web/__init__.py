@@ -8,7 +8,8 @@ and the status page (its own login: see web.status).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -194,10 +195,16 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
     """The relay app; the same object serves uvicorn and Mangum."""
     relay = relay or Relay.from_settings(settings)
     configure_logging(relay.settings.log_format, relay.settings.log_level)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await relay.drain()  # what this process writes behind its answers, before it stops
+
     app = Starlette(
         routes=ROUTES,
         exception_handlers=HANDLERS,
         middleware=[Middleware(RequestContext, metrics=relay.metrics)],
+        lifespan=lifespan,
     )
     app.state.relay = relay
     return app

@@ -1,0 +1,38 @@
+"""What a poll of this process need not look up again: pools whose queue it found empty."""
+
+from __future__ import annotations
+
+import time
+
+from natrelay.service.context import Context
+from natrelay.service.handoff import pool_key
+from natrelay.store import Queued
+
+
+class EmptyQueues:
+    """Pools whose queue a poll of this process just found empty, and found so since no
+    task was queued for them here (no notification on the pool's key): the next poll need
+    not look again. Another process's writes are not heard of, so the memory is trusted
+    only as long as an idle poll's slowest re-check (poll_max_interval_seconds); never
+    without in-process signals (Lambda)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.queues = ctx.stores.queues
+        self.signals = ctx.signals
+        self.enabled = ctx.signals.enabled
+        self.ttl = ctx.settings.poll_max_interval_seconds
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    async def pending(self, name: str, limit: int) -> list[Queued]:
+        """What the pool's queue index lists, oldest first (nothing, and no Query, while
+        the pool is known empty)."""
+        key = pool_key(name)
+        seen = self._seen.get(key)
+        seq = self.signals.seq(key)
+        if seen is not None and seen[0] == seq and time.monotonic() - seen[1] < self.ttl:
+            return []
+        mark = (seq, time.monotonic())  # before the Query: a task queued during it counts
+        queued = await self.queues.pending(name, limit)
+        if not queued and self.enabled:
+            self._seen[key] = mark
+        return queued
