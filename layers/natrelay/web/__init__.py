@@ -195,6 +195,7 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
     """The relay app; the same object serves uvicorn and Mangum."""
     relay = relay or Relay.from_settings(settings)
     configure_logging(relay.settings.log_format, relay.settings.log_level)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
