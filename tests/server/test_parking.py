@@ -133,3 +133,15 @@ async def test_a_member_that_leaves_hands_its_parked_tasks_back(relay: Relay) ->
     stored = await relay.stores.tasks.get(task.id, relay.clock())
     assert stored is not None and stored.state is TaskState.PENDING
     assert not relay.handoff.holds(task.id)
+
+
+async def test_a_member_on_the_doorbell_gets_nothing_parked(relay: Relay) -> None:
+    """Its long-poll was the fallback's: once its doorbell is up it polls only when rung,
+    so a task parked for it would wait for nothing."""
+    sid = await register(relay, spec("a"))
+    await answered_once(relay, sid)
+    await relay.doorbell.connect(await relay.sessions.get(PUB, sid), "conn-1")
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    assert not relay.handoff.holds(task.id)
+    stored = await relay.stores.tasks.get(task.id, relay.clock())
+    assert stored is not None and stored.state is TaskState.PENDING

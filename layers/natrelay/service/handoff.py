@@ -173,8 +173,11 @@ class Handoff(HandedTasks):
             if offer.idle and ok(offer.session, offer.slots):
                 return offer
         now = asyncio.get_running_loop().time() if self._parked else 0.0
-        for parked in self._parked.values():
-            if parked.until > now and ok(parked.session, parked.slots):
+        for sid, parked in self._parked.items():
+            # a member on the doorbell polls only when rung (its last long-poll was the
+            # fallback's): nothing waits for it
+            bell = sid in row.members and row.members[sid].doorbell is not None
+            if parked.until > now and not bell and ok(parked.session, parked.slots):
                 return parked
         return None
 
