@@ -16,6 +16,8 @@ from natrelay.observe import configure_logging
 from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.web import create_app
+from natrelay.web.middleware import log_level
+from natrelay.wire import Paths
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.relay_config import relay_settings
 from tests.server.test_handlers import http_event, load_handler
@@ -197,3 +199,14 @@ class _Context:
 def test_settings_reject_an_unknown_metrics_sink() -> None:
     with pytest.raises(ValueError, match="metrics"):
         Settings(metrics="statsd")  # type: ignore[arg-type]
+
+
+def test_the_publishers_plumbing_logs_at_debug_unless_it_fails() -> None:
+    """A poll, a heartbeat, a claim and a task's posts run for every inference: their
+    line is DEBUG when they succeed, INFO when they do not; every other route is INFO."""
+    task = Paths.TASK_RESULT.format(task_id="t1")
+    for path in (Paths.POLL, Paths.CLAIM, Paths.HEARTBEAT, task, f"{task[:-6]}chunks"):
+        assert log_level(path, 200) == logging.DEBUG, path
+        assert log_level(path, 403) == logging.INFO, path
+    for path in (Paths.REGISTER, Paths.DEREGISTER, "/v1/chat/completions", Paths.LLMS):
+        assert log_level(path, 200) == logging.INFO, path

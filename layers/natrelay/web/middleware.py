@@ -1,6 +1,8 @@
 """Every request gets an id (`x-request-id`, in its error bodies and log lines), one log
-line when it ends, and its place in the metrics. An unexpected exception becomes one
-JSON log line with the traceback and a 500 that names the request, never the trace."""
+line when it ends (at DEBUG for a publisher's polls, heartbeats and task posts that
+succeed: the plumbing of every inference), and its place in the metrics. An unexpected
+exception becomes one JSON log line with the traceback and a 500 that names the
+request, never the trace."""
 
 from __future__ import annotations
 
@@ -14,11 +16,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from natrelay.metrics import Metrics
 from natrelay.observe import new_request_id, request_scope
-from natrelay.wire import ErrorCode
+from natrelay.wire import ErrorCode, Paths
 
 log = logging.getLogger("natrelay.request")
 
 REQUEST_ID_HEADER = "x-request-id"
+# A publisher's routes that run for every inference (or every poll of an idle one).
+PLUMBING = (Paths.POLL, Paths.CLAIM, Paths.HEARTBEAT, Paths.PROVIDER_TASK.split("{")[0])
+
+
+def log_level(path: str, status: int) -> int:
+    """The level of a request's line: INFO, or DEBUG for the plumbing that succeeded."""
+    return logging.DEBUG if status < 400 and path.startswith(PLUMBING) else logging.INFO
 
 
 def aws_request_id(scope: Scope) -> str | None:
@@ -65,7 +74,7 @@ class RequestContext:
             finally:
                 seconds = time.perf_counter() - started
                 fields.update(status=state["status"], durationMs=round(seconds * 1000, 1))
-                log.info("request")
+                log.log(log_level(scope["path"], state["status"]), "request")
                 self.metrics.request(fields.get("route", "-"), state["status"], seconds)
                 if "errorCode" in fields:
                     self.metrics.error(str(fields["errorCode"]))
