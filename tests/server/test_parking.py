@@ -27,6 +27,12 @@ def settings(settings: Settings) -> Settings:
     )
 
 
+async def stored_state(relay: Relay, task_id: str) -> TaskState | None:
+    """The state of the task's item in DynamoDB (None: not written)."""
+    stored = await relay.stores.tasks.get(task_id, relay.clock())
+    return stored.state if stored is not None else None
+
+
 async def answered_once(relay: Relay, sid: str) -> None:
     """A long-poll of `sid` that took a task and answered (its publisher polls again)."""
     async with polling(relay, sid) as got:
@@ -42,7 +48,7 @@ async def test_a_request_between_two_polls_goes_to_the_next_poll_in_memory(
     counter = OpCounter(client)
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     assert task.state is TaskState.CLAIMED and relay.handoff.holds(task.id)
-    assert await relay.stores.tasks.get(task.id, relay.clock()) is None  # not queued
+    assert await stored_state(relay, task.id) is None  # not queued
     counter.ops.clear()
     polled = await relay.claims.poll(
         PUB, PollRequest(provider_session_id=sid, wait_seconds=5, max_tasks=4)
@@ -70,8 +76,7 @@ async def test_no_more_are_parked_than_the_poll_had_free_slots(relay: Relay) -> 
     parked = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)  # its one slot left
     queued = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     assert relay.handoff.holds(parked.id) and not relay.handoff.holds(queued.id)
-    stored = await relay.stores.tasks.get(queued.id, relay.clock())
-    assert stored is not None and stored.state is TaskState.PENDING
+    assert await stored_state(relay, queued.id) is TaskState.PENDING
 
 
 async def test_a_parked_task_whose_poll_does_not_come_goes_back_to_the_queue(
@@ -84,11 +89,10 @@ async def test_a_parked_task_whose_poll_does_not_come_goes_back_to_the_queue(
     assert relay.handoff.holds(task.id)
     other = await register(relay, spec("a"))  # another member; the first never polls again
     for _ in range(100):
-        stored = await relay.stores.tasks.get(task.id, relay.clock())
-        if stored is not None and stored.state is TaskState.PENDING:
+        if await stored_state(relay, task.id) is TaskState.PENDING:
             break
         await anyio.sleep(0.05)
-    assert stored is not None and stored.state is TaskState.PENDING
+    assert await stored_state(relay, task.id) is TaskState.PENDING
     assert not relay.handoff.holds(task.id)
     polled = await relay.claims.poll(
         PUB, PollRequest(provider_session_id=other, wait_seconds=0, max_tasks=1)
@@ -107,8 +111,7 @@ async def test_a_poll_that_does_not_wait_parks_nothing(relay: Relay) -> None:
     )
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     assert not relay.handoff.holds(task.id)
-    stored = await relay.stores.tasks.get(task.id, relay.clock())
-    assert stored is not None and stored.state is TaskState.PENDING
+    assert await stored_state(relay, task.id) is TaskState.PENDING
 
 
 async def test_a_cancelled_parked_task_is_not_delivered(relay: Relay) -> None:
@@ -121,8 +124,7 @@ async def test_a_cancelled_parked_task_is_not_delivered(relay: Relay) -> None:
     )
     assert polled == []
     await relay.drain()
-    stored = await relay.stores.tasks.get(task.id, relay.clock())
-    assert stored is not None and stored.state is TaskState.CANCELLED
+    assert await stored_state(relay, task.id) is TaskState.CANCELLED
 
 
 async def test_a_member_that_leaves_hands_its_parked_tasks_back(relay: Relay) -> None:
@@ -130,8 +132,7 @@ async def test_a_member_that_leaves_hands_its_parked_tasks_back(relay: Relay) ->
     await answered_once(relay, sid)
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
-    stored = await relay.stores.tasks.get(task.id, relay.clock())
-    assert stored is not None and stored.state is TaskState.PENDING
+    assert await stored_state(relay, task.id) is TaskState.PENDING
     assert not relay.handoff.holds(task.id)
 
 
@@ -143,5 +144,4 @@ async def test_a_member_on_the_doorbell_gets_nothing_parked(relay: Relay) -> Non
     await relay.doorbell.connect(await relay.sessions.get(PUB, sid), "conn-1")
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     assert not relay.handoff.holds(task.id)
-    stored = await relay.stores.tasks.get(task.id, relay.clock())
-    assert stored is not None and stored.state is TaskState.PENDING
+    assert await stored_state(relay, task.id) is TaskState.PENDING
