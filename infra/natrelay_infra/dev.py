@@ -102,10 +102,19 @@ def _parser() -> argparse.ArgumentParser:
         help="run the sweeper this often; 0 disables it (default %(default)s)",
     )
     parser.add_argument(
+        "--doorbell",
+        dest="doorbell",
+        action="store_true",
+        default=False,
+        help="offer publishers the doorbell WebSocket, rung in-process: an idle publisher "
+        "then costs fewer DynamoDB requests, but its requests skip the fast path "
+        "(docs/relay.md)",
+    )
+    parser.add_argument(
         "--no-doorbell",
         dest="doorbell",
         action="store_false",
-        help="do not offer publishers the doorbell WebSocket (they long-poll)",
+        help="publishers long-poll and requests take the fast path (the default)",
     )
     parser.add_argument(
         "--demo",

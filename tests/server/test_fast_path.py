@@ -319,10 +319,11 @@ def test_a_read_that_began_before_a_write_is_not_kept() -> None:
     assert cache.get("a") == (False, None)
 
 
+@pytest.mark.parametrize("fast_path", [False, True])
 async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_queued(
-    client: Any, settings: Settings, clock: FakeClock
+    client: Any, settings: Settings, clock: FakeClock, fast_path: bool
 ) -> None:
-    quick = settings.model_copy(update={"poll_max_interval_seconds": 0.3})
+    quick = settings.model_copy(update={"poll_max_interval_seconds": 0.3, "fast_path": fast_path})
     relay = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))
     assert await claim(relay, sid) == []  # looked: empty
@@ -333,11 +334,16 @@ async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_que
     assert [t.id for t in await claim(relay, sid)] == [mine.id]
     assert await claim(relay, sid) == []
     # queued by another process (another relay on the same tables): not heard of, so the
-    # memory lasts no longer than an idle poll's slowest re-check
+    # memory lasts no longer than an idle poll's slowest re-check — unless the fast path
+    # is on, which says this process is alone on its tables: then a 30 s safety net
     other = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
-    theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False)
+    theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
     assert await claim(relay, sid) == []
     await anyio.sleep(0.35)
+    if fast_path:
+        assert await claim(relay, sid) == []
+        relay.claims.empty.ttl = 0.3  # ALONE_RECHECK_SECONDS, shortened
+        await anyio.sleep(0.35)
     assert [t.id for t in await claim(relay, sid)] == [theirs.id]
 
 
