@@ -27,7 +27,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from natrelay.observe import configure_logging
-from natrelay.service.sweep import SweepRunner
 from natrelay.settings import Settings
 from natrelay.web import create_app
 from natrelay.wire import Paths
@@ -210,8 +209,6 @@ def _run(args: argparse.Namespace) -> int:
         if not _wait_started(server, api):
             print("natrelay dev: the relay API did not start (see the log above)", file=sys.stderr)
             return 1
-        if args.sweep_interval > 0:
-            stack.enter_context(_sweeping(args.sweep_interval, relay.settings))
         publisher = None
         if args.demo:
             publisher = _start_demo(stack, args, relay)
@@ -279,6 +276,8 @@ def _configure(
     url_host = "127.0.0.1" if _is_unspecified(host) else host
     if ":" in url_host:
         url_host = f"[{url_host}]"
+    # swept inside the API process, on its event loop (natrelay.web's lifespan)
+    settings = settings.model_copy(update={"sweep_interval_seconds": args.sweep_interval})
     if args.doorbell and not settings.doorbell_url:
         # served by this process, rung in-process (natrelay.web.doorbell)
         doorbell = f"ws://{url_host}:{port}{Paths.DOORBELL}"
@@ -387,36 +386,6 @@ def _stop_server(server: uvicorn.Server, thread: threading.Thread, app: Draining
     if thread.is_alive():
         server.force_exit = True
         thread.join(timeout=5)
-
-
-@contextlib.contextmanager
-def _sweeping(interval: float, settings: Settings) -> Iterator[None]:
-    """Sweep the relay's tables every `interval` seconds in a thread."""
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_sweep_loop, args=(interval, stop, settings), name="sweeper", daemon=True
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
-def _sweep_loop(interval: float, stop: threading.Event, settings: Settings) -> None:
-    sweep = SweepRunner(settings)  # its own event loop, in this thread
-    try:
-        while not stop.wait(interval):
-            try:
-                counts = sweep()
-            except Exception:
-                log.exception("sweep failed")
-            else:
-                if any(counts.values()):
-                    log.info("sweep: %s", counts)
-    finally:
-        sweep.close()
 
 
 def _start_demo(

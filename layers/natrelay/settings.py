@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # usage of keys without limits, are written in batches at most this long after the
     # answer (a process that dies loses at most this much bookkeeping, never an answer).
     record_batch_seconds: float = Field(default=0.1, gt=0, le=5)
+    # Long-lived mode only: sweep this often inside the API process, on its event loop
+    # (sharing its signals and the tasks it handed over in memory); 0: no sweeps here
+    # (Lambda runs the SweeperFunction on a schedule).
+    sweep_interval_seconds: float = Field(default=0, ge=0)
     # Long-lived mode only: how long a row read on the client's path is reused (every
     # write of this process to the rows empties the cache at once; 0: off).
     row_cache_seconds: float = Field(default=1.0, ge=0, le=10)

@@ -191,3 +191,16 @@ class SweepRunner:
 
     def close(self) -> None:
         self._loop.close()
+
+
+async def sweep_every(sweeper: Sweeper, seconds: float) -> None:
+    """Sweep every `seconds` until cancelled (long-lived mode: the API process's own
+    sweeper, on its event loop)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await sweeper.run()
+        except Exception:
+            log.exception("sweep failed")
+        finally:
+            sweeper.metrics.flush()

@@ -8,6 +8,7 @@ and the status page (its own login: see web.status).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from natrelay.errors import ForbiddenError
 from natrelay.observe import bind, configure_logging
 from natrelay.service import Relay
+from natrelay.service.sweep import sweep_every
 from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
@@ -198,8 +200,17 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        await relay.drain()  # what this process writes behind its answers, before it stops
+        every = relay.settings.sweep_interval_seconds
+        sweeping = None
+        if every > 0 and relay.settings.in_process_signals:
+            sweeping = asyncio.ensure_future(sweep_every(relay.sweeper(), every))
+        try:
+            yield
+        finally:
+            if sweeping is not None:
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
+            await relay.drain()  # what this process writes behind its answers, first
 
     app = Starlette(
         routes=ROUTES,
