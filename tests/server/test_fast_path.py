@@ -319,11 +319,15 @@ def test_a_read_that_began_before_a_write_is_not_kept() -> None:
     assert cache.get("a") == (False, None)
 
 
-@pytest.mark.parametrize("fast_path", [False, True])
+@pytest.mark.parametrize("alone", [False, True])
 async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_queued(
-    client: Any, settings: Settings, clock: FakeClock, fast_path: bool
+    client: Any, settings: Settings, clock: FakeClock, alone: bool
 ) -> None:
-    quick = settings.model_copy(update={"poll_max_interval_seconds": 0.3, "fast_path": fast_path})
+    # alone on its tables: the fast path on and its own sweeper (as natrelay dev runs)
+    sweep = 10 if alone else 0
+    quick = settings.model_copy(
+        update={"poll_max_interval_seconds": 0.3, "sweep_interval_seconds": sweep}
+    )
     relay = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))
     assert await claim(relay, sid) == []  # looked: empty
@@ -334,13 +338,13 @@ async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_que
     assert [t.id for t in await claim(relay, sid)] == [mine.id]
     assert await claim(relay, sid) == []
     # queued by another process (another relay on the same tables): not heard of, so the
-    # memory lasts no longer than an idle poll's slowest re-check — unless the fast path
-    # is on, which says this process is alone on its tables: then a 30 s safety net
+    # memory lasts no longer than an idle poll's slowest re-check — unless this process
+    # is alone on its tables and sweeps them: then a 30 s safety net
     other = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
     assert await claim(relay, sid) == []
     await anyio.sleep(0.35)
-    if fast_path:
+    if alone:
         assert await claim(relay, sid) == []
         relay.claims.empty.ttl = 0.3  # ALONE_RECHECK_SECONDS, shortened
         await anyio.sleep(0.35)

@@ -8,9 +8,11 @@ from natrelay.service.context import Context
 from natrelay.service.handoff import pool_key
 from natrelay.store import Queued
 
-# With the fast path on, this process is alone on its tables (docs/relay.md, "The fast
-# path"): every task of its pools is queued, requeued or handed back here, and each of
-# those notifies the pool's key. The queue is looked at again this often all the same.
+# A process alone on its tables (the fast path on says so, docs/relay.md) that also
+# sweeps them itself (`natrelay dev`) queues, requeues and hands back every task of its
+# pools here, and each of those notifies the pool's key: its polls look at the queue
+# again only this often, as a safety net. (A sweeper in another process, or a second
+# relay, is not heard of: then the idle poll's slowest re-check applies.)
 ALONE_RECHECK_SECONDS = 30.0
 
 
@@ -19,15 +21,16 @@ class EmptyQueues:
     task was queued for them here (no notification on the pool's key): the next poll need
     not look again. Another process's writes are not heard of, so the memory is trusted
     only as long as an idle poll's slowest re-check (poll_max_interval_seconds), or
-    ALONE_RECHECK_SECONDS when the process is alone on its tables (the fast path on);
-    never without in-process signals (Lambda)."""
+    ALONE_RECHECK_SECONDS when the process is alone on its tables and sweeps them
+    itself; never without in-process signals (Lambda)."""
 
     def __init__(self, ctx: Context) -> None:
         self.queues = ctx.stores.queues
         self.signals = ctx.signals
         self.enabled = ctx.signals.enabled
         self.ttl = ctx.settings.poll_max_interval_seconds
-        if ctx.settings.fast_path and self.enabled:
+        settings = ctx.settings
+        if settings.fast_path and settings.sweep_interval_seconds > 0 and self.enabled:
             self.ttl = max(self.ttl, ALONE_RECHECK_SECONDS)
         self._seen: dict[str, tuple[int, float]] = {}
 
