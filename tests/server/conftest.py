@@ -19,8 +19,10 @@ from natrelay.wire import (
     RegisterRequest,
     Role,
 )
+from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.tables import TableNames, create_tables
 from tests.support.counting import OpCounter  # noqa: F401 - the server tests import it here
+from tests.support.stack import Stack, running_stack
 
 # Who the service-level tests act as: one publisher key and one unscoped client key.
 PUB = Principal(key_id="pub-a", role=Role.PUBLISHER)
@@ -120,3 +122,13 @@ async def claimed(relay: Relay, *, stream: bool = False) -> tuple[str, TaskRecor
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=stream)
     await claim(relay, sid)
     return sid, task
+
+
+@pytest.fixture
+def keyed(moto_server: MotoServer) -> Iterator[Stack]:
+    """A relay API (uvicorn, the moto server) whose stored keys are re-read at once
+    (revocation tests set their own cache time)."""
+    with running_stack(
+        moto_server.endpoint, heartbeat_timeout_seconds=5, key_cache_seconds=0
+    ) as running:
+        yield running

@@ -8,7 +8,6 @@ ownership, what reaches the publisher, usage, and how streams and errors are fra
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -16,10 +15,9 @@ import httpx
 import openai
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
 from tests.support import api_backend
 from tests.support.scripted import ScriptedPublisher, echo_answer
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack
 
 MSG = [{"role": "user", "content": "the quick brown fox"}]
 ALL = ["chat", "completions", "embeddings", "responses", "messages"]
@@ -64,15 +62,6 @@ def create_key(stack: Stack, **spec: Any) -> dict[str, Any]:
     assert resp.status_code == 201, resp.text
     key: dict[str, Any] = resp.json()
     return key
-
-
-@pytest.fixture
-def keyed(moto_server: MotoServer) -> Iterator[Stack]:
-    """A relay whose stored keys are re-read at once."""
-    with running_stack(
-        moto_server.endpoint, heartbeat_timeout_seconds=5, key_cache_seconds=0
-    ) as running:
-        yield running
 
 
 def answer_any(task: dict[str, Any], pub: ScriptedPublisher) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -46,15 +45,6 @@ def chat(stack: Stack, token: str, model: str = "echo", **extra: Any) -> httpx.R
         json={"model": model, "messages": MSG, **extra},
         timeout=30,
     )
-
-
-@pytest.fixture
-def keyed(moto_server: MotoServer) -> Iterator[Stack]:
-    """A relay whose stored keys are re-read at once (revocation tests set their own)."""
-    with running_stack(
-        moto_server.endpoint, heartbeat_timeout_seconds=5, key_cache_seconds=0
-    ) as running:
-        yield running
 
 
 def test_admin_manages_keys_and_the_secret_is_shown_once(keyed: Stack) -> None:

@@ -161,16 +161,9 @@ class RowAdmin:
             else:
                 await self._check_key(doc)
                 sets["api_key_ref"] = _ref(doc)
-        for field in ("timeout_seconds", "tier", "description"):
-            self._plain(
-                doc,
-                given,
-                field=field,
-                current=getattr(row, field),
-                target=field,
-                sets=sets,
-                removes=removes,
-            )
+        self._plain(
+            doc, given, row, ("timeout_seconds", "tier", "description"), sets=sets, removes=removes
+        )
         self._fallbacks(doc, given, row, sets, removes)
         return RowWrite(doc.name, PUBLIC, sets=sets, removes=tuple(removes))
 
@@ -197,16 +190,14 @@ class RowAdmin:
                 removes.append(f"admin_{field}")
             elif value is not None and value != getattr(row, field):
                 sets[f"admin_{field}"] = value
-        for field in ("max_queue_depth", "wake_after_queue_seconds"):
-            self._plain(
-                doc,
-                given,
-                field=field,
-                current=getattr(row, field),
-                target=field,
-                sets=sets,
-                removes=removes,
-            )
+        self._plain(
+            doc,
+            given,
+            row,
+            ("max_queue_depth", "wake_after_queue_seconds"),
+            sets=sets,
+            removes=removes,
+        )
         self._fallbacks(doc, given, row, sets, removes)
         return RowWrite(doc.name, row.kind or VIRTUAL, sets=sets, removes=tuple(removes))
 
@@ -214,21 +205,23 @@ class RowAdmin:
     def _plain(
         doc: LlmDocument,
         given: set[str],
+        row: LlmRecord,
+        fields: tuple[str, ...],
         *,
-        field: str,
-        current: Any,
-        target: str,
         sets: dict[str, Any],
         removes: list[str],
     ) -> None:
-        if field not in given:
-            return
-        value = getattr(doc, field)
-        if value is None:
-            if current is not None:
-                removes.append(target)
-        elif value != current:
-            sets[target] = value
+        """Fields the document gives that the row keeps as they are: set what changed,
+        remove what it gives as null."""
+        for field in fields:
+            if field not in given:
+                continue
+            value, current = getattr(doc, field), getattr(row, field)
+            if value is None:
+                if current is not None:
+                    removes.append(field)
+            elif value != current:
+                sets[field] = value
 
     @staticmethod
     def _fallbacks(
