@@ -51,7 +51,8 @@ class Handed:
     # The client's key has a concurrency or token limit: its usage is recorded before the
     # answer goes out, so the client's next request sees it.
     settle_first: bool = False
-    # Set while its record is being written (then the durable path owns it).
+    # Set once its record is on its way to DynamoDB (queued in a batch, or a spill):
+    # the durable path owns it when the event is set.
     leaving: asyncio.Event | None = None
 
 

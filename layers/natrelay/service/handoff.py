@@ -26,12 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from natrelay.service.context import Context
-from natrelay.service.handed import Handed, HandedTasks, Settle, pool_key, task_key
+from natrelay.service.handed import Handed, HandedTasks, pool_key, task_key
 from natrelay.signals import Listener
 from natrelay.store import LlmRecord, NewTask, SessionRecord, TaskRecord
 from natrelay.wire import LlmStatus, TaskKind, TaskState
 
-__all__ = ["Handoff", "Offer", "Settle", "pool_key", "task_key"]
+__all__ = ["Handoff", "Offer", "pool_key", "task_key"]
 
 # A long-polling session whose poll just answered takes tasks for its next poll this long
 # (a publisher polls again at once); what that poll has not taken by then goes back to
