@@ -18,14 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 
 from natrelay.wire import Paths
 from natrelay_infra.moto_server import MotoServer
 from tests.support.backend import FakeBackend
 from tests.support.net import serve
-from tests.support.stack import FAKE_AWS, running_stack
+from tests.support.stack import put_secret, running_stack
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -76,14 +75,7 @@ def run(n: int) -> dict[str, Any]:
     key = f"sk-bench-{uuid.uuid4().hex}"
     backend = FakeBackend(api_key=key, interval=0.0)
     with MotoServer() as moto, serve(backend.app()) as upstream:
-        secret = "natrelay/bench"
-        boto3.session.Session().client(
-            "secretsmanager",
-            endpoint_url=moto.endpoint,
-            region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_secret(Name=secret, SecretString=key)
+        secret = put_secret(moto.endpoint, "natrelay/bench", key)
         with running_stack(moto.endpoint, secrets_endpoint=moto.endpoint) as stack:
             admin = {"Authorization": f"Bearer {stack.admin_token}"}
             rows = [

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import openai
 import pytest
@@ -26,7 +25,7 @@ from natrelay_infra.moto_server import MotoServer
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.scripted import ScriptedPublisher
-from tests.support.stack import FAKE_AWS, Stack, running_stack
+from tests.support.stack import Stack, put_secret, running_stack
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -79,15 +78,7 @@ class Cloud:
 
 
 def _secret(moto: MotoServer, value: str) -> str:
-    name = f"natrelay/test-{uuid.uuid4().hex[:8]}"
-    boto3.session.Session().client(
-        "secretsmanager",
-        endpoint_url=moto.endpoint,
-        region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_secret(Name=name, SecretString=value)
-    return name
+    return put_secret(moto.endpoint, f"natrelay/test-{uuid.uuid4().hex[:8]}", value)
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
 from natrelay.wire import Paths
 from natrelay_infra.moto_server import MotoServer
 from tests.support.scripted import ScriptedPublisher
-from tests.support.stack import FAKE_AWS, Stack, running_stack
+from tests.support.stack import Stack, put_secret, running_stack
 
 UPSTREAM_KEY = f"sk-access-{uuid.uuid4().hex}"
 
@@ -31,14 +30,11 @@ def auth(token: str) -> dict[str, str]:
 def relay(moto_server: MotoServer, tmp_path: Path) -> Iterator[tuple[Stack, str, Path]]:
     """A relay whose stored keys are re-read at once, a secret holding an upstream key,
     and the relay's log (INFO)."""
-    secret = f"natrelay/access-{uuid.uuid4().hex[:8]}"
-    boto3.session.Session().client(
-        "secretsmanager",
-        endpoint_url=moto_server.endpoint,
-        region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_secret(Name=secret, SecretString=json.dumps({"apiKey": UPSTREAM_KEY}))
+    secret = put_secret(
+        moto_server.endpoint,
+        f"natrelay/access-{uuid.uuid4().hex[:8]}",
+        json.dumps({"apiKey": UPSTREAM_KEY}),
+    )
     log = tmp_path / "relay.log"
     with running_stack(
         moto_server.endpoint,

@@ -143,3 +143,15 @@ def running_stack(
         yield Stack(url=api.url, moto_endpoint=moto_endpoint, tables=tables, api=api)
     finally:
         api.stop()
+
+
+def put_secret(endpoint: str, name: str, value: str) -> str:
+    """Store `value` as the Secrets Manager secret `name` on the moto server; its name."""
+    boto3.session.Session().client(
+        "secretsmanager",
+        endpoint_url=endpoint,
+        region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_secret(Name=name, SecretString=value)
+    return name
