@@ -25,7 +25,7 @@ from natrelay.wire.contract import (
     TaskKind,
     WireModel,
 )
-from natrelay.wire.rows import SecretRef
+from natrelay.wire.rows import SecretRef, repeated
 
 # --- publisher -> relay ----------------------------------------------------------
 
@@ -79,7 +79,7 @@ class RegisterRequest(WireModel):
     @classmethod
     def _names_once(cls, value: list[ProviderSpec]) -> list[ProviderSpec]:
         names = [p.name for p in value]
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = repeated(names)
         if twice:
             raise ValueError(f"each name may appear once; given more than once: {twice}")
         aliases = [a for p in value for a in p.aliases]

@@ -144,14 +144,18 @@ class LlmDocument(WireModel):
         return set(self.model_fields_set)
 
 
+def repeated(names: list[str]) -> list[str]:
+    """The names that appear more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class LlmApply(WireModel):
     documents: list[LlmDocument] = Field(min_length=1, max_length=MAX_APPLY_DOCUMENTS)
 
     @field_validator("documents")
     @classmethod
     def _names_once(cls, value: list[LlmDocument]) -> list[LlmDocument]:
-        names = [d.name for d in value]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = repeated([d.name for d in value])
         if twice:
             raise ValueError(f"each row may appear once; given more than once: {twice}")
         return value
