@@ -8,15 +8,13 @@ import ipaddress
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,9 +35,11 @@ from natrelay_infra.demo import (
     wait_published,
     write_config,
 )
+from natrelay_infra.dev_args import parser
 from natrelay_infra.draining import Draining
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.relay_config import relay_settings
+from natrelay_infra.stop_signal import StopOnSignal
 from natrelay_infra.tables import TableNames, create_tables
 from natrelay_infra.wake_controller import WakeController
 
@@ -52,97 +52,10 @@ FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
 log = logging.getLogger("natrelay.dev")
 
 
-def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog="natrelay dev",
-        description="Run the relay locally: API, sweeper and an embedded DynamoDB (moto).",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
-    parser.add_argument(
-        "--dynamodb-endpoint",
-        default=env("NATRELAY_DYNAMODB_ENDPOINT"),
-        help="use this DynamoDB (DynamoDB Local, or AWS) instead of an embedded moto server",
-    )
-    parser.add_argument("--table-prefix", default="natrelay-dev-")
-    parser.add_argument("--llms-table", help="table name (overrides the prefix)")
-    parser.add_argument("--tasks-table", help="table name (overrides the prefix)")
-    parser.add_argument("--keys-table", help="table name (overrides the prefix)")
-    parser.add_argument(
-        "--no-create-tables",
-        dest="create_tables",
-        action="store_false",
-        help="use existing tables (e.g. a deployed stack's)",
-    )
-    parser.add_argument(
-        "--admin-token",
-        default=env("NATRELAY_ADMIN_TOKEN"),
-        help="the admin token (manage keys with `natrelay keys`); generated if not given",
-    )
-    parser.add_argument("--client-token", default=env("NATRELAY_CLIENT_TOKEN"))
-    parser.add_argument(
-        "--publisher-token",
-        "--publish-token",
-        dest="publisher_token",
-        default=env("NATRELAY_PUBLISH_TOKEN"),
-    )
-    parser.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="a publisher silent this long is offline (default 90)",
-    )
-    parser.add_argument(
-        "--sweep-interval",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="run the sweeper this often; 0 disables it (default %(default)s)",
-    )
-    parser.add_argument(
-        "--doorbell",
-        dest="doorbell",
-        action="store_true",
-        default=False,
-        help="offer publishers the doorbell WebSocket, rung in-process: an idle publisher "
-        "then costs fewer DynamoDB requests, but its requests skip the fast path "
-        "(docs/relay.md)",
-    )
-    parser.add_argument(
-        "--no-doorbell",
-        dest="doorbell",
-        action="store_false",
-        help="publishers long-poll and requests take the fast path (the default)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="also run a publisher with the models echo and echo-sleepy",
-    )
-    parser.add_argument(
-        "--secret-from-env",
-        action="append",
-        default=[],
-        metavar="NAME=VAR",
-        help="create the secret NAME (e.g. natrelay/openai, for a public row's apiKey) in "
-        "the embedded moto, from the environment variable VAR; repeatable",
-    )
-    parser.add_argument("--pid-file", type=Path, help="write the demo publisher's pid here")
-    parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="json: one JSON line per log record, with the request id (default %(default)s)",
-    )
-    return parser
-
-
 @dataclass(frozen=True)
-class Relay:
+class DevRelay:
+    """The relay `natrelay dev` runs: its address, tables, tokens and settings."""
+
     url: str
     dynamodb: str
     tables: TableNames
@@ -154,7 +67,7 @@ class Relay:
 
 def main(argv: list[str] | None = None) -> int:
     """Run until Ctrl-C or SIGTERM; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level.upper())
     if args.log_level == "debug":
         for name in ("werkzeug", "botocore", "boto3", "httpx"):
@@ -194,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
                     f"natrelay dev: cannot create the tables at {endpoint}: {exc}", file=sys.stderr
                 )
                 return 1
-        stopper = stack.enter_context(_StopOnSignal())
+        stopper = stack.enter_context(StopOnSignal())
         app = Draining(create_app(relay.settings))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -241,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _configure(
     args: argparse.Namespace, sock: socket.socket, endpoint: str, *, embedded: bool
-) -> Relay:
+) -> DevRelay:
     """The relay's settings: our tables and tokens; the rest from NATRELAY_* as usual."""
     loopback = _is_loopback(args.host)
     client_token = args.client_token or (DEV_CLIENT_TOKEN if loopback else _token())
@@ -256,7 +169,10 @@ def _configure(
     fields: dict[str, Any] = {
         "log_format": args.log_format,
         "log_level": args.log_level.upper(),
-        # long-lived: Prometheus metrics at GET /metrics (admin token)
+        # one long-lived process, swept on its event loop (natrelay.web's lifespan)
+        "mode": "server",
+        "sweep_interval_seconds": args.sweep_interval,
+        # Prometheus metrics at GET /metrics (admin token)
         "metrics": os.environ.get("NATRELAY_METRICS", "prometheus"),
     }
     if args.heartbeat_timeout is not None:
@@ -276,13 +192,11 @@ def _configure(
     url_host = "127.0.0.1" if _is_unspecified(host) else host
     if ":" in url_host:
         url_host = f"[{url_host}]"
-    # swept inside the API process, on its event loop (natrelay.web's lifespan)
-    settings = settings.model_copy(update={"sweep_interval_seconds": args.sweep_interval})
     if args.doorbell and not settings.doorbell_url:
         # served by this process, rung in-process (natrelay.web.doorbell)
         doorbell = f"ws://{url_host}:{port}{Paths.DOORBELL}"
         settings = settings.model_copy(update={"doorbell_url": doorbell})
-    return Relay(
+    return DevRelay(
         url=f"http://{url_host}:{port}",
         dynamodb=endpoint,
         tables=tables,
@@ -389,7 +303,7 @@ def _stop_server(server: uvicorn.Server, thread: threading.Thread, app: Draining
 
 
 def _start_demo(
-    stack: contextlib.ExitStack, args: argparse.Namespace, relay: Relay
+    stack: contextlib.ExitStack, args: argparse.Namespace, relay: DevRelay
 ) -> DemoPublisher:
     controller = stack.enter_context(WakeController())
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
@@ -408,7 +322,7 @@ def _start_demo(
     return publisher
 
 
-def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
+def _print_banner(relay: DevRelay, publisher: DemoPublisher | None) -> None:
     model = "echo" if publisher else "MODEL"
     body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hello"}}]}}'
     lines = [
@@ -453,33 +367,6 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)
-
-
-class _StopOnSignal:
-    """SIGINT/SIGTERM set `stopping`; a repeated signal calls `on_repeat` (e.g. kill a child)."""
-
-    def __init__(self) -> None:
-        self.stopping = threading.Event()
-        self.signum: int | None = None
-        self.on_repeat: Callable[[], None] | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping.is_set():
-            if self.on_repeat is not None:
-                self.on_repeat()
-            return
-        self.signum = signum
-        self.stopping.set()
-
-    def __enter__(self) -> _StopOnSignal:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -81,9 +81,7 @@ def body_of(response: dict[str, Any]) -> str:
 def relay(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The api handler, and a uvicorn API on the same tables for the publisher to poll."""
     tables = fresh_tables(moto_server.endpoint)
-    env = relay_env(
-        moto_server.endpoint, tables, in_process_signals=False, heartbeat_timeout_seconds=2
-    )
+    env = relay_env(moto_server.endpoint, tables, mode="lambda", heartbeat_timeout_seconds=2)
     api = start_api(env)
     try:
         yield load_handler("api", monkeypatch, env), api, env

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from natrelay.service import Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from tests.server.conftest import FakeClock, OpCounter
@@ -53,11 +54,11 @@ async def test_the_status_board_writes_this_process_counts_first(relay: Relay) -
     assert await relay.usage.last_hour("a") == (1, 1)
 
 
-async def test_without_in_process_signals_each_request_is_written(
+async def test_in_lambda_mode_each_request_is_written(
     client: Any, settings: Settings, clock: FakeClock
 ) -> None:
-    lambda_mode = settings.model_copy(update={"in_process_signals": False})
-    relay = Relay(lambda_mode, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    lambda_mode = settings.model_copy(update={"mode": "lambda"})
+    relay = build_relay(lambda_mode, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     counter = OpCounter(client)
     await relay.usage.count_row("a", error=False)
     await relay.usage.count_row("a", error=True)

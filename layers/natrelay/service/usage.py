@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from natrelay.batching import Batch
 from natrelay.errors import BudgetExceededError, RateLimitError
 from natrelay.service.access import Principal
-from natrelay.service.batching import Batch
 from natrelay.service.context import Context
 from natrelay.store import ConditionFailedError, TaskRecord, UsageRecord
 from natrelay.store.usage import KEEP_SECONDS
@@ -56,7 +56,7 @@ def tokens_of(body: Any) -> tuple[int, int]:
 
 # A row's per-minute counts are kept this long (the status page reads the last hour).
 ROW_KEEP_SECONDS = 2 * 86400
-# Long-lived mode: a process adds up its rows' counts and writes them this often (one
+# Server mode: a process adds up its rows' counts and writes them this often (one
 # write per row, not one per request); a status page it serves writes them first.
 ROW_FLUSH_SECONDS = 10.0
 
@@ -80,13 +80,14 @@ def hour_of(now: float) -> str:
 
 
 class Usage:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, batching: bool) -> None:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
         self.row_stats = ctx.settings.row_stats
-        # With in-process signals (one long-lived process), rows' counts are batched,
-        # and so is the usage of keys without limits (nothing reads it to admit).
-        self.batching = ctx.settings.in_process_signals
+        # `batching` (server mode: one long-lived process): rows' counts are added up and
+        # written together, and so is the usage of keys without limits (nothing reads it
+        # to admit).
+        self.batching = batching
         self._rows: Batch[tuple[str, str, str, bool]] = Batch(
             "rows' request counts", ROW_FLUSH_SECONDS, self._write_rows
         )
@@ -135,7 +136,7 @@ class Usage:
     ) -> None:
         """Record what a task of a client used, once it has ended; frees its slot.
         `later`: the key has no limits, so its usage may be added up with others' and
-        written within record_batch_seconds (long-lived mode)."""
+        written within record_batch_seconds (server mode)."""
         if task.client_key is None:
             return
         if later and self.batching and task.slot is None:
@@ -217,7 +218,7 @@ class Usage:
 
     async def count_row(self, llm: str, *, error: bool) -> None:
         """Count a request of the row (and whether it failed) in its minute: written at
-        once, or (long-lived mode) within ROW_FLUSH_SECONDS with the rest."""
+        once, or (server mode) within ROW_FLUSH_SECONDS with the rest."""
         if not self.row_stats:
             return
         now = self.clock()
@@ -228,7 +229,7 @@ class Usage:
             await self._write_rows([(llm, hour, minute, error)])
 
     async def flush_rows(self) -> None:
-        """Write the rows' counts this process holds (long-lived mode) now."""
+        """Write the rows' counts this process holds (server mode) now."""
         await self._rows.flush()
 
     async def drain(self) -> None:

@@ -147,6 +147,17 @@ class NewTask:
     slot: str | None = None
     # The API the request is for (an `Endpoint` value).
     endpoint: str = Endpoint.CHAT.value
+    # The client's key has limits (concurrency or a token budget): its usage is written
+    # before the answer goes out, so the key's next request is admitted against it.
+    limited: bool = True
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who may post for a claimed task: the session that claimed it, of its publisher key."""
+
+    session_id: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -189,9 +200,20 @@ class TaskRecord:
     expires_at: float | None = None
     target_session: str | None = None
     wake_target: str | None = None
+    # Its usage may be written after its answer, added up with others': its key has no
+    # limits and its record too is written behind the answer (a task held in memory).
+    usage_later: bool = False
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now
+
+    def held_by(self, holder: Holder) -> bool:
+        """Whether `holder` holds the task (claimed by its session, of its key)."""
+        return (
+            self.state is TaskState.CLAIMED
+            and self.claimed_by == holder.session_id
+            and self.claimed_key == holder.key
+        )
 
 
 @dataclass(frozen=True)
