@@ -18,9 +18,16 @@ from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
 from natrelay.service.usage import Admission, Usage
 from natrelay.service.wakes import Wake, Wakes
-from natrelay.store import ConditionFailedError, IdempotencyRecord, LlmRecord, NewTask, TaskRecord
+from natrelay.store import (
+    ConditionFailedError,
+    IdempotencyRecord,
+    LlmRecord,
+    NewTask,
+    TaskRecord,
+    queued_task,
+)
 from natrelay.types import JsonObject
-from natrelay.wire import Endpoint, LlmStatus, TaskKind, TaskState
+from natrelay.wire import Endpoint, LlmStatus, TaskKind
 
 # An Idempotency-Key's record, and the task an earlier record of it named that is gone.
 Once = tuple[IdempotencyRecord, str | None]
@@ -177,7 +184,7 @@ class Queue:
             return handed
         await self._put(task, principal, admission, once)
         await self.doorbell.queued(PoolHint(task.id, task.llm, wake_target=task.wake_target), row)
-        return _pending(task)
+        return queued_task(task)
 
     async def _open_pool(
         self, principal: Principal, name: str, endpoint: Endpoint
@@ -306,26 +313,3 @@ class Queue:
 
 def _first(value: float | None, default: float) -> float:
     return value if value is not None else default
-
-
-def _pending(task: NewTask) -> TaskRecord:
-    """The task as it waits in its pool's queue."""
-    return TaskRecord(
-        id=task.id,
-        kind=task.kind,
-        llm=task.llm,
-        session_id=None,
-        state=TaskState.PENDING,
-        created_at=task.created_at,
-        lease_seconds=task.lease_seconds,
-        updated_at=task.created_at,
-        stream=task.stream,
-        wake_id=task.wake_id,
-        wake_target=task.wake_target,
-        request_size=len(task.request or b""),
-        endpoint=task.endpoint,
-        client_key=task.client_key,
-        usage_day=task.usage_day,
-        slot=task.slot,
-        expires_at=task.expires_at,
-    )

@@ -40,7 +40,7 @@ from natrelay.store.row_cache import RowCache
 from natrelay.store.row_sweep import DynamoRowSweepStore
 from natrelay.store.secrets import SecretMissingError, SecretReader
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
-from natrelay.store.task_storage import TaskStorage
+from natrelay.store.task_storage import TaskStorage, queued_task
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
 from natrelay.store.whole_tasks import DynamoWholeTaskStore
@@ -182,5 +182,6 @@ __all__ = [
     "TaskRecord",
     "TaskStorage",
     "UsageRecord",
+    "queued_task",
     "result_hash",
 ]

@@ -13,6 +13,7 @@ was (None: no such task).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from natrelay.store.records import (
@@ -156,32 +157,42 @@ class TaskStorage(Protocol):
         ...
 
 
-def claimed_task(task: NewTask, session: SessionRecord, now: float) -> TaskRecord:
-    """A new task as claimed at once by `session`."""
-    request = task.request or b""
+def queued_task(task: NewTask) -> TaskRecord:
+    """A new task as it waits in its pool's queue (its request is the store's to read)."""
     return TaskRecord(
         id=task.id,
         kind=task.kind,
         llm=task.llm,
-        session_id=session.id,
-        state=TaskState.CLAIMED,
+        session_id=None,
+        state=TaskState.PENDING,
         created_at=task.created_at,
         lease_seconds=task.lease_seconds,
-        updated_at=now,
+        updated_at=task.created_at,
         stream=task.stream,
         wake_id=task.wake_id,
-        request_size=len(request),
-        request=request,
+        request_size=len(task.request or b""),
+        endpoint=task.endpoint,
+        client_key=task.client_key,
+        usage_day=task.usage_day,
+        slot=task.slot,
+        expires_at=task.expires_at,
+        target_session=task.target_session,
+        wake_target=task.wake_target,
+    )
+
+
+def claimed_task(task: NewTask, session: SessionRecord, now: float) -> TaskRecord:
+    """A new task as claimed at once by `session` (its request with it)."""
+    return replace(
+        queued_task(task),
+        session_id=session.id,
+        state=TaskState.CLAIMED,
+        updated_at=now,
+        request=task.request or b"",
         claimed_by=session.id,
         claimed_key=session.owner or "",
         claimed_at=now,
         claimed_generation=session.generation,
         lease_until=now + task.lease_seconds,
         attempts=1,
-        client_key=task.client_key,
-        usage_day=task.usage_day,
-        slot=task.slot,
-        expires_at=task.expires_at,
-        wake_target=task.wake_target,
-        endpoint=task.endpoint,
     )
