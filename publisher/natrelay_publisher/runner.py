@@ -90,9 +90,8 @@ class TaskRunner:
         started = time.monotonic()
         try:
             if slot is None:
-                await poster.fail(
-                    404, f"this publisher does not serve {task.llm}", ErrorCode.MODEL_NOT_FOUND
-                )
+                message = f"this publisher does not serve {task.llm}"
+                await poster.fail(ErrorCode.MODEL_NOT_FOUND, message)
             elif task.kind == TaskKind.WAKE:
                 await self._wake(task, slot, poster)
             else:
@@ -105,12 +104,12 @@ class TaskRunner:
         except asyncio.CancelledError:
             message = "the publisher shut down before the task finished"
             await poster.fail(
-                503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=self.give_up_after
+                ErrorCode.PUBLISHER_OFFLINE, message, give_up_after=self.give_up_after
             )
             raise
         except Exception as exc:  # never leave a client waiting on a bug of ours
             logger.exception("task %s failed", task.id)
-            await poster.fail(500, f"the publisher failed: {exc!r}", ErrorCode.PUBLISHER_ERROR)
+            await poster.fail(ErrorCode.PUBLISHER_ERROR, f"the publisher failed: {exc!r}")
         finally:
             self.session.running.discard(task.id)
             release()
@@ -125,15 +124,14 @@ class TaskRunner:
         if outcome.ok:
             await poster.result(status=200, body={"ok": True, "ms": outcome.ms})
         else:
-            await poster.fail(503, outcome.message, ErrorCode.WAKE_FAILED)
+            await poster.fail(ErrorCode.WAKE_FAILED, outcome.message)
 
     async def _infer(self, task: PolledTask, slot: ProviderSlot, poster: TaskPoster) -> int:
         """Run an infer task once its backend is awake and a slot is free; returns the
         status posted."""
         outcome = await self.waker.before_infer(slot, task.wake_id)
         if outcome is not None and not outcome.ok:
-            await poster.fail(503, outcome.message, ErrorCode.WAKE_FAILED)
-            return 503
+            return await poster.fail(ErrorCode.WAKE_FAILED, outcome.message)
         async with slot.semaphore:
             slot.touch()
             request = task.request
@@ -147,11 +145,9 @@ class TaskRunner:
                     logger.warning("task %s: cannot fetch its request: %s", task.id, exc)
                     return 502
             if request is None:
-                await poster.fail(400, "the task carries no request", ErrorCode.INVALID_REQUEST)
-                return 400
+                return await poster.fail(ErrorCode.INVALID_REQUEST, "the task carries no request")
             endpoint = slot.endpoint_of(task.endpoint)
             if endpoint is None:
                 message = f"{slot.name} does not serve {task.endpoint!r} here"
-                await poster.fail(404, message, ErrorCode.ENDPOINT_NOT_SERVED)
-                return 404
+                return await poster.fail(ErrorCode.ENDPOINT_NOT_SERVED, message)
             return await run_infer(slot.provider, request, task.stream, poster, endpoint)

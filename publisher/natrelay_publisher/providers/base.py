@@ -153,7 +153,6 @@ def failed_status(
         return BackendFailedError(
             f"the backend does not serve {endpoint.path} for this model (it answered "
             f"{status}: {error_message(status, body)})",
-            status=404,
             code=ErrorCode.ENDPOINT_NOT_SERVED,
         )
     return BackendFailedError(
