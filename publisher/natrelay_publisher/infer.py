@@ -1,4 +1,5 @@
-"""Running one task's answer to the relay: a result, or chunk batches then a result."""
+"""Running one infer request on its provider and posting the answer to the relay: a result,
+or chunk batches then a result. `TaskPoster` posts every task's answer (a wake's too)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One published provider at run time: its plugin objects, concurrency and status."""
+"""One published provider at run time: its plugin objects, concurrency, and the status
+its backend's checks give it."""
 
 from __future__ import annotations
 
