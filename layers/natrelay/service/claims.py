@@ -169,10 +169,10 @@ class Claims:
                     claimed = (
                         [] if offer.mailbox else await self._claim(session, hints, offer.slots)
                     )
-                    handed = await self.polls.current(session.id, offer.take())
                     now = self.clock()
-                    if claimed or handed or now >= deadline:
-                        offer.idle = False
+                    if claimed or offer.mailbox or now >= deadline:
+                        offer.idle = False  # nothing more is handed to it: it answers
+                        handed = await self.polls.current(session.id, offer.take())
                         # a long-poll's publisher polls again at once: park tasks meanwhile
                         offer.answered = req.wait_seconds > 0
                         return claimed + [self._inline(self._told(session, t)) for t in handed]
