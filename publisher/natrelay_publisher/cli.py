@@ -15,7 +15,7 @@ from importlib import metadata
 
 from pythonjsonlogger.json import JsonFormatter
 
-from natrelay_publisher import admin, llm_cli
+from natrelay_publisher import admin, llm_cli, secrets_cli
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
 from natrelay_publisher.errors import (
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     admin.add_commands(commands)
     llm_cli.add_commands(commands)
+    secrets_cli.add_commands(commands)
     return parser
 
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["dev"]:
         return _dev(args[1:])
     options = _parser().parse_args(args)
-    if options.command in ("keys", "llm"):
+    if options.command in ("keys", "llm", "secrets"):
         return admin.run(options)
     return _publish(options.config, options.log_level, options.log_format)
 

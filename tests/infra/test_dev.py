@@ -115,6 +115,8 @@ class Dev:
 def natrelay_dev(tmp_path: Path, *args: str) -> Iterator[Dev]:
     output = tmp_path / "dev.log"
     pid_file = tmp_path / "publisher.pid"
+    if not {"--state-dir", "--ephemeral", "--dynamodb-endpoint"} & set(args):
+        args = ("--ephemeral", *args)  # never the user's own state directory
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATRELAY_")}
     with output.open("wb") as sink:
         process = subprocess.Popen(
@@ -274,7 +276,9 @@ def test_stopping_dev_answers_waiting_polls_cleanly(tmp_path: Path) -> None:
             time.sleep(1.5)  # a poll is waiting, a heartbeat or two went by
             stopped_at = time.monotonic()
             assert dev.stop(signal.SIGINT) == 0
-            assert time.monotonic() - stopped_at < 2
+            # Not after the poll's 25 s wait: it was answered at once (the 503 below). No
+            # tighter bound: under load a clean stop alone can take seconds.
+            assert time.monotonic() - stopped_at < 20
             publisher.wait_log("relay unreachable")
         finally:
             publisher.stop()

@@ -35,7 +35,7 @@ from natrelay.store.records import (
 from natrelay.store.row_admin import ApplyConflictError, DynamoRowAdminStore, RowWrite
 from natrelay.store.row_cache import RowCache
 from natrelay.store.row_sweep import DynamoRowSweepStore
-from natrelay.store.secrets import SecretMissingError, SecretReader
+from natrelay.store.secrets import SecretMissingError, SecretReader, SecretWriteError
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
@@ -160,6 +160,7 @@ __all__ = [
     "SameResultError",
     "SecretMissingError",
     "SecretReader",
+    "SecretWriteError",
     "SessionRecord",
     "Stores",
     "StreamRead",

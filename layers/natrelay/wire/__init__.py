@@ -58,7 +58,10 @@ from natrelay.wire.rows import (
     ApplyResult,
     LlmApply,
     LlmDocument,
+    SecretPut,
     SecretRef,
+    SecretView,
+    secret_name,
 )
 from natrelay.wire.views import (
     KeyCreated,
@@ -123,7 +126,9 @@ __all__ = [
     "ProviderSpec",
     "RegisterRequest",
     "Role",
+    "SecretPut",
     "SecretRef",
+    "SecretView",
     "SessionId",
     "SessionRequest",
     "SessionResponse",
@@ -136,4 +141,5 @@ __all__ = [
     "UsageView",
     "WireModel",
     "fingerprint",
+    "secret_name",
 ]
