@@ -290,6 +290,14 @@ def run(args: argparse.Namespace, *, transport: httpx.BaseTransport | None = Non
     if not args.token:
         print("natrelay: no admin token: pass --token or set NATRELAY_ADMIN_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    if args.relay.rstrip("/").endswith("/v1"):
+        root = args.relay.rstrip("/").removesuffix("/v1")
+        print(
+            f"natrelay: {args.relay} ends in /v1, the OpenAI base URL clients use; NATRELAY_URL "
+            f"(--relay) is the relay's own URL: drop /v1 ({root})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     client = AdminClient(args.relay, args.token, transport=transport)
     command: Callable[[AdminClient, argparse.Namespace], None] = args.run
     try:

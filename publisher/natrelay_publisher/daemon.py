@@ -74,6 +74,8 @@ class Publisher:
         self._slots: dict[str, ProviderSlot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()  # ids of the tasks in flight, told to the relay
+        # Tasks the relay said nobody wants any more (their client went away): stopped.
+        self._unwanted: set[str] = set()
         self._slot_freed = asyncio.Event()
         # Set while no infer task is accepted and unfinished.
         self._no_infer = asyncio.Event()
@@ -374,6 +376,7 @@ class Publisher:
         except SessionLostError:
             await self._reregister()
             return
+        self.stop_unwanted(answer.cancelled)
         if statuses:
             logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
         self._reported.update(statuses)
@@ -422,6 +425,19 @@ class Publisher:
     def dispatch(self, task: PolledTask) -> None:
         self._dispatch(task)
 
+    @property
+    def running(self) -> list[str]:
+        return sorted(self._running)
+
+    def stop_unwanted(self, task_ids: list[str] | None) -> None:
+        """Stop the tasks the relay says nobody wants any more (their client went away,
+        or the relay ended them): the backend request is aborted, the slot freed."""
+        for task in list(self._tasks):
+            task_id = task.get_name().removeprefix("task-")
+            if task_id in (task_ids or ()) and task_id in self._running:
+                self._unwanted.add(task_id)
+                task.cancel()
+
     async def reregister(self) -> None:
         await self._reregister()
 
@@ -469,6 +485,7 @@ class Publisher:
                 await self._reregister()
                 continue
             backoff.reset()
+            self.stop_unwanted(answer.cancelled)
             for task in answer.tasks:
                 self._dispatch(task)
             if not answer.tasks:
@@ -517,6 +534,9 @@ class Publisher:
                 mode = "stream" if task.stream else "complete"
                 logger.info("task %s: %s %s -> %s in %d ms", task.id, mode, task.llm, status, ms)
         except asyncio.CancelledError:
+            if task.id in self._unwanted:  # the relay's word: nobody would read an answer
+                logger.info("task %s: its client went away; backend request aborted", task.id)
+                return
             message = "the publisher shut down before the task finished"
             await poster.fail(
                 503, message, ErrorCode.PUBLISHER_OFFLINE, give_up_after=self._give_up_after
@@ -527,6 +547,7 @@ class Publisher:
             await poster.fail(500, f"the publisher failed: {exc!r}", ErrorCode.PUBLISHER_ERROR)
         finally:
             self._running.discard(task.id)
+            self._unwanted.discard(task.id)
             release()
             if slot is not None:
                 slot.touch()

@@ -65,6 +65,11 @@ class Host(Protocol):
 
     def dispatch(self, task: PolledTask) -> None: ...
 
+    @property
+    def running(self) -> list[str]: ...
+
+    def stop_unwanted(self, task_ids: list[str] | None) -> None: ...
+
     async def reregister(self) -> None: ...
 
 
@@ -318,6 +323,7 @@ class Doorbell:
             max_tasks=free,
             generation=self.host.generation,
             task_ids=ids[:free],
+            running=self.host.running,
         )
         try:
             if wait > 0:
@@ -332,6 +338,7 @@ class Doorbell:
             await self.host.reregister()
             return 0
         self._backoff.reset()
+        self.host.stop_unwanted(answer.cancelled)
         for task in answer.tasks:
             self.host.dispatch(task)
         if not ids:
