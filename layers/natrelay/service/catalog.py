@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from natrelay.errors import LlmNotFoundError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
+from natrelay.service.suggest import unknown_model
 from natrelay.store import LlmRecord, MemberRecord
 from natrelay.wire import LlmStatus
 
@@ -47,15 +48,19 @@ class Catalog:
         wakeable, with a live publisher."""
         return [r for r in await self.all(principal) if self.serving(r)]
 
-    async def get(self, principal: Principal, name: str) -> LlmRecord:
+    async def get(self, principal: Principal, name: str, *, hint: bool = True) -> LlmRecord:
         """The row named `name`, or the row whose alias it is (a row's own name wins);
         a model outside the caller's scope is answered as an unknown one (for an alias,
-        the scope must allow the row's own name)."""
+        the scope must allow the row's own name). With `hint`, the error of an unknown
+        one names what the caller may have meant, among the rows it may use."""
         row = await self.llms.get(name) if principal.may_use(name) else None
         if row is None:
             row = await self._aliased(name)
         if row is None or not principal.may_use(row.name):
-            raise _not_found(name)
+            if not hint:
+                raise _not_found(name)
+            message = unknown_model(name, await self.all(principal))
+            raise LlmNotFoundError(message, param="model")
         return row
 
     async def _aliased(self, name: str) -> LlmRecord | None:
