@@ -34,7 +34,8 @@ class ModelCard(Answer):
     id: str
     object: str = "model"
     created: int = 0
-    owned_by: str = "natrelay"
+    # snake_case, as OpenAI names it (the openai SDK reads `owned_by`)
+    owned_by: str = Field(default="natrelay", alias="owned_by")
     status: LlmStatus
     tier: str | None = None
     description: str | None = None
