@@ -168,6 +168,28 @@ def test_a_name_belongs_to_its_key_even_while_it_is_offline(keyed: Stack) -> Non
     b.http.close()
 
 
+def test_moving_from_the_shared_token_to_a_key_says_how_to_release_the_name(
+    keyed: Stack,
+) -> None:
+    shared = ScriptedPublisher(keyed.url, keyed.publish_token, ECHO)
+    sid = shared.register()
+    shared.post("_provider-deregister", {"providerSessionId": sid}).raise_for_status()
+    key = create_key(keyed, role="publisher", label="box")["secret"]
+    moved = ScriptedPublisher(keyed.url, key, ECHO)
+    error = error_of(moved.post("_provider-register", {"providers": ECHO}), 409, "name_owned")
+    assert error["message"] == (
+        "the name 'echo' belongs to the shared publish token (NATRELAY_PUBLISH_TOKEN), which "
+        "published it before; choose another name, or have an admin release it: `natrelay "
+        "llm delete echo` (or DELETE /api/v1/llms/echo) deletes its row and frees the name "
+        "for this key"
+    )
+    released = httpx.delete(f"{keyed.url}/api/v1/llms/echo", headers=auth(keyed.admin_token))
+    assert released.status_code == 204
+    assert moved.register()
+    shared.http.close()
+    moved.http.close()
+
+
 def test_session_ids_never_reach_clients(keyed: Stack) -> None:
     pub = create_key(keyed, role="publisher", label="p")["secret"]
     client = create_key(keyed, role="client", label="c")["secret"]
