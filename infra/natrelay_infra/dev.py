@@ -227,6 +227,8 @@ def _run(args: argparse.Namespace) -> int:
             uvicorn.Config(
                 app,
                 log_level=args.log_level,
+                # the relay logs each request itself, with its route, key and model
+                access_log=False,
                 timeout_graceful_shutdown=2,  # drained requests end at once; this is a backstop
             )
         )

@@ -244,6 +244,15 @@ def test_plain_dev_serves_and_stops_on_sigint(tmp_path: Path) -> None:
         assert models.status_code == 200
         assert models.json()["data"] == []
         assert f"client token:     {DEV_CLIENT_TOKEN}" in dev.text()
+        # one line per request, saying what it was (not uvicorn's access line beside a
+        # bare "request")
+        rid = models.headers["x-request-id"]
+        line = dev.wait_for(
+            rf"^INFO +GET /v1/models -> 200 in [\d.]+ ms \(key static-client, request {rid}\)$"
+        )
+        assert line
+        assert '"GET /v1/models HTTP/1.1"' not in dev.text()
+        assert not re.search(r"^INFO +request$", dev.text(), re.MULTILINE)
         snippet = re.search(r"^  relay: .*\n  providers:\n.*\n", dev.text(), re.MULTILINE)
         assert snippet is not None
         config_module = pytest.importorskip("natrelay_publisher.config")

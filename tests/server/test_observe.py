@@ -124,6 +124,50 @@ def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
     assert [r["status"] for r in records if r.get("message") == "request"] == [500]
 
 
+def test_text_lines_say_what_each_request_was(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in FAKE_AWS.items():
+        monkeypatch.setenv(key, value)
+    settings = relay_settings(
+        moto_server.endpoint,
+        fresh_tables(moto_server.endpoint),
+        client_token=CLIENT_TOKEN,
+        publish_token="p" * 20,
+        log_format="text",
+    )
+    app = create_app(settings)
+    out = io.StringIO()
+    configure_logging("text", "INFO", stream=out)
+    try:
+        with serve(app) as url:
+            models = httpx.get(f"{url}/v1/models", headers=auth(CLIENT_TOKEN))
+            unknown = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers=auth(CLIENT_TOKEN),
+                json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            )
+    finally:
+        logging.getLogger().handlers[:] = [
+            h for h in logging.getLogger().handlers if not getattr(h, "natrelay", False)
+        ]
+    lines = out.getvalue().splitlines()
+    rid, failed = models.headers["x-request-id"], unknown.headers["x-request-id"]
+    assert any(
+        line.startswith("INFO      GET /v1/models -> 200 in ")
+        and line.endswith(f" ms (key static-client, request {rid})")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("INFO      POST /v1/chat/completions -> 404 in ")
+        and line.endswith(
+            f"(error model_not_found, model nope, key static-client, request {failed})"
+        )
+        for line in lines
+    ), lines
+    assert "INFO      request" not in lines
+
+
 def _wake_and_answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
     if task["kind"] == "wake":
         pub.result(task["id"], {"status": 200, "body": {"ok": True, "ms": 5}})

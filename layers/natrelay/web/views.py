@@ -216,6 +216,7 @@ def usage_view(key_id: str, days: list[UsageRecord]) -> UsageView:
                 prompt_tokens=d.prompt_tokens,
                 completion_tokens=d.completion_tokens,
                 errors=d.errors,
+                refused=d.refused,
             )
             for d in days
         ],

@@ -127,6 +127,8 @@ class UsageDay(Answer):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    # Requests the key's limits refused (429 rate_limit_exceeded, budget_exceeded).
+    refused: int = 0
 
 
 class UsageView(Answer):
