@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line, for service managers (default: text)",
     )
     commands.add_parser(
-        "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
+        "dev",
+        help="run a local relay for development (needs the local extras: pip install '.[local]')",
+        add_help=False,
     )
     admin.add_commands(commands)
     llm_cli.add_commands(commands)
@@ -89,7 +91,8 @@ def _dev(argv: list[str]) -> int:
         dev = importlib.import_module("natrelay_infra.dev")
     except ImportError as exc:
         print(
-            f"natrelay dev needs the local extras: pip install 'natrelay[local]' ({exc})",
+            "natrelay dev needs the local extras: from a clone of the natrelay repository, "
+            f"pip install '.[local]' (or run scripts/demo) ({exc})",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -439,7 +439,8 @@ def test_cli_dev_without_the_local_extras(tmp_path: Path) -> None:
     done = run_cli("dev", "--help", env={"PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
-    assert "pip install 'natrelay[local]'" in done.stderr
+    assert "from a clone of the natrelay repository, pip install '.[local]'" in done.stderr
+    assert "natrelay[local]" not in done.stderr  # not a package any index has
 
 
 def test_the_examples_in_the_docs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
