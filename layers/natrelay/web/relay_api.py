@@ -99,6 +99,7 @@ async def post_chunks(request: Request, relay: Relay) -> Response:
 async def post_result(request: Request, relay: Relay) -> Response:
     result = await read_model(request, relay.settings, TaskResult)
     task = await relay.claims.post_result(caller(request), request.path_params["task_id"], result)
+    await relay.pools.learn_not_served(task, result.provider_session_id)
     return answer(views.task_view(task))
 
 
