@@ -204,6 +204,8 @@ class Publisher:
         left out (the relay refuses a registration whole) and retried in the background."""
         url = self.config.relay.url
         session_id = self.session_id or self._session_file.load(url)
+        if session_id is not None:  # this config registered with this relay before
+            self.relay.trust.accepted = True
         backoff = Backoff(cap=self.config.relay.heartbeat_seconds)
         held: dict[str, str] = {}
         while True:
