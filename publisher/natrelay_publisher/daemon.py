@@ -116,7 +116,10 @@ class Publisher:
                     "cross the network unencrypted; use https://",
                     self.config.relay.url,
                 )
-            self._slots = {c.name: ProviderSlot.build(c) for c in self.config.published}
+            beat = self.config.relay.heartbeat_seconds
+            self._slots = {
+                c.name: ProviderSlot.build(c, heartbeat_seconds=beat) for c in self.config.published
+            }
             await self._initial_statuses()
             registering = asyncio.create_task(self._register(), name="register")
             if not await _first_of([registering], stop):
@@ -185,7 +188,7 @@ class Publisher:
 
     async def _initial_statuses(self) -> None:
         async def check(slot: ProviderSlot) -> None:
-            up = await slot.ready()
+            up = bool(await slot.up())
             slot.seen_up = up
             if slot.wake_recipe is not None and not up:
                 slot.status = LlmStatus.HIBERNATING
@@ -332,9 +335,11 @@ class Publisher:
             transitions, checked_at = slot.transitions, time.monotonic()
             if slot.busy:
                 return
-            # A backend that just answered a request is up, however slow its model list.
+            # A backend that just answered a request is up, however slow its model list;
+            # a busy one is not asked (None): its requests in flight judge it.
             recent = checked_at - self.config.relay.heartbeat_seconds
-            up = await slot.ready() or slot.answered_at >= recent
+            verdict = await slot.up()
+            up = verdict is not False or slot.answered_at >= recent
             if slot.busy or slot.transitions != transitions:
                 return
             if up != slot.seen_up:
@@ -589,7 +594,8 @@ class Publisher:
                 message = f"{slot.name} does not serve {task.endpoint!r} here"
                 await poster.fail(404, message, ErrorCode.ENDPOINT_NOT_SERVED)
                 return 404
-            return await run_infer(slot.provider, request, task.stream, poster, endpoint)
+            with slot.health.request():
+                return await run_infer(slot.provider, request, task.stream, poster, endpoint)
 
 
 def _held_name(message: str, names: list[str]) -> str | None:

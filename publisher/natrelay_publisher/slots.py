@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from natrelay.wire import Endpoint, LlmStatus, ProviderSpec
 from natrelay_publisher.config import ProviderConfig
+from natrelay_publisher.health import Health
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.providers.base import default_endpoints
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
@@ -33,18 +34,28 @@ class ProviderSlot:
     sleeping: asyncio.Task[None] | None = None
     # Bumped by every wake and sleep, so a status check that raced one is thrown away.
     transitions: int = 0
+    # A check never waits longer than this (the daemon: half a heartbeat).
+    check_ceiling: float = 15.0
     semaphore: asyncio.Semaphore = field(init=False)
+    health: Health = field(init=False)
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        self.health = Health(self.config.health_timeout_seconds, self.check_ceiling)
 
     @classmethod
-    def build(cls, config: ProviderConfig) -> ProviderSlot:
+    def build(cls, config: ProviderConfig, *, heartbeat_seconds: float = 30.0) -> ProviderSlot:
         """Instantiate the provider and recipe plugins named in `config`."""
         provider = PROVIDERS.find(config.type)(config)
         wake = RECIPES.find(config.wake.type)(config.wake, config) if config.wake else None
         sleep = RECIPES.find(config.sleep.type)(config.sleep, config) if config.sleep else None
-        return cls(config=config, provider=provider, wake_recipe=wake, sleep_recipe=sleep)
+        return cls(
+            config=config,
+            provider=provider,
+            wake_recipe=wake,
+            sleep_recipe=sleep,
+            check_ceiling=heartbeat_seconds / 2,
+        )
 
     @property
     def name(self) -> str:
@@ -64,6 +75,11 @@ class ProviderSlot:
 
     def idle_for(self) -> float:
         return time.monotonic() - self.last_activity
+
+    async def up(self) -> bool | None:
+        """Whether the backend answers (natrelay_publisher.health); None: it is busy,
+        its requests in flight judge it."""
+        return await self.health.check(self.ready)
 
     async def ready(self) -> bool:
         """The wake recipe's readiness check if it has one, else the provider's availability."""

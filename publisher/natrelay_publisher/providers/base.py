@@ -19,7 +19,8 @@ from natrelay_publisher.types import Chunk, JSONObject
 if TYPE_CHECKING:
     from natrelay_publisher.config import ProviderConfig
 
-AVAILABILITY_TIMEOUT_SECONDS = 5.0
+# The longest an availability check may take; the slot's Health asks for less.
+AVAILABILITY_TIMEOUT_SECONDS = 60.0
 # Generation can be slow (the provider's timeoutSeconds); connecting must not be.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
