@@ -197,7 +197,9 @@ class Publisher:
                 slot.status = LlmStatus.UNAVAILABLE
                 slot.failed_checks = 1
                 logger.warning(
-                    "backend of %s is not answering: publishing it unavailable", slot.name
+                    "backend of %s is not answering (%s): publishing it unavailable",
+                    slot.name,
+                    slot.why_down(),
                 )
 
         await asyncio.gather(*(check(slot) for slot in self._slots.values()))
@@ -343,7 +345,8 @@ class Publisher:
             if slot.busy or slot.transitions != transitions:
                 return
             if up != slot.seen_up:
-                logger.info("backend of %s is %s", slot.name, "up" if up else "down")
+                why = "" if up else f" ({slot.why_down()})"
+                logger.info("backend of %s is %s%s", slot.name, "up" if up else "down", why)
                 slot.seen_up = up
             slot.failed_checks = 0 if up else slot.failed_checks + 1
             if slot.wake_recipe is not None:

@@ -32,8 +32,9 @@ class Health:
         self.base = timeout
         self.ceiling = max(timeout, ceiling)
         self.clock = clock
-        # Requests running on the backend now.
+        # Requests running on the backend now; why the last check failed, if it timed out.
         self.running = 0
+        self.problem: str | None = None
         self._recent: deque[float] = deque(maxlen=REMEMBERED)
 
     @property
@@ -60,11 +61,13 @@ class Health:
         became busy while asked: its requests judge it)."""
         if self.busy:
             return None
-        started = self.clock()
+        started, timeout = self.clock(), self.timeout
+        self.problem = None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 up = await probe()
         except TimeoutError:
+            self.problem = f"no answer within {timeout:g} s (healthTimeoutSeconds)"
             up = False
         if self.busy:
             return None

@@ -36,6 +36,8 @@ class ProviderSlot:
     transitions: int = 0
     # A check never waits longer than this (the daemon: half a heartbeat).
     check_ceiling: float = 15.0
+    # Whether the last check was the wake recipe's (not the provider's).
+    recipe_decided: bool = False
     semaphore: asyncio.Semaphore = field(init=False)
     health: Health = field(init=False)
 
@@ -81,11 +83,23 @@ class ProviderSlot:
         its requests in flight judge it."""
         return await self.health.check(self.ready)
 
+    def why_down(self) -> str:
+        """Why the last check failed, as this machine's log may say it."""
+        if self.health.problem:
+            return self.health.problem
+        if self.wake_recipe is None or not self.recipe_decided:
+            provider_says = getattr(self.provider, "unavailable_because", None)
+            if provider_says:
+                return str(provider_says)
+        return "its availability check failed"
+
     async def ready(self) -> bool:
         """The wake recipe's readiness check if it has one, else the provider's availability."""
+        self.recipe_decided = False
         if self.wake_recipe is not None:
             answer = await self.wake_recipe.ready()
             if answer is not None:
+                self.recipe_decided = True
                 return answer
         return await self.provider.available()
 
