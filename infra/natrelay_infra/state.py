@@ -10,13 +10,13 @@ and `lock`, held while a relay runs on it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from natrelay_infra.journal import Journal
+from natrelay_publisher.lockfile import LockBusyError, LockFile
 
 STATE_DIR_ENV = "NATRELAY_STATE_DIR"
 
@@ -78,32 +78,19 @@ def locked_state(path: Path) -> Iterator[StateDir]:
 
 
 @contextlib.contextmanager
-def _held(lock: Path) -> Iterator[None]:
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StateBusyError(
-                f"{lock.parent} is in use by {holder}: stop it, or pass --state-dir DIR "
-                "(or --ephemeral)"
-            ) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not a file its last holder removed between our open and our lock
-            break
-        os.close(fd)
+def _held(path: Path) -> Iterator[None]:
+    lock = LockFile(path)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"natrelay dev (pid {os.getpid()})\n".encode())
+        lock.acquire(f"natrelay dev (pid {os.getpid()})")
+    except LockBusyError as exc:
+        raise StateBusyError(
+            f"{path.parent} is in use by {exc.holder}: stop it, or pass --state-dir DIR "
+            "(or --ephemeral)"
+        ) from None
+    try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
+        lock.release()
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -36,6 +36,7 @@ from natrelay_publisher.errors import (
     TaskGoneError,
 )
 from natrelay_publisher.infer import TaskPoster, run_infer
+from natrelay_publisher.pools import pool_news
 from natrelay_publisher.relay import Backoff, RelayClient, retrying
 from natrelay_publisher.session import SessionFile
 from natrelay_publisher.slots import ProviderSlot
@@ -76,6 +77,8 @@ class Publisher:
         self._running: set[str] = set()  # ids of the tasks in flight, told to the relay
         # Tasks the relay said nobody wants any more (their client went away): stopped.
         self._unwanted: set[str] = set()
+        # How many other live publishers serve each name with us (natrelay_publisher.pools).
+        self._pool_peers: dict[str, int] = {}
         self._slot_freed = asyncio.Event()
         # Set while no infer task is accepted and unfinished.
         self._no_infer = asyncio.Event()
@@ -259,6 +262,9 @@ class Publisher:
         self._registered_at = time.monotonic()
         self._reported = {name: slot.status for name, slot in self._slots.items()}
         self._session_file.save(url, answer.provider_session_id)
+        token = self.config.relay.token.get_secret_value()
+        for line in pool_news(answer, token, self._pool_peers):
+            logger.info("%s", line)
         listed = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
         # A retry of held names that changed nothing is not news.
         unchanged = retry_of_held and set(self._server_view) == set(previous)
@@ -387,6 +393,9 @@ class Publisher:
             await self._reregister()
             return
         self.stop_unwanted(answer.cancelled)
+        token = self.config.relay.token.get_secret_value()
+        for line in pool_news(answer, token, self._pool_peers):
+            logger.info("%s", line)
         if statuses:
             logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
         self._reported.update(statuses)
