@@ -6,14 +6,13 @@ happened and retries with backoff, and serves again once the relay is back with 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import openai
 import pytest
 
-from natrelay_infra.dev import DEV_ADMIN_TOKEN, DEV_CLIENT_TOKEN
-from tests.infra.test_dev import Dev, _natrelay, natrelay_dev
+from natrelay_infra.dev import DEV_CLIENT_TOKEN
+from tests.infra.test_dev import Dev, admin_cli, natrelay_dev
 from tests.publisher.running import start_publisher
 from tests.support.net import free_port, wait_until
 
@@ -23,15 +22,8 @@ HELLO = [{"role": "user", "content": "hello again"}]
 
 
 def _publisher_key(dev: Dev) -> str:
-    env = {"NATRELAY_URL": dev.url, "NATRELAY_ADMIN_TOKEN": DEV_ADMIN_TOKEN, "PATH": "/usr/bin"}
-    made = subprocess.run(
-        [*_natrelay(), "keys", "create", "--role", "publisher", "--label", "box", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=True,
-    )
+    made = admin_cli(dev, "keys", "create", "--role", "publisher", "--label", "box", "-q")
+    assert made.returncode == 0, made.stderr
     return made.stdout.strip()
 
 

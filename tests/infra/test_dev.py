@@ -19,7 +19,7 @@ import pytest
 
 from natrelay_infra.children import stop_child
 from natrelay_infra.demo import DEMO_MODELS, demo_config, write_config
-from natrelay_infra.dev import DEV_CLIENT_TOKEN
+from natrelay_infra.dev import DEV_ADMIN_TOKEN, DEV_CLIENT_TOKEN
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.tables import TableNames
 from natrelay_infra.wake_controller import WakeController
@@ -143,6 +143,20 @@ def natrelay_dev(tmp_path: Path, *args: str) -> Iterator[Dev]:
             os.kill(dev.publisher, signal.SIGKILL)
             leftover.append(f"the publisher {dev.publisher}")
         assert not leftover, f"natrelay dev left {leftover} behind:\n{dev.text()}"
+
+
+def admin_cli(dev: Dev, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`natrelay ARGS` against the running relay, with its admin token."""
+    env = {"NATRELAY_URL": dev.url, "NATRELAY_ADMIN_TOKEN": DEV_ADMIN_TOKEN, "PATH": "/usr/bin"}
+    return subprocess.run(
+        [*_natrelay(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def _openai(dev: Dev) -> openai.OpenAI:

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from natrelay_infra.dev import DEV_ADMIN_TOKEN, DEV_CLIENT_TOKEN
 from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
-from tests.infra.test_dev import Dev, _natrelay, natrelay_dev
+from tests.infra.test_dev import Dev, _natrelay, admin_cli, natrelay_dev
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.stack import dynamodb_client
@@ -126,19 +126,6 @@ def test_a_torn_last_line_is_replayed_up_to_it(tmp_path: Path) -> None:
 # --- natrelay dev -----------------------------------------------------------------------
 
 
-def _admin(dev: Dev, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"NATRELAY_URL": dev.url, "NATRELAY_ADMIN_TOKEN": DEV_ADMIN_TOKEN, "PATH": "/usr/bin"}
-    return subprocess.run(
-        [*_natrelay(), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-
-
 def _ask(dev: Dev, key: str, model: str) -> str | None:
     client = openai.OpenAI(base_url=f"{dev.url}/v1", api_key=key, max_retries=0, timeout=30)
     reply = client.chat.completions.create(model=model, messages=HELLO)  # type: ignore[arg-type]
@@ -146,7 +133,7 @@ def _ask(dev: Dev, key: str, model: str) -> str | None:
 
 
 def _usage(dev: Dev, key_id: str) -> int:
-    shown = _admin(dev, "keys", "usage", key_id, "-o", "json")
+    shown = admin_cli(dev, "keys", "usage", key_id, "-o", "json")
     assert shown.returncode == 0, shown.stderr
     return sum(day["requests"] for view in json.loads(shown.stdout) for day in view["days"])
 
@@ -162,17 +149,17 @@ def test_dev_keeps_keys_rows_usage_and_secrets_across_a_restart(
         with natrelay_dev(tmp_path, "--state-dir", str(state)) as dev:
             dev.wait_for(r"^Ctrl-C stops everything")
             assert f"state:            {state}" in dev.text()
-            created = _admin(
+            created = admin_cli(
                 dev, "keys", "create", "--role", "client", "--label", "bob", "-o", "json"
             )
             key = json.loads(created.stdout)
-            put = _admin(dev, "secrets", "put", "natrelay/cloud", stdin=UPSTREAM_KEY + "\n")
+            put = admin_cli(dev, "secrets", "put", "natrelay/cloud", stdin=UPSTREAM_KEY + "\n")
             assert put.returncode == 0 and put.stdout.strip() == "secret natrelay/cloud created"
             row = (
                 f"name: cloud\nkind: public\nbaseUrl: {upstream}/v1\nmodel: m1\n"
                 "apiKey: {secretsManager: natrelay/cloud}\n"
             )
-            applied = _admin(dev, "llm", "apply", "-f", "-", stdin=row)
+            applied = admin_cli(dev, "llm", "apply", "-f", "-", stdin=row)
             assert applied.returncode == 0, applied.stderr
             assert _ask(dev, key["secret"], "cloud") == backend.text()
             # written behind the answer: once it can be read, a kill must not lose it
@@ -187,7 +174,7 @@ def test_dev_keeps_keys_rows_usage_and_secrets_across_a_restart(
             dev.wait_for(r"^Ctrl-C stops everything")
             assert _ask(dev, key["secret"], "cloud") == backend.text()  # key, row and secret
             assert _usage(dev, key["id"]) == 2
-            listed = _admin(dev, "keys", "list", "-o", "json")
+            listed = admin_cli(dev, "keys", "list", "-o", "json")
             assert [k["label"] for k in json.loads(listed.stdout)] == ["bob"]
     assert UPSTREAM_KEY not in dev.text()
 
@@ -197,7 +184,7 @@ def test_ephemeral_starts_empty_and_a_held_state_dir_is_refused(tmp_path: Path) 
     state = tmp_path / "kept"
     with natrelay_dev(tmp_path, "--state-dir", str(state)) as dev:
         dev.wait_for(r"^Ctrl-C stops everything")
-        assert _admin(dev, "keys", "create", "--role", "client", "--label", "x").returncode == 0
+        assert admin_cli(dev, "keys", "create", "--role", "client", "--label", "x").returncode == 0
         second = subprocess.run(
             [*_natrelay(), "dev", "--port", "0", "--state-dir", str(state)],
             stdin=subprocess.DEVNULL,
@@ -214,7 +201,7 @@ def test_ephemeral_starts_empty_and_a_held_state_dir_is_refused(tmp_path: Path) 
     with natrelay_dev(throwaway, "--ephemeral") as dev:
         dev.wait_for(r"^Ctrl-C stops everything")
         assert "state:            in memory only (--ephemeral)" in dev.text()
-        listed = _admin(dev, "keys", "list", "-o", "json")
+        listed = admin_cli(dev, "keys", "list", "-o", "json")
         assert json.loads(listed.stdout) == []
 
 
@@ -239,6 +226,6 @@ def test_secrets_put_is_for_admins_and_refuses_bad_names(tmp_path: Path) -> None
         }
         again = httpx.put(url, json={"value": "very-secret-2"}, headers=admin)
         assert again.status_code == 200 and again.json()["created"] is False
-        no_value = _admin(dev, "secrets", "put", "natrelay/y", stdin="")
+        no_value = admin_cli(dev, "secrets", "put", "natrelay/y", stdin="")
         assert no_value.returncode == 2 and "no value" in no_value.stderr
     assert "very-secret" not in dev.text()

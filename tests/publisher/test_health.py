@@ -5,7 +5,6 @@ and the check's adaptive timeout on its own."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -14,61 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from natrelay_publisher.health import Health
+from tests.publisher.one_slot import OneSlot, solo
 from tests.publisher.running import publisher_config, start_publisher, wait_rows
 from tests.support.net import serve, wait_until
 from tests.support.stack import Stack
-
-
-class SingleSlot:
-    """An OpenAI-compatible server with one slot that answers nothing else while it
-    generates: its model list waits for the generation to end. A generation ends when
-    the test says so."""
-
-    def __init__(self) -> None:
-        self.generating = threading.Event()
-        self.release = threading.Event()
-        self.answered = 0
-
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/models", self._models),
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-            ]
-        )
-
-    async def _until(self, done: threading.Event, limit: float = 120) -> None:
-        deadline = time.monotonic() + limit
-        while not done.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-
-    async def _models(self, request: Request) -> Response:
-        if self.generating.is_set():
-            await self._until(self.release)  # one slot: it is busy
-        return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
-
-    async def _chat(self, request: Request) -> Response:
-        body = await request.json()
-        self.generating.set()
-        await self._until(self.release)
-        self.answered += 1
-        message = {"role": "assistant", "content": body["messages"][-1]["content"]}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        return JSONResponse(
-            {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [choice],
-            }
-        )
 
 
 def _row(stack: Stack) -> dict[str, Any]:
@@ -96,17 +46,10 @@ def _ask(stack: Stack, text: str) -> httpx.Response:
 
 
 def test_a_backend_busy_generating_stays_active(stack: Stack, tmp_path: Path) -> None:
-    backend = SingleSlot()
+    backend = OneSlot()
     with serve(backend.app()) as url, ThreadPoolExecutor(2) as pool:
-        provider = {
-            "name": "solo",
-            "type": "openai",
-            "model": "m",
-            "baseUrl": f"{url}/v1",
-            "maxConcurrency": 1,
-            "healthTimeoutSeconds": 0.5,
-        }
-        publisher = start_publisher(publisher_config(stack, tmp_path, [provider]), tmp_path)
+        config = publisher_config(stack, tmp_path, [solo(url, healthTimeoutSeconds=0.5)])
+        publisher = start_publisher(config, tmp_path)
         try:
             wait_rows(stack, {"solo": "active"})
             first = pool.submit(_ask, stack, "a long answer")

@@ -22,6 +22,18 @@ def _state(stack: Stack, task_id: str) -> str:
     return str(got.json()["state"])
 
 
+def _timed_out(stack: Stack) -> tuple[dict[str, Any], str]:
+    """A chat request its relay answers 504 (nobody answers it): the error and the task."""
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        headers=auth(stack.client_token),
+        json={"model": "echo", "messages": MSG},
+        timeout=10,
+    )
+    error = assert_openai_error(resp, 504, "timeout")
+    return error, resp.headers["location"].rsplit("/", 1)[1]
+
+
 def _told(pub: ScriptedPublisher, task_id: str) -> list[str] | None:
     """What the relay says of the task in a heartbeat that says it runs it."""
     assert pub.session_id is not None
@@ -42,16 +54,9 @@ def test_a_sync_timeout_cancels_the_task_and_its_publisher_is_told(
         with ScriptedPublisher(
             stack.url, stack.publish_token, ECHO, answer=lambda task, pub: held.append(task)
         ) as pub:
-            resp = httpx.post(
-                f"{stack.url}/v1/chat/completions",
-                headers=auth(stack.client_token),
-                json={"model": "echo", "messages": MSG},
-                timeout=10,
-            )
-            error = assert_openai_error(resp, 504, "timeout")
+            error, task_id = _timed_out(stack)
             assert "no answer within 1 s; the request was cancelled" in error["message"]
             assert "respond-async" in error["message"] and "fetch it later" not in error["message"]
-            task_id = resp.headers["location"].rsplit("/", 1)[1]
             assert _state(stack, task_id) == "cancelled"
             assert _told(pub, task_id) == [task_id]
             late = pub.result(task_id, {"status": 200, "body": {"answer": "late"}})
@@ -95,13 +100,7 @@ def test_the_504_of_the_api_gateway_route_names_the_url_that_waits_longer(
         ) as stack,
         ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=lambda task, pub: None),
     ):
-        resp = httpx.post(
-            f"{stack.url}/v1/chat/completions",
-            headers=auth(stack.client_token),
-            json={"model": "echo", "messages": MSG},
-            timeout=10,
-        )
-    error = assert_openai_error(resp, 504, "timeout")
+        error, _ = _timed_out(stack)
     assert "API Gateway cuts requests at 30 s" in error["message"]
     assert (
         "call https://abc.lambda-url.eu-west-1.on.aws, which waits up to 840 s"

@@ -84,17 +84,23 @@ def test_every_response_names_its_request_and_so_does_its_log_line(
     assert CLIENT_TOKEN not in text and ADMIN_TOKEN not in text
 
 
-def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
-    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _settings(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> Settings:
+    """A relay in this process, on fresh tables of the shared moto server."""
     for key, value in FAKE_AWS.items():
         monkeypatch.setenv(key, value)
-    settings = relay_settings(
+    return relay_settings(
         moto_server.endpoint,
         fresh_tables(moto_server.endpoint),
         client_token=CLIENT_TOKEN,
         publish_token="p" * 20,
+        **fields,
     )
+
+
+def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(moto_server, monkeypatch)
     relay = Relay.from_settings(settings)
 
     async def broken(*args: Any) -> Any:
@@ -127,16 +133,7 @@ def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
 def test_text_lines_say_what_each_request_was(
     moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in FAKE_AWS.items():
-        monkeypatch.setenv(key, value)
-    settings = relay_settings(
-        moto_server.endpoint,
-        fresh_tables(moto_server.endpoint),
-        client_token=CLIENT_TOKEN,
-        publish_token="p" * 20,
-        log_format="text",
-    )
-    app = create_app(settings)
+    app = create_app(_settings(moto_server, monkeypatch, log_format="text"))
     out = io.StringIO()
     configure_logging("text", "INFO", stream=out)
     try:
