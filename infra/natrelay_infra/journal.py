@@ -312,9 +312,13 @@ def _sync_directory(directory: Path) -> None:
 def snapshot_entries(
     app: WsgiApp, scopes: Iterable[tuple[str, str, str]], *, now: float
 ) -> Iterator[Entry]:
-    """Requests that rebuild the app's state in each (access key, region, service)."""
+    """Requests that rebuild the app's state in each (access key, region, service).
+
+    Once per region and service: moto puts every access key it did not issue itself in
+    one account, so two keys would read (and write back) the same state twice."""
     makers = {"dynamodb": _tables, "secretsmanager": _secrets, "ssm": _parameters}
-    for access_key, region, service in scopes:
+    once = {(region, service): key for key, region, service in sorted(scopes, reverse=True)}
+    for (region, service), access_key in sorted(once.items()):
         ask = _Asker(app, access_key, region, service)
         yield from makers[service](ask, now)
 
