@@ -1,8 +1,10 @@
-"""One published provider at run time: its plugin objects, concurrency and status."""
+"""One published provider at run time: its plugin objects, concurrency, and the status
+its backend's checks give it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -12,6 +14,12 @@ from natrelay_publisher.health import Health
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.providers.base import default_endpoints
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
+
+logger = logging.getLogger("natrelay.publisher")
+
+# A backend without a wake recipe is reported unavailable after this many failed checks
+# in a row.
+UNAVAILABLE_AFTER_CHECKS = 2
 
 
 @dataclass(eq=False)
@@ -102,6 +110,48 @@ class ProviderSlot:
                 self.recipe_decided = True
                 return answer
         return await self.provider.available()
+
+    async def check_first(self) -> None:
+        """The status it is published with: hibernating when asleep (with a wake recipe),
+        unavailable when down (without one)."""
+        up = bool(await self.up())
+        self.seen_up = up
+        if self.wake_recipe is not None and not up:
+            self.status = LlmStatus.HIBERNATING
+            logger.info("%s is asleep: publishing it hibernating", self.name)
+        elif not up:
+            self.status = LlmStatus.UNAVAILABLE
+            self.failed_checks = 1
+            logger.warning(
+                "backend of %s is not answering (%s): publishing it unavailable",
+                self.name,
+                self.why_down(),
+            )
+
+    async def check(self, recent_seconds: float) -> None:
+        """Check the backend again and update the status; a backend that answered a request
+        in the last `recent_seconds` is up, however slow its model list, and one with
+        requests in flight is not asked (natrelay_publisher.health). A check that raced a
+        wake or a sleep changes nothing."""
+        transitions, recent = self.transitions, time.monotonic() - recent_seconds
+        if self.busy:
+            return
+        verdict = await self.up()
+        up = verdict is not False or self.answered_at >= recent
+        if self.busy or self.transitions != transitions:
+            return
+        if up != self.seen_up:
+            why = "" if up else f" ({self.why_down()})"
+            logger.info("backend of %s is %s%s", self.name, "up" if up else "down", why)
+            self.seen_up = up
+        self.failed_checks = 0 if up else self.failed_checks + 1
+        if self.wake_recipe is not None:
+            self.status = LlmStatus.ACTIVE if up else LlmStatus.HIBERNATING
+        elif up:
+            self.status = LlmStatus.ACTIVE
+        elif self.failed_checks >= UNAVAILABLE_AFTER_CHECKS:
+            # Twice in a row: one slow answer from a busy backend is not an outage.
+            self.status = LlmStatus.UNAVAILABLE
 
     @property
     def endpoints(self) -> frozenset[Endpoint]:

@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 from natrelay.wire import Paths, SecretPut, SecretView, secret_name
-from natrelay_publisher.admin import EXIT_USAGE, AdminClient, CommandError, connection
+from natrelay_cli.admin import AdminClient, CommandError, connection
+from natrelay_cli.exits import EXIT_USAGE
 
 
 def _name(text: str) -> str:
