@@ -13,7 +13,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from natrelay.observe import configure_logging
-from natrelay.settings import Settings
+from natrelay.store.secrets import put_secret
 from natrelay.web import create_app
 from natrelay.wire import Paths
 from natrelay_infra.demo import (
@@ -36,9 +35,16 @@ from natrelay_infra.demo import (
     write_config,
 )
 from natrelay_infra.dev_args import parser
+from natrelay_infra.dev_banner import DevRelay, print_banner
 from natrelay_infra.draining import Draining
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.relay_config import relay_settings
+from natrelay_infra.state import (
+    StateBusyError,
+    StateDir,
+    default_state_dir,
+    locked_state,
+)
 from natrelay_infra.stop_signal import StopOnSignal
 from natrelay_infra.tables import TableNames, create_tables
 from natrelay_infra.wake_controller import WakeController
@@ -50,19 +56,6 @@ DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
 FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 log = logging.getLogger("natrelay.dev")
-
-
-@dataclass(frozen=True)
-class DevRelay:
-    """The relay `natrelay dev` runs: its address, tables, tokens and settings."""
-
-    url: str
-    dynamodb: str
-    tables: TableNames
-    client_token: str
-    publish_token: str
-    admin_token: str
-    settings: Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,9 +78,14 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"natrelay dev: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
-        endpoint = args.dynamodb_endpoint or stack.enter_context(MotoServer()).endpoint
         try:
-            relay = _configure(args, sock, endpoint, embedded=not args.dynamodb_endpoint)
+            endpoint, state = _dynamodb_and_state(stack, args)
+        except _StartError as exc:
+            print(f"natrelay dev: {exc}", file=sys.stderr)
+            return exc.code
+        try:
+            embedded = not args.dynamodb_endpoint
+            relay = _configure(args, sock, endpoint, embedded=embedded, state=state)
         except ValidationError as exc:
             print(f"natrelay dev: invalid settings: {exc}", file=sys.stderr)
             return 1
@@ -113,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
             uvicorn.Config(
                 app,
                 log_level=args.log_level,
+                # the relay logs each request itself, with its route, key and model
+                access_log=False,
                 timeout_graceful_shutdown=2,  # drained requests end at once; this is a backstop
             )
         )
@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         publisher = None
         if args.demo:
             publisher = _start_demo(stack, args, relay)
-        _print_banner(relay, publisher)
+        print_banner(relay, publisher)
         if publisher is not None:
             ready = wait_published(
                 relay.url,
@@ -152,14 +152,61 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StartError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _dynamodb_and_state(
+    stack: contextlib.ExitStack, args: argparse.Namespace
+) -> tuple[str, StateDir | None]:
+    """The DynamoDB to use (the given one, or an embedded moto) and the state directory
+    that keeps the embedded one's state (None: --ephemeral, or not embedded)."""
+    if args.dynamodb_endpoint:
+        if args.state_dir or args.ephemeral:
+            raise _StartError(
+                "--state-dir and --ephemeral are for the embedded DynamoDB; with "
+                "--dynamodb-endpoint the state lives in that DynamoDB",
+                code=2,
+            )
+        return str(args.dynamodb_endpoint), None
+    if args.ephemeral:
+        return stack.enter_context(MotoServer()).endpoint, None
+    try:
+        state = stack.enter_context(locked_state(args.state_dir or default_state_dir()))
+        moto = stack.enter_context(MotoServer(journal=state.journal()))
+    except (StateBusyError, OSError) as exc:
+        raise _StartError(str(exc)) from None
+    if moto.restored:
+        log.info("natrelay dev: state restored from %s", state.path)
+    return moto.endpoint, state
+
+
 def _configure(
-    args: argparse.Namespace, sock: socket.socket, endpoint: str, *, embedded: bool
+    args: argparse.Namespace,
+    sock: socket.socket,
+    endpoint: str,
+    *,
+    embedded: bool,
+    state: StateDir | None = None,
 ) -> DevRelay:
     """The relay's settings: our tables and tokens; the rest from NATRELAY_* as usual."""
-    loopback = _is_loopback(args.host)
-    client_token = args.client_token or (DEV_CLIENT_TOKEN if loopback else _token())
-    publish_token = args.publisher_token or (DEV_PUBLISH_TOKEN if loopback else _token())
-    admin_token = args.admin_token or (DEV_ADMIN_TOKEN if loopback else _token())
+    given = {
+        "client": args.client_token,
+        "publish": args.publisher_token,
+        "admin": args.admin_token,
+    }
+    if _is_loopback(args.host):
+        defaults = {"client": DEV_CLIENT_TOKEN, "publish": DEV_PUBLISH_TOKEN}
+        tokens = {
+            role: token or defaults.get(role, DEV_ADMIN_TOKEN) for role, token in given.items()
+        }
+    elif state is not None:  # generated once, kept for the publishers configured with them
+        tokens = state.tokens(given, _token)
+    else:
+        tokens = {role: token or _token() for role, token in given.items()}
+    client_token, publish_token, admin_token = tokens["client"], tokens["publish"], tokens["admin"]
     prefix = args.table_prefix
     tables = TableNames(
         llms=args.llms_table or f"{prefix}Llms",
@@ -179,6 +226,7 @@ def _configure(
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
     if embedded:  # public rows' API keys: secrets and parameters in the same moto
         fields.setdefault("secrets_endpoint", os.environ.get("NATRELAY_SECRETS_ENDPOINT", endpoint))
+        fields["secrets_writable"] = True  # `natrelay secrets put` while it runs
     settings = relay_settings(
         endpoint,
         tables,
@@ -204,6 +252,8 @@ def _configure(
         publish_token=publish_token,
         admin_token=admin_token,
         settings=settings,
+        state=state,
+        embedded=embedded,
     )
 
 
@@ -234,8 +284,9 @@ def _put_secrets(pairs: list[str], endpoint: str, region: str) -> str | None:
         value = os.environ.get(var)
         if not value:
             return f"--secret-from-env {name}: the environment variable {var} is not set"
-        client.create_secret(Name=name, SecretString=value)
-        log.info("secret %s created in the embedded moto from $%s", name, var)
+        created = put_secret(client, name, value)
+        done = "created" if created else "updated"
+        log.info("secret %s %s in the embedded moto from $%s", name, done, var)
     return None
 
 
@@ -306,7 +357,10 @@ def _start_demo(
     stack: contextlib.ExitStack, args: argparse.Namespace, relay: DevRelay
 ) -> DemoPublisher:
     controller = stack.enter_context(WakeController())
-    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
+    if relay.state is not None:  # its session file too: a restart takes its models back
+        workdir = relay.state.demo
+    else:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
     config = demo_config(
         relay.url,
         relay.publish_token,
@@ -320,53 +374,6 @@ def _start_demo(
         args.pid_file.write_text(f"{publisher.pid}\n", encoding="utf-8")
         stack.callback(args.pid_file.unlink, missing_ok=True)
     return publisher
-
-
-def _print_banner(relay: DevRelay, publisher: DemoPublisher | None) -> None:
-    model = "echo" if publisher else "MODEL"
-    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hello"}}]}}'
-    lines = [
-        f"natrelay dev: relay API at {relay.url}",
-        f"  OpenAI base URL:  {relay.url}/v1",
-        f"  client token:     {relay.client_token}",
-        f"  publisher token:  {relay.publish_token}",
-        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)",
-        f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
-        f"{relay.tables.tasks}, {relay.tables.keys})",
-        f"  status page:      {relay.url}{Paths.STATUS}   (log in with the admin token)",
-    ]
-    if publisher is not None:
-        lines.append(f"publisher pid: {publisher.pid}")
-    else:
-        lines += [
-            "",
-            "Publish a backend (natrelay publish --config publisher.yaml):",
-            f"  relay: {{url: {relay.url}, token: {relay.publish_token}}}",
-            "  providers:",
-            "    - {name: MODEL, type: openai, model: MODEL, baseUrl: http://127.0.0.1:8000/v1}",
-        ]
-    lines += [
-        "",
-        'Try it with curl (add "stream": true for server-sent events):',
-        f"  curl -s {relay.url}/v1/chat/completions \\",
-        f"    -H 'Authorization: Bearer {relay.client_token}' "
-        "-H 'Content-Type: application/json' \\",
-        f"    -d '{body}'",
-        "",
-        "or with the openai Python SDK (pip install openai):",
-        "  from openai import OpenAI",
-        f'  client = OpenAI(base_url="{relay.url}/v1", api_key="{relay.client_token}")',
-        f'  reply = client.chat.completions.create(model="{model}", '
-        'messages=[{"role": "user", "content": "hello"}])',
-        "  print(reply.choices[0].message.content)",
-        "",
-        "Keys for a team (one per box, one per person; see README.md):",
-        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token} \\",
-        "    natrelay keys create --role client --label alice",
-        "",
-        "Ctrl-C stops everything.",
-    ]
-    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

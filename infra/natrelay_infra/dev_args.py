@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from natrelay_infra.state import STATE_DIR_ENV
+
 
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
@@ -19,6 +21,18 @@ def parser() -> argparse.ArgumentParser:
         "--dynamodb-endpoint",
         default=env("NATRELAY_DYNAMODB_ENDPOINT"),
         help="use this DynamoDB (DynamoDB Local, or AWS) instead of an embedded moto server",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the embedded DynamoDB's state (keys, rows, usage, secrets) here across "
+        f"restarts (default ${STATE_DIR_ENV}, else ~/.local/state/natrelay/dev)",
+    )
+    parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="start empty and keep nothing (tests, throwaway runs)",
     )
     parser.add_argument("--table-prefix", default="natrelay-dev-")
     parser.add_argument("--llms-table", help="table name (overrides the prefix)")

@@ -4,10 +4,12 @@
 * a publisher: sessions (register, heartbeat, deregister, a poll's session) · pools
   (members leaving, tasks handed back) · claims (poll and claim, the request, chunks and
   the result) · local_polls (the polls this process holds: the fast path's hand-over and
-  parking) · empty_queues (what a poll need not look up again) · doorbell (rings)
+  parking) · empty_queues (what a poll need not look up again) · doorbell (rings) ·
+  abandoned (what a publisher runs that nobody wants any more)
 * a client: queue (a request queued for its pool) · waiting (a client's wait and
   stream) · wakes (one wake per pool, across instances) · catalog (the rows clients see)
-  · upstream (public rows' calls) · outcomes (how a task that did not complete fails)
+  · suggest (what an unknown model name meant) · upstream (public rows' calls) ·
+  outcomes (how a task that did not complete fails)
 * every task: endings (a task ended: its usage and waiters; force-finishing one)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
   (limits and counts per key) · rows (admins' apply) · board (the status page)
@@ -25,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from natrelay.metrics import Metrics
+from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access, Principal
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
@@ -62,6 +65,8 @@ class Relay:
     catalog: Catalog
     pools: Pools
     sessions: Sessions
+    # What a publisher still runs that nobody wants any more (heartbeats and polls say).
+    abandoned: Abandoned
     polls: LocalPolls
     doorbell: Doorbell
     # The doorbell connections this process serves itself (rung when the relay has no

@@ -21,6 +21,7 @@ from functools import cached_property
 from natrelay.metrics import Metrics, metrics_for
 from natrelay.observe import configure_logging
 from natrelay.service import Relay
+from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
@@ -168,6 +169,7 @@ class Assembly:
             catalog=self.catalog,
             pools=self.pools,
             sessions=self.sessions,
+            abandoned=Abandoned(ctx),
             polls=self.polls,
             doorbell=self.doorbell,
             local_bells=self.local_bells,

@@ -3,6 +3,7 @@ the task's partition (the task item, its chunks, its lease, a task written whole
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from natrelay.store.chunks import DynamoChunkStore
@@ -49,6 +50,12 @@ class DurableTasks(TaskStorage):
 
     async def get(self, task_id: str, now: float) -> TaskRecord | None:
         return await self._tasks.get(task_id, now)
+
+    async def get_many(self, task_ids: list[str], now: float) -> dict[str, TaskRecord]:
+        return await self._tasks.get_many(task_ids, now)
+
+    def held(self, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+        return {}
 
     async def request(self, task: TaskRecord) -> bytes:
         return await self._tasks.request(task)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -130,6 +130,14 @@ class MemoryTasks(TaskStorage):
     async def get(self, task_id: str, now: float) -> TaskRecord | None:
         held = await self._current(task_id)
         return held.task if held is not None else await self._durable.get(task_id, now)
+
+    async def get_many(self, task_ids: list[str], now: float) -> dict[str, TaskRecord]:
+        found = self.held(task_ids)
+        rest = [t for t in task_ids if t not in found]
+        return found | (await self._durable.get_many(rest, now) if rest else {})
+
+    def held(self, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+        return {t: self._tasks[t].task for t in task_ids if t in self._tasks}
 
     async def request(self, task: TaskRecord) -> bytes:
         return await self._durable.request(task)

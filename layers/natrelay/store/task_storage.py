@@ -13,6 +13,7 @@ was (None: no such task).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -49,6 +50,15 @@ class TaskStorage(Protocol):
 
     async def get(self, task_id: str, now: float) -> TaskRecord | None:
         """The task, or None if it does not exist or has expired."""
+        ...
+
+    async def get_many(self, task_ids: list[str], now: float) -> dict[str, TaskRecord]:
+        """The tasks of `task_ids` that exist and have not expired, by id."""
+        ...
+
+    def held(self, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+        """Those of the tasks this tier holds in this process's memory, as they are: what
+        is known of them without a request (the durable tier holds none)."""
         ...
 
     async def request(self, task: TaskRecord) -> bytes:
