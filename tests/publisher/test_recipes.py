@@ -5,6 +5,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +182,26 @@ def sleepy_slot(url: str, wake_path: str = "/wake", max_wait: float = 10) -> Pro
 
 
 class Beats:
-    def __init__(self) -> None:
+    def __init__(self, ready: Callable[[], None] | None = None, after: float = 0.0) -> None:
+        """`ready` is called at the second beat at least `after` s after the first: the
+        backend comes up only once the waker was seen beating while it waited."""
         self.count = 0
+        self.ready, self.after = ready, after
+        self.first = 0.0
 
     async def __call__(self) -> None:
         self.count += 1
+        if self.count == 1:
+            self.first = time.monotonic()
+        elif self.ready is not None and time.monotonic() - self.first >= self.after:
+            self.ready()
+            self.ready = None
 
 
 def test_concurrent_wakes_share_one_recipe_run(controller: tuple[str, WakeController]) -> None:
     url, state = controller
-    state.wake_delay = 0.5
-    beats = Beats()
+    state.wake_delay = 3600  # up only when the beats say so
+    beats = Beats(ready=lambda: setattr(state, "awake", True), after=0.5)
 
     async def scenario() -> list[Any]:
         slot = sleepy_slot(url)

@@ -185,21 +185,22 @@ def test_row_endpoints(stack: Stack) -> None:
     ):
         h = auth(stack.client_token)
         row = httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h).json()
-        assert {k: row[k] for k in ("name", "kind", "type", "model", "tier", "status")} == {
-            "name": "org/model-1",
-            "kind": "virtual",
-            "type": "openai",
-            "model": "m",
-            "tier": "gpu",
-            "status": "active",
-        }
-        gone = f"{stack.url}/api/v1/llms/org/model-1"
-        # deleting a row is an admin's job
-        assert_openai_error(httpx.delete(gone, headers=h), 403, "forbidden")
-        assert httpx.delete(gone, headers=auth(stack.admin_token)).status_code == 204
-        assert_openai_error(
-            httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h), 404, "model_not_found"
-        )
+    assert {k: row[k] for k in ("name", "kind", "type", "model", "tier", "status")} == {
+        "name": "org/model-1",
+        "kind": "virtual",
+        "type": "openai",
+        "model": "m",
+        "tier": "gpu",
+        "status": "active",
+    }
+    # (the publisher stopped polling, or its next poll would rightly be refused: 404)
+    gone = f"{stack.url}/api/v1/llms/org/model-1"
+    # deleting a row is an admin's job
+    assert_openai_error(httpx.delete(gone, headers=h), 403, "forbidden")
+    assert httpx.delete(gone, headers=auth(stack.admin_token)).status_code == 204
+    assert_openai_error(
+        httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h), 404, "model_not_found"
+    )
 
 
 def test_sync_timeout_is_504_naming_the_task_whose_result_stays_fetchable(
