@@ -49,9 +49,8 @@ from natrelay.wire import Paths, TaskState, TaskView
 from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess, start_publisher
 from tests.support.backend import FakeBackend
-from tests.support.cluster import Relay
 from tests.support.net import serve, wait_until
-from tests.support.stack import CLIENT_TOKEN, dynamodb_client
+from tests.support.stack import CLIENT_TOKEN, DevRelay, dynamodb_client
 
 CLIENT_BUDGET_SECONDS = 60.0
 FAULT_EVERY_SECONDS = (10.0, 20.0)
@@ -171,7 +170,7 @@ class Soak:
             moto = stack.enter_context(MotoProcess())
             self.moto = moto
             url = stack.enter_context(serve(self.backend.app()))
-            self.relay = Relay(moto.endpoint, self.workdir, heartbeat_timeout=10)
+            self.relay = DevRelay(moto.endpoint, self.workdir, heartbeat_timeout=10)
             self.relay.start()
             stack.callback(self.relay.stop)
             stack.callback(moto.resume)
