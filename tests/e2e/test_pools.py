@@ -20,8 +20,6 @@ from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.stack import Stack, running_stack
 
-pytestmark = pytest.mark.slow
-
 MEMBERS = 3
 BUDGET = 25.0
 # Short, so that a killed member is soon known gone; long enough that a live one, busy on

@@ -119,7 +119,6 @@ def test_a_client_that_hangs_up_aborts_the_backend_request(
     assert len(timed.produced_at) < timed.tokens
 
 
-@pytest.mark.slow
 def test_a_long_generation_runs_async_and_events_resume_without_gap(
     stack: Stack, timed: FakeBackend, published: PublisherProcess
 ) -> None:

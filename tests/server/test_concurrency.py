@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
@@ -15,6 +17,8 @@ from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.tables import TableNames
 from tests.server.conftest import CLIENT, PUB
 from tests.support.stack import FAKE_AWS, fresh_tables
+
+pytestmark = pytest.mark.slow  # several processes
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 TASKS = 120

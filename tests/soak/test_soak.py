@@ -7,8 +7,6 @@ import pytest
 
 from tests.soak.run import run_soak
 
-pytestmark = pytest.mark.slow
-
 SECONDS = 45
 SEED = 20240612  # fixed in CI, so that a failure can be replayed: scripts/soak --seed
 # Every kind of fault, the relay's kill included: the relay is `natrelay dev`, whose
