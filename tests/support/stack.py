@@ -14,9 +14,10 @@ benchmark builds its stacks from the same parts (tests/perf/procs.py).
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import httpx
 from natrelay.wire import KeyCreated, KeySpec, Paths, Role
 from natrelay_infra.relay_config import relay_settings, settings_env
 from natrelay_infra.tables import TableNames, create_tables
-from tests.support.net import free_port, wait_http
+from tests.support.net import free_port, wait_http, wait_until
 from tests.support.processes import Child
 
 PUBLISH_TOKEN = "test-publish-token-0123456789"
@@ -125,21 +126,28 @@ def put_secret(endpoint: str, name: str, value: str) -> str:
 
 
 class Server(Child):
-    """A child serving HTTP on 127.0.0.1:`port`, started and waited for until `health`
-    answers; `kill()` or `stop()`, then `start()` again on the same port."""
+    """A child serving HTTP on 127.0.0.1, started and waited for until `health` answers.
+
+    `command(port)` is its command line. With port 0 it picks a free port itself and says
+    which (its first line on stdout, or the `announce` pattern in its log): parallel test
+    workers never race for a port. `kill()` or `stop()`, then `start()` again, keeps the
+    port.
+    """
 
     def __init__(
         self,
         name: str,
-        args: list[str],
-        port: int,
+        command: Callable[[int], list[str]],
         health: str,
         *,
+        port: int = 0,
         env: Mapping[str, str],
         log: Path | None = None,
+        announce: str | None = None,
     ) -> None:
-        self.port, self.health = port, health
-        super().__init__(name, args, env=env, log=log)
+        self.command, self.health, self.port, self.announce = command, health, port, announce
+        pipe = port == 0 and announce is None
+        super().__init__(name, command(port), env=env, log=log, pipe=pipe)
         self._wait_ready()
 
     @property
@@ -147,26 +155,41 @@ class Server(Child):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.args, self.pipe = self.command(self.port), False
         self.restart()
         self._wait_ready()
 
     def _wait_ready(self) -> None:
         try:
+            if self.port == 0:
+                self.port = int(self._announced().rsplit(":", 1)[1])
             wait_http(f"{self.url}{self.health}", alive=lambda: self.alive)
-        except TimeoutError:
+        except (TimeoutError, RuntimeError):
             self.stop()
             raise
 
+    def _announced(self) -> str:
+        if self.announce is None:
+            return self.first_line()
+        pattern = re.compile(self.announce)
 
-def start_api(
-    env: Mapping[str, str], port: int | None = None, log_file: Path | None = None
-) -> Server:
-    """The relay API under uvicorn on 127.0.0.1, answering; its log (stderr) goes to
-    `log_file` when given, else to the test's own stderr."""
-    port = port or free_port()
-    args = [sys.executable, "-m", "uvicorn", "--factory", "natrelay.web:create_app"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    return Server("api", args, port, Paths.HEALTH, env=env, log=log_file)
+        def said() -> re.Match[str] | None:
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited:\n{self.output()}")
+            return pattern.search(self.output())
+
+        return wait_until(said, 60, f"{self.name} never said {self.announce!r}")[1]
+
+
+def start_api(env: Mapping[str, str], port: int = 0, log_file: Path | None = None) -> Server:
+    """The relay API (`natrelay.web:create_app`) under uvicorn on 127.0.0.1, answering;
+    its log (stderr) goes to `log_file` when given, else to the test's own stderr."""
+
+    def command(port: int) -> list[str]:
+        app = ["natrelay.web:create_app", "--factory", "--port", str(port)]
+        return [sys.executable, "-m", "tests.support.asgi", *app]
+
+    return Server("api", command, Paths.HEALTH, port=port, env=env, log=log_file)
 
 
 class Gateway(Server):
@@ -191,15 +214,16 @@ class Gateway(Server):
 
 def start_gateway(
     env: Mapping[str, str],
-    port: int | None = None,
+    port: int = 0,
     *,
     max_connection_seconds: float = 7200,
     log_file: Path | None = None,
 ) -> Gateway:
-    port = port or free_port()
-    args = [sys.executable, "-m", "natrelay_infra.gateway", "--port", str(port)]
-    args += ["--max-connection-seconds", str(max_connection_seconds)]
-    return Gateway("gateway", args, port, "/_gateway/stats", env=env, log=log_file)
+    def command(port: int) -> list[str]:
+        args = [sys.executable, "-m", "natrelay_infra.gateway", "--port", str(port)]
+        return [*args, "--max-connection-seconds", str(max_connection_seconds)]
+
+    return Gateway("gateway", command, "/_gateway/stats", port=port, env=env, log=log_file)
 
 
 @dataclass
@@ -261,21 +285,20 @@ def running_stack(
         settings["in_process_signals"] = False
     base = relay_env(moto_endpoint, tables, **settings)
     stack = Stack(moto_endpoint, tables, base, gateway_env=base)
-    if gateway:
-        stack.gateway_port = free_port()
-        doorbell = {
-            "NATRELAY_DOORBELL_ENDPOINT": f"http://127.0.0.1:{stack.gateway_port}/{STAGE}",
-            "NATRELAY_DOORBELL_URL": stack.doorbell_url,
-        }
-        stack.env = {**base, **doorbell}
     try:
         if gateway and gateway_up:
             stack.gateway = start_gateway(
-                base,
-                stack.gateway_port,
-                max_connection_seconds=max_connection_seconds,
-                log_file=log_file,
+                base, max_connection_seconds=max_connection_seconds, log_file=log_file
             )
+            stack.gateway_port = stack.gateway.port
+        elif gateway:
+            stack.gateway_port = free_port()  # for the test to start it on, later
+        if gateway:
+            doorbell = {
+                "NATRELAY_DOORBELL_ENDPOINT": f"http://127.0.0.1:{stack.gateway_port}/{STAGE}",
+                "NATRELAY_DOORBELL_URL": stack.doorbell_url,
+            }
+            stack.env = {**base, **doorbell}
         for _ in range(apis):
             stack.apis.append(start_api(stack.env, log_file=log_file))
         yield stack
@@ -299,14 +322,13 @@ SWEEP_SECONDS = 1
 @dataclass
 class DevRelay:
     """`natrelay dev` on an outside DynamoDB (`dynamodb`): `kill()` and `start()` again
-    keep its state; its log goes to `logdir`/relay.log."""
+    keep its state and port; its log goes to `logdir`/relay.log."""
 
     dynamodb: str
     logdir: Path
     tables: TableNames = field(
         default_factory=lambda: TableNames.with_prefix(f"f{uuid.uuid4().hex[:8]}-")
     )
-    port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=lambda: dict(FAST))
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS
     server: Server | None = None
@@ -314,22 +336,30 @@ class DevRelay:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self.server is not None, "not started"
+        return self.server.url
 
-    def start(self) -> DevRelay:
-        args = [sys.executable, "-m", "natrelay_publisher", "dev", "--port", str(self.port)]
+    def _command(self, port: int) -> list[str]:
+        args = [sys.executable, "-m", "natrelay_publisher", "dev", "--port", str(port)]
         args += ["--dynamodb-endpoint", self.dynamodb]
         args += ["--table-prefix", self.tables.llms.removesuffix("Llms")]
         args += ["--client-token", CLIENT_TOKEN, "--publisher-token", PUBLISH_TOKEN]
         args += ["--admin-token", ADMIN_TOKEN, "--heartbeat-timeout", str(self.heartbeat_timeout)]
         args += ["--sweep-interval", str(SWEEP_SECONDS), "--log-level", "warning"]
+        return args if self.starts == 1 else [*args, "--no-create-tables"]
+
+    def start(self) -> DevRelay:
         self.starts += 1
         if self.server is None:
-            env = {**FAKE_AWS, **self.env}
-            log = self.logdir / "relay.log"
-            self.server = Server("relay", args, self.port, Paths.HEALTH, env=env, log=log)
+            self.server = Server(
+                "relay",
+                self._command,
+                Paths.HEALTH,
+                env={**FAKE_AWS, **self.env},
+                log=self.logdir / "relay.log",
+                announce=r"relay API at (http://127\.0\.0\.1:\d+)",
+            )
         else:
-            self.server.args = [*args, "--no-create-tables"]
             self.server.start()
         return self
 
