@@ -15,10 +15,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from natrelay.metrics import Metrics
-from natrelay.observe import new_request_id, request_scope
+from natrelay.observe import REQUEST_LOGGER, new_request_id, request_scope
 from natrelay.wire import ErrorCode, Paths
 
-log = logging.getLogger("natrelay.request")
+log = logging.getLogger(REQUEST_LOGGER)
 
 REQUEST_ID_HEADER = "x-request-id"
 # A publisher's routes that run for every inference (or every poll of an idle one).
@@ -82,15 +82,16 @@ class RequestContext:
 
 
 def _internal_error(request_id: str) -> JSONResponse:
+    code = ErrorCode.INTERNAL_ERROR
     return JSONResponse(
         {
             "error": {
                 "message": f"internal error in the relay (request {request_id})",
-                "type": "server_error",
-                "code": ErrorCode.INTERNAL_ERROR,
+                "type": code.type,
+                "code": code,
                 "param": None,
                 "request_id": request_id,
             }
         },
-        status_code=500,
+        status_code=code.status,
     )

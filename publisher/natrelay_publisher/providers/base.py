@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -13,13 +13,11 @@ from pydantic.alias_generators import to_camel
 
 from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.errors import BackendFailedError
-from natrelay_publisher.redact import describe
-from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.redact import describe, public_url
+from natrelay_publisher.types import Chunk, JSONObject, ProviderSettings
 
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-
-AVAILABILITY_TIMEOUT_SECONDS = 5.0
+# The longest an availability check may take; the slot's Health asks for less.
+AVAILABILITY_TIMEOUT_SECONDS = 60.0
 # Generation can be slow (the provider's timeoutSeconds); connecting must not be.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -39,7 +37,8 @@ class BackendReply:
 class Provider(Protocol):
     """Talks to one backend. `complete` and `stream` raise BackendFailedError on any failure.
 
-    `requires` names the ProviderConfig fields this type needs (e.g. base_url, model).
+    It is built from its entry of the config (`ProviderSettings`); `requires` names the
+    fields of that entry this type needs (e.g. base_url, model).
     `stream` yields OpenAI `chat.completion.chunk` objects.
 
     A provider that serves more than chat also has what `EndpointProvider` adds:
@@ -54,7 +53,7 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def __init__(self, config: ProviderConfig) -> None: ...
+    def __init__(self, config: ProviderSettings) -> None: ...
 
     async def available(self) -> bool: ...
 
@@ -95,7 +94,7 @@ def default_endpoints(provider: type[Provider] | Provider) -> frozenset[Endpoint
     return endpoints
 
 
-def backend_client(config: ProviderConfig) -> httpx.AsyncClient:
+def backend_client(config: ProviderSettings) -> httpx.AsyncClient:
     """One client per backend: base URL, API key, the provider's read timeout."""
     headers = {}
     if config.api_key is not None:
@@ -155,7 +154,6 @@ def failed_status(
         return BackendFailedError(
             f"the backend does not serve {endpoint.path} for this model (it answered "
             f"{status}: {error_message(status, body)})",
-            status=404,
             code=ErrorCode.ENDPOINT_NOT_SERVED,
         )
     return BackendFailedError(
@@ -276,22 +274,36 @@ class HttpBackend:
     requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
     # GET this path answering 2xx means the backend is up (it also lists the models).
     models_path: ClassVar[str]
+    # What a 404 of that path most likely means, for the log line that says so.
+    not_found_hint: ClassVar[str] = ""
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderSettings) -> None:
         self.name = config.name
         self.model = config.model or ""
         self.base_url = config.base_url or ""
         self.timeout = config.timeout_seconds
         self._client = backend_client(config)
+        # Why the last availability check failed, for this machine's log (its URL, its
+        # status: the user's own backend, shown where it is safe to).
+        self.unavailable_because: str | None = None
 
     async def available(self) -> bool:
+        url = public_url(str(self._client.build_request("GET", self.models_path).url))
         try:
             response = await self._client.get(
                 self.models_path, timeout=AVAILABILITY_TIMEOUT_SECONDS
             )
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            self.unavailable_because = f"GET {url}: {describe(exc)}"
             return False
-        return response.is_success
+        if response.is_success:
+            self.unavailable_because = None
+            return True
+        why = f"GET {url} answered {response.status_code} {response.reason_phrase}"
+        if response.status_code == 404 and self.not_found_hint:
+            why += f": {self.not_found_hint}"
+        self.unavailable_because = why
+        return False
 
     async def _listing(self) -> Any:
         return parse_json(

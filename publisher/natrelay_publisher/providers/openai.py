@@ -7,13 +7,11 @@ Each endpoint goes to the path of the same name under the base URL (`…/v1`):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from natrelay.wire import Endpoint
 from natrelay_publisher.providers.base import BackendReply, HttpBackend
-
-if TYPE_CHECKING:
-    from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.types import Chunk, JSONObject
 
 __all__ = ["OpenAIProvider", "backend_path"]
 
@@ -26,6 +24,10 @@ def backend_path(endpoint: Endpoint) -> str:
 class OpenAIProvider(HttpBackend):
     type_name: ClassVar[str] = "openai"
     models_path: ClassVar[str] = "models"
+    not_found_hint: ClassVar[str] = (
+        "an OpenAI-compatible baseUrl ends in /v1 (http://host:port/v1); for Ollama's native "
+        "API use type: ollama"
+    )
     # Servers that lack one answer 404 or 405: the client hears the model does not serve
     # it. List `endpoints` in the config to have the relay refuse those at once.
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, ClassVar
+import os
+import shutil
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Action
+from natrelay_publisher.types import Action, ProviderSettings
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -23,13 +22,22 @@ class CommandRecipeConfig(RecipeConfig):
     command: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
 
+    @field_validator("command")
+    @classmethod
+    def _runnable(cls, value: str) -> str:
+        """Found at start, not at the first wake: a program on PATH or an executable file."""
+        if shutil.which(value) is None:
+            where = "is not an executable file" if os.sep in value else "is not on PATH"
+            raise ValueError(f"{value!r} {where}")
+        return value
+
 
 class CommandRecipe:
     type_name: ClassVar[str] = "command"
     Config: ClassVar[type[RecipeConfig]] = CommandRecipeConfig
     can_sleep: ClassVar[bool] = True
 
-    def __init__(self, config: RecipeConfig, provider: ProviderConfig) -> None:
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None:
         self.config = expect(config, CommandRecipeConfig)
 
     @property
