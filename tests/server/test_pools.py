@@ -183,7 +183,8 @@ def test_a_sleeping_pool_wakes_once_and_answers_every_first_request(
         }
     ]
     with (
-        running_stack(moto_server.endpoint, heartbeat_timeout_seconds=3) as pool_stack,
+        # (members that poll stay live however loaded the machine)
+        running_stack(moto_server.endpoint, heartbeat_timeout_seconds=30) as pool_stack,
         ScriptedPublisher(pool_stack.url, pool_stack.publish_token, sleepy, answer=_wake_then_echo),
         ScriptedPublisher(pool_stack.url, pool_stack.publish_token, sleepy, answer=_wake_then_echo),
     ):
