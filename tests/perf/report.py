@@ -62,6 +62,7 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     busy: Counter[str] = Counter()
     events: dict[str, dict[str, float]] = {}
     delivered: dict[str, float] = {}
+    chats: dict[str, list[float]] = {}
     rru = wru = 0.0
     for s in stats:
         ops.update(s["ops"])
@@ -76,6 +77,7 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
         for kind, values in s["events"].items():
             events.setdefault(kind, {}).update(values)
         delivered.update(s["delivered"])
+        chats.update(s.get("chats", {}))
     return {
         "ops": dict(ops),
         "seconds": dict(seconds),
@@ -87,6 +89,7 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
         "wru": wru,
         "events": events,
         "delivered": delivered,
+        "chats": chats,
     }
 
 
@@ -155,6 +158,38 @@ def timeline(stats: dict[str, Any], started: list[float], finished: list[float])
         legs["publisher"].append(done - sent)
         legs["pickup"].append(ended - done)
     return {"n": len(legs["submit"]), **{k: ms(percentile(v, 50)) for k, v in legs.items()}}
+
+
+LEGS = ("instance", "submit", "dispatch", "publisher", "pickup")
+
+
+def legs(stats: dict[str, Any]) -> dict[str, Any]:
+    """Where the time of each inference goes, per task (p50 of each leg, ms), at any load.
+
+    From the relay's side (`chats`: the task each chat request wrote): instance: reached
+    the relay → the app had it (the Lambda pool's hop, a wait for a free or a cold
+    instance); submit: → task written; dispatch: → the poll or claim answer carrying it
+    left the API; publisher: → the result written; pickup: → the answer left the API.
+    """
+    events = stats["events"]
+    out: dict[str, list[float]] = {leg: [] for leg in LEGS}
+    total: list[float] = []
+    for task_id, (arrived, got, answered) in stats.get("chats", {}).items():
+        put = events.get("put", {}).get(task_id)
+        sent = stats["delivered"].get(task_id)
+        done = events.get("complete", {}).get(task_id)
+        if put is None or sent is None or done is None:
+            continue
+        for leg, value in zip(
+            LEGS, (got - arrived, put - got, sent - put, done - sent, answered - done), strict=True
+        ):
+            out[leg].append(value)
+        total.append(answered - arrived)
+    return {
+        "n": len(total),
+        **{leg: ms(percentile(values, 50)) for leg, values in out.items()},
+        "total": ms(percentile(total, 50)),
+    }
 
 
 def result_pickup(stats: dict[str, Any], finished_at: list[float]) -> dict[str, Any]:

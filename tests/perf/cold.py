@@ -1,0 +1,154 @@
+"""Cold starts: Lambda's INIT phase per handler, and the first request after a quiet while.
+
+INIT: each handler's module imported, and its app built, in a fresh interpreter (what
+Lambda's INIT phase runs), with the template's environment, beside the same for a minimal
+Starlette + Mangum + boto3 DynamoDB handler (tests/perf/lambda_floor): the floor. The
+handlers take turns, so drift on a shared machine hits all alike; the median of the runs
+counts. Not in the figure: the interpreter's own start (the same for all), and on AWS the
+relay's secret (one Secrets Manager call) and the code's first load from the layer.
+
+First request after idle: the Lambda pool's idle instances are all stopped, then one
+request is sent: its API instance starts when it arrives, and so do those that serve the
+publisher's claim (the result goes to a warm one, as on AWS); then one request on the
+instances now warm, for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+from tests.perf import report
+from tests.perf.load import Target, ms, one, percentile
+from tests.perf.procs import ROOT, Stack
+from tests.support.stack import FAKE_AWS
+
+# What each handler runs at INIT: Lambda puts the function's directory first on sys.path
+# and imports its handler module; the stream function's run.sh starts uvicorn on the
+# app factory (Config.load imports and builds it, and loads the protocol classes).
+HANDLERS = {
+    "floor": "import sys; sys.path.insert(0, 'tests/perf/lambda_floor'); import app",
+    "api": "import sys; sys.path.insert(0, 'functions/api'); import app",
+    "stream": "import uvicorn.main\nfrom uvicorn.config import Config\n"
+    "Config('natrelay.web:create_app', factory=True).load()",
+    "doorbell": "import sys; sys.path.insert(0, 'functions/doorbell'); import app",
+    "sweeper": "import sys; sys.path.insert(0, 'functions/sweeper'); import app",
+}
+_PROBE = """import sys, time
+started = time.perf_counter()
+{code}
+print(time.perf_counter() - started, len(sys.modules))
+"""
+# The template's Globals and ApiFunction environment, with stand-in values; the tokens
+# instead of the secret (no network at INIT here).
+LAMBDA_ENV = {
+    **FAKE_AWS,
+    "AWS_REGION": FAKE_AWS["AWS_DEFAULT_REGION"],
+    "AWS_LAMBDA_FUNCTION_NAME": "natrelay-ApiFunction",
+    "NATRELAY_LLMS_TABLE": "natrelay-Llms",
+    "NATRELAY_TASKS_TABLE": "natrelay-Tasks",
+    "NATRELAY_KEYS_TABLE": "natrelay-Keys",
+    "NATRELAY_ADMIN_TOKEN": "init-probe-admin-token-0123456789",
+    "NATRELAY_IN_PROCESS_SIGNALS": "false",
+    "NATRELAY_LOG_FORMAT": "json",
+    "NATRELAY_METRICS": "emf",
+    "NATRELAY_DOORBELL_URL": "wss://abc123.execute-api.us-east-1.amazonaws.com/relay",
+    "NATRELAY_DOORBELL_ENDPOINT": "https://abc123.execute-api.us-east-1.amazonaws.com/relay",
+    "NATRELAY_REQUEST_TIMEOUT_SECONDS": "25",
+}
+
+
+def init_probe(code: str) -> tuple[float, int]:
+    """(seconds to run `code` in a fresh interpreter, modules it left loaded)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NATRELAY_", "AWS_"))},
+        **LAMBDA_ENV,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(code=code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"INIT probe failed: {code!r}\n{done.stderr[-2000:]}")
+    seconds, modules = done.stdout.split()[-2:]
+    return float(seconds), int(modules)
+
+
+def init_phase(runs: int) -> dict[str, Any]:
+    """Each handler's INIT `runs` times, taking turns with the floor; medians in ms."""
+    times: dict[str, list[float]] = {name: [] for name in HANDLERS}
+    modules: dict[str, int] = {}
+    for _ in range(runs):
+        for name, code in HANDLERS.items():
+            seconds, loaded = init_probe(code)
+            times[name].append(seconds)
+            modules[name] = loaded
+    out: dict[str, Any] = {"runs": runs, "loadAverage": os.getloadavg()[0]}
+    floor = statistics.median(times["floor"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        out[name] = {
+            "medianMs": ms(median),
+            "minMs": ms(min(values)),
+            "maxMs": ms(max(values)),
+            "xFloor": round(median / floor, 2),
+            "modules": modules[name],
+        }
+    return out
+
+
+def cold_phase(stack: Stack, target: Target, samples: int) -> dict[str, Any]:
+    """`samples` first requests after every instance was stopped, each followed by one on
+    the instances it warmed; latencies, the instances they started, and their legs."""
+
+    async def request(client: Any, i: int, tag: str) -> float | None:
+        latency, _, error = await one(client, target, f"{tag} {i}", stream=False)
+        return None if error else latency
+
+    async def run() -> dict[str, Any]:
+        import httpx  # noqa: PLC0415 - the harness has it; kept beside its only use
+
+        cold: list[float] = []
+        warm: list[float] = []
+        started: list[int] = []
+        by_kind: dict[str, int] = {}
+        stats: list[dict[str, Any]] = []
+        errors = 0
+        for i in range(samples):
+            await asyncio.to_thread(stack.reap)
+            await asyncio.to_thread(stack.reset)
+            # a fresh client each time: an idle hour closes kept-alive connections too
+            async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+                first = await request(client, i, "cold")
+                pool = await asyncio.to_thread(stack.pool_stats)
+                stats += pool["instances"]
+                started.append(pool["pool"]["started"])
+                for kind, n in pool["pool"]["coldRequests"].items():
+                    by_kind[kind] = by_kind.get(kind, 0) + n
+                second = await request(client, i, "warm")
+            for value, into in ((first, cold), (second, warm)):
+                if value is None:
+                    errors += 1
+                else:
+                    into.append(value)
+        return {
+            "samples": samples,
+            "errors": errors,
+            "coldP50": ms(percentile(cold, 50)),
+            "coldMax": ms(max(cold)) if cold else None,
+            "warmP50": ms(percentile(warm, 50)),
+            "instancesStartedPerRequest": round(sum(started) / len(started), 2),
+            "coldRequestsByKind": by_kind,
+            "legs": report.legs(report.merge_stats(stats)),
+        }
+
+    return asyncio.run(run())
