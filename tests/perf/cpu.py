@@ -55,3 +55,9 @@ def shares(
         used = max(0.0, end - before.get(name, 0.0))
         out[name] = {"cpuSeconds": round(used, 2), "cores": round(used / seconds, 2)}
     return out
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process alone (all its threads, none of its children)."""
+    times = os.times()
+    return times.user + times.system

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -225,10 +226,8 @@ class Pool:
             return None  # an instance that died: its counts are lost (its log says why)
 
     async def _post(self, instance: Instance, path: str) -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             await self._client.post(instance.url + path, timeout=30)
-        except httpx.HTTPError:
-            pass
 
 
 async def _answer(send: Any, status: int, payload: dict[str, Any]) -> None:
