@@ -1,6 +1,7 @@
 """The template's SnapStart switch: off by default; on, the API functions publish
-versions that the HTTP API calls through an alias, on a runtime SnapStart supports,
-and cfn-lint accepts the template either way (scripts/lint-template also builds both)."""
+versions that the HTTP API calls through an alias, on a runtime SnapStart supports (the
+layer built for the same one), and cfn-lint accepts the template either way
+(scripts/lint-template also builds both)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def test_functions_and_layer_share_a_runtime_snapstart_supports() -> None:
     assert runtime_version(runtime) >= (3, 12)
     layer = RESOURCES["RelayLayer"]
     assert layer["Properties"]["CompatibleRuntimes"] == [runtime]
-    assert layer["Metadata"]["BuildMethod"] == runtime
+    # layers/Makefile builds the layer (with its bytecode) for that Python
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    makefile = (template_path().parent / "layers" / "Makefile").read_text()
+    assert f"PYTHON_VERSION = {runtime.removeprefix('python')}\n" in makefile
     for name, resource in RESOURCES.items():
         if resource["Type"] == "AWS::Serverless::Function":
             assert resource["Properties"].get("Runtime", runtime) == runtime, name

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from tests.perf import report
@@ -38,6 +41,7 @@ HANDLERS = {
     "doorbell": "import sys; sys.path.insert(0, 'functions/doorbell'); import app",
     "sweeper": "import sys; sys.path.insert(0, 'functions/sweeper'); import app",
 }
+NO_BYTECODE = "api, no bytecode"
 _PROBE = """import sys, time
 started = time.perf_counter()
 {code}
@@ -83,15 +87,67 @@ def init_probe(code: str) -> tuple[float, int]:
     return float(seconds), int(modules)
 
 
+# What the Lambda runtime itself provides (and compiled): not in the layer.
+RUNTIME_PACKAGES = frozenset(
+    {"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six"}
+)
+_LOADED = """import sys, sysconfig
+sys.path.insert(0, 'functions/api')
+import app
+skip = sysconfig.get_paths()['stdlib']
+for module in list(sys.modules.values()):
+    path = getattr(module, '__file__', None) or ''
+    if path and not path.startswith(skip) and module.__name__.count('.') == 0:
+        print(module.__name__, path)
+"""
+
+
+def uncompiled_layer(dest: Path) -> Path:
+    """What the api handler loads from the layer (natrelay and the packages it imports
+    from site-packages, less those the Lambda runtime provides), copied into `dest`
+    without bytecode: the layer as `sam build` made it before layers/Makefile."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED],
+        cwd=ROOT,
+        env={**os.environ, **LAMBDA_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    for line in done.stdout.splitlines():
+        name, path = line.split(" ", 1)
+        layer = name == "natrelay" or ("site-packages" in path and not name.startswith("_"))
+        if name in RUNTIME_PACKAGES or not layer:
+            continue
+        source = Path(path)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, dest / name, ignore=ignore, dirs_exist_ok=True)
+        elif source.suffix == ".py":
+            shutil.copy2(source, dest / source.name)
+    return dest
+
+
 def init_phase(runs: int) -> dict[str, Any]:
-    """Each handler's INIT `runs` times, taking turns with the floor; medians in ms."""
-    times: dict[str, list[float]] = {name: [] for name in HANDLERS}
+    """Each handler's INIT `runs` times, taking turns with the floor; medians in ms.
+    Also the api handler with every module of the layer compiled at INIT, as the
+    layer shipped without bytecode made every cold start do (`api, no bytecode`)."""
+    times: dict[str, list[float]] = {name: [] for name in [*HANDLERS, NO_BYTECODE]}
     modules: dict[str, int] = {}
-    for _ in range(runs):
-        for name, code in HANDLERS.items():
-            seconds, loaded = init_probe(code)
-            times[name].append(seconds)
-            modules[name] = loaded
+    with tempfile.TemporaryDirectory(prefix="natrelay-layer-") as layer:
+        path = uncompiled_layer(Path(layer))
+        probes = {
+            **HANDLERS,
+            # -B: nothing written, so every run compiles afresh (as on Lambda's read-only /opt)
+            NO_BYTECODE: f"sys.dont_write_bytecode = True; sys.path.insert(0, {str(path)!r})\n"
+            + HANDLERS["api"],
+        }
+        for _ in range(runs):
+            for name, code in probes.items():
+                seconds, loaded = init_probe(code)
+                times[name].append(seconds)
+                modules[name] = loaded
     out: dict[str, Any] = {"runs": runs, "loadAverage": os.getloadavg()[0]}
     floor = statistics.median(times["floor"])
     for name, values in times.items():
