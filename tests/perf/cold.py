@@ -43,9 +43,9 @@ HANDLERS = {
 }
 NO_BYTECODE = "api, no bytecode"
 _PROBE = """import sys, time
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 {code}
-print(time.perf_counter() - started, len(sys.modules))
+print(time.perf_counter() - started, time.process_time() - cpu, len(sys.modules))
 """
 # The template's Globals and ApiFunction environment, with stand-in values; the tokens
 # instead of the secret (no network at INIT here).
@@ -66,8 +66,9 @@ LAMBDA_ENV = {
 }
 
 
-def init_probe(code: str) -> tuple[float, int]:
-    """(seconds to run `code` in a fresh interpreter, modules it left loaded)."""
+def init_probe(code: str) -> tuple[float, float, int]:
+    """(seconds to run `code` in a fresh interpreter, CPU seconds it took, modules it
+    left loaded)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("NATRELAY_", "AWS_"))},
         **LAMBDA_ENV,
@@ -83,8 +84,8 @@ def init_probe(code: str) -> tuple[float, int]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"INIT probe failed: {code!r}\n{done.stderr[-2000:]}")
-    seconds, modules = done.stdout.split()[-2:]
-    return float(seconds), int(modules)
+    seconds, cpu, modules = done.stdout.split()[-3:]
+    return float(seconds), float(cpu), int(modules)
 
 
 # What the Lambda runtime itself provides (and compiled): not in the layer.
@@ -133,7 +134,9 @@ def init_phase(runs: int) -> dict[str, Any]:
     """Each handler's INIT `runs` times, taking turns with the floor; medians in ms.
     Also the api handler with every module of the layer compiled at INIT, as the
     layer shipped without bytecode made every cold start do (`api, no bytecode`)."""
-    times: dict[str, list[float]] = {name: [] for name in [*HANDLERS, NO_BYTECODE]}
+    names = [*HANDLERS, NO_BYTECODE]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     modules: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="natrelay-layer-") as layer:
         path = uncompiled_layer(Path(layer))
@@ -145,18 +148,23 @@ def init_phase(runs: int) -> dict[str, Any]:
         }
         for _ in range(runs):
             for name, code in probes.items():
-                seconds, loaded = init_probe(code)
+                seconds, used, loaded = init_probe(code)
                 times[name].append(seconds)
+                cpu[name].append(used)
                 modules[name] = loaded
     out: dict[str, Any] = {"runs": runs, "loadAverage": os.getloadavg()[0]}
     floor = statistics.median(times["floor"])
+    floor_cpu = statistics.median(cpu["floor"])
     for name, values in times.items():
         median = statistics.median(values)
+        median_cpu = statistics.median(cpu[name])
         out[name] = {
             "medianMs": ms(median),
             "minMs": ms(min(values)),
             "maxMs": ms(max(values)),
             "xFloor": round(median / floor, 2),
+            "cpuMedianMs": ms(median_cpu),
+            "cpuXFloor": round(median_cpu / floor_cpu, 2),
             "modules": modules[name],
         }
     return out

@@ -731,18 +731,28 @@ def lambda_markdown(r: dict[str, Any]) -> list[str]:
     if init:
         out.append(
             f"\n**Lambda INIT: import the handler and build its app, fresh interpreter, ms** "
-            f"(median of {init['runs']}, handlers taking turns; load average "
-            f"{init['loadAverage']:.2f} at the end)\n"
+            f"(median of {init['runs']}, handlers taking turns; wall-clock and CPU time; load "
+            f"average {init['loadAverage']:.2f} at the end)\n"
         )
         out.append(
             _table(
-                ["handler", "median", "min / max", "x floor", "modules loaded"],
+                [
+                    "handler",
+                    "median",
+                    "min / max",
+                    "x floor",
+                    "CPU median",
+                    "CPU x floor",
+                    "modules loaded",
+                ],
                 [
                     [
                         "floor: Starlette + Mangum + boto3 DynamoDB" if name == "floor" else name,
                         v["medianMs"],
                         f"{_f(v['minMs'])} / {_f(v['maxMs'])}",
                         _f(v["xFloor"], 2),
+                        v["cpuMedianMs"],
+                        _f(v["cpuXFloor"], 2),
                         v["modules"],
                     ]
                     for name, v in init.items()

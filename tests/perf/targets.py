@@ -136,7 +136,8 @@ def cold_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             _target(
                 "api INIT ≤ 1.25x the floor (Starlette + Mangum + boto3)",
                 api["xFloor"] <= 1.25,
-                f"{api['medianMs']} ms vs {floor['medianMs']} ms ({api['xFloor']}x), "
+                f"{api['medianMs']} ms vs {floor['medianMs']} ms ({api['xFloor']}x; CPU "
+                f"{api['cpuMedianMs']} vs {floor['cpuMedianMs']} ms, {api['cpuXFloor']}x), "
                 f"median of {init['runs']}",
             )
         )
@@ -193,7 +194,14 @@ def flat(r: dict[str, Any]) -> dict[str, Any]:
         "lambda.cold_added_ms": _cold_added(r, "coldP50"),
         "lambda.cold_warm_added_ms": _cold_added(r, "warmP50"),
         **{
-            f"lambda.init_{name}_ms": figures["medianMs"]
+            f"lambda.init_{name.replace(', ', '_').replace(' ', '_')}_ms": figures["medianMs"]
+            for name, figures in (r.get("init") or {}).items()
+            if isinstance(figures, dict)
+        },
+        **{
+            f"lambda.init_cpu_{name.replace(', ', '_').replace(' ', '_')}_ms": figures[
+                "cpuMedianMs"
+            ]
             for name, figures in (r.get("init") or {}).items()
             if isinstance(figures, dict)
         },
