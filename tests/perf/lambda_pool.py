@@ -19,7 +19,8 @@ serves:
   instance (by route kind), requests that waited for a free instance, the most instances
   alive and busy at once;
 * `POST /_pool/reset`: reset every instance and the pool's counts;
-* `POST /_pool/reap`: stop every idle instance, as Lambda does after a quiet while.
+* `POST /_pool/reap[?keep=N]`: stop every idle instance (but the N most recently used),
+  as Lambda does after a quiet while.
 
 The instances' settings are the pool's NATRELAY_* environment, as for one API process.
 """
@@ -37,6 +38,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import uvicorn
@@ -203,10 +205,12 @@ class Pool:
         await asyncio.gather(*(self._post(i, "/_bench/reset") for i in self.live))
         self.reset_counts()
 
-    async def reap(self) -> int:
-        """Stop every idle instance (their counts are kept); how many were stopped."""
+    async def reap(self, keep: int = 0) -> int:
+        """Stop the idle instances but the `keep` most recently used (their counts are
+        kept); how many were stopped."""
         async with self._free:
-            victims, self.idle = self.idle, []
+            cut = max(0, len(self.idle) - keep)
+            victims, self.idle = self.idle[:cut], self.idle[cut:]
             for instance in victims:
                 self.live.remove(instance)
         kept = await asyncio.gather(*(self._get(i, "/_bench/stats") for i in victims))
@@ -263,7 +267,8 @@ class PoolApp:
             await pool.reset()
             await _answer(send, 200, {"reset": True})
         elif path == "/_pool/reap" and scope["method"] == "POST":
-            await _answer(send, 200, {"stopped": await pool.reap()})
+            keep = int(dict(parse_qsl(scope.get("query_string", b"").decode())).get("keep", 0))
+            await _answer(send, 200, {"stopped": await pool.reap(keep)})
         else:
             await pool.forward(scope, receive, send)
 

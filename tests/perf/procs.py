@@ -306,9 +306,10 @@ class Stack:
         response = httpx.get(f"{self.client_api.url}/_pool/stats", timeout=60)
         return dict(response.raise_for_status().json())
 
-    def reap(self) -> int:
-        """Stop the pool's idle instances: the next requests meet cold ones."""
-        response = httpx.post(f"{self.client_api.url}/_pool/reap", timeout=60)
+    def reap(self, keep: int = 0) -> int:
+        """Stop the pool's idle instances (but the `keep` most recently used): the next
+        requests meet cold ones."""
+        response = httpx.post(f"{self.client_api.url}/_pool/reap?keep={keep}", timeout=60)
         return int(response.raise_for_status().json()["stopped"])
 
     def gateway_stats(self) -> dict[str, Any]:

@@ -715,13 +715,13 @@ def lambda_markdown(r: dict[str, Any]) -> list[str]:
     pools = r.get("pool") or {}
     if pools:
         out.append(
-            "\nLambda pool at c=16 (each round, after the warm-up): "
+            "\nLambda pool at c=16, after the warm-up: "
             + "; ".join(
                 f"{TARGET_LABELS.get(name, name)}: "
                 + ", ".join(
-                    f"{p['started']} instances started, {p['peakBusy']} busy at most, "
-                    f"{p['waitedForInstance']} requests waited for one"
-                    for p in rounds
+                    f"round {i + 1}: {p['started']} instances started, {p['peakBusy']} busy "
+                    f"at most, {p['waitedForInstance']} requests waited for one"
+                    for i, p in enumerate(rounds)
                 )
                 for name, rounds in pools.items()
             )
@@ -763,35 +763,51 @@ def lambda_markdown(r: dict[str, Any]) -> list[str]:
     cold = r.get("cold")
     if cold:
         direct = r["latency"]["c1"].get("direct", {}).get("p50") or 0.0
-        t = cold["legs"]
+        phases = {"cold": "every instance stopped", "oneWarm": "one instance kept warm"}
         out.append(
-            f"\n**First request after idle** (Lambda mode, doorbell: every instance stopped, "
-            f"then one request; {cold['samples']} times, each followed by one on the warm "
-            "instances)\n"
+            f"\n**First request after idle** (Lambda mode, doorbell: idle instances stopped, "
+            f"then one request; {cold['cold']['samples']} times each, each followed by one on "
+            "the instances it warmed; legs p50, ms)\n"
         )
+        rows = []
+        for key, label in phases.items():
+            c = cold[key]
+            t = c["legs"]
+            rows.append(
+                [
+                    f"first after idle, {label}",
+                    c["coldP50"],
+                    _f((c["coldP50"] or 0.0) - direct),
+                    f"{c['instancesStartedPerRequest']:g} ("
+                    + ", ".join(f"{k} {v}" for k, v in c["coldRequestsByKind"].items())
+                    + ")",
+                    *(_f(t.get(leg)) for leg in LEGS),
+                    c["errors"],
+                ]
+            )
+            rows.append(
+                [
+                    "  next, warm",
+                    c["warmP50"],
+                    _f((c["warmP50"] or 0.0) - direct),
+                    0,
+                    *("" for _ in LEGS),
+                    "",
+                ]
+            )
         out.append(
             _table(
-                ["request", "p50 ms", "added p50 ms", "instances started", "errors"],
                 [
-                    [
-                        "first after idle",
-                        cold["coldP50"],
-                        _f((cold["coldP50"] or 0.0) - direct),
-                        f"{cold['instancesStartedPerRequest']:g} ("
-                        + ", ".join(f"{k} {v}" for k, v in cold["coldRequestsByKind"].items())
-                        + ")",
-                        cold["errors"],
-                    ],
-                    ["next, warm", cold["warmP50"], _f((cold["warmP50"] or 0.0) - direct), 0, ""],
+                    "request",
+                    "p50 ms",
+                    "added p50 ms",
+                    "instances started",
+                    *LEG_LABELS.values(),
+                    "errors",
                 ],
+                rows,
             )
         )
-        if t.get("n"):
-            out.append(
-                "\nIts legs (p50, ms): "
-                + ", ".join(f"{LEG_LABELS[leg]} {_f(t[leg])}" for leg in LEGS)
-                + f" (n={t['n']})."
-            )
     return out
 
 

@@ -154,8 +154,8 @@ def cold_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _cold_added(r: dict[str, Any], key: str) -> float | None:
-    value = (r.get("cold") or {}).get(key)
+def _cold_added(r: dict[str, Any], phase: str, key: str) -> float | None:
+    value = ((r.get("cold") or {}).get(phase) or {}).get(key)
     direct = r["latency"]["c1"].get("direct", {}).get("p50")
     return round(value - direct, 2) if value is not None and direct is not None else None
 
@@ -191,8 +191,9 @@ def flat(r: dict[str, Any]) -> dict[str, Any]:
         .get("GetItem"),
         "lambda.added_p50_c16_ms": added["c16"].get("lambda", {}).get("p50"),
         "lambda_2proc.added_p50_c16_ms": added["c16"].get("lambda-2proc", {}).get("p50"),
-        "lambda.cold_added_ms": _cold_added(r, "coldP50"),
-        "lambda.cold_warm_added_ms": _cold_added(r, "warmP50"),
+        "lambda.cold_added_ms": _cold_added(r, "cold", "coldP50"),
+        "lambda.cold_warm_added_ms": _cold_added(r, "cold", "warmP50"),
+        "lambda.cold_one_warm_added_ms": _cold_added(r, "oneWarm", "coldP50"),
         **{
             f"lambda.init_{name.replace(', ', '_').replace(' ', '_')}_ms": figures["medianMs"]
             for name, figures in (r.get("init") or {}).items()
