@@ -19,7 +19,8 @@ use_lambda_python() {
     if [[ -z "$found" ]] && "$want" -V >/dev/null 2>&1; then
         found="$(command -v "$want")"
     fi
-    if [[ -z "$found" ]] && root="$(pyenv root 2>/dev/null)"; then
+    if [[ -z "$found" ]]; then
+        root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
         found="$(ls -d "$root"/versions/"$LAMBDA_RUNTIME".*/bin/"$want" 2>/dev/null | sort -V | tail -n 1)"
     fi
     [[ -n "$found" ]] && "$found" -V >/dev/null 2>&1 ||
