@@ -11,7 +11,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 
 from natrelay.wire import PolledTask, PollRequest, PollResponse
-from natrelay_publisher.config import DoorbellConfig
+from natrelay_publisher.config import RelayConfig
 from natrelay_publisher.doorbell import Doorbell
 
 
@@ -31,27 +31,32 @@ class SlowRelay:
         return PollResponse(tasks=[])
 
 
-class Host:
-    def __init__(self, relay: SlowRelay, url: str) -> None:
+class Session:
+    """What the doorbell reads of the publisher's session (natrelay_publisher.session)."""
+
+    def __init__(self, relay: SlowRelay) -> None:
         self.relay: Any = relay
-        self.session_id: str | None = "s" * 32
+        self.id: str | None = "s" * 32
         self.registrations = 1
         self.heartbeat_timeout: float | None = None
-        self.announced_doorbell: str | None = url
-        self.slot_freed = asyncio.Event()
+        self.announced_doorbell: str | None = None
+        self.generation: int | None = 1
 
-    @property
-    def generation(self) -> int | None:
-        return 1
+    async def reregister(self) -> None:
+        raise AssertionError("the session was not lost")
+
+
+class Runner:
+    """What the doorbell asks of the task runner (natrelay_publisher.runner)."""
+
+    def __init__(self) -> None:
+        self.slot_freed = asyncio.Event()
 
     def free_slots(self) -> int:
         return 32
 
     def dispatch(self, task: PolledTask) -> None:
         raise AssertionError("no task was handed out")
-
-    async def reregister(self) -> None:
-        raise AssertionError("the session was not lost")
 
 
 def ring(task_id: str) -> str:
@@ -82,7 +87,8 @@ async def rings_during_a_claim() -> None:
         port = server.sockets[0].getsockname()[1]
         relay = SlowRelay()
         url = f"ws://127.0.0.1:{port}"
-        bell = Doorbell(DoorbellConfig(), Host(relay, url), url, "token", poll_wait=5)
+        config = RelayConfig.model_validate({"url": "http://127.0.0.1:9", "token": "token"})
+        bell = Doorbell(config, Session(relay), Runner(), url)
         running = asyncio.create_task(bell.run())
         try:
             await wait_for(lambda: sockets and relay.claims, "connected and polled")
