@@ -301,6 +301,7 @@ class Doorbell:
             max_tasks=free,
             generation=self.session.generation,
             task_ids=ids[:free],
+            running=sorted(self.session.running),
         )
         try:
             if wait > 0:
@@ -315,6 +316,7 @@ class Doorbell:
             await self.session.reregister()
             return 0
         self._backoff.reset()
+        self.runner.stop_unwanted(answer.cancelled)
         for task in answer.tasks:
             self.runner.dispatch(task)
         if not ids:
