@@ -39,8 +39,8 @@ class OneLine:
     specs: list[BackendSpec]
     sources: list[str]
     relay_url: str | None
-    # The token as the config holds it: the value of --token, or {env: NATRELAY_PUBLISH_TOKEN}.
-    token: str | dict[str, str] | None
+    # The value of --token, or of NATRELAY_PUBLISH_TOKEN (never printed: see config_yaml).
+    token: str | None
     session_file: Path | None
     refresh_seconds: float
 
@@ -48,10 +48,17 @@ class OneLine:
         """A catalog of the backends named, which lists their models on each call."""
         return Catalog(self.specs, self.refresh_seconds)
 
-    def config_data(self, providers: list[ProviderConfig]) -> dict[str, Any]:
-        """The config as the YAML mapping of a config file."""
+    def check(self, *, token: bool = True) -> None:
+        """ConfigError unless the relay (and the token, with `token`) are known."""
         if self.relay_url is None:
             raise ConfigError(f"no relay: give --relay URL, or set {URL_ENV}")
+        if token and self.token is None:
+            raise ConfigError(f"no publish token: give --token KEY, or set {TOKEN_ENV}")
+
+    def config_data(self, providers: list[ProviderConfig]) -> dict[str, Any]:
+        """The config as the YAML mapping of a config file."""
+        self.check(token=False)
+        assert self.relay_url is not None
         session_file = self.session_file or session_file_for(
             " ".join([self.relay_url, *self.sources])
         )
@@ -66,8 +73,7 @@ class OneLine:
 
     def config(self, providers: list[ProviderConfig]) -> PublisherConfig:
         """The config to run with; ConfigError naming what is wrong."""
-        if self.token is None:
-            raise ConfigError(f"no publish token: give --token TOKEN, or set {TOKEN_ENV}")
+        self.check()
         return parse_config(self.config_data(providers), SOURCE)
 
     def config_yaml(self, providers: list[ProviderConfig]) -> str:
@@ -99,14 +105,11 @@ def one_line(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) 
             specs.extend(s for s in usual_backends(environ) if s.url not in given)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    token: str | dict[str, str] | None = args.token
-    if token is None and environ.get(TOKEN_ENV):
-        token = {"env": TOKEN_ENV}
     return OneLine(
         specs=specs,
         sources=sources,
         relay_url=args.relay or environ.get(URL_ENV) or None,
-        token=token,
+        token=args.token or environ.get(TOKEN_ENV) or None,
         session_file=args.session_file,
         refresh_seconds=args.refresh_seconds,
     )

@@ -142,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 config.relay.session_file = args.session_file
             return asyncio.run(_serve(_ready(config)))
         line = one_line(args)
-        if line.relay_url is None and not args.print_config:
-            raise ConfigError(f"no relay: give --relay URL, or set {URL_ENV}")
+        line.check(token=not args.print_config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
