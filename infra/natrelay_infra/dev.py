@@ -426,7 +426,9 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
     else:
         lines += [
             "",
-            "Publish a backend (natrelay publish --config publisher.yaml):",
+            "Publish the LLM servers of this machine (Ollama, llama.cpp, LM Studio, vLLM):",
+            f"  natrelay publish --detect --relay {relay.url} --token {relay.publish_token}",
+            "or a backend of your choice (natrelay publish --config publisher.yaml):",
             f"  relay: {{url: {relay.url}, token: {relay.publish_token}}}",
             "  providers:",
             "    - {name: MODEL, type: openai, model: MODEL, baseUrl: http://127.0.0.1:8000/v1}",
