@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from natrelay.wire import MAX_PROVIDERS
+from natrelay_publisher import detect
 from natrelay_publisher.catalog import Catalog, provider_configs
 from natrelay_publisher.detect import (
     Backend,
@@ -253,4 +255,31 @@ def test_a_detected_port_with_nothing_on_it_is_no_news(
             f"{servers.web} answers HTTP but is not an LLM server (GET /api/version: 404, "
             "GET /v1/models: 404)",
         )
+    ]
+
+
+def test_servers_that_answer_nothing_useful(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def page(request: Request) -> Response:
+        return PlainTextResponse("<html>an app that answers every path</html>")
+
+    async def silent(request: Request) -> Response:
+        while not await request.is_disconnected():  # until the client gives up
+            await asyncio.sleep(0.05)
+        return Response()
+
+    async def not_a_list(request: Request) -> Response:
+        return JSONResponse({"data": "none"})
+
+    everything = Starlette(routes=[Route("/{path:path}", page)])
+    hangs = Starlette(routes=[Route("/{path:path}", silent)])
+    odd = Starlette(routes=[Route("/v1/models", not_a_list)])
+    monkeypatch.setattr(detect, "PROBE_TIMEOUT", httpx.Timeout(0.5))
+    with serve(everything) as a, serve(hangs) as b, serve(odd) as c:
+        caught = probe(BackendSpec(a), BackendSpec(b), BackendSpec(c))
+    assert [p.reason for p in caught if isinstance(p, Unusable)] == [
+        "answers HTTP but is not an LLM server (GET /api/version: 200 with text/plain, not the "
+        "expected JSON, GET /v1/models: 200 with text/plain, not the expected JSON)",
+        "did not answer within 0.5 s",
+        "answers HTTP but is not an LLM server (GET /api/version: 404, GET /v1/models: 200 "
+        "with application/json, not the expected JSON)",
     ]

@@ -17,11 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from natrelay_publisher.catalog import Catalog
-from natrelay_publisher.config import parse_config
-from natrelay_publisher.daemon import Publisher
 from natrelay_publisher.detect import BackendSpec
 from tests.publisher.fake_relay import SESSION, FakeRelay, infer_task
-from tests.publisher.test_publisher import until
+from tests.publisher.test_publisher import publisher, run, until
 from tests.support.net import serve
 
 
@@ -84,51 +82,31 @@ def test_models_that_come_and_go_are_registered_again_when_no_request_runs(
     url, fake = relay
     backend_url, gated = backend
 
-    async def scenario() -> None:
-        catalog = Catalog([BackendSpec(backend_url)], every=0.1)
-        providers = await catalog.providers()
-        config = parse_config(
-            {
-                "relay": {
-                    "url": url,
-                    "token": "t",
-                    "sessionFile": str(tmp_path / "session.json"),
-                    "heartbeatSeconds": 0.3,
-                    "pollWaitSeconds": 0.5,
-                },
-                "providers": [
-                    p.model_dump(by_alias=True, exclude_defaults=True) for p in providers
-                ],
-            }
-        )
-        pub = Publisher(config, catalog=catalog)
-        stop = asyncio.Event()
-        running = asyncio.create_task(pub.run(stop))
-        try:
-            await until(lambda: registered(fake) == [["alpha"]])
-            fake.add(infer_task("t1", "alpha", "hello"))
-            await until(gated.asked.is_set)
-            # A model appears while a request runs: listed, but not registered yet.
-            gated.models = ["alpha", "beta"]
-            await until(lambda: any("publishing beta" in r.getMessage() for r in caplog.records))
-            assert registered(fake) == [["alpha"]]
-            gated.gate.set()
-            await until(lambda: len(registered(fake)) == 2)
-            assert registered(fake)[1] == ["alpha", "beta"]
-            kinds = [kind for _, kind, _ in fake.events if kind in ("register", "result")]
-            assert kinds == ["register", "result", "register"]
-            # The same session, registered again (the relay's register is an upsert).
-            assert fake.calls("register")[1]["providerSessionId"] == SESSION
-            # A model removed is unpublished; the task of a new one runs.
-            gated.models = ["beta"]
-            await until(lambda: registered(fake)[-1] == ["beta"])
-            fake.add(infer_task("t2", "beta", "hi"))
-            await until(lambda: "t2" in fake.results())
-            assert fake.results()["t2"]["body"]["choices"][0]["message"]["content"] == (
-                "beta says hi"
-            )
-        finally:
-            stop.set()
-            await asyncio.wait_for(running, 30)
+    catalog = Catalog([BackendSpec(backend_url)], every=0.1)
+    providers = asyncio.run(catalog.providers())
+    entries = [p.model_dump(by_alias=True, exclude_defaults=True) for p in providers]
 
-    asyncio.run(scenario())
+    async def scenario() -> None:
+        await until(lambda: registered(fake) == [["alpha"]])
+        fake.add(infer_task("t1", "alpha", "hello"))
+        await until(gated.asked.is_set)
+        # A model appears while a request runs: listed, but not registered yet.
+        gated.models = ["alpha", "beta"]
+        await until(lambda: any("publishing beta" in r.getMessage() for r in caplog.records))
+        assert registered(fake) == [["alpha"]]
+        gated.gate.set()
+        await until(lambda: len(registered(fake)) == 2)
+        assert registered(fake)[1] == ["alpha", "beta"]
+        kinds = [kind for _, kind, _ in fake.events if kind in ("register", "result")]
+        assert kinds == ["register", "result", "register"]
+        # The same session, registered again (the relay's register is an upsert).
+        assert fake.calls("register")[1]["providerSessionId"] == SESSION
+        # A model removed is unpublished; the task of a new one runs.
+        gated.models = ["beta"]
+        await until(lambda: registered(fake)[-1] == ["beta"])
+        fake.add(infer_task("t2", "beta", "hi"))
+        await until(lambda: "t2" in fake.results())
+        answer = fake.results()["t2"]["body"]["choices"][0]["message"]["content"]
+        assert answer == "beta says hi"
+
+    run(publisher(url, tmp_path, *entries, catalog=catalog), scenario)

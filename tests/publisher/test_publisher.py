@@ -15,6 +15,7 @@ import pytest
 
 from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
+from natrelay_publisher.catalog import Catalog
 from natrelay_publisher.config import parse_config
 from natrelay_publisher.daemon import Publisher, _plain_http_elsewhere
 from natrelay_publisher.errors import RelayCallError
@@ -22,7 +23,13 @@ from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
 from tests.support.net import serve
 
 
-def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:
+def publisher(
+    url: str,
+    tmp_path: Path,
+    *providers: dict[str, Any],
+    catalog: Catalog | None = None,
+    **relay: Any,
+) -> Publisher:
     return Publisher(
         parse_config(
             {
@@ -37,7 +44,8 @@ def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any
                 },
                 "providers": list(providers),
             }
-        )
+        ),
+        catalog=catalog,
     )
 
 
