@@ -97,8 +97,9 @@ def one_line(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) 
     try:
         for text in args.backend or ():
             spec = parse_backend(text)
-            specs.append(spec)
-            sources.append(f"--backend {spec.source}")
+            if spec not in specs:
+                specs.append(spec)
+                sources.append(f"--backend {spec.source}")
         if args.detect:
             sources.append("--detect")
             given = {spec.url for spec in specs}

@@ -130,18 +130,21 @@ def run(args: argparse.Namespace) -> int:
     _log_to_stderr(args.log_level, args.log_format)
     try:
         _check(args)
+        line = None if args.config else one_line(args)
         if args.print_systemd:
             unit = systemd_unit(
-                args.print_systemd, _service_args(args), token_file_required=not args.config
+                args.print_systemd,
+                _service_args(args),
+                token_file_required=not args.config,
+                environment={k: os.environ[k] for k in (PORTS_ENV,) if os.environ.get(k)},
             )
             print(unit, end="")
             return 0
-        if args.config:
+        if line is None:
             config = load_config(args.config)
             if args.session_file:
                 config.relay.session_file = args.session_file
             return asyncio.run(_serve(_ready(config)))
-        line = one_line(args)
         line.check(token=not args.print_config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -42,8 +42,15 @@ def quote(arg: str) -> str:
     return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def systemd_unit(scope: str, publish_args: list[str], *, token_file_required: bool) -> str:
-    """The unit for `natrelay publish PUBLISH_ARGS`, with its install steps as comments."""
+def systemd_unit(
+    scope: str,
+    publish_args: list[str],
+    *,
+    token_file_required: bool,
+    environment: dict[str, str] | None = None,
+) -> str:
+    """The unit for `natrelay publish PUBLISH_ARGS` (with `environment` set), its install
+    steps as comments."""
     env_file = ENV_FILES[scope]
     command = " ".join(
         [
@@ -79,6 +86,7 @@ def systemd_unit(scope: str, publish_args: list[str], *, token_file_required: bo
         "[Service]",
         "Type=exec",
         f"EnvironmentFile={'' if token_file_required else '-'}{env_file}",
+        *(f"Environment={quote(f'{k}={v}')}" for k, v in (environment or {}).items()),
         f"ExecStart={command}",
         "StateDirectory=natrelay",
         "StateDirectoryMode=0700",
@@ -88,7 +96,7 @@ def systemd_unit(scope: str, publish_args: list[str], *, token_file_required: bo
         f"TimeoutStopSec={STOP_SECONDS}",
     ]
     if not user:
-        if os.geteuid() == 0:
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.append("DynamicUser=yes")
         else:
             lines.append(f"User={getpass.getuser()}")

@@ -167,7 +167,7 @@ def test_a_bad_command_line_says_what_is_wrong(
 
 
 def test_print_systemd_writes_a_unit_without_the_token(tmp_path: Path) -> None:
-    env = {"NATRELAY_URL": RELAY}
+    env = {"NATRELAY_URL": RELAY, "NATRELAY_DETECT_PORTS": "11434,8080"}
     unit = publish("--detect", "--backend", "8080", "--token", TOKEN, "--print-systemd", env=env)
     assert unit.returncode == 0, unit.stderr
     text = unit.stdout
@@ -183,6 +183,7 @@ def test_print_systemd_writes_a_unit_without_the_token(tmp_path: Path) -> None:
         "StateDirectory=natrelay",
         "EnvironmentFile=%h/.config/natrelay/publish.env",
         "WantedBy=default.target",
+        "Environment=NATRELAY_DETECT_PORTS=11434,8080",
     ):
         assert line in text.splitlines()
     verify(tmp_path, text)
