@@ -139,17 +139,21 @@ class Publisher:
         added = {n: ProviderSlot.build(c) for n, c in wanted.items() if n not in kept}
         await asyncio.gather(*(slot.check_first() for slot in added.values()))
         gone = [slot for name, slot in self.slots.items() if kept.get(name) is not slot]
-        await self.session.register_idle(
-            self.runner.no_infer, {n: kept.get(n) or added[n] for n in wanted}
-        )
-        for slot in gone:
-            await slot.provider.aclose()
+        try:
+            await self.session.register_idle(
+                self.runner.no_infer, {n: kept.get(n) or added[n] for n in wanted}
+            )
+        finally:  # what is not in use (any more, or yet: a stop came first) is closed
+            for slot in [*gone, *added.values()]:
+                if slot not in self.slots.values():
+                    await slot.provider.aclose()
 
     async def _shutdown(self, loops: list[asyncio.Task[None]], hurry: asyncio.Event) -> None:
         """Stop polling, give the tasks in flight their grace (heartbeating), deregister."""
         tasks = self.runner.tasks
         grace = self.config.relay.shutdown_grace_seconds
-        await _cancel(loops[0])
+        # No new tasks, and no new providers: a registration now would be undone at once.
+        await _cancel(*(loop for loop in loops if loop.get_name() in ("poll", "catalog")))
         logger.info("stopping: waiting up to %g s for %d task(s) in flight", grace, len(tasks))
         if tasks and not hurry.is_set():
             finishing = asyncio.ensure_future(asyncio.wait(set(tasks), timeout=grace))
