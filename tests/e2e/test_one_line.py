@@ -130,25 +130,27 @@ def test_one_command_publishes_what_the_backends_serve(
     assert ask(stack.url, stack.client_token, "qwen2:7b") == "The OpenAI server answers."
     assert box.openai.requests[-1]["model"] == "qwen2:7b"
 
-    # One line each for what could not be published, said once however often it is listed.
     published.wait_log("publishing llama3 (aliases llama3:latest): llama3:latest on Ollama")
+    said_once(published, box)
+
+
+def said_once(published: PublisherProcess, box: Box) -> None:
+    """One line each for what could not be published, however often it was listed."""
     log = published.log()
     assert log.count(f"--backend {box.web_url} answers HTTP but is not an LLM server") == 1
     assert log.count(f"--backend {box.closed_url} nothing answers there") == 1
-    assert (
-        log.count(
-            f"qwen2:7b of {box.ollama_url} is not published: qwen2:7b is already published "
-            f"from {box.openai_url}/v1"
-        )
-        == 1
+    shared = (
+        f"qwen2:7b of {box.ollama_url} is not published: qwen2:7b is already published "
+        f"from {box.openai_url}/v1"
     )
+    assert log.count(shared) == 1
 
 
 def test_models_pulled_and_removed_are_published_and_unpublished(
     stack: Stack, box: Box, published: PublisherProcess
 ) -> None:
-    # `ollama pull phi4`, and gpt-oss-20b taken off the OpenAI server, at once: one
-    # registration (on a long-polling relay, each waits for the poll in flight).
+    # `ollama pull phi4`, and gpt-oss-20b taken off the OpenAI server, together: usually
+    # one registration (on a long-polling relay, each waits for the poll in flight).
     box.ollama_models.append("phi4:latest")
     box.openai.models = ("qwen2:7b",)
     wait_until(
@@ -163,9 +165,11 @@ def test_models_pulled_and_removed_are_published_and_unpublished(
     assert gone.value.status_code in (404, 503)
     # The others were served all along by the same session.
     assert ask(stack.url, stack.client_token, "llama3") == ollama_says(box, "llama3:latest")
+    # Listed many times by now (every 0.5 s, and changed once): each line still said once.
+    said_once(published, box)
     log = published.log()
     assert "unpublishing gpt-oss-20b" in log
-    assert log.count("registered session") == 2
+    assert log.count("registered session") >= 2
     sessions = {
         line.split("registered session ")[1][:10]
         for line in log.splitlines()
