@@ -55,6 +55,8 @@ class Publisher:
         self.session = Session(self.relay, config.relay, self.session_file, self.slots)
         self.waker = Waker(self.session.beat_quietly)
         self.runner = TaskRunner(self.relay, self.slots, self.waker, self.session)
+        # A heartbeat's answer may name tasks nobody wants any more: the runner stops them.
+        self.session.on_cancelled = self.runner.stop_unwanted
 
     async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set; raises RelayAuthError when the token is refused,
@@ -73,7 +75,7 @@ class Publisher:
                     "cross the network unencrypted; use https://",
                     self.config.relay.url,
                 )
-            self.slots.update({c.name: ProviderSlot.build(c) for c in self.config.published})
+            self.slots.update({c.name: self._slot(c) for c in self.config.published})
             await asyncio.gather(*(slot.check_first() for slot in self.slots.values()))
             if not await self._register(stop):
                 return
@@ -89,6 +91,9 @@ class Publisher:
                 await slot.provider.aclose()
             await self.relay.aclose()
             self.session_file.unlock()
+
+    def _slot(self, config: ProviderConfig) -> ProviderSlot:
+        return ProviderSlot.build(config, heartbeat_seconds=self.config.relay.heartbeat_seconds)
 
     async def _register(self, stop: asyncio.Event) -> bool:
         """Register (retrying while the relay is unreachable); False if `stop` came first."""
@@ -136,7 +141,7 @@ class Publisher:
         kept = {n: s for n, s in self.slots.items() if wanted.get(n) == s.config}
         if not wanted or kept.keys() == wanted.keys() == self.slots.keys():
             return
-        added = {n: ProviderSlot.build(c) for n, c in wanted.items() if n not in kept}
+        added = {n: self._slot(c) for n, c in wanted.items() if n not in kept}
         await asyncio.gather(*(slot.check_first() for slot in added.values()))
         gone = [slot for name, slot in self.slots.items() if kept.get(name) is not slot]
         try:

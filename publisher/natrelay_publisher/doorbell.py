@@ -292,6 +292,7 @@ class Doorbell:
                     max_tasks=free,
                     generation=self.session.generation,
                     task_ids=ids[:free],
+                    running=sorted(self.session.running),
                 )
                 relay = self.session.relay
                 answer = await (relay.poll(request) if wait > 0 else relay.claim(request))
@@ -303,6 +304,7 @@ class Doorbell:
             await self.session.reregister()
             return 0
         self._backoff.reset()
+        self.runner.stop_unwanted(answer.cancelled)
         for task in answer.tasks:
             self.runner.dispatch(task)
         if not ids:

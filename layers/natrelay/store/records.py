@@ -244,6 +244,8 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    # Requests refused for the key's limits (429: rpm, concurrency, tokens per day).
+    refused: int = 0
     # Requests holding a concurrency slot, as `<request id>@<deadline>`.
     inflight: frozenset[str] = frozenset()
     # Requests counted in each minute of the day, by `HHMM`.

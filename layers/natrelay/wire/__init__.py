@@ -60,7 +60,10 @@ from natrelay.wire.rows import (
     ApplyResult,
     LlmApply,
     LlmDocument,
+    SecretPut,
     SecretRef,
+    SecretView,
+    secret_name,
 )
 from natrelay.wire.views import (
     KeyCreated,
@@ -126,7 +129,9 @@ __all__ = [
     "ProviderSpec",
     "RegisterRequest",
     "Role",
+    "SecretPut",
     "SecretRef",
+    "SecretView",
     "SessionId",
     "SessionRequest",
     "SessionResponse",
@@ -139,4 +144,5 @@ __all__ = [
     "UsageView",
     "WireModel",
     "fingerprint",
+    "secret_name",
 ]
