@@ -1,13 +1,11 @@
-"""The benchmark's processes: backends, relay stacks (counting API + real publisher), LiteLLM.
+"""The benchmark's stack: backends, relay stacks (counting API + real publisher), LiteLLM.
 
-Every child runs in its own process group (a Ctrl-C reaches only the harness, which stops
-them in order) and, on Linux, gets SIGTERM if the harness dies without cleaning up.
+Its children are tests/support/processes.py's, as the tests' process stack's are.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -19,9 +17,9 @@ import httpx
 import yaml
 
 from natrelay.wire import Paths
-from natrelay_infra.children import die_with_parent, stop_child
 from natrelay_infra.tables import TableNames, create_tables
 from tests.support.net import free_port, wait_http
+from tests.support.processes import ROOT, Child
 from tests.support.stack import (
     CLIENT_TOKEN,
     PUBLISH_TOKEN,
@@ -30,75 +28,31 @@ from tests.support.stack import (
     wake_tasks_written,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 LITELLM_KEY = "sk-bench-master-key"
 
 
-class Proc:
-    """One child process; output goes to a log file in the run's directory."""
-
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        logdir: Path,
-        env: dict[str, str] | None = None,
-        *,
-        pipe: bool = False,
-    ) -> None:
-        """`pipe`: read stdout through `first_line` (only for children that print little)."""
-        self.name = name
-        self.log = logdir / f"{name}.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipe else log,
-                stderr=log,
-                process_group=0,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 - an async-signal-safe prctl
-            )
-
-    def first_line(self, timeout: float = 30.0) -> str:
-        """The first line the child prints (e.g. its URL)."""
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        os.set_blocking(self.process.stdout.fileno(), False)
-        buffer = b""
-        while b"\n" not in buffer:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} did not start (see {self.log})")
-            chunk = self.process.stdout.read()
-            if chunk:
-                buffer += chunk
-            else:
-                time.sleep(0.02)
-        return buffer.split(b"\n", 1)[0].decode().strip()
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is not None:
-            return
-        stop_child(self.process, timeout)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+def child(
+    name: str,
+    args: list[str],
+    logdir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    pipe: bool = False,
+) -> Child:
+    """A child whose output goes to the run's directory (`name`.log)."""
+    return Child(name, args, env=env, log=logdir / f"{name}.log", pipe=pipe)
 
 
 @dataclass
 class Backend:
-    proc: Proc
+    proc: Child
     url: str
 
     @classmethod
     def start(cls, name: str, logdir: Path, *args: str) -> Backend:
         """The fake backend (tests/support/backend.py), echoing, as a child process."""
         command = [sys.executable, "-m", "tests.support.backend", "--echo", *args]
-        proc = Proc(name, command, logdir, pipe=True)
+        proc = child(name, command, logdir, pipe=True)
         url = proc.first_line()
         wait_http(f"{url}/_fake/state", 20, lambda: proc.alive)
         return cls(proc, url)
@@ -109,7 +63,7 @@ class Backend:
 
 @dataclass
 class Api:
-    proc: Proc
+    proc: Child
     url: str
 
     def reset(self) -> None:
@@ -140,10 +94,10 @@ class Stack:
     logdir: Path = Path()
     providers: list[dict[str, Any]] = field(default_factory=list)
     apis: list[Api] = field(default_factory=list)
-    publisher: Proc | None = None
+    publisher: Child | None = None
     # Publisher processes serving the providers: more than one makes each name a pool.
     members: int = 1
-    publishers: list[Proc] = field(default_factory=list)
+    publishers: list[Child] = field(default_factory=list)
     doorbell: bool = False
     gateway: Api | None = None
     # the publisher's `relay.doorbell` section
@@ -214,7 +168,7 @@ class Stack:
         env = stack.env
         if doorbell and lambda_mode:
             port = free_port()
-            gateway = Proc(
+            gateway = child(
                 f"{name}-gateway",
                 [sys.executable, "-m", "tests.perf.counting_gateway", "--port", str(port)],
                 logdir,
@@ -229,7 +183,7 @@ class Stack:
         elif doorbell:
             env = {**env, "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{ports[0]}{Paths.DOORBELL}"}
         for i, port in enumerate(ports):
-            proc = Proc(
+            proc = child(
                 f"{name}-api{i}",
                 [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
                 logdir,
@@ -258,7 +212,7 @@ class Stack:
             path = self.logdir / f"{tag}-publisher.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             self.publishers.append(
-                Proc(
+                child(
                     f"{tag}-publisher",
                     [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
                     self.logdir,
@@ -335,7 +289,7 @@ def litellm_binary() -> Path | None:
     return binary if binary.exists() else None
 
 
-def start_litellm(backend_url: str, logdir: Path) -> tuple[Proc, str] | None:
+def start_litellm(backend_url: str, logdir: Path) -> tuple[Child, str] | None:
     """LiteLLM's proxy in front of the backend, from its own virtualenv; None if missing."""
     binary = litellm_binary()
     if binary is None:
@@ -356,7 +310,7 @@ def start_litellm(backend_url: str, logdir: Path) -> tuple[Proc, str] | None:
     path = logdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     port = free_port()
-    proc = Proc(
+    proc = child(
         "litellm",
         [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
         logdir,
