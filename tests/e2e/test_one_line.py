@@ -24,7 +24,7 @@ from tests.publisher.fakes import ollama_app
 from tests.publisher.running import PublisherProcess, run_publish, wait_rows
 from tests.publisher.test_detect import not_an_llm
 from tests.support.backend import FakeBackend
-from tests.support.net import free_port, serve, wait_until
+from tests.support.net import closed_port, serve, wait_until
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def box() -> Iterator[Box]:
         ollama_url = stack.enter_context(serve(ollama_app(ollama, models)))
         openai_url = stack.enter_context(serve(served.app()))
         web_url = stack.enter_context(serve(not_an_llm()))
-        closed = f"http://127.0.0.1:{free_port()}"
+        closed = stack.enter_context(closed_port())
         yield Box(ollama_url, models, ollama, openai_url, served, web_url, closed)
 
 

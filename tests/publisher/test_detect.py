@@ -30,7 +30,7 @@ from natrelay_publisher.detect import (
 )
 from tests.publisher.fakes import OLLAMA_VERSION, ollama_app
 from tests.support.backend import FakeBackend
-from tests.support.net import free_port, serve
+from tests.support.net import closed_port, serve
 
 
 def not_an_llm() -> Starlette:
@@ -61,18 +61,10 @@ def servers() -> Iterator[Servers]:
     models = ["llama3:latest", "qwen2:7b"]
     backend = FakeBackend(models=("qwen2:7b", "/models/Mistral-7B.Q4.gguf"))
     with ExitStack() as stack:
-        urls = [
-            stack.enter_context(serve(app))
-            for app in (
-                ollama_app(FakeBackend(), models),
-                backend.app(),
-                not_an_llm(),
-                wants_a_key(),
-            )
-        ]
-        yield Servers(
-            *urls[:1], models, urls[1], backend, *urls[2:], f"http://127.0.0.1:{free_port()}"
-        )
+        apps = (ollama_app(FakeBackend(), models), backend.app(), not_an_llm(), wants_a_key())
+        ollama, openai, web, keyed = (stack.enter_context(serve(app)) for app in apps)
+        closed = stack.enter_context(closed_port())
+        yield Servers(ollama, models, openai, backend, web, keyed, closed)
 
 
 def probe(*specs: BackendSpec) -> list[Backend | Unusable]:

@@ -23,7 +23,7 @@ from natrelay_publisher.config import ProviderConfig, load_config
 from tests.publisher.fakes import ollama_app
 from tests.publisher.test_detect import not_an_llm
 from tests.support.backend import FakeBackend
-from tests.support.net import free_port, serve
+from tests.support.net import closed_port, serve
 
 RELAY = "https://relay.example.com"
 TOKEN = "nrk_test_0123456789abcdef"
@@ -95,12 +95,13 @@ def test_print_config_is_read_back_as_it_was(
 
 
 def test_detect_probes_the_ports_it_is_told(backends: Backends) -> None:
-    ports = [backends.ollama, backends.web, f"http://127.0.0.1:{free_port()}"]
-    env = {
-        "NATRELAY_DETECT_PORTS": ",".join(url.rsplit(":", 1)[1] for url in ports),
-        "NATRELAY_URL": RELAY,
-    }
-    printed = publish("--detect", "--print-config", env=env)
+    with closed_port() as closed:
+        ports = [backends.ollama, backends.web, closed]
+        env = {
+            "NATRELAY_DETECT_PORTS": ",".join(url.rsplit(":", 1)[1] for url in ports),
+            "NATRELAY_URL": RELAY,
+        }
+        printed = publish("--detect", "--print-config", env=env)
     assert printed.returncode == 0, printed.stderr
     config = yaml.safe_load(printed.stdout)
     assert [p["name"] for p in config["providers"]] == ["llama3", "qwen2:7b"]
@@ -112,12 +113,13 @@ def test_detect_probes_the_ports_it_is_told(backends: Backends) -> None:
         f"{backends.web} answers HTTP but is not an LLM server (GET /api/version: 404, "
         "GET /v1/models: 404)"
     ]
-    assert not any(ports[2] in line for line in lines)
+    assert not any(closed in line for line in lines)
 
 
 def test_nothing_found_is_said_and_fails(backends: Backends) -> None:
-    env = {"NATRELAY_DETECT_PORTS": str(free_port()), "NATRELAY_URL": RELAY}
-    found = publish("--detect", "--backend", backends.web, "--print-config", env=env)
+    with closed_port() as closed:
+        env = {"NATRELAY_DETECT_PORTS": closed.rsplit(":", 1)[1], "NATRELAY_URL": RELAY}
+        found = publish("--detect", "--backend", backends.web, "--print-config", env=env)
     assert found.returncode == 1
     assert found.stdout == ""
     assert "nothing to publish" in found.stderr
