@@ -78,7 +78,9 @@ class Stack:
     """Fresh tables, 1 or 2 counting API processes and one real publisher process.
 
     `lambda_mode`: in-process signals off and two API processes, the publisher talking to
-    one and clients to the other, as two Lambda instances would be.
+    one and clients to the other, as two Lambda instances would be. With `pool` as well,
+    one request per API process instead, as Lambda runs them: the Lambda pool
+    (tests/perf/lambda_pool.py) in front of as many processes as the load needs.
 
     `doorbell`: the publisher keeps a doorbell WebSocket: in Lambda mode to the API Gateway
     stand-in (tests/perf/counting_gateway.py), which the API processes ring through as on
@@ -102,6 +104,8 @@ class Stack:
     gateway: Api | None = None
     # the publisher's `relay.doorbell` section
     publisher_doorbell: dict[str, Any] = field(default_factory=dict)
+    # Lambda mode, one request per instance: `apis` is the pool alone.
+    pool: bool = False
 
     @property
     def client_api(self) -> Api:
@@ -158,13 +162,15 @@ class Stack:
     ) -> Stack:
         doorbell = bool(settings.pop("doorbell", False))
         publisher_doorbell = dict(settings.pop("publisher_doorbell", {}))
+        pool = bool(settings.pop("pool", False)) and lambda_mode
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir, members=members)
         stack.providers = providers
         stack.doorbell = doorbell
         stack.publisher_doorbell = publisher_doorbell
-        ports = [free_port() for _ in range(2 if lambda_mode else 1)]
+        stack.pool = pool
+        ports = [free_port() for _ in range(2 if lambda_mode and not pool else 1)]
         env = stack.env
         if doorbell and lambda_mode:
             port = free_port()
@@ -183,12 +189,12 @@ class Stack:
         elif doorbell:
             env = {**env, "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{ports[0]}{Paths.DOORBELL}"}
         for i, port in enumerate(ports):
-            proc = child(
-                f"{name}-api{i}",
-                [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
-                logdir,
-                env,
-            )
+            module = ["tests.perf.counting_api", "--port", str(port)]
+            if pool:
+                instances = logdir / f"{name}-instances"
+                instances.mkdir(exist_ok=True)
+                module = ["tests.perf.lambda_pool", "--port", str(port), "--logdir", str(instances)]
+            proc = child(f"{name}-api{i}", [sys.executable, "-m", *module], logdir, env)
             stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
         return stack
 
@@ -238,11 +244,27 @@ class Stack:
         raise RuntimeError(f"{self.name}: the publisher did not publish {names}")
 
     def reset(self) -> None:
+        if self.pool:
+            httpx.post(f"{self.client_api.url}/_pool/reset", timeout=60).raise_for_status()
+            return
         for api in self.apis:
             api.reset()
 
     def stats(self) -> list[dict[str, Any]]:
+        if self.pool:
+            return list(self.pool_stats()["instances"])
         return [api.stats() for api in self.apis]
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The Lambda pool's counts (`pool`) and its instances' stats (`instances`)."""
+        response = httpx.get(f"{self.client_api.url}/_pool/stats", timeout=60)
+        return dict(response.raise_for_status().json())
+
+    def reap(self, keep: int = 0) -> int:
+        """Stop the pool's idle instances (but the `keep` most recently used): the next
+        requests meet cold ones."""
+        response = httpx.post(f"{self.client_api.url}/_pool/reap?keep={keep}", timeout=60)
+        return int(response.raise_for_status().json()["stopped"])
 
     def gateway_stats(self) -> dict[str, Any]:
         """The stand-in's counts (connects, rings delivered, pings, its DynamoDB requests)."""
