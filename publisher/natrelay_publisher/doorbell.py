@@ -297,7 +297,7 @@ class Doorbell:
         try:
             async with self.session.polling:  # a registration does not overlap it
                 request = PollRequest(
-                    provider_session_id=self.session.require_id(),
+                    provider_session_id=self.session.id,
                     wait_seconds=wait,
                     max_tasks=free,
                     generation=self.session.generation,
