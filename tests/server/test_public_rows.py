@@ -438,3 +438,40 @@ def test_fallback_when_every_backend_is_down(cloud: Cloud) -> None:
         raw = cloud.client().chat.completions.with_raw_response.create(model="home", messages=HI)
         assert raw.headers[SERVED_BY_HEADER] == "cloud"
         assert raw.parse().choices[0].message.content == cloud.backend.text()
+
+
+def _fragments(secret: str, size: int = 8) -> list[str]:
+    """Every piece of `secret` `size` characters long: none may reach a client."""
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+def test_an_upstream_error_never_carries_the_key_whatever_its_offset(cloud: Cloud) -> None:
+    """The upstream quotes the key after the request's `user` field: moving it with the
+    length of `user`, the key straddles the relay's 1,000-character cut at every offset."""
+    assert cloud.apply(cloud.public("quoting", model="quote")).status_code == 200
+    key, cut = cloud.api_key, 1000
+    head = len("user ")
+    tail = len(" may not use the key ")
+    answers = []
+    with httpx.Client(
+        base_url=cloud.stack.url,
+        headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
+        timeout=30,
+    ) as http:
+        for start in range(cut - len(key) - 2, cut + 3):
+            user = "u" * (start - head - tail)
+            resp = http.post(Paths.CHAT, json={"model": "quoting", "messages": HI, "user": user})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["code"] == "upstream_error"
+            answers.append(resp.text)
+        leaked = [piece for piece in _fragments(key) if piece in "\n".join(answers)]
+        assert not leaked, leaked
+        # a streamed answer whose error event quotes the key: redacted too
+        with http.stream(
+            "POST", Paths.CHAT, json={"model": "quoting", "messages": HI, "stream": True}
+        ) as streamed:
+            assert streamed.status_code == 200
+            text = streamed.read().decode()
+        assert '"error"' in text and "[redacted]" in text, text
+        assert not [piece for piece in _fragments(key) if piece in text]
+    assert not [piece for piece in _fragments(key) if piece in cloud.log.read_text()]

@@ -24,6 +24,7 @@ from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.ids import new_task_id
 from natrelay.service.payloads import clip, public_model
+from natrelay.service.redaction import redact, redact_bytes
 from natrelay.service.usage import Admission, Usage
 from natrelay.store import LlmRecord, SecretMissingError, SecretReader
 
@@ -130,19 +131,20 @@ class Upstreams:
             )
             response = await self._send(row, request)
             if response.status_code >= 400:
-                text = (await response.aread()).decode("utf-8", "replace")
+                text = redact((await response.aread()).decode("utf-8", "replace"), key)
                 await response.aclose()
-                raise self._refused(row, response.status_code, text, key)
+                raise self._refused(row, response.status_code, text)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.usage.record_call(principal, admission, row.name, body=None, error=True)
             raise
         if stream:
             return UpstreamReply(
-                response.status_code, chunks=self._chunks(principal, admission, row, response)
+                response.status_code,
+                chunks=self._chunks(principal, admission, row, response, key),
             )
         try:
-            data = json.loads(await response.aread())
+            data = json.loads(redact_bytes(await response.aread(), key))
         except ValueError:
             data = None
         finally:
@@ -171,10 +173,10 @@ class Upstreams:
             log.warning("the upstream of %s cannot be reached: %s", row.name, type(exc).__name__)
             raise _failure(row, f"cannot be reached ({type(exc).__name__})") from None
 
-    def _refused(self, row: LlmRecord, status: int, text: str, key: str | None) -> UpstreamError:
+    def _refused(self, row: LlmRecord, status: int, text: str) -> UpstreamError:
+        """The error for an upstream's refusal; `text` (its body) is redacted already, so
+        no cut can leave part of a key in it."""
         message = clip(_message(text), MAX_MESSAGE)
-        if key:
-            message = message.replace(key, "[redacted]")
         if status in (401, 403):
             log.warning("the upstream of %s refused the relay's API key (%d)", row.name, status)
             return _failure(row, f"refused the relay's API key ({status}); ask an admin")
@@ -185,13 +187,20 @@ class Upstreams:
         )
 
     async def _chunks(
-        self, principal: Principal, admission: Admission, row: LlmRecord, response: httpx.Response
+        self,
+        principal: Principal,
+        admission: Admission,
+        row: LlmRecord,
+        response: httpx.Response,
+        key: str | None,
     ) -> AsyncIterator[Any]:
-        """The stream's chunk objects, naming the row; usage recorded at its end."""
+        """The stream's chunk objects, naming the row, each redacted of the API key (an
+        error event may quote it); usage recorded at its end."""
         usage: Any = None
         error = True
         try:
-            async for data in _events(response):
+            async for event in _events(response):
+                data = redact(event, key)
                 if data == "[DONE]":
                     break
                 try:
