@@ -108,13 +108,18 @@ class BackendError(RelayError):
 
 class UpstreamError(BackendError):
     """A public row's upstream failed, could not be reached, or took too long (504).
-    `unavailable`: it could not serve at all (a fallback may)."""
+    `unavailable`: it could not serve at all (a fallback may). `retryable`: a client's
+    own retry may get an answer without running the request twice (False: the upstream
+    may still run it, or the same thing would fail again)."""
 
     code = ErrorCode.UPSTREAM_ERROR
 
-    def __init__(self, message: str, *, status: int = 502, unavailable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int = 502, unavailable: bool = False, retryable: bool = True
+    ) -> None:
         super().__init__(message, status=status)
         self.unavailable = unavailable
+        self.retryable = retryable
 
 
 class TaskTimeoutError(RelayError):

@@ -475,3 +475,36 @@ def test_an_upstream_error_never_carries_the_key_whatever_its_offset(cloud: Clou
         assert '"error"' in text and "[redacted]" in text, text
         assert not [piece for piece in _fragments(key) if piece in text]
     assert not [piece for piece in _fragments(key) if piece in cloud.log.read_text()]
+
+
+def test_relay_made_upstream_failures_say_not_to_retry(
+    cloud: Cloud, moto_server: MotoServer
+) -> None:
+    """An upstream that did not answer in time may still be running the request: the
+    openai SDK (which retries 5xx twice) must call it once. Nor may a retry help when the
+    upstream refused the relay's key; one that could not be reached may be retried."""
+    wrong = _secret(moto_server, "sk-wrong-key-123456789")
+    applied = cloud.apply(
+        {**cloud.public("slow", model="delay"), "timeoutSeconds": 0.1},
+        {**cloud.public("wrong-key"), "apiKey": {"secretsManager": wrong}},
+        {**cloud.public("nowhere"), "baseUrl": "http://127.0.0.1:9/v1"},
+    )
+    assert applied.status_code == 200, applied.text
+    retrying = openai.OpenAI(
+        base_url=f"{cloud.stack.url}/v1", api_key=cloud.stack.client_token, max_retries=2
+    )
+    before = len(cloud.backend.requests)
+    with pytest.raises(openai.InternalServerError) as caught:
+        retrying.chat.completions.create(model="slow", messages=HI)
+    assert caught.value.status_code == 504
+    assert len(cloud.backend.requests) == before + 1  # reached once, not three times
+    said = {
+        model: httpx.post(
+            f"{cloud.stack.url}{Paths.CHAT}",
+            headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
+            json={"model": model, "messages": HI},
+            timeout=30,
+        ).headers.get("x-should-retry")
+        for model in ("slow", "wrong-key", "nowhere")
+    }
+    assert said == {"slow": "false", "wrong-key": "false", "nowhere": None}

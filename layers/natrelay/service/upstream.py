@@ -45,9 +45,14 @@ class UpstreamReply:
     settle: Callable[[], Awaitable[None]] | None = None
 
 
-def _failure(row: LlmRecord, message: str, status: int = 502) -> UpstreamError:
+def _failure(
+    row: LlmRecord, message: str, status: int = 502, *, retryable: bool = True
+) -> UpstreamError:
     return UpstreamError(
-        f"the upstream of {row.name!r} {message}", status=status, unavailable=status >= 502
+        f"the upstream of {row.name!r} {message}",
+        status=status,
+        unavailable=status >= 502,
+        retryable=retryable,
     )
 
 
@@ -102,7 +107,9 @@ class Upstreams:
         except SecretMissingError as exc:
             where = row.api_key_ref.get("secretsManager") or row.api_key_ref.get("ssm")
             log.warning("the API key of %s cannot be read from %s: %s", row.name, where, exc)
-            raise _failure(row, f"cannot be called: its API key cannot be read ({exc})") from None
+            raise _failure(
+                row, f"cannot be called: its API key cannot be read ({exc})", retryable=False
+            ) from None
         return {"Authorization": f"Bearer {key}"}, key
 
     def _timeout(self, row: LlmRecord) -> httpx.Timeout:
@@ -159,7 +166,9 @@ class Upstreams:
         if first or not ok:
             await settle()
         if not ok:
-            raise _failure(row, "answered with something that is not a JSON object")
+            raise _failure(
+                row, "answered with something that is not a JSON object", retryable=False
+            )
         body = public_model(data, row.name)
         return UpstreamReply(response.status_code, body=body, settle=None if first else settle)
 
@@ -168,7 +177,10 @@ class Upstreams:
             return await self._client().send(request, stream=True)
         except httpx.TimeoutException:
             seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
-            raise _failure(row, f"did not answer within {seconds:g} s", 504) from None
+            # it may still be running the request: a retry would run it again
+            raise _failure(
+                row, f"did not answer within {seconds:g} s", 504, retryable=False
+            ) from None
         except httpx.HTTPError as exc:
             log.warning("the upstream of %s cannot be reached: %s", row.name, type(exc).__name__)
             raise _failure(row, f"cannot be reached ({type(exc).__name__})") from None
@@ -179,7 +191,9 @@ class Upstreams:
         message = clip(_message(text), MAX_MESSAGE)
         if status in (401, 403):
             log.warning("the upstream of %s refused the relay's API key (%d)", row.name, status)
-            return _failure(row, f"refused the relay's API key ({status}); ask an admin")
+            return _failure(
+                row, f"refused the relay's API key ({status}); ask an admin", retryable=False
+            )
         if status >= 500:
             return _failure(row, f"failed ({status}): {message}")
         return UpstreamError(
