@@ -28,6 +28,7 @@ from natrelay.wire.contract import (
     fingerprint,
 )
 from natrelay.wire.protocol import (
+    MAX_CHUNK_BATCHES,
     MAX_PROVIDERS,
     MAX_TRANSACTION_ITEMS,
     ChunkAck,
@@ -79,6 +80,7 @@ __all__ = [
     "LIFECYCLE_FIELDS",
     "MAX_ALIASES",
     "MAX_APPLY_DOCUMENTS",
+    "MAX_CHUNK_BATCHES",
     "MAX_EXTRA_CONFIG_BYTES",
     "MAX_FALLBACKS",
     "MAX_PROVIDERS",
