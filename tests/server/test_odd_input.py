@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from natrelay.wire import ProviderSpec, RegisterRequest
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack
 
@@ -288,3 +289,23 @@ def test_a_chunk_seq_past_the_limit_is_refused_naming_it(stack: Stack) -> None:
             timeout=30,
         )
     assert error_of(refused[0], 400)["param"] == "seq"
+
+
+def test_a_rows_backend_model_is_shown_to_admins_and_its_publisher_only(stack: Stack) -> None:
+    local = "/home/alice/models/llama-3-8b-q4.gguf"
+    pub = ScriptedPublisher(stack.url, stack.publish_token, [{**ECHO[0], "model": local}])
+    registered = pub.send(
+        "/api/v1/llms/_provider-register",
+        RegisterRequest(providers=[ProviderSpec.model_validate({**ECHO[0], "model": local})]),
+    ).json()
+    assert registered["llms"][0]["model"] == local  # its own publisher
+
+    def seen(token: str) -> str:
+        return "\n".join(
+            httpx.get(f"{stack.url}{path}", headers=auth(token), timeout=10).text
+            for path in ("/api/v1/llms", "/api/v1/llms/echo", "/v1/models", "/v1/models/echo")
+        )
+
+    assert "alice" not in seen(stack.client_token)
+    assert local in seen(stack.admin_token)
+    pub.http.close()

@@ -185,14 +185,16 @@ def test_row_endpoints(stack: Stack) -> None:
     ):
         h = auth(stack.client_token)
         row = httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h).json()
-        assert {k: row[k] for k in ("name", "kind", "type", "model", "tier", "status")} == {
+        assert {k: row[k] for k in ("name", "kind", "type", "tier", "status")} == {
             "name": "org/model-1",
             "kind": "virtual",
             "type": "openai",
-            "model": "m",
             "tier": "gpu",
             "status": "active",
         }
+        assert "model" not in row  # the backend's id: for admins and its publisher only
+        by_admin = f"{stack.url}/api/v1/llms/org/model-1"
+        assert httpx.get(by_admin, headers=auth(stack.admin_token)).json()["model"] == "m"
         gone = f"{stack.url}/api/v1/llms/org/model-1"
         # deleting a row is an admin's job
         assert_openai_error(httpx.delete(gone, headers=h), 403, "forbidden")

@@ -195,7 +195,9 @@ class LlmRow(Answer):
     name: str
     kind: str
     type: str
-    model: str
+    # The backend's (or upstream's) model id, which may be a local path: shown to admins
+    # and to the publisher that serves the row, never to clients (answers name `name`).
+    model: str | None = None
     tier: str | None = None
     description: str | None = None
     status: LlmStatus
