@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,9 @@ class Settings(BaseSettings):
     secrets_endpoint: str | None = None
     secret_cache_seconds: float = Field(default=300, ge=0)
     upstream_timeout_seconds: float = Field(default=120, gt=0)
+    # The names the relay answers for (besides any IP address); others get 400 before
+    # anything reads them (DNS rebinding). Comma-separated; empty: every host.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How long a process trusts a stored key it verified; revocation and expiry take
     # effect everywhere within this time.
     key_cache_seconds: float = Field(default=15, ge=0, le=30)
@@ -117,3 +121,14 @@ class Settings(BaseSettings):
     # past either cap hints are dropped (it re-reads DynamoDB, which is the truth).
     signal_buffer_hints: int = Field(default=64, ge=0)
     signal_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """`a.example,b.example` (or a JSON list) from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [h.strip() for h in text.split(",") if h.strip()]
+        return value

@@ -342,3 +342,46 @@ def test_dev_reports_an_unreachable_dynamodb() -> None:
     assert result.returncode == 1
     assert f"cannot create the tables at {nobody}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_dev_answers_only_its_own_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a web page on attacker.example whose name is made to point at
+    127.0.0.1 reaches `natrelay dev` with `Host: attacker.example`, and knows its default
+    tokens. Only IP literals, localhost and the names given with --allowed-host answer."""
+    with natrelay_dev(tmp_path, "--allowed-host", "relay.lan") as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        port = dev.url.rsplit(":", 1)[1]
+        auth = {"Authorization": f"Bearer {DEV_CLIENT_TOKEN}"}
+
+        def models(host: str) -> httpx.Response:
+            return httpx.get(f"{dev.url}/v1/models", headers={**auth, "Host": host})
+
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
+            refused = models(host)
+            assert refused.status_code == 400, (host, refused.text)
+            assert refused.json()["error"]["param"] == "Host"
+        login = httpx.get(f"{dev.url}/status/login", headers={"Host": f"evil.test:{port}"})
+        assert login.status_code == 400
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", "relay.lan"):
+            assert models(host).status_code == 200, host
+        assert dev.stop() == 0
+
+
+def test_dev_on_a_remote_dynamodb_has_no_default_tokens(tmp_path: Path) -> None:
+    """Pointed at DynamoDB elsewhere (a deployed stack's tables), `natrelay dev` has no
+    admin token unless given one, and no well-known client or publisher token."""
+    with natrelay_dev(
+        tmp_path,
+        "--dynamodb-endpoint",
+        "http://dynamodb.invalid:8000",  # never reached: nothing here calls DynamoDB
+        "--no-create-tables",
+        "--sweep-interval",
+        "0",
+    ) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        text = dev.text()
+        assert "dev-admin-token" not in text and DEV_CLIENT_TOKEN not in text
+        assert re.search(r"admin token: +none", text), text
+        admin = {"Authorization": "Bearer dev-admin-token"}
+        assert httpx.get(f"{dev.url}/api/v1/keys", headers=admin).status_code == 401
+        assert dev.stop() == 0

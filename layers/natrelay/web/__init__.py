@@ -38,6 +38,7 @@ from natrelay.web.endpoints import (
     ResponseRequest,
 )
 from natrelay.web.errors import HANDLERS
+from natrelay.web.hosts import host_guard
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, document, openapi_endpoint
 from natrelay.wire import (
@@ -215,7 +216,10 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
     app = Starlette(
         routes=ROUTES,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(RequestContext, metrics=relay.metrics)],
+        middleware=[
+            Middleware(RequestContext, metrics=relay.metrics),
+            *host_guard(relay.settings.allowed_hosts),
+        ],
         lifespan=lifespan,
     )
     app.state.relay = relay
