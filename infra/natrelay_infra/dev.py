@@ -26,7 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from natrelay.observe import configure_logging
+from natrelay.observe import configure_logging, secret_call
 from natrelay.settings import Settings
 from natrelay.web import create_app
 from natrelay.wire import Paths
@@ -339,7 +339,8 @@ def _put_secrets(pairs: list[str], endpoint: str, region: str) -> str | None:
         value = os.environ.get(var)
         if not value:
             return f"--secret-from-env {name}: the environment variable {var} is not set"
-        client.create_secret(Name=name, SecretString=value)
+        with secret_call():  # botocore's DEBUG line would hold the value
+            client.create_secret(Name=name, SecretString=value)
         log.info("secret %s created in the embedded moto from $%s", name, var)
     return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,33 @@ def request_id() -> str | None:
     return None if current is None else current.get("requestId")
 
 
+# Libraries whose DEBUG lines carry a call's parameters and answer (botocore's request
+# params, response bodies; the HTTP client's headers).
+_CALL_LOGGERS = ("botocore", "boto3", "urllib3")
+_secret_calls = threading.local()
+
+
+@contextmanager
+def secret_call() -> Iterator[None]:
+    """A call that sends or reads a secret (CreateSecret, GetSecretValue, GetParameter)
+    runs inside: this thread's lines of boto and urllib3 below WARNING are dropped
+    meanwhile, whatever their level is set to, so no log ever holds its value."""
+    before = getattr(_secret_calls, "on", False)
+    _secret_calls.on = True
+    try:
+        yield
+    finally:
+        _secret_calls.on = before
+
+
+class SecretCalls(logging.Filter):
+    """Drops the lines `secret_call` silences."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quiet = getattr(_secret_calls, "on", False) and record.levelno < logging.WARNING
+        return not (quiet and record.name.startswith(_CALL_LOGGERS))
+
+
 class RequestFields(logging.Filter):
     """Copies the current request's fields onto every record (for the JSON formatter)."""
 
@@ -82,6 +110,7 @@ def configure_logging(
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RequestFields())
+    handler.addFilter(SecretCalls())
     root.addHandler(handler)
     root.setLevel(level)
     # boto's and httpx's per-call lines would drown the relay's own.

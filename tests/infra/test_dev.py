@@ -385,3 +385,40 @@ def test_dev_on_a_remote_dynamodb_has_no_default_tokens(tmp_path: Path) -> None:
         admin = {"Authorization": "Bearer dev-admin-token"}
         assert httpx.get(f"{dev.url}/api/v1/keys", headers=admin).status_code == 401
         assert dev.stop() == 0
+
+
+def test_debug_logs_never_hold_a_secrets_value(tmp_path: Path) -> None:
+    """`--log-level debug` logs botocore's calls; never the parameters or answers of the
+    calls that create or read a secret (CreateSecret, GetSecretValue)."""
+    value = "sk-live-0123456789abcdefSECRET"
+    os.environ["UPSTREAM_KEY_FOR_TEST"] = value
+    try:
+        with natrelay_dev(
+            tmp_path,
+            "--log-level",
+            "debug",
+            "--secret-from-env",
+            "natrelay/up=UPSTREAM_KEY_FOR_TEST",
+        ) as dev:
+            dev.wait_for(r"^Ctrl-C stops everything")
+            # apply reads the secret back (it checks that the relay can)
+            doc = {
+                "name": "up",
+                "kind": "public",
+                "baseUrl": "http://127.0.0.1:9/v1",
+                "model": "m",
+                "apiKey": {"secretsManager": "natrelay/up"},
+            }
+            applied = httpx.post(
+                f"{dev.url}/api/v1/llms/_apply",
+                headers={"Authorization": "Bearer dev-admin-token"},
+                json={"documents": [doc]},
+                timeout=30,
+            )
+            assert applied.status_code == 200, applied.text
+            assert dev.stop() == 0
+    finally:
+        del os.environ["UPSTREAM_KEY_FOR_TEST"]
+    text = dev.text()
+    assert "CreateSecret" in text or "secretsmanager" in text.lower()  # botocore did log
+    assert value not in text

@@ -11,6 +11,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
+from natrelay.observe import secret_call
 from natrelay.settings import Settings
 from natrelay.store._dynamo import off_loop
 
@@ -27,7 +28,8 @@ def with_secret(settings: Settings) -> Settings:
     if not settings.secret_arn:
         return settings
     client = boto3.client("secretsmanager", region_name=settings.region)
-    raw = client.get_secret_value(SecretId=settings.secret_arn).get("SecretString") or "{}"
+    with secret_call():
+        raw = client.get_secret_value(SecretId=settings.secret_arn).get("SecretString") or "{}"
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("the relay's secret must be a JSON object")
@@ -78,17 +80,21 @@ class SecretReader:
         """The key: a secret's string (its `apiKey` field if it is a JSON object) or a
         parameter's decrypted value. SecretMissingError names the AWS error code only."""
         try:
-            if secrets_manager is not None:
-                got = self._client("secretsmanager").get_secret_value(SecretId=secrets_manager)
-                return _api_key(got.get("SecretString") or "")
-            got = self._client("ssm").get_parameter(Name=ssm, WithDecryption=True)
-            return str(got["Parameter"]["Value"])
+            with secret_call():
+                return self._read(secrets_manager, ssm)
         except ClientError as exc:
             # `from None`: the AWS message may quote what it read; the code is enough
             code = str(exc.response.get("Error", {}).get("Code", "error"))
             raise SecretMissingError(code if code in _MISSING else f"AWS error {code}") from None
         except BotoCoreError as exc:
             raise SecretMissingError(type(exc).__name__) from None
+
+    def _read(self, secrets_manager: str | None, ssm: str | None) -> str:
+        if secrets_manager is not None:
+            got = self._client("secretsmanager").get_secret_value(SecretId=secrets_manager)
+            return _api_key(got.get("SecretString") or "")
+        got = self._client("ssm").get_parameter(Name=ssm, WithDecryption=True)
+        return str(got["Parameter"]["Value"])
 
 
 def _api_key(text: str) -> str:
