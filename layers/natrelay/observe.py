@@ -80,6 +80,20 @@ class SecretCalls(logging.Filter):
         return not (quiet and record.name.startswith(_CALL_LOGGERS))
 
 
+class NoQuery(logging.Filter):
+    """Uvicorn's access log lines without the query of the path: an older publisher names
+    its session there (`?providerSessionId=`), and a session id is its secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+        return True
+
+
+_NO_QUERY = NoQuery()
+
+
 class RequestFields(logging.Filter):
     """Copies the current request's fields onto every record (for the JSON formatter)."""
 
@@ -111,6 +125,7 @@ def configure_logging(
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RequestFields())
     handler.addFilter(SecretCalls())
+    logging.getLogger("uvicorn.access").addFilter(_NO_QUERY)  # once: the same filter
     root.addHandler(handler)
     root.setLevel(level)
     # boto's and httpx's per-call lines would drown the relay's own.

@@ -422,3 +422,35 @@ def test_debug_logs_never_hold_a_secrets_value(tmp_path: Path) -> None:
     text = dev.text()
     assert "CreateSecret" in text or "secretsmanager" in text.lower()  # botocore did log
     assert value not in text
+
+
+def test_a_session_id_never_reaches_the_access_log(tmp_path: Path) -> None:
+    """The request fetch names its session in a header (X-Natrelay-Session); the query
+    of older publishers still works, and no access log line shows it."""
+    scripted = pytest.importorskip("tests.support.scripted")
+    with natrelay_dev(tmp_path) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        pub = scripted.ScriptedPublisher(
+            dev.url, "dev-publish-token", [{"name": "fetch", "type": "echo", "model": "e"}]
+        )
+        sid = pub.register()
+        queued = httpx.post(
+            f"{dev.url}/api/v1/llms/fetch/infer",
+            headers={"Authorization": f"Bearer {DEV_CLIENT_TOKEN}", "Prefer": "respond-async"},
+            json={"messages": MSG},
+            timeout=30,
+        )
+        assert queued.status_code == 202, queued.text
+        [task] = pub.poll_once(wait=5)
+        url = f"/api/v1/llms/_provider-task/{task['id']}/request"
+        by_header = pub.http.get(url, headers={"X-Natrelay-Session": sid})
+        assert by_header.status_code == 200 and by_header.json()["messages"] == MSG
+        by_query = pub.http.get(url, params={"providerSessionId": sid})  # older publishers
+        assert by_query.status_code == 200
+        other = pub.http.get(url, headers={"X-Natrelay-Session": "not-this-session"})
+        assert other.status_code == 403
+        pub.http.close()
+        assert dev.stop() == 0
+    text = dev.text()
+    assert f"{url}" in text  # the access log is on, and shows the path
+    assert sid not in text, text

@@ -42,6 +42,7 @@ from natrelay.web.hosts import host_guard
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, document, openapi_endpoint
 from natrelay.wire import (
+    SESSION_HEADER,
     ApplyResult,
     ChunkAck,
     ChunkBatch,
@@ -135,7 +136,7 @@ OPERATIONS = [
     _op("POST", Paths.DEREGISTER, PUBLISHERS, api.deregister, "deregister",
         body=SessionRequest, answer=SessionResponse),
     _op("GET", Paths.TASK_REQUEST, PUBLISHERS, api.task_request, "a claimed task's request",
-        params=("providerSessionId",)),
+        params=(SESSION_HEADER, "providerSessionId")),
     _op("POST", Paths.TASK_CHUNKS, PUBLISHERS, api.post_chunks, "post a chunk batch",
         body=ChunkBatch, answer=ChunkAck),
     _op("POST", Paths.TASK_RESULT, PUBLISHERS, api.post_result, "post a task's result",

@@ -13,6 +13,7 @@ from natrelay.web.fallbacks import with_fallbacks
 from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
 from natrelay.wire import (
+    SESSION_HEADER,
     ApplyResult,
     ChunkAck,
     ChunkBatch,
@@ -73,11 +74,12 @@ async def deregister(request: Request, relay: Relay) -> Response:
 
 
 async def task_request(request: Request, relay: Relay) -> Response:
-    body = await relay.claims.task_request(
-        caller(request),
-        request.path_params["task_id"],
-        request.query_params.get("providerSessionId", ""),
+    """The claiming session comes in the X-Natrelay-Session header (older publishers: in
+    the query, which access logs show; web.middleware keeps it out of them)."""
+    session = request.headers.get(SESSION_HEADER) or request.query_params.get(
+        "providerSessionId", ""
     )
+    body = await relay.claims.task_request(caller(request), request.path_params["task_id"], session)
     return Response(body, media_type="application/json")
 
 

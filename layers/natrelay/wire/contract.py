@@ -16,9 +16,11 @@ from pydantic.alias_generators import to_camel
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
 
-# The doorbell (docs/protocol.md): a WebSocket that rings when work is queued. The
-# publisher names its session in this header when it connects.
-DOORBELL_SESSION_HEADER = "X-Natrelay-Session"
+# The header a publisher names its session in where there is no body: when its doorbell
+# (docs/protocol.md, a WebSocket that rings when work is queued) connects, and when it
+# fetches a claimed task's request (never in a URL: URLs reach access logs).
+SESSION_HEADER = "X-Natrelay-Session"
+DOORBELL_SESSION_HEADER = SESSION_HEADER
 # Other names one provider may be published under.
 MAX_ALIASES = 8
 # A provider's extraConfig, as compact JSON.
