@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -16,9 +17,12 @@ from natrelay.store import KeyRecord
 from natrelay.wire import Role
 
 KEY_PREFIX = "nrk_"
-_KEY = re.compile(r"^nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+# Exactly what new_key_secret makes: anything else is refused before any read.
+_KEY = re.compile(r"^nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 MAX_BEARER_LENGTH = 512
-# Unknown key ids are remembered this long too, so a flood of made-up keys is cheap.
+# Key ids found unknown are remembered for the cache time too (a client repeating a bad
+# key costs one read per period), the most recent this many: a flood of made-up ids
+# pushes out only other made-up ids, never a real key.
 _CACHE_CAP = 10_000
 STATIC_IDS = {
     Role.ADMIN: "static-admin",
@@ -93,7 +97,9 @@ class Access:
             )
             if token
         }
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # Keys that exist (as many as the table holds), and ids that do not (capped).
+        self._cache: dict[str, tuple[KeyRecord, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     async def authenticate(self, header: str | None) -> Principal:
         """The principal of an `Authorization: Bearer ...` header; AuthError if none."""
@@ -125,12 +131,22 @@ class Access:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[1] < self.cache_seconds:
             return cached[0]
+        unknown_since = self._unknown.get(key_id)
+        if unknown_since is not None and now - unknown_since < self.cache_seconds:
+            return None
         key = await self.keys.get(key_id)
-        if len(self._cache) >= _CACHE_CAP:
-            self._cache.clear()
-        self._cache[key_id] = (key, now)
+        if key is None:
+            self._cache.pop(key_id, None)
+            self._unknown[key_id] = now
+            self._unknown.move_to_end(key_id)
+            while len(self._unknown) > _CACHE_CAP:
+                self._unknown.popitem(last=False)
+        else:
+            self._unknown.pop(key_id, None)
+            self._cache[key_id] = (key, now)
         return key
 
     def forget(self, key_id: str) -> None:
         """Drop a cached key (this process revoked it: no need to wait)."""
         self._cache.pop(key_id, None)
+        self._unknown.pop(key_id, None)
