@@ -271,6 +271,8 @@ def _configure(
         "metrics": os.environ.get("NATRELAY_METRICS", "prometheus"),
         "allowed_hosts": _allowed_hosts(args),
     }
+    if "NATRELAY_COOKIE_SECURE" not in os.environ:
+        fields["cookie_secure"] = False  # it serves plain http
     if args.heartbeat_timeout is not None:
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
     if embedded:  # public rows' API keys: secrets and parameters in the same moto

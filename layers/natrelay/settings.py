@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # The names the relay answers for (besides any IP address); others get 400 before
     # anything reads them (DNS rebinding). Comma-separated; empty: every host.
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Cookies of the relay's pages (the status page's session) are Secure: sent over
+    # https only. Off only where the relay is reached over plain http (natrelay dev).
+    cookie_secure: bool = True
     # How long a process trusts a stored key it verified; revocation and expiry take
     # effect everywhere within this time.
     key_cache_seconds: float = Field(default=15, ge=0, le=30)

@@ -146,6 +146,32 @@ class Access:
             self._cache[key_id] = (key, now)
         return key
 
+    @staticmethod
+    def credential(token: str) -> str:
+        """What a session opened with `token` remembers of it: a stored key's secret hash
+        (as its key item holds it), else the static token's hash."""
+        match = _KEY.match(token)
+        return hash_secret(match[2] if match else token)
+
+    async def still_valid(self, key_id: str, credential: str) -> Principal:
+        """The principal of a key that logged in with `credential`, as long as that still
+        works: not revoked or expired (within the key cache time), nor a static token
+        since changed. AuthError otherwise."""
+        for role, static_id in STATIC_IDS.items():
+            if key_id == static_id:
+                token = self.static.get(role)
+                if token is None or not _same(hash_secret(token), credential):
+                    raise AuthError("this token is no longer the relay's")
+                return Principal(key_id=static_id, role=role)
+        key = await self._key(key_id)
+        if key is None or not _same(key.secret_hash, credential):
+            raise AuthError("invalid bearer token")
+        if key.revoked_at is not None:
+            raise AuthError(f"key {key.id} was revoked")
+        if not key.valid(self.clock()):
+            raise AuthError(f"key {key.id} has expired")
+        return Principal.of(key)
+
     def forget(self, key_id: str) -> None:
         """Drop a cached key (this process revoked it: no need to wait)."""
         self._cache.pop(key_id, None)

@@ -19,6 +19,7 @@ from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
+from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionRecord
 from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.records import (
     Chunk,
@@ -67,6 +68,8 @@ class Stores:
     # Admin writes to rows (apply), and the API keys of public rows' upstreams.
     row_admin: DynamoRowAdminStore | None = None
     secrets: SecretReader | None = None
+    # Sessions of the relay's own web pages (the status page).
+    page_sessions: DynamoPageSessionStore | None = None
 
     @classmethod
     def on(
@@ -107,6 +110,7 @@ class Stores:
             connections=connections,
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
+            page_sessions=DynamoPageSessionStore(client, keys_table),
         )
 
     @classmethod
@@ -155,6 +159,7 @@ __all__ = [
     "MemberRecord",
     "NameHeldError",
     "NewTask",
+    "PageSessionRecord",
     "Queued",
     "RowWrite",
     "SameResultError",
