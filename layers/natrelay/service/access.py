@@ -119,11 +119,7 @@ class Access:
         key = await self._key(key_id)
         if key is None or not _same(key.secret_hash, hash_secret(secret)):
             raise AuthError("invalid bearer token")
-        now = self.clock()
-        if key.revoked_at is not None:
-            raise AuthError(f"key {key.id} was revoked")
-        if not key.valid(now):
-            raise AuthError(f"key {key.id} has expired")
+        self._usable(key)
         return Principal.of(key)
 
     async def _key(self, key_id: str) -> KeyRecord | None:
@@ -166,11 +162,24 @@ class Access:
         key = await self._key(key_id)
         if key is None or not _same(key.secret_hash, credential):
             raise AuthError("invalid bearer token")
+        self._usable(key)
+        return Principal.of(key)
+
+    async def check_live(self, principal: Principal) -> None:
+        """AuthError if the principal's stored key was revoked or expired since it was let
+        in (seen within the key cache time); static tokens live as long as the process."""
+        if principal.key_id in STATIC_IDS.values():
+            return
+        key = await self._key(principal.key_id)
+        if key is None:
+            raise AuthError(f"key {principal.key_id} no longer exists")
+        self._usable(key)
+
+    def _usable(self, key: KeyRecord) -> None:
         if key.revoked_at is not None:
             raise AuthError(f"key {key.id} was revoked")
         if not key.valid(self.clock()):
             raise AuthError(f"key {key.id} has expired")
-        return Principal.of(key)
 
     def forget(self, key_id: str) -> None:
         """Drop a cached key (this process revoked it: no need to wait)."""

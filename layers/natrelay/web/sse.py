@@ -115,7 +115,7 @@ def _event(obj: Any) -> str:
     return (f"event: {kind}\n" if named else "") + _data(obj)
 
 
-def _stream_error(endpoint: str, exc: RelayError) -> str:
+def stream_error(endpoint: str, exc: RelayError) -> str:
     """A failure midway, as each API's clients read one: an `error` event of the
     Messages API; of the Responses API (its fields, and `error` too, which the openai
     SDK raises); an error chunk of the chat and completions streams."""
@@ -152,7 +152,7 @@ async def answer_stream(
             yield "data: [DONE]\n\n"
     except RelayError as exc:
         done = not isinstance(exc, TaskTimeoutError)
-        yield _stream_error(task.endpoint, exc)
+        yield stream_error(task.endpoint, exc)
     finally:
         await _cancel_unless_done(relay, task.id, done)
 
