@@ -508,3 +508,40 @@ def test_relay_made_upstream_failures_say_not_to_retry(
         for model in ("slow", "wrong-key", "nowhere")
     }
     assert said == {"slow": "false", "wrong-key": "false", "nowhere": None}
+
+
+def test_a_public_stream_is_counted_though_the_client_did_not_ask_for_usage(
+    cloud: Cloud,
+) -> None:
+    """Public rows are what an operator pays for: the relay asks the upstream for a
+    stream's usage whatever the client asked, and shows it only to a client that did."""
+    admin = {"Authorization": f"Bearer {cloud.stack.admin_token}"}
+    made = httpx.post(
+        f"{cloud.stack.url}{Paths.KEYS}",
+        headers=admin,
+        json={"role": "client", "label": "streams"},
+        timeout=10,
+    ).json()
+    with httpx.stream(
+        "POST",
+        f"{cloud.stack.url}{Paths.CHAT}",
+        headers={"Authorization": f"Bearer {made['secret']}"},
+        json={"model": "cloud", "messages": HI, "stream": True},
+        timeout=30,
+    ) as resp:
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert cloud.backend.requests[-1]["stream_options"] == {"include_usage": True}
+    assert not [e for e in events if '"usage"' in e], events
+    assert events[-1] == "data: [DONE]"
+
+    def today() -> dict[str, Any]:
+        days = httpx.get(
+            f"{cloud.stack.url}{Paths.USAGE}",
+            headers={"Authorization": f"Bearer {made['secret']}"},
+            timeout=10,
+        ).json()["days"]
+        return dict(days[-1]) if days else {}
+
+    wait_until(lambda: today().get("requests") == 1, timeout=10)
+    assert today()["completionTokens"] == len(cloud.backend.pieces())
+    assert today()["promptTokens"] == cloud.backend.prompt_tokens

@@ -23,15 +23,25 @@ from natrelay.errors import InvalidRequestError, UpstreamError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.ids import new_task_id
-from natrelay.service.payloads import clip, public_model
+from natrelay.service.metering import (
+    Request,
+    ask_usage,
+    text_bytes,
+    usage_hidden,
+    without_usage,
+)
+from natrelay.service.payloads import clip, dumps, public_model
 from natrelay.service.redaction import redact, redact_bytes
 from natrelay.service.usage import Admission, Usage
 from natrelay.store import LlmRecord, SecretMissingError, SecretReader
+from natrelay.wire import Endpoint
 
 log = logging.getLogger("natrelay.service")
 
 CONNECT_SECONDS = 10.0
 MAX_MESSAGE = 1000
+# The endpoint of an upstream path (`/chat/completions`: the relay's path under /v1).
+_ENDPOINTS = {e.path.removeprefix("/v1"): e for e in Endpoint}
 
 
 @dataclass(frozen=True)
@@ -126,13 +136,19 @@ class Upstreams:
             raise InvalidRequestError(f"{row.name!r} has no upstream", param="model")
         now = self.clock()
         seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
-        admission = await self.usage.admit(principal, new_task_id(now), now + seconds + 60)
+        # a stream asks for its usage (the client sees it only if it asked too)
+        endpoint = _ENDPOINTS.get(path, Endpoint.CHAT)
+        sent = ask_usage(body, endpoint, stream)
+        asked = Request.of(dumps(sent))
+        admission = await self.usage.admit(
+            principal, new_task_id(now), now + seconds + 60, asked.reservation()
+        )
         try:
             headers, key = await self._headers(row)
             request = self._client().build_request(
                 "POST",
                 row.base_url + path,
-                json={**body, "model": row.model},
+                json={**sent, "model": row.model},
                 headers=headers,
                 timeout=self._timeout(row),
             )
@@ -146,10 +162,12 @@ class Upstreams:
                 await self.usage.record_call(principal, admission, row.name, body=None, error=True)
             raise
         if stream:
-            return UpstreamReply(
-                response.status_code,
-                chunks=self._chunks(principal, admission, row, response, key),
+            chunks = self._chunks(
+                _Call(principal, admission, row, asked, usage_hidden(endpoint, body)),
+                response,
+                key,
             )
+            return UpstreamReply(response.status_code, chunks=chunks)
         try:
             data = json.loads(redact_bytes(await response.aread(), key))
         except ValueError:
@@ -158,7 +176,14 @@ class Upstreams:
             await response.aclose()
         ok = isinstance(data, dict)
         settle = partial(
-            self.usage.record_call, principal, admission, row.name, body=data, error=not ok
+            self.usage.record_call,
+            principal,
+            admission,
+            row.name,
+            body=data,
+            error=not ok,
+            request=asked,
+            relayed=text_bytes(data),
         )
         # As on the fast path: a key with a concurrency or token limit settles its usage
         # before the answer goes out (its next request must see it); others just after.
@@ -201,16 +226,14 @@ class Upstreams:
         )
 
     async def _chunks(
-        self,
-        principal: Principal,
-        admission: Admission,
-        row: LlmRecord,
-        response: httpx.Response,
-        key: str | None,
+        self, call: _Call, response: httpx.Response, key: str | None
     ) -> AsyncIterator[Any]:
         """The stream's chunk objects, naming the row, each redacted of the API key (an
-        error event may quote it); usage recorded at its end."""
+        error event may quote it), the usage event only for a client that asked; usage
+        recorded at its end (estimated from the text relayed if the upstream sent none)."""
+        row = call.row
         usage: Any = None
+        relayed = 0
         error = True
         try:
             async for event in _events(response):
@@ -223,7 +246,10 @@ class Upstreams:
                     continue
                 if isinstance(obj, dict) and obj.get("usage"):
                     usage = obj["usage"]
-                yield public_model(obj, row.name)
+                relayed += text_bytes(obj)
+                shown = without_usage(obj) if call.hide_usage else obj
+                if shown is not None:
+                    yield public_model(shown, row.name)
                 if isinstance(obj, dict) and "error" in obj:
                     return
             error = False
@@ -235,7 +261,27 @@ class Upstreams:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
                 body = {"usage": usage} if usage else None
-                await self.usage.record_call(principal, admission, row.name, body=body, error=error)
+                await self.usage.record_call(
+                    call.principal,
+                    call.admission,
+                    row.name,
+                    body=body,
+                    error=error,
+                    request=call.request,
+                    relayed=relayed,
+                )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A call under way: who, its admission, the row, the request as sent, and whether
+    the client asked for the stream's usage."""
+
+    principal: Principal
+    admission: Admission
+    row: LlmRecord
+    request: Request
+    hide_usage: bool
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[str]:

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
+from natrelay.service.metering import usage_hidden
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.web.endpoints import ENDPOINTS, ChatRequest
 from natrelay.web.fallbacks import with_fallbacks
@@ -117,7 +118,14 @@ async def _published(
     )
     if stream:
         budget = relay.settings.stream_timeout_seconds
-        frames = await open_stream(relay, task, budget, fresh=not earlier, started=started)
+        frames = await open_stream(
+            relay,
+            task,
+            budget,
+            fresh=not earlier,
+            started=started,
+            hide_usage=usage_hidden(endpoint, body),
+        )
         return StreamingResponse(
             while_key_lives(relay, principal, frames, partial(stream_error, task.endpoint)),
             media_type="text/event-stream",

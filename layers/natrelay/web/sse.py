@@ -12,6 +12,7 @@ import anyio
 
 from natrelay.errors import RelayError, TaskTimeoutError
 from natrelay.service import Relay
+from natrelay.service.metering import without_usage
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, TaskRecord
 from natrelay.web.endpoints import spec_of
@@ -54,13 +55,16 @@ async def open_stream(
     *,
     fresh: bool = True,
     started: float | None = None,
+    hide_usage: bool = False,
 ) -> AsyncIterator[str]:
     """Wait a little for the first chunk before answering, so that a task that fails
     early is a plain HTTP error (502, 503, 504), not a 200 followed by an error event.
     Raises that error; otherwise returns the SSE body. A stream whose first chunk is
     slow to come (a queue, a wake) answers anyway, with keep-alive comments.
 
-    `fresh`: the task was just submitted (not found by its Idempotency-Key)."""
+    `fresh`: the task was just submitted (not found by its Idempotency-Key).
+    `hide_usage`: the relay asked the backend for the stream's usage, the client did not
+    (service.metering)."""
     chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
     first = asyncio.ensure_future(anext(chunks, _END))
     keepalive = relay.settings.stream_keepalive_seconds
@@ -69,7 +73,8 @@ async def open_stream(
         await chunks.aclose()
         first.result()  # raises the task's error
     t0 = started or task.created_at
-    return answer_stream(relay, task, _paced(chunks, first, relay, t0, keepalive))
+    paced = _paced(chunks, first, relay, t0, keepalive)
+    return answer_stream(relay, task, paced, hide_usage=hide_usage)
 
 
 async def _paced(
@@ -129,7 +134,11 @@ def stream_error(endpoint: str, exc: RelayError) -> str:
 
 
 async def answer_stream(
-    relay: Relay, task: TaskRecord, chunks: AsyncIterator[Chunk | None]
+    relay: Relay,
+    task: TaskRecord,
+    chunks: AsyncIterator[Chunk | None],
+    *,
+    hide_usage: bool = False,
 ) -> AsyncIterator[str]:
     """Each event the backend sent, framed as its API frames them (chat and completions:
     `data: <chunk>`, then `data: [DONE]`; responses and messages: `event:` and `data:`);
@@ -146,7 +155,9 @@ async def answer_stream(
                 yield KEEPALIVE
                 continue
             for obj in _objects(chunk, task.llm):
-                yield frame(obj)
+                shown = without_usage(obj) if hide_usage else obj
+                if shown is not None:
+                    yield frame(shown)
         done = True
         if not named:
             yield "data: [DONE]\n\n"
