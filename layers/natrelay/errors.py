@@ -138,6 +138,13 @@ class NameOwnedError(RelayError):
     type = "invalid_request_error"
 
 
+class NameLimitError(RelayError):
+    """The publisher key owns as many names as it may (NATRELAY_MAX_NAMES_PER_KEY)."""
+
+    code = ErrorCode.NAME_LIMIT
+    type = "invalid_request_error"
+
+
 class RowChangedError(RelayError):
     """A row changed while an admin's apply ran: nothing was applied."""
 

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # effect everywhere within this time.
     key_cache_seconds: float = Field(default=15, ge=0, le=30)
 
+    # Names (and aliases) one publisher key may own at once; an admin's release of one
+    # (natrelay llm delete) makes room.
+    max_names_per_key: int = Field(default=256, ge=1)
     heartbeat_timeout_seconds: float = Field(default=90, gt=0)
     inactive_retention_seconds: float = Field(default=4 * 3600, ge=0)
     result_retention_seconds: float = Field(default=3600, gt=0)

@@ -25,6 +25,7 @@ STATUS: dict[type[errors.RelayError], int] = {
     errors.TaskNotFoundError: 404,
     errors.NameTakenError: 409,
     errors.NameOwnedError: 409,
+    errors.NameLimitError: 409,
     errors.RowChangedError: 409,
     errors.SessionForbiddenError: 403,
     errors.KeyNotFoundError: 404,

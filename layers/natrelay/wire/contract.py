@@ -26,7 +26,12 @@ MAX_ALIASES = 8
 # A provider's extraConfig, as compact JSON.
 MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
-LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
+# A name: 1 to 128 characters, starting with a letter or digit, not ending in a dot
+# (`a-echo.` reads as `a-echo`). Names are owned case-insensitively.
+LlmName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9._:/@-]{0,126}[A-Za-z0-9_:/@-])?$"),
+]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # A poll or heartbeat confirms at most this many running tasks (a longer list: none).
@@ -97,6 +102,7 @@ class ErrorCode(StrEnum):
     TASK_NOT_FOUND = "task_not_found"
     NAME_TAKEN = "name_taken"
     NAME_OWNED = "name_owned"
+    NAME_LIMIT = "name_limit"
     ROW_CHANGED = "row_changed"
     SESSION_FORBIDDEN = "session_forbidden"
     KEY_NOT_FOUND = "key_not_found"

@@ -67,7 +67,8 @@ class ProviderSpec(WireModel):
 
 
 # One registration writes a row and a name claim per provider, a name claim per alias,
-# and the session, in one DynamoDB transaction (at most 100 items).
+# the session and the list of names its key owns, in one DynamoDB transaction (at most
+# 100 items).
 MAX_PROVIDERS = 48
 MAX_TRANSACTION_ITEMS = 100
 
@@ -89,12 +90,13 @@ class RegisterRequest(WireModel):
             raise ValueError(
                 f"an alias may not be a name or another alias of the registration: {taken}"
             )
-        items = 2 * len(value) + len(aliases) + 1
+        items = 2 * len(value) + len(aliases) + 2
         if items > MAX_TRANSACTION_ITEMS:
             raise ValueError(
                 f"{len(value)} providers with {len(aliases)} aliases need {items} writes in "
                 f"one transaction; at most {MAX_TRANSACTION_ITEMS} (2 per provider, 1 per "
-                "alias, 1 for the session): publish fewer names or aliases per publisher"
+                "alias, 2 for the session and its key's names): publish fewer names or "
+                "aliases per publisher"
             )
         return value
 
