@@ -300,3 +300,37 @@ def test_the_status_cookie_is_a_server_side_session_not_the_key(
     assert _page(stack, again).status_code == 200
     revoke(stack, admin["id"])
     assert _page(stack, again).status_code == 303
+
+
+def test_a_publishers_failure_text_stays_out_of_info_logs(
+    relay: tuple[Stack, str, Path],
+) -> None:
+    """What a publisher says of a failed wake reaches the waiting client (its cause), but
+    the relay's INFO log keeps only that it failed: a publisher's text may quote what it
+    should not (a webhook's answer), and logs are read by more people than answers."""
+    stack, _, log = relay
+    cause = "wake of sleepy failed: the webhook answered 500 (password=hunter2)"
+
+    def fail(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        pub.result(task["id"], {"status": 503, "error": {"message": cause, "code": "wake_failed"}})
+
+    sleepy = [
+        {
+            "name": "sleepy",
+            "type": "echo",
+            "model": "e",
+            "initialStatus": "hibernating",
+            "wakeMaxWaitSeconds": 30,
+        }
+    ]
+    with ScriptedPublisher(stack.url, stack.publish_token, sleepy, answer=fail):
+        resp = httpx.post(
+            f"{stack.url}{Paths.CHAT}",
+            headers=auth(stack.client_token),
+            json={"model": "sleepy", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "wake_failed"
+    text = log.read_text()
+    assert '"route": "/v1/chat/completions"' in text
+    assert "wake" in text and "hunter2" not in text
