@@ -102,6 +102,16 @@ def cloud(moto_server: MotoServer, tmp_path: Path) -> Iterator[Cloud]:
         yield made
 
 
+def _today(cloud: Cloud, token: str) -> dict[str, Any]:
+    """The key's usage today (empty: none yet)."""
+    days = httpx.get(
+        f"{cloud.stack.url}{Paths.USAGE}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()["days"]
+    return dict(days[-1]) if days else {}
+
+
 def _every_answer(cloud: Cloud) -> str:
     """What the relay's GETs answer about rows, to admins and clients."""
     s = cloud.stack
@@ -137,16 +147,9 @@ def test_plain_and_streamed_through_the_openai_sdk(cloud: Cloud) -> None:
 
     # usage counts as for published rows: two requests, the tokens of both (an unlimited
     # key's usage is written just after its answer: wait for it)
-    def mine() -> dict[str, Any]:
-        days = httpx.get(
-            f"{cloud.stack.url}{Paths.USAGE}",
-            headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
-            timeout=10,
-        ).json()["days"]
-        return dict(days[-1]) if days else {}
-
-    wait_until(lambda: mine().get("requests") == 2, timeout=10)
-    assert mine()["completionTokens"] == 2 * len(cloud.backend.pieces())
+    token = cloud.stack.client_token
+    wait_until(lambda: _today(cloud, token).get("requests") == 2, timeout=10)
+    assert _today(cloud, token)["completionTokens"] == 2 * len(cloud.backend.pieces())
 
     # the key is nowhere: not in any answer, not in the log (at DEBUG)
     assert cloud.api_key not in _every_answer(cloud)
@@ -534,14 +537,7 @@ def test_a_public_stream_is_counted_though_the_client_did_not_ask_for_usage(
     assert not [e for e in events if '"usage"' in e], events
     assert events[-1] == "data: [DONE]"
 
-    def today() -> dict[str, Any]:
-        days = httpx.get(
-            f"{cloud.stack.url}{Paths.USAGE}",
-            headers={"Authorization": f"Bearer {made['secret']}"},
-            timeout=10,
-        ).json()["days"]
-        return dict(days[-1]) if days else {}
-
-    wait_until(lambda: today().get("requests") == 1, timeout=10)
-    assert today()["completionTokens"] == len(cloud.backend.pieces())
-    assert today()["promptTokens"] == cloud.backend.prompt_tokens
+    wait_until(lambda: _today(cloud, made["secret"]).get("requests") == 1, timeout=10)
+    today = _today(cloud, made["secret"])
+    assert today["completionTokens"] == len(cloud.backend.pieces())
+    assert today["promptTokens"] == cloud.backend.prompt_tokens

@@ -9,22 +9,15 @@ the work behind it (its task is cancelled, its upstream call closed).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import anyio
 
 from natrelay.errors import AuthError
 from natrelay.service import Principal, Relay
+from natrelay.web.ticking import Tick, ticking
 
 CHECK_SECONDS = 2.0
-
-
-class _End:
-    """The end of the frames."""
-
-
-_END = _End()
 
 
 async def while_key_lives(
@@ -35,12 +28,10 @@ async def while_key_lives(
 ) -> AsyncIterator[str]:
     """`frames` as they come, until they end or the caller's key stops working (then
     `error_frame` of why, and the frames are closed)."""
-    source = aiter(frames)
-    pending = asyncio.ensure_future(anext(source, _END))
     next_check = relay.clock() + CHECK_SECONDS
+    items = ticking(frames, CHECK_SECONDS)
     try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=max(0.0, next_check - relay.clock()))
+        async for frame in items:
             if relay.clock() >= next_check:
                 next_check = relay.clock() + CHECK_SECONDS
                 try:
@@ -48,17 +39,8 @@ async def while_key_lives(
                 except AuthError as exc:
                     yield error_frame(exc)
                     return
-            if not done:
-                continue
-            frame = pending.result()
-            if isinstance(frame, _End):
-                return
-            yield frame
-            pending = asyncio.ensure_future(anext(source, _END))
+            if not isinstance(frame, Tick):
+                yield frame
     finally:
-        pending.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(pending, return_exceptions=True)
-            close = getattr(source, "aclose", None)
-            if close is not None:
-                await close()
+            await items.aclose()  # closes the frames too

@@ -17,6 +17,7 @@ from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, TaskRecord
 from natrelay.web.endpoints import spec_of
 from natrelay.web.errors import anthropic_body, error_body, status_of
+from natrelay.web.ticking import Tick, next_item, ticking
 from natrelay.web.views import task_view
 from natrelay.wire import Endpoint
 
@@ -41,13 +42,6 @@ OPEN_WITHIN_SECONDS = 10.0
 KEEPALIVE = ": waiting for the backend\n\n"
 
 
-class _End:
-    """The end of a chunk iterator."""
-
-
-_END = _End()
-
-
 async def open_stream(
     relay: Relay,
     task: TaskRecord,
@@ -66,7 +60,7 @@ async def open_stream(
     `hide_usage`: the relay asked the backend for the stream's usage, the client did not
     (service.metering)."""
     chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
-    first = asyncio.ensure_future(anext(chunks, _END))
+    first = next_item(chunks)
     keepalive = relay.settings.stream_keepalive_seconds
     done, _ = await asyncio.wait({first}, timeout=min(OPEN_WITHIN_SECONDS, keepalive))
     if first in done and first.exception() is not None:
@@ -79,32 +73,26 @@ async def open_stream(
 
 async def _paced(
     chunks: AsyncGenerator[Chunk, None],
-    pending: asyncio.Future[Chunk | _End],
+    pending: asyncio.Future[Any],
     relay: Relay,
     started: float,
     every: float,
 ) -> AsyncIterator[Chunk | None]:
     """The chunks, and None whenever `every` seconds pass without one."""
     first = True
+    items = ticking(chunks, every, pending)
     try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=every)
-            if not done:
+        async for item in items:
+            if isinstance(item, Tick):
                 yield None
                 continue
-            item = pending.result()
-            if isinstance(item, _End):
-                return
             if first:
                 relay.metrics.first_token(max(0.0, relay.clock() - started))
                 first = False
             yield item
-            pending = asyncio.ensure_future(anext(chunks, _END))
     finally:
-        pending.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(pending, return_exceptions=True)
-            await chunks.aclose()
+            await items.aclose()  # closes the chunks too
 
 
 def _objects(chunk: Chunk, name: str) -> list[Any]:
