@@ -14,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from natrelay.wire import ErrorCode
+from natrelay.wire import ErrorCode, ErrorType
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,7 +25,7 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 RETRY_AFTER_SECONDS = 5
 ERROR = {
     "message": "the relay is shutting down; try again shortly",
-    "type": "service_unavailable",
+    "type": ErrorType.SERVICE_UNAVAILABLE.value,
     "code": ErrorCode.HTTP_ERROR.value,
     "param": None,
 }

@@ -1,4 +1,5 @@
-"""Domain errors. The web layer maps each class to an HTTP status in one table."""
+"""Domain errors, each naming its `ErrorCode` (which carries the HTTP status and the
+OpenAI error type the web layer answers it with)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from natrelay.wire import ErrorCode
 class RelayError(Exception):
     """Base class: `code` is the OpenAI-style error code, `param` the field at fault."""
 
-    code: str = ErrorCode.INTERNAL_ERROR
-    type = "server_error"
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -19,57 +19,46 @@ class RelayError(Exception):
 
 class AuthError(RelayError):
     code = ErrorCode.INVALID_API_KEY
-    type = "authentication_error"
 
 
 class ForbiddenError(RelayError):
     code = ErrorCode.FORBIDDEN
-    type = "permission_error"
 
 
 class InvalidRequestError(RelayError):
     code = ErrorCode.INVALID_REQUEST
-    type = "invalid_request_error"
 
 
 class PayloadTooLargeError(RelayError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
-    type = "invalid_request_error"
 
 
 class LlmNotFoundError(RelayError):
     code = ErrorCode.MODEL_NOT_FOUND
-    type = "invalid_request_error"
 
 
 class SessionNotFoundError(RelayError):
     code = ErrorCode.SESSION_NOT_FOUND
-    type = "invalid_request_error"
 
 
 class TaskNotFoundError(RelayError):
     code = ErrorCode.TASK_NOT_FOUND
-    type = "invalid_request_error"
 
 
 class NameTakenError(RelayError):
     code = ErrorCode.NAME_TAKEN
-    type = "invalid_request_error"
 
 
 class TaskNotClaimedError(RelayError):
     code = ErrorCode.TASK_NOT_CLAIMED
-    type = "invalid_request_error"
 
 
 class TaskCancelledError(RelayError):
     code = ErrorCode.TASK_CANCELLED
-    type = "invalid_request_error"
 
 
 class ResultConflictError(RelayError):
     code = ErrorCode.RESULT_CONFLICT
-    type = "invalid_request_error"
 
 
 class PublisherOfflineError(RelayError):
@@ -77,7 +66,6 @@ class PublisherOfflineError(RelayError):
     may succeed soon (e.g. a wake is under way), so clients may retry on their own."""
 
     code = ErrorCode.PUBLISHER_OFFLINE
-    type = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 30, retryable: bool = False) -> None:
         super().__init__(message)
@@ -96,14 +84,14 @@ class WakeFailedError(PublisherOfflineError):
 
 
 class BackendError(RelayError):
-    """The publisher's backend answered with an error."""
+    """The publisher's backend answered with an error: `status` is the one it sent on (its
+    code's, 502, by default)."""
 
     code = ErrorCode.BACKEND_ERROR
-    type = "upstream_error"
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = status or self.code.status
 
 
 class UpstreamError(BackendError):
@@ -115,7 +103,12 @@ class UpstreamError(BackendError):
     code = ErrorCode.UPSTREAM_ERROR
 
     def __init__(
-        self, message: str, *, status: int = 502, unavailable: bool = False, retryable: bool = True
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        unavailable: bool = False,
+        retryable: bool = True,
     ) -> None:
         super().__init__(message, status=status)
         self.unavailable = unavailable
@@ -124,7 +117,6 @@ class UpstreamError(BackendError):
 
 class TaskTimeoutError(RelayError):
     code = ErrorCode.TIMEOUT
-    type = "timeout_error"
 
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
@@ -135,40 +127,34 @@ class NameOwnedError(RelayError):
     """The name belongs to another publisher key (until an admin releases it)."""
 
     code = ErrorCode.NAME_OWNED
-    type = "invalid_request_error"
 
 
 class NameLimitError(RelayError):
     """The publisher key owns as many names as it may (NATRELAY_MAX_NAMES_PER_KEY)."""
 
     code = ErrorCode.NAME_LIMIT
-    type = "invalid_request_error"
 
 
 class RowChangedError(RelayError):
     """A row changed while an admin's apply ran: nothing was applied."""
 
     code = ErrorCode.ROW_CHANGED
-    type = "invalid_request_error"
 
 
 class SessionForbiddenError(RelayError):
     """The session does not exist or belongs to another key: the same answer for both."""
 
     code = ErrorCode.SESSION_FORBIDDEN
-    type = "permission_error"
 
 
 class KeyNotFoundError(RelayError):
     code = ErrorCode.KEY_NOT_FOUND
-    type = "invalid_request_error"
 
 
 class RateLimitError(RelayError):
     """Over the key's requests per minute or concurrent requests."""
 
     code = ErrorCode.RATE_LIMIT_EXCEEDED
-    type = "rate_limit_error"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
@@ -197,4 +183,3 @@ class EndpointNotServedError(RelayError):
     """The model exists but does not serve this API (embeddings of a chat-only model)."""
 
     code = ErrorCode.ENDPOINT_NOT_SERVED
-    type = "invalid_request_error"

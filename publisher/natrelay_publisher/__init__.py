@@ -6,11 +6,13 @@ from natrelay_publisher.config import ProviderConfig, PublisherConfig, load_conf
 from natrelay_publisher.daemon import Publisher
 from natrelay_publisher.providers import Provider, ProviderOptions
 from natrelay_publisher.recipes import RecipeConfig, WakeRecipe
+from natrelay_publisher.types import ProviderSettings
 
 __all__ = [
     "Provider",
     "ProviderConfig",
     "ProviderOptions",
+    "ProviderSettings",
     "Publisher",
     "PublisherConfig",
     "RecipeConfig",

@@ -153,6 +153,8 @@ class RelayConfig(_Model):
 
 
 class ProviderConfig(_Model):
+    """One entry of `providers[]`; plugins read it as `ProviderSettings`."""
+
     name: LlmName
     type: str
     base_url: HttpUrl | None = None

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -26,12 +25,13 @@ from natrelay.wire import (
     DOORBELL_SESSION_HEADER,
     DoorbellMessage,
     DoorbellPing,
-    PolledTask,
     PollRequest,
 )
-from natrelay_publisher.config import DoorbellConfig
+from natrelay_publisher.config import RelayConfig
 from natrelay_publisher.errors import PublisherError, RelayUnavailableError, SessionLostError
-from natrelay_publisher.relay import Backoff, RelayClient
+from natrelay_publisher.relay import Backoff
+from natrelay_publisher.runner import TaskRunner
+from natrelay_publisher.session import Session
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -42,30 +42,6 @@ PONG_TIMEOUT_SECONDS = 20.0
 TICK_SECONDS = 5.0
 # A poll that returns nothing must not make us spin on a relay that answers at once.
 MIN_LONG_POLL_SECONDS = 0.5
-
-
-class Host(Protocol):
-    """What the doorbell needs of the publisher (natrelay_publisher.daemon.Publisher)."""
-
-    relay: RelayClient
-    session_id: str | None
-    # Bumped by each registration: the doorbell binds to a registration, not a process.
-    registrations: int
-    heartbeat_timeout: float | None
-    # The doorbell URL the relay announced, if any.
-    announced_doorbell: str | None
-
-    @property
-    def generation(self) -> int | None: ...
-
-    @property
-    def slot_freed(self) -> asyncio.Event: ...
-
-    def free_slots(self) -> int: ...
-
-    def dispatch(self, task: PolledTask) -> None: ...
-
-    async def reregister(self) -> None: ...
 
 
 class DoorbellUnavailableError(PublisherError):
@@ -83,14 +59,13 @@ class _Connection:
 class Doorbell:
     """Serves the publisher's tasks by doorbell (long-poll while it is down) until cancelled."""
 
-    def __init__(
-        self, config: DoorbellConfig, host: Host, url: str, token: str, poll_wait: float
-    ) -> None:
-        self.config = config
-        self.host = host
+    def __init__(self, relay: RelayConfig, session: Session, runner: TaskRunner, url: str) -> None:
+        self.config = relay.doorbell
+        self.session = session
+        self.runner = runner
         self.url = url
-        self._token = token
-        self._poll_wait = poll_wait
+        self._token = relay.token.get_secret_value()
+        self._poll_wait = relay.poll_wait_seconds
         self._events: asyncio.Queue[tuple[str, str | None, _Connection | None]] = asyncio.Queue()
         self._up = asyncio.Event()
         self._slot = asyncio.Event()
@@ -104,20 +79,18 @@ class Doorbell:
         self.rings = 0
 
     @classmethod
-    def of(
-        cls, host: Host, config: DoorbellConfig, token: str, poll_wait: float
-    ) -> Doorbell | None:
+    def of(cls, relay: RelayConfig, session: Session, runner: TaskRunner) -> Doorbell | None:
         """The publisher's doorbell, or None: switched off, or neither configured nor
         offered by the relay (then the publisher long-polls, exactly as without one)."""
-        url = config.url or host.announced_doorbell
-        if not config.enabled or not url:
+        url = relay.doorbell.url or session.announced_doorbell
+        if not relay.doorbell.enabled or not url:
             return None
-        return cls(config, host, url, token, poll_wait)
+        return cls(relay, session, runner, url)
 
     @property
     def safety_seconds(self) -> float:
         """How often to poll anyway: the safety net, and the heartbeat."""
-        timeout = self.host.heartbeat_timeout
+        timeout = self.session.heartbeat_timeout
         safety = self.config.safety_poll_seconds
         return min(safety, timeout * 2 / 3) if timeout else safety
 
@@ -142,7 +115,7 @@ class Doorbell:
                         fallback = asyncio.create_task(self._long_poll(), name="long-poll")
                     await asyncio.wait({fallback}, timeout=retry.next())
                     if fallback.done() and not self._up.is_set():
-                        fallback.result()  # it failed (a refused token): as _poll_loop would
+                        fallback.result()  # it failed (a refused token): as long_poll would
                     continue
                 retry.reset()
                 if self._falling_back:
@@ -168,10 +141,10 @@ class Doorbell:
     # --- connections ---------------------------------------------------------------
 
     async def _open(self) -> _Connection:
-        session_id = self.host.session_id
+        session_id = self.session.id
         if session_id is None:
             raise DoorbellUnavailableError("no session yet")
-        registration = self.host.registrations
+        registration = self.session.registrations
         headers = {"Authorization": f"Bearer {self._token}", DOORBELL_SESSION_HEADER: session_id}
         try:
             socket = await connect(
@@ -236,11 +209,11 @@ class Doorbell:
             pong_due: float | None = None
             while True:
                 now = loop.time()
-                if self.host.registrations != conn.registration or (
+                if self.session.registrations != conn.registration or (
                     time.monotonic() - conn.opened_at >= self.config.max_connection_seconds
                 ):
                     conn = await self._replace(conn)
-                    if conn.registration != self.host.registrations:
+                    if conn.registration != self.session.registrations:
                         return  # could not bind to the new registration: start over
                     next_safety = loop.time() + self.safety_seconds
                     next_ping = loop.time() + self.config.keepalive_seconds
@@ -256,7 +229,7 @@ class Doorbell:
                 if now >= next_safety:
                     await self._poll_all()
                     next_safety = loop.time() + self.safety_seconds
-                if (self._pending or self._more) and self.host.free_slots() > 0:
+                if (self._pending or self._more) and self.runner.free_slots() > 0:
                     await self._poll_rung()
                     continue
                 deadlines = [next_safety, next_ping, now + TICK_SECONDS]
@@ -286,8 +259,8 @@ class Doorbell:
 
     async def _watch_slots(self) -> None:
         while True:
-            await self.host.slot_freed.wait()
-            self.host.slot_freed.clear()
+            await self.runner.slot_freed.wait()
+            self.runner.slot_freed.clear()
             self._slot.set()
             self._events.put_nowait(("slot", None, None))
 
@@ -295,7 +268,7 @@ class Doorbell:
 
     async def _poll_rung(self) -> None:
         """Claim what the doorbell rang for, or (after a full poll) whatever is queued."""
-        free = self.host.free_slots()
+        free = self.runner.free_slots()
         ids, self._pending = self._pending[:free], self._pending[free:]
         if ids:
             await self._poll(0, ids)
@@ -308,32 +281,32 @@ class Doorbell:
 
     async def _poll(self, wait: float, ids: list[str]) -> int:
         """One poll; returns how many tasks it brought (-1: the relay was unavailable)."""
-        session_id = self.host.session_id
+        session_id = self.session.id
         if session_id is None:
             return 0
-        free = self.host.free_slots()
+        free = self.runner.free_slots()
         request = PollRequest(
             provider_session_id=session_id,
             wait_seconds=wait,
             max_tasks=free,
-            generation=self.host.generation,
+            generation=self.session.generation,
             task_ids=ids[:free],
         )
         try:
             if wait > 0:
-                answer = await self.host.relay.poll(request)
+                answer = await self.session.relay.poll(request)
             else:
-                answer = await self.host.relay.claim(request)
+                answer = await self.session.relay.claim(request)
         except RelayUnavailableError:
             self._pending = ids + self._pending
             await asyncio.sleep(self._backoff.next())
             return -1
         except SessionLostError:
-            await self.host.reregister()
+            await self.session.reregister()
             return 0
         self._backoff.reset()
         for task in answer.tasks:
-            self.host.dispatch(task)
+            self.runner.dispatch(task)
         if not ids:
             self._more = free > 0 and len(answer.tasks) >= free
         return len(answer.tasks)
@@ -343,7 +316,7 @@ class Doorbell:
         while not self._up.is_set():
             started = time.monotonic()
             self._slot.clear()
-            if self.host.free_slots() == 0:
+            if self.runner.free_slots() == 0:
                 # Full: a pure heartbeat now and then, and wait for a free slot.
                 await self._poll_all()
                 with contextlib.suppress(TimeoutError):

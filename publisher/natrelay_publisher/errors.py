@@ -18,16 +18,21 @@ class PluginError(PublisherError):
 
 
 class BackendFailedError(PublisherError):
-    """The backend failed: unreachable, non-2xx, or an answer that is not what it should be."""
+    """The backend failed: unreachable, non-2xx, or an answer that is not what it should be.
+    `status` is the backend's own (a 4xx, or 504 when it went silent), else the code's."""
 
     def __init__(
-        self, message: str, *, status: int = 502, code: ErrorCode = ErrorCode.BACKEND_ERROR
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: ErrorCode = ErrorCode.BACKEND_ERROR,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.status = status
         # What the client's error says: the backend failed, or does not serve the endpoint.
         self.code = code
+        self.status = status or code.status
 
 
 class RecipeError(PublisherError):

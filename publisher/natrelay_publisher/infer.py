@@ -1,4 +1,5 @@
-"""Running one task's answer to the relay: a result, or chunk batches then a result."""
+"""Running one infer request on its provider and posting the answer to the relay: a result,
+or chunk batches then a result. `TaskPoster` posts every task's answer (a wake's too)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
-from natrelay.wire import ChunkBatch, Endpoint, ErrorCode, ErrorInfo, TaskResult
+from natrelay.wire import ChunkBatch, Endpoint, ErrorCode, ErrorInfo, ErrorType, TaskResult
 from natrelay_publisher.errors import (
     BackendFailedError,
     RelayCallError,
@@ -78,16 +79,21 @@ class TaskPoster:
 
     async def fail(
         self,
-        status: int,
-        message: str,
         code: ErrorCode,
+        message: str,
         *,
+        status: int | None = None,
         give_up_after: float = RESULT_RETRY_SECONDS,
-    ) -> None:
-        kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    ) -> int:
+        """Post the task's failure, with its code's status unless given one (a backend's
+        own); returns the status posted. Its type says whose fault it was by the status:
+        the request's (4xx) or the server side's."""
+        status = status or code.status
+        kind = ErrorType.INVALID_REQUEST if 400 <= status < 500 else ErrorType.SERVER
         # The last stop before the client: whatever a plugin wrote, no URL secrets.
-        error = ErrorInfo(message=redact(message), code=code, type=kind)
+        error = ErrorInfo(message=redact(message), code=code, type=kind.value)
         await self._post(status, None, error, 0, give_up_after)
+        return status
 
     async def _post(
         self, status: int, body: Any, error: ErrorInfo | None, chunk_count: int, give_up: float
@@ -120,9 +126,8 @@ class TaskPoster:
                 # E.g. an answer too large for the relay: the client must still hear of it.
                 self.finished = False
                 await self.fail(
-                    502,
-                    f"the relay refused the answer: {exc.message}",
                     ErrorCode.BACKEND_ERROR,
+                    f"the relay refused the answer: {exc.message}",
                     give_up_after=give_up,
                 )
 
@@ -138,8 +143,7 @@ async def run_infer(
     status posted."""
     if endpoint is not Endpoint.CHAT and endpoint not in servable(provider):
         message = f"provider type {provider.type_name!r} does not serve {endpoint.path}"
-        await poster.fail(404, message, ErrorCode.ENDPOINT_NOT_SERVED)
-        return 404
+        return await poster.fail(ErrorCode.ENDPOINT_NOT_SERVED, message)
     if not stream:
         try:
             reply = await (
@@ -148,8 +152,7 @@ async def run_infer(
                 else cast(EndpointProvider, provider).send(endpoint, request)
             )
         except BackendFailedError as exc:
-            await poster.fail(exc.status, exc.message, exc.code)
-            return exc.status
+            return await poster.fail(exc.code, exc.message, status=exc.status)
         await poster.result(status=reply.status, body=reply.body)
         return reply.status
     if endpoint is Endpoint.CHAT:
@@ -196,16 +199,14 @@ async def relay_stream(chunks: AsyncIterator[Chunk], poster: TaskPoster) -> int:
         return 502
     except RelayCallError as exc:
         logger.warning("task %s: stream aborted: %s", poster.task_id, exc)
-        await poster.fail(
-            502, f"the relay refused a chunk batch: {exc.message}", ErrorCode.BACKEND_ERROR
+        return await poster.fail(
+            ErrorCode.BACKEND_ERROR, f"the relay refused a chunk batch: {exc.message}"
         )
-        return 502
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     if isinstance(end, BackendFailedError):
-        await poster.fail(end.status, end.message, end.code)
-        return end.status
+        return await poster.fail(end.code, end.message, status=end.status)
     await poster.result(status=200, body={"usage": usage} if usage else None, chunk_count=seq)
     return 200
 

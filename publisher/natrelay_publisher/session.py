@@ -1,92 +1,253 @@
-"""The sticky session id, kept in a small JSON file (mode 0600) between runs, and the
-lock that keeps a second publisher process off the same file."""
+"""The publisher's session with the relay: registration, heartbeats, deregistration.
+
+A registration publishes every provider whose name is free; names another live session
+holds are left out and tried again every heartbeat interval. Heartbeats carry the
+statuses the relay does not know yet and the ids of the tasks in flight (`running`,
+which the task runner keeps); a relay that lost the session gets a new registration.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
+import asyncio
+import functools
 import logging
-import os
-import tempfile
-from pathlib import Path
+import time
 
-from natrelay_publisher.errors import SessionFileBusyError
+from natrelay.wire import (
+    HeartbeatRequest,
+    LlmStatus,
+    RegisterRequest,
+    SessionRequest,
+    SessionResponse,
+    fingerprint,
+)
+from natrelay_publisher.config import RelayConfig
+from natrelay_publisher.errors import (
+    NameHeldError,
+    RelayAuthError,
+    RelayCallError,
+    RelayUnavailableError,
+    SessionLostError,
+)
+from natrelay_publisher.relay import Backoff, RelayClient, retrying
+from natrelay_publisher.session_file import SessionFile
+from natrelay_publisher.slots import ProviderSlot
 
 logger = logging.getLogger("natrelay.publisher")
 
+DEREGISTER_SECONDS = 10.0
+# A backend that is down is checked this often (not every heartbeat), so it is back in
+# seconds.
+UNAVAILABLE_RECHECK_SECONDS = 5.0
+# A relay that loses the session twice within this long is registered with once.
+REREGISTER_AFTER_SECONDS = 1.0
 
-class SessionFile:
-    """Remembers the session id per relay URL, so a restart takes its rows back.
 
-    `lock()` makes the file this process's own until `unlock()` or its exit: two
-    processes on one session would claim each other's tasks.
-    """
+class Session:
+    """Registers the providers, heartbeats their statuses, and deregisters them."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock_path = path.with_name(f"{path.name}.lock")
-        self._lock_fd: int | None = None
+    def __init__(
+        self,
+        relay: RelayClient,
+        config: RelayConfig,
+        session_file: SessionFile,
+        slots: dict[str, ProviderSlot],
+    ) -> None:
+        self.relay = relay
+        self.config = config
+        self.session_file = session_file
+        self.slots = slots
+        self.id: str | None = None
+        self.generation: int | None = None
+        # Bumped by each registration: the doorbell binds to a registration, not a process.
+        self.registrations = 0
+        # What the relay offered at the last registration: its doorbell, its timeout.
+        self.announced_doorbell: str | None = None
+        self.heartbeat_timeout: float | None = None
+        # The ids of the tasks in flight, told to the relay with each heartbeat and poll.
+        self.running: set[str] = set()
+        self._register_lock = asyncio.Lock()
+        self._beat_lock = asyncio.Lock()
+        self._registered_at = 0.0
+        # The statuses the relay holds, and the ones reported to it since registering.
+        self._server_view: dict[str, LlmStatus] = {}
+        self._reported: dict[str, LlmStatus] = {}
+        # Names another live session holds (name -> the relay's refusal): not registered.
+        self._held: dict[str, str] = {}
 
-    def load(self, relay_url: str) -> str | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable session file %s: %s", self.path, exc)
-            return None
-        if not isinstance(data, dict) or data.get("relayUrl") != relay_url:
-            return None
-        session_id = data.get("providerSessionId")
-        return session_id if isinstance(session_id, str) else None
+    def require_id(self) -> str:
+        """The session id, once registered."""
+        assert self.id is not None
+        return self.id
 
-    def save(self, relay_url: str, session_id: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # A fresh name nobody could plant a link at (O_EXCL, 0600), then an atomic rename.
-        fd, temporary = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"relayUrl": relay_url, "providerSessionId": session_id}, handle)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+    # --- registration ----------------------------------------------------------------
 
-    def lock(self) -> None:
-        """Take the lock file next to the session file; SessionFileBusyError if another
-        process holds it. Released by `unlock()` or when the process ends, however."""
-        try:
-            import fcntl  # noqa: PLC0415 - POSIX only
-        except ImportError:  # Windows: no flock; run without the guard rather than not at all
-            logger.warning(
-                "cannot lock %s on this platform: make sure no other publisher uses it",
-                self.path,
+    async def register(self, *, retry_of_held: bool = False) -> None:
+        """Register every provider whose name is free; names another session holds are
+        left out (the relay refuses a registration whole) and retried by `held_loop`.
+        Raises RelayAuthError when the token is refused."""
+        url = self.config.url
+        session_id = self.id or self.session_file.load(url)
+        backoff = Backoff(cap=self.config.heartbeat_seconds)
+        held: dict[str, str] = {}
+        while True:
+            names = [name for name in self.slots if name not in held]
+            request = RegisterRequest(
+                providers=[self.slots[name].spec() for name in names],
+                provider_session_id=session_id,
             )
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise SessionFileBusyError(
-                f"another publisher (pid {holder}) is using the session file {self.path}: "
-                "two publishers on one session would take each other's tasks; stop that one, "
-                "or give this config its own relay.sessionFile"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+            try:
+                answer = await retrying(functools.partial(self.relay.register, request))
+                break
+            except RelayAuthError:
+                raise
+            except NameHeldError as exc:
+                name = _held_name(exc.message, names)
+                if name is not None and len(names) > 1:
+                    held[name] = exc.message
+                    logger.warning(
+                        "%s is held by another publisher session (%s): publishing the others; "
+                        "retrying it every %g s",
+                        name,
+                        exc.message,
+                        self.config.heartbeat_seconds,
+                    )
+                    continue
+                delay = backoff.next()
+                logger.warning(
+                    "%s is held by another publisher session (%s); retrying in %.0f s",
+                    name or "a name",
+                    exc.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            except RelayCallError as exc:
+                if session_id is None:
+                    raise
+                logger.warning(
+                    "register with session %s refused (%s): new session",
+                    fingerprint(session_id),
+                    exc.message,
+                )
+                session_id = None
+        self._held = held
+        previous = self._server_view
+        self._registered(answer)
+        self._reported = {name: slot.status for name, slot in self.slots.items()}
+        self.session_file.save(url, answer.provider_session_id)
+        listed = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
+        # A retry of held names that changed nothing is not news.
+        unchanged = retry_of_held and set(self._server_view) == set(previous)
+        logger.log(
+            logging.DEBUG if unchanged else logging.INFO,
+            "registered session %s: %s",
+            fingerprint(answer.provider_session_id),
+            listed,
+        )
 
-    def unlock(self) -> None:
-        # The file stays: unlinking a lock file lets two processes lock two inodes.
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def _registered(self, answer: SessionResponse) -> None:
+        self.id = answer.provider_session_id
+        self.generation = answer.generation
+        self.registrations += 1
+        self.announced_doorbell = answer.doorbell_url
+        self.heartbeat_timeout = answer.heartbeat_timeout_seconds
+        self._server_view = {row.name: row.status for row in answer.llms}
+        self._registered_at = time.monotonic()
+
+    async def held_loop(self, no_infer: asyncio.Event) -> None:
+        """Try the held names again every heartbeat interval, reporting each refusal.
+
+        A registration starts a new generation of the session, and the relay takes a
+        claimed task whose lease runs out under an older generation for lost: so the
+        retry waits for a moment with no request in flight (`no_infer` set).
+        """
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            if not self._held:
+                continue
+            await no_infer.wait()
+            async with self._register_lock:
+                await self.register(retry_of_held=True)
+
+    async def reregister(self) -> None:
+        """Register again: the relay lost the session (once, however many noticed)."""
+        async with self._register_lock:
+            if time.monotonic() - self._registered_at < REREGISTER_AFTER_SECONDS:
+                return
+            logger.warning(
+                "the relay lost session %s: registering again", fingerprint(self.id or "")
+            )
+            await self.register()
+
+    async def deregister(self, give_up_after: float = DEREGISTER_SECONDS) -> None:
+        """Take the providers off the relay (their rows go inactive at once)."""
+        if self.id is None:
+            return
+        request = SessionRequest(provider_session_id=self.id)
+        try:
+            await retrying(lambda: self.relay.deregister(request), give_up_after=give_up_after)
+        except RelayCallError as exc:
+            logger.warning("deregister failed: %s", exc.message)
+            return
+        logger.info("deregistered session %s", fingerprint(self.id or ""))
+
+    # --- heartbeats ------------------------------------------------------------------
+
+    async def heartbeat_loop(self, *, polls_beat: bool) -> None:
+        """Check the backends and heartbeat their statuses; with `polls_beat` (the
+        doorbell's polls are the heartbeat: docs/protocol.md) only when one changed."""
+        every = self.config.heartbeat_seconds
+        beaten = time.monotonic()
+        while True:
+            down = any(s.status == LlmStatus.UNAVAILABLE for s in self.slots.values())
+            await asyncio.sleep(min(every, UNAVAILABLE_RECHECK_SECONDS) if down else every)
+            await asyncio.gather(*(slot.check(every) for slot in self.slots.values()))
+            if polls_beat and not self._status_changes():
+                continue
+            if self._status_changes() or time.monotonic() - beaten >= every * 0.9:
+                await self.beat()
+                beaten = time.monotonic()
+
+    def _status_changes(self) -> dict[str, LlmStatus]:
+        return {
+            name: slot.status
+            for name, slot in self.slots.items()
+            if name not in self._held
+            and (
+                self._server_view.get(name) != slot.status
+                or self._reported.get(name) != slot.status
+            )
+        }
+
+    async def beat(self) -> None:
+        """One heartbeat carrying the statuses the relay does not know yet."""
+        async with self._beat_lock:
+            statuses = self._status_changes()
+            running = sorted(self.running)
+            request = HeartbeatRequest(
+                provider_session_id=self.require_id(), statuses=statuses, running=running
+            )
+            try:
+                answer = await self.relay.heartbeat(request)
+            except RelayUnavailableError:
+                return
+            except SessionLostError:
+                await self.reregister()
+                return
+            if statuses:
+                logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
+            self._reported.update(statuses)
+            self._server_view = {row.name: row.status for row in answer.llms}
+
+    async def beat_quietly(self) -> None:
+        """A heartbeat whose failure is only logged (a wake's, while it waits)."""
+        try:
+            await self.beat()
+        except RelayCallError as exc:
+            logger.debug("heartbeat failed: %s", exc)
+
+
+def _held_name(message: str, names: list[str]) -> str | None:
+    """Which of `names` the relay's 409 refers to: it quotes the name (`'llama3'`)."""
+    quoted = [name for name in names if f"'{name}'" in message]
+    return quoted[0] if len(quoted) == 1 else None

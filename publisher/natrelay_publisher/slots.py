@@ -1,8 +1,10 @@
-"""One published provider at run time: its plugin objects, concurrency and status."""
+"""One published provider at run time: its plugin objects, concurrency, and the status
+its backend's checks give it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -11,6 +13,12 @@ from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.providers.base import default_endpoints
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
+
+logger = logging.getLogger("natrelay.publisher")
+
+# A backend without a wake recipe is reported unavailable after this many failed checks
+# in a row.
+UNAVAILABLE_AFTER_CHECKS = 2
 
 
 @dataclass(eq=False)
@@ -72,6 +80,41 @@ class ProviderSlot:
             if answer is not None:
                 return answer
         return await self.provider.available()
+
+    async def check_first(self) -> None:
+        """The status it is published with: hibernating when asleep (with a wake recipe),
+        unavailable when down (without one)."""
+        up = await self.ready()
+        self.seen_up = up
+        if self.wake_recipe is not None and not up:
+            self.status = LlmStatus.HIBERNATING
+            logger.info("%s is asleep: publishing it hibernating", self.name)
+        elif not up:
+            self.status = LlmStatus.UNAVAILABLE
+            self.failed_checks = 1
+            logger.warning("backend of %s is not answering: publishing it unavailable", self.name)
+
+    async def check(self, recent_seconds: float) -> None:
+        """Check the backend again and update the status; a backend that answered a request
+        in the last `recent_seconds` is up, however slow its model list. A check that
+        raced a wake or a sleep changes nothing."""
+        transitions, recent = self.transitions, time.monotonic() - recent_seconds
+        if self.busy:
+            return
+        up = await self.ready() or self.answered_at >= recent
+        if self.busy or self.transitions != transitions:
+            return
+        if up != self.seen_up:
+            logger.info("backend of %s is %s", self.name, "up" if up else "down")
+            self.seen_up = up
+        self.failed_checks = 0 if up else self.failed_checks + 1
+        if self.wake_recipe is not None:
+            self.status = LlmStatus.ACTIVE if up else LlmStatus.HIBERNATING
+        elif up:
+            self.status = LlmStatus.ACTIVE
+        elif self.failed_checks >= UNAVAILABLE_AFTER_CHECKS:
+            # Twice in a row: one slow answer from a busy backend is not an outage.
+            self.status = LlmStatus.UNAVAILABLE
 
     @property
     def endpoints(self) -> frozenset[Endpoint]:

@@ -1,4 +1,5 @@
-"""Wakes and sleeps: one at a time per provider, outcomes remembered by wake id."""
+"""Wakes and sleeps: one at a time per provider, outcomes remembered by wake id; idle
+providers with a sleep recipe put to sleep."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from natrelay_publisher.types import Heartbeat
 logger = logging.getLogger("natrelay.publisher")
 
 TICK_SECONDS = 1.5
+# How often idle providers are looked for.
+IDLE_TICK_SECONDS = 1.0
 # How much longer than the recipe's maxWaitSeconds an infer waits for a wake task to show up.
 WAKE_ARRIVAL_MARGIN_SECONDS = 30.0
 REMEMBER_SECONDS = 900.0
@@ -109,6 +112,28 @@ class Waker:
             slot.transitions += 1
             logger.info("%s is asleep", slot.name)
         await self._heartbeat()
+
+    async def idle_loop(self, slots: list[ProviderSlot]) -> None:
+        """Put each of `slots` to sleep once it has been idle its `sleepAfterIdleSeconds`."""
+        sleepy = [slot for slot in slots if slot.config.sleep_after_idle_seconds]
+        while True:
+            await asyncio.sleep(IDLE_TICK_SECONDS)
+            for slot in sleepy:
+                idle = slot.config.sleep_after_idle_seconds or 0
+                if (
+                    slot.status == LlmStatus.ACTIVE
+                    and slot.held == 0
+                    and not slot.busy
+                    and slot.sleeping is None
+                    and slot.idle_for() >= idle
+                ):
+                    slot.sleeping = asyncio.create_task(self._sleep_idle(slot))
+
+    async def _sleep_idle(self, slot: ProviderSlot) -> None:
+        try:
+            await self.sleep(slot)
+        finally:
+            slot.sleeping = None
 
     def cancel_all(self) -> None:
         for task in list(self._running.values()):

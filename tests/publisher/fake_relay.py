@@ -55,9 +55,10 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def error(status: int, code: ErrorCode, message: str) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": dump(ErrorInfo(message=message, type=kind, code=code))}, status)
+def error(code: ErrorCode, message: str) -> JSONResponse:
+    """An error answer as the relay sends it: its code's status and type."""
+    info = ErrorInfo(message=message, type=code.type.value, code=code)
+    return JSONResponse({"error": dump(info)}, code.status)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class FakeRelay:
 
     async def _refuse(self, request: Request, exc: Exception) -> Response:
         self.invalid.append(f"{request.url.path}: {exc}")
-        return error(400, ErrorCode.INVALID_REQUEST, str(exc))
+        return error(ErrorCode.INVALID_REQUEST, str(exc))
 
     def _session(self) -> JSONResponse:
         llms = [
@@ -157,7 +158,7 @@ class FakeRelay:
         taken = sorted(p.name for p in body.providers if p.name in self.held)
         if taken:
             message = f"LLM name {taken[0]!r} is live under another session of this key"
-            return error(409, ErrorCode.NAME_TAKEN, message)
+            return error(ErrorCode.NAME_TAKEN, message)
         self.rows = {p.name: p.initial_status for p in body.providers}
         return self._session()
 
@@ -186,16 +187,16 @@ class FakeRelay:
     async def _chunks(self, request: Request) -> Response:
         batch = await self._read(request, "chunks", ChunkBatch)
         if self.refuse_chunks:
-            return error(413, ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE)
+            return error(ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE)
         if self.cancel_after is not None and len(self.calls("chunks")) > self.cancel_after:
-            return error(409, ErrorCode.TASK_CANCELLED, "the client went away")
+            return error(ErrorCode.TASK_CANCELLED, "the client went away")
         return JSONResponse(dump(ChunkAck(seq=batch.seq)))
 
     async def _result(self, request: Request) -> Response:
         await self._read(request, "result", TaskResult)
         size = len(await request.body())
         if self.max_result_bytes is not None and size > self.max_result_bytes:
-            return error(413, ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE)
+            return error(ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE)
         task = TaskView(
             id=request.path_params["task_id"],
             kind=TaskKind.INFER,

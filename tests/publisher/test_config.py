@@ -13,7 +13,7 @@ import yaml
 
 from natrelay_publisher.config import default_session_file, load_config, parse_config
 from natrelay_publisher.errors import ConfigError, SessionFileBusyError
-from natrelay_publisher.session import SessionFile
+from natrelay_publisher.session_file import SessionFile
 from natrelay_publisher.slots import ProviderSlot
 
 RELAY = {"url": "https://relay.example.com", "token": "t0ken"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from natrelay_publisher import ProviderSettings
 from natrelay_publisher.providers import BackendReply, ProviderOptions
 from natrelay_publisher.recipes import RecipeConfig
 
@@ -25,7 +26,7 @@ class ShoutProvider:
     Options: ClassVar[type[ProviderOptions]] = ShoutOptions
     requires: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: ProviderSettings) -> None:
         self.name, self.model = config.name, "shout"
         self.options = ShoutOptions.model_validate(config.options)
 
@@ -55,7 +56,7 @@ class KnockRecipe:
     Config: ClassVar[type[RecipeConfig]] = KnockConfig
     can_sleep: ClassVar[bool] = False
 
-    def __init__(self, config: RecipeConfig, provider: Any) -> None:
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None:
         self.config = config
 
     @property

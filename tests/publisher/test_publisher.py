@@ -264,7 +264,7 @@ def test_stop_while_the_relay_is_unreachable(
     assert time.monotonic() - started < 8
     unreachable = [r for r in caplog.records if r.getMessage().startswith("relay unreachable")]
     assert len(unreachable) == 1
-    assert pub.session_id is None
+    assert pub.session.id is None
 
 
 def test_no_spinning_on_a_relay_that_does_not_wait(

@@ -6,6 +6,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,17 +199,27 @@ def sleepy_slot(url: str, wake_path: str = "/wake", max_wait: float = 10) -> Pro
 
 
 class Beats:
-    def __init__(self) -> None:
+    """Counts the waker's heartbeats; `on_beat` hears each one's number."""
+
+    def __init__(self, on_beat: Callable[[int], None] | None = None) -> None:
         self.count = 0
+        self.on_beat = on_beat
 
     async def __call__(self) -> None:
         self.count += 1
+        if self.on_beat is not None:
+            self.on_beat(self.count)
 
 
 def test_concurrent_wakes_share_one_recipe_run(controller: tuple[str, WakeController]) -> None:
     url, state = controller
-    state.wake_delay = 0.5
-    beats = Beats()
+    state.wake_delay = 3600  # up only when the third heartbeat says so
+
+    def up_after_three(count: int) -> None:
+        if count == 3:
+            state.awake = True
+
+    beats = Beats(up_after_three)
 
     async def scenario() -> list[Any]:
         slot = sleepy_slot(url)
@@ -226,9 +237,9 @@ def test_concurrent_wakes_share_one_recipe_run(controller: tuple[str, WakeContro
     *outcomes, status = asyncio.run(scenario())
     assert len(state.wake_calls) == 1
     assert all(o is not None and o.ok for o in outcomes)
-    assert outcomes[0].ms >= 500
+    assert outcomes[0].ms >= 300  # three readiness ticks of 0.1 s
     assert status == LlmStatus.ACTIVE
-    assert beats.count >= 3  # a heartbeat on each readiness tick, and one when awake
+    assert beats.count == 3  # a heartbeat on each readiness tick while waiting, none after
 
 
 def test_failed_wake_names_the_cause(controller: tuple[str, WakeController]) -> None:

@@ -112,7 +112,7 @@ class Endings:
             "message": f"task {task.id} waited {waited:.0f} s in the queue of {task.llm}, "
             "every member of its pool busy; try again later",
             "code": ErrorCode.QUEUE_TIMEOUT.value,
-            "type": "service_unavailable",
+            "type": ErrorCode.QUEUE_TIMEOUT.type.value,
         }
         try:
             ended = await self.tasks.fail_if_pending(

@@ -18,7 +18,9 @@ from natrelay.errors import (
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.wire import Endpoint, ErrorCode, LlmStatus, TaskState
 
-OFFLINE_STATUS = 503
+OFFLINE_STATUS = ErrorCode.PUBLISHER_OFFLINE.status
+# A cancelled task's record says the client went away (nginx's 499); a publisher that
+# posts to it hears 409 `task_cancelled`.
 CANCELLED_STATUS = 499
 
 
@@ -34,7 +36,7 @@ def offline_error(message: str) -> dict[str, Any]:
     return {
         "message": message,
         "code": ErrorCode.PUBLISHER_OFFLINE.value,
-        "type": "service_unavailable",
+        "type": ErrorCode.PUBLISHER_OFFLINE.type.value,
     }
 
 

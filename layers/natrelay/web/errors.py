@@ -1,4 +1,5 @@
-"""The one table from domain errors to HTTP responses (OpenAI-style bodies)."""
+"""Domain errors as HTTP responses (OpenAI-style bodies): the status and type are their
+code's (`ErrorCode`, in the wire); the headers each error adds are set here."""
 
 from __future__ import annotations
 
@@ -14,35 +15,12 @@ from natrelay.wire import ErrorCode, Paths
 
 log = logging.getLogger("natrelay.web")
 
-STATUS: dict[type[errors.RelayError], int] = {
-    errors.AuthError: 401,
-    errors.ForbiddenError: 403,
-    errors.InvalidRequestError: 400,
-    errors.PayloadTooLargeError: 413,
-    errors.LlmNotFoundError: 404,
-    errors.EndpointNotServedError: 404,
-    errors.SessionNotFoundError: 404,
-    errors.TaskNotFoundError: 404,
-    errors.NameTakenError: 409,
-    errors.NameOwnedError: 409,
-    errors.NameLimitError: 409,
-    errors.RowChangedError: 409,
-    errors.SessionForbiddenError: 403,
-    errors.KeyNotFoundError: 404,
-    errors.RateLimitError: 429,
-    errors.TaskNotClaimedError: 409,
-    errors.TaskCancelledError: 409,
-    errors.ResultConflictError: 409,
-    errors.PublisherOfflineError: 503,
-    errors.BackendError: 502,
-    errors.TaskTimeoutError: 504,
-}
 
-
-def _body(message: str, type_: str, code: str, param: str | None) -> dict[str, dict[str, object]]:
-    """An OpenAI-style error body; it names the request (as `x-request-id` does)."""
+def _body(message: str, code: ErrorCode, param: str | None) -> dict[str, dict[str, object]]:
+    """An OpenAI-style error body, of its code's type; it names the request (as
+    `x-request-id` does)."""
     bind(errorCode=str(code))
-    error: dict[str, object] = {"message": message, "type": type_, "code": code, "param": param}
+    error: dict[str, object] = {"message": message, "type": code.type, "code": code, "param": param}
     rid = request_id()
     if rid is not None:
         error["request_id"] = rid
@@ -50,7 +28,7 @@ def _body(message: str, type_: str, code: str, param: str | None) -> dict[str, d
 
 
 def error_body(exc: errors.RelayError) -> dict[str, dict[str, object]]:
-    return _body(exc.message, exc.type, exc.code, exc.param)
+    return _body(exc.message, exc.code, exc.param)
 
 
 # The Anthropic Messages API's error types, by status (its SDK raises by status; the
@@ -86,12 +64,8 @@ def anthropic_style(request: Request) -> bool:
 
 
 def status_of(exc: errors.RelayError) -> int:
-    if isinstance(exc, errors.BackendError):
-        return exc.status
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    """Its code's status; a backend's error keeps the status it was given."""
+    return exc.status if isinstance(exc, errors.BackendError) else exc.code.status
 
 
 def retry_helps(exc: errors.RelayError) -> bool:
@@ -134,7 +108,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
         exc.status_code, ErrorCode.HTTP_ERROR
     )
-    body = _body(exc.detail, "invalid_request_error", code, None)
+    body = _body(exc.detail, code, None)
     shaped = anthropic_body(body, exc.status_code) if anthropic_style(request) else body
     return JSONResponse(shaped, status_code=exc.status_code, headers=exc.headers)
 
@@ -142,10 +116,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def unexpected(request: Request, exc: Exception) -> Response:
     """Outside a RequestContext only (which catches these first)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        _body("internal error in the relay", "server_error", ErrorCode.INTERNAL_ERROR, None),
-        status_code=500,
-    )
+    code = ErrorCode.INTERNAL_ERROR
+    return JSONResponse(_body("internal error in the relay", code, None), status_code=code.status)
 
 
 async def client_gone(request: Request, exc: Exception) -> Response:

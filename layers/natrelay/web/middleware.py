@@ -82,15 +82,16 @@ class RequestContext:
 
 
 def _internal_error(request_id: str) -> JSONResponse:
+    code = ErrorCode.INTERNAL_ERROR
     return JSONResponse(
         {
             "error": {
                 "message": f"internal error in the relay (request {request_id})",
-                "type": "server_error",
-                "code": ErrorCode.INTERNAL_ERROR,
+                "type": code.type,
+                "code": code,
                 "param": None,
                 "request_id": request_id,
             }
         },
-        status_code=500,
+        status_code=code.status,
     )

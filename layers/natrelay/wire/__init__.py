@@ -1,7 +1,8 @@
 """Wire models shared by the relay API and the publisher (pydantic only, no server deps).
 
-Three modules, all re-exported here: `contract` (limits, enums, ErrorCode, Paths, base
-models), `protocol` (the publisher protocol) and `views` (what clients and admins read).
+Four modules, all re-exported here: `contract` (limits, enums, error codes with their
+HTTP status and type, Paths, base models), `protocol` (the publisher protocol), `rows`
+(the admin's row documents) and `views` (what clients and admins read).
 """
 
 from natrelay.wire.contract import (
@@ -17,6 +18,7 @@ from natrelay.wire.contract import (
     ErrorBody,
     ErrorCode,
     ErrorInfo,
+    ErrorType,
     LlmName,
     LlmStatus,
     Paths,
@@ -105,6 +107,7 @@ __all__ = [
     "ErrorBody",
     "ErrorCode",
     "ErrorInfo",
+    "ErrorType",
     "HeartbeatRequest",
     "KeyCreated",
     "KeyList",

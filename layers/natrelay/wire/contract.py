@@ -87,8 +87,23 @@ class TaskState(StrEnum):
         return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
 
 
+class ErrorType(StrEnum):
+    """The OpenAI error `type` of an error body: what kind of failure it is."""
+
+    INVALID_REQUEST = "invalid_request_error"
+    AUTHENTICATION = "authentication_error"
+    PERMISSION = "permission_error"
+    RATE_LIMIT = "rate_limit_error"
+    TIMEOUT = "timeout_error"
+    SERVER = "server_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    UPSTREAM = "upstream_error"
+
+
 class ErrorCode(StrEnum):
-    """The `code` of every error body the relay sends (and the publisher reports)."""
+    """The `code` of every error body the relay sends (and the publisher reports); each
+    carries the HTTP status and the OpenAI `type` the relay answers it with (`status`,
+    `type`: one table, `_ERROR_ANSWERS`)."""
 
     INVALID_API_KEY = "invalid_api_key"
     FORBIDDEN = "forbidden"
@@ -122,6 +137,18 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     ENDPOINT_NOT_SERVED = "endpoint_not_served"
     INTERNAL_ERROR = "internal_error"
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of its answer. A backend's or an upstream's own 4xx or 504
+        passes through `backend_error` and `upstream_error`; `http_error` answers the
+        status the router raised."""
+        return _ERROR_ANSWERS[self][0]
+
+    @property
+    def type(self) -> ErrorType:
+        """The OpenAI error `type` of its answer."""
+        return _ERROR_ANSWERS[self][1]
 
 
 class Paths:
@@ -181,6 +208,43 @@ _ENDPOINT_PATHS = {
 }
 
 
+_ERROR_ANSWERS: dict[ErrorCode, tuple[int, ErrorType]] = {
+    ErrorCode.INVALID_API_KEY: (401, ErrorType.AUTHENTICATION),
+    ErrorCode.FORBIDDEN: (403, ErrorType.PERMISSION),
+    ErrorCode.INVALID_REQUEST: (400, ErrorType.INVALID_REQUEST),
+    ErrorCode.PAYLOAD_TOO_LARGE: (413, ErrorType.INVALID_REQUEST),
+    ErrorCode.NOT_FOUND: (404, ErrorType.INVALID_REQUEST),
+    ErrorCode.METHOD_NOT_ALLOWED: (405, ErrorType.INVALID_REQUEST),
+    ErrorCode.HTTP_ERROR: (400, ErrorType.INVALID_REQUEST),
+    ErrorCode.MODEL_NOT_FOUND: (404, ErrorType.INVALID_REQUEST),
+    ErrorCode.SESSION_NOT_FOUND: (404, ErrorType.INVALID_REQUEST),
+    ErrorCode.TASK_NOT_FOUND: (404, ErrorType.INVALID_REQUEST),
+    ErrorCode.NAME_TAKEN: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.NAME_OWNED: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.NAME_LIMIT: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.ROW_CHANGED: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.SESSION_FORBIDDEN: (403, ErrorType.PERMISSION),
+    ErrorCode.KEY_NOT_FOUND: (404, ErrorType.INVALID_REQUEST),
+    ErrorCode.RATE_LIMIT_EXCEEDED: (429, ErrorType.RATE_LIMIT),
+    ErrorCode.QUEUE_FULL: (429, ErrorType.RATE_LIMIT),
+    ErrorCode.QUEUE_TIMEOUT: (503, ErrorType.SERVICE_UNAVAILABLE),
+    ErrorCode.BUDGET_EXCEEDED: (429, ErrorType.RATE_LIMIT),
+    ErrorCode.TASK_NOT_CLAIMED: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.TASK_CANCELLED: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.RESULT_CONFLICT: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.PUBLISHER_OFFLINE: (503, ErrorType.SERVICE_UNAVAILABLE),
+    ErrorCode.WAKE_FAILED: (503, ErrorType.SERVICE_UNAVAILABLE),
+    ErrorCode.BACKEND_UNAVAILABLE: (503, ErrorType.SERVICE_UNAVAILABLE),
+    ErrorCode.BACKEND_ERROR: (502, ErrorType.UPSTREAM),
+    ErrorCode.UPSTREAM_ERROR: (502, ErrorType.UPSTREAM),
+    # What a publisher reports when a task broke on its own bug.
+    ErrorCode.PUBLISHER_ERROR: (500, ErrorType.SERVER),
+    ErrorCode.TIMEOUT: (504, ErrorType.TIMEOUT),
+    ErrorCode.ENDPOINT_NOT_SERVED: (404, ErrorType.INVALID_REQUEST),
+    ErrorCode.INTERNAL_ERROR: (500, ErrorType.SERVER),
+}
+
+
 class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are refused."""
 
@@ -198,7 +262,7 @@ class Answer(WireModel):
 
 class ErrorInfo(Answer):
     message: str
-    type: str = "server_error"
+    type: str = ErrorType.SERVER.value
     code: str | None = None
     param: str | None = None
 

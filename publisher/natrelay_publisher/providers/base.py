@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -15,10 +15,7 @@ from pydantic.alias_generators import to_camel
 from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.redact import describe
-from natrelay_publisher.types import Chunk, JSONObject
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
+from natrelay_publisher.types import Chunk, JSONObject, ProviderSettings
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -42,7 +39,8 @@ class BackendReply:
 class Provider(Protocol):
     """Talks to one backend. `complete` and `stream` raise BackendFailedError on any failure.
 
-    `requires` names the ProviderConfig fields this type needs (e.g. base_url, model).
+    It is built from its entry of the config (`ProviderSettings`); `requires` names the
+    fields of that entry this type needs (e.g. base_url, model).
     `stream` yields OpenAI `chat.completion.chunk` objects.
 
     A provider that serves more than chat also has what `EndpointProvider` adds:
@@ -57,7 +55,7 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def __init__(self, config: ProviderConfig) -> None: ...
+    def __init__(self, config: ProviderSettings) -> None: ...
 
     async def available(self) -> bool: ...
 
@@ -98,7 +96,7 @@ def default_endpoints(provider: type[Provider] | Provider) -> frozenset[Endpoint
     return endpoints
 
 
-def backend_client(config: ProviderConfig) -> httpx.AsyncClient:
+def backend_client(config: ProviderSettings) -> httpx.AsyncClient:
     """One client per backend: base URL, API key, the provider's read timeout."""
     headers = {}
     if config.api_key is not None:
@@ -161,7 +159,6 @@ def failed_status(
         return BackendFailedError(
             f"the backend does not serve {endpoint.path} for this model (it answered "
             f"{status}: {error_message(status, body)})",
-            status=404,
             code=ErrorCode.ENDPOINT_NOT_SERVED,
         )
     return BackendFailedError(
@@ -283,7 +280,7 @@ class HttpBackend:
     # GET this path answering 2xx means the backend is up (it also lists the models).
     models_path: ClassVar[str]
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderSettings) -> None:
         self.name = config.name
         self.model = config.model or ""
         self.base_url = config.base_url or ""

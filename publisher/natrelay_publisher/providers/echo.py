@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import httpx
 from pydantic import Field
@@ -23,10 +23,7 @@ from natrelay_publisher.providers.base import (
     BackendReply,
     ProviderOptions,
 )
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.types import Chunk, JSONObject, ProviderSettings
 
 _PIECES = re.compile(r"\s*\S+|\s+$")
 
@@ -49,7 +46,7 @@ class EchoProvider:
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
     default_endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderSettings) -> None:
         self.name = config.name
         self.model = config.model or "echo"
         self.options = EchoOptions.model_validate(config.options)

@@ -8,13 +8,11 @@ import hashlib
 import struct
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from natrelay.wire import Endpoint
 from natrelay_publisher.errors import BackendFailedError
-
-if TYPE_CHECKING:
-    from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.types import Chunk, JSONObject
 
 DEFAULT_DIMENSIONS = 8
 

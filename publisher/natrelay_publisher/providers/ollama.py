@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import httpx
 
@@ -29,9 +29,7 @@ from natrelay_publisher.providers.ollama_shapes import (
     to_ollama,
 )
 from natrelay_publisher.providers.openai import backend_path
-
-if TYPE_CHECKING:
-    from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.types import Chunk, JSONObject
 
 
 class OllamaProvider(HttpBackend):

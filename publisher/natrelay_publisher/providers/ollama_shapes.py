@@ -7,12 +7,10 @@ import json
 import struct
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from natrelay_publisher.errors import BackendFailedError
-
-if TYPE_CHECKING:
-    from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.types import Chunk, JSONObject
 
 # OpenAI sampling fields and their Ollama `options` names.
 _OPTIONS = {

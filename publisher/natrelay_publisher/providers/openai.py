@@ -7,13 +7,11 @@ Each endpoint goes to the path of the same name under the base URL (`…/v1`):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from natrelay.wire import Endpoint
 from natrelay_publisher.providers.base import BackendReply, HttpBackend
-
-if TYPE_CHECKING:
-    from natrelay_publisher.types import Chunk, JSONObject
+from natrelay_publisher.types import Chunk, JSONObject
 
 __all__ = ["OpenAIProvider", "backend_path"]
 

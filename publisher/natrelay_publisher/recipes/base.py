@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
+from typing import ClassVar, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from natrelay_publisher.errors import RecipeError
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Action
+from natrelay_publisher.types import Action, ProviderSettings
 
 DEFAULT_MAX_WAIT_SECONDS = 120.0
 
@@ -25,7 +22,7 @@ class RecipeConfig(BaseModel):
     type: str
     max_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT_SECONDS, gt=0, le=3600)
 
-    def for_provider(self, provider: ProviderConfig) -> Self:
+    def for_provider(self, provider: ProviderSettings) -> Self:
         """Fill defaults that depend on the provider; raise ValidationError when impossible."""
         return self
 
@@ -41,7 +38,7 @@ class WakeRecipe(Protocol):
     Config: ClassVar[type[RecipeConfig]]
     can_sleep: ClassVar[bool]
 
-    def __init__(self, config: RecipeConfig, provider: ProviderConfig) -> None: ...
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None: ...
 
     @property
     def max_wait_seconds(self) -> float: ...

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from pydantic import Field
 
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Action
+from natrelay_publisher.types import Action, ProviderSettings
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -29,7 +26,7 @@ class CommandRecipe:
     Config: ClassVar[type[RecipeConfig]] = CommandRecipeConfig
     can_sleep: ClassVar[bool] = True
 
-    def __init__(self, config: RecipeConfig, provider: ProviderConfig) -> None:
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None:
         self.config = expect(config, CommandRecipeConfig)
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field
@@ -11,10 +11,7 @@ from pydantic import Field
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, refused
 from natrelay_publisher.redact import describe, origin
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Action
+from natrelay_publisher.types import Action, ProviderSettings
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -31,7 +28,7 @@ class HttpRecipe:
     Config: ClassVar[type[RecipeConfig]] = HttpRecipeConfig
     can_sleep: ClassVar[bool] = True
 
-    def __init__(self, config: RecipeConfig, provider: ProviderConfig) -> None:
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None:
         self.config = expect(config, HttpRecipeConfig)
 
     @property

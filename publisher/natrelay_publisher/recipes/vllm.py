@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import ClassVar, Self
 
 import httpx
 from pydantic import Field, ValidationError
@@ -12,10 +12,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, refused
 from natrelay_publisher.redact import describe
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Action
+from natrelay_publisher.types import Action, ProviderSettings
 
 READY_TIMEOUT_SECONDS = 5.0
 
@@ -26,7 +23,7 @@ class VllmSleepRecipeConfig(RecipeConfig):
     # vLLM sleep level: 1 offloads weights to CPU RAM, 2 discards them.
     level: int = Field(default=1, ge=1, le=2)
 
-    def for_provider(self, provider: ProviderConfig) -> Self:
+    def for_provider(self, provider: ProviderSettings) -> Self:
         if self.base_url:
             return self.model_copy(update={"base_url": self.base_url.rstrip("/")})
         if not provider.base_url:
@@ -43,7 +40,7 @@ class VllmSleepRecipe:
     Config: ClassVar[type[RecipeConfig]] = VllmSleepRecipeConfig
     can_sleep: ClassVar[bool] = True
 
-    def __init__(self, config: RecipeConfig, provider: ProviderConfig) -> None:
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None:
         self.config = expect(config, VllmSleepRecipeConfig).for_provider(provider)
         self.base_url = self.config.base_url or ""
         key = provider.api_key.get_secret_value() if provider.api_key else None

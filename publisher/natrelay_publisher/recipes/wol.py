@@ -5,16 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, field_validator
 
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect
-
-if TYPE_CHECKING:
-    from natrelay_publisher.config import ProviderConfig
-    from natrelay_publisher.types import Action
+from natrelay_publisher.types import Action, ProviderSettings
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$", re.IGNORECASE)
 
@@ -49,7 +46,7 @@ class WolRecipe:
     Config: ClassVar[type[RecipeConfig]] = WolRecipeConfig
     can_sleep: ClassVar[bool] = False
 
-    def __init__(self, config: RecipeConfig, provider: ProviderConfig) -> None:
+    def __init__(self, config: RecipeConfig, provider: ProviderSettings) -> None:
         self.config = expect(config, WolRecipeConfig)
 
     @property

@@ -1,21 +1,23 @@
-"""The `natrelay` command: `publish` (this package) and `dev` (natrelay_infra, optional)."""
+"""`natrelay publish`: run the publisher in the foreground until SIGINT/SIGTERM.
+
+Logs go to stderr (text, or one JSON object per line). A second signal hurries the stop
+(the tasks in flight are failed, the session deregistered); a third exits at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from importlib import metadata
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from natrelay_publisher import admin, llm_cli
+from natrelay_cli.exits import EXIT_FAILED, EXIT_USAGE
 from natrelay_publisher.config import PublisherConfig, load_config
 from natrelay_publisher.daemon import Publisher
 from natrelay_publisher.errors import (
@@ -27,16 +29,9 @@ from natrelay_publisher.errors import (
 
 logger = logging.getLogger("natrelay.publisher")
 
-EXIT_FATAL = 1
-EXIT_USAGE = 2
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="natrelay", description="Publish LLM backends behind NAT to a natrelay relay."
-    )
-    parser.add_argument("--version", action="version", version=f"natrelay {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_command(commands: Any) -> None:
+    """Add `publish` to the `natrelay` parser's subcommands."""
     publish = commands.add_parser(
         "publish",
         help="register the configured providers and serve their tasks",
@@ -57,45 +52,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="json: one JSON object per line, for service managers (default: text)",
     )
-    commands.add_parser(
-        "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
-    )
-    admin.add_commands(commands)
-    llm_cli.add_commands(commands)
-    return parser
 
 
-def _version() -> str:
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed `natrelay publish`; returns the exit code."""
+    _log_to_stderr(args.log_level, args.log_format)
     try:
-        return metadata.version("natrelay")
-    except metadata.PackageNotFoundError:  # running from a source tree
-        return "unknown"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `natrelay` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["dev"]:
-        return _dev(args[1:])
-    options = _parser().parse_args(args)
-    if options.command in ("keys", "llm"):
-        return admin.run(options)
-    return _publish(options.config, options.log_level, options.log_format)
-
-
-def _dev(argv: list[str]) -> int:
-    try:
-        dev = importlib.import_module("natrelay_infra.dev")
-    except ImportError as exc:
-        print(
-            f"natrelay dev needs the local extras: pip install 'natrelay[local]' ({exc})",
-            file=sys.stderr,
-        )
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_USAGE
-    return int(dev.main(argv))
+    return asyncio.run(_serve(config))
 
 
-def _publish(config_path: str, log_level: str, log_format: str = "text") -> int:
+def _log_to_stderr(log_level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(
@@ -110,12 +80,6 @@ def _publish(config_path: str, log_level: str, log_format: str = "text") -> int:
     if log_level != "DEBUG":
         # httpx logs every request at INFO: one line per poll is noise.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    return asyncio.run(_serve(config))
 
 
 async def _serve(config: PublisherConfig) -> int:
@@ -133,13 +97,13 @@ async def _serve(config: PublisherConfig) -> int:
         await publisher.run(stop, hurry)
     except RelayAuthError as exc:
         logger.error("%s: check relay.token; exiting", exc.message)
-        return EXIT_FATAL
+        return EXIT_FAILED
     except RelayCallError as exc:
         logger.error("the relay refused us: %s; exiting", exc.message)
-        return EXIT_FATAL
+        return EXIT_FAILED
     except SessionFileBusyError as exc:
         logger.error("%s", exc)
-        return EXIT_FATAL
+        return EXIT_FAILED
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
@@ -154,7 +118,7 @@ def _on_signal(stop: asyncio.Event, hurry: asyncio.Event, signum: int) -> None:
         # A third: the user wants out now, whatever is left registered.
         logger.warning("%s a third time: exiting without cleaning up", name)
         logging.shutdown()
-        os._exit(EXIT_FATAL)
+        os._exit(EXIT_FAILED)
     if stop.is_set():
         logger.warning("%s again: stopping now (failing the tasks in flight, deregistering)", name)
         hurry.set()

@@ -8,7 +8,6 @@ sends them in one request: the relay writes all of them or none.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -23,25 +22,23 @@ from natrelay.wire import (
     LlmRow,
     Paths,
 )
-from natrelay_publisher.admin import (
-    EXIT_USAGE,
+from natrelay_cli.admin import (
     AdminClient,
     CommandError,
     connection,
+    dump,
     error_of,
+    print_json,
     table,
 )
+from natrelay_cli.exits import EXIT_FAILED, EXIT_USAGE
 
 ROW_COLUMNS = ("name", "kind", "status", "model", "members", "queue", "lastHeartbeatAt")
 
 
-def _dump(row: LlmRow) -> dict[str, Any]:
-    return row.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
 def _print(data: Any, output: str) -> None:
     if output == "json":
-        print(json.dumps(data, indent=2))
+        print_json(data)
     elif isinstance(data, list):  # one YAML document per row: what `apply -f` reads
         print(yaml.safe_dump_all(data, sort_keys=False, allow_unicode=True), end="")
     else:
@@ -55,11 +52,11 @@ def _pool(client: AdminClient, name: str) -> LlmRow:
 def _list(client: AdminClient, args: argparse.Namespace) -> None:
     rows = client.call("GET", Paths.LLMS, LlmList).data
     if args.output != "table":
-        _print([_dump(r) for r in rows], args.output)
+        _print([dump(r) for r in rows], args.output)
         return
     lines = []
     for row in rows:
-        line = _dump(row)
+        line = dump(row)
         if row.kind != "public":  # a pool: its live members and its queue (one GET each)
             pool = _pool(client, row.name)
             line["members"] = len(pool.members or [])
@@ -69,7 +66,7 @@ def _list(client: AdminClient, args: argparse.Namespace) -> None:
 
 
 def _get(client: AdminClient, args: argparse.Namespace) -> None:
-    _print(_dump(_pool(client, args.name)), args.output)
+    _print(dump(_pool(client, args.name)), args.output)
 
 
 def _delete(client: AdminClient, args: argparse.Namespace) -> None:
@@ -155,11 +152,11 @@ def _refusal(resp: Any, places: list[str]) -> CommandError:
             # the relay names the document by index: say where it is instead
             message = message.split("): ", 1)[1] if "): " in message else message
             field = field.removeprefix(".")
-            code = EXIT_USAGE if resp.status_code == 400 else 1
+            code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED
             return CommandError(
                 f"{places[int(index)]}: {field + ': ' if field else ''}{message}", code
             )
-    return CommandError(error_of(resp), EXIT_USAGE if resp.status_code == 400 else 1)
+    return CommandError(error_of(resp), EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED)
 
 
 def _apply(client: AdminClient, args: argparse.Namespace) -> None:

@@ -1,0 +1,58 @@
+"""The `natrelay` command: `publish` (natrelay_publisher), `keys` and `llm` (the relay's
+admin API), and `dev` (natrelay_infra, from the `local` extras)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from natrelay_cli import admin, keys, llm, publish
+from natrelay_cli.exits import EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="natrelay", description="Publish LLM backends behind NAT to a natrelay relay."
+    )
+    parser.add_argument("--version", action="version", version=f"natrelay {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    publish.add_command(commands)
+    commands.add_parser(
+        "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
+    )
+    keys.add_commands(commands)
+    llm.add_commands(commands)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("natrelay")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `natrelay` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["dev"]:
+        return _dev(args[1:])
+    options = _parser().parse_args(args)
+    if options.command in ("keys", "llm"):
+        return admin.run(options)
+    return publish.run(options)
+
+
+def _dev(argv: list[str]) -> int:
+    try:
+        dev = importlib.import_module("natrelay_infra.dev")
+    except ImportError as exc:
+        print(
+            f"natrelay dev needs the local extras: pip install 'natrelay[local]' ({exc})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return int(dev.main(argv))
