@@ -54,3 +54,25 @@ def test_a_key_owns_at_most_so_many_names(moto_server: MotoServer) -> None:
         assert httpx.delete(f"{stack.url}/api/v1/llms/n3", headers=admin).status_code == 204
         assert _register(stack, pub, "n4").status_code == 200
         error_of(_register(stack, pub, "n5"), 409, "name_limit")
+
+
+def test_names_given_twice_in_any_case_are_refused(keyed: Stack) -> None:
+    """One registration (or apply) naming `O` and `o`, or a name and an alias differing
+    only in case, claims one name twice: 400 naming the field, not a 500 (found by the
+    fuzz suite: DynamoDB refuses a transaction that writes one item twice)."""
+    pub = create_key(keyed, role="publisher", label="twice")["secret"]
+    error = error_of(_register(keyed, pub, "O", "o"), 400, "invalid_request")
+    assert error["param"] == "providers" and "'O'" in error["message"]
+    providers = [{"name": "M", "type": "echo", "model": "echo", "aliases": ["m"]}]
+    p = ScriptedPublisher(keyed.url, pub, providers)
+    error = error_of(p.post("_provider-register", {"providers": providers}), 400, "invalid_request")
+    assert error["param"] == "providers"
+    p.http.close()
+    docs = [
+        {"name": n, "kind": "public", "baseUrl": "http://127.0.0.1:9/v1", "model": "m"}
+        for n in ("Up", "up")
+    ]
+    applied = httpx.post(
+        f"{keyed.url}/api/v1/llms/_apply", headers=auth(keyed.admin_token), json={"documents": docs}
+    )
+    assert error_of(applied, 400, "invalid_request")["param"] == "documents"

@@ -85,7 +85,8 @@ class RegisterRequest(WireModel):
         if twice:
             raise ValueError(f"each name may appear once; given more than once: {twice}")
         aliases = [a for p in value for a in p.aliases]
-        taken = sorted({a for a in aliases if a in names or aliases.count(a) > 1})
+        lowered = {n.lower() for n in names}
+        taken = sorted({a for a in aliases if a.lower() in lowered} | set(repeated(aliases)))
         if taken:
             raise ValueError(
                 f"an alias may not be a name or another alias of the registration: {taken}"
