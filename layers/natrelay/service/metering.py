@@ -65,13 +65,16 @@ def usage_hidden(endpoint: str, body: dict[str, Any]) -> bool:
 
 
 def without_usage(event: Any) -> Any | None:
-    """A stream event as a client that did not ask for usage sees it: without `usage`;
-    None for the usage event itself (no choices left)."""
+    """A stream event as a client that did not ask for usage sees it: None for the usage
+    event `include_usage` adds (no choices), and without the `"usage": null` it adds to
+    the others. A usage a backend sends on its own, beside choices, stays."""
     if not isinstance(event, dict) or "usage" not in event:
         return event
     if not event.get("choices"):
         return None
-    return {k: v for k, v in event.items() if k != "usage"}
+    if event["usage"] is None:
+        return {k: v for k, v in event.items() if k != "usage"}
+    return event
 
 
 def text_bytes(answer: Any) -> int:
