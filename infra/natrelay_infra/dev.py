@@ -26,8 +26,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from natrelay.observe import configure_logging, secret_call
+from natrelay.observe import configure_logging
 from natrelay.settings import Settings
+from natrelay.store.secrets import put_secret
 from natrelay.web import create_app
 from natrelay.wire import Paths
 from natrelay_infra.demo import (
@@ -40,6 +41,13 @@ from natrelay_infra.demo import (
 from natrelay_infra.draining import Draining
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.relay_config import relay_settings
+from natrelay_infra.state import (
+    STATE_DIR_ENV,
+    StateBusyError,
+    StateDir,
+    default_state_dir,
+    locked_state,
+)
 from natrelay_infra.tables import TableNames, create_tables
 from natrelay_infra.wake_controller import WakeController
 
@@ -72,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
         "--dynamodb-endpoint",
         default=env("NATRELAY_DYNAMODB_ENDPOINT"),
         help="use this DynamoDB (DynamoDB Local, or AWS) instead of an embedded moto server",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the embedded DynamoDB's state (keys, rows, usage, secrets) here across "
+        f"restarts (default ${STATE_DIR_ENV}, else ~/.local/state/natrelay/dev)",
+    )
+    parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="start empty and keep nothing (tests, throwaway runs)",
     )
     parser.add_argument("--table-prefix", default="natrelay-dev-")
     parser.add_argument("--llms-table", help="table name (overrides the prefix)")
@@ -158,6 +178,8 @@ class Relay:
     publish_token: str
     admin_token: str
     settings: Settings
+    state: StateDir | None = None
+    embedded: bool = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +202,14 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"natrelay dev: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
-        endpoint = args.dynamodb_endpoint or stack.enter_context(MotoServer()).endpoint
         try:
-            relay = _configure(args, sock, endpoint, embedded=not args.dynamodb_endpoint)
+            endpoint, state = _dynamodb_and_state(stack, args)
+        except _StartError as exc:
+            print(f"natrelay dev: {exc}", file=sys.stderr)
+            return exc.code
+        try:
+            embedded = not args.dynamodb_endpoint
+            relay = _configure(args, sock, endpoint, embedded=embedded, state=state)
         except ValidationError as exc:
             print(f"natrelay dev: invalid settings: {exc}", file=sys.stderr)
             return 1
@@ -208,6 +235,8 @@ def _run(args: argparse.Namespace) -> int:
             uvicorn.Config(
                 app,
                 log_level=args.log_level,
+                # the relay logs each request itself, with its route, key and model
+                access_log=False,
                 timeout_graceful_shutdown=2,  # drained requests end at once; this is a backstop
             )
         )
@@ -247,17 +276,66 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StartError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _dynamodb_and_state(
+    stack: contextlib.ExitStack, args: argparse.Namespace
+) -> tuple[str, StateDir | None]:
+    """The DynamoDB to use (the given one, or an embedded moto) and the state directory
+    that keeps the embedded one's state (None: --ephemeral, or not embedded)."""
+    if args.dynamodb_endpoint:
+        if args.state_dir or args.ephemeral:
+            raise _StartError(
+                "--state-dir and --ephemeral are for the embedded DynamoDB; with "
+                "--dynamodb-endpoint the state lives in that DynamoDB",
+                code=2,
+            )
+        return str(args.dynamodb_endpoint), None
+    if args.ephemeral:
+        return stack.enter_context(MotoServer()).endpoint, None
+    try:
+        state = stack.enter_context(locked_state(args.state_dir or default_state_dir()))
+        moto = stack.enter_context(MotoServer(journal=state.journal()))
+    except (StateBusyError, OSError) as exc:
+        raise _StartError(str(exc)) from None
+    if moto.restored:
+        log.info("natrelay dev: state restored from %s", state.path)
+    return moto.endpoint, state
+
+
 def _configure(
-    args: argparse.Namespace, sock: socket.socket, endpoint: str, *, embedded: bool
+    args: argparse.Namespace,
+    sock: socket.socket,
+    endpoint: str,
+    *,
+    embedded: bool,
+    state: StateDir | None = None,
 ) -> Relay:
     """The relay's settings: our tables and tokens; the rest from NATRELAY_* as usual."""
+    given = {
+        "client": args.client_token,
+        "publish": args.publisher_token,
+        "admin": args.admin_token,
+    }
     # Well-known tokens only on a loopback address over a local DynamoDB; on someone's
     # real tables (a deployed stack's), no admin token unless given.
     local_db = embedded or _is_loopback(urlsplit(endpoint).hostname or "")
-    known = _is_loopback(args.host) and local_db
-    client_token = args.client_token or (DEV_CLIENT_TOKEN if known else _token())
-    publish_token = args.publisher_token or (DEV_PUBLISH_TOKEN if known else _token())
-    admin_token = args.admin_token or (DEV_ADMIN_TOKEN if known else _token() if local_db else "")
+    if _is_loopback(args.host) and local_db:
+        defaults = {"client": DEV_CLIENT_TOKEN, "publish": DEV_PUBLISH_TOKEN}
+        tokens = {
+            role: token or defaults.get(role, DEV_ADMIN_TOKEN) for role, token in given.items()
+        }
+    elif state is not None:  # generated once, kept for the publishers configured with them
+        tokens = state.tokens(given, _token)
+    else:
+        tokens = {role: token or _token() for role, token in given.items()}
+    if not local_db:
+        tokens["admin"] = args.admin_token or ""
+    client_token, publish_token, admin_token = tokens["client"], tokens["publish"], tokens["admin"]
     prefix = args.table_prefix
     tables = TableNames(
         llms=args.llms_table or f"{prefix}Llms",
@@ -277,6 +355,7 @@ def _configure(
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
     if embedded:  # public rows' API keys: secrets and parameters in the same moto
         fields.setdefault("secrets_endpoint", os.environ.get("NATRELAY_SECRETS_ENDPOINT", endpoint))
+        fields["secrets_writable"] = True  # `natrelay secrets put` while it runs
     settings = relay_settings(
         endpoint,
         tables,
@@ -304,6 +383,8 @@ def _configure(
         publish_token=publish_token,
         admin_token=admin_token,
         settings=settings,
+        state=state,
+        embedded=embedded,
     )
 
 
@@ -341,9 +422,9 @@ def _put_secrets(pairs: list[str], endpoint: str, region: str) -> str | None:
         value = os.environ.get(var)
         if not value:
             return f"--secret-from-env {name}: the environment variable {var} is not set"
-        with secret_call():  # botocore's DEBUG line would hold the value
-            client.create_secret(Name=name, SecretString=value)
-        log.info("secret %s created in the embedded moto from $%s", name, var)
+        created = put_secret(client, name, value)
+        done = "created" if created else "updated"
+        log.info("secret %s %s in the embedded moto from $%s", name, done, var)
     return None
 
 
@@ -422,7 +503,10 @@ def _start_demo(
     stack: contextlib.ExitStack, args: argparse.Namespace, relay: Relay
 ) -> DemoPublisher:
     controller = stack.enter_context(WakeController())
-    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
+    if relay.state is not None:  # its session file too: a restart takes its models back
+        workdir = relay.state.demo
+    else:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="natrelay-dev-")))
     config = demo_config(
         relay.url,
         relay.publish_token,
@@ -436,6 +520,13 @@ def _start_demo(
         args.pid_file.write_text(f"{publisher.pid}\n", encoding="utf-8")
         stack.callback(args.pid_file.unlink, missing_ok=True)
     return publisher
+
+
+def _state_line(relay: Relay) -> str:
+    if relay.state is None:
+        return "in memory only (--ephemeral)" if relay.embedded else "in the given DynamoDB"
+    kept = "kept across restarts; --ephemeral for a throwaway run"
+    return f"{relay.state.path} ({kept})"
 
 
 def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
@@ -452,6 +543,7 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
         f"{relay.tables.tasks}, {relay.tables.keys})",
         f"  status page:      {relay.url}{Paths.STATUS}   (log in with the admin token)",
+        f"  state:            {_state_line(relay)}",
     ]
     if publisher is not None:
         lines.append(f"publisher pid: {publisher.pid}")

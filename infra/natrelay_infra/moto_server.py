@@ -15,12 +15,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from natrelay_infra.children import stop_child
+from natrelay_infra.journal import Journal
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -42,10 +44,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MotoServer:
-    """A serialized moto server on host:port (port 0 picks a free one)."""
+    """A serialized moto server on host:port (port 0 picks a free one); with a `journal`,
+    its state is restored from it first and kept in it (natrelay_infra.journal)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = DomainDispatcherApplication(create_backend_app)
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, journal: Journal | None = None
+    ) -> None:
+        app: WsgiApp = DomainDispatcherApplication(create_backend_app)
+        self.journal = journal
+        self.restored = 0
+        if journal is not None:
+            self.restored = journal.restore(app)
+            app = journal.wrap(app)
         self._server: BaseWSGIServer = make_server(
             host, port, serialized(app), threaded=True, request_handler=_QuietHandler
         )
@@ -64,6 +74,8 @@ class MotoServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        if self.journal is not None:
+            self.journal.close()
 
     def __enter__(self) -> MotoServer:
         return self.start()
@@ -75,7 +87,7 @@ class MotoServer:
 class MotoProcess:
     """A serialized moto server in its own process, so it does not share a GIL with its load."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, state: Path | None = None) -> None:
         self._args = [
             sys.executable,
             "-m",
@@ -84,6 +96,7 @@ class MotoProcess:
             host,
             "--port",
             str(port),
+            *(["--state", str(state)] if state is not None else []),
         ]
         self._process: subprocess.Popen[str] | None = None
         self.endpoint = ""
@@ -127,12 +140,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--state", type=Path, help="keep the state in this directory")
     args = parser.parse_args()
-    server = MotoServer(args.host, args.port)
+    journal = Journal(args.state) if args.state is not None else None
+    server = MotoServer(args.host, args.port, journal)
     print(server.endpoint, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt, SystemExit):
         server._server.serve_forever()
+    if journal is not None:
+        journal.close()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pythonjsonlogger.json import JsonFormatter
 _fields: ContextVar[dict[str, Any] | None] = ContextVar("natrelay_request", default=None)
 
 TEXT_FORMAT = "%(levelname)-9s %(message)s"
+# The logger of the one line every request writes when it ends (web.middleware).
+REQUEST_LOGGER = "natrelay.request"
 # The record attributes every JSON line carries (plus the request's fields).
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -94,6 +96,39 @@ class NoQuery(logging.Filter):
 _NO_QUERY = NoQuery()
 
 
+class TextFormatter(logging.Formatter):
+    """Human-readable lines; a request's own line says what it was (the JSON one carries
+    the same as fields): `POST /v1/chat/completions -> 200 in 412.7 ms (model echo, key
+    1a18c5119141, request a1b2…)`."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == REQUEST_LOGGER and record.msg == "request" and not record.args:
+            record = logging.makeLogRecord(record.__dict__)
+            record.msg = _request_line(record.__dict__)
+        return super().format(record)
+
+
+def _request_line(fields: dict[str, Any]) -> str:
+    line = f"{fields.get('method', '?')} {fields.get('path', '?')} -> {fields.get('status', '?')}"
+    if "durationMs" in fields:
+        line += f" in {fields['durationMs']} ms"
+    about = [
+        f"{label} {fields[name]}"
+        for name, label in (
+            ("errorCode", "error"),
+            ("model", "model"),
+            ("servedBy", "served by"),
+            ("keyId", "key"),
+            ("requestId", "request"),
+        )
+        if fields.get(name)
+    ]
+    return f"{line} ({', '.join(about)})" if about else line
+
+
 class RequestFields(logging.Filter):
     """Copies the current request's fields onto every record (for the JSON formatter)."""
 
@@ -122,7 +157,7 @@ def configure_logging(
             JsonFormatter(JSON_FORMAT, rename_fields={"levelname": "level", "asctime": "time"})
         )
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     handler.addFilter(RequestFields())
     handler.addFilter(SecretCalls())
     logging.getLogger("uvicorn.access").addFilter(_NO_QUERY)  # once: the same filter

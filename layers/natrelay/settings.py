@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # call to an upstream may wait for it (a row's timeoutSeconds overrides it).
     secrets_endpoint: str | None = None
     secret_cache_seconds: float = Field(default=300, ge=0)
+    # Let admins put those API keys through the relay (PUT /api/v1/secrets/{name},
+    # `natrelay secrets put`): natrelay dev does, for its embedded moto. On AWS the
+    # relay's role may only read them: create them with the AWS CLI.
+    secrets_writable: bool = False
     upstream_timeout_seconds: float = Field(default=120, gt=0)
     # The names the relay answers for (besides any IP address); others get 400 before
     # anything reads them (DNS rebinding). Comma-separated; empty: every host.
@@ -49,8 +53,13 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: float = Field(default=90, gt=0)
     inactive_retention_seconds: float = Field(default=4 * 3600, ge=0)
     result_retention_seconds: float = Field(default=3600, gt=0)
-    # Synchronous requests give up after this long (API Gateway cuts at 30 s).
-    request_timeout_seconds: float = Field(default=25, gt=0)
+    # A synchronous request waits this long for its answer, then gives up (504) and is
+    # cancelled. A long-lived relay waits as long as its clients do; the deployment's
+    # API Gateway route sets 25 (it cuts requests at 30 s), and names in its 504 the URL
+    # that has no such cap (its StreamUrl) and how long that one waits.
+    request_timeout_seconds: float = Field(default=600, gt=0)
+    long_request_url: str | None = None
+    long_request_timeout_seconds: float = Field(default=840, gt=0)
     # Streams end (with an error event naming the task) after this long.
     stream_timeout_seconds: float = Field(default=900, gt=0)
     # The sweep extends the lease of a live publisher's task up to this age, then fails

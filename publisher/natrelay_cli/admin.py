@@ -142,13 +142,21 @@ def common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
-    """Run a parsed admin command (`natrelay keys ...`, `natrelay llm ...`); returns the
-    exit code."""
+    """Run a parsed admin command (`natrelay keys ...`, `natrelay llm ...`, `natrelay
+    secrets ...`); returns the exit code."""
     if not args.relay:
         print("natrelay: no relay: pass --relay URL or set NATRELAY_URL", file=sys.stderr)
         return EXIT_USAGE
     if not args.token:
         print("natrelay: no admin token: pass --token or set NATRELAY_ADMIN_TOKEN", file=sys.stderr)
+        return EXIT_USAGE
+    if args.relay.rstrip("/").endswith("/v1"):
+        root = args.relay.rstrip("/").removesuffix("/v1")
+        print(
+            f"natrelay: {args.relay} ends in /v1, the OpenAI base URL clients use; NATRELAY_URL "
+            f"(--relay) is the relay's own URL: drop /v1 ({root})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     client = AdminClient(args.relay, args.token, transport=transport)
     command: Callable[[AdminClient, argparse.Namespace], None] = args.run

@@ -28,7 +28,17 @@ def _models(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-KEY_COLUMNS = ("id", "role", "label", "status", "models", "rpm", "concurrency", "tokensPerDay")
+KEY_COLUMNS = (
+    "id",
+    "role",
+    "label",
+    "status",
+    "expiresAt",
+    "models",
+    "rpm",
+    "concurrency",
+    "tokensPerDay",
+)
 
 
 def _key_row(key: KeyView) -> dict[str, Any]:
@@ -84,25 +94,37 @@ def _revoke(client: AdminClient, args: argparse.Namespace) -> None:
         print(f"revoked {key.id} ({key.label}) at {key.revoked_at}")
 
 
-USAGE_COLUMNS = ("key", "date", "requests", "promptTokens", "completionTokens", "errors")
+USAGE_COLUMNS = (
+    "key",
+    "label",
+    "date",
+    "requests",
+    "promptTokens",
+    "completionTokens",
+    "errors",
+    "refused",
+)
 
 
 def _usage(client: AdminClient, args: argparse.Namespace) -> None:
     params = {"days": args.days}
     if args.id:
-        views = [
-            client.call("GET", Paths.KEY_USAGE.format(key_id=args.id), UsageView, params=params)
-        ]
+        keys = [client.call("GET", Paths.KEY.format(key_id=args.id), KeyView)]
     else:
-        keys = client.call("GET", Paths.KEYS, KeyList)
-        views = [
-            client.call("GET", Paths.KEY_USAGE.format(key_id=k.id), UsageView, params=params)
-            for k in keys.data
-        ]
+        keys = client.call("GET", Paths.KEYS, KeyList).data
+    labels = {k.id: k.label for k in keys}
+    views = [
+        client.call("GET", Paths.KEY_USAGE.format(key_id=k.id), UsageView, params=params)
+        for k in keys
+    ]
     if args.output == "json":
         print_json([dump(v) for v in views])
         return
-    rows = [{"key": v.key_id, **dump(day)} for v in views for day in v.days]
+    rows = [
+        {"key": v.key_id, "label": labels.get(v.key_id), **dump(day)}
+        for v in views
+        for day in v.days
+    ]
     print(table(rows, USAGE_COLUMNS))
 
 

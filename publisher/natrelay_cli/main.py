@@ -1,5 +1,5 @@
-"""The `natrelay` command: `publish` (natrelay_publisher), `keys` and `llm` (the relay's
-admin API), and `dev` (natrelay_infra, from the `local` extras)."""
+"""The `natrelay` command: `publish` (natrelay_publisher), `keys`, `llm` and `secrets` (the
+relay's admin API), and `dev` (natrelay_infra, from the `local` extras)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from natrelay_cli import admin, keys, llm, publish
+from natrelay_cli import admin, keys, llm, publish, secrets
 from natrelay_cli.exits import EXIT_USAGE
 
 
@@ -21,10 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     publish.add_command(commands)
     commands.add_parser(
-        "dev", help="run a local relay for development (needs natrelay[local])", add_help=False
+        "dev",
+        help="run a local relay for development (needs the local extras: pip install '.[local]')",
+        add_help=False,
     )
     keys.add_commands(commands)
     llm.add_commands(commands)
+    secrets.add_commands(commands)
     return parser
 
 
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["dev"]:
         return _dev(args[1:])
     options = _parser().parse_args(args)
-    if options.command in ("keys", "llm"):
+    if options.command in ("keys", "llm", "secrets"):
         return admin.run(options)
     return publish.run(options)
 
@@ -51,7 +54,8 @@ def _dev(argv: list[str]) -> int:
         dev = importlib.import_module("natrelay_infra.dev")
     except ImportError as exc:
         print(
-            f"natrelay dev needs the local extras: pip install 'natrelay[local]' ({exc})",
+            "natrelay dev needs the local extras: from a clone of the natrelay repository, "
+            f"pip install '.[local]' (or run scripts/demo) ({exc})",
             file=sys.stderr,
         )
         return EXIT_USAGE

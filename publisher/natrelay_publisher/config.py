@@ -166,6 +166,9 @@ class ProviderConfig(_Model):
     max_concurrency: int = Field(default=4, ge=1, le=256)
     # How long the backend may stay silent: no answer, or no stream data, for this long.
     timeout_seconds: float = Field(default=600, gt=0, le=3600)
+    # How long an idle backend's availability check may take (more when it was slow
+    # lately; a busy backend is not asked: natrelay_publisher.health).
+    health_timeout_seconds: float = Field(default=5, gt=0, le=60)
     options: dict[str, Any] = Field(default_factory=dict)
     wake: RecipeConfig | None = None
     sleep: RecipeConfig | None = None

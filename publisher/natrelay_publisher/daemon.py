@@ -47,6 +47,8 @@ class Publisher:
         self.session = Session(self.relay, config.relay, self.session_file, self.slots)
         self.waker = Waker(self.session.beat_quietly)
         self.runner = TaskRunner(self.relay, self.slots, self.waker, self.session)
+        # A heartbeat's answer may name tasks nobody wants any more: the runner stops them.
+        self.session.on_cancelled = self.runner.stop_unwanted
 
     async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set; raises RelayAuthError when the token is refused,
@@ -65,7 +67,13 @@ class Publisher:
                     "cross the network unencrypted; use https://",
                     self.config.relay.url,
                 )
-            self.slots.update({c.name: ProviderSlot.build(c) for c in self.config.published})
+            beat = self.config.relay.heartbeat_seconds
+            self.slots.update(
+                {
+                    c.name: ProviderSlot.build(c, heartbeat_seconds=beat)
+                    for c in self.config.published
+                }
+            )
             await asyncio.gather(*(slot.check_first() for slot in self.slots.values()))
             if not await self._register(stop):
                 return

@@ -291,6 +291,7 @@ class Doorbell:
             max_tasks=free,
             generation=self.session.generation,
             task_ids=ids[:free],
+            running=sorted(self.session.running),
         )
         try:
             if wait > 0:
@@ -305,6 +306,7 @@ class Doorbell:
             await self.session.reregister()
             return 0
         self._backoff.reset()
+        self.runner.stop_unwanted(answer.cancelled)
         for task in answer.tasks:
             self.runner.dispatch(task)
         if not ids:

@@ -57,6 +57,11 @@ class RelayAuthError(RelayCallError):
     """The relay refused the publish token (401/403): fatal."""
 
 
+class KeyRefusedError(RelayUnavailableError):
+    """The relay refused a publish token it had accepted before (it lost its keys, or
+    the key was revoked): retried like an outage, since the first may mend itself."""
+
+
 class SessionLostError(RelayCallError):
     """The relay no longer knows our session: register again."""
 

@@ -55,6 +55,7 @@ async def long_poll(session: Session, runner: TaskRunner, config: RelayConfig) -
             await session.reregister()
             continue
         backoff.reset()
+        runner.stop_unwanted(answer.cancelled)
         for task in answer.tasks:
             runner.dispatch(task)
         if not answer.tasks:

@@ -27,6 +27,7 @@ from natrelay.wire import (
     TaskResult,
 )
 from natrelay_publisher.errors import (
+    KeyRefusedError,
     NameHeldError,
     RelayAuthError,
     RelayCallError,
@@ -77,6 +78,36 @@ class Connectivity:
             self.down_since = None
 
 
+class KeyTrust:
+    """Whether the relay accepted our token before, and one log line when it refuses it
+    after all (and one when it accepts it again)."""
+
+    def __init__(self) -> None:
+        # Accepted in this process, or vouched for by an earlier run (its session file).
+        self.accepted = False
+        self.refused_since: float | None = None
+
+    def refused(self, status: int, message: str) -> None:
+        if self.refused_since is None:
+            self.refused_since = time.monotonic()
+            logger.warning(
+                "the relay refused the publish token it had accepted (%d: %s). Probably the "
+                "relay lost its keys (a `natrelay dev` restarted without its state, a new "
+                "deployment) or the key was revoked or expired. Retrying with backoff; if it "
+                "was revoked, put a new publisher key (natrelay keys create --role publisher) "
+                "in relay.token and restart",
+                status,
+                message,
+            )
+
+    def succeeded(self) -> None:
+        self.accepted = True
+        if self.refused_since is not None:
+            seconds = time.monotonic() - self.refused_since
+            logger.info("the relay accepts the publish token again, after %.0f s", seconds)
+            self.refused_since = None
+
+
 class Backoff:
     """Exponential backoff with jitter: about 0.5 s, 1 s, 2 s, … capped at `cap`."""
 
@@ -114,6 +145,7 @@ class RelayClient:
     ) -> None:
         self.url = url
         self.connectivity = Connectivity()
+        self.trust = KeyTrust()
         # Requests sent and not answered yet.
         self.in_flight = 0
         self._client = httpx.AsyncClient(
@@ -202,11 +234,12 @@ class RelayClient:
             raise RelayUnavailableError(reason, status=status, code=code)
         self.connectivity.succeeded(sent_at)
         if status in (401, 403) and code != ErrorCode.SESSION_FORBIDDEN:
-            raise RelayAuthError(
-                f"the relay refused the publish token ({status}): {message}",
-                status=status,
-                code=code,
-            )
+            refusal = f"the relay refused the publish token ({status}): {message}"
+            if self.trust.accepted:
+                self.trust.refused(status, message)
+                raise KeyRefusedError(refusal, status=status, code=code)
+            raise RelayAuthError(refusal, status=status, code=code)
+        self.trust.succeeded()
         if not response.is_success:
             error = ERRORS.get(code or "", RelayCallError)
             text = f"{method} {url} answered {status} {code}: {message}"

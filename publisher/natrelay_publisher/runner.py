@@ -46,6 +46,18 @@ class TaskRunner:
         self.no_infer.set()
         # How long a task cancelled by the shutdown keeps trying to post its failure.
         self.give_up_after = SHUTDOWN_RESULT_SECONDS
+        # Tasks the relay said nobody wants any more (their client went away): stopped.
+        self._unwanted: set[str] = set()
+
+    def stop_unwanted(self, task_ids: list[str] | None) -> None:
+        """Stop the tasks the relay says nobody wants any more (their client went away,
+        or the relay ended them, in a heartbeat's or poll's `cancelled`): the backend
+        request is aborted, the slot freed, nothing posted."""
+        for running in list(self.tasks):
+            task_id = running.get_name().removeprefix("task-")
+            if task_id in (task_ids or ()) and task_id in self.session.running:
+                self._unwanted.add(task_id)
+                running.cancel()
 
     def free_slots(self) -> int:
         """How many tasks a poll may ask for now."""
@@ -102,6 +114,9 @@ class TaskRunner:
                 mode = "stream" if task.stream else "complete"
                 logger.info("task %s: %s %s -> %s in %d ms", task.id, mode, task.llm, status, ms)
         except asyncio.CancelledError:
+            if task.id in self._unwanted:  # the relay's word: nobody would read an answer
+                logger.info("task %s: its client went away; backend request aborted", task.id)
+                return
             message = "the publisher shut down before the task finished"
             await poster.fail(
                 ErrorCode.PUBLISHER_OFFLINE, message, give_up_after=self.give_up_after
@@ -112,6 +127,7 @@ class TaskRunner:
             await poster.fail(ErrorCode.PUBLISHER_ERROR, f"the publisher failed: {exc!r}")
         finally:
             self.session.running.discard(task.id)
+            self._unwanted.discard(task.id)
             release()
             if slot is not None:
                 slot.touch()
@@ -150,4 +166,5 @@ class TaskRunner:
             if endpoint is None:
                 message = f"{slot.name} does not serve {task.endpoint!r} here"
                 return await poster.fail(ErrorCode.ENDPOINT_NOT_SERVED, message)
-            return await run_infer(slot.provider, request, task.stream, poster, endpoint)
+            with slot.health.request():
+                return await run_infer(slot.provider, request, task.stream, poster, endpoint)

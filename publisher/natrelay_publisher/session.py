@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from natrelay.wire import (
     HeartbeatRequest,
@@ -29,6 +30,7 @@ from natrelay_publisher.errors import (
     RelayUnavailableError,
     SessionLostError,
 )
+from natrelay_publisher.pools import pool_news
 from natrelay_publisher.relay import Backoff, RelayClient, retrying
 from natrelay_publisher.session_file import SessionFile
 from natrelay_publisher.slots import ProviderSlot
@@ -74,6 +76,11 @@ class Session:
         self._reported: dict[str, LlmStatus] = {}
         # Names another live session holds (name -> the relay's refusal): not registered.
         self._held: dict[str, str] = {}
+        # How many other live publishers serve each name with us (natrelay_publisher.pools).
+        self._pool_peers: dict[str, int] = {}
+        # Where the tasks a heartbeat's answer says nobody wants go (the task runner's
+        # stop_unwanted: the Publisher wires it).
+        self.on_cancelled: Callable[[list[str] | None], None] = lambda task_ids: None
 
     def require_id(self) -> str:
         """The session id, once registered."""
@@ -88,6 +95,8 @@ class Session:
         Raises RelayAuthError when the token is refused."""
         url = self.config.url
         session_id = self.id or self.session_file.load(url)
+        if session_id is not None:  # this config registered with this relay before
+            self.relay.trust.accepted = True
         backoff = Backoff(cap=self.config.heartbeat_seconds)
         held: dict[str, str] = {}
         while True:
@@ -135,6 +144,7 @@ class Session:
         self._registered(answer)
         self._reported = {name: slot.status for name, slot in self.slots.items()}
         self.session_file.save(url, answer.provider_session_id)
+        self._pools_said(answer)
         listed = ", ".join(f"{row.name} ({row.status})" for row in answer.llms)
         # A retry of held names that changed nothing is not news.
         unchanged = retry_of_held and set(self._server_view) == set(previous)
@@ -153,6 +163,12 @@ class Session:
         self.heartbeat_timeout = answer.heartbeat_timeout_seconds
         self._server_view = {row.name: row.status for row in answer.llms}
         self._registered_at = time.monotonic()
+
+    def _pools_said(self, answer: SessionResponse) -> None:
+        """Say when a name is served by others of this key too (or no longer is)."""
+        token = self.config.token.get_secret_value()
+        for line in pool_news(answer, token, self._pool_peers):
+            logger.info("%s", line)
 
     async def held_loop(self, no_infer: asyncio.Event) -> None:
         """Try the held names again every heartbeat interval, reporting each refusal.
@@ -234,6 +250,8 @@ class Session:
             except SessionLostError:
                 await self.reregister()
                 return
+            self.on_cancelled(answer.cancelled)
+            self._pools_said(answer)
             if statuses:
                 logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
             self._reported.update(statuses)

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from natrelay_publisher.errors import SessionFileBusyError
+from natrelay_publisher.lockfile import LockBusyError, LockFile
 
 logger = logging.getLogger("natrelay.publisher")
 
@@ -25,7 +26,7 @@ class SessionFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock_path = path.with_name(f"{path.name}.lock")
-        self._lock_fd: int | None = None
+        self._lock = LockFile(self.lock_path)
 
     def load(self, relay_url: str) -> str | None:
         try:
@@ -57,9 +58,10 @@ class SessionFile:
 
     def lock(self) -> None:
         """Take the lock file next to the session file; SessionFileBusyError if another
-        process holds it. Released by `unlock()` or when the process ends, however."""
+        process holds it. Released by `unlock()` (which removes it) or when the process
+        ends, however."""
         try:
-            import fcntl  # noqa: PLC0415 - POSIX only
+            import fcntl  # noqa: F401, PLC0415 - POSIX only
         except ImportError:  # Windows: no flock; run without the guard rather than not at all
             logger.warning(
                 "cannot lock %s on this platform: make sure no other publisher uses it",
@@ -67,26 +69,14 @@ class SessionFile:
             )
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
+            self._lock.acquire(str(os.getpid()))
+        except LockBusyError as exc:
             raise SessionFileBusyError(
-                f"another publisher (pid {holder}) is using the session file {self.path}: "
-                "two publishers on one session would take each other's tasks; stop that one, "
-                "or give this config its own relay.sessionFile"
+                f"another publisher (pid {exc.holder}) is using the session file {self.path}: "
+                "two publishers on one session would take each other's tasks; stop that "
+                "one, or give this config its own relay.sessionFile"
             ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
 
     def unlock(self) -> None:
-        # The file stays: unlinking a lock file lets two processes lock two inodes.
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()

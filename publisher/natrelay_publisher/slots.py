@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from natrelay.wire import Endpoint, LlmStatus, ProviderSpec
 from natrelay_publisher.config import ProviderConfig
+from natrelay_publisher.health import Health
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.providers.base import default_endpoints
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
@@ -41,18 +42,30 @@ class ProviderSlot:
     sleeping: asyncio.Task[None] | None = None
     # Bumped by every wake and sleep, so a status check that raced one is thrown away.
     transitions: int = 0
+    # A check never waits longer than this (the daemon: half a heartbeat).
+    check_ceiling: float = 15.0
+    # Whether the last check was the wake recipe's (not the provider's).
+    recipe_decided: bool = False
     semaphore: asyncio.Semaphore = field(init=False)
+    health: Health = field(init=False)
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        self.health = Health(self.config.health_timeout_seconds, self.check_ceiling)
 
     @classmethod
-    def build(cls, config: ProviderConfig) -> ProviderSlot:
+    def build(cls, config: ProviderConfig, *, heartbeat_seconds: float = 30.0) -> ProviderSlot:
         """Instantiate the provider and recipe plugins named in `config`."""
         provider = PROVIDERS.find(config.type)(config)
         wake = RECIPES.find(config.wake.type)(config.wake, config) if config.wake else None
         sleep = RECIPES.find(config.sleep.type)(config.sleep, config) if config.sleep else None
-        return cls(config=config, provider=provider, wake_recipe=wake, sleep_recipe=sleep)
+        return cls(
+            config=config,
+            provider=provider,
+            wake_recipe=wake,
+            sleep_recipe=sleep,
+            check_ceiling=heartbeat_seconds / 2,
+        )
 
     @property
     def name(self) -> str:
@@ -73,18 +86,35 @@ class ProviderSlot:
     def idle_for(self) -> float:
         return time.monotonic() - self.last_activity
 
+    async def up(self) -> bool | None:
+        """Whether the backend answers (natrelay_publisher.health); None: it is busy,
+        its requests in flight judge it."""
+        return await self.health.check(self.ready)
+
+    def why_down(self) -> str:
+        """Why the last check failed, as this machine's log may say it."""
+        if self.health.problem:
+            return self.health.problem
+        if self.wake_recipe is None or not self.recipe_decided:
+            provider_says = getattr(self.provider, "unavailable_because", None)
+            if provider_says:
+                return str(provider_says)
+        return "its availability check failed"
+
     async def ready(self) -> bool:
         """The wake recipe's readiness check if it has one, else the provider's availability."""
+        self.recipe_decided = False
         if self.wake_recipe is not None:
             answer = await self.wake_recipe.ready()
             if answer is not None:
+                self.recipe_decided = True
                 return answer
         return await self.provider.available()
 
     async def check_first(self) -> None:
         """The status it is published with: hibernating when asleep (with a wake recipe),
         unavailable when down (without one)."""
-        up = await self.ready()
+        up = bool(await self.up())
         self.seen_up = up
         if self.wake_recipe is not None and not up:
             self.status = LlmStatus.HIBERNATING
@@ -92,20 +122,27 @@ class ProviderSlot:
         elif not up:
             self.status = LlmStatus.UNAVAILABLE
             self.failed_checks = 1
-            logger.warning("backend of %s is not answering: publishing it unavailable", self.name)
+            logger.warning(
+                "backend of %s is not answering (%s): publishing it unavailable",
+                self.name,
+                self.why_down(),
+            )
 
     async def check(self, recent_seconds: float) -> None:
         """Check the backend again and update the status; a backend that answered a request
-        in the last `recent_seconds` is up, however slow its model list. A check that
-        raced a wake or a sleep changes nothing."""
+        in the last `recent_seconds` is up, however slow its model list, and one with
+        requests in flight is not asked (natrelay_publisher.health). A check that raced a
+        wake or a sleep changes nothing."""
         transitions, recent = self.transitions, time.monotonic() - recent_seconds
         if self.busy:
             return
-        up = await self.ready() or self.answered_at >= recent
+        verdict = await self.up()
+        up = verdict is not False or self.answered_at >= recent
         if self.busy or self.transitions != transitions:
             return
         if up != self.seen_up:
-            logger.info("backend of %s is %s", self.name, "up" if up else "down")
+            why = "" if up else f" ({self.why_down()})"
+            logger.info("backend of %s is %s%s", self.name, "up" if up else "down", why)
             self.seen_up = up
         self.failed_checks = 0 if up else self.failed_checks + 1
         if self.wake_recipe is not None:

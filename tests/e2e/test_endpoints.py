@@ -230,6 +230,14 @@ def test_a_backend_that_lacks_an_endpoint(relayed: Relayed) -> None:
     with pytest.raises(anthropic.NotFoundError):
         relayed.claude().messages.create(model="lacking", max_tokens=8, messages=USER)  # type: ignore[arg-type]
     assert relayed.lacking.raw[-1][0] == "messages"
+    # learned: no longer offered, and refused at once, without asking the backend again
+    lacking = relayed.oai().models.retrieve("lacking").model_dump()
+    assert lacking["endpoints"] == ["chat", "completions", "embeddings"]
+    seen = len(relayed.lacking.raw)
+    with pytest.raises(openai.NotFoundError) as again:
+        relayed.oai().responses.create(model="lacking", input="hi")
+    assert again.value.message.endswith("the model 'lacking' does not serve /v1/responses")
+    assert len(relayed.lacking.raw) == seen
 
 
 def test_anthropic_errors_and_keys(relayed: Relayed) -> None:

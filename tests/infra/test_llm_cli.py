@@ -11,8 +11,8 @@ from typing import Any
 import openai
 import pytest
 
-from natrelay_infra.dev import DEV_ADMIN_TOKEN, DEV_CLIENT_TOKEN
-from tests.infra.test_dev import Dev, _natrelay, natrelay_dev
+from natrelay_infra.dev import DEV_CLIENT_TOKEN
+from tests.infra.test_dev import Dev, admin_cli, natrelay_dev
 from tests.support.backend import FakeBackend
 from tests.support.net import serve
 
@@ -33,16 +33,7 @@ def dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dev]:
 
 
 def llm(dev: Dev, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"NATRELAY_URL": dev.url, "NATRELAY_ADMIN_TOKEN": DEV_ADMIN_TOKEN, "PATH": "/usr/bin"}
-    return subprocess.run(
-        [*_natrelay(), "llm", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    return admin_cli(dev, "llm", *args, stdin=stdin)
 
 
 def rows(dev: Dev) -> dict[str, dict[str, Any]]:

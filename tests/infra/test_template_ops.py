@@ -90,3 +90,23 @@ def test_the_alarms_exist_and_notify_when_asked() -> None:
 def test_functions_log_json_and_write_emf() -> None:
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert env["NATRELAY_LOG_FORMAT"] == "json" and env["NATRELAY_METRICS"] == "emf"
+
+
+def test_timeouts_where_they_belong() -> None:
+    """Only the API Gateway route keeps its 25 s, and its 504 names the URL that waits
+    longer; the function URL waits most of its 15 minutes (the default, 600 s, is for
+    long-lived relays)."""
+    api = RESOURCES["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["NATRELAY_REQUEST_TIMEOUT_SECONDS"] == "25"
+    assert api["NATRELAY_LONG_REQUEST_URL"] == {"Fn::GetAtt": "StreamFunctionUrl.FunctionUrl"}
+    stream = RESOURCES["StreamFunction"]["Properties"]
+    waits = stream["Environment"]["Variables"]["NATRELAY_REQUEST_TIMEOUT_SECONDS"]
+    assert api["NATRELAY_LONG_REQUEST_TIMEOUT_SECONDS"] == waits == "840"
+    assert int(waits) < stream["Timeout"]
+
+
+def test_the_web_adapter_layer_fits_any_partition() -> None:
+    [layer] = RESOURCES["StreamFunction"]["Properties"]["Layers"]
+    condition, given, default = layer["Fn::If"]
+    assert condition == "HasAdapterLayer" and given == {"Ref": "LambdaAdapterLayerArn"}
+    assert default["Fn::Sub"].startswith("arn:${AWS::Partition}:lambda:${AWS::Region}:")

@@ -42,8 +42,10 @@ def test_create_list_get_usage_revoke(stack: Stack) -> None:
     listed = natrelay(stack, "keys", "list")
     assert listed.returncode == 0
     header, *rows = listed.stdout.splitlines()
-    assert header.split()[:4] == ["ID", "ROLE", "LABEL", "STATUS"]
+    assert header.split()[:5] == ["ID", "ROLE", "LABEL", "STATUS", "EXPIRESAT"]
     assert any(row.split()[:4] == [key_id, "client", "alice", "active"] for row in rows)
+    box = next(row.split() for row in rows if " box " in row)
+    assert box[4].startswith("20") and box[4].endswith("Z")  # when it expires (30 days)
     assert secret not in listed.stdout
     as_json = json.loads(natrelay(stack, "keys", "list", "-o", "json").stdout)
     assert {k["label"] for k in as_json} == {"alice", "box"}
@@ -52,19 +54,28 @@ def test_create_list_get_usage_revoke(stack: Stack) -> None:
     got = natrelay(stack, "keys", "get", key_id)
     assert "rpm:" in got.stdout and "60" in got.stdout
 
+    slow = natrelay(stack, "keys", "create", "--role", "client", "--label", "slow", "--rpm", "1")
+    slow_secret = dict(line.split(":", 1) for line in slow.stdout.splitlines())["secret"].strip()
     with ScriptedPublisher(
         stack.url, stack.publish_token, [{"name": "echo", "type": "echo", "model": "e"}]
     ):
-        httpx.post(
-            f"{stack.url}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {secret}"},
-            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
-            timeout=30,
-        ).raise_for_status()
+        for token, status in ((secret, 200), (slow_secret, 200), (slow_secret, 429)):
+            answer = httpx.post(
+                f"{stack.url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            )
+            assert answer.status_code == status, answer.text
     usage = natrelay(stack, "keys", "usage", key_id, "-o", "json")
     assert json.loads(usage.stdout)[0]["days"][0]["requests"] == 1
-    table = natrelay(stack, "keys", "usage").stdout
-    assert key_id in table and "REQUESTS" in table
+    header, *lines = natrelay(stack, "keys", "usage").stdout.splitlines()
+    assert header.split() == [
+        "KEY", "LABEL", "DATE", "REQUESTS", "PROMPTTOKENS", "COMPLETIONTOKENS", "ERRORS", "REFUSED",
+    ]  # fmt: skip
+    cells = {line.split()[1]: line.split() for line in lines}
+    assert cells["alice"][0] == key_id and cells["alice"][3] == "1"
+    assert cells["slow"][3] == "1" and cells["slow"][7] == "1"  # one served, one refused
 
     revoked = natrelay(stack, "keys", "revoke", key_id)
     assert revoked.returncode == 0 and f"revoked {key_id}" in revoked.stdout

@@ -55,8 +55,8 @@ BAD = [
     (
         config(echo(colour="blue")),
         "providers[0].colour: unknown key (known: name, type, baseUrl, model, apiKey, tier, "
-        "description, publish, maxConcurrency, timeoutSeconds, options, wake, sleep, "
-        "sleepAfterIdleSeconds, endpoints, aliases)",
+        "description, publish, maxConcurrency, timeoutSeconds, healthTimeoutSeconds, options, "
+        "wake, sleep, sleepAfterIdleSeconds, endpoints, aliases)",
     ),
     (
         config(openai(baseURL="http://x")),
@@ -148,8 +148,16 @@ BAD = [
         "providers[0].wake.maxWaitSeconds: Input should be greater than 0",
     ),
     (
-        config(echo(wake={"type": "command", "command": "x", "shell": True})),
+        config(echo(wake={"type": "command", "command": "true", "shell": True})),
         "providers[0].wake.shell: unknown key (known: type, maxWaitSeconds, command, args)",
+    ),
+    (
+        config(echo(wake={"type": "command", "command": "no-such-wake-program"})),
+        "providers[0].wake.command: 'no-such-wake-program' is not on PATH",
+    ),
+    (
+        config(echo(wake={"type": "command", "command": "/nonexistent/wake-gpu"})),
+        "providers[0].wake.command: '/nonexistent/wake-gpu' is not an executable file",
     ),
     (
         config(echo(wake={"type": "wol", "mac": "not-a-mac"})),
@@ -393,9 +401,17 @@ def test_session_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     assert f"another publisher (pid {os.getpid()}) is using the session file {path}" in message
     assert "relay.sessionFile" in message
     first.unlock()
+    assert not first.lock_path.exists()  # nothing left behind
     second = SessionFile(path)
     second.lock()  # free again
     second.unlock()
+    # a lock file a killed process left behind is taken over
+    first.lock_path.write_text("12345\n")
+    third = SessionFile(path)
+    third.lock()
+    assert first.lock_path.read_text() == f"{os.getpid()}\n"
+    third.unlock()
+    assert not first.lock_path.exists()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -440,7 +456,8 @@ def test_cli_dev_without_the_local_extras(tmp_path: Path) -> None:
     done = run_cli("dev", "--help", env={"PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
-    assert "pip install 'natrelay[local]'" in done.stderr
+    assert "from a clone of the natrelay repository, pip install '.[local]'" in done.stderr
+    assert "natrelay[local]" not in done.stderr  # not a package any index has
 
 
 def test_the_examples_in_the_docs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -479,6 +479,7 @@ def test_refused_token_exits_non_zero(
     publishers.append(publisher := start_publisher(config, tmp_path))
     assert publisher.process.wait(20) == 1
     assert "the relay refused the publish token (401)" in publisher.log()
+    assert not list((tmp_path / "state").glob("*.lock"))  # a failed start leaves none
 
 
 def answers(stack: Stack, model: str, text: str) -> bool:

@@ -40,4 +40,4 @@ def test_publisher_installs_without_extras(tmp_path: Path) -> None:
         [str(natrelay), "dev"], capture_output=True, text=True, timeout=60, check=False
     )
     assert dev.returncode == 2
-    assert "pip install 'natrelay[local]'" in dev.stderr
+    assert "pip install '.[local]'" in dev.stderr

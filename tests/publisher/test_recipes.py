@@ -121,9 +121,13 @@ def test_command_recipe_non_zero_exit_logs_stderr(
 
 
 def test_command_recipe_missing_program_and_timeout(tmp_path: Path) -> None:
-    missing = recipe({"type": "command", "command": str(tmp_path / "no-such-program")})
+    program = tmp_path / "wake-gpu"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    gone = recipe({"type": "command", "command": str(program)})
+    program.unlink()  # found at start, removed since: the wake says so
     with pytest.raises(RecipeError, match=r"^cannot run the wake command: No such file"):
-        asyncio.run(missing.run("wake"))
+        asyncio.run(gone.run("wake"))
     path = script(tmp_path, "import time\ntime.sleep(30)\n")
     slow = recipe(
         {"type": "command", "command": sys.executable, "args": [path], "maxWaitSeconds": 0.5}

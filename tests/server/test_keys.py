@@ -170,6 +170,28 @@ def test_a_name_belongs_to_its_key_even_while_it_is_offline(keyed: Stack) -> Non
     b.http.close()
 
 
+def test_moving_from_the_shared_token_to_a_key_says_how_to_release_the_name(
+    keyed: Stack,
+) -> None:
+    shared = ScriptedPublisher(keyed.url, keyed.publish_token, ECHO)
+    sid = shared.register()
+    shared.post("_provider-deregister", {"providerSessionId": sid}).raise_for_status()
+    key = create_key(keyed, role="publisher", label="box")["secret"]
+    moved = ScriptedPublisher(keyed.url, key, ECHO)
+    error = error_of(moved.post("_provider-register", {"providers": ECHO}), 409, "name_owned")
+    assert error["message"] == (
+        "the name 'echo' belongs to the shared publish token (NATRELAY_PUBLISH_TOKEN), which "
+        "published it before; choose another name, or have an admin release it: `natrelay "
+        "llm delete echo` (or DELETE /api/v1/llms/echo) deletes its row and frees the name "
+        "for this key"
+    )
+    released = httpx.delete(f"{keyed.url}/api/v1/llms/echo", headers=auth(keyed.admin_token))
+    assert released.status_code == 204
+    assert moved.register()
+    shared.http.close()
+    moved.http.close()
+
+
 def test_session_ids_never_reach_clients(keyed: Stack) -> None:
     pub = create_key(keyed, role="publisher", label="p")["secret"]
     client = create_key(keyed, role="client", label="c")["secret"]
@@ -252,15 +274,22 @@ def _at(url: str, stack: Stack) -> Stack:
 
 def test_concurrency_and_token_budget_limits(keyed: Stack) -> None:
     pub = create_key(keyed, role="publisher", label="p")["secret"]
-    one_at_a_time = create_key(keyed, role="client", label="c", concurrency=1)["secret"]
-    budget = create_key(keyed, role="client", label="b", tokens_per_day=10)["secret"]
+    single = create_key(keyed, role="client", label="c", concurrency=1)
+    one_at_a_time = single["secret"]
+    limited = create_key(keyed, role="client", label="b", tokens_per_day=10)
+    budget = limited["secret"]
     publisher = ScriptedPublisher(keyed.url, pub, ECHO)
     publisher.register()
-    # nobody answers yet: the first request holds the only slot
+    # nobody answers yet: the first request holds the only slot, once it is queued
     first: dict[str, httpx.Response] = {}
     t = threading.Thread(target=lambda: first.setdefault("r", chat(keyed, one_at_a_time)))
     t.start()
-    time.sleep(1.0)
+    pool = f"{keyed.url}/api/v1/llms/echo"
+    wait_until(
+        lambda: httpx.get(pool, headers=auth(keyed.admin_token)).json()["queueDepth"] == 1,
+        20,
+        "the first request was not queued",
+    )
     resp = chat(keyed, one_at_a_time)
     assert "1 requests in flight" in error_of(resp, 429, "rate_limit_exceeded")["message"]
     publisher.answer = _with_usage(8, 4)
@@ -273,6 +302,16 @@ def test_concurrency_and_token_budget_limits(keyed: Stack) -> None:
     error_of(resp, 429, "budget_exceeded")
     assert int(resp.headers["retry-after"]) > 0
     publisher.stop()
+    # each refusal is counted on its key's day (added up with the rest of its usage)
+    for key, served in ((single, 2), (limited, 1)):
+        wait_until(lambda k=key: _today(keyed, k["id"])["refused"] == 1, 10, "refusal not counted")
+        assert _today(keyed, key["id"])["requests"] == served
+
+
+def _today(stack: Stack, key_id: str) -> dict[str, Any]:
+    usage = httpx.get(f"{stack.url}/api/v1/keys/{key_id}/usage", headers=auth(stack.admin_token))
+    days: list[dict[str, Any]] = usage.json()["days"]
+    return days[-1] if days else {"requests": 0, "refused": 0}
 
 
 def _with_usage(prompt: int, completion: int) -> Any:

@@ -84,17 +84,23 @@ def test_every_response_names_its_request_and_so_does_its_log_line(
     assert CLIENT_TOKEN not in text and ADMIN_TOKEN not in text
 
 
-def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
-    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _settings(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> Settings:
+    """A relay in this process, on fresh tables of the shared moto server."""
     for key, value in FAKE_AWS.items():
         monkeypatch.setenv(key, value)
-    settings = relay_settings(
+    return relay_settings(
         moto_server.endpoint,
         fresh_tables(moto_server.endpoint),
         client_token=CLIENT_TOKEN,
         publish_token="p" * 20,
+        **fields,
     )
+
+
+def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(moto_server, monkeypatch)
     relay = Relay.from_settings(settings)
 
     async def broken(*args: Any) -> Any:
@@ -122,6 +128,41 @@ def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
     assert len(failures) == 1
     assert "RuntimeError: boom" in failures[0]["exc_info"]
     assert [r["status"] for r in records if r.get("message") == "request"] == [500]
+
+
+def test_text_lines_say_what_each_request_was(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(_settings(moto_server, monkeypatch, log_format="text"))
+    out = io.StringIO()
+    configure_logging("text", "INFO", stream=out)
+    try:
+        with serve(app) as url:
+            models = httpx.get(f"{url}/v1/models", headers=auth(CLIENT_TOKEN))
+            unknown = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers=auth(CLIENT_TOKEN),
+                json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            )
+    finally:
+        logging.getLogger().handlers[:] = [
+            h for h in logging.getLogger().handlers if not getattr(h, "natrelay", False)
+        ]
+    lines = out.getvalue().splitlines()
+    rid, failed = models.headers["x-request-id"], unknown.headers["x-request-id"]
+    assert any(
+        line.startswith("INFO      GET /v1/models -> 200 in ")
+        and line.endswith(f" ms (key static-client, request {rid})")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("INFO      POST /v1/chat/completions -> 404 in ")
+        and line.endswith(
+            f"(error model_not_found, model nope, key static-client, request {failed})"
+        )
+        for line in lines
+    ), lines
+    assert "INFO      request" not in lines
 
 
 def _wake_and_answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:

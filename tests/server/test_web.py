@@ -204,9 +204,11 @@ def test_row_endpoints(stack: Stack) -> None:
         )
 
 
-def test_sync_timeout_is_504_naming_the_task_whose_result_stays_fetchable(
+def test_sync_timeout_with_an_idempotency_key_is_504_naming_the_task_that_stays_fetchable(
     moto_server: MotoServer,
 ) -> None:
+    """An Idempotency-Key is a way back to the task (its retry finds it): the task goes
+    on. Without one it is cancelled (tests/server/test_abandon.py)."""
     with running_stack(moto_server.endpoint, request_timeout_seconds=1) as stack:
         held: list[dict[str, Any]] = []
         with ScriptedPublisher(
@@ -214,7 +216,7 @@ def test_sync_timeout_is_504_naming_the_task_whose_result_stays_fetchable(
         ) as pub:
             resp = httpx.post(
                 f"{stack.url}/v1/chat/completions",
-                headers=auth(stack.client_token),
+                headers={**auth(stack.client_token), "Idempotency-Key": "once"},
                 json={"model": "echo", "messages": MSG},
                 timeout=10,
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from natrelay.metrics import Metrics, metrics_for
+from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access, Principal
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
@@ -68,6 +69,7 @@ class Relay:
         self.usage = Usage(ctx)
         self.handoff = Handoff(ctx)
         self.endings = Endings(ctx, self.usage, self.handoff)
+        self.abandoned = Abandoned(ctx, self.handoff)
         self.catalog = Catalog(ctx)
         self.pools = Pools(ctx, self.endings)
         self.sessions = Sessions(ctx, self.endings, self.pools)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from natrelay.errors import LlmNotFoundError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
-from natrelay.store import LlmRecord, MemberRecord
-from natrelay.wire import LlmStatus
+from natrelay.service.suggest import unknown_model
+from natrelay.store import LlmRecord, MemberRecord, SessionRecord
+from natrelay.wire import MAX_FALLBACKS, LlmStatus
 
 # GET of a pool counts its queue up to this many.
 POOL_QUEUE_COUNT = 1000
@@ -44,18 +45,29 @@ class Catalog:
 
     async def serving_rows(self, principal: Principal) -> list[LlmRecord]:
         """Rows the caller may use that can answer now: active, or hibernating and
-        wakeable, with a live publisher."""
-        return [r for r in await self.all(principal) if self.serving(r)]
+        wakeable, with a live publisher — or whose fallback (one the caller may use) can
+        answer for them."""
+        rows = await self.all(principal)
+        serving = {r.name for r in rows if self.serving(r)}
+        return [
+            r
+            for r in rows
+            if r.name in serving or any(f in serving for f in r.fallbacks[:MAX_FALLBACKS])
+        ]
 
-    async def get(self, principal: Principal, name: str) -> LlmRecord:
+    async def get(self, principal: Principal, name: str, *, hint: bool = True) -> LlmRecord:
         """The row named `name`, or the row whose alias it is (a row's own name wins);
         a model outside the caller's scope is answered as an unknown one (for an alias,
-        the scope must allow the row's own name)."""
+        the scope must allow the row's own name). With `hint`, the error of an unknown
+        one names what the caller may have meant, among the rows it may use."""
         row = await self.llms.get(name) if principal.may_use(name) else None
         if row is None:
             row = await self._aliased(name)
         if row is None or not principal.may_use(row.name):
-            raise _not_found(name)
+            if not hint:
+                raise _not_found(name)
+            message = unknown_model(name, await self.all(principal))
+            raise LlmNotFoundError(message, param="model")
         return row
 
     async def _aliased(self, name: str) -> LlmRecord | None:
@@ -87,6 +99,15 @@ class Catalog:
         """The APIs the pool serves now (none while no member is live)."""
         return row.endpoints(self.clock(), self.liveness.timeout)
 
+    async def _in_flight(self, session: SessionRecord, now: float) -> int | None:
+        """How many tasks the session runs: those it last said it runs (recorded with a
+        heartbeat, up to 15 s old) less those that have ended since (None: it does not
+        say)."""
+        if not session.confirmed_at:
+            return None
+        known = await self.stores.tasks.get_many(list(session.running), now)
+        return sum(1 for t in session.running if t not in known or not known[t].state.done)
+
     async def pool(self, principal: Principal, name: str) -> Pool:
         """The row with its pool: live members (with what they say they run) and queue."""
         row = await self.get(principal, name)
@@ -94,7 +115,7 @@ class Catalog:
         members: list[tuple[MemberRecord, int | None]] = []
         for member in row.live_members(now, self.liveness.timeout):
             session = await self.stores.sessions.get(member.session_id)
-            running = len(session.running) if session and session.confirmed_at else None
+            running = await self._in_flight(session, now) if session else None
             members.append((member, running))
         depth, oldest = await self.stores.queues.depth(row.name, POOL_QUEUE_COUNT)
         return Pool(row, self.status(row), members, depth, now - oldest if oldest else None)

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
-from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord
+from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord, TaskRecord
+from natrelay.wire import Endpoint, ErrorCode
 
 log = logging.getLogger("natrelay.service")
 
@@ -55,6 +56,26 @@ class Pools:
             task = await self.stores.tasks.get(task_id, now)
             if task is not None and not task.state.done and task.session_id == session.id:
                 await self.endings.hand_back(task)
+
+    async def learn_not_served(self, task: TaskRecord, session_id: str) -> None:
+        """A task whose backend answered that it does not serve the task's endpoint (404
+        or 405, `endpoint_not_served`): the member no longer offers it, so the next such
+        request is refused at once and /v1/models stops listing it (its publisher's next
+        registration declares its endpoints again)."""
+        code = (task.error or {}).get("code")
+        if code != ErrorCode.ENDPOINT_NOT_SERVED or task.endpoint == Endpoint.CHAT:
+            return
+        row = await self.stores.llms.fresh(task.llm)
+        member = row.members.get(session_id) if row is not None else None
+        if member is None or task.endpoint not in member.endpoints:
+            return
+        served = member.endpoints
+        if await self.stores.members.drop_endpoint(task.llm, session_id, served, task.endpoint):
+            log.info(
+                "%s: a backend answered that it does not serve %s: no longer offered there",
+                task.llm,
+                Endpoint(task.endpoint).path,
+            )
 
     async def prune(self, rows: Iterable[LlmRecord]) -> None:
         """Drop the members of these rows whose heartbeat stopped (each write checks it)."""

@@ -12,7 +12,7 @@ from natrelay.errors import (
     SessionForbiddenError,
     SessionNotFoundError,
 )
-from natrelay.service.access import Principal
+from natrelay.service.access import STATIC_IDS, Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
@@ -26,6 +26,7 @@ from natrelay.wire import (
     LlmStatus,
     PollRequest,
     RegisterRequest,
+    Role,
     SessionRequest,
     fingerprint,
 )
@@ -69,9 +70,15 @@ def _held(exc: NameHeldError, principal: Principal) -> NameOwnedError | NameTake
             param="providers.name",
         )
     if owner is not None and owner != principal.key_id:
+        who = (
+            "the shared publish token (NATRELAY_PUBLISH_TOKEN), which published it before"
+            if owner == STATIC_IDS[Role.PUBLISHER]
+            else "another publisher key"
+        )
         return NameOwnedError(
-            f"the name {exc.name!r} belongs to another publisher key; choose another name, "
-            "or ask an admin to release it",
+            f"the name {exc.name!r} belongs to {who}; choose another name, or have an admin "
+            f"release it: `natrelay llm delete {exc.name}` (or DELETE /api/v1/llms/"
+            f"{exc.name}) deletes its row and frees the name for this key",
             param="providers.name",
         )
     return NameTakenError(

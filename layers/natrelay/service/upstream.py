@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import httpx
 
-from natrelay.errors import InvalidRequestError, UpstreamError
+from natrelay.errors import ForbiddenError, InvalidRequestError, UpstreamError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.ids import new_task_id
@@ -33,8 +33,8 @@ from natrelay.service.metering import (
 from natrelay.service.payloads import clip, dumps, public_model
 from natrelay.service.redaction import redact, redact_bytes
 from natrelay.service.usage import Admission, Usage
-from natrelay.store import LlmRecord, SecretMissingError, SecretReader
-from natrelay.wire import Endpoint
+from natrelay.store import LlmRecord, SecretMissingError, SecretReader, SecretWriteError
+from natrelay.wire import Endpoint, secret_name
 
 log = logging.getLogger("natrelay.service")
 
@@ -108,6 +108,25 @@ class Upstreams:
         key = await self.secrets.read(secrets_manager=ref.get("secretsManager"), ssm=ref.get("ssm"))
         self._keys[cache_key] = (key, now)
         return key
+
+    async def put_key(self, name: str, value: str) -> bool:
+        """Create or update the secret `name` (True: created), where this relay may
+        write secrets; the next call that needs it reads the new value."""
+        if not self.settings.secrets_writable:
+            raise ForbiddenError(
+                "this relay does not write secrets (its role may only read them): create "
+                f"it with `aws secretsmanager create-secret --name {name}` (put-secret-value "
+                "to change it)"
+            )
+        try:
+            created = await self.secrets.put(secret_name(name), value)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="name") from None
+        except SecretWriteError as exc:
+            raise UpstreamError(f"the secret {name} could not be written ({exc})") from None
+        self._keys.pop(json.dumps({"secretsManager": name}, sort_keys=True), None)
+        log.info("secret %s %s", name, "created" if created else "updated")
+        return created
 
     async def _headers(self, row: LlmRecord) -> tuple[dict[str, str], str | None]:
         if row.api_key_ref is None:

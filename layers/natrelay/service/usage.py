@@ -61,6 +61,8 @@ class Used:
     prompt: int
     completion: int
     error: bool
+    # A request the key's limits refused (it used nothing and is not among `requests`).
+    refused: bool = False
 
 
 def hour_of(now: float) -> str:
@@ -116,8 +118,18 @@ class Usage:
                 if attempt == 0 and stale and _only_concurrency(principal, seen, minute):
                     await self.usage.free_slots(principal.key_id, day, stale)
                     continue
+                await self._count_refused(principal.key_id, day)
                 raise _refusal(principal, seen, minute, now) from exc
         raise AssertionError("unreachable")
+
+    async def _count_refused(self, key_id: str, day: str) -> None:
+        """Count a refused request on the key's day: added up with the others' usage
+        (long-lived mode), or written at once."""
+        refused = Used(key_id, day, 0, 0, error=False, refused=True)
+        if self.batching:
+            self._used.add(refused)
+        else:
+            await self._write_used([refused])
 
     async def release(self, principal: Principal, admission: Admission) -> None:
         """Give back the concurrency slot and the reserved tokens of a request that did
@@ -218,13 +230,14 @@ class Usage:
         """One write per key and day for the usage gathered."""
         added: dict[tuple[str, str], list[int]] = {}
         for u in entries:
-            counts = added.setdefault((u.key_id, u.day), [0, 0, 0, 0])
-            counts[0] += 1
+            counts = added.setdefault((u.key_id, u.day), [0, 0, 0, 0, 0])
+            counts[0] += int(not u.refused)
             counts[1] += u.prompt
             counts[2] += u.completion
             counts[3] += int(u.error)
+            counts[4] += int(u.refused)
         expires_at = self.clock() + KEEP_SECONDS
-        for (key_id, day), (requests, prompt, completion, errors) in added.items():
+        for (key_id, day), (requests, prompt, completion, errors, refused) in added.items():
             try:
                 await self.usage.record(
                     key_id,
@@ -234,6 +247,7 @@ class Usage:
                     prompt_tokens=prompt,
                     completion_tokens=completion,
                     errors=errors,
+                    refused=refused,
                     expires_at=expires_at,
                 )
             except Exception:  # bookkeeping, as above

@@ -19,6 +19,7 @@ from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
+from natrelay.store.members import DynamoMemberStore
 from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionRecord
 from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.records import (
@@ -36,7 +37,7 @@ from natrelay.store.records import (
 from natrelay.store.row_admin import ApplyConflictError, DynamoRowAdminStore, RowWrite
 from natrelay.store.row_cache import RowCache
 from natrelay.store.row_sweep import DynamoRowSweepStore
-from natrelay.store.secrets import SecretMissingError, SecretReader
+from natrelay.store.secrets import SecretMissingError, SecretReader, SecretWriteError
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
@@ -63,6 +64,7 @@ class Stores:
     doorbells: DynamoDoorbellStore
     beats: DynamoBeatStore
     handed: DynamoHandedStore
+    members: DynamoMemberStore
     # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
     connections: GatewayConnections | None = None
     # Admin writes to rows (apply), and the API keys of public rows' upstreams.
@@ -107,6 +109,7 @@ class Stores:
             doorbells=DynamoDoorbellStore(client, llms_table, tasks_table),
             beats=DynamoBeatStore(client, llms_table, tasks_table),
             handed=DynamoHandedStore(client, tasks_table),
+            members=DynamoMemberStore(client, llms),
             connections=connections,
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
@@ -165,6 +168,7 @@ __all__ = [
     "SameResultError",
     "SecretMissingError",
     "SecretReader",
+    "SecretWriteError",
     "SessionRecord",
     "Stores",
     "StreamRead",

@@ -253,6 +253,8 @@ class UsageRecord:
     # What the budget is checked against: the tokens counted and those reserved by
     # requests in flight.
     tokens: int = 0
+    # Requests refused for the key's limits (429: rpm, concurrency, tokens per day).
+    refused: int = 0
     # Requests holding a concurrency slot, as `<request id>@<deadline>`.
     inflight: frozenset[str] = frozenset()
     # Requests counted in each minute of the day, by `HHMM`.

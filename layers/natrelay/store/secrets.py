@@ -58,9 +58,29 @@ _MISSING = frozenset(
 )
 
 
+def put_secret(client: Any, name: str, value: str) -> bool:
+    """Create the Secrets Manager secret `name`, or give it a new value; True if created.
+    (botocore's DEBUG lines would hold the value: `secret_call` drops them.)"""
+    with secret_call():
+        try:
+            client.create_secret(Name=name, SecretString=value)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
+                raise
+            client.put_secret_value(SecretId=name, SecretString=value)
+            return False
+    return True
+
+
+class SecretWriteError(Exception):
+    """The secret could not be written (the AWS error code only: its message may quote
+    the value)."""
+
+
 class SecretReader:
     """Reads API keys from AWS Secrets Manager secrets and SSM SecureString parameters
-    (`endpoint`: moto's, locally). The clients are made on first use."""
+    (`endpoint`: moto's, locally), and writes secrets where the relay may (natrelay
+    dev's moto). The clients are made on first use."""
 
     def __init__(self, region: str, endpoint: str | None = None) -> None:
         self.region = region
@@ -95,6 +115,17 @@ class SecretReader:
             return _api_key(got.get("SecretString") or "")
         got = self._client("ssm").get_parameter(Name=ssm, WithDecryption=True)
         return str(got["Parameter"]["Value"])
+
+    @off_loop
+    def put(self, name: str, value: str) -> bool:
+        """Create or update the secret `name`; True if created. SecretWriteError."""
+        try:
+            return put_secret(self._client("secretsmanager"), name, value)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "error"))
+            raise SecretWriteError(code) from None
+        except BotoCoreError as exc:
+            raise SecretWriteError(type(exc).__name__) from None
 
 
 def _api_key(text: str) -> str:

@@ -141,6 +141,24 @@ class DynamoTaskStore:
         return task_record(item)
 
     @off_loop
+    def get_many(self, task_ids: list[str], now: float) -> dict[str, TaskRecord]:
+        """The tasks of `task_ids` that exist and have not expired, by id (BatchGetItem,
+        100 keys a call; what DynamoDB leaves unprocessed is asked again)."""
+        found: dict[str, TaskRecord] = {}
+        for start in range(0, len(task_ids), 100):
+            keys = [task_key(t) for t in dict.fromkeys(task_ids[start : start + 100])]
+            request: Any = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                answer = self._client.batch_get_item(RequestItems=request)
+                for raw in answer.get("Responses", {}).get(self._table, []):
+                    item = decode(raw)
+                    if item.get("expiresAt", now + 1) >= now:
+                        task = task_record(item)
+                        found[task.id] = task
+                request = answer.get("UnprocessedKeys") or None
+        return found
+
+    @off_loop
     def request(self, task: TaskRecord) -> bytes:
         if task.request is not None:
             return task.request

@@ -1,7 +1,8 @@
 """Usage and limits per key and UTC day in DynamoDB (table `keys`).
 
 pk `usage#<key id>`, sk `<YYYY-MM-DD>`: counters of the day (`requests`,
-`promptTokens`, `completionTokens`, their sum `tokens`, `errors`), one counter per
+`promptTokens`, `completionTokens`, their sum `tokens`, `errors`, and `refused`: requests
+its limits turned away), one counter per
 minute (`m<HHMM>`, for requests per minute) and the string set `inflight` of requests holding a
 concurrency slot (`<request id>@<deadline>`). One conditional write admits a request
 against every limit at once (keys with limits only); one write at its end counts it
@@ -35,6 +36,7 @@ def usage_record(item: Item) -> UsageRecord:
         completion_tokens=int(item.get("completionTokens", 0)),
         errors=int(item.get("errors", 0)),
         tokens=int(item.get("tokens", 0)),
+        refused=int(item.get("refused", 0)),
         inflight=frozenset(item.get("inflight") or ()),
         minutes={k[1:]: int(v) for k, v in item.items() if k.startswith("m") and k[1:].isdigit()},
     )
@@ -107,9 +109,11 @@ class DynamoUsageStore:
         expires_at: float,
         requests: int = 1,
         reserved: int = 0,
+        refused: int = 0,
     ) -> None:
         """Count requests that ended (one, or several added up), what they used, and
-        free the slot (of one) and the tokens it `reserved`."""
+        free the slot (of one) and the tokens it `reserved`; and requests the key's limits
+        refused."""
         adds = ["requests :n", "promptTokens :p", "completionTokens :c", "tokens :t", "errors :e"]
         vals: dict[str, Any] = {
             "p": prompt_tokens,
@@ -119,6 +123,9 @@ class DynamoUsageStore:
             "n": requests,
             "exp": int(expires_at),
         }
+        if refused:
+            adds.append("refused :f")
+            vals["f"] = refused
         update = f"ADD {', '.join(adds)} SET expiresAt = :exp"
         if slot is not None:
             update += " DELETE inflight :slot"

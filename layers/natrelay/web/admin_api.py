@@ -14,7 +14,7 @@ from natrelay.service import Relay
 from natrelay.web import views
 from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_model
-from natrelay.wire import KeyList, KeySpec, Paths, Role
+from natrelay.wire import KeyList, KeySpec, Paths, Role, SecretPut, SecretView
 
 MAX_USAGE_DAYS = 400
 
@@ -59,6 +59,14 @@ async def own_usage(request: Request, relay: Relay) -> Response:
     days = _days(request)
     key_id = caller(request).key_id
     return answer(views.usage_view(key_id, await relay.usage.days(key_id, days)))
+
+
+async def put_secret(request: Request, relay: Relay) -> Response:
+    """A public row's API key, where this relay may write it (natrelay dev)."""
+    name = request.path_params["name"]
+    body = await read_model(request, relay.settings, SecretPut)
+    created = await relay.upstreams.put_key(name, body.value)
+    return answer(SecretView(name=name, created=created), status=201 if created else 200)
 
 
 async def metrics(request: Request) -> Response:

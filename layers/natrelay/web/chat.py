@@ -14,6 +14,7 @@ from natrelay.observe import bind
 from natrelay.service import Principal, Relay
 from natrelay.service.metering import usage_hidden
 from natrelay.store import LlmRecord, TaskRecord
+from natrelay.web.abandon import Gone, wait_or_abandon
 from natrelay.web.endpoints import ENDPOINTS, ChatRequest
 from natrelay.web.fallbacks import with_fallbacks
 from natrelay.web.live_keys import while_key_lives
@@ -80,9 +81,12 @@ async def relay_request(
     endpoint: Endpoint,
     body: dict[str, Any],
     key: str | None = None,
+    *,
+    gone: Gone | None = None,
 ) -> Response:
     """Relay `body`, a request to `endpoint` of the model it names, and answer it: the
-    backend's JSON, or its stream as server-sent events."""
+    backend's JSON, or its stream as server-sent events. `gone`: resolves when the client
+    hangs up (its task is then cancelled; web.abandon)."""
     parsed = parse(ENDPOINTS[endpoint].request, body)
     # embeddings never stream (a `stream` field there passes through, unread)
     stream = "stream" in type(parsed).model_fields and bool(getattr(parsed, "stream", False))
@@ -95,7 +99,15 @@ async def relay_request(
             path = endpoint.path.removeprefix("/v1")
             return await public_answer(relay, principal, row, path, body, stream=stream)
         return await _published(
-            relay, principal, row.name, body, endpoint, stream=stream, key=key, started=started
+            relay,
+            principal,
+            row.name,
+            body,
+            endpoint,
+            stream=stream,
+            key=key,
+            started=started,
+            gone=gone,
         )
 
     return await with_fallbacks(relay, principal, parsed.model, serve)
@@ -111,6 +123,7 @@ async def _published(
     stream: bool,
     key: str | None,
     started: float,
+    gone: Gone | None = None,
 ) -> Response:
     """A published row's answer: its task, waited for or streamed."""
     task, earlier = await submit(
@@ -135,7 +148,10 @@ async def _published(
     budget = s.request_timeout_seconds
     if task.wake_id:  # hold through the cold start: up to the wake's own window
         budget = min(max(budget, task.lease_seconds), max(s.max_hold_seconds, budget))
-    done = await relay.waiting.wait(task.id, budget, fresh=not earlier)
+    # with an Idempotency-Key the client can come back for it: keep it
+    done = await wait_or_abandon(
+        relay, task, budget, fresh=not earlier, keep=key is not None, gone=gone
+    )
     outcome = await relay.waiting.outcome(done)
     if done.claimed_at is not None and done.updated_at is not None:
         # what the publisher and its backend took is the time from claim to result
@@ -145,6 +161,11 @@ async def _published(
 
 
 async def run_chat(
-    relay: Relay, principal: Principal, body: dict[str, Any], key: str | None = None
+    relay: Relay,
+    principal: Principal,
+    body: dict[str, Any],
+    key: str | None = None,
+    *,
+    gone: Gone | None = None,
 ) -> Response:
-    return await relay_request(relay, principal, Endpoint.CHAT, body, key)
+    return await relay_request(relay, principal, Endpoint.CHAT, body, key, gone=gone)

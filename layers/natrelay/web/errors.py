@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from natrelay import errors
 from natrelay.observe import bind, request_id
+from natrelay.web.notfound import not_allowed, not_found
 from natrelay.wire import ErrorCode, Paths
 
 log = logging.getLogger("natrelay.web")
@@ -103,12 +104,24 @@ async def relay_error(request: Request, exc: Exception) -> Response:
     return error_response(exc, anthropic=anthropic_style(request))
 
 
+def _routing_message(request: Request, exc: HTTPException) -> str:
+    """A 404's or 405's message: the path the client probably meant (web.notfound)."""
+    path = request.url.path
+    if exc.status_code == 405:
+        return not_allowed(request.method, path, (exc.headers or {}).get("Allow", ""))
+    if exc.status_code != 404 or exc.detail != "Not Found":
+        return exc.detail  # one of ours (e.g. metrics are off)
+    templates = [t for t in (getattr(r, "path", None) for r in request.app.routes) if t]
+    base = str(request.base_url).rstrip("/")
+    return not_found(request.method, path, base, templates)
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
         exc.status_code, ErrorCode.HTTP_ERROR
     )
-    body = _body(exc.detail, code, None)
+    body = _body(_routing_message(request, exc), code, None)
     shaped = anthropic_body(body, exc.status_code) if anthropic_style(request) else body
     return JSONResponse(shaped, status_code=exc.status_code, headers=exc.headers)
 

@@ -59,7 +59,7 @@ async def with_fallbacks(
             if alt == name:
                 continue
             try:
-                fallback = await relay.catalog.get(principal, alt)
+                fallback = await relay.catalog.get(principal, alt, hint=False)
                 if queued and fallback.public:
                     continue
                 response = await serve(fallback)

@@ -15,10 +15,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from natrelay.metrics import Metrics
-from natrelay.observe import new_request_id, request_scope
+from natrelay.observe import REQUEST_LOGGER, new_request_id, request_scope
 from natrelay.wire import ErrorCode, Paths
 
-log = logging.getLogger("natrelay.request")
+log = logging.getLogger(REQUEST_LOGGER)
 
 REQUEST_ID_HEADER = "x-request-id"
 # A publisher's routes that run for every inference (or every poll of an idle one).

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from natrelay.service import Relay
+from natrelay.web.abandon import client_gone
 from natrelay.web.chat import idempotency_key, relay_request
 from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_object
@@ -29,7 +30,10 @@ async def get_model(request: Request, relay: Relay) -> Response:
 
 async def _relay(request: Request, relay: Relay, endpoint: Endpoint) -> Response:
     body = await read_object(request, relay.settings)
-    return await relay_request(relay, caller(request), endpoint, body, idempotency_key(request))
+    key = idempotency_key(request)
+    return await relay_request(
+        relay, caller(request), endpoint, body, key, gone=client_gone(request)
+    )
 
 
 async def chat_completions(request: Request, relay: Relay) -> Response:

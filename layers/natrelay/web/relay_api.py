@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from natrelay.service import Relay
-from natrelay.store import LlmRecord
+from natrelay.store import LlmRecord, TaskRecord
 from natrelay.web import views
+from natrelay.web.abandon import client_gone
 from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
 from natrelay.web.fallbacks import with_fallbacks
 from natrelay.web.live_keys import while_key_lives
@@ -55,20 +56,28 @@ async def register(request: Request, relay: Relay) -> Response:
 async def heartbeat(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, HeartbeatRequest)
     registration = await relay.sessions.heartbeat(caller(request), req)
-    return answer(views.session_response(registration, relay.clock(), relay.settings))
+    view = views.session_response(registration, relay.clock(), relay.settings)
+    cancelled = await relay.abandoned.of(req.provider_session_id, req.running)
+    return answer(view.model_copy(update={"cancelled": cancelled or None}))
+
+
+async def _polled(relay: Relay, req: PollRequest, tasks: list[TaskRecord]) -> Response:
+    cancelled = await relay.abandoned.of(req.provider_session_id, req.running)
+    polled = [views.polled_task(t) for t in tasks]
+    return answer(PollResponse(tasks=polled, cancelled=cancelled or None))
 
 
 async def poll(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, PollRequest)
     tasks = await relay.claims.poll(caller(request), req, gone=request.is_disconnected)
-    return answer(PollResponse(tasks=[views.polled_task(t) for t in tasks]))
+    return await _polled(relay, req, tasks)
 
 
 async def claim(request: Request, relay: Relay) -> Response:
     """A poll that does not wait (the doorbell's), whatever waitSeconds says."""
     req = await read_model(request, relay.settings, PollRequest)
     tasks = await relay.claims.poll(caller(request), req.model_copy(update={"wait_seconds": 0}))
-    return answer(PollResponse(tasks=[views.polled_task(t) for t in tasks]))
+    return await _polled(relay, req, tasks)
 
 
 async def deregister(request: Request, relay: Relay) -> Response:
@@ -96,6 +105,7 @@ async def post_chunks(request: Request, relay: Relay) -> Response:
 async def post_result(request: Request, relay: Relay) -> Response:
     result = await read_model(request, relay.settings, TaskResult)
     task = await relay.claims.post_result(caller(request), request.path_params["task_id"], result)
+    await relay.pools.learn_not_served(task, result.provider_session_id)
     return answer(views.task_view(task))
 
 
@@ -162,7 +172,7 @@ async def infer(request: Request, relay: Relay) -> Response:
             )
 
         return await with_fallbacks(relay, principal, body["model"], queue, queued=True)
-    return await run_chat(relay, caller(request), body, key)
+    return await run_chat(relay, caller(request), body, key, gone=client_gone(request))
 
 
 async def get_task(request: Request, relay: Relay) -> Response:

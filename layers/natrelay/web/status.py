@@ -210,12 +210,17 @@ def _keys_table(keys: list[KeyToday]) -> str:
         "prompt&nbsp;tokens",
         "completion&nbsp;tokens",
         "errors",
+        "refused",
     ]
     lines = []
     for k in keys:
         u = k.usage
         label = escape(k.label) + (" <span class=inactive>(revoked)</span>" if k.revoked else "")
-        numbers = [u.requests, u.prompt_tokens, u.completion_tokens, u.errors] if u else [0] * 4
+        numbers = (
+            [u.requests, u.prompt_tokens, u.completion_tokens, u.errors, u.refused]
+            if u
+            else [0] * 5
+        )
         lines.append(
             f'<tr id="key-{escape(k.key_id)}">'
             + _cells([escape(k.key_id), label, k.role.value, *(str(n) for n in numbers)])

@@ -108,12 +108,18 @@ def session_response(
     registration: Registration, now: float, settings: Settings | None = None
 ) -> SessionResponse:
     """What the publisher hears of its session: each row with its own member's status;
-    with `settings`, what the relay offers it (its doorbell, its heartbeat timeout)."""
+    with `settings`, what the relay offers it (its doorbell, its heartbeat timeout) and
+    each row's live members (its pool: sessions of the same key, by fingerprint)."""
     session = registration.session
     rows = []
     for row in registration.rows:
         member = row.members.get(session.id)
-        rows.append(row_view(row, now, member.status if member else None, served=True))
+        view = row_view(row, now, member.status if member else None, served=True)
+        if settings is not None:
+            live = row.live_members(now, settings.heartbeat_timeout_seconds)
+            members = [MemberView(member=fingerprint(m.session_id), status=m.status) for m in live]
+            view = view.model_copy(update={"members": members})
+        rows.append(view)
     return SessionResponse(
         provider_session_id=session.id,
         llms=rows,
@@ -218,6 +224,7 @@ def usage_view(key_id: str, days: list[UsageRecord]) -> UsageView:
                 prompt_tokens=d.prompt_tokens,
                 completion_tokens=d.completion_tokens,
                 errors=d.errors,
+                refused=d.refused,
             )
             for d in days
         ],

@@ -62,7 +62,10 @@ from natrelay.wire.rows import (
     ApplyResult,
     LlmApply,
     LlmDocument,
+    SecretPut,
     SecretRef,
+    SecretView,
+    secret_name,
 )
 from natrelay.wire.views import (
     KeyCreated,
@@ -130,7 +133,9 @@ __all__ = [
     "ProviderSpec",
     "RegisterRequest",
     "Role",
+    "SecretPut",
     "SecretRef",
+    "SecretView",
     "SessionId",
     "SessionRequest",
     "SessionResponse",
@@ -143,4 +148,5 @@ __all__ = [
     "UsageView",
     "WireModel",
     "fingerprint",
+    "secret_name",
 ]

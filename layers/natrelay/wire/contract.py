@@ -181,6 +181,8 @@ class Paths:
     KEY = "/api/v1/keys/{key_id}"
     KEY_USAGE = "/api/v1/keys/{key_id}/usage"
     USAGE = "/api/v1/usage"
+    # A public row's API key, where the relay may write it (natrelay dev); admins.
+    SECRET = "/api/v1/secrets/{name}"  # noqa: S105 - a path
     MODELS = "/v1/models"
     MODEL = "/v1/models/{model}"
     CHAT = "/v1/chat/completions"

@@ -236,6 +236,9 @@ class SessionResponse(Answer):
     # offers one; and the relay's heartbeat timeout, which a poll-only publisher must beat.
     doorbell_url: str | None = None
     heartbeat_timeout_seconds: float | None = None
+    # Tasks of the heartbeat's `running` nobody wants any more (their client went away,
+    # or the relay ended or moved them): abort them, their answers would be refused.
+    cancelled: list[str] | None = None
 
 
 class PolledTask(Answer):
@@ -258,6 +261,8 @@ class PolledTask(Answer):
 
 class PollResponse(Answer):
     tasks: list[PolledTask]
+    # As in SessionResponse: tasks of the poll's `running` to abort.
+    cancelled: list[str] | None = None
 
 
 class DoorbellMessage(Answer):

@@ -9,6 +9,7 @@ them, are accepted and ignored, so `get -o yaml | apply -f -` changes nothing.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -82,6 +83,32 @@ class SecretRef(WireModel):
         if self.secrets_manager is not None:
             return f"secret {self.secrets_manager}"
         return f"parameter {self.ssm}"
+
+
+# What Secrets Manager allows in a name, under the prefix the relay may read.
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+
+
+def secret_name(name: str) -> str:
+    """`name` if the relay may write and read it as a secret (ValueError otherwise)."""
+    if not name.startswith(SECRET_PREFIX) or len(name) == len(SECRET_PREFIX):
+        raise ValueError(
+            f"the relay keeps API keys in secrets named {SECRET_PREFIX}…; {name!r} is not one"
+        )
+    if not _SECRET_NAME.match(name):
+        raise ValueError(f"{name!r}: a secret's name has letters, digits and / _ + = . @ - only")
+    return name
+
+
+class SecretPut(WireModel):
+    """A secret's new value (`PUT /api/v1/secrets/{name}`): never echoed, never logged."""
+
+    value: str = Field(min_length=1, max_length=65536)
+
+
+class SecretView(Answer):
+    name: str
+    created: bool
 
 
 def _base_url(value: str | None) -> str | None:

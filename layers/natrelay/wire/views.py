@@ -34,7 +34,8 @@ class ModelCard(Answer):
     id: str
     object: str = "model"
     created: int = 0
-    owned_by: str = "natrelay"
+    # snake_case, as OpenAI names it (the openai SDK reads `owned_by`)
+    owned_by: str = Field(default="natrelay", alias="owned_by")
     status: LlmStatus
     tier: str | None = None
     description: str | None = None
@@ -126,6 +127,8 @@ class UsageDay(Answer):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    # Requests the key's limits refused (429 rate_limit_exceeded, budget_exceeded).
+    refused: int = 0
 
 
 class UsageView(Answer):

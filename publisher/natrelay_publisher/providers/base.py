@@ -14,12 +14,13 @@ from pydantic.alias_generators import to_camel
 
 from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.errors import BackendFailedError
-from natrelay_publisher.redact import describe
+from natrelay_publisher.redact import describe, public_url
 from natrelay_publisher.types import Chunk, JSONObject, ProviderSettings
 
 logger = logging.getLogger("natrelay.publisher")
 
-AVAILABILITY_TIMEOUT_SECONDS = 5.0
+# The longest an availability check may take; the slot's Health asks for less.
+AVAILABILITY_TIMEOUT_SECONDS = 60.0
 # Generation can be slow (the provider's timeoutSeconds); connecting must not be.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -279,6 +280,8 @@ class HttpBackend:
     requires: ClassVar[tuple[str, ...]] = ("base_url", "model")
     # GET this path answering 2xx means the backend is up (it also lists the models).
     models_path: ClassVar[str]
+    # What a 404 of that path most likely means, for the log line that says so.
+    not_found_hint: ClassVar[str] = ""
 
     def __init__(self, config: ProviderSettings) -> None:
         self.name = config.name
@@ -286,15 +289,27 @@ class HttpBackend:
         self.base_url = config.base_url or ""
         self.timeout = config.timeout_seconds
         self._client = backend_client(config)
+        # Why the last availability check failed, for this machine's log (its URL, its
+        # status: the user's own backend, shown where it is safe to).
+        self.unavailable_because: str | None = None
 
     async def available(self) -> bool:
+        url = public_url(str(self._client.build_request("GET", self.models_path).url))
         try:
             response = await self._client.get(
                 self.models_path, timeout=AVAILABILITY_TIMEOUT_SECONDS
             )
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            self.unavailable_because = f"GET {url}: {describe(exc)}"
             return False
-        return response.is_success
+        if response.is_success:
+            self.unavailable_because = None
+            return True
+        why = f"GET {url} answered {response.status_code} {response.reason_phrase}"
+        if response.status_code == 404 and self.not_found_hint:
+            why += f": {self.not_found_hint}"
+        self.unavailable_because = why
+        return False
 
     async def _listing(self) -> Any:
         return parse_json(

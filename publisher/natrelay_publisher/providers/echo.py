@@ -109,7 +109,8 @@ class EchoProvider:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
                     "finish_reason": "stop",
                 }
             ],
@@ -127,7 +128,8 @@ class EchoProvider:
         }
 
         def chunk(delta: JSONObject, finish: str | None = None) -> Chunk:
-            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**head, "choices": [choice]}
 
         yield chunk({"role": "assistant", "content": ""})
         delay = self.options.token_delay_ms / 1000

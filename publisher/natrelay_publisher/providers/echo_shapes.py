@@ -124,33 +124,39 @@ def message_item(status: str, text: str = "") -> JSONObject:
         "type": "message",
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": []}],
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
     }
 
 
 def response(text: str, prompt: str, model: str, status: str = "completed") -> JSONObject:
     done = status == "completed"
     item = message_item("completed", text)
-    return {
+    answer: JSONObject = {
         "id": f"resp_{uuid.uuid4().hex}",
         "object": "response",
         "created_at": int(time.time()),
         "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "metadata": {},
         "model": model,
         "output": [item] if done else [],
         "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
         "tool_choice": "auto",
         "tools": [],
-        "usage": {
+    }
+    if done:
+        answer["usage"] = {
             "input_tokens": _count(prompt),
             "output_tokens": _count(text),
             "total_tokens": _count(prompt) + _count(text),
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
-        if done
-        else None,
-    }
+    return answer
 
 
 def response_events(pieces: list[str], prompt: str, model: str) -> list[Chunk]:
@@ -172,8 +178,8 @@ def response_events(pieces: list[str], prompt: str, model: str) -> list[Chunk]:
                 "content": [],
             },
         },
-        *({"type": "response.output_text.delta", **at, "delta": p} for p in pieces),
-        {"type": "response.output_text.done", **at, "text": text},
+        *({"type": "response.output_text.delta", **at, "delta": p, "logprobs": []} for p in pieces),
+        {"type": "response.output_text.done", **at, "text": text, "logprobs": []},
         {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
         {"type": "response.completed", "response": final},
     ]

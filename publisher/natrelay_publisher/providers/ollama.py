@@ -35,6 +35,10 @@ from natrelay_publisher.types import Chunk, JSONObject
 class OllamaProvider(HttpBackend):
     type_name: ClassVar[str] = "ollama"
     models_path: ClassVar[str] = "api/tags"
+    not_found_hint: ClassVar[str] = (
+        "not Ollama's native API (baseUrl without /v1, e.g. http://127.0.0.1:11434); an "
+        "OpenAI-compatible server takes type: openai"
+    )
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)
     # Responses (Ollama 0.13.3) and messages (later still) are newer: list them to publish them.
     default_endpoints: ClassVar[frozenset[Endpoint]] = frozenset(

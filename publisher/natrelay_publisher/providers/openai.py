@@ -24,6 +24,10 @@ def backend_path(endpoint: Endpoint) -> str:
 class OpenAIProvider(HttpBackend):
     type_name: ClassVar[str] = "openai"
     models_path: ClassVar[str] = "models"
+    not_found_hint: ClassVar[str] = (
+        "an OpenAI-compatible baseUrl ends in /v1 (http://host:port/v1); for Ollama's native "
+        "API use type: ollama"
+    )
     # Servers that lack one answer 404 or 405: the client hears the model does not serve
     # it. List `endpoints` in the config to have the relay refuse those at once.
     endpoints: ClassVar[frozenset[Endpoint]] = frozenset(Endpoint)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from natrelay_publisher.errors import RecipeError
 from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
@@ -19,6 +21,15 @@ logger = logging.getLogger("natrelay.publisher")
 class CommandRecipeConfig(RecipeConfig):
     command: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
+
+    @field_validator("command")
+    @classmethod
+    def _runnable(cls, value: str) -> str:
+        """Found at start, not at the first wake: a program on PATH or an executable file."""
+        if shutil.which(value) is None:
+            where = "is not an executable file" if os.sep in value else "is not on PATH"
+            raise ValueError(f"{value!r} {where}")
+        return value
 
 
 class CommandRecipe:

@@ -1,0 +1,56 @@
+"""Tasks a publisher still runs that nobody wants any more: their client went away or
+stopped waiting (the task was cancelled), or the relay ended or moved them. Its
+heartbeats and polls say which it runs (`running`); their answers name these
+(`cancelled`), and the publisher aborts the backend request, freeing the slot.
+
+A task handed in memory (the fast path) is known at once; others are read from
+DynamoDB, in one batch, at most every CHECK_SECONDS per session in each process (a busy
+publisher's heartbeats and polls must not each cost a read).
+"""
+
+from __future__ import annotations
+
+from natrelay.service.context import Context
+from natrelay.service.handoff import Handoff
+from natrelay.store import TaskRecord
+from natrelay.wire import TaskState
+
+CHECK_SECONDS = 10.0
+# Sessions remembered for the pace of their checks (a cap, not a rule).
+_REMEMBERED = 10_000
+
+
+def wanted(task: TaskRecord | None, session_id: str) -> bool:
+    """Whether the session should go on running the task."""
+    if task is None or task.session_id != session_id:
+        return False
+    return task.state in (TaskState.CLAIMED, TaskState.COMPLETED)
+
+
+class Abandoned:
+    def __init__(self, ctx: Context, handoff: Handoff) -> None:
+        self.tasks = ctx.stores.tasks
+        self.clock = ctx.clock
+        self.handoff = handoff
+        self._checked: dict[str, float] = {}
+
+    async def of(self, session_id: str, running: list[str] | None) -> list[str]:
+        """The tasks of `running` the session should stop."""
+        if not running:
+            return []
+        now = self.clock()
+        unwanted = []
+        durable = []
+        for task_id in running:
+            if self.handoff.holds(task_id):
+                if not wanted(self.handoff.get(task_id), session_id):
+                    unwanted.append(task_id)
+            else:
+                durable.append(task_id)
+        if durable and now - self._checked.get(session_id, 0.0) >= CHECK_SECONDS:
+            if len(self._checked) >= _REMEMBERED:
+                self._checked.clear()
+            self._checked[session_id] = now
+            found = await self.tasks.get_many(durable, now)
+            unwanted += [t for t in durable if not wanted(found.get(t), session_id)]
+        return unwanted

@@ -1,0 +1,76 @@
+"""Is a backend up, when nothing else says so?
+
+An idle backend is asked (its model list, or its wake recipe's readiness check). A busy
+one is not: some servers — llama.cpp's, llama-cpp-python's — answer nothing else while
+they generate, and a long answer is the box at its busiest, not down. While a request
+runs on the backend, that request is the check: it has its own silence limit
+(`timeoutSeconds`), and fails past it; then the backend is idle and asked again.
+
+The check waits `healthTimeoutSeconds` (5 s), or longer when the backend has lately been
+slow to answer it (a few times its slowest recent answer), never longer than half a
+heartbeat: a check must not hold the heartbeat back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+
+# A slow answer lets the next checks wait this many times as long...
+SLOW_FACTOR = 3.0
+# ... judged by the last few answers.
+REMEMBERED = 5
+
+
+class Health:
+    def __init__(
+        self, timeout: float, ceiling: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.base = timeout
+        self.ceiling = max(timeout, ceiling)
+        self.clock = clock
+        # Requests running on the backend now; why the last check failed, if it timed out.
+        self.running = 0
+        self.problem: str | None = None
+        self._recent: deque[float] = deque(maxlen=REMEMBERED)
+
+    @property
+    def busy(self) -> bool:
+        return self.running > 0
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Count a request on the backend for as long as it runs."""
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+
+    @property
+    def timeout(self) -> float:
+        """How long the next check may take: more when the backend was slow lately."""
+        slowest = max(self._recent, default=0.0)
+        return min(self.ceiling, max(self.base, SLOW_FACTOR * slowest))
+
+    async def check(self, probe: Callable[[], Awaitable[bool]]) -> bool | None:
+        """Ask the backend (`probe`) within the timeout. None: no verdict (it is busy, or
+        became busy while asked: its requests judge it)."""
+        if self.busy:
+            return None
+        started, timeout = self.clock(), self.timeout
+        self.problem = None
+        try:
+            async with asyncio.timeout(timeout):
+                up = await probe()
+        except TimeoutError:
+            self.problem = f"no answer within {timeout:g} s (healthTimeoutSeconds)"
+            up = False
+        if self.busy:
+            return None
+        if up:
+            self._recent.append(self.clock() - started)
+        return up

@@ -1,0 +1,126 @@
+"""A synchronous client that stops waiting — its wait ran out, or it hung up — without a
+way back to its task: the task is cancelled and its publisher told (web.abandon,
+service.abandoned)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from natrelay.wire import HeartbeatRequest, Paths, PollRequest, PollResponse, SessionResponse
+from natrelay_infra.moto_server import MotoServer
+from tests.server.test_web import ECHO, MSG, assert_openai_error, auth
+from tests.support.net import wait_until
+from tests.support.scripted import ScriptedPublisher
+from tests.support.stack import Stack, running_stack
+
+
+def _state(stack: Stack, task_id: str) -> str:
+    got = httpx.get(f"{stack.url}/api/v1/tasks/{task_id}", headers=auth(stack.client_token))
+    return str(got.json()["state"])
+
+
+def _timed_out(stack: Stack) -> tuple[dict[str, Any], str]:
+    """A chat request its relay answers 504 (nobody answers it): the error and the task."""
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        headers=auth(stack.client_token),
+        json={"model": "echo", "messages": MSG},
+        timeout=10,
+    )
+    error = assert_openai_error(resp, 504, "timeout")
+    return error, resp.headers["location"].rsplit("/", 1)[1]
+
+
+def _told(pub: ScriptedPublisher, task_id: str) -> list[str] | None:
+    """What the relay says of the task in a heartbeat that says it runs it."""
+    assert pub.session_id is not None
+    beat = HeartbeatRequest(provider_session_id=pub.session_id, running=[task_id])
+    resp = pub.send(Paths.HEARTBEAT, beat)
+    resp.raise_for_status()
+    return SessionResponse.model_validate(resp.json()).cancelled
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["handed", "durable"])
+def test_a_sync_timeout_cancels_the_task_and_its_publisher_is_told(
+    moto_server: MotoServer, fast_path: bool
+) -> None:
+    with running_stack(
+        moto_server.endpoint, request_timeout_seconds=1, fast_path=fast_path
+    ) as stack:
+        held: list[dict[str, Any]] = []
+        with ScriptedPublisher(
+            stack.url, stack.publish_token, ECHO, answer=lambda task, pub: held.append(task)
+        ) as pub:
+            error, task_id = _timed_out(stack)
+            assert "no answer within 1 s; the request was cancelled" in error["message"]
+            assert "respond-async" in error["message"] and "fetch it later" not in error["message"]
+            assert _state(stack, task_id) == "cancelled"
+            assert _told(pub, task_id) == [task_id]
+            late = pub.result(task_id, {"status": 200, "body": {"answer": "late"}})
+            assert_openai_error(late, 409, "task_cancelled")
+
+
+def test_a_task_still_wanted_is_not_named(stack: Stack) -> None:
+    held: list[dict[str, Any]] = []
+    with ScriptedPublisher(
+        stack.url, stack.publish_token, ECHO, answer=lambda task, pub: held.append(task)
+    ) as pub:
+        queued = httpx.post(
+            f"{stack.url}/api/v1/llms/echo/infer",
+            headers={**auth(stack.client_token), "Prefer": "respond-async"},
+            json={"messages": MSG},
+        )
+        assert queued.status_code == 202
+        task_id = queued.json()["id"]
+        wait_until(lambda: held, 10, "the publisher got no task")
+        assert _told(pub, task_id) is None
+        # a poll carries the same answer (another session's task is not its to run)
+        other = ScriptedPublisher(
+            stack.url, stack.publish_token, [{"name": "x", "type": "echo", "model": "echo"}]
+        )
+        other.register()
+        assert other.session_id is not None
+        poll = PollRequest(provider_session_id=other.session_id, wait_seconds=0, running=[task_id])
+        answered = PollResponse.model_validate(other.send(Paths.POLL, poll).json())
+        assert answered.cancelled == [task_id]
+
+
+def test_the_504_of_the_api_gateway_route_names_the_url_that_waits_longer(
+    moto_server: MotoServer,
+) -> None:
+    with (
+        running_stack(
+            moto_server.endpoint,
+            request_timeout_seconds=1,
+            long_request_url="https://abc.lambda-url.eu-west-1.on.aws/",
+            long_request_timeout_seconds=840,
+        ) as stack,
+        ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=lambda task, pub: None),
+    ):
+        error, _ = _timed_out(stack)
+    assert "API Gateway cuts requests at 30 s" in error["message"]
+    assert (
+        "call https://abc.lambda-url.eu-west-1.on.aws, which waits up to 840 s"
+        in (error["message"])
+    )
+
+
+def test_a_client_that_hangs_up_has_its_task_cancelled(stack: Stack) -> None:
+    held: list[dict[str, Any]] = []
+    with ScriptedPublisher(
+        stack.url, stack.publish_token, ECHO, answer=lambda task, pub: held.append(task)
+    ) as pub:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{stack.url}/v1/chat/completions",
+                headers=auth(stack.client_token),
+                json={"model": "echo", "messages": MSG},
+                timeout=httpx.Timeout(10, read=1.0),  # the client gives up; the relay waits on
+            )
+        wait_until(lambda: held, 10, "the publisher got no task")
+        task_id = held[0]["id"]
+        wait_until(lambda: _state(stack, task_id) == "cancelled", 15, "the task runs on")
+        assert _told(pub, task_id) == [task_id]
