@@ -1,12 +1,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from natrelay_infra.moto_server import MotoServer
 from tests.publisher.running import PublisherProcess
 from tests.support.stack import Stack, running_stack
+
+# Whole suites of several processes each, left out by `scripts/test --fast`; elsewhere a
+# test says it is slow with @pytest.mark.slow.
+SLOW_SUITES = ("e2e", "faults", "soak")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(tests) and item.path.relative_to(tests).parts[0] in SLOW_SUITES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +44,13 @@ def publishers() -> Iterator[list[PublisherProcess]]:
         if publisher.process.poll() is None:
             publisher.process.kill()
             publisher.process.wait()
+
+
+@pytest.fixture(scope="session")
+def shared_stack(moto_server: MotoServer) -> Iterator[Stack]:
+    """One relay per worker for tests whose requests change nothing (refused bodies, keys,
+    names): a test that registers, queues or writes anything takes its own `stack`."""
+    with running_stack(
+        moto_server.endpoint, heartbeat_timeout_seconds=5, key_cache_seconds=0
+    ) as running:
+        yield running

@@ -4,8 +4,6 @@ stdout (`emf`, Lambda: no API call, CloudWatch turns the log lines into metrics)
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
 NAMESPACE = "natrelay"
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -47,6 +45,14 @@ class Metrics:
 
 class PrometheusMetrics(Metrics):
     def __init__(self) -> None:
+        # imported here: Lambda (EMF) never loads it
+        from prometheus_client import (  # noqa: PLC0415
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+        )
+
         self.registry = CollectorRegistry()
         r = self.registry
         self._requests = Counter(
@@ -112,6 +118,8 @@ class PrometheusMetrics(Metrics):
         self._throttles.labels(operation).inc()
 
     def exposition(self) -> bytes:
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
         return generate_latest(self.registry)
 
 

@@ -236,22 +236,32 @@ class Doorbell:
                 if pong_due is not None:
                     deadlines.append(pong_due)
                 try:
-                    kind, task_id, source = await asyncio.wait_for(
+                    first = await asyncio.wait_for(
                         self._events.get(), max(0.0, min(deadlines) - now)
                     )
                 except TimeoutError:
                     continue
-                if kind == "ring" and task_id:
-                    self.rings += 1
-                    if task_id not in self._pending:
-                        self._pending.append(task_id)
-                elif kind == "pong":
-                    pong_due = None
-                elif kind == "closed" and source is conn:
+                # and every event queued meanwhile: one claim takes all the rings so far
+                events = [first, *self._queued()]
+                for kind, task_id, _ in events:
+                    if kind == "ring" and task_id:
+                        self.rings += 1
+                        if task_id not in self._pending:
+                            self._pending.append(task_id)
+                    elif kind == "pong":
+                        pong_due = None
+                if any(kind == "closed" and source is conn for kind, _, source in events):
                     logger.info("doorbell connection closed; reconnecting")
                     return
         finally:
             await self._close(conn)
+
+    def _queued(self) -> list[tuple[str, str | None, _Connection | None]]:
+        """The events waiting in the queue, taken from it."""
+        out = []
+        while not self._events.empty():
+            out.append(self._events.get_nowait())
+        return out
 
     async def _ping(self, conn: _Connection) -> None:
         with contextlib.suppress(ConnectionClosed):

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,17 @@ from websockets.exceptions import InvalidStatus
 from natrelay.wire import DOORBELL_SESSION_HEADER, Paths
 from natrelay_infra.moto_server import MotoServer
 from tests.publisher.running import PublisherProcess, start_publisher
-from tests.support.gateway import LambdaRelay, lambda_relay, start_gateway
 from tests.support.net import free_port, wait_until
 from tests.support.stack import (
     CLIENT_TOKEN,
     PUBLISH_TOKEN,
+    Stack,
     dynamodb_client,
     fresh_tables,
     relay_env,
+    running_stack,
     start_api,
+    start_gateway,
 )
 
 ECHO = [{"name": "echo", "type": "echo", "model": "echo", "maxConcurrency": 4}]
@@ -45,7 +47,7 @@ def chat(url: str, text: str, timeout: float = 20.0) -> str:
     return str(answer.json()["choices"][0]["message"]["content"])
 
 
-def row_doorbell(relay: LambdaRelay, name: str) -> str | None:
+def row_doorbell(relay: Stack, name: str) -> str | None:
     """The connection bound to the (one) member of the pool of `name`, if any."""
     item = dynamodb_client(relay.moto_endpoint).get_item(
         TableName=relay.tables.llms, Key={"name": {"S": name}}, ConsistentRead=True
@@ -56,6 +58,14 @@ def row_doorbell(relay: LambdaRelay, name: str) -> str | None:
         if k.startswith("m#") and "doorbell" in v.get("M", {})
     ]
     return bells[0] if bells else None
+
+
+def lambda_relay(
+    moto_endpoint: str, tmp_path: Path, **settings: Any
+) -> AbstractContextManager[Stack]:
+    """The relay as on AWS: two API processes (a publisher's, a client's, as two Lambda
+    instances) ringing through the API Gateway stand-in."""
+    return running_stack(moto_endpoint, tmp_path / "relay.log", apis=2, gateway=True, **settings)
 
 
 @contextmanager
@@ -131,7 +141,7 @@ def test_a_refused_websocket_falls_back_to_long_poll_and_back(
 ) -> None:
     # the doorbell's port refuses connections at first: the publisher long-polls
     with (
-        lambda_relay(moto_server.endpoint, tmp_path, start=False) as relay,
+        lambda_relay(moto_server.endpoint, tmp_path, gateway_up=False) as relay,
         publisher(relay.publisher_url, tmp_path, retrySeconds=1) as pub,
     ):
         pub.wait_log("doorbell unavailable")

@@ -25,10 +25,8 @@ from natrelay_infra.dev import DEV_CLIENT_TOKEN, DEV_PUBLISH_TOKEN
 from tests.infra.test_dev import Dev, natrelay_dev
 from tests.publisher.running import start_publisher, wait_rows
 from tests.support.backend import FakeBackend
-from tests.support.net import serve
+from tests.support.net import serve, wait_until
 from tests.support.stack import dynamodb_client
-
-pytestmark = pytest.mark.slow
 
 BACKEND_MODEL = "org/backend-model"
 ALIAS = "meta-llama/Llama-3.1-8B-Instruct"
@@ -219,7 +217,8 @@ def test_an_endpoint_not_served_is_refused_before_the_publisher(relayed: Relayed
     assert len(relayed.full.raw) == seen
     assert relayed.infer_tasks("chat-only") == 0  # no task: nothing reached the publisher
     relayed.oai().embeddings.create(model="full", input="x")
-    assert relayed.infer_tasks("full") > 0  # (where a task would be)
+    # (where a task would be, once its record is written behind the answer)
+    wait_until(lambda: relayed.infer_tasks("full") > 0, 30, "no task of full recorded")
 
 
 def test_a_backend_that_lacks_an_endpoint(relayed: Relayed) -> None:

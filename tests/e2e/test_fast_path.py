@@ -35,8 +35,13 @@ LATENCY = 0.6  # the backend's time on every answer
 
 
 @pytest.fixture
-def echo() -> Iterator[str]:
-    with serve(FakeBackend(echo=True, latency=LATENCY).app()) as url:
+def backend() -> FakeBackend:
+    return FakeBackend(echo=True, latency=LATENCY)
+
+
+@pytest.fixture
+def echo(backend: FakeBackend) -> Iterator[str]:
+    with serve(backend.app()) as url:
         yield url
 
 
@@ -68,22 +73,25 @@ def ask(stack: Stack, text: str) -> str | None:
     return answer.choices[0].message.content
 
 
-def while_it_runs(stack: Stack, text: str) -> tuple[str | None, list[list[str]]]:
-    """Ask, and read the tasks table every 50 ms while the backend works on it: the
-    answer, and the states of the task items each read found."""
+def while_it_runs(stack: Stack, backend: FakeBackend, text: str) -> tuple[str | None, list[str]]:
+    """Ask, and read the tasks table while the backend holds the request: the answer, and
+    the states of the task items not completed at that moment."""
     got: list[str | None] = []
+    backend.hold()
     asker = threading.Thread(target=lambda: got.append(ask(stack, text)))
     asker.start()
-    seen: list[list[str]] = []
-    while asker.is_alive():
-        seen.append([t["state"]["S"] for t in tasks(stack) if t["state"]["S"] != "completed"])
-        asker.join(timeout=0.05)
+    try:
+        backend.holding(1)
+        states = [t["state"]["S"] for t in tasks(stack) if t["state"]["S"] != "completed"]
+    finally:
+        backend.release()
+        asker.join(timeout=60)
     assert got, "no answer"
-    return got[0], seen
+    return got[0], states
 
 
 def test_a_request_served_in_memory_is_fetchable_with_its_result_afterwards(
-    stack: Stack, echo: str, tmp_path: Path
+    stack: Stack, backend: FakeBackend, echo: str, tmp_path: Path
 ) -> None:
     with publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}):
         # The publisher's poll must wait idle in the relay when the request comes; on a
@@ -91,12 +99,12 @@ def test_a_request_served_in_memory_is_fetchable_with_its_result_afterwards(
         # path, and the next one is tried.
         for attempt in range(5):
             text = f"over the fast path {attempt}"
-            answer, seen = while_it_runs(stack, text)
+            answer, states = while_it_runs(stack, backend, text)
             assert answer == text
-            if len(seen) >= 3 and not any(seen):
+            if not states:
                 break  # nothing written while the backend worked: handed in memory
         else:
-            raise AssertionError(f"no request took the fast path: {seen}")
+            raise AssertionError(f"no request took the fast path: {states}")
 
         def all_written() -> list[dict[str, Any]] | None:
             done = [t for t in tasks(stack) if t["state"]["S"] == "completed"]
@@ -117,19 +125,19 @@ def test_a_request_served_in_memory_is_fetchable_with_its_result_afterwards(
 
 
 def test_with_the_fast_path_off_the_durable_path_serves_the_same_answer(
-    moto_server: MotoServer, echo: str, tmp_path: Path
+    moto_server: MotoServer, backend: FakeBackend, echo: str, tmp_path: Path
 ) -> None:
     with (
         running_stack(moto_server.endpoint, heartbeat_timeout_seconds=5, fast_path=False) as stack,
         publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}),
     ):
-        answer, seen = while_it_runs(stack, "over the durable path")
+        answer, states = while_it_runs(stack, backend, "over the durable path")
         assert answer == "over the durable path"
-        assert ["claimed"] in seen, seen  # the claimed task is in DynamoDB as it runs
+        assert states == ["claimed"]  # the claimed task is in DynamoDB as it runs
 
 
 def test_a_relay_killed_right_after_answering_loses_no_answer(
-    stack: Stack, echo: str, tmp_path: Path
+    stack: Stack, backend: FakeBackend, echo: str, tmp_path: Path
 ) -> None:
     """Every client gets its own correct answer or a connection error; none gets a wrong,
     empty or cut answer, and the restarted relay serves again."""
@@ -150,6 +158,7 @@ def test_a_relay_killed_right_after_answering_loses_no_answer(
     with publishing(stack, tmp_path, [provider(echo)], {"echo": "active"}):
         threading.Event().wait(0.5)
         askers = [threading.Thread(target=asker, args=(i,)) for i in range(12)]
+        backend.hold(passing=1)  # the first answer goes out; the backend holds the next
 
         def start() -> None:  # one every 0.1 s: some answered, some running, some late
             for thread in askers:
@@ -158,9 +167,11 @@ def test_a_relay_killed_right_after_answering_loses_no_answer(
 
         starter = threading.Thread(target=start)
         starter.start()
-        assert first.wait(30), outcomes  # the first answer is out: kill at once
+        assert first.wait(30), outcomes  # the first answer is out: kill at once,
+        backend.holding(1)  # with another request running
         stack.api.process.send_signal(signal.SIGKILL)
         stack.api.process.wait(10)
+        backend.release()
         starter.join()
         for thread in askers:
             thread.join(timeout=60)

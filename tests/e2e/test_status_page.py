@@ -42,7 +42,6 @@ def _log_in(browser: Browser, url: str, key: str) -> None:
     )
 
 
-@pytest.mark.slow
 def test_the_status_page_in_a_browser(tmp_path: Path) -> None:
     _need_chromium()
     with natrelay_dev(tmp_path, "--demo") as dev:

@@ -293,10 +293,12 @@ def test_stopping_dev_answers_waiting_polls_cleanly(tmp_path: Path) -> None:
             },
             "providers": [{"name": "outside", "type": "echo"}],
         }
-        publisher = running.start_publisher(config, tmp_path, "outside")
+        # DEBUG: httpx logs each request that got its answer
+        publisher = running.start_publisher(config, tmp_path, "outside", "--log-level", "DEBUG")
         try:
             publisher.wait_log("registered session")
-            time.sleep(1.5)  # a poll is waiting, a heartbeat or two went by
+            # a heartbeat went by: the poll sent at registration waits in the relay
+            publisher.wait_log('_provider-heartbeat "HTTP/1.1 200')
             stopped_at = time.monotonic()
             assert dev.stop(signal.SIGINT) == 0
             # Not after the poll's 25 s wait: it was answered at once (the 503 below). No

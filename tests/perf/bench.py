@@ -5,9 +5,11 @@
 Runs on 127.0.0.1 only, in one invocation: a fake OpenAI-compatible backend (instant,
 and streaming with a fixed token interval), reached directly, through LiteLLM's proxy
 (from .venv-litellm, if installed) and through natrelay twice — one long-lived API
-process with in-process signals, and "Lambda mode": no signals, two API processes (the
-publisher talks to one, clients to the other). natrelay runs on a serialized moto server
-in its own process, with the real publisher. DynamoDB requests are counted with
+process with in-process signals, and "Lambda mode": no signals, one request per API
+process, as many processes as the load needs (tests/perf/lambda_pool.py). natrelay runs
+on a serialized moto server in its own process, with the real publisher. Also: each
+Lambda handler's INIT against a minimal handler's, and the first request after idle
+(tests/perf/cold.py). DynamoDB requests are counted with
 botocore's event hooks in the API processes (tests/perf/counting_api.py) and the sweeper.
 Every load loop is bounded in count and time. See docs/performance.md.
 """
@@ -36,7 +38,8 @@ from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
-from tests.perf import report
+from tests.perf import cpu, report
+from tests.perf.cold import cold_phase, init_phase
 from tests.perf.load import Samples, Target, isolated, ms, percentile, run_load
 from tests.perf.procs import (
     LITELLM_KEY,
@@ -46,7 +49,7 @@ from tests.perf.procs import (
     start_litellm,
     start_stacks,
 )
-from tests.perf.targets import doorbell_targets, fast_path_targets, flat
+from tests.perf.targets import cold_targets, doorbell_targets, fast_path_targets, flat
 from tests.support.counting import OpCounter
 from tests.support.net import wait_http
 from tests.support.stack import CLIENT_TOKEN, FAKE_AWS, dynamodb_client
@@ -74,6 +77,10 @@ IDLE_DOORBELL: dict[str, Any] = {
     "heartbeat_timeout_seconds": 15.0,
     "publisher_doorbell": {"safetyPollSeconds": 10},
 }
+# The relay stacks: long-lived; Lambda mode (one request per API process) with the
+# doorbell and with the long-poll; and Lambda mode as modelled before, two API processes
+# standing in for every Lambda instance (measured at c=16 only, in the full run).
+MODES = ("longlived", "lambda", "lambda-longpoll", "lambda-2proc")
 # The code the benchmark measures: a change here during a run makes the run void.
 CODE = ("layers", "publisher", "infra")
 
@@ -96,6 +103,10 @@ class Profile:
     wake_seconds: float = 60.0
     wake_delay: float = 0.5
     wake_lambda: bool = True
+    init_runs: int = 7  # fresh interpreters per handler for INIT (the median counts)
+    cold_samples: int = 5  # first requests after idle
+    # c=16 also on the Lambda model before the pool: two API processes for every instance
+    two_process_c16: bool = True
     knobs: list[tuple[str, bool, dict[str, float]]] = field(
         default_factory=lambda: [
             ("long-lived", False, {}),
@@ -121,6 +132,9 @@ QUICK = Profile(
     isolated_seconds=20.0,
     wake_seconds=40.0,
     wake_lambda=False,
+    init_runs=5,
+    cold_samples=3,
+    two_process_c16=False,
     knobs=[
         ("long-lived", False, {}),
         ("Lambda, doorbell", True, IDLE_DOORBELL),
@@ -213,9 +227,16 @@ def moto_cost(endpoint: str, n: int) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def warm_up(target: Target, profile: Profile) -> None:
+def warm_up(target: Target, profile: Profile, stack: Stack | None = None) -> None:
+    """A few requests; on a Lambda pool, c=16 until it starts no more instances (the
+    phases measure warm instances: cold ones have a phase of their own)."""
     asyncio.run(run_load(target, concurrency=1, count=profile.warmup, seconds=5))
     asyncio.run(run_load(target, concurrency=16, count=16, seconds=5))
+    for _ in range(5 if stack is not None and stack.pool else 0):
+        live = stack.pool_stats()["pool"]["live"]
+        asyncio.run(run_load(target, concurrency=16, count=64, seconds=30, tag="warm"))
+        if stack.pool_stats()["pool"]["live"] == live:
+            break
     asyncio.run(run_load(target, concurrency=1, count=2, seconds=5, stream=True, tag="warm"))
 
 
@@ -223,6 +244,25 @@ def warm_up(target: Target, profile: Profile) -> None:
 class Measured:
     samples: Samples = field(default_factory=Samples)
     stats: list[dict[str, Any]] = field(default_factory=list)
+    # CPU seconds by group of processes while this target ran (see cpu_groups)
+    cpu: dict[str, float] = field(default_factory=dict)
+    # the Lambda pool's counts after each round (instances started, cold requests, ...)
+    pool: list[dict[str, Any]] = field(default_factory=list)
+
+    def cores(self) -> dict[str, dict[str, float]]:
+        return cpu.shares({}, self.cpu, self.samples.wall)
+
+
+def cpu_groups(stack: Stack | None, fixed: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The processes whose CPU a load phase notes: moto, the backend (`fixed`), and the
+    stack's relay (API processes, or the pool with its instances), publisher and gateway."""
+    groups = dict(fixed)
+    if stack is not None:
+        groups["relay API"] = [api.proc.process.pid for api in stack.apis]
+        groups["publisher"] = [p.process.pid for p in stack.publishers]
+        if stack.gateway is not None:
+            groups["gateway"] = [stack.gateway.proc.process.pid]
+    return groups
 
 
 def load_phase(
@@ -233,8 +273,12 @@ def load_phase(
     concurrency: int,
     count: int,
     stream: bool = False,
+    fixed: dict[str, list[int]] | None = None,
 ) -> dict[str, Measured]:
-    """Each target in turn, `profile.rounds` times (interleaved, so drift hits all alike)."""
+    """Each target in turn, `profile.rounds` times (interleaved, so drift hits all alike).
+
+    With `fixed` (moto's and the backend's pids), the CPU each group of processes used
+    while each target ran (the harness: this process alone, the load's client)."""
     out = {name: Measured() for name in targets}
     per_round = max(1, count // profile.rounds)
     for r in range(profile.rounds):
@@ -242,6 +286,8 @@ def load_phase(
             stack = stacks.get(name)
             if stack is not None:
                 stack.reset()
+            groups = cpu_groups(stack, fixed or {})
+            before = {**cpu.snapshot(groups), "harness (client)": cpu.own_seconds()}
             samples = asyncio.run(
                 run_load(
                     target,
@@ -253,8 +299,17 @@ def load_phase(
                     tag=f"{name}-c{concurrency}-r{r}",
                 )
             )
+            after = {**cpu.snapshot(groups), "harness (client)": cpu.own_seconds()}
+            if fixed is not None:
+                for group, seconds in after.items():
+                    used = seconds - before.get(group, seconds)
+                    out[name].cpu[group] = out[name].cpu.get(group, 0.0) + used
             out[name].samples.extend(samples)
-            if stack is not None:
+            if stack is not None and stack.pool:
+                pool = stack.pool_stats()
+                out[name].stats += pool["instances"]
+                out[name].pool.append(pool["pool"])
+            elif stack is not None:
                 out[name].stats += stack.stats()
             log(
                 f"  {name:10s} c={concurrency} {'stream ' if stream else ''}round {r + 1}: "
@@ -473,6 +528,7 @@ def targets_met(r: dict[str, Any]) -> list[dict[str, Any]]:
     )
     out += doorbell_targets(r)
     out += fast_path_targets(r)
+    out += cold_targets(r)
     per = r["dynamodb"].get("longlived", {}).get("c=1", {})
     out.append(
         {
@@ -537,6 +593,9 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
         }
     }
     notes: list[str] = r["meta"]["notes"]
+    log(f"INIT of each handler, {profile.init_runs} fresh interpreters each")
+    r["init"] = init_phase(profile.init_runs)
+    log(f"  {r['init']}")
     with contextlib.ExitStack() as stack:
         moto = stack.enter_context(MotoProcess())
         log(f"moto at {moto.endpoint}")
@@ -562,9 +621,10 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
                     "logdir": logdir,
                     "providers": providers(backend),
                     "lambda_mode": mode != "longlived",
-                    "doorbell": mode == "lambda",
+                    "doorbell": mode in ("lambda", "lambda-2proc"),
+                    "pool": mode in ("lambda", "lambda-longpoll"),
                 }
-                for mode in ("longlived", "lambda", "lambda-longpoll")
+                for mode in MODES[: 4 if profile.two_process_c16 else 3]
             }
         )
         for relay in stacks.values():
@@ -574,8 +634,9 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
         log(f"moto per call: {r['moto']}")
         direct = Target("direct", f"{backend.url}/v1", "none", "bench-model")
         relays = {mode: relay_target(mode, relay) for mode, relay in stacks.items()}
-        for target in (direct, *relays.values()):
-            warm_up(target, profile)
+        warm_up(direct, profile)
+        for mode, target in relays.items():
+            warm_up(target, profile, stacks[mode])
         targets = {"direct": direct}
         if lite is not None:
             try:
@@ -585,13 +646,20 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
             except (TimeoutError, RuntimeError) as exc:
                 notes.append(f"LiteLLM did not start ({exc}); see {lite[0].log}")
         targets.update(relays)
+        # the Lambda model before the pool: measured at c=16 only, for comparison
+        old_model = {k: targets.pop(k) for k in ("lambda-2proc",) if k in targets}
         log(f"started and warmed up everything in {time.monotonic() - t_start:.0f} s")
+        fixed = {"moto": [moto.pid], "backend": [backend.proc.process.pid]}
         log("non-streaming, c=1")
-        c1 = load_phase(targets, stacks, profile, concurrency=1, count=profile.c1)
+        c1 = load_phase(targets, stacks, profile, concurrency=1, count=profile.c1, fixed=fixed)
         log("non-streaming, c=16")
-        c16 = load_phase(targets, stacks, profile, concurrency=16, count=profile.c16)
+        everyone = {**targets, **old_model}
+        c16 = load_phase(everyone, stacks, profile, concurrency=16, count=profile.c16, fixed=fixed)
         log("streaming, c=1")
         st = load_phase(targets, stacks, profile, concurrency=1, count=profile.stream, stream=True)
+        log(f"first requests after idle: {profile.cold_samples}")
+        r["cold"] = cold_phase(stacks["lambda"], relays["lambda"], profile.cold_samples)
+        log(f"  {r['cold']}")
         r["latency"] = {
             "c1": {n: m.samples.summary() for n, m in c1.items()},
             "c16": {n: m.samples.summary() for n, m in c16.items()},
@@ -606,7 +674,12 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
         r["dispatchUnderLoad"] = {}
         r["pickupUnderLoad"] = {}
         r["timeline"] = {}
-        for mode in stacks:
+        r["legs"] = {}
+        r["cpu"] = {"c16": {name: m.cores() for name, m in c16.items() if m.cpu}}
+        r["pool"] = {name: m.pool for name, m in c16.items() if m.pool}
+        for mode in old_model:
+            r["legs"][mode] = {"c=16": report.legs(report.merge_stats(c16[mode].stats))}
+        for mode in (m for m in stacks if m not in old_model):
             merged = {
                 label: report.merge_stats(m[mode].stats)
                 for label, m in (("c=1", c1), ("c=16", c16), ("stream", st))
@@ -622,6 +695,8 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
             r["timeline"][mode] = report.timeline(
                 merged["c=1"], c1[mode].samples.started_at, c1[mode].samples.finished_at
             )
+            if stacks[mode].lambda_mode:
+                r["legs"][mode] = {k: report.legs(merged[k]) for k in ("c=1", "c=16")}
 
         for relay in stacks.values():
             relay.stop()
@@ -648,6 +723,10 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
             "millionInferencesLongPoll": report.million_inferences(
                 r["dynamodb"]["lambda-longpoll"]["c=1"]
             ),
+            "snapStart": {
+                "ApiFunction": report.snapstart(report.LAMBDA_MEMORY_GB),
+                "PollFunction": report.snapstart(report.POLL_MEMORY_GB),
+            },
         }
         ll = r["dynamodb"]["longlived"]["c=1"]
         p50s = ll.get("dynamodbP50MsPerCall", {})

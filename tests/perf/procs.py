@@ -1,13 +1,11 @@
-"""The benchmark's processes: backends, relay stacks (counting API + real publisher), LiteLLM.
+"""The benchmark's stack: backends, relay stacks (counting API + real publisher), LiteLLM.
 
-Every child runs in its own process group (a Ctrl-C reaches only the harness, which stops
-them in order) and, on Linux, gets SIGTERM if the harness dies without cleaning up.
+Its children are tests/support/processes.py's, as the tests' process stack's are.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -19,9 +17,9 @@ import httpx
 import yaml
 
 from natrelay.wire import Paths
-from natrelay_infra.children import die_with_parent, stop_child
 from natrelay_infra.tables import TableNames, create_tables
 from tests.support.net import free_port, wait_http
+from tests.support.processes import ROOT, Child
 from tests.support.stack import (
     CLIENT_TOKEN,
     PUBLISH_TOKEN,
@@ -30,75 +28,31 @@ from tests.support.stack import (
     wake_tasks_written,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 LITELLM_KEY = "sk-bench-master-key"
 
 
-class Proc:
-    """One child process; output goes to a log file in the run's directory."""
-
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        logdir: Path,
-        env: dict[str, str] | None = None,
-        *,
-        pipe: bool = False,
-    ) -> None:
-        """`pipe`: read stdout through `first_line` (only for children that print little)."""
-        self.name = name
-        self.log = logdir / f"{name}.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipe else log,
-                stderr=log,
-                process_group=0,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 - an async-signal-safe prctl
-            )
-
-    def first_line(self, timeout: float = 30.0) -> str:
-        """The first line the child prints (e.g. its URL)."""
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        os.set_blocking(self.process.stdout.fileno(), False)
-        buffer = b""
-        while b"\n" not in buffer:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} did not start (see {self.log})")
-            chunk = self.process.stdout.read()
-            if chunk:
-                buffer += chunk
-            else:
-                time.sleep(0.02)
-        return buffer.split(b"\n", 1)[0].decode().strip()
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is not None:
-            return
-        stop_child(self.process, timeout)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+def child(
+    name: str,
+    args: list[str],
+    logdir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    pipe: bool = False,
+) -> Child:
+    """A child whose output goes to the run's directory (`name`.log)."""
+    return Child(name, args, env=env, log=logdir / f"{name}.log", pipe=pipe)
 
 
 @dataclass
 class Backend:
-    proc: Proc
+    proc: Child
     url: str
 
     @classmethod
     def start(cls, name: str, logdir: Path, *args: str) -> Backend:
         """The fake backend (tests/support/backend.py), echoing, as a child process."""
         command = [sys.executable, "-m", "tests.support.backend", "--echo", *args]
-        proc = Proc(name, command, logdir, pipe=True)
+        proc = child(name, command, logdir, pipe=True)
         url = proc.first_line()
         wait_http(f"{url}/_fake/state", 20, lambda: proc.alive)
         return cls(proc, url)
@@ -109,7 +63,7 @@ class Backend:
 
 @dataclass
 class Api:
-    proc: Proc
+    proc: Child
     url: str
 
     def reset(self) -> None:
@@ -124,7 +78,9 @@ class Stack:
     """Fresh tables, 1 or 2 counting API processes and one real publisher process.
 
     `lambda_mode`: in-process signals off and two API processes, the publisher talking to
-    one and clients to the other, as two Lambda instances would be.
+    one and clients to the other, as two Lambda instances would be. With `pool` as well,
+    one request per API process instead, as Lambda runs them: the Lambda pool
+    (tests/perf/lambda_pool.py) in front of as many processes as the load needs.
 
     `doorbell`: the publisher keeps a doorbell WebSocket: in Lambda mode to the API Gateway
     stand-in (tests/perf/counting_gateway.py), which the API processes ring through as on
@@ -140,14 +96,16 @@ class Stack:
     logdir: Path = Path()
     providers: list[dict[str, Any]] = field(default_factory=list)
     apis: list[Api] = field(default_factory=list)
-    publisher: Proc | None = None
+    publisher: Child | None = None
     # Publisher processes serving the providers: more than one makes each name a pool.
     members: int = 1
-    publishers: list[Proc] = field(default_factory=list)
+    publishers: list[Child] = field(default_factory=list)
     doorbell: bool = False
     gateway: Api | None = None
     # the publisher's `relay.doorbell` section
     publisher_doorbell: dict[str, Any] = field(default_factory=dict)
+    # Lambda mode, one request per instance: `apis` is the pool alone.
+    pool: bool = False
 
     @property
     def client_api(self) -> Api:
@@ -204,17 +162,19 @@ class Stack:
     ) -> Stack:
         doorbell = bool(settings.pop("doorbell", False))
         publisher_doorbell = dict(settings.pop("publisher_doorbell", {}))
+        pool = bool(settings.pop("pool", False)) and lambda_mode
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir, members=members)
         stack.providers = providers
         stack.doorbell = doorbell
         stack.publisher_doorbell = publisher_doorbell
-        ports = [free_port() for _ in range(2 if lambda_mode else 1)]
+        stack.pool = pool
+        ports = [free_port() for _ in range(2 if lambda_mode and not pool else 1)]
         env = stack.env
         if doorbell and lambda_mode:
             port = free_port()
-            gateway = Proc(
+            gateway = child(
                 f"{name}-gateway",
                 [sys.executable, "-m", "tests.perf.counting_gateway", "--port", str(port)],
                 logdir,
@@ -229,12 +189,12 @@ class Stack:
         elif doorbell:
             env = {**env, "NATRELAY_DOORBELL_URL": f"ws://127.0.0.1:{ports[0]}{Paths.DOORBELL}"}
         for i, port in enumerate(ports):
-            proc = Proc(
-                f"{name}-api{i}",
-                [sys.executable, "-m", "tests.perf.counting_api", "--port", str(port)],
-                logdir,
-                env,
-            )
+            module = ["tests.perf.counting_api", "--port", str(port)]
+            if pool:
+                instances = logdir / f"{name}-instances"
+                instances.mkdir(exist_ok=True)
+                module = ["tests.perf.lambda_pool", "--port", str(port), "--logdir", str(instances)]
+            proc = child(f"{name}-api{i}", [sys.executable, "-m", *module], logdir, env)
             stack.apis.append(Api(proc, f"http://127.0.0.1:{port}"))
         return stack
 
@@ -258,7 +218,7 @@ class Stack:
             path = self.logdir / f"{tag}-publisher.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             self.publishers.append(
-                Proc(
+                child(
                     f"{tag}-publisher",
                     [sys.executable, "-m", "natrelay_publisher", "publish", "--config", str(path)],
                     self.logdir,
@@ -284,11 +244,27 @@ class Stack:
         raise RuntimeError(f"{self.name}: the publisher did not publish {names}")
 
     def reset(self) -> None:
+        if self.pool:
+            httpx.post(f"{self.client_api.url}/_pool/reset", timeout=60).raise_for_status()
+            return
         for api in self.apis:
             api.reset()
 
     def stats(self) -> list[dict[str, Any]]:
+        if self.pool:
+            return list(self.pool_stats()["instances"])
         return [api.stats() for api in self.apis]
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The Lambda pool's counts (`pool`) and its instances' stats (`instances`)."""
+        response = httpx.get(f"{self.client_api.url}/_pool/stats", timeout=60)
+        return dict(response.raise_for_status().json())
+
+    def reap(self, keep: int = 0) -> int:
+        """Stop the pool's idle instances (but the `keep` most recently used): the next
+        requests meet cold ones."""
+        response = httpx.post(f"{self.client_api.url}/_pool/reap?keep={keep}", timeout=60)
+        return int(response.raise_for_status().json()["stopped"])
 
     def gateway_stats(self) -> dict[str, Any]:
         """The stand-in's counts (connects, rings delivered, pings, its DynamoDB requests)."""
@@ -335,7 +311,7 @@ def litellm_binary() -> Path | None:
     return binary if binary.exists() else None
 
 
-def start_litellm(backend_url: str, logdir: Path) -> tuple[Proc, str] | None:
+def start_litellm(backend_url: str, logdir: Path) -> tuple[Child, str] | None:
     """LiteLLM's proxy in front of the backend, from its own virtualenv; None if missing."""
     binary = litellm_binary()
     if binary is None:
@@ -356,7 +332,7 @@ def start_litellm(backend_url: str, logdir: Path) -> tuple[Proc, str] | None:
     path = logdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     port = free_port()
-    proc = Proc(
+    proc = child(
         "litellm",
         [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
         logdir,

@@ -36,6 +36,13 @@ CONNECTION_MINUTES = 6600 / 60
 SAFETY_POLLS_PER_MINUTE = 1.0
 KEEPALIVE_MESSAGES_PER_MINUTE = 2 / 5
 
+# Lambda SnapStart for Python (off by default; the template's SnapStart parameter): each
+# published version's snapshot is cached at $0.0000015046 per GB-second of the function's
+# memory (billed for at least 3 hours), and each restore costs $0.0001397998 per GB.
+SNAPSTART_CACHE_PER_GB_SECOND = 0.0000015046
+SNAPSTART_RESTORE_PER_GB = 0.0001397998
+SECONDS_PER_MONTH = MINUTES_PER_MONTH * 60
+
 PRICES = {
     "lambdaArm64PerGbSecond": LAMBDA_ARM_GB_SECOND,
     "lambdaPerRequest": LAMBDA_PER_REQUEST,
@@ -47,6 +54,8 @@ PRICES = {
     "webSocketPerConnectionMinute": WS_PER_CONNECTION_MINUTE,
     "pollMemoryGb": POLL_MEMORY_GB,
     "minutesPerMonth": MINUTES_PER_MONTH,
+    "snapStartCachePerGbSecond": SNAPSTART_CACHE_PER_GB_SECOND,
+    "snapStartRestorePerGb": SNAPSTART_RESTORE_PER_GB,
 }
 
 READ_OPS = ("GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems")
@@ -62,6 +71,7 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     busy: Counter[str] = Counter()
     events: dict[str, dict[str, float]] = {}
     delivered: dict[str, float] = {}
+    chats: dict[str, list[float]] = {}
     rru = wru = 0.0
     for s in stats:
         ops.update(s["ops"])
@@ -76,6 +86,7 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
         for kind, values in s["events"].items():
             events.setdefault(kind, {}).update(values)
         delivered.update(s["delivered"])
+        chats.update(s.get("chats", {}))
     return {
         "ops": dict(ops),
         "seconds": dict(seconds),
@@ -87,6 +98,7 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
         "wru": wru,
         "events": events,
         "delivered": delivered,
+        "chats": chats,
     }
 
 
@@ -155,6 +167,38 @@ def timeline(stats: dict[str, Any], started: list[float], finished: list[float])
         legs["publisher"].append(done - sent)
         legs["pickup"].append(ended - done)
     return {"n": len(legs["submit"]), **{k: ms(percentile(v, 50)) for k, v in legs.items()}}
+
+
+LEGS = ("instance", "submit", "dispatch", "publisher", "pickup")
+
+
+def legs(stats: dict[str, Any]) -> dict[str, Any]:
+    """Where the time of each inference goes, per task (p50 of each leg, ms), at any load.
+
+    From the relay's side (`chats`: the task each chat request wrote): instance: reached
+    the relay → the app had it (the Lambda pool's hop, a wait for a free or a cold
+    instance); submit: → task written; dispatch: → the poll or claim answer carrying it
+    left the API; publisher: → the result written; pickup: → the answer left the API.
+    """
+    events = stats["events"]
+    out: dict[str, list[float]] = {leg: [] for leg in LEGS}
+    total: list[float] = []
+    for task_id, (arrived, got, answered) in stats.get("chats", {}).items():
+        put = events.get("put", {}).get(task_id)
+        sent = stats["delivered"].get(task_id)
+        done = events.get("complete", {}).get(task_id)
+        if put is None or sent is None or done is None:
+            continue
+        for leg, value in zip(
+            LEGS, (got - arrived, put - got, sent - put, done - sent, answered - done), strict=True
+        ):
+            out[leg].append(value)
+        total.append(answered - arrived)
+    return {
+        "n": len(total),
+        **{leg: ms(percentile(values, 50)) for leg, values in out.items()},
+        "total": ms(percentile(total, 50)),
+    }
 
 
 def result_pickup(stats: dict[str, Any], finished_at: list[float]) -> dict[str, Any]:
@@ -292,6 +336,16 @@ def million_inferences(per: dict[str, Any], *, doorbell: bool = False) -> dict[s
     }
 
 
+def snapstart(memory_gb: float) -> dict[str, float]:
+    """SnapStart's own price for one function: a month of one version's cached snapshot,
+    and a thousand restores (each cold start is one)."""
+    return {
+        "memoryGb": memory_gb,
+        "cacheMonth": round(memory_gb * SNAPSTART_CACHE_PER_GB_SECOND * SECONDS_PER_MONTH, 2),
+        "perThousandRestores": round(memory_gb * SNAPSTART_RESTORE_PER_GB * 1000, 3),
+    }
+
+
 # --- markdown ----------------------------------------------------------------------------
 
 
@@ -315,6 +369,14 @@ TARGET_LABELS = {
     "longlived": "natrelay long-lived",
     "lambda": "natrelay Lambda mode, doorbell",
     "lambda-longpoll": "natrelay Lambda mode, long-poll",
+    "lambda-2proc": "natrelay Lambda mode, doorbell, 2 processes as every instance (before)",
+}
+LEG_LABELS = {
+    "instance": "reached relay → app has it",
+    "submit": "→ task written",
+    "dispatch": "→ claim answer sent",
+    "publisher": "→ result written",
+    "pickup": "→ answer leaves API",
 }
 
 
@@ -335,14 +397,14 @@ def markdown(r: dict[str, Any]) -> str:
     added = r["added"]
     rows = []
     for key, label in TARGET_LABELS.items():
-        if key not in lat["c1"]:
+        if key not in lat["c1"] and key not in lat["c16"]:
             continue
-        c1, c16 = lat["c1"][key], lat["c16"].get(key, {})
+        c1, c16 = lat["c1"].get(key, {"n": 0}), lat["c16"].get(key, {})
         a1, a16 = added["c1"].get(key, {}), added["c16"].get(key, {})
         rows.append(
             [
                 label,
-                f"{_f(c1['p50'])} / {_f(c1['p95'])} / {_f(c1['p99'])}",
+                f"{_f(c1.get('p50'))} / {_f(c1.get('p95'))} / {_f(c1.get('p99'))}",
                 f"{_f(a1.get('p50'))} / {_f(a1.get('p95'))} / {_f(a1.get('p99'))}",
                 f"{_f(c16.get('p50'))} / {_f(c16.get('p95'))} / {_f(c16.get('p99'))}",
                 f"{_f(a16.get('p50'))} / {_f(a16.get('p95'))} / {_f(a16.get('p99'))}",
@@ -499,6 +561,7 @@ def markdown(r: dict[str, Any]) -> str:
                 ],
             )
         )
+    out += lambda_markdown(r)
     sweep = r.get("sweep")
     if sweep:
         out.append(
@@ -534,6 +597,17 @@ def markdown(r: dict[str, Any]) -> str:
         "million inferences for every second the backend takes to answer (the client's "
         "request holds its Lambda while it waits)."
     )
+    snap = cost.get("snapStart")
+    if snap:
+        out.append(
+            "\nWith SnapStart on (the template's `SnapStart` parameter), per deployment: "
+            + "; ".join(
+                f"{name} ({v['memoryGb'] * 1024:.0f} MB) ${v['cacheMonth']:.2f} a month for its "
+                f"cached snapshot and ${v['perThousandRestores']:.3f} per 1000 cold starts"
+                for name, v in snap.items()
+            )
+            + "."
+        )
     moto = r["moto"]
     out.append(
         "\nmoto's own cost per call (serialized server in its own process, from a plain boto3 "
@@ -590,6 +664,151 @@ def markdown(r: dict[str, Any]) -> str:
         )
     )
     return "\n".join(out) + "\n"
+
+
+def lambda_markdown(r: dict[str, Any]) -> list[str]:
+    """Lambda mode's own tables: legs per task, where the cores went at c=16, INIT, and
+    the first request after idle."""
+    out: list[str] = []
+    legs = r.get("legs") or {}
+    client = {k: r["latency"][k.replace("=", "")] for k in ("c=1", "c=16")}
+    rows = [
+        [
+            f"{TARGET_LABELS[mode]}, {load}",
+            *(t[leg] for leg in LEGS),
+            t["total"],
+            client[load].get(mode, {}).get("p50"),
+            t["n"],
+        ]
+        for mode, loads in legs.items()
+        for load, t in loads.items()
+        if t.get("n")
+    ]
+    if rows:
+        out.append(
+            "\n**Lambda mode, per task** (p50 of each leg, ms, from the relay's stamps: the "
+            "task each chat request wrote; the pool stamps when a request reached it)\n"
+        )
+        out.append(
+            _table(["mode, load", *LEG_LABELS.values(), "relay total", "client p50", "n"], rows)
+        )
+    cores = (r.get("cpu") or {}).get("c16") or {}
+    if cores:
+        groups = sorted({g for per in cores.values() for g in per})
+        out.append(
+            f"\n**Where the {r['meta']['machine']['cpus']} cores went at c=16** (cores busy on "
+            "average while each target ran: CPU seconds over its wall-clock seconds)\n"
+        )
+        out.append(
+            _table(
+                ["target", *groups, "all"],
+                [
+                    [
+                        TARGET_LABELS.get(name, name),
+                        *(_f(per.get(g, {}).get("cores"), 2) for g in groups),
+                        _f(sum(v["cores"] for v in per.values()), 2),
+                    ]
+                    for name, per in cores.items()
+                ],
+            )
+        )
+    pools = r.get("pool") or {}
+    if pools:
+        out.append(
+            "\nLambda pool at c=16, after the warm-up: "
+            + "; ".join(
+                f"{TARGET_LABELS.get(name, name)}: "
+                + ", ".join(
+                    f"round {i + 1}: {p['started']} instances started, {p['peakBusy']} busy "
+                    f"at most, {p['waitedForInstance']} requests waited for one"
+                    for i, p in enumerate(rounds)
+                )
+                for name, rounds in pools.items()
+            )
+            + "."
+        )
+    init = r.get("init") or {}
+    if init:
+        out.append(
+            f"\n**Lambda INIT: import the handler and build its app, fresh interpreter, ms** "
+            f"(median of {init['runs']}, handlers taking turns; wall-clock and CPU time; load "
+            f"average {init['loadAverage']:.2f} at the end)\n"
+        )
+        out.append(
+            _table(
+                [
+                    "handler",
+                    "median",
+                    "min / max",
+                    "x floor",
+                    "CPU median",
+                    "CPU x floor",
+                    "modules loaded",
+                ],
+                [
+                    [
+                        "floor: Starlette + Mangum + boto3 DynamoDB" if name == "floor" else name,
+                        v["medianMs"],
+                        f"{_f(v['minMs'])} / {_f(v['maxMs'])}",
+                        _f(v["xFloor"], 2),
+                        v["cpuMedianMs"],
+                        _f(v["cpuXFloor"], 2),
+                        v["modules"],
+                    ]
+                    for name, v in init.items()
+                    if isinstance(v, dict)
+                ],
+            )
+        )
+    cold = r.get("cold")
+    if cold:
+        direct = r["latency"]["c1"].get("direct", {}).get("p50") or 0.0
+        phases = {"cold": "every instance stopped", "oneWarm": "one instance kept warm"}
+        out.append(
+            f"\n**First request after idle** (Lambda mode, doorbell: idle instances stopped, "
+            f"then one request; {cold['cold']['samples']} times each, each followed by one on "
+            "the instances it warmed; legs p50, ms)\n"
+        )
+        rows = []
+        for key, label in phases.items():
+            c = cold[key]
+            t = c["legs"]
+            rows.append(
+                [
+                    f"first after idle, {label}",
+                    c["coldP50"],
+                    _f((c["coldP50"] or 0.0) - direct),
+                    f"{c['instancesStartedPerRequest']:g} ("
+                    + ", ".join(f"{k} {v}" for k, v in c["coldRequestsByKind"].items())
+                    + ")",
+                    *(_f(t.get(leg)) for leg in LEGS),
+                    c["errors"],
+                ]
+            )
+            rows.append(
+                [
+                    "  next, warm",
+                    c["warmP50"],
+                    _f((c["warmP50"] or 0.0) - direct),
+                    0,
+                    *("" for _ in LEGS),
+                    "",
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "request",
+                    "p50 ms",
+                    "added p50 ms",
+                    "instances started",
+                    *LEG_LABELS.values(),
+                    "errors",
+                ],
+                rows,
+            )
+        )
+    return out
 
 
 def _errors(*summaries: dict[str, Any]) -> str:

@@ -126,6 +126,40 @@ def fast_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def cold_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 28: INIT against the floor, and Lambda mode at c=16 against c=1."""
+    out = []
+    init = r.get("init") or {}
+    if "api" in init:
+        api, floor = init["api"], init["floor"]
+        out.append(
+            _target(
+                "api INIT ≤ 1.25x the floor (Starlette + Mangum + boto3)",
+                api["xFloor"] <= 1.25,
+                f"{api['medianMs']} ms vs {floor['medianMs']} ms ({api['xFloor']}x; CPU "
+                f"{api['cpuMedianMs']} vs {floor['cpuMedianMs']} ms, {api['cpuXFloor']}x), "
+                f"median of {init['runs']}",
+            )
+        )
+    a1 = r["added"]["c1"].get("lambda", {}).get("p50")
+    a16 = r["added"]["c16"].get("lambda", {}).get("p50")
+    if a1 is not None and a16 is not None:
+        out.append(
+            _target(
+                "Lambda added p50 at c=16 ≤ 3x c=1 (doorbell, one request per instance)",
+                a16 <= 3 * a1,
+                f"{a16} ms vs {a1} ms ({a16 / a1:.1f}x)",
+            )
+        )
+    return out
+
+
+def _cold_added(r: dict[str, Any], phase: str, key: str) -> float | None:
+    value = ((r.get("cold") or {}).get(phase) or {}).get(key)
+    direct = r["latency"]["c1"].get("direct", {}).get("p50")
+    return round(value - direct, 2) if value is not None and direct is not None else None
+
+
 def flat(r: dict[str, Any]) -> dict[str, Any]:
     """The figures a script reads, as flat keys (`lambda.dispatch_p50_ms`, ...)."""
     bell = r["knobs"].get("Lambda, doorbell") or {}
@@ -155,4 +189,21 @@ def flat(r: dict[str, Any]) -> dict[str, Any]:
         "lambda.getitem_per_inference": r["dynamodb"]["lambda"]["c=1"]
         .get("byOperation", {})
         .get("GetItem"),
+        "lambda.added_p50_c16_ms": added["c16"].get("lambda", {}).get("p50"),
+        "lambda_2proc.added_p50_c16_ms": added["c16"].get("lambda-2proc", {}).get("p50"),
+        "lambda.cold_added_ms": _cold_added(r, "cold", "coldP50"),
+        "lambda.cold_warm_added_ms": _cold_added(r, "cold", "warmP50"),
+        "lambda.cold_one_warm_added_ms": _cold_added(r, "oneWarm", "coldP50"),
+        **{
+            f"lambda.init_{name.replace(', ', '_').replace(' ', '_')}_ms": figures["medianMs"]
+            for name, figures in (r.get("init") or {}).items()
+            if isinstance(figures, dict)
+        },
+        **{
+            f"lambda.init_cpu_{name.replace(', ', '_').replace(' ', '_')}_ms": figures[
+                "cpuMedianMs"
+            ]
+            for name, figures in (r.get("init") or {}).items()
+            if isinstance(figures, dict)
+        },
     }

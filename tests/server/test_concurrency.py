@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 from natrelay.service import Relay
 from natrelay.settings import Settings
 from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
@@ -16,7 +18,10 @@ from natrelay_infra.tables import TableNames
 from tests.server.conftest import CLIENT, PUB
 from tests.support.stack import FAKE_AWS, fresh_tables
 
+pytestmark = pytest.mark.slow  # several processes
+
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+TASKS = 120
 
 
 def _service(endpoint: str, tables: TableNames, **overrides: Any) -> Relay:
@@ -34,21 +39,25 @@ def _service(endpoint: str, tables: TableNames, **overrides: Any) -> Relay:
     return Relay.from_settings(settings)
 
 
-def _poller(endpoint: str, tables: TableNames, session: str, out: Any) -> None:
+def _poller(
+    endpoint: str, tables: TableNames, session: str, start: Any, claimed: Any, out: Any
+) -> None:
+    """Poll until every task was claimed (by any poller), starting with the others."""
     relay = _service(endpoint, tables)
 
     async def run() -> list[str]:
         got: list[str] = []
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < 1.5:
+        deadline = time.monotonic() + 120  # a bound: a lost task ends the test here
+        while claimed.value < TASKS and time.monotonic() < deadline:
             polled = await relay.claims.poll(
                 PUB, PollRequest(provider_session_id=session, wait_seconds=0.2, max_tasks=3)
             )
             got.extend(t.id for t in polled)
-            if polled:
-                idle_since = time.monotonic()
+            with claimed.get_lock():
+                claimed.value += len(polled)
         return got
 
+    start.wait(120)
     out.put(asyncio.run(run()))
 
 
@@ -63,14 +72,18 @@ def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoSe
             (await relay.sessions.register(PUB, RegisterRequest(providers=providers))).session.id
             for _ in range(2)
         ]
-        ids = {(await relay.queue.submit(CLIENT, "m", CHAT, stream=False)).id for _ in range(120)}
+        ids = {(await relay.queue.submit(CLIENT, "m", CHAT, stream=False)).id for _ in range(TASKS)}
         return sessions, ids
 
     sessions, submitted = asyncio.run(setup())
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
+    start, claimed_count = ctx.Barrier(4), ctx.Value("i", 0)
     procs = [
-        ctx.Process(target=_poller, args=(moto_server.endpoint, tables, sessions[i % 2], out))
+        ctx.Process(
+            target=_poller,
+            args=(moto_server.endpoint, tables, sessions[i % 2], start, claimed_count, out),
+        )
         for i in range(4)
     ]
     for p in procs:

@@ -45,71 +45,81 @@ def test_the_document_covers_every_route_and_needs_no_key(moto_server: MotoServe
     assert "providerSessionId" in schemas["PollRequest"]["properties"]
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("role", ["client", "admin", "publisher"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    moto_server: MotoServer, capfd: pytest.CaptureFixture[str], tmp_path: Path
+    moto_server: MotoServer, capfd: pytest.CaptureFixture[str], tmp_path: Path, role: str
 ) -> None:
     st = Path(sys.executable).with_name("st")
+    # A relay (fresh tables) per role: the rows a publisher's run registers have no live
+    # publisher, and a client's request for one would rightly be 503 publisher_offline.
     with running_stack(moto_server.endpoint, **FAST) as stack:
         capfd.readouterr()
-        # The publisher's run last: the rows it registers have no live publisher, so a
-        # client's request for one would rightly be 503 publisher_offline.
-        for role, token in (
-            ("client", stack.client_token),
-            ("admin", stack.admin_token),
-            ("publisher", stack.publish_token),
-        ):
-            run = subprocess.run(
-                [
-                    str(st),
-                    "run",
-                    f"{stack.url}{Paths.OPENAPI}",
-                    "--header",
-                    f"Authorization: Bearer {token}",
-                    "--checks",
-                    "not_a_server_error,response_schema_conformance,status_code_conformance,"
-                    "content_type_conformance",
-                    "--max-examples",
-                    str(EXAMPLES),
-                    "--max-time",
-                    str(SECONDS_PER_ROLE),
-                    "--seed",
-                    "12",
-                    "--workers",
-                    "2",
-                    "--request-timeout",
-                    "40",  # a long-poll may wait 25 s
-                    "--generation-database",
-                    "none",
-                    "--no-color",
-                    "--suppress-health-check",
-                    "all",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=SECONDS_PER_ROLE * 3,
-                cwd=tmp_path,
-                check=False,
-            )
-            found = run.stdout[max(0, run.stdout.find("FAILURES"), run.stdout.find("ERRORS")) :]
-            assert run.returncode == 0 or _only_generator_flakes(run.stdout), (
-                f"{role}:\n{found[:8000]}\n{run.stderr[-2000:]}"
-            )
+        token = {
+            "client": stack.client_token,
+            "admin": stack.admin_token,
+            "publisher": stack.publish_token,
+        }[role]
+        run = subprocess.run(
+            [
+                str(st),
+                "run",
+                f"{stack.url}{Paths.OPENAPI}",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--checks",
+                "not_a_server_error,response_schema_conformance,status_code_conformance,"
+                "content_type_conformance",
+                "--max-examples",
+                str(EXAMPLES),
+                "--max-time",
+                str(SECONDS_PER_ROLE),
+                "--seed",
+                "12",
+                "--workers",
+                "2",
+                "--request-timeout",
+                "40",  # a long-poll may wait 25 s
+                "--generation-database",
+                "none",
+                "--no-color",
+                "--suppress-health-check",
+                "all",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=SECONDS_PER_ROLE * 3,
+            cwd=tmp_path,
+            check=False,
+        )
+        found = run.stdout[max(0, run.stdout.find("FAILURES"), run.stdout.find("ERRORS")) :]
+        assert run.returncode == 0 or _only_generator_flakes(run.stdout), (
+            f"{role}:\n{found[:8000]}\n{run.stderr[-2000:]}"
+        )
         log = capfd.readouterr().err
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-6000:]
 
 
+# What schemathesis' own data generator says when it trips up: hypothesis' "Inconsistent
+# results" in its coverage phase, and CPython 3.11's AST race when hypothesis describes a
+# lambda in one of schemathesis' worker threads.
+GENERATOR_FLAKES = ("Inconsistent results", "AST constructor recursion depth mismatch")
+
+
 def _only_generator_flakes(out: str) -> bool:
     """Whether every problem schemathesis reports is its own data generator tripping up
-    (hypothesis' "Inconsistent results" inside schemathesis' coverage phase), not an
-    answer of the relay: no failure, no network error, no other error."""
+    (GENERATOR_FLAKES), not an answer of the relay: no failure, no network error, no
+    other error."""
     summary = out[out.rfind("SUMMARY") :]
     if "Failures:" in summary or "Network Error" in summary:
         return False
     errors = out[out.find("ERRORS") : out.find("SUMMARY")]
     blocks = re.split(r"\n_{5,} .* _{5,}\n", errors)[1:]
     return bool(blocks) and all(
-        "Runtime Error" in block and "schemathesis/" in block and "Inconsistent results" in block
+        "Runtime Error" in block
+        and ("schemathesis/" in block or "hypothesis/" in block)
+        and any(flake in block for flake in GENERATOR_FLAKES)
         for block in blocks
     )
 

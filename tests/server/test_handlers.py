@@ -78,11 +78,23 @@ def body_of(response: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def relay(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+def heartbeat_timeout() -> float:
+    """Long: a publisher busy on a loaded machine is not taken for gone (the sweeper's
+    test shortens it)."""
+    return 30
+
+
+@pytest.fixture
+def relay(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, heartbeat_timeout: float
+) -> Any:
     """The api handler, and a uvicorn API on the same tables for the publisher to poll."""
     tables = fresh_tables(moto_server.endpoint)
     env = relay_env(
-        moto_server.endpoint, tables, in_process_signals=False, heartbeat_timeout_seconds=2
+        moto_server.endpoint,
+        tables,
+        in_process_signals=False,
+        heartbeat_timeout_seconds=heartbeat_timeout,
     )
     api = start_api(env)
     try:
@@ -132,8 +144,9 @@ def test_api_handler_relays_plain_and_streamed_chat(relay: Any) -> None:
     assert text == "one two three"
 
 
+@pytest.mark.parametrize("heartbeat_timeout", [3])
 def test_sweeper_handler_marks_stale_rows_inactive(
-    relay: Any, monkeypatch: pytest.MonkeyPatch
+    relay: Any, monkeypatch: pytest.MonkeyPatch, heartbeat_timeout: float
 ) -> None:
     handler, _, env = relay
     resp = handler.handler(register_event(), None)
@@ -141,7 +154,7 @@ def test_sweeper_handler_marks_stale_rows_inactive(
     sweeper = load_handler("sweeper", monkeypatch, env)
     event = json.loads((EVENTS / "scheduled.json").read_text())
     assert sweeper.handler(event, None)["inactive"] == 0
-    time.sleep(2.2)
+    time.sleep(heartbeat_timeout + 0.2)
     counts = sweeper.handler(event, None)
     assert counts["inactive"] == 1
     row = handler.handler(http_event("GET", "/api/v1/llms/a", CLIENT_TOKEN), None)

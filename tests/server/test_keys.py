@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from natrelay_infra.moto_server import MotoServer
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.scripted import ScriptedPublisher
-from tests.support.stack import Stack, running_stack, start_api
+from tests.support.stack import Server, Stack, running_stack, start_api
 
 ECHO = [{"name": "echo", "type": "echo", "model": "echo"}]
 MSG = [{"role": "user", "content": "count my tokens"}]
@@ -74,8 +75,12 @@ def test_admin_manages_keys_and_the_secret_is_shown_once(keyed: Stack) -> None:
         ({"role": "client"}, "label"),
     ],
 )
-def test_bad_key_specs_name_the_field(keyed: Stack, spec: dict[str, Any], param: str) -> None:
-    resp = httpx.post(f"{keyed.url}/api/v1/keys", headers=auth(keyed.admin_token), json=spec)
+def test_bad_key_specs_name_the_field(
+    shared_stack: Stack, spec: dict[str, Any], param: str
+) -> None:
+    resp = httpx.post(
+        f"{shared_stack.url}/api/v1/keys", headers=auth(shared_stack.admin_token), json=spec
+    )
     assert error_of(resp, 400, "invalid_request")["param"] == param
 
 
@@ -255,12 +260,11 @@ def test_the_rate_limit_is_shared_by_every_instance(keyed: Stack) -> None:
             while time.time() % 60 > 45:
                 time.sleep(1)
             answers = [
-                chat(keyed if i % 2 else _at(other.url, keyed), limited).status_code
-                for i in range(5)
+                chat(keyed if i % 2 else _at(other, keyed), limited).status_code for i in range(5)
             ]
             assert answers[:4] == [200, 200, 200, 200]
             assert answers[4] == 429
-            resp = chat(_at(other.url, keyed), limited)
+            resp = chat(_at(other, keyed), limited)
             error = error_of(resp, 429, "rate_limit_exceeded")
             assert "4 requests per minute" in error["message"]
             assert 1 <= int(resp.headers["retry-after"]) <= 60
@@ -268,8 +272,9 @@ def test_the_rate_limit_is_shared_by_every_instance(keyed: Stack) -> None:
         other.stop()
 
 
-def _at(url: str, stack: Stack) -> Stack:
-    return Stack(url=url, moto_endpoint=stack.moto_endpoint, tables=stack.tables, api=stack.api)
+def _at(api: Server, stack: Stack) -> Stack:
+    """The same relay, through another of its API processes."""
+    return replace(stack, apis=[api])
 
 
 def test_concurrency_and_token_budget_limits(keyed: Stack) -> None:

@@ -44,16 +44,16 @@ def error_of(resp: httpx.Response, status: int, code: str = "invalid_request") -
     ],
 )
 def test_bodies_json_cannot_carry_are_400_naming_the_problem(
-    stack: Stack, raw: bytes, named: str
+    shared_stack: Stack, raw: bytes, named: str
 ) -> None:
     for path, token in (
-        ("/v1/chat/completions", stack.client_token),
-        ("/api/v1/llms/echo/infer", stack.client_token),
-        (REGISTER, stack.publish_token),
-        ("/api/v1/llms/_provider-poll", stack.publish_token),
-        ("/api/v1/keys", stack.admin_token),
+        ("/v1/chat/completions", shared_stack.client_token),
+        ("/api/v1/llms/echo/infer", shared_stack.client_token),
+        (REGISTER, shared_stack.publish_token),
+        ("/api/v1/llms/_provider-poll", shared_stack.publish_token),
+        ("/api/v1/keys", shared_stack.admin_token),
     ):
-        resp = httpx.post(f"{stack.url}{path}", headers=auth(token), content=raw)
+        resp = httpx.post(f"{shared_stack.url}{path}", headers=auth(token), content=raw)
         assert named in error_of(resp, 400)["message"], (path, resp.text)
 
 
@@ -147,10 +147,10 @@ def test_a_wake_result_posted_after_the_session_is_gone_is_no_500(stack: Stack) 
     pub.http.close()
 
 
-def test_a_chunked_body_is_cut_at_the_limit_not_read_whole(stack: Stack) -> None:
+def test_a_chunked_body_is_cut_at_the_limit_not_read_whole(shared_stack: Stack) -> None:
     """150 MiB sent chunked (no Content-Length): the relay answers 413 once it has read
     past its limit, long before the end (it used to buffer it all first)."""
-    host, port = stack.url.removeprefix("http://").split(":")
+    host, port = shared_stack.url.removeprefix("http://").split(":")
     total, piece = 150 * 1024 * 1024, b"x" * (1024 * 1024)
     sent = [0]
     answer = b""
@@ -167,7 +167,7 @@ def test_a_chunked_body_is_cut_at_the_limit_not_read_whole(stack: Stack) -> None
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\n"
-            + f"Authorization: Bearer {stack.client_token}\r\n".encode()
+            + f"Authorization: Bearer {shared_stack.client_token}\r\n".encode()
             + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         sender = threading.Thread(target=send, args=(sock,), daemon=True)

@@ -82,7 +82,14 @@ def _secret(moto: MotoServer, value: str) -> str:
 
 
 @pytest.fixture
-def cloud(moto_server: MotoServer, tmp_path: Path) -> Iterator[Cloud]:
+def heartbeat_timeout() -> float:
+    """Long: a registered publisher that never polls (a busy one) stays live however slow
+    the test (the test of rows without heartbeats shortens it)."""
+    return 30
+
+
+@pytest.fixture
+def cloud(moto_server: MotoServer, tmp_path: Path, heartbeat_timeout: float) -> Iterator[Cloud]:
     key = f"sk-test-{uuid.uuid4().hex}"
     backend = FakeBackend(api_key=key, interval=0.01)
     secret = _secret(moto_server, json.dumps({"apiKey": key}))
@@ -93,7 +100,7 @@ def cloud(moto_server: MotoServer, tmp_path: Path) -> Iterator[Cloud]:
             moto_server.endpoint,
             log_file=log,
             secrets_endpoint=moto_server.endpoint,
-            heartbeat_timeout_seconds=2,
+            heartbeat_timeout_seconds=heartbeat_timeout,
             log_level="DEBUG",
         ) as stack,
     ):
@@ -219,12 +226,13 @@ def test_upstream_errors_are_openai_errors_without_the_key(
     assert "sk-wrong-key" not in log and cloud.api_key not in log
 
 
-def test_public_rows_stay_active_without_heartbeats(cloud: Cloud) -> None:
+@pytest.mark.parametrize("heartbeat_timeout", [2])
+def test_public_rows_stay_active_without_heartbeats(cloud: Cloud, heartbeat_timeout: float) -> None:
     quiet = ScriptedPublisher(
         cloud.stack.url, cloud.stack.publish_token, [{"name": "home", "type": "echo", "model": "e"}]
     )
     quiet.register()  # and never heard of again
-    time.sleep(2.5)  # past the heartbeat timeout
+    time.sleep(heartbeat_timeout + 0.5)  # past the heartbeat timeout
     for _ in range(2):
         cloud.sweep()
     rows = {

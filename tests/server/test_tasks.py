@@ -303,7 +303,10 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(poller)
-        await anyio.sleep(0.1)  # the poll found nothing and waits
+        for _ in range(1000):  # the poll found nothing (its read landed) and waits
+            if "Query" in counter.ops:
+                break
+            await anyio.sleep(0.01)
         counter.ops.clear()
         task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
 

@@ -47,26 +47,26 @@ def test_openai_client_lists_models_and_chats_plain_and_streamed(stack: Stack) -
         assert text == "the quick brown fox"
 
 
-def test_unknown_model_is_a_not_found_error(stack: Stack) -> None:
+def test_unknown_model_is_a_not_found_error(shared_stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client(stack).chat.completions.create(model="nope", messages=MSG)  # type: ignore[arg-type]
+        client(shared_stack).chat.completions.create(model="nope", messages=MSG)  # type: ignore[arg-type]
     assert "nope" in str(info.value)
 
 
-def test_auth_errors(stack: Stack) -> None:
-    url = f"{stack.url}/v1/models"
+def test_auth_errors(shared_stack: Stack) -> None:
+    url = f"{shared_stack.url}/v1/models"
     assert_openai_error(httpx.get(url), 401, "invalid_api_key")
     assert_openai_error(httpx.get(url, headers=auth("wrong-token")), 401, "invalid_api_key")
-    assert_openai_error(httpx.get(url, headers=auth(stack.publish_token)), 403, "forbidden")
+    assert_openai_error(httpx.get(url, headers=auth(shared_stack.publish_token)), 403, "forbidden")
     for bad in ("tökén-ünïcode", "x" * 5000, "nrk_0123456789ab_" + "y" * 43, "a\tb"):
         # non-ASCII, oversized, a made-up key, a control character: 401, never a 500
         resp = httpx.get(url, headers={"Authorization": f"Bearer {bad}".encode()})
         assert_openai_error(resp, 401, "invalid_api_key")
-    poll = f"{stack.url}/api/v1/llms/_provider-poll"
+    poll = f"{shared_stack.url}/api/v1/llms/_provider-poll"
     assert_openai_error(
-        httpx.post(poll, headers=auth(stack.client_token), json={}), 403, "forbidden"
+        httpx.post(poll, headers=auth(shared_stack.client_token), json={}), 403, "forbidden"
     )
-    assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{shared_stack.url}/healthz").json() == {"status": "ok"}
 
 
 @pytest.mark.parametrize(
@@ -78,41 +78,45 @@ def test_auth_errors(stack: Stack) -> None:
         ({"model": "echo", "messages": MSG, "stream": "often"}, "stream"),
     ],
 )
-def test_invalid_chat_bodies_name_the_field(stack: Stack, body: dict[str, Any], param: str) -> None:
+def test_invalid_chat_bodies_name_the_field(
+    shared_stack: Stack, body: dict[str, Any], param: str
+) -> None:
     resp = httpx.post(
-        f"{stack.url}/v1/chat/completions", headers=auth(stack.client_token), json=body
+        f"{shared_stack.url}/v1/chat/completions",
+        headers=auth(shared_stack.client_token),
+        json=body,
     )
     assert assert_openai_error(resp, 400, "invalid_request")["param"] == param
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
-def test_garbage_bodies_are_client_errors_not_500(stack: Stack, raw: bytes) -> None:
+def test_garbage_bodies_are_client_errors_not_500(shared_stack: Stack, raw: bytes) -> None:
     for path, token in (
-        ("/v1/chat/completions", stack.client_token),
-        ("/api/v1/llms/_provider-register", stack.publish_token),
-        ("/api/v1/llms/_provider-poll", stack.publish_token),
+        ("/v1/chat/completions", shared_stack.client_token),
+        ("/api/v1/llms/_provider-register", shared_stack.publish_token),
+        ("/api/v1/llms/_provider-poll", shared_stack.publish_token),
     ):
-        resp = httpx.post(f"{stack.url}{path}", headers=auth(token), content=raw)
+        resp = httpx.post(f"{shared_stack.url}{path}", headers=auth(token), content=raw)
         assert 400 <= resp.status_code < 500, (path, resp.text)
         assert resp.json()["error"]["message"]
 
 
-def test_publisher_endpoints_name_the_bad_field(stack: Stack) -> None:
+def test_publisher_endpoints_name_the_bad_field(shared_stack: Stack) -> None:
     resp = httpx.post(
-        f"{stack.url}/api/v1/llms/_provider-register",
-        headers=auth(stack.publish_token),
+        f"{shared_stack.url}/api/v1/llms/_provider-register",
+        headers=auth(shared_stack.publish_token),
         json={"providers": [{"name": "bad name!", "type": "echo", "model": "m"}]},
     )
     assert assert_openai_error(resp, 400, "invalid_request")["param"] == "providers.0.name"
     resp = httpx.post(
-        f"{stack.url}/api/v1/llms/_provider-poll",
-        headers=auth(stack.publish_token),
+        f"{shared_stack.url}/api/v1/llms/_provider-poll",
+        headers=auth(shared_stack.publish_token),
         json={"providerSessionId": "abcdefgh123", "waitSeconds": 99},
     )
     assert assert_openai_error(resp, 400, "invalid_request")["param"] == "waitSeconds"
     resp = httpx.post(
-        f"{stack.url}/api/v1/llms/_provider-heartbeat",
-        headers=auth(stack.publish_token),
+        f"{shared_stack.url}/api/v1/llms/_provider-heartbeat",
+        headers=auth(shared_stack.publish_token),
         json={"providerSessionId": "abcdefgh123"},
     )
     # unknown or another key's: the same answer, so a session id alone tells nothing
@@ -129,11 +133,11 @@ def test_a_second_publisher_of_the_same_key_joins_the_pool(stack: Stack) -> None
         second.http.close()
 
 
-def test_body_over_six_megabytes_is_413_naming_the_limit(stack: Stack) -> None:
+def test_body_over_six_megabytes_is_413_naming_the_limit(shared_stack: Stack) -> None:
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "x" * 7_000_000}]})
     resp = httpx.post(
-        f"{stack.url}/v1/chat/completions",
-        headers=auth(stack.client_token),
+        f"{shared_stack.url}/v1/chat/completions",
+        headers=auth(shared_stack.client_token),
         content=body,
         timeout=30,
     )
@@ -185,18 +189,19 @@ def test_row_endpoints(stack: Stack) -> None:
     ):
         h = auth(stack.client_token)
         row = httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h).json()
-        assert {k: row[k] for k in ("name", "kind", "type", "tier", "status")} == {
-            "name": "org/model-1",
-            "kind": "virtual",
-            "type": "openai",
-            "tier": "gpu",
-            "status": "active",
-        }
-        assert "model" not in row  # the backend's id: for admins and its publisher only
-        by_admin = f"{stack.url}/api/v1/llms/org/model-1"
-        assert httpx.get(by_admin, headers=auth(stack.admin_token)).json()["model"] == "m"
-    # (its publisher stopped first: a poll of a session whose row is deleted meanwhile
-    # gets a 404, which the scripted publisher's thread would raise)
+        admin_row = httpx.get(
+            f"{stack.url}/api/v1/llms/org/model-1", headers=auth(stack.admin_token)
+        ).json()
+    assert {k: row[k] for k in ("name", "kind", "type", "tier", "status")} == {
+        "name": "org/model-1",
+        "kind": "virtual",
+        "type": "openai",
+        "tier": "gpu",
+        "status": "active",
+    }
+    assert "model" not in row  # the backend's id: for admins and its publisher only
+    assert admin_row["model"] == "m"
+    # (the publisher stopped polling, or its next poll would rightly be refused: 404)
     gone = f"{stack.url}/api/v1/llms/org/model-1"
     # deleting a row is an admin's job
     assert_openai_error(httpx.delete(gone, headers=h), 403, "forbidden")

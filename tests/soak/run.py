@@ -9,11 +9,12 @@ publish` processes (one with a stored publisher key, two with the shared token),
 fake OpenAI backend in this process, echoing (so every answer can be checked, and every
 execution counted by the nonce in its prompt).
 
-Clients (threads) send, until the time is up: plain and streamed requests through the
-official `openai` client (its default retries on, a third with an `Idempotency-Key`),
-async ones through httpx (`Prefer: respond-async`, then polling the task), and a few to
-backends that hang, send garbage or stop mid-stream. Meanwhile, every 10-20 s, a fault:
-a publisher or the relay killed (SIGKILL) and started again, or DynamoDB frozen for 5 s.
+Clients (threads) send, until the time is up and every kind of fault ran once: plain
+and streamed requests through the official `openai` client (its default retries on, a
+third with an `Idempotency-Key`), async ones through httpx (`Prefer: respond-async`,
+then polling the task), and a few to backends that hang, send garbage or stop mid-stream.
+Meanwhile, every 10-20 s, a fault: a publisher or the relay killed (SIGKILL) and started
+again, or DynamoDB frozen for 5 s.
 
 Each request ends as one of: answered (the right text), a clear error (an OpenAI-style
 error, an SSE error event, or a refused connection while the relay was down), wrong (an
@@ -48,9 +49,8 @@ from natrelay.wire import Paths, TaskState, TaskView
 from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess, start_publisher
 from tests.support.backend import FakeBackend
-from tests.support.cluster import Relay
 from tests.support.net import serve, wait_until
-from tests.support.stack import CLIENT_TOKEN, dynamodb_client
+from tests.support.stack import CLIENT_TOKEN, DevRelay, dynamodb_client
 
 CLIENT_BUDGET_SECONDS = 60.0
 FAULT_EVERY_SECONDS = (10.0, 20.0)
@@ -170,7 +170,7 @@ class Soak:
             moto = stack.enter_context(MotoProcess())
             self.moto = moto
             url = stack.enter_context(serve(self.backend.app()))
-            self.relay = Relay(moto.endpoint, self.workdir, heartbeat_timeout=10)
+            self.relay = DevRelay(moto.endpoint, self.workdir, heartbeat_timeout=10)
             self.relay.start()
             stack.callback(self.relay.stop)
             stack.callback(moto.resume)
@@ -224,11 +224,15 @@ class Soak:
     # --- faults ------------------------------------------------------------------------
 
     def _fault_loop(self, deadline: float) -> None:
+        """Faults until the deadline, and at least one of each kind however slow they are
+        (on a loaded machine a restart takes long): then the load stops."""
         rng = random.Random(self.seed + 1)
         deck: list[str] = []
+        done: set[str] = set()
         while True:
-            time.sleep(max(0.0, min(rng.uniform(*self.fault_every), deadline - time.monotonic())))
-            if time.monotonic() > deadline - 5:
+            pause, left = rng.uniform(*self.fault_every), deadline - time.monotonic()
+            time.sleep(min(pause, left) if left > 0 else self.fault_every[0])
+            if time.monotonic() > deadline - 5 and done >= set(self.kinds):
                 return
             if not self.kinds:
                 return
@@ -256,16 +260,17 @@ class Soak:
                 self.moto.resume()
                 what = f"DynamoDB frozen {FREEZE_SECONDS:g} s"
             self.faults.append(f"{started - self.started:6.1f}s {fault}: {what}")
+            done.add(fault)
 
     # --- clients -----------------------------------------------------------------------
 
-    def _worker(self, index: int, deadline: float) -> None:
+    def _worker(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
         sdk = openai.OpenAI(
             base_url=f"{self.relay.url}/v1", api_key=CLIENT_TOKEN, timeout=CLIENT_BUDGET_SECONDS
         )
         count = 0
-        while time.monotonic() < deadline and not self.stopping.is_set():
+        while not self.stopping.is_set():
             count += 1
             nonce = f"n{index}-{count}-{uuid.uuid4().hex[:8]}"
             prompt = f"{nonce} " + " ".join(f"w{i}" for i in range(rng.randint(1, 30)))
@@ -336,7 +341,7 @@ class Soak:
             rss_start = self.relay.rss_kb()
             self.rss_at_starts.append(rss_start)
             threads = [
-                threading.Thread(target=self._worker, args=(i, deadline), daemon=True)
+                threading.Thread(target=self._worker, args=(i,), daemon=True)
                 for i in range(self.workers)
             ]
             for thread in threads:
@@ -344,9 +349,9 @@ class Soak:
             # Faults from this thread: a relay started from a thread that ends would get
             # SIGTERM with it (PR_SET_PDEATHSIG, see natrelay_infra.children).
             self._fault_loop(deadline)
+            self.stopping.set()  # the load lasts as long as the faults
             for thread in threads:
                 thread.join(CLIENT_BUDGET_SECONDS * 3 + 30)
-            self.stopping.set()
             # What the faults left behind must settle within a lease or two.
             with suppress(TimeoutError):
                 wait_until(lambda: not self.relay.unsettled(), 60, interval=0.5)

@@ -21,6 +21,10 @@ serves until SIGTERM.
   event that is not JSON after the first piece), `hang` (never answers; streamed: the
   first piece, then nothing), `delay` (a non-streamed answer after 0.4 s; `max_active` is
   the most answered at once); `latency` delays every non-streamed answer.
+* `hold(passing=k)` makes chat answers after the next k wait once they have their
+  request (a non-streamed one before its answer, a streamed one after `hold_after`
+  pieces) until `release()`; `holding(n)` waits until n of them wait there: a test sees
+  the relay's state while the backend works, without guessing how long that takes.
 * With `api_key`, a chat request without `Authorization: Bearer <api_key>` is 401.
 * While `asleep`, both answer 503. `POST /_fake/wake` wakes it `wake_delay` s later and
   answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
@@ -88,11 +92,43 @@ class FakeBackend:
     missing: frozenset[str] = frozenset()
     # The bytes of each request to an endpoint beyond chat, as (endpoint, body).
     raw: list[tuple[str, bytes]] = field(default_factory=list)
+    # Streamed answers held by `hold()` wait after this many pieces.
+    hold_after: int = 0
     _waking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _held: int = field(default=0, init=False, repr=False)
+    _passing: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._released.set()
         if not self.asleep:
             self.up_at = time.time()
+
+    def hold(self, passing: int = 0) -> None:
+        """Hold the chat answers after the next `passing`, until `release()`."""
+        self._held, self._passing = 0, passing
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def holding(self, n: int = 1, timeout: float = 30.0) -> None:
+        """Wait until `n` answers are held; TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while self._held < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._held} of {n} answers held after {timeout:g} s")
+            time.sleep(0.01)
+
+    async def _wait_release(self) -> None:
+        if self._released.is_set():
+            return
+        if self._passing > 0:
+            self._passing -= 1
+            return
+        self._held += 1
+        while not self._released.is_set():
+            await asyncio.sleep(0.01)
 
     def pieces(self) -> list[str]:
         """The answer, as streamed: one piece a chunk."""
@@ -161,6 +197,7 @@ class FakeBackend:
             while not await request.is_disconnected():  # until the client gives up
                 await asyncio.sleep(0.05)
             return Response(status_code=499)
+        await self._wait_release()
         wait = max(self.latency, 0.4 if model == "delay" else 0.0)
         if wait:
             self.active += 1
@@ -189,6 +226,8 @@ class FakeBackend:
             model = body.get("model")
             pieces = words(self._answer(body)) if self.stream_echo else self.pieces()
             for i, piece in enumerate(pieces):
+                if i == self.hold_after:
+                    await self._wait_release()
                 if i:
                     await asyncio.sleep(self.interval)
                 self.produced_at.append(time.monotonic())

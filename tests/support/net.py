@@ -51,7 +51,7 @@ def wait_until(
     return value
 
 
-def wait_http(url: str, timeout: float = 20.0, alive: Callable[[], bool] = lambda: True) -> None:
+def wait_http(url: str, timeout: float = 60.0, alive: Callable[[], bool] = lambda: True) -> None:
     """Wait until `url` answers below 500; TimeoutError after `timeout` s or once not `alive()`."""
     gave_up = f"{url} did not answer within {timeout:g} s"
 

@@ -80,6 +80,7 @@ class ScriptedPublisher:
     seen: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _answering: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.http = httpx.Client(
@@ -131,7 +132,9 @@ class ScriptedPublisher:
         while not self._stop.is_set():
             for task in self.poll_once():
                 self.seen.append(task)
-                threading.Thread(target=self.answer, args=(task, self), daemon=True).start()
+                answering = threading.Thread(target=self.answer, args=(task, self), daemon=True)
+                self._answering.append(answering)
+                answering.start()
 
     def start(self) -> ScriptedPublisher:
         if self.session_id is None:
@@ -142,8 +145,10 @@ class ScriptedPublisher:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        # Its threads end here, not in a later test (which their errors would fail).
+        for thread in [self._thread, *self._answering]:
+            if thread is not None:
+                thread.join(timeout=60)
         self.http.close()
 
     def __enter__(self) -> ScriptedPublisher:

@@ -14,10 +14,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 
 from natrelay.errors import ForbiddenError, InvalidRequestError, UpstreamError
 from natrelay.service.access import Principal
@@ -35,6 +34,10 @@ from natrelay.service.redaction import redact, redact_bytes
 from natrelay.service.usage import Admission, Usage
 from natrelay.store import LlmRecord, SecretMissingError, SecretReader, SecretWriteError
 from natrelay.wire import Endpoint, secret_name
+
+if TYPE_CHECKING:
+    # Imported where a public row is called: not a cost for every cold start to pay.
+    import httpx
 
 log = logging.getLogger("natrelay.service")
 
@@ -91,6 +94,8 @@ class Upstreams:
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
     def _client(self) -> httpx.AsyncClient:
+        import httpx  # noqa: PLC0415 - only public rows need it (see the import above)
+
         loop = asyncio.get_running_loop()
         if self._http is None or self._http[0] is not loop:
             client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
@@ -142,6 +147,8 @@ class Upstreams:
         return {"Authorization": f"Bearer {key}"}, key
 
     def _timeout(self, row: LlmRecord) -> httpx.Timeout:
+        import httpx  # noqa: PLC0415
+
         seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
         return httpx.Timeout(seconds, connect=min(CONNECT_SECONDS, seconds))
 
@@ -217,6 +224,8 @@ class Upstreams:
         return UpstreamReply(response.status_code, body=body, settle=None if first else settle)
 
     async def _send(self, row: LlmRecord, request: httpx.Request) -> httpx.Response:
+        import httpx  # noqa: PLC0415
+
         try:
             return await self._client().send(request, stream=True)
         except httpx.TimeoutException:
@@ -250,6 +259,8 @@ class Upstreams:
         """The stream's chunk objects, naming the row, each redacted of the API key (an
         error event may quote it), the usage event only for a client that asked; usage
         recorded at its end (estimated from the text relayed if the upstream sent none)."""
+        import httpx  # noqa: PLC0415
+
         row = call.row
         usage: Any = None
         relayed = 0

@@ -9,11 +9,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import anyio.to_thread
-import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from natrelay.store._aws import aws_client
 from natrelay.store.errors import ConditionFailedError
 
 if TYPE_CHECKING:
@@ -77,7 +77,9 @@ def make_client(
 ) -> DynamoDBClient:
     """A DynamoDB client; `on_throttle(operation)` hears of every throttled call."""
     config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
-    client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name=region, config=config)
+    client: DynamoDBClient = aws_client(
+        "dynamodb", endpoint_url=endpoint_url, region_name=region, config=config
+    )
     if on_throttle is not None:
         hook = on_throttle
 

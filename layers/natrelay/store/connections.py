@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import threading
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from natrelay.store._aws import aws_client
 from natrelay.store._dynamo import off_loop
 
 if TYPE_CHECKING:
@@ -30,21 +31,34 @@ class Delivery(StrEnum):
 
 
 class GatewayConnections:
-    """The connections of one WebSocket API stage, through its management endpoint."""
+    """The connections of one WebSocket API stage, through its management endpoint
+    (its client made on the first send: most requests never ring)."""
 
     def __init__(
         self, endpoint: str, region: str, client: ApiGatewayManagementApiClient | None = None
     ) -> None:
         self.endpoint = endpoint
-        self._client = client or boto3.session.Session().client(
-            "apigatewaymanagementapi", endpoint_url=endpoint, region_name=region, config=_CONFIG
-        )
+        self.region = region
+        self._client = client
+        self._making = threading.Lock()
+
+    @property
+    def client(self) -> ApiGatewayManagementApiClient:
+        with self._making:
+            if self._client is None:
+                self._client = aws_client(
+                    "apigatewaymanagementapi",
+                    endpoint_url=self.endpoint,
+                    region_name=self.region,
+                    config=_CONFIG,
+                )
+            return self._client
 
     @off_loop
     def send(self, connection_id: str, data: bytes) -> Delivery:
         """Send one message; never raises for the connection's sake."""
         try:
-            self._client.post_to_connection(ConnectionId=connection_id, Data=data)
+            self.client.post_to_connection(ConnectionId=connection_id, Data=data)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

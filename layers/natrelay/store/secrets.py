@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from natrelay.observe import secret_call
 from natrelay.settings import Settings
+from natrelay.store._aws import aws_client
 from natrelay.store._dynamo import off_loop
 
 # Secret JSON key -> the setting it fills.
@@ -27,7 +27,7 @@ def with_secret(settings: Settings) -> Settings:
     """`settings` with the tokens it lacks filled from `settings.secret_arn`, if set."""
     if not settings.secret_arn:
         return settings
-    client = boto3.client("secretsmanager", region_name=settings.region)
+    client = aws_client("secretsmanager", region_name=settings.region)
     with secret_call():
         raw = client.get_secret_value(SecretId=settings.secret_arn).get("SecretString") or "{}"
     data = json.loads(raw)
@@ -89,8 +89,7 @@ class SecretReader:
 
     def _client(self, service: str) -> Any:
         if service not in self._clients:
-            session: Any = boto3.session.Session()
-            self._clients[service] = session.client(
+            self._clients[service] = aws_client(
                 service, region_name=self.region, endpoint_url=self.endpoint
             )
         return self._clients[service]

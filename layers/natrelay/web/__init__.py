@@ -40,7 +40,7 @@ from natrelay.web.endpoints import (
 from natrelay.web.errors import HANDLERS
 from natrelay.web.hosts import host_guard
 from natrelay.web.middleware import RequestContext
-from natrelay.web.openapi import Operation, document, openapi_endpoint
+from natrelay.web.openapi import Operation, openapi_endpoint
 from natrelay.wire import (
     SESSION_HEADER,
     ApplyResult,
@@ -181,7 +181,6 @@ OPERATIONS = [
         "Anthropic messages (the key also as x-api-key; errors Anthropic-shaped)",
         body=MessageRequest, stream=True, params=ONCE),
 ]  # fmt: skip
-OPENAPI = document(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])
 ROUTES = [
     Route(Paths.HEALTH, healthz),
     Route(Paths.METRICS, admin.metrics),
@@ -190,7 +189,7 @@ ROUTES = [
     Route(Paths.STATUS_LOGIN, status.login_page, methods=["GET"]),
     Route(Paths.STATUS_LOGIN, status.login, methods=["POST"]),
     Route(Paths.STATUS_LOGOUT, status.logout, methods=["POST"]),
-    Route(Paths.OPENAPI, openapi_endpoint(OPENAPI)),
+    Route(Paths.OPENAPI, openapi_endpoint(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])),
     *(
         Route(Paths.route(op.path), guarded(op.path, op.roles, op.endpoint), methods=[op.method])
         for op in OPERATIONS

@@ -3,6 +3,7 @@ wire models, so the document cannot drift from what the relay reads and answers.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,10 +150,17 @@ def document(operations: list[Operation], public: list[str]) -> dict[str, Any]:
     }
 
 
-def openapi_endpoint(doc: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
-    """The route that serves `doc` (built once)."""
+def openapi_endpoint(
+    operations: list[Operation], public: list[str]
+) -> Callable[[Request], Awaitable[Response]]:
+    """The route that serves the document of `operations`, built on its first request
+    (building it builds every model's schema: not a cost for a cold start to pay)."""
+
+    @functools.cache
+    def built() -> dict[str, Any]:
+        return document(operations, public)
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(doc)
+        return JSONResponse(built())
 
     return openapi

@@ -248,10 +248,17 @@ _ERROR_ANSWERS: dict[ErrorCode, tuple[int, ErrorType]] = {
 
 
 class WireModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+    """camelCase on the wire, snake_case in Python; unknown fields are refused.
+
+    Each model builds its validator when first used, not when imported: a Lambda cold
+    start uses a few of them (docs/performance.md, "Cold starts")."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        defer_build=True,
     )
 
 
