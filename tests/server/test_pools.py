@@ -222,6 +222,7 @@ def test_a_request_claimed_by_a_member_that_dies_runs_on_another(pool_stack: Sta
     doomed.http.close()
 
 
+@pytest.mark.parametrize("heartbeat_timeout", [3])
 def test_an_idempotent_request_gets_one_answer_when_its_member_misses_heartbeats(
     pool_stack: Stack,
 ) -> None:
