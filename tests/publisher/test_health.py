@@ -52,6 +52,9 @@ def test_a_backend_busy_generating_stays_active(stack: Stack, tmp_path: Path) ->
         publisher = start_publisher(config, tmp_path)
         try:
             wait_rows(stack, {"solo": "active"})
+            # a loaded machine may miss the first 0.5 s check of the idle backend: what
+            # counts is what happens once it is busy
+            idle_log = len(publisher.log())
             first = pool.submit(_ask, stack, "a long answer")
             assert backend.generating.wait(30)
             busy_since = time.time()
@@ -69,7 +72,7 @@ def test_a_backend_busy_generating_stays_active(stack: Stack, tmp_path: Path) ->
         finally:
             backend.release.set()
             assert publisher.stop() == 0
-    log = publisher.log()
+    log = publisher.log()[idle_log:]
     assert "backend of solo is down" not in log and "unavailable" not in log, log
 
 
