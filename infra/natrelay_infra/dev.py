@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[h for h in env("NATRELAY_ALLOWED_HOSTS", "").split(",") if h.strip()],
+        metavar="NAME",
+        help="a name the relay answers for besides IP addresses and localhost (a web page "
+        "on any other name is refused: DNS rebinding); repeatable",
+    )
+    parser.add_argument(
         "--dynamodb-endpoint",
         default=env("NATRELAY_DYNAMODB_ENDPOINT"),
         help="use this DynamoDB (DynamoDB Local, or AWS) instead of an embedded moto server",
@@ -313,7 +321,10 @@ def _configure(
         "publish": args.publisher_token,
         "admin": args.admin_token,
     }
-    if _is_loopback(args.host):
+    # Well-known tokens only on a loopback address over a local DynamoDB; on someone's
+    # real tables (a deployed stack's), no admin token unless given.
+    local_db = embedded or _is_loopback(urlsplit(endpoint).hostname or "")
+    if _is_loopback(args.host) and local_db:
         defaults = {"client": DEV_CLIENT_TOKEN, "publish": DEV_PUBLISH_TOKEN}
         tokens = {
             role: token or defaults.get(role, DEV_ADMIN_TOKEN) for role, token in given.items()
@@ -322,6 +333,8 @@ def _configure(
         tokens = state.tokens(given, _token)
     else:
         tokens = {role: token or _token() for role, token in given.items()}
+    if not local_db:
+        tokens["admin"] = args.admin_token or ""
     client_token, publish_token, admin_token = tokens["client"], tokens["publish"], tokens["admin"]
     prefix = args.table_prefix
     tables = TableNames(
@@ -334,7 +347,10 @@ def _configure(
         "log_level": args.log_level.upper(),
         # long-lived: Prometheus metrics at GET /metrics (admin token)
         "metrics": os.environ.get("NATRELAY_METRICS", "prometheus"),
+        "allowed_hosts": _allowed_hosts(args),
     }
+    if "NATRELAY_COOKIE_SECURE" not in os.environ:
+        fields["cookie_secure"] = False  # it serves plain http
     if args.heartbeat_timeout is not None:
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
     if embedded:  # public rows' API keys: secrets and parameters in the same moto
@@ -370,6 +386,13 @@ def _configure(
         state=state,
         embedded=embedded,
     )
+
+
+def _allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """The names the relay answers for (IP addresses always): localhost, the bound
+    name, and those given."""
+    named = [] if _is_unspecified(args.host) or _is_address(args.host) else [args.host]
+    return ["localhost", *named, *(h.strip() for h in args.allowed_host)]
 
 
 def _aws_credentials(endpoint: str, *, embedded: bool) -> None:
@@ -421,6 +444,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_unspecified(host: str) -> bool:
@@ -506,7 +537,9 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         f"  OpenAI base URL:  {relay.url}/v1",
         f"  client token:     {relay.client_token}",
         f"  publisher token:  {relay.publish_token}",
-        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)",
+        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)"
+        if relay.admin_token
+        else "  admin token:      none (give one with --admin-token, or use a stored admin key)",
         f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
         f"{relay.tables.tasks}, {relay.tables.keys})",
         f"  status page:      {relay.url}{Paths.STATUS}   (log in with the admin token)",
@@ -540,7 +573,7 @@ def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
         "  print(reply.choices[0].message.content)",
         "",
         "Keys for a team (one per box, one per person; see README.md):",
-        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token} \\",
+        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token or '<admin>'} \\",
         "    natrelay keys create --role client --label alice",
         "",
         "Ctrl-C stops everything.",

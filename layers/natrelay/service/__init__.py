@@ -23,6 +23,7 @@ from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
 from natrelay.service.handoff import Handoff
 from natrelay.service.keys import KeyAdmin
+from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
 from natrelay.service.rows import RowAdmin
@@ -85,6 +86,7 @@ class Relay:
         self.upstreams = Upstreams(ctx, self.usage)
         self.rows = RowAdmin(ctx, self.upstreams.read_key)
         self.board = Board(ctx, self.usage)
+        self.page_sessions = PageSessions(ctx, self.access)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Relay:

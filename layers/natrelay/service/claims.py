@@ -21,6 +21,7 @@ from natrelay.service.context import Context
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.handoff import pool_key
+from natrelay.service.metering import relayed_in
 from natrelay.service.payloads import (
     MAX_CHUNK_BATCH_BYTES,
     POLL_INLINE_BUDGET,
@@ -31,13 +32,7 @@ from natrelay.service.payloads import (
 from natrelay.service.sessions import Sessions
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
-from natrelay.store import (
-    Chunk,
-    ConditionFailedError,
-    SameResultError,
-    SessionRecord,
-    TaskRecord,
-)
+from natrelay.store import Chunk, ConditionFailedError, SameResultError, SessionRecord, TaskRecord
 from natrelay.wire import ChunkBatch, LlmStatus, PollRequest, TaskKind, TaskResult, TaskState
 
 # A poll reads this many entries of a pool's queue past its free slots: wakes meant for
@@ -320,8 +315,10 @@ class Claims:
             param="chunks",
         )
         sid, key = batch.provider_session_id, principal.key_id
+        # its text bytes: what the task's usage is bounded by (service.metering)
+        chunk, relayed = Chunk(seq=batch.seq, data=data), relayed_in(batch.chunks)
         try:
-            kept = await self.handoff.chunk(task_id, sid, key, Chunk(seq=batch.seq, data=data))
+            kept = await self.handoff.chunk(task_id, sid, key, chunk, relayed)
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
         if kept is False:
@@ -329,7 +326,7 @@ class Claims:
         if kept:
             return batch.seq
         try:
-            await self.stores.tasks.mark_sent(task_id, sid, key, self.clock())
+            await self.stores.tasks.mark_sent(task_id, sid, key, self.clock(), relayed)
         except ConditionFailedError as exc:
             raise _refused(task_id, sid, key, exc) from exc
         try:
@@ -337,7 +334,7 @@ class Claims:
             await self.stores.chunks.put_chunk(task_id, batch.seq, data, self.ctx.chunk_expiry(now))
         except ConditionFailedError as exc:
             raise _chunk_differs(task_id, batch.seq) from exc
-        self.endings.notify(task_id, Chunk(seq=batch.seq, data=data), len(data))
+        self.endings.notify(task_id, chunk, len(data))
         return batch.seq
 
     async def post_result(

@@ -116,10 +116,12 @@ class HandedTasks:
             raise ConditionFailedError(f"task {task_id} is not claimed by {session_id}")
         return handed.request
 
-    async def chunk(self, task_id: str, session_id: str, key: str, chunk: Chunk) -> bool | None:
-        """Keep a chunk batch of a handed task: True, or False if that seq came with other
-        content (None: not handed here). A lost condition raises ConditionFailedError
-        with the task as `record`, as the task store does."""
+    async def chunk(
+        self, task_id: str, session_id: str, key: str, chunk: Chunk, relayed: int = 0
+    ) -> bool | None:
+        """Keep a chunk batch of a handed task (`relayed` bytes of text): True, or False
+        if that seq came with other content (None: not handed here). A lost condition
+        raises ConditionFailedError with the task as `record`, as the task store does."""
         handed = await self._here(task_id)
         if handed is None:
             return None
@@ -129,8 +131,12 @@ class HandedTasks:
             return seen.data == chunk.data
         handed.chunks[chunk.seq] = chunk
         handed.chunk_bytes += len(chunk.data)
-        if not handed.task.sent_any:
-            handed.task = replace(handed.task, sent_any=True, updated_at=self.clock())
+        handed.task = replace(
+            handed.task,
+            sent_any=True,
+            updated_at=self.clock(),
+            relayed=handed.task.relayed + relayed,
+        )
         self.signals.notify(task_key(task_id), chunk, len(chunk.data))
         if handed.chunk_bytes > MAX_HANDED_CHUNK_BYTES:
             await self.spill(task_id)

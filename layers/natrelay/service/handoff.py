@@ -215,6 +215,7 @@ class Handoff(HandedTasks):
             client_key=new.client_key,
             usage_day=new.usage_day,
             slot=new.slot,
+            reserved=new.reserved,
             expires_at=new.expires_at,
             endpoint=new.endpoint,
         )

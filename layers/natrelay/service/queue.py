@@ -12,6 +12,7 @@ from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import PoolHint
 from natrelay.service.ids import new_task_id
+from natrelay.service.metering import ask_usage, reservation
 from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
@@ -66,10 +67,21 @@ class Queue:
         `fast`, hand it to an idle poll of this process instead when there is one (the
         fast path: service.handoff).
 
-        The caller's key is admitted against its limits first (RateLimitError).
+        The caller's key is admitted against its limits first (RateLimitError), with
+        an estimate of the tokens it may use reserved; a stream asks the backend for its
+        usage (service.metering).
         """
+        body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
-        return await self._submit(principal, name, raw, stream=stream, endpoint=endpoint, fast=fast)
+        return await self._submit(
+            principal,
+            name,
+            raw,
+            stream=stream,
+            endpoint=endpoint,
+            fast=fast,
+            reserve=reservation(body, len(raw)),
+        )
 
     async def submit_once(
         self,
@@ -87,6 +99,7 @@ class Queue:
         The same key with another request is InvalidRequestError.
         """
         s = self.settings
+        body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
         # the same body sent to another endpoint is another request
         tagged = raw if endpoint is Endpoint.CHAT else endpoint.value.encode() + b" " + raw
@@ -108,7 +121,13 @@ class Queue:
         )
         try:
             task = await self._submit(
-                principal, name, raw, stream=stream, endpoint=endpoint, once=(once, gone)
+                principal,
+                name,
+                raw,
+                stream=stream,
+                endpoint=endpoint,
+                once=(once, gone),
+                reserve=reservation(body, len(raw)),
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -149,6 +168,7 @@ class Queue:
         endpoint: Endpoint,
         once: tuple[IdempotencyRecord, str | None] | None = None,
         fast: bool = False,
+        reserve: int = 0,
     ) -> TaskRecord:
         s = self.settings
         row = await self.catalog.get(principal, name)
@@ -174,43 +194,44 @@ class Queue:
         hibernating = status is LlmStatus.HIBERNATING
         longest = s.lease_seconds + (self.wakes.window(None) if hibernating else 0)
         admission = await self.usage.admit(
-            principal, task_id, now + longest + s.result_retention_seconds
+            principal, task_id, now + longest + s.result_retention_seconds, reserve
         )
-        wake = await self.wakes.ensure(row) if hibernating else None
-        if not hibernating and oldest is not None and self._wake_more(row, now - oldest):
-            await self.wakes.ensure(row, more=True)  # busy members: wake one more
-        now = self.clock()
-        member = row.members.get(wake.target) if wake and wake.target else None
-        lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
-        task = NewTask(
-            id=task_id,
-            kind=TaskKind.INFER,
-            llm=name,
-            created_at=now,
-            expires_at=now + lease + s.result_retention_seconds,
-            lease_seconds=lease,
-            stream=stream,
-            request=raw,
-            wake_id=wake.id if wake else None,
-            wake_target=wake.target if wake else None,
-            client_key=principal.key_id,
-            usage_day=admission.day,
-            slot=admission.slot,
-            endpoint=endpoint.value,
-        )
-        limited = task.slot is not None or principal.tokens_per_day is not None
-        handed = self.handoff.hand(row, task, settle_first=limited) if fast else None
-        if handed is not None:
-            return handed
-        if once is None:
-            await self.tasks.put(task)
-        else:
-            record, gone = once
-            try:
+        try:  # a request that is not queued after all gives its admission back
+            wake = await self.wakes.ensure(row) if hibernating else None
+            if not hibernating and oldest is not None and self._wake_more(row, now - oldest):
+                await self.wakes.ensure(row, more=True)  # busy members: wake one more
+            now = self.clock()
+            member = row.members.get(wake.target) if wake and wake.target else None
+            lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
+            task = NewTask(
+                id=task_id,
+                kind=TaskKind.INFER,
+                llm=name,
+                created_at=now,
+                expires_at=now + lease + s.result_retention_seconds,
+                lease_seconds=lease,
+                stream=stream,
+                request=raw,
+                wake_id=wake.id if wake else None,
+                wake_target=wake.target if wake else None,
+                client_key=principal.key_id,
+                usage_day=admission.day,
+                slot=admission.slot,
+                reserved=admission.reserved,
+                endpoint=endpoint.value,
+            )
+            limited = task.slot is not None or principal.tokens_per_day is not None
+            handed = self.handoff.hand(row, task, settle_first=limited) if fast else None
+            if handed is not None:
+                return handed
+            if once is None:
+                await self.tasks.put(task)
+            else:
+                record, gone = once
                 await self.tasks.put(task, replace(record, task_id=task_id), replacing=gone)
-            except ConditionFailedError:
-                await self.usage.release(principal, admission)
-                raise
+        except Exception:
+            await self.usage.release(principal, admission)
+            raise
         await self.doorbell.queued(PoolHint(task.id, name, wake_target=task.wake_target), row)
         return TaskRecord(
             id=task.id,
@@ -229,6 +250,7 @@ class Queue:
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,
+            reserved=admission.reserved,
             expires_at=task.expires_at,
         )
 
