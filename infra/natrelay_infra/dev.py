@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -34,7 +33,7 @@ from natrelay_infra.demo import (
     wait_published,
     write_config,
 )
-from natrelay_infra.dev_args import parser
+from natrelay_infra.dev_args import allowed_hosts, is_loopback, is_unspecified, parser
 from natrelay_infra.dev_banner import DevRelay, print_banner
 from natrelay_infra.draining import Draining
 from natrelay_infra.moto_server import MotoServer
@@ -197,7 +196,10 @@ def _configure(
         "publish": args.publisher_token,
         "admin": args.admin_token,
     }
-    if _is_loopback(args.host):
+    # Well-known tokens only on a loopback address over a local DynamoDB; on someone's
+    # real tables (a deployed stack's), no admin token unless given.
+    local_db = embedded or is_loopback(urlsplit(endpoint).hostname or "")
+    if is_loopback(args.host) and local_db:
         defaults = {"client": DEV_CLIENT_TOKEN, "publish": DEV_PUBLISH_TOKEN}
         tokens = {
             role: token or defaults.get(role, DEV_ADMIN_TOKEN) for role, token in given.items()
@@ -206,6 +208,8 @@ def _configure(
         tokens = state.tokens(given, _token)
     else:
         tokens = {role: token or _token() for role, token in given.items()}
+    if not local_db:
+        tokens["admin"] = args.admin_token or ""
     client_token, publish_token, admin_token = tokens["client"], tokens["publish"], tokens["admin"]
     prefix = args.table_prefix
     tables = TableNames(
@@ -221,7 +225,10 @@ def _configure(
         "sweep_interval_seconds": args.sweep_interval,
         # Prometheus metrics at GET /metrics (admin token)
         "metrics": os.environ.get("NATRELAY_METRICS", "prometheus"),
+        "allowed_hosts": allowed_hosts(args),
     }
+    if "NATRELAY_COOKIE_SECURE" not in os.environ:
+        fields["cookie_secure"] = False  # it serves plain http
     if args.heartbeat_timeout is not None:
         fields["heartbeat_timeout_seconds"] = args.heartbeat_timeout
     if embedded:  # public rows' API keys: secrets and parameters in the same moto
@@ -237,7 +244,7 @@ def _configure(
     )
     _aws_credentials(endpoint, embedded=embedded)
     host, port = sock.getsockname()[:2]
-    url_host = "127.0.0.1" if _is_unspecified(host) else host
+    url_host = "127.0.0.1" if is_unspecified(host) else host
     if ":" in url_host:
         url_host = f"[{url_host}]"
     if args.doorbell and not settings.doorbell_url:
@@ -263,7 +270,7 @@ def _aws_credentials(endpoint: str, *, embedded: bool) -> None:
         # moto takes any credentials; a profile named in the environment might not exist here.
         os.environ.update(FAKE_AWS_CREDENTIALS)
         os.environ.pop("AWS_PROFILE", None)
-    elif _is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
+    elif is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
         for key, value in FAKE_AWS_CREDENTIALS.items():  # DynamoDB Local takes any
             os.environ.setdefault(key, value)
 
@@ -297,22 +304,6 @@ def _dynamodb(endpoint: str, region: str) -> Any:
 
 def _token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager

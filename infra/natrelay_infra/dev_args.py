@@ -1,8 +1,9 @@
-"""The command line of `natrelay dev`."""
+"""The command line of `natrelay dev`, and the host names it takes."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
 
@@ -17,6 +18,14 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[h for h in env("NATRELAY_ALLOWED_HOSTS", "").split(",") if h.strip()],
+        metavar="NAME",
+        help="a name the relay answers for besides IP addresses and localhost (a web page "
+        "on any other name is refused: DNS rebinding); repeatable",
+    )
     parser.add_argument(
         "--dynamodb-endpoint",
         default=env("NATRELAY_DYNAMODB_ENDPOINT"),
@@ -108,3 +117,34 @@ def parser() -> argparse.ArgumentParser:
         help="json: one JSON line per log record, with the request id (default %(default)s)",
     )
     return parser
+
+
+def allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """The names the relay answers for (IP addresses always): localhost, the bound
+    name, and those given."""
+    named = [] if is_unspecified(args.host) or _is_address(args.host) else [args.host]
+    return ["localhost", *named, *(h.strip() for h in args.allowed_host)]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False

@@ -42,7 +42,9 @@ def print_banner(relay: DevRelay, publisher: DemoPublisher | None) -> None:
         f"  OpenAI base URL:  {relay.url}/v1",
         f"  client token:     {relay.client_token}",
         f"  publisher token:  {relay.publish_token}",
-        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)",
+        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)"
+        if relay.admin_token
+        else "  admin token:      none (give one with --admin-token, or use a stored admin key)",
         f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
         f"{relay.tables.tasks}, {relay.tables.keys})",
         f"  status page:      {relay.url}{Paths.STATUS}   (log in with the admin token)",
@@ -53,7 +55,9 @@ def print_banner(relay: DevRelay, publisher: DemoPublisher | None) -> None:
     else:
         lines += [
             "",
-            "Publish a backend (natrelay publish --config publisher.yaml):",
+            "Publish the LLM servers of this machine (Ollama, llama.cpp, LM Studio, vLLM):",
+            f"  natrelay publish --detect --relay {relay.url} --token {relay.publish_token}",
+            "or a backend of your choice (natrelay publish --config publisher.yaml):",
             f"  relay: {{url: {relay.url}, token: {relay.publish_token}}}",
             "  providers:",
             "    - {name: MODEL, type: openai, model: MODEL, baseUrl: http://127.0.0.1:8000/v1}",
@@ -74,7 +78,7 @@ def print_banner(relay: DevRelay, publisher: DemoPublisher | None) -> None:
         "  print(reply.choices[0].message.content)",
         "",
         "Keys for a team (one per box, one per person; see README.md):",
-        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token} \\",
+        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token or '<admin>'} \\",
         "    natrelay keys create --role client --label alice",
         "",
         "Ctrl-C stops everything.",

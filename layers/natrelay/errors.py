@@ -96,15 +96,23 @@ class BackendError(RelayError):
 
 class UpstreamError(BackendError):
     """A public row's upstream failed, could not be reached, or took too long (504).
-    `unavailable`: it could not serve at all (a fallback may)."""
+    `unavailable`: it could not serve at all (a fallback may). `retryable`: a client's
+    own retry may get an answer without running the request twice (False: the upstream
+    may still run it, or the same thing would fail again)."""
 
     code = ErrorCode.UPSTREAM_ERROR
 
     def __init__(
-        self, message: str, *, status: int | None = None, unavailable: bool = False
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        unavailable: bool = False,
+        retryable: bool = True,
     ) -> None:
         super().__init__(message, status=status)
         self.unavailable = unavailable
+        self.retryable = retryable
 
 
 class TaskTimeoutError(RelayError):
@@ -119,6 +127,12 @@ class NameOwnedError(RelayError):
     """The name belongs to another publisher key (until an admin releases it)."""
 
     code = ErrorCode.NAME_OWNED
+
+
+class NameLimitError(RelayError):
+    """The publisher key owns as many names as it may (NATRELAY_MAX_NAMES_PER_KEY)."""
+
+    code = ErrorCode.NAME_LIMIT
 
 
 class RowChangedError(RelayError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,47 @@ def bind(**fields: Any) -> None:
 def request_id() -> str | None:
     current = _fields.get()
     return None if current is None else current.get("requestId")
+
+
+# Libraries whose DEBUG lines carry a call's parameters and answer (botocore's request
+# params, response bodies; the HTTP client's headers).
+_CALL_LOGGERS = ("botocore", "boto3", "urllib3")
+_secret_calls = threading.local()
+
+
+@contextmanager
+def secret_call() -> Iterator[None]:
+    """A call that sends or reads a secret (CreateSecret, GetSecretValue, GetParameter)
+    runs inside: this thread's lines of boto and urllib3 below WARNING are dropped
+    meanwhile, whatever their level is set to, so no log ever holds its value."""
+    before = getattr(_secret_calls, "on", False)
+    _secret_calls.on = True
+    try:
+        yield
+    finally:
+        _secret_calls.on = before
+
+
+class SecretCalls(logging.Filter):
+    """Drops the lines `secret_call` silences."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quiet = getattr(_secret_calls, "on", False) and record.levelno < logging.WARNING
+        return not (quiet and record.name.startswith(_CALL_LOGGERS))
+
+
+class NoQuery(logging.Filter):
+    """Uvicorn's access log lines without the query of the path: an older publisher names
+    its session there (`?providerSessionId=`), and a session id is its secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+        return True
+
+
+_NO_QUERY = NoQuery()
 
 
 class TextFormatter(logging.Formatter):
@@ -117,6 +159,8 @@ def configure_logging(
     else:
         handler.setFormatter(TextFormatter())
     handler.addFilter(RequestFields())
+    handler.addFilter(SecretCalls())
+    logging.getLogger("uvicorn.access").addFilter(_NO_QUERY)  # once: the same filter
     root.addHandler(handler)
     root.setLevel(level)
     # boto's and httpx's per-call lines would drown the relay's own.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # How the relay runs: `lambda`, one request per process at a time (AWS Lambda: nothing in
 # memory outlives a request, waiters re-read DynamoDB), or `server`, one long-lived
@@ -46,10 +47,19 @@ class Settings(BaseSettings):
     # relay's role may only read them: create them with the AWS CLI.
     secrets_writable: bool = False
     upstream_timeout_seconds: float = Field(default=120, gt=0)
+    # The names the relay answers for (besides any IP address); others get 400 before
+    # anything reads them (DNS rebinding). Comma-separated; empty: every host.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Cookies of the relay's pages (the status page's session) are Secure: sent over
+    # https only. Off only where the relay is reached over plain http (natrelay dev).
+    cookie_secure: bool = True
     # How long a process trusts a stored key it verified; revocation and expiry take
     # effect everywhere within this time.
     key_cache_seconds: float = Field(default=15, ge=0, le=30)
 
+    # Names (and aliases) one publisher key may own at once; an admin's release of one
+    # (natrelay llm delete) makes room.
+    max_names_per_key: int = Field(default=256, ge=1)
     heartbeat_timeout_seconds: float = Field(default=90, gt=0)
     inactive_retention_seconds: float = Field(default=4 * 3600, ge=0)
     result_retention_seconds: float = Field(default=3600, gt=0)
@@ -138,6 +148,17 @@ class Settings(BaseSettings):
     # past either cap hints are dropped (it re-reads DynamoDB, which is the truth).
     signal_buffer_hints: int = Field(default=64, ge=0)
     signal_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """`a.example,b.example` (or a JSON list) from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [h.strip() for h in text.split(",") if h.strip()]
+        return value
 
     @model_validator(mode="after")
     def _old_mode_name(self) -> Settings:

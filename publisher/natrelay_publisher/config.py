@@ -37,7 +37,12 @@ SESSION_DIR = "~/.config/natrelay"
 def default_session_file(config_path: str | Path) -> Path:
     """`~/.config/natrelay/session-<hash of the config file's absolute path>.json`: one
     session per config file, so two publishers on one host never share a session."""
-    digest = hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:12]
+    return session_file_for(str(Path(config_path).resolve()))
+
+
+def session_file_for(key: str) -> Path:
+    """`~/.config/natrelay/session-<hash of key>.json`: the session of what `key` names."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(SESSION_DIR).expanduser() / f"session-{digest}.json"
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from natrelay_publisher.config import PublisherConfig
+from natrelay_publisher.catalog import Catalog
+from natrelay_publisher.config import ProviderConfig, PublisherConfig
 from natrelay_publisher.doorbell import Doorbell
 from natrelay_publisher.polling import long_poll
 from natrelay_publisher.relay import RelayClient
@@ -37,9 +38,16 @@ class Publisher:
     """Publishes the configured providers to the relay until `stop` is set."""
 
     def __init__(
-        self, config: PublisherConfig, *, relay_transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: PublisherConfig,
+        *,
+        relay_transport: httpx.AsyncBaseTransport | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.config = config
+        # Where the providers come from when they may change while it runs (`--detect`,
+        # `--backend`): listed again every `catalog.every` s, and published as they change.
+        self.catalog = catalog
         token = config.relay.token.get_secret_value()
         self.relay = RelayClient(config.relay.url, token, transport=relay_transport)
         self.session_file = SessionFile(config.session_file)
@@ -67,13 +75,7 @@ class Publisher:
                     "cross the network unencrypted; use https://",
                     self.config.relay.url,
                 )
-            beat = self.config.relay.heartbeat_seconds
-            self.slots.update(
-                {
-                    c.name: ProviderSlot.build(c, heartbeat_seconds=beat)
-                    for c in self.config.published
-                }
-            )
+            self.slots.update({c.name: self._slot(c) for c in self.config.published})
             await asyncio.gather(*(slot.check_first() for slot in self.slots.values()))
             if not await self._register(stop):
                 return
@@ -89,6 +91,9 @@ class Publisher:
                 await slot.provider.aclose()
             await self.relay.aclose()
             self.session_file.unlock()
+
+    def _slot(self, config: ProviderConfig) -> ProviderSlot:
+        return ProviderSlot.build(config, heartbeat_seconds=self.config.relay.heartbeat_seconds)
 
     async def _register(self, stop: asyncio.Event) -> bool:
         """Register (retrying while the relay is unreachable); False if `stop` came first."""
@@ -116,16 +121,44 @@ class Publisher:
             ),
             asyncio.create_task(self.session.held_loop(self.runner.no_infer), name="held"),
         ]
+        if self.catalog is not None and self.catalog.every:
+            loops.append(asyncio.create_task(self._follow(self.catalog), name="catalog"))
         if any(slot.config.sleep_after_idle_seconds for slot in self.slots.values()):
             idle = self.waker.idle_loop(list(self.slots.values()))
             loops.append(asyncio.create_task(idle, name="idle"))
         return loops
 
+    async def _follow(self, catalog: Catalog) -> None:
+        """Publish what the catalog lists, as it changes."""
+        while True:
+            await asyncio.sleep(catalog.every)
+            await self.apply(await catalog.providers())
+
+    async def apply(self, providers: list[ProviderConfig]) -> None:
+        """Publish `providers` in place of the current ones: new names are registered,
+        names no longer listed unpublished, under the same session."""
+        wanted = {config.name: config for config in providers if config.publish}
+        kept = {n: s for n, s in self.slots.items() if wanted.get(n) == s.config}
+        if not wanted or kept.keys() == wanted.keys() == self.slots.keys():
+            return
+        added = {n: self._slot(c) for n, c in wanted.items() if n not in kept}
+        await asyncio.gather(*(slot.check_first() for slot in added.values()))
+        gone = [slot for name, slot in self.slots.items() if kept.get(name) is not slot]
+        try:
+            await self.session.register_idle(
+                self.runner.no_infer, {n: kept.get(n) or added[n] for n in wanted}
+            )
+        finally:  # what is not in use (any more, or yet: a stop came first) is closed
+            for slot in [*gone, *added.values()]:
+                if slot not in self.slots.values():
+                    await slot.provider.aclose()
+
     async def _shutdown(self, loops: list[asyncio.Task[None]], hurry: asyncio.Event) -> None:
         """Stop polling, give the tasks in flight their grace (heartbeating), deregister."""
         tasks = self.runner.tasks
         grace = self.config.relay.shutdown_grace_seconds
-        await _cancel(loops[0])
+        # No new tasks, and no new providers: a registration now would be undone at once.
+        await _cancel(*(loop for loop in loops if loop.get_name() in ("poll", "catalog")))
         logger.info("stopping: waiting up to %g s for %d task(s) in flight", grace, len(tasks))
         if tasks and not hurry.is_set():
             finishing = asyncio.ensure_future(asyncio.wait(set(tasks), timeout=grace))

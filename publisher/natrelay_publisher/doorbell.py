@@ -291,23 +291,21 @@ class Doorbell:
 
     async def _poll(self, wait: float, ids: list[str]) -> int:
         """One poll; returns how many tasks it brought (-1: the relay was unavailable)."""
-        session_id = self.session.id
-        if session_id is None:
+        if self.session.id is None:
             return 0
         free = self.runner.free_slots()
-        request = PollRequest(
-            provider_session_id=session_id,
-            wait_seconds=wait,
-            max_tasks=free,
-            generation=self.session.generation,
-            task_ids=ids[:free],
-            running=sorted(self.session.running),
-        )
         try:
-            if wait > 0:
-                answer = await self.session.relay.poll(request)
-            else:
-                answer = await self.session.relay.claim(request)
+            async with self.session.polling:  # a registration does not overlap it
+                request = PollRequest(
+                    provider_session_id=self.session.id,
+                    wait_seconds=wait,
+                    max_tasks=free,
+                    generation=self.session.generation,
+                    task_ids=ids[:free],
+                    running=sorted(self.session.running),
+                )
+                relay = self.session.relay
+                answer = await (relay.poll(request) if wait > 0 else relay.claim(request))
         except RelayUnavailableError:
             self._pending = ids + self._pending
             await asyncio.sleep(self._backoff.next())
@@ -334,6 +332,8 @@ class Doorbell:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot.wait(), self.safety_seconds)
                 continue
-            got = await self._poll(self._poll_wait, [])
+            got = await self._poll(
+                self.session.poll_wait(self._poll_wait, self.runner.no_infer), []
+            )
             if got == 0:
                 await asyncio.sleep(max(0.0, MIN_LONG_POLL_SECONDS - (time.monotonic() - started)))

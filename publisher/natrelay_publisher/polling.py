@@ -35,19 +35,22 @@ async def long_poll(session: Session, runner: TaskRunner, config: RelayConfig) -
                 async with asyncio.timeout(config.heartbeat_seconds):
                     await runner.slot_freed.wait()
             continue
-        per_name = runner.free_per_name()
-        full = any(n == 0 for n in per_name.values())
-        request = PollRequest(
-            provider_session_id=session.require_id(),
-            wait_seconds=min(wait, FULL_POLL_SECONDS) if full else wait,
-            max_tasks=free,
-            generation=session.generation,
-            running=sorted(session.running),
-            free=per_name,
-        )
         sent_at = time.monotonic()
         try:
-            answer = await session.relay.poll(request)
+            async with session.polling:  # a registration does not overlap it
+                per_name = runner.free_per_name()
+                full = any(n == 0 for n in per_name.values())
+                request = PollRequest(
+                    provider_session_id=session.require_id(),
+                    wait_seconds=session.poll_wait(
+                        min(wait, FULL_POLL_SECONDS) if full else wait, runner.no_infer
+                    ),
+                    max_tasks=runner.free_slots(),
+                    generation=session.generation,
+                    running=sorted(session.running),
+                    free=per_name,
+                )
+                answer = await session.relay.poll(request)
         except RelayUnavailableError:
             await asyncio.sleep(backoff.next())
             continue

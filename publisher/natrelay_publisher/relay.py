@@ -13,6 +13,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from natrelay.wire import (
+    SESSION_HEADER,
     ChunkAck,
     ChunkBatch,
     ErrorCode,
@@ -177,9 +178,10 @@ class RelayClient:
         return await self._call(Paths.DEREGISTER, request, SessionResponse)
 
     async def task_request(self, task_id: str, session_id: str) -> dict[str, Any]:
-        """The request of a task this session claimed (too large to come with the poll)."""
+        """The request of a task this session claimed (too large to come with the poll).
+        The session goes in a header: a URL reaches access logs, and it is a secret."""
         path = Paths.TASK_REQUEST.format(task_id=task_id)
-        data = await self._send("GET", path, None, params={"providerSessionId": session_id})
+        data = await self._send("GET", path, None, headers={SESSION_HEADER: session_id})
         if not isinstance(data, dict):
             raise RelayCallError(f"the request of task {task_id} is not a JSON object")
         return data
@@ -209,14 +211,14 @@ class RelayClient:
         body: BaseModel | None,
         *,
         timeout: httpx.Timeout | None = None,
-        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         payload = None if body is None else body.model_dump(mode="json", by_alias=True)
         sent_at = time.monotonic()
         self.in_flight += 1
         try:
             response = await self._client.request(
-                method, url, json=payload, params=params, timeout=timeout or REQUEST_TIMEOUT
+                method, url, json=payload, headers=headers, timeout=timeout or REQUEST_TIMEOUT
             )
         except httpx.HTTPError as exc:
             reason = f"{method} {self.url}{url}: {exc!r}"

@@ -69,6 +69,10 @@ class Session:
         # The ids of the tasks in flight, told to the relay with each heartbeat and poll.
         self.running: set[str] = set()
         self._register_lock = asyncio.Lock()
+        # Held by every poll that may claim tasks: a registration takes it, so no task is
+        # claimed under the generation of the session it ends (see `register_idle`).
+        self.polling = asyncio.Lock()
+        self._waiting_to_register = 0
         self._beat_lock = asyncio.Lock()
         self._registered_at = 0.0
         # The statuses the relay holds, and the ones reported to it since registering.
@@ -179,11 +183,34 @@ class Session:
         """
         while True:
             await asyncio.sleep(self.config.heartbeat_seconds)
-            if not self._held:
-                continue
-            await no_infer.wait()
-            async with self._register_lock:
-                await self.register(retry_of_held=True)
+            if self._held:
+                await self.register_idle(no_infer)
+
+    async def register_idle(
+        self, no_infer: asyncio.Event, slots: dict[str, ProviderSlot] | None = None
+    ) -> None:
+        """Register again (with `slots` in place of the current ones, if given) at a
+        moment when no request runs and no poll is out: the relay takes a task claimed
+        under an older generation of the session for lost."""
+        self._waiting_to_register += 1
+        try:
+            while True:
+                await no_infer.wait()
+                async with self.polling, self._register_lock:
+                    if not no_infer.is_set():
+                        continue  # a poll brought a request while we waited for it
+                    if slots is not None:
+                        self.slots.clear()
+                        self.slots.update(slots)
+                    await self.register(retry_of_held=slots is None)
+                    return
+        finally:
+            self._waiting_to_register -= 1
+
+    def poll_wait(self, wait: float, no_infer: asyncio.Event) -> float:
+        """How long a long-poll may wait: not at all while a registration waits for its
+        moment (nothing in flight but that poll)."""
+        return 0.0 if self._waiting_to_register and no_infer.is_set() else wait
 
     async def reregister(self) -> None:
         """Register again: the relay lost the session (once, however many noticed)."""

@@ -107,10 +107,13 @@ def _dumps(objects: Any) -> Any:
     return _without_model([o.model_dump() for o in objects])
 
 
-def _same_bytes(backend: FakeBackend, endpoint: str) -> None:
-    """The backend's last two requests (through the relay, then direct) were one body."""
+def _same_bytes(backend: FakeBackend, endpoint: str, *, usage_asked: bool = False) -> None:
+    """The backend's last two requests (through the relay, then direct) were one body
+    (`usage_asked`: but for the relay asking a stream for its usage, to count it)."""
     (first, relayed), (second, direct) = backend.raw[-2:]
     assert first == second == endpoint
+    if usage_asked:
+        direct = direct[:-1] + b',"stream_options":{"include_usage":true}}'
     assert relayed == direct, (relayed, direct)
     assert BACKEND_MODEL.encode() in relayed
 
@@ -150,7 +153,7 @@ def test_completions_plain_and_streamed(relayed: Relayed) -> None:
 
     streamed = list(oai.completions.create(model="full", stream=True, **prompt))  # type: ignore[call-overload]
     back_streamed = list(direct.completions.create(model=BACKEND_MODEL, stream=True, **prompt))  # type: ignore[call-overload]
-    _same_bytes(relayed.full, "completions")
+    _same_bytes(relayed.full, "completions", usage_asked=True)
     assert "".join(c.choices[0].text for c in streamed) == "relayed word by word"
     assert _dumps(streamed) == _dumps(back_streamed)
     assert all(c.model == "full" for c in streamed)

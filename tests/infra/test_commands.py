@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["scripts/test", "scripts/demo", "scripts/lint-template", "scripts/gen-events", ".ci/run"]
+SCRIPTS = [
+    "scripts/test",
+    "scripts/demo",
+    "scripts/lint-template",
+    "scripts/lint-docker",
+    "scripts/gen-events",
+    ".ci/run",
+]
 
 
 def _commands(path: str) -> list[str]:
@@ -23,6 +30,7 @@ def test_ci_runs_the_test_script_and_the_template_checks() -> None:
     commands = _commands(".ci/run")
     assert any(re.match(r"bash scripts/test\b", c) for c in commands)
     assert any(re.match(r"bash scripts/lint-template\b", c) for c in commands)
+    assert any(re.match(r"bash scripts/lint-docker\b", c) for c in commands)
 
 
 @pytest.mark.parametrize("path", SCRIPTS)

@@ -371,3 +371,115 @@ def test_dev_reports_an_unreachable_dynamodb() -> None:
     assert result.returncode == 1
     assert f"cannot create the tables at {nobody}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_dev_answers_only_its_own_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a web page on attacker.example whose name is made to point at
+    127.0.0.1 reaches `natrelay dev` with `Host: attacker.example`, and knows its default
+    tokens. Only IP literals, localhost and the names given with --allowed-host answer."""
+    with natrelay_dev(tmp_path, "--allowed-host", "relay.lan") as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        port = dev.url.rsplit(":", 1)[1]
+        auth = {"Authorization": f"Bearer {DEV_CLIENT_TOKEN}"}
+
+        def models(host: str) -> httpx.Response:
+            return httpx.get(f"{dev.url}/v1/models", headers={**auth, "Host": host})
+
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
+            refused = models(host)
+            assert refused.status_code == 400, (host, refused.text)
+            assert refused.json()["error"]["param"] == "Host"
+        login = httpx.get(f"{dev.url}/status/login", headers={"Host": f"evil.test:{port}"})
+        assert login.status_code == 400
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", "relay.lan"):
+            assert models(host).status_code == 200, host
+        assert dev.stop() == 0
+
+
+def test_dev_on_a_remote_dynamodb_has_no_default_tokens(tmp_path: Path) -> None:
+    """Pointed at DynamoDB elsewhere (a deployed stack's tables), `natrelay dev` has no
+    admin token unless given one, and no well-known client or publisher token."""
+    with natrelay_dev(
+        tmp_path,
+        "--dynamodb-endpoint",
+        "http://dynamodb.invalid:8000",  # never reached: nothing here calls DynamoDB
+        "--no-create-tables",
+        "--sweep-interval",
+        "0",
+    ) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        text = dev.text()
+        assert "dev-admin-token" not in text and DEV_CLIENT_TOKEN not in text
+        assert re.search(r"admin token: +none", text), text
+        admin = {"Authorization": "Bearer dev-admin-token"}
+        assert httpx.get(f"{dev.url}/api/v1/keys", headers=admin).status_code == 401
+        assert dev.stop() == 0
+
+
+def test_debug_logs_never_hold_a_secrets_value(tmp_path: Path) -> None:
+    """`--log-level debug` logs botocore's calls; never the parameters or answers of the
+    calls that create or read a secret (CreateSecret, GetSecretValue)."""
+    value = "sk-live-0123456789abcdefSECRET"
+    os.environ["UPSTREAM_KEY_FOR_TEST"] = value
+    try:
+        with natrelay_dev(
+            tmp_path,
+            "--log-level",
+            "debug",
+            "--secret-from-env",
+            "natrelay/up=UPSTREAM_KEY_FOR_TEST",
+        ) as dev:
+            dev.wait_for(r"^Ctrl-C stops everything")
+            # apply reads the secret back (it checks that the relay can)
+            doc = {
+                "name": "up",
+                "kind": "public",
+                "baseUrl": "http://127.0.0.1:9/v1",
+                "model": "m",
+                "apiKey": {"secretsManager": "natrelay/up"},
+            }
+            applied = httpx.post(
+                f"{dev.url}/api/v1/llms/_apply",
+                headers={"Authorization": "Bearer dev-admin-token"},
+                json={"documents": [doc]},
+                timeout=30,
+            )
+            assert applied.status_code == 200, applied.text
+            assert dev.stop() == 0
+    finally:
+        del os.environ["UPSTREAM_KEY_FOR_TEST"]
+    text = dev.text()
+    assert "CreateSecret" in text or "secretsmanager" in text.lower()  # botocore did log
+    assert value not in text
+
+
+def test_a_session_id_never_reaches_the_access_log(tmp_path: Path) -> None:
+    """The request fetch names its session in a header (X-Natrelay-Session); the query
+    of older publishers still works, and no access log line shows it."""
+    scripted = pytest.importorskip("tests.support.scripted")
+    with natrelay_dev(tmp_path) as dev:
+        dev.wait_for(r"^Ctrl-C stops everything")
+        pub = scripted.ScriptedPublisher(
+            dev.url, "dev-publish-token", [{"name": "fetch", "type": "echo", "model": "e"}]
+        )
+        sid = pub.register()
+        queued = httpx.post(
+            f"{dev.url}/api/v1/llms/fetch/infer",
+            headers={"Authorization": f"Bearer {DEV_CLIENT_TOKEN}", "Prefer": "respond-async"},
+            json={"messages": MSG},
+            timeout=30,
+        )
+        assert queued.status_code == 202, queued.text
+        [task] = pub.poll_once(wait=5)
+        url = f"/api/v1/llms/_provider-task/{task['id']}/request"
+        by_header = pub.http.get(url, headers={"X-Natrelay-Session": sid})
+        assert by_header.status_code == 200 and by_header.json()["messages"] == MSG
+        by_query = pub.http.get(url, params={"providerSessionId": sid})  # older publishers
+        assert by_query.status_code == 200
+        other = pub.http.get(url, headers={"X-Natrelay-Session": "not-this-session"})
+        assert other.status_code == 403
+        pub.http.close()
+        assert dev.stop() == 0
+    text = dev.text()
+    assert f"{url}" in text  # the access log is on, and shows the path
+    assert sid not in text, text

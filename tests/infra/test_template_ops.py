@@ -41,6 +41,14 @@ def test_long_polls_run_on_their_own_capped_function() -> None:
     assert "ReservedConcurrentExecutions" not in RESOURCES["ApiFunction"]["Properties"]
 
 
+def test_the_public_streaming_url_is_capped() -> None:
+    """The Function URL has no authorizer and no API Gateway throttle in front of it."""
+    stream = RESOURCES["StreamFunction"]["Properties"]
+    assert stream["FunctionUrlConfig"]["AuthType"] == "NONE"
+    assert stream["ReservedConcurrentExecutions"] == {"Ref": "StreamConcurrency"}
+    assert TEMPLATE["Parameters"]["StreamConcurrency"]["MinValue"] == 1
+
+
 def test_tables_with_keys_or_usage_are_protected() -> None:
     keys = RESOURCES["KeysTable"]
     assert keys["DeletionPolicy"] == "Retain" and keys["UpdateReplacePolicy"] == "Retain"

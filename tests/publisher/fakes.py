@@ -22,13 +22,21 @@ from tests.support.backend import FakeBackend
 # --- an Ollama backend (native API) ------------------------------------------------------
 
 
-def ollama_app(backend: FakeBackend) -> Starlette:
+OLLAMA_VERSION = "0.9.0"
+
+
+def ollama_app(backend: FakeBackend, models: list[str] | None = None) -> Starlette:
     """The fake backend's answer through Ollama's `/api/chat`; model `missing` is not found,
     model `truncate` streams its pieces but never the `"done": true` line. `/api/embed`
-    answers vectors from each text's length."""
+    answers vectors from each text's length. `/api/tags` lists `models` as it is at each
+    request (default: llama3:latest and qwen2:7b); `/api/version` says OLLAMA_VERSION."""
 
     async def tags(request: Request) -> Response:
-        return JSONResponse({"models": [{"name": "llama3:latest"}, {"name": "qwen2:7b"}]})
+        listed = ["llama3:latest", "qwen2:7b"] if models is None else list(models)
+        return JSONResponse({"models": [{"name": name, "model": name} for name in listed]})
+
+    async def version(request: Request) -> Response:
+        return JSONResponse({"version": OLLAMA_VERSION})
 
     async def chat(request: Request) -> Response:
         body = await request.json()
@@ -67,6 +75,7 @@ def ollama_app(backend: FakeBackend) -> Starlette:
     return Starlette(
         routes=[
             Route("/api/tags", tags),
+            Route("/api/version", version),
             Route("/api/chat", chat, methods=["POST"]),
             Route("/api/embed", embed, methods=["POST"]),
             *(

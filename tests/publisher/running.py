@@ -24,7 +24,7 @@ from tests.support.stack import Stack
 class PublisherProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
-    config_path: Path
+    config_path: Path | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -76,20 +76,21 @@ def start_publisher(
     """Write `config` (to `config_path`, default `<name>.yaml`) and run a publisher on it."""
     config_path = config_path or tmp_path / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    return run_publish(["--config", str(config_path), *extra], tmp_path, name, env, config_path)
+
+
+def run_publish(
+    args: list[str],
+    tmp_path: Path,
+    name: str = "publisher",
+    env: dict[str, str] | None = None,
+    config_path: Path | None = None,
+) -> PublisherProcess:
+    """`natrelay publish ARGS` in a process of its own, logging at INFO to `<name>.log`."""
     log_path = tmp_path / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "natrelay_publisher",
-                "publish",
-                "--config",
-                str(config_path),
-                "--log-level",
-                "INFO",
-                *extra,
-            ],
+            [sys.executable, "-m", "natrelay_publisher", "publish", "--log-level", "INFO", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

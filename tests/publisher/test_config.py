@@ -119,7 +119,8 @@ BAD = [
     ),
     (
         config(echo(name="has space")),
-        "providers[0].name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$'",
+        "providers[0].name: String should match pattern "
+        "'^[A-Za-z0-9](?:[A-Za-z0-9._:/@-]{0,126}[A-Za-z0-9_:/@-])?$'",
     ),
     (config(echo(), echo()), "providers[1].name: duplicate name 'echo'"),
     (config(echo(publish=False)), "providers: no provider has `publish: true`"),
@@ -207,7 +208,7 @@ BAD = [
     (
         config(echo(aliases=["a b"])),
         "providers[0].aliases[0]: String should match pattern "
-        "'^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$'",
+        "'^[A-Za-z0-9](?:[A-Za-z0-9._:/@-]{0,126}[A-Za-z0-9_:/@-])?$'",
     ),
     (
         config(echo(aliases=[f"a{i}" for i in range(9)])),

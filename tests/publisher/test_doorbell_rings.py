@@ -42,6 +42,11 @@ class Session:
         self.announced_doorbell: str | None = None
         self.generation: int | None = 1
         self.running: set[str] = set()
+        # Held by every poll: a registration waits for it.
+        self.polling = asyncio.Lock()
+
+    def poll_wait(self, wait: float, no_infer: asyncio.Event) -> float:
+        return wait
 
     async def reregister(self) -> None:
         raise AssertionError("the session was not lost")

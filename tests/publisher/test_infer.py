@@ -72,7 +72,7 @@ def test_backend_error_becomes_an_error_result(
     bad, down = fake.calls("result")
     assert bad["status"] == 500
     assert bad["error"] == {
-        "message": "the GPU caught fire",
+        "message": "the backend answered 500 (its body is in the publisher's debug log)",
         "type": "server_error",
         "code": ErrorCode.BACKEND_ERROR,
         "param": None,

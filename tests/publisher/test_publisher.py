@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ import pytest
 
 from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
+from natrelay_publisher.catalog import Catalog
 from natrelay_publisher.config import parse_config
 from natrelay_publisher.daemon import Publisher, _plain_http_elsewhere
 from natrelay_publisher.errors import RelayCallError
@@ -22,7 +24,13 @@ from tests.publisher.fake_relay import FakeRelay, infer_task, wake_task
 from tests.support.net import serve
 
 
-def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any) -> Publisher:
+def publisher(
+    url: str,
+    tmp_path: Path,
+    *providers: dict[str, Any],
+    catalog: Catalog | None = None,
+    **relay: Any,
+) -> Publisher:
     return Publisher(
         parse_config(
             {
@@ -37,7 +45,8 @@ def publisher(url: str, tmp_path: Path, *providers: dict[str, Any], **relay: Any
                 },
                 "providers": list(providers),
             }
-        )
+        ),
+        catalog=catalog,
     )
 
 
@@ -163,7 +172,8 @@ def test_failed_wake_fails_the_waiting_infer(
         error = results[task]["error"]
         assert error["code"] == ErrorCode.WAKE_FAILED
         assert error["message"] == (
-            "wake of sleepy failed: the wake request answered 500: the power switch is stuck"
+            "wake of sleepy failed: the wake request answered 500 (its body is in the "
+            "publisher's debug log)"
         )
 
 
@@ -354,7 +364,7 @@ def test_errors_reach_the_relay_without_secrets(
         async def scenario() -> None:
             await until(lambda: len(fake.results()) == 5, timeout=30)
 
-        with caplog.at_level("INFO", logger="natrelay.publisher"):
+        with caplog.at_level("DEBUG", logger="natrelay.publisher"):
             run(publisher(url, tmp_path, *providers), scenario)
     messages = {task: r["error"]["message"] for task, r in fake.results().items()}
     sent = json.dumps(fake.events)
@@ -364,18 +374,20 @@ def test_errors_reach_the_relay_without_secrets(
     assert messages["t-leaky"] == "upstream http://10.0.0.5:8000/v1/chat failed"
     assert messages["t-down"].startswith("cannot reach the backend of down: ConnectError")
     assert messages["w-webhook"] == (
-        "wake of webhook failed: the wake request answered 500: the power switch is stuck"
+        "wake of webhook failed: the wake request answered 500 (its body is in the "
+        "publisher's debug log)"
     )
     assert messages["w-hook"].startswith("wake of unreachable-hook failed: the wake request ")
     assert messages["w-script"] == (
         "wake of script failed: the wake command exited with status 2 "
-        "(its stderr is in the publisher's log)"
+        "(its stderr is in the publisher's debug log)"
     )
-    # The operator still finds the command's own words, in the publisher's log only.
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("login failed for token=SECRET2" in m for m in warnings), warnings
-    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
-    assert not [m for m in info if "SECRET" in m or "hunter2" in m]
+    # The operator still finds the command's own words and the webhook's answer, in the
+    # publisher's DEBUG log only.
+    debug = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert any("login failed for token=SECRET2" in m for m in debug), debug
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [m for m in shown if "SECRET" in m or "hunter2" in m or "power switch" in m]
 
 
 def test_a_relay_url_that_is_not_the_relays_says_so(tmp_path: Path) -> None:

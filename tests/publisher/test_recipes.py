@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import sys
@@ -55,11 +56,24 @@ def test_http_recipe_calls_the_url(controller: tuple[str, WakeController]) -> No
     assert call["body"] == '{"host":"gpu-box"}'
 
 
-def test_http_recipe_non_2xx_fails_with_the_answer(controller: tuple[str, WakeController]) -> None:
+def test_http_recipe_non_2xx_fails_without_the_answer(
+    controller: tuple[str, WakeController], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook's answer may hold anything (an internal URL, a password): it never goes
+    to the relay, and is logged at DEBUG on the publisher only."""
     url, _ = controller
     wake = recipe({"type": "http", "url": f"{url}/fail"})
-    with pytest.raises(RecipeError, match=r"^the wake request answered 500: the power switch is"):
+    caplog.set_level(logging.DEBUG, logger="natrelay.publisher")
+    with pytest.raises(RecipeError) as failed:
         asyncio.run(wake.run("wake"))
+    assert str(failed.value) == (
+        "the wake request answered 500 (its body is in the publisher's debug log)"
+    )
+    assert "power switch" not in str(failed.value)
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [line for line in shown if "power switch" in line], shown
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("the power switch is stuck" in line for line in debug), debug
     unreachable = recipe({"type": "http", "url": "http://127.0.0.1:9/wake"})
     with pytest.raises(RecipeError, match=r"^the wake request \(POST\) failed: ConnectError"):
         asyncio.run(unreachable.run("wake"))
@@ -96,11 +110,14 @@ def test_command_recipe_non_zero_exit_logs_stderr(
         "print('disk on fire', file=sys.stderr)\nsys.exit(3)\n",
     )
     wake = recipe({"type": "command", "command": sys.executable, "args": [path]})
-    # The cause for the client; the command's own words (maybe a secret) for the log only.
+    # The cause for the client; the command's own words (maybe a secret) at DEBUG only.
+    caplog.set_level(logging.DEBUG, logger="natrelay.publisher")
     with pytest.raises(RecipeError, match=r"^the wake command exited with status 3 \(its stderr"):
         asyncio.run(wake.run("wake"))
     [logged] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert re.search(r"exited with status 3: ….*noise disk on fire$", logged)
+    assert logged.endswith("exited with status 3") and "disk on fire" not in logged
+    [output] = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert re.search(r"exited with status 3: ….*noise disk on fire$", output)
 
 
 def test_command_recipe_missing_program_and_timeout(tmp_path: Path) -> None:
@@ -241,7 +258,8 @@ def test_failed_wake_names_the_cause(controller: tuple[str, WakeController]) -> 
     first, second, status = asyncio.run(scenario())
     assert not first.ok and second == first
     assert first.message == (
-        "wake of sleepy failed: the wake request answered 500: the power switch is stuck"
+        "wake of sleepy failed: the wake request answered 500 "
+        "(its body is in the publisher's debug log)"
     )
     assert status == LlmStatus.HIBERNATING
 

@@ -1,6 +1,8 @@
 """Fuzzing: schemathesis against a live relay (uvicorn + moto), every route of its own
 OpenAPI document, with each role's key: no 5xx, no answer that violates the document,
-no traceback in the relay's log. Bounded in examples and time."""
+no traceback in the relay's log. And the publisher's result and chunk bodies, generated
+from the document, posted for tasks the publisher really claimed (a random task id is
+refused before its body reaches the store). Bounded in examples and time."""
 
 from __future__ import annotations
 
@@ -8,12 +10,17 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from natrelay.wire import Paths
+from natrelay.wire import Paths, TaskState
 from natrelay_infra.moto_server import MotoServer
+from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import running_stack
 
 EXAMPLES = 12
@@ -115,3 +122,89 @@ def _only_generator_flakes(out: str) -> bool:
         and any(flake in block for flake in GENERATOR_FLAKES)
         for block in blocks
     )
+
+
+# Bodies posted for claimed tasks (each example claims a task of its own).
+CLAIMED_EXAMPLES = 60
+
+
+def _both_modes(operation: Any) -> st.SearchStrategy[Any]:
+    """Bodies as the document describes them, and bodies it does not allow."""
+    return st.one_of(
+        operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
+        operation.as_strategy(schemathesis.GenerationMode.NEGATIVE),
+    )
+
+
+def _refused_cleanly(resp: httpx.Response) -> None:
+    assert resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        error = resp.json()["error"]
+        assert error["code"] and error["message"], resp.text
+
+
+@pytest.mark.timeout(400)
+def test_result_and_chunk_bodies_for_a_claimed_task(
+    moto_server: MotoServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with running_stack(moto_server.endpoint, heartbeat_timeout_seconds=120) as stack:
+        doc = httpx.get(f"{stack.url}{Paths.OPENAPI}").json()
+        schema = schemathesis.openapi.from_dict(doc)
+        chunks = _both_modes(schema[Paths.TASK_CHUNKS]["POST"])
+        results = _both_modes(schema[Paths.TASK_RESULT]["POST"])
+        pub = ScriptedPublisher(
+            stack.url, stack.publish_token, [{"name": "fz", "type": "echo", "model": "fz"}]
+        )
+        sid = pub.register()
+        client = httpx.Client(
+            base_url=stack.url,
+            headers={"Authorization": f"Bearer {stack.client_token}"},
+            timeout=30,
+        )
+        capfd.readouterr()
+
+        @settings(
+            max_examples=CLAIMED_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(chunk=chunks, result=results, stream=st.booleans())
+        def post_for_a_claimed_task(chunk: Any, result: Any, stream: bool) -> None:
+            queued = client.post(
+                "/api/v1/llms/fz/infer",
+                headers={"Prefer": "respond-async"},
+                json={"messages": [{"role": "user", "content": "x"}], "stream": stream},
+            )
+            assert queued.status_code == 202, queued.text
+            [task] = pub.poll_once(wait=5, max_tasks=1)
+            for path, case in ((Paths.TASK_CHUNKS, chunk), (Paths.TASK_RESULT, result)):
+                body = case.body
+                if isinstance(body, dict):
+                    body = {**body, "providerSessionId": sid}
+                url = path.format(task_id=task["id"])
+                sent = (
+                    pub.http.post(url, content=body)
+                    if isinstance(body, bytes)
+                    else pub.http.post(url, json=body)
+                )
+                _refused_cleanly(sent)
+            view = client.get(f"/api/v1/tasks/{task['id']}")
+            assert view.status_code == 200, view.text
+            done = view.json()
+            if done["state"] == TaskState.COMPLETED:
+                assert 200 <= done["status"] < 300 and done["status"] not in (204, 205), done
+            else:  # refused: the publisher posts its failure, as the real one does
+                failed = pub.result(
+                    task["id"], {"status": 502, "error": {"message": "refused", "code": "x"}}
+                )
+                _refused_cleanly(failed)
+
+        try:
+            post_for_a_claimed_task()
+        finally:
+            client.close()
+            pub.http.close()
+        log = capfd.readouterr().err
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-6000:]

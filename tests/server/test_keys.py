@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from natrelay_infra.moto_server import MotoServer
-from tests.support.net import wait_until
+from tests.support.backend import FakeBackend
+from tests.support.net import serve, wait_until
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Server, Stack, running_stack, start_api
 
@@ -392,3 +393,69 @@ def test_a_client_sees_only_its_own_tasks(keyed: Stack) -> None:
         error_of(httpx.get(f"{keyed.url}{task}", headers=auth(bob)), 404, "task_not_found")
         error_of(httpx.delete(f"{keyed.url}{task}", headers=auth(bob)), 404, "task_not_found")
         assert httpx.get(f"{keyed.url}{task}", headers=auth(keyed.admin_token)).is_success
+
+
+def _slow_stream(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+    """40 chunks 0.25 s apart (10 s in all); stops when the relay says the client left."""
+    for seq in range(40):
+        chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "w "}}]}
+        if pub.chunk(task["id"], seq, [chunk]).status_code == 409:
+            pub.seen.append({"cancelled": task["id"]})
+            return
+        time.sleep(0.25)
+    pub.result(task["id"], {"status": 200, "body": None, "chunkCount": 40})
+
+
+def test_a_revoked_keys_open_streams_are_cut(keyed: Stack) -> None:
+    """A stream that is already open ends soon after its key is revoked (within the key
+    cache time: 0 here), with an error event, and the backend's work stops: published
+    and public rows alike."""
+    backend = FakeBackend(tokens=40, interval=0.25)
+    with (
+        serve(backend.app()) as backend_url,
+        ScriptedPublisher(keyed.url, keyed.publish_token, ECHO, answer=_slow_stream) as pub,
+    ):
+        open_row = {"name": "open", "kind": "public", "baseUrl": f"{backend_url}/v1", "model": "m"}
+        applied = httpx.post(
+            f"{keyed.url}/api/v1/llms/_apply",
+            headers=auth(keyed.admin_token),
+            json={"documents": [open_row]},
+        )
+        assert applied.status_code == 200, applied.text
+        client = create_key(keyed, role="client", label="leaving")
+        ended: dict[str, tuple[float, str]] = {}
+        started = threading.Barrier(3)
+
+        def read(model: str) -> None:
+            body = {"model": model, "messages": MSG, "stream": True}
+            with httpx.stream(
+                "POST",
+                f"{keyed.url}/v1/chat/completions",
+                headers=auth(client["secret"]),
+                json=body,
+                timeout=30,
+            ) as resp:
+                lines = resp.iter_lines()
+                assert any('"content"' in line for line in lines)
+                started.wait(timeout=20)
+                last = ""
+                for line in lines:
+                    last = line or last
+                ended[model] = (time.monotonic(), last)
+
+        readers = [threading.Thread(target=read, args=(m,)) for m in ("echo", "open")]
+        for reader in readers:
+            reader.start()
+        started.wait(timeout=20)
+        revoked_at = time.monotonic()
+        httpx.delete(
+            f"{keyed.url}/api/v1/keys/{client['id']}", headers=auth(keyed.admin_token)
+        ).raise_for_status()
+        for reader in readers:
+            reader.join(timeout=30)
+        for model in ("echo", "open"):
+            at, last = ended[model]
+            assert at - revoked_at < 5, (model, at - revoked_at)  # not the 10 s stream
+            assert "invalid_api_key" in last and "revoked" in last, (model, last)
+        assert wait_until(lambda: any("cancelled" in seen for seen in pub.seen), 10)
+        assert wait_until(backend.aborted.is_set, 10)

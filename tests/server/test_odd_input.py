@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from natrelay.wire import ProviderSpec, RegisterRequest
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack
 
@@ -228,3 +229,83 @@ def test_answers_name_the_public_model_not_the_backends(stack: Stack) -> None:
             time.sleep(0.1)
         assert got["result"]["model"] == "echo"
     assert "alice" not in json.dumps(got)
+
+
+@pytest.mark.parametrize(
+    ("odd", "param"),
+    [
+        ({"status": 200, "body": {}, "chunkCount": 10**50}, "chunkCount"),
+        ({"status": 103, "body": {"a": 1}}, "status"),
+        ({"status": 204, "body": {"a": 1}}, "status"),
+        ({"status": 304, "body": {"a": 1}}, "status"),
+        ({"status": 503, "body": {"a": 1}}, "status"),
+        ({"status": 200, "body": {}, "chunkCount": -1}, "chunkCount"),
+    ],
+)
+def test_odd_results_are_refused_naming_the_field_and_the_task_still_ends(
+    stack: Stack, odd: dict[str, Any], param: str
+) -> None:
+    """A result's `status` reaches the client as its HTTP status: a completed one must
+    be a 2xx with a body (failures come with `error`); `chunkCount` must fit."""
+    refused: list[httpx.Response] = []
+
+    def answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        resp = pub.http.post(
+            f"/api/v1/llms/_provider-task/{task['id']}/result",
+            json={"providerSessionId": pub.session_id, **odd},
+        )
+        refused.append(resp)
+        pub.result(task["id"], {"status": 200, "body": {"object": "chat.completion"}})
+
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=answer):
+        resp = httpx.post(
+            f"{stack.url}/v1/chat/completions",
+            headers=auth(stack.client_token),
+            json={"model": "echo", "messages": MSG},
+            timeout=30,
+        )
+    assert error_of(refused[0], 400)["param"] == param
+    assert resp.status_code == 200 and resp.json() == {"object": "chat.completion"}
+    assert "x-should-retry" not in resp.headers
+
+
+def test_a_chunk_seq_past_the_limit_is_refused_naming_it(stack: Stack) -> None:
+    refused: list[httpx.Response] = []
+
+    def answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        refused.append(
+            pub.http.post(
+                f"/api/v1/llms/_provider-task/{task['id']}/chunks",
+                json={"providerSessionId": pub.session_id, "seq": 10**50, "chunks": [{}]},
+            )
+        )
+        pub.result(task["id"], {"status": 200, "body": {"object": "chat.completion"}})
+
+    with ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=answer):
+        httpx.post(
+            f"{stack.url}/v1/chat/completions",
+            headers=auth(stack.client_token),
+            json={"model": "echo", "messages": MSG},
+            timeout=30,
+        )
+    assert error_of(refused[0], 400)["param"] == "seq"
+
+
+def test_a_rows_backend_model_is_shown_to_admins_and_its_publisher_only(stack: Stack) -> None:
+    local = "/home/alice/models/llama-3-8b-q4.gguf"
+    pub = ScriptedPublisher(stack.url, stack.publish_token, [{**ECHO[0], "model": local}])
+    registered = pub.send(
+        "/api/v1/llms/_provider-register",
+        RegisterRequest(providers=[ProviderSpec.model_validate({**ECHO[0], "model": local})]),
+    ).json()
+    assert registered["llms"][0]["model"] == local  # its own publisher
+
+    def seen(token: str) -> str:
+        return "\n".join(
+            httpx.get(f"{stack.url}{path}", headers=auth(token), timeout=10).text
+            for path in ("/api/v1/llms", "/api/v1/llms/echo", "/v1/models", "/v1/models/echo")
+        )
+
+    assert "alice" not in seen(stack.client_token)
+    assert local in seen(stack.admin_token)
+    pub.http.close()

@@ -220,3 +220,46 @@ def test_a_request_claimed_by_a_member_that_dies_runs_on_another(pool_stack: Sta
     # within a heartbeat timeout (3 s) and a liveness check, well before a lease (60 s)
     assert time.monotonic() - started < 40
     doomed.http.close()
+
+
+@pytest.mark.parametrize("heartbeat_timeout", [3])
+def test_an_idempotent_request_gets_one_answer_when_its_member_misses_heartbeats(
+    pool_stack: Stack,
+) -> None:
+    """The rule as it stands (issue 24 builds failover on it): a member that stops
+    heartbeating while it still works loses its claim; another member runs the task
+    again; the first member's late answer is refused (fenced). The client gets one
+    answer, and a repeat of its Idempotency-Key gets that same answer, never the other."""
+    providers = [{"name": "m", "type": "echo", "model": "m"}]
+    slow = ScriptedPublisher(pool_stack.url, pool_stack.publish_token, providers)
+    slow.register()
+    once = {**auth(pool_stack), "Idempotency-Key": "order-42"}
+
+    def ask() -> httpx.Response:
+        return httpx.post(
+            f"{pool_stack.url}/v1/chat/completions",
+            headers=once,
+            json={"model": "m", "messages": [{"role": "user", "content": "pay once"}]},
+            timeout=60,
+        )
+
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(target=lambda: answers.append(ask()))
+    asking.start()
+    deadline = time.monotonic() + 10
+    claimed: list[dict[str, Any]] = []
+    while not claimed:
+        assert time.monotonic() < deadline
+        claimed = slow.poll_once(wait=0.5, max_tasks=1)
+    # the slow member keeps working but sends no heartbeat; another member takes over
+    with ScriptedPublisher(pool_stack.url, pool_stack.publish_token, providers) as other:
+        asking.join(30)
+        assert [t["id"] for t in other.seen] == [claimed[0]["id"]]  # the same task, again
+    late = slow.result(claimed[0]["id"], {"status": 200, "body": {"answer": "from the slow"}})
+    assert late.status_code == 409, late.text  # fenced: its claim is gone
+    [first] = answers
+    assert first.status_code == 200, first.text
+    assert first.json()["choices"][0]["message"]["content"] == "pay once"
+    repeat = ask()
+    assert repeat.json() == first.json()  # the key's one answer, nothing ran again
+    slow.http.close()

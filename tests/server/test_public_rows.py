@@ -109,6 +109,16 @@ def cloud(moto_server: MotoServer, tmp_path: Path, heartbeat_timeout: float) -> 
         yield made
 
 
+def _today(cloud: Cloud, token: str) -> dict[str, Any]:
+    """The key's usage today (empty: none yet)."""
+    days = httpx.get(
+        f"{cloud.stack.url}{Paths.USAGE}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()["days"]
+    return dict(days[-1]) if days else {}
+
+
 def _every_answer(cloud: Cloud) -> str:
     """What the relay's GETs answer about rows, to admins and clients."""
     s = cloud.stack
@@ -144,16 +154,9 @@ def test_plain_and_streamed_through_the_openai_sdk(cloud: Cloud) -> None:
 
     # usage counts as for published rows: two requests, the tokens of both (an unlimited
     # key's usage is written just after its answer: wait for it)
-    def mine() -> dict[str, Any]:
-        days = httpx.get(
-            f"{cloud.stack.url}{Paths.USAGE}",
-            headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
-            timeout=10,
-        ).json()["days"]
-        return dict(days[-1]) if days else {}
-
-    wait_until(lambda: mine().get("requests") == 2, timeout=10)
-    assert mine()["completionTokens"] == 2 * len(cloud.backend.pieces())
+    token = cloud.stack.client_token
+    wait_until(lambda: _today(cloud, token).get("requests") == 2, timeout=10)
+    assert _today(cloud, token)["completionTokens"] == 2 * len(cloud.backend.pieces())
 
     # the key is nowhere: not in any answer, not in the log (at DEBUG)
     assert cloud.api_key not in _every_answer(cloud)
@@ -446,3 +449,103 @@ def test_fallback_when_every_backend_is_down(cloud: Cloud) -> None:
         raw = cloud.client().chat.completions.with_raw_response.create(model="home", messages=HI)
         assert raw.headers[SERVED_BY_HEADER] == "cloud"
         assert raw.parse().choices[0].message.content == cloud.backend.text()
+
+
+def _fragments(secret: str, size: int = 8) -> list[str]:
+    """Every piece of `secret` `size` characters long: none may reach a client."""
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+def test_an_upstream_error_never_carries_the_key_whatever_its_offset(cloud: Cloud) -> None:
+    """The upstream quotes the key after the request's `user` field: moving it with the
+    length of `user`, the key straddles the relay's 1,000-character cut at every offset."""
+    assert cloud.apply(cloud.public("quoting", model="quote")).status_code == 200
+    key, cut = cloud.api_key, 1000
+    head = len("user ")
+    tail = len(" may not use the key ")
+    answers = []
+    with httpx.Client(
+        base_url=cloud.stack.url,
+        headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
+        timeout=30,
+    ) as http:
+        for start in range(cut - len(key) - 2, cut + 3):
+            user = "u" * (start - head - tail)
+            resp = http.post(Paths.CHAT, json={"model": "quoting", "messages": HI, "user": user})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["code"] == "upstream_error"
+            answers.append(resp.text)
+        leaked = [piece for piece in _fragments(key) if piece in "\n".join(answers)]
+        assert not leaked, leaked
+        # a streamed answer whose error event quotes the key: redacted too
+        with http.stream(
+            "POST", Paths.CHAT, json={"model": "quoting", "messages": HI, "stream": True}
+        ) as streamed:
+            assert streamed.status_code == 200
+            text = streamed.read().decode()
+        assert '"error"' in text and "[redacted]" in text, text
+        assert not [piece for piece in _fragments(key) if piece in text]
+    assert not [piece for piece in _fragments(key) if piece in cloud.log.read_text()]
+
+
+def test_relay_made_upstream_failures_say_not_to_retry(
+    cloud: Cloud, moto_server: MotoServer
+) -> None:
+    """An upstream that did not answer in time may still be running the request: the
+    openai SDK (which retries 5xx twice) must call it once. Nor may a retry help when the
+    upstream refused the relay's key; one that could not be reached may be retried."""
+    wrong = _secret(moto_server, "sk-wrong-key-123456789")
+    applied = cloud.apply(
+        {**cloud.public("slow", model="delay"), "timeoutSeconds": 0.1},
+        {**cloud.public("wrong-key"), "apiKey": {"secretsManager": wrong}},
+        {**cloud.public("nowhere"), "baseUrl": "http://127.0.0.1:9/v1"},
+    )
+    assert applied.status_code == 200, applied.text
+    retrying = openai.OpenAI(
+        base_url=f"{cloud.stack.url}/v1", api_key=cloud.stack.client_token, max_retries=2
+    )
+    before = len(cloud.backend.requests)
+    with pytest.raises(openai.InternalServerError) as caught:
+        retrying.chat.completions.create(model="slow", messages=HI)
+    assert caught.value.status_code == 504
+    assert len(cloud.backend.requests) == before + 1  # reached once, not three times
+    said = {
+        model: httpx.post(
+            f"{cloud.stack.url}{Paths.CHAT}",
+            headers={"Authorization": f"Bearer {cloud.stack.client_token}"},
+            json={"model": model, "messages": HI},
+            timeout=30,
+        ).headers.get("x-should-retry")
+        for model in ("slow", "wrong-key", "nowhere")
+    }
+    assert said == {"slow": "false", "wrong-key": "false", "nowhere": None}
+
+
+def test_a_public_stream_is_counted_though_the_client_did_not_ask_for_usage(
+    cloud: Cloud,
+) -> None:
+    """Public rows are what an operator pays for: the relay asks the upstream for a
+    stream's usage whatever the client asked, and shows it only to a client that did."""
+    admin = {"Authorization": f"Bearer {cloud.stack.admin_token}"}
+    made = httpx.post(
+        f"{cloud.stack.url}{Paths.KEYS}",
+        headers=admin,
+        json={"role": "client", "label": "streams"},
+        timeout=10,
+    ).json()
+    with httpx.stream(
+        "POST",
+        f"{cloud.stack.url}{Paths.CHAT}",
+        headers={"Authorization": f"Bearer {made['secret']}"},
+        json={"model": "cloud", "messages": HI, "stream": True},
+        timeout=30,
+    ) as resp:
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert cloud.backend.requests[-1]["stream_options"] == {"include_usage": True}
+    assert not [e for e in events if '"usage"' in e], events
+    assert events[-1] == "data: [DONE]"
+
+    wait_until(lambda: _today(cloud, made["secret"]).get("requests") == 1, timeout=10)
+    today = _today(cloud, made["secret"])
+    assert today["completionTokens"] == len(cloud.backend.pieces())
+    assert today["promptTokens"] == cloud.backend.prompt_tokens

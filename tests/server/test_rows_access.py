@@ -17,7 +17,7 @@ import pytest
 from natrelay.wire import Paths
 from natrelay_infra.moto_server import MotoServer
 from tests.support.scripted import ScriptedPublisher
-from tests.support.stack import Stack, put_secret, running_stack
+from tests.support.stack import Stack, dynamodb_client, put_secret, running_stack
 
 UPSTREAM_KEY = f"sk-access-{uuid.uuid4().hex}"
 
@@ -236,3 +236,101 @@ def test_the_status_page_is_for_live_admin_keys_only(relay: tuple[Stack, str, Pa
     assert '"route": "/status"' in every  # the page's requests are in the log...
     for hidden in (UPSTREAM_KEY, admin["secret"], client["secret"], publisher["secret"]):
         assert hidden not in every  # ...without a key
+
+
+def _csrf(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    return found[1] if found else ""
+
+
+def _logout(stack: Stack, cookie: str, csrf: str) -> httpx.Response:
+    return httpx.post(
+        f"{stack.url}{Paths.STATUS_LOGOUT}",
+        headers={"Cookie": f"natrelay_status={cookie}"},
+        data={"csrf": csrf},
+        follow_redirects=False,
+        timeout=10,
+    )
+
+
+def _page_sessions(stack: Stack) -> list[dict[str, Any]]:
+    items = dynamodb_client(stack.moto_endpoint).scan(TableName=stack.tables.keys)["Items"]
+    return [i for i in items if not i["pk"]["S"].startswith(("keys", "usage#", "name#"))]
+
+
+def test_the_status_cookie_is_a_server_side_session_not_the_key(
+    relay: tuple[Stack, str, Path],
+) -> None:
+    stack, _, _ = relay
+    admin = key(stack, "admin")
+    logged = _login(stack, admin["secret"])
+    assert logged.status_code == 303
+    # Secure from configuration (on unless configured off), not from the Host header:
+    # a proxy that forwards `Host: 127.0.0.1` must not strip it
+    assert re.search(r"(?i);\s*secure\b", logged.headers["set-cookie"])
+    cookie = logged.cookies["natrelay_status"]
+    assert admin["secret"] not in cookie and len(cookie) >= 40
+
+    # the cookie is worth nothing on the API: not a bearer token, no new admin keys
+    as_bearer = httpx.get(f"{stack.url}{Paths.KEYS}", headers=auth(cookie), timeout=10)
+    assert as_bearer.status_code == 401
+    minted = httpx.post(
+        f"{stack.url}{Paths.KEYS}",
+        headers=auth(cookie),
+        json={"role": "admin", "label": "stolen"},
+        timeout=10,
+    )
+    assert minted.status_code == 401
+    # stored hashed, with an expiry: the cookie's value is in no item
+    [stored] = _page_sessions(stack)
+    assert cookie not in json.dumps(stored) and "expiresAt" in stored
+
+    page = _page(stack, cookie)
+    assert page.status_code == 200
+    # logging out ends the session on the server: the old cookie shows nothing more
+    assert _logout(stack, cookie, "not-the-token").status_code == 403  # CSRF-checked
+    assert _page(stack, cookie).status_code == 200
+    out = _logout(stack, cookie, _csrf(page))
+    assert out.status_code == 303 and out.headers["location"] == Paths.STATUS_LOGIN
+    assert _page(stack, cookie).status_code == 303
+    assert _page_sessions(stack) == []
+
+    # revoking the admin key ends its sessions (within the key cache time: 0 here)
+    again = _login(stack, admin["secret"]).cookies["natrelay_status"]
+    assert _page(stack, again).status_code == 200
+    revoke(stack, admin["id"])
+    assert _page(stack, again).status_code == 303
+
+
+def test_a_publishers_failure_text_stays_out_of_info_logs(
+    relay: tuple[Stack, str, Path],
+) -> None:
+    """What a publisher says of a failed wake reaches the waiting client (its cause), but
+    the relay's INFO log keeps only that it failed: a publisher's text may quote what it
+    should not (a webhook's answer), and logs are read by more people than answers."""
+    stack, _, log = relay
+    cause = "wake of sleepy failed: the webhook answered 500 (password=hunter2)"
+
+    def fail(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        pub.result(task["id"], {"status": 503, "error": {"message": cause, "code": "wake_failed"}})
+
+    sleepy = [
+        {
+            "name": "sleepy",
+            "type": "echo",
+            "model": "e",
+            "initialStatus": "hibernating",
+            "wakeMaxWaitSeconds": 30,
+        }
+    ]
+    with ScriptedPublisher(stack.url, stack.publish_token, sleepy, answer=fail):
+        resp = httpx.post(
+            f"{stack.url}{Paths.CHAT}",
+            headers=auth(stack.client_token),
+            json={"model": "sleepy", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "wake_failed"
+    text = log.read_text()
+    assert '"route": "/v1/chat/completions"' in text
+    assert "wake" in text and "hunter2" not in text

@@ -189,14 +189,18 @@ def test_row_endpoints(stack: Stack) -> None:
     ):
         h = auth(stack.client_token)
         row = httpx.get(f"{stack.url}/api/v1/llms/org/model-1", headers=h).json()
-    assert {k: row[k] for k in ("name", "kind", "type", "model", "tier", "status")} == {
+        admin_row = httpx.get(
+            f"{stack.url}/api/v1/llms/org/model-1", headers=auth(stack.admin_token)
+        ).json()
+    assert {k: row[k] for k in ("name", "kind", "type", "tier", "status")} == {
         "name": "org/model-1",
         "kind": "virtual",
         "type": "openai",
-        "model": "m",
         "tier": "gpu",
         "status": "active",
     }
+    assert "model" not in row  # the backend's id: for admins and its publisher only
+    assert admin_row["model"] == "m"
     # (the publisher stopped polling, or its next poll would rightly be refused: 404)
     gone = f"{stack.url}/api/v1/llms/org/model-1"
     # deleting a row is an admin's job

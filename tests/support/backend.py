@@ -15,7 +15,9 @@ serves until SIGTERM.
   reversed when that message starts with `ECHO:`; `stream_echo` streams that too.
 * Backend models that misbehave: `fail-400` (an OpenAI error), `fail-500` (plain text),
   `bad-json` (200, not JSON), `break` (the stream ends with an error event), `truncate`
-  (the stream stops after its pieces: no finish_reason, no `[DONE]`), `garbage` (a stream
+  (the stream stops after its pieces: no finish_reason, no `[DONE]`), `quote` (an error
+  that quotes the request's `user` and the API key it was sent: a 400, or streamed, an
+  error event after the pieces), `garbage` (a stream
   event that is not JSON after the first piece), `hang` (never answers; streamed: the
   first piece, then nothing), `delay` (a non-streamed answer after 0.4 s; `max_active` is
   the most answered at once); `latency` delays every non-streamed answer.
@@ -183,10 +185,14 @@ class FakeBackend:
             return JSONResponse({"error": error}, 400)
         if model == "fail-500":
             return PlainTextResponse("the GPU caught fire", 500)
+        if model == "quote" and not body.get("stream"):
+            # as some providers do: the error quotes what it was sent, the key included
+            error = {"message": f"user {body.get('user')} may not use the key {given[7:]}"}
+            return JSONResponse({"error": error}, 400)
         if model == "bad-json":
             return PlainTextResponse("this is not JSON", 200)
         if body.get("stream"):
-            return StreamingResponse(self._sse(body), media_type="text/event-stream")
+            return StreamingResponse(self._sse(body, given[7:]), media_type="text/event-stream")
         if model == "hang":
             while not await request.is_disconnected():  # until the client gives up
                 await asyncio.sleep(0.05)
@@ -213,7 +219,7 @@ class FakeBackend:
             return prompt[::-1]
         return prompt if self.echo else self.text()
 
-    async def _sse(self, body: dict[str, Any]) -> AsyncIterator[str]:
+    async def _sse(self, body: dict[str, Any], key: str = "") -> AsyncIterator[str]:
         head = _head(body, "chat.completion.chunk")
         try:
             yield ": a comment line the parser must skip\n\n"
@@ -234,6 +240,10 @@ class FakeBackend:
                     yield "data: {this is not JSON\n\n"
             if model == "break":
                 yield 'data: {"error": {"message": "out of memory", "code": 500}}\n\n'
+                return
+            if model == "quote":
+                error = {"message": f"user {body.get('user')} may not use the key {key}"}
+                yield f"data: {json.dumps({'error': error})}\n\n"
                 return
             if model == "truncate":
                 return

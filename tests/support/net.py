@@ -32,6 +32,15 @@ def listen(port: int = 0) -> socket.socket:
     return sock
 
 
+@contextmanager
+def closed_port() -> Iterator[str]:
+    """The URL of a port of 127.0.0.1 where nothing listens (a connection is refused),
+    held for the block so that no other test's server takes it meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 T = TypeVar("T")
 
 

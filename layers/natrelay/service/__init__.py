@@ -12,7 +12,9 @@
   outcomes (how a task that did not complete fails)
 * every task: endings (a task ended: its usage and waiters; force-finishing one)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
-  (limits and counts per key) · rows (admins' apply) · board (the status page)
+  (limits and counts per key) · metering (what a request may use, and used) · rows
+  (admins' apply) · board (the status page) · page_sessions (its logins) · redaction
+  (secrets out of relayed text)
 * the sweep: sweep (liveness, retention, leases)
 * shared: context (settings, stores, the task storage, clock, wake-ups) · liveness (the
   one rule) · payloads · ids · assembly (the composition root)
@@ -37,6 +39,7 @@ from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.local_polls import LocalPolls
+from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
 from natrelay.service.rows import RowAdmin
@@ -79,6 +82,8 @@ class Relay:
     upstreams: Upstreams
     rows: RowAdmin
     board: Board
+    # Sessions of the relay's own web pages (the status page's login).
+    page_sessions: PageSessions
     # The relay's own sweeper (in server mode it shares the tasks this process holds),
     # and how often the API process runs it (0: not here, as in Lambda mode).
     sweeper: Sweeper

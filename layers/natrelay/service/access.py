@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -16,9 +17,12 @@ from natrelay.store import KeyRecord
 from natrelay.wire import Role
 
 KEY_PREFIX = "nrk_"
-_KEY = re.compile(r"^nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+# Exactly what new_key_secret makes: anything else is refused before any read.
+_KEY = re.compile(r"^nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 MAX_BEARER_LENGTH = 512
-# Unknown key ids are remembered this long too, so a flood of made-up keys is cheap.
+# Key ids found unknown are remembered for the cache time too (a client repeating a bad
+# key costs one read per period), the most recent this many: a flood of made-up ids
+# pushes out only other made-up ids, never a real key.
 _CACHE_CAP = 10_000
 STATIC_IDS = {
     Role.ADMIN: "static-admin",
@@ -93,7 +97,9 @@ class Access:
             )
             if token
         }
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # Keys that exist (as many as the table holds), and ids that do not (capped).
+        self._cache: dict[str, tuple[KeyRecord, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     async def authenticate(self, header: str | None) -> Principal:
         """The principal of an `Authorization: Bearer ...` header; AuthError if none."""
@@ -113,11 +119,7 @@ class Access:
         key = await self._key(key_id)
         if key is None or not _same(key.secret_hash, hash_secret(secret)):
             raise AuthError("invalid bearer token")
-        now = self.clock()
-        if key.revoked_at is not None:
-            raise AuthError(f"key {key.id} was revoked")
-        if not key.valid(now):
-            raise AuthError(f"key {key.id} has expired")
+        self._usable(key)
         return Principal.of(key)
 
     async def _key(self, key_id: str) -> KeyRecord | None:
@@ -125,12 +127,61 @@ class Access:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[1] < self.cache_seconds:
             return cached[0]
+        unknown_since = self._unknown.get(key_id)
+        if unknown_since is not None and now - unknown_since < self.cache_seconds:
+            return None
         key = await self.keys.get(key_id)
-        if len(self._cache) >= _CACHE_CAP:
-            self._cache.clear()
-        self._cache[key_id] = (key, now)
+        if key is None:
+            self._cache.pop(key_id, None)
+            self._unknown[key_id] = now
+            self._unknown.move_to_end(key_id)
+            while len(self._unknown) > _CACHE_CAP:
+                self._unknown.popitem(last=False)
+        else:
+            self._unknown.pop(key_id, None)
+            self._cache[key_id] = (key, now)
         return key
+
+    @staticmethod
+    def credential(token: str) -> str:
+        """What a session opened with `token` remembers of it: a stored key's secret hash
+        (as its key item holds it), else the static token's hash."""
+        match = _KEY.match(token)
+        return hash_secret(match[2] if match else token)
+
+    async def still_valid(self, key_id: str, credential: str) -> Principal:
+        """The principal of a key that logged in with `credential`, as long as that still
+        works: not revoked or expired (within the key cache time), nor a static token
+        since changed. AuthError otherwise."""
+        for role, static_id in STATIC_IDS.items():
+            if key_id == static_id:
+                token = self.static.get(role)
+                if token is None or not _same(hash_secret(token), credential):
+                    raise AuthError("this token is no longer the relay's")
+                return Principal(key_id=static_id, role=role)
+        key = await self._key(key_id)
+        if key is None or not _same(key.secret_hash, credential):
+            raise AuthError("invalid bearer token")
+        self._usable(key)
+        return Principal.of(key)
+
+    async def check_live(self, principal: Principal) -> None:
+        """AuthError if the principal's stored key was revoked or expired since it was let
+        in (seen within the key cache time); static tokens live as long as the process."""
+        if principal.key_id in STATIC_IDS.values():
+            return
+        key = await self._key(principal.key_id)
+        if key is None:
+            raise AuthError(f"key {principal.key_id} no longer exists")
+        self._usable(key)
+
+    def _usable(self, key: KeyRecord) -> None:
+        if key.revoked_at is not None:
+            raise AuthError(f"key {key.id} was revoked")
+        if not key.valid(self.clock()):
+            raise AuthError(f"key {key.id} has expired")
 
     def forget(self, key_id: str) -> None:
         """Drop a cached key (this process revoked it: no need to wait)."""
         self._cache.pop(key_id, None)
+        self._unknown.pop(key_id, None)

@@ -32,6 +32,7 @@ from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.local_polls import LocalPolls
+from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
 from natrelay.service.rows import RowAdmin
@@ -196,6 +197,7 @@ class Assembly:
             upstreams=self.upstreams,
             rows=RowAdmin(ctx, self.upstreams.read_key),
             board=Board(ctx, self.usage),
+            page_sessions=PageSessions(ctx, self.access),
             sweeper=self.sweeper,
             sweep_seconds=self.sweep_seconds,
         )

@@ -21,6 +21,7 @@ from natrelay.service.context import Context
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.local_polls import LocalPolls
+from natrelay.service.metering import relayed_in
 from natrelay.service.payloads import (
     MAX_CHUNK_BATCH_BYTES,
     POLL_INLINE_BUDGET,
@@ -316,7 +317,13 @@ class Claims:
         chunk, now = Chunk(seq=batch.seq, data=data), self.clock()
         try:
             await self.tasks.add_chunk(
-                task_id, holder, chunk, now=now, expires_at=self.ctx.chunk_expiry(now)
+                task_id,
+                holder,
+                chunk,
+                now=now,
+                expires_at=self.ctx.chunk_expiry(now),
+                # its text bytes: what the task's usage is bounded by (service.metering)
+                relayed=relayed_in(batch.chunks),
             )
         except ChunkDiffersError as exc:
             raise _chunk_differs(task_id, batch.seq) from exc

@@ -13,6 +13,7 @@ from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.ids import new_task_id
 from natrelay.service.local_polls import LocalPolls
+from natrelay.service.metering import ask_usage, reservation
 from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
@@ -79,10 +80,21 @@ class Queue:
         `fast`, hand it to an idle poll of this process instead when there is one (the
         fast path: service.local_polls).
 
-        The caller's key is admitted against its limits first (RateLimitError).
+        The caller's key is admitted against its limits first (RateLimitError), with
+        an estimate of the tokens it may use reserved; a stream asks the backend for its
+        usage (service.metering).
         """
+        body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
-        return await self._submit(principal, name, raw, stream=stream, endpoint=endpoint, fast=fast)
+        return await self._submit(
+            principal,
+            name,
+            raw,
+            stream=stream,
+            endpoint=endpoint,
+            fast=fast,
+            reserve=reservation(body, len(raw)),
+        )
 
     async def submit_once(
         self,
@@ -100,6 +112,7 @@ class Queue:
         The same key with another request is InvalidRequestError.
         """
         s = self.settings
+        body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
         # the same body sent to another endpoint is another request
         tagged = raw if endpoint is Endpoint.CHAT else endpoint.value.encode() + b" " + raw
@@ -121,7 +134,13 @@ class Queue:
         )
         try:
             task = await self._submit(
-                principal, name, raw, stream=stream, endpoint=endpoint, once=(once, gone)
+                principal,
+                name,
+                raw,
+                stream=stream,
+                endpoint=endpoint,
+                once=(once, gone),
+                reserve=reservation(body, len(raw)),
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -162,27 +181,32 @@ class Queue:
         endpoint: Endpoint,
         once: Once | None = None,
         fast: bool = False,
+        reserve: int = 0,
     ) -> TaskRecord:
         row, status = await self._open_pool(principal, name, endpoint)
         # a poll here takes it at once: no queue to check
         fast = fast and status is LlmStatus.ACTIVE and self.polls.can_take(row)
         oldest = None if fast else await self._check_queue(row)
         task_id = new_task_id(self.clock())
-        admission = await self._admit(principal, task_id, status)
-        wake = await self._wake(row, status, oldest)
-        task = self._new_task(
-            task_id,
-            row,
-            raw,
-            principal=principal,
-            admission=admission,
-            wake=wake,
-            stream=stream,
-            endpoint=endpoint,
-        )
-        if fast and (handed := await self._hand(row, task)) is not None:
-            return handed
-        await self._put(task, principal, admission, once)
+        admission = await self._admit(principal, task_id, status, reserve)
+        try:  # a request that is not queued after all gives its admission back
+            wake = await self._wake(row, status, oldest)
+            task = self._new_task(
+                task_id,
+                row,
+                raw,
+                principal=principal,
+                admission=admission,
+                wake=wake,
+                stream=stream,
+                endpoint=endpoint,
+            )
+            if fast and (handed := await self._hand(row, task)) is not None:
+                return handed
+            await self._put(task, once)
+        except Exception:
+            await self.usage.release(principal, admission)
+            raise
         await self.doorbell.queued(PoolHint(task.id, task.llm, wake_target=task.wake_target), row)
         return queued_task(task)
 
@@ -209,15 +233,18 @@ class Queue:
         await self.pools.prune([row])  # writes only when members died (rare)
         return row, status
 
-    async def _admit(self, principal: Principal, task_id: str, status: LlmStatus) -> Admission:
-        """Let the request in against its key's limits, a slot held until the task could
-        last (a wake's window more when the pool sleeps)."""
+    async def _admit(
+        self, principal: Principal, task_id: str, status: LlmStatus, reserve: int
+    ) -> Admission:
+        """Let the request in against its key's limits (`reserve` tokens of its budget
+        held), a slot held until the task could last (a wake's window more when the pool
+        sleeps)."""
         s = self.settings
         longest = s.lease_seconds
         if status is LlmStatus.HIBERNATING:
             longest += self.wakes.window(None)
         deadline = self.clock() + longest + s.result_retention_seconds
-        return await self.usage.admit(principal, task_id, deadline)
+        return await self.usage.admit(principal, task_id, deadline, reserve)
 
     async def _wake(self, row: LlmRecord, status: LlmStatus, oldest: float | None) -> Wake | None:
         """Wake a member of a sleeping pool (the wake the request waits for); or, with
@@ -259,6 +286,7 @@ class Queue:
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,
+            reserved=admission.reserved,
             endpoint=endpoint.value,
             limited=admission.slot is not None or principal.tokens_per_day is not None,
         )
@@ -274,20 +302,13 @@ class Queue:
             return claimed
         return await self.endings.hand_back(claimed) or claimed  # its poll left meanwhile
 
-    async def _put(
-        self, task: NewTask, principal: Principal, admission: Admission, once: Once | None
-    ) -> None:
-        """Queue the task in its pool (with its Idempotency-Key record, if it has one: a
-        lost race for the key gives the slot back)."""
+    async def _put(self, task: NewTask, once: Once | None) -> None:
+        """Queue the task in its pool (with its Idempotency-Key record, if it has one)."""
         if once is None:
             await self.tasks.put(task)
-            return
-        record, gone = once
-        try:
+        else:
+            record, gone = once
             await self.tasks.put(task, replace(record, task_id=task.id), replacing=gone)
-        except ConditionFailedError:
-            await self.usage.release(principal, admission)
-            raise
 
     async def _check_queue(self, row: LlmRecord) -> float | None:
         """QueueFullError if the pool's queue holds its most; when the oldest infer task

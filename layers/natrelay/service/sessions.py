@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from natrelay.errors import (
+    NameLimitError,
     NameOwnedError,
     NameTakenError,
     SessionForbiddenError,
@@ -19,6 +20,7 @@ from natrelay.service.local_polls import LocalPolls
 from natrelay.service.pools import Pools
 from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
 from natrelay.store.records import PUBLIC_OWNER
+from natrelay.store.sessions import NamesFullError
 from natrelay.wire import (
     MAX_RUNNING_TASKS,
     HeartbeatRequest,
@@ -49,6 +51,14 @@ def _forbidden() -> SessionForbiddenError:
     return SessionForbiddenError(
         "this publisher key holds no such session; register again",
         param="providerSessionId",
+    )
+
+
+def _too_many(cap: int, owned: int) -> NameLimitError:
+    return NameLimitError(
+        f"this publisher key may own {cap} names and owns {owned}; an admin can release "
+        "one it no longer publishes (natrelay llm delete NAME)",
+        param="providers",
     )
 
 
@@ -122,6 +132,14 @@ class Sessions:
         is not an error: the caller gets a new session, and learns nothing."""
         session_id = req.provider_session_id or new_session_id()
         before = await self.stores.sessions.get(session_id) if req.provider_session_id else None
+        # a key owns at most so many names (any case): how many of these are new to it
+        cap = self.settings.max_names_per_key
+        owned = await self.stores.keys.owned(principal.key_id)
+        names = {p.name.lower() for p in req.providers}
+        names |= {a.lower() for p in req.providers for a in p.aliases}
+        new = len(names - owned)
+        if len(owned) + new > cap:
+            raise _too_many(cap, len(owned))
         for attempt in range(2):
             now = self.clock()
             try:
@@ -131,10 +149,14 @@ class Sessions:
                     list(req.providers),
                     now=now,
                     expires_at=self._expires_at(now),
+                    new_names=new,
+                    max_names=cap,
                 )
                 break
             except NameHeldError as exc:
                 raise _held(exc, principal) from exc
+            except NamesFullError as exc:  # another registration of the key added some
+                raise _too_many(cap, len(owned)) from exc
             except ConditionFailedError:
                 if attempt:
                     raise

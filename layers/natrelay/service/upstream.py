@@ -22,10 +22,18 @@ from natrelay.errors import ForbiddenError, InvalidRequestError, UpstreamError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.ids import new_task_id
-from natrelay.service.payloads import clip, public_model
+from natrelay.service.metering import (
+    Request,
+    ask_usage,
+    text_bytes,
+    usage_hidden,
+    without_usage,
+)
+from natrelay.service.payloads import clip, dumps, public_model
+from natrelay.service.redaction import redact, redact_bytes
 from natrelay.service.usage import Admission, Usage
 from natrelay.store import LlmRecord, SecretMissingError, SecretReader, SecretWriteError
-from natrelay.wire import secret_name
+from natrelay.wire import Endpoint, secret_name
 
 if TYPE_CHECKING:
     # Imported where a public row is called: not a cost for every cold start to pay.
@@ -35,6 +43,8 @@ log = logging.getLogger("natrelay.service")
 
 CONNECT_SECONDS = 10.0
 MAX_MESSAGE = 1000
+# The endpoint of an upstream path (`/chat/completions`: the relay's path under /v1).
+_ENDPOINTS = {e.path.removeprefix("/v1"): e for e in Endpoint}
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,14 @@ class UpstreamReply:
     settle: Callable[[], Awaitable[None]] | None = None
 
 
-def _failure(row: LlmRecord, message: str, status: int = 502) -> UpstreamError:
+def _failure(
+    row: LlmRecord, message: str, status: int = 502, *, retryable: bool = True
+) -> UpstreamError:
     return UpstreamError(
-        f"the upstream of {row.name!r} {message}", status=status, unavailable=status >= 502
+        f"the upstream of {row.name!r} {message}",
+        status=status,
+        unavailable=status >= 502,
+        retryable=retryable,
     )
 
 
@@ -126,7 +141,9 @@ class Upstreams:
         except SecretMissingError as exc:
             where = row.api_key_ref.get("secretsManager") or row.api_key_ref.get("ssm")
             log.warning("the API key of %s cannot be read from %s: %s", row.name, where, exc)
-            raise _failure(row, f"cannot be called: its API key cannot be read ({exc})") from None
+            raise _failure(
+                row, f"cannot be called: its API key cannot be read ({exc})", retryable=False
+            ) from None
         return {"Authorization": f"Bearer {key}"}, key
 
     def _timeout(self, row: LlmRecord) -> httpx.Timeout:
@@ -145,38 +162,54 @@ class Upstreams:
             raise InvalidRequestError(f"{row.name!r} has no upstream", param="model")
         now = self.clock()
         seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
-        admission = await self.usage.admit(principal, new_task_id(now), now + seconds + 60)
+        # a stream asks for its usage (the client sees it only if it asked too)
+        endpoint = _ENDPOINTS.get(path, Endpoint.CHAT)
+        sent = ask_usage(body, endpoint, stream)
+        asked = Request.of(dumps(sent))
+        admission = await self.usage.admit(
+            principal, new_task_id(now), now + seconds + 60, asked.reservation()
+        )
         try:
             headers, key = await self._headers(row)
             request = self._client().build_request(
                 "POST",
                 row.base_url + path,
-                json={**body, "model": row.model},
+                json={**sent, "model": row.model},
                 headers=headers,
                 timeout=self._timeout(row),
             )
             response = await self._send(row, request)
             if response.status_code >= 400:
-                text = (await response.aread()).decode("utf-8", "replace")
+                text = redact((await response.aread()).decode("utf-8", "replace"), key)
                 await response.aclose()
-                raise self._refused(row, response.status_code, text, key)
+                raise self._refused(row, response.status_code, text)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.usage.record_call(principal, admission, row.name, body=None, error=True)
             raise
         if stream:
-            return UpstreamReply(
-                response.status_code, chunks=self._chunks(principal, admission, row, response)
+            chunks = self._chunks(
+                _Call(principal, admission, row, asked, usage_hidden(endpoint, body)),
+                response,
+                key,
             )
+            return UpstreamReply(response.status_code, chunks=chunks)
         try:
-            data = json.loads(await response.aread())
+            data = json.loads(redact_bytes(await response.aread(), key))
         except ValueError:
             data = None
         finally:
             await response.aclose()
         ok = isinstance(data, dict)
         settle = partial(
-            self.usage.record_call, principal, admission, row.name, body=data, error=not ok
+            self.usage.record_call,
+            principal,
+            admission,
+            row.name,
+            body=data,
+            error=not ok,
+            request=asked,
+            relayed=text_bytes(data),
         )
         # As on the fast path: a key with a concurrency or token limit settles its usage
         # before the answer goes out (its next request must see it); others just after.
@@ -184,7 +217,9 @@ class Upstreams:
         if first or not ok:
             await settle()
         if not ok:
-            raise _failure(row, "answered with something that is not a JSON object")
+            raise _failure(
+                row, "answered with something that is not a JSON object", retryable=False
+            )
         body = public_model(data, row.name)
         return UpstreamReply(response.status_code, body=body, settle=None if first else settle)
 
@@ -195,18 +230,23 @@ class Upstreams:
             return await self._client().send(request, stream=True)
         except httpx.TimeoutException:
             seconds = row.timeout_seconds or self.settings.upstream_timeout_seconds
-            raise _failure(row, f"did not answer within {seconds:g} s", 504) from None
+            # it may still be running the request: a retry would run it again
+            raise _failure(
+                row, f"did not answer within {seconds:g} s", 504, retryable=False
+            ) from None
         except httpx.HTTPError as exc:
             log.warning("the upstream of %s cannot be reached: %s", row.name, type(exc).__name__)
             raise _failure(row, f"cannot be reached ({type(exc).__name__})") from None
 
-    def _refused(self, row: LlmRecord, status: int, text: str, key: str | None) -> UpstreamError:
+    def _refused(self, row: LlmRecord, status: int, text: str) -> UpstreamError:
+        """The error for an upstream's refusal; `text` (its body) is redacted already, so
+        no cut can leave part of a key in it."""
         message = clip(_message(text), MAX_MESSAGE)
-        if key:
-            message = message.replace(key, "[redacted]")
         if status in (401, 403):
             log.warning("the upstream of %s refused the relay's API key (%d)", row.name, status)
-            return _failure(row, f"refused the relay's API key ({status}); ask an admin")
+            return _failure(
+                row, f"refused the relay's API key ({status}); ask an admin", retryable=False
+            )
         if status >= 500:
             return _failure(row, f"failed ({status}): {message}")
         return UpstreamError(
@@ -214,15 +254,20 @@ class Upstreams:
         )
 
     async def _chunks(
-        self, principal: Principal, admission: Admission, row: LlmRecord, response: httpx.Response
+        self, call: _Call, response: httpx.Response, key: str | None
     ) -> AsyncIterator[Any]:
-        """The stream's chunk objects, naming the row; usage recorded at its end."""
+        """The stream's chunk objects, naming the row, each redacted of the API key (an
+        error event may quote it), the usage event only for a client that asked; usage
+        recorded at its end (estimated from the text relayed if the upstream sent none)."""
         import httpx  # noqa: PLC0415
 
+        row = call.row
         usage: Any = None
+        relayed = 0
         error = True
         try:
-            async for data in _events(response):
+            async for event in _events(response):
+                data = redact(event, key)
                 if data == "[DONE]":
                     break
                 try:
@@ -231,7 +276,10 @@ class Upstreams:
                     continue
                 if isinstance(obj, dict) and obj.get("usage"):
                     usage = obj["usage"]
-                yield public_model(obj, row.name)
+                relayed += text_bytes(obj)
+                shown = without_usage(obj) if call.hide_usage else obj
+                if shown is not None:
+                    yield public_model(shown, row.name)
                 if isinstance(obj, dict) and "error" in obj:
                     return
             error = False
@@ -243,7 +291,27 @@ class Upstreams:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
                 body = {"usage": usage} if usage else None
-                await self.usage.record_call(principal, admission, row.name, body=body, error=error)
+                await self.usage.record_call(
+                    call.principal,
+                    call.admission,
+                    row.name,
+                    body=body,
+                    error=error,
+                    request=call.request,
+                    relayed=relayed,
+                )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A call under way: who, its admission, the row, the request as sent, and whether
+    the client asked for the stream's usage."""
+
+    principal: Principal
+    admission: Admission
+    row: LlmRecord
+    request: Request
+    hide_usage: bool
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[str]:

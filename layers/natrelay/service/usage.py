@@ -14,6 +14,7 @@ from natrelay.batching import Batch
 from natrelay.errors import BudgetExceededError, RateLimitError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
+from natrelay.service.metering import Request, counted, text_bytes
 from natrelay.store import ConditionFailedError, TaskRecord, UsageRecord
 from natrelay.store.usage import KEEP_SECONDS
 
@@ -22,10 +23,12 @@ log = logging.getLogger("natrelay.service")
 
 @dataclass(frozen=True)
 class Admission:
-    """A request let in: the day its usage is counted on, and its concurrency slot."""
+    """A request let in: the day its usage is counted on, its concurrency slot, and the
+    tokens of its key's budget reserved for it."""
 
     day: str
     slot: str | None = None
+    reserved: int = 0
 
 
 def day_and_minute(now: float) -> tuple[str, str]:
@@ -37,21 +40,6 @@ def _seconds_to_midnight(now: float) -> int:
     moment = datetime.fromtimestamp(now, UTC)
     midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return max(1, int((midnight - moment).total_seconds()) + 1)
-
-
-def tokens_of(body: Any) -> tuple[int, int]:
-    """(prompt, completion) tokens from an answer's `usage`, if it has one: OpenAI's
-    `prompt_tokens`/`completion_tokens`, or the Responses and Anthropic Messages APIs'
-    `input_tokens`/`output_tokens`."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-
-    def count(name: str, other: str) -> int:
-        value = usage.get(name, usage.get(other))
-        return value if isinstance(value, int) and 0 <= value < 2**40 else 0
-
-    return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
 
 
 # A row's per-minute counts are kept this long (the status page reads the last hour).
@@ -97,13 +85,18 @@ class Usage:
             "requests' usage", ctx.settings.record_batch_seconds, self._write_used
         )
 
-    async def admit(self, principal: Principal, task_id: str, deadline: float) -> Admission:
-        """Let a request in, or raise RateLimitError / BudgetExceededError."""
+    async def admit(
+        self, principal: Principal, task_id: str, deadline: float, reserve: int = 0
+    ) -> Admission:
+        """Let a request in, or raise RateLimitError / BudgetExceededError. A key with a
+        token budget reserves `reserve` tokens of it (service.metering's estimate) until
+        the request's usage is recorded."""
         now = self.clock()
         day, minute = day_and_minute(now)
         if not principal.limited:
             return Admission(day)
         slot = f"{task_id}@{int(deadline)}" if principal.concurrency is not None else None
+        reserve = reserve if principal.tokens_per_day is not None else 0
         for attempt in range(2):
             try:
                 await self.usage.admit(
@@ -115,8 +108,9 @@ class Usage:
                     concurrency=principal.concurrency,
                     tokens_per_day=principal.tokens_per_day,
                     expires_at=now + KEEP_SECONDS,
+                    reserve=reserve,
                 )
-                return Admission(day, slot)
+                return Admission(day, slot, reserve)
             except ConditionFailedError as exc:
                 seen = exc.record if isinstance(exc.record, UsageRecord) else None
                 if seen is None:
@@ -139,9 +133,13 @@ class Usage:
             await self._write_used([refused])
 
     async def release(self, principal: Principal, admission: Admission) -> None:
-        """Give back the concurrency slot of a request that did not run after all."""
-        if admission.slot is not None:
-            await self.usage.free_slots(principal.key_id, admission.day, {admission.slot})
+        """Give back the concurrency slot and the reserved tokens of a request that did
+        not run after all."""
+        if admission.slot is not None or admission.reserved:
+            slots = {admission.slot} if admission.slot is not None else set()
+            await self.usage.free_slots(
+                principal.key_id, admission.day, slots, reserved=admission.reserved
+            )
 
     async def record(
         self, task: TaskRecord, *, body: Any = None, error: bool = False, later: bool = False
@@ -151,8 +149,12 @@ class Usage:
         written within record_batch_seconds (server mode)."""
         if task.client_key is None:
             return
-        if later and self.batching and task.slot is None:
-            prompt, completion = tokens_of(body)
+        # what its publisher reported, bounded by what the request allows; or estimated
+        # from what was relayed (service.metering)
+        request = Request.of(task.request, task.request_size)
+        tokens = counted(body, request, task.relayed + text_bytes(body), trusted=False)
+        if later and self.batching and task.slot is None and not task.reserved:
+            prompt, completion = tokens
             day = task.usage_day or day_and_minute(self.clock())[0]
             self._used.add(Used(task.client_key, day, prompt, completion, error))
             await self.count_row(task.llm, error=error)
@@ -162,7 +164,8 @@ class Usage:
                 task.client_key,
                 task.usage_day,
                 task.slot,
-                body,
+                tokens,
+                reserved=task.reserved,
                 error=error,
                 what=f"task {task.id}",
             ),
@@ -170,15 +173,27 @@ class Usage:
         )
 
     async def record_call(
-        self, principal: Principal, admission: Admission, llm: str, *, body: Any, error: bool
+        self,
+        principal: Principal,
+        admission: Admission,
+        llm: str,
+        *,
+        body: Any,
+        error: bool,
+        request: Request | None = None,
+        relayed: int = 0,
     ) -> None:
-        """Record a call the relay made itself (a public row's upstream); frees its slot."""
+        """Record a call the relay made itself (a public row's upstream): its usage as
+        the upstream reported it, else estimated from `request` and the `relayed` bytes
+        of text; frees its slot and reservation."""
+        tokens = counted(body, request or Request(0), relayed, trusted=True)
         await asyncio.gather(
             self._record(
                 principal.key_id,
                 admission.day,
                 admission.slot,
-                body,
+                tokens,
+                reserved=admission.reserved,
                 error=error,
                 what=f"a call of {llm}",
             ),
@@ -186,9 +201,17 @@ class Usage:
         )
 
     async def _record(
-        self, key_id: str, day: str | None, slot: str | None, body: Any, *, error: bool, what: str
+        self,
+        key_id: str,
+        day: str | None,
+        slot: str | None,
+        tokens: tuple[int, int],
+        *,
+        reserved: int,
+        error: bool,
+        what: str,
     ) -> None:
-        prompt, completion = tokens_of(body)
+        prompt, completion = tokens
         now = self.clock()
         try:
             await self.usage.record(
@@ -199,6 +222,7 @@ class Usage:
                 completion_tokens=completion,
                 errors=int(error),
                 expires_at=now + KEEP_SECONDS,
+                reserved=reserved,
             )
         except Exception:  # usage is bookkeeping: never fail the request over it
             log.exception("usage of %s not recorded", what)
@@ -301,8 +325,19 @@ def _over_budget(principal: Principal, seen: UsageRecord) -> bool:
     return budget is not None and seen.prompt_tokens + seen.completion_tokens >= budget
 
 
+def _budget_reserved(principal: Principal, seen: UsageRecord) -> bool:
+    """What is left of the budget is reserved by requests in flight (it frees up as they
+    end)."""
+    budget = principal.tokens_per_day
+    return budget is not None and seen.tokens >= budget
+
+
 def _only_concurrency(principal: Principal, seen: UsageRecord, minute: str) -> bool:
-    return not _over_rate(principal, seen, minute) and not _over_budget(principal, seen)
+    return not (
+        _over_rate(principal, seen, minute)
+        or _over_budget(principal, seen)
+        or _budget_reserved(principal, seen)
+    )
 
 
 def _refusal(principal: Principal, seen: UsageRecord, minute: str, now: float) -> RateLimitError:
@@ -311,6 +346,12 @@ def _refusal(principal: Principal, seen: UsageRecord, minute: str, now: float) -
             f"this key's budget of {principal.tokens_per_day} tokens per day is used up; "
             "it renews at 00:00 UTC",
             retry_after=_seconds_to_midnight(now),
+        )
+    if _budget_reserved(principal, seen):
+        return RateLimitError(
+            f"the rest of this key's budget of {principal.tokens_per_day} tokens per day is "
+            "reserved by its requests in flight; try again when one has finished",
+            retry_after=1,
         )
     if _over_rate(principal, seen, minute):
         return RateLimitError(

@@ -132,4 +132,10 @@ class Wakes:
             await self.stores.llms.set_member_status(task.llm, task.session_id, LlmStatus.ACTIVE)
             await self.sessions.record_status(task.session_id, task.llm, LlmStatus.ACTIVE)
         self.metrics.wake("succeeded" if ok else "failed", self.clock() - task.created_at)
-        log.info("wake %s of %s: %s", task.id, task.llm, "ok" if ok else error)
+        if ok:
+            log.info("wake %s of %s: ok", task.id, task.llm)
+            return
+        # the publisher's own words stay out of INFO: they may quote a webhook's answer
+        code = error.get("code") if isinstance(error, dict) else None
+        log.info("wake %s of %s failed (%s)", task.id, task.llm, code or "no code")
+        log.debug("wake %s of %s failed: %s", task.id, task.llm, error)

@@ -22,6 +22,7 @@ from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
 from natrelay.store.members import DynamoMemberStore
 from natrelay.store.memory_tasks import MemoryTasks
+from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionRecord
 from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.records import (
     Chunk,
@@ -74,6 +75,8 @@ class Stores:
     # Admin writes to rows (apply), and the API keys of public rows' upstreams.
     row_admin: DynamoRowAdminStore | None = None
     secrets: SecretReader | None = None
+    # Sessions of the relay's own web pages (the status page).
+    page_sessions: DynamoPageSessionStore | None = None
 
     @classmethod
     def on(
@@ -115,6 +118,7 @@ class Stores:
             connections=connections,
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
+            page_sessions=DynamoPageSessionStore(client, keys_table),
         )
 
     @classmethod
@@ -174,6 +178,7 @@ __all__ = [
     "MemoryTasks",
     "NameHeldError",
     "NewTask",
+    "PageSessionRecord",
     "Queued",
     "RowWrite",
     "SameResultError",

@@ -82,6 +82,8 @@ def task_record(item: Item) -> TaskRecord:
         expires_at=item.get("expiresAt"),
         target_session=item.get("targetSession"),
         wake_target=item.get("wakeTarget"),
+        reserved=int(item.get("reserved", 0)),
+        relayed=int(item.get("relayed", 0)),
     )
 
 

@@ -81,9 +81,16 @@ class DurableTasks(TaskStorage):
         )
 
     async def add_chunk(
-        self, task_id: str, holder: Holder, chunk: Chunk, *, now: float, expires_at: float
+        self,
+        task_id: str,
+        holder: Holder,
+        chunk: Chunk,
+        *,
+        now: float,
+        expires_at: float,
+        relayed: int = 0,
     ) -> None:
-        await self._tasks.mark_sent(task_id, holder.session_id, holder.key, now)
+        await self._tasks.mark_sent(task_id, holder.session_id, holder.key, now, relayed)
         await self._chunks.put_chunk(task_id, chunk.seq, chunk.data, expires_at)
 
     async def store_result(

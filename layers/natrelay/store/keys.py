@@ -1,8 +1,11 @@
 """Keys and name ownership in DynamoDB (table `keys`).
 
 pk `keys`, sk `<key id>`: a key (one partition, so one Query lists them all; keys are
-few and rarely written). pk `name#<name>`, sk `owner`: the publisher key that owns an
-LLM name until an admin releases it.
+few and rarely written). pk `name#<name in lower case>`, sk `owner`: the publisher key
+that owns an LLM name, whatever its case, until an admin releases it (claims made before
+names were owned case-insensitively are keyed by their spelling: still read, never
+written). pk `owned#<key id>`, sk `names`: the string set of the names (lower case) a
+publisher key claimed, for its cap.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from natrelay.store._dynamo import (
     off_loop,
     values,
 )
-from natrelay.store.records import KeyRecord
+from natrelay.store.records import PUBLIC_OWNER, KeyRecord
 from natrelay.wire import Role
 
 if TYPE_CHECKING:
@@ -119,7 +122,81 @@ class DynamoKeyStore:
     # --- names -----------------------------------------------------------------------
 
     def _name_key(self, name: str) -> dict[str, Any]:
-        return {"pk": {"S": f"name#{name}"}, "sk": {"S": "owner"}}
+        return {"pk": {"S": f"name#{name.lower()}"}, "sk": {"S": "owner"}}
+
+    @staticmethod
+    def _legacy_key(name: str) -> dict[str, Any] | None:
+        """Where a claim made before names were owned case-insensitively is (None: the
+        name is in lower case, the key of today)."""
+        return None if name == name.lower() else {"pk": {"S": f"name#{name}"}, "sk": {"S": "owner"}}
+
+    def _claim(self, name: str) -> Item | None:
+        """The claim item of `name` (or of its spelling from before, if only that)."""
+        for key in (self._name_key(name), self._legacy_key(name)):
+            if key is not None:
+                raw = self._client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get(
+                    "Item"
+                )
+                if raw:
+                    return decode(raw)
+        return None
+
+    def legacy_owners(self, names: list[str]) -> dict[str, str]:
+        """The owners of claims made under these spellings before names were owned
+        case-insensitively (such claims are never made again: reading them first is no
+        race)."""
+        out: dict[str, str] = {}
+        for name in names:
+            key = self._legacy_key(name)
+            raw = self._client.get_item(TableName=self.table, Key=key).get("Item") if key else None
+            owner = self.owner_of_claim(decode(raw)) if raw else None
+            if owner is not None:
+                out[name] = owner
+        return out
+
+    def _owned_key(self, key_id: str) -> dict[str, Any]:
+        return {"pk": {"S": f"owned#{key_id}"}, "sk": {"S": "names"}}
+
+    @off_loop
+    def owned(self, key_id: str) -> frozenset[str]:
+        """The names (lower case) the publisher key claimed."""
+        raw = self._client.get_item(
+            TableName=self.table, Key=self._owned_key(key_id), ConsistentRead=True
+        ).get("Item")
+        return frozenset(decode(raw).get("names") or ()) if raw else frozenset()
+
+    def owned_op(self, key_id: str, names: set[str], new: int, cap: int) -> dict[str, Any]:
+        """The transaction item that adds `names` to those the key owns; its condition
+        fails unless `new` more still fit under `cap`."""
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": self._owned_key(key_id),
+                "UpdateExpression": "ADD #names :names",
+                "ConditionExpression": "attribute_not_exists(#names) OR size(#names) <= :room",
+                "ExpressionAttributeNames": {"#names": "names"},
+                "ExpressionAttributeValues": values(
+                    names={n.lower() for n in names}, room=cap - new
+                ),
+            }
+        }
+
+    def _disown(self, owner: str | None, name: str) -> None:
+        """Take a released name off its owner's list (public rows' names are on none)."""
+        if owner is None or owner == PUBLIC_OWNER:
+            return
+        try:
+            self._client.update_item(
+                TableName=self.table,
+                Key=self._owned_key(owner),
+                UpdateExpression="DELETE #names :name",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#names": "names"},
+                ExpressionAttributeValues=values(name={name.lower()}),
+            )
+        except ClientError as exc:
+            if not is_condition_failure(exc):
+                raise
 
     def name_claim_op(
         self, name: str, owner: str, now: float, *, alias_of: str | None = None
@@ -149,10 +226,8 @@ class DynamoKeyStore:
     @off_loop
     def alias_of(self, name: str) -> str | None:
         """The row `name` was last claimed as an alias of (None: never one)."""
-        raw = self._client.get_item(
-            TableName=self.table, Key=self._name_key(name), ConsistentRead=True
-        ).get("Item")
-        target = decode(raw).get("aliasOf") if raw else None
+        claim = self._claim(name)
+        target = claim.get("aliasOf") if claim else None
         return str(target) if target is not None else None
 
     @staticmethod
@@ -163,31 +238,38 @@ class DynamoKeyStore:
 
     @off_loop
     def owner(self, name: str) -> str | None:
-        raw = self._client.get_item(
-            TableName=self.table, Key=self._name_key(name), ConsistentRead=True
-        ).get("Item")
-        return self.owner_of_claim(decode(raw)) if raw else None
+        claim = self._claim(name)
+        return self.owner_of_claim(claim) if claim else None
 
     @off_loop
     def release(self, name: str) -> bool:
-        """Forget who owns the name; False if nobody did."""
-        old = self._client.delete_item(
-            TableName=self.table, Key=self._name_key(name), ReturnValues="ALL_OLD"
-        ).get("Attributes")
-        return old is not None
+        """Forget who owns the name (whatever its case); False if nobody did."""
+        released = False
+        for key in (self._name_key(name), self._legacy_key(name)):
+            if key is None:
+                continue
+            old = self._client.delete_item(
+                TableName=self.table, Key=key, ReturnValues="ALL_OLD"
+            ).get("Attributes")
+            if old is not None:
+                released = True
+                self._disown(self.owner_of_claim(decode(old)), name)
+        return released
 
     @off_loop
     def release_alias(self, name: str, alias_of: str) -> bool:
         """Forget the claim of `name` if it is an alias of `alias_of`; False otherwise."""
         try:
-            self._client.delete_item(
+            old = self._client.delete_item(
                 TableName=self.table,
                 Key=self._name_key(name),
                 ConditionExpression="aliasOf = :target",
                 ExpressionAttributeValues=values(target=alias_of),
-            )
+                ReturnValues="ALL_OLD",
+            ).get("Attributes")
         except ClientError as exc:
             if not is_condition_failure(exc):
                 raise
             return False
+        self._disown(self.owner_of_claim(decode(old or {})), name)
         return True

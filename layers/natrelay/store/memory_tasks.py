@@ -170,11 +170,20 @@ class MemoryTasks(TaskStorage):
         )
 
     async def add_chunk(
-        self, task_id: str, holder: Holder, chunk: Chunk, *, now: float, expires_at: float
+        self,
+        task_id: str,
+        holder: Holder,
+        chunk: Chunk,
+        *,
+        now: float,
+        expires_at: float,
+        relayed: int = 0,
     ) -> None:
         held = await self._held(task_id)
         if held is None:
-            await self._durable.add_chunk(task_id, holder, chunk, now=now, expires_at=expires_at)
+            await self._durable.add_chunk(
+                task_id, holder, chunk, now=now, expires_at=expires_at, relayed=relayed
+            )
             return
         if not held.task.held_by(holder):
             raise _not_held(held.task, holder)
@@ -185,8 +194,14 @@ class MemoryTasks(TaskStorage):
             return
         held.chunks[chunk.seq] = chunk
         held.chunk_bytes += len(chunk.data)
-        lease = now + held.task.lease_seconds
-        held.task = replace(held.task, sent_any=True, lease_until=lease, updated_at=now)
+        task = held.task
+        held.task = replace(
+            task,
+            sent_any=True,
+            lease_until=now + task.lease_seconds,
+            updated_at=now,
+            relayed=task.relayed + relayed,
+        )
         if held.chunk_bytes > MAX_HELD_CHUNK_BYTES:
             await self._write(held)
 

@@ -145,6 +145,8 @@ class NewTask:
     usage_day: str | None = None
     # The request id its admission holds a concurrency slot under, if it does.
     slot: str | None = None
+    # Tokens its key's budget reserved for it at admission (settled when it ends).
+    reserved: int = 0
     # The API the request is for (an `Endpoint` value).
     endpoint: str = Endpoint.CHAT.value
     # The client's key has limits (concurrency or a token budget): its usage is written
@@ -200,6 +202,10 @@ class TaskRecord:
     expires_at: float | None = None
     target_session: str | None = None
     wake_target: str | None = None
+    # Tokens its key's budget reserved for it, and the bytes of text its chunks carried
+    # (what its usage is bounded or estimated by: service.metering).
+    reserved: int = 0
+    relayed: int = 0
     # Its usage may be written after its answer, added up with others': its key has no
     # limits and its record too is written behind the answer (a task held in memory).
     usage_later: bool = False
@@ -266,6 +272,9 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    # What the budget is checked against: the tokens counted and those reserved by
+    # requests in flight.
+    tokens: int = 0
     # Requests refused for the key's limits (429: rpm, concurrency, tokens per day).
     refused: int = 0
     # Requests holding a concurrency slot, as `<request id>@<deadline>`.

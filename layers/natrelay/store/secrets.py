@@ -10,6 +10,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
+from natrelay.observe import secret_call
 from natrelay.settings import Settings
 from natrelay.store._aws import aws_client
 from natrelay.store._dynamo import off_loop
@@ -27,7 +28,8 @@ def with_secret(settings: Settings) -> Settings:
     if not settings.secret_arn:
         return settings
     client = aws_client("secretsmanager", region_name=settings.region)
-    raw = client.get_secret_value(SecretId=settings.secret_arn).get("SecretString") or "{}"
+    with secret_call():
+        raw = client.get_secret_value(SecretId=settings.secret_arn).get("SecretString") or "{}"
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("the relay's secret must be a JSON object")
@@ -57,14 +59,16 @@ _MISSING = frozenset(
 
 
 def put_secret(client: Any, name: str, value: str) -> bool:
-    """Create the Secrets Manager secret `name`, or give it a new value; True if created."""
-    try:
-        client.create_secret(Name=name, SecretString=value)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
-            raise
-        client.put_secret_value(SecretId=name, SecretString=value)
-        return False
+    """Create the Secrets Manager secret `name`, or give it a new value; True if created.
+    (botocore's DEBUG lines would hold the value: `secret_call` drops them.)"""
+    with secret_call():
+        try:
+            client.create_secret(Name=name, SecretString=value)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
+                raise
+            client.put_secret_value(SecretId=name, SecretString=value)
+            return False
     return True
 
 
@@ -95,17 +99,21 @@ class SecretReader:
         """The key: a secret's string (its `apiKey` field if it is a JSON object) or a
         parameter's decrypted value. SecretMissingError names the AWS error code only."""
         try:
-            if secrets_manager is not None:
-                got = self._client("secretsmanager").get_secret_value(SecretId=secrets_manager)
-                return _api_key(got.get("SecretString") or "")
-            got = self._client("ssm").get_parameter(Name=ssm, WithDecryption=True)
-            return str(got["Parameter"]["Value"])
+            with secret_call():
+                return self._read(secrets_manager, ssm)
         except ClientError as exc:
             # `from None`: the AWS message may quote what it read; the code is enough
             code = str(exc.response.get("Error", {}).get("Code", "error"))
             raise SecretMissingError(code if code in _MISSING else f"AWS error {code}") from None
         except BotoCoreError as exc:
             raise SecretMissingError(type(exc).__name__) from None
+
+    def _read(self, secrets_manager: str | None, ssm: str | None) -> str:
+        if secrets_manager is not None:
+            got = self._client("secretsmanager").get_secret_value(SecretId=secrets_manager)
+            return _api_key(got.get("SecretString") or "")
+        got = self._client("ssm").get_parameter(Name=ssm, WithDecryption=True)
+        return str(got["Parameter"]["Value"])
 
     @off_loop
     def put(self, name: str, value: str) -> bool:

@@ -45,6 +45,10 @@ class NameHeldError(ConditionFailedError):
         self.owner = owner
 
 
+class NamesFullError(ConditionFailedError):
+    """A registration would make its key own more names than its cap."""
+
+
 class DynamoSessionStore:
     """Sessions: register (with their rows and names, atomically), read, touch, delete."""
 
@@ -68,17 +72,24 @@ class DynamoSessionStore:
         *,
         now: float,
         expires_at: float,
+        new_names: int = 0,
+        max_names: int | None = None,
     ) -> tuple[SessionRecord, list[LlmRecord]]:
         """Claim the names, create the rows or join their pools, and write the session
-        for `owner`, all or nothing.
+        for `owner`, all or nothing. With `max_names`, also add the names to those the
+        key owns, `new_names` of them new to it.
 
-        A name another key owns fails the whole registration with NameHeldError; a
-        session id another key owns, with ConditionFailedError (`record` None).
+        A name another key owns (in any case) fails the whole registration with
+        NameHeldError; more names than `max_names`, with NamesFullError; a session id
+        another key owns, with ConditionFailedError (`record` None).
         """
         ops: list[dict[str, Any]] = []
         rows: list[Item] = []
         # The names claimed, in the order of their ops: each provider's, then its aliases.
         claimed = [s.name for s in specs] + [a for s in specs for a in s.aliases]
+        for name, held_by in self._keys.legacy_owners(claimed).items():
+            if held_by != owner:
+                raise NameHeldError(name, record=None, owner=held_by)
         for spec in specs:
             ops.append(self._keys.name_claim_op(spec.name, owner, now))
         for spec in specs:
@@ -110,6 +121,8 @@ class DynamoSessionStore:
                 }
             }
         )
+        if max_names is not None and new_names:
+            ops.append(self._keys.owned_op(owner, set(claimed), new_names, max_names))
         try:
             self._client.transact_write_items(TransactItems=ops)  # type: ignore[arg-type]
         except ClientError as exc:
@@ -132,6 +145,8 @@ class DynamoSessionStore:
                     ) from exc
             if len(failed) > c + n and failed[c + n]:
                 raise ConditionFailedError(f"session {session_id} has another owner") from exc
+            if len(failed) > c + n + 1 and failed[c + n + 1]:
+                raise NamesFullError(f"key {owner} owns {max_names} names") from exc
             raise
         session = self._get(session_id)
         assert session is not None  # just written

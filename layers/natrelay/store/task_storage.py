@@ -92,10 +92,18 @@ class TaskStorage(Protocol):
         ...
 
     async def add_chunk(
-        self, task_id: str, holder: Holder, chunk: Chunk, *, now: float, expires_at: float
+        self,
+        task_id: str,
+        holder: Holder,
+        chunk: Chunk,
+        *,
+        now: float,
+        expires_at: float,
+        relayed: int = 0,
     ) -> None:
-        """Keep a stream chunk batch of a task `holder` holds (kept until `expires_at`),
-        and renew its lease. The same content again is harmless. ConditionFailedError
+        """Keep a stream chunk batch of a task `holder` holds (kept until `expires_at`;
+        `relayed` bytes of text, added to the task's), and renew its lease. The same
+        content again is harmless. ConditionFailedError
         (`record`: the task as it was) unless `holder` holds the task; ChunkDiffersError
         if that seq came with other content."""
         ...
@@ -185,6 +193,7 @@ def queued_task(task: NewTask) -> TaskRecord:
         client_key=task.client_key,
         usage_day=task.usage_day,
         slot=task.slot,
+        reserved=task.reserved,
         expires_at=task.expires_at,
         target_session=task.target_session,
         wake_target=task.wake_target,

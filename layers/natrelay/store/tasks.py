@@ -87,6 +87,7 @@ class DynamoTaskStore:
             "clientKey": task.client_key,
             "usageDay": task.usage_day,
             "slot": task.slot,
+            "reserved": task.reserved or None,
             "expiresAt": int(task.expires_at),
         }
         if task.request is not None:
@@ -219,8 +220,11 @@ class DynamoTaskStore:
         return task_record(decode(raw))
 
     @off_loop
-    def mark_sent(self, task_id: str, session_id: str, key: str, now: float) -> None:
-        """Record that the claiming session sent something, and renew its lease.
+    def mark_sent(
+        self, task_id: str, session_id: str, key: str, now: float, relayed: int = 0
+    ) -> None:
+        """Record that the claiming session sent something (`relayed` bytes of text
+        more), and renew its lease.
 
         ConditionFailedError (`record`: the task as it was) unless that session, of
         publisher key `key`, holds it.
@@ -230,11 +234,16 @@ class DynamoTaskStore:
                 TableName=self._table,
                 Key=task_key(task_id),
                 UpdateExpression="SET leaseUntil = :now + leaseSeconds, sentAny = :true, "
-                "updatedAt = :now",
+                "updatedAt = :now ADD relayed :relayed",
                 ConditionExpression=f"{STATE_IS} AND {CLAIMED_BY}",
                 ExpressionAttributeNames=STATE_NAMES,
                 ExpressionAttributeValues=values(
-                    state=TaskState.CLAIMED.value, sid=session_id, key=key, now=now, true=True
+                    state=TaskState.CLAIMED.value,
+                    sid=session_id,
+                    key=key,
+                    now=now,
+                    true=True,
+                    relayed=relayed,
                 ),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )

@@ -35,6 +35,7 @@ def usage_record(item: Item) -> UsageRecord:
         prompt_tokens=int(item.get("promptTokens", 0)),
         completion_tokens=int(item.get("completionTokens", 0)),
         errors=int(item.get("errors", 0)),
+        tokens=int(item.get("tokens", 0)),
         refused=int(item.get("refused", 0)),
         inflight=frozenset(item.get("inflight") or ()),
         minutes={k[1:]: int(v) for k, v in item.items() if k.startswith("m") and k[1:].isdigit()},
@@ -61,9 +62,11 @@ class DynamoUsageStore:
         concurrency: int | None,
         tokens_per_day: int | None,
         expires_at: float,
+        reserve: int = 0,
     ) -> None:
-        """Count a request in its minute (and take a concurrency slot) if every limit
-        allows it. ConditionFailedError's `record` is the day's usage as it was."""
+        """Count a request in its minute (take a concurrency slot, reserve `reserve`
+        tokens of the budget) if every limit allows it. ConditionFailedError's `record`
+        is the day's usage as it was."""
         adds = ["#minute :one"]
         conds: list[str] = []
         vals: dict[str, Any] = {"one": 1, "exp": int(expires_at)}
@@ -73,6 +76,9 @@ class DynamoUsageStore:
         if tokens_per_day is not None:
             conds.append("(attribute_not_exists(tokens) OR tokens < :budget)")
             vals["budget"] = tokens_per_day
+            if reserve:
+                adds.append("tokens :reserve")
+                vals["reserve"] = reserve
         if concurrency is not None and slot is not None:
             adds.append("inflight :slot")
             conds.append("(attribute_not_exists(inflight) OR size(inflight) < :concurrency)")
@@ -102,15 +108,17 @@ class DynamoUsageStore:
         errors: int,
         expires_at: float,
         requests: int = 1,
+        reserved: int = 0,
         refused: int = 0,
     ) -> None:
         """Count requests that ended (one, or several added up), what they used, and
-        free the slot (of one); and requests the key's limits refused."""
+        free the slot (of one) and the tokens it `reserved`; and requests the key's limits
+        refused."""
         adds = ["requests :n", "promptTokens :p", "completionTokens :c", "tokens :t", "errors :e"]
         vals: dict[str, Any] = {
             "p": prompt_tokens,
             "c": completion_tokens,
-            "t": prompt_tokens + completion_tokens,
+            "t": prompt_tokens + completion_tokens - reserved,
             "e": errors,
             "n": requests,
             "exp": int(expires_at),
@@ -130,14 +138,23 @@ class DynamoUsageStore:
         )
 
     @off_loop
-    def free_slots(self, key_id: str, day: str, slots: set[str]) -> None:
-        """Drop concurrency slots whose requests are long gone."""
+    def free_slots(self, key_id: str, day: str, slots: set[str], reserved: int = 0) -> None:
+        """Drop concurrency slots whose requests are long gone (or never ran), and give
+        back the tokens such a request `reserved`."""
+        parts: list[str] = []
+        vals: dict[str, Any] = {}
         if slots:
+            parts.append("DELETE inflight :slots")
+            vals["slots"] = slots
+        if reserved:
+            parts.append("ADD tokens :back")
+            vals["back"] = -reserved
+        if parts:
             self._client.update_item(
                 TableName=self.table,
                 Key=self._key(key_id, day),
-                UpdateExpression="DELETE inflight :slots",
-                ExpressionAttributeValues=values(slots=slots),
+                UpdateExpression=" ".join(parts),
+                ExpressionAttributeValues=values(**vals),
             )
 
     @off_loop

@@ -64,6 +64,8 @@ def _item(task: TaskRecord) -> Item:
         "clientKey": task.client_key,
         "usageDay": task.usage_day,
         "slot": task.slot,
+        "reserved": task.reserved or None,
+        "relayed": task.relayed or None,
         "expiresAt": int(task.expires_at) if task.expires_at is not None else None,
         "wakeTarget": task.wake_target,
     }

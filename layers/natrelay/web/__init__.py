@@ -39,9 +39,11 @@ from natrelay.web.endpoints import (
     ResponseRequest,
 )
 from natrelay.web.errors import HANDLERS
+from natrelay.web.hosts import host_guard
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, openapi_endpoint
 from natrelay.wire import (
+    SESSION_HEADER,
     ApplyResult,
     ChunkAck,
     ChunkBatch,
@@ -137,7 +139,7 @@ OPERATIONS = [
     _op("POST", Paths.DEREGISTER, PUBLISHERS, api.deregister, "deregister",
         body=SessionRequest, answer=SessionResponse),
     _op("GET", Paths.TASK_REQUEST, PUBLISHERS, api.task_request, "a claimed task's request",
-        params=("providerSessionId",)),
+        params=(SESSION_HEADER, "providerSessionId")),
     _op("POST", Paths.TASK_CHUNKS, PUBLISHERS, api.post_chunks, "post a chunk batch",
         body=ChunkBatch, answer=ChunkAck),
     _op("POST", Paths.TASK_RESULT, PUBLISHERS, api.post_result, "post a task's result",
@@ -219,7 +221,10 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
     app = Starlette(
         routes=ROUTES,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(RequestContext, metrics=relay.metrics)],
+        middleware=[
+            Middleware(RequestContext, metrics=relay.metrics),
+            *host_guard(relay.settings.allowed_hosts),
+        ],
         lifespan=lifespan,
     )
     app.state.relay = relay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,13 +12,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
+from natrelay.service.metering import usage_hidden
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.web.abandon import Gone, wait_or_abandon
 from natrelay.web.endpoints import ENDPOINTS, ChatRequest
 from natrelay.web.fallbacks import with_fallbacks
+from natrelay.web.live_keys import while_key_lives
 from natrelay.web.public import public_answer
 from natrelay.web.requests import parse
-from natrelay.web.sse import SSE_HEADERS, open_stream
+from natrelay.web.sse import SSE_HEADERS, open_stream, stream_error
 from natrelay.wire import Endpoint
 
 __all__ = ["ChatRequest", "InferRequest", "idempotency_key", "relay_request", "run_chat"]
@@ -128,8 +131,16 @@ async def _published(
     )
     if stream:
         budget = relay.settings.stream_timeout_seconds
+        frames = await open_stream(
+            relay,
+            task,
+            budget,
+            fresh=not earlier,
+            started=started,
+            hide_usage=usage_hidden(endpoint, body),
+        )
         return StreamingResponse(
-            await open_stream(relay, task, budget, fresh=not earlier, started=started),
+            while_key_lives(relay, principal, frames, partial(stream_error, task.endpoint)),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )

@@ -73,10 +73,11 @@ def retry_helps(exc: errors.RelayError) -> bool:
     """Whether a client retrying on its own may get another answer (the openai SDK
     retries 408, 409, 429 and 5xx unless told `x-should-retry: false`). It may not when
     the task still runs (a retry runs it again), the publisher is offline (no wake under
-    way), or the key's budget is spent until midnight."""
+    way), the key's budget is spent until midnight, or a public row's upstream may still
+    run the request or would fail the same way (its timeout, a refused API key)."""
     if isinstance(exc, errors.TaskTimeoutError | errors.BudgetExceededError):
         return False
-    if isinstance(exc, errors.PublisherOfflineError):
+    if isinstance(exc, errors.PublisherOfflineError | errors.UpstreamError):
         return exc.retryable
     return True
 

@@ -40,7 +40,17 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     },
     "after": {"in": "query", "description": "as Last-Event-ID", "schema": {"type": "string"}},
     "days": {"in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 400}},
-    "providerSessionId": {"in": "query", "required": True, "schema": {"type": "string"}},
+    "X-Natrelay-Session": {
+        "in": "header",
+        "description": "the claiming session (kept out of URLs, and so out of access logs)",
+        "schema": {"type": "string"},
+    },
+    "providerSessionId": {
+        "in": "query",
+        "description": "the claiming session, as older publishers send it: prefer the header",
+        "deprecated": True,
+        "schema": {"type": "string"},
+    },
 }
 
 

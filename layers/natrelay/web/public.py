@@ -12,6 +12,7 @@ from natrelay.errors import RelayError
 from natrelay.service import Principal, Relay
 from natrelay.store import LlmRecord
 from natrelay.web.errors import error_body
+from natrelay.web.live_keys import while_key_lives
 from natrelay.web.sse import SSE_HEADERS, _data
 
 
@@ -32,9 +33,16 @@ async def public_answer(
     if reply.chunks is None:
         after = BackgroundTask(reply.settle) if reply.settle is not None else None
         return JSONResponse(reply.body, status_code=reply.status, background=after)
+    frames = _events(relay, reply.chunks, started)
     return StreamingResponse(
-        _events(relay, reply.chunks, started), media_type="text/event-stream", headers=SSE_HEADERS
+        while_key_lives(relay, principal, frames, _error_event),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
     )
+
+
+def _error_event(exc: RelayError) -> str:
+    return _data(error_body(exc))
 
 
 async def _events(relay: Relay, chunks: AsyncIterator[Any], started: float) -> AsyncIterator[str]:
@@ -47,4 +55,4 @@ async def _events(relay: Relay, chunks: AsyncIterator[Any], started: float) -> A
             yield _data(obj)
         yield "data: [DONE]\n\n"
     except RelayError as exc:
-        yield _data(error_body(exc))
+        yield _error_event(exc)

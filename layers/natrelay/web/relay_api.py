@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -11,12 +13,15 @@ from natrelay.web import views
 from natrelay.web.abandon import client_gone
 from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
 from natrelay.web.fallbacks import with_fallbacks
+from natrelay.web.live_keys import while_key_lives
 from natrelay.web.requests import caller, parse, read_model, read_object
-from natrelay.web.sse import SSE_HEADERS, parse_event_id, task_events_body
+from natrelay.web.sse import SSE_HEADERS, parse_event_id, stream_error, task_events_body
 from natrelay.wire import (
+    SESSION_HEADER,
     ApplyResult,
     ChunkAck,
     ChunkBatch,
+    Endpoint,
     HeartbeatRequest,
     LlmApply,
     LlmList,
@@ -82,11 +87,12 @@ async def deregister(request: Request, relay: Relay) -> Response:
 
 
 async def task_request(request: Request, relay: Relay) -> Response:
-    body = await relay.claims.task_request(
-        caller(request),
-        request.path_params["task_id"],
-        request.query_params.get("providerSessionId", ""),
+    """The claiming session comes in the X-Natrelay-Session header (older publishers: in
+    the query, which access logs show; web.middleware keeps it out of them)."""
+    session = request.headers.get(SESSION_HEADER) or request.query_params.get(
+        "providerSessionId", ""
     )
+    body = await relay.claims.task_request(caller(request), request.path_params["task_id"], session)
     return Response(body, media_type="application/json")
 
 
@@ -189,8 +195,9 @@ async def task_events(request: Request, relay: Relay) -> Response:
     task_id = request.path_params["task_id"]
     task = await relay.waiting.get_for(caller(request), task_id)  # 404 before the stream starts
     last = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after"))
+    events = task_events_body(relay, task, last, relay.settings.stream_timeout_seconds)
     return StreamingResponse(
-        task_events_body(relay, task, last, relay.settings.stream_timeout_seconds),
+        while_key_lives(relay, caller(request), events, partial(stream_error, Endpoint.CHAT)),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

@@ -12,10 +12,12 @@ import anyio
 
 from natrelay.errors import RelayError, TaskTimeoutError
 from natrelay.service import Relay
+from natrelay.service.metering import without_usage
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, TaskRecord
 from natrelay.web.endpoints import spec_of
 from natrelay.web.errors import anthropic_body, error_body, status_of
+from natrelay.web.ticking import Tick, next_item, ticking
 from natrelay.web.views import task_view
 from natrelay.wire import Endpoint
 
@@ -40,13 +42,6 @@ OPEN_WITHIN_SECONDS = 10.0
 KEEPALIVE = ": waiting for the backend\n\n"
 
 
-class _End:
-    """The end of a chunk iterator."""
-
-
-_END = _End()
-
-
 async def open_stream(
     relay: Relay,
     task: TaskRecord,
@@ -54,52 +49,50 @@ async def open_stream(
     *,
     fresh: bool = True,
     started: float | None = None,
+    hide_usage: bool = False,
 ) -> AsyncIterator[str]:
     """Wait a little for the first chunk before answering, so that a task that fails
     early is a plain HTTP error (502, 503, 504), not a 200 followed by an error event.
     Raises that error; otherwise returns the SSE body. A stream whose first chunk is
     slow to come (a queue, a wake) answers anyway, with keep-alive comments.
 
-    `fresh`: the task was just submitted (not found by its Idempotency-Key)."""
+    `fresh`: the task was just submitted (not found by its Idempotency-Key).
+    `hide_usage`: the relay asked the backend for the stream's usage, the client did not
+    (service.metering)."""
     chunks = relay.waiting.stream(task.id, budget=budget, submitted=task if fresh else None)
-    first = asyncio.ensure_future(anext(chunks, _END))
+    first = next_item(chunks)
     keepalive = relay.settings.stream_keepalive_seconds
     done, _ = await asyncio.wait({first}, timeout=min(OPEN_WITHIN_SECONDS, keepalive))
     if first in done and first.exception() is not None:
         await chunks.aclose()
         first.result()  # raises the task's error
     t0 = started or task.created_at
-    return answer_stream(relay, task, _paced(chunks, first, relay, t0, keepalive))
+    paced = _paced(chunks, first, relay, t0, keepalive)
+    return answer_stream(relay, task, paced, hide_usage=hide_usage)
 
 
 async def _paced(
     chunks: AsyncGenerator[Chunk, None],
-    pending: asyncio.Future[Chunk | _End],
+    pending: asyncio.Future[Any],
     relay: Relay,
     started: float,
     every: float,
 ) -> AsyncIterator[Chunk | None]:
     """The chunks, and None whenever `every` seconds pass without one."""
     first = True
+    items = ticking(chunks, every, pending)
     try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=every)
-            if not done:
+        async for item in items:
+            if isinstance(item, Tick):
                 yield None
                 continue
-            item = pending.result()
-            if isinstance(item, _End):
-                return
             if first:
                 relay.metrics.first_token(max(0.0, relay.clock() - started))
                 first = False
             yield item
-            pending = asyncio.ensure_future(anext(chunks, _END))
     finally:
-        pending.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(pending, return_exceptions=True)
-            await chunks.aclose()
+            await items.aclose()  # closes the chunks too
 
 
 def _objects(chunk: Chunk, name: str) -> list[Any]:
@@ -115,7 +108,7 @@ def _event(obj: Any) -> str:
     return (f"event: {kind}\n" if named else "") + _data(obj)
 
 
-def _stream_error(endpoint: str, exc: RelayError) -> str:
+def stream_error(endpoint: str, exc: RelayError) -> str:
     """A failure midway, as each API's clients read one: an `error` event of the
     Messages API; of the Responses API (its fields, and `error` too, which the openai
     SDK raises); an error chunk of the chat and completions streams."""
@@ -129,7 +122,11 @@ def _stream_error(endpoint: str, exc: RelayError) -> str:
 
 
 async def answer_stream(
-    relay: Relay, task: TaskRecord, chunks: AsyncIterator[Chunk | None]
+    relay: Relay,
+    task: TaskRecord,
+    chunks: AsyncIterator[Chunk | None],
+    *,
+    hide_usage: bool = False,
 ) -> AsyncIterator[str]:
     """Each event the backend sent, framed as its API frames them (chat and completions:
     `data: <chunk>`, then `data: [DONE]`; responses and messages: `event:` and `data:`);
@@ -146,13 +143,15 @@ async def answer_stream(
                 yield KEEPALIVE
                 continue
             for obj in _objects(chunk, task.llm):
-                yield frame(obj)
+                shown = without_usage(obj) if hide_usage else obj
+                if shown is not None:
+                    yield frame(shown)
         done = True
         if not named:
             yield "data: [DONE]\n\n"
     except RelayError as exc:
         done = not isinstance(exc, TaskTimeoutError)
-        yield _stream_error(task.endpoint, exc)
+        yield stream_error(task.endpoint, exc)
     finally:
         await _cancel_unless_done(relay, task.id, done)
 

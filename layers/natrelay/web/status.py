@@ -1,10 +1,12 @@
 """The status page (`/status`): plain server-rendered HTML that refreshes itself.
 
 Who: admin keys only. A browser logs in with the form at `/status/login` (POST, the key
-in the body, never in a URL); the relay checks that the key is an admin's and keeps it
-in a cookie (HttpOnly, SameSite=Strict, path /status, Secure except on a loopback
-address over http), checked again on every page like a bearer token, so a revoked key
-stops working within the key cache time. `POST /status/logout` forgets it.
+in the body, never in a URL); the relay checks that the key is an admin's and opens a
+page session (service.page_sessions): the cookie holds an opaque session id, never the
+key, valid only under /status, HttpOnly, SameSite=Strict, Secure unless configured off
+(web.page_cookie). Every page load checks the session and its key, so revoking the key
+ends it within the key cache time. `POST /status/logout` (with the page's CSRF token)
+ends the session on the server.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from html import escape
-from ipaddress import ip_address
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -22,10 +23,11 @@ from natrelay.errors import AuthError
 from natrelay.observe import bind
 from natrelay.service import Relay
 from natrelay.service.board import KeyToday, RowState
+from natrelay.service.page_sessions import STATUS_PAGES, PageSessions
+from natrelay.web.page_cookie import PageCookie
 from natrelay.wire import Paths, Role, fingerprint
 
-COOKIE = "natrelay_status"
-COOKIE_SECONDS = 12 * 3600
+COOKIE = PageCookie("natrelay_status", Paths.STATUS)
 REFRESH_SECONDS = 10
 MAX_FORM_BYTES = 4096
 HEADERS = {
@@ -64,28 +66,14 @@ def _login_form(problem: str = "") -> str:
     )
 
 
-def _secure(request: Request) -> bool:
-    """Secure cookies, except for plain http on a loopback address (a local relay)."""
-    host = request.url.hostname or ""
-    try:
-        loopback = host == "localhost" or ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    return not (loopback and request.url.scheme == "http")
-
-
-async def _admin(request: Request, relay: Relay, token: str | None) -> str | None:
-    """Why `token` may not see the page (None: it may)."""
-    if not token:
-        return "log in with an admin key"
-    try:
-        principal = await relay.access.authenticate(f"Bearer {token}")
-    except AuthError as exc:
-        return exc.message
-    bind(keyId=principal.key_id)
-    if principal.role is not Role.ADMIN:
-        return f"this is a {principal.role.value} key: the status page is for admin keys"
-    return None
+async def _form(request: Request) -> dict[str, str] | None:
+    """The posted form's fields (first value each); None past MAX_FORM_BYTES."""
+    raw = b""
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > MAX_FORM_BYTES:
+            return None
+    return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
 
 
 async def login_page(request: Request) -> Response:
@@ -96,43 +84,51 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     bind(route=Paths.STATUS_LOGIN)
     relay: Relay = request.app.state.relay
-    raw = b""
-    async for piece in request.stream():
-        raw += piece
-        if len(raw) > MAX_FORM_BYTES:
-            return _page("natrelay status", _login_form("that is not a key"), status=413)
-    token = (parse_qs(raw.decode("utf-8", "replace")).get("key") or [""])[0].strip()
-    problem = await _admin(request, relay, token)
-    if problem is not None:
-        status = 403 if "admin keys" in problem else 401
-        return _page("natrelay status: log in", _login_form(problem), status=status)
+    form = await _form(request)
+    if form is None:
+        return _page("natrelay status", _login_form("that is not a key"), status=413)
+    token = form.get("key", "").strip()
+    if not token:
+        problem = "log in with an admin key"
+        return _page("natrelay status: log in", _login_form(problem), status=401)
+    try:
+        principal = await relay.access.authenticate(f"Bearer {token}")
+    except AuthError as exc:
+        return _page("natrelay status: log in", _login_form(exc.message), status=401)
+    bind(keyId=principal.key_id)
+    if principal.role is not Role.ADMIN:
+        problem = f"this is a {principal.role.value} key: the status page is for admin keys"
+        return _page("natrelay status: log in", _login_form(problem), status=403)
+    session_id = await relay.page_sessions.open(principal, token, STATUS_PAGES)
     response = RedirectResponse(Paths.STATUS, status_code=303, headers=HEADERS)
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=COOKIE_SECONDS,
-        path=Paths.STATUS,
-        secure=_secure(request),
-        httponly=True,
-        samesite="strict",
-    )
+    COOKIE.set(response, session_id, relay.settings)
     return response
 
 
 async def logout(request: Request) -> Response:
+    """End the session on the server (the form carries its CSRF token)."""
     bind(route=Paths.STATUS_LOGOUT)
+    relay: Relay = request.app.state.relay
+    session_id = COOKIE.read(request)
+    form = await _form(request) or {}
+    if session_id and not PageSessions.csrf_ok(session_id, form.get("csrf", "")):
+        return _page("natrelay status", "<p>Log out from the status page itself.</p>", status=403)
+    await relay.page_sessions.close(session_id)
     response = RedirectResponse(Paths.STATUS_LOGIN, status_code=303, headers=HEADERS)
-    response.delete_cookie(
-        COOKIE, path=Paths.STATUS, secure=_secure(request), httponly=True, samesite="strict"
-    )
+    COOKIE.clear(response, relay.settings)
     return response
 
 
 async def status_page(request: Request) -> Response:
     bind(route=Paths.STATUS)
     relay: Relay = request.app.state.relay
-    if await _admin(request, relay, request.cookies.get(COOKIE)) is not None:
+    session_id = COOKIE.read(request)
+    try:
+        principal = await relay.page_sessions.check(session_id, STATUS_PAGES)
+    except AuthError:
         return RedirectResponse(Paths.STATUS_LOGIN, status_code=303, headers=HEADERS)
+    bind(keyId=principal.key_id)
+    csrf = PageSessions.csrf_token(session_id or "")
     now = relay.clock()
     rows, keys = await asyncio.gather(relay.board.rows(), relay.board.keys_today())
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -140,6 +136,7 @@ async def status_page(request: Request) -> Response:
         f"<h1>natrelay status</h1><div class=muted>{escape(stamp)} · refreshes every "
         f"{REFRESH_SECONDS} s · "
         f'<form class=inline method="post" action="{Paths.STATUS_LOGOUT}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         '<button type="submit">Log out</button></form></div>'
         f"<h2>Rows ({len(rows)})</h2>{_rows_table(rows, now)}"
         f"<h2>Keys today</h2>{_keys_table(keys)}"

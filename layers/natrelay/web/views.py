@@ -50,14 +50,16 @@ def row_view(
     endpoints: frozenset[str] | None = None,
     *,
     admin: bool = False,
+    served: bool = False,
 ) -> LlmRow:
     """A row as callers see it; with `admin`, also what admins set on it (never an API
-    key: only where it is kept)."""
+    key: only where it is kept). Its backend's model id only for admins and (`served`)
+    the publisher that serves it."""
     view = LlmRow(
         name=row.name,
         kind=row.kind,
         type=row.type,
-        model=row.model,
+        model=row.model if admin or served else None,
         tier=row.tier,
         description=row.description,
         status=status or row.status,
@@ -112,7 +114,7 @@ def session_response(
     rows = []
     for row in registration.rows:
         member = row.members.get(session.id)
-        view = row_view(row, now, member.status if member else None)
+        view = row_view(row, now, member.status if member else None, served=True)
         if settings is not None:
             live = row.live_members(now, settings.heartbeat_timeout_seconds)
             members = [MemberView(member=fingerprint(m.session_id), status=m.status) for m in live]

@@ -12,6 +12,7 @@ from natrelay.wire.contract import (
     MAX_RUNNING_TASKS,
     MAX_TASKS_PER_POLL,
     MAX_WAIT_SECONDS,
+    SESSION_HEADER,
     Answer,
     Endpoint,
     ErrorBody,
@@ -30,6 +31,7 @@ from natrelay.wire.contract import (
     fingerprint,
 )
 from natrelay.wire.protocol import (
+    MAX_CHUNK_BATCHES,
     MAX_PROVIDERS,
     MAX_TRANSACTION_ITEMS,
     ChunkAck,
@@ -84,6 +86,7 @@ __all__ = [
     "LIFECYCLE_FIELDS",
     "MAX_ALIASES",
     "MAX_APPLY_DOCUMENTS",
+    "MAX_CHUNK_BATCHES",
     "MAX_EXTRA_CONFIG_BYTES",
     "MAX_FALLBACKS",
     "MAX_PROVIDERS",
@@ -94,6 +97,7 @@ __all__ = [
     "PUBLIC",
     "PUBLIC_TYPES",
     "SERVED_BY_HEADER",
+    "SESSION_HEADER",
     "VIRTUAL",
     "Answer",
     "Applied",

@@ -16,15 +16,22 @@ from pydantic.alias_generators import to_camel
 MAX_WAIT_SECONDS = 25.0
 MAX_TASKS_PER_POLL = 32
 
-# The doorbell (docs/protocol.md): a WebSocket that rings when work is queued. The
-# publisher names its session in this header when it connects.
-DOORBELL_SESSION_HEADER = "X-Natrelay-Session"
+# The header a publisher names its session in where there is no body: when its doorbell
+# (docs/protocol.md, a WebSocket that rings when work is queued) connects, and when it
+# fetches a claimed task's request (never in a URL: URLs reach access logs).
+SESSION_HEADER = "X-Natrelay-Session"
+DOORBELL_SESSION_HEADER = SESSION_HEADER
 # Other names one provider may be published under.
 MAX_ALIASES = 8
 # A provider's extraConfig, as compact JSON.
 MAX_EXTRA_CONFIG_BYTES = 16 * 1024
 
-LlmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
+# A name: 1 to 128 characters, starting with a letter or digit, not ending in a dot
+# (`a-echo.` reads as `a-echo`). Names are owned case-insensitively.
+LlmName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9._:/@-]{0,126}[A-Za-z0-9_:/@-])?$"),
+]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # A poll or heartbeat confirms at most this many running tasks (a longer list: none).
@@ -110,6 +117,7 @@ class ErrorCode(StrEnum):
     TASK_NOT_FOUND = "task_not_found"
     NAME_TAKEN = "name_taken"
     NAME_OWNED = "name_owned"
+    NAME_LIMIT = "name_limit"
     ROW_CHANGED = "row_changed"
     SESSION_FORBIDDEN = "session_forbidden"
     KEY_NOT_FOUND = "key_not_found"
@@ -215,6 +223,7 @@ _ERROR_ANSWERS: dict[ErrorCode, tuple[int, ErrorType]] = {
     ErrorCode.TASK_NOT_FOUND: (404, ErrorType.INVALID_REQUEST),
     ErrorCode.NAME_TAKEN: (409, ErrorType.INVALID_REQUEST),
     ErrorCode.NAME_OWNED: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.NAME_LIMIT: (409, ErrorType.INVALID_REQUEST),
     ErrorCode.ROW_CHANGED: (409, ErrorType.INVALID_REQUEST),
     ErrorCode.SESSION_FORBIDDEN: (403, ErrorType.PERMISSION),
     ErrorCode.KEY_NOT_FOUND: (404, ErrorType.INVALID_REQUEST),

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     Field,
+    ValidationInfo,
     field_validator,
 )
 
@@ -66,7 +67,8 @@ class ProviderSpec(WireModel):
 
 
 # One registration writes a row and a name claim per provider, a name claim per alias,
-# and the session, in one DynamoDB transaction (at most 100 items).
+# the session and the list of names its key owns, in one DynamoDB transaction (at most
+# 100 items).
 MAX_PROVIDERS = 48
 MAX_TRANSACTION_ITEMS = 100
 
@@ -83,17 +85,19 @@ class RegisterRequest(WireModel):
         if twice:
             raise ValueError(f"each name may appear once; given more than once: {twice}")
         aliases = [a for p in value for a in p.aliases]
-        taken = sorted({a for a in aliases if a in names or aliases.count(a) > 1})
+        lowered = {n.lower() for n in names}
+        taken = sorted({a for a in aliases if a.lower() in lowered} | set(repeated(aliases)))
         if taken:
             raise ValueError(
                 f"an alias may not be a name or another alias of the registration: {taken}"
             )
-        items = 2 * len(value) + len(aliases) + 1
+        items = 2 * len(value) + len(aliases) + 2
         if items > MAX_TRANSACTION_ITEMS:
             raise ValueError(
                 f"{len(value)} providers with {len(aliases)} aliases need {items} writes in "
                 f"one transaction; at most {MAX_TRANSACTION_ITEMS} (2 per provider, 1 per "
-                "alias, 1 for the session): publish fewer names or aliases per publisher"
+                "alias, 2 for the session and its key's names): publish fewer names or "
+                "aliases per publisher"
             )
         return value
 
@@ -131,9 +135,16 @@ class SessionRequest(WireModel):
     provider_session_id: SessionId
 
 
+# A task's stream is at most this many chunk batches (a batch every 50 ms: 14 hours).
+MAX_CHUNK_BATCHES = 1_000_000
+# Statuses a completed result may carry: it becomes the client's HTTP status, with the
+# body (no 1xx, 3xx or error status; not 204 or 205, which drop the body).
+_BODILESS = frozenset({204, 205})
+
+
 class ChunkBatch(WireModel):
     provider_session_id: SessionId
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, lt=MAX_CHUNK_BATCHES)
     # OpenAI `chat.completion.chunk` objects, in order.
     chunks: list[dict[str, Any]] = Field(min_length=1)
 
@@ -144,13 +155,28 @@ class TaskResult(WireModel):
     For a streamed infer, `body` may be null (the chunks were the answer) and
     `chunk_count` is the number of chunk batches posted. For a wake task, `body` is
     `{"ok": true, "ms": <wake time>}`.
+
+    A completed result's `status` is the client's HTTP status: a 2xx that carries a body
+    (failures come with `error`, whose status the relay maps itself).
     """
 
     provider_session_id: SessionId
+    # `error` before `status`: the status is checked against it
+    error: ErrorInfo | None = None
     status: int = Field(default=200, ge=100, le=599)
     body: Any = None
-    error: ErrorInfo | None = None
-    chunk_count: int = Field(default=0, ge=0)
+    chunk_count: int = Field(default=0, ge=0, le=MAX_CHUNK_BATCHES)
+
+    @field_validator("status")
+    @classmethod
+    def _answerable(cls, value: int, info: ValidationInfo) -> int:
+        completed = info.data.get("error") is None and "error" in info.data
+        if completed and (not 200 <= value < 300 or value in _BODILESS):
+            raise ValueError(
+                f"a completed result's status must be a 2xx with a body (not {value}); "
+                "post a failure with `error`"
+            )
+        return value
 
 
 # --- relay -> publisher ----------------------------------------------------------
@@ -172,7 +198,9 @@ class LlmRow(Answer):
     name: str
     kind: str
     type: str
-    model: str
+    # The backend's (or upstream's) model id, which may be a local path: shown to admins
+    # and to the publisher that serves the row, never to clients (answers name `name`).
+    model: str | None = None
     tier: str | None = None
     description: str | None = None
     status: LlmStatus

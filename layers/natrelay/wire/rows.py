@@ -172,8 +172,10 @@ class LlmDocument(WireModel):
 
 
 def repeated(names: list[str]) -> list[str]:
-    """The names that appear more than once, sorted."""
-    return sorted({n for n in names if names.count(n) > 1})
+    """The names that appear more than once, in any case (names are owned
+    case-insensitively), sorted."""
+    lowered = [n.lower() for n in names]
+    return sorted({n for n in names if lowered.count(n.lower()) > 1})
 
 
 class LlmApply(WireModel):

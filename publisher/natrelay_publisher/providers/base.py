@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -15,6 +16,8 @@ from natrelay.wire import Endpoint, ErrorCode
 from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.redact import describe, public_url
 from natrelay_publisher.types import Chunk, JSONObject, ProviderSettings
+
+logger = logging.getLogger("natrelay.publisher")
 
 # The longest an availability check may take; the slot's Health asks for less.
 AVAILABILITY_TIMEOUT_SECONDS = 60.0
@@ -104,7 +107,9 @@ def backend_client(config: ProviderSettings) -> httpx.AsyncClient:
 
 
 def error_message(status: int, body: bytes | str) -> str:
-    """The backend's own error message, whatever shape it came in."""
+    """The backend's own error message, from a JSON error (OpenAI's, Ollama's, FastAPI's
+    `detail`). Any other body (an HTML page, a proxy's text: it may name internal hosts)
+    never leaves this machine: it is logged at DEBUG, and the message says so."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         data = json.loads(text)
@@ -115,8 +120,9 @@ def error_message(status: int, body: bytes | str) -> str:
         message = data.get("error", data.get("message", data.get("detail")))
         if isinstance(message, dict):
             message = message.get("message", message)
-    if message is None:
-        message = " ".join(text.split())[:500]
+    if message is None and text.strip():
+        logger.debug("the backend answered %d: %s", status, " ".join(text.split())[:2000])
+        return f"the backend answered {status} (its body is in the publisher's debug log)"
     return str(message) if message else f"HTTP {status}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +54,14 @@ def tail(text: str | bytes, limit: int = 300) -> str:
         text = text.decode("utf-8", "replace")
     text = " ".join(text.split())
     return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def refused(what: str, status: int, body: str) -> RecipeError:
+    """The error for a recipe's HTTP call that answered `status`, not 2xx. Its `body` may
+    hold anything (an internal URL, a password): it is logged at DEBUG on this machine,
+    and never goes to the relay, whose clients read the error."""
+    logging.getLogger("natrelay.publisher").debug("%s answered %d: %s", what, status, tail(body))
+    return RecipeError(f"{what} answered {status} (its body is in the publisher's debug log)")
 
 
 C = TypeVar("C", bound=RecipeConfig)

@@ -72,8 +72,11 @@ class CommandRecipe:
                     process.kill()
                 await process.wait()
         if process.returncode != 0:
-            # Its stderr may hold anything (a token, a path): for the operator's eyes only.
+            # Its stderr may hold anything (a token, a path): at DEBUG, on this machine only.
             logger.warning(
+                "%s command %s exited with status %d", action, config.command, process.returncode
+            )
+            logger.debug(
                 "%s command %s exited with status %d: %s",
                 action,
                 config.command,
@@ -82,7 +85,7 @@ class CommandRecipe:
             )
             raise RecipeError(
                 f"the {action} command exited with status {process.returncode} "
-                "(its stderr is in the publisher's log)"
+                "(its stderr is in the publisher's debug log)"
             )
 
     async def ready(self) -> bool | None:

@@ -9,7 +9,7 @@ import httpx
 from pydantic import Field
 
 from natrelay_publisher.errors import RecipeError
-from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
+from natrelay_publisher.recipes.base import RecipeConfig, expect, refused
 from natrelay_publisher.redact import describe, origin
 from natrelay_publisher.types import Action, ProviderSettings
 
@@ -52,9 +52,7 @@ class HttpRecipe:
             )
             raise RecipeError(f"the {action} request ({method}) failed: {describe(exc)}") from exc
         if not response.is_success:
-            raise RecipeError(
-                f"the {action} request answered {response.status_code}: {tail(response.text)}"
-            )
+            raise refused(f"the {action} request", response.status_code, response.text)
 
     async def ready(self) -> bool | None:
         return None

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from natrelay_publisher.errors import RecipeError
-from natrelay_publisher.recipes.base import RecipeConfig, expect, tail
+from natrelay_publisher.recipes.base import RecipeConfig, expect, refused
 from natrelay_publisher.redact import describe
 from natrelay_publisher.types import Action, ProviderSettings
 
@@ -62,9 +62,7 @@ class VllmSleepRecipe:
         except httpx.HTTPError as exc:
             raise RecipeError(f"vLLM's POST {path} failed: {describe(exc)}") from exc
         if not response.is_success:
-            raise RecipeError(
-                f"vLLM's POST {path} answered {response.status_code}: {tail(response.text)}"
-            )
+            raise refused(f"vLLM's POST {path}", response.status_code, response.text)
 
     async def ready(self) -> bool | None:
         try:
