@@ -102,8 +102,11 @@ class Gateway:
         self.counts["delivered"] += 1
         return Response(status_code=200)
 
-    def _event(self, route: str, cid: str, headers: dict[str, str]) -> dict[str, Any]:
+    def _event(
+        self, route: str, cid: str, headers: dict[str, str], closed_with: int | None = None
+    ) -> dict[str, Any]:
         kind = "CONNECT" if route == "$connect" else "DISCONNECT"
+        closed = {} if closed_with is None else {"disconnectStatusCode": closed_with}
         return {
             "headers": headers,
             "multiValueHeaders": {k: [v] for k, v in headers.items()},
@@ -116,6 +119,7 @@ class Gateway:
                 "stage": "local",
                 "domainName": "127.0.0.1",
                 "connectedAt": int(time.time() * 1000),
+                **closed,
             },
             "isBase64Encoded": False,
         }
@@ -135,15 +139,17 @@ class Gateway:
         now = time.monotonic()
         held = self.held[cid] = _Held(websocket, now, now)
         self.counts["connects"] += 1
+        code = 1006  # as API Gateway says of a connection that broke
         try:
-            await self._hold(cid, held)
+            code = await self._hold(cid, held)
         finally:
             if self.held.get(cid) is held:
                 del self.held[cid]
             self.counts["disconnects"] += 1
-            await self.events.handle(self._event("$disconnect", cid, {}))
+            await self.events.handle(self._event("$disconnect", cid, {}, code))
 
-    async def _hold(self, cid: str, held: _Held) -> None:
+    async def _hold(self, cid: str, held: _Held) -> int:
+        """Hold the connection until it closes; the close's status code."""
         while True:
             now = time.monotonic()
             limit = min(held.opened + self.max_connection_seconds, held.last + self.idle_seconds)
@@ -151,14 +157,14 @@ class Gateway:
                 self.counts["closedByGateway"] += 1
                 with contextlib.suppress(Exception):
                     await held.websocket.close(code=1001, reason="Going away")
-                return
+                return 1001
             try:
                 async with asyncio.timeout(limit - now):
                     text = await held.websocket.receive_text()
             except TimeoutError:
                 continue
-            except WebSocketDisconnect:
-                return
+            except WebSocketDisconnect as exc:
+                return exc.code
             held.last = time.monotonic()
             with contextlib.suppress(ValueError):
                 if json.loads(text).get("action") == "ping":

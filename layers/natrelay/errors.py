@@ -57,6 +57,23 @@ class TaskCancelledError(RelayError):
     code = ErrorCode.TASK_CANCELLED
 
 
+class TaskMovedError(RelayError):
+    """The task went to another member: the caller's session missed its work window."""
+
+    code = ErrorCode.TASK_MOVED
+
+
+class PublisherLostError(RelayError):
+    """A stream's publisher vanished after the stream had sent bytes; `usage`: what the
+    stream used so far (its error event carries it)."""
+
+    code = ErrorCode.PUBLISHER_LOST
+
+    def __init__(self, message: str, *, usage: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
 class ResultConflictError(RelayError):
     code = ErrorCode.RESULT_CONFLICT
 

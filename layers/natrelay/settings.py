@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # (natrelay llm delete) makes room.
     max_names_per_key: int = Field(default=256, ge=1)
     heartbeat_timeout_seconds: float = Field(default=90, gt=0)
+    # Liveness of claimed work (docs/relay.md, "Failover"): a publisher running tasks
+    # proves it lives this often (a work beat: one DynamoDB write), and one silent for
+    # the window loses them: each task that sent nothing goes back to its pool's queue,
+    # a stream that did ends with `publisher_lost`. Idle publishers keep the slow beat.
+    work_beat_seconds: float = Field(default=2.5, gt=0)
+    work_window_seconds: float = Field(default=10, gt=0)
     inactive_retention_seconds: float = Field(default=4 * 3600, ge=0)
     result_retention_seconds: float = Field(default=3600, gt=0)
     # A synchronous request waits this long for its answer, then gives up (504) and is
@@ -159,6 +165,16 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [h.strip() for h in text.split(",") if h.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _work_window(self) -> Settings:
+        if self.work_window_seconds < 2 * self.work_beat_seconds:
+            raise ValueError(
+                f"NATRELAY_WORK_WINDOW_SECONDS ({self.work_window_seconds:g}) must be at least "
+                f"twice NATRELAY_WORK_BEAT_SECONDS ({self.work_beat_seconds:g}): one late beat "
+                "must not cost a publisher its tasks"
+            )
+        return self
 
     @model_validator(mode="after")
     def _old_mode_name(self) -> Settings:

@@ -120,6 +120,7 @@ class Publisher:
                 self.session.heartbeat_loop(polls_beat=doorbell is not None), name="heartbeat"
             ),
             asyncio.create_task(self.session.held_loop(self.runner.no_infer), name="held"),
+            asyncio.create_task(self.session.work_loop(), name="work"),
         ]
         if self.catalog is not None and self.catalog.every:
             loops.append(asyncio.create_task(self._follow(self.catalog), name="catalog"))

@@ -78,5 +78,9 @@ class TaskGoneError(RelayCallError):
     """The task is no longer ours (lease lost, not found, or result conflict)."""
 
 
+class TaskMovedError(TaskGoneError):
+    """The relay gave the task to another member (we missed our work window): drop it."""
+
+
 class SessionFileBusyError(PublisherError):
     """Another publisher process uses the same session file."""

@@ -16,6 +16,7 @@ from natrelay_publisher.errors import (
     RelayUnavailableError,
     TaskCancelledByClientError,
     TaskGoneError,
+    TaskMovedError,
 )
 from natrelay_publisher.providers import Provider
 from natrelay_publisher.providers.base import EndpointProvider, servable
@@ -118,6 +119,12 @@ class TaskPoster:
             await retrying(post, give_up_after=give_up)
         except RelayUnavailableError as exc:
             logger.error("task %s: could not post its result: %s", self.task_id, exc)
+        except TaskMovedError:
+            logger.warning(
+                "task %s: the relay gave it to another member while this publisher was "
+                "silent (frozen or cut off): its answer is dropped",
+                self.task_id,
+            )
         except TaskGoneError as exc:
             logger.warning("task %s: result not accepted: %s", self.task_id, exc)
         except RelayCallError as exc:

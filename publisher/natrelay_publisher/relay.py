@@ -35,6 +35,7 @@ from natrelay_publisher.errors import (
     SessionLostError,
     TaskCancelledByClientError,
     TaskGoneError,
+    TaskMovedError,
 )
 
 logger = logging.getLogger("natrelay.publisher")
@@ -52,6 +53,7 @@ ERRORS: dict[str, type[RelayCallError]] = {
     ErrorCode.NAME_OWNED: NameHeldError,
     ErrorCode.TASK_CANCELLED: TaskCancelledByClientError,
     ErrorCode.TASK_NOT_CLAIMED: TaskGoneError,
+    ErrorCode.TASK_MOVED: TaskMovedError,
     ErrorCode.TASK_NOT_FOUND: TaskGoneError,
     ErrorCode.RESULT_CONFLICT: TaskGoneError,
 }

@@ -66,6 +66,8 @@ class Session:
         # What the relay offered at the last registration: its doorbell, its timeout.
         self.announced_doorbell: str | None = None
         self.heartbeat_timeout: float | None = None
+        # How often to beat while tasks run (None: the relay asks for no work beats).
+        self.work_beat_seconds: float | None = None
         # The ids of the tasks in flight, told to the relay with each heartbeat and poll.
         self.running: set[str] = set()
         self._register_lock = asyncio.Lock()
@@ -108,6 +110,7 @@ class Session:
             request = RegisterRequest(
                 providers=[self.slots[name].spec() for name in names],
                 provider_session_id=session_id,
+                work_beats=True,
             )
             try:
                 answer = await retrying(functools.partial(self.relay.register, request))
@@ -165,6 +168,7 @@ class Session:
         self.registrations += 1
         self.announced_doorbell = answer.doorbell_url
         self.heartbeat_timeout = answer.heartbeat_timeout_seconds
+        self.work_beat_seconds = answer.work_beat_seconds
         self._server_view = {row.name: row.status for row in answer.llms}
         self._registered_at = time.monotonic()
 
@@ -283,6 +287,32 @@ class Session:
                 logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
             self._reported.update(statuses)
             self._server_view = {row.name: row.status for row in answer.llms}
+
+    async def work_loop(self) -> None:
+        """While tasks run, a work beat every `workBeatSeconds` the relay named: a
+        publisher silent for its work window loses its tasks to the pool (docs/relay.md,
+        "Failover"). Idle, nothing is sent: the slow heartbeat is enough."""
+        while True:
+            await asyncio.sleep(self.work_beat_seconds or self.config.heartbeat_seconds)
+            if self.work_beat_seconds and self.running and self.id is not None:
+                await self.work_beat()
+
+    async def work_beat(self) -> None:
+        """One work beat: we live, and run these; the answer names those to stop."""
+        request = HeartbeatRequest(
+            provider_session_id=self.require_id(), running=sorted(self.running), work=True
+        )
+        try:
+            answer = await self.relay.heartbeat(request)
+        except RelayUnavailableError:
+            return
+        except SessionLostError:
+            await self.reregister()
+            return
+        except RelayCallError as exc:
+            logger.warning("work beat refused: %s", exc.message)
+            return
+        self.on_cancelled(answer.cancelled)
 
     async def beat_quietly(self) -> None:
         """A heartbeat whose failure is only logged (a wake's, while it waits)."""

@@ -10,7 +10,8 @@
   stream) · wakes (one wake per pool, across instances) · catalog (the rows clients see)
   · suggest (what an unknown model name meant) · upstream (public rows' calls) ·
   outcomes (how a task that did not complete fails)
-* every task: endings (a task ended: its usage and waiters; force-finishing one)
+* every task: endings (a task ended: its usage and waiters; force-finishing one) ·
+  failover (a publisher that lost its tasks: they move to its pool)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
   (limits and counts per key) · metering (what a request may use, and used) · rows
   (admins' apply) · board (the status page) · page_sessions (its logins) · redaction
@@ -37,6 +38,7 @@ from natrelay.service.claims import Claims
 from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
+from natrelay.service.failover import Failover
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.page_sessions import PageSessions
@@ -79,6 +81,8 @@ class Relay:
     queue: Queue
     claims: Claims
     waiting: Waiting
+    # A publisher that lost its claimed tasks (silent, gone): they move to its pool.
+    failover: Failover
     upstreams: Upstreams
     rows: RowAdmin
     board: Board

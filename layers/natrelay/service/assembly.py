@@ -30,6 +30,7 @@ from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings
+from natrelay.service.failover import Failover
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.page_sessions import PageSessions
@@ -122,8 +123,12 @@ class Assembly:
         return Doorbell(self.ctx, self.stores.connections or self.local_bells)
 
     @cached_property
+    def failover(self) -> Failover:
+        return Failover(self.ctx, self.endings, self.doorbell)
+
+    @cached_property
     def sweeper(self) -> Sweeper:
-        return Sweeper(self.ctx, self.usage, self.endings, self.doorbell)
+        return Sweeper(self.ctx, self.usage, self.endings, self.doorbell, self.failover)
 
     # --- the relay -----------------------------------------------------------------------
 
@@ -192,8 +197,10 @@ class Assembly:
                 self.endings,
                 polls=self.polls,
                 empty=EmptyQueues(ctx, alone=alone),
+                failover=self.failover,
             ),
-            waiting=Waiting(ctx, self.endings),
+            waiting=Waiting(ctx, self.endings, self.failover),
+            failover=self.failover,
             upstreams=self.upstreams,
             rows=RowAdmin(ctx, self.upstreams.read_key),
             board=Board(ctx, self.usage),

@@ -14,12 +14,14 @@ from natrelay.errors import (
     RelayError,
     ResultConflictError,
     TaskCancelledError,
+    TaskMovedError,
     TaskNotClaimedError,
 )
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
+from natrelay.service.failover import Failover
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.metering import relayed_in
 from natrelay.service.payloads import (
@@ -61,9 +63,21 @@ def _chunk_differs(task_id: str, seq: int) -> ResultConflictError:
 
 def _refused(task_id: str, holder: Holder, exc: ConditionFailedError) -> RelayError:
     """Why a write on a claimed task lost its condition, as the publisher must hear it
-    (and nothing more: another session learns nothing of the task)."""
+    (and nothing more: another key's session learns nothing of the task)."""
     old = exc.record
-    if not isinstance(old, TaskRecord) or old.claimed_key not in (holder.key, None):
+    if not isinstance(old, TaskRecord):
+        return _not_claimed(task_id)
+    elsewhere = old.claimed_by != holder.session_id
+    if elsewhere and (
+        old.lost_by == holder.session_id
+        or (old.claimed_key == holder.key and old.claimed_by is not None)
+    ):
+        # fenced: the claim it posts for moved on (another member runs the task, or ran it)
+        return TaskMovedError(
+            f"task {task_id} went to another member of its pool: this publisher missed its "
+            "work window (frozen or cut off); drop it, another answer is the client's"
+        )
+    if old.claimed_key not in (holder.key, None):
         return _not_claimed(task_id)
     if old.state is TaskState.CANCELLED:
         return TaskCancelledError(f"task {task_id} was cancelled: the client went away")
@@ -84,6 +98,7 @@ class Claims:
         *,
         polls: LocalPolls,
         empty: EmptyQueues,
+        failover: Failover,
     ) -> None:
         self.ctx = ctx
         self.tasks = ctx.tasks
@@ -95,6 +110,7 @@ class Claims:
         self.endings = endings
         self.polls = polls
         self.empty = empty
+        self.failover = failover
         # Polls waiting in this process, by session.
         self._waiting: dict[str, int] = {}
         # Tasks a poll of this process is claiming now (the others leave them be).
@@ -165,6 +181,9 @@ class Claims:
                     if gone is not None and await gone():
                         offer.idle = False
                         await self.polls.give_back(session.id, offer.take())
+                        if session.running or await self.tasks.held_by(session.id):
+                            # a member that holds tasks hung up: dead, or just polling anew?
+                            self.failover.suspect(session, self.clock())
                         return []
                     # handed while it waited: no need to look at DynamoDB now
                     claimed = (

@@ -26,7 +26,9 @@ class Context:
     liveness: Liveness = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "liveness", Liveness(self.settings.heartbeat_timeout_seconds))
+        s = self.settings
+        liveness = Liveness(s.heartbeat_timeout_seconds, s.work_window_seconds)
+        object.__setattr__(self, "liveness", liveness)
 
     def pace(self) -> Pace:
         """A fresh pace for re-checking DynamoDB while waiting."""

@@ -92,8 +92,9 @@ class Doorbell:
             len(session.names),
         )
 
-    async def disconnect(self, connection_id: str) -> None:
-        await self.doorbells.unbind(connection_id)
+    async def disconnect(self, connection_id: str) -> str | None:
+        """Unbind a closed connection; the session whose doorbell it still was, if any."""
+        return await self.doorbells.unbind(connection_id)
 
     async def queued(self, hint: PoolHint, row: LlmRecord | None = None) -> None:
         """A task was queued for a pool: tell the members that may take it. The one home

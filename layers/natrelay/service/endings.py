@@ -8,20 +8,25 @@ its pool.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from natrelay.service.context import Context
 from natrelay.service.outcomes import (
     CANCELLED_STATUS,
+    LOST_STATUS,
     OFFLINE_STATUS,
     cancelled_error,
+    lost_error,
     offline_error,
 )
 from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, TaskRecord
 from natrelay.wakeups import pool_topic, task_topic
 from natrelay.wire import ErrorCode, TaskState
+
+log = logging.getLogger("natrelay.service")
 
 
 @dataclass(frozen=True)
@@ -86,14 +91,19 @@ class Endings:
         return failed
 
     async def fail_orphaned(self, task: TaskRecord) -> TaskRecord | None:
-        """Fail a task whose publisher went offline; the task as it ends up (None: gone)."""
+        """Fail a task whose publisher went offline; the task as it ends up (None: gone).
+        A stream that had sent bytes ends `publisher_lost`, with the usage counted so far."""
         now = self.clock()
-        error = offline_error(f"the publisher of {task.llm} went offline during task {task.id}")
+        error = (
+            lost_error(task)
+            if task.sent_any
+            else offline_error(f"the publisher of {task.llm} went offline during task {task.id}")
+        )
         try:
             ended = await self.tasks.end_unfinished(
                 task.id,
                 TaskState.FAILED,
-                status=OFFLINE_STATUS,
+                status=LOST_STATUS if task.sent_any else OFFLINE_STATUS,
                 error=error,
                 now=now,
                 expires_at=self._expiry(now),
@@ -105,15 +115,30 @@ class Endings:
         return ended
 
     async def hand_back(self, task: TaskRecord) -> TaskRecord | None:
-        """The session that claimed the task left, restarted or died: the task goes back
-        to its pool's queue at once if nothing of it was sent (another member runs it),
-        and fails otherwise (a stream that had started cannot move)."""
-        if task.session_id is not None and not task.sent_any:
+        """The session that claimed the task left, restarted, died or missed its work
+        window: the task goes back to the head of its pool's queue at once if nothing of
+        it was sent (another member runs it), and fails otherwise (a stream that had
+        started cannot move). Of many who notice at once, one does it; None: the task
+        moved on meanwhile (requeued by another, or claimed again)."""
+        lost = task.session_id
+        if lost is None:
+            return None
+        if not task.sent_any:
             try:
-                requeued = await self.tasks.requeue_if_unsent(task, task.session_id, self.clock())
+                requeued = await self.tasks.requeue_if_unsent(task, lost, self.clock())
             except ConditionFailedError:
-                pass  # it sent something meanwhile, or ended: fail it below, or nothing
+                current = await self.tasks.get(task.id, self.clock())
+                if current is None or current.state.done:
+                    return current
+                if current.session_id != lost or current.attempts != task.attempts:
+                    return None  # another noticed first: it is queued or claimed again
+                task = current  # it sent something meanwhile: it fails below
             else:
+                log.info(
+                    "task %s of %s back in its pool's queue: its publisher was lost",
+                    task.id,
+                    task.llm,
+                )
                 self.wakeups.notify_one(pool_topic(task.llm), PoolHint(task.id, task.llm))
                 return requeued
         return await self.fail_orphaned(task)

@@ -9,16 +9,19 @@ from natrelay.errors import (
     BackendError,
     BackendUnavailableError,
     EndpointNotServedError,
+    PublisherLostError,
     PublisherOfflineError,
     QueueTimeoutError,
     RelayError,
     TaskCancelledError,
     WakeFailedError,
 )
+from natrelay.service.metering import Request, estimated
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.wire import Endpoint, ErrorCode, LlmStatus, TaskState
 
 OFFLINE_STATUS = ErrorCode.PUBLISHER_OFFLINE.status
+LOST_STATUS = ErrorCode.PUBLISHER_LOST.status
 # A cancelled task's record says the client went away (nginx's 499); a publisher that
 # posts to it hears 409 `task_cancelled`.
 CANCELLED_STATUS = 499
@@ -37,6 +40,24 @@ def offline_error(message: str) -> dict[str, Any]:
         "message": message,
         "code": ErrorCode.PUBLISHER_OFFLINE.value,
         "type": ErrorCode.PUBLISHER_OFFLINE.type.value,
+    }
+
+
+def lost_error(task: TaskRecord) -> dict[str, Any]:
+    """Why a stream whose publisher was lost after it had sent bytes ended (it cannot
+    move to another member), with the usage counted so far."""
+    prompt, completion = estimated(Request.of(task.request, task.request_size), task.relayed)
+    return {
+        "message": f"the publisher of {task.llm} went offline mid-stream during task "
+        f"{task.id} (a stream that has sent bytes cannot move to another member); "
+        "send the request again",
+        "code": ErrorCode.PUBLISHER_LOST.value,
+        "type": ErrorCode.PUBLISHER_LOST.type.value,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
     }
 
 
@@ -78,6 +99,9 @@ def task_error(task: TaskRecord) -> RelayError:
         return QueueTimeoutError(message, retry_after=5)
     if code == ErrorCode.PUBLISHER_OFFLINE:
         return PublisherOfflineError(message)
+    if code == ErrorCode.PUBLISHER_LOST:
+        usage = error.get("usage")
+        return PublisherLostError(message, usage=usage if isinstance(usage, dict) else None)
     if code == ErrorCode.ENDPOINT_NOT_SERVED:  # the backend said so
         return EndpointNotServedError(message, param="model")
     status = task.status or 502

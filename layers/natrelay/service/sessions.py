@@ -151,6 +151,7 @@ class Sessions:
                     expires_at=self._expires_at(now),
                     new_names=new,
                     max_names=cap,
+                    work_beats=req.work_beats,
                 )
                 break
             except NameHeldError as exc:
@@ -213,6 +214,18 @@ class Sessions:
         session = await self.get(principal, req.provider_session_id)
         rows = await self.beat(session, dict(req.statuses), req.running)
         return self._seen(Registration(replace(session, heartbeat_at=self.clock()), rows))
+
+    async def work_beat(self, principal: Principal, req: HeartbeatRequest) -> None:
+        """A work beat: the session lives and runs `running`, in one write and no read
+        (its rows are the slow beat's to refresh)."""
+        now = self.clock()
+        running = (req.running or [])[:MAX_RUNNING_TASKS]
+        try:
+            await self.stores.sessions.work_beat(
+                req.provider_session_id, principal.key_id, now, self._expires_at(now), running
+            )
+        except ConditionFailedError as exc:
+            raise _forbidden() from exc
 
     async def polling_session(self, principal: Principal, req: PollRequest) -> SessionRecord:
         """The session of a poll, its heartbeat refreshed when due.

@@ -13,6 +13,7 @@ import logging
 from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import Endings, PoolHint
+from natrelay.service.failover import Failover
 from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord, TaskRecord
 from natrelay.wire import LlmStatus, TaskState
@@ -31,13 +32,16 @@ COUNTS = (
     "failed",
     "extended",
     "spilled",
+    "moved",
 )
 
 
 class Sweeper:
     """One pass over the indexes: no table scan, whatever the table's size."""
 
-    def __init__(self, ctx: Context, usage: Usage, endings: Endings, doorbell: Doorbell) -> None:
+    def __init__(
+        self, ctx: Context, usage: Usage, endings: Endings, doorbell: Doorbell, failover: Failover
+    ) -> None:
         self.metrics = ctx.metrics
         self.stores = ctx.stores
         self.tasks = ctx.tasks
@@ -47,6 +51,7 @@ class Sweeper:
         self.usage = usage
         self.endings = endings
         self.doorbell = doorbell
+        self.failover = failover
 
     async def run(self) -> dict[str, int]:
         rows = self.stores.row_sweep
@@ -75,6 +80,7 @@ class Sweeper:
                 counts["raced"] += 1
         for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
+        counts["moved"] = await self.failover.sweep(now)
         await self._count_online(await rows.live(cutoff), now)
         await self.usage.flush_rows()  # the rows' failed requests it counted, now
         if any(counts.values()):

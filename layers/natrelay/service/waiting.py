@@ -8,6 +8,7 @@ from natrelay.errors import TaskNotFoundError, TaskTimeoutError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
+from natrelay.service.failover import Failover
 from natrelay.service.outcomes import Outcome, task_error
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, StreamRead, TaskRecord
@@ -20,7 +21,7 @@ def _not_found(task_id: str) -> TaskNotFoundError:
 
 
 class Waiting:
-    def __init__(self, ctx: Context, endings: Endings) -> None:
+    def __init__(self, ctx: Context, endings: Endings, failover: Failover) -> None:
         self.stores = ctx.stores
         self.tasks = ctx.tasks
         self.settings = ctx.settings
@@ -29,6 +30,7 @@ class Waiting:
         self.liveness = ctx.liveness
         self._pace = ctx.wait_pace
         self.endings = endings
+        self.failover = failover
 
     async def get(self, task_id: str) -> TaskRecord:
         task = await self.tasks.get(task_id, self.clock())
@@ -62,10 +64,11 @@ class Waiting:
     async def _orphaned(self, task: TaskRecord) -> TaskRecord | None:
         """None while someone can still serve the task; otherwise the task as it ends.
 
-        Waiting in its pool's queue, it fails only when the pool has no live member. Claimed
-        by a session that stopped heartbeating (or restarted), it goes back to the queue if
-        nothing of it was sent — another member runs it: the waiter goes on waiting —
-        and fails otherwise.
+        Waiting in its pool's queue, it fails only when the pool has no live member.
+        Claimed by a session that no longer holds it (silent past its window, or
+        restarted: service.liveness), it goes back to the head of the queue if nothing of
+        it was sent — another member runs it: the waiter goes on waiting — and fails
+        otherwise (a stream that started: `publisher_lost`).
         """
         now = self.clock()
         if task.session_id is None:
@@ -75,18 +78,8 @@ class Waiting:
             ):
                 return None
             return await self.endings.fail_orphaned(task)
-        if await self._claimant_alive(task, now):
-            return None
-        ended = await self.endings.hand_back(task)
+        ended = await self.failover.check(task)
         return ended if ended is not None and ended.state.done else None
-
-    async def _claimant_alive(self, task: TaskRecord, now: float) -> bool:
-        session = await self.stores.sessions.get(task.session_id or "")
-        return (
-            session is not None
-            and self.liveness.alive(session.heartbeat_at, now)
-            and task.claimed_generation in (None, session.generation)
-        )
 
     def _queue_deadline(self, task: TaskRecord, deadline: float) -> float:
         """When a task still waiting in its pool's queue is given up on."""

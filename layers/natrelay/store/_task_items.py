@@ -84,6 +84,7 @@ def task_record(item: Item) -> TaskRecord:
         wake_target=item.get("wakeTarget"),
         reserved=int(item.get("reserved", 0)),
         relayed=int(item.get("relayed", 0)),
+        lost_by=item.get("lostBy"),
     )
 
 

@@ -86,15 +86,17 @@ class DynamoDoorbellStore:
     @off_loop
     def unbind(
         self, connection_id: str, rows: tuple[str, ...] = (), session_id: str | None = None
-    ) -> None:
+    ) -> str | None:
         """Stop ringing this connection: on what it was bound to, and on `rows` of
-        `session_id` (a member found ringing a gone connection) in any case."""
+        `session_id` (a member found ringing a gone connection) in any case. Returns
+        the session whose doorbell it still was (None: none, or it had a newer one)."""
         raw = self._client.get_item(
             TableName=self.tasks_table, Key=self._connection_key(connection_id), ConsistentRead=True
         ).get("Item")
         item = decode(raw) if raw else {}
         session = item.get("sessionId") or session_id
         names = {*rows, *(item.get("names") or ())}
+        current: str | None = None
         targets: list[tuple[str, dict[str, Any], str]] = []
         if session:
             me = member_attr(session)
@@ -117,7 +119,10 @@ class DynamoDoorbellStore:
                     )
             except ConditionFailedError:
                 continue
+            if not member:
+                current = session
         if raw:
             self._client.delete_item(
                 TableName=self.tasks_table, Key=self._connection_key(connection_id)
             )
+        return current

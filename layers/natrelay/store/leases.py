@@ -53,6 +53,20 @@ class DynamoLeaseStore:
         return [item["pk"].removeprefix("task#") for item in claimed]
 
     @off_loop
+    def running(self, now: float) -> list[str]:
+        """Ids of claimed tasks whose lease has not run out (the sweep checks that their
+        sessions still hold them)."""
+        claimed = items(
+            self._client,
+            "query",
+            TableName=self._table,
+            IndexName="byLease",
+            KeyConditionExpression="leaseShard = :shard AND leaseUntil >= :now",
+            ExpressionAttributeValues=values(shard=LEASE_SHARD, now=now),
+        )
+        return [item["pk"].removeprefix("task#") for item in claimed]
+
+    @off_loop
     def extend_if_expired(self, task_id: str, now: float) -> None:
         with condition(f"task {task_id} changed"):
             self._client.update_item(
@@ -65,11 +79,15 @@ class DynamoLeaseStore:
             )
 
     def _requeue(self, task: TaskRecord, now: float, cond: str, **vals: Any) -> TaskRecord:
+        """Back to the head of its pool's queue: it keeps its place (`queueOrder`, when
+        it first came), ahead of every request that came after it. `lostBy` names the
+        session it was taken from (a late post of that session hears `task_moved`)."""
         with condition(f"task {task.id} cannot be requeued"):
             raw = self._client.update_item(
                 TableName=self._table,
                 Key=task_key(task.id),
-                UpdateExpression="SET #state = :pending, #queue = :pool, updatedAt = :now "
+                UpdateExpression="SET #state = :pending, #queue = :pool, updatedAt = :now, "
+                "lostBy = claimedBy "
                 "REMOVE sessionId, claimedBy, claimedKey, claimedGeneration, claimedAt, "
                 "leaseShard, leaseUntil",
                 ConditionExpression=f"{STATE_IS} AND {NOTHING_SENT} AND {cond}",
@@ -93,9 +111,16 @@ class DynamoLeaseStore:
 
     @off_loop
     def requeue_if_unsent(self, task: TaskRecord, session_id: str, now: float) -> TaskRecord:
-        """Hand a task this session claimed and sent nothing of back to its pool at once
-        (the session left, restarted or died); ConditionFailedError otherwise."""
-        return self._requeue(task, now, "claimedBy = :sid", sid=session_id)
+        """Hand a task this session claimed (`task` as read: the same claim, by its
+        attempt) and sent nothing of back to its pool at once; ConditionFailedError
+        otherwise: exactly one of many who noticed requeues it."""
+        return self._requeue(
+            task,
+            now,
+            "claimedBy = :sid AND attempts = :attempts",
+            sid=session_id,
+            attempts=task.attempts,
+        )
 
     @off_loop
     def fail_if_expired(

@@ -300,7 +300,8 @@ class MemoryTasks(TaskStorage):
             return await self._durable.requeue_if_unsent(task, session_id, now)
         current = held.task
         unsent = current.state is TaskState.CLAIMED and not current.sent_any
-        if not unsent or current.claimed_by != session_id:
+        same = current.claimed_by == session_id and current.attempts == task.attempts
+        if not unsent or not same:
             raise ConditionFailedError(f"task {task.id} cannot be requeued", record=current)
         held.task = replace(
             current,
@@ -312,6 +313,7 @@ class MemoryTasks(TaskStorage):
             claimed_generation=None,
             lease_until=None,
             updated_at=now,
+            lost_by=current.claimed_by,
         )
         await self._write(held)
         return held.task

@@ -121,6 +121,8 @@ class SessionRecord:
     confirmed_at: float | None = None
     # Its doorbell connection, if it keeps one.
     doorbell: str | None = None
+    # Its publisher sends work beats while it runs tasks (the work window applies).
+    work_beats: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class TaskRecord:
     # Its usage may be written after its answer, added up with others': its key has no
     # limits and its record too is written behind the answer (a task held in memory).
     usage_later: bool = False
+    # The session it was last taken from (it missed its window, left or restarted).
+    lost_by: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now

@@ -32,6 +32,7 @@ def session_record(item: Item) -> SessionRecord:
         running=frozenset(item.get("running") or ()),
         confirmed_at=item.get("confirmedAt"),
         doorbell=item.get("doorbell"),
+        work_beats=bool(item.get("workBeats", False)),
     )
 
 
@@ -74,6 +75,7 @@ class DynamoSessionStore:
         expires_at: float,
         new_names: int = 0,
         max_names: int | None = None,
+        work_beats: bool = False,
     ) -> tuple[SessionRecord, list[LlmRecord]]:
         """Claim the names, create the rows or join their pools, and write the session
         for `owner`, all or nothing. With `max_names`, also add the names to those the
@@ -107,7 +109,8 @@ class DynamoSessionStore:
                     "TableName": self.table,
                     "Key": self._key(session_id),
                     "UpdateExpression": "SET #names = :names, statuses = :statuses, "
-                    "heartbeatAt = :now, expiresAt = :exp, #owner = :owner ADD generation :one",
+                    "heartbeatAt = :now, expiresAt = :exp, #owner = :owner, workBeats = :work "
+                    "ADD generation :one",
                     "ConditionExpression": "attribute_not_exists(pk) OR #owner = :owner",
                     "ExpressionAttributeNames": {"#names": "names", "#owner": "owner"},
                     "ExpressionAttributeValues": values(
@@ -117,6 +120,7 @@ class DynamoSessionStore:
                         exp=int(expires_at),
                         owner=owner,
                         one=1,
+                        work=work_beats,
                     ),
                 }
             }
@@ -189,6 +193,25 @@ class DynamoSessionStore:
                 ConditionExpression=_EXISTS,
                 **({"ExpressionAttributeNames": names} if names else {}),  # type: ignore[arg-type]
                 ExpressionAttributeValues=values(now=now, exp=int(expires_at), **vals),
+            )
+
+    @off_loop
+    def work_beat(
+        self, session_id: str, owner: str, now: float, expires_at: float, running: list[str]
+    ) -> None:
+        """A work beat: the session lives and runs `running`, in one write (its rows and
+        statuses untouched); ConditionFailedError if it is gone or another key's."""
+        with condition(f"session {session_id} is gone"):
+            self._client.update_item(
+                TableName=self.table,
+                Key=self._key(session_id),
+                UpdateExpression="SET heartbeatAt = :now, expiresAt = :exp, running = :running, "
+                "confirmedAt = :now",
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues=values(
+                    now=now, exp=int(expires_at), running=list(running), owner=owner
+                ),
             )
 
     @off_loop

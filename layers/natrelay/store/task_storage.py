@@ -149,8 +149,11 @@ class TaskStorage(Protocol):
 
     async def requeue_if_unsent(self, task: TaskRecord, session_id: str, now: float) -> TaskRecord:
         """Put a task this session claimed and sent nothing of back at the head of its
-        pool's queue, in one conditional write (the session left, restarted or died): the
-        task as requeued. ConditionFailedError otherwise."""
+        pool's queue (its place: when it first came), in one conditional write (the
+        session left, restarted, died or missed its work window): the task as requeued,
+        `lost_by` naming the session. The claim must be the one `task` shows (its
+        attempt): of many who notice at once, exactly one requeues it, and a claim made
+        since is left alone. ConditionFailedError otherwise."""
         ...
 
     # --- what a tier in memory holds ---------------------------------------------------

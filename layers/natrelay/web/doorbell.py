@@ -92,7 +92,7 @@ class GatewayEvents:
                 return {"statusCode": status_of(exc), "body": json.dumps(error_body(exc))}
             return {"statusCode": 200}
         if route == "$disconnect":
-            await self.relay.doorbell.disconnect(connection_id)
+            await closed(self.relay, connection_id, context.get("disconnectStatusCode"))
             return {"statusCode": 200}
         return {"statusCode": 400}
 
@@ -123,6 +123,7 @@ async def doorbell_socket(websocket: WebSocket) -> None:
             await websocket.send_text(data.decode())
 
     relay.local_bells.add(connection_id, send)
+    code: int | None = None  # closed by the relay (its age limit)
     try:
         with anyio.move_on_after(relay.settings.doorbell_max_connection_seconds) as limit:
             while True:
@@ -130,11 +131,26 @@ async def doorbell_socket(websocket: WebSocket) -> None:
                     await send(PONG.encode())
         if limit.cancelled_caught:
             await websocket.close(code=1001, reason="connection age limit")
-    except WebSocketDisconnect:
-        pass
+    except WebSocketDisconnect as exc:
+        code = exc.code
     finally:
         relay.local_bells.discard(connection_id)
-        await relay.doorbell.disconnect(connection_id)
+        await closed(relay, connection_id, code, by_relay=code is None)
+
+
+# How a publisher closes its doorbell on purpose (it stops, or reconnects), and how a
+# gateway closes one at its age or idle limit: anything else (1006: the connection broke)
+# is a death notice.
+_ORDERLY_CLOSES = (1000, 1001)
+
+
+async def closed(relay: Relay, connection_id: str, code: object, *, by_relay: bool = False) -> None:
+    """A doorbell connection closed: unbind it. If it was still its session's doorbell
+    and broke (no orderly close), that is a death notice: the session's tasks go to the
+    other members of their pools at once (service.failover)."""
+    session_id = await relay.doorbell.disconnect(connection_id)
+    if session_id is not None and not by_relay and code not in _ORDERLY_CLOSES:
+        await relay.failover.session_lost(session_id)
 
 
 def _is_ping(text: str) -> bool:

@@ -30,6 +30,7 @@ from natrelay.wire import (
     RegisterRequest,
     Role,
     SessionRequest,
+    SessionResponse,
     TaskResult,
     WireModel,
 )
@@ -55,8 +56,12 @@ async def register(request: Request, relay: Relay) -> Response:
 
 async def heartbeat(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, HeartbeatRequest)
-    registration = await relay.sessions.heartbeat(caller(request), req)
-    view = views.session_response(registration, relay.clock(), relay.settings)
+    if req.work:  # its answer names no rows: only what to stop
+        await relay.sessions.work_beat(caller(request), req)
+        view = SessionResponse(provider_session_id=req.provider_session_id, llms=[])
+    else:
+        registration = await relay.sessions.heartbeat(caller(request), req)
+        view = views.session_response(registration, relay.clock(), relay.settings)
     cancelled = await relay.abandoned.of(req.provider_session_id, req.running)
     return answer(view.model_copy(update={"cancelled": cancelled or None}))
 

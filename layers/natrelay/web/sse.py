@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from natrelay.errors import RelayError, TaskTimeoutError
+from natrelay.errors import PublisherLostError, RelayError, TaskTimeoutError
 from natrelay.service import Relay
 from natrelay.service.metering import without_usage
 from natrelay.service.payloads import loads_stored, public_model
@@ -112,7 +112,9 @@ def stream_error(endpoint: str, exc: RelayError) -> str:
     """A failure midway, as each API's clients read one: an `error` event of the
     Messages API; of the Responses API (its fields, and `error` too, which the openai
     SDK raises); an error chunk of the chat and completions streams."""
-    body = error_body(exc)
+    body: dict[str, Any] = dict(error_body(exc))
+    if isinstance(exc, PublisherLostError) and exc.usage:
+        body["usage"] = exc.usage  # what the stream used until its publisher was lost
     if endpoint == Endpoint.MESSAGES:
         return _event(anthropic_body(body, status_of(exc)))
     if endpoint == Endpoint.RESPONSES:

@@ -126,6 +126,8 @@ def session_response(
         generation=session.generation,
         doorbell_url=settings.doorbell_url if settings else None,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds if settings else None,
+        work_beat_seconds=settings.work_beat_seconds if settings else None,
+        work_window_seconds=settings.work_window_seconds if settings else None,
     )
 
 

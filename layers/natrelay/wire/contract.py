@@ -127,8 +127,13 @@ class ErrorCode(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     TASK_NOT_CLAIMED = "task_not_claimed"
     TASK_CANCELLED = "task_cancelled"
+    # The task went to another member of its pool: its publisher missed its liveness
+    # window (frozen, cut off). Drop it and free its slot; never post it again.
+    TASK_MOVED = "task_moved"
     RESULT_CONFLICT = "result_conflict"
     PUBLISHER_OFFLINE = "publisher_offline"
+    # A stream's publisher vanished after it had sent bytes (a stream cannot move).
+    PUBLISHER_LOST = "publisher_lost"
     WAKE_FAILED = "wake_failed"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_ERROR = "backend_error"
@@ -233,8 +238,10 @@ _ERROR_ANSWERS: dict[ErrorCode, tuple[int, ErrorType]] = {
     ErrorCode.BUDGET_EXCEEDED: (429, ErrorType.RATE_LIMIT),
     ErrorCode.TASK_NOT_CLAIMED: (409, ErrorType.INVALID_REQUEST),
     ErrorCode.TASK_CANCELLED: (409, ErrorType.INVALID_REQUEST),
+    ErrorCode.TASK_MOVED: (409, ErrorType.INVALID_REQUEST),
     ErrorCode.RESULT_CONFLICT: (409, ErrorType.INVALID_REQUEST),
     ErrorCode.PUBLISHER_OFFLINE: (503, ErrorType.SERVICE_UNAVAILABLE),
+    ErrorCode.PUBLISHER_LOST: (502, ErrorType.UPSTREAM),
     ErrorCode.WAKE_FAILED: (503, ErrorType.SERVICE_UNAVAILABLE),
     ErrorCode.BACKEND_UNAVAILABLE: (503, ErrorType.SERVICE_UNAVAILABLE),
     ErrorCode.BACKEND_ERROR: (502, ErrorType.UPSTREAM),

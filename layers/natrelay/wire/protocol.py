@@ -76,6 +76,10 @@ MAX_TRANSACTION_ITEMS = 100
 class RegisterRequest(WireModel):
     providers: list[ProviderSpec] = Field(min_length=1, max_length=MAX_PROVIDERS)
     provider_session_id: SessionId | None = None
+    # The publisher sends work beats (HeartbeatRequest `work`) every `workBeatSeconds`
+    # the SessionResponse names while it runs tasks: one silent for `workWindowSeconds`
+    # loses them to its pool. False (older publishers): the heartbeat timeout decides.
+    work_beats: bool = False
 
     @field_validator("providers")
     @classmethod
@@ -111,6 +115,9 @@ class HeartbeatRequest(WireModel):
     # None (older publishers), or more than MAX_RUNNING_TASKS: claimed tasks are kept
     # while the session lives.
     running: list[TaskId] | None = None
+    # A work beat: the publisher lives and runs `running` (sent every workBeatSeconds
+    # while it runs tasks). One write: no statuses, rows or pool news in its answer.
+    work: bool = False
 
 
 class PollRequest(WireModel):
@@ -236,6 +243,10 @@ class SessionResponse(Answer):
     # offers one; and the relay's heartbeat timeout, which a poll-only publisher must beat.
     doorbell_url: str | None = None
     heartbeat_timeout_seconds: float | None = None
+    # How often a publisher that registered with `workBeats` beats while it runs tasks,
+    # and how long a silence costs it its tasks (they go to another member of the pool).
+    work_beat_seconds: float | None = None
+    work_window_seconds: float | None = None
     # Tasks of the heartbeat's `running` nobody wants any more (their client went away,
     # or the relay ended or moved them): abort them, their answers would be refused.
     cancelled: list[str] | None = None
