@@ -139,6 +139,40 @@ async def test_a_task_nothing_was_sent_of_goes_back_to_its_pool_in_one_write(
     assert getattr(late.value.record, "claimed_by", None) == OTHER.id
 
 
+async def test_a_lost_claim_is_requeued_once_and_fences_its_old_holder(
+    tier: TaskStorage, stores: Stores, clock: FakeClock
+) -> None:
+    """Many notice a member lost (waiters, the sweep, a closed doorbell), each with the
+    task as it read it: exactly one requeue lands, and none touches a claim made since."""
+    now = clock()
+    seen = await tier.put_claimed(new_task(clock), SESSION, now)
+    requeued = await tier.requeue_if_unsent(seen, HOLDER.session_id, now)
+    assert requeued.lost_by == HOLDER.session_id
+    with pytest.raises(ConditionFailedError):
+        await tier.requeue_if_unsent(seen, HOLDER.session_id, now)  # the second who noticed
+    # the same member takes it again (it woke up): the old claim's requeue misses it
+    again = await tier.claim(
+        task_id := seen.id, HOLDER.session_id, key="pub-a", generation=1, now=now
+    )
+    assert again.attempts == seen.attempts + 1
+    with pytest.raises(ConditionFailedError):
+        await tier.requeue_if_unsent(seen, HOLDER.session_id, now)
+    current = await tier.get(task_id, now)
+    assert current is not None and current.state is TaskState.CLAIMED
+    # moved once more, then taken by another member: the old holder's posts are refused,
+    # and the refusal says whom it was taken from
+    await tier.requeue_if_unsent(again, HOLDER.session_id, now)
+    await tier.claim(task_id, OTHER.id, key="pub-a", generation=1, now=now)
+    with pytest.raises(ConditionFailedError) as late:
+        await tier.add_chunk(task_id, HOLDER, Chunk(0, b"[]"), now=now, expires_at=now + 60)
+    record = late.value.record
+    assert getattr(record, "lost_by", None) == HOLDER.session_id
+    assert getattr(record, "claimed_by", None) == OTHER.id
+    await tier.drain()
+    stored = await stores.tasks.get(task_id, now)
+    assert stored is not None and stored.lost_by == HOLDER.session_id
+
+
 async def test_a_task_that_sent_something_stays_with_its_holder(
     tier: TaskStorage, clock: FakeClock
 ) -> None:

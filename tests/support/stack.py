@@ -331,6 +331,8 @@ class DevRelay:
     )
     env: dict[str, str] = field(default_factory=lambda: dict(FAST))
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS
+    # Offer publishers the doorbell (served and rung by the relay process itself).
+    doorbell: bool = False
     server: Server | None = None
     starts: int = 0
 
@@ -346,6 +348,7 @@ class DevRelay:
         args += ["--client-token", CLIENT_TOKEN, "--publisher-token", PUBLISH_TOKEN]
         args += ["--admin-token", ADMIN_TOKEN, "--heartbeat-timeout", str(self.heartbeat_timeout)]
         args += ["--sweep-interval", str(SWEEP_SECONDS), "--log-level", "warning"]
+        args += ["--doorbell"] if self.doorbell else []
         return args if self.starts == 1 else [*args, "--no-create-tables"]
 
     def start(self) -> DevRelay:
