@@ -14,7 +14,8 @@ and streamed requests through the official `openai` client (its default retries 
 third with an `Idempotency-Key`), async ones through httpx (`Prefer: respond-async`,
 then polling the task), and a few to backends that hang, send garbage or stop mid-stream.
 Meanwhile, every 10-20 s, a fault: a publisher or the relay killed (SIGKILL) and started
-again, or DynamoDB frozen for 5 s.
+again, DynamoDB frozen for 5 s, or a publisher frozen (SIGSTOP) for 15 s — past the
+relay's work window, so what it held moves on — and resumed (SIGCONT).
 
 Each request ends as one of: answered (the right text), a clear error (an OpenAI-style
 error, an SSE error event, or a refused connection while the relay was down), wrong (an
@@ -31,6 +32,7 @@ import collections
 import json
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -55,7 +57,10 @@ from tests.support.stack import CLIENT_TOKEN, DevRelay, dynamodb_client
 CLIENT_BUDGET_SECONDS = 60.0
 FAULT_EVERY_SECONDS = (10.0, 20.0)
 FREEZE_SECONDS = 5.0
-FAULTS = ("kill-publisher", "kill-relay", "freeze-dynamodb")
+# A publisher frozen (SIGSTOP: its sockets stay open, nothing answers, as on a cut
+# network) past the relay's work window, then resumed: what it held moved on meanwhile.
+FREEZE_PUBLISHER_SECONDS = 15.0
+FAULTS = ("kill-publisher", "kill-relay", "freeze-dynamodb", "freeze-publisher")
 # Models that must fail, and how they are asked (streamed or not).
 BROKEN = [("cut", True), ("garbage", True), ("hang", True), ("hang", False)]
 
@@ -248,6 +253,15 @@ class Soak:
                 time.sleep(rng.uniform(0.5, 3))
                 self._start_publisher(name)
                 what = f"{name} killed, restarted"
+            elif fault == "freeze-publisher":
+                name = rng.choice(sorted(self.publishers))
+                process = self.publishers[name].process
+                process.send_signal(signal.SIGSTOP)
+                try:
+                    time.sleep(FREEZE_PUBLISHER_SECONDS)
+                finally:
+                    process.send_signal(signal.SIGCONT)
+                what = f"{name} frozen {FREEZE_PUBLISHER_SECONDS:g} s, resumed"
             elif fault == "kill-relay":
                 self.relay.kill()
                 time.sleep(rng.uniform(0.5, 2))

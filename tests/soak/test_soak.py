@@ -14,7 +14,7 @@ SEED = 20240612  # fixed in CI, so that a failure can be replayed: scripts/soak 
 # (`natrelay dev --doorbell`) a relay killed between a publisher's claim and its answer
 # leaves that task claimed until the publisher's next safety poll (up to a minute),
 # past this short run's settling time: scripts/soak covers that mode by hand.
-FAULTS = ("kill-relay", "kill-publisher", "freeze-dynamodb")
+FAULTS = ("kill-relay", "kill-publisher", "freeze-dynamodb", "freeze-publisher")
 
 
 @pytest.mark.timeout(SECONDS + 180)

@@ -67,11 +67,7 @@ def _refused(task_id: str, holder: Holder, exc: ConditionFailedError) -> RelayEr
     old = exc.record
     if not isinstance(old, TaskRecord):
         return _not_claimed(task_id)
-    elsewhere = old.claimed_by != holder.session_id
-    if elsewhere and (
-        old.lost_by == holder.session_id
-        or (old.claimed_key == holder.key and old.claimed_by is not None)
-    ):
+    if old.lost_by == holder.session_id and old.claimed_by != holder.session_id:
         # fenced: the claim it posts for moved on (another member runs the task, or ran it)
         return TaskMovedError(
             f"task {task_id} went to another member of its pool: this publisher missed its "
