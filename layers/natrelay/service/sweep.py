@@ -112,19 +112,16 @@ class Sweeper:
         if task is None or task.state is not TaskState.CLAIMED or task.session_id is None:
             return "raced"
         session = await self.stores.sessions.get(task.session_id)
-        alive = session is not None and self.liveness.alive(session.heartbeat_at, now)
         young = now - task.created_at < self.settings.max_task_seconds
         try:
-            same = session is not None and session.generation == task.claimed_generation
             if (
-                alive
+                session is not None
+                and self.liveness.holds(session, task, now)
                 and young
-                and same
-                and session is not None
                 and confirmed(session, task) is not False
             ):
-                # The publisher that holds it lives, is the same process, and runs it (or
-                # does not say what it runs: an older publisher).
+                # The publisher that holds it lives (within its window), is the same
+                # process, and runs it (or does not say what it runs: an older publisher).
                 await leases.extend_if_expired(task_id, now)
                 return "extended"
             # It died, restarted, or says it does not run it (a poll answer lost on the
