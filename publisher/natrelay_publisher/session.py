@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from natrelay.wire import (
+    ErrorCode,
     HeartbeatRequest,
     LlmStatus,
     RegisterRequest,
@@ -105,12 +106,13 @@ class Session:
             self.relay.trust.accepted = True
         backoff = Backoff(cap=self.config.heartbeat_seconds)
         held: dict[str, str] = {}
+        work_beats = True
         while True:
             names = [name for name in self.slots if name not in held]
             request = RegisterRequest(
                 providers=[self.slots[name].spec() for name in names],
                 provider_session_id=session_id,
-                work_beats=True,
+                work_beats=work_beats,
             )
             try:
                 answer = await retrying(functools.partial(self.relay.register, request))
@@ -138,6 +140,13 @@ class Session:
                 )
                 await asyncio.sleep(delay)
             except RelayCallError as exc:
+                if (
+                    work_beats
+                    and exc.code == ErrorCode.INVALID_REQUEST
+                    and "workBeats" in str(exc.message)
+                ):
+                    work_beats = False  # an older relay: it knows no work beats
+                    continue
                 if session_id is None:
                     raise
                 logger.warning(

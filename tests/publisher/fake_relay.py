@@ -77,6 +77,12 @@ class FakeRelay:
     max_result_bytes: int | None = None
     # Names another session holds: a registration with any of them is refused (409).
     held: set[str] = field(default_factory=set)
+    # Work beats asked for (SessionResponse.workBeatSeconds); tasks whose chunks and
+    # results are refused 409 task_moved (another member has them); a relay older than
+    # work beats (it refuses `workBeats` in a registration, as an unknown field).
+    work_beat_seconds: float | None = None
+    moved: set[str] = field(default_factory=set)
+    knows_work_beats: bool = True
     events: list[Event] = field(default_factory=list)
     # Requests the wire models refused: a publisher bug, or a drift from the protocol.
     invalid: list[str] = field(default_factory=list)
@@ -150,10 +156,15 @@ class FakeRelay:
             )
             for name, status in self.rows.items()
         ]
-        return JSONResponse(dump(SessionResponse(provider_session_id=SESSION, llms=llms)))
+        answer = SessionResponse(
+            provider_session_id=SESSION, llms=llms, work_beat_seconds=self.work_beat_seconds
+        )
+        return JSONResponse(dump(answer))
 
     async def _register(self, request: Request) -> Response:
         body = await self._read(request, "register", RegisterRequest)
+        if body.work_beats and not self.knows_work_beats:
+            return error(ErrorCode.INVALID_REQUEST, "workBeats: Extra inputs are not permitted")
         await asyncio.sleep(self.register_delay)
         taken = sorted(p.name for p in body.providers if p.name in self.held)
         if taken:
@@ -186,6 +197,8 @@ class FakeRelay:
 
     async def _chunks(self, request: Request) -> Response:
         batch = await self._read(request, "chunks", ChunkBatch)
+        if request.path_params["task_id"] in self.moved:
+            return error(ErrorCode.TASK_MOVED, "the task went to another member")
         if self.refuse_chunks:
             return error(ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE)
         if self.cancel_after is not None and len(self.calls("chunks")) > self.cancel_after:
@@ -194,6 +207,8 @@ class FakeRelay:
 
     async def _result(self, request: Request) -> Response:
         await self._read(request, "result", TaskResult)
+        if request.path_params["task_id"] in self.moved:
+            return error(ErrorCode.TASK_MOVED, "the task went to another member")
         size = len(await request.body())
         if self.max_result_bytes is not None and size > self.max_result_bytes:
             return error(ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE)
