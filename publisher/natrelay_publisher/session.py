@@ -283,14 +283,9 @@ class Session:
             request = HeartbeatRequest(
                 provider_session_id=self.require_id(), statuses=statuses, running=running
             )
-            try:
-                answer = await self.relay.heartbeat(request)
-            except RelayUnavailableError:
+            answer = await self._send(request)
+            if answer is None:
                 return
-            except SessionLostError:
-                await self.reregister()
-                return
-            self.on_cancelled(answer.cancelled)
             self._pools_said(answer)
             if statuses:
                 logger.info("reported %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
@@ -312,16 +307,22 @@ class Session:
             provider_session_id=self.require_id(), running=sorted(self.running), work=True
         )
         try:
-            answer = await self.relay.heartbeat(request)
-        except RelayUnavailableError:
-            return
-        except SessionLostError:
-            await self.reregister()
-            return
+            await self._send(request)
         except RelayCallError as exc:
             logger.warning("work beat refused: %s", exc.message)
-            return
+
+    async def _send(self, request: HeartbeatRequest) -> SessionResponse | None:
+        """Send a heartbeat and stop what its answer says nobody wants; None when the
+        relay could not be reached or lost the session (registered again then)."""
+        try:
+            answer = await self.relay.heartbeat(request)
+        except RelayUnavailableError:
+            return None
+        except SessionLostError:
+            await self.reregister()
+            return None
         self.on_cancelled(answer.cancelled)
+        return answer
 
     async def beat_quietly(self) -> None:
         """A heartbeat whose failure is only logged (a wake's, while it waits)."""

@@ -132,31 +132,32 @@ async def test_the_sweep_moves_what_nobody_waits_for(relay: Relay, clock: FakeCl
     assert (await current(relay, kept.id)).claimed_by == beating
 
 
+async def rung_member(relay: Relay, *connections: str) -> TaskRecord:
+    """A member with doorbell connections (the last one current) holding a task."""
+    sid = await member(relay)
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    await claim(relay, sid)
+    session = await relay.stores.sessions.get(sid)
+    assert session is not None
+    for connection in connections:
+        await relay.doorbell.connect(session, connection)
+    return task
+
+
 @pytest.mark.parametrize(
     ("code", "moves"), [(1006, True), (None, True), (1000, False), (1001, False)]
 )
 async def test_a_doorbell_that_breaks_is_a_death_notice(
     relay: Relay, code: int | None, moves: bool
 ) -> None:
-    sid = await member(relay)
-    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    await claim(relay, sid)
-    session = await relay.stores.sessions.get(sid)
-    assert session is not None
-    await relay.doorbell.connect(session, "conn-1")
+    task = await rung_member(relay, "conn-1")
     await closed(relay, "conn-1", code)  # at once: no window to wait for
     state = (await current(relay, task.id)).state
     assert state is (TaskState.PENDING if moves else TaskState.CLAIMED)
 
 
 async def test_a_newer_doorbell_makes_the_old_ones_close_no_notice(relay: Relay) -> None:
-    sid = await member(relay)
-    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    await claim(relay, sid)
-    session = await relay.stores.sessions.get(sid)
-    assert session is not None
-    await relay.doorbell.connect(session, "old")
-    await relay.doorbell.connect(session, "new")  # it reconnected before the old closed
+    task = await rung_member(relay, "old", "new")  # it reconnected before the old closed
     await closed(relay, "old", 1006)
     assert (await current(relay, task.id)).state is TaskState.CLAIMED
 

@@ -39,32 +39,28 @@ class DynamoLeaseStore:
         self._client = client
         self._table = table
 
-    @off_loop
-    def expired(self, now: float) -> list[str]:
-        """Ids of claimed tasks whose lease ran out before `now`."""
+    def _claimed(self, deadline: str, now: float) -> list[str]:
+        """Ids of claimed tasks by lease: `deadline` is the key condition on it."""
         claimed = items(
             self._client,
             "query",
             TableName=self._table,
             IndexName="byLease",
-            KeyConditionExpression="leaseShard = :shard AND leaseUntil < :now",
+            KeyConditionExpression=f"leaseShard = :shard AND {deadline}",
             ExpressionAttributeValues=values(shard=LEASE_SHARD, now=now),
         )
         return [item["pk"].removeprefix("task#") for item in claimed]
 
     @off_loop
+    def expired(self, now: float) -> list[str]:
+        """Ids of claimed tasks whose lease ran out before `now`."""
+        return self._claimed("leaseUntil < :now", now)
+
+    @off_loop
     def running(self, now: float) -> list[str]:
         """Ids of claimed tasks whose lease has not run out (the sweep checks that their
         sessions still hold them)."""
-        claimed = items(
-            self._client,
-            "query",
-            TableName=self._table,
-            IndexName="byLease",
-            KeyConditionExpression="leaseShard = :shard AND leaseUntil >= :now",
-            ExpressionAttributeValues=values(shard=LEASE_SHARD, now=now),
-        )
-        return [item["pk"].removeprefix("task#") for item in claimed]
+        return self._claimed("leaseUntil >= :now", now)
 
     @off_loop
     def extend_if_expired(self, task_id: str, now: float) -> None:
