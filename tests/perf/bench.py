@@ -39,9 +39,11 @@ from natrelay.store import Stores
 from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
 from tests.perf import cpu, report
+from tests.perf.busy import busy_member
 from tests.perf.cold import cold_phase, init_phase
 from tests.perf.load import Samples, Target, isolated, ms, percentile, run_load
 from tests.perf.procs import (
+    IDLE_DOORBELL,
     LITELLM_KEY,
     ROOT,
     Backend,
@@ -67,16 +69,6 @@ CRITICAL_OPS = ("GetItem", "PutItem", "UpdateItem", "UpdateItem")
 # second, ~20 times what it serves, and the wake task then queues behind them for tens of
 # seconds. Long-lived, in-process signals answer the waiters anyway; see docs/performance.md.
 WAKE_PACE = {"poll_min_interval_seconds": 1.0, "poll_max_interval_seconds": 4.0}
-# The idle doorbell publisher polls once a minute by default, and each of those polls
-# refreshes its heartbeat. An idle window of a minute would see 0, 1 or 2 of them, so the
-# knob stacks poll every 10 s with a 15 s heartbeat timeout (every poll refreshes the
-# heartbeat, as at the defaults: 60 s polls, refresh due after 15 s), and the idle
-# figures are scaled to one such poll a minute (report.idle_rates).
-IDLE_DOORBELL: dict[str, Any] = {
-    "doorbell": True,
-    "heartbeat_timeout_seconds": 15.0,
-    "publisher_doorbell": {"safetyPollSeconds": 10},
-}
 # The relay stacks: long-lived; Lambda mode (one request per API process) with the
 # doorbell and with the long-poll; and Lambda mode as modelled before, two API processes
 # standing in for every Lambda instance (measured at c=16 only, in the full run).
@@ -712,6 +704,13 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
 
         log("idle cost and dispatch (knobs)")
         r["knobs"], r["sweep"] = knobs_phase(moto.endpoint, logdir, backend, profile, deadline)
+        if time.monotonic() < deadline - 3 * profile.idle_seconds:
+            log("a busy member's work beats")
+            seconds = profile.idle_seconds
+            r["busyMember"] = busy_member(moto.endpoint, logdir, seconds, IDLE_DOORBELL)
+            log(f"  extra DynamoDB requests/min: {r['busyMember']['busyMemberExtraPerMinute']}")
+        else:
+            notes.append("busy member skipped: over the time budget")
         doorbell = r["knobs"].get("Lambda, doorbell")
         longpoll = r["knobs"].get("Lambda, long-poll")
         r["cost"] = {

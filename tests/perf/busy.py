@@ -2,7 +2,7 @@
 "Failover"), and what a client waiting on its task reads meanwhile.
 
 `python -m tests.perf.busy [--seconds 60]`: a Lambda-mode stack with the doorbell (the
-deployed shape, the knob stacks' settings: tests/perf/bench.py IDLE_DOORBELL) and one
+deployed shape, the knob stacks' settings: tests/perf/procs.py IDLE_DOORBELL) and one
 publisher. First an idle window, then one as long with two requests running on the
 member (a backend that does not answer until the client gives up), each counting the
 DynamoDB requests of the API process the publisher talks to; the client's own process
@@ -23,8 +23,7 @@ from typing import Any
 import httpx
 
 from natrelay_infra.moto_server import MotoProcess
-from tests.perf.bench import IDLE_DOORBELL
-from tests.perf.procs import Stack
+from tests.perf.procs import IDLE_DOORBELL, Stack
 from tests.support.backend import FakeBackend
 from tests.support.net import serve
 from tests.support.stack import CLIENT_TOKEN
@@ -51,17 +50,15 @@ def _window(stack: Stack, seconds: float) -> tuple[dict[str, Any], dict[str, Any
     return _per_minute(publisher, seconds), _per_minute(client, seconds)
 
 
-def measure(seconds: float) -> dict[str, Any]:
+def busy_member(
+    endpoint: str, logdir: Path, seconds: float, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Idle, then busy, windows of one publisher on a Lambda-mode stack with `settings`,
+    on the moto server at `endpoint`."""
     backend = FakeBackend()
-    with (
-        MotoProcess() as moto,
-        serve(backend.app()) as url,
-        tempfile.TemporaryDirectory() as logdir,
-    ):
+    with serve(backend.app()) as url:
         provider = {"name": "m", "type": "openai", "baseUrl": f"{url}/v1", "model": "hang"}
-        stack = Stack.start(
-            "busy", moto.endpoint, Path(logdir), [provider], lambda_mode=True, **IDLE_DOORBELL
-        )
+        stack = Stack.start("busy", endpoint, logdir, [provider], lambda_mode=True, **settings)
         try:
             stack.wait_published(["m"])
             time.sleep(5.0)  # past registration and the first poll
@@ -99,7 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    print(json.dumps(measure(args.seconds), indent=2))
+    with MotoProcess() as moto, tempfile.TemporaryDirectory() as logdir:
+        measured = busy_member(moto.endpoint, Path(logdir), args.seconds, IDLE_DOORBELL)
+    print(json.dumps(measured, indent=2))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,18 @@ def child(
     return Child(name, args, env=env, log=logdir / f"{name}.log", pipe=pipe)
 
 
+# The idle doorbell publisher polls once a minute by default, and each of those polls
+# refreshes its heartbeat. An idle window of a minute would see 0, 1 or 2 of them, so the
+# knob stacks poll every 10 s with a 15 s heartbeat timeout (every poll refreshes the
+# heartbeat, as at the defaults: 60 s polls, refresh due after 15 s), and the idle
+# figures are scaled to one such poll a minute (report.idle_rates).
+IDLE_DOORBELL: dict[str, Any] = {
+    "doorbell": True,
+    "heartbeat_timeout_seconds": 15.0,
+    "publisher_doorbell": {"safetyPollSeconds": 10},
+}
+
+
 @dataclass
 class Backend:
     proc: Child

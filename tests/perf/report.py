@@ -522,6 +522,17 @@ def markdown(r: dict[str, Any]) -> str:
             rows,
         )
     )
+    busy = r.get("busyMember")
+    if busy:
+        b = busy["busyMember"]
+        out.append(
+            f"\nA busy member ({busy['running']} tasks running, Lambda mode, doorbell): "
+            f"{b['dynamodbPerMinute']:g} DynamoDB req/min against "
+            f"{busy['idleMember']['dynamodbPerMinute']:g} idle, "
+            f"**+{busy['busyMemberExtraPerMinute']:g}** "
+            f"({', '.join(f'{k} {v:g}' for k, v in b['byOperation'].items())}; "
+            f"work beats: {b['apiRequestsByKind'].get('heartbeat', 0):g} a minute)."
+        )
     d = r["dispatchUnderLoad"]
     out.append(
         "\nDispatch under load (c=1 back-to-back, task written → poll answer sent): "
