@@ -704,9 +704,10 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
 
         log("idle cost and dispatch (knobs)")
         r["knobs"], r["sweep"] = knobs_phase(moto.endpoint, logdir, backend, profile, deadline)
-        if time.monotonic() < deadline - 3 * profile.idle_seconds:
+        # work beats are steady (one per 2.5 s): a half-minute window shows them
+        seconds = min(profile.idle_seconds, 30.0)
+        if time.monotonic() < deadline - 2 * seconds - 20:
             log("a busy member's work beats")
-            seconds = profile.idle_seconds
             r["busyMember"] = busy_member(moto.endpoint, logdir, seconds, IDLE_DOORBELL)
             log(f"  extra DynamoDB requests/min: {r['busyMember']['busyMemberExtraPerMinute']}")
         else:

@@ -4,17 +4,23 @@ fenced; a stream that sent bytes ends `publisher_lost`. Real moto, the relay's s
 
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
 import pytest
 
 from natrelay.errors import PublisherLostError, SessionForbiddenError, TaskMovedError
 from natrelay.service import Principal, Relay
+from natrelay.service.assembly import build_relay
 from natrelay.service.outcomes import task_error
-from natrelay.store import TaskRecord
+from natrelay.settings import Settings
+from natrelay.store import Stores, TaskRecord
 from natrelay.web.doorbell import closed
 from natrelay.wire import (
     ChunkBatch,
     ErrorCode,
     HeartbeatRequest,
+    PollRequest,
     RegisterRequest,
     Role,
     TaskResult,
@@ -171,3 +177,37 @@ async def test_only_its_key_beats_for_a_session(relay: Relay) -> None:
     unknown = HeartbeatRequest(provider_session_id="no-such-session", running=[], work=True)
     with pytest.raises(SessionForbiddenError):
         await relay.sessions.work_beat(PUB, unknown)
+
+
+@pytest.mark.parametrize("beats_again", [False, True])
+async def test_a_long_poll_dropped_by_a_busy_member_is_checked_a_beat_later(
+    client: Any, clock: FakeClock, beats_again: bool
+) -> None:
+    """Server mode: a member holding tasks whose long-poll connection drops is dead, or
+    just polling anew: unless it beats within two work beats, its tasks move (long before
+    the window)."""
+    settings = Settings(
+        llms_table="Llms",
+        tasks_table="Tasks",
+        work_beat_seconds=0.05,
+        poll_min_interval_seconds=0.005,
+        poll_max_interval_seconds=0.02,
+    )
+    relay = build_relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    sid = await member(relay)
+    task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
+    await claim(relay, sid)
+
+    async def hung_up() -> bool:
+        return True
+
+    poll = PollRequest(provider_session_id=sid, wait_seconds=1, running=[task.id])
+    assert await relay.claims.poll(PUB, poll, gone=hung_up) == []
+    if beats_again:
+        clock.advance(1)
+        await work_beat(relay, sid, task.id)
+    with anyio.fail_after(10):
+        while relay.failover.checking:
+            await anyio.sleep(0.01)
+    state = (await current(relay, task.id)).state
+    assert state is (TaskState.CLAIMED if beats_again else TaskState.PENDING)

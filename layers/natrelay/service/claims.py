@@ -177,7 +177,7 @@ class Claims:
                     if gone is not None and await gone():
                         offer.idle = False
                         await self.polls.give_back(session.id, offer.take())
-                        if session.running or await self.tasks.held_by(session.id):
+                        if req.running or await self.tasks.held_by(session.id):
                             # a member that holds tasks hung up: dead, or just polling anew?
                             self.failover.suspect(session, self.clock())
                         return []

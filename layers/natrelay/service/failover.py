@@ -84,6 +84,11 @@ class Failover:
             log.info("session %s lost: %d tasks moved", fingerprint(session_id), moved)
         return moved
 
+    @property
+    def checking(self) -> int:
+        """How many of those checks (`suspect`) are still under way."""
+        return len(self._checks)
+
     def suspect(self, session: SessionRecord, since: float) -> None:
         """A hint that the session may be gone (its long-poll dropped while it holds
         tasks): unless it beats within a work beat or two, its tasks move."""
