@@ -131,7 +131,7 @@ def member(
 
 def ask(relay: Relay, model: str, text: str) -> str | None:
     client = openai.OpenAI(
-        base_url=f"{relay.mode}/v1", api_key=CLIENT_TOKEN, max_retries=0, timeout=60
+        base_url=f"{relay.url}/v1", api_key=CLIENT_TOKEN, max_retries=0, timeout=60
     )
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": text}]
@@ -167,7 +167,7 @@ def late_result(relay: Relay, task_id: str, session_id: str) -> httpx.Response:
         provider_session_id=session_id, status=200, body={"choices": [], "late": True}
     )
     return httpx.post(
-        f"{relay.mode}{Paths.TASK_RESULT.format(task_id=task_id)}",
+        f"{relay.url}{Paths.TASK_RESULT.format(task_id=task_id)}",
         json=result.model_dump(mode="json", by_alias=True, exclude_none=True),
         headers={"Authorization": f"Bearer {PUBLISH_TOKEN}"},
         timeout=30,
@@ -192,7 +192,14 @@ def test_a_pool_member_lost_mid_burst_hands_its_work_to_the_pool(
         victim, victim_session = pool[0], session_of(tmp_path, names[0])
         calls = [Call(partial(ask, relay, "m", f"call {i}")) for i in range(CALLS)]
         # every member busy with its two: the victim holds tasks its backend is running
-        wait_until(lambda: len(state.requests) >= 2 * MEMBERS, 20, "the pool never got busy")
+        wait_until(
+            lambda: len(state.requests) >= 2 * MEMBERS,
+            30,
+            lambda: (
+                f"the pool never got busy: {len(state.requests)} at the backend; calls: "
+                f"{[repr(c.error) for c in calls if c.error][:3]}; {pool[0].log()[-2000:]}"
+            ),
+        )
         if fault == "freeze":
             victim.process.send_signal(signal.SIGSTOP)
         else:
@@ -247,14 +254,18 @@ def test_a_stream_whose_member_froze_ends_publisher_lost(
         body = {"model": "s", "stream": True, "messages": [{"role": "user", "content": words(200)}]}
         headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
         with httpx.stream(
-            "POST", f"{relay.mode}/v1/chat/completions", json=body, headers=headers, timeout=60
+            "POST", f"{relay.url}/v1/chat/completions", json=body, headers=headers, timeout=60
         ) as answer:
             for line in answer.iter_lines():
                 if line.startswith("data: "):
                     events.append(line.removeprefix("data: "))
 
     call = Call(stream)
-    wait_until(lambda: len(events) >= 3, 20, "the stream never started")
+    wait_until(
+        lambda: len(events) >= 3,
+        30,
+        lambda: f"the stream never started: {events} {call.error!r}; {frozen.log()[-2000:]}",
+    )
     frozen.process.send_signal(signal.SIGSTOP)
     froze_at.append(time.monotonic())
     try:
