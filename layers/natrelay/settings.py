@@ -119,10 +119,13 @@ class Settings(BaseSettings):
     # Wake one more hibernating member when the oldest request has waited this long
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)
-    # Count every request per row and minute for the status page's "last hour" (one
-    # DynamoDB write per request without in-process signals; with them, one per row
-    # every 10 s from each process; off: the page shows no counts).
+    # Count every request per row and hour (and minute) for the console's overview and
+    # charts (one DynamoDB write per request without in-process signals; with them, one
+    # per row every 10 s from each process; off: the console shows no counts or charts).
     row_stats: bool = True
+    # The console's request pages show the prompt and the answer (the first 4 KB of each)
+    # only when this is on: off, an admin sees when and how a request ran, not what it said.
+    console_show_text: bool = False
     # Logs: JSON lines with the request id (json), or human-readable (text).
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

@@ -22,10 +22,13 @@ from natrelay.service.context import Context, signals_of
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
 from natrelay.service.handoff import Handoff
+from natrelay.service.history import History
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
+from natrelay.service.recent import RecentRequests
+from natrelay.service.row_stats import RowStats
 from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Registration, Sessions
 from natrelay.service.sweep import Sweeper
@@ -66,7 +69,9 @@ class Relay:
         self.signals = ctx.signals
         self.access = Access(ctx)
         self.keys = KeyAdmin(ctx, self.access)
-        self.usage = Usage(ctx)
+        # Each row's requests per hour: batched in one long-lived process.
+        self.row_stats = RowStats(ctx, batching=settings.in_process_signals)
+        self.usage = Usage(ctx, self.row_stats)
         self.handoff = Handoff(ctx)
         self.endings = Endings(ctx, self.usage, self.handoff)
         self.abandoned = Abandoned(ctx, self.handoff)
@@ -85,7 +90,10 @@ class Relay:
         # Public rows: the relay calls their upstreams; admins apply rows.
         self.upstreams = Upstreams(ctx, self.usage)
         self.rows = RowAdmin(ctx, self.upstreams.read_key)
-        self.board = Board(ctx, self.usage)
+        # The console: the overview, the charts' history, the recent requests.
+        self.board = Board(ctx, self.row_stats)
+        self.history = History(ctx, self.usage, self.row_stats)
+        self.recent = RecentRequests(ctx)
         self.page_sessions = PageSessions(ctx, self.access)
 
     @classmethod

@@ -1,5 +1,5 @@
-"""What the status page shows: every row with its pool and last hour, and every key's
-usage today."""
+"""What the console's overview shows: every row with its pool, queue, wake and recent
+requests, and every key's usage today."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from natrelay.service.access import STATIC_IDS
 from natrelay.service.context import Context
-from natrelay.service.usage import Usage, day_and_minute
+from natrelay.service.row_stats import Recent, RowStats
+from natrelay.service.usage import day_and_minute
 from natrelay.store import LlmRecord, MemberRecord, UsageRecord
 from natrelay.wire import LlmStatus, Role
 
@@ -23,8 +24,16 @@ class RowState:
     members: list[MemberRecord]
     queue_depth: int
     waking: bool
-    # (requests, errors) in the last hour; None when the relay does not count them.
-    last_hour: tuple[int, int] | None
+    # Its last hour and today; None when the relay does not count them.
+    recent: Recent | None
+
+    @property
+    def capacity(self) -> int | None:
+        """Requests its live members take at once (None: one of them sets no limit)."""
+        limits = [m.max_concurrency for m in self.members]
+        if not limits or any(n is None for n in limits):
+            return None
+        return sum(n or 0 for n in limits)
 
 
 @dataclass(frozen=True)
@@ -37,30 +46,31 @@ class KeyToday:
 
 
 class Board:
-    def __init__(self, ctx: Context, usage: Usage) -> None:
+    def __init__(self, ctx: Context, rows: RowStats) -> None:
         self.stores = ctx.stores
         self.liveness = ctx.liveness
         self.clock = ctx.clock
-        self.usage = usage
+        self.row_stats = rows
 
     async def rows(self) -> list[RowState]:
-        """Every row (a scan, and per row a queue count and two reads of its minutes,
-        all rows' reads side by side)."""
-        await self.usage.flush_rows()  # what this process counted, first
+        """Every row (a scan, and per row a queue count and one Query of its hours, all
+        rows' reads side by side)."""
+        await self.row_stats.flush()  # what this process counted, first
         now = self.clock()
 
         async def state(row: LlmRecord) -> RowState:
-            depth, hour = await asyncio.gather(self._depth(row), self.usage.last_hour(row.name))
+            depth, recent = await asyncio.gather(self._depth(row), self.row_stats.recent(row.name))
             return RowState(
                 row=row,
                 status=row.pool_status(now, self.liveness.timeout),
                 members=row.live_members(now, self.liveness.timeout),
                 queue_depth=depth,
                 waking=row.waking(now),
-                last_hour=hour,
+                recent=recent,
             )
 
-        return list(await asyncio.gather(*(state(r) for r in await self.stores.llms.all())))
+        rows = await self.stores.llms.all()
+        return sorted(await asyncio.gather(*(state(r) for r in rows)), key=lambda s: s.row.name)
 
     async def _depth(self, row: LlmRecord) -> int:
         return 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]

@@ -16,6 +16,7 @@ from natrelay.service.metering import ask_usage, reservation
 from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
+from natrelay.service.row_stats import Sample
 from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
 from natrelay.store import ConditionFailedError, IdempotencyRecord, LlmRecord, NewTask, TaskRecord
@@ -182,7 +183,7 @@ class Queue:
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
         if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
-            await self.usage.count_row(name, error=True)  # the status page shows refusals
+            await self.usage.rows.count(Sample(name, error=True))  # the console shows refusals
             raise offline(row, now, status)
         if endpoint not in row.endpoints(now, self.liveness.timeout):
             raise not_served(row, endpoint)
@@ -263,7 +264,7 @@ class Queue:
             return None  # nothing to check: no read
         depth, oldest = await self.queues.depth(row.name, int(depth_limit or 1))
         if depth_limit and depth >= depth_limit:
-            await self.usage.count_row(row.name, error=True)
+            await self.usage.rows.count(Sample(row.name, error=True))
             raise QueueFullError(
                 f"every member serving {row.name!r} is busy and {depth} requests already "
                 "wait for it; try again shortly",

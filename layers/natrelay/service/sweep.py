@@ -16,6 +16,7 @@ from natrelay.service.context import Context, signals_of
 from natrelay.service.doorbell import Bells, Doorbell, LocalBells
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.handoff import Handoff
+from natrelay.service.row_stats import RowStats
 from natrelay.service.usage import Usage
 from natrelay.settings import Settings
 from natrelay.signals import Signals
@@ -65,7 +66,7 @@ class Sweeper:
         # The relay's own handoff when it runs in the relay's process (tasks handed there
         # past their lease are written out first); else one that holds nothing.
         self.handoff = handoff or Handoff(ctx)
-        self.usage = Usage(ctx)
+        self.usage = Usage(ctx, RowStats(ctx, batching=settings.in_process_signals))
         self.endings = Endings(ctx, self.usage, self.handoff)
         self.doorbell = Doorbell(ctx, stores.connections or bells or LocalBells())
 
@@ -96,7 +97,7 @@ class Sweeper:
         for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
         await self._count_online(await rows.live(cutoff), now)
-        await self.usage.flush_rows()  # the rows' failed requests it counted, now
+        await self.usage.rows.flush()  # the rows' failed requests it counted, now
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts

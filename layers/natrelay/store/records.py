@@ -195,6 +195,13 @@ class TaskRecord:
     # (what its usage is bounded or estimated by: service.metering).
     reserved: int = 0
     relayed: int = 0
+    # Its timeline (service.timeline): when the relay received the client's request,
+    # when the poll that claimed it asked, and when its first chunk came.
+    received_at: float | None = None
+    asked_at: float | None = None
+    first_token_at: float | None = None
+    # The W3C trace context it carries to its publisher and backend.
+    traceparent: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now
