@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # The names the relay answers for (besides any IP address); others get 400 before
     # anything reads them (DNS rebinding). Comma-separated; empty: every host.
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Cookies of the relay's pages (the status page's session) are Secure: sent over
+    # Cookies of the relay's pages (the console's session) are Secure: sent over
     # https only. Off only where the relay is reached over plain http (natrelay dev).
     cookie_secure: bool = True
     # How long a process trusts a stored key it verified; revocation and expiry take

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from natrelay.wire import ApplyResult, LlmList, LlmRow, Paths
-from natrelay.wire.documents import DocumentError, read_documents
+from natrelay.wire.documents import DocumentError, placed, read_documents
 from natrelay_cli.admin import (
     AdminClient,
     CommandError,
@@ -95,19 +95,9 @@ def _refusal(resp: Any, places: list[str]) -> CommandError:
         error = resp.json().get("error") or {}
     except (ValueError, AttributeError):
         error = {}
-    param = str(error.get("param") or "")
-    if param.startswith("documents[") and "]" in param:
-        index, _, field = param.removeprefix("documents[").partition("]")
-        if index.isdigit() and int(index) < len(places):
-            message = str(error.get("message", ""))
-            # the relay names the document by index: say where it is instead
-            message = message.split("): ", 1)[1] if "): " in message else message
-            field = field.removeprefix(".")
-            code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED
-            return CommandError(
-                f"{places[int(index)]}: {field + ': ' if field else ''}{message}", code
-            )
-    return CommandError(error_of(resp), EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED)
+    code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED
+    where = placed(error.get("param"), str(error.get("message", "")), places)
+    return CommandError(where or error_of(resp), code)
 
 
 def _apply(client: AdminClient, args: argparse.Namespace) -> None:

@@ -62,3 +62,17 @@ def read_documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[s
             f"{source}: {len(docs)} documents; apply at most {MAX_APPLY_DOCUMENTS} at once"
         )
     return docs, places
+
+
+def placed(param: str | None, message: str, places: list[str]) -> str | None:
+    """The relay's refusal of a document (`param` documents[i].field) told where that
+    document is (`SOURCE: document N (name): field: reason`); None if it names none."""
+    if not (param or "").startswith("documents[") or "]" not in (param or ""):
+        return None
+    index, _, field = (param or "").removeprefix("documents[").partition("]")
+    if not index.isdigit() or int(index) >= len(places):
+        return None
+    # the relay names the document by index: say where it is instead
+    reason = message.split("): ", 1)[1] if "): " in message else message
+    field = field.removeprefix(".")
+    return f"{places[int(index)]}: {field + ': ' if field else ''}{reason}"

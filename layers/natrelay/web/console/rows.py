@@ -16,7 +16,7 @@ from natrelay.web.console.html import Column, status, table
 from natrelay.web.console.pages import Visit, csrf_field, note, page
 from natrelay.web.requests import parse
 from natrelay.wire import LlmApply, Paths
-from natrelay.wire.documents import DocumentError, read_documents
+from natrelay.wire.documents import DocumentError, placed, read_documents
 
 EXAMPLE = """name: gpt-mini
 kind: public
@@ -81,13 +81,14 @@ async def rows(request: Request, relay: Relay, visit: Visit) -> Response:
 async def apply(request: Request, relay: Relay, visit: Visit) -> Response:
     text = visit.form.get("yaml", "")
     try:
-        docs, _ = read_documents(text, "the form")
+        docs, places = read_documents(text, "the form")
     except DocumentError as exc:
         return await _page(relay, visit, note(str(exc), "problem"), text, code=400)
     try:
         applied = await relay.rows.apply(list(parse(LlmApply, {"documents": docs}).documents))
     except InvalidRequestError as exc:
-        return await _page(relay, visit, note(exc.message, "problem"), text, code=400)
+        told = placed(exc.param, exc.message, places) or exc.message
+        return await _page(relay, visit, note(told, "problem"), text, code=400)
     done = "; ".join(
         f"{a.name}: {a.action}" + (f" ({', '.join(a.changed)})" if a.action == "updated" else "")
         for a in applied

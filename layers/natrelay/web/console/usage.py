@@ -71,8 +71,7 @@ async def usage(request: Request, relay: Relay, visit: Visit) -> Response:
         corner="hour (UTC)",
     )
     body = (
-        _spans(days)
-        + f'<section aria-labelledby="h-today"><h2 id="h-today">Today</h2>'
+        _spans(days) + f'<section aria-labelledby="h-today"><h2 id="h-today">Today</h2>'
         f'<div class="charts">{today}</div></section>'
         + '<section aria-labelledby="h-keys"><h2 id="h-keys">By key</h2>'
         + _group("keys", "key", h.days, h.by_key)
