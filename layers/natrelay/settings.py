@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # Logs: JSON lines with the request id (json), or human-readable (text).
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
+    # Traces: every request carries a W3C traceparent (the client's, or one made here) to
+    # its publisher and backend and into its log lines; `otlp` also exports a span per
+    # request over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (needs `natrelay[otel]`).
+    tracing: Literal["off", "otlp"] = "off"
     # Metrics: off, prometheus (GET /metrics, long-lived), or emf (CloudWatch, Lambda).
     metrics: Literal["off", "prometheus", "emf"] = "off"
     # Lets a scraper read GET /metrics without an admin key (empty: admins only).

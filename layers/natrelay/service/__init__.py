@@ -41,6 +41,7 @@ from natrelay.signals import Signals
 from natrelay.store import Stores
 from natrelay.store.secrets import with_secret
 from natrelay.types import Clock
+from natrelay.wire.trace import Tracing
 
 
 class Relay:
@@ -62,6 +63,8 @@ class Relay:
             metrics or metrics_for(settings.metrics),
         )
         self.metrics = ctx.metrics
+        # Spans of this process: exported over OTLP only when configured (wire.trace).
+        self.tracing = Tracing("natrelay-relay", export=settings.tracing == "otlp")
         self.ctx = ctx
         self.settings = settings
         self.stores = stores

@@ -260,12 +260,13 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
                 sweeping.cancel()
                 await asyncio.gather(sweeping, return_exceptions=True)
             await relay.drain()  # what this process writes behind its answers, first
+            relay.tracing.flush()
 
     app = Starlette(
         routes=ROUTES,
         exception_handlers=HANDLERS,
         middleware=[
-            Middleware(RequestContext, metrics=relay.metrics),
+            Middleware(RequestContext, metrics=relay.metrics, tracing=relay.tracing),
             *host_guard(relay.settings.allowed_hosts),
         ],
         lifespan=lifespan,
