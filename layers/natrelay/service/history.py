@@ -103,16 +103,15 @@ class History:
         self.rows = rows
 
     async def usage_days(self, days: int) -> UsageHistory:
-        """The last `days` UTC days: the rows (a scan) and keys (a Query), then one Query
-        per key and one per row, side by side."""
+        """The last `days` UTC days: the rows counted then (gone ones too) and the keys (a
+        Query each), then one Query per key and one per row, side by side."""
         await self.rows.flush()  # what this process counted, first
         now = self.clock()
         labels = _day_list(now, days)
-        rows, keys = await asyncio.gather(self.stores.llms.all(), self.stores.keys.all())
-        names = sorted(r.name for r in rows)
+        span = (days - 1) * 24 + int(hour_of(now)[11:]) + 1  # from the first day's 00h
+        names, keys = await asyncio.gather(self.rows.names(span), self.stores.keys.all())
         ids = {k.id: k.label for k in keys}
         ids.update({key_id: f"shared {role.value} token" for role, key_id in STATIC_IDS.items()})
-        span = (days - 1) * 24 + int(hour_of(now)[11:]) + 1  # from the first day's 00h
         key_days, row_hours = await asyncio.gather(
             asyncio.gather(*(self.usage.days(i, days) for i in ids)),
             self.rows.hours(names, span, totals_only=True),
@@ -140,12 +139,12 @@ class History:
         )
 
     async def latency(self, hours: int) -> tuple[list[str], list[RowLatency]]:
-        """Each row's last `hours` hours (labels `YYYY-MM-DDTHH`, oldest first): one Query
-        per row, side by side. Rows without a request then are left out."""
+        """Each row's last `hours` hours (labels `YYYY-MM-DDTHH`, oldest first): the rows
+        counted then (a Query), and one Query per row, side by side."""
         await self.rows.flush()
         now = self.clock()
         labels = [hour_of(now - (hours - 1 - i) * 3600) for i in range(hours)]
-        names = sorted(r.name for r in await self.stores.llms.all())
+        names = await self.rows.names(hours)
         found = await self.rows.hours(names, hours)
         out = []
         for name in names:

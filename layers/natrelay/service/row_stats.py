@@ -118,6 +118,8 @@ class RowStats:
         self._batch: Batch[tuple[str, RowHour]] = Batch(
             "rows' request counts", FLUSH_SECONDS, self._write
         )
+        # The (row, hour) pairs this process has noted among the rows counted.
+        self._marked: set[tuple[str, str]] = set()
 
     async def count(self, sample: Sample) -> None:
         """Count a request of a row in its hour and minute: written at once, or (long-lived
@@ -142,11 +144,18 @@ class RowStats:
         for llm, counts in entries:
             merged.setdefault((llm, counts.hour), RowHour(hour=counts.hour)).add(counts)
         expires_at = self.clock() + KEEP_SECONDS
-        for (llm, _), counts in merged.items():
+        for (llm, hour), counts in merged.items():
             try:
                 await self.store.add(llm, counts, expires_at=expires_at)
+                if (llm, hour) not in self._marked:
+                    await self.store.mark(llm, hour, expires_at=expires_at)
+                    self._marked = {m for m in self._marked if m[1] == hour} | {(llm, hour)}
             except Exception:  # bookkeeping: never fail a request over it
                 log.exception("requests of %s not counted", llm)
+
+    async def names(self, hours: int) -> list[str]:
+        """The rows counted in the last `hours` hours, gone ones too (one Query)."""
+        return await self.store.names(hour_of(self.clock() - (hours - 1) * 3600))
 
     async def fallback_used(self, llm: str) -> None:
         """Count a request of the row that a fallback served (on the row asked for)."""

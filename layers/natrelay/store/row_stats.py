@@ -13,6 +13,10 @@ pk `llmusage#<name>`, sk `<YYYY-MM-DDTHH>` (UTC): one item per row and hour, kep
 
 Written with one UpdateItem (ADD) per request, or per row and flush in a long-lived
 process; read with one Query per row (the hours since a given one).
+
+pk `llmusage-names`, sk `<name>`: the rows counted, and the last hour each was (`hour`),
+so that the charts show rows that are gone (deleted, or swept after their retention)
+with one Query. Written once per row and hour by each process.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ _TOTALS = {
     "fb": "fallbacks",
 }
 _HISTOGRAMS = {"f": "first_token", "w": "whole"}
+_NAMES = "llmusage-names"
 
 
 @dataclass
@@ -132,6 +137,29 @@ class DynamoRowStatsStore:
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values(exp=int(expires_at), **vals),
         )
+
+    @off_loop
+    def mark(self, name: str, hour: str, *, expires_at: float) -> None:
+        """Note that the row was counted in `hour`."""
+        self._client.update_item(
+            TableName=self.table,
+            Key={"pk": {"S": _NAMES}, "sk": {"S": name}},
+            UpdateExpression="SET #hour = :hour, expiresAt = :exp",
+            ExpressionAttributeNames={"#hour": "hour"},
+            ExpressionAttributeValues=values(hour=hour, exp=int(expires_at)),
+        )
+
+    @off_loop
+    def names(self, since: str) -> list[str]:
+        """The rows counted in `since` (YYYY-MM-DDTHH) or later, by name (one Query)."""
+        found = items(
+            self._client,
+            "query",
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues=values(pk=_NAMES),
+        )
+        return sorted(i["sk"] for i in found if i.get("hour", "") >= since)
 
     @off_loop
     def hours(self, name: str, since: str, *, totals_only: bool = False) -> list[RowHour]:
