@@ -74,10 +74,10 @@ def _frame(top: float, step: float, fmt: Format, labels: Sequence[str]) -> list[
             f'class="grid"/><text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
             f"{escape(fmt(step * i))}</text>"
         )
-    every = max(1, math.ceil(len(labels) / 8))
+    every = max(1, math.ceil(len(labels) / 6))
     slot = (WIDTH - _LEFT - _RIGHT) / max(1, len(labels))
     for i, label in enumerate(labels):
-        if i % every == 0 or (i == len(labels) - 1 and len(labels) <= 8):
+        if (len(labels) - 1 - i) % every == 0:  # the latest is always named
             x = _LEFT + slot * (i + 0.5)
             out.append(
                 f'<text x="{x:.1f}" y="{HEIGHT - _BOTTOM + 20}" text-anchor="middle">'

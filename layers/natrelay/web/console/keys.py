@@ -40,7 +40,7 @@ def _limit_inputs(key: KeyRecord | None, suffix: str = "") -> str:
 def _actions(visit: Visit, now: float) -> Column[KeyRecord]:
     def cell(k: KeyRecord) -> str:
         if k.revoked_at is not None:
-            return '<span class="muted">revoked</span>'
+            return ""
         kid = escape(k.id)
         return (
             f'<details><summary>Change</summary><form method="post" class="grid" '

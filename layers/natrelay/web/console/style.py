@@ -24,7 +24,7 @@ h1{font-size:1.5em;margin:.5em 0}h2{font-size:1.2em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;margin:.4em 0 1em;font-variant-numeric:tabular-nums}
 th,td{border-bottom:1px solid #d0d4da;padding:.3em .7em;text-align:left;vertical-align:top}
 thead th,table>tbody>tr:first-child>th[scope=col]{background:#f3f4f6}
-td.n,th.n{text-align:right}
+td.n,th.n{text-align:right}td.n{white-space:nowrap}
 .active{color:#17692f}.hibernating{color:#8a5300}.inactive,.unavailable,.failed{color:#b00020}
 .note{padding:.5em .8em;border-radius:4px}.note.ok{background:#e8f5ec;color:#17692f}
 .note.problem{background:#fdecee;color:#b00020}
