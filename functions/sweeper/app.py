@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from natrelay.service.sweep import SweepRunner
+from natrelay.service.assembly import SweepRunner
 
 # Built once per cold start and reused by warm invocations, like Mangum does.
 _sweep = SweepRunner()

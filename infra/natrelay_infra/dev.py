@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +23,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from natrelay.observe import configure_logging
-from natrelay.settings import Settings
 from natrelay.store.secrets import put_secret
 from natrelay.web import create_app
 from natrelay.wire import Paths
@@ -38,16 +33,18 @@ from natrelay_infra.demo import (
     wait_published,
     write_config,
 )
+from natrelay_infra.dev_args import allowed_hosts, is_loopback, is_unspecified, parser
+from natrelay_infra.dev_banner import DevRelay, print_banner
 from natrelay_infra.draining import Draining
 from natrelay_infra.moto_server import MotoServer
 from natrelay_infra.relay_config import relay_settings
 from natrelay_infra.state import (
-    STATE_DIR_ENV,
     StateBusyError,
     StateDir,
     default_state_dir,
     locked_state,
 )
+from natrelay_infra.stop_signal import StopOnSignal
 from natrelay_infra.tables import TableNames, create_tables
 from natrelay_infra.wake_controller import WakeController
 
@@ -60,131 +57,9 @@ FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
 log = logging.getLogger("natrelay.dev")
 
 
-def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(
-        prog="natrelay dev",
-        description="Run the relay locally: API, sweeper and an embedded DynamoDB (moto).",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
-    parser.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[h for h in env("NATRELAY_ALLOWED_HOSTS", "").split(",") if h.strip()],
-        metavar="NAME",
-        help="a name the relay answers for besides IP addresses and localhost (a web page "
-        "on any other name is refused: DNS rebinding); repeatable",
-    )
-    parser.add_argument(
-        "--dynamodb-endpoint",
-        default=env("NATRELAY_DYNAMODB_ENDPOINT"),
-        help="use this DynamoDB (DynamoDB Local, or AWS) instead of an embedded moto server",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        help="keep the embedded DynamoDB's state (keys, rows, usage, secrets) here across "
-        f"restarts (default ${STATE_DIR_ENV}, else ~/.local/state/natrelay/dev)",
-    )
-    parser.add_argument(
-        "--ephemeral",
-        action="store_true",
-        help="start empty and keep nothing (tests, throwaway runs)",
-    )
-    parser.add_argument("--table-prefix", default="natrelay-dev-")
-    parser.add_argument("--llms-table", help="table name (overrides the prefix)")
-    parser.add_argument("--tasks-table", help="table name (overrides the prefix)")
-    parser.add_argument("--keys-table", help="table name (overrides the prefix)")
-    parser.add_argument(
-        "--no-create-tables",
-        dest="create_tables",
-        action="store_false",
-        help="use existing tables (e.g. a deployed stack's)",
-    )
-    parser.add_argument(
-        "--admin-token",
-        default=env("NATRELAY_ADMIN_TOKEN"),
-        help="the admin token (manage keys with `natrelay keys`); generated if not given",
-    )
-    parser.add_argument("--client-token", default=env("NATRELAY_CLIENT_TOKEN"))
-    parser.add_argument(
-        "--publisher-token",
-        "--publish-token",
-        dest="publisher_token",
-        default=env("NATRELAY_PUBLISH_TOKEN"),
-    )
-    parser.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="a publisher silent this long is offline (default 90)",
-    )
-    parser.add_argument(
-        "--sweep-interval",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="run the sweeper this often; 0 disables it (default %(default)s)",
-    )
-    parser.add_argument(
-        "--doorbell",
-        dest="doorbell",
-        action="store_true",
-        default=False,
-        help="offer publishers the doorbell WebSocket, rung in-process: an idle publisher "
-        "then costs fewer DynamoDB requests, but its requests skip the fast path "
-        "(docs/relay.md)",
-    )
-    parser.add_argument(
-        "--no-doorbell",
-        dest="doorbell",
-        action="store_false",
-        help="publishers long-poll and requests take the fast path (the default)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="also run a publisher with the models echo and echo-sleepy",
-    )
-    parser.add_argument(
-        "--secret-from-env",
-        action="append",
-        default=[],
-        metavar="NAME=VAR",
-        help="create the secret NAME (e.g. natrelay/openai, for a public row's apiKey) in "
-        "the embedded moto, from the environment variable VAR; repeatable",
-    )
-    parser.add_argument("--pid-file", type=Path, help="write the demo publisher's pid here")
-    parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="json: one JSON line per log record, with the request id (default %(default)s)",
-    )
-    return parser
-
-
-@dataclass(frozen=True)
-class Relay:
-    url: str
-    dynamodb: str
-    tables: TableNames
-    client_token: str
-    publish_token: str
-    admin_token: str
-    settings: Settings
-    state: StateDir | None = None
-    embedded: bool = True
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run until Ctrl-C or SIGTERM; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level.upper())
     if args.log_level == "debug":
         for name in ("werkzeug", "botocore", "boto3", "httpx"):
@@ -229,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
                     f"natrelay dev: cannot create the tables at {endpoint}: {exc}", file=sys.stderr
                 )
                 return 1
-        stopper = stack.enter_context(_StopOnSignal())
+        stopper = stack.enter_context(StopOnSignal())
         app = Draining(create_app(relay.settings))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -249,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         publisher = None
         if args.demo:
             publisher = _start_demo(stack, args, relay)
-        _print_banner(relay, publisher)
+        print_banner(relay, publisher)
         if publisher is not None:
             ready = wait_published(
                 relay.url,
@@ -314,7 +189,7 @@ def _configure(
     *,
     embedded: bool,
     state: StateDir | None = None,
-) -> Relay:
+) -> DevRelay:
     """The relay's settings: our tables and tokens; the rest from NATRELAY_* as usual."""
     given = {
         "client": args.client_token,
@@ -323,8 +198,8 @@ def _configure(
     }
     # Well-known tokens only on a loopback address over a local DynamoDB; on someone's
     # real tables (a deployed stack's), no admin token unless given.
-    local_db = embedded or _is_loopback(urlsplit(endpoint).hostname or "")
-    if _is_loopback(args.host) and local_db:
+    local_db = embedded or is_loopback(urlsplit(endpoint).hostname or "")
+    if is_loopback(args.host) and local_db:
         defaults = {"client": DEV_CLIENT_TOKEN, "publish": DEV_PUBLISH_TOKEN}
         tokens = {
             role: token or defaults.get(role, DEV_ADMIN_TOKEN) for role, token in given.items()
@@ -345,9 +220,12 @@ def _configure(
     fields: dict[str, Any] = {
         "log_format": args.log_format,
         "log_level": args.log_level.upper(),
-        # long-lived: Prometheus metrics at GET /metrics (admin token)
+        # one long-lived process, swept on its event loop (natrelay.web's lifespan)
+        "mode": "server",
+        "sweep_interval_seconds": args.sweep_interval,
+        # Prometheus metrics at GET /metrics (admin token)
         "metrics": os.environ.get("NATRELAY_METRICS", "prometheus"),
-        "allowed_hosts": _allowed_hosts(args),
+        "allowed_hosts": allowed_hosts(args),
     }
     if "NATRELAY_COOKIE_SECURE" not in os.environ:
         fields["cookie_secure"] = False  # it serves plain http
@@ -366,16 +244,14 @@ def _configure(
     )
     _aws_credentials(endpoint, embedded=embedded)
     host, port = sock.getsockname()[:2]
-    url_host = "127.0.0.1" if _is_unspecified(host) else host
+    url_host = "127.0.0.1" if is_unspecified(host) else host
     if ":" in url_host:
         url_host = f"[{url_host}]"
-    # swept inside the API process, on its event loop (natrelay.web's lifespan)
-    settings = settings.model_copy(update={"sweep_interval_seconds": args.sweep_interval})
     if args.doorbell and not settings.doorbell_url:
         # served by this process, rung in-process (natrelay.web.doorbell)
         doorbell = f"ws://{url_host}:{port}{Paths.DOORBELL}"
         settings = settings.model_copy(update={"doorbell_url": doorbell})
-    return Relay(
+    return DevRelay(
         url=f"http://{url_host}:{port}",
         dynamodb=endpoint,
         tables=tables,
@@ -388,20 +264,13 @@ def _configure(
     )
 
 
-def _allowed_hosts(args: argparse.Namespace) -> list[str]:
-    """The names the relay answers for (IP addresses always): localhost, the bound
-    name, and those given."""
-    named = [] if _is_unspecified(args.host) or _is_address(args.host) else [args.host]
-    return ["localhost", *named, *(h.strip() for h in args.allowed_host)]
-
-
 def _aws_credentials(endpoint: str, *, embedded: bool) -> None:
     """boto3 reads credentials from the environment only: fake ones where any will do."""
     if embedded:
         # moto takes any credentials; a profile named in the environment might not exist here.
         os.environ.update(FAKE_AWS_CREDENTIALS)
         os.environ.pop("AWS_PROFILE", None)
-    elif _is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
+    elif is_loopback(urlsplit(endpoint).hostname or "") and not _has_credentials():
         for key, value in FAKE_AWS_CREDENTIALS.items():  # DynamoDB Local takes any
             os.environ.setdefault(key, value)
 
@@ -435,30 +304,6 @@ def _dynamodb(endpoint: str, region: str) -> Any:
 
 def _token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager
@@ -500,7 +345,7 @@ def _stop_server(server: uvicorn.Server, thread: threading.Thread, app: Draining
 
 
 def _start_demo(
-    stack: contextlib.ExitStack, args: argparse.Namespace, relay: Relay
+    stack: contextlib.ExitStack, args: argparse.Namespace, relay: DevRelay
 ) -> DemoPublisher:
     controller = stack.enter_context(WakeController())
     if relay.state is not None:  # its session file too: a restart takes its models back
@@ -520,92 +365,6 @@ def _start_demo(
         args.pid_file.write_text(f"{publisher.pid}\n", encoding="utf-8")
         stack.callback(args.pid_file.unlink, missing_ok=True)
     return publisher
-
-
-def _state_line(relay: Relay) -> str:
-    if relay.state is None:
-        return "in memory only (--ephemeral)" if relay.embedded else "in the given DynamoDB"
-    kept = "kept across restarts; --ephemeral for a throwaway run"
-    return f"{relay.state.path} ({kept})"
-
-
-def _print_banner(relay: Relay, publisher: DemoPublisher | None) -> None:
-    model = "echo" if publisher else "MODEL"
-    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hello"}}]}}'
-    lines = [
-        f"natrelay dev: relay API at {relay.url}",
-        f"  OpenAI base URL:  {relay.url}/v1",
-        f"  client token:     {relay.client_token}",
-        f"  publisher token:  {relay.publish_token}",
-        f"  admin token:      {relay.admin_token}   (for `natrelay keys` and `natrelay llm`)"
-        if relay.admin_token
-        else "  admin token:      none (give one with --admin-token, or use a stored admin key)",
-        f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
-        f"{relay.tables.tasks}, {relay.tables.keys})",
-        f"  console:          {relay.url}{Paths.CONSOLE}   (log in with the admin token)",
-        f"  state:            {_state_line(relay)}",
-    ]
-    if publisher is not None:
-        lines.append(f"publisher pid: {publisher.pid}")
-    else:
-        lines += [
-            "",
-            "Publish the LLM servers of this machine (Ollama, llama.cpp, LM Studio, vLLM):",
-            f"  natrelay publish --detect --relay {relay.url} --token {relay.publish_token}",
-            "or a backend of your choice (natrelay publish --config publisher.yaml):",
-            f"  relay: {{url: {relay.url}, token: {relay.publish_token}}}",
-            "  providers:",
-            "    - {name: MODEL, type: openai, model: MODEL, baseUrl: http://127.0.0.1:8000/v1}",
-        ]
-    lines += [
-        "",
-        'Try it with curl (add "stream": true for server-sent events):',
-        f"  curl -s {relay.url}/v1/chat/completions \\",
-        f"    -H 'Authorization: Bearer {relay.client_token}' "
-        "-H 'Content-Type: application/json' \\",
-        f"    -d '{body}'",
-        "",
-        "or with the openai Python SDK (pip install openai):",
-        "  from openai import OpenAI",
-        f'  client = OpenAI(base_url="{relay.url}/v1", api_key="{relay.client_token}")',
-        f'  reply = client.chat.completions.create(model="{model}", '
-        'messages=[{"role": "user", "content": "hello"}])',
-        "  print(reply.choices[0].message.content)",
-        "",
-        "Keys for a team (one per box, one per person; see README.md):",
-        f"  NATRELAY_URL={relay.url} NATRELAY_ADMIN_TOKEN={relay.admin_token or '<admin>'} \\",
-        "    natrelay keys create --role client --label alice",
-        "",
-        "Ctrl-C stops everything.",
-    ]
-    print("\n".join(lines), flush=True)
-
-
-class _StopOnSignal:
-    """SIGINT/SIGTERM set `stopping`; a repeated signal calls `on_repeat` (e.g. kill a child)."""
-
-    def __init__(self) -> None:
-        self.stopping = threading.Event()
-        self.signum: int | None = None
-        self.on_repeat: Callable[[], None] | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stopping.is_set():
-            if self.on_repeat is not None:
-                self.on_repeat()
-            return
-        self.signum = signum
-        self.stopping.set()
-
-    def __enter__(self) -> _StopOnSignal:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# How the relay runs: `lambda`, one request per process at a time (AWS Lambda: nothing in
+# memory outlives a request, waiters re-read DynamoDB), or `server`, one long-lived
+# process serving many at once (natrelay dev, a container: in-process wake-ups, the fast
+# path, writes batched behind the answers).
+Mode = Literal["lambda", "server"]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NATRELAY_", extra="ignore")
+
+    # Read by the composition root alone (natrelay.service.assembly), which builds the
+    # relay the mode calls for; nothing else asks.
+    mode: Mode = "server"
 
     llms_table: str = "natrelay-Llms"
     tasks_table: str = "natrelay-Tasks"
@@ -72,26 +82,28 @@ class Settings(BaseSettings):
     # Long-poll re-checks: start fast after activity, back off while idle.
     poll_min_interval_seconds: float = Field(default=0.05, gt=0)
     poll_max_interval_seconds: float = Field(default=1.0, gt=0)
-    # Wake waiting polls and clients in this process at once (long-lived mode).
-    in_process_signals: bool = True
-    # Long-lived mode only (with in-process signals): hand a request to a poll waiting in
-    # this process in memory and write its record behind the answer (docs/relay.md,
-    # "The fast path"). Turn off when several relay processes share the tables behind
-    # one address: a publisher's posts must reach the process that handed it the task.
+    # The mode's old name (NATRELAY_IN_PROCESS_SIGNALS): false is lambda, true is server.
+    # Read into `mode` when that is not given, then cleared.
+    in_process_signals: bool | None = None
+    # Server mode only: hand a request to a poll waiting in this process in memory and
+    # write its record behind the answer (docs/relay.md, "The fast path"). Turn off when
+    # several relay processes share the tables behind one address: a publisher's posts
+    # must reach the process that handed it the task.
     fast_path: bool = True
-    # Long-lived mode only: the records of requests answered on the fast path, and the
+    # Server mode only: the records of requests answered on the fast path, and the
     # usage of keys without limits, are written in batches at most this long after the
     # answer (a process that dies loses at most this much bookkeeping, never an answer).
     record_batch_seconds: float = Field(default=0.1, gt=0, le=5)
-    # Long-lived mode only: sweep this often inside the API process, on its event loop
-    # (sharing its signals and the tasks it handed over in memory); 0: no sweeps here
+    # Server mode only: sweep this often inside the API process, on its event loop
+    # (sharing its wake-ups and the tasks it holds in memory); 0: no sweeps here
     # (Lambda runs the SweeperFunction on a schedule).
     sweep_interval_seconds: float = Field(default=0, ge=0)
-    # Long-lived mode only: how long a row read on the client's path is reused (every
+    # Server mode only: how long a row read on the client's path is reused (every
     # write of this process to the rows empties the cache at once; 0: off).
     row_cache_seconds: float = Field(default=1.0, ge=0, le=10)
-    # Without signals (Lambda) a client's wait re-reads DynamoDB: at this pace from the
-    # task's claim (brisk: a fast answer comes tens of ms later), growing by this factor.
+    # Lambda mode (no in-process wake-ups): a client's wait re-reads DynamoDB at this pace
+    # from the task's claim (brisk: a fast answer comes tens of ms later), growing by this
+    # factor.
     wait_brisk_interval_seconds: float = Field(default=0.02, gt=0)
     wait_brisk_growth: float = Field(default=1.25, ge=1)
     # The doorbell (docs/protocol.md): the URL publishers connect to (ws:// or wss://),
@@ -120,8 +132,8 @@ class Settings(BaseSettings):
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)
     # Count every request per row and hour (and minute) for the console's overview and
-    # charts (one DynamoDB write per request without in-process signals; with them, one
-    # per row every 10 s from each process; off: the console shows no counts or charts).
+    # charts (one DynamoDB write per request in Lambda mode; in server mode, one per row
+    # every 10 s from each process; off: the console shows no counts or charts).
     row_stats: bool = True
     # The console's request pages show the prompt and the answer (the first 4 KB of each)
     # only when this is on: off, an admin sees when and how a request ran, not what it said.
@@ -133,7 +145,7 @@ class Settings(BaseSettings):
     # its publisher and backend and into its log lines; `otlp` also exports a span per
     # request over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (needs `natrelay[otel]`).
     tracing: Literal["off", "otlp"] = "off"
-    # Metrics: off, prometheus (GET /metrics, long-lived), or emf (CloudWatch, Lambda).
+    # Metrics: off, prometheus (GET /metrics, server mode), or emf (CloudWatch, Lambda mode).
     metrics: Literal["off", "prometheus", "emf"] = "off"
     # Lets a scraper read GET /metrics without an admin key (empty: admins only).
     metrics_token: SecretStr = SecretStr("")
@@ -154,3 +166,16 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [h.strip() for h in text.split(",") if h.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _old_mode_name(self) -> Settings:
+        if self.in_process_signals is not None:
+            old: Mode = "server" if self.in_process_signals else "lambda"
+            if "mode" in self.model_fields_set and self.mode != old:
+                raise ValueError(
+                    f"NATRELAY_IN_PROCESS_SIGNALS={str(self.in_process_signals).lower()} "
+                    f"contradicts NATRELAY_MODE={self.mode}; set NATRELAY_MODE alone"
+                )
+            self.mode = old
+            self.in_process_signals = None
+        return self

@@ -6,9 +6,10 @@ import os
 import socket
 
 import pytest
+from pydantic import ValidationError
 
 from natrelay.settings import Settings
-from natrelay_infra import dev
+from natrelay_infra import dev, dev_args
 from natrelay_infra.relay_config import relay_settings, settings_env
 from natrelay_infra.tables import TableNames
 
@@ -36,11 +37,11 @@ def test_a_child_reads_the_same_settings_from_the_environment(
         TABLES,
         client_token="c" * 20,
         publish_token="p" * 20,
-        in_process_signals=False,
+        mode="lambda",
         poll_min_interval_seconds=0.5,
     )
     env = settings_env(settings)
-    assert env["NATRELAY_IN_PROCESS_SIGNALS"] == "false"
+    assert env["NATRELAY_MODE"] == "lambda"
     assert env["NATRELAY_PUBLISH_TOKEN"] == "p" * 20
     for key in [k for k in os.environ if k.startswith("NATRELAY_")]:
         monkeypatch.delenv(key)
@@ -49,8 +50,21 @@ def test_a_child_reads_the_same_settings_from_the_environment(
     assert Settings() == settings
 
 
+def test_the_old_name_of_the_mode_still_says_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NATRELAY_IN_PROCESS_SIGNALS=false was how a Lambda deployment said so
+    monkeypatch.delenv("NATRELAY_MODE", raising=False)
+    monkeypatch.setenv("NATRELAY_IN_PROCESS_SIGNALS", "false")
+    assert Settings().mode == "lambda"
+    monkeypatch.setenv("NATRELAY_IN_PROCESS_SIGNALS", "true")
+    assert Settings().mode == "server"
+    assert "NATRELAY_IN_PROCESS_SIGNALS" not in settings_env(Settings())
+    monkeypatch.setenv("NATRELAY_MODE", "lambda")
+    with pytest.raises(ValidationError, match="NATRELAY_IN_PROCESS_SIGNALS=true contradicts"):
+        Settings()
+
+
 def test_dev_configures_the_app_without_touching_the_environment() -> None:
-    args = dev._parser().parse_args(["--table-prefix", "cfg-", "--heartbeat-timeout", "4"])
+    args = dev_args.parser().parse_args(["--table-prefix", "cfg-", "--heartbeat-timeout", "4"])
     before = dict(os.environ)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

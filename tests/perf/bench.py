@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from natrelay.service import Sweeper
+from natrelay.service.assembly import Assembly
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay_infra.moto_server import MotoProcess
@@ -385,7 +385,7 @@ async def counted_sweep(stack: Stack) -> dict[str, Any]:
     counter = OpCounter()
     counter.attach(stores.client)
     started = time.perf_counter()
-    await Sweeper(stores, settings).run()
+    await Assembly(settings, stores=stores).sweeper.run()
     seconds = time.perf_counter() - started
     snap = counter.snapshot()
     return {

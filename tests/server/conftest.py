@@ -8,6 +8,7 @@ import pytest
 from moto import mock_aws
 
 from natrelay.service import Principal, Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.store import Stores, TaskRecord
 from natrelay.web import views
@@ -87,7 +88,7 @@ def client(aws: None) -> Any:
 
 @pytest.fixture
 def relay(client: Any, settings: Settings, clock: FakeClock) -> Relay:
-    return Relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    return build_relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
 
 
 def spec(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from natrelay.service import Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
 from natrelay_infra.moto_server import MotoServer
@@ -31,12 +32,12 @@ def _service(endpoint: str, tables: TableNames, **overrides: Any) -> Relay:
         llms_table=tables.llms,
         tasks_table=tables.tasks,
         keys_table=tables.keys,
-        in_process_signals=False,
+        mode="lambda",
         poll_min_interval_seconds=0.01,
         poll_max_interval_seconds=0.05,
         **overrides,
     )
-    return Relay.from_settings(settings)
+    return build_relay(settings)
 
 
 def _poller(
@@ -120,7 +121,7 @@ def _sweeper(endpoint: str, tables: TableNames, seconds: float, out: Any) -> Non
         violations = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            for k, v in (await relay.sweeper().run()).items():
+            for k, v in (await relay.sweeper.run()).items():
                 totals[k] = totals.get(k, 0) + v
             row = await relay.stores.llms.get("m")
             assert row is not None

@@ -16,6 +16,7 @@ import pytest
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 
 from natrelay.service import Principal, Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.store import GatewayConnections, Stores
 from natrelay.wire import (
@@ -84,7 +85,7 @@ def settings() -> Settings:
 def relay(client: Any, settings: Settings) -> Relay:
     """A relay that rings through the management API (moto), as ApiFunction does."""
     connections = GatewayConnections(ENDPOINT, "us-east-1")
-    return Relay(settings, Stores.on(client, "Llms", "Tasks", "Keys", connections))
+    return build_relay(settings, Stores.on(client, "Llms", "Tasks", "Keys", connections))
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ async def test_a_name_the_key_publishes_is_no_longer_its_alias(relay: Relay) -> 
 async def test_a_handed_request_keeps_its_endpoint_in_memory_and_when_spilled(
     relay: Relay,
 ) -> None:
-    """The fast path (service.handoff) hands the endpoint to the poll, and a task it
+    """The fast path (service.local_polls) hands the endpoint to the poll, and a task it
     writes back to the queue (its publisher left) keeps it."""
     sid = await register(relay, spec("e", Endpoint.EMBEDDINGS))
     async with polling(relay, sid) as got:

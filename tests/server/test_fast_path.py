@@ -1,5 +1,5 @@
-"""The fast path (service.handoff): a request handed in memory to a poll waiting in this
-process, its record written behind the answer; and every way off it."""
+"""The fast path (service.local_polls, store.memory_tasks): a request handed in memory to a
+poll waiting in this process, its record written behind the answer; and every way off it."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from natrelay.errors import (
     TaskTimeoutError,
 )
 from natrelay.service import Principal, Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.store import Stores, TaskRecord
 from natrelay.store.row_cache import RowCache
+from natrelay.wakeups import pool_topic
 from natrelay.wire import (
     ChunkBatch,
     PollRequest,
@@ -88,12 +90,16 @@ async def handed(relay: Relay, *, stream: bool) -> tuple[str, TaskRecord]:
 
 async def idle(relay: Relay, sid: str) -> None:
     """Until a poll of `sid` found nothing and waits idle (the fast path may hand it a task)."""
-    if not relay.handoff.enabled:
+    if not relay.polls.enabled:
         await anyio.sleep(0.2)  # no offers to see: the poll waits on DynamoDB
         return
-    for _ in range(200):
-        if any(o.idle and o.session.id == sid for o in relay.handoff.offers()):
-            return
+    looked = relay.claims.empty._seen  # the pools whose queue a poll found empty
+    for _ in range(500):
+        for offer in relay.polls.offers():
+            # on offer, and done with its first look at its pools' queues
+            first_look = all(pool_topic(name) in looked for name in offer.session.names)
+            if offer.idle and offer.session.id == sid and first_look:
+                return
         await anyio.sleep(0.01)
     raise AssertionError(f"no idle poll of {sid}")
 
@@ -134,9 +140,9 @@ async def test_a_request_for_an_idle_poll_here_skips_dynamodb_until_it_is_answer
     assert counter.ops == []  # answered: the record and the usage are written behind it
     assert (await relay.waiting.get(task.id)).state is TaskState.COMPLETED  # from memory
     await relay.drain()
-    # the record, the key's usage and the row's count of the minute, each in a batch
-    # with whatever else ended meanwhile
-    assert counter.ops == ["BatchWriteItem", "UpdateItem", "UpdateItem"]
+    # the record, the key's usage and the row's count of the hour, each in a batch with
+    # whatever else ended meanwhile (and, once an hour, the row's name among those counted)
+    assert counter.ops == ["BatchWriteItem", "UpdateItem", "UpdateItem", "UpdateItem"]
     stored = await relay.stores.tasks.get(task.id, relay.clock())
     assert stored is not None and stored.state is TaskState.COMPLETED
     assert stored.claimed_by == sid and stored.client_key == CLIENT.key_id
@@ -163,13 +169,13 @@ async def test_without_an_idle_poll_here_the_durable_path_serves(relay: Relay) -
 async def test_async_requests_and_a_disabled_fast_path_are_durable(
     client: Any, settings: Settings, clock: FakeClock
 ) -> None:
-    relay = Relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    relay = build_relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))
     async with polling(relay, sid) as got:
         task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
         assert [t.id for t in await got()] == [task.id]
     assert await relay.stores.tasks.get(task.id, clock()) is not None
-    off = Relay(
+    off = build_relay(
         settings.model_copy(update={"fast_path": False}),
         Stores.on(client, "Llms", "Tasks", "Keys"),
         clock=clock,
@@ -289,7 +295,7 @@ async def test_a_poll_cancelled_with_a_task_in_hand_gives_it_back(
         # The publisher lives on and says it runs nothing.
         clock.advance(relay.settings.lease_seconds + 1)
         await relay.sessions.beat(await relay.sessions.get(PUB, sid), {}, running=[])
-        counts = await relay.sweeper().run()
+        counts = await relay.sweeper.run()
         assert counts["spilled"] == 1 and counts["requeued"] == 1, counts
     for _ in range(100):
         stored = await relay.stores.tasks.get(task.id, relay.clock())
@@ -297,14 +303,14 @@ async def test_a_poll_cancelled_with_a_task_in_hand_gives_it_back(
             break
         await anyio.sleep(0.05)
     assert stored is not None and stored.state is TaskState.PENDING, (answered, stored)
-    assert not relay.handoff.holds(task.id)
+    assert not relay.tasks.holds(task.id)
 
 
 async def test_the_row_cache_is_emptied_by_every_write_of_this_process(
     client: Any, settings: Settings, clock: FakeClock
 ) -> None:
     stores = Stores.on(client, "Llms", "Tasks", "Keys", row_cache_seconds=5)
-    relay = Relay(settings, stores, clock=clock)
+    relay = build_relay(settings, stores, clock=clock)
     sid = await register(relay, spec("a"))
     counter = OpCounter(client)
     first = await stores.llms.get("a")
@@ -334,7 +340,7 @@ async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_que
     quick = settings.model_copy(
         update={"poll_max_interval_seconds": 0.3, "sweep_interval_seconds": sweep}
     )
-    relay = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    relay = build_relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))
     assert await claim(relay, sid) == []  # looked: empty
     counter = OpCounter(client)
@@ -346,7 +352,7 @@ async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_que
     # queued by another process (another relay on the same tables): not heard of, so the
     # memory lasts no longer than an idle poll's slowest re-check — unless this process
     # is alone on its tables and sweeps them: then a 30 s safety net
-    other = Relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    other = build_relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
     assert await claim(relay, sid) == []
     await anyio.sleep(0.35)
@@ -360,8 +366,8 @@ async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_que
 async def test_without_signals_every_poll_reads_the_queue(
     client: Any, settings: Settings, clock: FakeClock
 ) -> None:
-    lambda_like = settings.model_copy(update={"in_process_signals": False})
-    relay = Relay(lambda_like, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    lambda_like = settings.model_copy(update={"mode": "lambda"})
+    relay = build_relay(lambda_like, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))
     assert await claim(relay, sid) == []
     counter = OpCounter(client)
@@ -375,6 +381,6 @@ async def test_a_poll_writes_out_handed_tasks_past_their_lease(
     clock.advance(relay.settings.lease_seconds + 1)
     await relay.sessions.beat(await relay.sessions.get(PUB, sid), {}, running=[])
     assert await claim(relay, sid) == []  # the next poll of any session
-    assert not relay.handoff.holds(task.id)
+    assert not relay.tasks.holds(task.id)
     stored = await relay.stores.tasks.get(task.id, relay.clock())
     assert stored is not None and stored.state is TaskState.CLAIMED  # the sweep's now

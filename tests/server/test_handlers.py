@@ -93,7 +93,7 @@ def relay(
     env = relay_env(
         moto_server.endpoint,
         tables,
-        in_process_signals=False,
+        mode="lambda",
         heartbeat_timeout_seconds=heartbeat_timeout,
     )
     api = start_api(env)

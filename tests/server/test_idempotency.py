@@ -15,6 +15,7 @@ import pytest
 
 from natrelay.errors import InvalidRequestError
 from natrelay.service import Principal, Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.wire import Role, TaskResult
 from natrelay_infra.moto_server import MotoServer
@@ -70,9 +71,9 @@ def test_concurrent_requests_with_one_key_make_one_task(moto_server: MotoServer)
         llms_table=tables.llms,
         tasks_table=tables.tasks,
         keys_table=tables.keys,
-        in_process_signals=False,
+        mode="lambda",
     )
-    relay = Relay.from_settings(settings)
+    relay = build_relay(settings)
 
     async def run() -> tuple[list[str], list[str]]:
         sid = await register(relay, spec("a"))

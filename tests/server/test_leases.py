@@ -11,7 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from natrelay.service import Relay, Sweeper
+from natrelay.service import Relay
+from natrelay.service.assembly import Assembly
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay.wire import HeartbeatRequest, PollRequest, TaskState
@@ -42,20 +43,20 @@ async def test_a_claimed_task_the_publisher_does_not_confirm_is_handed_out_again
     clock.advance(lease / 2 + 1)
     assert await _poll(relay, sid, running=[]) == []  # the publisher runs nothing
     clock.advance(lease / 2)
-    assert (await relay.sweeper().run())["requeued"] == 1
+    assert (await relay.sweeper.run())["requeued"] == 1
     assert await _poll(relay, sid, running=[]) == [task.id]  # the second claim arrives
     for _ in range(3):  # now it runs it and says so: the lease is kept
         clock.advance(lease / 2 + 1)
         await relay.sessions.heartbeat(
             PUB, HeartbeatRequest(provider_session_id=sid, running=[task.id])
         )
-        await relay.sweeper().run()
+        await relay.sweeper.run()
     assert (await relay.waiting.get(task.id)).state is TaskState.CLAIMED
     clock.advance(lease / 2 + 1)
     await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid, running=[]))
     clock.advance(lease)
     await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid, running=[]))
-    assert (await relay.sweeper().run())["requeued"] == 1
+    assert (await relay.sweeper.run())["requeued"] == 1
 
 
 @pytest.mark.anyio
@@ -69,7 +70,7 @@ async def test_a_publisher_that_confirms_nothing_keeps_the_old_leases(
     for _ in range(3):
         clock.advance(relay.settings.lease_seconds + 1)
         await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
-        assert (await relay.sweeper().run())["extended"] == 1
+        assert (await relay.sweeper.run())["extended"] == 1
     assert (await relay.waiting.get(task.id)).state is TaskState.CLAIMED
 
 
@@ -115,7 +116,7 @@ def test_a_poll_answer_lost_on_the_way_is_handed_out_again_within_a_lease(
             stack.tables.tasks,
             stack.tables.keys,
         )
-        sweeper = Sweeper(stores, Settings(**settings), signals=None)
+        sweeper = Assembly(Settings(**settings), stores=stores).sweeper
         stop = threading.Event()
 
         def sweep() -> None:  # the scheduled sweep, every half second

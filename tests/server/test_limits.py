@@ -55,7 +55,7 @@ async def test_a_paused_stream_reader_holds_a_bounded_buffer(relay: Relay) -> No
     first = await anext(reader)
     for seq in range(1, n):  # the reader does not read meanwhile (a paused SSE client)
         await post(seq)
-        assert relay.signals.held() <= relay.settings.signal_buffer_hints
+        assert relay.wakeups.held() <= relay.settings.signal_buffer_hints
     await relay.claims.post_result(PUB, task.id, TaskResult(provider_session_id=sid, chunk_count=n))
     rest = [json.loads(c.data)[0]["n"] async for c in reader]
     assert [json.loads(first.data)[0]["n"], *rest] == list(range(n))

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from natrelay.observe import configure_logging
-from natrelay.service import Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.web import create_app
 from natrelay.web.middleware import log_level
@@ -101,7 +101,7 @@ def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
     moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(moto_server, monkeypatch)
-    relay = Relay.from_settings(settings)
+    relay = build_relay(settings)
 
     async def broken(*args: Any) -> Any:
         raise RuntimeError("boom: a bug with a secret inside")

@@ -1,4 +1,4 @@
-"""Parking (service.handoff): a request that comes while no poll waits, but a long-polling
+"""Parking (service.local_polls): a request that comes while no poll waits, but a long-polling
 member's poll has just answered, goes to that member's next poll in memory; if that poll
 does not come, to the pool's queue."""
 
@@ -9,8 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from natrelay.service import Relay
-from natrelay.service import handoff as handoff_module
+from natrelay.service import Relay, local_polls
 from natrelay.settings import Settings
 from natrelay.wire import PollRequest, SessionRequest, TaskResult, TaskState
 from tests.server.conftest import CHAT, CLIENT, PUB, OpCounter, register, spec
@@ -47,7 +46,7 @@ async def test_a_request_between_two_polls_goes_to_the_next_poll_in_memory(
     await answered_once(relay, sid)
     counter = OpCounter(client)
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    assert task.state is TaskState.CLAIMED and relay.handoff.holds(task.id)
+    assert task.state is TaskState.CLAIMED and relay.tasks.holds(task.id)
     assert await stored_state(relay, task.id) is None  # not queued
     counter.ops.clear()
     polled = await relay.claims.poll(
@@ -75,25 +74,25 @@ async def test_no_more_are_parked_than_the_poll_had_free_slots(relay: Relay) -> 
     assert [t.id for t in out[0]] == [first.id]
     parked = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)  # its one slot left
     queued = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    assert relay.handoff.holds(parked.id) and not relay.handoff.holds(queued.id)
+    assert relay.tasks.holds(parked.id) and not relay.tasks.holds(queued.id)
     assert await stored_state(relay, queued.id) is TaskState.PENDING
 
 
 async def test_a_parked_task_whose_poll_does_not_come_goes_back_to_the_queue(
     relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(handoff_module, "PARK_SECONDS", 0.2)
+    monkeypatch.setattr(local_polls, "PARK_SECONDS", 0.2)
     sid = await register(relay, spec("a"))
     await answered_once(relay, sid)
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    assert relay.handoff.holds(task.id)
+    assert relay.tasks.holds(task.id)
     other = await register(relay, spec("a"))  # another member; the first never polls again
     for _ in range(100):
         if await stored_state(relay, task.id) is TaskState.PENDING:
             break
         await anyio.sleep(0.05)
     assert await stored_state(relay, task.id) is TaskState.PENDING
-    assert not relay.handoff.holds(task.id)
+    assert not relay.tasks.holds(task.id)
     polled = await relay.claims.poll(
         PUB, PollRequest(provider_session_id=other, wait_seconds=0, max_tasks=1)
     )
@@ -110,7 +109,7 @@ async def test_a_poll_that_does_not_wait_parks_nothing(relay: Relay) -> None:
         == []
     )
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    assert not relay.handoff.holds(task.id)
+    assert not relay.tasks.holds(task.id)
     assert await stored_state(relay, task.id) is TaskState.PENDING
 
 
@@ -133,7 +132,7 @@ async def test_a_member_that_leaves_hands_its_parked_tasks_back(relay: Relay) ->
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     await relay.sessions.deregister(PUB, SessionRequest(provider_session_id=sid))
     assert await stored_state(relay, task.id) is TaskState.PENDING
-    assert not relay.handoff.holds(task.id)
+    assert not relay.tasks.holds(task.id)
 
 
 async def test_a_member_on_the_doorbell_gets_nothing_parked(relay: Relay) -> None:
@@ -143,5 +142,5 @@ async def test_a_member_on_the_doorbell_gets_nothing_parked(relay: Relay) -> Non
     await answered_once(relay, sid)
     await relay.doorbell.connect(await relay.sessions.get(PUB, sid), "conn-1")
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
-    assert not relay.handoff.holds(task.id)
+    assert not relay.tasks.holds(task.id)
     assert await stored_state(relay, task.id) is TaskState.PENDING

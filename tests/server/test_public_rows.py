@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from natrelay.service.sweep import Sweeper
+from natrelay.service.assembly import Assembly
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay.wire import SERVED_BY_HEADER, Paths
@@ -71,7 +71,7 @@ class Cloud:
         os.environ.update(self.stack.env)
         try:
             settings = Settings()
-            return asyncio.run(Sweeper(Stores.connect(settings), settings).run())
+            return asyncio.run(Assembly(settings, stores=Stores.connect(settings)).sweeper.run())
         finally:
             os.environ.clear()
             os.environ.update(saved)

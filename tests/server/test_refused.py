@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from natrelay.errors import BudgetExceededError, RateLimitError
-from natrelay.service import Principal, Relay
+from natrelay.service import Principal
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay.wire import Role
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.anyio
 async def test_refusals_are_counted(
     client: Any, settings: Settings, clock: FakeClock, long_lived: bool
 ) -> None:
-    settings = settings.model_copy(update={"in_process_signals": long_lived})
-    relay = Relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    settings = settings.model_copy(update={"mode": "server" if long_lived else "lambda"})
+    relay = build_relay(settings, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     key = Principal(key_id="k1", role=Role.CLIENT, rpm=1)
     await relay.usage.admit(key, "t1", clock() + 60)
     for task in ("t2", "t3"):

@@ -182,7 +182,7 @@ async def test_the_sweep_never_touches_public_rows(
 ) -> None:
     await relay.rows.apply(docs(CLOUD))
     await register(relay, spec("home"))
-    sweeper = relay.sweeper()
+    sweeper = relay.sweeper
     assert isinstance(sweeper, Sweeper)
     clock.advance(relay.settings.heartbeat_timeout_seconds + 1)
     await sweeper.run()

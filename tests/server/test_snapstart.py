@@ -21,9 +21,7 @@ Hook = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
 
 @pytest.fixture
 def env(moto_server: MotoServer) -> dict[str, str]:
-    return relay_env(
-        moto_server.endpoint, fresh_tables(moto_server.endpoint), in_process_signals=False
-    )
+    return relay_env(moto_server.endpoint, fresh_tables(moto_server.endpoint), mode="lambda")
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ async def test_rows_past_the_heartbeat_timeout_become_inactive(
     clock.advance(60)
     await register(relay, spec("young"))
     clock.advance(40)  # old: 100 s without heartbeat, young: 40 s
-    counts = await relay.sweeper().run()
+    counts = await relay.sweeper.run()
     assert counts["inactive"] == 1
     old, young = await relay.catalog.get(CLIENT, "old"), await relay.catalog.get(CLIENT, "young")
     assert old.status is LlmStatus.INACTIVE and old.inactive_since == pytest.approx(clock.now)
@@ -52,7 +52,7 @@ async def test_a_heartbeat_that_lands_mid_sweep_wins(
         return found
 
     monkeypatch.setattr(relay.stores.row_sweep, "stale", stale_then_heartbeat)
-    counts = await relay.sweeper().run()
+    counts = await relay.sweeper.run()
     assert counts["inactive"] == 0 and counts["raced"] == 1
     assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.ACTIVE
 
@@ -62,7 +62,7 @@ async def test_a_swept_row_comes_back_with_the_next_heartbeat(
 ) -> None:
     sid = await register(relay, spec("a", LlmStatus.HIBERNATING, wake=10))
     clock.advance(100)
-    await relay.sweeper().run()
+    await relay.sweeper.run()
     assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.INACTIVE
     await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
     row = await relay.catalog.get(CLIENT, "a")
@@ -74,11 +74,11 @@ async def test_inactive_rows_are_deleted_after_the_retention_only(
 ) -> None:
     await register(relay, spec("a"))
     clock.advance(100)
-    await relay.sweeper().run()
+    await relay.sweeper.run()
     clock.advance(relay.settings.inactive_retention_seconds - 10)
-    assert (await relay.sweeper().run())["deleted"] == 0
+    assert (await relay.sweeper.run())["deleted"] == 0
     clock.advance(20)
-    assert (await relay.sweeper().run())["deleted"] == 1
+    assert (await relay.sweeper.run())["deleted"] == 1
     assert await relay.catalog.all(CLIENT) == []
 
 
@@ -97,7 +97,7 @@ async def test_only_virtual_rows_are_touched(relay: Relay, clock: FakeClock, cli
         ),
     )
     clock.advance(5 * 3600)
-    await relay.sweeper().run()
+    await relay.sweeper.run()
     assert (await relay.catalog.get(CLIENT, "static")).status is LlmStatus.ACTIVE
 
 
@@ -108,9 +108,9 @@ async def test_sweep_is_idempotent_and_never_scans(
     await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     clock.advance(100)
     counter = OpCounter(client)
-    first = await relay.sweeper().run()
+    first = await relay.sweeper.run()
     assert first["inactive"] == 1 and first["failedPending"] == 1
-    second = await relay.sweeper().run()
+    second = await relay.sweeper.run()
     assert not any(second.values())
     assert "Scan" not in counter.ops
 
@@ -119,7 +119,7 @@ async def test_pending_tasks_of_a_gone_publisher_fail_fast(relay: Relay, clock: 
     await register(relay, spec("a"))
     task = await relay.queue.submit(CLIENT, "a", CHAT, stream=False)
     clock.advance(100)
-    await relay.sweeper().run()
+    await relay.sweeper.run()
     done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED
     assert done.error is not None and "offline" in done.error["message"]
@@ -129,7 +129,7 @@ async def test_lease_of_a_live_publisher_is_extended(relay: Relay, clock: FakeCl
     sid, task = await claimed(relay)
     clock.advance(relay.settings.lease_seconds + 1)
     await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
-    assert (await relay.sweeper().run())["extended"] == 1
+    assert (await relay.sweeper.run())["extended"] == 1
     assert (await relay.waiting.get_with_result(task.id))[0].state is TaskState.CLAIMED
 
 
@@ -140,7 +140,7 @@ async def test_lease_of_a_restarted_publisher_is_handed_out_again(
     await register(relay, spec("a"), session=sid)  # restart: new generation
     clock.advance(relay.settings.lease_seconds + 1)
     await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
-    assert (await relay.sweeper().run())["requeued"] == 1
+    assert (await relay.sweeper.run())["requeued"] == 1
     assert [t.id for t in await claim(relay, sid)] == [task.id]
 
 
@@ -154,14 +154,14 @@ async def test_lease_with_output_already_sent_fails_instead_of_rerunning(
     await register(relay, spec("a"), session=sid)
     clock.advance(relay.settings.lease_seconds + 1)
     await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
-    assert (await relay.sweeper().run())["failed"] == 1
+    assert (await relay.sweeper.run())["failed"] == 1
     assert (await relay.waiting.get_with_result(task.id))[0].state is TaskState.FAILED
 
 
 async def test_lease_of_a_dead_publisher_fails_the_task(relay: Relay, clock: FakeClock) -> None:
     _, task = await claimed(relay)
     clock.advance(200)  # the only member of the pool is gone: nobody to hand it to
-    counts = await relay.sweeper().run()
+    counts = await relay.sweeper.run()
     assert counts["failed"] == 1
     done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED and "vanished" in (done.error or {})["message"]
@@ -176,7 +176,7 @@ async def test_a_task_held_past_the_maximum_age_fails_even_if_its_publisher_live
     for _ in range(int(relay.settings.max_task_seconds // 60) + 1):
         clock.advance(61)
         await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
-        await relay.sweeper().run()
+        await relay.sweeper.run()
     done, _ = await relay.waiting.get_with_result(task.id)
     assert done.state is TaskState.FAILED
 
@@ -217,7 +217,7 @@ async def test_a_re_register_that_drops_a_name_retires_its_row_only(
     for _ in range(3):
         clock.advance(40)
         await relay.sessions.heartbeat(PUB, HeartbeatRequest(provider_session_id=sid))
-        await relay.sweeper().run()
+        await relay.sweeper.run()
     assert (await relay.waiting.get(kept.id)).state is TaskState.PENDING
     assert (await relay.catalog.get(CLIENT, "a")).status is LlmStatus.ACTIVE
 
@@ -237,7 +237,7 @@ async def test_a_stale_row_fails_only_its_own_queued_tasks(
         UpdateExpression="SET lastHeartbeatAt = :old, sweepAt = :old",
         ExpressionAttributeValues={":old": {"N": str(clock.now - 100)}},
     )
-    counts = await relay.sweeper().run()
+    counts = await relay.sweeper.run()
     assert counts["inactive"] == 1 and counts["failedPending"] == 1
     assert (await relay.waiting.get(for_b.id)).state is TaskState.FAILED
     assert (await relay.waiting.get(for_a.id)).state is TaskState.PENDING

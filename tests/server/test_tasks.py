@@ -21,6 +21,7 @@ from natrelay.errors import (
     TaskTimeoutError,
 )
 from natrelay.service import Relay
+from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay.web import views
@@ -278,7 +279,7 @@ async def test_non_streamed_inference_costs_few_dynamodb_requests(
     ]
 
 
-async def test_in_process_signals_skip_the_index_query_and_the_result_read(
+async def test_in_process_wakeups_skip_the_index_query_and_the_result_read(
     client: Any, settings: Settings, clock: FakeClock
 ) -> None:
     slow = settings.model_copy(
@@ -288,7 +289,7 @@ async def test_in_process_signals_skip_the_index_query_and_the_result_read(
             "fast_path": False,  # the durable path: the fast path's test is below
         }
     )
-    relay = Relay(slow, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
+    relay = build_relay(slow, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     sid = await register(relay, spec("a"))
     counter = OpCounter(client)
     polled: list[Any] = []

@@ -136,7 +136,7 @@ async def test_a_stale_wake_result_does_not_touch_a_newer_wake(
 async def test_inactive_rows_never_wake(relay: Relay, clock: FakeClock) -> None:
     await _sleepy(relay)
     clock.advance(100)
-    await relay.sweeper().run()
+    await relay.sweeper.run()
     with pytest.raises(PublisherOfflineError, match="offline"):
         await relay.queue.submit(CLIENT, "s", CHAT, stream=False)
     assert (await relay.catalog.get(CLIENT, "s")).wake_id is None
@@ -148,10 +148,10 @@ async def test_a_wake_whose_task_cannot_be_written_leaves_no_marker_behind(
     sid = await _sleepy(relay)
     put = relay.stores.tasks.put
 
-    async def failing_put(task: Any) -> None:
+    async def failing_put(task: Any, *args: Any) -> None:
         if task.kind is TaskKind.WAKE:
             raise RuntimeError("DynamoDB is throttling")
-        await put(task)
+        await put(task, *args)
 
     monkeypatch.setattr(relay.stores.tasks, "put", failing_put)
     with pytest.raises(RuntimeError):

@@ -1,29 +1,47 @@
-"""The relay's domain rules, one module per job; `Relay` puts them together.
+"""The relay's domain rules, one module per job; `Relay` holds them together, and
+`service.assembly` (the one composition root) builds it from settings.
 
-sessions (register, heartbeat, deregister) · queue (submit a client's request) ·
-claims (poll, chunks, results) · wakes · waiting (a client's wait and stream) ·
-endings (force-finish a task and notify) · handoff (the fast path: a task handed in
-memory to a poll of this process) · catalog (rows) · rows (admins' apply) · upstream
-(public rows' calls) · sweep. The clock is
-injectable everywhere.
+* a publisher: sessions (register, heartbeat, deregister, a poll's session) · pools
+  (members leaving, tasks handed back) · claims (poll and claim, the request, chunks and
+  the result) · local_polls (the polls this process holds: the fast path's hand-over and
+  parking) · empty_queues (what a poll need not look up again) · doorbell (rings) ·
+  abandoned (what a publisher runs that nobody wants any more)
+* a client: queue (a request queued for its pool) · waiting (a client's wait and
+  stream) · wakes (one wake per pool, across instances) · catalog (the rows clients see)
+  · suggest (what an unknown model name meant) · upstream (public rows' calls) ·
+  outcomes (how a task that did not complete fails)
+* every task: endings (a task ended: its usage and waiters; force-finishing one)
+* keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
+  (limits and counts per key) · metering (what a request may use, and used) · rows
+  (admins' apply) · redaction (secrets out of relayed text)
+* the console: board (the overview) · row_stats (each row's hours) · history (the
+  charts' days) · recent (recent requests) · timeline (where a request spent its time) ·
+  page_sessions (its logins)
+* the sweep: sweep (liveness, retention, leases)
+* shared: context (settings, stores, the task storage, clock, wake-ups) · liveness (the
+  one rule) · payloads · ids · assembly (the composition root)
+
+The task storage (natrelay.store.task_storage) holds every task, in DynamoDB or — server
+mode — first in this process's memory; no rule here asks which. The clock is injectable
+everywhere.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 
-from natrelay.metrics import Metrics, metrics_for
+from natrelay.metrics import Metrics
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access, Principal
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
-from natrelay.service.context import Context, signals_of
+from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
-from natrelay.service.handoff import Handoff
 from natrelay.service.history import History
 from natrelay.service.keys import KeyAdmin
+from natrelay.service.local_polls import LocalPolls
 from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
@@ -37,92 +55,82 @@ from natrelay.service.usage import Usage
 from natrelay.service.waiting import Waiting
 from natrelay.service.wakes import Wakes
 from natrelay.settings import Settings
-from natrelay.signals import Signals
-from natrelay.store import Stores
-from natrelay.store.secrets import with_secret
+from natrelay.store import Stores, TaskStorage
 from natrelay.types import Clock
+from natrelay.wakeups import Wakeups
 from natrelay.wire.trace import Tracing
 
 
+@dataclass(frozen=True)
 class Relay:
-    """Every operation of the relay, grouped by job. Raises RelayError subclasses only."""
+    """Every operation of the relay, grouped by job. Raises RelayError subclasses only.
+    Built by service.assembly, nowhere else."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        stores: Stores,
-        clock: Clock = time.time,
-        signals: Signals | None = None,
-        metrics: Metrics | None = None,
-    ) -> None:
-        ctx = Context(
-            settings,
-            stores,
-            clock,
-            signals or signals_of(settings),
-            metrics or metrics_for(settings.metrics),
-        )
-        self.metrics = ctx.metrics
-        # Spans of this process: exported over OTLP only when configured (wire.trace).
-        self.tracing = Tracing("natrelay-relay", export=settings.tracing == "otlp")
-        self.ctx = ctx
-        self.settings = settings
-        self.stores = stores
-        self.clock = clock
-        self.signals = ctx.signals
-        self.access = Access(ctx)
-        self.keys = KeyAdmin(ctx, self.access)
-        # Each row's requests per hour: batched in one long-lived process.
-        self.row_stats = RowStats(ctx, batching=settings.in_process_signals)
-        self.usage = Usage(ctx, self.row_stats)
-        self.handoff = Handoff(ctx)
-        self.endings = Endings(ctx, self.usage, self.handoff)
-        self.abandoned = Abandoned(ctx, self.handoff)
-        self.catalog = Catalog(ctx)
-        self.pools = Pools(ctx, self.endings)
-        self.sessions = Sessions(ctx, self.endings, self.pools)
-        # Rings go through API Gateway when the relay has one, else to this process's.
-        self.local_bells = LocalBells()
-        self.doorbell = Doorbell(ctx, stores.connections or self.local_bells)
-        self.wakes = Wakes(ctx, self.sessions, self.doorbell)
-        self.queue = Queue(
-            ctx, self.catalog, self.wakes, self.usage, doorbell=self.doorbell, pools=self.pools
-        )
-        self.claims = Claims(ctx, self.sessions, self.wakes, self.endings, self.usage)
-        self.waiting = Waiting(ctx, self.endings)
-        # Public rows: the relay calls their upstreams; admins apply rows.
-        self.upstreams = Upstreams(ctx, self.usage)
-        self.rows = RowAdmin(ctx, self.upstreams.read_key)
-        # The console: the overview, the charts' history, the recent requests.
-        self.board = Board(ctx, self.row_stats)
-        self.history = History(ctx, self.usage, self.row_stats)
-        self.recent = RecentRequests(ctx)
-        self.page_sessions = PageSessions(ctx, self.access)
+    ctx: Context
+    access: Access
+    keys: KeyAdmin
+    usage: Usage
+    endings: Endings
+    catalog: Catalog
+    pools: Pools
+    sessions: Sessions
+    # What a publisher still runs that nobody wants any more (heartbeats and polls say).
+    abandoned: Abandoned
+    polls: LocalPolls
+    doorbell: Doorbell
+    # The doorbell connections this process serves itself (rung when the relay has no
+    # API Gateway WebSocket API).
+    local_bells: LocalBells
+    wakes: Wakes
+    queue: Queue
+    claims: Claims
+    waiting: Waiting
+    upstreams: Upstreams
+    rows: RowAdmin
+    # The console: each row's hours, the overview, the charts' days, the recent requests,
+    # and the sessions of its pages (its login).
+    row_stats: RowStats
+    board: Board
+    history: History
+    recent: RecentRequests
+    page_sessions: PageSessions
+    # Spans of this process: exported over OTLP only when configured (wire.trace).
+    tracing: Tracing
+    # The relay's own sweeper (in server mode it shares the tasks this process holds),
+    # and how often the API process runs it (0: not here, as in Lambda mode).
+    sweeper: Sweeper
+    sweep_seconds: float
 
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Relay:
-        settings = with_secret(settings or Settings())
-        metrics = metrics_for(settings.metrics)
-        stores = Stores.connect(settings, on_throttle=metrics.dynamodb_throttle)
-        return cls(settings, stores, metrics=metrics)
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def stores(self) -> Stores:
+        return self.ctx.stores
+
+    @property
+    def tasks(self) -> TaskStorage:
+        return self.ctx.tasks
+
+    @property
+    def clock(self) -> Clock:
+        return self.ctx.clock
+
+    @property
+    def wakeups(self) -> Wakeups:
+        return self.ctx.wakeups
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
 
     async def drain(self) -> None:
-        """Write what this process gathered to write later (records of answered tasks,
-        usage, rows' counts): it is stopping."""
-        await self.handoff.drain()
+        """Write what this process gathered to write later (tasks on their way back to
+        their pools, records of answered tasks, usage, rows' counts): it is stopping."""
+        await self.polls.drain()
+        await self.tasks.drain()
         await self.usage.drain()
-
-    def sweeper(self) -> Sweeper:
-        """A sweeper sharing this relay's stores, clock, in-process signals and metrics."""
-        return Sweeper(
-            self.stores,
-            self.settings,
-            self.clock,
-            self.signals,
-            self.metrics,
-            bells=self.local_bells,
-            handoff=self.handoff,
-        )
 
 
 __all__ = ["Principal", "Registration", "Relay", "Sweeper"]

@@ -3,15 +3,14 @@ stopped waiting (the task was cancelled), or the relay ended or moved them. Its
 heartbeats and polls say which it runs (`running`); their answers name these
 (`cancelled`), and the publisher aborts the backend request, freeing the slot.
 
-A task handed in memory (the fast path) is known at once; others are read from
-DynamoDB, in one batch, at most every CHECK_SECONDS per session in each process (a busy
-publisher's heartbeats and polls must not each cost a read).
+What the task storage holds in this process's memory (the fast path) is known at once;
+the rest is read in one batch, at most every CHECK_SECONDS per session in each process
+(a busy publisher's heartbeats and polls must not each cost a read).
 """
 
 from __future__ import annotations
 
 from natrelay.service.context import Context
-from natrelay.service.handoff import Handoff
 from natrelay.store import TaskRecord
 from natrelay.wire import TaskState
 
@@ -28,10 +27,9 @@ def wanted(task: TaskRecord | None, session_id: str) -> bool:
 
 
 class Abandoned:
-    def __init__(self, ctx: Context, handoff: Handoff) -> None:
-        self.tasks = ctx.stores.tasks
+    def __init__(self, ctx: Context) -> None:
+        self.tasks = ctx.tasks
         self.clock = ctx.clock
-        self.handoff = handoff
         self._checked: dict[str, float] = {}
 
     async def of(self, session_id: str, running: list[str] | None) -> list[str]:
@@ -39,18 +37,13 @@ class Abandoned:
         if not running:
             return []
         now = self.clock()
-        unwanted = []
-        durable = []
-        for task_id in running:
-            if self.handoff.holds(task_id):
-                if not wanted(self.handoff.get(task_id), session_id):
-                    unwanted.append(task_id)
-            else:
-                durable.append(task_id)
-        if durable and now - self._checked.get(session_id, 0.0) >= CHECK_SECONDS:
+        known = self.tasks.held(running)  # no request
+        unwanted = [t for t, task in known.items() if not wanted(task, session_id)]
+        rest = [t for t in running if t not in known]
+        if rest and now - self._checked.get(session_id, 0.0) >= CHECK_SECONDS:
             if len(self._checked) >= _REMEMBERED:
                 self._checked.clear()
             self._checked[session_id] = now
-            found = await self.tasks.get_many(durable, now)
-            unwanted += [t for t in durable if not wanted(found.get(t), session_id)]
+            found = await self.tasks.get_many(rest, now)
+            unwanted += [t for t in rest if not wanted(found.get(t), session_id)]
         return unwanted

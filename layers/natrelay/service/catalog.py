@@ -34,6 +34,7 @@ def _not_found(name: str) -> LlmNotFoundError:
 class Catalog:
     def __init__(self, ctx: Context) -> None:
         self.stores = ctx.stores
+        self.tasks = ctx.tasks
         self.llms = ctx.stores.llms
         self.keys = ctx.stores.keys
         self.liveness = ctx.liveness
@@ -105,7 +106,7 @@ class Catalog:
         say)."""
         if not session.confirmed_at:
             return None
-        known = await self.stores.tasks.get_many(list(session.running), now)
+        known = await self.tasks.get_many(list(session.running), now)
         return sum(1 for t in session.running if t not in known or not known[t].state.done)
 
     async def pool(self, principal: Principal, name: str) -> Pool:

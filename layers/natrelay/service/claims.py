@@ -20,7 +20,7 @@ from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
-from natrelay.service.handoff import pool_key
+from natrelay.service.local_polls import LocalPolls
 from natrelay.service.metering import relayed_in
 from natrelay.service.payloads import (
     MAX_CHUNK_BATCH_BYTES,
@@ -30,9 +30,17 @@ from natrelay.service.payloads import (
     dumps,
 )
 from natrelay.service.sessions import Sessions
-from natrelay.service.usage import Usage
 from natrelay.service.wakes import Wakes
-from natrelay.store import Chunk, ConditionFailedError, SameResultError, SessionRecord, TaskRecord
+from natrelay.store import (
+    Chunk,
+    ChunkDiffersError,
+    ConditionFailedError,
+    Holder,
+    SameResultError,
+    SessionRecord,
+    TaskRecord,
+)
+from natrelay.wakeups import pool_topic
 from natrelay.wire import ChunkBatch, LlmStatus, PollRequest, TaskKind, TaskResult, TaskState
 
 # A poll reads this many entries of a pool's queue past its free slots: wakes meant for
@@ -51,15 +59,15 @@ def _chunk_differs(task_id: str, seq: int) -> ResultConflictError:
     )
 
 
-def _refused(task_id: str, session_id: str, key: str, exc: ConditionFailedError) -> RelayError:
+def _refused(task_id: str, holder: Holder, exc: ConditionFailedError) -> RelayError:
     """Why a write on a claimed task lost its condition, as the publisher must hear it
     (and nothing more: another session learns nothing of the task)."""
     old = exc.record
-    if not isinstance(old, TaskRecord) or old.claimed_key not in (key, None):
+    if not isinstance(old, TaskRecord) or old.claimed_key not in (holder.key, None):
         return _not_claimed(task_id)
     if old.state is TaskState.CANCELLED:
         return TaskCancelledError(f"task {task_id} was cancelled: the client went away")
-    if old.claimed_by != session_id:
+    if old.claimed_by != holder.session_id:
         return _not_claimed(task_id)
     if old.state.done:
         return ResultConflictError(f"task {task_id} is already {old.state.value}")
@@ -68,25 +76,29 @@ def _refused(task_id: str, session_id: str, key: str, exc: ConditionFailedError)
 
 class Claims:
     def __init__(
-        self, ctx: Context, sessions: Sessions, wakes: Wakes, endings: Endings, usage: Usage
+        self,
+        ctx: Context,
+        sessions: Sessions,
+        wakes: Wakes,
+        endings: Endings,
+        *,
+        polls: LocalPolls,
+        empty: EmptyQueues,
     ) -> None:
-        self.usage = usage
         self.ctx = ctx
-        self.stores = ctx.stores
+        self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
-        self.signals = ctx.signals
+        self.wakeups = ctx.wakeups
         self.sessions = sessions
         self.wakes = wakes
         self.endings = endings
-        self.queues = ctx.stores.queues
+        self.polls = polls
+        self.empty = empty
         # Polls waiting in this process, by session.
-        self._polls: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
         # Tasks a poll of this process is claiming now (the others leave them be).
         self._taking: set[str] = set()
-        self.handoff = endings.handoff
-        self.handoff.undelivered = self._return
-        self.empty = EmptyQueues(ctx)
         self._returning: set[asyncio.Task[None]] = set()
 
     async def poll(
@@ -110,20 +122,20 @@ class Claims:
     def _one_of_the_polls(self, session_id: str) -> Iterator[None]:
         """Count the session's polls waiting in this process; RateLimitError past the cap."""
         cap = self.settings.max_polls_per_session
-        waiting = self._polls.get(session_id, 0)
+        waiting = self._waiting.get(session_id, 0)
         if waiting >= cap:
             raise RateLimitError(
                 f"this session already has {cap} polls waiting at once (the most a relay "
                 "process keeps); poll again when one has answered",
                 retry_after=1,
             )
-        self._polls[session_id] = waiting + 1
+        self._waiting[session_id] = waiting + 1
         try:
             yield
         finally:
-            left = self._polls.pop(session_id, 1) - 1
+            left = self._waiting.pop(session_id, 1) - 1
             if left:
-                self._polls[session_id] = left
+                self._waiting[session_id] = left
 
     async def _poll(
         self,
@@ -133,14 +145,14 @@ class Claims:
         gone: Callable[[], Awaitable[bool]] | None,
     ) -> list[TaskRecord]:
         beat_at = session.heartbeat_at
-        await self.handoff.spill_expired(self.clock())  # a sweep elsewhere cannot see them
+        await self.tasks.spill_expired(self.clock())  # a sweep elsewhere cannot see them
         deadline = self.clock() + req.wait_seconds
         pace = self.ctx.pace()
         hints: list[PoolHint] = []
-        keys = [pool_key(name) for name in session.names]
+        topics = [pool_topic(name) for name in session.names]
         with (
-            self.signals.listen(*keys) as listener,
-            self.handoff.offering(session, self._slots(session, req), listener) as offer,
+            self.wakeups.listen(*topics) as listener,
+            self.polls.offering(session, self._slots(session, req), listener) as offer,
         ):
             try:
                 rung = await self._claim_rung(session, req)  # the doorbell's, named by id
@@ -152,19 +164,19 @@ class Claims:
                 while True:
                     if gone is not None and await gone():
                         offer.idle = False
-                        await self._return(offer.take())
+                        await self.polls.give_back(session.id, offer.take())
                         return []
                     # handed while it waited: no need to look at DynamoDB now
                     claimed = (
                         [] if offer.mailbox else await self._claim(session, hints, offer.slots)
                     )
-                    handed = offer.take()
                     now = self.clock()
-                    if claimed or handed or now >= deadline:
-                        offer.idle = False
+                    if claimed or offer.mailbox or now >= deadline:
+                        offer.idle = False  # nothing more is handed to it: it answers
+                        handed = await self.polls.current(session.id, offer.take())
                         # a long-poll's publisher polls again at once: park tasks meanwhile
                         offer.answered = req.wait_seconds > 0
-                        return claimed + [self._inline(self._handed(session, t)) for t in handed]
+                        return claimed + [self._inline(self._told(session, t)) for t in handed]
                     if now - beat_at >= self.sessions.refresh_seconds:
                         session = await self.sessions.polling_session(principal, req)
                         offer.session = session
@@ -172,7 +184,7 @@ class Claims:
                     await pace.wait(listener, deadline - now)
                     hints = [h for h in listener.take() if isinstance(h, PoolHint)]
             except BaseException:
-                self._return_later(offer.take())
+                self._give_back_later(session.id, offer.take())
                 raise
 
     def _slots(self, session: SessionRecord, req: PollRequest) -> dict[str, int]:
@@ -217,7 +229,7 @@ class Claims:
                     continue
                 if not wake:
                     slots[name] -= 1
-                task = self._handed(session, task)
+                task = self._told(session, task)
                 if task.request is not None and len(task.request) <= budget:
                     budget -= len(task.request)
                 else:
@@ -236,19 +248,12 @@ class Claims:
                 continue
             if task.kind is TaskKind.INFER:
                 slots[task.llm] = slots.get(task.llm, 0) - 1
-            out.append(self._inline(self._handed(session, task)))
+            out.append(self._inline(self._told(session, task)))
         return out
 
-    async def _return(self, tasks: list[TaskRecord]) -> None:
-        """Tasks handed to a poll that cannot return them go back to their pool."""
-        for task in tasks:
-            spilled = await self.handoff.spill(task.id)
-            if spilled is not None:
-                await self.endings.hand_back(spilled)
-
-    def _return_later(self, tasks: list[TaskRecord]) -> None:
+    def _give_back_later(self, session_id: str, tasks: list[TaskRecord]) -> None:
         if tasks:  # the poll was cancelled (its publisher hung up): not in its own task
-            job = asyncio.get_running_loop().create_task(self._return(tasks))
+            job = asyncio.get_running_loop().create_task(self.polls.give_back(session_id, tasks))
             self._returning.add(job)
             job.add_done_callback(self._returning.discard)
 
@@ -258,7 +263,9 @@ class Claims:
             return replace(task, request=None)  # too large to come with the poll
         return task
 
-    def _handed(self, session: SessionRecord, task: TaskRecord) -> TaskRecord:
+    @staticmethod
+    def _told(session: SessionRecord, task: TaskRecord) -> TaskRecord:
+        """The task as its session's publisher is told of it."""
         if task.wake_id and task.wake_target != session.id:
             task = replace(task, wake_id=None)  # another member's wake: do not wait
         return task
@@ -268,7 +275,7 @@ class Claims:
     ) -> TaskRecord | None:
         self._taking.add(task_id)
         try:
-            return await self.stores.tasks.claim(
+            return await self.tasks.claim(
                 task_id,
                 session.id,
                 key=session.owner or "",
@@ -290,20 +297,12 @@ class Claims:
 
     async def task_request(self, principal: Principal, task_id: str, session_id: str) -> bytes:
         """The request of a task this session of the caller's key claimed."""
-        try:
-            handed = await self.handoff.request(task_id, session_id, principal.key_id)
-        except ConditionFailedError as exc:
-            raise ForbiddenError(
-                f"task {task_id} is not claimed by this session", param="providerSessionId"
-            ) from exc
-        if handed is not None:
-            return handed
-        task = await self.stores.tasks.get(task_id, self.clock())
+        task = await self.tasks.get(task_id, self.clock())
         if task is None or task.claimed_by != session_id or task.claimed_key != principal.key_id:
             raise ForbiddenError(
                 f"task {task_id} is not claimed by this session", param="providerSessionId"
             )
-        return await self.stores.tasks.request(task)
+        return await self.tasks.request(task)
 
     async def post_chunks(self, principal: Principal, task_id: str, batch: ChunkBatch) -> int:
         """Store a chunk batch of a claimed task; returns its seq."""
@@ -314,26 +313,22 @@ class Claims:
             "a chunk batch may hold at most {limit} bytes; post smaller batches",
             param="chunks",
         )
-        sid, key = batch.provider_session_id, principal.key_id
-        # its text bytes: what the task's usage is bounded by (service.metering)
-        chunk, relayed = Chunk(seq=batch.seq, data=data), relayed_in(batch.chunks)
+        holder = Holder(batch.provider_session_id, principal.key_id)
+        chunk, now = Chunk(seq=batch.seq, data=data), self.clock()
         try:
-            kept = await self.handoff.chunk(task_id, sid, key, chunk, relayed)
-        except ConditionFailedError as exc:
-            raise _refused(task_id, sid, key, exc) from exc
-        if kept is False:
-            raise _chunk_differs(task_id, batch.seq)
-        if kept:
-            return batch.seq
-        try:
-            await self.stores.tasks.mark_sent(task_id, sid, key, self.clock(), relayed)
-        except ConditionFailedError as exc:
-            raise _refused(task_id, sid, key, exc) from exc
-        try:
-            now = self.clock()
-            await self.stores.chunks.put_chunk(task_id, batch.seq, data, self.ctx.chunk_expiry(now))
-        except ConditionFailedError as exc:
+            await self.tasks.add_chunk(
+                task_id,
+                holder,
+                chunk,
+                now=now,
+                expires_at=self.ctx.chunk_expiry(now),
+                # its text bytes: what the task's usage is bounded by (service.metering)
+                relayed=relayed_in(batch.chunks),
+            )
+        except ChunkDiffersError as exc:
             raise _chunk_differs(task_id, batch.seq) from exc
+        except ConditionFailedError as exc:
+            raise _refused(task_id, holder, exc) from exc
         self.endings.notify(task_id, chunk, len(data))
         return batch.seq
 
@@ -347,32 +342,11 @@ class Claims:
             check_size(
                 body, self.settings.max_body_bytes, "a result may be at most {limit} bytes", "body"
             )
-        sid, key = result.provider_session_id, principal.key_id
+        holder = Holder(result.provider_session_id, principal.key_id)
         try:
-            handed = await self.handoff.finish(
+            task = await self.tasks.store_result(
                 task_id,
-                sid,
-                key,
-                status=result.status,
-                body=body,
-                error=error,
-                chunk_count=result.chunk_count,
-                settle=lambda t, later: self.usage.record(
-                    t, body=result.body, error=error is not None, later=later
-                ),
-            )
-        except SameResultError as exc:
-            assert isinstance(exc.record, TaskRecord)
-            return exc.record
-        except ConditionFailedError as exc:
-            raise _refused(task_id, sid, key, exc) from exc
-        if handed is not None:  # answered in memory, its record written, usage counted
-            return handed
-        try:
-            task = await self.stores.tasks.store_result(
-                task_id,
-                sid,
-                key=key,
+                holder,
                 state=TaskState.FAILED if error else TaskState.COMPLETED,
                 status=result.status,
                 body=body,
@@ -385,12 +359,9 @@ class Claims:
             assert isinstance(exc.record, TaskRecord)
             return exc.record  # posted again (a retry): harmless, and counted once
         except ConditionFailedError as exc:
-            raise _refused(task_id, sid, key, exc) from exc
+            raise _refused(task_id, holder, exc) from exc
         if task.kind is TaskKind.WAKE:
             ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
             await self.wakes.finished(task, ok, error)
-        # the usage first: the client's next request, sent the moment it has this answer,
-        # finds its slot free and its tokens counted
-        await self.usage.record(task, body=result.body, error=error is not None)
-        self.endings.notify(task_id, task)
+        await self.endings.answered(task, body=result.body, error=error is not None)
         return task

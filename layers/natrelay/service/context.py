@@ -1,4 +1,5 @@
-"""What every part of the service shares: settings, stores, clock, in-process signals."""
+"""What every part of the service shares: settings, stores, the task storage, clock,
+in-process wake-ups and metrics (the composition root, service.assembly, builds it)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,20 @@ from dataclasses import dataclass, field
 from natrelay.metrics import Metrics
 from natrelay.service.liveness import Liveness
 from natrelay.settings import Settings
-from natrelay.signals import Pace, Signals
-from natrelay.store import Stores
+from natrelay.store import Stores, TaskStorage
 from natrelay.types import Clock
-
-
-def signals_of(settings: Settings) -> Signals:
-    """The in-process signals the settings ask for (on or off, and their caps)."""
-    return Signals(
-        settings.in_process_signals, settings.signal_buffer_hints, settings.signal_buffer_bytes
-    )
+from natrelay.wakeups import Pace, Wakeups
 
 
 @dataclass(frozen=True)
 class Context:
     settings: Settings
     stores: Stores
+    # Where the service keeps tasks: every rule about a task goes through it (the
+    # DynamoDB stores of the task's partition are the durable tier's, behind it).
+    tasks: TaskStorage
     clock: Clock
-    signals: Signals
+    wakeups: Wakeups
     metrics: Metrics = field(default_factory=Metrics)
     liveness: Liveness = field(init=False)
 
@@ -37,11 +34,11 @@ class Context:
         return Pace(s.poll_min_interval_seconds, s.poll_max_interval_seconds)
 
     def wait_pace(self) -> Pace:
-        """A fresh pace for a client waiting on its task. With in-process signals the
-        re-checks are a fallback (the poll pace); without them (Lambda) they are how the
-        answer arrives: brisk from the claim on, slower as the task runs long."""
+        """A fresh pace for a client waiting on its task. With in-process wake-ups the
+        re-checks are a fallback (the poll pace); without them (Lambda mode) they are how
+        the answer arrives: brisk from the claim on, slower as the task runs long."""
         s = self.settings
-        if self.signals.enabled:
+        if self.wakeups.enabled:
             return self.pace()
         return Pace(s.wait_brisk_interval_seconds, s.poll_max_interval_seconds, s.wait_brisk_growth)
 

@@ -1,6 +1,6 @@
 """The doorbell: a publisher's WebSocket that rings when work is queued for it.
 
-An optimisation of dispatch only, like the in-process signals: a ring carries no work,
+An optimisation of dispatch only, like the in-process wake-ups: a ring carries no work,
 just "poll now", and a lost ring is caught by the publisher's next poll. A publisher
 holding a doorbell polls on a ring, on (re)connect and every `safetyPollSeconds`.
 
@@ -17,8 +17,8 @@ from typing import Protocol
 
 from natrelay.service.context import Context
 from natrelay.service.endings import PoolHint
-from natrelay.service.handoff import pool_key
 from natrelay.store import Delivery, LlmRecord, MemberRecord, SessionRecord
+from natrelay.wakeups import pool_topic
 from natrelay.wire import DoorbellMessage, LlmStatus, fingerprint
 
 log = logging.getLogger("natrelay.doorbell")
@@ -34,7 +34,7 @@ class Bells(Protocol):
 
 
 class LocalBells:
-    """The doorbell connections this process holds itself (long-lived mode)."""
+    """The doorbell connections this process holds itself (server mode)."""
 
     def __init__(self) -> None:
         self._senders: dict[str, Callable[[bytes], Awaitable[None]]] = {}
@@ -74,7 +74,7 @@ class Doorbell:
         self.liveness = ctx.liveness
         self.settings = ctx.settings
         self.clock = ctx.clock
-        self.signals = ctx.signals
+        self.wakeups = ctx.wakeups
         self.bells = bells
 
     async def connect(self, session: SessionRecord, connection_id: str) -> None:
@@ -105,12 +105,12 @@ class Doorbell:
         is meant for, else every live member that serves. Never raises: a ring that fails
         is the safety poll's to make up for.
         """
-        key = pool_key(hint.llm)
+        topic = pool_topic(hint.llm)
         target = hint.target_session or hint.wake_target
         if target is None:
-            self.signals.notify_one(key, hint)
+            self.wakeups.notify_one(topic, hint)
         else:
-            self.signals.notify(key, hint)
+            self.wakeups.notify(topic, hint)
         if row is None:
             return
         live = row.live_members(self.clock(), self.liveness.timeout)

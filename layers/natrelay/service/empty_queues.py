@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 from natrelay.service.context import Context
-from natrelay.service.handoff import pool_key
 from natrelay.store import Queued
+from natrelay.wakeups import pool_topic
 
 # A process alone on its tables (the fast path on says so, docs/relay.md) that also
 # sweeps them itself (`natrelay dev`) queues, requeues and hands back every task of its
-# pools here, and each of those notifies the pool's key: its polls look at the queue
-# again only this often, as a safety net. (A sweeper in another process, or a second
-# relay, is not heard of: then the idle poll's slowest re-check applies.)
+# pools here, and each of those wakes the pool's polls: they look at the queue again
+# only this often, as a safety net. (A sweeper in another process, or a second relay, is
+# not heard of: then the idle poll's slowest re-check applies.)
 ALONE_RECHECK_SECONDS = 30.0
 
 
@@ -21,27 +21,33 @@ class EmptyQueues:
     task was queued for them here (no notification on the pool's key): the next poll need
     not look again. Another process's writes are not heard of, so the memory is trusted
     only as long as an idle poll's slowest re-check (poll_max_interval_seconds), or
-    ALONE_RECHECK_SECONDS when the process is alone on its tables and sweeps them
-    itself; never without in-process signals (Lambda)."""
+    ALONE_RECHECK_SECONDS when the process is `alone` on its tables and sweeps them
+    itself; never without in-process wake-ups (Lambda mode)."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, alone: bool) -> None:
         self.queues = ctx.stores.queues
-        self.signals = ctx.signals
-        self.enabled = ctx.signals.enabled
+        self.wakeups = ctx.wakeups
+        self.enabled = ctx.wakeups.enabled
         self.ttl = ctx.settings.poll_max_interval_seconds
-        settings = ctx.settings
-        if settings.fast_path and settings.sweep_interval_seconds > 0 and self.enabled:
+        if alone and self.enabled:
             self.ttl = max(self.ttl, ALONE_RECHECK_SECONDS)
         self._seen: dict[str, tuple[int, float]] = {}
+
+    def known_empty(self, name: str) -> bool:
+        """Whether a poll found the pool's queue empty lately, and nothing was queued for
+        it here since."""
+        key = pool_topic(name)
+        seen = self._seen.get(key)
+        seq = self.wakeups.seq(key)
+        return seen is not None and seen[0] == seq and time.monotonic() - seen[1] < self.ttl
 
     async def pending(self, name: str, limit: int) -> list[Queued]:
         """What the pool's queue index lists, oldest first (nothing, and no Query, while
         the pool is known empty)."""
-        key = pool_key(name)
-        seen = self._seen.get(key)
-        seq = self.signals.seq(key)
-        if seen is not None and seen[0] == seq and time.monotonic() - seen[1] < self.ttl:
+        if self.known_empty(name):
             return []
+        key = pool_topic(name)
+        seq = self.wakeups.seq(key)
         mark = (seq, time.monotonic())  # before the Query: a task queued during it counts
         queued = await self.queues.pending(name, limit)
         if not queued and self.enabled:

@@ -1,16 +1,17 @@
-"""Ending a task from the relay's side, and telling whoever waits for it.
+"""Ending a task, and telling whoever waits for it.
 
-The one home of "force-finish a task and notify its waiters": a publisher that
-shut down or vanished, a lease that ran out, a client that went away. Each ending
-also records the task's usage against its client's key.
+The one home of "a task ended: count its usage and wake its waiters" — its publisher's
+result (`answered`), or an ending the relay forces: a publisher that shut down or
+vanished, a lease that ran out, a client that went away — and of handing a task back to
+its pool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from natrelay.service.context import Context
-from natrelay.service.handoff import Handoff, pool_key, task_key
 from natrelay.service.outcomes import (
     CANCELLED_STATUS,
     OFFLINE_STATUS,
@@ -19,6 +20,7 @@ from natrelay.service.outcomes import (
 )
 from natrelay.service.usage import Usage
 from natrelay.store import ConditionFailedError, TaskRecord
+from natrelay.wakeups import pool_topic, task_topic
 from natrelay.wire import ErrorCode, TaskState
 
 
@@ -33,21 +35,33 @@ class PoolHint:
 
 
 class Endings:
-    def __init__(self, ctx: Context, usage: Usage, handoff: Handoff) -> None:
-        self.handoff = handoff
-        self.tasks = ctx.stores.tasks
+    def __init__(self, ctx: Context, usage: Usage) -> None:
+        self.tasks = ctx.tasks
         self.queues = ctx.stores.queues
         self.leases = ctx.stores.leases
         self.clock = ctx.clock
-        self.signals = ctx.signals
+        self.wakeups = ctx.wakeups
         self._expiry = ctx.result_expiry
         self.usage = usage
 
     def notify(self, task_id: str, payload: object | None = None, size: int = 0) -> None:
-        """Wake this process's waiters of the task (a hint; they re-read DynamoDB)."""
-        self.signals.notify(task_key(task_id), payload, size)
+        """Wake this process's waiters of the task (a hint; they re-read the task)."""
+        self.wakeups.notify(task_topic(task_id), payload, size)
+
+    async def answered(self, task: TaskRecord, *, body: Any, error: bool) -> None:
+        """Its publisher's result ended the task: count its usage (and free its slot) and
+        hand the task to its waiters. The usage first, so the client's next request, sent
+        the moment it has this answer, finds its slot free and its tokens counted; unless
+        the task says it may come later (a key without limits, its record written behind
+        the answer too)."""
+        if not task.usage_later:
+            await self.usage.record(task, body=body, error=error)
+        self.notify(task.id, task)
+        if task.usage_later:
+            await self.usage.record(task, body=body, error=error, later=True)
 
     async def _ended(self, task: TaskRecord, *, error: bool) -> None:
+        """The relay ended the task: its usage, then its waiters (who re-read it)."""
         await self.usage.record(task, error=error)
         self.notify(task.id)
 
@@ -96,11 +110,11 @@ class Endings:
         and fails otherwise (a stream that had started cannot move)."""
         if task.session_id is not None and not task.sent_any:
             try:
-                requeued = await self.leases.requeue_if_unsent(task, task.session_id, self.clock())
+                requeued = await self.tasks.requeue_if_unsent(task, task.session_id, self.clock())
             except ConditionFailedError:
                 pass  # it sent something meanwhile, or ended: fail it below, or nothing
             else:
-                self.signals.notify_one(pool_key(task.llm), PoolHint(task.id, task.llm))
+                self.wakeups.notify_one(pool_topic(task.llm), PoolHint(task.id, task.llm))
                 return requeued
         return await self.fail_orphaned(task)
 
@@ -160,15 +174,6 @@ class Endings:
         """Cancel a task that is not done (the publisher aborts it); no-op if done."""
         now = self.clock()
         error = cancelled_error(f"task {task_id} was cancelled: {why}")
-        if self.handoff.holds(task_id):
-            handed = await self.handoff.end(
-                task_id, TaskState.CANCELLED, status=CANCELLED_STATUS, error=error
-            )
-            if handed is not None:
-                await self._ended(handed, error=False)
-                return
-            if self.handoff.holds(task_id):
-                return  # done in memory: its record is on its way
         try:
             ended = await self.tasks.end_unfinished(
                 task_id,

@@ -21,6 +21,7 @@ log = logging.getLogger("natrelay.service")
 class Pools:
     def __init__(self, ctx: Context, endings: Endings) -> None:
         self.stores = ctx.stores
+        self.tasks = ctx.tasks
         self.clock = ctx.clock
         self.liveness = ctx.liveness
         self.endings = endings
@@ -53,7 +54,7 @@ class Pools:
         they had sent something)."""
         now = self.clock()
         for task_id in sorted(session.running):
-            task = await self.stores.tasks.get(task_id, now)
+            task = await self.tasks.get(task_id, now)
             if task is not None and not task.state.done and task.session_id == session.id:
                 await self.endings.hand_back(task)
 

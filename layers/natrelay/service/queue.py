@@ -1,4 +1,4 @@
-"""Queueing a client's request for the publisher that serves its model."""
+"""Queueing a client's request for the pool that serves its model: `submit`, in steps."""
 
 from __future__ import annotations
 
@@ -10,18 +10,29 @@ from natrelay.service.access import Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell
-from natrelay.service.endings import PoolHint
+from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.ids import new_task_id
+from natrelay.service.local_polls import LocalPolls
 from natrelay.service.metering import ask_usage, reservation
 from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
 from natrelay.service.row_stats import Sample
-from natrelay.service.usage import Usage
-from natrelay.service.wakes import Wakes
-from natrelay.store import ConditionFailedError, IdempotencyRecord, LlmRecord, NewTask, TaskRecord
+from natrelay.service.usage import Admission, Usage
+from natrelay.service.wakes import Wake, Wakes
+from natrelay.store import (
+    ConditionFailedError,
+    IdempotencyRecord,
+    LlmRecord,
+    NewTask,
+    TaskRecord,
+    queued_task,
+)
 from natrelay.types import JsonObject
-from natrelay.wire import Endpoint, LlmStatus, TaskKind, TaskState
+from natrelay.wire import Endpoint, LlmStatus, TaskKind
+
+# An Idempotency-Key's record, and the task an earlier record of it named that is gone.
+Once = tuple[IdempotencyRecord, str | None]
 
 
 def _sha256(data: bytes) -> str:
@@ -38,20 +49,22 @@ class Queue:
         *,
         doorbell: Doorbell,
         pools: Pools,
+        polls: LocalPolls,
+        endings: Endings,
     ) -> None:
-        self.pools = pools
-        self.tasks = ctx.stores.tasks
+        self.tasks = ctx.tasks
         self.queues = ctx.stores.queues
-        self.liveness = ctx.liveness
         self.idempotency = ctx.stores.idempotency
+        self.liveness = ctx.liveness
         self.settings = ctx.settings
         self.clock = ctx.clock
-        self.signals = ctx.signals
         self.catalog = catalog
         self.wakes = wakes
         self.usage = usage
         self.doorbell = doorbell
-        self.handoff = pools.endings.handoff
+        self.pools = pools
+        self.polls = polls
+        self.endings = endings
 
     async def submit(
         self,
@@ -66,7 +79,7 @@ class Queue:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
         backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
         `fast`, hand it to an idle poll of this process instead when there is one (the
-        fast path: service.handoff).
+        fast path: service.local_polls).
 
         The caller's key is admitted against its limits first (RateLimitError), with
         an estimate of the tokens it may use reserved; a stream asks the backend for its
@@ -167,11 +180,43 @@ class Queue:
         *,
         stream: bool,
         endpoint: Endpoint,
-        once: tuple[IdempotencyRecord, str | None] | None = None,
+        once: Once | None = None,
         fast: bool = False,
         reserve: int = 0,
     ) -> TaskRecord:
-        s = self.settings
+        row, status = await self._open_pool(principal, name, endpoint)
+        # a poll here takes it at once: no queue to check
+        fast = fast and status is LlmStatus.ACTIVE and self.polls.can_take(row)
+        oldest = None if fast else await self._check_queue(row)
+        task_id = new_task_id(self.clock())
+        admission = await self._admit(principal, task_id, status, reserve)
+        try:  # a request that is not queued after all gives its admission back
+            wake = await self._wake(row, status, oldest)
+            task = self._new_task(
+                task_id,
+                row,
+                raw,
+                principal=principal,
+                admission=admission,
+                wake=wake,
+                stream=stream,
+                endpoint=endpoint,
+            )
+            if fast and (handed := await self._hand(row, task)) is not None:
+                return handed
+            await self._put(task, once)
+        except Exception:
+            await self.usage.release(principal, admission)
+            raise
+        await self.doorbell.queued(PoolHint(task.id, task.llm, wake_target=task.wake_target), row)
+        return queued_task(task)
+
+    async def _open_pool(
+        self, principal: Principal, name: str, endpoint: Endpoint
+    ) -> tuple[LlmRecord, LlmStatus]:
+        """The row whose pool takes the request (an alias's own row) and the pool's
+        status; refused for a public row, a pool that cannot answer, or an endpoint it
+        does not serve. Members found dead leave the pool on the way."""
         row = await self.catalog.get(principal, name)
         if row.public:
             raise InvalidRequestError(
@@ -179,81 +224,92 @@ class Queue:
                 "send the request without Prefer: respond-async",
                 param="Prefer",
             )
-        name = row.name  # an alias queues for its row's pool
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
         if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
-            await self.usage.rows.count(Sample(name, error=True))  # the console shows refusals
+            await self.usage.rows.count(Sample(row.name, error=True))  # the console shows refusals
             raise offline(row, now, status)
         if endpoint not in row.endpoints(now, self.liveness.timeout):
             raise not_served(row, endpoint)
         await self.pools.prune([row])  # writes only when members died (rare)
-        # An idle poll here takes it at once: no queue to check
-        fast = fast and status is LlmStatus.ACTIVE and self.handoff.can_take(row)
-        oldest = None if fast else await self._check_queue(row)
-        task_id = new_task_id(now)
-        hibernating = status is LlmStatus.HIBERNATING
-        longest = s.lease_seconds + (self.wakes.window(None) if hibernating else 0)
-        admission = await self.usage.admit(
-            principal, task_id, now + longest + s.result_retention_seconds, reserve
-        )
-        try:  # a request that is not queued after all gives its admission back
-            wake = await self.wakes.ensure(row) if hibernating else None
-            if not hibernating and oldest is not None and self._wake_more(row, now - oldest):
-                await self.wakes.ensure(row, more=True)  # busy members: wake one more
-            now = self.clock()
-            member = row.members.get(wake.target) if wake and wake.target else None
-            lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
-            task = NewTask(
-                id=task_id,
-                kind=TaskKind.INFER,
-                llm=name,
-                created_at=now,
-                expires_at=now + lease + s.result_retention_seconds,
-                lease_seconds=lease,
-                stream=stream,
-                request=raw,
-                wake_id=wake.id if wake else None,
-                wake_target=wake.target if wake else None,
-                client_key=principal.key_id,
-                usage_day=admission.day,
-                slot=admission.slot,
-                reserved=admission.reserved,
-                endpoint=endpoint.value,
-            )
-            limited = task.slot is not None or principal.tokens_per_day is not None
-            handed = self.handoff.hand(row, task, settle_first=limited) if fast else None
-            if handed is not None:
-                return handed
-            if once is None:
-                await self.tasks.put(task)
-            else:
-                record, gone = once
-                await self.tasks.put(task, replace(record, task_id=task_id), replacing=gone)
-        except Exception:
-            await self.usage.release(principal, admission)
-            raise
-        await self.doorbell.queued(PoolHint(task.id, name, wake_target=task.wake_target), row)
-        return TaskRecord(
-            id=task.id,
-            kind=task.kind,
-            llm=name,
-            session_id=None,
-            state=TaskState.PENDING,
+        return row, status
+
+    async def _admit(
+        self, principal: Principal, task_id: str, status: LlmStatus, reserve: int
+    ) -> Admission:
+        """Let the request in against its key's limits (`reserve` tokens of its budget
+        held), a slot held until the task could last (a wake's window more when the pool
+        sleeps)."""
+        s = self.settings
+        longest = s.lease_seconds
+        if status is LlmStatus.HIBERNATING:
+            longest += self.wakes.window(None)
+        deadline = self.clock() + longest + s.result_retention_seconds
+        return await self.usage.admit(principal, task_id, deadline, reserve)
+
+    async def _wake(self, row: LlmRecord, status: LlmStatus, oldest: float | None) -> Wake | None:
+        """Wake a member of a sleeping pool (the wake the request waits for); or, with
+        every active member busy long enough, one more member (the request does not wait
+        for that one)."""
+        if status is LlmStatus.HIBERNATING:
+            return await self.wakes.ensure(row)
+        if oldest is not None and self._wake_more(row, self.clock() - oldest):
+            await self.wakes.ensure(row, more=True)
+        return None
+
+    def _new_task(
+        self,
+        task_id: str,
+        row: LlmRecord,
+        raw: bytes,
+        *,
+        principal: Principal,
+        admission: Admission,
+        wake: Wake | None,
+        stream: bool,
+        endpoint: Endpoint,
+    ) -> NewTask:
+        """The infer task of the request; its lease covers the wake it waits for."""
+        s, now = self.settings, self.clock()
+        member = row.members.get(wake.target) if wake and wake.target else None
+        lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
+        return NewTask(
+            id=task_id,
+            kind=TaskKind.INFER,
+            llm=row.name,
             created_at=now,
+            expires_at=now + lease + s.result_retention_seconds,
             lease_seconds=lease,
-            updated_at=now,
             stream=stream,
-            wake_id=task.wake_id,
-            wake_target=task.wake_target,
-            request_size=len(raw),
-            endpoint=endpoint.value,
+            request=raw,
+            wake_id=wake.id if wake else None,
+            wake_target=wake.target if wake else None,
             client_key=principal.key_id,
             usage_day=admission.day,
             slot=admission.slot,
             reserved=admission.reserved,
-            expires_at=task.expires_at,
+            endpoint=endpoint.value,
+            limited=admission.slot is not None or principal.tokens_per_day is not None,
         )
+
+    async def _hand(self, row: LlmRecord, task: NewTask) -> TaskRecord | None:
+        """Hand the task, claimed, to a poll of this process that takes it now (or to a
+        long-polling member between two polls); None if none does."""
+        taker = self.polls.take(row)
+        if taker is None:
+            return None
+        claimed = await self.tasks.put_claimed(task, taker.session, self.clock())
+        if self.polls.deliver(taker, claimed):
+            return claimed
+        return await self.endings.hand_back(claimed) or claimed  # its poll left meanwhile
+
+    async def _put(self, task: NewTask, once: Once | None) -> None:
+        """Queue the task in its pool (with its Idempotency-Key record, if it has one)."""
+        if once is None:
+            await self.tasks.put(task)
+        else:
+            record, gone = once
+            await self.tasks.put(task, replace(record, task_id=task.id), replacing=gone)
 
     async def _check_queue(self, row: LlmRecord) -> float | None:
         """QueueFullError if the pool's queue holds its most; when the oldest infer task

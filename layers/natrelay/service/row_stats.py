@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from natrelay.service.batching import Batch
+from natrelay.batching import Batch
 from natrelay.service.context import Context
 from natrelay.store.row_stats import RowHour
 

@@ -16,6 +16,7 @@ from natrelay.service.access import STATIC_IDS, Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
+from natrelay.service.local_polls import LocalPolls
 from natrelay.service.pools import Pools
 from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
 from natrelay.store.records import PUBLIC_OWNER
@@ -89,9 +90,11 @@ def _held(exc: NameHeldError, principal: Principal) -> NameOwnedError | NameTake
 
 
 class Sessions:
-    def __init__(self, ctx: Context, endings: Endings, pools: Pools) -> None:
+    def __init__(self, ctx: Context, endings: Endings, pools: Pools, polls: LocalPolls) -> None:
         self.pools = pools
+        self.polls = polls
         self.stores = ctx.stores
+        self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
         self.liveness = ctx.liveness
@@ -259,7 +262,10 @@ class Sessions:
         session = await self.get(principal, req.provider_session_id)
         rows = await self.pools.leave(session, session.names, "its publisher shut down")
         await self.stores.sessions.delete(session.id)
-        for task in await self.endings.handoff.spill_session(session.id):
+        # what it holds goes back to its pools: what this process holds for it, and what
+        # it last said it runs
+        self.polls.forget(session.id)
+        for task in await self.tasks.held_by(session.id):
             await self.endings.hand_back(task)
         await self.pools.hand_back(session)
         log.info("session %s deregistered", fingerprint(session.id))

@@ -1,27 +1,20 @@
 """The sweep: liveness, retention and leases. Idempotent; every transition conditional.
 
-Built from the stores, settings and clock alone; `SweepRunner` is the one entry point
-that runs a sweep (the scheduled Lambda function and `natrelay dev` both use it).
+The composition root (service.assembly) builds the sweeper from the same parts as the
+relay: in server mode it is the relay's own, sharing the tasks its process holds in
+memory; `SweepRunner` there runs it where it runs alone (the scheduled Lambda function).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
-from natrelay.metrics import Metrics, metrics_for
-from natrelay.observe import configure_logging
-from natrelay.service.context import Context, signals_of
-from natrelay.service.doorbell import Bells, Doorbell, LocalBells
+from natrelay.service.context import Context
+from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import Endings, PoolHint
-from natrelay.service.handoff import Handoff
-from natrelay.service.row_stats import RowStats
 from natrelay.service.usage import Usage
-from natrelay.settings import Settings
-from natrelay.signals import Signals
-from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord, Stores, TaskRecord
-from natrelay.types import Clock
+from natrelay.store import ConditionFailedError, LlmRecord, SessionRecord, TaskRecord
 from natrelay.wire import LlmStatus, TaskState
 
 log = logging.getLogger("natrelay.sweep")
@@ -44,31 +37,16 @@ COUNTS = (
 class Sweeper:
     """One pass over the indexes: no table scan, whatever the table's size."""
 
-    def __init__(
-        self,
-        stores: Stores,
-        settings: Settings,
-        clock: Clock = time.time,
-        signals: Signals | None = None,
-        metrics: Metrics | None = None,
-        *,
-        bells: Bells | None = None,
-        handoff: Handoff | None = None,
-    ) -> None:
-        signals = signals or signals_of(settings)
-        ctx = Context(settings, stores, clock, signals, metrics or Metrics())
+    def __init__(self, ctx: Context, usage: Usage, endings: Endings, doorbell: Doorbell) -> None:
         self.metrics = ctx.metrics
-        self.stores = stores
-        self.settings = settings
-        self.clock = clock
-        self.signals = signals
+        self.stores = ctx.stores
+        self.tasks = ctx.tasks
+        self.settings = ctx.settings
+        self.clock = ctx.clock
         self.liveness = ctx.liveness
-        # The relay's own handoff when it runs in the relay's process (tasks handed there
-        # past their lease are written out first); else one that holds nothing.
-        self.handoff = handoff or Handoff(ctx)
-        self.usage = Usage(ctx, RowStats(ctx, batching=settings.in_process_signals))
-        self.endings = Endings(ctx, self.usage, self.handoff)
-        self.doorbell = Doorbell(ctx, stores.connections or bells or LocalBells())
+        self.usage = usage
+        self.endings = endings
+        self.doorbell = doorbell
 
     async def run(self) -> dict[str, int]:
         rows = self.stores.row_sweep
@@ -76,7 +54,8 @@ class Sweeper:
         cutoff = self.liveness.cutoff(now)
         retention_cutoff = now - self.settings.inactive_retention_seconds
         counts = dict.fromkeys(COUNTS, 0)
-        counts["spilled"] = await self.handoff.spill_expired(now)
+        # tasks held in memory past their lease are written out first (server mode)
+        counts["spilled"] = await self.tasks.spill_expired(now)
         for name in await rows.stale(cutoff):
             try:
                 await rows.expire_if_stale(name, cutoff, now)
@@ -123,7 +102,7 @@ class Sweeper:
 
     async def _expire_lease(self, task_id: str, now: float) -> str:
         leases = self.stores.leases
-        task = await self.stores.tasks.get(task_id, now)
+        task = await self.tasks.get(task_id, now)
         if task is None or task.state is not TaskState.CLAIMED or task.session_id is None:
             return "raced"
         session = await self.stores.sessions.get(task.session_id)
@@ -172,30 +151,8 @@ def confirmed(session: SessionRecord, task: TaskRecord) -> bool | None:
     return None if session.confirmed_at - claimed_at < task.lease_seconds / 2 else False
 
 
-class SweepRunner:
-    """Runs sweeps with stores built once (per process, or per Lambda cold start)."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        settings = settings or Settings()
-        configure_logging(settings.log_format, settings.log_level)
-        metrics = metrics_for(settings.metrics, "sweeper")
-        stores = Stores.connect(settings, on_throttle=metrics.dynamodb_throttle)
-        self.sweeper = Sweeper(stores, settings, metrics=metrics)
-        self._loop = asyncio.new_event_loop()
-
-    def __call__(self) -> dict[str, int]:
-        """One sweep; returns what it did, by kind."""
-        try:
-            return self._loop.run_until_complete(self.sweeper.run())
-        finally:
-            self.sweeper.metrics.flush()
-
-    def close(self) -> None:
-        self._loop.close()
-
-
 async def sweep_every(sweeper: Sweeper, seconds: float) -> None:
-    """Sweep every `seconds` until cancelled (long-lived mode: the API process's own
+    """Sweep every `seconds` until cancelled (server mode: the API process's own
     sweeper, on its event loop)."""
     while True:
         await asyncio.sleep(seconds)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from natrelay.batching import Batch
 from natrelay.errors import BudgetExceededError, RateLimitError
 from natrelay.service.access import Principal
-from natrelay.service.batching import Batch
 from natrelay.service.context import Context
 from natrelay.service.metering import Request, counted, text_bytes
 from natrelay.service.row_stats import RowStats, Sample
@@ -57,14 +57,14 @@ class Used:
 
 
 class Usage:
-    def __init__(self, ctx: Context, rows: RowStats) -> None:
+    def __init__(self, ctx: Context, rows: RowStats, *, batching: bool) -> None:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
         # Each request is counted on its row's hour too.
         self.rows = rows
-        # With in-process signals (one long-lived process), the usage of keys without
-        # limits is batched (nothing reads it to admit).
-        self.batching = ctx.settings.in_process_signals
+        # `batching` (server mode: one long-lived process): the usage of keys without
+        # limits is added up and written together (nothing reads it to admit).
+        self.batching = batching
         self._used: Batch[Used] = Batch(
             "requests' usage", ctx.settings.record_batch_seconds, self._write_used
         )
@@ -130,7 +130,7 @@ class Usage:
     ) -> None:
         """Record what a task of a client used, once it has ended; frees its slot.
         `later`: the key has no limits, so its usage may be added up with others' and
-        written within record_batch_seconds (long-lived mode)."""
+        written within record_batch_seconds (server mode)."""
         if task.client_key is None:
             return
         # what its publisher reported, bounded by what the request allows; or estimated

@@ -8,10 +8,10 @@ from natrelay.errors import TaskNotFoundError, TaskTimeoutError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
-from natrelay.service.handoff import task_key
 from natrelay.service.outcomes import Outcome, task_error
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.store import Chunk, StreamRead, TaskRecord
+from natrelay.wakeups import task_topic
 from natrelay.wire import LlmStatus, Role, TaskState
 
 
@@ -22,16 +22,16 @@ def _not_found(task_id: str) -> TaskNotFoundError:
 class Waiting:
     def __init__(self, ctx: Context, endings: Endings) -> None:
         self.stores = ctx.stores
+        self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
-        self.signals = ctx.signals
+        self.wakeups = ctx.wakeups
         self.liveness = ctx.liveness
         self._pace = ctx.wait_pace
         self.endings = endings
-        self.handoff = endings.handoff
 
     async def get(self, task_id: str) -> TaskRecord:
-        task = self.handoff.get(task_id) or await self.stores.tasks.get(task_id, self.clock())
+        task = await self.tasks.get(task_id, self.clock())
         if task is None:
             raise _not_found(task_id)
         return task
@@ -57,7 +57,7 @@ class Waiting:
         return task, result
 
     async def _result(self, task: TaskRecord) -> bytes | None:
-        return task.result if task.result is not None else await self.stores.tasks.result(task)
+        return task.result if task.result is not None else await self.tasks.result(task)
 
     async def _orphaned(self, task: TaskRecord) -> TaskRecord | None:
         """None while someone can still serve the task; otherwise the task as it ends.
@@ -68,16 +68,6 @@ class Waiting:
         and fails otherwise.
         """
         now = self.clock()
-        if self.handoff.holds(task.id):
-            # Handed in memory: past its lease (a poll answer lost on the way, or a long
-            # task) or with its publisher gone, the durable path takes over (the sweep
-            # extends the lease of a task its publisher says it runs, or hands it back).
-            expired = task.lease_until is not None and now > task.lease_until
-            if not expired and await self._claimant_alive(task, now):
-                return None
-            task = await self.handoff.spill(task.id) or await self.get(task.id)
-            if task.state.done:
-                return task
         if task.session_id is None:
             row = await self.stores.llms.get(task.llm)
             if row is not None and row.pool_status(now, self.liveness.timeout) is not (
@@ -119,7 +109,7 @@ class Waiting:
         next_liveness = self.clock() + self.liveness.check_every
         handed: list[TaskRecord] = []
         state = TaskState.PENDING
-        with self.signals.listen(task_key(task_id)) as listener:
+        with self.wakeups.listen(task_topic(task_id)) as listener:
             if fresh:
                 await pace.wait(listener, deadline - self.clock())
                 handed = [h for h in listener.take() if isinstance(h, TaskRecord)]
@@ -145,7 +135,7 @@ class Waiting:
                     if given_up is not None:
                         return given_up
                 if now >= deadline:
-                    await self.handoff.spill(task_id)  # then GET finds it in any process
+                    await self.tasks.spill(task_id)  # then GET finds it in any process
                     raise TaskTimeoutError(
                         f"no answer within {budget:g} s; task {task_id} is still "
                         f"{task.state.value}: fetch it later at /api/v1/tasks/{task_id}",
@@ -180,7 +170,7 @@ class Waiting:
         next_liveness = self.clock() + self.liveness.check_every
         hints: list[object] = []
         last: TaskRecord | None = submitted
-        with self.signals.listen(task_key(task_id)) as listener:
+        with self.wakeups.listen(task_topic(task_id)) as listener:
             if submitted is not None:
                 await pace.wait(listener, deadline - self.clock())
                 hints = listener.take()
@@ -188,9 +178,7 @@ class Waiting:
                 read = _from_hints(hints, cursor, last)
                 from_hints = read is not None
                 if read is None:
-                    read = self.handoff.read_stream(task_id, cursor)
-                if read is None:
-                    read = await self.stores.chunks.read_stream(task_id, cursor, self.clock())
+                    read = await self.tasks.read_stream(task_id, cursor, self.clock())
                 progressed = False
                 for chunk in read.chunks:
                     if chunk.seq != cursor + 1:
@@ -215,7 +203,7 @@ class Waiting:
                     if not task.state.done and await self._orphaned(task) is not None:
                         continue
                 if now >= deadline:
-                    await self.handoff.spill(task_id)
+                    await self.tasks.spill(task_id)
                     raise TaskTimeoutError(
                         f"the stream did not finish within the request's budget; task "
                         f"{task_id} goes on: read the rest at /api/v1/tasks/{task_id}/events",

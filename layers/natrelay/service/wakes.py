@@ -39,9 +39,9 @@ class Wake:
 class Wakes:
     def __init__(self, ctx: Context, sessions: Sessions, doorbell: Doorbell) -> None:
         self.stores = ctx.stores
+        self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
-        self.signals = ctx.signals
         self.metrics = ctx.metrics
         self.liveness = ctx.liveness
         self.sessions = sessions
@@ -104,7 +104,7 @@ class Wakes:
     ) -> None:
         name = row.name
         try:
-            await self.stores.tasks.put(
+            await self.tasks.put(
                 NewTask(
                     id=wake_id,
                     kind=TaskKind.WAKE,

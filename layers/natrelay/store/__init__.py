@@ -1,4 +1,5 @@
-"""The only code that knows DynamoDB."""
+"""The relay's storage: the only code that knows DynamoDB, and the task storage's tiers
+(store.task_storage: the durable one in DynamoDB, the memory one in front of it)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.connections import Delivery, GatewayConnections
 from natrelay.store.doorbells import DynamoDoorbellStore
-from natrelay.store.errors import ConditionFailedError, SameResultError
-from natrelay.store.handed import DynamoHandedStore
+from natrelay.store.durable_tasks import DurableTasks
+from natrelay.store.errors import ChunkDiffersError, ConditionFailedError, SameResultError
 from natrelay.store.idempotency import DynamoIdempotencyStore
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.leases import DynamoLeaseStore
 from natrelay.store.llms import DynamoLlmStore
 from natrelay.store.members import DynamoMemberStore
+from natrelay.store.memory_tasks import MemoryTasks
 from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionRecord
 from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.recent import DynamoRecentStore
 from natrelay.store.records import (
     Chunk,
+    Holder,
     IdempotencyRecord,
     KeyRecord,
     LlmRecord,
@@ -41,8 +44,10 @@ from natrelay.store.row_stats import DynamoRowStatsStore, RowHour
 from natrelay.store.row_sweep import DynamoRowSweepStore
 from natrelay.store.secrets import SecretMissingError, SecretReader, SecretWriteError
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
+from natrelay.store.task_storage import TaskStorage, queued_task
 from natrelay.store.tasks import DynamoTaskStore
 from natrelay.store.usage import DynamoUsageStore
+from natrelay.store.whole_tasks import DynamoWholeTaskStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -65,7 +70,7 @@ class Stores:
     usage: DynamoUsageStore
     doorbells: DynamoDoorbellStore
     beats: DynamoBeatStore
-    handed: DynamoHandedStore
+    whole_tasks: DynamoWholeTaskStore
     members: DynamoMemberStore
     # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
     connections: GatewayConnections | None = None
@@ -114,7 +119,7 @@ class Stores:
             usage=DynamoUsageStore(client, keys_table),
             doorbells=DynamoDoorbellStore(client, llms_table, tasks_table),
             beats=DynamoBeatStore(client, llms_table, tasks_table),
-            handed=DynamoHandedStore(client, tasks_table),
+            whole_tasks=DynamoWholeTaskStore(client, tasks_table),
             members=DynamoMemberStore(client, llms),
             connections=connections,
             row_admin=DynamoRowAdminStore(client, llms, keys),
@@ -126,35 +131,43 @@ class Stores:
 
     @classmethod
     def connect(
-        cls, settings: Settings, on_throttle: Callable[[str], None] | None = None
+        cls,
+        settings: Settings,
+        on_throttle: Callable[[str], None] | None = None,
+        *,
+        row_cache_seconds: float = 0,
     ) -> Stores:
-        """The stores of the tables and DynamoDB endpoint the settings name."""
+        """The stores of the tables and DynamoDB endpoint the settings name (rows read on
+        the client's path kept `row_cache_seconds`, as `on` says)."""
         client = make_client(settings.dynamodb_endpoint, settings.region, on_throttle)
         connections = None
         if settings.doorbell_endpoint:
             connections = GatewayConnections(settings.doorbell_endpoint, settings.region)
-        # Only one long-lived process sees (nearly) every write to the rows it caches.
-        cache = settings.row_cache_seconds if settings.in_process_signals else 0
         return cls.on(
             client,
             settings.llms_table,
             settings.tasks_table,
             settings.keys_table,
             connections,
-            row_cache_seconds=cache,
+            row_cache_seconds=row_cache_seconds,
             secrets=SecretReader(settings.region, settings.secrets_endpoint),
         )
+
+    def durable_tasks(self) -> DurableTasks:
+        """The task storage of these tables (every task in DynamoDB)."""
+        return DurableTasks(self.tasks, self.chunks, self.leases, self.whole_tasks)
 
 
 __all__ = [
     "ApplyConflictError",
     "Chunk",
+    "ChunkDiffersError",
     "ConditionFailedError",
     "Delivery",
+    "DurableTasks",
     "DynamoBeatStore",
     "DynamoChunkStore",
     "DynamoDoorbellStore",
-    "DynamoHandedStore",
     "DynamoIdempotencyStore",
     "DynamoKeyStore",
     "DynamoLeaseStore",
@@ -165,11 +178,14 @@ __all__ = [
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
+    "DynamoWholeTaskStore",
     "GatewayConnections",
+    "Holder",
     "IdempotencyRecord",
     "KeyRecord",
     "LlmRecord",
     "MemberRecord",
+    "MemoryTasks",
     "NameHeldError",
     "NewTask",
     "PageSessionRecord",
@@ -184,6 +200,8 @@ __all__ = [
     "Stores",
     "StreamRead",
     "TaskRecord",
+    "TaskStorage",
     "UsageRecord",
+    "queued_task",
     "result_hash",
 ]

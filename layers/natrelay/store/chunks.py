@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError
 
 from natrelay.store._dynamo import decode, encode, is_condition_failure, off_loop, values
 from natrelay.store._task_items import seq_key, task_record
-from natrelay.store.errors import ConditionFailedError
+from natrelay.store.errors import ChunkDiffersError
 from natrelay.store.records import Chunk, StreamRead, TaskRecord
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class DynamoChunkStore:
     @off_loop
     def put_chunk(self, task_id: str, seq: int, data: bytes, expires_at: float) -> None:
         """Store chunk batch `seq`, kept until `expires_at`; the same content twice is
-        harmless, other content raises ConditionFailedError."""
+        harmless, other content raises ChunkDiffersError."""
         item = {"pk": f"task#{task_id}", "sk": seq_key(seq), "data": data}
         try:
             self._client.put_item(
@@ -38,7 +38,7 @@ class DynamoChunkStore:
         except ClientError as exc:
             if not is_condition_failure(exc):
                 raise
-            raise ConditionFailedError(f"chunk {seq} of task {task_id} differs") from exc
+            raise ChunkDiffersError(f"chunk {seq} of task {task_id} differs") from exc
 
     # --- reading a stream ------------------------------------------------------------
 

@@ -18,3 +18,7 @@ class ConditionFailedError(Exception):
 
 class SameResultError(ConditionFailedError):
     """The task already holds exactly this result (a repeated post): `record` is it."""
+
+
+class ChunkDiffersError(ConditionFailedError):
+    """A stream chunk batch of this seq was already stored with other content."""

@@ -149,6 +149,17 @@ class NewTask:
     reserved: int = 0
     # The API the request is for (an `Endpoint` value).
     endpoint: str = Endpoint.CHAT.value
+    # The client's key has limits (concurrency or a token budget): its usage is written
+    # before the answer goes out, so the key's next request is admitted against it.
+    limited: bool = True
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who may post for a claimed task: the session that claimed it, of its publisher key."""
+
+    session_id: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,9 @@ class TaskRecord:
     # (what its usage is bounded or estimated by: service.metering).
     reserved: int = 0
     relayed: int = 0
+    # Its usage may be written after its answer, added up with others': its key has no
+    # limits and its record too is written behind the answer (a task held in memory).
+    usage_later: bool = False
     # Its timeline (service.timeline): when the relay received the client's request,
     # when the poll that claimed it asked, and when its first chunk came.
     received_at: float | None = None
@@ -205,6 +219,14 @@ class TaskRecord:
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now
+
+    def held_by(self, holder: Holder) -> bool:
+        """Whether `holder` holds the task (claimed by its session, of its key)."""
+        return (
+            self.state is TaskState.CLAIMED
+            and self.claimed_by == holder.session_id
+            and self.claimed_key == holder.key
+        )
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from natrelay.errors import ForbiddenError
-from natrelay.observe import bind, configure_logging
+from natrelay.observe import bind
 from natrelay.service import Relay
+from natrelay.service.assembly import build_relay
 from natrelay.service.sweep import sweep_every
 from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
@@ -243,16 +244,15 @@ ROUTES = [
 
 
 def create_app(settings: Settings | None = None, relay: Relay | None = None) -> Starlette:
-    """The relay app; the same object serves uvicorn and Mangum."""
-    relay = relay or Relay.from_settings(settings)
-    configure_logging(relay.settings.log_format, relay.settings.log_level)
+    """The relay app; the same object serves uvicorn and Mangum. Without `relay`, the
+    relay the settings describe (service.assembly), as a process of its own."""
+    relay = relay or build_relay(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        every = relay.settings.sweep_interval_seconds
         sweeping = None
-        if every > 0 and relay.settings.in_process_signals:
-            sweeping = asyncio.ensure_future(sweep_every(relay.sweeper(), every))
+        if relay.sweep_seconds > 0:
+            sweeping = asyncio.ensure_future(sweep_every(relay.sweeper, relay.sweep_seconds))
         try:
             yield
         finally:

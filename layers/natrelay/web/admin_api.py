@@ -76,7 +76,7 @@ async def put_secret(request: Request, relay: Relay) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition (long-lived mode): for the metrics token or an admin key."""
+    """Prometheus exposition (server mode): for the metrics token or an admin key."""
     relay: Relay = request.app.state.relay
     bind(route=Paths.METRICS)
     token = relay.settings.metrics_token.get_secret_value()

@@ -4,7 +4,7 @@
   `$disconnect` events come to `GatewayEvents` (functions/doorbell), which binds and
   unbinds them. Rings go out through the management API (natrelay.store.connections);
   the `ping` route is answered by API Gateway itself (a mock integration).
-* Long-lived (natrelay dev, self-hosted) the app serves `Paths.DOORBELL` itself and
+* In server mode (natrelay dev, self-hosted) the app serves `Paths.DOORBELL` itself and
   rings the connections it holds in memory.
 
 Who may connect: a publisher key (or the simple mode's publish token), naming in the
@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from natrelay.errors import ForbiddenError, RelayError, SessionForbiddenError
-from natrelay.observe import configure_logging
 from natrelay.service import Relay
+from natrelay.service.assembly import build_relay
 from natrelay.web.errors import error_body, status_of
 from natrelay.wire import DOORBELL_SESSION_HEADER, DoorbellMessage, Role, SessionId
 
@@ -64,8 +64,7 @@ class GatewayEvents:
     per cold start (like Mangum), with an event loop of its own."""
 
     def __init__(self, relay: Relay | None = None) -> None:
-        self.relay = relay or Relay.from_settings()
-        configure_logging(self.relay.settings.log_format, self.relay.settings.log_level)
+        self.relay = relay or build_relay()
         self._loop = asyncio.new_event_loop()
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +97,7 @@ class GatewayEvents:
         return {"statusCode": 400}
 
 
-# --- long-lived: the app serves the WebSocket itself ----------------------------------
+# --- server mode: the app serves the WebSocket itself ---------------------------------
 
 
 async def doorbell_socket(websocket: WebSocket) -> None:

@@ -23,17 +23,17 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 
 from natrelay.service import Relay
-from natrelay.store import Stores
+from natrelay.service.assembly import Assembly
 
 # AWS_LAMBDA_INITIALIZATION_TYPE during an INIT whose result is snapshotted.
 SNAP_START = "snap-start"
 
 
 def renewed(relay: Relay) -> Relay:
-    """The same relay on new AWS clients, with nothing cached: same settings, clock and
-    metrics."""
-    stores = Stores.connect(relay.settings, on_throttle=relay.metrics.dynamodb_throttle)
-    return Relay(relay.settings, stores, relay.clock, metrics=relay.metrics)
+    """The same relay on new AWS clients, with nothing cached: built again by the
+    composition root from the same settings (the tokens read at INIT with them), clock
+    and metrics."""
+    return Assembly(relay.settings, clock=relay.clock, metrics=relay.metrics).relay
 
 
 def renew(app: Starlette) -> None:

@@ -1,9 +1,10 @@
 """In-process wake-ups for waiting polls and clients: an optimisation, never required.
 
-When the app runs as one long-lived process, the request that writes a task (or a
-result) can wake the request waiting for it at once instead of at its next
-DynamoDB re-check. With several processes (Lambda), nothing is shared and waiters
-fall back to polling DynamoDB, which is complete on its own.
+In server mode (one long-lived process) the request that writes a task (or a result)
+can wake the request waiting for it at once instead of at its next DynamoDB re-check.
+In Lambda mode nothing is shared and waiters fall back to re-reading DynamoDB, which is
+complete on its own. Waiters listen on topics: a pool's (its polls) and a task's (its
+client).
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+def pool_topic(llm: str) -> str:
+    """The topic of the polls waiting for a pool's tasks."""
+    return f"pool:{llm}"
+
+
+def task_topic(task_id: str) -> str:
+    """The topic of a task's waiters (its client)."""
+    return f"task:{task_id}"
 
 
 class Listener:
@@ -62,7 +73,9 @@ class Listener:
             self._event.clear()
 
 
-class Signals:
+class Wakeups:
+    """The waiters of this process by topic; `enabled` False (Lambda mode): none wait."""
+
     def __init__(self, enabled: bool = True, max_hints: int = 64, max_bytes: int = 1 << 20) -> None:
         self.enabled = enabled
         self.max_hints, self.max_bytes = max_hints, max_bytes

@@ -1,4 +1,4 @@
-"""Writes gathered and made together, behind the answers (long-lived mode only)."""
+"""Writes gathered and made together, behind the answers (server mode only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-log = logging.getLogger("natrelay.service")
+log = logging.getLogger("natrelay.batching")
 
 
 class Batch(Generic[T]):

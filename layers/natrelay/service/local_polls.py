@@ -1,37 +1,27 @@
-"""The fast path (long-lived mode): a request handed in memory to a poll of this process.
+"""The polls this process holds (server mode, the fast path): who takes a request now.
 
-When a poll of a member that may take a request waits idle in this process, the task
-skips DynamoDB on the way in: it is handed to the poll claimed, its chunks and result
-come back in memory and the client is answered from them. When no poll waits but one of
-a long-polling member has just answered (its publisher polls again at once), the task is
-parked for that member's next poll. The task's durable record (the finished task item
-with its request, result and chunks) is written behind the answer, in batches
-(service.handed); the usage of keys without limits is added up the same way.
-
-Anything off the happy path moves the task to DynamoDB as it stands ("spills" it) and
-the durable lifecycle carries on from there: a client that stops waiting, a publisher
-that dies, restarts or leaves, a poll that ends before it returned the task, a parked
-task whose poll does not come (back to the pool's queue), a stream past its memory cap.
-What this gives up: a process that dies between answering and the write loses the
-record of an answered request (never an answer), and a task in flight is seen only by
-this process (GET /api/v1/tasks/{id} elsewhere says 404 until it ends).
+A poll that waits idle here is on offer for the pools it has free slots in; a request
+for such a pool goes to it at once, claimed for its session (TaskStorage.put_claimed:
+the memory tier holds it), instead of through the pool's queue. When no poll waits but
+one of a long-polling member has just answered (its publisher polls again at once), the
+request is parked for that member's next poll; what that poll does not come for within
+PARK_SECONDS goes back to the pool's queue. Like the wake-ups, this only decides who
+takes a task first: the task storage holds it, and its rules are the same wherever it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from natrelay.service.context import Context
-from natrelay.service.handed import Handed, HandedTasks, pool_key, task_key
-from natrelay.signals import Listener
-from natrelay.store import LlmRecord, NewTask, SessionRecord, TaskRecord
-from natrelay.wire import LlmStatus, TaskKind, TaskState
-
-__all__ = ["Handoff", "Offer", "pool_key", "task_key"]
+from natrelay.service.endings import Endings
+from natrelay.store import LlmRecord, SessionRecord, TaskRecord
+from natrelay.wakeups import Listener
+from natrelay.wire import LlmStatus, TaskState
 
 # A long-polling session whose poll just answered takes tasks for its next poll this long
 # (a publisher polls again at once); what that poll has not taken by then goes back to
@@ -67,17 +57,21 @@ class Parked:
     box: list[TaskRecord] = field(default_factory=list)
 
 
-class Handoff(HandedTasks):
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.enabled = ctx.settings.fast_path and ctx.signals.enabled
+Taker = Offer | Parked
+
+
+class LocalPolls:
+    def __init__(self, ctx: Context, endings: Endings, *, enabled: bool) -> None:
+        self.ctx = ctx
+        self.tasks = ctx.tasks
+        self.clock = ctx.clock
+        self.endings = endings
+        self.enabled = enabled
         # Idle polls by pool, longest waiting first (a dict used as an ordered set).
         self._offers: defaultdict[str, dict[Offer, None]] = defaultdict(dict)
         # Sessions between two polls, by id.
         self._parked: dict[str, Parked] = {}
-        # What to do with tasks parked for a poll that did not come (Claims: back to
-        # their pool's queue).
-        self.undelivered: Callable[[list[TaskRecord]], Awaitable[None]] | None = None
+        self._jobs: set[asyncio.Future[None]] = set()
 
     # --- the poll's side ---------------------------------------------------------------
 
@@ -105,6 +99,16 @@ class Handoff(HandedTasks):
             if offer.answered and self.enabled:
                 self._park(offer)
 
+    async def current(self, session_id: str, tasks: list[TaskRecord]) -> list[TaskRecord]:
+        """Those of the tasks handed to a session that are still claimed for it, as they
+        are now (its client may have left, or the pool taken one back)."""
+        out: list[TaskRecord] = []
+        for task in tasks:
+            now = await self.tasks.get(task.id, self.clock())
+            if now is not None and now.state is TaskState.CLAIMED and now.claimed_by == session_id:
+                out.append(now)
+        return out
+
     def _park(self, offer: Offer) -> None:
         """The poll answered: take tasks for the session's next poll for a moment."""
         sid, loop = offer.session.id, asyncio.get_running_loop()
@@ -122,7 +126,7 @@ class Handoff(HandedTasks):
             return
         parked.slots = {}  # a poll is here: new tasks go to it, not to the box
         kept: list[TaskRecord] = []
-        for task in self._deliverable(parked.box):
+        for task in parked.box:
             if offer.slots.get(task.llm, 0) > 0:
                 offer.slots[task.llm] -= 1
                 offer.mailbox.append(task)
@@ -132,34 +136,38 @@ class Handoff(HandedTasks):
         if not kept:
             del self._parked[offer.session.id]
 
-    def _deliverable(self, box: list[TaskRecord]) -> list[TaskRecord]:
-        """The parked tasks still handed here and not ended (a client may have left)."""
-        out = []
-        for task in box:
-            handed = self._tasks.get(task.id)
-            if handed is not None and handed.leaving is None and not handed.task.state.done:
-                out.append(handed.task)
-        return out
-
     def _park_over(self, session_id: str, parked: Parked) -> None:
         if self._parked.get(session_id) is not parked:
             return  # a poll came (and maybe answered again)
         del self._parked[session_id]
-        tasks = self._deliverable(parked.box)
-        if tasks and self.undelivered is not None:
-            self._later(self.undelivered(tasks))
+        if parked.box:
+            self._later(self.give_back(session_id, parked.box))
+
+    async def give_back(self, session_id: str, tasks: list[TaskRecord]) -> None:
+        """Tasks handed to a session's poll that did not return them go back to their
+        pool (those still claimed for it)."""
+        for task in await self.current(session_id, tasks):
+            await self.endings.hand_back(task)
+
+    def forget(self, session_id: str) -> None:
+        """The session left: park nothing more for it."""
+        self._parked.pop(session_id, None)
+
+    # --- the request's side ------------------------------------------------------------
 
     def offers(self) -> list[Offer]:
         """The polls of this process on offer now (each once)."""
         return list(dict.fromkeys(o for offers in self._offers.values() for o in offers))
 
-    def _taker(self, row: LlmRecord) -> Offer | Parked | None:
+    def _taker(self, row: LlmRecord) -> Taker | None:
         """An idle poll that may take a task of the row; else a session between two
         polls that may (its next poll takes it)."""
+        now = self.clock()
+        timeout = self.ctx.liveness.timeout
         member_ok = {
             sid
             for sid, m in row.members.items()
-            if m.status is LlmStatus.ACTIVE and m.alive(self.clock(), self.ctx.liveness.timeout)
+            if m.status is LlmStatus.ACTIVE and m.alive(now, timeout)
         }
 
         def ok(s: SessionRecord, slots: dict[str, int]) -> bool:
@@ -172,12 +180,12 @@ class Handoff(HandedTasks):
         for offer in self._offers.get(row.name, ()):
             if offer.idle and ok(offer.session, offer.slots):
                 return offer
-        now = asyncio.get_running_loop().time() if self._parked else 0.0
+        then = asyncio.get_running_loop().time() if self._parked else 0.0
         for sid, parked in self._parked.items():
             # a member on the doorbell polls only when rung (its last long-poll was the
             # fallback's): nothing waits for it
             bell = sid in row.members and row.members[sid].doorbell is not None
-            if parked.until > now and not bell and ok(parked.session, parked.slots):
+            if parked.until > then and not bell and ok(parked.session, parked.slots):
                 return parked
         return None
 
@@ -185,54 +193,39 @@ class Handoff(HandedTasks):
         """Whether a poll of this process takes a request for the row now."""
         return self.enabled and self._taker(row) is not None
 
-    def hand(
-        self, row: LlmRecord, new: NewTask, *, settle_first: bool = False
-    ) -> TaskRecord | None:
-        """Hand the task claimed to an idle poll (None: none can take it now)."""
-        taker = self._taker(row) if self.enabled and new.kind is TaskKind.INFER else None
-        if taker is None:
-            return None
-        session, now = taker.session, self.clock()
-        request = new.request or b""
-        task = TaskRecord(
-            id=new.id,
-            kind=new.kind,
-            llm=new.llm,
-            session_id=session.id,
-            state=TaskState.CLAIMED,
-            created_at=new.created_at,
-            lease_seconds=new.lease_seconds,
-            updated_at=now,
-            stream=new.stream,
-            request_size=len(request),
-            request=request,
-            claimed_by=session.id,
-            claimed_key=session.owner or "",
-            claimed_at=now,
-            claimed_generation=session.generation,
-            lease_until=now + new.lease_seconds,
-            attempts=1,
-            client_key=new.client_key,
-            usage_day=new.usage_day,
-            slot=new.slot,
-            reserved=new.reserved,
-            expires_at=new.expires_at,
-            endpoint=new.endpoint,
-        )
-        self._tasks[task.id] = Handed(task, request, settle_first=settle_first)
-        taker.slots[row.name] -= 1
+    def take(self, row: LlmRecord) -> Taker | None:
+        """A poll (or a parked session) to hand a request for the row to, one of its
+        slots for the row's pool held for it (None: none takes it now)."""
+        taker = self._taker(row) if self.enabled else None
+        if taker is not None:
+            taker.slots[row.name] -= 1
+        return taker
+
+    def deliver(self, taker: Taker, task: TaskRecord) -> bool:
+        """Give the task, claimed for the taker's session, to it; False if the taker is
+        gone (its poll answered, or its session left, since `take`)."""
         if isinstance(taker, Parked):
+            if self._parked.get(taker.session.id) is not taker:
+                return False
             taker.box.append(task)
-            return task
+            return True
+        if not taker.idle:
+            return False
         taker.mailbox.append(task)
-        offers = self._offers[row.name]
-        offers.pop(taker)
+        offers = self._offers[task.llm]
+        offers.pop(taker, None)
         offers[taker] = None  # to the back of the line: the pool's polls take turns
         taker.listener.set(None)
-        return task
+        return True
 
-    # --- what the relay knows of a handed task ------------------------------------------
+    # --- stopping ----------------------------------------------------------------------
 
-    async def spill_session(self, session_id: str) -> list[TaskRecord]:
-        self._parked.pop(session_id, None)
-        return await super().spill_session(session_id)
+    def _later(self, job: Awaitable[None]) -> None:
+        future = asyncio.ensure_future(job)
+        self._jobs.add(future)
+        future.add_done_callback(self._jobs.discard)
+
+    async def drain(self) -> None:
+        """Wait for the tasks on their way back to their pools (the process is stopping)."""
+        while self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)

@@ -1,6 +1,7 @@
-"""The durable record of a task handed to a poll in memory (the fast path): written whole,
-once, as the task stands — finished behind its answer, or still claimed when it leaves
-the fast path (then the durable lifecycle carries on from that item)."""
+"""A task's item written whole, at once, as the task stands: the record of a task the
+memory tier held (store.memory_tasks) — finished behind its answer, or still claimed or
+back in its pool's queue when it leaves memory (the durable lifecycle carries on from
+that item) — and a task claimed the moment it is created (TaskStorage.put_claimed)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from natrelay.store._dynamo import Item, off_loop, put_all
 from natrelay.store._task_items import (
     INLINE_LIMIT,
     LEASE_SHARD,
+    pool_queue,
     put_new_task,
     result_parts,
     seq_key,
@@ -22,8 +24,8 @@ from natrelay.wire import Endpoint, TaskState
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-# A finished task's record: the task, its request, its chunks, its result.
-HandedRecord = tuple[TaskRecord, bytes, Sequence[Chunk], bytes | None]
+# A task and its stream's chunks (its request and result are on the record).
+WholeTask = tuple[TaskRecord, Sequence[Chunk]]
 # Records up to this size (request and result together) go in batches.
 BATCH_ITEM_LIMIT = 64 * 1024
 
@@ -39,7 +41,7 @@ def _item(task: TaskRecord) -> Item:
         "sessionId": task.session_id,
         "createdAt": task.created_at,
         # Where it sorts in its pool's queue, should it go back there (only inferences
-        # are handed over, so no wake priority).
+        # are claimed at once, so no wake priority).
         "queueOrder": task.created_at,
         "updatedAt": task.updated_at,
         "leaseSeconds": task.lease_seconds,
@@ -69,48 +71,42 @@ def _item(task: TaskRecord) -> Item:
     }
     if task.state is TaskState.CLAIMED:
         item["leaseShard"] = LEASE_SHARD  # the sweep watches its lease from now on
+    elif task.state is TaskState.PENDING:
+        item["queue"] = pool_queue(task.llm)  # back in its pool's queue
     return {k: v for k, v in item.items() if v is not None}
 
 
-class DynamoHandedStore:
+class DynamoWholeTaskStore:
     def __init__(self, client: DynamoDBClient, table: str) -> None:
         self._client = client
         self._table = table
 
     @off_loop
-    def put(
-        self,
-        task: TaskRecord,
-        request: bytes,
-        chunks: Sequence[Chunk] = (),
-        result: bytes | None = None,
-    ) -> None:
+    def put(self, task: TaskRecord, chunks: Sequence[Chunk] = ()) -> None:
         """Write the task item with its request, result and chunks (one PutItem when they
         fit in it; chunks and large payloads in batches before it). ConditionFailedError
         if the task item exists already."""
-        put_new_task(self._client, self._table, task.id, self._whole(task, request, chunks, result))
+        put_new_task(self._client, self._table, task.id, self._whole(task, chunks))
 
     @off_loop
-    def put_many(self, records: Sequence[HandedRecord]) -> None:
+    def put_many(self, records: Sequence[WholeTask]) -> None:
         """Write the records of finished tasks, 25 to a BatchWriteItem call (small ones;
         others one by one, as `put`). Unconditional: a task's record is written once, by
-        the process that handed it (its id is new; a task that left the fast path before
-        it finished is not among them)."""
+        the process that held it (its id is new; a task that left memory before it
+        finished is not among them)."""
         small: list[Item] = []
-        for task, request, chunks, result in records:
-            if chunks or len(request) + len(result or b"") > BATCH_ITEM_LIMIT:
-                put_new_task(
-                    self._client, self._table, task.id, self._whole(task, request, chunks, result)
-                )
+        for task, chunks in records:
+            size = len(task.request or b"") + len(task.result or b"")
+            if chunks or size > BATCH_ITEM_LIMIT:
+                put_new_task(self._client, self._table, task.id, self._whole(task, chunks))
             else:
-                small.append(self._whole(task, request, (), result))
+                small.append(self._whole(task, ()))
         put_all(self._client, self._table, small)
 
-    def _whole(
-        self, task: TaskRecord, request: bytes, chunks: Sequence[Chunk], result: bytes | None
-    ) -> Item:
+    def _whole(self, task: TaskRecord, chunks: Sequence[Chunk]) -> Item:
         """The task item, once its chunks and large payloads are written."""
         expires = task.expires_at or 0.0
+        request, result = task.request or b"", task.result
         item = _item(task)
         item["requestSize"] = len(request)
         if len(request) <= INLINE_LIMIT:
