@@ -29,7 +29,7 @@ from natrelay.store import (
     queued_task,
 )
 from natrelay.types import JsonObject
-from natrelay.wire import Endpoint, LlmStatus, TaskKind
+from natrelay.wire import Endpoint, LlmStatus, TaskKind, trace
 
 # An Idempotency-Key's record, and the task an earlier record of it named that is gone.
 Once = tuple[IdempotencyRecord, str | None]
@@ -184,6 +184,7 @@ class Queue:
         fast: bool = False,
         reserve: int = 0,
     ) -> TaskRecord:
+        received = self.clock()  # the start of its timeline (service.timeline)
         row, status = await self._open_pool(principal, name, endpoint)
         # a poll here takes it at once: no queue to check
         fast = fast and status is LlmStatus.ACTIVE and self.polls.can_take(row)
@@ -201,6 +202,7 @@ class Queue:
                 wake=wake,
                 stream=stream,
                 endpoint=endpoint,
+                received=received,
             )
             if fast and (handed := await self._hand(row, task)) is not None:
                 return handed
@@ -268,8 +270,10 @@ class Queue:
         wake: Wake | None,
         stream: bool,
         endpoint: Endpoint,
+        received: float,
     ) -> NewTask:
-        """The infer task of the request; its lease covers the wake it waits for."""
+        """The infer task of the request; its lease covers the wake it waits for. It
+        carries the request's trace context (wire.trace) to its publisher."""
         s, now = self.settings, self.clock()
         member = row.members.get(wake.target) if wake and wake.target else None
         lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
@@ -290,6 +294,8 @@ class Queue:
             reserved=admission.reserved,
             endpoint=endpoint.value,
             limited=admission.slot is not None or principal.tokens_per_day is not None,
+            received_at=received,
+            traceparent=trace.current.get(),
         )
 
     async def _hand(self, row: LlmRecord, task: NewTask) -> TaskRecord | None:

@@ -22,26 +22,12 @@ class Traced:
     marks: Marks
 
 
-def marks_of(task: TaskRecord, wake: TaskRecord | None = None) -> Marks:
-    """The moments of a task, from its record (and its wake's: when that ended)."""
-    woke = wake.updated_at if wake is not None and wake.state.done else None
-    return Marks(
-        received=task.received_at or task.created_at,
-        queued=task.created_at,
-        woke=woke,
-        asked=task.asked_at,
-        dispatched=task.claimed_at,
-        first_token=task.first_token_at,
-        done=task.updated_at if task.state.done else None,
-    )
-
-
 class RecentRequests:
     def __init__(self, ctx: Context) -> None:
         recent = ctx.stores.recent
         assert recent is not None, "Stores.on makes the recent tasks' store"
         self.recent = recent
-        self.tasks = ctx.stores.tasks
+        self.tasks = ctx.tasks
         self.clock = ctx.clock
 
     async def of(
@@ -60,7 +46,7 @@ class RecentRequests:
         if task is None:
             return None
         wake = await self.tasks.get(task.wake_id, now) if task.wake_id else None
-        return Traced(task, wake, marks_of(task, wake))
+        return Traced(task, wake, Marks.of(task, wake))
 
 
 __all__ = ["PAGE", "RecentRequests", "Traced"]

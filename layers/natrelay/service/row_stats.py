@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 
 from natrelay.batching import Batch
 from natrelay.service.context import Context
+from natrelay.service.timeline import Marks
+from natrelay.store import TaskRecord
 from natrelay.store.row_stats import RowHour
 
 log = logging.getLogger("natrelay.service")
@@ -112,6 +114,7 @@ class RowStats:
         assert store is not None, "Stores.on makes the rows' stats store"
         self.store = store
         self.clock = ctx.clock
+        self.tasks = ctx.tasks
         self.on = ctx.settings.row_stats
         # Long-lived mode: added up and written per row every FLUSH_SECONDS.
         self.batching = batching
@@ -131,6 +134,32 @@ class RowStats:
             self._batch.add(entry)
         else:
             await self._write([entry])
+
+    async def ended(self, task: TaskRecord, *, error: bool, tokens: tuple[int, int]) -> None:
+        """Count a task that ended, with its times and legs (service.timeline) when a
+        member ran it: one read more for a request that waited for a wake (when the wake
+        ended). Never raises (bookkeeping)."""
+        if not self.on:
+            return
+        if task.claimed_at is None or not task.state.done:
+            await self.count(Sample(task.llm, error, *tokens))  # no member ran it: no times
+            return
+        try:
+            wake = await self.tasks.get(task.wake_id, self.clock()) if task.wake_id else None
+        except Exception:  # bookkeeping: the wake's time then counts as the backend's
+            log.exception("the wake of task %s not read", task.id)
+            wake = None
+        marks = Marks.of(task, wake)
+        await self.count(
+            Sample(
+                task.llm,
+                error,
+                *tokens,
+                first_token_ms=marks.first_token_ms,
+                whole_ms=marks.whole_ms,
+                legs=marks.legs(),
+            )
+        )
 
     async def flush(self) -> None:
         """Write the counts this process holds (long-lived mode) now."""

@@ -141,7 +141,7 @@ class Usage:
             prompt, completion = tokens
             day = task.usage_day or day_and_minute(self.clock())[0]
             self._used.add(Used(task.client_key, day, prompt, completion, error))
-            await self.rows.count(Sample(task.llm, error, prompt, completion))
+            await self.rows.ended(task, error=error, tokens=tokens)
             return
         await asyncio.gather(  # two writes, side by side: neither ever raises
             self._record(
@@ -153,7 +153,7 @@ class Usage:
                 error=error,
                 what=f"task {task.id}",
             ),
-            self.rows.count(Sample(task.llm, error, *tokens)),
+            self.rows.ended(task, error=error, tokens=tokens),
         )
 
     async def record_call(

@@ -70,7 +70,8 @@ class RequestContext:
             # the request's own span: in every log line, carried by its task
             fields.update(method=method, path=path, traceparent=span.traceparent)
             try:
-                await self.app(scope, receive, send_with_id)
+                with trace.within(span.traceparent):
+                    await self.app(scope, receive, send_with_id)
             except Exception:
                 log.exception("unhandled error")
                 fields["errorCode"] = ErrorCode.INTERNAL_ERROR.value

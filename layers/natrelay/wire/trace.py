@@ -24,8 +24,19 @@ from typing import Any
 
 HEADER = "traceparent"
 _FORMAT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-# The traceparent of the hop this code runs in (a publisher's task), for its log lines.
+# The traceparent of the hop this code runs in (a relay's request, a publisher's task):
+# for its log lines, and for what it sends on (a task queued, a request to a backend).
 current: ContextVar[str | None] = ContextVar("natrelay_traceparent", default=None)
+
+
+@contextmanager
+def within(traceparent: str) -> Iterator[None]:
+    """Run the block as the hop of `traceparent` (`current`), and only the block."""
+    token = current.set(traceparent)
+    try:
+        yield
+    finally:
+        current.reset(token)
 
 
 def parse(value: str | None) -> tuple[str, str, str] | None:

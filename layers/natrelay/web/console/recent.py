@@ -162,9 +162,7 @@ def _facts(traced: Traced) -> str:
 
 
 async def _text(relay: Relay, task: TaskRecord) -> str:
-    request_body, result = await asyncio.gather(
-        relay.stores.tasks.request(task), relay.stores.tasks.result(task)
-    )
+    request_body, result = await asyncio.gather(relay.tasks.request(task), relay.tasks.result(task))
 
     def shown(data: bytes | None) -> str:
         text = (data or b"").decode("utf-8", "replace")
