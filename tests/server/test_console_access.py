@@ -212,4 +212,7 @@ def test_the_forms_do_what_the_api_does(stack: Stack) -> None:
     assert row["kind"] == "public" and row["model"] == "m"
     deleted = browser.post(Paths.CONSOLE_ROW_DELETE, data={"csrf": csrf, "name": "house"})
     assert deleted.status_code == 200 and "house deleted" in deleted.text
+    # the release form names any name (an alias too); a name nobody holds is a 404
+    unknown = browser.post(Paths.CONSOLE_ROW_DELETE, data={"csrf": csrf, "name": "nobody-x"})
+    assert unknown.status_code == 404 and "nobody-x" in unknown.text
     assert httpx.get(row_url, headers=auth(stack.admin_token)).status_code == 404

@@ -14,8 +14,17 @@ from natrelay.service import Relay
 from natrelay.service.access import Principal
 from natrelay.service.row_stats import Sample, bucket, bucket_ms, percentile
 from natrelay.web.console import charts
-from natrelay.wire import KeySpec, Role
-from tests.server.conftest import FakeClock, OpCounter, register, spec
+from natrelay.wire import HeartbeatRequest, KeySpec, Role
+from tests.server.conftest import (
+    CHAT,
+    CLIENT,
+    PUB,
+    FakeClock,
+    OpCounter,
+    claim,
+    register,
+    spec,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -97,9 +106,10 @@ async def test_what_a_page_view_reads(relay: Relay, client: Any) -> None:
 
     await relay.board.rows()
     await relay.board.keys_today()
-    # a scan of the rows; per row its hours (one Query) and its queue (one Query); one
-    # Query of the keys, one per key of its day
-    assert sorted(counter.ops) == sorted(["Scan"] + ["Query"] * (3 * 2 + 1 + k))
+    # a scan of the rows; per row its hours (one Query) and its queue (one Query); per
+    # live member (one session serves all three) its session; one Query of the keys, one
+    # per key of its day
+    assert sorted(counter.ops) == sorted(["Scan", "GetItem"] + ["Query"] * (3 * 2 + 1 + k))
     counter.ops.clear()
 
     # the rows counted (a Query) and the keys (a Query); per key and per row a Query
@@ -109,6 +119,18 @@ async def test_what_a_page_view_reads(relay: Relay, client: Any) -> None:
 
     await relay.history.latency(24)
     assert counter.ops == ["Query"] * (1 + 3)
+
+
+async def test_the_overview_shows_what_each_member_runs(relay: Relay) -> None:
+    sid = await register(relay, spec("a"), spec("b"))
+    [state, _] = await relay.board.rows()
+    assert state.running == {sid: None}  # it has not said yet
+    tasks = [await relay.queue.submit(CLIENT, "a", CHAT, stream=False) for _ in range(2)]
+    await claim(relay, sid)
+    beat = HeartbeatRequest(provider_session_id=sid, running=[t.id for t in tasks])
+    await relay.sessions.heartbeat(PUB, beat)
+    a, b = await relay.board.rows()
+    assert a.running == b.running == {sid: 2}  # one publisher: its tasks of every row
 
 
 def test_a_chart_is_svg_with_a_table_of_its_numbers() -> None:

@@ -4,7 +4,7 @@ requests, and every key's usage today."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from natrelay.service.access import STATIC_IDS
 from natrelay.service.context import Context
@@ -26,6 +26,9 @@ class RowState:
     waking: bool
     # Its last hour and today; None when the relay does not count them.
     recent: Recent | None
+    # What each live member's publisher last said it runs (all its rows' tasks), by
+    # session id; None: it does not say.
+    running: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def capacity(self) -> int | None:
@@ -53,8 +56,8 @@ class Board:
         self.row_stats = rows
 
     async def rows(self) -> list[RowState]:
-        """Every row (a scan, and per row a queue count and one Query of its hours, all
-        rows' reads side by side)."""
+        """Every row (a scan, and per row a queue count and one Query of its hours, and
+        per live member its session, all side by side)."""
         await self.row_stats.flush()  # what this process counted, first
         now = self.clock()
 
@@ -70,7 +73,23 @@ class Board:
             )
 
         rows = await self.stores.llms.all()
-        return sorted(await asyncio.gather(*(state(r) for r in rows)), key=lambda s: s.row.name)
+        states = await asyncio.gather(*(state(r) for r in rows))
+        running = await self._running({m.session_id for s in states for m in s.members})
+        return sorted(
+            (replace(s, running={m.session_id: running[m.session_id] for m in s.members})
+             for s in states),
+            key=lambda s: s.row.name,
+        )  # fmt: skip
+
+    async def _running(self, session_ids: set[str]) -> dict[str, int | None]:
+        """How many tasks each session's publisher said it runs in its last heartbeat (one
+        read per session, side by side)."""
+        ids = sorted(session_ids)
+        sessions = await asyncio.gather(*(self.stores.sessions.get(i) for i in ids))
+        return {
+            i: len(s.running) if s is not None and s.confirmed_at else None
+            for i, s in zip(ids, sessions, strict=True)
+        }
 
     async def _depth(self, row: LlmRecord) -> int:
         return 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]

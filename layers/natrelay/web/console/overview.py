@@ -122,6 +122,11 @@ def _member_columns(snap: Snapshot) -> list[Column[Member]]:
         Column("member", lambda rm: escape(fingerprint(rm[1].session_id))),
         Column("status", lambda rm: status(rm[1].status.value)),
         Column("max at once", lambda rm: number(rm[1].max_concurrency), True),
+        Column(
+            "running now (all its rows)",
+            lambda rm: number(rm[0].running.get(rm[1].session_id)),
+            True,
+        ),
         Column("wakes", lambda rm: "yes" if rm[1].wake_max_wait is not None else "no"),
         Column("doorbell", lambda rm: "yes" if rm[1].doorbell else "no"),
         Column("serves", lambda rm: escape(", ".join(sorted(rm[1].endpoints)))),

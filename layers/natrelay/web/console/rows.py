@@ -1,6 +1,6 @@
 """The console's rows (`/console/rows`): apply rows from YAML (as `natrelay llm apply -f`
 does: every document checked, then all written or none) and delete a row, releasing its
-name. Both forms carry the page's CSRF token (web.console.pages checks it)."""
+name (or release an alias). The forms carry the page's CSRF token (web.console.pages checks it)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,15 @@ async def _page(
         '<p class="muted">Deleting a row releases its name (and its aliases): another key '
         "may publish it. A publisher still running registers it again.</p>"
     )
-    return page(visit, "Rows", top + form + listing + note_, status=code)
+    release = (
+        f'<h2 id="h-release">Release a name</h2><form method="post" class="grid" '
+        f'action="{Paths.CONSOLE_ROW_DELETE}" id="release">{csrf_field(visit)}'
+        '<label for="release-name">A row\'s name or an alias (held by the publisher key that '
+        'first published it)</label><input name="name" id="release-name" required '
+        'maxlength="200" autocomplete="off"><button type="submit" class="danger" '
+        'id="release-it">Release</button></form>'
+    )
+    return page(visit, "Rows", top + form + listing + note_ + release, status=code)
 
 
 async def rows(request: Request, relay: Relay, visit: Visit) -> Response:
@@ -97,6 +105,6 @@ async def apply(request: Request, relay: Relay, visit: Visit) -> Response:
 
 
 async def delete(request: Request, relay: Relay, visit: Visit) -> Response:
-    name = visit.form.get("name", "")
-    await relay.catalog.delete(name)
-    return await _page(relay, visit, note(f"Row {name} deleted; its name is free."))
+    name = visit.form.get("name", "").strip()
+    await relay.catalog.delete(name)  # a row's name, or an alias alone
+    return await _page(relay, visit, note(f"{name} deleted or released; the name is free."))
