@@ -93,6 +93,7 @@ class Publisher:
                 await slot.provider.aclose()
             await self.relay.aclose()
             self.session_file.unlock()
+            self.tracing.flush()  # the spans not exported yet (tracing: otlp)
 
     def _slot(self, config: ProviderConfig) -> ProviderSlot:
         return ProviderSlot.build(config, heartbeat_seconds=self.config.relay.heartbeat_seconds)
