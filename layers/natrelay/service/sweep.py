@@ -82,7 +82,7 @@ class Sweeper:
             counts[await self._expire_lease(task_id, now)] += 1
         counts["moved"] = await self.failover.sweep(now)
         await self._count_online(await rows.live(cutoff), now)
-        await self.usage.flush_rows()  # the rows' failed requests it counted, now
+        await self.usage.rows.flush()  # the rows' failed requests it counted, now
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts

@@ -85,6 +85,10 @@ def task_record(item: Item) -> TaskRecord:
         reserved=int(item.get("reserved", 0)),
         relayed=int(item.get("relayed", 0)),
         lost_by=item.get("lostBy"),
+        received_at=item.get("receivedAt"),
+        asked_at=item.get("askedAt"),
+        first_token_at=item.get("firstTokenAt"),
+        traceparent=item.get("traceparent"),
     )
 
 

@@ -154,6 +154,10 @@ class NewTask:
     # The client's key has limits (concurrency or a token budget): its usage is written
     # before the answer goes out, so the key's next request is admitted against it.
     limited: bool = True
+    # When the relay received the client's request (its timeline: service.timeline), and
+    # the W3C trace context the task carries to its publisher and backend.
+    received_at: float | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,13 @@ class TaskRecord:
     usage_later: bool = False
     # The session it was last taken from (it missed its window, left or restarted).
     lost_by: str | None = None
+    # Its timeline (service.timeline): when the relay received the client's request,
+    # when the poll that claimed it began asking, and when its first chunk came.
+    received_at: float | None = None
+    asked_at: float | None = None
+    first_token_at: float | None = None
+    # The W3C trace context it carries to its publisher and backend.
+    traceparent: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now

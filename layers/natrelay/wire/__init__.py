@@ -69,6 +69,7 @@ from natrelay.wire.rows import (
 )
 from natrelay.wire.views import (
     KeyCreated,
+    KeyLimits,
     KeyList,
     KeySpec,
     KeyView,
@@ -113,6 +114,7 @@ __all__ = [
     "ErrorType",
     "HeartbeatRequest",
     "KeyCreated",
+    "KeyLimits",
     "KeyList",
     "KeySpec",
     "KeyView",
