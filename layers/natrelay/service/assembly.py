@@ -23,6 +23,7 @@ from natrelay.observe import configure_logging
 from natrelay.service import Relay
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access
+from natrelay.service.agents import Agents
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
@@ -197,6 +198,7 @@ class Assembly:
             upstreams=self.upstreams,
             rows=RowAdmin(ctx, self.upstreams.read_key),
             board=Board(ctx, self.usage),
+            agents=Agents(ctx, self.catalog),
             page_sessions=PageSessions(ctx, self.access),
             sweeper=self.sweeper,
             sweep_seconds=self.sweep_seconds,

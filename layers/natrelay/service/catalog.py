@@ -41,8 +41,8 @@ class Catalog:
         self.clock = ctx.clock
 
     async def all(self, principal: Principal) -> list[LlmRecord]:
-        """Every row the caller may use."""
-        return [r for r in await self.llms.all() if principal.may_use(r.name)]
+        """Every row the caller may use (agents are service.agents')."""
+        return [r for r in await self.llms.all() if r.agent is None and principal.may_use(r.name)]
 
     async def serving_rows(self, principal: Principal) -> list[LlmRecord]:
         """Rows the caller may use that can answer now: active, or hibernating and

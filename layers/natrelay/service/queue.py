@@ -74,6 +74,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint = Endpoint.CHAT,
         fast: bool = True,
+        agent: str | None = None,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
         backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
@@ -94,6 +95,7 @@ class Queue:
             endpoint=endpoint,
             fast=fast,
             reserve=reservation(body, len(raw)),
+            agent=agent,
         )
 
     async def submit_once(
@@ -105,6 +107,7 @@ class Queue:
         stream: bool,
         key: str,
         endpoint: Endpoint = Endpoint.CHAT,
+        agent: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
         the result retention: then the task it started (and True: nothing new runs).
@@ -141,6 +144,7 @@ class Queue:
                 endpoint=endpoint,
                 once=(once, gone),
                 reserve=reservation(body, len(raw)),
+                agent=agent,
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -182,6 +186,7 @@ class Queue:
         once: Once | None = None,
         fast: bool = False,
         reserve: int = 0,
+        agent: str | None = None,
     ) -> TaskRecord:
         row, status = await self._open_pool(principal, name, endpoint)
         # a poll here takes it at once: no queue to check
@@ -200,6 +205,7 @@ class Queue:
                 wake=wake,
                 stream=stream,
                 endpoint=endpoint,
+                agent=agent,
             )
             if fast and (handed := await self._hand(row, task)) is not None:
                 return handed
@@ -267,6 +273,7 @@ class Queue:
         wake: Wake | None,
         stream: bool,
         endpoint: Endpoint,
+        agent: str | None = None,
     ) -> NewTask:
         """The infer task of the request; its lease covers the wake it waits for."""
         s, now = self.settings, self.clock()
@@ -289,6 +296,7 @@ class Queue:
             reserved=admission.reserved,
             endpoint=endpoint.value,
             limited=admission.slot is not None or principal.tokens_per_day is not None,
+            agent=agent,
         )
 
     async def _hand(self, row: LlmRecord, task: NewTask) -> TaskRecord | None:

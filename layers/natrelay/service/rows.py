@@ -87,6 +87,8 @@ class RowAdmin:
     async def _plan(self, doc: LlmDocument, current: LlmRecord | None) -> RowWrite:
         given = doc.given()
         kind = doc.kind or (current.kind if current else None)
+        if current is not None and current.agent is not None:
+            raise _Refusal("name", "it is an agent: change it with natrelay agent apply")
         if current is None:
             if kind != PUBLIC:
                 raise _Refusal(

@@ -157,7 +157,7 @@ class Usage:
             prompt, completion = tokens
             day = task.usage_day or day_and_minute(self.clock())[0]
             self._used.add(Used(task.client_key, day, prompt, completion, error))
-            await self.count_row(task.llm, error=error)
+            await self._count_task(task, error=error)
             return
         await asyncio.gather(  # two writes, side by side: neither ever raises
             self._record(
@@ -169,8 +169,14 @@ class Usage:
                 error=error,
                 what=f"task {task.id}",
             ),
-            self.count_row(task.llm, error=error),
+            self._count_task(task, error=error),
         )
+
+    async def _count_task(self, task: TaskRecord, *, error: bool) -> None:
+        """Count the task's request for its row, and for the agent called, if one was."""
+        await self.count_row(task.llm, error=error)
+        if task.agent is not None:
+            await self.count_row(task.agent, error=error)
 
     async def record_call(
         self,

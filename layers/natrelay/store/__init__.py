@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
 from natrelay.store._task_items import Queued, result_hash
+from natrelay.store.agents import AgentWrite, DynamoAgentStore
 from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.connections import Delivery, GatewayConnections
@@ -25,6 +26,7 @@ from natrelay.store.memory_tasks import MemoryTasks
 from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionRecord
 from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.records import (
+    AgentRecord,
     Chunk,
     Holder,
     IdempotencyRecord,
@@ -77,6 +79,8 @@ class Stores:
     secrets: SecretReader | None = None
     # Sessions of the relay's own web pages (the status page).
     page_sessions: DynamoPageSessionStore | None = None
+    # Agents (admins' apply) and the rows serving a backend model.
+    agents: DynamoAgentStore | None = None
 
     @classmethod
     def on(
@@ -119,6 +123,7 @@ class Stores:
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
             page_sessions=DynamoPageSessionStore(client, keys_table),
+            agents=DynamoAgentStore(client, llms, keys, cache=cache),
         )
 
     @classmethod
@@ -151,12 +156,15 @@ class Stores:
 
 
 __all__ = [
+    "AgentRecord",
+    "AgentWrite",
     "ApplyConflictError",
     "Chunk",
     "ChunkDiffersError",
     "ConditionFailedError",
     "Delivery",
     "DurableTasks",
+    "DynamoAgentStore",
     "DynamoBeatStore",
     "DynamoChunkStore",
     "DynamoDoorbellStore",

@@ -5,6 +5,19 @@ HTTP status and type, Paths, base models), `protocol` (the publisher protocol), 
 (the admin's row documents) and `views` (what clients and admins read).
 """
 
+from natrelay.wire.agents import (
+    AGENT_LIFECYCLE_FIELDS,
+    AgentApplied,
+    AgentApply,
+    AgentApplyResult,
+    AgentCard,
+    AgentDefaults,
+    AgentDocument,
+    AgentList,
+    AgentSpec,
+    AgentView,
+    ModelTarget,
+)
 from natrelay.wire.contract import (
     DOORBELL_SESSION_HEADER,
     MAX_ALIASES,
@@ -82,6 +95,7 @@ from natrelay.wire.views import (
 )
 
 __all__ = [
+    "AGENT_LIFECYCLE_FIELDS",
     "DOORBELL_SESSION_HEADER",
     "LIFECYCLE_FIELDS",
     "MAX_ALIASES",
@@ -99,6 +113,15 @@ __all__ = [
     "SERVED_BY_HEADER",
     "SESSION_HEADER",
     "VIRTUAL",
+    "AgentApplied",
+    "AgentApply",
+    "AgentApplyResult",
+    "AgentCard",
+    "AgentDefaults",
+    "AgentDocument",
+    "AgentList",
+    "AgentSpec",
+    "AgentView",
     "Answer",
     "Applied",
     "ApplyResult",
@@ -126,6 +149,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "ModelPattern",
+    "ModelTarget",
     "Paths",
     "PollRequest",
     "PollResponse",
