@@ -25,7 +25,7 @@ from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
 from natrelay.store import AgentRecord, AgentWrite, ApplyConflictError, LlmRecord
 from natrelay.store.records import AGENT_OWNER
-from natrelay.wire import AgentApplied, AgentDocument, Endpoint, LlmStatus
+from natrelay.wire import AgentApplied, AgentDocument, AgentSpec, Endpoint, LlmStatus
 
 # Better first: the order rows are tried in, and which status an agent shows.
 _RANK = {
@@ -44,7 +44,7 @@ def may_serve(agent: LlmRecord, row: LlmRecord) -> bool:
     return agent.owner in (AGENT_OWNER, row.owner) or row.shared_pool
 
 
-def record_of(doc: AgentDocument) -> AgentRecord:
+def record_of(doc: AgentDocument | AgentSpec) -> AgentRecord:
     return AgentRecord(
         target=doc.target_row,
         target_model=doc.target_model,

@@ -103,11 +103,12 @@ class Stores:
             cache.watch(client, llms_table)
         llms = DynamoLlmStore(client, llms_table, cache)
         keys = DynamoKeyStore(client, keys_table)
+        agents = DynamoAgentStore(client, llms, keys, cache=cache)
         return cls(
             client=client,
             llms=llms,
             row_sweep=DynamoRowSweepStore(client, llms),
-            sessions=DynamoSessionStore(client, tasks_table, llms, keys),
+            sessions=DynamoSessionStore(client, tasks_table, llms, keys, agents),
             tasks=DynamoTaskStore(client, tasks_table),
             queues=DynamoQueueStore(client, tasks_table),
             leases=DynamoLeaseStore(client, tasks_table),
@@ -123,7 +124,7 @@ class Stores:
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
             page_sessions=DynamoPageSessionStore(client, keys_table),
-            agents=DynamoAgentStore(client, llms, keys, cache=cache),
+            agents=agents,
         )
 
     @classmethod

@@ -141,6 +141,13 @@ class SessionRecord:
     confirmed_at: float | None = None
     # Its doorbell connection, if it keeps one.
     doorbell: str | None = None
+    # The agents it published (beaten with its rows; never polled for).
+    agents: tuple[str, ...] = ()
+
+    @property
+    def beaten(self) -> tuple[str, ...]:
+        """Every name its heartbeat refreshes: its rows' and its agents'."""
+        return self.names + self.agents
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def row_view(
             "fallbacks": list(row.fallbacks) or None,
             "max_queue_depth": row.max_queue_depth,
             "wake_after_queue_seconds": row.wake_after_queue_seconds,
+            "shared_pool": row.shared_pool or None,
             "base_url": row.base_url,
             "api_key": SecretRef.model_validate(row.api_key_ref) if row.api_key_ref else None,
             "timeout_seconds": row.timeout_seconds,

@@ -140,6 +140,9 @@ class LlmDocument(WireModel):
     # pool settings (virtual rows; null: the relay's defaults)
     max_queue_depth: int | None = Field(default=None, ge=0, le=1_000_000)
     wake_after_queue_seconds: float | None = Field(default=None, ge=0, le=86_400)
+    # The row may serve agents of other keys whose target is its backend model (a pool
+    # by model); off, only its own key's agents and admins' agents use it.
+    shared_pool: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
