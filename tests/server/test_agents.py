@@ -5,7 +5,9 @@ answers name the agent, scopes and ownership hold, and only admins manage agents
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -252,3 +254,90 @@ def test_an_agent_whose_target_is_gone_is_offline(
     publisher.send(Paths.DEREGISTER, SessionRequest(provider_session_id=publisher.session_id))
     resp = call(agents_stack, Paths.CHAT, {"model": "support-bot", "messages": user})
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "publisher_offline"
+
+
+def signed(label: str) -> Any:
+    """An answer saying which publisher gave it."""
+
+    def answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
+        body = {
+            "object": "chat.completion",
+            "model": "x",
+            "choices": [{"message": {"content": label}}],
+        }
+        pub.result(task["id"], {"status": 200, "body": body})
+
+    return answer
+
+
+def test_a_pool_by_model_spans_keys_only_where_an_admin_allowed_it(agents_stack: Stack) -> None:
+    keys = [key(agents_stack, "publisher") for _ in range(2)]
+    llama = {"type": "openai", "model": "llama3.1:8b"}
+    team = {"name": "team-bot", "target": {"model": "llama3.1:8b"}, "systemPrompt": "Team."}
+    first = ScriptedPublisher(
+        agents_stack.url, keys[0], [{"name": "a-llama", **llama}], signed("a"), agents=[team]
+    )
+    second = ScriptedPublisher(
+        agents_stack.url, keys[1], [{"name": "b-llama", **llama}], signed("b")
+    )
+
+    def twenty() -> list[tuple[str, str]]:
+        with httpx.Client(timeout=60, headers=auth(agents_stack.client_token)) as http:
+            body = {"model": "team-bot", "messages": [{"role": "user", "content": "hi"}]}
+            with ThreadPoolExecutor(20) as pool:
+                answers = list(
+                    pool.map(
+                        lambda _: http.post(f"{agents_stack.url}{Paths.CHAT}", json=body), range(20)
+                    )
+                )
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [
+            (a.json()["choices"][0]["message"]["content"], a.headers["x-natrelay-served-by"])
+            for a in answers
+        ]
+
+    with first, second:
+        # without an admin's allowance: the agent's own key's rows only
+        assert set(twenty()) == {("a", "a-llama")}
+        shared = httpx.post(
+            f"{agents_stack.url}{Paths.LLMS_APPLY}",
+            headers=auth(agents_stack.admin_token),
+            json={"documents": [{"name": "b-llama", "sharedPool": True}]},
+            timeout=30,
+        )
+        assert shared.json()["data"][0]["changed"] == ["sharedPool"], shared.text
+        served = twenty()
+    assert set(served) == {("a", "a-llama"), ("b", "b-llama")}
+    counts = {label: sum(1 for s, _ in served if s == label) for label in ("a", "b")}
+    assert counts["a"] + counts["b"] == 20 and min(counts.values()) >= 5, counts
+
+
+def test_the_status_page_shows_agents_with_their_target_state_and_requests(
+    agents_stack: Stack, publisher: ScriptedPublisher
+) -> None:
+    apply(agents_stack, AGENT, {**AGENT, "name": "nowhere", "target": "absent"}).raise_for_status()
+    user = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        seen(call(agents_stack, Paths.CHAT, {"model": "support-bot", "messages": user}))
+    logged = httpx.post(
+        f"{agents_stack.url}{Paths.STATUS_LOGIN}",
+        data={"key": agents_stack.admin_token},
+        follow_redirects=False,
+        timeout=10,
+    )
+    cookie = {"Cookie": f"natrelay_status={logged.cookies['natrelay_status']}"}
+
+    def agents_on_page() -> tuple[str, list[str], str]:
+        page = httpx.get(f"{agents_stack.url}{Paths.STATUS}", headers=cookie, timeout=10).text
+        bot = re.search(r'<tr id="agent-support-bot">(.*?)</tr>', page)
+        gone = re.search(r'<tr id="agent-nowhere">(.*?)</tr>', page)
+        assert bot is not None and gone is not None, page
+        return page, re.findall(r"<td>(.*?)</td>", bot[1]), gone[1]
+
+    # a request's count is written behind its answer: wait for the page to show both
+    wait_until(lambda: agents_on_page()[1][-2] == "2", 30)
+    page, cells, gone = agents_on_page()
+    assert cells[1:] == ["admin", "m", '<span class="active">active</span>', "2", "0"]
+    assert '<span class="inactive">inactive</span>' in gone
+    assert PROMPT not in page  # the system prompt is the agent's, not the page's
+    assert 'id="row-support-bot"' not in page  # an agent is no row

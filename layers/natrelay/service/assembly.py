@@ -149,6 +149,10 @@ class Assembly:
         return Catalog(self.ctx)
 
     @cached_property
+    def agents(self) -> Agents:
+        return Agents(self.ctx, self.catalog)
+
+    @cached_property
     def access(self) -> Access:
         return Access(self.ctx)
 
@@ -197,8 +201,8 @@ class Assembly:
             waiting=Waiting(ctx, self.endings),
             upstreams=self.upstreams,
             rows=RowAdmin(ctx, self.upstreams.read_key),
-            board=Board(ctx, self.usage),
-            agents=Agents(ctx, self.catalog),
+            board=Board(ctx, self.usage, self.agents),
+            agents=self.agents,
             page_sessions=PageSessions(ctx, self.access),
             sweeper=self.sweeper,
             sweep_seconds=self.sweep_seconds,

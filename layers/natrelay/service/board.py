@@ -1,5 +1,5 @@
-"""What the status page shows: every row with its pool and last hour, and every key's
-usage today."""
+"""What the status page shows: every row with its pool and last hour, every agent with
+its target and status, and every key's usage today."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from natrelay.service.access import STATIC_IDS
+from natrelay.service.agents import Agents
 from natrelay.service.context import Context
 from natrelay.service.usage import Usage, day_and_minute
 from natrelay.store import LlmRecord, MemberRecord, UsageRecord
@@ -28,6 +29,13 @@ class RowState:
 
 
 @dataclass(frozen=True)
+class AgentState:
+    agent: LlmRecord
+    status: LlmStatus
+    last_hour: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class KeyToday:
     key_id: str
     label: str
@@ -37,11 +45,12 @@ class KeyToday:
 
 
 class Board:
-    def __init__(self, ctx: Context, usage: Usage) -> None:
+    def __init__(self, ctx: Context, usage: Usage, agents: Agents) -> None:
         self.stores = ctx.stores
         self.liveness = ctx.liveness
         self.clock = ctx.clock
         self.usage = usage
+        self.agents = agents
 
     async def rows(self) -> list[RowState]:
         """Every row (a scan, and per row a queue count and two reads of its minutes,
@@ -60,7 +69,21 @@ class Board:
                 last_hour=hour,
             )
 
-        return list(await asyncio.gather(*(state(r) for r in await self.stores.llms.all())))
+        rows = [r for r in await self.stores.llms.all() if r.agent is None]
+        return list(await asyncio.gather(*(state(r) for r in rows)))
+
+    async def agent_states(self) -> list[AgentState]:
+        """Every agent, with its status (its rows') and its requests in the last hour."""
+        await self.usage.flush_rows()
+
+        async def state(agent: LlmRecord) -> AgentState:
+            status, hour = await asyncio.gather(
+                self.agents.status(agent), self.usage.last_hour(agent.name)
+            )
+            return AgentState(agent, status, hour)
+
+        agents = [r for r in await self.stores.llms.all() if r.agent is not None]
+        return list(await asyncio.gather(*(state(a) for a in agents)))
 
     async def _depth(self, row: LlmRecord) -> int:
         return 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]

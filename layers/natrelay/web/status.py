@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from natrelay.errors import AuthError
 from natrelay.observe import bind
 from natrelay.service import Relay
-from natrelay.service.board import KeyToday, RowState
+from natrelay.service.board import AgentState, KeyToday, RowState
 from natrelay.service.page_sessions import STATUS_PAGES, PageSessions
 from natrelay.web.page_cookie import PageCookie
 from natrelay.wire import Paths, Role, fingerprint
@@ -130,7 +130,9 @@ async def status_page(request: Request) -> Response:
     bind(keyId=principal.key_id)
     csrf = PageSessions.csrf_token(session_id or "")
     now = relay.clock()
-    rows, keys = await asyncio.gather(relay.board.rows(), relay.board.keys_today())
+    rows, agents, keys = await asyncio.gather(
+        relay.board.rows(), relay.board.agent_states(), relay.board.keys_today()
+    )
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = (
         f"<h1>natrelay status</h1><div class=muted>{escape(stamp)} · refreshes every "
@@ -139,6 +141,7 @@ async def status_page(request: Request) -> Response:
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         '<button type="submit">Log out</button></form></div>'
         f"<h2>Rows ({len(rows)})</h2>{_rows_table(rows, now)}"
+        f"<h2>Agents ({len(agents)})</h2>{_agents_table(agents)}"
         f"<h2>Keys today</h2>{_keys_table(keys)}"
     )
     return _page("natrelay status", body, refresh=True)
@@ -199,6 +202,34 @@ def _rows_table(rows: list[RowState], now: float) -> str:
         )
     header = "".join(f"<th>{h}</th>" for h in head)
     return f'<table id="rows"><tr>{header}</tr>{"".join(lines)}</table>'
+
+
+def _agents_table(agents: list[AgentState]) -> str:
+    head = [
+        "name",
+        "origin",
+        "target",
+        "status",
+        "requests&nbsp;(1&nbsp;h)",
+        "errors&nbsp;(1&nbsp;h)",
+    ]
+    lines = []
+    for a in agents:
+        spec = a.agent.agent
+        assert spec is not None
+        target = spec.target or f"model {spec.target_model}"
+        hour = a.last_hour
+        cells = [
+            f"<b>{escape(a.agent.name)}</b>",
+            "publisher" if spec.published else "admin",
+            escape(target),
+            f'<span class="{a.status.value}">{a.status.value}</span>',
+            "—" if hour is None else str(hour[0]),
+            "—" if hour is None else str(hour[1]),
+        ]
+        lines.append(f'<tr id="agent-{escape(a.agent.name)}">{_cells(cells)}</tr>')
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return f'<table id="agents"><tr>{header}</tr>{"".join(lines)}</table>'
 
 
 def _keys_table(keys: list[KeyToday]) -> str:
