@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from natrelay.wire import (
     MAX_APPLY_DOCUMENTS,
@@ -92,9 +93,15 @@ def _where(source: str, number: int, doc: Any) -> str:
     return f"{source}: document {number}" + (f" ({name})" if isinstance(name, str) else "")
 
 
-def documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[str]]:
+def documents(
+    text: str,
+    source: str,
+    model: type[BaseModel] = LlmDocument,
+    prepare: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The YAML documents of a file (empty ones skipped), each checked against the
-    relay's document model, and where each is (`FILE: document N (name)`).
+    relay's document `model` (after `prepare(doc, where)`, if given), and where each is
+    (`FILE: document N (name)`).
 
     CommandError (exit 2) names the file, the document and the field at fault."""
     try:
@@ -111,14 +118,15 @@ def documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[str]]:
         raise CommandError(f"{source}{at}: not valid YAML: {problem}", EXIT_USAGE) from exc
     docs: list[dict[str, Any]] = []
     places: list[str] = []
-    for number, doc in enumerate(loaded, start=1):
-        if doc is None:
+    for number, read in enumerate(loaded, start=1):
+        if read is None:
             continue
-        where = _where(source, number, doc)
-        if not isinstance(doc, dict):
+        where = _where(source, number, read)
+        if not isinstance(read, dict):
             raise CommandError(f"{where}: must be a mapping of fields (name: …)", EXIT_USAGE)
+        doc = prepare(read, where) if prepare is not None else read
         try:
-            LlmDocument.model_validate(doc)
+            model.model_validate(doc)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])

@@ -43,6 +43,8 @@ LIFECYCLE_FIELDS = frozenset(
         "queueDepth",
         "oldestQueuedSeconds",
         "sessionId",
+        # what a publisher's session file or a seed-era export may carry
+        "providerSessionId",
         "owner",
         # what the row's publishers declare (their config), not an admin's to set
         "endpoints",
