@@ -243,17 +243,34 @@ def test_names_are_owned(agents_stack: Stack, publisher: ScriptedPublisher) -> N
         other.http.close()
 
 
-def test_an_agent_whose_target_is_gone_is_offline(
-    agents_stack: Stack, publisher: ScriptedPublisher
-) -> None:
-    apply(agents_stack, AGENT, {**AGENT, "name": "nowhere", "target": "absent"}).raise_for_status()
-    user = [{"role": "user", "content": "hi"}]
-    resp = call(agents_stack, Paths.CHAT, {"model": "nowhere", "messages": user})
-    assert resp.status_code == 503 and resp.json()["error"]["code"] == "publisher_offline"
-    assert publisher.session_id is not None
-    publisher.send(Paths.DEREGISTER, SessionRequest(provider_session_id=publisher.session_id))
-    resp = call(agents_stack, Paths.CHAT, {"model": "support-bot", "messages": user})
-    assert resp.status_code == 503 and resp.json()["error"]["code"] == "publisher_offline"
+def test_an_agent_whose_target_is_gone_is_offline(agents_stack: Stack) -> None:
+    # a publisher that registers and never polls (so none polls after it leaves)
+    quiet = ScriptedPublisher(
+        agents_stack.url, agents_stack.publish_token, [{"name": "m", "type": "echo", "model": "m"}]
+    )
+    session = quiet.register()
+    try:
+        apply(agents_stack, AGENT, {**AGENT, "name": "nowhere", "target": "absent"})
+        user = [{"role": "user", "content": "hi"}]
+        resp = call(agents_stack, Paths.CHAT, {"model": "nowhere", "messages": user})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "publisher_offline"
+        quiet.send(Paths.DEREGISTER, SessionRequest(provider_session_id=session))
+        resp = call(agents_stack, Paths.CHAT, {"model": "support-bot", "messages": user})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "publisher_offline"
+        said = resp.json()["error"]["message"]
+        assert (
+            said == "the agent 'support-bot' cannot answer now (publisher_offline); try again later"
+        )
+        assert "'m'" not in said  # its target is shown to admins only
+        resp = call(
+            agents_stack,
+            Paths.CHAT,
+            {"model": "support-bot", "messages": user},
+            token=agents_stack.admin_token,
+        )
+        assert resp.status_code == 503 and "the publisher of 'm' is offline" in resp.text
+    finally:
+        quiet.http.close()
 
 
 def signed(label: str) -> Any:
@@ -341,3 +358,34 @@ def test_the_status_page_shows_agents_with_their_target_state_and_requests(
     assert '<span class="inactive">inactive</span>' in gone
     assert PROMPT not in page  # the system prompt is the agent's, not the page's
     assert 'id="row-support-bot"' not in page  # an agent is no row
+
+
+def test_an_idempotency_key_s_retry_finds_its_task_in_a_pool_by_model(
+    agents_stack: Stack,
+) -> None:
+    llama = {"type": "openai", "model": "llama3.1:8b"}
+    rows = ("a-llama", "b-llama", "c-llama")
+    pubs = [
+        ScriptedPublisher(
+            agents_stack.url, agents_stack.publish_token, [{"name": n, **llama}], signed(n)
+        )
+        for n in rows
+    ]
+    apply(agents_stack, {"name": "any-llama", "target": {"model": "llama3.1:8b"}})
+    body = {"model": "any-llama", "messages": [{"role": "user", "content": "once"}]}
+    with pubs[0], pubs[1], pubs[2]:
+        served = set()
+        for i in range(6):
+            headers = {**auth(agents_stack.client_token), "Idempotency-Key": f"key-{i}"}
+            first, again = (
+                httpx.post(
+                    f"{agents_stack.url}{Paths.CHAT}", headers=headers, json=body, timeout=30
+                )
+                for _ in range(2)
+            )
+            assert first.status_code == again.status_code == 200, (first.text, again.text)
+            assert first.json() == again.json()  # the same task's answer, not a second run
+            assert first.headers["x-natrelay-served-by"] == again.headers["x-natrelay-served-by"]
+            served.add(first.headers["x-natrelay-served-by"])
+    assert sum(len(p.seen) for p in pubs) == 6  # each key ran once
+    assert len(served) > 1  # different keys, different turns

@@ -11,6 +11,7 @@ queue and wakes are then the row's own.
 from __future__ import annotations
 
 import itertools
+import zlib
 
 from natrelay.errors import (
     EndpointNotServedError,
@@ -115,11 +116,15 @@ class Agents:
         statuses = [self.catalog.status(r) for r in await self.rows(agent)]
         return min(statuses, key=_RANK.__getitem__, default=LlmStatus.INACTIVE)
 
-    async def targets(self, agent: LlmRecord, endpoint: Endpoint) -> list[LlmRecord]:
+    async def targets(
+        self, agent: LlmRecord, endpoint: Endpoint, key: str | None = None
+    ) -> list[LlmRecord]:
         """The rows to try for a request to the agent, in order: those serving now
-        (taken in turn, so a pool by model spreads its requests), then those that can
-        be woken, then the rest (whose refusal says why). PublisherOfflineError if
-        none may serve it; EndpointNotServedError for an API agents do not answer."""
+        (taken in turn, so a pool by model spreads its requests; with an
+        Idempotency-Key `key`, in the key's turn, so its retry goes where it went and
+        finds its task), then those that can be woken, then the rest (whose refusal
+        says why). PublisherOfflineError if none may serve it; EndpointNotServedError
+        for an API agents do not answer."""
         if endpoint not in AGENT_ENDPOINTS:
             raise EndpointNotServedError(
                 f"{agent.name!r} is an agent: it answers /v1/chat/completions, "
@@ -132,20 +137,14 @@ class Agents:
         ranked = sorted(rows, key=lambda r: _RANK[self.catalog.status(r)])
         best = _RANK[self.catalog.status(ranked[0])]
         first = [r for r in ranked if _RANK[self.catalog.status(r)] == best]
-        turn = next(self._turn) % len(first)
+        turn = (next(self._turn) if key is None else zlib.crc32(key.encode())) % len(first)
         return first[turn:] + first[:turn] + ranked[len(first) :]
 
     def offline(self, agent: LlmRecord) -> PublisherOfflineError:
         """The error of an agent no row can serve now."""
         spec = agent.agent
         assert spec is not None
-        what = (
-            f"its target {spec.target!r} is offline"
-            if spec.target is not None
-            else f"no row serving {spec.target_model!r} it may use is online"
-        )
-        if self._published_gone(agent):
-            what = "its publisher is offline"
+        what = "its publisher is offline" if self._published_gone(agent) else "no row serves it"
         return PublisherOfflineError(f"the agent {agent.name!r} cannot answer now: {what}")
 
     # --- admins ----------------------------------------------------------------------

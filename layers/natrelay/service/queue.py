@@ -223,6 +223,8 @@ class Queue:
         status; refused for a public row, a pool that cannot answer, or an endpoint it
         does not serve. Members found dead leave the pool on the way."""
         row = await self.catalog.get(principal, name)
+        if row.agent is not None:  # agents are routed to their rows before the queue
+            raise PublisherOfflineError(f"{name!r} is an agent: it has no queue of its own")
         if row.public:
             raise InvalidRequestError(
                 f"{name!r} is a public row: the relay calls it at once, without a task; "

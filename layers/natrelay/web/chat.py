@@ -132,6 +132,7 @@ async def relay_request(
         row,
         endpoint,
         lambda target, who: serving(dressed(spec, endpoint, body, target.name), who, row.name),
+        key=key,
     )
 
 

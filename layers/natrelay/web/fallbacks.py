@@ -66,8 +66,8 @@ async def with_fallbacks(
                 continue
             try:
                 fallback = await relay.catalog.get(principal, alt, hint=False)
-                if queued and fallback.public:
-                    continue
+                if (queued and fallback.public) or fallback.agent is not None:
+                    continue  # an agent is no row to fall back on
                 response = await serve(fallback)
             except LlmNotFoundError:
                 continue  # gone, or outside the caller's scope

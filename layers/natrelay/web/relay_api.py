@@ -193,6 +193,7 @@ async def infer(request: Request, relay: Relay) -> Response:
                 dressed(spec, Endpoint.CHAT, body, target.name), who, row.name
             ),
             queued=True,
+            key=key,
         )
     return await run_chat(relay, caller(request), body, key, gone=client_gone(request))
 
