@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from natrelay.wire import AgentApplyResult, AgentDocument, AgentList, AgentView, Paths
-from natrelay_cli.admin import AdminClient, CommandError, connection, dump, table
+from natrelay_cli.admin import AdminClient, CommandError, dump, table
 from natrelay_cli.exits import EXIT_USAGE
-from natrelay_cli.llm import _print, _read, _refusal, documents
+from natrelay_cli.llm import _print, _read, _refusal, documents, manage_commands
 
 COLUMNS = ("name", "origin", "target", "status", "owner", "description")
 
@@ -82,27 +82,17 @@ def add_commands(commands: Any) -> None:
         description="Read and manage agents: a name that means a target (a row, or "
         "{model: …}), a system prompt and sampling defaults. Needs an admin token.",
     )
-    sub = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
-    listing = sub.add_parser("list", help="every agent: origin, target, status")
-    listing.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    connection(listing)
-    listing.set_defaults(run=_list)
-    get = sub.add_parser("get", help="one agent")
-    get.add_argument("name")
-    get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
-    connection(get)
-    get.set_defaults(run=_get)
-    apply = sub.add_parser(
-        "apply",
-        help="create or replace agents from YAML documents (all or none)",
-        description="Create or replace agents from YAML documents, each the whole agent. "
-        "Lifecycle fields (status, owner, ...) are ignored: the output of `get -o yaml` "
-        "applies as it is.",
+    manage_commands(
+        agent,
+        "agent_command",
+        {"list": _list, "get": _get, "apply": _apply, "delete": _delete},
+        {
+            "list": "every agent: origin, target, status",
+            "get": "one agent",
+            "apply": "create or replace agents from YAML documents (all or none)",
+            "delete": "delete an agent and release its name",
+        },
+        "Create or replace agents from YAML documents, each the whole agent. Lifecycle "
+        "fields (status, owner, ...) are ignored: the output of `get -o yaml` applies as "
+        "it is.",
     )
-    apply.add_argument("-f", "--file", required=True, metavar="FILE", help="YAML; - for stdin")
-    connection(apply)
-    apply.set_defaults(run=_apply)
-    delete = sub.add_parser("delete", help="delete an agent and release its name")
-    delete.add_argument("name")
-    connection(delete)
-    delete.set_defaults(run=_delete)

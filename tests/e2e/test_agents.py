@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from natrelay_infra.dev import DEV_CLIENT_TOKEN, DEV_PUBLISH_TOKEN
+from tests.e2e.test_endpoints import _dumps
 from tests.infra.test_dev import Dev, natrelay_dev
 from tests.publisher.running import start_publisher, wait_rows
 from tests.support.backend import FakeBackend
@@ -89,18 +90,6 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relayed]:
         target = types.SimpleNamespace(url=dev.url, client_token=DEV_CLIENT_TOKEN)
         wait_rows(target, {"full": "active"})  # type: ignore[arg-type]
         yield Relayed(dev, backend, url)
-
-
-def _without_model(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: None if k == "model" else _without_model(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_model(v) for v in value]
-    return value
-
-
-def _dumps(objects: Any) -> Any:
-    return _without_model([o.model_dump() for o in objects])
 
 
 def _same_request(through: dict[str, Any], direct: dict[str, Any]) -> None:

@@ -12,8 +12,6 @@ test): a shared machine's numbers drift between runs.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,21 +22,13 @@ import httpx
 
 from natrelay.wire import Paths
 from natrelay_infra.moto_server import MotoServer
+from tests.perf.public_rows import _stats, measure
 from tests.publisher.running import publisher_config, start_publisher, wait_rows
 from tests.support.net import wait_until
 from tests.support.stack import running_stack
 
 HI = [{"role": "user", "content": "hi"}]
 NAMES = ("echo", "echo-agent", "admin-agent", "pool-agent")
-
-
-def _stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
 
 
 def run(n: int) -> dict[str, Any]:
@@ -90,16 +80,7 @@ def run(n: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400, help="requests per name")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    result = run(args.n)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return measure(run, argv, __doc__.splitlines()[0], 400)
 
 
 if __name__ == "__main__":

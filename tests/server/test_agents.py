@@ -15,6 +15,7 @@ import pytest
 
 from natrelay.wire import Paths, SessionRequest
 from natrelay_infra.moto_server import MotoServer
+from tests.server.test_rows_access import key as made_key
 from tests.support.net import wait_until
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack, running_stack
@@ -86,14 +87,8 @@ def seen(resp: httpx.Response) -> dict[str, Any]:
 
 
 def key(stack: Stack, role: str, **spec: Any) -> str:
-    made = httpx.post(
-        f"{stack.url}{Paths.KEYS}",
-        headers=auth(stack.admin_token),
-        json={"role": role, "label": f"{role} key", **spec},
-        timeout=10,
-    )
-    assert made.status_code == 201, made.text
-    return str(made.json()["secret"])
+    """A new key's secret."""
+    return str(made_key(stack, role, **spec)["secret"])
 
 
 def test_chat_gets_the_prompt_first_and_the_defaults_the_request_leaves_unset(

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 # An agent may be written over when it is new, or already an agent of the same owner.
 _MINE = "attribute_not_exists(#name) OR (#kind = :agent AND #owner = :owner)"
+# A published agent: the same, or an agent without an owner.
+_JOINABLE = (
+    "attribute_not_exists(#name) OR "
+    "(#kind = :agent AND (attribute_not_exists(#owner) OR #owner = :owner))"
+)
 
 
 @dataclass(frozen=True)
@@ -80,38 +85,49 @@ class DynamoAgentStore:
 
     # --- admins' agents ----------------------------------------------------------------
 
+    def _write_op(
+        self,
+        write: AgentWrite,
+        fields: Item,
+        condition: str,
+        now: float,
+        *,
+        member: tuple[str, Item] | None = None,
+        clear: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """The transaction item that writes the agent whole (`fields` besides what it
+        means; what it leaves unset removed, and `clear`), if `condition` holds."""
+        item = {k: v for k, v in (agent_item(write) | fields).items() if v is not None}
+        sets = [f"#a_{k} = :a_{k}" for k in item] + ["createdAt = if_not_exists(createdAt, :now)"]
+        names = {f"#a_{k}": k for k in item} | {"#name": "name", "#kind": "kind", "#owner": "owner"}
+        vals = {f"a_{k}": v for k, v in item.items()} | {"agent": AGENT, "now": now}
+        if member is not None:
+            sets.append("#me = :member")
+            names["#me"], vals["member"] = member
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"name": {"S": write.name}},
+                "UpdateExpression": "SET " + ", ".join(sets) + _removed(item, *clear),
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values(**vals, owner=item["owner"]),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    # --- admins' agents ----------------------------------------------------------------
+
     @off_loop
     def apply(self, writes: list[AgentWrite], now: float) -> None:
         """Write every agent (its name claimed for AGENT_OWNER) in one transaction, all
         or none; ApplyConflictError names the write that lost: its name is a key's
         (`owner`), or a row's or a published agent's (`owner` None)."""
         ops: list[dict[str, Any]] = []
+        fields = {"status": "active", "owner": AGENT_OWNER}
         for write in writes:
-            item = {k: v for k, v in agent_item(write).items() if v is not None}
             ops.append(self._keys.name_claim_op(write.name, AGENT_OWNER, now))
-            ops.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": {"name": {"S": write.name}},
-                        "UpdateExpression": "SET "
-                        + ", ".join(f"#a_{k} = :a_{k}" for k in item)
-                        + ", #status = :active, #owner = :owner, "
-                        "createdAt = if_not_exists(createdAt, :now)" + _removed(item),
-                        "ConditionExpression": _MINE,
-                        "ExpressionAttributeNames": {f"#a_{k}": k for k in item}
-                        | {"#name": "name", "#kind": "kind", "#owner": "owner"}
-                        | {"#status": "status"},
-                        "ExpressionAttributeValues": values(
-                            **{f"a_{k}": v for k, v in item.items()},
-                            agent=AGENT,
-                            owner=AGENT_OWNER,
-                            active="active",
-                            now=now,
-                        ),
-                    }
-                }
-            )
+            ops.append(self._write_op(write, fields, _MINE, now))
         try:
             self._client.transact_write_items(TransactItems=ops)  # type: ignore[arg-type]
         except ClientError as exc:
@@ -129,8 +145,7 @@ class DynamoAgentStore:
         """The transaction item that publishes the agent for the session (a row's
         lifecycle: its member beats with the session's rows): new, its key's, or an
         agent without an owner."""
-        item = {k: v for k, v in agent_item(write).items() if v is not None}
-        item |= {
+        fields = {
             "status": "active",
             "sessionId": session_id,
             "owner": owner,
@@ -138,30 +153,14 @@ class DynamoAgentStore:
             "sweepState": LIVE,
             "sweepAt": now,
         }
-        member = {"status": "active", "heartbeatAt": now}
-        return {
-            "Update": {
-                "TableName": self.table,
-                "Key": {"name": {"S": write.name}},
-                "UpdateExpression": "SET "
-                + ", ".join(f"#a_{k} = :a_{k}" for k in item)
-                + ", createdAt = if_not_exists(createdAt, :now), #me = :member"
-                + _removed(item, "inactiveSince"),
-                "ConditionExpression": "attribute_not_exists(#name) OR "
-                "(#kind = :agent AND (attribute_not_exists(#owner) OR #owner = :owner))",
-                "ExpressionAttributeNames": {f"#a_{k}": k for k in item}
-                | {"#name": "name", "#kind": "kind", "#owner": "owner"}
-                | {"#me": member_attr(session_id)},
-                "ExpressionAttributeValues": values(
-                    **{f"a_{k}": v for k, v in item.items()},
-                    agent=AGENT,
-                    owner=owner,
-                    now=now,
-                    member=member,
-                ),
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }
-        }
+        return self._write_op(
+            write,
+            fields,
+            _JOINABLE,
+            now,
+            member=(member_attr(session_id), {"status": "active", "heartbeatAt": now}),
+            clear=("inactiveSince",),
+        )
 
     # --- pools by model ----------------------------------------------------------------
 

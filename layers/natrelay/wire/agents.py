@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from natrelay.wire.contract import Answer, LlmName, LlmStatus, WireModel
-from natrelay.wire.rows import MAX_APPLY_DOCUMENTS, repeated
+from natrelay.wire.rows import MAX_APPLY_DOCUMENTS, once_each
 
 AGENT = "agent"
 MAX_SYSTEM_PROMPT = 65_536
@@ -125,10 +125,7 @@ class AgentApply(WireModel):
     @field_validator("documents")
     @classmethod
     def _names_once(cls, value: list[AgentDocument]) -> list[AgentDocument]:
-        twice = repeated([d.name for d in value])
-        if twice:
-            raise ValueError(f"each agent may appear once; given more than once: {twice}")
-        return value
+        return once_each(value, "agent")
 
 
 class AgentView(Answer):

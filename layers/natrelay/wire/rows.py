@@ -10,7 +10,7 @@ them, are accepted and ignored, so `get -o yaml | apply -f -` changes nothing.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -183,16 +183,29 @@ def repeated(names: list[str]) -> list[str]:
     return sorted({n for n in names if lowered.count(n.lower()) > 1})
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def once_each(documents: list[N], what: str) -> list[N]:
+    """`documents` if each names a different `what` (ValueError otherwise)."""
+    twice = repeated([d.name for d in documents])
+    if twice:
+        raise ValueError(f"each {what} may appear once; given more than once: {twice}")
+    return documents
+
+
 class LlmApply(WireModel):
     documents: list[LlmDocument] = Field(min_length=1, max_length=MAX_APPLY_DOCUMENTS)
 
     @field_validator("documents")
     @classmethod
     def _names_once(cls, value: list[LlmDocument]) -> list[LlmDocument]:
-        twice = repeated([d.name for d in value])
-        if twice:
-            raise ValueError(f"each row may appear once; given more than once: {twice}")
-        return value
+        return once_each(value, "row")
 
 
 class Applied(Answer):
