@@ -324,7 +324,7 @@ def test_a_pool_by_model_spans_keys_only_where_an_admin_allowed_it(agents_stack:
     assert counts["a"] + counts["b"] == 20 and min(counts.values()) >= 5, counts
 
 
-def test_the_status_page_shows_agents_with_their_target_state_and_requests(
+def test_the_console_shows_agents_with_their_target_state_and_requests(
     agents_stack: Stack, publisher: ScriptedPublisher
 ) -> None:
     apply(agents_stack, AGENT, {**AGENT, "name": "nowhere", "target": "absent"}).raise_for_status()
@@ -332,19 +332,19 @@ def test_the_status_page_shows_agents_with_their_target_state_and_requests(
     for _ in range(2):
         seen(call(agents_stack, Paths.CHAT, {"model": "support-bot", "messages": user}))
     logged = httpx.post(
-        f"{agents_stack.url}{Paths.STATUS_LOGIN}",
+        f"{agents_stack.url}{Paths.CONSOLE_LOGIN}",
         data={"key": agents_stack.admin_token},
         follow_redirects=False,
         timeout=10,
     )
-    cookie = {"Cookie": f"natrelay_status={logged.cookies['natrelay_status']}"}
+    cookie = {"Cookie": f"natrelay_console={logged.cookies['natrelay_console']}"}
 
     def agents_on_page() -> tuple[str, list[str], str]:
-        page = httpx.get(f"{agents_stack.url}{Paths.STATUS}", headers=cookie, timeout=10).text
+        page = httpx.get(f"{agents_stack.url}{Paths.CONSOLE}", headers=cookie, timeout=10).text
         bot = re.search(r'<tr id="agent-support-bot">(.*?)</tr>', page)
         gone = re.search(r'<tr id="agent-nowhere">(.*?)</tr>', page)
         assert bot is not None and gone is not None, page
-        return page, re.findall(r"<td>(.*?)</td>", bot[1]), gone[1]
+        return page, re.findall(r"<td[^>]*>(.*?)</td>", bot[1]), gone[1]
 
     # a request's count is written behind its answer: wait for the page to show both
     wait_until(lambda: agents_on_page()[1][-2] == "2", 30)

@@ -85,6 +85,10 @@ def task_record(item: Item) -> TaskRecord:
         wake_target=item.get("wakeTarget"),
         reserved=int(item.get("reserved", 0)),
         relayed=int(item.get("relayed", 0)),
+        received_at=item.get("receivedAt"),
+        asked_at=item.get("askedAt"),
+        first_token_at=item.get("firstTokenAt"),
+        traceparent=item.get("traceparent"),
     )
 
 

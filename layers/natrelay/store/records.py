@@ -181,6 +181,10 @@ class NewTask:
     limited: bool = True
     # The agent the client called, when it called one (its answers name it).
     agent: str | None = None
+    # When the relay received the client's request (its timeline: service.timeline), and
+    # the W3C trace context the task carries to its publisher and backend.
+    received_at: float | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,13 @@ class TaskRecord:
     # Its usage may be written after its answer, added up with others': its key has no
     # limits and its record too is written behind the answer (a task held in memory).
     usage_later: bool = False
+    # Its timeline (service.timeline): when the relay received the client's request,
+    # when the poll that claimed it began asking, and when its first chunk came.
+    received_at: float | None = None
+    asked_at: float | None = None
+    first_token_at: float | None = None
+    # The W3C trace context it carries to its publisher and backend.
+    traceparent: str | None = None
     # The agent the client called, when it called one (its answers name it).
     agent: str | None = None
 

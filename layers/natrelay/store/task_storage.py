@@ -84,10 +84,12 @@ class TaskStorage(Protocol):
         generation: int,
         now: float,
         llms: tuple[str, ...] | None = None,
+        asked: float | None = None,
     ) -> TaskRecord:
         """pending -> claimed for this session of publisher key `key`, unless it expired
         or names another session as its target (and, with `llms`, only a task of one of
-        those pools). ConditionFailedError (`record`: the task as it was) if someone else
+        those pools); `asked`: when the poll that claims it began (its timeline).
+        ConditionFailedError (`record`: the task as it was) if someone else
         got it, it ended, or it expired while queued."""
         ...
 
@@ -198,6 +200,8 @@ def queued_task(task: NewTask) -> TaskRecord:
         expires_at=task.expires_at,
         target_session=task.target_session,
         wake_target=task.wake_target,
+        received_at=task.received_at,
+        traceparent=task.traceparent,
     )
 
 

@@ -19,6 +19,7 @@ from natrelay.wire import (
     AgentApply,
     AgentApplyResult,
     AgentList,
+    KeyLimits,
     KeyList,
     KeySpec,
     Paths,
@@ -52,6 +53,12 @@ async def list_keys(request: Request, relay: Relay) -> Response:
 
 async def get_key(request: Request, relay: Relay) -> Response:
     key = await relay.keys.get(request.path_params["key_id"])
+    return answer(views.key_view(key, relay.clock()))
+
+
+async def set_key_limits(request: Request, relay: Relay) -> Response:
+    limits = await read_model(request, relay.settings, KeyLimits)
+    key = await relay.keys.set_limits(request.path_params["key_id"], limits)
     return answer(views.key_view(key, relay.clock()))
 
 

@@ -82,6 +82,7 @@ from natrelay.wire.rows import (
 )
 from natrelay.wire.views import (
     KeyCreated,
+    KeyLimits,
     KeyList,
     KeySpec,
     KeyView,
@@ -136,6 +137,7 @@ __all__ = [
     "ErrorType",
     "HeartbeatRequest",
     "KeyCreated",
+    "KeyLimits",
     "KeyList",
     "KeySpec",
     "KeyView",
