@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from natrelay.wire import ModelTarget
+from natrelay.wire import AgentSpec, ModelTarget, ProviderSpec, RegisterRequest
 from natrelay_publisher.config import load_config, parse_config
 from natrelay_publisher.errors import ConfigError
 
@@ -80,3 +80,14 @@ def test_a_bad_agent_is_one_line_naming_the_file_and_field(
 
 def test_agents_are_optional() -> None:
     assert parse_config({"relay": RELAY, "providers": [ECHO]}).agents == []
+
+
+def test_a_registration_without_agents_does_not_send_the_field() -> None:
+    """A relay from before agents refuses unknown fields: without agents, the publisher's
+    registration is what it was."""
+    provider = ProviderSpec(name="echo", type="echo", model="echo")
+    plain = RegisterRequest(providers=[provider]).model_dump(mode="json", by_alias=True)
+    assert "agents" not in plain
+    agent = AgentSpec(name="bot", target="echo")
+    sent = RegisterRequest(providers=[provider], agents=[agent])
+    assert sent.model_dump(mode="json", by_alias=True)["agents"][0]["name"] == "bot"

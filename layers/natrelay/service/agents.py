@@ -142,8 +142,6 @@ class Agents:
 
     def offline(self, agent: LlmRecord) -> PublisherOfflineError:
         """The error of an agent no row can serve now."""
-        spec = agent.agent
-        assert spec is not None
         what = "its publisher is offline" if self._published_gone(agent) else "no row serves it"
         return PublisherOfflineError(f"the agent {agent.name!r} cannot answer now: {what}")
 

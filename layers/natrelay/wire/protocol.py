@@ -7,8 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import (
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -96,6 +98,14 @@ class RegisterRequest(WireModel):
                 f"an alias may not be a name or another alias of the registration: {taken}"
             )
         return value
+
+    @model_serializer(mode="wrap")
+    def _agents_when_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a relay from before agents refuses the field: it is sent only when there are some
+        data: dict[str, Any] = handler(self)
+        if not self.agents:
+            data.pop("agents", None)
+        return data
 
     @model_validator(mode="after")
     def _fits(self) -> RegisterRequest:
