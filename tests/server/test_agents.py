@@ -384,3 +384,32 @@ def test_an_idempotency_key_s_retry_finds_its_task_in_a_pool_by_model(
             served.add(first.headers["x-natrelay-served-by"])
     assert sum(len(p.seen) for p in pubs) == 6  # each key ran once
     assert len(served) > 1  # different keys, different turns
+
+
+def test_a_published_agent_is_offline_once_its_publisher_leaves(agents_stack: Stack) -> None:
+    own = {"name": "own-bot", "target": "m", "systemPrompt": "Mine."}
+    quiet = ScriptedPublisher(
+        agents_stack.url,
+        agents_stack.publish_token,
+        [{"name": "m", "type": "echo", "model": "m"}],
+        agents=[own],
+    )
+    session = quiet.register()
+    try:
+        listed = httpx.get(
+            f"{agents_stack.url}/v1/models", headers=auth(agents_stack.client_token), timeout=10
+        ).json()
+        [card] = [m for m in listed["data"] if m["id"] == "own-bot"]
+        assert card["owned_by"] == "publisher"
+        quiet.send(Paths.DEREGISTER, SessionRequest(provider_session_id=session))
+        user = [{"role": "user", "content": "hi"}]
+        resp = call(agents_stack, Paths.CHAT, {"model": "own-bot", "messages": user})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "publisher_offline"
+        got = httpx.get(
+            f"{agents_stack.url}{Paths.AGENTS}/own-bot",
+            headers=auth(agents_stack.admin_token),
+            timeout=10,
+        ).json()
+        assert (got["origin"], got["status"]) == ("published", "inactive")
+    finally:
+        quiet.http.close()
