@@ -413,3 +413,19 @@ def test_a_published_agent_is_offline_once_its_publisher_leaves(agents_stack: St
         assert (got["origin"], got["status"]) == ("published", "inactive")
     finally:
         quiet.http.close()
+
+
+def test_an_agent_is_no_row_to_the_rows_api(agents_stack: Stack) -> None:
+    apply(agents_stack, AGENT).raise_for_status()
+    headers = auth(agents_stack.admin_token)
+    got = httpx.get(f"{agents_stack.url}{Paths.LLMS}/support-bot", headers=headers, timeout=10)
+    assert got.status_code == 404 and "is an agent, not a row" in got.text
+    listed = httpx.get(f"{agents_stack.url}{Paths.LLMS}", headers=headers, timeout=10).json()
+    assert "support-bot" not in [r["name"] for r in listed["data"]]
+    refused = httpx.post(
+        f"{agents_stack.url}{Paths.LLMS_APPLY}",
+        headers=headers,
+        json={"documents": [{"name": "support-bot", "tier": "gold"}]},
+        timeout=10,
+    )
+    assert refused.status_code == 400 and "natrelay agent apply" in refused.text

@@ -112,6 +112,10 @@ class Catalog:
     async def pool(self, principal: Principal, name: str) -> Pool:
         """The row with its pool: live members (with what they say they run) and queue."""
         row = await self.get(principal, name)
+        if row.agent is not None:
+            raise LlmNotFoundError(
+                f"{name!r} is an agent, not a row: GET /v1/models/{name} shows it", param="name"
+            )
         now = self.clock()
         members: list[tuple[MemberRecord, int | None]] = []
         for member in row.live_members(now, self.liveness.timeout):
