@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from natrelay.wire import (
     ErrorCode,
+    AgentSpec,
     HeartbeatRequest,
     LlmStatus,
     RegisterRequest,
@@ -60,6 +61,8 @@ class Session:
         self.config = config
         self.session_file = session_file
         self.slots = slots
+        # The agents it publishes with its providers (natrelay_publisher.agents).
+        self.agents: list[AgentSpec] = []
         self.id: str | None = None
         self.generation: int | None = None
         # Bumped by each registration: the doorbell binds to a registration, not a process.
@@ -113,6 +116,7 @@ class Session:
                 providers=[self.slots[name].spec() for name in names],
                 provider_session_id=session_id,
                 work_beats=work_beats,
+                agents=self.agents,
             )
             try:
                 answer = await retrying(functools.partial(self.relay.register, request))

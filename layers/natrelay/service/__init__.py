@@ -12,6 +12,8 @@
   outcomes (how a task that did not complete fails)
 * every task: endings (a task ended: its usage and waiters; force-finishing one) ·
   failover (a publisher that lost its tasks: they move to its pool)
+* agents: agents (which rows serve an agent, its status, admins' apply) ·
+  agent_bodies (a request as an agent sends it)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
   (limits and counts per key) · metering (what a request may use, and used) · rows
   (admins' apply) · redaction (secrets out of relayed text)
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from natrelay.metrics import Metrics
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access, Principal
+from natrelay.service.agents import Agents
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
@@ -98,6 +101,8 @@ class Relay:
     history: History
     recent: RecentRequests
     page_sessions: PageSessions
+    # Agents: the rows that serve each, its status, admins' apply.
+    agents: Agents
     # Spans of this process: exported over OTLP only when configured (wire.trace).
     tracing: Tracing
     # The relay's own sweeper (in server mode it shares the tasks this process holds),
