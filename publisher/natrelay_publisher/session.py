@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from natrelay.wire import (
-    ErrorCode,
     AgentSpec,
+    ErrorCode,
     HeartbeatRequest,
     LlmStatus,
     RegisterRequest,
