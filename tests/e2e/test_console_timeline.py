@@ -28,8 +28,8 @@ from tests.support.stack import Stack, running_stack
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
-WAKE_SECONDS = 1.5
-TOKENS, TOKEN_SECONDS = 30, 0.05
+WAKE_SECONDS = 2.0
+TOKENS, TOKEN_SECONDS = 40, 0.05
 
 
 @pytest.fixture
@@ -101,6 +101,7 @@ def test_a_woken_queued_streamed_request_on_the_console(stack: Stack, tmp_path: 
                 timeout=60,
                 default_headers={"traceparent": CLIENT_TRACEPARENT},
             )
+            assert "sleepy" in {m.id for m in oai.models.list()}  # its connection open
             started = time.monotonic()
             stream = oai.chat.completions.create(
                 model="sleepy", stream=True, messages=[{"role": "user", "content": "hi"}]

@@ -75,6 +75,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint = Endpoint.CHAT,
         fast: bool = True,
+        received: float | None = None,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
         backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
@@ -83,7 +84,8 @@ class Queue:
 
         The caller's key is admitted against its limits first (RateLimitError), with
         an estimate of the tokens it may use reserved; a stream asks the backend for its
-        usage (service.metering).
+        usage (service.metering). `received`: when the relay began on the request (the
+        start of its timeline, service.timeline; default now).
         """
         body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
@@ -95,6 +97,7 @@ class Queue:
             endpoint=endpoint,
             fast=fast,
             reserve=reservation(body, len(raw)),
+            received=received,
         )
 
     async def submit_once(
@@ -106,6 +109,7 @@ class Queue:
         stream: bool,
         key: str,
         endpoint: Endpoint = Endpoint.CHAT,
+        received: float | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
         the result retention: then the task it started (and True: nothing new runs).
@@ -142,6 +146,7 @@ class Queue:
                 endpoint=endpoint,
                 once=(once, gone),
                 reserve=reservation(body, len(raw)),
+                received=received,
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -183,8 +188,9 @@ class Queue:
         once: Once | None = None,
         fast: bool = False,
         reserve: int = 0,
+        received: float | None = None,
     ) -> TaskRecord:
-        received = self.clock()  # the start of its timeline (service.timeline)
+        received = self.clock() if received is None else received
         row, status = await self._open_pool(principal, name, endpoint)
         # a poll here takes it at once: no queue to check
         fast = fast and status is LlmStatus.ACTIVE and self.polls.can_take(row)

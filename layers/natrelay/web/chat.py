@@ -62,17 +62,21 @@ async def submit(
     key: str | None,
     endpoint: Endpoint = Endpoint.CHAT,
     fast: bool = True,
+    received: float | None = None,
 ) -> tuple[TaskRecord, bool]:
     """Queue the request; with an Idempotency-Key, the key's first task if there is one
     (True: an earlier request started it). Without `fast` it never takes the fast path
-    (an async request: its task must be durable from the start)."""
+    (an async request: its task must be durable from the start). `received`: when the
+    relay began on it (its timeline's start)."""
     queue = relay.queue
     if key is None:
         task = await queue.submit(
-            principal, name, body, stream=stream, endpoint=endpoint, fast=fast
+            principal, name, body, stream=stream, endpoint=endpoint, fast=fast, received=received
         )
         return task, False
-    return await queue.submit_once(principal, name, body, stream=stream, key=key, endpoint=endpoint)
+    return await queue.submit_once(
+        principal, name, body, stream=stream, key=key, endpoint=endpoint, received=received
+    )
 
 
 async def relay_request(
@@ -127,7 +131,7 @@ async def _published(
 ) -> Response:
     """A published row's answer: its task, waited for or streamed."""
     task, earlier = await submit(
-        relay, principal, name, body, stream=stream, key=key, endpoint=endpoint
+        relay, principal, name, body, stream=stream, key=key, endpoint=endpoint, received=started
     )
     if stream:
         budget = relay.settings.stream_timeout_seconds
