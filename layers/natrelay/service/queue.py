@@ -75,6 +75,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint = Endpoint.CHAT,
         fast: bool = True,
+        agent: str | None = None,
         received: float | None = None,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
@@ -97,6 +98,7 @@ class Queue:
             endpoint=endpoint,
             fast=fast,
             reserve=reservation(body, len(raw)),
+            agent=agent,
             received=received,
         )
 
@@ -109,6 +111,7 @@ class Queue:
         stream: bool,
         key: str,
         endpoint: Endpoint = Endpoint.CHAT,
+        agent: str | None = None,
         received: float | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
@@ -146,6 +149,7 @@ class Queue:
                 endpoint=endpoint,
                 once=(once, gone),
                 reserve=reservation(body, len(raw)),
+                agent=agent,
                 received=received,
             )
             return task, False
@@ -188,6 +192,7 @@ class Queue:
         once: Once | None = None,
         fast: bool = False,
         reserve: int = 0,
+        agent: str | None = None,
         received: float | None = None,
     ) -> TaskRecord:
         received = self.clock() if received is None else received
@@ -208,6 +213,7 @@ class Queue:
                 wake=wake,
                 stream=stream,
                 endpoint=endpoint,
+                agent=agent,
                 received=received,
             )
             if fast and (handed := await self._hand(row, task)) is not None:
@@ -226,6 +232,8 @@ class Queue:
         status; refused for a public row, a pool that cannot answer, or an endpoint it
         does not serve. Members found dead leave the pool on the way."""
         row = await self.catalog.get(principal, name)
+        if row.agent is not None:  # agents are routed to their rows before the queue
+            raise PublisherOfflineError(f"{name!r} is an agent: it has no queue of its own")
         if row.public:
             raise InvalidRequestError(
                 f"{name!r} is a public row: the relay calls it at once, without a task; "
@@ -277,6 +285,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint,
         received: float,
+        agent: str | None = None,
     ) -> NewTask:
         """The infer task of the request; its lease covers the wake it waits for. It
         carries the request's trace context (wire.trace) to its publisher."""
@@ -300,6 +309,7 @@ class Queue:
             reserved=admission.reserved,
             endpoint=endpoint.value,
             limited=admission.slot is not None or principal.tokens_per_day is not None,
+            agent=agent,
             received_at=received,
             traceparent=trace.current.get(),
         )

@@ -5,6 +5,19 @@ HTTP status and type, Paths, base models), `protocol` (the publisher protocol), 
 (the admin's row documents) and `views` (what clients and admins read).
 """
 
+from natrelay.wire.agents import (
+    AGENT_LIFECYCLE_FIELDS,
+    AgentApplied,
+    AgentApply,
+    AgentApplyResult,
+    AgentCard,
+    AgentDefaults,
+    AgentDocument,
+    AgentList,
+    AgentSpec,
+    AgentView,
+    ModelTarget,
+)
 from natrelay.wire.contract import (
     DOORBELL_SESSION_HEADER,
     MAX_ALIASES,
@@ -83,6 +96,7 @@ from natrelay.wire.views import (
 )
 
 __all__ = [
+    "AGENT_LIFECYCLE_FIELDS",
     "DOORBELL_SESSION_HEADER",
     "LIFECYCLE_FIELDS",
     "MAX_ALIASES",
@@ -100,6 +114,15 @@ __all__ = [
     "SERVED_BY_HEADER",
     "SESSION_HEADER",
     "VIRTUAL",
+    "AgentApplied",
+    "AgentApply",
+    "AgentApplyResult",
+    "AgentCard",
+    "AgentDefaults",
+    "AgentDocument",
+    "AgentList",
+    "AgentSpec",
+    "AgentView",
     "Answer",
     "Applied",
     "ApplyResult",
@@ -128,6 +151,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "ModelPattern",
+    "ModelTarget",
     "Paths",
     "PollRequest",
     "PollResponse",
