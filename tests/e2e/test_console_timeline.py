@@ -20,7 +20,7 @@ import pytest
 from natrelay.service.access import STATIC_IDS
 from natrelay.service.timeline import LEGS
 from natrelay.wire import Paths, Role
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import publisher_config, start_publisher, wait_rows
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
@@ -33,7 +33,7 @@ TOKENS, TOKEN_SECONDS = 40, 0.05
 
 
 @pytest.fixture
-def stack(moto_server: MotoServer, tmp_path: Path) -> Iterator[Stack]:
+def stack(moto_server: MotoProcess, tmp_path: Path) -> Iterator[Stack]:
     # plain http on 127.0.0.1: the console's cookie without Secure, as `natrelay dev` sets it
     with running_stack(
         moto_server.endpoint,
