@@ -76,6 +76,7 @@ class Queue:
         endpoint: Endpoint = Endpoint.CHAT,
         fast: bool = True,
         agent: str | None = None,
+        received: float | None = None,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
         backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
@@ -84,7 +85,8 @@ class Queue:
 
         The caller's key is admitted against its limits first (RateLimitError), with
         an estimate of the tokens it may use reserved; a stream asks the backend for its
-        usage (service.metering).
+        usage (service.metering). `received`: when the relay began on the request (the
+        start of its timeline, service.timeline; default now).
         """
         body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
@@ -97,6 +99,7 @@ class Queue:
             fast=fast,
             reserve=reservation(body, len(raw)),
             agent=agent,
+            received=received,
         )
 
     async def submit_once(
@@ -109,6 +112,7 @@ class Queue:
         key: str,
         endpoint: Endpoint = Endpoint.CHAT,
         agent: str | None = None,
+        received: float | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
         the result retention: then the task it started (and True: nothing new runs).
@@ -146,6 +150,7 @@ class Queue:
                 once=(once, gone),
                 reserve=reservation(body, len(raw)),
                 agent=agent,
+                received=received,
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -188,8 +193,9 @@ class Queue:
         fast: bool = False,
         reserve: int = 0,
         agent: str | None = None,
+        received: float | None = None,
     ) -> TaskRecord:
-        received = self.clock()  # the start of its timeline (service.timeline)
+        received = self.clock() if received is None else received
         row, status = await self._open_pool(principal, name, endpoint)
         # a poll here takes it at once: no queue to check
         fast = fast and status is LlmStatus.ACTIVE and self.polls.can_take(row)
