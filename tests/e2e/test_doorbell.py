@@ -161,12 +161,13 @@ def test_reconnecting_across_the_connection_age_limit_loses_no_ring(
     moto_server: MotoProcess, tmp_path: Path
 ) -> None:
     with lambda_relay(
-        moto_server.endpoint, tmp_path, max_connection_seconds=3, heartbeat_timeout_seconds=90
+        moto_server.endpoint, tmp_path, max_connection_seconds=8, heartbeat_timeout_seconds=90
     ) as relay:
         assert relay.gateway is not None
-        # The publisher moves to a new connection every 1.5 s, before the gateway's 3 s
-        # limit. A ring lost in a gap would leave its request to the safety poll (60 s):
-        # past the 20 s each request may take here.
+        # The publisher moves to a new connection every 1.5 s, well before the gateway's 8 s
+        # limit (a loaded machine may take seconds over a reconnect). A ring lost in a gap
+        # would leave its request to the safety poll (600 s): past the 20 s each request may
+        # take here.
         with publisher(
             relay.publisher_url, tmp_path, maxConnectionSeconds=1.5, safetyPollSeconds=600
         ) as pub:
