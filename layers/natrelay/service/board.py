@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from natrelay.service.access import STATIC_IDS
 from natrelay.service.context import Context
+from natrelay.service.dispatch import ClassQueue, by_class
 from natrelay.service.usage import Usage, day_and_minute
-from natrelay.store import LlmRecord, MemberRecord, UsageRecord
-from natrelay.wire import LlmStatus, Role
+from natrelay.store import LlmRecord, MemberRecord, Queued, UsageRecord
+from natrelay.wire import LlmStatus, Priority, Role
 
 # The page counts a pool's queue up to this many.
 QUEUE_COUNT = 1000
@@ -22,6 +23,8 @@ class RowState:
     status: LlmStatus
     members: list[MemberRecord]
     queue_depth: int
+    # The requests waiting, by class (none for a public row).
+    classes: dict[Priority, ClassQueue]
     waking: bool
     # (requests, errors) in the last hour; None when the relay does not count them.
     last_hour: tuple[int, int] | None
@@ -50,20 +53,21 @@ class Board:
         now = self.clock()
 
         async def state(row: LlmRecord) -> RowState:
-            depth, hour = await asyncio.gather(self._depth(row), self.usage.last_hour(row.name))
+            entries, hour = await asyncio.gather(self._queued(row), self.usage.last_hour(row.name))
             return RowState(
                 row=row,
                 status=row.pool_status(now, self.liveness.timeout),
                 members=row.live_members(now, self.liveness.timeout),
-                queue_depth=depth,
+                queue_depth=len(entries),
+                classes=by_class(entries, now) if entries else {},
                 waking=row.waking(now),
                 last_hour=hour,
             )
 
         return list(await asyncio.gather(*(state(r) for r in await self.stores.llms.all())))
 
-    async def _depth(self, row: LlmRecord) -> int:
-        return 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]
+    async def _queued(self, row: LlmRecord) -> list[Queued]:
+        return [] if row.public else await self.stores.queues.entries(row.name, QUEUE_COUNT)
 
     async def keys_today(self) -> list[KeyToday]:
         """Every stored key, and the simple mode's shared tokens if they were used today."""

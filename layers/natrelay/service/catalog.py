@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from natrelay.errors import LlmNotFoundError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
+from natrelay.service.dispatch import ClassQueue, by_class
 from natrelay.service.suggest import unknown_model
 from natrelay.store import LlmRecord, MemberRecord, SessionRecord
-from natrelay.wire import MAX_FALLBACKS, LlmStatus
+from natrelay.wire import MAX_FALLBACKS, LlmStatus, Priority
 
 # GET of a pool counts its queue up to this many.
 POOL_QUEUE_COUNT = 1000
@@ -25,6 +26,8 @@ class Pool:
     members: list[tuple[MemberRecord, int | None]]
     queue_depth: int
     oldest_queued_seconds: float | None
+    # The requests waiting, by class.
+    classes: dict[Priority, ClassQueue]
 
 
 def _not_found(name: str) -> LlmNotFoundError:
@@ -118,5 +121,7 @@ class Catalog:
             session = await self.stores.sessions.get(member.session_id)
             running = await self._in_flight(session, now) if session else None
             members.append((member, running))
-        depth, oldest = await self.stores.queues.depth(row.name, POOL_QUEUE_COUNT)
-        return Pool(row, self.status(row), members, depth, now - oldest if oldest else None)
+        entries = await self.stores.queues.entries(row.name, POOL_QUEUE_COUNT)
+        classes = by_class(entries, now)
+        waits = [c.oldest_seconds for c in classes.values() if c.oldest_seconds is not None]
+        return Pool(row, self.status(row), members, len(entries), max(waits, default=None), classes)

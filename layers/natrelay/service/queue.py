@@ -9,6 +9,7 @@ from natrelay.errors import InvalidRequestError, PublisherOfflineError, QueueFul
 from natrelay.service.access import Principal
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
+from natrelay.service.dispatch import queue_order
 from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.ids import new_task_id
@@ -289,6 +290,8 @@ class Queue:
             reserved=admission.reserved,
             endpoint=endpoint.value,
             limited=admission.slot is not None or principal.tokens_per_day is not None,
+            priority=principal.priority,
+            queue_order=queue_order(principal.priority, now, s.batch_aging_seconds),
         )
 
     async def _hand(self, row: LlmRecord, task: NewTask) -> TaskRecord | None:

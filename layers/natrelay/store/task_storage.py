@@ -197,6 +197,11 @@ def queued_task(task: NewTask) -> TaskRecord:
         expires_at=task.expires_at,
         target_session=task.target_session,
         wake_target=task.wake_target,
+        priority=task.priority,
+        queue_order=task.queue_order,
+        affinity=task.affinity,
+        prefer=task.prefer,
+        prefer_until=task.prefer_until,
     )
 
 

@@ -24,10 +24,10 @@ from natrelay.store._task_items import (
     INLINE_LIMIT,
     LEASE_SHARD,
     STATE_NAMES,
-    WAKE_PRIORITY,
     force_end,
     pool_queue,
     put_new_task,
+    queue_fields,
     read_parts,
     result_hash,
     result_parts,
@@ -38,7 +38,7 @@ from natrelay.store._task_items import (
 from natrelay.store.errors import ConditionFailedError, SameResultError
 from natrelay.store.idempotency import claim_op, idempotency_record
 from natrelay.store.records import IdempotencyRecord, NewTask, TaskRecord
-from natrelay.wire import Endpoint, TaskKind, TaskState
+from natrelay.wire import Endpoint, TaskState
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -76,8 +76,7 @@ class DynamoTaskStore:
             "targetSession": task.target_session,
             "wakeTarget": task.wake_target,
             "createdAt": task.created_at,
-            # Wakes jump the queue: the inferences queued behind them wait for them.
-            "queueOrder": task.created_at - (WAKE_PRIORITY if task.kind is TaskKind.WAKE else 0),
+            **queue_fields(task),
             "updatedAt": task.created_at,
             "leaseSeconds": task.lease_seconds,
             "stream": task.stream,

@@ -157,6 +157,16 @@ def _cells(values: list[str]) -> str:
     return "".join(f"<td>{v}</td>" for v in values)
 
 
+def _queue(r: RowState) -> str:
+    """The queue's depth, and each class waiting with its longest wait."""
+    waiting = [
+        f"{p.value} {c.depth} (up to {c.oldest_seconds or 0:.0f} s)"
+        for p, c in r.classes.items()
+        if c.depth
+    ]
+    return str(r.queue_depth) + (f": {escape(', '.join(waiting))}" if waiting else "")
+
+
 def _rows_table(rows: list[RowState], now: float) -> str:
     head = [
         "name",
@@ -187,7 +197,7 @@ def _rows_table(rows: list[RowState], now: float) -> str:
                     escape(r.row.kind),
                     f'<span class="{r.status.value}">{r.status.value}</span>',
                     escape(members),
-                    "—" if r.row.public else str(r.queue_depth),
+                    "—" if r.row.public else _queue(r),
                     "yes" if r.waking else "no",
                     escape(", ".join(r.row.fallbacks)) or "—",
                     "—" if r.row.public else _ago(r.row.last_heartbeat_at, now),

@@ -21,6 +21,7 @@ from natrelay.wire import (
     MemberView,
     ModelCard,
     PolledTask,
+    QueueClassView,
     SecretRef,
     SessionResponse,
     TaskView,
@@ -100,6 +101,7 @@ def task_view(
         status=task.status,
         result=public_model(loads_stored(result), task.llm) if result else None,
         error=error,
+        priority=task.priority,
         queue_position=queue_position,
     )
 
@@ -157,6 +159,18 @@ def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
                 if pool.oldest_queued_seconds is not None
                 else None
             ),
+            "queue_classes": [
+                QueueClassView(
+                    priority=priority,
+                    depth=waiting.depth,
+                    oldest_queued_seconds=(
+                        round(waiting.oldest_seconds, 1)
+                        if waiting.oldest_seconds is not None
+                        else None
+                    ),
+                )
+                for priority, waiting in pool.classes.items()
+            ],
         }
     )
 
@@ -203,6 +217,7 @@ def key_view(key: KeyRecord, now: float) -> KeyView:
         rpm=key.rpm,
         concurrency=key.concurrency,
         tokens_per_day=key.tokens_per_day,
+        priority=key.priority,
         created_at=iso(key.created_at) or "",
         expires_at=iso(key.expires_at),
         revoked_at=iso(key.revoked_at),

@@ -6,12 +6,14 @@ HTTP status and type, Paths, base models), `protocol` (the publisher protocol), 
 """
 
 from natrelay.wire.contract import (
+    CONVERSATION_HEADER,
     DOORBELL_SESSION_HEADER,
     MAX_ALIASES,
     MAX_EXTRA_CONFIG_BYTES,
     MAX_RUNNING_TASKS,
     MAX_TASKS_PER_POLL,
     MAX_WAIT_SECONDS,
+    PRIORITY_HEADER,
     SESSION_HEADER,
     Answer,
     Endpoint,
@@ -22,6 +24,7 @@ from natrelay.wire.contract import (
     LlmName,
     LlmStatus,
     Paths,
+    Priority,
     Role,
     SessionId,
     TaskId,
@@ -45,6 +48,7 @@ from natrelay.wire.protocol import (
     PollRequest,
     PollResponse,
     ProviderSpec,
+    QueueClassView,
     RegisterRequest,
     SessionRequest,
     SessionResponse,
@@ -82,6 +86,7 @@ from natrelay.wire.views import (
 )
 
 __all__ = [
+    "CONVERSATION_HEADER",
     "DOORBELL_SESSION_HEADER",
     "LIFECYCLE_FIELDS",
     "MAX_ALIASES",
@@ -94,6 +99,7 @@ __all__ = [
     "MAX_TASKS_PER_POLL",
     "MAX_TRANSACTION_ITEMS",
     "MAX_WAIT_SECONDS",
+    "PRIORITY_HEADER",
     "PUBLIC",
     "PUBLIC_TYPES",
     "SERVED_BY_HEADER",
@@ -130,7 +136,9 @@ __all__ = [
     "PollRequest",
     "PollResponse",
     "PolledTask",
+    "Priority",
     "ProviderSpec",
+    "QueueClassView",
     "RegisterRequest",
     "Role",
     "SecretPut",

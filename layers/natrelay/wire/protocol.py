@@ -21,6 +21,7 @@ from natrelay.wire.contract import (
     ErrorInfo,
     LlmName,
     LlmStatus,
+    Priority,
     SessionId,
     TaskId,
     TaskKind,
@@ -194,6 +195,14 @@ class MemberView(Answer):
     free_slots: int | None = None
 
 
+class QueueClassView(Answer):
+    """The requests of one priority class waiting in a pool's queue."""
+
+    priority: Priority
+    depth: int = 0
+    oldest_queued_seconds: float | None = None
+
+
 class LlmRow(Answer):
     name: str
     kind: str
@@ -217,6 +226,8 @@ class LlmRow(Answer):
     members: list[MemberView] | None = None
     queue_depth: int | None = None
     oldest_queued_seconds: float | None = None
+    # The queue by class (interactive goes first; batch ages).
+    queue_classes: list[QueueClassView] | None = None
     # What admins set (`natrelay llm apply`; shown to admins only): fallbacks and pool
     # settings, and a public row's upstream (its key only as where it is kept).
     fallbacks: list[str] | None = None

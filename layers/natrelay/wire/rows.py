@@ -42,6 +42,8 @@ LIFECYCLE_FIELDS = frozenset(
         "members",
         "queueDepth",
         "oldestQueuedSeconds",
+        "queueClasses",
+        "affinityHits",
         "sessionId",
         "owner",
         # what the row's publishers declare (their config), not an admin's to set

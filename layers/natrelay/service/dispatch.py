@@ -1,0 +1,62 @@
+"""Queue order and the choice of member: priority classes with aging.
+
+A pool's queue is one index sorted by `queueOrder` (store.queues), so a poll reads it in
+one Query whatever the classes. The order encodes the class: an interactive request
+queued at t sorts at t, a batch one at t + `batch_aging_seconds`. Interactive work thus
+goes first, and batch work that has waited the aging time goes before anything queued
+after it: it is never starved. A request's class is its key's (`natrelay keys create
+--priority batch`), lowered (never raised) by the X-Natrelay-Priority header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from natrelay.errors import InvalidRequestError
+from natrelay.service.access import Principal
+from natrelay.store import Queued
+from natrelay.wire import PRIORITY_HEADER, Priority, TaskKind
+
+
+def with_priority(principal: Principal, asked: str | None) -> Principal:
+    """The caller with the class its request asks for (its key's when it asks none);
+    InvalidRequestError for an unknown class or one above the key's."""
+    if asked is None:
+        return principal
+    try:
+        priority = Priority(asked.strip().lower())
+    except ValueError:
+        known = ", ".join(p.value for p in Priority)
+        raise InvalidRequestError(
+            f"{asked!r} is not a priority class; use one of: {known}", param=PRIORITY_HEADER
+        ) from None
+    if priority.rank < principal.priority.rank:
+        raise InvalidRequestError(
+            f"this key's requests are {principal.priority.value}; a request may lower its "
+            f"class, never raise it",
+            param=PRIORITY_HEADER,
+        )
+    return replace(principal, priority=priority)
+
+
+def queue_order(priority: Priority, created_at: float, aging_seconds: float) -> float:
+    """Where a request of this class, created then, sorts in its pool's queue."""
+    return created_at + aging_seconds * priority.rank
+
+
+@dataclass(frozen=True)
+class ClassQueue:
+    """The requests of one class waiting in a pool's queue, and the longest wait."""
+
+    depth: int
+    oldest_seconds: float | None
+
+
+def by_class(entries: Iterable[Queued], now: float) -> dict[Priority, ClassQueue]:
+    """The requests (not wakes) of a queue's entries, by class, highest class first."""
+    waits: dict[Priority, list[float]] = {p: [] for p in Priority}
+    for entry in entries:
+        if entry.kind is TaskKind.INFER:
+            waits[entry.priority].append(max(0.0, now - entry.queued_at))
+    return {p: ClassQueue(len(w), max(w) if w else None) for p, w in waits.items()}
