@@ -183,7 +183,11 @@ async def test_a_requeued_task_keeps_its_class_and_its_place_in_it(
 ) -> None:
     now = clock()
     batch = replace(
-        new_task(clock, 1), priority=Priority.BATCH, queue_order=now + 60, prefer="s-holder"
+        new_task(clock, 1),
+        priority=Priority.BATCH,
+        queue_order=now + 60,
+        prefer="s-holder",
+        prefer_until=now + 5,
     )
     waiting = replace(new_task(clock, 2), queue_order=now + 1)  # interactive, queued later
     await tier.put(waiting)
@@ -195,4 +199,17 @@ async def test_a_requeued_task_keeps_its_class_and_its_place_in_it(
         (waiting.id, Priority.INTERACTIVE),
         (batch.id, Priority.BATCH),
     ]
-    assert queued[1].prefer == "s-holder" and queued[1].queued_at == now
+    # the member it was meant for did not run it: any member may now
+    assert queued[1].prefer is None and queued[1].queued_at == now
+
+
+async def test_a_task_meant_for_a_member_is_its_alone_until_its_moment_is_over(
+    tier: TaskStorage, clock: FakeClock
+) -> None:
+    now = clock()
+    meant = replace(new_task(clock), prefer=OTHER.id, prefer_until=now + 2)
+    await tier.put(meant)
+    with pytest.raises(ConditionFailedError):  # even claimed by its id (a doorbell's ring)
+        await tier.claim(meant.id, HOLDER.session_id, key="pub-a", generation=1, now=now + 1)
+    taken = await tier.claim(meant.id, HOLDER.session_id, key="pub-a", generation=1, now=now + 3)
+    assert taken.claimed_by == HOLDER.session_id

@@ -53,8 +53,10 @@ class Principal:
     rpm: int | None = None
     concurrency: int | None = None
     tokens_per_day: int | None = None
-    # The class its requests queue in (service.dispatch).
+    # The class its requests queue in (service.dispatch), and the conversation a
+    # request names (X-Natrelay-Session: service.affinity).
     priority: Priority = Priority.INTERACTIVE
+    conversation: str | None = None
 
     @classmethod
     def of(cls, key: KeyRecord) -> Principal:

@@ -23,6 +23,7 @@ from natrelay.observe import configure_logging
 from natrelay.service import Relay
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access
+from natrelay.service.affinity import Affinity
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
@@ -144,8 +145,13 @@ class Assembly:
         return Wakes(self.ctx, self.sessions, self.doorbell)
 
     @cached_property
+    def affinity(self) -> Affinity:
+        # one long-lived process sees every claim of its pools; Lambda reads the index
+        return Affinity(self.ctx, in_memory=self.server)
+
+    @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.ctx)
+        return Catalog(self.ctx, self.affinity)
 
     @cached_property
     def access(self) -> Access:
@@ -184,6 +190,7 @@ class Assembly:
                 pools=self.pools,
                 polls=self.polls,
                 endings=self.endings,
+                affinity=self.affinity,
             ),
             claims=Claims(
                 ctx,
@@ -192,6 +199,7 @@ class Assembly:
                 self.endings,
                 polls=self.polls,
                 empty=EmptyQueues(ctx, alone=alone),
+                affinity=self.affinity,
             ),
             waiting=Waiting(ctx, self.endings),
             upstreams=self.upstreams,

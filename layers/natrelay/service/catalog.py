@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from natrelay.errors import LlmNotFoundError
 from natrelay.service.access import Principal
+from natrelay.service.affinity import Affinity, AffinityCounts
 from natrelay.service.context import Context
 from natrelay.service.dispatch import ClassQueue, by_class
 from natrelay.service.suggest import unknown_model
@@ -28,6 +29,8 @@ class Pool:
     oldest_queued_seconds: float | None
     # The requests waiting, by class.
     classes: dict[Priority, ClassQueue]
+    # What affinity did for the pool (in this process).
+    affinity: AffinityCounts
 
 
 def _not_found(name: str) -> LlmNotFoundError:
@@ -35,7 +38,8 @@ def _not_found(name: str) -> LlmNotFoundError:
 
 
 class Catalog:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, affinity: Affinity) -> None:
+        self.affinity = affinity
         self.stores = ctx.stores
         self.tasks = ctx.tasks
         self.llms = ctx.stores.llms
@@ -124,4 +128,12 @@ class Catalog:
         entries = await self.stores.queues.entries(row.name, POOL_QUEUE_COUNT)
         classes = by_class(entries, now)
         waits = [c.oldest_seconds for c in classes.values() if c.oldest_seconds is not None]
-        return Pool(row, self.status(row), members, len(entries), max(waits, default=None), classes)
+        return Pool(
+            row,
+            self.status(row),
+            members,
+            len(entries),
+            max(waits, default=None),
+            classes,
+            self.affinity.counts(row.name),
+        )

@@ -17,6 +17,7 @@ from natrelay.errors import (
     TaskNotClaimedError,
 )
 from natrelay.service.access import Principal
+from natrelay.service.affinity import Affinity
 from natrelay.service.context import Context
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
@@ -84,8 +85,10 @@ class Claims:
         *,
         polls: LocalPolls,
         empty: EmptyQueues,
+        affinity: Affinity,
     ) -> None:
         self.ctx = ctx
+        self.affinity = affinity
         self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -198,6 +201,8 @@ class Claims:
         the member it is meant for take it)."""
         if entry.target_session is not None:
             return entry.target_session == session.id  # a wake: only its member
+        if entry.prefer not in (None, session.id) and (entry.prefer_until or 0) > self.clock():
+            return False  # its conversation's member takes it, for a moment yet
         if session.statuses.get(name) is LlmStatus.UNAVAILABLE:
             return False  # its backend does not answer: the pool's other members take it
         if session.statuses.get(name) is LlmStatus.HIBERNATING:
@@ -215,7 +220,7 @@ class Claims:
         budget = POLL_INLINE_BUDGET
         for name in session.names:
             entries = [h for h in hints if h.llm == name] or [
-                PoolHint(q.id, name, q.target_session, q.wake_target)
+                PoolHint(q.id, name, q.target_session, q.wake_target, q.prefer, q.prefer_until)
                 for q in await self.empty.pending(name, slots.get(name, 0) + _LOOK_PAST)
             ]
             for entry in entries:
@@ -275,7 +280,7 @@ class Claims:
     ) -> TaskRecord | None:
         self._taking.add(task_id)
         try:
-            return await self.tasks.claim(
+            task = await self.tasks.claim(
                 task_id,
                 session.id,
                 key=session.owner or "",
@@ -283,6 +288,8 @@ class Claims:
                 now=self.clock(),
                 llms=llms,
             )
+            self.affinity.claimed(task)
+            return task
         except ConditionFailedError as exc:
             old = exc.record
             if (

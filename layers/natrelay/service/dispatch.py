@@ -16,12 +16,32 @@ from dataclasses import dataclass, replace
 from natrelay.errors import InvalidRequestError
 from natrelay.service.access import Principal
 from natrelay.store import Queued
-from natrelay.wire import PRIORITY_HEADER, Priority, TaskKind
+from natrelay.wire import CONVERSATION_HEADER, PRIORITY_HEADER, Priority, TaskKind
+
+# The longest conversation name a request may send (X-Natrelay-Session).
+MAX_CONVERSATION_NAME = 255
 
 
-def with_priority(principal: Principal, asked: str | None) -> Principal:
-    """The caller with the class its request asks for (its key's when it asks none);
-    InvalidRequestError for an unknown class or one above the key's."""
+def routed(principal: Principal, priority: str | None, conversation: str | None) -> Principal:
+    """The caller with what its request's headers ask of the queue: a class (its key's
+    when it asks none; InvalidRequestError for an unknown class or one above the key's)
+    and the conversation it continues (printable ASCII, 1 to 255 characters)."""
+    if conversation is not None:
+        if not (
+            0 < len(conversation) <= MAX_CONVERSATION_NAME
+            and conversation.isascii()
+            and conversation.isprintable()
+        ):
+            raise InvalidRequestError(
+                f"{CONVERSATION_HEADER} must be 1 to {MAX_CONVERSATION_NAME} printable ASCII "
+                "characters",
+                param=CONVERSATION_HEADER,
+            )
+        principal = replace(principal, conversation=conversation)
+    return _with_priority(principal, priority)
+
+
+def _with_priority(principal: Principal, asked: str | None) -> Principal:
     if asked is None:
         return principal
     try:

@@ -32,6 +32,9 @@ class PoolHint:
     llm: str
     target_session: str | None = None
     wake_target: str | None = None
+    # The member its conversation prefers, until when (service.affinity).
+    prefer: str | None = None
+    prefer_until: float | None = None
 
 
 class Endings:

@@ -159,9 +159,9 @@ class LocalPolls:
         """The polls of this process on offer now (each once)."""
         return list(dict.fromkeys(o for offers in self._offers.values() for o in offers))
 
-    def _taker(self, row: LlmRecord) -> Taker | None:
+    def _taker(self, row: LlmRecord, prefer: str | None = None) -> Taker | None:
         """An idle poll that may take a task of the row; else a session between two
-        polls that may (its next poll takes it)."""
+        polls that may (its next poll takes it). With `prefer`, only that session's."""
         now = self.clock()
         timeout = self.ctx.liveness.timeout
         member_ok = {
@@ -174,6 +174,7 @@ class LocalPolls:
             return (
                 slots.get(row.name, 0) > 0
                 and s.id in member_ok
+                and prefer in (None, s.id)
                 and s.statuses.get(row.name) is not LlmStatus.HIBERNATING
             )
 
@@ -189,14 +190,16 @@ class LocalPolls:
                 return parked
         return None
 
-    def can_take(self, row: LlmRecord) -> bool:
-        """Whether a poll of this process takes a request for the row now."""
-        return self.enabled and self._taker(row) is not None
+    def can_take(self, row: LlmRecord, prefer: str | None = None) -> bool:
+        """Whether a poll of this process (of session `prefer`, if named) takes a request
+        for the row now."""
+        return self.enabled and self._taker(row, prefer) is not None
 
-    def take(self, row: LlmRecord) -> Taker | None:
-        """A poll (or a parked session) to hand a request for the row to, one of its
-        slots for the row's pool held for it (None: none takes it now)."""
-        taker = self._taker(row) if self.enabled else None
+    def take(self, row: LlmRecord, prefer: str | None = None) -> Taker | None:
+        """A poll (or a parked session; of session `prefer`, if named) to hand a request
+        for the row to, one of its slots for the row's pool held for it (None: none takes
+        it now)."""
+        taker = self._taker(row, prefer) if self.enabled else None
         if taker is not None:
             taker.slots[row.name] -= 1
         return taker

@@ -312,6 +312,8 @@ class MemoryTasks(TaskStorage):
             claimed_generation=None,
             lease_until=None,
             updated_at=now,
+            prefer=None,  # the member it was meant for did not run it: any member may now
+            prefer_until=None,
         )
         await self._write(held)
         return held.task

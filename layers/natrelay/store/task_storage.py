@@ -85,10 +85,11 @@ class TaskStorage(Protocol):
         now: float,
         llms: tuple[str, ...] | None = None,
     ) -> TaskRecord:
-        """pending -> claimed for this session of publisher key `key`, unless it expired
-        or names another session as its target (and, with `llms`, only a task of one of
-        those pools). ConditionFailedError (`record`: the task as it was) if someone else
-        got it, it ended, or it expired while queued."""
+        """pending -> claimed for this session of publisher key `key`, unless it expired,
+        names another session as its target or prefers another member for a while yet
+        (and, with `llms`, only a task of one of those pools). ConditionFailedError
+        (`record`: the task as it was) if someone else got it, it ended, or it expired
+        while queued."""
         ...
 
     async def add_chunk(

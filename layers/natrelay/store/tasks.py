@@ -12,6 +12,7 @@ from natrelay.store._dynamo import (
     FOR_SESSION,
     NOT_EXISTS,
     NOT_EXPIRED,
+    PREFERS_SESSION,
     STATE_IS,
     Item,
     condition,
@@ -180,9 +181,10 @@ class DynamoTaskStore:
         now: float,
         llms: tuple[str, ...] | None = None,
     ) -> TaskRecord:
-        """pending -> claimed for this session of publisher key `key`, unless it expired
-        or names another session as its target (and, with `llms`, only a task of one of
-        those pools: for ids a publisher names itself).
+        """pending -> claimed for this session of publisher key `key`, unless it expired,
+        names another session as its target, or prefers another member for a while yet
+        (and, with `llms`, only a task of one of those pools: for ids a publisher names
+        itself).
 
         ConditionFailedError (`record`: the task as it was) if someone else got it, it
         ended, or it expired while queued.
@@ -199,8 +201,8 @@ class DynamoTaskStore:
                 "claimedGeneration = :gen, claimedAt = :now, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now "
                 "ADD attempts :one REMOVE #queue",
-                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {NOT_EXPIRED}"
-                + (f" AND llm IN ({', '.join(pools)})" if pools else ""),
+                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {PREFERS_SESSION} "
+                f"AND {NOT_EXPIRED}" + (f" AND llm IN ({', '.join(pools)})" if pools else ""),
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(
                     state=TaskState.PENDING.value,

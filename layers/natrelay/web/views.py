@@ -171,6 +171,8 @@ def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
                 )
                 for priority, waiting in pool.classes.items()
             ],
+            "affinity_hits": pool.affinity.hits,
+            "affinity_misses": pool.affinity.misses,
         }
     )
 

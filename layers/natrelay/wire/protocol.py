@@ -228,6 +228,10 @@ class LlmRow(Answer):
     oldest_queued_seconds: float | None = None
     # The queue by class (interactive goes first; batch ages).
     queue_classes: list[QueueClassView] | None = None
+    # Affinity (as counted by the relay process that answers): tasks of a conversation
+    # taken by the member that ran it last, and by another one (it was busy, or gone).
+    affinity_hits: int | None = None
+    affinity_misses: int | None = None
     # What admins set (`natrelay llm apply`; shown to admins only): fallbacks and pool
     # settings, and a public row's upstream (its key only as where it is kept).
     fallbacks: list[str] | None = None

@@ -44,6 +44,7 @@ LIFECYCLE_FIELDS = frozenset(
         "oldestQueuedSeconds",
         "queueClasses",
         "affinityHits",
+        "affinityMisses",
         "sessionId",
         "owner",
         # what the row's publishers declare (their config), not an admin's to set
