@@ -38,6 +38,7 @@ from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
 from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Sessions
+from natrelay.service.speeds import Speeds
 from natrelay.service.sweep import Sweeper
 from natrelay.service.upstream import Upstreams
 from natrelay.service.usage import Usage
@@ -129,8 +130,12 @@ class Assembly:
     # --- the relay -----------------------------------------------------------------------
 
     @cached_property
+    def speeds(self) -> Speeds:
+        return Speeds(self.clock)
+
+    @cached_property
     def polls(self) -> LocalPolls:
-        return LocalPolls(self.ctx, self.endings, enabled=self.fast_path)
+        return LocalPolls(self.ctx, self.endings, self.speeds, enabled=self.fast_path)
 
     @cached_property
     def pools(self) -> Pools:
@@ -151,7 +156,7 @@ class Assembly:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.ctx, self.affinity)
+        return Catalog(self.ctx, self.affinity, self.speeds)
 
     @cached_property
     def access(self) -> Access:
@@ -200,6 +205,7 @@ class Assembly:
                 polls=self.polls,
                 empty=EmptyQueues(ctx, alone=alone),
                 affinity=self.affinity,
+                speeds=self.speeds,
             ),
             waiting=Waiting(ctx, self.endings),
             upstreams=self.upstreams,

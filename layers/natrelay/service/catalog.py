@@ -9,6 +9,7 @@ from natrelay.service.access import Principal
 from natrelay.service.affinity import Affinity, AffinityCounts
 from natrelay.service.context import Context
 from natrelay.service.dispatch import ClassQueue, by_class
+from natrelay.service.speeds import Speed, Speeds
 from natrelay.service.suggest import unknown_model
 from natrelay.store import LlmRecord, MemberRecord, SessionRecord
 from natrelay.wire import MAX_FALLBACKS, LlmStatus, Priority
@@ -23,8 +24,9 @@ class Pool:
 
     row: LlmRecord
     status: LlmStatus
-    # Live members, each with how many tasks it says it runs (None: it does not say).
-    members: list[tuple[MemberRecord, int | None]]
+    # Live members, each with how many tasks it says it runs (None: it does not say) and
+    # its measured speed (None: not measured lately).
+    members: list[tuple[MemberRecord, int | None, Speed | None]]
     queue_depth: int
     oldest_queued_seconds: float | None
     # The requests waiting, by class.
@@ -38,8 +40,9 @@ def _not_found(name: str) -> LlmNotFoundError:
 
 
 class Catalog:
-    def __init__(self, ctx: Context, affinity: Affinity) -> None:
+    def __init__(self, ctx: Context, affinity: Affinity, speeds: Speeds) -> None:
         self.affinity = affinity
+        self.speeds = speeds
         self.stores = ctx.stores
         self.tasks = ctx.tasks
         self.llms = ctx.stores.llms
@@ -120,11 +123,11 @@ class Catalog:
         """The row with its pool: live members (with what they say they run) and queue."""
         row = await self.get(principal, name)
         now = self.clock()
-        members: list[tuple[MemberRecord, int | None]] = []
+        members: list[tuple[MemberRecord, int | None, Speed | None]] = []
         for member in row.live_members(now, self.liveness.timeout):
             session = await self.stores.sessions.get(member.session_id)
             running = await self._in_flight(session, now) if session else None
-            members.append((member, running))
+            members.append((member, running, self.speeds.of(row.name, member.session_id)))
         entries = await self.stores.queues.entries(row.name, POOL_QUEUE_COUNT)
         classes = by_class(entries, now)
         waits = [c.oldest_seconds for c in classes.values() if c.oldest_seconds is not None]

@@ -19,6 +19,7 @@ from natrelay.errors import (
 from natrelay.service.access import Principal
 from natrelay.service.affinity import Affinity
 from natrelay.service.context import Context
+from natrelay.service.dispatch import leaves_to_others
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.local_polls import LocalPolls
@@ -31,6 +32,7 @@ from natrelay.service.payloads import (
     dumps,
 )
 from natrelay.service.sessions import Sessions
+from natrelay.service.speeds import Speeds
 from natrelay.service.wakes import Wakes
 from natrelay.store import (
     Chunk,
@@ -86,9 +88,11 @@ class Claims:
         polls: LocalPolls,
         empty: EmptyQueues,
         affinity: Affinity,
+        speeds: Speeds,
     ) -> None:
         self.ctx = ctx
         self.affinity = affinity
+        self.speeds = speeds
         self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -201,8 +205,8 @@ class Claims:
         the member it is meant for take it)."""
         if entry.target_session is not None:
             return entry.target_session == session.id  # a wake: only its member
-        if entry.prefer not in (None, session.id) and (entry.prefer_until or 0) > self.clock():
-            return False  # its conversation's member takes it, for a moment yet
+        if leaves_to_others(session.id, entry, self.clock(), self.speeds):
+            return False
         if session.statuses.get(name) is LlmStatus.UNAVAILABLE:
             return False  # its backend does not answer: the pool's other members take it
         if session.statuses.get(name) is LlmStatus.HIBERNATING:
@@ -220,7 +224,15 @@ class Claims:
         budget = POLL_INLINE_BUDGET
         for name in session.names:
             entries = [h for h in hints if h.llm == name] or [
-                PoolHint(q.id, name, q.target_session, q.wake_target, q.prefer, q.prefer_until)
+                PoolHint(
+                    q.id,
+                    name,
+                    q.target_session,
+                    q.wake_target,
+                    q.prefer,
+                    q.prefer_until,
+                    q.queued_at,
+                )
                 for q in await self.empty.pending(name, slots.get(name, 0) + _LOOK_PAST)
             ]
             for entry in entries:
@@ -367,6 +379,8 @@ class Claims:
             return exc.record  # posted again (a retry): harmless, and counted once
         except ConditionFailedError as exc:
             raise _refused(task_id, holder, exc) from exc
+        if task.kind is TaskKind.INFER and error is None and task.claimed_at is not None:
+            self.speeds.observe(task.llm, holder.session_id, now - task.claimed_at)
         if task.kind is TaskKind.WAKE:
             ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
             await self.wakes.finished(task, ok, error)

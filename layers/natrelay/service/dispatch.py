@@ -1,4 +1,5 @@
-"""Queue order and the choice of member: priority classes with aging.
+"""Queue order and the choice of member: priority classes with aging, and which tasks
+a member leaves to others (affinity: service.affinity; speed: service.speeds).
 
 A pool's queue is one index sorted by `queueOrder` (store.queues), so a poll reads it in
 one Query whatever the classes. The order encodes the class: an interactive request
@@ -15,6 +16,8 @@ from dataclasses import dataclass, replace
 
 from natrelay.errors import InvalidRequestError
 from natrelay.service.access import Principal
+from natrelay.service.endings import PoolHint
+from natrelay.service.speeds import Speeds
 from natrelay.store import Queued
 from natrelay.wire import CONVERSATION_HEADER, PRIORITY_HEADER, Priority, TaskKind
 
@@ -80,3 +83,15 @@ def by_class(entries: Iterable[Queued], now: float) -> dict[Priority, ClassQueue
         if entry.kind is TaskKind.INFER:
             waits[entry.priority].append(max(0.0, now - entry.queued_at))
     return {p: ClassQueue(len(w), max(w) if w else None) for p, w in waits.items()}
+
+
+def leaves_to_others(session_id: str, entry: PoolHint, now: float, speeds: Speeds) -> bool:
+    """Whether a member leaves a queued task to others for now: the member that ran its
+    conversation takes it for a moment yet, or a faster member should (this one is much
+    slower: it takes the task once the task has waited its handicap)."""
+    if entry.prefer == session_id:
+        return False
+    if entry.prefer is not None and (entry.prefer_until or 0) > now:
+        return True
+    waited = now - (entry.queued_at if entry.queued_at is not None else now)
+    return waited < speeds.handicap(entry.llm, session_id)

@@ -35,6 +35,8 @@ class PoolHint:
     # The member its conversation prefers, until when (service.affinity).
     prefer: str | None = None
     prefer_until: float | None = None
+    # When it was queued (None: just now).
+    queued_at: float | None = None
 
 
 class Endings:

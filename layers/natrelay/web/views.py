@@ -145,10 +145,12 @@ def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
                 if member.max_concurrency is not None and running is not None
                 else None
             ),
+            seconds_per_task=round(speed.seconds, 3) if speed else None,
+            measured_tasks=speed.tasks if speed else None,
         )
-        for member, running in pool.members
+        for member, running, speed in pool.members
     ]
-    live = [member.endpoints for member, _ in pool.members]
+    live = [member.endpoints for member, _, _ in pool.members]
     endpoints = frozenset.intersection(*live) if live else None
     return row_view(pool.row, now, pool.status, endpoints, admin=admin).model_copy(
         update={

@@ -193,6 +193,10 @@ class MemberView(Answer):
     max_concurrency: int | None = None
     in_flight: int = 0
     free_slots: int | None = None
+    # Its measured time per task (claim to result, a moving average over `measuredTasks`,
+    # as the answering relay process measured it): slower members get less new work.
+    seconds_per_task: float | None = None
+    measured_tasks: int | None = None
 
 
 class QueueClassView(Answer):
