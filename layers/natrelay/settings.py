@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     # before any member takes it (0: off); conversations are remembered this long.
     affinity_wait_seconds: float = Field(default=2.0, ge=0, le=60)
     affinity_ttl_seconds: float = Field(default=600, gt=0, le=86_400)
+    # Capacity-aware dispatch (service.speeds): a member much slower than its pool's
+    # fastest gets new work only once it has waited what the slow one takes more.
+    dispatch_by_speed: bool = True
     # Wake one more hibernating member when the oldest request has waited this long
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)

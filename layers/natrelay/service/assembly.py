@@ -131,7 +131,7 @@ class Assembly:
 
     @cached_property
     def speeds(self) -> Speeds:
-        return Speeds(self.clock)
+        return Speeds(self.clock, enabled=self.settings.dispatch_by_speed)
 
     @cached_property
     def polls(self) -> LocalPolls:

@@ -36,8 +36,9 @@ class Speed:
 
 
 class Speeds:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], *, enabled: bool = True) -> None:
         self.clock = clock
+        self.enabled = enabled
         self._speeds: OrderedDict[tuple[str, str], Speed] = OrderedDict()
 
     def observe(self, llm: str, session_id: str, seconds: float) -> None:
@@ -62,7 +63,7 @@ class Speeds:
         (its pool's live ones; None: those measured lately), if it is more than SLOWER
         times slower; else 0."""
         mine = self.of(llm, session_id)
-        if mine is None:
+        if mine is None or not self.enabled:
             return 0.0
         if members is None:
             members = [m for pool, m in self._speeds if pool == llm]
