@@ -40,13 +40,15 @@ SYSTEM = " ".join(f"rule{i}" for i in range(150))
 class Profile:
     conversations: int = 20
     turns: int = 8
-    workers: int = 6
+    # Conversations going on at once, and a person's pause between two turns (seconds).
+    workers: int = 10
+    think: tuple[float, float] = (0.5, 1.5)
     overload_seconds: float = 15.0
     share_seconds: float = 20.0
     lambda_conversations: int = 8
 
 
-QUICK = Profile(conversations=12, turns=6, workers=6, overload_seconds=8, share_seconds=8)
+QUICK = Profile(conversations=12, turns=6, workers=8, overload_seconds=8, share_seconds=8)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -170,7 +172,8 @@ async def conversations(
     url: str, profile: Profile, watch: IdleWatch, seed: int = 7
 ) -> list[tuple[int, float]]:
     """`profile.conversations` conversations of `profile.turns` turns, `profile.workers`
-    at a time; each turn's (number, time to first token)."""
+    at a time, a pause of `profile.think` between turns; each turn's (number, time to
+    first token)."""
     rng = random.Random(seed)
     todo = list(range(profile.conversations))
     out: list[tuple[int, float]] = []
@@ -187,6 +190,8 @@ async def conversations(
                 {"role": "user", "content": f"conversation {n}: {words(40)}"},
             ]
             for turn in range(profile.turns):
+                if turn:
+                    await asyncio.sleep(rng.uniform(*profile.think))
                 watch.send()
                 ttft, answer = await _turn(http, url, messages)
                 out.append((turn, ttft))
@@ -391,11 +396,11 @@ def lambda_phase(moto: str, logdir: Path, url: str, profile: Profile) -> dict[st
             doorbell=True,
             affinity_wait_seconds=wait,
         ) as s:
-            one = Profile(conversations=1, turns=2, workers=1)
+            one = Profile(conversations=1, turns=2, workers=1, think=(0.0, 0.0))
             asyncio.run(conversations(s.client_api.url, one, IdleWatch(PrefixBackend(), [])))
             s.reset()
             n = profile.lambda_conversations
-            load = Profile(conversations=n, turns=4, workers=1)
+            load = Profile(conversations=n, turns=4, workers=1, think=(0.0, 0.0))
             turns = asyncio.run(
                 conversations(s.client_api.url, load, IdleWatch(PrefixBackend(), []), seed=11)
             )
