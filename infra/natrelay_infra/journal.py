@@ -21,21 +21,16 @@ another.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from werkzeug.test import EnvironBuilder
-from werkzeug.wsgi import get_input_stream
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+from natrelay_infra.entries import Entry, WsgiApp, call, entry_of
+from natrelay_infra.snapshot import snapshot_entries
 
 log = logging.getLogger("natrelay.dev")
 
@@ -43,94 +38,6 @@ FORMAT = 1
 SYNC_SECONDS = 1.0
 # Compact when the journal passes this size and twice the snapshot's.
 COMPACT_BYTES = 16 * 1024 * 1024
-_BATCH = 25  # items per BatchWriteItem, DynamoDB's limit
-
-# X-Amz-Target prefixes of the services whose state is kept, and their content type.
-_SERVICES = {
-    "DynamoDB_20120810": ("dynamodb", "application/x-amz-json-1.0"),
-    "secretsmanager": ("secretsmanager", "application/x-amz-json-1.1"),
-    "AmazonSSM": ("ssm", "application/x-amz-json-1.1"),
-}
-_READS = ("Get", "Describe", "List", "BatchGet", "TransactGet", "Query", "Scan")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One journaled request: its X-Amz-Target, body, and who sent it to which region."""
-
-    target: str
-    body: str
-    access_key: str
-    region: str
-
-    @property
-    def service(self) -> str:
-        return _SERVICES[self.target.split(".", 1)[0]][0]
-
-    def line(self) -> bytes:
-        record = {"t": self.target, "b": self.body, "k": self.access_key, "r": self.region}
-        return (json.dumps(record, separators=(",", ":")) + "\n").encode()
-
-    @classmethod
-    def parse(cls, line: bytes) -> Entry:
-        record = json.loads(line)
-        return cls(record["t"], record["b"], record["k"], record["r"])
-
-    def environ(self) -> dict[str, Any]:
-        _, content_type = _SERVICES[self.target.split(".", 1)[0]]
-        scope = f"{self.access_key}/20200101/{self.region}/{self.service}/aws4_request"
-        headers = {
-            "X-Amz-Target": self.target,
-            "Content-Type": content_type,
-            # moto reads the account and region from the scope; it checks no signature
-            "Authorization": f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, "
-            "Signature=0",
-        }
-        builder = EnvironBuilder(
-            path="/", method="POST", headers=list(headers.items()), data=self.body
-        )
-        try:
-            return builder.get_environ()
-        finally:
-            builder.close()
-
-
-def entry_of(environ: dict[str, Any]) -> Entry | None:
-    """The request as a journal entry, if it may change kept state (its body is read
-    and put back for the app)."""
-    target = environ.get("HTTP_X_AMZ_TARGET", "")
-    prefix, _, operation = target.partition(".")
-    if prefix not in _SERVICES or operation.startswith(_READS):
-        return None
-    scope = _credential_scope(environ.get("HTTP_AUTHORIZATION", ""))
-    if scope is None:
-        return None
-    body = get_input_stream(environ).read()
-    environ["wsgi.input"] = io.BytesIO(body)
-    environ["CONTENT_LENGTH"] = str(len(body))
-    return Entry(target, body.decode("utf-8", "surrogateescape"), *scope)
-
-
-def _credential_scope(authorization: str) -> tuple[str, str] | None:
-    """(access key id, region) of a SigV4 Authorization header."""
-    for part in authorization.replace(",", " ").split():
-        if part.startswith("Credential="):
-            fields = part.removeprefix("Credential=").split("/")
-            if len(fields) == 5:
-                return fields[0], fields[2]
-    return None
-
-
-def call(app: WsgiApp, entry: Entry) -> tuple[int, bytes]:
-    """Send `entry` to the app directly; (status, body)."""
-    status: list[str] = []
-
-    def start_response(line: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
-        status.append(line)
-        return lambda _: None
-
-    body = b"".join(app(entry.environ(), start_response))
-    return int(status[0].split()[0]), body
 
 
 class Journal:
@@ -304,153 +211,3 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- the state as requests ---------------------------------------------------------
-
-
-def snapshot_entries(
-    app: WsgiApp, scopes: Iterable[tuple[str, str, str]], *, now: float
-) -> Iterator[Entry]:
-    """Requests that rebuild the app's state in each (access key, region, service).
-
-    Once per region and service: moto puts every access key it did not issue itself in
-    one account, so two keys would read (and write back) the same state twice."""
-    makers = {"dynamodb": _tables, "secretsmanager": _secrets, "ssm": _parameters}
-    once = {(region, service): key for key, region, service in sorted(scopes, reverse=True)}
-    for (region, service), access_key in sorted(once.items()):
-        ask = _Asker(app, access_key, region, service)
-        yield from makers[service](ask, now)
-
-
-class _Asker:
-    """Calls one service of the app in one scope; each answer as JSON."""
-
-    _PREFIX = {service: prefix for prefix, (service, _) in _SERVICES.items()}
-
-    def __init__(self, app: WsgiApp, access_key: str, region: str, service: str) -> None:
-        self.app, self.access_key, self.region = app, access_key, region
-        self.prefix = self._PREFIX[service]
-
-    def entry(self, operation: str, payload: dict[str, Any]) -> Entry:
-        body = json.dumps(payload, separators=(",", ":"))
-        return Entry(f"{self.prefix}.{operation}", body, self.access_key, self.region)
-
-    def __call__(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
-        status, body = call(self.app, self.entry(operation, payload))
-        if status >= 300:
-            raise RuntimeError(f"{operation} answered {status}: {body[:200]!r}")
-        answer: dict[str, Any] = json.loads(body or b"{}")
-        return answer
-
-    def pages(
-        self, operation: str, payload: dict[str, Any], token: str, next_token: str = ""
-    ) -> Iterator[dict[str, Any]]:
-        """Every page of a paginated read (`token`: the answer's field that says where
-        the next page starts; `next_token`: the request's, if named otherwise)."""
-        while True:
-            page = self(operation, payload)
-            yield page
-            if not page.get(token):
-                return
-            payload = {**payload, (next_token or token): page[token]}
-
-
-_INDEX_FIELDS = ("IndexName", "KeySchema", "Projection")
-
-
-def _tables(ask: _Asker, now: float) -> Iterator[Entry]:
-    names = [
-        name
-        for page in ask.pages("ListTables", {}, "LastEvaluatedTableName", "ExclusiveStartTableName")
-        for name in page.get("TableNames", [])
-    ]
-    for name in names:
-        table = ask("DescribeTable", {"TableName": name})["Table"]
-        create: dict[str, Any] = {
-            "TableName": name,
-            "AttributeDefinitions": table["AttributeDefinitions"],
-            "KeySchema": table["KeySchema"],
-            "BillingMode": table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED"),
-        }
-        throughput = {
-            k: v
-            for k, v in table.get("ProvisionedThroughput", {}).items()
-            if k in ("ReadCapacityUnits", "WriteCapacityUnits")
-        }
-        provisioned = create["BillingMode"] == "PROVISIONED"
-        if provisioned:
-            create["ProvisionedThroughput"] = throughput
-        for kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
-            indexes = [{k: i[k] for k in _INDEX_FIELDS} for i in table.get(kind, [])]
-            if indexes and provisioned and kind.startswith("Global"):
-                for index in indexes:
-                    index["ProvisionedThroughput"] = throughput
-            if indexes:
-                create[kind] = indexes
-        if table.get("StreamSpecification"):
-            create["StreamSpecification"] = table["StreamSpecification"]
-        yield ask.entry("CreateTable", create)
-        ttl = ask("DescribeTimeToLive", {"TableName": name}).get("TimeToLiveDescription", {})
-        expiry = ttl.get("AttributeName") if ttl.get("TimeToLiveStatus") == "ENABLED" else None
-        if expiry:
-            spec = {"AttributeName": expiry, "Enabled": True}
-            yield ask.entry(
-                "UpdateTimeToLive", {"TableName": name, "TimeToLiveSpecification": spec}
-            )
-        batch: list[dict[str, Any]] = []
-        expired: list[dict[str, Any]] = []
-        key_names = [k["AttributeName"] for k in table["KeySchema"]]
-        for page in ask.pages("Scan", {"TableName": name}, "LastEvaluatedKey", "ExclusiveStartKey"):
-            for item in page.get("Items", []):
-                if expiry and _expired(item.get(expiry), now):
-                    expired.append({k: item[k] for k in key_names})
-                    continue
-                batch.append({"PutRequest": {"Item": item}})
-                if len(batch) == _BATCH:
-                    yield ask.entry("BatchWriteItem", {"RequestItems": {name: batch}})
-                    batch = []
-        if batch:
-            yield ask.entry("BatchWriteItem", {"RequestItems": {name: batch}})
-        # DynamoDB would have deleted these by now; moto never does. Deleted here too, so
-        # that the running state is the snapshot's (a later write must find what a
-        # replay will find).
-        for key in expired:
-            ask("DeleteItem", {"TableName": name, "Key": key})
-
-
-def _expired(value: Any, now: float) -> bool:
-    try:
-        return isinstance(value, dict) and float(value["N"]) < now
-    except (KeyError, ValueError):
-        return False
-
-
-def _secrets(ask: _Asker, now: float) -> Iterator[Entry]:
-    for page in ask.pages("ListSecrets", {}, "NextToken"):
-        for listed in page.get("SecretList", []):
-            value = ask("GetSecretValue", {"SecretId": listed["ARN"]})
-            create: dict[str, Any] = {"Name": listed["Name"]}
-            for field in ("SecretString", "SecretBinary"):
-                if field in value:
-                    create[field] = value[field]
-            for field in ("Description", "Tags"):
-                if listed.get(field):
-                    create[field] = listed[field]
-            yield ask.entry("CreateSecret", create)
-
-
-def _parameters(ask: _Asker, now: float) -> Iterator[Entry]:
-    for page in ask.pages("DescribeParameters", {}, "NextToken"):
-        for listed in page.get("Parameters", []):
-            got = ask("GetParameter", {"Name": listed["Name"], "WithDecryption": True})
-            parameter = got["Parameter"]
-            put: dict[str, Any] = {
-                "Name": parameter["Name"],
-                "Value": parameter["Value"],
-                "Type": parameter["Type"],
-                "Overwrite": True,
-            }
-            if listed.get("Description"):
-                put["Description"] = listed["Description"]
-            yield ask.entry("PutParameter", put)

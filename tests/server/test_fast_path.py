@@ -18,6 +18,7 @@ from natrelay.errors import (
 )
 from natrelay.service import Principal, Relay
 from natrelay.service.assembly import build_relay
+from natrelay.service.empty_queues import ALONE_RECHECK_SECONDS
 from natrelay.settings import Settings
 from natrelay.store import Stores, TaskRecord
 from natrelay.store.row_cache import RowCache
@@ -355,11 +356,10 @@ async def test_a_queue_just_found_empty_is_not_queried_again_until_a_task_is_que
     other = build_relay(quick, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     theirs = await other.queue.submit(CLIENT, "a", CHAT, stream=False, fast=False)
     assert await claim(relay, sid) == []
-    await anyio.sleep(0.35)
+    clock.advance(0.35)
     if alone:
         assert await claim(relay, sid) == []
-        relay.claims.empty.ttl = 0.3  # ALONE_RECHECK_SECONDS, shortened
-        await anyio.sleep(0.35)
+        clock.advance(ALONE_RECHECK_SECONDS - 0.35)
     assert [t.id for t in await claim(relay, sid)] == [theirs.id]
 
 

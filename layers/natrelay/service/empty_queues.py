@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from natrelay.service.context import Context
 from natrelay.store import Queued
 from natrelay.wakeups import pool_topic
@@ -26,6 +24,7 @@ class EmptyQueues:
 
     def __init__(self, ctx: Context, *, alone: bool) -> None:
         self.queues = ctx.stores.queues
+        self.clock = ctx.clock
         self.wakeups = ctx.wakeups
         self.enabled = ctx.wakeups.enabled
         self.ttl = ctx.settings.poll_max_interval_seconds
@@ -39,7 +38,7 @@ class EmptyQueues:
         key = pool_topic(name)
         seen = self._seen.get(key)
         seq = self.wakeups.seq(key)
-        return seen is not None and seen[0] == seq and time.monotonic() - seen[1] < self.ttl
+        return seen is not None and seen[0] == seq and self.clock() - seen[1] < self.ttl
 
     async def pending(self, name: str, limit: int) -> list[Queued]:
         """What the pool's queue index lists, oldest first (nothing, and no Query, while
@@ -48,7 +47,7 @@ class EmptyQueues:
             return []
         key = pool_topic(name)
         seq = self.wakeups.seq(key)
-        mark = (seq, time.monotonic())  # before the Query: a task queued during it counts
+        mark = (seq, self.clock())  # before the Query: a task queued during it counts
         queued = await self.queues.pending(name, limit)
         if not queued and self.enabled:
             self._seen[key] = mark
