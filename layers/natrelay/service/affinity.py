@@ -137,19 +137,23 @@ class Affinity:
     def enabled(self) -> bool:
         return self.wait > 0
 
-    async def route(self, row: LlmRecord, talk: Talk | None, idle: Callable[[str], bool]) -> Route:
+    async def route(
+        self, row: LlmRecord, talk: Talk | None, idle: Callable[[str], bool] | None
+    ) -> Route:
         """Where the request goes: the member that ran its conversation last takes it if
-        `idle` now; a request that goes on with the conversation waits for that member
-        a moment if it is not."""
+        `idle` now (None: no poll of this process takes requests at once); a request
+        that goes on with the conversation waits for that member a moment if it is not."""
         if talk is None:
             return Route(None, None, None)
         key = affinity_key(row.name, talk.digest)
+        if idle is None and not talk.continues:
+            return Route(key, None, None)  # nothing to look up for: no wait, no hand-off
         member = await self._member_for(row, key)
         if member is None:
             return Route(key, None, None)
         if talk.continues:
             return Route(key, member, self.clock() + self.wait)
-        return Route(key, member if idle(member) else None, None)
+        return Route(key, member if idle is not None and idle(member) else None, None)
 
     async def _member_for(self, row: LlmRecord, key: str) -> str | None:
         """The live, active member that ran the conversation last (None: none)."""

@@ -195,7 +195,9 @@ class Queue:
         row, status = await self._open_pool(principal, name, endpoint)
         active = status is LlmStatus.ACTIVE
         route = await self.affinity.route(
-            row, talk if active else None, lambda member: self.polls.can_take(row, member)
+            row,
+            talk if active else None,
+            (lambda member: self.polls.can_take(row, member)) if self.polls.enabled else None,
         )
         # a poll here takes it at once (its member's, if it has one): no queue to check
         fast = fast and active and self.polls.can_take(row, route.member)
