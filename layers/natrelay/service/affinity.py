@@ -4,14 +4,17 @@ llama.cpp, vLLM and Ollama keep the KV cache of recent prompts: a chat whose eve
 lands on another box recomputes its whole history each time. A request names its
 conversation by its leading messages (the system prompt and first user message, which
 every later turn repeats), or explicitly: the X-Natrelay-Session header or the body's
-`user`. The member that ran the conversation's last task is preferred: it alone may
-claim the new task for `affinity_wait_seconds` (the claim's condition says so), then
-any member may. So a busy member makes its conversation wait a bounded moment, never
-longer.
+`user`. The member that ran the conversation's last task takes it if its poll is idle;
+a request that goes on with the conversation (it carries history, or names its session)
+waits for that member if it is busy: it alone may claim the task for
+`affinity_wait_seconds`, or the member's measured time per task and a poll's re-check
+if shorter (it frees a slot and takes the task within about that; the claim's condition
+says so), then any member may. So a busy member makes its conversation wait a bounded
+moment, never longer.
 
 Who ran a conversation is remembered in this process (server mode: a bounded table,
 entries expiring after `affinity_ttl_seconds`), or read from the tasks table's
-byAffinity index (Lambda mode: one Query of one item per request that names a
+byAffinity index (Lambda mode: one Query of one item per request that goes on with a
 conversation; the claim that records it is a write the task gets anyway).
 """
 
@@ -27,6 +30,7 @@ from typing import Any
 
 from natrelay.service.context import Context
 from natrelay.service.endings import PoolHint
+from natrelay.service.speeds import Speeds
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.types import JsonObject
 from natrelay.wire import Endpoint, LlmStatus
@@ -120,12 +124,14 @@ class AffinityCounts:
 
 
 class Affinity:
-    def __init__(self, ctx: Context, *, in_memory: bool) -> None:
+    def __init__(self, ctx: Context, speeds: Speeds, *, in_memory: bool) -> None:
+        self.speeds = speeds
         self.store = ctx.stores.affinity
         self.clock = ctx.clock
         self.liveness = ctx.liveness
         s = ctx.settings
         self.wait = s.affinity_wait_seconds
+        self.recheck = s.poll_max_interval_seconds
         self.ttl = s.affinity_ttl_seconds
         self.in_memory = in_memory
         self.wakeups = ctx.wakeups
@@ -152,7 +158,12 @@ class Affinity:
         if member is None:
             return Route(key, None, None)
         if talk.continues:
-            return Route(key, member, self.clock() + self.wait)
+            # busy, it frees a slot within about a task's time (and takes the task within
+            # a poll's re-check): never wait longer
+            speed = self.speeds.of(row.name, member)
+            soon = speed.seconds + self.recheck if speed is not None else self.wait
+            wait = min(self.wait, soon)
+            return Route(key, member, self.clock() + wait)
         return Route(key, member if idle is not None and idle(member) else None, None)
 
     async def _member_for(self, row: LlmRecord, key: str) -> str | None:
@@ -187,7 +198,8 @@ class Affinity:
             self._telling.add(job)
             job.add_done_callback(self._telling.discard)
 
-        loop.call_later(self.wait + 0.1, later)  # (its wait is over by then)
+        until = hint.prefer_until if hint.prefer_until is not None else self.clock()
+        loop.call_later(max(0.0, until - self.clock()) + 0.1, later)  # (over by then)
 
     def claimed(self, task: TaskRecord) -> None:
         """A task was claimed (or handed to a poll): remember its conversation's member,

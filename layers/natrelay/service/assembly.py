@@ -152,7 +152,7 @@ class Assembly:
     @cached_property
     def affinity(self) -> Affinity:
         # one long-lived process sees every claim of its pools; Lambda reads the index
-        return Affinity(self.ctx, in_memory=self.server)
+        return Affinity(self.ctx, self.speeds, in_memory=self.server)
 
     @cached_property
     def catalog(self) -> Catalog:
