@@ -47,7 +47,7 @@ def print_banner(relay: DevRelay, publisher: DemoPublisher | None) -> None:
         else "  admin token:      none (give one with --admin-token, or use a stored admin key)",
         f"  DynamoDB:         {relay.dynamodb} (tables {relay.tables.llms}, "
         f"{relay.tables.tasks}, {relay.tables.keys})",
-        f"  status page:      {relay.url}{Paths.STATUS}   (log in with the admin token)",
+        f"  console:          {relay.url}{Paths.CONSOLE}   (log in with the admin token)",
         f"  state:            {_state_line(relay)}",
     ]
     if publisher is not None:

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # The names the relay answers for (besides any IP address); others get 400 before
     # anything reads them (DNS rebinding). Comma-separated; empty: every host.
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Cookies of the relay's pages (the status page's session) are Secure: sent over
+    # Cookies of the relay's pages (the console's session) are Secure: sent over
     # https only. Off only where the relay is reached over plain http (natrelay dev).
     cookie_secure: bool = True
     # How long a process trusts a stored key it verified; revocation and expiry take
@@ -143,13 +143,20 @@ class Settings(BaseSettings):
     # Wake one more hibernating member when the oldest request has waited this long
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)
-    # Count every request per row and minute for the status page's "last hour" (one
-    # DynamoDB write per request in Lambda mode; in server mode, one per row every 10 s
-    # from each process; off: the page shows no counts).
+    # Count every request per row and hour (and minute) for the console's overview and
+    # charts (one DynamoDB write per request in Lambda mode; in server mode, one per row
+    # every 10 s from each process; off: the console shows no counts or charts).
     row_stats: bool = True
+    # The console's request pages show the prompt and the answer (the first 4 KB of each)
+    # only when this is on: off, an admin sees when and how a request ran, not what it said.
+    console_show_text: bool = False
     # Logs: JSON lines with the request id (json), or human-readable (text).
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
+    # Traces: every request carries a W3C traceparent (the client's, or one made here) to
+    # its publisher and backend and into its log lines; `otlp` also exports a span per
+    # request over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (needs `natrelay[otel]`).
+    tracing: Literal["off", "otlp"] = "off"
     # Metrics: off, prometheus (GET /metrics, server mode), or emf (CloudWatch, Lambda mode).
     metrics: Literal["off", "prometheus", "emf"] = "off"
     # Lets a scraper read GET /metrics without an admin key (empty: admins only).

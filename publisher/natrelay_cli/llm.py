@@ -12,16 +12,9 @@ import sys
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from natrelay.wire import (
-    MAX_APPLY_DOCUMENTS,
-    ApplyResult,
-    LlmDocument,
-    LlmList,
-    LlmRow,
-    Paths,
-)
+from natrelay.wire import ApplyResult, LlmList, LlmRow, Paths
+from natrelay.wire.documents import DocumentError, placed, read_documents
 from natrelay_cli.admin import (
     AdminClient,
     CommandError,
@@ -87,55 +80,13 @@ def _read(path: str) -> str:
         raise CommandError(f"{path}: cannot read it: {exc}", EXIT_USAGE) from exc
 
 
-def _where(source: str, number: int, doc: Any) -> str:
-    name = doc.get("name") if isinstance(doc, dict) else None
-    return f"{source}: document {number}" + (f" ({name})" if isinstance(name, str) else "")
-
-
 def documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The YAML documents of a file (empty ones skipped), each checked against the
-    relay's document model, and where each is (`FILE: document N (name)`).
-
-    CommandError (exit 2) names the file, the document and the field at fault."""
+    """The YAML documents of a file, checked (natrelay.wire.documents); CommandError
+    (exit 2) names the file, the document and the field at fault."""
     try:
-        loaded = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = ""
-        if mark is not None:
-            before = text.splitlines()[: mark.line]
-            starts = text.lstrip().startswith("---")  # then the first `---` opens document 1
-            number = max(1, sum(1 for line in before if line.startswith("---")) + (not starts))
-            at = f": document {number}, line {mark.line + 1}"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CommandError(f"{source}{at}: not valid YAML: {problem}", EXIT_USAGE) from exc
-    docs: list[dict[str, Any]] = []
-    places: list[str] = []
-    for number, doc in enumerate(loaded, start=1):
-        if doc is None:
-            continue
-        where = _where(source, number, doc)
-        if not isinstance(doc, dict):
-            raise CommandError(f"{where}: must be a mapping of fields (name: …)", EXIT_USAGE)
-        try:
-            LlmDocument.model_validate(doc)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            message = first["msg"].removeprefix("Value error, ")
-            raise CommandError(
-                f"{where}: {field + ': ' if field else ''}{message}", EXIT_USAGE
-            ) from None
-        docs.append(doc)
-        places.append(where)
-    if not docs:
-        raise CommandError(f"{source}: no documents to apply", EXIT_USAGE)
-    if len(docs) > MAX_APPLY_DOCUMENTS:
-        raise CommandError(
-            f"{source}: {len(docs)} documents; apply at most {MAX_APPLY_DOCUMENTS} at once",
-            EXIT_USAGE,
-        )
-    return docs, places
+        return read_documents(text, source)
+    except DocumentError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
 
 
 def _refusal(resp: Any, places: list[str]) -> CommandError:
@@ -144,19 +95,9 @@ def _refusal(resp: Any, places: list[str]) -> CommandError:
         error = resp.json().get("error") or {}
     except (ValueError, AttributeError):
         error = {}
-    param = str(error.get("param") or "")
-    if param.startswith("documents[") and "]" in param:
-        index, _, field = param.removeprefix("documents[").partition("]")
-        if index.isdigit() and int(index) < len(places):
-            message = str(error.get("message", ""))
-            # the relay names the document by index: say where it is instead
-            message = message.split("): ", 1)[1] if "): " in message else message
-            field = field.removeprefix(".")
-            code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED
-            return CommandError(
-                f"{places[int(index)]}: {field + ': ' if field else ''}{message}", code
-            )
-    return CommandError(error_of(resp), EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED)
+    code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILED
+    where = placed(error.get("param"), str(error.get("message", "")), places)
+    return CommandError(where or error_of(resp), code)
 
 
 def _apply(client: AdminClient, args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from natrelay.wire.trace import TraceFields
 from natrelay_cli.exits import EXIT_FAILED, EXIT_USAGE
 from natrelay_cli.one_line import URL_ENV, OneLine, one_line
 from natrelay_cli.units import systemd_unit
@@ -238,6 +239,7 @@ def _log_to_stderr(log_level: str, log_format: str) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(TraceFields())  # the running task's traceparent on its lines
     logging.basicConfig(level=log_level, handlers=[handler])
     if log_level != "DEBUG":
         # httpx logs every request at INFO: one line per poll is noise.

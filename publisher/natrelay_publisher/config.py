@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import httpx
 import yaml
@@ -257,6 +257,9 @@ class ProviderConfig(_Model):
 class PublisherConfig(_Model):
     relay: RelayConfig
     providers: list[ProviderConfig] = Field(min_length=1)
+    # `otlp`: export a span per task over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (needs
+    # `pip install 'natrelay[otel]'`); off, the trace context still travels and is logged.
+    tracing: Literal["off", "otlp"] = "off"
 
     @model_validator(mode="after")
     def _names(self) -> Self:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from natrelay.wire.trace import Tracing
 from natrelay_publisher.catalog import Catalog
 from natrelay_publisher.config import ProviderConfig, PublisherConfig
 from natrelay_publisher.doorbell import Doorbell
@@ -54,7 +55,8 @@ class Publisher:
         self.slots: dict[str, ProviderSlot] = {}
         self.session = Session(self.relay, config.relay, self.session_file, self.slots)
         self.waker = Waker(self.session.beat_quietly)
-        self.runner = TaskRunner(self.relay, self.slots, self.waker, self.session)
+        self.tracing = Tracing("natrelay-publisher", export=config.tracing == "otlp")
+        self.runner = TaskRunner(self.relay, self.slots, self.waker, self.session, self.tracing)
         # A heartbeat's answer may name tasks nobody wants any more: the runner stops them.
         self.session.on_cancelled = self.runner.stop_unwanted
 
@@ -91,6 +93,7 @@ class Publisher:
                 await slot.provider.aclose()
             await self.relay.aclose()
             self.session_file.unlock()
+            self.tracing.flush()  # the spans not exported yet (tracing: otlp)
 
     def _slot(self, config: ProviderConfig) -> ProviderSlot:
         return ProviderSlot.build(config, heartbeat_seconds=self.config.relay.heartbeat_seconds)

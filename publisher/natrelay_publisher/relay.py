@@ -26,6 +26,7 @@ from natrelay.wire import (
     SessionResponse,
     TaskResult,
 )
+from natrelay_publisher import tracing
 from natrelay_publisher.errors import (
     KeyRefusedError,
     NameHeldError,
@@ -153,6 +154,7 @@ class RelayClient:
             headers={"Authorization": f"Bearer {token}"},
             timeout=REQUEST_TIMEOUT,
             transport=transport,
+            event_hooks=tracing.HOOKS,
         )
 
     async def register(self, request: RegisterRequest) -> SessionResponse:

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 
-from natrelay.wire import MAX_TASKS_PER_POLL, ErrorCode, PolledTask, TaskKind
+from natrelay.wire import MAX_TASKS_PER_POLL, ErrorCode, PolledTask, TaskKind, trace
+from natrelay.wire.trace import Tracing
 from natrelay_publisher.errors import RelayUnavailableError, TaskGoneError
 from natrelay_publisher.infer import TaskPoster, run_infer
 from natrelay_publisher.relay import RelayClient, retrying
@@ -32,8 +33,12 @@ class TaskRunner:
         slots: dict[str, ProviderSlot],
         waker: Waker,
         session: Session,
+        tracing: Tracing | None = None,
     ) -> None:
         self.relay = relay
+        # Each task runs in a span under the relay's (its log lines and its requests to
+        # the backend and the relay carry it).
+        self.tracing = tracing or Tracing("natrelay-publisher")
         self.slots = slots
         self.waker = waker
         self.session = session
@@ -86,6 +91,14 @@ class TaskRunner:
         running.add_done_callback(self.tasks.discard)
 
     async def _run(self, task: PolledTask, slot: ProviderSlot | None) -> None:
+        with self.tracing.span(
+            f"{task.kind.value} {task.llm}", task.traceparent, "consumer"
+        ) as span:
+            trace.current.set(span.traceparent)  # this asyncio task's context only
+            span.attributes.update({"natrelay.task_id": task.id, "natrelay.llm": task.llm})
+            await self._run_traced(task, slot)
+
+    async def _run_traced(self, task: PolledTask, slot: ProviderSlot | None) -> None:
         released = False
 
         def release() -> None:

@@ -389,7 +389,7 @@ def test_dev_answers_only_its_own_host_names(tmp_path: Path) -> None:
             refused = models(host)
             assert refused.status_code == 400, (host, refused.text)
             assert refused.json()["error"]["param"] == "Host"
-        login = httpx.get(f"{dev.url}/status/login", headers={"Host": f"evil.test:{port}"})
+        login = httpx.get(f"{dev.url}/console/login", headers={"Host": f"evil.test:{port}"})
         assert login.status_code == 400
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", "relay.lan"):
             assert models(host).status_code == 200, host

@@ -1,5 +1,5 @@
 """What a public row adds: a fake OpenAI upstream on 127.0.0.1 called directly, and
-through the relay (uvicorn + moto) as a public row; and how long the status page takes.
+through the relay (uvicorn + moto) as a public row; and how long the console overview takes.
 
     .venv/bin/python -m tests.perf.public_rows [--n 200] [--out FILE]
 
@@ -107,10 +107,10 @@ def run(n: int) -> dict[str, Any]:
             out["addedPlainP50"] = round(out["plainRelay"]["p50"] - out["plainDirect"]["p50"], 2)
             out["addedTtftP50"] = round(out["ttftRelay"]["p50"] - out["ttftDirect"]["p50"], 2)
             page = httpx.Client(timeout=30)
-            page.post(f"{stack.url}{Paths.STATUS_LOGIN}", data={"key": stack.admin_token})
+            page.post(f"{stack.url}{Paths.CONSOLE_LOGIN}", data={"key": stack.admin_token})
 
             def status() -> None:
-                page.get(f"{stack.url}{Paths.STATUS}").raise_for_status()
+                page.get(f"{stack.url}{Paths.CONSOLE}").raise_for_status()
 
             out["statusPage20Rows"] = _timed(max(20, n // 10), status)
             for client in (direct, relay, page):

@@ -57,6 +57,6 @@ def test_a_cold_start_loads_only_what_a_request_needs() -> None:
     assert isinstance(modules, list)
     # what it does need, as a check that the probe saw the handler's imports
     assert {"natrelay", "starlette", "mangum", "boto3", "pydantic"} <= set(modules)
-    for lazy in ("httpx", "prometheus_client", "click", "rich"):
+    for lazy in ("httpx", "prometheus_client", "click", "rich", "opentelemetry", "yaml"):
         assert lazy not in modules, lazy
     assert loaded["ringClientMade"] is False

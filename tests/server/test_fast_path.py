@@ -141,9 +141,9 @@ async def test_a_request_for_an_idle_poll_here_skips_dynamodb_until_it_is_answer
     assert counter.ops == []  # answered: the record and the usage are written behind it
     assert (await relay.waiting.get(task.id)).state is TaskState.COMPLETED  # from memory
     await relay.drain()
-    # the record, the key's usage and the row's count of the minute, each in a batch
-    # with whatever else ended meanwhile
-    assert counter.ops == ["BatchWriteItem", "UpdateItem", "UpdateItem"]
+    # the record, the key's usage and the row's count of the hour, each in a batch with
+    # whatever else ended meanwhile (and, once an hour, the row's name among those counted)
+    assert counter.ops == ["BatchWriteItem", "UpdateItem", "UpdateItem", "UpdateItem"]
     stored = await relay.stores.tasks.get(task.id, relay.clock())
     assert stored is not None and stored.state is TaskState.COMPLETED
     assert stored.claimed_by == sid and stored.client_key == CLIENT.key_id

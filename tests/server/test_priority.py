@@ -35,17 +35,15 @@ def batch_key(stack: Stack) -> str:
     return new_key(stack, role="client", label="nightly", priority="batch")
 
 
-def status_page(stack: Stack) -> str:
-    """The status page, as an admin logged in sees it."""
+def console_overview(stack: Stack) -> str:
+    """The console's overview, as an admin logged in sees it."""
     admin = new_key(stack, role="admin", label="ops")
-    logged = httpx.post(
-        f"{stack.url}{Paths.STATUS_LOGIN}", data={"key": admin}, follow_redirects=False
-    )
-    assert logged.status_code == 303, logged.text
-    cookie = logged.cookies["natrelay_status"]
-    page = httpx.get(f"{stack.url}{Paths.STATUS}", headers={"Cookie": f"natrelay_status={cookie}"})
-    assert page.status_code == 200
-    return page.text
+    with httpx.Client(base_url=stack.url, timeout=10, follow_redirects=False) as browser:
+        logged = browser.post(Paths.CONSOLE_LOGIN, data={"key": admin})
+        assert logged.status_code == 303, logged.text
+        page = browser.get(Paths.CONSOLE)
+        assert page.status_code == 200
+        return page.text
 
 
 def chat(stack: Stack, token: str, text: str, **headers: str) -> httpx.Response:
@@ -90,7 +88,10 @@ class Asking:
 
 @pytest.fixture
 def classes_stack(moto_server: MotoServer) -> Iterator[Stack]:
-    with running_stack(moto_server.endpoint, heartbeat_timeout_seconds=60) as stack:
+    # (plain http here: the console's cookie may not be Secure)
+    with running_stack(
+        moto_server.endpoint, heartbeat_timeout_seconds=60, cookie_secure=False
+    ) as stack:
         yield stack
 
 
@@ -129,8 +130,9 @@ def test_interactive_work_goes_before_batch_work_and_a_request_may_only_lower_it
         assert (
             classes["batch"]["oldestQueuedSeconds"] >= classes["interactive"]["oldestQueuedSeconds"]
         )
-        page = status_page(stack)
-        assert "interactive 2" in page and "batch 3" in page
+        page = console_overview(stack)
+        assert "interactive&nbsp;waiting" in page and "batch&nbsp;waiting" in page
+        assert ">2 (up to " in page and ">3 (up to " in page
         member.release.release()  # b0's turn comes after the interactive ones
         asking.finish()
     assert member.order == ["busy", "i0", "i1", "b0", "b1", "lowered"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -344,6 +345,15 @@ def test_fallback_when_the_pool_queue_is_full(cloud: Cloud) -> None:
     raw = cloud.client().chat.completions.with_raw_response.create(model="home", messages=HI)
     assert raw.headers[SERVED_BY_HEADER] == "cloud"
     busy.http.close()
+    # the console's overview counts it on the row asked for
+    login = httpx.post(f"{s.url}{Paths.CONSOLE_LOGIN}", data={"key": s.admin_token})
+    assert login.status_code == 303, login.text
+    cookie = login.headers["set-cookie"].partition(";")[0]  # Secure: sent by hand on http
+    page = httpx.get(f"{s.url}{Paths.CONSOLE}", headers={"Cookie": cookie}, timeout=10).text
+    served = re.search(
+        r'<tr id="row-home">.*?<td data-label="served by a fallback today"[^>]*>([^<]*)</td>', page
+    )
+    assert served and served[1] == "1", page
 
 
 def _wake_fails(task: dict[str, Any], pub: ScriptedPublisher) -> None:

@@ -1,5 +1,5 @@
-"""Rows' requests and errors per minute (the status page's last hour): written at once
-without in-process signals (Lambda), batched per row in a long-lived process."""
+"""Rows' requests per hour and minute (the console's overview and charts): written at
+once in Lambda mode, batched per row in server mode (one long-lived process)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from natrelay.service import Relay
 from natrelay.service.assembly import build_relay
+from natrelay.service.row_stats import Sample
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from tests.server.conftest import FakeClock, OpCounter
@@ -17,41 +18,51 @@ from tests.server.conftest import FakeClock, OpCounter
 pytestmark = pytest.mark.anyio
 
 
+async def _last_hour(relay: Relay, name: str) -> tuple[int, int]:
+    recent = await relay.row_stats.recent(name)
+    assert recent is not None
+    return recent.last_hour
+
+
 async def test_a_long_lived_process_writes_each_rows_counts_once(relay: Relay, client: Any) -> None:
-    assert relay.usage.batching  # in-process signals: the tests' default
+    assert relay.row_stats.batching  # server mode: the tests' default
     counter = OpCounter(client)
     for error in (False, False, True):
-        await relay.usage.count_row("a", error=error)
-    await relay.usage.count_row("b", error=False)
+        await relay.row_stats.count(Sample("a", error))
+    await relay.row_stats.count(Sample("b", False))
     assert counter.ops == []  # nothing written per request
-    await relay.usage.flush_rows()
-    assert counter.ops == ["UpdateItem", "UpdateItem"]  # one per row
+    await relay.row_stats.flush()
+    # per row, its hour; and, the first time this hour, its name among the rows counted
+    assert counter.ops == ["UpdateItem"] * 4
     counter.ops.clear()
-    assert await relay.usage.last_hour("a") == (3, 1)
-    assert await relay.usage.last_hour("b") == (1, 0)
-    await relay.usage.flush_rows()
-    assert counter.ops == ["GetItem"] * 4  # nothing left to write
+    assert await _last_hour(relay, "a") == (3, 1)
+    assert await _last_hour(relay, "b") == (1, 0)
+    await relay.row_stats.flush()
+    assert counter.ops == ["Query"] * 2  # one read per row; nothing left to write
+    counter.ops.clear()
+    await relay.row_stats.count(Sample("a", False))
+    await relay.row_stats.flush()
+    assert counter.ops == ["UpdateItem"]  # the name is noted once an hour
 
 
 async def test_the_counts_are_written_within_the_flush_time(
     relay: Relay, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay.usage._rows, "seconds", 0.05)  # ROW_FLUSH_SECONDS, shortened
+    monkeypatch.setattr(relay.row_stats._batch, "seconds", 0.05)  # FLUSH_SECONDS, shortened
     counter = OpCounter(client)
-    await relay.usage.count_row("a", error=False)
-    await relay.usage.count_row("a", error=True)
+    await relay.row_stats.count(Sample("a", False))
+    await relay.row_stats.count(Sample("a", True))
     with anyio.fail_after(5):
-        while "UpdateItem" not in counter.ops:
+        while await _last_hour(relay, "a") != (2, 1):
             await anyio.sleep(0.02)
-    assert counter.ops == ["UpdateItem"]
-    assert await relay.usage.last_hour("a") == (2, 1)
+    assert counter.ops.count("UpdateItem") == 2  # the hour, once; its name, once
 
 
-async def test_the_status_board_writes_this_process_counts_first(relay: Relay) -> None:
-    await relay.usage.count_row("a", error=True)
-    assert await relay.usage.last_hour("a") == (0, 0)  # still in this process
+async def test_the_board_writes_this_process_counts_first(relay: Relay) -> None:
+    await relay.row_stats.count(Sample("a", True))
+    assert await _last_hour(relay, "a") == (0, 0)  # still in this process
     await relay.board.rows()
-    assert await relay.usage.last_hour("a") == (1, 1)
+    assert await _last_hour(relay, "a") == (1, 1)
 
 
 async def test_in_lambda_mode_each_request_is_written(
@@ -60,9 +71,9 @@ async def test_in_lambda_mode_each_request_is_written(
     lambda_mode = settings.model_copy(update={"mode": "lambda"})
     relay = build_relay(lambda_mode, Stores.on(client, "Llms", "Tasks", "Keys"), clock=clock)
     counter = OpCounter(client)
-    await relay.usage.count_row("a", error=False)
-    await relay.usage.count_row("a", error=True)
-    assert counter.ops == ["UpdateItem", "UpdateItem"]
-    assert await relay.usage.last_hour("a") == (2, 1)
+    await relay.row_stats.count(Sample("a", False))
+    await relay.row_stats.count(Sample("a", True))
+    assert counter.ops == ["UpdateItem"] * 3  # each request; the row's name once
+    assert await _last_hour(relay, "a") == (2, 1)
     clock.advance(3601)
-    assert await relay.usage.last_hour("a") == (0, 0)  # an hour on: gone from the page
+    assert await _last_hour(relay, "a") == (0, 0)  # an hour on: gone from the last hour

@@ -1,5 +1,5 @@
 """Who may call what issue 16 added, on a real relay (uvicorn + moto): rows' apply,
-get and delete, and the status page, with a wrong role, another publisher's key and a
+get and delete, and the console, with a wrong role, another publisher's key and a
 revoked key; no secret in any answer or log line."""
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def test_publishers_cannot_take_or_change_rows_they_do_not_own(
 
 def _login(stack: Stack, token: str) -> httpx.Response:
     return httpx.post(
-        f"{stack.url}{Paths.STATUS_LOGIN}",
+        f"{stack.url}{Paths.CONSOLE_LOGIN}",
         data={"key": token},
         follow_redirects=False,
         timeout=10,
@@ -181,14 +181,14 @@ def _login(stack: Stack, token: str) -> httpx.Response:
 
 def _page(stack: Stack, cookie: str | None) -> httpx.Response:
     return httpx.get(
-        f"{stack.url}{Paths.STATUS}",
-        headers={"Cookie": f"natrelay_status={cookie}"} if cookie else {},
+        f"{stack.url}{Paths.CONSOLE}",
+        headers={"Cookie": f"natrelay_console={cookie}"} if cookie else {},
         follow_redirects=False,
         timeout=10,
     )
 
 
-def test_the_status_page_is_for_live_admin_keys_only(relay: tuple[Stack, str, Path]) -> None:
+def test_the_console_is_for_live_admin_keys_only(relay: tuple[Stack, str, Path]) -> None:
     stack, secret, log = relay
     assert apply(stack, stack.admin_token, cloud_doc(secret)).status_code == 200
     client = key(stack, "client")
@@ -196,7 +196,7 @@ def test_the_status_page_is_for_live_admin_keys_only(relay: tuple[Stack, str, Pa
     admin = key(stack, "admin")
 
     away = _page(stack, None)
-    assert away.status_code == 303 and away.headers["location"] == Paths.STATUS_LOGIN
+    assert away.status_code == 303 and away.headers["location"] == Paths.CONSOLE_LOGIN
     for token, status, needle in [
         ("", 401, "log in with an admin key"),
         ("nrk_nope_nope", 401, ""),
@@ -214,11 +214,11 @@ def test_the_status_page_is_for_live_admin_keys_only(relay: tuple[Stack, str, Pa
         assert _page(stack, token or None).status_code == 303
 
     logged = _login(stack, admin["secret"])
-    assert logged.status_code == 303 and logged.headers["location"] == Paths.STATUS
+    assert logged.status_code == 303 and logged.headers["location"] == Paths.CONSOLE
     cookie = logged.headers["set-cookie"]
     assert re.search(r"(?i)\bhttponly\b", cookie) and re.search(r"(?i)samesite=strict", cookie)
-    assert "Path=/status" in cookie
-    value = logged.cookies["natrelay_status"]
+    assert "Path=/console" in cookie
+    value = logged.cookies["natrelay_console"]
     page = _page(stack, value)
     assert page.status_code == 200 and 'id="row-cloud"' in page.text
     assert page.headers["cache-control"] == "no-store"
@@ -229,11 +229,11 @@ def test_the_status_page_is_for_live_admin_keys_only(relay: tuple[Stack, str, Pa
     # the key is revoked: its cookie shows nothing more
     revoke(stack, admin["id"])
     gone = _page(stack, value)
-    assert gone.status_code == 303 and gone.headers["location"] == Paths.STATUS_LOGIN
+    assert gone.status_code == 303 and gone.headers["location"] == Paths.CONSOLE_LOGIN
     assert _login(stack, admin["secret"]).status_code == 401
 
     every = log.read_text()
-    assert '"route": "/status"' in every  # the page's requests are in the log...
+    assert '"route": "/console"' in every  # the page's requests are in the log...
     for hidden in (UPSTREAM_KEY, admin["secret"], client["secret"], publisher["secret"]):
         assert hidden not in every  # ...without a key
 
@@ -245,8 +245,8 @@ def _csrf(page: httpx.Response) -> str:
 
 def _logout(stack: Stack, cookie: str, csrf: str) -> httpx.Response:
     return httpx.post(
-        f"{stack.url}{Paths.STATUS_LOGOUT}",
-        headers={"Cookie": f"natrelay_status={cookie}"},
+        f"{stack.url}{Paths.CONSOLE_LOGOUT}",
+        headers={"Cookie": f"natrelay_console={cookie}"},
         data={"csrf": csrf},
         follow_redirects=False,
         timeout=10,
@@ -258,7 +258,7 @@ def _page_sessions(stack: Stack) -> list[dict[str, Any]]:
     return [i for i in items if not i["pk"]["S"].startswith(("keys", "usage#", "name#"))]
 
 
-def test_the_status_cookie_is_a_server_side_session_not_the_key(
+def test_the_console_cookie_is_a_server_side_session_not_the_key(
     relay: tuple[Stack, str, Path],
 ) -> None:
     stack, _, _ = relay
@@ -268,7 +268,7 @@ def test_the_status_cookie_is_a_server_side_session_not_the_key(
     # Secure from configuration (on unless configured off), not from the Host header:
     # a proxy that forwards `Host: 127.0.0.1` must not strip it
     assert re.search(r"(?i);\s*secure\b", logged.headers["set-cookie"])
-    cookie = logged.cookies["natrelay_status"]
+    cookie = logged.cookies["natrelay_console"]
     assert admin["secret"] not in cookie and len(cookie) >= 40
 
     # the cookie is worth nothing on the API: not a bearer token, no new admin keys
@@ -291,12 +291,12 @@ def test_the_status_cookie_is_a_server_side_session_not_the_key(
     assert _logout(stack, cookie, "not-the-token").status_code == 403  # CSRF-checked
     assert _page(stack, cookie).status_code == 200
     out = _logout(stack, cookie, _csrf(page))
-    assert out.status_code == 303 and out.headers["location"] == Paths.STATUS_LOGIN
+    assert out.status_code == 303 and out.headers["location"] == Paths.CONSOLE_LOGIN
     assert _page(stack, cookie).status_code == 303
     assert _page_sessions(stack) == []
 
     # revoking the admin key ends its sessions (within the key cache time: 0 here)
-    again = _login(stack, admin["secret"]).cookies["natrelay_status"]
+    again = _login(stack, admin["secret"]).cookies["natrelay_console"]
     assert _page(stack, again).status_code == 200
     revoke(stack, admin["id"])
     assert _page(stack, again).status_code == 303

@@ -30,8 +30,9 @@ serves until SIGTERM.
   answers only then (a synchronous wake recipe); `POST /_fake/sleep`; `GET /_fake/state`
   (`upAt`: the wall-clock time it came up).
 
-It records the requests, when it produced each streamed token, and whether a client hung
-up mid-stream (`aborted`) or a stream ran to its end (`finished`).
+It records the requests (and their `traceparent` headers), when it produced each streamed
+token, and whether a client hung up mid-stream (`aborted`) or a stream ran to its end
+(`finished`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class FakeBackend:
     api_key: str | None = None
     # What it saw and did.
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # The `traceparent` header of each chat request (None: it had none).
+    traceparents: list[str | None] = field(default_factory=list)
     produced_at: list[float] = field(default_factory=list)
     aborted: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -179,6 +182,7 @@ class FakeBackend:
             return JSONResponse({"error": error}, 401)
         body = await request.json()
         self.requests.append(body)
+        self.traceparents.append(request.headers.get("traceparent"))
         model = body.get("model")
         if model == "fail-400":
             error = {"message": "this model does not exist", "type": "invalid"}

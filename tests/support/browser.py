@@ -8,6 +8,7 @@ protocol (one page, through the `websockets` client the publisher already depend
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -129,6 +130,26 @@ class Browser:
 
     def cookies(self, url: str) -> list[dict[str, Any]]:
         return list(self.call("Network.getCookies", urls=[url])["cookies"])
+
+    def screenshot(self, path: Path, *, width: int = 1280, height: int = 900) -> Path:
+        """Save the whole page, laid out `width` CSS pixels wide (a phone below 700), as a
+        PNG at `path`."""
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=width < 700,
+        )
+        tall = self.evaluate("document.documentElement.scrollHeight")
+        shot = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": min(int(tall), 8000), "scale": 1},
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
 
     def requests_seen(self) -> list[str]:
         """URLs the page requested since the last navigation (from Network events)."""

@@ -13,8 +13,10 @@
 * every task: endings (a task ended: its usage and waiters; force-finishing one)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
   (limits and counts per key) · metering (what a request may use, and used) · rows
-  (admins' apply) · board (the status page) · page_sessions (its logins) · redaction
-  (secrets out of relayed text)
+  (admins' apply) · redaction (secrets out of relayed text)
+* the console: board (the overview) · row_stats (each row's hours) · history (the
+  charts' days) · recent (recent requests) · timeline (where a request spent its time) ·
+  page_sessions (its logins)
 * the sweep: sweep (liveness, retention, leases)
 * shared: context (settings, stores, the task storage, clock, wake-ups) · liveness (the
   one rule) · payloads · ids · assembly (the composition root)
@@ -37,11 +39,14 @@ from natrelay.service.claims import Claims
 from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.endings import Endings
+from natrelay.service.history import History
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
+from natrelay.service.recent import RecentRequests
+from natrelay.service.row_stats import RowStats
 from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Registration, Sessions
 from natrelay.service.sweep import Sweeper
@@ -53,6 +58,7 @@ from natrelay.settings import Settings
 from natrelay.store import Stores, TaskStorage
 from natrelay.types import Clock
 from natrelay.wakeups import Wakeups
+from natrelay.wire.trace import Tracing
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,15 @@ class Relay:
     waiting: Waiting
     upstreams: Upstreams
     rows: RowAdmin
+    # The console: each row's hours, the overview, the charts' days, the recent requests,
+    # and the sessions of its pages (its login).
+    row_stats: RowStats
     board: Board
-    # Sessions of the relay's own web pages (the status page's login).
+    history: History
+    recent: RecentRequests
     page_sessions: PageSessions
+    # Spans of this process: exported over OTLP only when configured (wire.trace).
+    tracing: Tracing
     # The relay's own sweeper (in server mode it shares the tasks this process holds),
     # and how often the API process runs it (0: not here, as in Lambda mode).
     sweeper: Sweeper

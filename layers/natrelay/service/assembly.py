@@ -31,11 +31,14 @@ from natrelay.service.context import Context
 from natrelay.service.doorbell import Doorbell, LocalBells
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings
+from natrelay.service.history import History
 from natrelay.service.keys import KeyAdmin
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.page_sessions import PageSessions
 from natrelay.service.pools import Pools
 from natrelay.service.queue import Queue
+from natrelay.service.recent import RecentRequests
+from natrelay.service.row_stats import RowStats
 from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Sessions
 from natrelay.service.speeds import Speeds
@@ -49,6 +52,7 @@ from natrelay.store import MemoryTasks, Stores, TaskStorage
 from natrelay.store.secrets import with_secret
 from natrelay.types import Clock
 from natrelay.wakeups import Wakeups
+from natrelay.wire.trace import Tracing
 
 
 class Assembly:
@@ -107,8 +111,13 @@ class Assembly:
         return Context(s, self.stores, self.tasks, self.clock, wakeups, self.metrics)
 
     @cached_property
+    def row_stats(self) -> RowStats:
+        # each row's hours (the console's): batched in server mode
+        return RowStats(self.ctx, batching=self.server)
+
+    @cached_property
     def usage(self) -> Usage:
-        return Usage(self.ctx, batching=self.server)
+        return Usage(self.ctx, self.row_stats, batching=self.server)
 
     @cached_property
     def endings(self) -> Endings:
@@ -210,8 +219,12 @@ class Assembly:
             waiting=Waiting(ctx, self.endings),
             upstreams=self.upstreams,
             rows=RowAdmin(ctx, self.upstreams.read_key),
-            board=Board(ctx, self.usage),
+            row_stats=self.row_stats,
+            board=Board(ctx, self.row_stats),
+            history=History(ctx, self.usage, self.row_stats),
+            recent=RecentRequests(ctx),
             page_sessions=PageSessions(ctx, self.access),
+            tracing=Tracing("natrelay-relay", export=self.settings.tracing == "otlp"),
             sweeper=self.sweeper,
             sweep_seconds=self.sweep_seconds,
         )

@@ -1,15 +1,16 @@
-"""What the status page shows: every row with its pool and last hour, and every key's
-usage today."""
+"""What the console's overview shows: every row with its pool, queue, wake and recent
+requests, and every key's usage today."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from natrelay.service.access import STATIC_IDS
 from natrelay.service.context import Context
 from natrelay.service.dispatch import ClassQueue, by_class
-from natrelay.service.usage import Usage, day_and_minute
+from natrelay.service.row_stats import Recent, RowStats
+from natrelay.service.usage import day_and_minute
 from natrelay.store import LlmRecord, MemberRecord, Queued, UsageRecord
 from natrelay.wire import LlmStatus, Priority, Role
 
@@ -26,8 +27,19 @@ class RowState:
     # The requests waiting, by class (none for a public row).
     classes: dict[Priority, ClassQueue]
     waking: bool
-    # (requests, errors) in the last hour; None when the relay does not count them.
-    last_hour: tuple[int, int] | None
+    # Its last hour and today; None when the relay does not count them.
+    recent: Recent | None
+    # What each live member's publisher last said it runs (all its rows' tasks), by
+    # session id; None: it does not say.
+    running: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def capacity(self) -> int | None:
+        """Requests its live members take at once (None: one of them sets no limit)."""
+        limits = [m.max_concurrency for m in self.members]
+        if not limits or any(n is None for n in limits):
+            return None
+        return sum(n or 0 for n in limits)
 
 
 @dataclass(frozen=True)
@@ -40,20 +52,22 @@ class KeyToday:
 
 
 class Board:
-    def __init__(self, ctx: Context, usage: Usage) -> None:
+    def __init__(self, ctx: Context, rows: RowStats) -> None:
         self.stores = ctx.stores
         self.liveness = ctx.liveness
         self.clock = ctx.clock
-        self.usage = usage
+        self.row_stats = rows
 
     async def rows(self) -> list[RowState]:
-        """Every row (a scan, and per row a queue count and two reads of its minutes,
-        all rows' reads side by side)."""
-        await self.usage.flush_rows()  # what this process counted, first
+        """Every row (a scan, and per row a queue count and one Query of its hours, and
+        per live member its session, all side by side)."""
+        await self.row_stats.flush()  # what this process counted, first
         now = self.clock()
 
         async def state(row: LlmRecord) -> RowState:
-            entries, hour = await asyncio.gather(self._queued(row), self.usage.last_hour(row.name))
+            entries, recent = await asyncio.gather(
+                self._queued(row), self.row_stats.recent(row.name)
+            )
             return RowState(
                 row=row,
                 status=row.pool_status(now, self.liveness.timeout),
@@ -61,10 +75,27 @@ class Board:
                 queue_depth=len(entries),
                 classes=by_class(entries, now) if entries else {},
                 waking=row.waking(now),
-                last_hour=hour,
+                recent=recent,
             )
 
-        return list(await asyncio.gather(*(state(r) for r in await self.stores.llms.all())))
+        rows = await self.stores.llms.all()
+        states = await asyncio.gather(*(state(r) for r in rows))
+        running = await self._running({m.session_id for s in states for m in s.members})
+        return sorted(
+            (replace(s, running={m.session_id: running[m.session_id] for m in s.members})
+             for s in states),
+            key=lambda s: s.row.name,
+        )  # fmt: skip
+
+    async def _running(self, session_ids: set[str]) -> dict[str, int | None]:
+        """How many tasks each session's publisher said it runs in its last heartbeat (one
+        read per session, side by side)."""
+        ids = sorted(session_ids)
+        sessions = await asyncio.gather(*(self.stores.sessions.get(i) for i in ids))
+        return {
+            i: len(s.running) if s is not None and s.confirmed_at else None
+            for i, s in zip(ids, sessions, strict=True)
+        }
 
     async def _queued(self, row: LlmRecord) -> list[Queued]:
         return [] if row.public else await self.stores.queues.entries(row.name, QUEUE_COUNT)

@@ -153,7 +153,8 @@ class Claims:
     ) -> list[TaskRecord]:
         beat_at = session.heartbeat_at
         await self.tasks.spill_expired(self.clock())  # a sweep elsewhere cannot see them
-        deadline = self.clock() + req.wait_seconds
+        asked = self.clock()  # when a member asked: a task's timeline (service.timeline)
+        deadline = asked + req.wait_seconds
         pace = self.ctx.pace()
         hints: list[PoolHint] = []
         topics = [pool_topic(name) for name in session.names]
@@ -162,7 +163,7 @@ class Claims:
             self.polls.offering(session, self._slots(session, req), listener) as offer,
         ):
             try:
-                rung = await self._claim_rung(session, req)  # the doorbell's, named by id
+                rung = await self._claim_rung(session, req, asked)  # the doorbell's, by id
                 if rung:
                     return rung
                 # From now on the fast path may hand tasks to this poll, even while it
@@ -175,7 +176,9 @@ class Claims:
                         return []
                     # handed while it waited: no need to look at DynamoDB now
                     claimed = (
-                        [] if offer.mailbox else await self._claim(session, hints, offer.slots)
+                        []
+                        if offer.mailbox
+                        else await self._claim(session, hints, offer.slots, asked)
                     )
                     now = self.clock()
                     if claimed or offer.mailbox or now >= deadline:
@@ -215,7 +218,7 @@ class Claims:
         return True
 
     async def _claim(
-        self, session: SessionRecord, hints: list[PoolHint], slots: dict[str, int]
+        self, session: SessionRecord, hints: list[PoolHint], slots: dict[str, int], asked: float
     ) -> list[TaskRecord]:
         """Claim what this session may take: wakes meant for it, and up to its free slots
         of each pool's queue (the tasks this process was told of first, else what the
@@ -241,7 +244,7 @@ class Claims:
                     continue
                 if entry.task_id in self._taking:
                     continue  # another poll of this process is claiming it
-                task = await self._claim_one(session, entry.task_id)
+                task = await self._claim_one(session, entry.task_id, asked=asked)
                 if task is None:
                     continue
                 if not wake:
@@ -254,13 +257,15 @@ class Claims:
                 out.append(task)
         return out
 
-    async def _claim_rung(self, session: SessionRecord, req: PollRequest) -> list[TaskRecord]:
+    async def _claim_rung(
+        self, session: SessionRecord, req: PollRequest, asked: float
+    ) -> list[TaskRecord]:
         """Claim the tasks the publisher names (its doorbell rang for them): only tasks of
         the session's own pools, and no more of each than its free slots."""
         slots = self._slots(session, req)
         out: list[TaskRecord] = []
         for task_id in req.task_ids:
-            task = await self._claim_one(session, task_id, llms=session.names)
+            task = await self._claim_one(session, task_id, llms=session.names, asked=asked)
             if task is None:
                 continue
             if task.kind is TaskKind.INFER:
@@ -288,7 +293,12 @@ class Claims:
         return task
 
     async def _claim_one(
-        self, session: SessionRecord, task_id: str, llms: tuple[str, ...] | None = None
+        self,
+        session: SessionRecord,
+        task_id: str,
+        llms: tuple[str, ...] | None = None,
+        *,
+        asked: float,
     ) -> TaskRecord | None:
         self._taking.add(task_id)
         try:
@@ -299,6 +309,7 @@ class Claims:
                 generation=session.generation,
                 now=self.clock(),
                 llms=llms,
+                asked=asked,
             )
             self.affinity.claimed(task)
             return task

@@ -8,7 +8,7 @@ from natrelay.errors import KeyNotFoundError
 from natrelay.service.access import Access, new_key_secret
 from natrelay.service.context import Context
 from natrelay.store import ConditionFailedError, KeyRecord
-from natrelay.wire import KeySpec
+from natrelay.wire import KeyLimits, KeySpec
 
 log = logging.getLogger("natrelay.service")
 
@@ -51,6 +51,22 @@ class KeyAdmin:
         key = await self.keys.get(key_id)
         if key is None:
             raise _not_found(key_id)
+        return key
+
+    async def set_limits(self, key_id: str, limits: KeyLimits) -> KeyRecord:
+        """Change a key's limits (None: unlimited); every process sees them within the key
+        cache time, this one at once."""
+        try:
+            key = await self.keys.set_limits(
+                key_id,
+                rpm=limits.rpm,
+                concurrency=limits.concurrency,
+                tokens_per_day=limits.tokens_per_day,
+            )
+        except ConditionFailedError as exc:
+            raise _not_found(key_id) from exc
+        self.access.forget(key_id)
+        log.info("key %s limits changed", key_id)
         return key
 
     async def revoke(self, key_id: str) -> KeyRecord:

@@ -1,4 +1,4 @@
-"""Sessions of the relay's own web pages: the status page (and, later, a console).
+"""Sessions of the relay's own web pages: the console.
 
 A browser that logs in with an admin key gets an opaque random session id (its cookie),
 never the key. Only the id's SHA-256 is stored, with an expiry, the page family it is
@@ -22,8 +22,8 @@ from natrelay.service.context import Context
 from natrelay.store import PageSessionRecord
 from natrelay.wire import Role
 
-# The page family of the status page.
-STATUS_PAGES = "status"
+# The page family of the console (web.console).
+CONSOLE_PAGES = "console"
 SESSION_SECONDS = 12 * 3600
 # What `open` makes (token_urlsafe(32)): anything else is refused before any read.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")

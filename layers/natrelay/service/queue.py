@@ -19,6 +19,7 @@ from natrelay.service.metering import ask_usage, reservation
 from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
+from natrelay.service.row_stats import Sample
 from natrelay.service.usage import Admission, Usage
 from natrelay.service.wakes import Wake, Wakes
 from natrelay.store import (
@@ -30,7 +31,7 @@ from natrelay.store import (
     queued_task,
 )
 from natrelay.types import JsonObject
-from natrelay.wire import Endpoint, LlmStatus, TaskKind
+from natrelay.wire import Endpoint, LlmStatus, TaskKind, trace
 
 # An Idempotency-Key's record, and the task an earlier record of it named that is gone.
 Once = tuple[IdempotencyRecord, str | None]
@@ -192,6 +193,7 @@ class Queue:
         reserve: int = 0,
         talk: Talk | None = None,
     ) -> TaskRecord:
+        received = self.clock()  # the start of its timeline (service.timeline)
         row, status = await self._open_pool(principal, name, endpoint)
         active = status is LlmStatus.ACTIVE
         route = await self.affinity.route(
@@ -215,6 +217,7 @@ class Queue:
                 wake=wake,
                 stream=stream,
                 endpoint=endpoint,
+                received=received,
             )
             if route.key is not None:
                 prefer = route.member if route.prefer_until is not None else None
@@ -254,7 +257,7 @@ class Queue:
         now = self.clock()
         status = row.pool_status(now, self.liveness.timeout)
         if status in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
-            await self.usage.count_row(row.name, error=True)  # the status page shows refusals
+            await self.usage.rows.count(Sample(row.name, error=True))  # the console shows refusals
             raise offline(row, now, status)
         if endpoint not in row.endpoints(now, self.liveness.timeout):
             raise not_served(row, endpoint)
@@ -295,8 +298,10 @@ class Queue:
         wake: Wake | None,
         stream: bool,
         endpoint: Endpoint,
+        received: float,
     ) -> NewTask:
-        """The infer task of the request; its lease covers the wake it waits for."""
+        """The infer task of the request; its lease covers the wake it waits for. It
+        carries the request's trace context (wire.trace) to its publisher."""
         s, now = self.settings, self.clock()
         member = row.members.get(wake.target) if wake and wake.target else None
         lease = s.lease_seconds + (self.wakes.window(member) if wake else 0)
@@ -319,6 +324,8 @@ class Queue:
             limited=admission.slot is not None or principal.tokens_per_day is not None,
             priority=principal.priority,
             queue_order=queue_order(principal.priority, now, s.batch_aging_seconds),
+            received_at=received,
+            traceparent=trace.current.get(),
         )
 
     async def _hand(self, row: LlmRecord, task: NewTask, prefer: str | None) -> TaskRecord | None:
@@ -351,7 +358,7 @@ class Queue:
             return None  # nothing to check: no read
         depth, oldest = await self.queues.depth(row.name, int(depth_limit or 1))
         if depth_limit and depth >= depth_limit:
-            await self.usage.count_row(row.name, error=True)
+            await self.usage.rows.count(Sample(row.name, error=True))
             raise QueueFullError(
                 f"every member serving {row.name!r} is busy and {depth} requests already "
                 "wait for it; try again shortly",

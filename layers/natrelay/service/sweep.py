@@ -76,7 +76,7 @@ class Sweeper:
         for task_id in await self.stores.leases.expired(now):
             counts[await self._expire_lease(task_id, now)] += 1
         await self._count_online(await rows.live(cutoff), now)
-        await self.usage.flush_rows()  # the rows' failed requests it counted, now
+        await self.usage.rows.flush()  # the rows' failed requests it counted, now
         if any(counts.values()):
             log.info("sweep: %s", counts)
         return counts

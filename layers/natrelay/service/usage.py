@@ -15,6 +15,7 @@ from natrelay.errors import BudgetExceededError, RateLimitError
 from natrelay.service.access import Principal
 from natrelay.service.context import Context
 from natrelay.service.metering import Request, counted, text_bytes
+from natrelay.service.row_stats import RowStats, Sample
 from natrelay.store import ConditionFailedError, TaskRecord, UsageRecord
 from natrelay.store.usage import KEEP_SECONDS
 
@@ -42,16 +43,6 @@ def _seconds_to_midnight(now: float) -> int:
     return max(1, int((midnight - moment).total_seconds()) + 1)
 
 
-# A row's per-minute counts are kept this long (the status page reads the last hour).
-ROW_KEEP_SECONDS = 2 * 86400
-# Server mode: a process adds up its rows' counts and writes them this often (one
-# write per row, not one per request); a status page it serves writes them first.
-ROW_FLUSH_SECONDS = 10.0
-
-# (row, hour) -> minute -> [requests, errors]
-Pending = dict[tuple[str, str], dict[str, list[int]]]
-
-
 @dataclass(frozen=True)
 class Used:
     """What one request of a key without limits used, to be added up with others."""
@@ -65,22 +56,15 @@ class Used:
     refused: bool = False
 
 
-def hour_of(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H")
-
-
 class Usage:
-    def __init__(self, ctx: Context, *, batching: bool) -> None:
+    def __init__(self, ctx: Context, rows: RowStats, *, batching: bool) -> None:
         self.usage = ctx.stores.usage
         self.clock = ctx.clock
-        self.row_stats = ctx.settings.row_stats
-        # `batching` (server mode: one long-lived process): rows' counts are added up and
-        # written together, and so is the usage of keys without limits (nothing reads it
-        # to admit).
+        # Each request is counted on its row's hour too.
+        self.rows = rows
+        # `batching` (server mode: one long-lived process): the usage of keys without
+        # limits is added up and written together (nothing reads it to admit).
         self.batching = batching
-        self._rows: Batch[tuple[str, str, str, bool]] = Batch(
-            "rows' request counts", ROW_FLUSH_SECONDS, self._write_rows
-        )
         self._used: Batch[Used] = Batch(
             "requests' usage", ctx.settings.record_batch_seconds, self._write_used
         )
@@ -157,7 +141,7 @@ class Usage:
             prompt, completion = tokens
             day = task.usage_day or day_and_minute(self.clock())[0]
             self._used.add(Used(task.client_key, day, prompt, completion, error))
-            await self.count_row(task.llm, error=error)
+            await self.rows.ended(task, error=error, tokens=tokens)
             return
         await asyncio.gather(  # two writes, side by side: neither ever raises
             self._record(
@@ -169,7 +153,7 @@ class Usage:
                 error=error,
                 what=f"task {task.id}",
             ),
-            self.count_row(task.llm, error=error),
+            self.rows.ended(task, error=error, tokens=tokens),
         )
 
     async def record_call(
@@ -197,7 +181,7 @@ class Usage:
                 error=error,
                 what=f"a call of {llm}",
             ),
-            self.count_row(llm, error=error),
+            self.rows.count(Sample(llm, error, *tokens)),
         )
 
     async def _record(
@@ -254,54 +238,9 @@ class Usage:
             except Exception:  # bookkeeping, as above
                 log.exception("usage of %d requests of a key not recorded", requests)
 
-    async def count_row(self, llm: str, *, error: bool) -> None:
-        """Count a request of the row (and whether it failed) in its minute: written at
-        once, or (server mode) within ROW_FLUSH_SECONDS with the rest."""
-        if not self.row_stats:
-            return
-        now = self.clock()
-        hour, minute = hour_of(now), day_and_minute(now)[1][2:]
-        if self.batching:
-            self._rows.add((llm, hour, minute, error))
-        else:
-            await self._write_rows([(llm, hour, minute, error)])
-
-    async def flush_rows(self) -> None:
-        """Write the rows' counts this process holds (server mode) now."""
-        await self._rows.flush()
-
     async def drain(self) -> None:
         """Write everything gathered (the process is stopping)."""
-        await asyncio.gather(self._rows.drain(), self._used.drain())
-
-    async def _write_rows(self, entries: list[tuple[str, str, str, bool]]) -> None:
-        pending: Pending = {}
-        for llm, hour, minute, error in entries:
-            counts = pending.setdefault((llm, hour), {}).setdefault(minute, [0, 0])
-            counts[0] += 1
-            counts[1] += int(error)
-        now = self.clock()
-        for (llm, hour), minutes in pending.items():
-            try:
-                await self.usage.add_row_counts(
-                    llm,
-                    hour,
-                    {m: (r, e) for m, (r, e) in minutes.items()},
-                    expires_at=now + ROW_KEEP_SECONDS,
-                )
-            except Exception:  # bookkeeping, as above
-                log.exception("requests of %s not counted", llm)
-
-    async def last_hour(self, llm: str) -> tuple[int, int] | None:
-        """The row's (requests, errors) in the last 60 minutes (None: not counted here)."""
-        if not self.row_stats:
-            return None
-        now = self.clock()
-        hours = [hour_of(now - 3600), hour_of(now)]
-        since = datetime.fromtimestamp(now - 3600, UTC).strftime("%Y-%m-%dT%H%M")
-        counts = await self.usage.row_minutes(llm, hours)
-        recent = [v for k, v in counts.items() if k > since]
-        return sum(r for r, _ in recent), sum(e for _, e in recent)
+        await asyncio.gather(self.rows.drain(), self._used.drain())
 
     async def days(self, key_id: str, days: int) -> list[UsageRecord]:
         """The key's usage for the last `days` UTC days (today included), oldest first."""

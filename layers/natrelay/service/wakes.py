@@ -21,7 +21,7 @@ from natrelay.service.ids import new_task_id
 from natrelay.service.outcomes import offline
 from natrelay.service.sessions import Sessions
 from natrelay.store import ConditionFailedError, LlmRecord, MemberRecord, NewTask, TaskRecord
-from natrelay.wire import LlmStatus, TaskKind
+from natrelay.wire import LlmStatus, TaskKind, trace
 
 log = logging.getLogger("natrelay.service")
 
@@ -113,6 +113,8 @@ class Wakes:
                     created_at=now,
                     expires_at=now + window + self.settings.result_retention_seconds,
                     lease_seconds=window,
+                    # the trace of the request that started the wake (wire.trace)
+                    traceparent=trace.current.get(),
                 )
             )
         except BaseException:

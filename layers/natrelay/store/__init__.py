@@ -25,6 +25,7 @@ from natrelay.store.members import DynamoMemberStore
 from natrelay.store.memory_tasks import MemoryTasks
 from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionRecord
 from natrelay.store.queues import DynamoQueueStore
+from natrelay.store.recent import DynamoRecentStore
 from natrelay.store.records import (
     Chunk,
     Holder,
@@ -40,6 +41,7 @@ from natrelay.store.records import (
 )
 from natrelay.store.row_admin import ApplyConflictError, DynamoRowAdminStore, RowWrite
 from natrelay.store.row_cache import RowCache
+from natrelay.store.row_stats import DynamoRowStatsStore, RowHour
 from natrelay.store.row_sweep import DynamoRowSweepStore
 from natrelay.store.secrets import SecretMissingError, SecretReader, SecretWriteError
 from natrelay.store.sessions import DynamoSessionStore, NameHeldError
@@ -77,8 +79,12 @@ class Stores:
     # Admin writes to rows (apply), and the API keys of public rows' upstreams.
     row_admin: DynamoRowAdminStore | None = None
     secrets: SecretReader | None = None
-    # Sessions of the relay's own web pages (the status page).
+    # Sessions of the relay's own web pages (the console).
     page_sessions: DynamoPageSessionStore | None = None
+    # Each row's requests per hour (the console's charts).
+    row_stats: DynamoRowStatsStore | None = None
+    # The recent tasks of a key or row (the console's request list).
+    recent: DynamoRecentStore | None = None
 
     @classmethod
     def on(
@@ -122,6 +128,8 @@ class Stores:
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
             page_sessions=DynamoPageSessionStore(client, keys_table),
+            row_stats=DynamoRowStatsStore(client, keys_table),
+            recent=DynamoRecentStore(client, tasks_table),
         )
 
     @classmethod
@@ -167,7 +175,9 @@ __all__ = [
     "DynamoKeyStore",
     "DynamoLeaseStore",
     "DynamoLlmStore",
+    "DynamoRecentStore",
     "DynamoRowAdminStore",
+    "DynamoRowStatsStore",
     "DynamoSessionStore",
     "DynamoTaskStore",
     "DynamoUsageStore",
@@ -183,6 +193,7 @@ __all__ = [
     "NewTask",
     "PageSessionRecord",
     "Queued",
+    "RowHour",
     "RowWrite",
     "SameResultError",
     "SecretMissingError",

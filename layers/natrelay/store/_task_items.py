@@ -89,6 +89,10 @@ def task_record(item: Item) -> TaskRecord:
         affinity=item.get("affinity"),
         prefer=item.get("prefer"),
         prefer_until=item.get("preferUntil"),
+        received_at=item.get("receivedAt"),
+        asked_at=item.get("askedAt"),
+        first_token_at=item.get("firstTokenAt"),
+        traceparent=item.get("traceparent"),
     )
 
 

@@ -75,9 +75,10 @@ class DurableTasks(TaskStorage):
         generation: int,
         now: float,
         llms: tuple[str, ...] | None = None,
+        asked: float | None = None,
     ) -> TaskRecord:
         return await self._tasks.claim(
-            task_id, session_id, key=key, generation=generation, now=now, llms=llms
+            task_id, session_id, key=key, generation=generation, now=now, llms=llms, asked=asked
         )
 
     async def add_chunk(

@@ -121,6 +121,31 @@ class DynamoKeyStore:
             )["Attributes"]
         return key_record(decode(raw))
 
+    @off_loop
+    def set_limits(
+        self, key_id: str, *, rpm: int | None, concurrency: int | None, tokens_per_day: int | None
+    ) -> KeyRecord:
+        """Set the key's limits (None: no limit). ConditionFailedError if there is no such
+        key."""
+        limits = {"rpm": rpm, "concurrency": concurrency, "tokensPerDay": tokens_per_day}
+        given = {name: value for name, value in limits.items() if value is not None}
+        parts = []
+        if given:
+            parts.append("SET " + ", ".join(f"{name} = :{name}" for name in given))
+        if len(given) < len(limits):
+            parts.append("REMOVE " + ", ".join(n for n in limits if n not in given))
+        extra: dict[str, Any] = {"ExpressionAttributeValues": values(**given)} if given else {}
+        with condition(f"no key {key_id}"):
+            raw = self._client.update_item(
+                TableName=self.table,
+                Key=self._key(key_id),
+                UpdateExpression=" ".join(parts),
+                ConditionExpression="attribute_exists(pk)",
+                ReturnValues="ALL_NEW",
+                **extra,
+            )["Attributes"]
+        return key_record(decode(raw))
+
     # --- names -----------------------------------------------------------------------
 
     def _name_key(self, name: str) -> dict[str, Any]:

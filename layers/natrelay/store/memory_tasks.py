@@ -163,10 +163,11 @@ class MemoryTasks(TaskStorage):
         generation: int,
         now: float,
         llms: tuple[str, ...] | None = None,
+        asked: float | None = None,
     ) -> TaskRecord:
         # a task held here is claimed already: only pending tasks are claimed
         return await self._durable.claim(
-            task_id, session_id, key=key, generation=generation, now=now, llms=llms
+            task_id, session_id, key=key, generation=generation, now=now, llms=llms, asked=asked
         )
 
     async def add_chunk(
@@ -201,6 +202,7 @@ class MemoryTasks(TaskStorage):
             lease_until=now + task.lease_seconds,
             updated_at=now,
             relayed=task.relayed + relayed,
+            first_token_at=task.first_token_at or now,
         )
         if held.chunk_bytes > MAX_HELD_CHUNK_BYTES:
             await self._write(held)

@@ -1,4 +1,4 @@
-"""Sessions of the relay's own web pages (the status page) in DynamoDB (table `keys`).
+"""Sessions of the relay's own web pages (the console) in DynamoDB (table `keys`).
 
 pk `page#<SHA-256 of the session id>`, sk `session`: the page family the session is valid
 for, the key that opened it (its id, and the hash of the credential it logged in with),

@@ -161,6 +161,10 @@ class NewTask:
     affinity: str | None = None
     prefer: str | None = None
     prefer_until: float | None = None
+    # When the relay received the client's request (its timeline: service.timeline), and
+    # the W3C trace context the task carries to its publisher and backend.
+    received_at: float | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,13 @@ class TaskRecord:
     affinity: str | None = None
     prefer: str | None = None
     prefer_until: float | None = None
+    # Its timeline (service.timeline): when the relay received the client's request,
+    # when the poll that claimed it began asking, and when its first chunk came.
+    received_at: float | None = None
+    asked_at: float | None = None
+    first_token_at: float | None = None
+    # The W3C trace context it carries to its publisher and backend.
+    traceparent: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now

@@ -84,12 +84,13 @@ class TaskStorage(Protocol):
         generation: int,
         now: float,
         llms: tuple[str, ...] | None = None,
+        asked: float | None = None,
     ) -> TaskRecord:
         """pending -> claimed for this session of publisher key `key`, unless it expired,
         names another session as its target or prefers another member for a while yet
-        (and, with `llms`, only a task of one of those pools). ConditionFailedError
-        (`record`: the task as it was) if someone else got it, it ended, or it expired
-        while queued."""
+        (and, with `llms`, only a task of one of those pools); `asked`: when the poll that
+        claims it began (its timeline). ConditionFailedError (`record`: the task as it
+        was) if someone else got it, it ended, or it expired while queued."""
         ...
 
     async def add_chunk(
@@ -203,6 +204,8 @@ def queued_task(task: NewTask) -> TaskRecord:
         affinity=task.affinity,
         prefer=task.prefer,
         prefer_until=task.prefer_until,
+        received_at=task.received_at,
+        traceparent=task.traceparent,
     )
 
 

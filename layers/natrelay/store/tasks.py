@@ -89,6 +89,8 @@ class DynamoTaskStore:
             "slot": task.slot,
             "reserved": task.reserved or None,
             "expiresAt": int(task.expires_at),
+            "receivedAt": task.received_at,
+            "traceparent": task.traceparent,
         }
         if task.request is not None:
             item["requestSize"] = len(task.request)
@@ -180,11 +182,12 @@ class DynamoTaskStore:
         generation: int,
         now: float,
         llms: tuple[str, ...] | None = None,
+        asked: float | None = None,
     ) -> TaskRecord:
         """pending -> claimed for this session of publisher key `key`, unless it expired,
         names another session as its target, or prefers another member for a while yet
         (and, with `llms`, only a task of one of those pools: for ids a publisher names
-        itself).
+        itself); `asked`: when the claiming poll began (the task's timeline).
 
         ConditionFailedError (`record`: the task as it was) if someone else got it, it
         ended, or it expired while queued.
@@ -199,7 +202,7 @@ class DynamoTaskStore:
                 UpdateExpression="SET #state = :claimed, sessionId = :sid, claimedBy = :sid, "
                 "claimedKey = :key, "
                 "claimedGeneration = :gen, claimedAt = :now, leaseShard = :shard, "
-                "leaseUntil = :now + leaseSeconds, updatedAt = :now "
+                "leaseUntil = :now + leaseSeconds, updatedAt = :now, askedAt = :asked "
                 "ADD attempts :one REMOVE #queue",
                 ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {PREFERS_SESSION} "
                 f"AND {NOT_EXPIRED}" + (f" AND llm IN ({', '.join(pools)})" if pools else ""),
@@ -212,6 +215,7 @@ class DynamoTaskStore:
                     gen=generation,
                     shard=LEASE_SHARD,
                     now=now,
+                    asked=now if asked is None else min(asked, now),
                     one=1,
                     **{p.removeprefix(":"): name for p, name in pools.items()},
                 ),
@@ -235,7 +239,8 @@ class DynamoTaskStore:
                 TableName=self._table,
                 Key=task_key(task_id),
                 UpdateExpression="SET leaseUntil = :now + leaseSeconds, sentAny = :true, "
-                "updatedAt = :now ADD relayed :relayed",
+                "updatedAt = :now, firstTokenAt = if_not_exists(firstTokenAt, :now) "
+                "ADD relayed :relayed",
                 ConditionExpression=f"{STATE_IS} AND {CLAIMED_BY}",
                 ExpressionAttributeNames=STATE_NAMES,
                 ExpressionAttributeValues=values(

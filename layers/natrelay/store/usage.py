@@ -6,18 +6,14 @@ its limits turned away), one counter per
 minute (`m<HHMM>`, for requests per minute) and the string set `inflight` of requests holding a
 concurrency slot (`<request id>@<deadline>`). One conditional write admits a request
 against every limit at once (keys with limits only); one write at its end counts it
-and what it used.
-
-pk `llmusage#<name>`, sk `<YYYY-MM-DDTHH>`: a row's requests (`r<MM>`) and errors
-(`e<MM>`) per minute of the hour, for the status page's "last hour" (one write per
-request, two reads per row and page; kept two days).
+and what it used. (Each row's requests per hour: store.row_stats.)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from natrelay.store._dynamo import Item, condition, decode, items, off_loop, values
+from natrelay.store._dynamo import Item, condition, items, off_loop, values
 from natrelay.store.records import UsageRecord
 
 if TYPE_CHECKING:
@@ -169,46 +165,3 @@ class DynamoUsageStore:
             ConsistentRead=True,
         )
         return [usage_record(i) for i in found]
-
-    # --- per row: requests and errors per minute, for the status page -------------------
-
-    def _row_key(self, name: str, hour: str) -> dict[str, Any]:
-        return {"pk": {"S": f"llmusage#{name}"}, "sk": {"S": hour}}
-
-    @off_loop
-    def add_row_counts(
-        self, name: str, hour: str, counts: dict[str, tuple[int, int]], *, expires_at: float
-    ) -> None:
-        """Add requests and errors to the row's minutes of `hour` (`r<MM>`, `e<MM>`),
-        `counts` by minute (MM), in one write."""
-        adds, names, vals = [], {}, {"exp": int(expires_at)}
-        for i, (minute, (requests, errors)) in enumerate(sorted(counts.items())):
-            for tag, n in (("r", requests), ("e", errors)):
-                if n:
-                    names[f"#{tag}{i}"] = f"{tag}{minute}"
-                    vals[f"{tag}{i}"] = n
-                    adds.append(f"#{tag}{i} :{tag}{i}")
-        if not adds:
-            return
-        self._client.update_item(
-            TableName=self.table,
-            Key=self._row_key(name, hour),
-            UpdateExpression=f"ADD {', '.join(adds)} SET expiresAt = :exp",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values(**vals),
-        )
-
-    @off_loop
-    def row_minutes(self, name: str, hours: list[str]) -> dict[str, tuple[int, int]]:
-        """The row's (requests, errors) per `<hour><MM>` of these hours (one read each)."""
-        out: dict[str, tuple[int, int]] = {}
-        for hour in hours:
-            raw = self._client.get_item(
-                TableName=self.table, Key=self._row_key(name, hour), ConsistentRead=False
-            ).get("Item")
-            item = decode(raw) if raw else {}
-            for attr, value in item.items():
-                if attr[:1] == "r" and attr[1:].isdigit():
-                    minute = attr[1:]
-                    out[hour + minute] = (int(value), int(item.get(f"e{minute}", 0)))
-        return out

@@ -68,6 +68,10 @@ def _item(task: TaskRecord) -> Item:
         "relayed": task.relayed or None,
         "expiresAt": int(task.expires_at) if task.expires_at is not None else None,
         "wakeTarget": task.wake_target,
+        "receivedAt": task.received_at,
+        "askedAt": task.asked_at,
+        "firstTokenAt": task.first_token_at,
+        "traceparent": task.traceparent,
     }
     if task.state is TaskState.CLAIMED:
         item["leaseShard"] = LEASE_SHARD  # the sweep watches its lease from now on

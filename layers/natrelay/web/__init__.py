@@ -3,7 +3,7 @@
 Who may call what: `PUBLISHERS` (publisher keys) the publisher protocol, on their
 own sessions only; `CLIENTS` (client and admin keys) the models in their scope and
 their own tasks and usage; `ADMINS` keys, rows (apply, delete) and everyone's usage,
-and the status page (its own login: see web.status).
+and the console (its own login: see web.console.pages).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,8 +30,10 @@ from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
 from natrelay.web import openai_api as oa
 from natrelay.web import relay_api as api
-from natrelay.web import status
 from natrelay.web.chat import InferRequest
+from natrelay.web.console import keys as console_keys
+from natrelay.web.console import latency, overview, pages, recent, usage
+from natrelay.web.console import rows as console_rows
 from natrelay.web.doorbell import doorbell_socket
 from natrelay.web.endpoints import (
     ChatRequest,
@@ -52,6 +55,7 @@ from natrelay.wire import (
     ChunkBatch,
     HeartbeatRequest,
     KeyCreated,
+    KeyLimits,
     KeyList,
     KeySpec,
     KeyView,
@@ -170,6 +174,9 @@ OPERATIONS = [
         body=KeySpec, answer=KeyCreated, status=201),
     _op("GET", Paths.KEYS, ADMINS, admin.list_keys, "keys", answer=KeyList),
     _op("GET", Paths.KEY, ADMINS, admin.get_key, "a key", answer=KeyView),
+    _op("PATCH", Paths.KEY, ADMINS, admin.set_key_limits,
+        "change a key's limits (all three: one left out is unlimited)",
+        body=KeyLimits, answer=KeyView),
     _op("DELETE", Paths.KEY, ADMINS, admin.revoke_key, "revoke a key", answer=KeyView),
     _op("GET", Paths.KEY_USAGE, ADMINS, admin.key_usage, "a key's usage",
         answer=UsageView, params=("days",)),
@@ -192,14 +199,50 @@ OPERATIONS = [
         "Anthropic messages (the key also as x-api-key; errors Anthropic-shaped)",
         body=MessageRequest, stream=True, params=ONCE),
 ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Page:
+    """A console page: HTML for a browser with a live page session of `roles`; a POST
+    also carries the session's CSRF token (web.console.pages.guarded_page)."""
+
+    method: str
+    path: str
+    roles: frozenset[Role]
+    endpoint: pages.PageEndpoint
+    form_limit: int = pages.MAX_FORM_BYTES
+
+
+PAGES = [
+    Page("GET", Paths.CONSOLE, ADMINS, overview.overview),
+    Page("GET", Paths.CONSOLE_USAGE, ADMINS, usage.usage),
+    Page("GET", Paths.CONSOLE_LATENCY, ADMINS, latency.latency),
+    Page("GET", Paths.CONSOLE_REQUESTS, ADMINS, recent.requests),
+    Page("GET", Paths.CONSOLE_REQUEST, ADMINS, recent.request),
+    Page("GET", Paths.CONSOLE_KEYS, ADMINS, console_keys.keys),
+    Page("POST", Paths.CONSOLE_KEYS, ADMINS, console_keys.create),
+    Page("POST", Paths.CONSOLE_KEY_LIMITS, ADMINS, console_keys.limits),
+    Page("POST", Paths.CONSOLE_KEY_REVOKE, ADMINS, console_keys.revoke),
+    Page("GET", Paths.CONSOLE_ROWS, ADMINS, console_rows.rows),
+    Page("POST", Paths.CONSOLE_ROWS, ADMINS, console_rows.apply, pages.MAX_YAML_BYTES),
+    Page("POST", Paths.CONSOLE_ROW_DELETE, ADMINS, console_rows.delete),
+    Page("POST", Paths.CONSOLE_LOGOUT, ADMINS, pages.logout),
+]
 ROUTES = [
     Route(Paths.HEALTH, healthz),
     Route(Paths.METRICS, admin.metrics),
-    # HTML for browsers, with its own login (a cookie): see web.status.
-    Route(Paths.STATUS, status.status_page, methods=["GET"]),
-    Route(Paths.STATUS_LOGIN, status.login_page, methods=["GET"]),
-    Route(Paths.STATUS_LOGIN, status.login, methods=["POST"]),
-    Route(Paths.STATUS_LOGOUT, status.logout, methods=["POST"]),
+    # HTML for browsers, with its own login (a page session): see web.console.pages.
+    Route(Paths.CONSOLE_LOGIN, pages.login_page, methods=["GET"]),
+    Route(Paths.CONSOLE_LOGIN, pages.login, methods=["POST"]),
+    Route(Paths.STATUS, pages.to_console, methods=["GET"]),
+    *(
+        Route(
+            page.path,
+            pages.guarded_page(page.path, page.roles, page.endpoint, form_limit=page.form_limit),
+            methods=[page.method],
+        )
+        for page in PAGES
+    ),
     Route(Paths.OPENAPI, openapi_endpoint(OPERATIONS, public=[Paths.HEALTH, Paths.OPENAPI])),
     *(
         Route(Paths.route(op.path), guarded(op.path, op.roles, op.endpoint), methods=[op.method])
@@ -227,12 +270,13 @@ def create_app(settings: Settings | None = None, relay: Relay | None = None) -> 
                 sweeping.cancel()
                 await asyncio.gather(sweeping, return_exceptions=True)
             await relay.drain()  # what this process writes behind its answers, first
+            relay.tracing.flush()
 
     app = Starlette(
         routes=ROUTES,
         exception_handlers=HANDLERS,
         middleware=[
-            Middleware(RequestContext, metrics=relay.metrics),
+            Middleware(RequestContext, metrics=relay.metrics, tracing=relay.tracing),
             *host_guard(relay.settings.allowed_hosts),
         ],
         lifespan=lifespan,

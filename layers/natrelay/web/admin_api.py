@@ -14,7 +14,7 @@ from natrelay.service import Relay
 from natrelay.web import views
 from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_model
-from natrelay.wire import KeyList, KeySpec, Paths, Role, SecretPut, SecretView
+from natrelay.wire import KeyLimits, KeyList, KeySpec, Paths, Role, SecretPut, SecretView
 
 MAX_USAGE_DAYS = 400
 
@@ -41,6 +41,12 @@ async def list_keys(request: Request, relay: Relay) -> Response:
 
 async def get_key(request: Request, relay: Relay) -> Response:
     key = await relay.keys.get(request.path_params["key_id"])
+    return answer(views.key_view(key, relay.clock()))
+
+
+async def set_key_limits(request: Request, relay: Relay) -> Response:
+    limits = await read_model(request, relay.settings, KeyLimits)
+    key = await relay.keys.set_limits(request.path_params["key_id"], limits)
     return answer(views.key_view(key, relay.clock()))
 
 

@@ -71,6 +71,7 @@ async def with_fallbacks(
                 raise
             log.info("%s cannot serve (%s): served by its fallback %s", name, exc.code, alt)
             bind(servedBy=alt)
+            await relay.row_stats.fallback_used(name)  # the console's "fallbacks used today"
             response.headers[SERVED_BY_HEADER] = alt
             return response
         raise exc from None

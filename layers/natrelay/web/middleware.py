@@ -10,13 +10,14 @@ import logging
 import time
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from natrelay.metrics import Metrics
 from natrelay.observe import REQUEST_LOGGER, new_request_id, request_scope
-from natrelay.wire import ErrorCode, Paths
+from natrelay.wire import ErrorCode, Paths, trace
+from natrelay.wire.trace import Tracing
 
 log = logging.getLogger(REQUEST_LOGGER)
 
@@ -43,9 +44,10 @@ def aws_request_id(scope: Scope) -> str | None:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing or Tracing("natrelay-relay")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,10 +64,14 @@ class RequestContext:
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
-        with request_scope(request_id) as fields:
-            fields.update(method=scope["method"], path=scope["path"])
+        incoming = Headers(scope=scope).get(trace.HEADER)
+        method, path = scope["method"], scope["path"]
+        with request_scope(request_id) as fields, self.tracing.span(method, incoming) as span:
+            # the request's own span: in every log line, carried by its task
+            fields.update(method=method, path=path, traceparent=span.traceparent)
             try:
-                await self.app(scope, receive, send_with_id)
+                with trace.within(span.traceparent):
+                    await self.app(scope, receive, send_with_id)
             except Exception:
                 log.exception("unhandled error")
                 fields["errorCode"] = ErrorCode.INTERNAL_ERROR.value
@@ -74,6 +80,16 @@ class RequestContext:
             finally:
                 seconds = time.perf_counter() - started
                 fields.update(status=state["status"], durationMs=round(seconds * 1000, 1))
+                route = fields.get("route", path)
+                span.name = f"{method} {route}"
+                span.attributes.update(
+                    {
+                        "http.request.method": method,
+                        "http.route": route,
+                        "http.response.status_code": state["status"],
+                        "natrelay.request_id": request_id,
+                    }
+                )
                 log.log(log_level(scope["path"], state["status"]), "request")
                 self.metrics.request(fields.get("route", "-"), state["status"], seconds)
                 if "errorCode" in fields:

@@ -40,7 +40,7 @@ def not_found(method: str, path: str, base: str, templates: list[str]) -> str:
         return (
             f"{invalid}: this is a natrelay relay. OpenAI clients take {base}{V1} as their "
             f"base URL (GET {V1}/models lists the models); the anthropic SDK takes {base}. "
-            "Every path: GET /openapi.json; the status page: /status"
+            "Every path: GET /openapi.json; the console: /console"
         )
     twice = path.replace(f"{V1}{V1}/", f"{V1}/", 1)
     if twice != path and _served(twice, templates):

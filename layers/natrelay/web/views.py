@@ -192,6 +192,7 @@ def polled_task(task: TaskRecord) -> PolledTask:
         wake_id=task.wake_id,
         lease_seconds=task.lease_seconds,
         endpoint=task.endpoint,
+        traceparent=task.traceparent,
     )
 
 

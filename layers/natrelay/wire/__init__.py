@@ -73,6 +73,7 @@ from natrelay.wire.rows import (
 )
 from natrelay.wire.views import (
     KeyCreated,
+    KeyLimits,
     KeyList,
     KeySpec,
     KeyView,
@@ -119,6 +120,7 @@ __all__ = [
     "ErrorType",
     "HeartbeatRequest",
     "KeyCreated",
+    "KeyLimits",
     "KeyList",
     "KeySpec",
     "KeyView",

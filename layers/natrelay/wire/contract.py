@@ -211,10 +211,22 @@ class Paths:
     EMBEDDINGS = "/v1/embeddings"
     RESPONSES = "/v1/responses"
     MESSAGES = "/v1/messages"
-    # The status page (HTML, admins; a login form sets its cookie).
+    # The console (HTML, admins; a login form opens its session): web.console.
+    CONSOLE = "/console"
+    CONSOLE_LOGIN = "/console/login"
+    CONSOLE_LOGOUT = "/console/logout"
+    CONSOLE_USAGE = "/console/usage"
+    CONSOLE_LATENCY = "/console/latency"
+    CONSOLE_REQUESTS = "/console/requests"
+    CONSOLE_REQUEST = "/console/requests/{task_id}"
+    CONSOLE_KEYS = "/console/keys"
+    # Forms post here (the key or row they change is a field of the form).
+    CONSOLE_KEY_LIMITS = "/console/keys/limits"
+    CONSOLE_KEY_REVOKE = "/console/keys/revoke"
+    CONSOLE_ROWS = "/console/rows"
+    CONSOLE_ROW_DELETE = "/console/rows/delete"
+    # The status page became the console's overview: it sends browsers there.
     STATUS = "/status"
-    STATUS_LOGIN = "/status/login"
-    STATUS_LOGOUT = "/status/logout"
 
     @staticmethod
     def route(template: str) -> str:

@@ -276,6 +276,9 @@ class PolledTask(Answer):
     # The API the request is for (`Endpoint`; a str so that a newer relay's endpoint
     # reaches an older publisher as a task it refuses, not as a poll it cannot read).
     endpoint: str = Endpoint.CHAT.value
+    # The W3C trace context of the relay's span for the request (wire.trace): the
+    # publisher runs the task in a span under it and sends its own to the backend.
+    traceparent: str | None = None
 
 
 class PollResponse(Answer):

@@ -87,16 +87,21 @@ def _model_pattern(value: str) -> str:
 ModelPattern = Annotated[str, AfterValidator(_model_pattern)]
 
 
-class KeySpec(WireModel):
+class KeyLimits(WireModel):
+    """A key's limits, all three at once: one left out (or null) is unlimited."""
+
+    rpm: int | None = Field(default=None, ge=1, le=1_000_000)
+    concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=10**15)
+
+
+class KeySpec(KeyLimits):
     """A key to create. Limits left out are unlimited; `models` left out allows all."""
 
     role: Role
     label: str = Field(min_length=1, max_length=200)
     # Model names or glob patterns (`llama-*`, `*:8b`), as fnmatch reads them.
     models: list[ModelPattern] | None = Field(default=None, max_length=100)
-    rpm: int | None = Field(default=None, ge=1, le=1_000_000)
-    concurrency: int | None = Field(default=None, ge=1, le=10_000)
-    tokens_per_day: int | None = Field(default=None, ge=1, le=10**15)
     # The class its requests queue in (a request may lower it, never raise it).
     priority: Priority = Priority.INTERACTIVE
     expires_in_seconds: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)

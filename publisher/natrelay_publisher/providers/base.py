@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from natrelay.wire import Endpoint, ErrorCode
+from natrelay_publisher import tracing
 from natrelay_publisher.errors import BackendFailedError
 from natrelay_publisher.redact import describe, public_url
 from natrelay_publisher.types import Chunk, JSONObject, ProviderSettings
@@ -103,7 +104,12 @@ def backend_client(config: ProviderSettings) -> httpx.AsyncClient:
     if config.api_key is not None:
         headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
     timeout = httpx.Timeout(config.timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
-    return httpx.AsyncClient(base_url=config.base_url or "", headers=headers, timeout=timeout)
+    return httpx.AsyncClient(
+        base_url=config.base_url or "",
+        headers=headers,
+        timeout=timeout,
+        event_hooks=tracing.HOOKS,  # the task's traceparent to the backend
+    )
 
 
 def error_message(status: int, body: bytes | str) -> str:
