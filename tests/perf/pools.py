@@ -25,14 +25,6 @@ from tests.perf.load import Target, run_load
 from tests.perf.procs import CLIENT_TOKEN, Backend, Stack
 
 
-def _ops(stack: Stack) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for stats in stack.stats():
-        for op, n in stats["ops"].items():
-            total[op] = total.get(op, 0) + n
-    return total
-
-
 def _per(ops: dict[str, int], n: float) -> dict[str, float]:
     return {op: round(count / n, 2) for op, count in sorted(ops.items())}
 
@@ -45,7 +37,7 @@ def measure(stack: Stack, target: Target, *, count: int, idle: float) -> dict[st
         samples = asyncio.run(
             run_load(target, concurrency=concurrency, count=count, seconds=60, tag="load")
         )
-        ops = _ops(stack)
+        ops = stack.ops()
         done = max(1, len(samples.latencies))
         out[f"c={concurrency}"] = {
             "n": len(samples.latencies),
@@ -55,7 +47,7 @@ def measure(stack: Stack, target: Target, *, count: int, idle: float) -> dict[st
         }
     stack.reset()
     time.sleep(idle)
-    ops = _ops(stack)
+    ops = stack.ops()
     out["idle"] = {
         "windowSeconds": idle,
         "requestsPerMinute": round(sum(ops.values()) * 60 / idle, 1),

@@ -259,6 +259,14 @@ class Stack:
             return list(self.pool_stats()["instances"])
         return [api.stats() for api in self.apis]
 
+    def ops(self) -> dict[str, int]:
+        """DynamoDB requests by operation since the last reset, all API processes."""
+        total: dict[str, int] = {}
+        for stats in self.stats():
+            for op, n in stats["ops"].items():
+                total[op] = total.get(op, 0) + n
+        return total
+
     def pool_stats(self) -> dict[str, Any]:
         """The Lambda pool's counts (`pool`) and its instances' stats (`instances`)."""
         response = httpx.get(f"{self.client_api.url}/_pool/stats", timeout=60)

@@ -372,14 +372,6 @@ def share_phase(
 # --- DynamoDB in Lambda mode ---------------------------------------------------------------
 
 
-def _ops(stack: Stack) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for stats in stack.stats():
-        for op, n in stats["ops"].items():
-            total[op] = total.get(op, 0) + n
-    return total
-
-
 def lambda_phase(moto: str, logdir: Path, url: str, profile: Profile) -> dict[str, Any]:
     """DynamoDB requests per inference in Lambda mode (two members on the doorbell, as
     deployed), conversations of 4 turns one request at a time: affinity off and on."""
@@ -404,7 +396,7 @@ def lambda_phase(moto: str, logdir: Path, url: str, profile: Profile) -> dict[st
             turns = asyncio.run(
                 conversations(s.client_api.url, load, IdleWatch(PrefixBackend(), []), seed=11)
             )
-            ops = _ops(s)
+            ops = s.ops()
             out[arm] = {
                 "n": len(turns),
                 "requestsPerInference": round(sum(ops.values()) / len(turns), 2),
