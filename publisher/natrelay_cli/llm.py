@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from natrelay.wire import ApplyResult, LlmList, LlmRow, Paths
+from natrelay.wire import ApplyResult, LlmDocument, LlmList, LlmRow, Paths
 from natrelay.wire.documents import DocumentError, placed, read_documents
 from natrelay_cli.admin import (
     AdminClient,
@@ -80,11 +82,16 @@ def _read(path: str) -> str:
         raise CommandError(f"{path}: cannot read it: {exc}", EXIT_USAGE) from exc
 
 
-def documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The YAML documents of a file, checked (natrelay.wire.documents); CommandError
-    (exit 2) names the file, the document and the field at fault."""
+def documents(
+    text: str,
+    source: str,
+    model: type[BaseModel] = LlmDocument,
+    prepare: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The YAML documents of a file, checked against `model` (natrelay.wire.documents);
+    CommandError (exit 2) names the file, the document and the field at fault."""
     try:
-        return read_documents(text, source)
+        return read_documents(text, source, model, prepare)
     except DocumentError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
 
@@ -112,6 +119,29 @@ def _apply(client: AdminClient, args: argparse.Namespace) -> None:
         print(f"{applied.name}: {applied.action}{detail}")
 
 
+Run = Callable[[AdminClient, argparse.Namespace], None]
+
+
+def manage_commands(
+    parser: Any, dest: str, runs: dict[str, Run], helps: dict[str, str], apply_about: str
+) -> None:
+    """`list`, `get NAME`, `apply -f FILE` and `delete NAME` under `parser` (the same
+    options for rows and agents), running `runs[command]`."""
+    sub = parser.add_subparsers(dest=dest, required=True, metavar="COMMAND")
+    listing = sub.add_parser("list", help=helps["list"])
+    listing.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    get = sub.add_parser("get", help=helps["get"])
+    get.add_argument("name")
+    get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    apply = sub.add_parser("apply", help=helps["apply"], description=apply_about)
+    apply.add_argument("-f", "--file", required=True, metavar="FILE", help="YAML; - for stdin")
+    delete = sub.add_parser("delete", help=helps["delete"])
+    delete.add_argument("name")
+    for command, each in (("list", listing), ("get", get), ("apply", apply), ("delete", delete)):
+        connection(each)
+        each.set_defaults(run=runs[command])
+
+
 def add_commands(commands: Any) -> None:
     """Add `llm` and its subcommands to the `natrelay` parser's subcommands."""
     llm = commands.add_parser(
@@ -119,28 +149,18 @@ def add_commands(commands: Any) -> None:
         help="list, read, apply and delete the relay's LLM rows (admin)",
         description="Read and manage the relay's LLM rows. Needs an admin token.",
     )
-    sub = llm.add_subparsers(dest="llm_command", required=True, metavar="COMMAND")
-    listing = sub.add_parser("list", help="every row: name, kind, status, members, queue")
-    listing.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    connection(listing)
-    listing.set_defaults(run=_list)
-    get = sub.add_parser("get", help="one row, with its pool")
-    get.add_argument("name")
-    get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
-    connection(get)
-    get.set_defaults(run=_get)
-    apply = sub.add_parser(
-        "apply",
-        help="create or change rows from YAML documents (all or none)",
-        description="Create or change public rows, and the admin settings of virtual rows "
+    manage_commands(
+        llm,
+        "llm_command",
+        {"list": _list, "get": _get, "apply": _apply, "delete": _delete},
+        {
+            "list": "every row: name, kind, status, members, queue",
+            "get": "one row, with its pool",
+            "apply": "create or change rows from YAML documents (all or none)",
+            "delete": "delete a row and release its name",
+        },
+        "Create or change public rows, and the admin settings of virtual rows "
         "(description, tier, fallbacks, pool settings), from YAML documents. Lifecycle "
         "fields (status, heartbeats, members, ...) are ignored: the output of `get -o yaml` "
         "applies as it is.",
     )
-    apply.add_argument("-f", "--file", required=True, metavar="FILE", help="YAML; - for stdin")
-    connection(apply)
-    apply.set_defaults(run=_apply)
-    delete = sub.add_parser("delete", help="delete a row and release its name")
-    delete.add_argument("name")
-    connection(delete)
-    delete.set_defaults(run=_delete)

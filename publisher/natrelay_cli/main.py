@@ -1,5 +1,5 @@
-"""The `natrelay` command: `publish` (natrelay_publisher), `keys`, `llm` and `secrets` (the
-relay's admin API), and `dev` (natrelay_infra, from the `local` extras)."""
+"""The `natrelay` command: `publish` (natrelay_publisher), `keys`, `llm`, `agent` and
+`secrets` (the relay's admin API), and `dev` (natrelay_infra, from the `local` extras)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from natrelay_cli import admin, keys, llm, publish, secrets
+from natrelay_cli import admin, agent, keys, llm, publish, secrets
 from natrelay_cli.exits import EXIT_USAGE
 
 
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     keys.add_commands(commands)
     llm.add_commands(commands)
+    agent.add_commands(commands)
     secrets.add_commands(commands)
     return parser
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["dev"]:
         return _dev(args[1:])
     options = _parser().parse_args(args)
-    if options.command in ("keys", "llm", "secrets"):
+    if options.command in ("keys", "llm", "agent", "secrets"):
         return admin.run(options)
     return publish.run(options)
 

@@ -26,7 +26,9 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from natrelay.wire import MAX_ALIASES, MAX_WAIT_SECONDS, Endpoint, LlmName
-from natrelay_publisher.errors import ConfigError, PluginError
+from natrelay.wire.agents import MAX_AGENTS
+from natrelay_publisher.agents import AgentConfig
+from natrelay_publisher.errors import ConfigError, PluginError, field_path, yaml_reason
 from natrelay_publisher.providers import PROVIDERS
 from natrelay_publisher.providers.base import servable
 from natrelay_publisher.recipes import RECIPES, RecipeConfig
@@ -257,6 +259,7 @@ class ProviderConfig(_Model):
 class PublisherConfig(_Model):
     relay: RelayConfig
     providers: list[ProviderConfig] = Field(min_length=1)
+    agents: list[AgentConfig] = Field(default_factory=list, max_length=MAX_AGENTS)
     # `otlp`: export a span per task over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (needs
     # `pip install 'natrelay[otel]'`); off, the trace context still travels and is logged.
     tracing: Literal["off", "otlp"] = "off"
@@ -276,6 +279,10 @@ class PublisherConfig(_Model):
                         f"{alias!r} is already a name or an alias here",
                     )
                 seen.add(alias)
+        for index, agent in enumerate(self.agents):
+            if agent.name in seen:
+                raise field_error(("agents", index, "name"), f"{agent.name!r} is already a name")
+            seen.add(agent.name)
         if not any(provider.publish for provider in self.providers):
             raise field_error(("providers",), "no provider has `publish: true`")
         return self
@@ -300,14 +307,6 @@ class PublisherConfig(_Model):
         return [provider for provider in self.providers if provider.publish]
 
 
-def field_path(loc: tuple[str | int, ...]) -> str:
-    """`('providers', 0, 'maxConcurrency')` → `providers[0].maxConcurrency`."""
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
 def _keys_at(data: Any, loc: tuple[str | int, ...]) -> list[str] | None:
     """The keys the mapping at `loc` may have, or None when that is not known here."""
     model: type[BaseModel] | None = None
@@ -315,6 +314,8 @@ def _keys_at(data: Any, loc: tuple[str | int, ...]) -> list[str] | None:
         model = PublisherConfig
     elif loc == ("relay",):
         model = RelayConfig
+    elif len(loc) == 2 and loc[0] == "agents":
+        model = AgentConfig
     elif len(loc) >= 2 and loc[0] == "providers" and isinstance(loc[1], int):
         try:
             provider = data["providers"][loc[1]]
@@ -386,12 +387,5 @@ def load_config(path: str | Path) -> PublisherConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {_yaml_reason(exc)}") from exc
+        raise ConfigError(f"{source}: invalid YAML: {yaml_reason(exc)}") from exc
     return parse_config(data, source, path=path)
-
-
-def _yaml_reason(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return " ".join(str(exc).split())

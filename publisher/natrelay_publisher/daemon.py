@@ -54,6 +54,7 @@ class Publisher:
         self.session_file = SessionFile(config.session_file)
         self.slots: dict[str, ProviderSlot] = {}
         self.session = Session(self.relay, config.relay, self.session_file, self.slots)
+        self.session.agents = [agent.spec() for agent in config.agents]
         self.waker = Waker(self.session.beat_quietly)
         self.tracing = Tracing("natrelay-publisher", export=config.tracing == "otlp")
         self.runner = TaskRunner(self.relay, self.slots, self.waker, self.session, self.tracing)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from natrelay.wire import ErrorCode
 
 
@@ -80,3 +82,18 @@ class TaskGoneError(RelayCallError):
 
 class SessionFileBusyError(PublisherError):
     """Another publisher process uses the same session file."""
+
+
+def field_path(loc: tuple[str | int, ...]) -> str:
+    """`('providers', 0, 'maxConcurrency')` → `providers[0].maxConcurrency`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())

@@ -57,8 +57,9 @@ class Health:
         return min(self.ceiling, max(self.base, SLOW_FACTOR * slowest))
 
     async def check(self, probe: Callable[[], Awaitable[bool]]) -> bool | None:
-        """Ask the backend (`probe`) within the timeout. None: no verdict (it is busy, or
-        became busy while asked: its requests judge it)."""
+        """Ask the backend (`probe`) within the timeout; a probe that raises says it is
+        down (a plugin's bug must not stop the publisher). None: no verdict (it is busy,
+        or became busy while asked: its requests judge it)."""
         if self.busy:
             return None
         started, timeout = self.clock(), self.timeout
@@ -68,6 +69,9 @@ class Health:
                 up = await probe()
         except TimeoutError:
             self.problem = f"no answer within {timeout:g} s (healthTimeoutSeconds)"
+            up = False
+        except Exception as exc:  # a plugin's check that raises says "not available"
+            self.problem = f"its availability check raised {type(exc).__name__}: {exc}"
             up = False
         if self.busy:
             return None

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from natrelay.wire import (
+    AgentSpec,
     HeartbeatRequest,
     LlmStatus,
     RegisterRequest,
@@ -59,6 +60,8 @@ class Session:
         self.config = config
         self.session_file = session_file
         self.slots = slots
+        # The agents it publishes with its providers (natrelay_publisher.agents).
+        self.agents: list[AgentSpec] = []
         self.id: str | None = None
         self.generation: int | None = None
         # Bumped by each registration: the doorbell binds to a registration, not a process.
@@ -108,6 +111,7 @@ class Session:
             request = RegisterRequest(
                 providers=[self.slots[name].spec() for name in names],
                 provider_session_id=session_id,
+                agents=self.agents,
             )
             try:
                 answer = await retrying(functools.partial(self.relay.register, request))

@@ -118,17 +118,24 @@ def run(n: int) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="requests per measurement")
+def measure(
+    run_it: Callable[[int], dict[str, Any]], argv: list[str] | None, about: str, n: int
+) -> int:
+    """The command line of a measurement: `--n` requests, `--out FILE`; prints JSON."""
+    parser = argparse.ArgumentParser(description=about)
+    parser.add_argument("--n", type=int, default=n, help="requests per measurement")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    result = run(args.n)
+    result = run_it(args.n)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return measure(run, argv, __doc__.splitlines()[0], 200)
 
 
 if __name__ == "__main__":

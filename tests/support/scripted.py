@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel
 
 from natrelay.wire import (
+    AgentSpec,
     ChunkBatch,
     Paths,
     PollRequest,
@@ -77,6 +78,7 @@ class ScriptedPublisher:
     providers: list[dict[str, Any]]
     answer: Answer = echo_answer
     session_id: str | None = None
+    agents: list[dict[str, Any]] = field(default_factory=list)
     seen: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -99,6 +101,7 @@ class ScriptedPublisher:
         request = RegisterRequest(
             providers=[ProviderSpec.model_validate(p) for p in self.providers],
             provider_session_id=self.session_id,
+            agents=[AgentSpec.model_validate(a) for a in self.agents],
         )
         resp = self.send(Paths.REGISTER, request)
         resp.raise_for_status()

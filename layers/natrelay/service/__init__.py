@@ -11,6 +11,8 @@
   · suggest (what an unknown model name meant) · upstream (public rows' calls) ·
   outcomes (how a task that did not complete fails)
 * every task: endings (a task ended: its usage and waiters; force-finishing one)
+* agents: agents (which rows serve an agent, its status, admins' apply) ·
+  agent_bodies (a request as an agent sends it)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage
   (limits and counts per key) · metering (what a request may use, and used) · rows
   (admins' apply) · redaction (secrets out of relayed text)
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from natrelay.metrics import Metrics
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access, Principal
+from natrelay.service.agents import Agents
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
@@ -94,6 +97,8 @@ class Relay:
     history: History
     recent: RecentRequests
     page_sessions: PageSessions
+    # Agents: the rows that serve each, its status, admins' apply.
+    agents: Agents
     # Spans of this process: exported over OTLP only when configured (wire.trace).
     tracing: Tracing
     # The relay's own sweeper (in server mode it shares the tasks this process holds),

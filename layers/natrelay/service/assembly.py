@@ -24,6 +24,7 @@ from natrelay.service import Relay
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access
 from natrelay.service.affinity import Affinity
+from natrelay.service.agents import Agents
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
 from natrelay.service.claims import Claims
@@ -168,6 +169,10 @@ class Assembly:
         return Catalog(self.ctx, self.affinity, self.speeds)
 
     @cached_property
+    def agents(self) -> Agents:
+        return Agents(self.ctx, self.catalog)
+
+    @cached_property
     def access(self) -> Access:
         return Access(self.ctx)
 
@@ -220,9 +225,10 @@ class Assembly:
             upstreams=self.upstreams,
             rows=RowAdmin(ctx, self.upstreams.read_key),
             row_stats=self.row_stats,
-            board=Board(ctx, self.row_stats),
+            board=Board(ctx, self.row_stats, self.agents),
             history=History(ctx, self.usage, self.row_stats),
             recent=RecentRequests(ctx),
+            agents=self.agents,
             page_sessions=PageSessions(ctx, self.access),
             tracing=Tracing("natrelay-relay", export=self.settings.tracing == "otlp"),
             sweeper=self.sweeper,

@@ -1,5 +1,5 @@
 """What the console's overview shows: every row with its pool, queue, wake and recent
-requests, and every key's usage today."""
+requests, every agent with its target and status, and every key's usage today."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 
 from natrelay.service.access import STATIC_IDS
+from natrelay.service.agents import Agents
 from natrelay.service.context import Context
 from natrelay.service.dispatch import ClassQueue, by_class
 from natrelay.service.row_stats import Recent, RowStats
@@ -43,6 +44,14 @@ class RowState:
 
 
 @dataclass(frozen=True)
+class AgentState:
+    agent: LlmRecord
+    status: LlmStatus
+    # Its last hour and today (counted as its rows' are); None when not counted.
+    recent: Recent | None
+
+
+@dataclass(frozen=True)
 class KeyToday:
     key_id: str
     label: str
@@ -52,11 +61,12 @@ class KeyToday:
 
 
 class Board:
-    def __init__(self, ctx: Context, rows: RowStats) -> None:
+    def __init__(self, ctx: Context, rows: RowStats, agents: Agents) -> None:
         self.stores = ctx.stores
         self.liveness = ctx.liveness
         self.clock = ctx.clock
         self.row_stats = rows
+        self.agents = agents
 
     async def rows(self) -> list[RowState]:
         """Every row (a scan, and per row a queue count and one Query of its hours, and
@@ -78,7 +88,7 @@ class Board:
                 recent=recent,
             )
 
-        rows = await self.stores.llms.all()
+        rows = [r for r in await self.stores.llms.all() if r.agent is None]
         states = await asyncio.gather(*(state(r) for r in rows))
         running = await self._running({m.session_id for s in states for m in s.members})
         return sorted(
@@ -86,6 +96,19 @@ class Board:
              for s in states),
             key=lambda s: s.row.name,
         )  # fmt: skip
+
+    async def agent_states(self) -> list[AgentState]:
+        """Every agent, with its status (its rows') and its recent requests."""
+        await self.row_stats.flush()
+
+        async def state(agent: LlmRecord) -> AgentState:
+            status, recent = await asyncio.gather(
+                self.agents.status(agent), self.row_stats.recent(agent.name)
+            )
+            return AgentState(agent, status, recent)
+
+        agents = [r for r in await self.stores.llms.all() if r.agent is not None]
+        return list(await asyncio.gather(*(state(a) for a in agents)))
 
     async def _running(self, session_ids: set[str]) -> dict[str, int | None]:
         """How many tasks each session's publisher said it runs in its last heartbeat (one

@@ -51,8 +51,8 @@ class Catalog:
         self.clock = ctx.clock
 
     async def all(self, principal: Principal) -> list[LlmRecord]:
-        """Every row the caller may use."""
-        return [r for r in await self.llms.all() if principal.may_use(r.name)]
+        """Every row the caller may use (agents are service.agents')."""
+        return [r for r in await self.llms.all() if r.agent is None and principal.may_use(r.name)]
 
     async def serving_rows(self, principal: Principal) -> list[LlmRecord]:
         """Rows the caller may use that can answer now: active, or hibernating and
@@ -122,6 +122,10 @@ class Catalog:
     async def pool(self, principal: Principal, name: str) -> Pool:
         """The row with its pool: live members (with what they say they run) and queue."""
         row = await self.get(principal, name)
+        if row.agent is not None:
+            raise LlmNotFoundError(
+                f"{name!r} is an agent, not a row: GET /v1/models/{name} shows it", param="name"
+            )
         now = self.clock()
         members: list[tuple[MemberRecord, int | None, Speed | None]] = []
         for member in row.live_members(now, self.liveness.timeout):

@@ -79,6 +79,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint = Endpoint.CHAT,
         fast: bool = True,
+        agent: str | None = None,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
         backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
@@ -101,6 +102,7 @@ class Queue:
             fast=fast,
             reserve=reservation(body, len(raw)),
             talk=talk,
+            agent=agent,
         )
 
     async def submit_once(
@@ -112,6 +114,7 @@ class Queue:
         stream: bool,
         key: str,
         endpoint: Endpoint = Endpoint.CHAT,
+        agent: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
         the result retention: then the task it started (and True: nothing new runs).
@@ -150,6 +153,7 @@ class Queue:
                 once=(once, gone),
                 reserve=reservation(body, len(raw)),
                 talk=talk,
+                agent=agent,
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -192,6 +196,7 @@ class Queue:
         fast: bool = False,
         reserve: int = 0,
         talk: Talk | None = None,
+        agent: str | None = None,
     ) -> TaskRecord:
         received = self.clock()  # the start of its timeline (service.timeline)
         row, status = await self._open_pool(principal, name, endpoint)
@@ -217,6 +222,7 @@ class Queue:
                 wake=wake,
                 stream=stream,
                 endpoint=endpoint,
+                agent=agent,
                 received=received,
             )
             if route.key is not None:
@@ -248,6 +254,8 @@ class Queue:
         status; refused for a public row, a pool that cannot answer, or an endpoint it
         does not serve. Members found dead leave the pool on the way."""
         row = await self.catalog.get(principal, name)
+        if row.agent is not None:  # agents are routed to their rows before the queue
+            raise PublisherOfflineError(f"{name!r} is an agent: it has no queue of its own")
         if row.public:
             raise InvalidRequestError(
                 f"{name!r} is a public row: the relay calls it at once, without a task; "
@@ -299,6 +307,7 @@ class Queue:
         stream: bool,
         endpoint: Endpoint,
         received: float,
+        agent: str | None = None,
     ) -> NewTask:
         """The infer task of the request; its lease covers the wake it waits for. It
         carries the request's trace context (wire.trace) to its publisher."""
@@ -324,6 +333,7 @@ class Queue:
             limited=admission.slot is not None or principal.tokens_per_day is not None,
             priority=principal.priority,
             queue_order=queue_order(principal.priority, now, s.batch_aging_seconds),
+            agent=agent,
             received_at=received,
             traceparent=trace.current.get(),
         )

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from natrelay.batching import Batch
@@ -138,20 +138,20 @@ class RowStats:
     async def ended(self, task: TaskRecord, *, error: bool, tokens: tuple[int, int]) -> None:
         """Count a task that ended, with its times and legs (service.timeline) when a
         member ran it: one read more for a request that waited for a wake (when the wake
-        ended). Never raises (bookkeeping)."""
+        ended); for its row, and for the agent called, if one was. Never raises
+        (bookkeeping)."""
         if not self.on:
             return
         if task.claimed_at is None or not task.state.done:
-            await self.count(Sample(task.llm, error, *tokens))  # no member ran it: no times
-            return
-        try:
-            wake = await self.tasks.get(task.wake_id, self.clock()) if task.wake_id else None
-        except Exception:  # bookkeeping: the wake's time then counts as the backend's
-            log.exception("the wake of task %s not read", task.id)
-            wake = None
-        marks = Marks.of(task, wake)
-        await self.count(
-            Sample(
+            sample = Sample(task.llm, error, *tokens)  # no member ran it: no times
+        else:
+            try:
+                wake = await self.tasks.get(task.wake_id, self.clock()) if task.wake_id else None
+            except Exception:  # bookkeeping: the wake's time then counts as the backend's
+                log.exception("the wake of task %s not read", task.id)
+                wake = None
+            marks = Marks.of(task, wake)
+            sample = Sample(
                 task.llm,
                 error,
                 *tokens,
@@ -159,7 +159,9 @@ class RowStats:
                 whole_ms=marks.whole_ms,
                 legs=marks.legs(),
             )
-        )
+        await self.count(sample)
+        if task.agent is not None:  # the agent the client called counts it too
+            await self.count(replace(sample, llm=task.agent))
 
     async def flush(self) -> None:
         """Write the counts this process holds (long-lived mode) now."""

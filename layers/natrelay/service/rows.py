@@ -16,7 +16,7 @@ from natrelay.wire import PUBLIC, PUBLIC_TYPES, VIRTUAL, Applied, LlmDocument
 
 # What only public rows have, and what only virtual rows have.
 UPSTREAM_FIELDS = ("base_url", "api_key", "timeout_seconds")
-POOL_FIELDS = ("max_queue_depth", "wake_after_queue_seconds")
+POOL_FIELDS = ("max_queue_depth", "wake_after_queue_seconds", "shared_pool")
 
 KeyReader = Callable[[dict[str, Any]], Coroutine[Any, Any, str]]
 
@@ -87,6 +87,8 @@ class RowAdmin:
     async def _plan(self, doc: LlmDocument, current: LlmRecord | None) -> RowWrite:
         given = doc.given()
         kind = doc.kind or (current.kind if current else None)
+        if current is not None and current.agent is not None:
+            raise _Refusal("name", "it is an agent: change it with natrelay agent apply")
         if current is None:
             if kind != PUBLIC:
                 raise _Refusal(
@@ -194,7 +196,7 @@ class RowAdmin:
             doc,
             given,
             row,
-            ("max_queue_depth", "wake_after_queue_seconds"),
+            POOL_FIELDS,
             sets=sets,
             removes=removes,
         )

@@ -13,13 +13,20 @@ from natrelay.errors import (
     SessionNotFoundError,
 )
 from natrelay.service.access import STATIC_IDS, Principal
+from natrelay.service.agents import record_of
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
 from natrelay.service.ids import new_session_id
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.pools import Pools
-from natrelay.store import ConditionFailedError, LlmRecord, NameHeldError, SessionRecord
-from natrelay.store.records import PUBLIC_OWNER
+from natrelay.store import (
+    AgentWrite,
+    ConditionFailedError,
+    LlmRecord,
+    NameHeldError,
+    SessionRecord,
+)
+from natrelay.store.records import AGENT_OWNER, PUBLIC_OWNER
 from natrelay.store.sessions import NamesFullError
 from natrelay.wire import (
     MAX_RUNNING_TASKS,
@@ -65,9 +72,10 @@ def _too_many(cap: int, owned: int) -> NameLimitError:
 def _held(exc: NameHeldError, principal: Principal) -> NameOwnedError | NameTakenError:
     row = exc.record if isinstance(exc.record, LlmRecord) else None
     owner = exc.owner or (row.owner if row else None)
-    if owner == PUBLIC_OWNER:
+    if owner in (PUBLIC_OWNER, AGENT_OWNER):
+        what = "a public row" if owner == PUBLIC_OWNER else "an agent"
         return NameOwnedError(
-            f"the name {exc.name!r} is a public row an admin manages; choose another name",
+            f"the name {exc.name!r} is {what} an admin manages; choose another name",
             param="providers.name",
         )
     if owner is not None and owner != principal.key_id:
@@ -137,6 +145,8 @@ class Sessions:
         owned = await self.stores.keys.owned(principal.key_id)
         names = {p.name.lower() for p in req.providers}
         names |= {a.lower() for p in req.providers for a in p.aliases}
+        names |= {a.name.lower() for a in req.agents}
+        agents = tuple(AgentWrite(a.name, record_of(a), a.description) for a in req.agents)
         new = len(names - owned)
         if len(owned) + new > cap:
             raise _too_many(cap, len(owned))
@@ -151,6 +161,7 @@ class Sessions:
                     expires_at=self._expires_at(now),
                     new_names=new,
                     max_names=cap,
+                    agents=agents,
                 )
                 break
             except NameHeldError as exc:
@@ -162,12 +173,12 @@ class Sessions:
                     raise
                 session_id, before = new_session_id(), None
         if before is not None and before.owner == principal.key_id:
-            await self._retire(session, set(before.names) - set(session.names))
+            await self._retire(session, set(before.beaten) - set(session.beaten))
         log.info(
             "session %s of key %s registered %s",
             fingerprint(session_id),
             principal.key_id,
-            [r.name for r in rows],
+            [r.name for r in rows] + [f"agent {a}" for a in session.agents],
         )
         return self._seen(Registration(session, rows))
 
@@ -194,7 +205,7 @@ class Sessions:
             running = None  # too many to keep on the session: its leases stay as they were
         rows: list[LlmRecord] = []
         try:
-            for name in session.names:
+            for name in session.beaten:
                 rows.append(
                     await self.stores.llms.beat(name, session.id, now, status=reported.get(name))
                 )
@@ -249,7 +260,7 @@ class Sessions:
                 session.id,
                 owner=session.owner or "",
                 generation=session.generation,
-                names=session.names,
+                names=session.beaten,
                 now=now,
                 expires_at=self._expires_at(now),
                 running=running if running is None or len(running) <= MAX_RUNNING_TASKS else None,
@@ -260,7 +271,7 @@ class Sessions:
 
     async def deregister(self, principal: Principal, req: SessionRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)
-        rows = await self.pools.leave(session, session.names, "its publisher shut down")
+        rows = await self.pools.leave(session, session.beaten, "its publisher shut down")
         await self.stores.sessions.delete(session.id)
         # what it holds goes back to its pools: what this process holds for it, and what
         # it last said it runs

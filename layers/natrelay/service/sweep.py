@@ -89,6 +89,8 @@ class Sweeper:
             if row is None:
                 continue
             sessions.update(m.session_id for m in row.live_members(now, self.liveness.timeout))
+            if row.agent is not None:
+                continue  # an agent has no queue
             depth, oldest = await self.stores.queues.depth(name, QUEUE_COUNT)
             self.metrics.queue(name, depth, now - oldest if oldest is not None else 0.0)
         self.metrics.publishers_online(len(sessions))

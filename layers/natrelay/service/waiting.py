@@ -150,7 +150,7 @@ class Waiting:
         """The finished task's answer, or the error it ended with (raised)."""
         if task.state is TaskState.COMPLETED:
             raw = await self._result(task)
-            body = public_model(loads_stored(raw), task.llm) if raw else None
+            body = public_model(loads_stored(raw), task.shown) if raw else None
             return Outcome(status=task.status or 200, body=body)
         raise task_error(task)
 

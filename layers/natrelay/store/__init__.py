@@ -11,6 +11,7 @@ from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
 from natrelay.store._task_items import Queued, result_hash
 from natrelay.store.affinity import DynamoAffinityStore
+from natrelay.store.agents import AgentWrite, DynamoAgentStore
 from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
 from natrelay.store.connections import Delivery, GatewayConnections
@@ -27,6 +28,7 @@ from natrelay.store.page_sessions import DynamoPageSessionStore, PageSessionReco
 from natrelay.store.queues import DynamoQueueStore
 from natrelay.store.recent import DynamoRecentStore
 from natrelay.store.records import (
+    AgentRecord,
     Chunk,
     Holder,
     IdempotencyRecord,
@@ -81,6 +83,8 @@ class Stores:
     secrets: SecretReader | None = None
     # Sessions of the relay's own web pages (the console).
     page_sessions: DynamoPageSessionStore | None = None
+    # Agents (admins' apply) and the rows serving a backend model.
+    agents: DynamoAgentStore | None = None
     # Each row's requests per hour (the console's charts).
     row_stats: DynamoRowStatsStore | None = None
     # The recent tasks of a key or row (the console's request list).
@@ -107,11 +111,12 @@ class Stores:
             cache.watch(client, llms_table)
         llms = DynamoLlmStore(client, llms_table, cache)
         keys = DynamoKeyStore(client, keys_table)
+        agents = DynamoAgentStore(client, llms, keys, cache=cache)
         return cls(
             client=client,
             llms=llms,
             row_sweep=DynamoRowSweepStore(client, llms),
-            sessions=DynamoSessionStore(client, tasks_table, llms, keys),
+            sessions=DynamoSessionStore(client, tasks_table, llms, keys, agents),
             tasks=DynamoTaskStore(client, tasks_table),
             queues=DynamoQueueStore(client, tasks_table),
             leases=DynamoLeaseStore(client, tasks_table),
@@ -128,6 +133,7 @@ class Stores:
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),
             page_sessions=DynamoPageSessionStore(client, keys_table),
+            agents=agents,
             row_stats=DynamoRowStatsStore(client, keys_table),
             recent=DynamoRecentStore(client, tasks_table),
         )
@@ -162,12 +168,15 @@ class Stores:
 
 
 __all__ = [
+    "AgentRecord",
+    "AgentWrite",
     "ApplyConflictError",
     "Chunk",
     "ChunkDiffersError",
     "ConditionFailedError",
     "Delivery",
     "DurableTasks",
+    "DynamoAgentStore",
     "DynamoBeatStore",
     "DynamoChunkStore",
     "DynamoDoorbellStore",

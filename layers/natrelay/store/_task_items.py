@@ -61,6 +61,7 @@ def task_record(item: Item) -> TaskRecord:
         wake_id=item.get("wakeId"),
         request_size=int(item.get("requestSize", 0)),
         endpoint=item.get("endpoint", Endpoint.CHAT.value),
+        agent=item.get("agent"),
         request=item.get("request"),
         claimed_by=item.get("claimedBy"),
         claimed_key=item.get("claimedKey"),

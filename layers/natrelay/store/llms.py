@@ -16,7 +16,7 @@ from natrelay.store._dynamo import (
     values,
 )
 from natrelay.store.errors import ConditionFailedError
-from natrelay.store.records import CHAT_ONLY, VIRTUAL, LlmRecord, MemberRecord
+from natrelay.store.records import AGENT, CHAT_ONLY, VIRTUAL, AgentRecord, LlmRecord, MemberRecord
 from natrelay.store.row_cache import RowCache
 from natrelay.wire import LlmStatus, ProviderSpec
 
@@ -57,6 +57,14 @@ def _extra_config(stored: Any) -> dict[str, Any]:
     return stored if isinstance(stored, dict) else {}
 
 
+def _agent(item: Item) -> AgentRecord | None:
+    if item.get("kind") != AGENT:
+        return None
+    target, model = item.get("agentTarget"), item.get("agentModel")
+    defaults = _extra_config(item.get("defaults"))
+    return AgentRecord(target, model, item.get("systemPrompt"), defaults, "sessionId" in item)
+
+
 def row_record(item: Item) -> LlmRecord:
     return LlmRecord(
         name=item["name"],
@@ -91,6 +99,8 @@ def row_record(item: Item) -> LlmRecord:
         timeout_seconds=item.get("timeoutSeconds"),
         admin_description=item.get("adminDescription"),
         admin_tier=item.get("adminTier"),
+        shared_pool=bool(item.get("sharedPool")),
+        agent=_agent(item),
     )
 
 

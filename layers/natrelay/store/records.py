@@ -13,6 +13,9 @@ CHAT_ONLY = frozenset({Endpoint.CHAT.value})
 PUBLIC = "public"
 # Who owns the name of a public row (never a key id: those are 12 hex digits).
 PUBLIC_OWNER = "admin:public"
+AGENT = "agent"
+# Who owns the name of an agent an admin applied.
+AGENT_OWNER = "admin:agent"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,19 @@ class MemberRecord:
 
     def alive(self, now: float, timeout: float) -> bool:
         return now - self.heartbeat_at <= timeout
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """What an agent means: its target (a row's name, or a backend model whose rows pool),
+    its system prompt and sampling defaults (chat field names)."""
+
+    target: str | None = None
+    target_model: str | None = None
+    system_prompt: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # Published with a session (its members say whether its publisher lives).
+    published: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,10 @@ class LlmRecord:
     # What an admin set over the publisher's description and tier (virtual rows).
     admin_description: str | None = None
     admin_tier: str | None = None
+    # A row an admin let serve other keys' agents' pools by model.
+    shared_pool: bool = False
+    # Set on an agent (kind `agent`): what it means.
+    agent: AgentRecord | None = None
 
     @property
     def public(self) -> bool:
@@ -121,6 +141,13 @@ class SessionRecord:
     confirmed_at: float | None = None
     # Its doorbell connection, if it keeps one.
     doorbell: str | None = None
+    # The agents it published (beaten with its rows; never polled for).
+    agents: tuple[str, ...] = ()
+
+    @property
+    def beaten(self) -> tuple[str, ...]:
+        """Every name its heartbeat refreshes: its rows' and its agents'."""
+        return self.names + self.agents
 
 
 @dataclass(frozen=True)
@@ -161,6 +188,8 @@ class NewTask:
     affinity: str | None = None
     prefer: str | None = None
     prefer_until: float | None = None
+    # The agent the client called, when it called one (its answers name it).
+    agent: str | None = None
     # When the relay received the client's request (its timeline: service.timeline), and
     # the W3C trace context the task carries to its publisher and backend.
     received_at: float | None = None
@@ -235,6 +264,13 @@ class TaskRecord:
     first_token_at: float | None = None
     # The W3C trace context it carries to its publisher and backend.
     traceparent: str | None = None
+    # The agent the client called, when it called one (its answers name it).
+    agent: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The model its answers name: the agent called, else the row."""
+        return self.agent or self.llm
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at < now

@@ -34,6 +34,7 @@ ATTRIBUTES = {
     "fallbacks": "fallbacks",
     "max_queue_depth": "maxQueueDepth",
     "wake_after_queue_seconds": "wakeAfterQueueSeconds",
+    "shared_pool": "sharedPool",
     "base_url": "baseUrl",
     "api_key_ref": "apiKeyRef",
     "timeout_seconds": "timeoutSeconds",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from natrelay.store._dynamo import Item, condition, decode, off_loop, values
+from natrelay.store.agents import AgentWrite, DynamoAgentStore
 from natrelay.store.errors import ConditionFailedError
 from natrelay.store.keys import DynamoKeyStore
 from natrelay.store.llms import DynamoLlmStore, row_record
@@ -25,6 +26,7 @@ def session_record(item: Item) -> SessionRecord:
     return SessionRecord(
         id=item["pk"].removeprefix("session#"),
         names=tuple(sorted(item.get("names") or ())),
+        agents=tuple(sorted(item.get("agents") or ())),
         statuses={k: LlmStatus(v) for k, v in (item.get("statuses") or {}).items()},
         heartbeat_at=item.get("heartbeatAt", 0.0),
         generation=int(item.get("generation", 0)),
@@ -53,8 +55,14 @@ class DynamoSessionStore:
     """Sessions: register (with their rows and names, atomically), read, touch, delete."""
 
     def __init__(
-        self, client: DynamoDBClient, table: str, rows: DynamoLlmStore, keys: DynamoKeyStore
+        self,
+        client: DynamoDBClient,
+        table: str,
+        rows: DynamoLlmStore,
+        keys: DynamoKeyStore,
+        agents: DynamoAgentStore,
     ) -> None:
+        self._agents = agents
         self._client = client
         self.table = table
         self._rows = rows
@@ -74,6 +82,7 @@ class DynamoSessionStore:
         expires_at: float,
         new_names: int = 0,
         max_names: int | None = None,
+        agents: tuple[AgentWrite, ...] = (),
     ) -> tuple[SessionRecord, list[LlmRecord]]:
         """Claim the names, create the rows or join their pools, and write the session
         for `owner`, all or nothing. With `max_names`, also add the names to those the
@@ -85,8 +94,10 @@ class DynamoSessionStore:
         """
         ops: list[dict[str, Any]] = []
         rows: list[Item] = []
-        # The names claimed, in the order of their ops: each provider's, then its aliases.
+        # The names claimed, in the order of their ops: each provider's, its aliases, then
+        # the agents'. The rows' ops and the agents' follow in the same order.
         claimed = [s.name for s in specs] + [a for s in specs for a in s.aliases]
+        claimed += [a.name for a in agents]
         for name, held_by in self._keys.legacy_owners(claimed).items():
             if held_by != owner:
                 raise NameHeldError(name, record=None, owner=held_by)
@@ -97,17 +108,22 @@ class DynamoSessionStore:
                 self._keys.name_claim_op(alias, owner, now, alias_of=spec.name)
                 for alias in spec.aliases
             )
+        ops.extend(self._keys.name_claim_op(a.name, owner, now) for a in agents)
         for spec in specs:
             op, row = self._rows.join_op(spec, session_id, owner, now)
             ops.append(op)
             rows.append(row)
+        ops.extend(self._agents.join_op(a, session_id, owner, now) for a in agents)
         ops.append(
             {
                 "Update": {
                     "TableName": self.table,
                     "Key": self._key(session_id),
                     "UpdateExpression": "SET #names = :names, statuses = :statuses, "
-                    "heartbeatAt = :now, expiresAt = :exp, #owner = :owner ADD generation :one",
+                    "heartbeatAt = :now, expiresAt = :exp, #owner = :owner"
+                    + (", agents = :agents" if agents else "")
+                    + " ADD generation :one"
+                    + ("" if agents else " REMOVE agents"),
                     "ConditionExpression": "attribute_not_exists(pk) OR #owner = :owner",
                     "ExpressionAttributeNames": {"#names": "names", "#owner": "owner"},
                     "ExpressionAttributeValues": values(
@@ -117,6 +133,7 @@ class DynamoSessionStore:
                         exp=int(expires_at),
                         owner=owner,
                         one=1,
+                        **({"agents": {a.name for a in agents}} if agents else {}),
                     ),
                 }
             }
@@ -128,18 +145,20 @@ class DynamoSessionStore:
         except ClientError as exc:
             reasons = exc.response.get("CancellationReasons", [])
             failed = [r.get("Code") == "ConditionalCheckFailed" for r in reasons]
-            n, c = len(specs), len(claimed)
+            # the rows' ops, then the agents'
+            n, c = len(specs) + len(agents), len(claimed)
+            joined = [s.name for s in specs] + [a.name for a in agents]
             for i, name in enumerate(claimed):
                 if i < len(failed) and failed[i]:
                     old = decode(reasons[i].get("Item") or {})
                     raise NameHeldError(
                         name, record=None, owner=self._keys.owner_of_claim(old)
                     ) from exc
-            for i, spec in enumerate(specs):
+            for i, name in enumerate(joined):
                 if c + i < len(failed) and failed[c + i]:
                     held = reasons[c + i].get("Item")
                     raise NameHeldError(
-                        spec.name,
+                        name,
                         record=row_record(decode(held)) if held else None,
                         owner=None,
                     ) from exc

@@ -192,6 +192,7 @@ def queued_task(task: NewTask) -> TaskRecord:
         wake_id=task.wake_id,
         request_size=len(task.request or b""),
         endpoint=task.endpoint,
+        agent=task.agent,
         client_key=task.client_key,
         usage_day=task.usage_day,
         slot=task.slot,

@@ -83,6 +83,7 @@ class DynamoTaskStore:
             "stream": task.stream,
             # chat, the API of tasks before there were others, is left out
             "endpoint": None if task.endpoint == Endpoint.CHAT else task.endpoint,
+            "agent": task.agent,
             "wakeId": task.wake_id,
             "clientKey": task.client_key,
             "usageDay": task.usage_day,

@@ -48,6 +48,7 @@ def _item(task: TaskRecord) -> Item:
         "stream": task.stream,
         # chat, the API of tasks before there were others, is left out (as the task store)
         "endpoint": None if task.endpoint == Endpoint.CHAT else task.endpoint,
+        "agent": task.agent,
         "wakeId": task.wake_id,
         "claimedBy": task.claimed_by,
         "claimedKey": task.claimed_key,

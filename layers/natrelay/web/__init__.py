@@ -1,9 +1,10 @@
 """The Starlette app: routes and the error table, declared as data.
 
 Who may call what: `PUBLISHERS` (publisher keys) the publisher protocol, on their
-own sessions only; `CLIENTS` (client and admin keys) the models in their scope and
-their own tasks and usage; `ADMINS` keys, rows (apply, delete) and everyone's usage,
-and the console (its own login: see web.console.pages).
+own sessions only; `CLIENTS` (client and admin keys) the models in their scope (agents
+included) and their own tasks and usage; `ADMINS` keys, rows (apply, delete), agents
+(list, get, apply, delete) and everyone's usage, and the console (its own login: see
+web.console.pages).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ from natrelay.wire import (
     CONVERSATION_HEADER,
     PRIORITY_HEADER,
     SESSION_HEADER,
+    AgentApply,
+    AgentApplyResult,
+    AgentList,
+    AgentView,
     ApplyResult,
     ChunkAck,
     ChunkBatch,
@@ -170,6 +175,12 @@ OPERATIONS = [
     _op("DELETE", Paths.TASK, CLIENTS, api.cancel_task, "cancel a task", answer=TaskView),
     _op("GET", Paths.TASK_EVENTS, CLIENTS, api.task_events, "a task's chunks as SSE",
         answer=None, stream=True, params=("Last-Event-ID", "after")),
+    _op("GET", Paths.AGENTS, ADMINS, admin.list_agents, "agents", answer=AgentList),
+    _op("POST", Paths.AGENTS_APPLY, ADMINS, admin.apply_agents,
+        "create or replace agents (all or none)", body=AgentApply, answer=AgentApplyResult),
+    _op("GET", Paths.AGENT, ADMINS, admin.get_agent, "an agent", answer=AgentView),
+    _op("DELETE", Paths.AGENT, ADMINS, admin.delete_agent, "delete an agent, release its name",
+        status=204),
     _op("POST", Paths.KEYS, ADMINS, admin.create_key, "create a key",
         body=KeySpec, answer=KeyCreated, status=201),
     _op("GET", Paths.KEYS, ADMINS, admin.list_keys, "keys", answer=KeyList),

@@ -1,4 +1,5 @@
-"""Routes for keys and usage: admins manage keys; every key reads its own usage."""
+"""Routes for keys, usage and agents: admins manage keys and agents; every key reads its
+own usage."""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ from natrelay.service import Relay
 from natrelay.web import views
 from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_model
-from natrelay.wire import KeyLimits, KeyList, KeySpec, Paths, Role, SecretPut, SecretView
+from natrelay.wire import (
+    AgentApply,
+    AgentApplyResult,
+    AgentList,
+    KeyLimits,
+    KeyList,
+    KeySpec,
+    Paths,
+    Role,
+    SecretPut,
+    SecretView,
+)
 
 MAX_USAGE_DAYS = 400
 
@@ -73,6 +85,28 @@ async def put_secret(request: Request, relay: Relay) -> Response:
     body = await read_model(request, relay.settings, SecretPut)
     created = await relay.upstreams.put_key(name, body.value)
     return answer(SecretView(name=name, created=created), status=201 if created else 200)
+
+
+async def list_agents(request: Request, relay: Relay) -> Response:
+    agents = relay.agents
+    found = await agents.all(caller(request))
+    return answer(AgentList(data=[views.agent_view(a, await agents.status(a)) for a in found]))
+
+
+async def get_agent(request: Request, relay: Relay) -> Response:
+    agent = await relay.agents.get(caller(request), request.path_params["name"])
+    return answer(views.agent_view(agent, await relay.agents.status(agent)))
+
+
+async def apply_agents(request: Request, relay: Relay) -> Response:
+    """Create or replace agents from documents (admins): all of them, or none."""
+    req = await read_model(request, relay.settings, AgentApply)
+    return answer(AgentApplyResult(data=await relay.agents.apply(list(req.documents))))
+
+
+async def delete_agent(request: Request, relay: Relay) -> Response:
+    await relay.agents.delete(request.path_params["name"])
+    return Response(status_code=204)
 
 
 async def metrics(request: Request) -> Response:

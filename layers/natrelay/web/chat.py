@@ -12,11 +12,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from natrelay.errors import InvalidRequestError
 from natrelay.observe import bind
 from natrelay.service import Principal, Relay
+from natrelay.service.agent_bodies import dressed
 from natrelay.service.metering import usage_hidden
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.web.abandon import Gone, wait_or_abandon
+from natrelay.web.agents import through_agent
 from natrelay.web.endpoints import ENDPOINTS, ChatRequest
-from natrelay.web.fallbacks import with_fallbacks
+from natrelay.web.fallbacks import Serve, with_fallbacks
 from natrelay.web.live_keys import while_key_lives
 from natrelay.web.public import public_answer
 from natrelay.web.requests import parse
@@ -62,17 +64,21 @@ async def submit(
     key: str | None,
     endpoint: Endpoint = Endpoint.CHAT,
     fast: bool = True,
+    agent: str | None = None,
 ) -> tuple[TaskRecord, bool]:
     """Queue the request; with an Idempotency-Key, the key's first task if there is one
     (True: an earlier request started it). Without `fast` it never takes the fast path
-    (an async request: its task must be durable from the start)."""
+    (an async request: its task must be durable from the start). `agent`: the agent
+    the client called (its answer names it)."""
     queue = relay.queue
     if key is None:
         task = await queue.submit(
-            principal, name, body, stream=stream, endpoint=endpoint, fast=fast
+            principal, name, body, stream=stream, endpoint=endpoint, fast=fast, agent=agent
         )
         return task, False
-    return await queue.submit_once(principal, name, body, stream=stream, key=key, endpoint=endpoint)
+    return await queue.submit_once(
+        principal, name, body, stream=stream, key=key, endpoint=endpoint, agent=agent
+    )
 
 
 async def relay_request(
@@ -93,24 +99,41 @@ async def relay_request(
     bind(model=parsed.model)
     started = relay.clock()
 
-    async def serve(row: LlmRecord) -> Response:
-        if row.public:
-            # the upstream's path for the endpoint, under its baseUrl (which ends in /v1)
-            path = endpoint.path.removeprefix("/v1")
-            return await public_answer(relay, principal, row, path, body, stream=stream)
-        return await _published(
-            relay,
-            principal,
-            row.name,
-            body,
-            endpoint,
-            stream=stream,
-            key=key,
-            started=started,
-            gone=gone,
-        )
+    def serving(sent: dict[str, Any], who: Principal, agent: str | None = None) -> Serve:
+        async def serve(row: LlmRecord) -> Response:
+            if row.public:
+                # the upstream's path for the endpoint, under its baseUrl (ending in /v1)
+                path = endpoint.path.removeprefix("/v1")
+                return await public_answer(relay, who, row, path, sent, stream=stream, shown=agent)
+            return await _published(
+                relay,
+                who,
+                row.name,
+                sent,
+                endpoint,
+                stream=stream,
+                key=key,
+                started=started,
+                gone=gone,
+                agent=agent,
+            )
 
-    return await with_fallbacks(relay, principal, parsed.model, serve)
+        return serve
+
+    row = await relay.catalog.get(principal, parsed.model)
+    if row.agent is None:
+        return await with_fallbacks(
+            relay, principal, parsed.model, serving(body, principal), row=row
+        )
+    spec = row.agent
+    return await through_agent(
+        relay,
+        principal,
+        row,
+        endpoint,
+        lambda target, who: serving(dressed(spec, endpoint, body, target.name), who, row.name),
+        key=key,
+    )
 
 
 async def _published(
@@ -124,10 +147,11 @@ async def _published(
     key: str | None,
     started: float,
     gone: Gone | None = None,
+    agent: str | None = None,
 ) -> Response:
     """A published row's answer: its task, waited for or streamed."""
     task, earlier = await submit(
-        relay, principal, name, body, stream=stream, key=key, endpoint=endpoint
+        relay, principal, name, body, stream=stream, key=key, endpoint=endpoint, agent=agent
     )
     if stream:
         budget = relay.settings.stream_timeout_seconds

@@ -45,11 +45,17 @@ def cannot_serve(exc: RelayError) -> bool:
 
 
 async def with_fallbacks(
-    relay: Relay, principal: Principal, name: str, serve: Serve, *, queued: bool = False
+    relay: Relay,
+    principal: Principal,
+    name: str,
+    serve: Serve,
+    *,
+    queued: bool = False,
+    row: LlmRecord | None = None,
 ) -> Response:
-    """`serve(row)` for the named row, else for the first fallback that can serve
-    (`queued`: only published ones)."""
-    row = await relay.catalog.get(principal, name)
+    """`serve(row)` for the named row (`row`: as already read), else for the first
+    fallback that can serve (`queued`: only published ones)."""
+    row = row or await relay.catalog.get(principal, name)
     try:
         response = await serve(row)
     except RelayError as exc:
@@ -60,8 +66,8 @@ async def with_fallbacks(
                 continue
             try:
                 fallback = await relay.catalog.get(principal, alt, hint=False)
-                if queued and fallback.public:
-                    continue
+                if (queued and fallback.public) or fallback.agent is not None:
+                    continue  # an agent is no row to fall back on
                 response = await serve(fallback)
             except LlmNotFoundError:
                 continue  # gone, or outside the caller's scope

@@ -11,20 +11,30 @@ from natrelay.web.abandon import client_gone
 from natrelay.web.chat import idempotency_key, relay_request
 from natrelay.web.relay_api import answer
 from natrelay.web.requests import caller, read_object
-from natrelay.web.views import model_card
-from natrelay.wire import Endpoint, ModelList
+from natrelay.web.views import agent_card, model_card
+from natrelay.wire import Endpoint, LlmStatus, ModelList, Role
 
 
 async def list_models(request: Request, relay: Relay) -> Response:
-    rows = await relay.catalog.serving_rows(caller(request))
+    """The rows and agents the caller may use that can answer now."""
+    principal = caller(request)
+    rows = await relay.catalog.serving_rows(principal)
     catalog = relay.catalog
-    return answer(
-        ModelList(data=[model_card(r, catalog.status(r), catalog.endpoints(r)) for r in rows])
-    )
+    cards = [model_card(r, catalog.status(r), catalog.endpoints(r)) for r in rows]
+    admin = principal.role is Role.ADMIN
+    for agent in await relay.agents.all(principal):
+        status = await relay.agents.status(agent)
+        if status not in (LlmStatus.INACTIVE, LlmStatus.UNAVAILABLE):
+            cards.append(agent_card(agent, status, admin=admin))
+    return answer(ModelList(data=sorted(cards, key=lambda c: c.id)))
 
 
 async def get_model(request: Request, relay: Relay) -> Response:
-    row = await relay.catalog.get(caller(request), request.path_params["model"])
+    principal = caller(request)
+    row = await relay.catalog.get(principal, request.path_params["model"])
+    if row.agent is not None:
+        status = await relay.agents.status(row)
+        return answer(agent_card(row, status, admin=principal.role is Role.ADMIN))
     return answer(model_card(row, relay.catalog.status(row), relay.catalog.endpoints(row)))
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from natrelay.service import Relay
+from natrelay.service import Principal, Relay
+from natrelay.service.agent_bodies import dressed
 from natrelay.store import LlmRecord, TaskRecord
 from natrelay.web import views
 from natrelay.web.abandon import client_gone
+from natrelay.web.agents import through_agent
 from natrelay.web.chat import InferRequest, idempotency_key, run_chat, submit
-from natrelay.web.fallbacks import with_fallbacks
+from natrelay.web.fallbacks import Serve, with_fallbacks
 from natrelay.web.live_keys import while_key_lives
 from natrelay.web.requests import caller, parse, read_model, read_object
 from natrelay.web.sse import SSE_HEADERS, parse_event_id, stream_error, task_events_body
@@ -157,21 +160,41 @@ async def infer(request: Request, relay: Relay) -> Response:
     if "respond-async" in prefer:
         principal = caller(request)
 
-        async def queue(row: LlmRecord) -> Response:
-            stream = bool(body.get("stream"))
-            task, _ = await submit(
-                relay, principal, row.name, body, stream=stream, key=key, fast=False
-            )
-            return answer(
-                views.task_view(task),
-                status=202,
-                headers={
-                    "Location": f"/api/v1/tasks/{task.id}",
-                    "Preference-Applied": "respond-async",
-                },
-            )
+        def queueing(sent: dict[str, Any], who: Principal, agent: str | None = None) -> Serve:
+            async def queue(row: LlmRecord) -> Response:
+                stream = bool(sent.get("stream"))
+                task, _ = await submit(
+                    relay, who, row.name, sent, stream=stream, key=key, fast=False,
+                    agent=agent,
+                )  # fmt: skip
+                return answer(
+                    views.task_view(task),
+                    status=202,
+                    headers={
+                        "Location": f"/api/v1/tasks/{task.id}",
+                        "Preference-Applied": "respond-async",
+                    },
+                )
 
-        return await with_fallbacks(relay, principal, body["model"], queue, queued=True)
+            return queue
+
+        row = await relay.catalog.get(principal, body["model"])
+        if row.agent is None:
+            return await with_fallbacks(
+                relay, principal, body["model"], queueing(body, principal), queued=True, row=row
+            )
+        spec = row.agent
+        return await through_agent(
+            relay,
+            principal,
+            row,
+            Endpoint.CHAT,
+            lambda target, who: queueing(
+                dressed(spec, Endpoint.CHAT, body, target.name), who, row.name
+            ),
+            queued=True,
+            key=key,
+        )
     return await run_chat(relay, caller(request), body, key, gone=client_gone(request))
 
 

@@ -142,7 +142,7 @@ async def answer_stream(
             if chunk is None:
                 yield KEEPALIVE
                 continue
-            for obj in _objects(chunk, task.llm):
+            for obj in _objects(chunk, task.shown):
                 shown = without_usage(obj) if hide_usage else obj
                 if shown is not None:
                     yield frame(shown)
@@ -185,7 +185,7 @@ async def task_events_body(
     try:
         # re-read the batch of the last event seen; its events up to `index` are skipped
         async for chunk in relay.waiting.stream(task_id, after_seq=max(seq - 1, -1), budget=budget):
-            for i, obj in enumerate(_objects(chunk, task.llm)):
+            for i, obj in enumerate(_objects(chunk, task.shown)):
                 if chunk.seq == seq and i <= index:
                     continue
                 yield f"id: {chunk.seq}:{i}\n" + _data(obj)

@@ -7,11 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from natrelay.service import Registration
+from natrelay.service.agent_bodies import AGENT_ENDPOINTS
 from natrelay.service.catalog import Pool
 from natrelay.service.payloads import loads_stored, public_model
 from natrelay.settings import Settings
-from natrelay.store import KeyRecord, LlmRecord, TaskRecord, UsageRecord
+from natrelay.store import AgentRecord, KeyRecord, LlmRecord, TaskRecord, UsageRecord
 from natrelay.wire import (
+    AgentCard,
+    AgentView,
     Endpoint,
     ErrorInfo,
     KeyCreated,
@@ -20,6 +23,7 @@ from natrelay.wire import (
     LlmStatus,
     MemberView,
     ModelCard,
+    ModelTarget,
     PolledTask,
     QueueClassView,
     SecretRef,
@@ -78,6 +82,7 @@ def row_view(
             "fallbacks": list(row.fallbacks) or None,
             "max_queue_depth": row.max_queue_depth,
             "wake_after_queue_seconds": row.wake_after_queue_seconds,
+            "shared_pool": row.shared_pool or None,
             "base_url": row.base_url,
             "api_key": SecretRef.model_validate(row.api_key_ref) if row.api_key_ref else None,
             "timeout_seconds": row.timeout_seconds,
@@ -99,7 +104,7 @@ def task_view(
         stream=task.stream,
         chunk_count=task.chunk_count,
         status=task.status,
-        result=public_model(loads_stored(result), task.llm) if result else None,
+        result=public_model(loads_stored(result), task.shown) if result else None,
         error=error,
         priority=task.priority,
         queue_position=queue_position,
@@ -209,6 +214,47 @@ def model_card(
         description=row.description,
         endpoints=endpoint_list(endpoints),
         aliases=list(row.aliases) or None,
+    )
+
+
+def agent_target(spec: AgentRecord) -> str | ModelTarget:
+    if spec.target is not None:
+        return spec.target
+    return ModelTarget(model=spec.target_model or "")
+
+
+def agent_view(row: LlmRecord, status: LlmStatus) -> AgentView:
+    """An agent as admins see it (and as `natrelay agent get` writes it back)."""
+    spec = row.agent
+    assert spec is not None
+    return AgentView(
+        name=row.name,
+        target=agent_target(spec),
+        system_prompt=spec.system_prompt,
+        defaults=spec.defaults or None,
+        description=row.description,
+        origin="published" if spec.published else "admin",
+        status=status,
+        owner=row.owner,
+        created_at=iso(row.created_at),
+        last_heartbeat_at=iso(row.last_heartbeat_at) if spec.published else None,
+        inactive_since=iso(row.inactive_since) if spec.published else None,
+    )
+
+
+def agent_card(row: LlmRecord, status: LlmStatus, *, admin: bool) -> ModelCard:
+    """An agent as an OpenAI model object: owned by its origin (an admin, or a
+    publisher), its target shown to admins only."""
+    spec = row.agent
+    assert spec is not None
+    return ModelCard(
+        id=row.name,
+        created=int(row.created_at or 0),
+        owned_by="publisher" if spec.published else "admin",
+        status=status,
+        description=row.description,
+        endpoints=endpoint_list(frozenset(e.value for e in AGENT_ENDPOINTS)),
+        natrelay=AgentCard(target=agent_target(spec) if admin else None),
     )
 
 

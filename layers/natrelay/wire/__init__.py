@@ -5,6 +5,19 @@ HTTP status and type, Paths, base models), `protocol` (the publisher protocol), 
 (the admin's row documents) and `views` (what clients and admins read).
 """
 
+from natrelay.wire.agents import (
+    AGENT_LIFECYCLE_FIELDS,
+    AgentApplied,
+    AgentApply,
+    AgentApplyResult,
+    AgentCard,
+    AgentDefaults,
+    AgentDocument,
+    AgentList,
+    AgentSpec,
+    AgentView,
+    ModelTarget,
+)
 from natrelay.wire.contract import (
     CONVERSATION_HEADER,
     DOORBELL_SESSION_HEADER,
@@ -87,6 +100,7 @@ from natrelay.wire.views import (
 )
 
 __all__ = [
+    "AGENT_LIFECYCLE_FIELDS",
     "CONVERSATION_HEADER",
     "DOORBELL_SESSION_HEADER",
     "LIFECYCLE_FIELDS",
@@ -106,6 +120,15 @@ __all__ = [
     "SERVED_BY_HEADER",
     "SESSION_HEADER",
     "VIRTUAL",
+    "AgentApplied",
+    "AgentApply",
+    "AgentApplyResult",
+    "AgentCard",
+    "AgentDefaults",
+    "AgentDocument",
+    "AgentList",
+    "AgentSpec",
+    "AgentView",
     "Answer",
     "Applied",
     "ApplyResult",
@@ -134,6 +157,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "ModelPattern",
+    "ModelTarget",
     "Paths",
     "PollRequest",
     "PollResponse",

@@ -198,6 +198,10 @@ class Paths:
     INFER = "/api/v1/llms/{name}/infer"
     TASK = "/api/v1/tasks/{task_id}"
     TASK_EVENTS = "/api/v1/tasks/{task_id}/events"
+    AGENTS = "/api/v1/agents"
+    AGENT = "/api/v1/agents/{name}"
+    # Create or replace agents from documents (admins): all of them, or none.
+    AGENTS_APPLY = "/api/v1/agents/_apply"
     KEYS = "/api/v1/keys"
     KEY = "/api/v1/keys/{key_id}"
     KEY_USAGE = "/api/v1/keys/{key_id}/usage"

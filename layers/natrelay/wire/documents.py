@@ -1,12 +1,14 @@
-"""Rows as YAML documents (what `natrelay llm apply -f` and the console's rows form
-take): read them, check each against the relay's document model, and say where a problem
-is (`SOURCE: document N (name): field: reason`)."""
+"""Rows and agents as YAML documents (what `natrelay llm apply -f`, `natrelay agent
+apply -f` and the console's rows form take): read them, check each against the relay's
+document model, and say where a problem is (`SOURCE: document N (name): field:
+reason`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from natrelay.wire.rows import MAX_APPLY_DOCUMENTS, LlmDocument
 
@@ -20,10 +22,16 @@ def _where(source: str, number: int, doc: Any) -> str:
     return f"{source}: document {number}" + (f" ({name})" if isinstance(name, str) else "")
 
 
-def read_documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The YAML documents of a text (empty ones skipped), each checked against
-    LlmDocument, and where each is (`SOURCE: document N (name)`). DocumentError names
-    the document and the field at fault."""
+def read_documents(
+    text: str,
+    source: str,
+    model: type[BaseModel] = LlmDocument,
+    prepare: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The YAML documents of a text (empty ones skipped), each checked against the
+    document `model` (rows', or agents') after `prepare(doc, where)` if given, and where
+    each is (`SOURCE: document N (name)`). DocumentError names the document and the
+    field at fault."""
     import yaml  # noqa: PLC0415 - only where rows are applied, not on a cold start
 
     try:
@@ -40,14 +48,15 @@ def read_documents(text: str, source: str) -> tuple[list[dict[str, Any]], list[s
         raise DocumentError(f"{source}{at}: not valid YAML: {problem}") from exc
     docs: list[dict[str, Any]] = []
     places: list[str] = []
-    for number, doc in enumerate(loaded, start=1):
-        if doc is None:
+    for number, read in enumerate(loaded, start=1):
+        if read is None:
             continue
-        where = _where(source, number, doc)
-        if not isinstance(doc, dict):
+        where = _where(source, number, read)
+        if not isinstance(read, dict):
             raise DocumentError(f"{where}: must be a mapping of fields (name: …)")
+        doc = prepare(read, where) if prepare is not None else read
         try:
-            LlmDocument.model_validate(doc)
+            model.model_validate(doc)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])

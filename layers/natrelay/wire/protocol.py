@@ -7,10 +7,14 @@ from typing import Annotated, Any
 
 from pydantic import (
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 
+from natrelay.wire.agents import MAX_AGENTS, AgentSpec
 from natrelay.wire.contract import (
     MAX_ALIASES,
     MAX_EXTRA_CONFIG_BYTES,
@@ -77,6 +81,8 @@ MAX_TRANSACTION_ITEMS = 100
 class RegisterRequest(WireModel):
     providers: list[ProviderSpec] = Field(min_length=1, max_length=MAX_PROVIDERS)
     provider_session_id: SessionId | None = None
+    # Agents published with the session: their names are the key's, as the rows'.
+    agents: list[AgentSpec] = Field(default_factory=list, max_length=MAX_AGENTS)
 
     @field_validator("providers")
     @classmethod
@@ -92,15 +98,35 @@ class RegisterRequest(WireModel):
             raise ValueError(
                 f"an alias may not be a name or another alias of the registration: {taken}"
             )
-        items = 2 * len(value) + len(aliases) + 2
+        return value
+
+    @model_serializer(mode="wrap")
+    def _agents_when_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a relay from before agents refuses the field: it is sent only when there are some
+        data: dict[str, Any] = handler(self)
+        if not self.agents:
+            data.pop("agents", None)
+        return data
+
+    @model_validator(mode="after")
+    def _fits(self) -> RegisterRequest:
+        names = [p.name for p in self.providers] + [a for p in self.providers for a in p.aliases]
+        taken = sorted(
+            {a.name for a in self.agents if a.name.lower() in {n.lower() for n in names}}
+        )
+        taken += repeated([a.name for a in self.agents])
+        if taken:
+            raise ValueError(f"agents: an agent's name may not be a name or alias here: {taken}")
+        aliases = len(names) - len(self.providers)
+        items = 2 * len(self.providers) + aliases + 2 * len(self.agents) + 2
         if items > MAX_TRANSACTION_ITEMS:
             raise ValueError(
-                f"{len(value)} providers with {len(aliases)} aliases need {items} writes in "
-                f"one transaction; at most {MAX_TRANSACTION_ITEMS} (2 per provider, 1 per "
-                "alias, 2 for the session and its key's names): publish fewer names or "
-                "aliases per publisher"
+                f"{len(self.providers)} providers with {aliases} aliases and "
+                f"{len(self.agents)} agents need {items} writes in one transaction; at most "
+                f"{MAX_TRANSACTION_ITEMS} (2 per provider, 1 per alias, 2 per agent, 2 for the "
+                "session and its key's names): publish fewer names per publisher"
             )
-        return value
+        return self
 
 
 class HeartbeatRequest(WireModel):
@@ -241,6 +267,7 @@ class LlmRow(Answer):
     fallbacks: list[str] | None = None
     max_queue_depth: int | None = None
     wake_after_queue_seconds: float | None = None
+    shared_pool: bool | None = None
     base_url: str | None = None
     api_key: SecretRef | None = None
     timeout_seconds: float | None = None

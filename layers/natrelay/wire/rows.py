@@ -10,7 +10,7 @@ them, are accepted and ignored, so `get -o yaml | apply -f -` changes nothing.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -46,6 +46,8 @@ LIFECYCLE_FIELDS = frozenset(
         "affinityHits",
         "affinityMisses",
         "sessionId",
+        # what a publisher's session file or a seed-era export may carry
+        "providerSessionId",
         "owner",
         # what the row's publishers declare (their config), not an admin's to set
         "endpoints",
@@ -143,6 +145,9 @@ class LlmDocument(WireModel):
     # pool settings (virtual rows; null: the relay's defaults)
     max_queue_depth: int | None = Field(default=None, ge=0, le=1_000_000)
     wake_after_queue_seconds: float | None = Field(default=None, ge=0, le=86_400)
+    # The row may serve agents of other keys whose target is its backend model (a pool
+    # by model); off, only its own key's agents and admins' agents use it.
+    shared_pool: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -181,16 +186,29 @@ def repeated(names: list[str]) -> list[str]:
     return sorted({n for n in names if lowered.count(n.lower()) > 1})
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def once_each(documents: list[N], what: str) -> list[N]:
+    """`documents` if each names a different `what` (ValueError otherwise)."""
+    twice = repeated([d.name for d in documents])
+    if twice:
+        raise ValueError(f"each {what} may appear once; given more than once: {twice}")
+    return documents
+
+
 class LlmApply(WireModel):
     documents: list[LlmDocument] = Field(min_length=1, max_length=MAX_APPLY_DOCUMENTS)
 
     @field_validator("documents")
     @classmethod
     def _names_once(cls, value: list[LlmDocument]) -> list[LlmDocument]:
-        twice = repeated([d.name for d in value])
-        if twice:
-            raise ValueError(f"each row may appear once; given more than once: {twice}")
-        return value
+        return once_each(value, "row")
 
 
 class Applied(Answer):

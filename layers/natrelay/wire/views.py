@@ -10,6 +10,7 @@ from pydantic import (
     Field,
 )
 
+from natrelay.wire.agents import AgentCard
 from natrelay.wire.contract import (
     Answer,
     ErrorInfo,
@@ -44,6 +45,8 @@ class ModelCard(Answer):
     # and the other names clients may call it by.
     endpoints: list[str] | None = None
     aliases: list[str] | None = None
+    # Set for an agent (a named target + system prompt + defaults).
+    natrelay: AgentCard | None = None
 
 
 class ModelList(Answer):

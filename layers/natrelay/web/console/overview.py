@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from natrelay.service import Relay
-from natrelay.service.board import KeyToday, RowState
+from natrelay.service.board import AgentState, KeyToday, RowState
 from natrelay.store import MemberRecord
 from natrelay.web.console.html import Column, ago, number, stamp, status, table
 from natrelay.web.console.pages import Visit, page
@@ -168,6 +168,32 @@ def _key_columns(snap: Snapshot) -> list[Column[KeyToday]]:
     ]
 
 
+def _agent_columns(snap: Snapshot) -> list[Column[AgentState]]:
+    def hour(i: int) -> Callable[[AgentState], str]:
+        return lambda a: "—" if a.recent is None else number(a.recent.last_hour[i])
+
+    def target(a: AgentState) -> str:
+        spec = a.agent.agent
+        assert spec is not None
+        return escape(spec.target or f"model {spec.target_model}")
+
+    return [
+        Column("name", lambda a: f"<b>{escape(a.agent.name)}</b>"),
+        Column(
+            "origin",
+            lambda a: "publisher" if a.agent.agent and a.agent.agent.published else "admin",
+        ),
+        Column("target", target),
+        Column("status", lambda a: status(a.status.value)),
+        Column("requests (1&nbsp;h)", hour(0), True),
+        Column("errors (1&nbsp;h)", hour(1), True),
+    ]
+
+
+async def _agents(snap: Snapshot) -> list[AgentState]:
+    return await snap.relay.board.agent_states()
+
+
 async def _keys(snap: Snapshot) -> list[KeyToday]:
     return await snap.relay.board.keys_today()
 
@@ -176,7 +202,7 @@ async def _rows(snap: Snapshot) -> list[RowState]:
     return await snap.rows()
 
 
-# The overview, in order. Agents come as one more Section (their view and columns).
+# The overview, in order.
 SECTIONS: list[Section[Any]] = [
     Section("rows", "Rows", _rows, _row_columns, lambda r: f"row-{r.row.name}"),
     Section(
@@ -186,6 +212,7 @@ SECTIONS: list[Section[Any]] = [
         _member_columns,
         lambda rm: f"member-{rm[0].row.name}-{fingerprint(rm[1].session_id)}",
     ),
+    Section("agents", "Agents", _agents, _agent_columns, lambda a: f"agent-{a.agent.name}"),
     Section("keys-today", "Keys today (UTC)", _keys, _key_columns, lambda k: f"key-{k.key_id}"),
 ]
 
