@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess
 from tests.support.stack import Stack, running_stack
 
@@ -22,14 +22,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    """One serialized moto server for the whole run; each test gets fresh tables."""
-    with MotoServer() as server:
+def moto_server() -> Iterator[MotoProcess]:
+    """One serialized moto server for the whole run (of this worker); each test gets fresh
+    tables. Its own process: an in-process server would share moto's global state with
+    the tests that mock DynamoDB in this process, and lose its tables when they end."""
+    with MotoProcess() as server:
         yield server
 
 
 @pytest.fixture
-def stack(moto_server: MotoServer) -> Iterator[Stack]:
+def stack(moto_server: MotoProcess) -> Iterator[Stack]:
     """A real relay API (uvicorn subprocess) on fresh tables, with fast timeouts for tests."""
     with running_stack(moto_server.endpoint, heartbeat_timeout_seconds=5) as running:
         yield running
@@ -47,7 +49,7 @@ def publishers() -> Iterator[list[PublisherProcess]]:
 
 
 @pytest.fixture(scope="session")
-def shared_stack(moto_server: MotoServer) -> Iterator[Stack]:
+def shared_stack(moto_server: MotoProcess) -> Iterator[Stack]:
     """One relay per worker for tests whose requests change nothing (refused bodies, keys,
     names): a test that registers, queues or writes anything takes its own `stack`."""
     with running_stack(

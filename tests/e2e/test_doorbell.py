@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from natrelay.wire import DOORBELL_SESSION_HEADER, Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess, start_publisher
 from tests.support.net import free_port, wait_until
 from tests.support.stack import (
@@ -102,7 +102,7 @@ def served(url: str, publisher: PublisherProcess) -> None:
 
 
 def test_rings_through_the_gateway_dispatch_requests_between_two_api_processes(
-    moto_server: MotoServer, tmp_path: Path
+    moto_server: MotoProcess, tmp_path: Path
 ) -> None:
     with lambda_relay(moto_server.endpoint, tmp_path, heartbeat_timeout_seconds=60) as relay:
         assert relay.gateway is not None
@@ -121,7 +121,7 @@ def test_rings_through_the_gateway_dispatch_requests_between_two_api_processes(
 
 
 def test_a_gone_connection_is_unbound_and_the_safety_poll_claims_the_task(
-    moto_server: MotoServer, tmp_path: Path
+    moto_server: MotoProcess, tmp_path: Path
 ) -> None:
     with lambda_relay(moto_server.endpoint, tmp_path, heartbeat_timeout_seconds=6) as relay:
         assert relay.gateway is not None
@@ -137,7 +137,7 @@ def test_a_gone_connection_is_unbound_and_the_safety_poll_claims_the_task(
 
 
 def test_a_refused_websocket_falls_back_to_long_poll_and_back(
-    moto_server: MotoServer, tmp_path: Path
+    moto_server: MotoProcess, tmp_path: Path
 ) -> None:
     # the doorbell's port refuses connections at first: the publisher long-polls
     with (
@@ -158,7 +158,7 @@ def test_a_refused_websocket_falls_back_to_long_poll_and_back(
 
 
 def test_reconnecting_across_the_connection_age_limit_loses_no_ring(
-    moto_server: MotoServer, tmp_path: Path
+    moto_server: MotoProcess, tmp_path: Path
 ) -> None:
     with lambda_relay(
         moto_server.endpoint, tmp_path, max_connection_seconds=3, heartbeat_timeout_seconds=90
@@ -186,7 +186,7 @@ def test_reconnecting_across_the_connection_age_limit_loses_no_ring(
 
 
 @pytest.fixture
-def long_lived(moto_server: MotoServer, tmp_path: Path) -> Iterator[str]:
+def long_lived(moto_server: MotoProcess, tmp_path: Path) -> Iterator[str]:
     """The API under uvicorn serving the doorbell itself, as natrelay dev runs it."""
     port = free_port()
     env = relay_env(

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from natrelay.wire import Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import (
     PublisherProcess,
     publisher_config,
@@ -125,7 +125,7 @@ def test_a_request_served_in_memory_is_fetchable_with_its_result_afterwards(
 
 
 def test_with_the_fast_path_off_the_durable_path_serves_the_same_answer(
-    moto_server: MotoServer, backend: FakeBackend, echo: str, tmp_path: Path
+    moto_server: MotoProcess, backend: FakeBackend, echo: str, tmp_path: Path
 ) -> None:
     with (
         running_stack(moto_server.endpoint, heartbeat_timeout_seconds=5, fast_path=False) as stack,

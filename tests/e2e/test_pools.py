@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess, publisher_config, start_publisher
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
@@ -29,7 +29,7 @@ HEARTBEAT_TIMEOUT = 6
 
 @pytest.fixture
 def pool(
-    moto_server: MotoServer, tmp_path: Path
+    moto_server: MotoProcess, tmp_path: Path
 ) -> Iterator[tuple[Stack, list[FakeBackend], list[PublisherProcess]]]:
     """A relay, three backends answering in 300 ms, and three publishers of `m` (one each,
     maxConcurrency 1)."""

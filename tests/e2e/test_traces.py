@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from natrelay.wire import Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import publisher_config, start_publisher, wait_rows
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
@@ -78,7 +78,7 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
 
 
 def test_spans_of_a_request_reach_the_collector(
-    moto_server: MotoServer, collector: Collector, tmp_path: Path
+    moto_server: MotoProcess, collector: Collector, tmp_path: Path
 ) -> None:
     backend = FakeBackend()
     with (

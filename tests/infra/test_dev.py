@@ -20,7 +20,7 @@ import pytest
 from natrelay_infra.children import stop_child
 from natrelay_infra.demo import DEMO_MODELS, demo_config, write_config
 from natrelay_infra.dev import DEV_ADMIN_TOKEN, DEV_CLIENT_TOKEN
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames
 from natrelay_infra.wake_controller import WakeController
 from tests.support.net import free_port, wait_http, wait_until
@@ -314,7 +314,7 @@ def test_stopping_dev_answers_waiting_polls_cleanly(tmp_path: Path) -> None:
     assert "answered 500" not in log
 
 
-def test_dev_uses_a_given_dynamodb_and_tokens(tmp_path: Path, moto_server: MotoServer) -> None:
+def test_dev_uses_a_given_dynamodb_and_tokens(tmp_path: Path, moto_server: MotoProcess) -> None:
     prefix = f"given-{os.getpid()}-"
     with natrelay_dev(
         tmp_path,

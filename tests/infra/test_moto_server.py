@@ -17,7 +17,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 
 THREADS = 12
 ROUNDS = 15
@@ -46,13 +46,13 @@ def _client(endpoint: str):  # type: ignore[no-untyped-def]
     )
 
 
-def test_server_binds_loopback_on_a_free_port(moto_server: MotoServer) -> None:
+def test_server_binds_loopback_on_a_free_port(moto_server: MotoProcess) -> None:
     assert moto_server.endpoint.startswith("http://127.0.0.1:")
     assert not moto_server.endpoint.endswith(":0")
 
 
 @pytest.mark.usefixtures("eager_thread_switches")
-def test_concurrent_conditional_puts_have_exactly_one_winner(moto_server: MotoServer) -> None:
+def test_concurrent_conditional_puts_have_exactly_one_winner(moto_server: MotoProcess) -> None:
     table = f"race-{uuid.uuid4().hex[:8]}"
     admin = _client(moto_server.endpoint)
     admin.create_table(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from natrelay_infra.children import stop_child
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.net import free_port, wait_http
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import PUBLISH_TOKEN, fresh_tables, relay_env
@@ -22,7 +22,7 @@ RUN_SH = Path(__file__).resolve().parents[2] / "functions" / "stream" / "run.sh"
 
 
 @pytest.fixture
-def stream_app(moto_server: MotoServer) -> Iterator[tuple[str, dict[str, str]]]:
+def stream_app(moto_server: MotoProcess) -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
     env = relay_env(moto_server.endpoint, fresh_tables(moto_server.endpoint))
     # The script runs `python` from PATH, as on Lambda: make it this interpreter.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
 from natrelay_infra.template import load_template, table_definitions
 from tests.support.stack import dynamodb_client, fresh_tables
@@ -30,7 +30,7 @@ def test_short_form_tags_are_kept_as_data() -> None:
     assert outputs["StreamUrl"]["Value"] == {"Fn::GetAtt": "StreamFunctionUrl.FunctionUrl"}
 
 
-def test_created_tables_match_the_template(moto_server: MotoServer) -> None:
+def test_created_tables_match_the_template(moto_server: MotoProcess) -> None:
     client = dynamodb_client(moto_server.endpoint)
     names = fresh_tables(moto_server.endpoint)
     for logical_id, name in (("LlmsTable", names.llms), ("TasksTable", names.tasks)):
@@ -64,7 +64,7 @@ def test_created_tables_match_the_template(moto_server: MotoServer) -> None:
             assert ttl["TimeToLiveStatus"] == "DISABLED"
 
 
-def test_create_tables_is_idempotent(moto_server: MotoServer) -> None:
+def test_create_tables_is_idempotent(moto_server: MotoProcess) -> None:
     client = dynamodb_client(moto_server.endpoint)
     names = fresh_tables(moto_server.endpoint)
     client.put_item(TableName=names.llms, Item={"name": {"S": "kept"}})

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 
 from natrelay.wire import SESSION_HEADER
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from natrelay_publisher.relay import RelayClient
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import running_stack
@@ -25,7 +25,7 @@ class _Recording(httpx.AsyncHTTPTransport):
 
 
 def test_the_request_fetch_names_its_session_in_a_header_not_the_url(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     with running_stack(moto_server.endpoint) as stack:
         pub = ScriptedPublisher(

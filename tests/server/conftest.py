@@ -20,7 +20,7 @@ from natrelay.wire import (
     RegisterRequest,
     Role,
 )
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
 from tests.support.counting import OpCounter  # noqa: F401 - the server tests import it here
 from tests.support.stack import Stack, running_stack
@@ -126,7 +126,7 @@ async def claimed(relay: Relay, *, stream: bool = False) -> tuple[str, TaskRecor
 
 
 @pytest.fixture
-def keyed(moto_server: MotoServer) -> Iterator[Stack]:
+def keyed(moto_server: MotoProcess) -> Iterator[Stack]:
     """A relay API (uvicorn, the moto server) whose stored keys are re-read at once
     (revocation tests set their own cache time)."""
     with running_stack(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from natrelay.wire import HeartbeatRequest, Paths, PollRequest, PollResponse, SessionResponse
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_web import ECHO, MSG, assert_openai_error, auth
 from tests.support.net import wait_until
 from tests.support.scripted import ScriptedPublisher
@@ -45,7 +45,7 @@ def _told(pub: ScriptedPublisher, task_id: str) -> list[str] | None:
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["handed", "durable"])
 def test_a_sync_timeout_cancels_the_task_and_its_publisher_is_told(
-    moto_server: MotoServer, fast_path: bool
+    moto_server: MotoProcess, fast_path: bool
 ) -> None:
     with running_stack(
         moto_server.endpoint, request_timeout_seconds=1, fast_path=fast_path
@@ -89,7 +89,7 @@ def test_a_task_still_wanted_is_not_named(stack: Stack) -> None:
 
 
 def test_the_504_of_the_api_gateway_route_names_the_url_that_waits_longer(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     with (
         running_stack(

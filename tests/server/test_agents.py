@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from natrelay.wire import Paths, SessionRequest
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_rows_access import key as made_key
 from tests.support.net import wait_until
 from tests.support.scripted import ScriptedPublisher
@@ -48,7 +48,7 @@ def mirror(task: dict[str, Any], pub: ScriptedPublisher) -> None:
 
 
 @pytest.fixture
-def agents_stack(moto_server: MotoServer) -> Iterator[Stack]:
+def agents_stack(moto_server: MotoProcess) -> Iterator[Stack]:
     with running_stack(
         moto_server.endpoint, heartbeat_timeout_seconds=5, key_cache_seconds=0
     ) as stack:

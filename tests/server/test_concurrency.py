@@ -14,7 +14,7 @@ from natrelay.service import Relay
 from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.wire import HeartbeatRequest, PollRequest, ProviderSpec, RegisterRequest
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames
 from tests.server.conftest import CLIENT, PUB
 from tests.support.stack import FAKE_AWS, fresh_tables
@@ -62,7 +62,7 @@ def _poller(
     out.put(asyncio.run(run()))
 
 
-def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoServer) -> None:
+def test_every_task_is_claimed_exactly_once_across_processes(moto_server: MotoProcess) -> None:
     """Two members of one pool (two sessions of one key), four polling processes."""
     tables = fresh_tables(moto_server.endpoint)
     relay = _service(moto_server.endpoint, tables)
@@ -134,7 +134,7 @@ def _sweeper(endpoint: str, tables: TableNames, seconds: float, out: Any) -> Non
     out.put(asyncio.run(run()))
 
 
-def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoServer) -> None:
+def test_sweep_never_overwrites_a_heartbeat_across_processes(moto_server: MotoProcess) -> None:
     tables = fresh_tables(moto_server.endpoint)
     relay = _service(moto_server.endpoint, tables)
     reg = asyncio.run(

@@ -14,7 +14,7 @@ import pytest
 
 from natrelay.web import PAGES
 from natrelay.wire import Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.stack import Stack, running_stack
 
 COOKIE = "natrelay_console"
@@ -25,7 +25,7 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def stack(moto_server: MotoServer) -> Iterator[Stack]:
+def stack(moto_server: MotoProcess) -> Iterator[Stack]:
     # plain http on 127.0.0.1: the cookie without Secure, as `natrelay dev` sets it
     with running_stack(moto_server.endpoint, key_cache_seconds=0, cookie_secure=False) as running:
         yield running

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from natrelay.wire import Paths, TaskState
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import running_stack
 
@@ -33,7 +33,7 @@ FAST = {
 }
 
 
-def test_the_document_covers_every_route_and_needs_no_key(moto_server: MotoServer) -> None:
+def test_the_document_covers_every_route_and_needs_no_key(moto_server: MotoProcess) -> None:
     with running_stack(moto_server.endpoint) as stack:
         doc = httpx.get(f"{stack.url}{Paths.OPENAPI}").json()
     assert doc["openapi"].startswith("3.1")
@@ -49,7 +49,7 @@ def test_the_document_covers_every_route_and_needs_no_key(moto_server: MotoServe
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("role", ["client", "admin", "publisher"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    moto_server: MotoServer, capfd: pytest.CaptureFixture[str], tmp_path: Path, role: str
+    moto_server: MotoProcess, capfd: pytest.CaptureFixture[str], tmp_path: Path, role: str
 ) -> None:
     st = Path(sys.executable).with_name("st")
     # A relay (fresh tables) per role: the rows a publisher's run registers have no live
@@ -145,7 +145,7 @@ def _refused_cleanly(resp: httpx.Response) -> None:
 
 @pytest.mark.timeout(400)
 def test_result_and_chunk_bodies_for_a_claimed_task(
-    moto_server: MotoServer, capfd: pytest.CaptureFixture[str]
+    moto_server: MotoProcess, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with running_stack(moto_server.endpoint, heartbeat_timeout_seconds=120) as stack:
         doc = httpx.get(f"{stack.url}{Paths.OPENAPI}").json()

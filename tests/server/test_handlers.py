@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import (
     CLIENT_TOKEN,
@@ -86,7 +86,7 @@ def heartbeat_timeout() -> float:
 
 @pytest.fixture
 def relay(
-    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, heartbeat_timeout: float
+    moto_server: MotoProcess, monkeypatch: pytest.MonkeyPatch, heartbeat_timeout: float
 ) -> Any:
     """The api handler, and a uvicorn API on the same tables for the publisher to poll."""
     tables = fresh_tables(moto_server.endpoint)

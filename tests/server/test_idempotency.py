@@ -18,7 +18,7 @@ from natrelay.service import Principal, Relay
 from natrelay.service.assembly import build_relay
 from natrelay.settings import Settings
 from natrelay.wire import Role, TaskResult
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, OpCounter, claim, register, spec
 from tests.support.scripted import ScriptedPublisher, echo_answer
 from tests.support.stack import FAKE_AWS, fresh_tables, running_stack
@@ -61,7 +61,7 @@ async def test_the_same_key_from_the_same_client_is_one_task(
     assert not replayed and later.id != first.id
 
 
-def test_concurrent_requests_with_one_key_make_one_task(moto_server: MotoServer) -> None:
+def test_concurrent_requests_with_one_key_make_one_task(moto_server: MotoProcess) -> None:
     """Against the serialized moto server: in-process moto checks conditions without a
     lock, so a race there would prove nothing (DESIGN.md)."""
     os.environ.update(FAKE_AWS)
@@ -95,7 +95,7 @@ def test_concurrent_requests_with_one_key_make_one_task(moto_server: MotoServer)
 # --- the official SDK on a real relay ----------------------------------------------------
 
 
-def test_the_sdk_does_not_rerun_a_task_that_timed_out(moto_server: MotoServer) -> None:
+def test_the_sdk_does_not_rerun_a_task_that_timed_out(moto_server: MotoProcess) -> None:
     with running_stack(moto_server.endpoint, request_timeout_seconds=1) as stack:
         held: list[dict[str, Any]] = []
         with ScriptedPublisher(
@@ -110,7 +110,7 @@ def test_the_sdk_does_not_rerun_a_task_that_timed_out(moto_server: MotoServer) -
         assert len(held) == 1, "the SDK's retries ran the task again"
 
 
-def test_an_offline_model_fails_at_once_for_the_sdk(moto_server: MotoServer) -> None:
+def test_an_offline_model_fails_at_once_for_the_sdk(moto_server: MotoProcess) -> None:
     with running_stack(moto_server.endpoint) as stack:
         pub = ScriptedPublisher(stack.url, stack.publish_token, ECHO)
         sid = pub.register()
@@ -124,7 +124,7 @@ def test_an_offline_model_fails_at_once_for_the_sdk(moto_server: MotoServer) -> 
         assert time.monotonic() - started < 5, "Retry-After was honoured: the SDK retried"
 
 
-def test_a_spent_budget_says_do_not_retry(moto_server: MotoServer) -> None:
+def test_a_spent_budget_says_do_not_retry(moto_server: MotoProcess) -> None:
     def with_usage(task: dict[str, Any], pub: ScriptedPublisher) -> None:
         body = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
         pub.result(task["id"], {"status": 200, "body": body})
@@ -144,7 +144,7 @@ def test_a_spent_budget_says_do_not_retry(moto_server: MotoServer) -> None:
         assert resp.headers["x-should-retry"] == "false"
 
 
-def test_an_idempotency_key_returns_the_first_tasks_answer(moto_server: MotoServer) -> None:
+def test_an_idempotency_key_returns_the_first_tasks_answer(moto_server: MotoProcess) -> None:
     with running_stack(moto_server.endpoint, request_timeout_seconds=1) as stack:
         seen: list[dict[str, Any]] = []
         release = threading.Event()

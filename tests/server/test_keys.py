@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.scripted import ScriptedPublisher
@@ -229,7 +229,7 @@ def test_a_client_key_sees_and_uses_only_its_models(keyed: Stack) -> None:
             oai.models.retrieve("secret-model")
 
 
-def test_a_revoked_key_stops_working_within_the_cache_time(moto_server: MotoServer) -> None:
+def test_a_revoked_key_stops_working_within_the_cache_time(moto_server: MotoProcess) -> None:
     with running_stack(moto_server.endpoint, key_cache_seconds=2) as stack:
         other = start_api(stack.env)  # a second instance, which cached the key
         try:

@@ -16,7 +16,7 @@ from natrelay.service.assembly import Assembly
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay.wire import HeartbeatRequest, PollRequest, TaskState
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, claim, register, spec
 from tests.support.scripted import ScriptedPublisher, echo_answer
 from tests.support.stack import dynamodb_client, running_stack
@@ -106,7 +106,7 @@ def _answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
 
 
 def test_a_poll_answer_lost_on_the_way_is_handed_out_again_within_a_lease(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     settings = {"heartbeat_timeout_seconds": 4, "lease_seconds": 2, "request_timeout_seconds": 20}
     with running_stack(moto_server.endpoint, **settings) as stack:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_keys import auth, create_key, error_of
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack, running_stack
@@ -41,7 +41,7 @@ def test_a_look_alike_of_another_keys_name_is_refused(keyed: Stack) -> None:
     assert _register(keyed, owner, "A-Echo").status_code == 200
 
 
-def test_a_key_owns_at_most_so_many_names(moto_server: MotoServer) -> None:
+def test_a_key_owns_at_most_so_many_names(moto_server: MotoProcess) -> None:
     with running_stack(moto_server.endpoint, key_cache_seconds=0, max_names_per_key=3) as stack:
         pub = create_key(stack, role="publisher", label="hoarder")["secret"]
         assert _register(stack, pub, "n1", "n2", "n3").status_code == 200

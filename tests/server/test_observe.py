@@ -18,7 +18,7 @@ from natrelay.settings import Settings
 from natrelay.web import create_app
 from natrelay.web.middleware import log_level
 from natrelay.wire import Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.relay_config import relay_settings
 from tests.server.test_handlers import http_event, load_handler
 from tests.support.net import serve
@@ -48,7 +48,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_every_response_names_its_request_and_so_does_its_log_line(
-    moto_server: MotoServer, tmp_path: Path
+    moto_server: MotoProcess, tmp_path: Path
 ) -> None:
     log = tmp_path / "relay.log"
     with running_stack(moto_server.endpoint, log_file=log) as stack:
@@ -84,7 +84,7 @@ def test_every_response_names_its_request_and_so_does_its_log_line(
     assert CLIENT_TOKEN not in text and ADMIN_TOKEN not in text
 
 
-def _settings(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> Settings:
+def _settings(moto_server: MotoProcess, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> Settings:
     """A relay in this process, on fresh tables of the shared moto server."""
     for key, value in FAKE_AWS.items():
         monkeypatch.setenv(key, value)
@@ -98,7 +98,7 @@ def _settings(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, **fields
 
 
 def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
-    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+    moto_server: MotoProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(moto_server, monkeypatch)
     relay = build_relay(settings)
@@ -131,7 +131,7 @@ def test_a_500_is_one_json_line_with_the_trace_and_the_client_gets_only_the_id(
 
 
 def test_text_lines_say_what_each_request_was(
-    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+    moto_server: MotoProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = create_app(_settings(moto_server, monkeypatch, log_format="text"))
     out = io.StringIO()
@@ -173,7 +173,7 @@ def _wake_and_answer(task: dict[str, Any], pub: ScriptedPublisher) -> None:
     pub.result(task["id"], {"status": 200, "body": body})
 
 
-def test_metrics_count_requests_errors_and_wakes(moto_server: MotoServer) -> None:
+def test_metrics_count_requests_errors_and_wakes(moto_server: MotoProcess) -> None:
     sleepy = [{**ECHO[0], "initialStatus": "hibernating", "wakeMaxWaitSeconds": 30}]
     with (
         running_stack(
@@ -203,7 +203,7 @@ def test_metrics_count_requests_errors_and_wakes(moto_server: MotoServer) -> Non
 
 
 def test_the_lambda_handler_writes_valid_emf(
-    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    moto_server: MotoProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = relay_env(moto_server.endpoint, fresh_tables(moto_server.endpoint), metrics="emf")
     api = load_handler("api", monkeypatch, env)

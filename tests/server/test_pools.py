@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.net import wait_until
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack, running_stack, unsettled, wake_tasks_written
@@ -45,7 +45,7 @@ def heartbeat_timeout() -> float:
 
 
 @pytest.fixture
-def pool_stack(moto_server: MotoServer, heartbeat_timeout: float) -> Iterator[Stack]:
+def pool_stack(moto_server: MotoProcess, heartbeat_timeout: float) -> Iterator[Stack]:
     with running_stack(
         moto_server.endpoint,
         heartbeat_timeout_seconds=heartbeat_timeout,
@@ -171,7 +171,7 @@ def _wake_then_echo(task: dict[str, Any], pub: ScriptedPublisher) -> None:
 
 
 def test_a_sleeping_pool_wakes_once_and_answers_every_first_request(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     sleepy = [
         {

@@ -22,7 +22,7 @@ from natrelay.service.assembly import Assembly
 from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay.wire import SERVED_BY_HEADER, Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess, MotoServer
 from tests.support.backend import FakeBackend
 from tests.support.net import serve, wait_until
 from tests.support.scripted import ScriptedPublisher
@@ -90,7 +90,7 @@ def heartbeat_timeout() -> float:
 
 
 @pytest.fixture
-def cloud(moto_server: MotoServer, tmp_path: Path, heartbeat_timeout: float) -> Iterator[Cloud]:
+def cloud(moto_server: MotoProcess, tmp_path: Path, heartbeat_timeout: float) -> Iterator[Cloud]:
     key = f"sk-test-{uuid.uuid4().hex}"
     backend = FakeBackend(api_key=key, interval=0.01)
     secret = _secret(moto_server, json.dumps({"apiKey": key}))
@@ -179,7 +179,7 @@ def test_plain_and_streamed_through_the_openai_sdk(cloud: Cloud) -> None:
 
 
 def test_upstream_errors_are_openai_errors_without_the_key(
-    cloud: Cloud, moto_server: MotoServer
+    cloud: Cloud, moto_server: MotoProcess
 ) -> None:
     wrong = _secret(moto_server, "sk-wrong-key-123456789")
     applied = cloud.apply(
@@ -499,7 +499,7 @@ def test_an_upstream_error_never_carries_the_key_whatever_its_offset(cloud: Clou
 
 
 def test_relay_made_upstream_failures_say_not_to_retry(
-    cloud: Cloud, moto_server: MotoServer
+    cloud: Cloud, moto_server: MotoProcess
 ) -> None:
     """An upstream that did not answer in time may still be running the request: the
     openai SDK (which retries 5xx twice) must call it once. Nor may a retry help when the

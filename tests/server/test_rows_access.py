@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from natrelay.wire import Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack, dynamodb_client, put_secret, running_stack
 
@@ -27,7 +27,7 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def relay(moto_server: MotoServer, tmp_path: Path) -> Iterator[tuple[Stack, str, Path]]:
+def relay(moto_server: MotoProcess, tmp_path: Path) -> Iterator[tuple[Stack, str, Path]]:
     """A relay whose stored keys are re-read at once, a secret holding an upstream key,
     and the relay's log (INFO)."""
     secret = put_secret(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import snapshot_restore_py
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_handlers import body_of, http_event, load_handler, register_event
 from tests.support.stack import CLIENT_TOKEN, fresh_tables, relay_env
 
@@ -20,7 +20,7 @@ Hook = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
 
 
 @pytest.fixture
-def env(moto_server: MotoServer) -> dict[str, str]:
+def env(moto_server: MotoProcess) -> dict[str, str]:
     return relay_env(moto_server.endpoint, fresh_tables(moto_server.endpoint), mode="lambda")
 
 

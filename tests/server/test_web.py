@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack, running_stack
 
@@ -212,7 +212,7 @@ def test_row_endpoints(stack: Stack) -> None:
 
 
 def test_sync_timeout_with_an_idempotency_key_is_504_naming_the_task_that_stays_fetchable(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     """An Idempotency-Key is a way back to the task (its retry finds it): the task goes
     on. Without one it is cancelled (tests/server/test_abandon.py)."""

@@ -80,6 +80,7 @@ class Queue:
         endpoint: Endpoint = Endpoint.CHAT,
         fast: bool = True,
         agent: str | None = None,
+        received: float | None = None,
     ) -> TaskRecord:
         """Queue an infer task (a request to `endpoint`) for the row's pool, waking the
         backend if it sleeps; EndpointNotServedError if the pool does not serve it. With
@@ -88,7 +89,8 @@ class Queue:
 
         The caller's key is admitted against its limits first (RateLimitError), with
         an estimate of the tokens it may use reserved; a stream asks the backend for its
-        usage (service.metering).
+        usage (service.metering). `received`: when the relay began on the request (the
+        start of its timeline, service.timeline; default now).
         """
         talk = conversation(endpoint, body, principal.conversation, principal.key_id)
         body = ask_usage(body, endpoint, stream)
@@ -103,6 +105,7 @@ class Queue:
             reserve=reservation(body, len(raw)),
             talk=talk,
             agent=agent,
+            received=received,
         )
 
     async def submit_once(
@@ -115,6 +118,7 @@ class Queue:
         key: str,
         endpoint: Endpoint = Endpoint.CHAT,
         agent: str | None = None,
+        received: float | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Submit, unless the caller's key already sent this Idempotency-Key `key` within
         the result retention: then the task it started (and True: nothing new runs).
@@ -154,6 +158,7 @@ class Queue:
                 reserve=reservation(body, len(raw)),
                 talk=talk,
                 agent=agent,
+                received=received,
             )
             return task, False
         except ConditionFailedError as exc:  # another request with this key won the race
@@ -197,8 +202,9 @@ class Queue:
         reserve: int = 0,
         talk: Talk | None = None,
         agent: str | None = None,
+        received: float | None = None,
     ) -> TaskRecord:
-        received = self.clock()  # the start of its timeline (service.timeline)
+        received = self.clock() if received is None else received
         row, status = await self._open_pool(principal, name, endpoint)
         active = status is LlmStatus.ACTIVE
         route = await self.affinity.route(

@@ -3,7 +3,8 @@
     received ─relay─ queued ─wake─ woke ─queue─ asked ─dispatch─ dispatched ─backend─ done
                                                                       └ first token
 
-* relay: the relay's own work before the task was queued (its key, limits, row, write);
+* relay: the relay's own work from the request's arrival (its key checked, its body
+  read) until the task was queued (its key's limits, its row, starting a wake);
 * wake: waiting for a sleeping backend to wake (only when the request started a wake or
   joined one);
 * queue: no member was asking for work (every member busy, or between its polls, or a

@@ -65,19 +65,35 @@ async def submit(
     endpoint: Endpoint = Endpoint.CHAT,
     fast: bool = True,
     agent: str | None = None,
+    received: float | None = None,
 ) -> tuple[TaskRecord, bool]:
     """Queue the request; with an Idempotency-Key, the key's first task if there is one
     (True: an earlier request started it). Without `fast` it never takes the fast path
     (an async request: its task must be durable from the start). `agent`: the agent
-    the client called (its answer names it)."""
+    the client called (its answer names it). `received`: when the relay began on it (its
+    timeline's start)."""
     queue = relay.queue
     if key is None:
         task = await queue.submit(
-            principal, name, body, stream=stream, endpoint=endpoint, fast=fast, agent=agent
+            principal,
+            name,
+            body,
+            stream=stream,
+            endpoint=endpoint,
+            fast=fast,
+            agent=agent,
+            received=received,
         )
         return task, False
     return await queue.submit_once(
-        principal, name, body, stream=stream, key=key, endpoint=endpoint, agent=agent
+        principal,
+        name,
+        body,
+        stream=stream,
+        key=key,
+        endpoint=endpoint,
+        agent=agent,
+        received=received,
     )
 
 
@@ -151,7 +167,15 @@ async def _published(
 ) -> Response:
     """A published row's answer: its task, waited for or streamed."""
     task, earlier = await submit(
-        relay, principal, name, body, stream=stream, key=key, endpoint=endpoint, agent=agent
+        relay,
+        principal,
+        name,
+        body,
+        stream=stream,
+        key=key,
+        endpoint=endpoint,
+        agent=agent,
+        received=started,
     )
     if stream:
         budget = relay.settings.stream_timeout_seconds
