@@ -13,7 +13,7 @@ import pytest
 
 from natrelay.service.affinity import Talk, conversation
 from natrelay.wire import CONVERSATION_HEADER, Endpoint
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_pools import Held
 from tests.support.net import wait_until
 from tests.support.scripted import ScriptedPublisher, echo_answer
@@ -102,7 +102,7 @@ def pool(stack: Stack) -> dict[str, Any]:
 
 
 @pytest.fixture(params=["server", "lambda"])
-def mode_stack(request: pytest.FixtureRequest, moto_server: MotoServer) -> Iterator[Stack]:
+def mode_stack(request: pytest.FixtureRequest, moto_server: MotoProcess) -> Iterator[Stack]:
     with running_stack(
         moto_server.endpoint,
         mode=request.param,
@@ -142,7 +142,7 @@ def test_every_turn_of_a_conversation_goes_back_to_its_member(mode_stack: Stack)
 
 
 def test_a_conversation_whose_member_stays_busy_goes_elsewhere_after_the_wait(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     with (
         running_stack(

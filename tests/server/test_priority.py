@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from natrelay.wire import PRIORITY_HEADER, Paths
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_pools import Held, pending
 from tests.support.net import wait_until
 from tests.support.stack import Stack, running_stack
@@ -87,7 +87,7 @@ class Asking:
 
 
 @pytest.fixture
-def classes_stack(moto_server: MotoServer) -> Iterator[Stack]:
+def classes_stack(moto_server: MotoProcess) -> Iterator[Stack]:
     # (plain http here: the console's cookie may not be Secure)
     with running_stack(
         moto_server.endpoint, heartbeat_timeout_seconds=60, cookie_secure=False
@@ -139,7 +139,7 @@ def test_interactive_work_goes_before_batch_work_and_a_request_may_only_lower_it
 
 
 def test_batch_work_that_waited_its_aging_time_goes_before_newer_interactive_work(
-    moto_server: MotoServer,
+    moto_server: MotoProcess,
 ) -> None:
     with (
         running_stack(

@@ -13,7 +13,7 @@ import httpx
 from natrelay.service.dispatch import leaves_to_others
 from natrelay.service.endings import PoolHint
 from natrelay.service.speeds import FRESH_SECONDS, Speeds
-from natrelay_infra.moto_server import MotoServer
+from natrelay_infra.moto_server import MotoProcess
 from tests.server.conftest import FakeClock
 from tests.support.net import wait_until
 from tests.support.scripted import ScriptedPublisher, echo_answer
@@ -66,7 +66,7 @@ def answering_in(seconds: float) -> Callable[[dict[str, Any], ScriptedPublisher]
     return answer
 
 
-def test_the_fast_member_of_a_pool_gets_most_of_the_work(moto_server: MotoServer) -> None:
+def test_the_fast_member_of_a_pool_gets_most_of_the_work(moto_server: MotoProcess) -> None:
     with (
         running_stack(moto_server.endpoint, heartbeat_timeout_seconds=60) as stack,
         ScriptedPublisher(stack.url, stack.publish_token, ECHO, answer=answering_in(0.05)) as fast,
