@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     # A stream with no chunk yet answers 200 after a while anyway (queued, or waiting for a
     # wake) and sends an SSE comment this often, so idle-cutting proxies never drop it.
     stream_keepalive_seconds: float = Field(default=15, gt=0)
+    # Priority classes (service.dispatch): a batch request queued at t sorts as an
+    # interactive one queued at t + this; so interactive work goes first, and batch work
+    # that has waited this long goes before anything newer (it is never starved).
+    batch_aging_seconds: float = Field(default=60, ge=0, le=86_400)
+    # Affinity (service.affinity): a request continuing a conversation waits up to this
+    # long for the member that ran its last turn (its prefix cache holds the history)
+    # before any member takes it (0: off); conversations are remembered this long.
+    affinity_wait_seconds: float = Field(default=2.0, ge=0, le=60)
+    affinity_ttl_seconds: float = Field(default=600, gt=0, le=86_400)
+    # Capacity-aware dispatch (service.speeds): a member much slower than its pool's
+    # fastest gets new work only once it has waited what the slow one takes more.
+    dispatch_by_speed: bool = True
     # Wake one more hibernating member when the oldest request has waited this long
     # with every active member busy (0: off).
     wake_after_queue_seconds: float = Field(default=0, ge=0)

@@ -7,7 +7,16 @@ import re
 import sys
 from typing import Any
 
-from natrelay.wire import KeyCreated, KeyList, KeySpec, KeyView, Paths, Role, UsageView
+from natrelay.wire import (
+    KeyCreated,
+    KeyList,
+    KeySpec,
+    KeyView,
+    Paths,
+    Priority,
+    Role,
+    UsageView,
+)
 from natrelay_cli.admin import AdminClient, common_options, dump, print_json, table
 
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
@@ -38,6 +47,7 @@ KEY_COLUMNS = (
     "rpm",
     "concurrency",
     "tokensPerDay",
+    "priority",
 )
 
 
@@ -55,6 +65,7 @@ def _create(client: AdminClient, args: argparse.Namespace) -> None:
         rpm=args.rpm,
         concurrency=args.concurrency,
         tokens_per_day=args.tokens_per_day,
+        priority=Priority(args.priority),
         expires_in_seconds=args.expires,
     )
     key = client.call("POST", Paths.KEYS, KeyCreated, body=spec)
@@ -146,6 +157,13 @@ def add_commands(commands: Any) -> None:
     create.add_argument("--rpm", type=int, metavar="N", help="requests per minute")
     create.add_argument("--concurrency", type=int, metavar="N", help="requests in flight")
     create.add_argument("--tokens-per-day", type=int, metavar="N", help="token budget per UTC day")
+    create.add_argument(
+        "--priority",
+        choices=[p.value for p in Priority],
+        default=Priority.INTERACTIVE.value,
+        help="the class its requests queue in: interactive work goes before batch work "
+        "(default: interactive)",
+    )
     create.add_argument("--expires", type=duration, metavar="DURATION", help="e.g. 30d, 12h")
     create.add_argument("--quiet", "-q", action="store_true", help="print the secret alone")
     common_options(create)

@@ -38,7 +38,7 @@ from natrelay.settings import Settings
 from natrelay.store import Stores
 from natrelay_infra.moto_server import MotoProcess
 from natrelay_infra.tables import TableNames, create_tables
-from tests.perf import cpu, report
+from tests.perf import cpu, report, smart_pools
 from tests.perf.busy import busy_member
 from tests.perf.cold import cold_phase, init_phase
 from tests.perf.load import Samples, Target, isolated, ms, percentile, run_load
@@ -701,6 +701,10 @@ def run(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
                 continue
             r["wake"][mode] = wake_phase(moto.endpoint, logdir, mode, profile)
             log(f"  {mode}: {r['wake'][mode]}")
+
+        log("smart pools (affinity, priority classes, capacity-aware dispatch)")
+        r["pools"] = smart_pools.run_phase(moto.endpoint, logdir, args.quick)
+        log(f"  { ({k: v for k, v in r['pools'].items() if not isinstance(v, dict)}) }")
 
         log("idle cost and dispatch (knobs)")
         r["knobs"], r["sweep"] = knobs_phase(moto.endpoint, logdir, backend, profile, deadline)

@@ -1,6 +1,7 @@
 """What a pool costs in DynamoDB requests: one publisher vs a pool of two, per inference
 (c=1 and c=16) and per idle minute, in long-lived and Lambda mode; and how a burst
-spreads over three members whose backends answer in 300 ms.
+spreads over three members whose backends answer in 300 ms. Then the smart pools'
+figures (tests.perf.smart_pools: affinity, priority classes, capacity-aware dispatch).
 
     python -m tests.perf.pools [--quick] [--out F.json]
 
@@ -19,16 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from natrelay_infra.moto_server import MotoProcess
+from tests.perf import smart_pools
 from tests.perf.load import Target, run_load
 from tests.perf.procs import CLIENT_TOKEN, Backend, Stack
-
-
-def _ops(stack: Stack) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for stats in stack.stats():
-        for op, n in stats["ops"].items():
-            total[op] = total.get(op, 0) + n
-    return total
 
 
 def _per(ops: dict[str, int], n: float) -> dict[str, float]:
@@ -43,7 +37,7 @@ def measure(stack: Stack, target: Target, *, count: int, idle: float) -> dict[st
         samples = asyncio.run(
             run_load(target, concurrency=concurrency, count=count, seconds=60, tag="load")
         )
-        ops = _ops(stack)
+        ops = stack.ops()
         done = max(1, len(samples.latencies))
         out[f"c={concurrency}"] = {
             "n": len(samples.latencies),
@@ -53,7 +47,7 @@ def measure(stack: Stack, target: Target, *, count: int, idle: float) -> dict[st
         }
     stack.reset()
     time.sleep(idle)
-    ops = _ops(stack)
+    ops = stack.ops()
     out["idle"] = {
         "windowSeconds": idle,
         "requestsPerMinute": round(sum(ops.values()) * 60 / idle, 1),
@@ -100,6 +94,7 @@ def main() -> None:
                         stack.stop()
         finally:
             backend.proc.stop()
+        results["smartPools"] = smart_pools.run_phase(moto.endpoint, logdir, args.quick)
     for mode in ("longlived", "lambda"):
         one, two = results[f"{mode}-1"], results[f"{mode}-2"]
         for c in ("c=1", "c=16"):
@@ -112,6 +107,7 @@ def main() -> None:
             f"{mode} idle: 1 member {one['idle']['requestsPerMinute']}/min, "
             f"2 members {two['idle']['requestsPerMinute']}/min"
         )
+    print(json.dumps({k: v for k, v in results["smartPools"].items() if not isinstance(v, dict)}))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
 

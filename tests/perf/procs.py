@@ -118,6 +118,8 @@ class Stack:
     publisher_doorbell: dict[str, Any] = field(default_factory=dict)
     # Lambda mode, one request per instance: `apis` is the pool alone.
     pool: bool = False
+    # Each member's own providers (its own backend), instead of `providers` for all.
+    member_providers: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @property
     def client_api(self) -> Api:
@@ -175,6 +177,7 @@ class Stack:
         doorbell = bool(settings.pop("doorbell", False))
         publisher_doorbell = dict(settings.pop("publisher_doorbell", {}))
         pool = bool(settings.pop("pool", False)) and lambda_mode
+        member_providers = list(settings.pop("member_providers", []))
         tables = TableNames.with_prefix(f"{name}-{uuid.uuid4().hex[:6]}-")
         create_tables(dynamodb_client(endpoint), tables)
         stack = cls(name, endpoint, lambda_mode, settings, tables, logdir=logdir, members=members)
@@ -182,6 +185,7 @@ class Stack:
         stack.doorbell = doorbell
         stack.publisher_doorbell = publisher_doorbell
         stack.pool = pool
+        stack.member_providers = member_providers
         ports = [free_port() for _ in range(2 if lambda_mode and not pool else 1)]
         env = stack.env
         if doorbell and lambda_mode:
@@ -225,7 +229,7 @@ class Stack:
                     "sessionFile": str(self.logdir / f"{tag}-session.json"),
                     "doorbell": self.publisher_doorbell,
                 },
-                "providers": self.providers,
+                "providers": self.member_providers[i] if self.member_providers else self.providers,
             }
             path = self.logdir / f"{tag}-publisher.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -266,6 +270,14 @@ class Stack:
         if self.pool:
             return list(self.pool_stats()["instances"])
         return [api.stats() for api in self.apis]
+
+    def ops(self) -> dict[str, int]:
+        """DynamoDB requests by operation since the last reset, all API processes."""
+        total: dict[str, int] = {}
+        for stats in self.stats():
+            for op, n in stats["ops"].items():
+                total[op] = total.get(op, 0) + n
+        return total
 
     def pool_stats(self) -> dict[str, Any]:
         """The Lambda pool's counts (`pool`) and its instances' stats (`instances`)."""

@@ -165,7 +165,12 @@ def flat(r: dict[str, Any]) -> dict[str, Any]:
     bell = r["knobs"].get("Lambda, doorbell") or {}
     poll = r["knobs"].get("Lambda, long-poll") or {}
     added = r["added"]
+    pools = r.get("pools") or {}
     return {
+        "pools.affinity_ttft_gain": pools.get("affinityTtftGain"),
+        "pools.interactive_wait_p95_ms": pools.get("interactiveWaitP95Ms"),
+        "pools.fast_share_ratio": pools.get("fastShareRatio"),
+        "pools.lambda_extra_ddb_per_inference": pools.get("lambdaExtraPerInference"),
         "longlived.added_p50_ms": added["c1"].get("longlived", {}).get("p50"),
         "longlived.rps_c16": _rps(r, "longlived"),
         "longlived.added_ttft_p50_ms": added["stream"].get("longlived", {}).get("p50"),

@@ -34,7 +34,7 @@ def test_create_list_get_usage_revoke(stack: Stack) -> None:
 
     quiet = natrelay(
         stack, "keys", "create", "--role", "publisher", "--label", "box", "--quiet",
-        "--models", "echo,llama-*", "--expires", "30d",
+        "--models", "echo,llama-*", "--expires", "30d", "--priority", "batch",
     )  # fmt: skip
     assert quiet.returncode == 0 and quiet.stdout.strip().startswith("nrk_")
     assert len(quiet.stdout.strip().splitlines()) == 1
@@ -50,6 +50,7 @@ def test_create_list_get_usage_revoke(stack: Stack) -> None:
     as_json = json.loads(natrelay(stack, "keys", "list", "-o", "json").stdout)
     assert {k["label"] for k in as_json} == {"alice", "box"}
     assert [k["models"] for k in as_json if k["label"] == "box"] == [["echo", "llama-*"]]
+    assert {k["label"]: k["priority"] for k in as_json} == {"alice": "interactive", "box": "batch"}
 
     got = natrelay(stack, "keys", "get", key_id)
     assert "rpm:" in got.stdout and "60" in got.stdout

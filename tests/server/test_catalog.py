@@ -38,9 +38,9 @@ async def test_a_member_that_finished_its_task_is_not_shown_busy(relay: Relay) -
     beat = HeartbeatRequest(provider_session_id=sid, running=[task.id])
     await relay.sessions.heartbeat(PUB, beat)
     pool = await relay.catalog.pool(CLIENT, "a")
-    assert [running for _, running in pool.members] == [1]
+    assert [running for _, running, _ in pool.members] == [1]
     done = TaskResult(provider_session_id=sid, status=200, body={"ok": True})
     await relay.claims.post_result(PUB, task.id, done)
     # the session still lists it until its next heartbeat; the pool knows it ended
     pool = await relay.catalog.pool(CLIENT, "a")
-    assert [running for _, running in pool.members] == [0]
+    assert [running for _, running, _ in pool.members] == [0]

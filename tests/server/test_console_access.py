@@ -154,7 +154,7 @@ def test_the_forms_do_what_the_api_does(stack: Stack) -> None:
     made = browser.post(
         Paths.CONSOLE_KEYS,
         data={"csrf": csrf, "role": "client", "label": "carol", "models": "echo, llama-*",
-              "rpm": "30", "concurrency": "", "tokens_per_day": "1000"},
+              "rpm": "30", "concurrency": "", "tokens_per_day": "1000", "priority": "batch"},
     )  # fmt: skip
     assert made.status_code == 201
     secret = re.search(r'id="secret" class="secret" readonly value="([^"]+)"', made.text)
@@ -171,7 +171,8 @@ def test_the_forms_do_what_the_api_does(stack: Stack) -> None:
 
     assert api_key() | {"createdAt": ""} == {
         "id": key_id, "label": "carol", "role": "client", "models": ["echo", "llama-*"],
-        "rpm": 30, "tokensPerDay": 1000, "createdAt": "", "status": "active",
+        "rpm": 30, "tokensPerDay": 1000, "priority": "batch", "createdAt": "",
+        "status": "active",
     }  # fmt: skip
     bad = browser.post(
         Paths.CONSOLE_KEYS, data={"csrf": csrf, "role": "client", "label": "x", "rpm": "-3"}

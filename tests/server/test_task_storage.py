@@ -4,6 +4,7 @@ The service's rules rely on exactly this: the same conditions, the same errors."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from natrelay.store import (
     Stores,
     TaskStorage,
 )
-from natrelay.wire import TaskKind, TaskState
+from natrelay.wire import Priority, TaskKind, TaskState
 from tests.server.conftest import FakeClock, OpCounter
 
 pytestmark = pytest.mark.anyio
@@ -209,3 +210,40 @@ async def test_a_task_read_past_its_lease_is_written_out_for_the_sweep(
     seen = await tier.get(task.id, clock())
     assert seen is not None and seen.state is TaskState.CLAIMED
     assert await stores.leases.expired(clock()) == [task.id]
+
+
+async def test_a_requeued_task_keeps_its_class_and_its_place_in_it(
+    tier: TaskStorage, stores: Stores, clock: FakeClock
+) -> None:
+    now = clock()
+    batch = replace(
+        new_task(clock, 1),
+        priority=Priority.BATCH,
+        queue_order=now + 60,
+        prefer="s-holder",
+        prefer_until=now + 5,
+    )
+    waiting = replace(new_task(clock, 2), queue_order=now + 1)  # interactive, queued later
+    await tier.put(waiting)
+    task = await tier.put_claimed(batch, SESSION, now)
+    requeued = await tier.requeue_if_unsent(task, HOLDER.session_id, now)
+    assert requeued.priority is Priority.BATCH and requeued.queue_order == now + 60
+    queued = await stores.queues.pending("a", 5)
+    assert [(q.id, q.priority) for q in queued] == [
+        (waiting.id, Priority.INTERACTIVE),
+        (batch.id, Priority.BATCH),
+    ]
+    # the member it was meant for did not run it: any member may now
+    assert queued[1].prefer is None and queued[1].queued_at == now
+
+
+async def test_a_task_meant_for_a_member_is_its_alone_until_its_moment_is_over(
+    tier: TaskStorage, clock: FakeClock
+) -> None:
+    now = clock()
+    meant = replace(new_task(clock), prefer=OTHER.id, prefer_until=now + 2)
+    await tier.put(meant)
+    with pytest.raises(ConditionFailedError):  # even claimed by its id (a doorbell's ring)
+        await tier.claim(meant.id, HOLDER.session_id, key="pub-a", generation=1, now=now + 1)
+    taken = await tier.claim(meant.id, HOLDER.session_id, key="pub-a", generation=1, now=now + 3)
+    assert taken.claimed_by == HOLDER.session_id

@@ -11,7 +11,10 @@
   · suggest (what an unknown model name meant) · upstream (public rows' calls) ·
   outcomes (how a task that did not complete fails)
 * every task: endings (a task ended: its usage and waiters; force-finishing one) ·
-  failover (a publisher that lost its tasks: they move to its pool)
+  failover (a publisher that lost its tasks: they move to its pool) · fencing (why a
+  write on a claimed task is refused)
+* pools: dispatch (priority classes in the queue's order) · affinity (a conversation
+  back to the member that ran it) · speeds (members' measured speed)
 * agents: agents (which rows serve an agent, its status, admins' apply) ·
   agent_bodies (a request as an agent sends it)
 * keys and rows: access (bearer tokens to principals) · keys (admins' keys) · usage

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from natrelay.errors import AuthError
 from natrelay.service.context import Context
 from natrelay.store import KeyRecord
-from natrelay.wire import Role
+from natrelay.wire import Priority, Role
 
 KEY_PREFIX = "nrk_"
 # Exactly what new_key_secret makes: anything else is refused before any read.
@@ -53,6 +53,10 @@ class Principal:
     rpm: int | None = None
     concurrency: int | None = None
     tokens_per_day: int | None = None
+    # The class its requests queue in (service.dispatch), and the conversation a
+    # request names (X-Natrelay-Session: service.affinity).
+    priority: Priority = Priority.INTERACTIVE
+    conversation: str | None = None
 
     @classmethod
     def of(cls, key: KeyRecord) -> Principal:
@@ -63,6 +67,7 @@ class Principal:
             rpm=key.rpm,
             concurrency=key.concurrency,
             tokens_per_day=key.tokens_per_day,
+            priority=key.priority,
         )
 
     def may_use(self, model: str) -> bool:

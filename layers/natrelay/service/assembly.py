@@ -23,6 +23,7 @@ from natrelay.observe import configure_logging
 from natrelay.service import Relay
 from natrelay.service.abandoned import Abandoned
 from natrelay.service.access import Access
+from natrelay.service.affinity import Affinity
 from natrelay.service.agents import Agents
 from natrelay.service.board import Board
 from natrelay.service.catalog import Catalog
@@ -42,6 +43,7 @@ from natrelay.service.recent import RecentRequests
 from natrelay.service.row_stats import RowStats
 from natrelay.service.rows import RowAdmin
 from natrelay.service.sessions import Sessions
+from natrelay.service.speeds import Speeds
 from natrelay.service.sweep import Sweeper
 from natrelay.service.upstream import Upstreams
 from natrelay.service.usage import Usage
@@ -143,8 +145,12 @@ class Assembly:
     # --- the relay -----------------------------------------------------------------------
 
     @cached_property
+    def speeds(self) -> Speeds:
+        return Speeds(self.clock, enabled=self.settings.dispatch_by_speed)
+
+    @cached_property
     def polls(self) -> LocalPolls:
-        return LocalPolls(self.ctx, self.endings, enabled=self.fast_path)
+        return LocalPolls(self.ctx, self.endings, self.speeds, enabled=self.fast_path)
 
     @cached_property
     def pools(self) -> Pools:
@@ -159,8 +165,13 @@ class Assembly:
         return Wakes(self.ctx, self.sessions, self.doorbell)
 
     @cached_property
+    def affinity(self) -> Affinity:
+        # one long-lived process sees every claim of its pools; Lambda reads the index
+        return Affinity(self.ctx, self.speeds, in_memory=self.server)
+
+    @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.ctx)
+        return Catalog(self.ctx, self.affinity, self.speeds)
 
     @cached_property
     def agents(self) -> Agents:
@@ -203,6 +214,7 @@ class Assembly:
                 pools=self.pools,
                 polls=self.polls,
                 endings=self.endings,
+                affinity=self.affinity,
             ),
             claims=Claims(
                 ctx,
@@ -212,6 +224,8 @@ class Assembly:
                 polls=self.polls,
                 empty=EmptyQueues(ctx, alone=alone),
                 failover=self.failover,
+                affinity=self.affinity,
+                speeds=self.speeds,
             ),
             waiting=Waiting(ctx, self.endings, self.failover),
             failover=self.failover,

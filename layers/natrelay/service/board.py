@@ -9,10 +9,11 @@ from dataclasses import dataclass, field, replace
 from natrelay.service.access import STATIC_IDS
 from natrelay.service.agents import Agents
 from natrelay.service.context import Context
+from natrelay.service.dispatch import ClassQueue, by_class
 from natrelay.service.row_stats import Recent, RowStats
 from natrelay.service.usage import day_and_minute
-from natrelay.store import LlmRecord, MemberRecord, UsageRecord
-from natrelay.wire import LlmStatus, Role
+from natrelay.store import LlmRecord, MemberRecord, Queued, UsageRecord
+from natrelay.wire import LlmStatus, Priority, Role
 
 # The page counts a pool's queue up to this many.
 QUEUE_COUNT = 1000
@@ -24,6 +25,8 @@ class RowState:
     status: LlmStatus
     members: list[MemberRecord]
     queue_depth: int
+    # The requests waiting, by class (none for a public row).
+    classes: dict[Priority, ClassQueue]
     waking: bool
     # Its last hour and today; None when the relay does not count them.
     recent: Recent | None
@@ -72,12 +75,15 @@ class Board:
         now = self.clock()
 
         async def state(row: LlmRecord) -> RowState:
-            depth, recent = await asyncio.gather(self._depth(row), self.row_stats.recent(row.name))
+            entries, recent = await asyncio.gather(
+                self._queued(row), self.row_stats.recent(row.name)
+            )
             return RowState(
                 row=row,
                 status=row.pool_status(now, self.liveness.timeout),
                 members=row.live_members(now, self.liveness.timeout),
-                queue_depth=depth,
+                queue_depth=len(entries),
+                classes=by_class(entries, now) if entries else {},
                 waking=row.waking(now),
                 recent=recent,
             )
@@ -114,8 +120,8 @@ class Board:
             for i, s in zip(ids, sessions, strict=True)
         }
 
-    async def _depth(self, row: LlmRecord) -> int:
-        return 0 if row.public else (await self.stores.queues.depth(row.name, QUEUE_COUNT))[0]
+    async def _queued(self, row: LlmRecord) -> list[Queued]:
+        return [] if row.public else await self.stores.queues.entries(row.name, QUEUE_COUNT)
 
     async def keys_today(self) -> list[KeyToday]:
         """Every stored key, and the simple mode's shared tokens if they were used today."""

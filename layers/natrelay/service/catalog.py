@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 from natrelay.errors import LlmNotFoundError
 from natrelay.service.access import Principal
+from natrelay.service.affinity import Affinity, AffinityCounts
 from natrelay.service.context import Context
+from natrelay.service.dispatch import ClassQueue, by_class
+from natrelay.service.speeds import Speed, Speeds
 from natrelay.service.suggest import unknown_model
 from natrelay.store import LlmRecord, MemberRecord, SessionRecord
-from natrelay.wire import MAX_FALLBACKS, LlmStatus
+from natrelay.wire import MAX_FALLBACKS, LlmStatus, Priority
 
 # GET of a pool counts its queue up to this many.
 POOL_QUEUE_COUNT = 1000
@@ -21,10 +24,15 @@ class Pool:
 
     row: LlmRecord
     status: LlmStatus
-    # Live members, each with how many tasks it says it runs (None: it does not say).
-    members: list[tuple[MemberRecord, int | None]]
+    # Live members, each with how many tasks it says it runs (None: it does not say) and
+    # its measured speed (None: not measured lately).
+    members: list[tuple[MemberRecord, int | None, Speed | None]]
     queue_depth: int
     oldest_queued_seconds: float | None
+    # The requests waiting, by class.
+    classes: dict[Priority, ClassQueue]
+    # What affinity did for the pool (in this process).
+    affinity: AffinityCounts
 
 
 def _not_found(name: str) -> LlmNotFoundError:
@@ -32,7 +40,9 @@ def _not_found(name: str) -> LlmNotFoundError:
 
 
 class Catalog:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, affinity: Affinity, speeds: Speeds) -> None:
+        self.affinity = affinity
+        self.speeds = speeds
         self.stores = ctx.stores
         self.tasks = ctx.tasks
         self.llms = ctx.stores.llms
@@ -117,10 +127,20 @@ class Catalog:
                 f"{name!r} is an agent, not a row: GET /v1/models/{name} shows it", param="name"
             )
         now = self.clock()
-        members: list[tuple[MemberRecord, int | None]] = []
+        members: list[tuple[MemberRecord, int | None, Speed | None]] = []
         for member in row.live_members(now, self.liveness.timeout):
             session = await self.stores.sessions.get(member.session_id)
             running = await self._in_flight(session, now) if session else None
-            members.append((member, running))
-        depth, oldest = await self.stores.queues.depth(row.name, POOL_QUEUE_COUNT)
-        return Pool(row, self.status(row), members, depth, now - oldest if oldest else None)
+            members.append((member, running, self.speeds.of(row.name, member.session_id)))
+        entries = await self.stores.queues.entries(row.name, POOL_QUEUE_COUNT)
+        classes = by_class(entries, now)
+        waits = [c.oldest_seconds for c in classes.values() if c.oldest_seconds is not None]
+        return Pool(
+            row,
+            self.status(row),
+            members,
+            len(entries),
+            max(waits, default=None),
+            classes,
+            self.affinity.counts(row.name),
+        )

@@ -11,17 +11,15 @@ from dataclasses import replace
 from natrelay.errors import (
     ForbiddenError,
     RateLimitError,
-    RelayError,
-    ResultConflictError,
-    TaskCancelledError,
-    TaskMovedError,
-    TaskNotClaimedError,
 )
 from natrelay.service.access import Principal
+from natrelay.service.affinity import Affinity
 from natrelay.service.context import Context
+from natrelay.service.dispatch import leaves_to_others
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.failover import Failover
+from natrelay.service.fencing import chunk_differs, refused
 from natrelay.service.local_polls import LocalPolls
 from natrelay.service.metering import relayed_in
 from natrelay.service.payloads import (
@@ -32,6 +30,7 @@ from natrelay.service.payloads import (
     dumps,
 )
 from natrelay.service.sessions import Sessions
+from natrelay.service.speeds import Speeds
 from natrelay.service.wakes import Wakes
 from natrelay.store import (
     Chunk,
@@ -50,40 +49,6 @@ from natrelay.wire import ChunkBatch, LlmStatus, PollRequest, TaskKind, TaskResu
 _LOOK_PAST = 2
 
 
-def _not_claimed(task_id: str) -> TaskNotClaimedError:
-    # The same answer for a task that does not exist and one another session holds.
-    return TaskNotClaimedError(f"task {task_id} is not claimed by this session")
-
-
-def _chunk_differs(task_id: str, seq: int) -> ResultConflictError:
-    return ResultConflictError(
-        f"chunk {seq} of task {task_id} was already posted with other content", param="seq"
-    )
-
-
-def _refused(task_id: str, holder: Holder, exc: ConditionFailedError) -> RelayError:
-    """Why a write on a claimed task lost its condition, as the publisher must hear it
-    (and nothing more: another key's session learns nothing of the task)."""
-    old = exc.record
-    if not isinstance(old, TaskRecord):
-        return _not_claimed(task_id)
-    if old.lost_by == holder.session_id and old.claimed_by != holder.session_id:
-        # fenced: the claim it posts for moved on (another member runs the task, or ran it)
-        return TaskMovedError(
-            f"task {task_id} went to another member of its pool: this publisher missed its "
-            "work window (frozen or cut off); drop it, another answer is the client's"
-        )
-    if old.claimed_key not in (holder.key, None):
-        return _not_claimed(task_id)
-    if old.state is TaskState.CANCELLED:
-        return TaskCancelledError(f"task {task_id} was cancelled: the client went away")
-    if old.claimed_by != holder.session_id:
-        return _not_claimed(task_id)
-    if old.state.done:
-        return ResultConflictError(f"task {task_id} is already {old.state.value}")
-    return TaskNotClaimedError(f"task {task_id} is {old.state.value}")
-
-
 class Claims:
     def __init__(
         self,
@@ -95,8 +60,12 @@ class Claims:
         polls: LocalPolls,
         empty: EmptyQueues,
         failover: Failover,
+        affinity: Affinity,
+        speeds: Speeds,
     ) -> None:
         self.ctx = ctx
+        self.affinity = affinity
+        self.speeds = speeds
         self.tasks = ctx.tasks
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -216,6 +185,8 @@ class Claims:
         the member it is meant for take it)."""
         if entry.target_session is not None:
             return entry.target_session == session.id  # a wake: only its member
+        if leaves_to_others(session.id, entry, self.clock(), self.speeds):
+            return False
         if session.statuses.get(name) is LlmStatus.UNAVAILABLE:
             return False  # its backend does not answer: the pool's other members take it
         if session.statuses.get(name) is LlmStatus.HIBERNATING:
@@ -233,7 +204,15 @@ class Claims:
         budget = POLL_INLINE_BUDGET
         for name in session.names:
             entries = [h for h in hints if h.llm == name] or [
-                PoolHint(q.id, name, q.target_session, q.wake_target)
+                PoolHint(
+                    q.id,
+                    name,
+                    q.target_session,
+                    q.wake_target,
+                    q.prefer,
+                    q.prefer_until,
+                    q.queued_at,
+                )
                 for q in await self.empty.pending(name, slots.get(name, 0) + _LOOK_PAST)
             ]
             for entry in entries:
@@ -300,7 +279,7 @@ class Claims:
     ) -> TaskRecord | None:
         self._taking.add(task_id)
         try:
-            return await self.tasks.claim(
+            task = await self.tasks.claim(
                 task_id,
                 session.id,
                 key=session.owner or "",
@@ -309,6 +288,8 @@ class Claims:
                 llms=llms,
                 asked=asked,
             )
+            self.affinity.claimed(task)
+            return task
         except ConditionFailedError as exc:
             old = exc.record
             if (
@@ -352,9 +333,9 @@ class Claims:
                 relayed=relayed_in(batch.chunks),
             )
         except ChunkDiffersError as exc:
-            raise _chunk_differs(task_id, batch.seq) from exc
+            raise chunk_differs(task_id, batch.seq) from exc
         except ConditionFailedError as exc:
-            raise _refused(task_id, holder, exc) from exc
+            raise refused(task_id, holder, exc) from exc
         self.endings.notify(task_id, chunk, len(data))
         return batch.seq
 
@@ -385,7 +366,9 @@ class Claims:
             assert isinstance(exc.record, TaskRecord)
             return exc.record  # posted again (a retry): harmless, and counted once
         except ConditionFailedError as exc:
-            raise _refused(task_id, holder, exc) from exc
+            raise refused(task_id, holder, exc) from exc
+        if task.kind is TaskKind.INFER and error is None and task.claimed_at is not None:
+            self.speeds.observe(task.llm, holder.session_id, now - task.claimed_at)
         if task.kind is TaskKind.WAKE:
             ok = error is None and isinstance(result.body, dict) and bool(result.body.get("ok"))
             await self.wakes.finished(task, ok, error)

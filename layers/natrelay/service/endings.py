@@ -37,6 +37,11 @@ class PoolHint:
     llm: str
     target_session: str | None = None
     wake_target: str | None = None
+    # The member its conversation prefers, until when (service.affinity).
+    prefer: str | None = None
+    prefer_until: float | None = None
+    # When it was queued (None: just now).
+    queued_at: float | None = None
 
 
 class Endings:

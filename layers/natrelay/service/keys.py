@@ -37,6 +37,7 @@ class KeyAdmin:
             rpm=spec.rpm,
             concurrency=spec.concurrency,
             tokens_per_day=spec.tokens_per_day,
+            priority=spec.priority,
             expires_at=now + spec.expires_in_seconds if spec.expires_in_seconds else None,
         )
         await self.keys.put(key)

@@ -2,7 +2,8 @@
 
 A poll that waits idle here is on offer for the pools it has free slots in; a request
 for such a pool goes to it at once, claimed for its session (TaskStorage.put_claimed:
-the memory tier holds it), instead of through the pool's queue. When no poll waits but
+the memory tier holds it), instead of through the pool's queue (never to a member much
+slower than another of the pool: service.speeds). When no poll waits but
 one of a long-polling member has just answered (its publisher polls again at once), the
 request is parked for that member's next poll; what that poll does not come for within
 PARK_SECONDS goes back to the pool's queue. Like the wake-ups, this only decides who
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from natrelay.service.context import Context
 from natrelay.service.endings import Endings
+from natrelay.service.speeds import Speeds
 from natrelay.store import LlmRecord, SessionRecord, TaskRecord
 from natrelay.wakeups import Listener
 from natrelay.wire import LlmStatus, TaskState
@@ -61,8 +63,9 @@ Taker = Offer | Parked
 
 
 class LocalPolls:
-    def __init__(self, ctx: Context, endings: Endings, *, enabled: bool) -> None:
+    def __init__(self, ctx: Context, endings: Endings, speeds: Speeds, *, enabled: bool) -> None:
         self.ctx = ctx
+        self.speeds = speeds
         self.tasks = ctx.tasks
         self.clock = ctx.clock
         self.endings = endings
@@ -159,9 +162,9 @@ class LocalPolls:
         """The polls of this process on offer now (each once)."""
         return list(dict.fromkeys(o for offers in self._offers.values() for o in offers))
 
-    def _taker(self, row: LlmRecord) -> Taker | None:
+    def _taker(self, row: LlmRecord, prefer: str | None = None) -> Taker | None:
         """An idle poll that may take a task of the row; else a session between two
-        polls that may (its next poll takes it)."""
+        polls that may (its next poll takes it). With `prefer`, only that session's."""
         now = self.clock()
         timeout = self.ctx.liveness.timeout
         member_ok = {
@@ -174,29 +177,36 @@ class LocalPolls:
             return (
                 slots.get(row.name, 0) > 0
                 and s.id in member_ok
+                and prefer in (None, s.id)
                 and s.statuses.get(row.name) is not LlmStatus.HIBERNATING
             )
 
+        def slow(s: SessionRecord) -> bool:  # a faster member serves the pool
+            return self.speeds.handicap(row.name, s.id, member_ok) > 0
+
         for offer in self._offers.get(row.name, ()):
-            if offer.idle and ok(offer.session, offer.slots):
+            if offer.idle and ok(offer.session, offer.slots) and not slow(offer.session):
                 return offer
         then = asyncio.get_running_loop().time() if self._parked else 0.0
         for sid, parked in self._parked.items():
             # a member on the doorbell polls only when rung (its last long-poll was the
             # fallback's): nothing waits for it
             bell = sid in row.members and row.members[sid].doorbell is not None
-            if parked.until > then and not bell and ok(parked.session, parked.slots):
+            usable = parked.until > then and not bell and ok(parked.session, parked.slots)
+            if usable and not slow(parked.session):
                 return parked
         return None
 
-    def can_take(self, row: LlmRecord) -> bool:
-        """Whether a poll of this process takes a request for the row now."""
-        return self.enabled and self._taker(row) is not None
+    def can_take(self, row: LlmRecord, prefer: str | None = None) -> bool:
+        """Whether a poll of this process (of session `prefer`, if named) takes a request
+        for the row now."""
+        return self.enabled and self._taker(row, prefer) is not None
 
-    def take(self, row: LlmRecord) -> Taker | None:
-        """A poll (or a parked session) to hand a request for the row to, one of its
-        slots for the row's pool held for it (None: none takes it now)."""
-        taker = self._taker(row) if self.enabled else None
+    def take(self, row: LlmRecord, prefer: str | None = None) -> Taker | None:
+        """A poll (or a parked session; of session `prefer`, if named) to hand a request
+        for the row to, one of its slots for the row's pool held for it (None: none takes
+        it now)."""
+        taker = self._taker(row, prefer) if self.enabled else None
         if taker is not None:
             taker.slots[row.name] -= 1
         return taker

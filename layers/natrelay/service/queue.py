@@ -7,8 +7,10 @@ from dataclasses import replace
 
 from natrelay.errors import InvalidRequestError, PublisherOfflineError, QueueFullError
 from natrelay.service.access import Principal
+from natrelay.service.affinity import Affinity, Talk, conversation
 from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
+from natrelay.service.dispatch import queue_order
 from natrelay.service.doorbell import Doorbell
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.ids import new_task_id
@@ -51,8 +53,10 @@ class Queue:
         pools: Pools,
         polls: LocalPolls,
         endings: Endings,
+        affinity: Affinity,
     ) -> None:
         self.tasks = ctx.tasks
+        self.affinity = affinity
         self.queues = ctx.stores.queues
         self.idempotency = ctx.stores.idempotency
         self.liveness = ctx.liveness
@@ -88,6 +92,7 @@ class Queue:
         usage (service.metering). `received`: when the relay began on the request (the
         start of its timeline, service.timeline; default now).
         """
+        talk = conversation(endpoint, body, principal.conversation, principal.key_id)
         body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
         return await self._submit(
@@ -98,6 +103,7 @@ class Queue:
             endpoint=endpoint,
             fast=fast,
             reserve=reservation(body, len(raw)),
+            talk=talk,
             agent=agent,
             received=received,
         )
@@ -120,6 +126,7 @@ class Queue:
         The same key with another request is InvalidRequestError.
         """
         s = self.settings
+        talk = conversation(endpoint, body, principal.conversation, principal.key_id)
         body = ask_usage(body, endpoint, stream)
         raw = self._encoded(body)
         # the same body sent to another endpoint is another request
@@ -149,6 +156,7 @@ class Queue:
                 endpoint=endpoint,
                 once=(once, gone),
                 reserve=reservation(body, len(raw)),
+                talk=talk,
                 agent=agent,
                 received=received,
             )
@@ -192,13 +200,20 @@ class Queue:
         once: Once | None = None,
         fast: bool = False,
         reserve: int = 0,
+        talk: Talk | None = None,
         agent: str | None = None,
         received: float | None = None,
     ) -> TaskRecord:
         received = self.clock() if received is None else received
         row, status = await self._open_pool(principal, name, endpoint)
-        # a poll here takes it at once: no queue to check
-        fast = fast and status is LlmStatus.ACTIVE and self.polls.can_take(row)
+        active = status is LlmStatus.ACTIVE
+        route = await self.affinity.route(
+            row,
+            talk if active else None,
+            (lambda member: self.polls.can_take(row, member)) if self.polls.enabled else None,
+        )
+        # a poll here takes it at once (its member's, if it has one): no queue to check
+        fast = fast and active and self.polls.can_take(row, route.member)
         oldest = None if fast else await self._check_queue(row)
         task_id = new_task_id(self.clock())
         admission = await self._admit(principal, task_id, status, reserve)
@@ -216,13 +231,26 @@ class Queue:
                 agent=agent,
                 received=received,
             )
-            if fast and (handed := await self._hand(row, task)) is not None:
+            if route.key is not None:
+                prefer = route.member if route.prefer_until is not None else None
+                until = route.prefer_until if prefer else None
+                task = replace(task, affinity=route.key, prefer=prefer, prefer_until=until)
+            if fast and (handed := await self._hand(row, task, route.member)) is not None:
                 return handed
             await self._put(task, once)
         except Exception:
             await self.usage.release(principal, admission)
             raise
-        await self.doorbell.queued(PoolHint(task.id, task.llm, wake_target=task.wake_target), row)
+        hint = PoolHint(
+            task.id,
+            task.llm,
+            wake_target=task.wake_target,
+            prefer=task.prefer,
+            prefer_until=task.prefer_until,
+        )
+        await self.doorbell.queued(hint, row)
+        if task.prefer is not None:  # its member's moment over, any poll may take it
+            self.affinity.after_wait(self.doorbell.queued, replace(hint, prefer=None), row)
         return queued_task(task)
 
     async def _open_pool(
@@ -309,19 +337,23 @@ class Queue:
             reserved=admission.reserved,
             endpoint=endpoint.value,
             limited=admission.slot is not None or principal.tokens_per_day is not None,
+            priority=principal.priority,
+            queue_order=queue_order(principal.priority, now, s.batch_aging_seconds),
             agent=agent,
             received_at=received,
             traceparent=trace.current.get(),
         )
 
-    async def _hand(self, row: LlmRecord, task: NewTask) -> TaskRecord | None:
+    async def _hand(self, row: LlmRecord, task: NewTask, prefer: str | None) -> TaskRecord | None:
         """Hand the task, claimed, to a poll of this process that takes it now (or to a
-        long-polling member between two polls); None if none does."""
-        taker = self.polls.take(row)
+        long-polling member between two polls; only `prefer`'s, if named); None if none
+        does."""
+        taker = self.polls.take(row, prefer)
         if taker is None:
             return None
         claimed = await self.tasks.put_claimed(task, taker.session, self.clock())
         if self.polls.deliver(taker, claimed):
+            self.affinity.claimed(claimed)
             return claimed
         return await self.endings.hand_back(claimed) or claimed  # its poll left meanwhile
 

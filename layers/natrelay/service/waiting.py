@@ -46,10 +46,12 @@ class Waiting:
         return task
 
     async def queue_position(self, task: TaskRecord) -> int | None:
-        """How many requests wait ahead of a task still in its pool's queue."""
+        """How many requests wait ahead of a task still in its pool's queue (of every
+        class: the order puts higher classes first)."""
         if task.state is not TaskState.PENDING:
             return None
-        return await self.stores.queues.position(task.llm, task.created_at)
+        order = task.queue_order if task.queue_order is not None else task.created_at
+        return await self.stores.queues.position(task.llm, order)
 
     async def get_with_result(
         self, task_id: str, principal: Principal | None = None

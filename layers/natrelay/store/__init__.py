@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from natrelay.settings import Settings
 from natrelay.store._dynamo import make_client
 from natrelay.store._task_items import Queued, result_hash
+from natrelay.store.affinity import DynamoAffinityStore
 from natrelay.store.agents import AgentWrite, DynamoAgentStore
 from natrelay.store.beats import DynamoBeatStore
 from natrelay.store.chunks import DynamoChunkStore
@@ -74,6 +75,7 @@ class Stores:
     beats: DynamoBeatStore
     whole_tasks: DynamoWholeTaskStore
     members: DynamoMemberStore
+    affinity: DynamoAffinityStore
     # The doorbell's WebSocket API (API Gateway), when the relay rings through one.
     connections: GatewayConnections | None = None
     # Admin writes to rows (apply), and the API keys of public rows' upstreams.
@@ -126,6 +128,7 @@ class Stores:
             beats=DynamoBeatStore(client, llms_table, tasks_table),
             whole_tasks=DynamoWholeTaskStore(client, tasks_table),
             members=DynamoMemberStore(client, llms),
+            affinity=DynamoAffinityStore(client, tasks_table),
             connections=connections,
             row_admin=DynamoRowAdminStore(client, llms, keys),
             secrets=secrets or SecretReader(client.meta.region_name),

@@ -29,6 +29,9 @@ NOT_EXISTS = "attribute_not_exists(#pk)"
 STATE_IS = "#state = :state"
 # A pool task any member may claim, or one targeted at this session (a wake).
 FOR_SESSION = "(attribute_not_exists(targetSession) OR targetSession = :sid)"
+# A task no member is preferred for, this one, or one whose preferred member's time ran
+# out (affinity: service.affinity).
+PREFERS_SESSION = "(attribute_not_exists(prefer) OR prefer = :sid OR preferUntil < :now)"
 CLAIMED_BY = "claimedBy = :sid AND claimedKey = :key"
 LEASE_EXPIRED = "leaseUntil < :now"
 NOTHING_SENT = "attribute_not_exists(sentAny)"

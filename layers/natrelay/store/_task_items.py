@@ -24,8 +24,8 @@ from natrelay.store._dynamo import (
     split,
     values,
 )
-from natrelay.store.records import TaskRecord
-from natrelay.wire import Endpoint, TaskKind, TaskState
+from natrelay.store.records import NewTask, TaskRecord
+from natrelay.wire import Endpoint, Priority, TaskKind, TaskState
 
 # Payloads up to this size live in the task item; larger ones are split into parts.
 INLINE_LIMIT = 200 * 1024
@@ -86,6 +86,11 @@ def task_record(item: Item) -> TaskRecord:
         reserved=int(item.get("reserved", 0)),
         relayed=int(item.get("relayed", 0)),
         lost_by=item.get("lostBy"),
+        priority=Priority(item.get("priority", Priority.INTERACTIVE.value)),
+        queue_order=item.get("queueOrder"),
+        affinity=item.get("affinity"),
+        prefer=item.get("prefer"),
+        prefer_until=item.get("preferUntil"),
         received_at=item.get("receivedAt"),
         asked_at=item.get("askedAt"),
         first_token_at=item.get("firstTokenAt"),
@@ -107,6 +112,15 @@ class Queued:
     order: float
     target_session: str | None = None
     wake_target: str | None = None
+    priority: Priority = Priority.INTERACTIVE
+    created_at: float | None = None
+    prefer: str | None = None
+    prefer_until: float | None = None
+
+    @property
+    def queued_at(self) -> float:
+        """When it was queued (its order, for an item written before classes)."""
+        return self.created_at if self.created_at is not None else self.order
 
 
 def queued_entry(item: Item) -> Queued:
@@ -116,7 +130,27 @@ def queued_entry(item: Item) -> Queued:
         order=float(item.get("queueOrder", 0)),
         target_session=item.get("targetSession"),
         wake_target=item.get("wakeTarget"),
+        priority=Priority(item.get("priority", Priority.INTERACTIVE.value)),
+        created_at=item.get("createdAt"),
+        prefer=item.get("prefer"),
+        prefer_until=item.get("preferUntil"),
     )
+
+
+def queue_fields(task: NewTask | TaskRecord) -> Item:
+    """The attributes that place a task in its pool's queue: its order (by default when
+    it was created; wakes jump the queue: the inferences queued behind them wait for
+    them), class and affinity (interactive and no affinity are left out)."""
+    order = task.queue_order
+    if order is None:
+        order = task.created_at - (WAKE_PRIORITY if task.kind is TaskKind.WAKE else 0)
+    return {
+        "queueOrder": order,
+        "priority": None if task.priority is Priority.INTERACTIVE else task.priority.value,
+        "affinity": task.affinity,
+        "prefer": task.prefer,
+        "preferUntil": task.prefer_until,
+    }
 
 
 def result_parts(digest: str) -> str:

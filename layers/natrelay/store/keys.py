@@ -25,7 +25,7 @@ from natrelay.store._dynamo import (
     values,
 )
 from natrelay.store.records import PUBLIC_OWNER, KeyRecord
-from natrelay.wire import Role
+from natrelay.wire import Priority, Role
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -45,6 +45,7 @@ def key_record(item: Item) -> KeyRecord:
         rpm=item.get("rpm"),
         concurrency=item.get("concurrency"),
         tokens_per_day=item.get("tokensPerDay"),
+        priority=Priority(item.get("priority", Priority.INTERACTIVE.value)),
         expires_at=item.get("validUntil"),
         revoked_at=item.get("revokedAt"),
     )
@@ -74,6 +75,7 @@ class DynamoKeyStore:
             "rpm": key.rpm,
             "concurrency": key.concurrency,
             "tokensPerDay": key.tokens_per_day,
+            "priority": None if key.priority is Priority.INTERACTIVE else key.priority.value,
             "validUntil": key.expires_at,
         }
         with condition(f"key {key.id} exists"):

@@ -85,7 +85,8 @@ class DynamoLeaseStore:
                 UpdateExpression="SET #state = :pending, #queue = :pool, updatedAt = :now, "
                 "lostBy = claimedBy "
                 "REMOVE sessionId, claimedBy, claimedKey, claimedGeneration, claimedAt, "
-                "leaseShard, leaseUntil",
+                # the member it was meant for did not run it: any member may now
+                "leaseShard, leaseUntil, prefer, preferUntil",
                 ConditionExpression=f"{STATE_IS} AND {NOTHING_SENT} AND {cond}",
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(

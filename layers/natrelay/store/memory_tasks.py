@@ -316,6 +316,8 @@ class MemoryTasks(TaskStorage):
             lease_until=None,
             updated_at=now,
             lost_by=current.claimed_by,
+            prefer=None,  # the member it was meant for did not run it: any member may now
+            prefer_until=None,
         )
         await self._write(held)
         return held.task

@@ -1,6 +1,6 @@
 """The pools' queues (the `byPool` index of the tasks table): tasks waiting for an
-LLM's pool, wakes first, then oldest first. The index lags the table: a claim (a
-conditional write on the task) always decides."""
+LLM's pool, wakes first, then in queue order (class and age: service.dispatch). The
+index lags the table: a claim (a conditional write on the task) always decides."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class DynamoQueueStore:
 
     @off_loop
     def pending(self, llm: str, limit: int) -> list[Queued]:
-        """Tasks waiting in the pool's queue, wakes first, then oldest first (the index
+        """Tasks waiting in the pool's queue, wakes first, then in queue order (the index
         may lag: the claim decides)."""
         page = self._queue_page(llm, Limit=limit)
         return [queued_entry(decode(raw)) for raw in page.get("Items", [])]
@@ -53,11 +53,19 @@ class DynamoQueueStore:
     @off_loop
     def depth(self, llm: str, at_most: int) -> tuple[int, float | None]:
         """How many tasks wait in the pool's queue (counting to `at_most` + 1 at most),
-        and the queue order of the first infer task (when it was queued)."""
+        and when the oldest infer task among them was queued."""
+        entries = self._entries(llm, at_most)
+        infers = [e.queued_at for e in entries if e.kind is TaskKind.INFER]
+        return len(entries), (min(infers) if infers else None)
+
+    @off_loop
+    def entries(self, llm: str, at_most: int) -> list[Queued]:
+        """The first `at_most` + 1 tasks of the pool's queue, in its order."""
+        return self._entries(llm, at_most)
+
+    def _entries(self, llm: str, at_most: int) -> list[Queued]:
         page = self._queue_page(llm, Limit=at_most + 1)
-        entries = [queued_entry(decode(raw)) for raw in page.get("Items", [])]
-        infers = [e for e in entries if e.kind is TaskKind.INFER]
-        return len(entries), (infers[0].order if infers else None)
+        return [queued_entry(decode(raw)) for raw in page.get("Items", [])]
 
     @off_loop
     def position(self, llm: str, order: float) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from natrelay.wire import Endpoint, LlmStatus, Role, TaskKind, TaskState
+from natrelay.wire import Endpoint, LlmStatus, Priority, Role, TaskKind, TaskState
 
 VIRTUAL = "virtual"
 # What a member that says nothing of its endpoints serves (publishers before them).
@@ -181,6 +181,15 @@ class NewTask:
     # The client's key has limits (concurrency or a token budget): its usage is written
     # before the answer goes out, so the key's next request is admitted against it.
     limited: bool = True
+    # Its class, and where it sorts in its pool's queue (None: when it was created;
+    # service.dispatch says how classes and aging make the order).
+    priority: Priority = Priority.INTERACTIVE
+    queue_order: float | None = None
+    # Affinity (service.affinity): the conversation it continues (a hash), and the
+    # member that ran its last turn, which alone may take it until `prefer_until`.
+    affinity: str | None = None
+    prefer: str | None = None
+    prefer_until: float | None = None
     # The agent the client called, when it called one (its answers name it).
     agent: str | None = None
     # When the relay received the client's request (its timeline: service.timeline), and
@@ -246,6 +255,12 @@ class TaskRecord:
     usage_later: bool = False
     # The session it was last taken from (it missed its window, left or restarted).
     lost_by: str | None = None
+    # As NewTask's.
+    priority: Priority = Priority.INTERACTIVE
+    queue_order: float | None = None
+    affinity: str | None = None
+    prefer: str | None = None
+    prefer_until: float | None = None
     # Its timeline (service.timeline): when the relay received the client's request,
     # when the poll that claimed it began asking, and when its first chunk came.
     received_at: float | None = None
@@ -303,6 +318,7 @@ class KeyRecord:
     tokens_per_day: int | None = None
     expires_at: float | None = None
     revoked_at: float | None = None
+    priority: Priority = Priority.INTERACTIVE
 
     def valid(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

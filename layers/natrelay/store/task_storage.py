@@ -86,11 +86,11 @@ class TaskStorage(Protocol):
         llms: tuple[str, ...] | None = None,
         asked: float | None = None,
     ) -> TaskRecord:
-        """pending -> claimed for this session of publisher key `key`, unless it expired
-        or names another session as its target (and, with `llms`, only a task of one of
-        those pools); `asked`: when the poll that claims it began (its timeline).
-        ConditionFailedError (`record`: the task as it was) if someone else
-        got it, it ended, or it expired while queued."""
+        """pending -> claimed for this session of publisher key `key`, unless it expired,
+        names another session as its target or prefers another member for a while yet
+        (and, with `llms`, only a task of one of those pools); `asked`: when the poll that
+        claims it began (its timeline). ConditionFailedError (`record`: the task as it
+        was) if someone else got it, it ended, or it expired while queued."""
         ...
 
     async def add_chunk(
@@ -203,6 +203,11 @@ def queued_task(task: NewTask) -> TaskRecord:
         expires_at=task.expires_at,
         target_session=task.target_session,
         wake_target=task.wake_target,
+        priority=task.priority,
+        queue_order=task.queue_order,
+        affinity=task.affinity,
+        prefer=task.prefer,
+        prefer_until=task.prefer_until,
         received_at=task.received_at,
         traceparent=task.traceparent,
     )

@@ -12,6 +12,7 @@ from natrelay.store._dynamo import (
     FOR_SESSION,
     NOT_EXISTS,
     NOT_EXPIRED,
+    PREFERS_SESSION,
     STATE_IS,
     Item,
     condition,
@@ -24,10 +25,10 @@ from natrelay.store._task_items import (
     INLINE_LIMIT,
     LEASE_SHARD,
     STATE_NAMES,
-    WAKE_PRIORITY,
     force_end,
     pool_queue,
     put_new_task,
+    queue_fields,
     read_parts,
     result_hash,
     result_parts,
@@ -38,7 +39,7 @@ from natrelay.store._task_items import (
 from natrelay.store.errors import ConditionFailedError, SameResultError
 from natrelay.store.idempotency import claim_op, idempotency_record
 from natrelay.store.records import IdempotencyRecord, NewTask, TaskRecord
-from natrelay.wire import Endpoint, TaskKind, TaskState
+from natrelay.wire import Endpoint, TaskState
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -76,8 +77,7 @@ class DynamoTaskStore:
             "targetSession": task.target_session,
             "wakeTarget": task.wake_target,
             "createdAt": task.created_at,
-            # Wakes jump the queue: the inferences queued behind them wait for them.
-            "queueOrder": task.created_at - (WAKE_PRIORITY if task.kind is TaskKind.WAKE else 0),
+            **queue_fields(task),
             "updatedAt": task.created_at,
             "leaseSeconds": task.lease_seconds,
             "stream": task.stream,
@@ -185,10 +185,10 @@ class DynamoTaskStore:
         llms: tuple[str, ...] | None = None,
         asked: float | None = None,
     ) -> TaskRecord:
-        """pending -> claimed for this session of publisher key `key`, unless it expired
-        or names another session as its target (and, with `llms`, only a task of one of
-        those pools: for ids a publisher names itself); `asked`: when the claiming poll
-        began (the task's timeline).
+        """pending -> claimed for this session of publisher key `key`, unless it expired,
+        names another session as its target, or prefers another member for a while yet
+        (and, with `llms`, only a task of one of those pools: for ids a publisher names
+        itself); `asked`: when the claiming poll began (the task's timeline).
 
         ConditionFailedError (`record`: the task as it was) if someone else got it, it
         ended, or it expired while queued.
@@ -205,8 +205,8 @@ class DynamoTaskStore:
                 "claimedGeneration = :gen, claimedAt = :now, leaseShard = :shard, "
                 "leaseUntil = :now + leaseSeconds, updatedAt = :now, askedAt = :asked "
                 "ADD attempts :one REMOVE #queue",
-                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {NOT_EXPIRED}"
-                + (f" AND llm IN ({', '.join(pools)})" if pools else ""),
+                ConditionExpression=f"{STATE_IS} AND {FOR_SESSION} AND {PREFERS_SESSION} "
+                f"AND {NOT_EXPIRED}" + (f" AND llm IN ({', '.join(pools)})" if pools else ""),
                 ExpressionAttributeNames={**STATE_NAMES, "#queue": "queue"},
                 ExpressionAttributeValues=values(
                     state=TaskState.PENDING.value,

@@ -14,6 +14,7 @@ from natrelay.store._task_items import (
     LEASE_SHARD,
     pool_queue,
     put_new_task,
+    queue_fields,
     result_parts,
     seq_key,
     write_parts,
@@ -40,9 +41,8 @@ def _item(task: TaskRecord) -> Item:
         "state": task.state.value,
         "sessionId": task.session_id,
         "createdAt": task.created_at,
-        # Where it sorts in its pool's queue, should it go back there (only inferences
-        # are claimed at once, so no wake priority).
-        "queueOrder": task.created_at,
+        # where it sorts in its pool's queue, should it go back there
+        **queue_fields(task),
         "updatedAt": task.updated_at,
         "leaseSeconds": task.lease_seconds,
         "stream": task.stream,

@@ -25,6 +25,7 @@ from natrelay.errors import ForbiddenError
 from natrelay.observe import bind
 from natrelay.service import Relay
 from natrelay.service.assembly import build_relay
+from natrelay.service.dispatch import routed
 from natrelay.service.sweep import sweep_every
 from natrelay.settings import Settings
 from natrelay.web import admin_api as admin
@@ -47,6 +48,8 @@ from natrelay.web.hosts import host_guard
 from natrelay.web.middleware import RequestContext
 from natrelay.web.openapi import Operation, openapi_endpoint
 from natrelay.wire import (
+    CONVERSATION_HEADER,
+    PRIORITY_HEADER,
     SESSION_HEADER,
     AgentApply,
     AgentApplyResult,
@@ -112,7 +115,14 @@ def guarded(
         if principal.role not in roles:
             needed = " or ".join(sorted(r.value for r in roles))
             raise ForbiddenError(f"this is a {principal.role.value} key; this needs {needed}")
-        request.state.principal = principal
+        request.state.principal = routed(
+            principal,
+            request.headers.get(PRIORITY_HEADER),
+            # a publisher's routes name its session in this header: not a conversation
+            request.headers.get(CONVERSATION_HEADER)
+            if principal.role is not Role.PUBLISHER
+            else None,
+        )
         return await endpoint(request, relay)
 
     route.__name__ = endpoint.__name__

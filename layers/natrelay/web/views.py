@@ -25,6 +25,7 @@ from natrelay.wire import (
     ModelCard,
     ModelTarget,
     PolledTask,
+    QueueClassView,
     SecretRef,
     SessionResponse,
     TaskView,
@@ -105,6 +106,7 @@ def task_view(
         status=task.status,
         result=public_model(loads_stored(result), task.shown) if result else None,
         error=error,
+        priority=task.priority,
         queue_position=queue_position,
     )
 
@@ -150,10 +152,12 @@ def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
                 if member.max_concurrency is not None and running is not None
                 else None
             ),
+            seconds_per_task=round(speed.seconds, 3) if speed else None,
+            measured_tasks=speed.tasks if speed else None,
         )
-        for member, running in pool.members
+        for member, running, speed in pool.members
     ]
-    live = [member.endpoints for member, _ in pool.members]
+    live = [member.endpoints for member, _, _ in pool.members]
     endpoints = frozenset.intersection(*live) if live else None
     return row_view(pool.row, now, pool.status, endpoints, admin=admin).model_copy(
         update={
@@ -164,6 +168,20 @@ def pool_view(pool: Pool, now: float, *, admin: bool = False) -> LlmRow:
                 if pool.oldest_queued_seconds is not None
                 else None
             ),
+            "queue_classes": [
+                QueueClassView(
+                    priority=priority,
+                    depth=waiting.depth,
+                    oldest_queued_seconds=(
+                        round(waiting.oldest_seconds, 1)
+                        if waiting.oldest_seconds is not None
+                        else None
+                    ),
+                )
+                for priority, waiting in pool.classes.items()
+            ],
+            "affinity_hits": pool.affinity.hits,
+            "affinity_misses": pool.affinity.misses,
         }
     )
 
@@ -252,6 +270,7 @@ def key_view(key: KeyRecord, now: float) -> KeyView:
         rpm=key.rpm,
         concurrency=key.concurrency,
         tokens_per_day=key.tokens_per_day,
+        priority=key.priority,
         created_at=iso(key.created_at) or "",
         expires_at=iso(key.expires_at),
         revoked_at=iso(key.revoked_at),

@@ -21,6 +21,11 @@ MAX_TASKS_PER_POLL = 32
 # fetches a claimed task's request (never in a URL: URLs reach access logs).
 SESSION_HEADER = "X-Natrelay-Session"
 DOORBELL_SESSION_HEADER = SESSION_HEADER
+# A client's request may lower its key's priority class (never raise it) in this header.
+PRIORITY_HEADER = "X-Natrelay-Priority"
+# On a client's request, the conversation it continues (affinity: the pool's member that
+# ran its last turn, whose prefix cache holds it, takes it when it can).
+CONVERSATION_HEADER = SESSION_HEADER
 # Other names one provider may be published under.
 MAX_ALIASES = 8
 # A provider's extraConfig, as compact JSON.
@@ -52,6 +57,22 @@ class Role(StrEnum):
     ADMIN = "admin"
     CLIENT = "client"
     PUBLISHER = "publisher"
+
+
+class Priority(StrEnum):
+    """A request's class in its pool's queue: interactive work goes before batch work
+    (which ages, so it is never starved)."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        """0 for the highest class; a request may only move to a higher rank."""
+        return _PRIORITY_RANKS[self]
+
+
+_PRIORITY_RANKS = {Priority.INTERACTIVE: 0, Priority.BATCH: 1}
 
 
 class TaskKind(StrEnum):

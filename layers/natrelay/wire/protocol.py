@@ -25,6 +25,7 @@ from natrelay.wire.contract import (
     ErrorInfo,
     LlmName,
     LlmStatus,
+    Priority,
     SessionId,
     TaskId,
     TaskKind,
@@ -225,6 +226,18 @@ class MemberView(Answer):
     max_concurrency: int | None = None
     in_flight: int = 0
     free_slots: int | None = None
+    # Its measured time per task (claim to result, a moving average over `measuredTasks`,
+    # as the answering relay process measured it): slower members get less new work.
+    seconds_per_task: float | None = None
+    measured_tasks: int | None = None
+
+
+class QueueClassView(Answer):
+    """The requests of one priority class waiting in a pool's queue."""
+
+    priority: Priority
+    depth: int = 0
+    oldest_queued_seconds: float | None = None
 
 
 class LlmRow(Answer):
@@ -250,6 +263,12 @@ class LlmRow(Answer):
     members: list[MemberView] | None = None
     queue_depth: int | None = None
     oldest_queued_seconds: float | None = None
+    # The queue by class (interactive goes first; batch ages).
+    queue_classes: list[QueueClassView] | None = None
+    # Affinity (as counted by the relay process that answers): tasks of a conversation
+    # taken by the member that ran it last, and by another one (it was busy, or gone).
+    affinity_hits: int | None = None
+    affinity_misses: int | None = None
     # What admins set (`natrelay llm apply`; shown to admins only): fallbacks and pool
     # settings, and a public row's upstream (its key only as where it is kept).
     fallbacks: list[str] | None = None

@@ -42,6 +42,9 @@ LIFECYCLE_FIELDS = frozenset(
         "members",
         "queueDepth",
         "oldestQueuedSeconds",
+        "queueClasses",
+        "affinityHits",
+        "affinityMisses",
         "sessionId",
         # what a publisher's session file or a seed-era export may carry
         "providerSessionId",

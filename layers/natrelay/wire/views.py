@@ -15,6 +15,7 @@ from natrelay.wire.contract import (
     Answer,
     ErrorInfo,
     LlmStatus,
+    Priority,
     Role,
     TaskKind,
     TaskState,
@@ -65,7 +66,10 @@ class TaskView(Answer):
     status: int | None = None
     result: Any = None
     error: ErrorInfo | None = None
-    # While it waits in its pool's queue: how many requests are ahead of it.
+    # The class it queues in (interactive, batch).
+    priority: Priority = Priority.INTERACTIVE
+    # While it waits in its pool's queue: how many requests are ahead of it (of any
+    # class: the queue serves higher classes first).
     queue_position: int | None = None
 
 
@@ -101,6 +105,8 @@ class KeySpec(KeyLimits):
     label: str = Field(min_length=1, max_length=200)
     # Model names or glob patterns (`llama-*`, `*:8b`), as fnmatch reads them.
     models: list[ModelPattern] | None = Field(default=None, max_length=100)
+    # The class its requests queue in (a request may lower it, never raise it).
+    priority: Priority = Priority.INTERACTIVE
     expires_in_seconds: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
 
 
@@ -112,6 +118,7 @@ class KeyView(Answer):
     rpm: int | None = None
     concurrency: int | None = None
     tokens_per_day: int | None = None
+    priority: Priority = Priority.INTERACTIVE
     created_at: str
     expires_at: str | None = None
     revoked_at: str | None = None

@@ -16,7 +16,7 @@ from natrelay.web import views
 from natrelay.web.console.html import Column, number, stamp, status, table
 from natrelay.web.console.pages import Visit, csrf_field, note, page
 from natrelay.web.requests import parse
-from natrelay.wire import KeyLimits, KeySpec, Paths, Role
+from natrelay.wire import KeyLimits, KeySpec, Paths, Priority, Role
 
 LIMITS = (
     ("rpm", "requests a minute"),
@@ -73,6 +73,7 @@ def _table(relay: Relay, visit: Visit, keys: list[KeyRecord]) -> str:
         Column(
             "tokens a day", lambda k: number(k.tokens_per_day) if k.tokens_per_day else "—", True
         ),
+        Column("class", lambda k: k.priority.value),
         Column("created (UTC)", lambda k: stamp(k.created_at, "%Y-%m-%d %H:%M")),
         Column("status", lambda k: _key_view(k, now)),
         _actions(visit, now),
@@ -82,6 +83,7 @@ def _table(relay: Relay, visit: Visit, keys: list[KeyRecord]) -> str:
 
 def _create_form(visit: Visit) -> str:
     roles = "".join(f'<option value="{r.value}">{r.value}</option>' for r in Role)
+    classes = "".join(f'<option value="{p.value}">{p.value}</option>' for p in Priority)
     return (
         f'<h2 id="h-create">Create a key</h2><form method="post" action="{Paths.CONSOLE_KEYS}" '
         f'class="grid" id="create">{csrf_field(visit)}'
@@ -90,7 +92,9 @@ def _create_form(visit: Visit) -> str:
         '<label>Models (patterns, comma-separated)<input name="models" id="models" '
         'placeholder="all"></label>'
         + _limit_inputs(None)
-        + '<label>Expires in days<input type="number" min="1" name="expires_in_days" '
+        + f'<label>Class (its requests queue as)<select name="priority" id="priority">{classes}'
+        "</select></label>"
+        '<label>Expires in days<input type="number" min="1" name="expires_in_days" '
         'id="expires_in_days" placeholder="never"></label>'
         '<button type="submit" id="create-key">Create key</button></form>'
     )
@@ -123,6 +127,7 @@ async def create(request: Request, relay: Relay, visit: Visit) -> Response:
             "label": form.get("label", "").strip(),
             "models": models or None,
             **_limits(form),
+            "priority": form.get("priority") or Priority.INTERACTIVE.value,
             "expires_in_seconds": int(days) * 86400 if days.isdigit() else (days or None),
         },
     )

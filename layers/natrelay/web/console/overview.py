@@ -22,7 +22,7 @@ from natrelay.service.board import AgentState, KeyToday, RowState
 from natrelay.store import MemberRecord
 from natrelay.web.console.html import Column, ago, number, stamp, status, table
 from natrelay.web.console.pages import Visit, page
-from natrelay.wire import fingerprint
+from natrelay.wire import Priority, fingerprint
 
 REFRESH_SECONDS = 10
 T = TypeVar("T")
@@ -69,6 +69,20 @@ def _members(r: RowState) -> str:
     return escape(shown or "none")
 
 
+def _waiting_of(priority: Priority) -> Callable[[RowState], str]:
+    """A row's requests of one class waiting, and the longest wait."""
+
+    def cell(r: RowState) -> str:
+        queued = r.classes.get(priority)
+        if r.row.public:
+            return "—"
+        if queued is None or not queued.depth:
+            return "0"
+        return f"{number(queued.depth)} (up to {queued.oldest_seconds or 0:.0f}&nbsp;s)"
+
+    return cell
+
+
 def _hour(r: RowState, i: int) -> str:
     return "—" if r.recent is None else number(r.recent.last_hour[i])
 
@@ -83,6 +97,7 @@ def _row_columns(snap: Snapshot) -> list[Column[RowState]]:
         Column("members", _members),
         Column("capacity", lambda r: dash if r.row.public else number(r.capacity), True),
         Column("queue", lambda r: dash if r.row.public else number(r.queue_depth), True),
+        *(Column(f"{p.value}&nbsp;waiting", _waiting_of(p), True) for p in Priority),
         Column("waking", lambda r: "yes" if r.waking else "no"),
         Column("fallbacks", lambda r: escape(", ".join(r.row.fallbacks)) or dash),
         Column(
