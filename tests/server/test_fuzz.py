@@ -94,9 +94,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             check=False,
         )
         found = run.stdout[max(0, run.stdout.find("FAILURES"), run.stdout.find("ERRORS")) :]
-        assert run.returncode == 0 or _only_generator_flakes(run.stdout), (
-            f"{role}:\n{found[:8000]}\n{run.stderr[-2000:]}"
-        )
+        assert (
+            run.returncode == 0
+            or _only_generator_flakes(run.stdout)
+            or _only_offline_names(run.stdout)
+        ), f"{role}:\n{found[:8000]}\n{run.stderr[-2000:]}"
         log = capfd.readouterr().err
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-6000:]
 
@@ -121,6 +123,27 @@ def _only_generator_flakes(out: str) -> bool:
         and ("schemathesis/" in block or "hypothesis/" in block)
         and any(flake in block for flake in GENERATOR_FLAKES)
         for block in blocks
+    )
+
+
+def _only_offline_names(out: str) -> bool:
+    """Whether every failure schemathesis reports is a 503 `publisher_offline`: a row or
+    agent the run itself applied (admins may) that no publisher serves, called by another
+    of its examples. The relay's right answer, though a 5xx; any other failure counts."""
+    summary = out[out.rfind("SUMMARY") :]
+    if "Network Error" in summary or "ERRORS" in out:
+        return False
+    failures = out[out.find("FAILURES") :]
+    failures = re.split(r"\n=+ [A-Z]+ =+\n", failures)[0]  # up to WARNINGS or SUMMARY
+    checks = re.findall(r"^\s*- ([^\n]+)$", failures, re.M)
+    statuses = re.findall(r"^\s*\[(\d{3})\][^\n]*\n\s*`([^\n]*)`", failures, re.M)
+    return (
+        bool(checks)
+        and all(check.startswith("ST101 Server error") for check in checks)
+        and len(statuses) >= 1
+        and all(
+            status == "503" and '"code":"publisher_offline"' in body for status, body in statuses
+        )
     )
 
 
