@@ -10,6 +10,7 @@ import pytest
 from natrelay.errors import LlmNotFoundError
 from natrelay.service import Principal, Relay
 from natrelay.wire import ProviderSpec, RegisterRequest, Role
+from natrelay.wire.agents import AgentDocument
 from tests.server.conftest import PUB
 from tests.server.test_web import auth
 from tests.support.scripted import ScriptedPublisher
@@ -53,6 +54,20 @@ async def test_a_model_outside_the_scope_is_never_named(relay: Relay) -> None:
     for name in ("gemma3-270m", "secret-gemma", "secret-gemm", "gemma"):
         message = await _message(relay, scoped, name)
         assert "secret-gemma" not in message.removeprefix(f"the model {name!r}"), message
+
+
+async def test_an_agent_is_named_as_a_model_is(relay: Relay) -> None:
+    await _publish(relay, ("gemma", "gemma3-270m", []))
+    bot = {"name": "support-bot", "target": "gemma", "systemPrompt": "Be brief."}
+    await relay.agents.apply([AgentDocument.model_validate(bot)])
+    anyone = Principal(key_id="c", role=Role.CLIENT)
+    assert await _message(relay, anyone, "support-bto") == (
+        "the model 'support-bto' does not exist; did you mean 'support-bot'? "
+        "(GET /v1/models lists the models this key may use)"
+    )
+    # outside the key's scope an agent is never named
+    scoped = Principal(key_id="s", role=Role.CLIENT, models=("gemma*",))
+    assert "support-bot" not in await _message(relay, scoped, "support-bto")
 
 
 def test_the_sdk_shows_the_hint(stack: Stack) -> None:

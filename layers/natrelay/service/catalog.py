@@ -77,7 +77,9 @@ class Catalog:
         if row is None or not principal.may_use(row.name):
             if not hint:
                 raise _not_found(name)
-            message = unknown_model(name, await self.all(principal))
+            # the names it may use: its rows and agents (an agent is a model name too)
+            usable = [r for r in await self.llms.all() if principal.may_use(r.name)]
+            message = unknown_model(name, usable)
             raise LlmNotFoundError(message, param="model")
         return row
 
