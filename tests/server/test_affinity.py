@@ -108,7 +108,11 @@ def mode_stack(request: pytest.FixtureRequest, moto_server: MotoProcess) -> Iter
         mode=request.param,
         heartbeat_timeout_seconds=60,
         affinity_wait_seconds=5,
-        poll_max_interval_seconds=0.2,
+        # A continuing turn waits for its member a task's time plus one poll re-check
+        # (service.affinity): a re-check long enough that a member of a loaded machine is
+        # back at its poll by then. (Server mode tells polls of new tasks at once; in
+        # Lambda mode an idle poll looks this often.)
+        poll_max_interval_seconds=3 if request.param == "server" else 1,
     ) as stack:
         yield stack
 
