@@ -54,8 +54,9 @@ async def test_a_request_does_not_pass_the_queue_while_a_poll_reads_it(
     reading, go_on = anyio.Event(), anyio.Event()
 
     async def held_pending(name: str, limit: int) -> list[Queued]:
-        reading.set()
-        await go_on.wait()
+        if not reading.is_set():  # the poll's read (the first): held
+            reading.set()
+            await go_on.wait()
         return await real_pending(name, limit)
 
     monkeypatch.setattr(queues, "pending", held_pending)

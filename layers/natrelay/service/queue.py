@@ -33,7 +33,7 @@ from natrelay.store import (
     queued_task,
 )
 from natrelay.types import JsonObject
-from natrelay.wire import Endpoint, LlmStatus, TaskKind, trace
+from natrelay.wire import Endpoint, LlmStatus, Priority, TaskKind, trace
 
 # An Idempotency-Key's record, and the task an earlier record of it named that is gone.
 Once = tuple[IdempotencyRecord, str | None]
@@ -217,9 +217,12 @@ class Queue:
             (lambda member: self.polls.can_take(row, member)) if self.polls.enabled else None,
         )
         # A poll here takes it at once (its member's, if it has one), unless requests
-        # wait in the pool's queue already: those go first (their classes and ages).
+        # wait in the pool's queue already: those go first (their classes and ages). An
+        # interactive turn whose member is idle here goes to it anyway: what waits is
+        # meant for others (that member would have taken it), and its cache is there.
         taker = fast and active and self.polls.can_take(row, route.member)
-        fast, oldest = taker and self.empty.known_empty(row.name), None
+        warm = route.member is not None and principal.priority is Priority.INTERACTIVE
+        fast, oldest = taker and (warm or self.empty.known_empty(row.name)), None
         if not fast:
             depth, oldest = await self.depths.check(row, count=taker)
             fast = taker and depth == 0

@@ -10,10 +10,10 @@ member, a backlog growing to ~150): with that read on every request the member s
 half as many requests a second, and interactive requests waited 13 s at p95 instead of
 0.5 s. So a process reads a pool's depth at most once every REREAD_SECONDS and adds what
 it queued itself since; it reads again at once when that estimate reaches the limit.
-(A request that finds a poll of this process free goes to it only past an empty queue:
-known empty (service.empty_queues), or so by the reading; a reading that says work waits
-when it has drained since only sends the request through the queue, where that poll
-takes it.) Across several relay processes (Lambda instances) the queue may pass
+A request that finds a poll of this process free goes to it only past an empty queue
+(known empty: service.empty_queues; or found so): when the reading says work waits, it
+reads the queue's first entry (a small read) before it takes the queue's word for it.
+Across several relay processes (Lambda instances) the queue may pass
 its limit by what the others queue within REREAD_SECONDS: the limit bounds a backlog,
 it is not a count to the request.
 """
@@ -67,6 +67,11 @@ class QueueDepths:
                 "wait for it; try again shortly",
                 retry_after=max(1, int(self.settings.lease_seconds // 10)),
             )
+        # a poll here is free: does anything wait, or did the backlog drain since the
+        # reading? Its first entry tells (a small read).
+        if count and depth and not await self.empty.pending(row.name, 1):
+            self._readings[row.name] = _Reading(self.clock(), 0, None)
+            return 0, None
         return depth, oldest
 
     def queued(self, name: str, at: float) -> None:
