@@ -1,4 +1,4 @@
-"""How long a busy backend works for a client that hung up (docs/operations.md,
+"""How long a busy backend works for a client that hung up (docs/performance.md,
 "Cancellation").
 
 `python -m tests.perf.cancel [--rounds 3]`: for each mode (long-lived with the fast path,
