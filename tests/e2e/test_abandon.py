@@ -5,10 +5,7 @@ queuing behind it."""
 
 from __future__ import annotations
 
-import json
-from http.client import HTTPConnection
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -16,7 +13,7 @@ import pytest
 from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.one_slot import OneSlot, solo
 from tests.publisher.running import publisher_config, start_publisher, wait_rows
-from tests.support.net import serve
+from tests.support.net import post_unread, serve
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
@@ -72,14 +69,8 @@ def test_a_busy_publisher_hears_of_a_hang_up_within_a_work_beat(
         publisher = start_publisher(config, tmp_path)
         try:
             wait_rows(stack, {"solo": "active"})
-            api = urlsplit(stack.url)
-            connection = HTTPConnection(api.hostname or "", api.port, timeout=30)
-            body = json.dumps({"model": "solo", "messages": HELLO})
-            headers = {
-                "Authorization": f"Bearer {stack.client_token}",
-                "Content-Type": "application/json",
-            }
-            connection.request("POST", "/v1/chat/completions", body, headers)  # not read
+            body = {"model": "solo", "messages": HELLO}
+            connection = post_unread(stack.url, "/v1/chat/completions", body, stack.client_token)
             assert backend.generating.wait(30), publisher.log()
             connection.close()  # the client hangs up; its request holds the only slot
             # a work beat every 2.5 s carries it; the heartbeat would take up to 60 s

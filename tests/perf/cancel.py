@@ -16,15 +16,13 @@ import contextlib
 import json
 import tempfile
 import time
-from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from natrelay_infra.moto_server import MotoProcess
 from tests.perf.procs import Stack
 from tests.publisher.one_slot import OneSlot, solo
-from tests.support.net import serve
+from tests.support.net import post_unread, serve
 from tests.support.stack import CLIENT_TOKEN
 
 MODES: dict[str, dict[str, Any]] = {
@@ -42,11 +40,8 @@ def _round(stack: Stack, backend: OneSlot, pause: float) -> float | None:
     backend.generating.clear()
     backend.aborted.clear()
     backend.release.clear()
-    api = urlsplit(stack.client_api.url)
-    body = json.dumps({"model": "solo", "messages": [{"role": "user", "content": "hi"}]})
-    headers = {"Authorization": f"Bearer {CLIENT_TOKEN}", "Content-Type": "application/json"}
-    connection = HTTPConnection(api.hostname or "", api.port, timeout=60)
-    connection.request("POST", "/v1/chat/completions", body, headers)  # sent, not read
+    body = {"model": "solo", "messages": [{"role": "user", "content": "hi"}]}
+    connection = post_unread(stack.client_api.url, "/v1/chat/completions", body, CLIENT_TOKEN)
     if not backend.generating.wait(60):
         raise RuntimeError("the backend never got the request")
     time.sleep(pause)

@@ -4,10 +4,7 @@ service.abandoned)."""
 
 from __future__ import annotations
 
-import json
-from http.client import HTTPConnection
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -15,7 +12,7 @@ import pytest
 from natrelay.wire import HeartbeatRequest, Paths, PollRequest, PollResponse, SessionResponse
 from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_web import ECHO, MSG, assert_openai_error, auth
-from tests.support.net import wait_until
+from tests.support.net import post_unread, wait_until
 from tests.support.scripted import ScriptedPublisher
 from tests.support.stack import Stack, dynamodb_client, running_stack
 
@@ -142,11 +139,8 @@ def test_only_the_sessions_own_key_hears_of_its_cancels(keyed: Stack) -> None:
     ).json()
     a = ScriptedPublisher(keyed.url, made["secret"], ECHO)
     sid = a.register()
-    api = urlsplit(keyed.url)
-    client = HTTPConnection(api.hostname or "", api.port, timeout=30)
-    body = json.dumps({"model": "echo", "messages": MSG})
-    headers = {**auth(keyed.client_token), "Content-Type": "application/json"}
-    client.request("POST", "/v1/chat/completions", body, headers)  # sent, not read
+    body = {"model": "echo", "messages": MSG}
+    client = post_unread(keyed.url, "/v1/chat/completions", body, keyed.client_token)
     [task] = wait_until(lambda: a.poll_once(wait=1), 15, "A claimed nothing")
     client.close()  # the client hangs up while A runs its task
     wait_until(lambda: _state(keyed, task["id"]) == "cancelled", 15, "the task runs on")
