@@ -1,6 +1,7 @@
 """Publisher sessions in DynamoDB: one item per session in the tasks table
 (pk `session#<id>`, sk `m`) holding its names, their statuses, its heartbeat and
-generation, so a heartbeat needs no index read."""
+generation, so a heartbeat needs no index read, and the tasks the relay cancelled for
+its next beat to take (`cancelled`)."""
 
 from __future__ import annotations
 
