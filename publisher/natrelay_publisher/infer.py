@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
-from natrelay.wire import ChunkBatch, Endpoint, ErrorCode, ErrorInfo, ErrorType, TaskResult
+from natrelay.wire import ChunkBatch, Endpoint, ErrorCode, ErrorInfo, TaskResult
 from natrelay_publisher.errors import (
     BackendFailedError,
     RelayCallError,
@@ -87,12 +87,11 @@ class TaskPoster:
         give_up_after: float = RESULT_RETRY_SECONDS,
     ) -> int:
         """Post the task's failure, with its code's status unless given one (a backend's
-        own); returns the status posted. Its type says whose fault it was by the status:
-        the request's (4xx) or the server side's."""
+        own); returns the status posted. Its type is its code's, as the relay answers the
+        client (one table: ErrorCode), so the task view and the answer say the same."""
         status = status or code.status
-        kind = ErrorType.INVALID_REQUEST if 400 <= status < 500 else ErrorType.SERVER
         # The last stop before the client: whatever a plugin wrote, no URL secrets.
-        error = ErrorInfo(message=redact(message), code=code, type=kind.value)
+        error = ErrorInfo(message=redact(message), code=code, type=code.type.value)
         await self._post(status, None, error, 0, give_up_after)
         return status
 

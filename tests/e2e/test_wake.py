@@ -6,11 +6,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 
+from natrelay.wire import ErrorCode
 from natrelay_infra.wake_controller import WakeController
 from tests.publisher.running import publishing, wait_rows
-from tests.support.stack import Stack, wake_tasks_written
+from tests.support.stack import Stack, dynamodb_client, wake_tasks_written
 
 
 def wake_tasks(stack: Stack) -> int:
@@ -59,3 +61,42 @@ def test_twenty_parallel_first_calls_share_one_wake(stack: Stack, tmp_path: Path
                 model="echo-sleepy", messages=[{"role": "user", "content": "again"}]
             )
             assert wake_tasks(stack) == 1
+
+
+def infer_task_ids(stack: Stack) -> list[str]:
+    """The ids of the infer tasks the relay wrote, as the table holds them."""
+    items = dynamodb_client(stack.moto_endpoint).scan(
+        TableName=stack.tables.tasks,
+        FilterExpression="kind = :i AND sk = :m",
+        ExpressionAttributeValues={":i": {"S": "infer"}, ":m": {"S": "m"}},
+    )["Items"]
+    return [item["pk"]["S"].removeprefix("task#") for item in items]
+
+
+def test_a_failed_wake_reads_the_same_in_the_answer_and_the_task(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The publisher types its failures from the relay's table (ErrorCode), so a client
+    reads the same `type` in the chat completion's error and in the task view."""
+    with WakeController() as controller:
+        provider = {
+            "name": "sleepy",
+            "type": "echo",
+            "options": {"availabilityUrl": f"{controller.url}/ready"},
+            "wake": {"type": "http", "url": f"{controller.url}/fail", "maxWaitSeconds": 20},
+        }
+        with publishing(stack, tmp_path, [provider], {"sleepy": "hibernating"}):
+            headers = {"Authorization": f"Bearer {stack.client_token}"}
+            answer = httpx.post(
+                f"{stack.url}/v1/chat/completions",
+                headers=headers,
+                json={"model": "sleepy", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=60,
+            )
+            assert answer.status_code == ErrorCode.WAKE_FAILED.status, answer.text
+            in_answer = answer.json()["error"]
+            [task_id] = infer_task_ids(stack)
+            view = httpx.get(f"{stack.url}/api/v1/tasks/{task_id}", headers=headers, timeout=10)
+            in_view = view.json()["error"]
+    assert in_answer["code"] == in_view["code"] == ErrorCode.WAKE_FAILED
+    assert in_answer["type"] == in_view["type"] == "service_unavailable"

@@ -73,7 +73,7 @@ def test_backend_error_becomes_an_error_result(
     assert bad["status"] == 500
     assert bad["error"] == {
         "message": "the backend answered 500 (its body is in the publisher's debug log)",
-        "type": "server_error",
+        "type": "upstream_error",  # as the relay answers backend_error
         "code": ErrorCode.BACKEND_ERROR,
         "param": None,
     }

@@ -12,9 +12,9 @@ import pytest
 from natrelay.wire import HeartbeatRequest, Paths, PollRequest, PollResponse, SessionResponse
 from natrelay_infra.moto_server import MotoProcess
 from tests.server.test_web import ECHO, MSG, assert_openai_error, auth
-from tests.support.net import wait_until
+from tests.support.net import post_unread, wait_until
 from tests.support.scripted import ScriptedPublisher
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, dynamodb_client, running_stack
 
 
 def _state(stack: Stack, task_id: str) -> str:
@@ -124,3 +124,37 @@ def test_a_client_that_hangs_up_has_its_task_cancelled(stack: Stack) -> None:
         task_id = held[0]["id"]
         wait_until(lambda: _state(stack, task_id) == "cancelled", 15, "the task runs on")
         assert _told(pub, task_id) == [task_id]
+
+
+def test_only_the_sessions_own_key_hears_of_its_cancels(keyed: Stack) -> None:
+    """The mark a cancel leaves on the session that runs the task (service.abandoned) is
+    taken by that session's own key alone: another key naming the session, or the key
+    once revoked, gets a refusal that names nothing, and the mark stays."""
+    admin = auth(keyed.admin_token)
+    made = httpx.post(
+        f"{keyed.url}/api/v1/keys", headers=admin, json={"role": "publisher", "label": "a"}
+    ).json()
+    other = httpx.post(
+        f"{keyed.url}/api/v1/keys", headers=admin, json={"role": "publisher", "label": "b"}
+    ).json()
+    a = ScriptedPublisher(keyed.url, made["secret"], ECHO)
+    sid = a.register()
+    body = {"model": "echo", "messages": MSG}
+    client = post_unread(keyed.url, "/v1/chat/completions", body, keyed.client_token)
+    [task] = wait_until(lambda: a.poll_once(wait=1), 15, "A claimed nothing")
+    client.close()  # the client hangs up while A runs its task
+    wait_until(lambda: _state(keyed, task["id"]) == "cancelled", 15, "the task runs on")
+    beat = {"providerSessionId": sid, "running": [task["id"]], "work": True}
+    b = ScriptedPublisher(keyed.url, other["secret"], ECHO)
+    refused = b.post("_provider-heartbeat", beat)
+    assert refused.status_code == 403 and "cancelled" not in refused.json()
+    httpx.delete(f"{keyed.url}/api/v1/keys/{made['id']}", headers=admin).raise_for_status()
+    revoked = a.post("_provider-heartbeat", beat)
+    assert revoked.status_code == 401 and "cancelled" not in revoked.json()
+    assert task["id"] not in refused.text + revoked.text
+    item = dynamodb_client(keyed.moto_endpoint).get_item(
+        TableName=keyed.tables.tasks, Key={"pk": {"S": f"session#{sid}"}, "sk": {"S": "m"}}
+    )["Item"]
+    assert item["cancelled"]["SS"] == [task["id"]]  # still there, for A's key alone
+    a.http.close()
+    b.http.close()

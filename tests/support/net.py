@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.client import HTTPConnection
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -39,6 +42,16 @@ def closed_port() -> Iterator[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def post_unread(base_url: str, path: str, body: Any, token: str) -> HTTPConnection:
+    """POST `body` as JSON and read nothing: closing the connection hangs up mid-wait (a
+    non-streamed answer sends no headers before it is done, so httpx cannot)."""
+    url = urlsplit(base_url)
+    connection = HTTPConnection(url.hostname or "", url.port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    connection.request("POST", path, json.dumps(body), headers)
+    return connection
 
 
 T = TypeVar("T")

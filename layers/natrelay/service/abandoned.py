@@ -3,12 +3,18 @@ stopped waiting (the task was cancelled), or the relay ended or moved them. Its
 heartbeats and polls say which it runs (`running`); their answers name these
 (`cancelled`), and the publisher aborts the backend request, freeing the slot.
 
-What the task storage holds in this process's memory (the fast path) is known at once;
-the rest is read in one batch, at most every CHECK_SECONDS per session in each process
-(a busy publisher's heartbeats and polls must not each cost a read).
+What the task storage holds in this process's memory (the fast path) is known at once.
+A task the relay cancelled is marked on the session that runs it (Endings.cancel), and
+the write of the session's next work beat or heartbeat takes the marks (`told`): a busy
+publisher hears within one work beat, in either mode, at no request of its own. The
+rest is read in one batch, at most every CHECK_SECONDS per session in each process (a
+busy publisher's heartbeats and polls must not each cost a read): the backstop for what
+no mark says (a task the relay moved, a mark whose answer was lost).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from natrelay.service.context import Context
 from natrelay.store import TaskRecord
@@ -32,14 +38,21 @@ class Abandoned:
         self.clock = ctx.clock
         self._checked: dict[str, float] = {}
 
-    async def of(self, session_id: str, running: list[str] | None) -> list[str]:
-        """The tasks of `running` the session should stop."""
+    async def of(
+        self, session_id: str, running: list[str] | None, told: Iterable[str] = ()
+    ) -> list[str]:
+        """The tasks of `running` the session should stop; `told`: those its beat took
+        the cancel marks of (a mark of a task it does not run is dropped)."""
         if not running:
             return []
         now = self.clock()
+        marked = set(told)
         known = self.tasks.held(running)  # no request
-        unwanted = [t for t, task in known.items() if not wanted(task, session_id)]
-        rest = [t for t in running if t not in known]
+        unwanted = [t for t in running if t in marked]
+        unwanted += [
+            t for t, task in known.items() if t not in marked and not wanted(task, session_id)
+        ]
+        rest = [t for t in running if t not in known and t not in marked]
         if rest and now - self._checked.get(session_id, 0.0) >= CHECK_SECONDS:
             if len(self._checked) >= _REMEMBERED:
                 self._checked.clear()

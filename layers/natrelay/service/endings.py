@@ -51,6 +51,7 @@ class Endings:
         self.tasks = ctx.tasks
         self.queues = ctx.stores.queues
         self.leases = ctx.stores.leases
+        self.sessions = ctx.stores.sessions
         self.clock = ctx.clock
         self.wakeups = ctx.wakeups
         self._expiry = ctx.result_expiry
@@ -218,3 +219,15 @@ class Endings:
         except ConditionFailedError:
             return
         await self._ended(ended, error=False)
+        await self._tell_holder(ended)
+
+    async def _tell_holder(self, task: TaskRecord) -> None:
+        """Mark a task the relay ended on the session that runs it: that publisher's next
+        work beat (every few seconds while it runs tasks) or heartbeat takes the mark in
+        its own write and aborts the backend request (service.abandoned)."""
+        if task.session_id is None:
+            return  # nobody had claimed it
+        try:
+            await self.sessions.mark_cancelled(task.session_id, [task.id])
+        except ConditionFailedError:
+            log.info("task %s: its session is gone, nobody to tell", task.id)

@@ -51,6 +51,8 @@ class Registration:
 
     session: SessionRecord
     rows: list[LlmRecord]
+    # Tasks of the session the relay marked cancelled, taken by this heartbeat's write.
+    cancelled: tuple[str, ...] = ()
 
 
 def _forbidden() -> SessionForbiddenError:
@@ -194,8 +196,11 @@ class Sessions:
         session: SessionRecord,
         reported: dict[str, LlmStatus],
         running: list[str] | None = None,
-    ) -> list[LlmRecord]:
-        """Refresh every row of the session and the session itself.
+        *,
+        take_cancelled: bool = False,
+    ) -> tuple[list[LlmRecord], list[str]]:
+        """Refresh every row of the session and the session itself; with
+        `take_cancelled`, also take the tasks marked cancelled (in the session's write).
 
         Only statuses the publisher reports now are written: what the caller read of the
         session may be older than a status the relay set since (a finished wake).
@@ -210,8 +215,13 @@ class Sessions:
                 rows.append(
                     await self.stores.llms.beat(name, session.id, now, status=reported.get(name))
                 )
-            await self.stores.sessions.touch(
-                session.id, reported, now, self._expires_at(now), running
+            taken = await self.stores.sessions.touch(
+                session.id,
+                reported,
+                now,
+                self._expires_at(now),
+                running,
+                take_cancelled=take_cancelled,
             )
         except ConditionFailedError as exc:
             raise SessionNotFoundError(
@@ -219,20 +229,22 @@ class Sessions:
                 param="providerSessionId",
             ) from exc
         await self.pools.prune(rows)
-        return rows
+        return rows, taken
 
     async def heartbeat(self, principal: Principal, req: HeartbeatRequest) -> Registration:
         session = await self.get(principal, req.provider_session_id)
-        rows = await self.beat(session, dict(req.statuses), req.running)
-        return self._seen(Registration(replace(session, heartbeat_at=self.clock()), rows))
+        rows, taken = await self.beat(session, dict(req.statuses), req.running, take_cancelled=True)
+        seen = Registration(replace(session, heartbeat_at=self.clock()), rows, tuple(taken))
+        return self._seen(seen)
 
-    async def work_beat(self, principal: Principal, req: HeartbeatRequest) -> None:
+    async def work_beat(self, principal: Principal, req: HeartbeatRequest) -> list[str]:
         """A work beat: the session lives and runs `running`, in one write and no read
-        (its rows are the slow beat's to refresh)."""
+        (its rows are the slow beat's to refresh); returns the tasks the relay marked
+        cancelled since, taken by the same write."""
         now = self.clock()
         running = (req.running or [])[:MAX_RUNNING_TASKS]
         try:
-            await self.stores.sessions.work_beat(
+            return await self.stores.sessions.work_beat(
                 req.provider_session_id, principal.key_id, now, self._expires_at(now), running
             )
         except ConditionFailedError as exc:
@@ -258,7 +270,7 @@ class Sessions:
                 return self._seen(Registration(replace(seen, heartbeat_at=now), [])).session
         session = await self.get(principal, req.provider_session_id)
         if now - session.heartbeat_at >= self.refresh_seconds:
-            await self.beat(session, {}, req.running)
+            await self.beat(session, {}, req.running)  # (a poll leaves the marks be)
             session = replace(session, heartbeat_at=now)
         self._seen(Registration(session, []))
         return session

@@ -1,6 +1,7 @@
 """Publisher sessions in DynamoDB: one item per session in the tasks table
 (pk `session#<id>`, sk `m`) holding its names, their statuses, its heartbeat and
-generation, so a heartbeat needs no index read."""
+generation, so a heartbeat needs no index read, and the tasks the relay cancelled for
+its next beat to take (`cancelled`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _EXISTS = "attribute_exists(pk)"
+# Takes the marks of mark_cancelled: with ReturnValues UPDATED_OLD, the write that
+# clears them returns them (the set DynamoDB removed, so none is taken twice).
+_TAKE = " REMOVE cancelled"
+
+
+def _taken(answer: Any) -> list[str]:
+    """The task ids an update that took the cancel marks removed."""
+    old = answer.get("Attributes", {}).get("cancelled", {})
+    return sorted(old.get("SS", ()))
 
 
 def session_record(item: Item) -> SessionRecord:
@@ -192,10 +202,14 @@ class DynamoSessionStore:
         now: float,
         expires_at: float,
         running: list[str] | None = None,
-    ) -> None:
+        *,
+        take_cancelled: bool = False,
+    ) -> list[str]:
         """Record a heartbeat, the statuses the publisher reported (only those: a status
         the relay recorded since the caller read the session stays) and, if it says,
-        the tasks it runs; ConditionFailedError if the session is gone."""
+        the tasks it runs; ConditionFailedError if the session is gone. With
+        `take_cancelled`, takes the tasks marked cancelled (mark_cancelled) and returns
+        them, in the same write."""
         names = {f"#s{i}": name for i, name in enumerate(reported)}
         sets = ["heartbeatAt = :now", "expiresAt = :exp"]
         sets += [f"statuses.{ref} = :s{i}" for i, ref in enumerate(names)]
@@ -204,32 +218,51 @@ class DynamoSessionStore:
             sets += ["running = :running", "confirmedAt = :now"]
             vals["running"] = list(running)
         with condition(f"session {session_id} is gone"):
-            self._client.update_item(
+            answer = self._client.update_item(
                 TableName=self.table,
                 Key=self._key(session_id),
-                UpdateExpression="SET " + ", ".join(sets),
+                UpdateExpression="SET " + ", ".join(sets) + (_TAKE if take_cancelled else ""),
                 ConditionExpression=_EXISTS,
                 **({"ExpressionAttributeNames": names} if names else {}),  # type: ignore[arg-type]
                 ExpressionAttributeValues=values(now=now, exp=int(expires_at), **vals),
+                **({"ReturnValues": "UPDATED_OLD"} if take_cancelled else {}),  # type: ignore[arg-type]
             )
+        return _taken(answer)
 
     @off_loop
     def work_beat(
         self, session_id: str, owner: str, now: float, expires_at: float, running: list[str]
-    ) -> None:
+    ) -> list[str]:
         """A work beat: the session lives and runs `running`, in one write (its rows and
-        statuses untouched); ConditionFailedError if it is gone or another key's."""
+        statuses untouched) that also takes the tasks marked cancelled (mark_cancelled)
+        and returns them; ConditionFailedError if it is gone or another key's (then
+        nothing is taken)."""
         with condition(f"session {session_id} is gone"):
-            self._client.update_item(
+            answer = self._client.update_item(
                 TableName=self.table,
                 Key=self._key(session_id),
                 UpdateExpression="SET heartbeatAt = :now, expiresAt = :exp, running = :running, "
-                "confirmedAt = :now",
+                "confirmedAt = :now" + _TAKE,
                 ConditionExpression="#owner = :owner",
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues=values(
                     now=now, exp=int(expires_at), running=list(running), owner=owner
                 ),
+                ReturnValues="UPDATED_OLD",
+            )
+        return _taken(answer)
+
+    @off_loop
+    def mark_cancelled(self, session_id: str, task_ids: list[str]) -> None:
+        """Mark tasks of the session as no longer wanted, for its next work beat or
+        heartbeat to take (one write, no read); ConditionFailedError if it is gone."""
+        with condition(f"session {session_id} is gone"):
+            self._client.update_item(
+                TableName=self.table,
+                Key=self._key(session_id),
+                UpdateExpression="ADD cancelled :ids",
+                ConditionExpression=_EXISTS,
+                ExpressionAttributeValues=values(ids=set(task_ids)),
             )
 
     @off_loop

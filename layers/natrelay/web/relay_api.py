@@ -60,12 +60,13 @@ async def register(request: Request, relay: Relay) -> Response:
 async def heartbeat(request: Request, relay: Relay) -> Response:
     req = await read_model(request, relay.settings, HeartbeatRequest)
     if req.work:  # its answer names no rows: only what to stop
-        await relay.sessions.work_beat(caller(request), req)
+        told = await relay.sessions.work_beat(caller(request), req)
         view = SessionResponse(provider_session_id=req.provider_session_id, llms=[])
     else:
         registration = await relay.sessions.heartbeat(caller(request), req)
+        told = list(registration.cancelled)
         view = views.session_response(registration, relay.clock(), relay.settings)
-    cancelled = await relay.abandoned.of(req.provider_session_id, req.running)
+    cancelled = await relay.abandoned.of(req.provider_session_id, req.running, told)
     return answer(view.model_copy(update={"cancelled": cancelled or None}))
 
 
