@@ -137,7 +137,8 @@ class Publisher:
         """Publish what the catalog lists, as it changes."""
         while True:
             await asyncio.sleep(catalog.every)
-            await self.apply(await catalog.providers())
+            busy = {s.config.base_url or "" for s in self.slots.values() if s.health.busy}
+            await self.apply(await catalog.providers(busy))
 
     async def apply(self, providers: list[ProviderConfig]) -> None:
         """Publish `providers` in place of the current ones: new names are registered,
