@@ -4,7 +4,9 @@ An idle backend is asked (its model list, or its wake recipe's readiness check).
 one is not: some servers — llama.cpp's, llama-cpp-python's — answer nothing else while
 they generate, and a long answer is the box at its busiest, not down. While a request
 runs on the backend, that request is the check: it has its own silence limit
-(`timeoutSeconds`), and fails past it; then the backend is idle and asked again.
+(`timeoutSeconds`), and fails past it; then the backend is idle and asked again. A request
+that comes while a check is on its way waits for its answer (milliseconds, when idle):
+llama-cpp-python's server cuts a stream short for a check that arrives after it began.
 
 The check waits `healthTimeoutSeconds` (5 s), or longer when the backend has lately been
 slow to answer it (a few times its slowest recent answer), never longer than half a
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 # A slow answer lets the next checks wait this many times as long...
 SLOW_FACTOR = 3.0
@@ -36,16 +38,21 @@ class Health:
         self.running = 0
         self.problem: str | None = None
         self._recent: deque[float] = deque(maxlen=REMEMBERED)
+        # Set while no check is on its way to the backend.
+        self._unasked = asyncio.Event()
+        self._unasked.set()
 
     @property
     def busy(self) -> bool:
         return self.running > 0
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Count a request on the backend for as long as it runs."""
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        """Count a request on the backend for as long as it runs; it starts once a check
+        on its way has its answer (no new check starts meanwhile)."""
         self.running += 1
         try:
+            await self._unasked.wait()
             yield
         finally:
             self.running -= 1
@@ -64,6 +71,7 @@ class Health:
             return None
         started, timeout = self.clock(), self.timeout
         self.problem = None
+        self._unasked.clear()
         try:
             async with asyncio.timeout(timeout):
                 up = await probe()
@@ -73,6 +81,8 @@ class Health:
         except Exception as exc:  # a plugin's check that raises says "not available"
             self.problem = f"its availability check raised {type(exc).__name__}: {exc}"
             up = False
+        finally:
+            self._unasked.set()
         if self.busy:
             return None
         if up:

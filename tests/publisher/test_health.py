@@ -97,9 +97,40 @@ async def test_the_check_waits_longer_for_a_backend_that_was_slow() -> None:
 
     quick = Health(timeout=0.05, ceiling=0.05)
     assert await quick.check(never) is False  # an idle backend that does not answer
-    with quick.request():
+    async with quick.request():
         assert await quick.check(never) is None  # busy: not asked at all
     assert not quick.busy
+
+
+@pytest.mark.anyio
+async def test_a_request_waits_for_the_check_on_its_way() -> None:
+    # llama-cpp-python's server cuts a stream short when a check reaches it after the
+    # stream began: the request goes to the backend once the check has its answer.
+    health = Health(timeout=30.0, ceiling=30.0)
+    asked, answer = asyncio.Event(), asyncio.Event()
+    entered: list[str] = []
+
+    async def slow_listing() -> bool:
+        asked.set()
+        await answer.wait()
+        entered.append("check answered")
+        return True
+
+    async def infer() -> None:
+        async with health.request():
+            entered.append("request sent")
+
+    checking = asyncio.create_task(health.check(slow_listing))
+    await asked.wait()
+    sending = asyncio.create_task(infer())
+    await asyncio.sleep(0)
+    assert health.busy and entered == []
+    answer.set()
+    await sending
+    assert entered == ["check answered", "request sent"]
+    assert await checking is None  # the backend became busy meanwhile: no verdict
+    # with no check on its way, a request goes at once
+    await asyncio.wait_for(infer(), 5)
 
 
 @pytest.fixture
