@@ -227,6 +227,7 @@ def ttft_figures(turns: list[tuple[int, float]], profile: Profile) -> dict[str, 
         "turns": len(ttfts),
         "ttftP50Ms": pct(ttfts, 0.5),
         "ttftP95Ms": pct(ttfts, 0.95),
+        "ttftMeanMs": round(1000 * sum(ttfts) / len(ttfts), 1) if ttfts else None,
         "ttftP50ByTurnMs": [
             pct([t for n, t in turns if n == k], 0.5) for k in range(profile.turns)
         ],
