@@ -87,8 +87,12 @@ def run(moto: str, logdir: Path, profile: Profile) -> dict[str, Any]:
             ) as s:
                 turns = asyncio.run(conversations(s.client_api.url, profile, script=SCRIPT))
                 pool = pool_view(s)
+        later = [t for n, t in turns if n > 0]
         out[arm] = {
             **ttft_figures(turns, profile),
+            # turns after the first that took long enough to have evaluated their
+            # conversation's history again (a hit evaluates ~60 tokens: well under 1 s)
+            "laterTurnsOver3s": f"{sum(t > 3.0 for t in later)} of {len(later)}",
             "affinityHits": pool.get("affinityHits"),
             "affinityMisses": pool.get("affinityMisses"),
         }

