@@ -42,10 +42,10 @@ from tests.support.stack import Server
 SYSTEM = " ".join(
     f"Rule {i}: answer in one short sentence and stay polite to the customer." for i in range(24)
 )
-# A document of its own for each conversation (160 made-up words, ~600 tokens), 12 words
-# a turn after it; short answers (min_tokens: this base model often ends its answer at
-# once otherwise), greedy. A turn served where its conversation was evaluates ~60 tokens;
-# elsewhere, its whole history again.
+# A system prompt all share (~400 tokens); a document of its own for each conversation
+# (160 made-up words, ~790 tokens), 12 words (~60 tokens) a turn after it; short answers
+# (min_tokens: this base model often ends its answer at once otherwise), greedy. A turn
+# served where its conversation was evaluates ~70 tokens; elsewhere, its history again.
 SCRIPT = Script(
     system=SYSTEM,
     opening=160,
