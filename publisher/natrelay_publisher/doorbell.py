@@ -277,8 +277,12 @@ class Doorbell:
     # --- polls ---------------------------------------------------------------------
 
     async def _poll_rung(self) -> None:
-        """Claim what the doorbell rang for, or (after a full poll) whatever is queued."""
+        """Claim what the doorbell rang for, or (after a full poll) whatever is queued.
+        More rings than free slots are a backlog: the pool's queue hands it out in its
+        own order (classes, then age; the relay's), not in the order the rings came."""
         free = self.runner.free_slots()
+        if len(self._pending) > free:
+            self._pending, self._more = [], True
         ids, self._pending = self._pending[:free], self._pending[free:]
         if ids:
             await self._poll(0, ids)

@@ -113,3 +113,50 @@ async def rings_during_a_claim() -> None:
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+
+
+class FullRunner(Runner):
+    """A runner whose slots are all busy until `free` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free = 0
+
+    def free_slots(self) -> int:
+        return self.free
+
+
+def test_rings_heard_while_full_are_left_to_the_queues_order() -> None:
+    """More rings than free slots are a backlog: the freed slot claims what the relay's
+    queue hands out first (an interactive request before batch work rung earlier), not
+    the first ring."""
+    asyncio.run(rings_while_full())
+
+
+async def rings_while_full() -> None:
+    sockets: list[ServerConnection] = []
+
+    async def accept(socket: ServerConnection) -> None:
+        sockets.append(socket)
+        await socket.wait_closed()
+
+    async with serve(accept, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        relay, runner = SlowRelay(), FullRunner()
+        relay.release.set()
+        config = RelayConfig.model_validate({"url": "http://127.0.0.1:9", "token": "token"})
+        bell = Doorbell(config, Session(relay), runner, f"ws://127.0.0.1:{port}")
+        running = asyncio.create_task(bell.run())
+        try:
+            await wait_for(lambda: sockets and relay.claims, "connected and polled")
+            for i in range(1, 4):
+                await sockets[0].send(ring(f"t{i}"))
+            await wait_for(lambda: bell.rings == 3, "rings read")
+            assert len(relay.claims) == 1  # full: nothing claimed for them yet
+            runner.free = 1
+            runner.slot_freed.set()
+            await wait_for(lambda: len(relay.claims) >= 2, "the freed slot's claim")
+            assert relay.claims[1] == []  # the queue's order, not t1's ring
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)

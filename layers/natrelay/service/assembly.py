@@ -186,11 +186,14 @@ class Assembly:
         return Upstreams(self.ctx, self.usage)
 
     @cached_property
-    def relay(self) -> Relay:
-        ctx = self.ctx
+    def empty(self) -> EmptyQueues:
         # alone on its tables (the fast path on says so) and sweeping them itself: a
         # poll hears of every task queued for its pools (service.empty_queues)
-        alone = self.fast_path and self.sweep_seconds > 0
+        return EmptyQueues(self.ctx, alone=self.fast_path and self.sweep_seconds > 0)
+
+    @cached_property
+    def relay(self) -> Relay:
+        ctx = self.ctx
         return Relay(
             ctx=ctx,
             access=self.access,
@@ -215,6 +218,7 @@ class Assembly:
                 polls=self.polls,
                 endings=self.endings,
                 affinity=self.affinity,
+                empty=self.empty,
             ),
             claims=Claims(
                 ctx,
@@ -222,7 +226,7 @@ class Assembly:
                 self.wakes,
                 self.endings,
                 polls=self.polls,
-                empty=EmptyQueues(ctx, alone=alone),
+                empty=self.empty,
                 failover=self.failover,
                 affinity=self.affinity,
                 speeds=self.speeds,

@@ -15,7 +15,7 @@ from natrelay.errors import (
 from natrelay.service.access import Principal
 from natrelay.service.affinity import Affinity
 from natrelay.service.context import Context
-from natrelay.service.dispatch import leaves_to_others
+from natrelay.service.dispatch import in_queue_order, leaves_to_others
 from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.failover import Failover
@@ -198,24 +198,30 @@ class Claims:
         self, session: SessionRecord, hints: list[PoolHint], slots: dict[str, int], asked: float
     ) -> list[TaskRecord]:
         """Claim what this session may take: wakes meant for it, and up to its free slots
-        of each pool's queue (the tasks this process was told of first, else what the
-        index lists, oldest first); `slots` are taken from as it claims."""
+        of each pool's queue, in queue order (what the index lists, and the tasks this
+        process was told of that it does not list yet); `slots` are taken from as it
+        claims."""
         out: list[TaskRecord] = []
         budget = POLL_INLINE_BUDGET
         for name in session.names:
-            entries = [h for h in hints if h.llm == name] or [
-                PoolHint(
-                    q.id,
-                    name,
-                    q.target_session,
-                    q.wake_target,
-                    q.prefer,
-                    q.prefer_until,
-                    q.queued_at,
-                )
-                for q in await self.empty.pending(name, slots.get(name, 0) + _LOOK_PAST)
-            ]
-            for entry in entries:
+            told = [h for h in hints if h.llm == name]
+            if told and self.empty.holds_only(name, len(told)):
+                listed = []  # nothing but what it was told of waits: no Query
+            else:
+                listed = [
+                    PoolHint(
+                        q.id,
+                        name,
+                        q.target_session,
+                        q.wake_target,
+                        q.prefer,
+                        q.prefer_until,
+                        q.queued_at,
+                        q.order,
+                    )
+                    for q in await self.empty.pending(name, slots.get(name, 0) + _LOOK_PAST)
+                ]
+            for entry in in_queue_order(listed, told):
                 wake = entry.target_session is not None
                 if (not wake and slots.get(name, 0) <= 0) or not self._takes(session, name, entry):
                     continue

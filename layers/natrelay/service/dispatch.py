@@ -11,6 +11,7 @@ after it: it is never starved. A request's class is its key's (`natrelay keys cr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -66,6 +67,18 @@ def _with_priority(principal: Principal, asked: str | None) -> Principal:
 def queue_order(priority: Priority, created_at: float, aging_seconds: float) -> float:
     """Where a request of this class, created then, sorts in its pool's queue."""
     return created_at + aging_seconds * priority.rank
+
+
+def in_queue_order(listed: list[PoolHint], told: Iterable[PoolHint]) -> list[PoolHint]:
+    """The entries a poll tries, in the order it tries them: what the queue's index
+    lists (in its order) and the tasks the poll was told of that it does not list yet
+    (the index lags the table) merged in by their order; a task told of without one (a
+    requeue, a hand-back, a wake) first, as the index sorts those."""
+    seen = {entry.task_id for entry in listed}
+    extra = [hint for hint in told if hint.task_id not in seen]
+    if not extra:
+        return listed
+    return sorted([*listed, *extra], key=lambda e: -math.inf if e.order is None else e.order)
 
 
 @dataclass(frozen=True)

@@ -40,15 +40,39 @@ class EmptyQueues:
         seq = self.wakeups.seq(key)
         return seen is not None and seen[0] == seq and self.clock() - seen[1] < self.ttl
 
+    def holds_only(self, name: str, told: int) -> bool:
+        """Whether the pool's queue holds at most the `told` tasks a poll was told of: a
+        poll found it empty lately, and exactly that many notifications came since."""
+        key = pool_topic(name)
+        seen = self._seen.get(key)
+        return (
+            seen is not None
+            and self.wakeups.seq(key) - seen[0] == told
+            and self.clock() - seen[1] < self.ttl
+        )
+
     async def pending(self, name: str, limit: int) -> list[Queued]:
         """What the pool's queue index lists, oldest first (nothing, and no Query, while
         the pool is known empty)."""
         if self.known_empty(name):
             return []
-        key = pool_topic(name)
-        seq = self.wakeups.seq(key)
-        mark = (seq, self.clock())  # before the Query: a task queued during it counts
+        mark = self._mark(name)  # before the Query: a task queued during it counts
         queued = await self.queues.pending(name, limit)
-        if not queued and self.enabled:
-            self._seen[key] = mark
+        self._remember(name, mark, empty=not queued)
         return queued
+
+    async def depth(self, name: str, at_most: int) -> tuple[int, float | None]:
+        """How many tasks wait in the pool's queue (counting to `at_most` + 1 at most),
+        and when the oldest infer task among them was queued (store.queues); an empty
+        queue is remembered as `pending`'s is."""
+        mark = self._mark(name)
+        depth, oldest = await self.queues.depth(name, at_most)
+        self._remember(name, mark, empty=not depth)
+        return depth, oldest
+
+    def _mark(self, name: str) -> tuple[int, float]:
+        return self.wakeups.seq(pool_topic(name)), self.clock()
+
+    def _remember(self, name: str, mark: tuple[int, float], *, empty: bool) -> None:
+        if empty and self.enabled:
+            self._seen[pool_topic(name)] = mark

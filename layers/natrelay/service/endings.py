@@ -40,8 +40,10 @@ class PoolHint:
     # The member its conversation prefers, until when (service.affinity).
     prefer: str | None = None
     prefer_until: float | None = None
-    # When it was queued (None: just now).
+    # When it was queued (None: just now), and where it sorts in the queue (None: not
+    # known; service.dispatch.queue_order).
     queued_at: float | None = None
+    order: float | None = None
 
 
 class Endings:

@@ -12,6 +12,7 @@ from natrelay.service.catalog import Catalog
 from natrelay.service.context import Context
 from natrelay.service.dispatch import queue_order
 from natrelay.service.doorbell import Doorbell
+from natrelay.service.empty_queues import EmptyQueues
 from natrelay.service.endings import Endings, PoolHint
 from natrelay.service.ids import new_task_id
 from natrelay.service.local_polls import LocalPolls
@@ -54,10 +55,11 @@ class Queue:
         polls: LocalPolls,
         endings: Endings,
         affinity: Affinity,
+        empty: EmptyQueues,
     ) -> None:
         self.tasks = ctx.tasks
+        self.empty = empty
         self.affinity = affinity
-        self.queues = ctx.stores.queues
         self.idempotency = ctx.stores.idempotency
         self.liveness = ctx.liveness
         self.settings = ctx.settings
@@ -212,9 +214,13 @@ class Queue:
             talk if active else None,
             (lambda member: self.polls.can_take(row, member)) if self.polls.enabled else None,
         )
-        # a poll here takes it at once (its member's, if it has one): no queue to check
-        fast = fast and active and self.polls.can_take(row, route.member)
-        oldest = None if fast else await self._check_queue(row)
+        # A poll here takes it at once (its member's, if it has one), unless requests
+        # wait in the pool's queue already: those go first (their classes and ages).
+        taker = fast and active and self.polls.can_take(row, route.member)
+        fast, oldest = taker and self.empty.known_empty(row.name), None
+        if not fast:
+            depth, oldest = await self._check_queue(row, count=taker)
+            fast = taker and depth == 0
         task_id = new_task_id(self.clock())
         admission = await self._admit(principal, task_id, status, reserve)
         try:  # a request that is not queued after all gives its admission back
@@ -247,6 +253,7 @@ class Queue:
             wake_target=task.wake_target,
             prefer=task.prefer,
             prefer_until=task.prefer_until,
+            order=task.queue_order,
         )
         await self.doorbell.queued(hint, row)
         if task.prefer is not None:  # its member's moment over, any poll may take it
@@ -365,14 +372,15 @@ class Queue:
             record, gone = once
             await self.tasks.put(task, replace(record, task_id=task.id), replacing=gone)
 
-    async def _check_queue(self, row: LlmRecord) -> float | None:
-        """QueueFullError if the pool's queue holds its most; when the oldest infer task
-        waiting in it was queued (None: nothing waits, or no limit to check)."""
+    async def _check_queue(self, row: LlmRecord, *, count: bool) -> tuple[int, float | None]:
+        """QueueFullError if the pool's queue holds its most; else how many tasks wait in
+        it and when the oldest infer task among them was queued ((0, None) unread when
+        there is no limit to check and no `count` asked)."""
         depth_limit = _first(row.max_queue_depth, self.settings.max_queue_depth)
         wake_after = _first(row.wake_after_queue_seconds, self.settings.wake_after_queue_seconds)
-        if not depth_limit and not wake_after:
-            return None  # nothing to check: no read
-        depth, oldest = await self.queues.depth(row.name, int(depth_limit or 1))
+        if not depth_limit and not wake_after and not count:
+            return 0, None  # nothing to check: no read
+        depth, oldest = await self.empty.depth(row.name, int(depth_limit or 1))
         if depth_limit and depth >= depth_limit:
             await self.usage.rows.count(Sample(row.name, error=True))
             raise QueueFullError(
@@ -380,7 +388,7 @@ class Queue:
                 "wait for it; try again shortly",
                 retry_after=max(1, int(self.settings.lease_seconds // 10)),
             )
-        return oldest
+        return depth, oldest
 
     def _wake_more(self, row: LlmRecord, waited: float) -> bool:
         threshold = _first(row.wake_after_queue_seconds, self.settings.wake_after_queue_seconds)
