@@ -255,6 +255,28 @@ def test_a_stream_the_backend_cuts_short_is_an_error(
     assert answer.choices[0].finish_reason in ("stop", "length")
 
 
+def test_two_names_of_one_server_leave_each_other_s_streams_whole(
+    relay: Stack, tmp_path: Path, llama_other: Server
+) -> None:
+    # The idle name's checks (every heartbeat) would reach the server while the other
+    # name streams, and cut that stream short: they wait for it, as its own would.
+    providers = [member("gemma-a", llama_other.url), member("gemma-b", llama_other.url)]
+    with publishing(relay, tmp_path, providers, {"gemma-a": "active", "gemma-b": "active"}):
+        stream = client(relay).chat.completions.create(
+            model="gemma-a",
+            messages=LONG,  # type: ignore[arg-type]
+            max_tokens=160,
+            stream=True,
+            **GREEDY,
+        )
+        pieces, finish = [], None
+        for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+    assert finish in ("stop", "length") and len(pieces) > 20
+
+
 @pytest.fixture
 def llama_other(tmp_path: Path) -> Iterator[Server]:
     """A server of its own: the module's is the other publisher's, which checks it."""

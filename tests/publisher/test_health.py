@@ -76,6 +76,33 @@ def test_a_backend_busy_generating_stays_active(stack: Stack, tmp_path: Path) ->
     assert "backend of solo is down" not in log and "unavailable" not in log, log
 
 
+def test_names_of_one_server_are_busy_together(stack: Stack, tmp_path: Path) -> None:
+    # One llama.cpp server publishing two names: while one generates, the other is not
+    # checked either (its check would wait, or cut llama-cpp-python's stream short).
+    backend = OneSlot()
+    with serve(backend.app()) as url, ThreadPoolExecutor(1) as pool:
+        providers = [
+            solo(url, healthTimeoutSeconds=0.5),
+            solo(url, name="solo-two", healthTimeoutSeconds=0.5),
+        ]
+        publisher = start_publisher(publisher_config(stack, tmp_path, providers), tmp_path)
+        try:
+            wait_rows(stack, {"solo": "active", "solo-two": "active"})
+            idle_log = len(publisher.log())
+            first = pool.submit(_ask, stack, "a long answer")
+            assert backend.generating.wait(30)
+            busy_since = time.time()
+            wait_until(lambda: _beaten_after(stack, busy_since + 3), 60, "no heartbeat")
+            assert backend.listed_while_busy == 0
+            backend.release.set()
+            assert first.result().status_code == 200
+        finally:
+            backend.release.set()
+            assert publisher.stop() == 0
+    log = publisher.log()[idle_log:]
+    assert "is down" not in log and "unavailable" not in log, log
+
+
 @pytest.mark.anyio
 async def test_the_check_waits_longer_for_a_backend_that_was_slow() -> None:
     now = [100.0]
