@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from natrelay_infra.moto_server import MotoProcess
 from tests.e2e.test_openai_shapes import assert_openai
@@ -83,6 +84,43 @@ def pool_row(stack: Stack, name: str) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {stack.admin_token}"}
     row: dict[str, Any] = httpx.get(f"{stack.url}/api/v1/llms/{name}", headers=headers).json()
     return row
+
+
+def stream_long(
+    stack: Stack,
+    model: str,
+    pieces: list[str],
+    max_tokens: int = 160,
+    answers: list[ChatCompletion] | None = None,
+) -> str | None:
+    """Stream a long answer of `model` into `pieces`: its finish_reason. With `answers`,
+    a short request to the same model is sent once three pieces have come, and its
+    answer added there (even if the stream fails)."""
+    oai = client(stack)
+    finish = None
+    with ThreadPoolExecutor(1) as pool:
+        asked = []
+        stream = oai.chat.completions.create(
+            model=model,
+            messages=LONG,  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            stream=True,
+            **GREEDY,
+        )
+        try:
+            for chunk in stream:
+                if not chunk.choices:
+                    continue
+                if chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                    if len(pieces) == 3 and answers is not None:
+                        short = {"model": model, "messages": ASK, "max_tokens": 8}
+                        asked.append(pool.submit(oai.chat.completions.create, **short))
+                finish = chunk.choices[0].finish_reason or finish
+        finally:
+            if answers is not None:
+                answers.extend(job.result() for job in asked)
+    return finish
 
 
 def test_the_model_list_names_the_published_model(
@@ -175,7 +213,6 @@ def test_a_long_generation_keeps_its_member_active(
     # Heartbeats every second while the backend generates for several seconds: a check
     # of its model list would wait (unavailable after two) or cut the stream short.
     logged = len(published.log())
-    oai = client(relay)
     statuses: list[str] = []
     stop = threading.Event()
 
@@ -186,35 +223,16 @@ def test_a_long_generation_keeps_its_member_active(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    pieces: list[str] = []
+    answers: list[ChatCompletion] = []
     try:
-        with ThreadPoolExecutor(1) as pool:
-            stream = oai.chat.completions.create(
-                model="gemma",
-                messages=LONG,  # type: ignore[arg-type]
-                max_tokens=160,
-                stream=True,
-                **GREEDY,
-            )
-            pieces, finish = [], None
-            for chunk in stream:
-                if not chunk.choices:
-                    continue
-                if chunk.choices[0].delta.content:
-                    pieces.append(chunk.choices[0].delta.content)
-                    if len(pieces) == 3:  # a second request queues behind it, in the relay
-                        second = pool.submit(
-                            oai.chat.completions.create,
-                            model="gemma",
-                            messages=ASK,
-                            max_tokens=8,
-                        )
-                finish = chunk.choices[0].finish_reason or finish
-            answer = second.result()
+        # a second request queues behind it, in the relay
+        finish = stream_long(relay, "gemma", pieces, answers=answers)
     finally:
         stop.set()
         watcher.join()
     assert finish in ("stop", "length") and len(pieces) > 20
-    assert answer.choices[0].message.content
+    assert len(answers) == 1 and answers[0].choices[0].message.content
     assert statuses and set(statuses) == {"active"}, statuses
     log = published.log()[logged:]
     assert "is down" not in log and "unavailable" not in log, log
@@ -227,32 +245,16 @@ def test_a_stream_the_backend_cuts_short_is_an_error(
     # stream in progress with [DONE] and no finish_reason. The client hears so; it must
     # not take the text so far for the whole answer.
     provider = member("gemma-two", llama_other.url, maxConcurrency=2)
-    with publishing(relay, tmp_path, [provider], {"gemma-two": "active"}):
-        oai = client(relay)
-        with ThreadPoolExecutor(1) as pool:
-            stream = oai.chat.completions.create(
-                model="gemma-two",
-                messages=LONG,  # type: ignore[arg-type]
-                max_tokens=200,
-                stream=True,
-                **GREEDY,
-            )
-            pieces: list[str] = []
-            with pytest.raises(openai.APIError, match="cut it short") as caught:
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        pieces.append(chunk.choices[0].delta.content)
-                        if len(pieces) == 3:
-                            second = pool.submit(
-                                oai.chat.completions.create,
-                                model="gemma-two",
-                                messages=ASK,
-                                max_tokens=8,
-                            )
-            answer = second.result()
+    pieces: list[str] = []
+    answers: list[ChatCompletion] = []
+    with (
+        publishing(relay, tmp_path, [provider], {"gemma-two": "active"}),
+        pytest.raises(openai.APIError, match="cut it short") as caught,
+    ):
+        stream_long(relay, "gemma-two", pieces, max_tokens=200, answers=answers)
     assert "interrupt_requests" in str(caught.value)
     assert 3 <= len(pieces) < 200
-    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert len(answers) == 1 and answers[0].choices[0].finish_reason in ("stop", "length")
 
 
 def test_two_names_of_one_server_leave_each_other_s_streams_whole(
@@ -261,19 +263,9 @@ def test_two_names_of_one_server_leave_each_other_s_streams_whole(
     # The idle name's checks (every heartbeat) would reach the server while the other
     # name streams, and cut that stream short: they wait for it, as its own would.
     providers = [member("gemma-a", llama_other.url), member("gemma-b", llama_other.url)]
+    pieces: list[str] = []
     with publishing(relay, tmp_path, providers, {"gemma-a": "active", "gemma-b": "active"}):
-        stream = client(relay).chat.completions.create(
-            model="gemma-a",
-            messages=LONG,  # type: ignore[arg-type]
-            max_tokens=160,
-            stream=True,
-            **GREEDY,
-        )
-        pieces, finish = [], None
-        for chunk in stream:
-            if chunk.choices:
-                pieces.append(chunk.choices[0].delta.content or "")
-                finish = chunk.choices[0].finish_reason or finish
+        finish = stream_long(relay, "gemma-a", pieces)
     assert finish in ("stop", "length") and len(pieces) > 20
 
 
