@@ -32,7 +32,7 @@ class Profile:
     # Conversations going on at once, and a person's pause between two turns (seconds).
     workers: int = 10
     think: tuple[float, float] = (0.5, 1.5)
-    overload_seconds: float = 15.0
+    overload_seconds: float = 30.0
     share_seconds: float = 20.0
     lambda_conversations: int = 8
 

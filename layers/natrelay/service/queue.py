@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from natrelay.errors import InvalidRequestError, PublisherOfflineError, QueueFullError
+from natrelay.errors import InvalidRequestError, PublisherOfflineError
 from natrelay.service.access import Principal
 from natrelay.service.affinity import Affinity, Talk, conversation
 from natrelay.service.catalog import Catalog
@@ -20,6 +20,7 @@ from natrelay.service.metering import ask_usage, reservation
 from natrelay.service.outcomes import not_served, offline
 from natrelay.service.payloads import check_size, dumps
 from natrelay.service.pools import Pools
+from natrelay.service.queue_depths import QueueDepths
 from natrelay.service.row_stats import Sample
 from natrelay.service.usage import Admission, Usage
 from natrelay.service.wakes import Wake, Wakes
@@ -59,6 +60,7 @@ class Queue:
     ) -> None:
         self.tasks = ctx.tasks
         self.empty = empty
+        self.depths = QueueDepths(ctx, empty, usage)
         self.affinity = affinity
         self.idempotency = ctx.stores.idempotency
         self.liveness = ctx.liveness
@@ -219,7 +221,7 @@ class Queue:
         taker = fast and active and self.polls.can_take(row, route.member)
         fast, oldest = taker and self.empty.known_empty(row.name), None
         if not fast:
-            depth, oldest = await self._check_queue(row, count=taker)
+            depth, oldest = await self.depths.check(row, count=taker)
             fast = taker and depth == 0
         task_id = new_task_id(self.clock())
         admission = await self._admit(principal, task_id, status, reserve)
@@ -371,29 +373,8 @@ class Queue:
         else:
             record, gone = once
             await self.tasks.put(task, replace(record, task_id=task.id), replacing=gone)
-
-    async def _check_queue(self, row: LlmRecord, *, count: bool) -> tuple[int, float | None]:
-        """QueueFullError if the pool's queue holds its most; else how many tasks wait in
-        it and when the oldest infer task among them was queued ((0, None) unread when
-        there is no limit to check and no `count` asked)."""
-        depth_limit = _first(row.max_queue_depth, self.settings.max_queue_depth)
-        wake_after = _first(row.wake_after_queue_seconds, self.settings.wake_after_queue_seconds)
-        if not depth_limit and not wake_after and not count:
-            return 0, None  # nothing to check: no read
-        depth, oldest = await self.empty.depth(row.name, int(depth_limit or 1))
-        if depth_limit and depth >= depth_limit:
-            await self.usage.rows.count(Sample(row.name, error=True))
-            raise QueueFullError(
-                f"every member serving {row.name!r} is busy and {depth} requests already "
-                "wait for it; try again shortly",
-                retry_after=max(1, int(self.settings.lease_seconds // 10)),
-            )
-        return depth, oldest
+        self.depths.queued(task.llm, task.created_at)
 
     def _wake_more(self, row: LlmRecord, waited: float) -> bool:
-        threshold = _first(row.wake_after_queue_seconds, self.settings.wake_after_queue_seconds)
+        threshold = self.depths.wake_after(row)
         return bool(threshold) and waited > threshold and bool(self.wakes.wakeable(row))
-
-
-def _first(value: float | None, default: float) -> float:
-    return value if value is not None else default
