@@ -7,6 +7,7 @@ import pytest
 
 from natrelay_infra.moto_server import MotoProcess
 from tests.publisher.running import PublisherProcess
+from tests.support import llama
 from tests.support.stack import Stack, running_stack
 
 # Whole suites of several processes each, left out by `scripts/test --fast`; elsewhere a
@@ -16,9 +17,13 @@ SLOW_SUITES = ("e2e", "faults", "soak")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     tests = Path(__file__).parent
+    # The real llama.cpp backend's tests (tests/support/llama.py) run only when asked for.
+    not_asked = pytest.mark.skip(reason=f"opt-in: {llama.OPT_IN}=1 (scripts/llama test)")
     for item in items:
         if item.path.is_relative_to(tests) and item.path.relative_to(tests).parts[0] in SLOW_SUITES:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("llama") and not llama.opted_in():
+            item.add_marker(not_asked)
 
 
 @pytest.fixture(scope="session")

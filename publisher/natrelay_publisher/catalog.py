@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -22,7 +22,14 @@ from pydantic import ValidationError
 
 from natrelay.wire import MAX_PROVIDERS, MAX_TRANSACTION_ITEMS
 from natrelay_publisher.config import ProviderConfig, format_errors
-from natrelay_publisher.detect import PORTS_ENV, Backend, BackendSpec, Unusable, probe_all
+from natrelay_publisher.detect import (
+    PORTS_ENV,
+    Backend,
+    BackendSpec,
+    Probe,
+    Unusable,
+    probe_all,
+)
 from natrelay_publisher.naming import PublishedName, name_for
 from natrelay_publisher.redact import public_url
 
@@ -116,11 +123,20 @@ class Catalog:
         self._published: dict[str, ProviderConfig] = {}
         self._said: set[Note] = set()
 
-    async def providers(self) -> list[ProviderConfig]:
-        """The providers to publish now; logs what changed since the last call."""
+    async def providers(self, busy: Collection[str] = ()) -> list[ProviderConfig]:
+        """The providers to publish now; logs what changed since the last call. A backend
+        whose `baseUrl` is in `busy` (requests running on it) is not asked again: its last
+        answer stands (natrelay_publisher.health says why)."""
         notes: list[Note] = []
         backends: list[Backend] = []
-        for probe in await probe_all(self.specs):
+        resting = [
+            s for s in self.specs if s not in self._last or self._last[s].base_url not in busy
+        ]
+        answers: dict[BackendSpec, Probe] = dict(
+            zip(resting, await probe_all(resting), strict=True)
+        )
+        for spec in self.specs:
+            probe = answers.get(spec) or self._last[spec]
             if isinstance(probe, Backend):
                 last = self._last.get(probe.spec)
                 if last is None or (last.server, last.base_url) != (probe.server, probe.base_url):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -78,7 +79,7 @@ class Publisher:
                     "cross the network unencrypted; use https://",
                     self.config.relay.url,
                 )
-            self.slots.update({c.name: self._slot(c) for c in self.config.published})
+            self.slots.update(self._slots(self.config.published))
             await asyncio.gather(*(slot.check_first() for slot in self.slots.values()))
             if not await self._register(stop):
                 return
@@ -96,8 +97,20 @@ class Publisher:
             self.session_file.unlock()
             self.tracing.flush()  # the spans not exported yet (tracing: otlp)
 
-    def _slot(self, config: ProviderConfig) -> ProviderSlot:
-        return ProviderSlot.build(config, heartbeat_seconds=self.config.relay.heartbeat_seconds)
+    def _slots(self, configs: Iterable[ProviderConfig]) -> dict[str, ProviderSlot]:
+        """A slot for each of `configs`. Providers of the same server (base URL) share its
+        load, with each other and with the slots there are (natrelay_publisher.health)."""
+        loads = {s.config.base_url: s.load for s in self.slots.values() if s.config.base_url}
+        made: dict[str, ProviderSlot] = {}
+        for config in configs:
+            url = config.base_url or ""
+            slot = ProviderSlot.build(
+                config, heartbeat_seconds=self.config.relay.heartbeat_seconds, load=loads.get(url)
+            )
+            if url:
+                loads.setdefault(url, slot.load)
+            made[config.name] = slot
+        return made
 
     async def _register(self, stop: asyncio.Event) -> bool:
         """Register (retrying while the relay is unreachable); False if `stop` came first."""
@@ -137,7 +150,8 @@ class Publisher:
         """Publish what the catalog lists, as it changes."""
         while True:
             await asyncio.sleep(catalog.every)
-            await self.apply(await catalog.providers())
+            busy = {s.config.base_url or "" for s in self.slots.values() if s.health.busy}
+            await self.apply(await catalog.providers(busy))
 
     async def apply(self, providers: list[ProviderConfig]) -> None:
         """Publish `providers` in place of the current ones: new names are registered,
@@ -146,7 +160,7 @@ class Publisher:
         kept = {n: s for n, s in self.slots.items() if wanted.get(n) == s.config}
         if not wanted or kept.keys() == wanted.keys() == self.slots.keys():
             return
-        added = {n: self._slot(c) for n, c in wanted.items() if n not in kept}
+        added = self._slots(c for n, c in wanted.items() if n not in kept)
         await asyncio.gather(*(slot.check_first() for slot in added.values()))
         gone = [slot for name, slot in self.slots.items() if kept.get(name) is not slot]
         try:

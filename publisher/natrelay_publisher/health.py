@@ -4,7 +4,12 @@ An idle backend is asked (its model list, or its wake recipe's readiness check).
 one is not: some servers — llama.cpp's, llama-cpp-python's — answer nothing else while
 they generate, and a long answer is the box at its busiest, not down. While a request
 runs on the backend, that request is the check: it has its own silence limit
-(`timeoutSeconds`), and fails past it; then the backend is idle and asked again.
+(`timeoutSeconds`), and fails past it; then the backend is idle and asked again. A request
+that comes while a check is on its way waits for its answer (milliseconds, when idle):
+llama-cpp-python's server cuts a stream short for a check that arrives after it began.
+Providers that publish models of the same server (its base URL) share what is running on
+it and what is asked of it (`BackendLoad`): one llama-cpp-python server serving two names
+is busy for both while either generates.
 
 The check waits `healthTimeoutSeconds` (5 s), or longer when the backend has lately been
 slow to answer it (a few times its slowest recent answer), never longer than half a
@@ -17,7 +22,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 
 # A slow answer lets the next checks wait this many times as long...
 SLOW_FACTOR = 3.0
@@ -25,30 +31,63 @@ SLOW_FACTOR = 3.0
 REMEMBERED = 5
 
 
+def _unset() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+@dataclass(eq=False)
+class BackendLoad:
+    """One backend server: the requests of ours running on it, and the checks on their
+    way to it (`unasked` is set while there are none)."""
+
+    running: int = 0
+    asking: int = 0
+    unasked: asyncio.Event = field(default_factory=_unset)
+
+    @contextlib.contextmanager
+    def asked(self) -> Iterator[None]:
+        self.asking += 1
+        self.unasked.clear()
+        try:
+            yield
+        finally:
+            self.asking -= 1
+            if not self.asking:
+                self.unasked.set()
+
+
 class Health:
     def __init__(
-        self, timeout: float, ceiling: float, clock: Callable[[], float] = time.monotonic
+        self,
+        timeout: float,
+        ceiling: float,
+        clock: Callable[[], float] = time.monotonic,
+        load: BackendLoad | None = None,
     ) -> None:
         self.base = timeout
         self.ceiling = max(timeout, ceiling)
         self.clock = clock
-        # Requests running on the backend now; why the last check failed, if it timed out.
-        self.running = 0
+        self.load = load or BackendLoad()
+        # Why the last check failed, if it did.
         self.problem: str | None = None
         self._recent: deque[float] = deque(maxlen=REMEMBERED)
 
     @property
     def busy(self) -> bool:
-        return self.running > 0
+        return self.load.running > 0
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Count a request on the backend for as long as it runs."""
-        self.running += 1
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        """Count a request on the backend for as long as it runs; it starts once the
+        checks on their way have their answers (no new check starts meanwhile)."""
+        self.load.running += 1
         try:
+            await self.load.unasked.wait()
             yield
         finally:
-            self.running -= 1
+            self.load.running -= 1
 
     @property
     def timeout(self) -> float:
@@ -65,8 +104,9 @@ class Health:
         started, timeout = self.clock(), self.timeout
         self.problem = None
         try:
-            async with asyncio.timeout(timeout):
-                up = await probe()
+            with self.load.asked():
+                async with asyncio.timeout(timeout):
+                    up = await probe()
         except TimeoutError:
             self.problem = f"no answer within {timeout:g} s (healthTimeoutSeconds)"
             up = False

@@ -179,5 +179,5 @@ class TaskRunner:
             if endpoint is None:
                 message = f"{slot.name} does not serve {task.endpoint!r} here"
                 return await poster.fail(ErrorCode.ENDPOINT_NOT_SERVED, message)
-            with slot.health.request():
+            async with slot.health.request():
                 return await run_infer(slot.provider, request, task.stream, poster, endpoint)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from natrelay.wire import Endpoint, LlmStatus, ProviderSpec
 from natrelay_publisher.config import ProviderConfig
-from natrelay_publisher.health import Health
+from natrelay_publisher.health import BackendLoad, Health
 from natrelay_publisher.providers import PROVIDERS, Provider
 from natrelay_publisher.providers.base import default_endpoints
 from natrelay_publisher.recipes import RECIPES, WakeRecipe
@@ -46,16 +46,25 @@ class ProviderSlot:
     check_ceiling: float = 15.0
     # Whether the last check was the wake recipe's (not the provider's).
     recipe_decided: bool = False
+    # What runs on its backend, shared with the other providers of the same server.
+    load: BackendLoad = field(default_factory=BackendLoad)
     semaphore: asyncio.Semaphore = field(init=False)
     health: Health = field(init=False)
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
-        self.health = Health(self.config.health_timeout_seconds, self.check_ceiling)
+        self.health = Health(self.config.health_timeout_seconds, self.check_ceiling, load=self.load)
 
     @classmethod
-    def build(cls, config: ProviderConfig, *, heartbeat_seconds: float = 30.0) -> ProviderSlot:
-        """Instantiate the provider and recipe plugins named in `config`."""
+    def build(
+        cls,
+        config: ProviderConfig,
+        *,
+        heartbeat_seconds: float = 30.0,
+        load: BackendLoad | None = None,
+    ) -> ProviderSlot:
+        """Instantiate the provider and recipe plugins named in `config`; `load`: its
+        backend's, when another provider has the same server."""
         provider = PROVIDERS.find(config.type)(config)
         wake = RECIPES.find(config.wake.type)(config.wake, config) if config.wake else None
         sleep = RECIPES.find(config.sleep.type)(config.sleep, config) if config.sleep else None
@@ -65,6 +74,7 @@ class ProviderSlot:
             wake_recipe=wake,
             sleep_recipe=sleep,
             check_ceiling=heartbeat_seconds / 2,
+            load=load or BackendLoad(),
         )
 
     @property

@@ -148,6 +148,9 @@ class PrefixBackend:
                     "choices": [{"index": 0, "delta": {"content": token + " "}}],
                 }
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
+        stop = {"id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        stop["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+        yield f"data: {json.dumps(stop)}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
     def busy(self) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Smart pools, measured: affinity, priority classes and capacity-aware dispatch, each
 against today's dispatch (the feature off) on the same trace in the same run, with real
-publisher processes in front of a fake prefix-cache backend (tests.perf.prefix_backend);
-and DynamoDB requests per inference in Lambda mode with affinity on and off.
+publisher processes in front of a fake prefix-cache backend (tests.perf.prefix_backend;
+the pool and the conversations: tests.perf.pool_driver); and DynamoDB requests per
+inference in Lambda mode with affinity on and off.
 
     python -m tests.perf.smart_pools [--quick] [--out F.json]
 
@@ -14,13 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
-import random
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,185 +25,22 @@ from typing import Any
 import httpx
 
 from natrelay_infra.moto_server import MotoProcess
+from tests.perf.pool_driver import (
+    IdleWatch,
+    Profile,
+    boxes_of,
+    conversations,
+    gain,
+    pct,
+    pool_stack,
+    pool_view,
+    ttft_figures,
+)
 from tests.perf.prefix_backend import PrefixBackend
-from tests.perf.procs import Stack
 from tests.support.net import serve
 from tests.support.stack import ADMIN_TOKEN, CLIENT_TOKEN
 
-SYSTEM = " ".join(f"rule{i}" for i in range(150))
-
-
-@dataclass(frozen=True)
-class Profile:
-    conversations: int = 20
-    turns: int = 8
-    # Conversations going on at once, and a person's pause between two turns (seconds).
-    workers: int = 10
-    think: tuple[float, float] = (0.5, 1.5)
-    overload_seconds: float = 30.0
-    share_seconds: float = 20.0
-    lambda_conversations: int = 8
-
-
 QUICK = Profile(conversations=12, turns=6, workers=8, overload_seconds=8, share_seconds=8)
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """The q-quantile (nearest rank), in ms; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000, 1)
-
-
-@contextmanager
-def pool_stack(
-    name: str,
-    moto: str,
-    logdir: Path,
-    backend: str,
-    boxes: list[str],
-    *,
-    lambda_mode: bool = False,
-    **settings: Any,
-) -> Iterator[Stack]:
-    """A relay whose pool `m` has one member per box (each its own backend)."""
-    members = [
-        [
-            {
-                "name": "m",
-                "type": "openai",
-                "baseUrl": f"{backend}/box/{box}/v1",
-                "model": "m",
-                "maxConcurrency": 2,
-            }
-        ]
-        for box in boxes
-    ]
-    stack = Stack.start(
-        name,
-        moto,
-        logdir,
-        members[0],
-        lambda_mode=lambda_mode,
-        members=len(boxes),
-        member_providers=members,
-        heartbeat_timeout_seconds=60,
-        **settings,
-    )
-    try:
-        wait_members(stack, len(boxes))
-        yield stack
-    finally:
-        stack.stop()
-
-
-def wait_members(stack: Stack, count: int) -> None:
-    headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        view = httpx.get(f"{stack.client_api.url}/api/v1/llms/m", headers=headers, timeout=10)
-        if view.status_code == 200 and len(view.json().get("members") or []) >= count:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{stack.name}: the pool never had {count} members")
-
-
-# --- affinity --------------------------------------------------------------------------
-
-
-async def _turn(
-    http: httpx.AsyncClient, url: str, messages: list[dict[str, Any]]
-) -> tuple[float, str]:
-    """Stream one turn: its time to first token, and its answer."""
-    start = time.monotonic()
-    ttft, text = None, []
-    body = {"model": "m", "messages": messages, "stream": True}
-    async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
-        resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
-            if delta:
-                ttft = ttft if ttft is not None else time.monotonic() - start
-                text.append(delta)
-    return (ttft if ttft is not None else time.monotonic() - start), "".join(text)
-
-
-class IdleWatch:
-    """How often a box of the pool sat idle while a request had waited in the relay more
-    than 100 ms (sent, not yet at a box), sampled every 50 ms."""
-
-    def __init__(self, backend: PrefixBackend, boxes: list[str]) -> None:
-        self.backend, self.boxes = backend, boxes
-        self.sent: list[float] = []
-        self.waiting_samples = 0
-        self.idle_samples = 0
-
-    def send(self) -> None:
-        self.sent.append(time.monotonic())
-
-    async def run(self) -> None:
-        start = self.backend.started
-        while True:
-            await asyncio.sleep(0.05)
-            old = time.monotonic() - 0.1
-            # requests reach the boxes about in the order they were sent
-            waiting = sum(1 for t in self.sent if t < old) - (self.backend.started - start)
-            if waiting > 0:
-                self.waiting_samples += 1
-                busy = self.backend.busy()
-                self.idle_samples += any(busy.get(b, 0) == 0 for b in self.boxes)
-
-    def figures(self) -> dict[str, float]:
-        """For how long work waited in the relay, and for how long of that a box sat idle
-        (a conversation waiting for its member, which was busy)."""
-        return {
-            "workWaitedSeconds": round(self.waiting_samples * 0.05, 2),
-            "boxIdleWhileWorkWaitedSeconds": round(self.idle_samples * 0.05, 2),
-        }
-
-
-async def conversations(
-    url: str, profile: Profile, watch: IdleWatch, seed: int = 7
-) -> list[tuple[int, float]]:
-    """`profile.conversations` conversations of `profile.turns` turns, `profile.workers`
-    at a time, a pause of `profile.think` between turns; each turn's (number, time to
-    first token)."""
-    rng = random.Random(seed)
-    todo = list(range(profile.conversations))
-    out: list[tuple[int, float]] = []
-    headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
-
-    def words(n: int) -> str:
-        return " ".join(f"w{rng.randrange(10_000)}" for _ in range(n))
-
-    async def worker(http: httpx.AsyncClient) -> None:
-        while todo:
-            n = todo.pop(0)
-            messages = [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"conversation {n}: {words(40)}"},
-            ]
-            for turn in range(profile.turns):
-                if turn:
-                    await asyncio.sleep(rng.uniform(*profile.think))
-                watch.send()
-                ttft, answer = await _turn(http, url, messages)
-                out.append((turn, ttft))
-                messages += [
-                    {"role": "assistant", "content": answer},
-                    {"role": "user", "content": words(40)},
-                ]
-
-    async with httpx.AsyncClient(headers=headers, timeout=120) as http:
-        watcher = asyncio.create_task(watch.run())
-        try:
-            await asyncio.gather(*(worker(http) for _ in range(profile.workers)))
-        finally:
-            watcher.cancel()
-    return out
 
 
 def affinity_phase(
@@ -215,29 +49,20 @@ def affinity_phase(
     out: dict[str, Any] = {}
     for arm, wait in (("today", 0.0), ("affinity", 2.0)):
         boxes = [f"{arm}{i}-1" for i in range(3)]
-        with pool_stack(f"aff-{arm}", moto, logdir, url, boxes, affinity_wait_seconds=wait) as s:
+        urls = boxes_of(url, boxes)
+        with pool_stack(f"aff-{arm}", moto, logdir, urls, affinity_wait_seconds=wait) as s:
             watch = IdleWatch(backend, boxes)
             turns = asyncio.run(conversations(s.client_api.url, profile, watch))
-            ttfts = [t for _, t in turns]
-            pool = httpx.get(
-                f"{s.client_api.url}/api/v1/llms/m",
-                headers={"Authorization": f"Bearer {CLIENT_TOKEN}"},
-            ).json()
+            pool = pool_view(s)
         out[arm] = {
-            "turns": len(ttfts),
-            "ttftP50Ms": pct(ttfts, 0.5),
-            "ttftP95Ms": pct(ttfts, 0.95),
-            "ttftP50ByTurnMs": [
-                pct([t for n, t in turns if n == k], 0.5) for k in range(profile.turns)
-            ],
+            **ttft_figures(turns, profile),
             "servedPerBox": {b: backend.boxes[b].served for b in boxes},
             **watch.figures(),
             "affinityHits": pool.get("affinityHits"),
             "affinityMisses": pool.get("affinityMisses"),
         }
         print("affinity", arm, json.dumps(out[arm]), flush=True)
-    old, new = out["today"]["ttftP50Ms"], out["affinity"]["ttftP50Ms"]
-    out["ttftGain"] = round(1 - new / old, 3) if old and new is not None else None
+    out["ttftGain"] = gain(out)
     return out
 
 
@@ -302,8 +127,7 @@ def priority_phase(moto: str, logdir: Path, url: str, profile: Profile) -> dict[
             f"prio-{arm}",
             moto,
             logdir,
-            url,
-            [f"prio{arm}-4"],
+            boxes_of(url, [f"prio{arm}-4"]),
             batch_aging_seconds=aging,
             poll_max_interval_seconds=5,
         ) as s:
@@ -347,7 +171,7 @@ def share_phase(
     for arm, by_speed in (("today", False), ("bySpeed", True)):
         fast, slow = f"fast{arm}-1", f"slow{arm}-3"
         with pool_stack(
-            f"share-{arm}", moto, logdir, url, [fast, slow], dispatch_by_speed=by_speed
+            f"share-{arm}", moto, logdir, boxes_of(url, [fast, slow]), dispatch_by_speed=by_speed
         ) as s:
             done = asyncio.run(
                 open_loop(s.client_api.url, CLIENT_TOKEN, 8.0, profile.share_seconds, "share")
@@ -382,20 +206,17 @@ def lambda_phase(moto: str, logdir: Path, url: str, profile: Profile) -> dict[st
             f"lam-{arm}",
             moto,
             logdir,
-            url,
-            boxes,
+            boxes_of(url, boxes),
             lambda_mode=True,
             doorbell=True,
             affinity_wait_seconds=wait,
         ) as s:
             one = Profile(conversations=1, turns=2, workers=1, think=(0.0, 0.0))
-            asyncio.run(conversations(s.client_api.url, one, IdleWatch(PrefixBackend(), [])))
+            asyncio.run(conversations(s.client_api.url, one))
             s.reset()
             n = profile.lambda_conversations
             load = Profile(conversations=n, turns=4, workers=1, think=(0.0, 0.0))
-            turns = asyncio.run(
-                conversations(s.client_api.url, load, IdleWatch(PrefixBackend(), []), seed=11)
-            )
+            turns = asyncio.run(conversations(s.client_api.url, load, seed=11))
             ops = s.ops()
             out[arm] = {
                 "n": len(turns),

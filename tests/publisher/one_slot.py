@@ -36,6 +36,8 @@ class OneSlot:
         self.aborted = threading.Event()
         self.calls = 0
         self.answered = 0
+        # model lists asked for while it generated (each waited for the release)
+        self.listed_while_busy = 0
 
     def app(self) -> Starlette:
         return Starlette(
@@ -55,7 +57,8 @@ class OneSlot:
         return True
 
     async def _models(self, request: Request) -> Response:
-        if self.generating.is_set():
+        if self.generating.is_set() and not self.release.is_set():
+            self.listed_while_busy += 1
             await self._until_released()  # one slot: it is busy
         return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from natrelay_publisher.catalog import Catalog
+from natrelay_publisher.config import ProviderConfig
 from natrelay_publisher.detect import BackendSpec
 from tests.publisher.fake_relay import SESSION, FakeRelay, infer_task
 from tests.publisher.test_publisher import publisher, run, until
@@ -31,9 +32,11 @@ class GatedBackend:
         self.models = list(models)
         self.gate = threading.Event()
         self.asked = threading.Event()
+        self.listed = 0  # GET /v1/models answered
 
     def app(self) -> Starlette:
         async def models(request: Request) -> Response:
+            self.listed += 1
             return JSONResponse({"object": "list", "data": [{"id": m} for m in self.models]})
 
         async def chat(request: Request) -> Response:
@@ -67,6 +70,16 @@ def backend() -> Iterator[tuple[str, GatedBackend]]:
         yield url, gated
 
 
+class CountingCatalog(Catalog):
+    """A catalog that counts its listings (the daemon's calls)."""
+
+    calls = 0
+
+    async def providers(self, busy: Collection[str] = ()) -> list[ProviderConfig]:
+        self.calls += 1
+        return await super().providers(busy)
+
+
 def registered(fake: FakeRelay) -> list[list[str]]:
     """The names of each registration, in order."""
     return [[p["name"] for p in body["providers"]] for body in fake.calls("register")]
@@ -82,7 +95,7 @@ def test_models_that_come_and_go_are_registered_again_when_no_request_runs(
     url, fake = relay
     backend_url, gated = backend
 
-    catalog = Catalog([BackendSpec(backend_url)], every=0.1)
+    catalog = CountingCatalog([BackendSpec(backend_url)], every=0.1)
     providers = asyncio.run(catalog.providers())
     entries = [p.model_dump(by_alias=True, exclude_defaults=True) for p in providers]
 
@@ -90,11 +103,16 @@ def test_models_that_come_and_go_are_registered_again_when_no_request_runs(
         await until(lambda: registered(fake) == [["alpha"]])
         fake.add(infer_task("t1", "alpha", "hello"))
         await until(gated.asked.is_set)
-        # A model appears while a request runs: listed, but not registered yet.
+        # A model appears while a request runs: the backend is not asked (llama.cpp's
+        # servers answer nothing else while they generate; llama-cpp-python's cuts its
+        # stream short for a request that waits), nothing is registered.
         gated.models = ["alpha", "beta"]
-        await until(lambda: any("publishing beta" in r.getMessage() for r in caplog.records))
+        listed, calls = gated.listed, catalog.calls
+        await until(lambda: catalog.calls >= calls + 3)
+        assert gated.listed == listed
         assert registered(fake) == [["alpha"]]
         gated.gate.set()
+        await until(lambda: any("publishing beta" in r.getMessage() for r in caplog.records))
         await until(lambda: len(registered(fake)) == 2)
         assert registered(fake)[1] == ["alpha", "beta"]
         kinds = [kind for _, kind, _ in fake.events if kind in ("register", "result")]

@@ -76,6 +76,33 @@ def test_a_backend_busy_generating_stays_active(stack: Stack, tmp_path: Path) ->
     assert "backend of solo is down" not in log and "unavailable" not in log, log
 
 
+def test_names_of_one_server_are_busy_together(stack: Stack, tmp_path: Path) -> None:
+    # One llama.cpp server publishing two names: while one generates, the other is not
+    # checked either (its check would wait, or cut llama-cpp-python's stream short).
+    backend = OneSlot()
+    with serve(backend.app()) as url, ThreadPoolExecutor(1) as pool:
+        providers = [
+            solo(url, healthTimeoutSeconds=0.5),
+            solo(url, name="solo-two", healthTimeoutSeconds=0.5),
+        ]
+        publisher = start_publisher(publisher_config(stack, tmp_path, providers), tmp_path)
+        try:
+            wait_rows(stack, {"solo": "active", "solo-two": "active"})
+            idle_log = len(publisher.log())
+            first = pool.submit(_ask, stack, "a long answer")
+            assert backend.generating.wait(30)
+            busy_since = time.time()
+            wait_until(lambda: _beaten_after(stack, busy_since + 3), 60, "no heartbeat")
+            assert backend.listed_while_busy == 0
+            backend.release.set()
+            assert first.result().status_code == 200
+        finally:
+            backend.release.set()
+            assert publisher.stop() == 0
+    log = publisher.log()[idle_log:]
+    assert "is down" not in log and "unavailable" not in log, log
+
+
 @pytest.mark.anyio
 async def test_the_check_waits_longer_for_a_backend_that_was_slow() -> None:
     now = [100.0]
@@ -97,9 +124,40 @@ async def test_the_check_waits_longer_for_a_backend_that_was_slow() -> None:
 
     quick = Health(timeout=0.05, ceiling=0.05)
     assert await quick.check(never) is False  # an idle backend that does not answer
-    with quick.request():
+    async with quick.request():
         assert await quick.check(never) is None  # busy: not asked at all
     assert not quick.busy
+
+
+@pytest.mark.anyio
+async def test_a_request_waits_for_the_check_on_its_way() -> None:
+    # llama-cpp-python's server cuts a stream short when a check reaches it after the
+    # stream began: the request goes to the backend once the check has its answer.
+    health = Health(timeout=30.0, ceiling=30.0)
+    asked, answer = asyncio.Event(), asyncio.Event()
+    entered: list[str] = []
+
+    async def slow_listing() -> bool:
+        asked.set()
+        await answer.wait()
+        entered.append("check answered")
+        return True
+
+    async def infer() -> None:
+        async with health.request():
+            entered.append("request sent")
+
+    checking = asyncio.create_task(health.check(slow_listing))
+    await asked.wait()
+    sending = asyncio.create_task(infer())
+    await asyncio.sleep(0)
+    assert health.busy and entered == []
+    answer.set()
+    await sending
+    assert entered == ["check answered", "request sent"]
+    assert await checking is None  # the backend became busy meanwhile: no verdict
+    # with no check on its way, a request goes at once
+    await asyncio.wait_for(infer(), 5)
 
 
 @pytest.fixture

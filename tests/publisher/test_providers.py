@@ -196,7 +196,15 @@ def test_openai_stream_ends_with_done_or_finish_reasons() -> None:
     # ... one choice of two left unfinished is not.
     with pytest.raises(BackendFailedError, match="closed the stream early"):
         asyncio.run(_sse_server_stream([event(0, None), event(1, None), event(0, "stop")]))
-    assert len(asyncio.run(_sse_server_stream([event(0, None), "data: [DONE]\n\n"]))) == 1
+    assert len(asyncio.run(_sse_server_stream([event(0, "stop"), "data: [DONE]\n\n"]))) == 1
+    usage = 'data: {"choices": [], "usage": {"total_tokens": 3}}\n\n'
+    assert len(asyncio.run(_sse_server_stream([event(0, "stop"), usage, "data: [DONE]\n\n"]))) == 2
+    # [DONE] with a choice unfinished: an answer cut short (llama-cpp-python's server sends
+    # exactly this when another request interrupts its stream), not a finished one.
+    with pytest.raises(
+        BackendFailedError, match=r"before the answer's finish_reason.*cut it short"
+    ):
+        asyncio.run(_sse_server_stream([event(0, None), "data: [DONE]\n\n"]))
 
 
 def test_openai_backend_that_hangs_times_out(openai_backend: tuple[str, FakeBackend]) -> None:

@@ -144,8 +144,10 @@ class Server(Child):
         env: Mapping[str, str],
         log: Path | None = None,
         announce: str | None = None,
+        start_seconds: float = 60.0,
     ) -> None:
         self.command, self.health, self.port, self.announce = command, health, port, announce
+        self.start_seconds = start_seconds
         pipe = port == 0 and announce is None
         super().__init__(name, command(port), env=env, log=log, pipe=pipe)
         self._wait_ready()
@@ -163,7 +165,7 @@ class Server(Child):
         try:
             if self.port == 0:
                 self.port = int(self._announced().rsplit(":", 1)[1])
-            wait_http(f"{self.url}{self.health}", alive=lambda: self.alive)
+            wait_http(f"{self.url}{self.health}", self.start_seconds, alive=lambda: self.alive)
         except (TimeoutError, RuntimeError):
             self.stop()
             raise

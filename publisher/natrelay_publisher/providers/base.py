@@ -154,6 +154,16 @@ def _silent(exc: Exception) -> bool:
     return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
 
 
+# `data: [DONE]` while a choice has had no finish_reason: the backend stopped an answer
+# halfway. llama-cpp-python's server does so when another request comes in while it streams
+# (its `interrupt_requests`, on by default: a second task, or anything asking GET /v1/models).
+INTERRUPTED = (
+    "`data: [DONE]` before the answer's finish_reason: the backend cut it short; "
+    "llama-cpp-python's server does when another request arrives (publish it with "
+    "maxConcurrency: 1, or start it with --interrupt_requests False)"
+)
+
+
 def closed_early(missing: str) -> BackendFailedError:
     return BackendFailedError(f"the backend closed the stream early ({missing})")
 
@@ -360,6 +370,8 @@ class HttpBackend:
                 started = True
                 async for event, data in sse_events(response.aiter_lines()):
                     if data.strip() == "[DONE]":
+                        if end.open:
+                            raise closed_early(INTERRUPTED)
                         return
                     chunk = stream_event(data, event if named else None)
                     end.see(chunk)
