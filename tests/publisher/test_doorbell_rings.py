@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -81,11 +83,12 @@ async def wait_for(check: Any, what: str) -> None:
         raise AssertionError(f"not {what} within 10 s") from None
 
 
-def test_rings_during_a_claim_go_out_in_one_claim() -> None:
-    asyncio.run(rings_during_a_claim())
-
-
-async def rings_during_a_claim() -> None:
+@asynccontextmanager
+async def ringing(
+    relay: SlowRelay, runner: Runner
+) -> AsyncIterator[tuple[Doorbell, list[ServerConnection]]]:
+    """A doorbell running against a WebSocket server of this test, connected and polled
+    once; the server's side of its connection is in the list."""
     sockets: list[ServerConnection] = []
 
     async def accept(socket: ServerConnection) -> None:
@@ -94,25 +97,33 @@ async def rings_during_a_claim() -> None:
 
     async with serve(accept, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        relay = SlowRelay()
-        url = f"ws://127.0.0.1:{port}"
         config = RelayConfig.model_validate({"url": "http://127.0.0.1:9", "token": "token"})
-        bell = Doorbell(config, Session(relay), Runner(), url)
+        bell = Doorbell(config, Session(relay), runner, f"ws://127.0.0.1:{port}")
         running = asyncio.create_task(bell.run())
         try:
             await wait_for(lambda: sockets and relay.claims, "connected and polled")
-            await sockets[0].send(ring("t1"))
-            await asyncio.wait_for(relay.holding.wait(), 10)  # t1's claim is on its way
-            for i in range(2, 7):
-                await sockets[0].send(ring(f"t{i}"))
-            await wait_for(lambda: bell._events.qsize() == 5, "rings read")
-            relay.release.set()
-            await wait_for(lambda: len(relay.claims) == 3, "the next claim")
-            assert relay.claims == [[], ["t1"], ["t2", "t3", "t4", "t5", "t6"]]
-            assert bell.rings == 6
+            yield bell, sockets
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+
+
+def test_rings_during_a_claim_go_out_in_one_claim() -> None:
+    asyncio.run(rings_during_a_claim())
+
+
+async def rings_during_a_claim() -> None:
+    relay = SlowRelay()
+    async with ringing(relay, Runner()) as (bell, sockets):
+        await sockets[0].send(ring("t1"))
+        await asyncio.wait_for(relay.holding.wait(), 10)  # t1's claim is on its way
+        for i in range(2, 7):
+            await sockets[0].send(ring(f"t{i}"))
+        await wait_for(lambda: bell._events.qsize() == 5, "rings read")
+        relay.release.set()
+        await wait_for(lambda: len(relay.claims) == 3, "the next claim")
+        assert relay.claims == [[], ["t1"], ["t2", "t3", "t4", "t5", "t6"]]
+        assert bell.rings == 6
 
 
 class FullRunner(Runner):
@@ -134,29 +145,14 @@ def test_rings_heard_while_full_are_left_to_the_queues_order() -> None:
 
 
 async def rings_while_full() -> None:
-    sockets: list[ServerConnection] = []
-
-    async def accept(socket: ServerConnection) -> None:
-        sockets.append(socket)
-        await socket.wait_closed()
-
-    async with serve(accept, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        relay, runner = SlowRelay(), FullRunner()
-        relay.release.set()
-        config = RelayConfig.model_validate({"url": "http://127.0.0.1:9", "token": "token"})
-        bell = Doorbell(config, Session(relay), runner, f"ws://127.0.0.1:{port}")
-        running = asyncio.create_task(bell.run())
-        try:
-            await wait_for(lambda: sockets and relay.claims, "connected and polled")
-            for i in range(1, 4):
-                await sockets[0].send(ring(f"t{i}"))
-            await wait_for(lambda: bell.rings == 3, "rings read")
-            assert len(relay.claims) == 1  # full: nothing claimed for them yet
-            runner.free = 1
-            runner.slot_freed.set()
-            await wait_for(lambda: len(relay.claims) >= 2, "the freed slot's claim")
-            assert relay.claims[1] == []  # the queue's order, not t1's ring
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
+    relay, runner = SlowRelay(), FullRunner()
+    relay.release.set()
+    async with ringing(relay, runner) as (bell, sockets):
+        for i in range(1, 4):
+            await sockets[0].send(ring(f"t{i}"))
+        await wait_for(lambda: bell.rings == 3, "rings read")
+        assert len(relay.claims) == 1  # full: nothing claimed for them yet
+        runner.free = 1
+        runner.slot_freed.set()
+        await wait_for(lambda: len(relay.claims) >= 2, "the freed slot's claim")
+        assert relay.claims[1] == []  # the queue's order, not t1's ring
