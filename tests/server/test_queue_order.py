@@ -1,8 +1,7 @@
 """The pool's queue order holds on the fast path too: a request handed at once to a poll
 of this process never passes requests already waiting in the queue, and what a poll is
 told of is tried in queue order with what the index lists. A request reads its pool's
-queue depth at most once a second (service.queue_depths), exactly near the limit and
-when a poll is free."""
+queue depth at most once a second (service.queue_depths), and again near the limit."""
 
 from __future__ import annotations
 
@@ -17,26 +16,15 @@ from natrelay.service import Relay
 from natrelay.service.dispatch import in_queue_order
 from natrelay.service.endings import PoolHint
 from natrelay.service.queue_depths import REREAD_SECONDS
-from natrelay.settings import Settings
 from natrelay.store import Queued, TaskRecord
 from natrelay.wire import PollRequest, Priority, TaskState
 from tests.server.conftest import CHAT, CLIENT, PUB, FakeClock, OpCounter, register, spec
 from tests.server.test_fast_path import polling
 
+# an idle poll re-checks DynamoDB only every few seconds (test_parking's settings)
+from tests.server.test_parking import settings, stored_state  # noqa: F401
+
 BATCH = replace(CLIENT, priority=Priority.BATCH)
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    # an idle poll re-checks DynamoDB only every few seconds (as in test_fast_path)
-    return settings.model_copy(
-        update={"poll_min_interval_seconds": 5, "poll_max_interval_seconds": 5}
-    )
-
-
-async def stored_state(relay: Relay, task_id: str) -> TaskState | None:
-    stored = await relay.stores.tasks.get(task_id, relay.clock())
-    return stored.state if stored is not None else None
 
 
 @pytest.mark.anyio
