@@ -282,7 +282,7 @@ class Doorbell:
         own order (classes, then age; the relay's), not in the order the rings came."""
         free = self.runner.free_slots()
         if len(self._pending) > free:
-            self._pending, self._more = [], True
+            self._pending = []
         ids, self._pending = self._pending[:free], self._pending[free:]
         if ids:
             await self._poll(0, ids)

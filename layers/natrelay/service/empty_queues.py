@@ -35,10 +35,7 @@ class EmptyQueues:
     def known_empty(self, name: str) -> bool:
         """Whether a poll found the pool's queue empty lately, and nothing was queued for
         it here since."""
-        key = pool_topic(name)
-        seen = self._seen.get(key)
-        seq = self.wakeups.seq(key)
-        return seen is not None and seen[0] == seq and self.clock() - seen[1] < self.ttl
+        return self.holds_only(name, 0)
 
     def holds_only(self, name: str, told: int) -> bool:
         """Whether the pool's queue holds at most the `told` tasks a poll was told of: a
